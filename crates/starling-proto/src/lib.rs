@@ -1,0 +1,27 @@
+//! Starling's MQTT codec: every control packet of MQTT 3.1, 3.1.1 and 5.0 as typed values,
+//! incremental zero-copy decoding with the validation the specifications require, encoding into
+//! a caller's buffer, topic names and filters, and reason codes.
+//!
+//! Sans-IO: no sockets, no async runtime, no clock. Bytes go in, packets come out, and back.
+
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod error;
+pub mod packet;
+pub mod property;
+pub mod reason;
+pub mod topic;
+
+pub use error::{DecodeError, EncodeError};
+pub use packet::*;
+pub use property::{Properties, PropertyContext, PropertyId};
+pub use reason::{ReasonCode, ReasonContext};
+pub use topic::{TopicError, TopicFilter, TopicName};
