@@ -14,12 +14,14 @@
     )
 )]
 
+pub mod codec;
 pub mod error;
 pub mod packet;
 pub mod property;
 pub mod reason;
 pub mod topic;
 
+pub use codec::{DecodeLimits, decode, encode, encode_publish_header, encoded_len, publish_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
 pub use property::{Properties, PropertyContext, PropertyId};
