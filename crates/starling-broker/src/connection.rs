@@ -1,0 +1,898 @@
+//! The per-connection protocol machine: everything one client connection does, without the
+//! socket. The network layer feeds it decoded packets (`handle_packet`), decode errors
+//! (`handle_decode_error`) and the time (`check_timeouts`), calls `pump` when the session's
+//! waker fires, and writes out whatever `output` holds.
+//!
+//! It owns the connection-scoped state (protocol level, keep-alive, topic aliases, the
+//! client's limits) and drives the session, the router and the retained store through the
+//! shared [`Broker`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use starling_proto::{
+    ConnAck, Connect, DecodeError, DecodeLimits, Disconnect, Packet, Properties, ProtocolVersion,
+    PubAck, Publish, QoS, ReasonCode, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
+};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::broker::{Broker, ConnectRequest, Ending};
+use crate::message::{Delivery, Message};
+use crate::retain::RetainOutcome;
+use crate::session::{Inflight, PendingWill, Phase, Session, Subscription};
+
+/// Stop moving queued messages into the output once it holds this many bytes; the network
+/// layer writes it out and pumps again. Bounds the per-connection write buffer.
+pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+
+/// Why a connection must close. Any CONNACK or DISCONNECT owed to the client is already in the
+/// output when this is returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closing {
+    /// The reason (for logs; sent to v5 clients where the spec says so).
+    pub reason: ReasonCode,
+    /// Human-readable detail for the log line.
+    pub detail: String,
+}
+
+impl Closing {
+    fn new(reason: ReasonCode, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// State of an accepted connection.
+#[derive(Debug)]
+struct Active {
+    session: Arc<Session>,
+    client_id: Arc<str>,
+    version: ProtocolVersion,
+    /// Keep-alive enforced: 1.5x the negotiated value; `None` when disabled.
+    keep_alive: Option<Duration>,
+    /// Most QoS 1/2 messages out to the client at once.
+    window: usize,
+    /// The client's Maximum Packet Size.
+    max_packet_out: usize,
+    /// Inbound topic aliases; bounded by the advertised Topic Alias Maximum.
+    aliases_in: HashMap<u16, TopicName>,
+    /// CONNECT's Session Expiry Interval was 0 (DISCONNECT may then not set one).
+    connect_expiry_zero: bool,
+    /// What to do with the will when the connection ends.
+    ending: Ending,
+}
+
+#[derive(Debug)]
+enum Stage {
+    AwaitingConnect,
+    Active(Box<Active>),
+    Closed,
+}
+
+/// One client connection's protocol state.
+#[derive(Debug)]
+pub struct Connection {
+    broker: Arc<Broker>,
+    id: u64,
+    peer: String,
+    waker: Arc<Notify>,
+    stage: Stage,
+    out: BytesMut,
+    opened_at: Instant,
+    last_packet: Instant,
+    shutting_down: bool,
+}
+
+impl Connection {
+    /// A new connection from `peer`, awaiting CONNECT.
+    pub fn new(broker: Arc<Broker>, peer: String, now: Instant) -> Self {
+        let id = broker.connection_id();
+        Self {
+            broker,
+            id,
+            peer,
+            waker: Arc::new(Notify::new()),
+            stage: Stage::AwaitingConnect,
+            out: BytesMut::new(),
+            opened_at: now,
+            last_packet: now,
+            shutting_down: false,
+        }
+    }
+
+    /// Fires when the session has messages to send or was taken over: call [`Self::pump`].
+    pub fn waker(&self) -> Arc<Notify> {
+        self.waker.clone()
+    }
+
+    /// The protocol level to decode incoming packets with.
+    pub fn version(&self) -> ProtocolVersion {
+        match &self.stage {
+            Stage::Active(a) => a.version,
+            _ => ProtocolVersion::V311,
+        }
+    }
+
+    /// Limits for decoding the next packet: tighter before CONNECT.
+    pub fn decode_limits(&self) -> DecodeLimits {
+        let l = &self.broker.limits;
+        DecodeLimits {
+            max_packet_size: match self.stage {
+                Stage::Active(_) => l.max_packet_size,
+                _ => l.max_connect_packet_size,
+            },
+            max_topic_levels: l.max_topic_levels,
+            max_user_properties: l.max_user_properties,
+        }
+    }
+
+    /// Encoded bytes waiting to be written. The caller writes and clears them.
+    pub fn output(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
+    /// True once CONNECT was accepted.
+    pub fn is_active(&self) -> bool {
+        matches!(self.stage, Stage::Active(_))
+    }
+
+    /// When `check_timeouts` must next be called.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.stage {
+            Stage::AwaitingConnect => {
+                Some(self.opened_at + Duration::from_secs(self.broker.limits.connect_timeout_secs))
+            }
+            Stage::Active(a) => a.keep_alive.map(|k| self.last_packet + k),
+            Stage::Closed => None,
+        }
+    }
+
+    /// Enforces the CONNECT timeout and keep-alive (1.5x, spec 3.1.2.10).
+    pub fn check_timeouts(&mut self, now: Instant) -> Result<(), Closing> {
+        match self.deadline() {
+            Some(d) if now >= d => {}
+            _ => return Ok(()),
+        }
+        if self.is_active() {
+            self.send_disconnect(ReasonCode::KeepAliveTimeout);
+            Err(Closing::new(
+                ReasonCode::KeepAliveTimeout,
+                "keep-alive timeout",
+            ))
+        } else {
+            Err(Closing::new(
+                ReasonCode::MaximumConnectTime,
+                "no CONNECT in time",
+            ))
+        }
+    }
+
+    /// Handles bytes that could not be decoded: answers as the spec says and closes.
+    pub fn handle_decode_error(&mut self, err: &DecodeError) -> Closing {
+        self.broker.metrics.protocol_errors.inc();
+        let reason = err.reason_code();
+        match &self.stage {
+            Stage::AwaitingConnect => {
+                if let Some(code) = err.v3_connack_code() {
+                    // Unsupported protocol level: a 3.1.1-format CONNACK 0x01 (what every
+                    // client version can read), then close.
+                    let reason = ReasonCode::from_v3_connack(code).unwrap_or(reason);
+                    self.encode(&Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        reason,
+                        properties: Properties::default(),
+                    }));
+                }
+            }
+            Stage::Active(_) => self.send_disconnect(reason),
+            Stage::Closed => {}
+        }
+        Closing::new(reason, err.to_string())
+    }
+
+    /// Handles one packet from the client.
+    pub fn handle_packet(&mut self, packet: Packet, now: Instant) -> Result<(), Closing> {
+        self.last_packet = now;
+        self.broker.metrics.messages_received.inc();
+        if let Stage::AwaitingConnect = self.stage {
+            return match packet {
+                Packet::Connect(c) => self.on_connect(c, now),
+                other => {
+                    self.broker.metrics.protocol_errors.inc();
+                    Err(Closing::new(
+                        ReasonCode::ProtocolError,
+                        format!("first packet was {:?}, not CONNECT", other.packet_type()),
+                    ))
+                }
+            };
+        }
+        match packet {
+            Packet::Publish(p) => self.on_publish(p, now),
+            Packet::PubAck(a) => {
+                self.on_puback(a.packet_id);
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                self.on_pubrec(a);
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                self.on_pubrel(a.packet_id);
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                self.on_pubcomp(a.packet_id);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s, now),
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.encode(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Connect(_) => self.protocol_error("second CONNECT"),
+            Packet::Auth(_) => self.protocol_error("AUTH without an authentication method"),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                self.protocol_error("client sent a server-only packet")
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, detail: &str) -> Result<(), Closing> {
+        self.broker.metrics.protocol_errors.inc();
+        self.send_disconnect(ReasonCode::ProtocolError);
+        Err(Closing::new(ReasonCode::ProtocolError, detail))
+    }
+
+    fn fail(&mut self, reason: ReasonCode, detail: &str) -> Result<(), Closing> {
+        self.send_disconnect(reason);
+        Err(Closing::new(reason, detail))
+    }
+
+    fn encode(&mut self, packet: &Packet) {
+        let version = self.version_for_output(packet);
+        match starling_proto::encode(packet, version, &mut self.out) {
+            Ok(()) => self.broker.metrics.messages_sent.inc(),
+            Err(e) => {
+                warn!(peer = %self.peer, error = %e, "could not encode {:?}", packet.packet_type())
+            }
+        }
+    }
+
+    fn version_for_output(&self, packet: &Packet) -> ProtocolVersion {
+        match (&self.stage, packet) {
+            (Stage::Active(a), _) => a.version,
+            (_, Packet::ConnAck(_)) => ProtocolVersion::V311,
+            _ => ProtocolVersion::V311,
+        }
+    }
+
+    /// Sends DISCONNECT with `reason` to a v5 client (3.x has no server DISCONNECT).
+    fn send_disconnect(&mut self, reason: ReasonCode) {
+        if let Stage::Active(a) = &self.stage
+            && a.version.is_v5()
+        {
+            self.encode(&Packet::Disconnect(Disconnect::new(reason)));
+        }
+    }
+
+    fn refuse_connect(
+        &mut self,
+        version: ProtocolVersion,
+        reason: ReasonCode,
+        detail: &str,
+    ) -> Result<(), Closing> {
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason,
+            properties: Properties::default(),
+        });
+        if starling_proto::encode(&connack, version, &mut self.out).is_ok() {
+            self.broker.metrics.messages_sent.inc();
+        }
+        info!(peer = %self.peer, protocol = version.level(), %reason, "connection refused: {detail}");
+        Err(Closing::new(reason, detail))
+    }
+
+    fn on_connect(&mut self, c: Box<Connect>, now: Instant) -> Result<(), Closing> {
+        let broker = self.broker.clone();
+        let limits = &broker.limits;
+        let version = c.protocol;
+        let v5 = version.is_v5();
+        let props = &c.properties;
+
+        let mut assigned = None;
+        let client_id: Arc<str> = if c.client_id.is_empty() {
+            // v5 gets an assigned id; 3.1.1 only with clean session (MQTT-3.1.3-8); 3.1 never.
+            let may_assign = v5 || (version == ProtocolVersion::V311 && c.clean_start);
+            if !may_assign {
+                return self.refuse_connect(
+                    version,
+                    ReasonCode::ClientIdentifierNotValid,
+                    "empty client id",
+                );
+            }
+            let id = broker.assign_client_id();
+            if v5 {
+                assigned = Some(id.clone());
+            }
+            id.into()
+        } else {
+            c.client_id.as_str().into()
+        };
+
+        let max_ka = limits.max_keep_alive;
+        let mut server_keep_alive = None;
+        let keep_alive = if v5 {
+            if c.keep_alive == 0 || c.keep_alive > max_ka {
+                server_keep_alive = Some(max_ka);
+                max_ka
+            } else {
+                c.keep_alive
+            }
+        } else if c.keep_alive > max_ka {
+            return self.refuse_connect(
+                version,
+                ReasonCode::ClientIdentifierNotValid,
+                "keep-alive above max_keep_alive",
+            );
+        } else {
+            c.keep_alive
+        };
+
+        if v5 && props.authentication_method.is_some() {
+            return self.refuse_connect(
+                version,
+                ReasonCode::BadAuthenticationMethod,
+                "unknown authentication method",
+            );
+        }
+        if broker.metrics.clients_connected.get() >= limits.max_connections as u64 {
+            broker.metrics.connections_refused.inc();
+            let reason = if v5 {
+                ReasonCode::QuotaExceeded
+            } else {
+                ReasonCode::ServerUnavailable
+            };
+            return self.refuse_connect(version, reason, "max_connections reached");
+        }
+
+        let requested_expiry = props.session_expiry_interval.unwrap_or(0);
+        let expiry_secs = if v5 {
+            requested_expiry.min(limits.max_session_expiry_secs)
+        } else if c.clean_start {
+            0
+        } else if limits.v3_session_expiry_secs == 0 {
+            u32::MAX
+        } else {
+            limits.v3_session_expiry_secs
+        };
+        let window = if v5 {
+            usize::from(
+                props
+                    .receive_maximum
+                    .unwrap_or(u16::MAX)
+                    .min(limits.max_inflight),
+            )
+        } else {
+            usize::from(limits.max_inflight)
+        };
+        let max_packet_out = props.maximum_packet_size.map_or(usize::MAX, |m| m as usize);
+        let connect_expiry_zero = v5 && requested_expiry == 0;
+        let will = c.will.clone().map(|w| PendingWill {
+            delay_secs: w.properties.will_delay_interval.unwrap_or(0),
+            will: w,
+        });
+
+        let attached = broker.connect(
+            self.id,
+            self.waker.clone(),
+            ConnectRequest {
+                client_id: client_id.clone(),
+                clean_start: c.clean_start,
+                protocol: version,
+                expiry_secs,
+                will,
+            },
+            now,
+        );
+        let m = &broker.metrics;
+        m.clients_connected.inc();
+        m.connections_total.inc();
+        if m.clients_connected.get() > m.clients_maximum.get() {
+            m.clients_maximum.set(m.clients_connected.get());
+        }
+
+        self.stage = Stage::Active(Box::new(Active {
+            session: attached.session.clone(),
+            client_id: client_id.clone(),
+            version,
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            window: window.max(1),
+            max_packet_out,
+            aliases_in: HashMap::new(),
+            connect_expiry_zero,
+            ending: Ending::Abnormal,
+        }));
+
+        let mut ack_props = Properties::default();
+        if v5 {
+            ack_props.assigned_client_identifier = assigned;
+            ack_props.server_keep_alive = server_keep_alive;
+            if expiry_secs != requested_expiry {
+                ack_props.session_expiry_interval = Some(expiry_secs);
+            }
+            ack_props.receive_maximum = Some(limits.receive_maximum);
+            ack_props.maximum_packet_size = Some(limits.max_packet_size);
+            if limits.topic_alias_maximum > 0 {
+                ack_props.topic_alias_maximum = Some(limits.topic_alias_maximum);
+            }
+        }
+        self.encode(&Packet::ConnAck(ConnAck {
+            session_present: attached.session_present,
+            reason: ReasonCode::Success,
+            properties: ack_props,
+        }));
+        info!(
+            client_id = %client_id,
+            peer = %self.peer,
+            protocol = version.level(),
+            clean_start = c.clean_start,
+            keep_alive,
+            session_present = attached.session_present,
+            "client connected"
+        );
+        if attached.session_present {
+            self.resend_inflight(now);
+        }
+        Ok(())
+    }
+
+    /// Resends, in order, every unacknowledged outbound message of a resumed session: PUBLISH
+    /// with DUP for those awaiting PUBACK/PUBREC, PUBREL for those awaiting PUBCOMP.
+    fn resend_inflight(&mut self, now: Instant) {
+        let Stage::Active(a) = &self.stage else {
+            return;
+        };
+        let st = a.session.lock();
+        for f in &st.inflight {
+            match f.phase {
+                Phase::Published => {
+                    let publish = outgoing_publish(a.version, &f.delivery, f.packet_id, true, now);
+                    if starling_proto::encode(&Packet::Publish(publish), a.version, &mut self.out)
+                        .is_ok()
+                    {
+                        self.broker.metrics.publish_sent.inc();
+                    }
+                }
+                Phase::Released => {
+                    let _ = starling_proto::encode(
+                        &Packet::PubRel(PubAck::new(f.packet_id)),
+                        a.version,
+                        &mut self.out,
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), Closing> {
+        let broker = self.broker.clone();
+        broker.metrics.publish_received.inc();
+        let Stage::Active(a) = &mut self.stage else {
+            return Ok(());
+        };
+        if a.version.is_v5()
+            && let Some(alias) = p.properties.topic_alias
+        {
+            if alias == 0 || alias > broker.limits.topic_alias_maximum {
+                return self.fail(ReasonCode::TopicAliasInvalid, "topic alias out of range");
+            }
+            if p.topic.is_empty() {
+                match a.aliases_in.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return self.protocol_error("unknown topic alias"),
+                }
+            } else {
+                a.aliases_in.insert(alias, p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() {
+            return self.protocol_error("empty topic");
+        }
+        let pid = p.packet_id;
+        let qos = p.qos;
+        let retain = p.retain;
+        if qos == QoS::ExactlyOnce {
+            let mut st = a.session.lock();
+            if st.awaiting_rel.contains_key(&pid) {
+                // A resend of a message already received: acknowledge, do not route again.
+                drop(st);
+                self.encode(&Packet::PubRec(PubAck::new(pid)));
+                return Ok(());
+            }
+            if st.awaiting_rel.len() >= usize::from(broker.limits.receive_maximum) {
+                drop(st);
+                broker.metrics.receive_maximum_exceeded.inc();
+                return self.fail(
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "receive maximum exceeded",
+                );
+            }
+            st.awaiting_rel.insert(pid, now);
+        }
+        let v5 = a.version.is_v5();
+        let reason = if v5
+            && p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            ReasonCode::PayloadFormatInvalid
+        } else if p.topic.as_bytes().starts_with(b"$SYS") {
+            ReasonCode::NotAuthorized
+        } else {
+            let msg = Arc::new(Message::from_publish(p, Some(a.client_id.clone()), now));
+            let (reached, retained) = broker.publish(msg);
+            if retained == Some(RetainOutcome::Full) {
+                ReasonCode::QuotaExceeded
+            } else if reached == 0 && !retain && qos != QoS::AtMostOnce {
+                ReasonCode::NoMatchingSubscribers
+            } else {
+                ReasonCode::Success
+            }
+        };
+        let reason = if v5 { reason } else { ReasonCode::Success };
+        match qos {
+            QoS::AtMostOnce if reason == ReasonCode::PayloadFormatInvalid => {
+                return self.fail(reason, "payload is not valid UTF-8");
+            }
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.encode(&Packet::PubAck(PubAck::with_reason(pid, reason))),
+            QoS::ExactlyOnce => {
+                if reason.is_error()
+                    && let Stage::Active(a) = &self.stage
+                {
+                    a.session.lock().awaiting_rel.remove(&pid);
+                }
+                self.encode(&Packet::PubRec(PubAck::with_reason(pid, reason)));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_puback(&mut self, pid: u16) {
+        let Stage::Active(a) = &self.stage else {
+            return;
+        };
+        let mut st = a.session.lock();
+        if let Some(i) = st.inflight_position(pid)
+            && st
+                .inflight
+                .get(i)
+                .is_some_and(|f| f.phase == Phase::Published && f.delivery.qos == QoS::AtLeastOnce)
+        {
+            st.inflight.remove(i);
+        }
+    }
+
+    fn on_pubrec(&mut self, ack: PubAck) {
+        let Stage::Active(a) = &self.stage else {
+            return;
+        };
+        let found = {
+            let mut st = a.session.lock();
+            match st.inflight_position(ack.packet_id) {
+                Some(i) if ack.reason.is_error() => {
+                    st.inflight.remove(i);
+                    return;
+                }
+                Some(i) => match st.inflight.get_mut(i) {
+                    Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
+                        f.phase = Phase::Released;
+                        true
+                    }
+                    _ => false,
+                },
+                None => false,
+            }
+        };
+        let reason = if found {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.encode(&Packet::PubRel(PubAck::with_reason(ack.packet_id, reason)));
+    }
+
+    fn on_pubcomp(&mut self, pid: u16) {
+        let Stage::Active(a) = &self.stage else {
+            return;
+        };
+        let mut st = a.session.lock();
+        if let Some(i) = st.inflight_position(pid)
+            && st
+                .inflight
+                .get(i)
+                .is_some_and(|f| f.phase == Phase::Released)
+        {
+            st.inflight.remove(i);
+        }
+    }
+
+    fn on_pubrel(&mut self, pid: u16) {
+        let Stage::Active(a) = &self.stage else {
+            return;
+        };
+        let known = a.session.lock().awaiting_rel.remove(&pid).is_some();
+        let reason = if known {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.encode(&Packet::PubComp(PubAck::with_reason(pid, reason)));
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Closing> {
+        let broker = self.broker.clone();
+        let Stage::Active(a) = &self.stage else {
+            return Ok(());
+        };
+        let v5 = a.version.is_v5();
+        if s.properties.subscription_identifiers.len() > 1 {
+            return self.protocol_error("more than one subscription identifier");
+        }
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        if v5
+            && s.filters
+                .iter()
+                .any(|(f, o)| f.share_group().is_some() && o.no_local)
+        {
+            return self.protocol_error("No Local on a shared subscription");
+        }
+        let session = a.session.clone();
+        let mut reasons = Vec::with_capacity(s.filters.len().min(64));
+        let mut retained = Vec::new();
+        for (filter, options) in s.filters {
+            let (exists, count) = {
+                let st = session.lock();
+                (
+                    st.subscriptions.contains_key(&filter),
+                    st.subscriptions.len(),
+                )
+            };
+            if !exists && count >= broker.limits.max_subscriptions_per_client {
+                broker.metrics.subscriptions_refused.inc();
+                reasons.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
+            let existed = broker.router.subscribe(&filter, &session, options, sub_id);
+            session.lock().subscriptions.insert(
+                filter.clone(),
+                Subscription {
+                    options,
+                    id: sub_id,
+                },
+            );
+            reasons.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+            });
+            use starling_proto::RetainHandling as RH;
+            let send_retained = filter.share_group().is_none()
+                && match options.retain_handling {
+                    RH::SendAtSubscribe => true,
+                    RH::SendIfNew => !existed,
+                    RH::DoNotSend => false,
+                };
+            if send_retained {
+                for msg in broker.retained.matching(filter.match_filter(), now) {
+                    retained.push(Delivery {
+                        qos: msg.qos.min(options.qos),
+                        msg,
+                        retain: true,
+                        sub_ids: sub_id.into_iter().collect(),
+                        share: None,
+                    });
+                }
+            }
+        }
+        self.encode(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+        for d in retained {
+            session.deliver(d, &broker.limits, &broker.metrics);
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let broker = self.broker.clone();
+        let Stage::Active(a) = &self.stage else {
+            return;
+        };
+        let session = a.session.clone();
+        let reasons = u
+            .filters
+            .iter()
+            .map(|f| {
+                let had = session.lock().subscriptions.remove(f).is_some();
+                broker.router.unsubscribe(f, &session);
+                if had {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        self.encode(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Closing> {
+        let max_expiry = self.broker.limits.max_session_expiry_secs;
+        let Stage::Active(a) = &mut self.stage else {
+            return Ok(());
+        };
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if a.connect_expiry_zero && expiry != 0 {
+                return self.protocol_error("session expiry set on DISCONNECT after 0 in CONNECT");
+            }
+            a.session.lock().expiry_secs = expiry.min(max_expiry);
+        }
+        a.ending = if d.reason == ReasonCode::DisconnectWithWill {
+            Ending::WithWill
+        } else {
+            Ending::Normal
+        };
+        Err(Closing::new(d.reason, "client disconnected"))
+    }
+
+    /// Moves queued messages into the output, as far as the inflight window and the output
+    /// high-water mark allow. Detects a takeover (answered with DISCONNECT 0x8E for v5).
+    pub fn pump(&mut self, now: Instant) -> Result<(), Closing> {
+        let Stage::Active(a) = &self.stage else {
+            return Ok(());
+        };
+        let metrics = &self.broker.metrics;
+        let mut st = a.session.lock();
+        if st.owner != Some(self.id) || st.ended {
+            drop(st);
+            self.send_disconnect(ReasonCode::SessionTakenOver);
+            return Err(Closing::new(
+                ReasonCode::SessionTakenOver,
+                "session taken over",
+            ));
+        }
+        while self.out.len() < OUTPUT_HIGH_WATER {
+            let Some(front) = st.queue.front() else { break };
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= a.window {
+                break;
+            }
+            let Some(d) = st.pop_queued() else { break };
+            if d.msg.is_expired(now) {
+                metrics.publish_dropped.inc();
+                metrics.dropped_expired.inc();
+                continue;
+            }
+            let packet_id = if d.qos == QoS::AtMostOnce {
+                0
+            } else {
+                st.allocate_packet_id()
+            };
+            let publish = outgoing_publish(a.version, &d, packet_id, false, now);
+            match starling_proto::publish_len(&publish, a.version) {
+                Ok(len) if len <= a.max_packet_out => {}
+                _ => {
+                    metrics.publish_dropped.inc();
+                    metrics.dropped_too_large.inc();
+                    continue;
+                }
+            }
+            if let Err(e) =
+                starling_proto::encode(&Packet::Publish(publish), a.version, &mut self.out)
+            {
+                debug!(error = %e, "dropping unencodable message");
+                metrics.publish_dropped.inc();
+                continue;
+            }
+            metrics.publish_sent.inc();
+            metrics.messages_sent.inc();
+            if d.qos != QoS::AtMostOnce {
+                st.inflight.push_back(Inflight {
+                    packet_id,
+                    delivery: d,
+                    phase: Phase::Published,
+                });
+            }
+        }
+        let more = !st.queue.is_empty()
+            && (st.queue.front().is_some_and(|f| f.qos == QoS::AtMostOnce)
+                || st.inflight.len() < a.window);
+        drop(st);
+        if more {
+            // Still work to do once the output drains: make sure the next pump happens.
+            self.waker.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The broker is shutting down: tells a v5 client (DISCONNECT 0x8B) and closes.
+    pub fn shutdown(&mut self) -> Closing {
+        self.shutting_down = true;
+        self.send_disconnect(ReasonCode::ServerShuttingDown);
+        Closing::new(ReasonCode::ServerShuttingDown, "server shutting down")
+    }
+
+    /// The connection is gone (socket closed, error, or a `Closing` was returned): detaches
+    /// the session, handles the will, logs the line. Call exactly once.
+    pub fn close(&mut self, closing: Option<&Closing>, now: Instant) {
+        let stage = std::mem::replace(&mut self.stage, Stage::Closed);
+        let Stage::Active(a) = stage else {
+            if let Some(c) = closing {
+                debug!(peer = %self.peer, reason = %c.reason, "connection closed before CONNECT: {}", c.detail);
+            }
+            return;
+        };
+        let ending = if self.shutting_down {
+            Ending::Shutdown
+        } else {
+            a.ending
+        };
+        self.broker.disconnect(&a.session, self.id, ending, now);
+        self.broker.metrics.clients_connected.dec();
+        let (reason, detail) = match closing {
+            Some(c) => (c.reason, c.detail.as_str()),
+            None => (ReasonCode::UnspecifiedError, "connection lost"),
+        };
+        info!(
+            client_id = %a.client_id,
+            peer = %self.peer,
+            protocol = a.version.level(),
+            %reason,
+            "client disconnected: {detail}"
+        );
+    }
+}
+
+/// The PUBLISH to send for a delivery: per-subscriber QoS, RETAIN, packet id, subscription
+/// identifiers and remaining expiry; properties only for v5.
+fn outgoing_publish(
+    version: ProtocolVersion,
+    d: &Delivery,
+    packet_id: u16,
+    dup: bool,
+    now: Instant,
+) -> Publish {
+    let properties = if version.is_v5() {
+        let mut p = d.msg.properties.clone();
+        p.subscription_identifiers.clone_from(&d.sub_ids);
+        p.message_expiry_interval = d.msg.remaining_expiry(now);
+        p
+    } else {
+        Properties::default()
+    };
+    Publish {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic: d.msg.topic.clone(),
+        packet_id,
+        properties,
+        payload: d.msg.payload.clone(),
+    }
+}

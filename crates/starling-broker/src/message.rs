@@ -1,0 +1,107 @@
+//! Application messages as the router passes them around: one `Arc<Message>` per publish,
+//! shared by every subscriber it reaches, and the per-subscriber `Delivery` that says at
+//! which QoS and with which subscription identifiers it goes out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use starling_proto::{Properties, Publish, QoS, TopicName};
+
+/// A published message, immutable once routed.
+#[derive(Debug)]
+pub struct Message {
+    /// Topic it was published to (aliases already resolved).
+    pub topic: TopicName,
+    /// Payload, shared with the read buffer it came from.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// RETAIN flag as published.
+    pub retain: bool,
+    /// Properties forwarded to subscribers (topic alias, subscription identifiers and message
+    /// expiry removed: those are set per delivery).
+    pub properties: Properties,
+    /// When the message expires (v5 Message Expiry Interval), if ever.
+    pub expires_at: Option<Instant>,
+    /// Client id of the publisher, for No Local; `None` for broker-made messages.
+    pub publisher: Option<Arc<str>>,
+}
+
+impl Message {
+    /// Builds the message for a received PUBLISH.
+    pub fn from_publish(mut publish: Publish, publisher: Option<Arc<str>>, now: Instant) -> Self {
+        let props = &mut publish.properties;
+        props.topic_alias = None;
+        props.subscription_identifiers.clear();
+        let expires_at = props
+            .message_expiry_interval
+            .take()
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        Self {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties: publish.properties,
+            expires_at,
+            publisher,
+        }
+    }
+
+    /// A message made by the broker itself (e.g. `$SYS`).
+    pub fn internal(topic: TopicName, payload: Bytes, retain: bool) -> Self {
+        Self {
+            topic,
+            payload,
+            qos: QoS::AtMostOnce,
+            retain,
+            properties: Properties::default(),
+            expires_at: None,
+            publisher: None,
+        }
+    }
+
+    /// True once the message's expiry interval has passed.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Seconds of expiry left, rounded up, for the Message Expiry Interval sent onwards.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX).max(1)
+        })
+    }
+
+    /// Bytes this message accounts for in a queue.
+    pub fn cost(&self) -> usize {
+        self.payload.len() + self.topic.len()
+    }
+}
+
+/// Identifies a shared-subscription group, so a message can be handed to another member.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ShareKey {
+    /// The group name.
+    pub group: Arc<str>,
+    /// The full filter, `$share/{group}/` included.
+    pub filter: starling_proto::TopicFilter,
+}
+
+/// One message on its way to one session.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// QoS to send with: min(published, granted).
+    pub qos: QoS,
+    /// RETAIN flag to send with.
+    pub retain: bool,
+    /// Subscription identifiers of the matching subscriptions (v5).
+    pub sub_ids: Vec<u32>,
+    /// Set when the message reached this session through a shared subscription.
+    pub share: Option<Arc<ShareKey>>,
+}

@@ -1,0 +1,84 @@
+//! Broker-wide counters: lock-free atomics bumped on the hot path, read by `$SYS` and the
+//! metrics endpoint.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One monotonically increasing or current-value counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Subtracts one (for gauges), never below zero.
+    pub fn dec(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(1))
+            });
+    }
+
+    /// Sets the value (for gauges).
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Every counter the broker keeps. Names follow mosquitto's `$SYS` tree where one exists.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Clients connected now.
+    pub clients_connected: Counter,
+    /// Most clients connected at once since start.
+    pub clients_maximum: Counter,
+    /// Connections accepted since start.
+    pub connections_total: Counter,
+    /// Sessions that expired.
+    pub sessions_expired: Counter,
+    /// Packets received.
+    pub messages_received: Counter,
+    /// Packets sent.
+    pub messages_sent: Counter,
+    /// PUBLISH packets received.
+    pub publish_received: Counter,
+    /// PUBLISH packets sent.
+    pub publish_sent: Counter,
+    /// Messages dropped: queue full, expired, too large for the receiver, or refused.
+    pub publish_dropped: Counter,
+    /// Of `publish_dropped`: because a session queue was full.
+    pub dropped_queue_full: Counter,
+    /// Of `publish_dropped`: because the message expired while waiting.
+    pub dropped_expired: Counter,
+    /// Of `publish_dropped`: because it exceeded the receiver's maximum packet size.
+    pub dropped_too_large: Counter,
+    /// Bytes read from clients.
+    pub bytes_received: Counter,
+    /// Bytes written to clients.
+    pub bytes_sent: Counter,
+    /// Connections closed because of a protocol violation or malformed packet.
+    pub protocol_errors: Counter,
+    /// Connections refused because `max_connections` was reached.
+    pub connections_refused: Counter,
+    /// Subscriptions refused because of `max_subscriptions_per_client`.
+    pub subscriptions_refused: Counter,
+    /// Retained messages refused because of `max_retained_messages`.
+    pub retained_refused: Counter,
+    /// Clients disconnected for exceeding the broker's Receive Maximum.
+    pub receive_maximum_exceeded: Counter,
+    /// Times a client's reading was paused by the publish rate limit.
+    pub rate_limited: Counter,
+}

@@ -1,0 +1,383 @@
+//! The subscription index: a trie over topic levels with `+` and `#` branches, plain
+//! subscribers and shared-subscription groups at each node, and matching of a topic name to
+//! every subscriber it reaches.
+//!
+//! Matching walks the trie level by level (cost grows with topic depth, not with the number
+//! of subscriptions) under a read lock, so publishers never wait for each other; subscribe and
+//! unsubscribe take the write lock briefly.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use starling_proto::{SubscriptionOptions, TopicFilter};
+
+use crate::message::ShareKey;
+use crate::session::Session;
+
+/// One subscriber of a filter.
+#[derive(Clone, Debug)]
+pub struct Subscriber {
+    /// The session.
+    pub session: Arc<Session>,
+    /// Options granted.
+    pub options: SubscriptionOptions,
+    /// Subscription identifier (v5).
+    pub id: Option<u32>,
+}
+
+/// A shared-subscription group at one filter: members take turns.
+#[derive(Debug)]
+struct Group {
+    key: Arc<ShareKey>,
+    members: Vec<Subscriber>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<[u8]>, Node>,
+    plus: Option<Box<Node>>,
+    hash: Option<Box<Node>>,
+    subscribers: Vec<Subscriber>,
+    groups: Vec<Group>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+            && self.subscribers.is_empty()
+            && self.groups.is_empty()
+    }
+}
+
+/// A match: either a plain subscriber or a shared group that must pick one member.
+#[derive(Debug)]
+pub enum Target<'a> {
+    /// A plain subscription.
+    Plain(&'a Subscriber),
+    /// A shared group; the caller picks a member with [`Router::pick_member`]-like logic.
+    Shared(&'a [Subscriber], &'a Arc<ShareKey>, &'a AtomicUsize),
+}
+
+/// The subscription index.
+#[derive(Debug, Default)]
+pub struct Router {
+    root: RwLock<Node>,
+    count: AtomicUsize,
+    shared_count: AtomicUsize,
+}
+
+fn levels(filter: &[u8]) -> impl Iterator<Item = &[u8]> {
+    filter.split(|&b| b == b'/')
+}
+
+impl Router {
+    /// Adds or replaces `session`'s subscription to `filter`. Returns true if it existed.
+    pub fn subscribe(
+        &self,
+        filter: &TopicFilter,
+        session: &Arc<Session>,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> bool {
+        let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
+        let mut node = &mut *root;
+        for level in levels(filter.match_filter()) {
+            node = match level {
+                b"+" => node.plus.get_or_insert_with(Box::default),
+                b"#" => node.hash.get_or_insert_with(Box::default),
+                _ => node.children.entry(level.into()).or_default(),
+            };
+        }
+        let sub = Subscriber {
+            session: session.clone(),
+            options,
+            id,
+        };
+        let list = match filter.share_group() {
+            None => &mut node.subscribers,
+            Some(group) => {
+                let pos = node.groups.iter().position(|g| &*g.key.group == group);
+                let idx = match pos {
+                    Some(i) => i,
+                    None => {
+                        node.groups.push(Group {
+                            key: Arc::new(ShareKey {
+                                group: group.into(),
+                                filter: filter.clone(),
+                            }),
+                            members: Vec::new(),
+                            next: AtomicUsize::new(0),
+                        });
+                        node.groups.len() - 1
+                    }
+                };
+                match node.groups.get_mut(idx) {
+                    Some(g) => &mut g.members,
+                    None => return false,
+                }
+            }
+        };
+        if let Some(existing) = list.iter_mut().find(|s| Arc::ptr_eq(&s.session, session)) {
+            *existing = sub;
+            return true;
+        }
+        list.push(sub);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if filter.share_group().is_some() {
+            self.shared_count.fetch_add(1, Ordering::Relaxed);
+        }
+        false
+    }
+
+    /// Removes `session`'s subscription to `filter`. Returns true if it existed.
+    pub fn unsubscribe(&self, filter: &TopicFilter, session: &Arc<Session>) -> bool {
+        let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
+        let levels: Vec<&[u8]> = levels(filter.match_filter()).collect();
+        let removed = remove_at(&mut root, &levels, filter.share_group(), session);
+        if removed {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            if filter.share_group().is_some() {
+                self.shared_count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        removed
+    }
+
+    /// Number of subscriptions (shared ones included).
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Number of shared subscriptions.
+    pub fn shared_count(&self) -> usize {
+        self.shared_count.load(Ordering::Relaxed)
+    }
+
+    /// Calls `f` for every subscription matching `topic`. Runs under the read lock: `f` must
+    /// not subscribe or unsubscribe.
+    pub fn for_each_match(&self, topic: &[u8], mut f: impl FnMut(Target<'_>)) {
+        let root = self.root.read().unwrap_or_else(|p| p.into_inner());
+        let dollar = topic.first() == Some(&b'$');
+        // Breadth-first over levels: `current` holds every node reached by the levels so far.
+        let mut current: Vec<&Node> = vec![&root];
+        let mut next: Vec<&Node> = Vec::new();
+        for (depth, level) in levels(topic).enumerate() {
+            let wild_ok = !(depth == 0 && dollar);
+            for node in current.drain(..) {
+                if wild_ok {
+                    if let Some(h) = &node.hash {
+                        emit(h, &mut f);
+                    }
+                    if let Some(p) = &node.plus {
+                        next.push(p);
+                    }
+                }
+                if let Some(c) = node.children.get(level) {
+                    next.push(c);
+                }
+            }
+            std::mem::swap(&mut current, &mut next);
+            if current.is_empty() {
+                return;
+            }
+        }
+        for node in current {
+            emit(node, &mut f);
+            // `a/#` also matches `a` (the parent level).
+            if let Some(h) = &node.hash {
+                emit(h, &mut f);
+            }
+        }
+    }
+}
+
+fn emit<'a>(node: &'a Node, f: &mut impl FnMut(Target<'a>)) {
+    for s in &node.subscribers {
+        f(Target::Plain(s));
+    }
+    for g in &node.groups {
+        f(Target::Shared(&g.members, &g.key, &g.next));
+    }
+}
+
+/// Removes a subscriber and prunes empty nodes, iteratively (no recursion on filter depth).
+fn remove_at(
+    root: &mut Node,
+    levels: &[&[u8]],
+    group: Option<&str>,
+    session: &Arc<Session>,
+) -> bool {
+    // Walk down, remembering nothing but the path; then remove; then prune from the top by
+    // re-walking, deleting the deepest empty node each pass.
+    let mut node = &mut *root;
+    for level in levels {
+        let child = match *level {
+            b"+" => node.plus.as_deref_mut(),
+            b"#" => node.hash.as_deref_mut(),
+            other => node.children.get_mut(other),
+        };
+        match child {
+            Some(c) => node = c,
+            None => return false,
+        }
+    }
+    let removed = match group {
+        None => remove_from(&mut node.subscribers, session),
+        Some(g) => {
+            let Some(i) = node.groups.iter().position(|x| &*x.key.group == g) else {
+                return false;
+            };
+            let removed = node
+                .groups
+                .get_mut(i)
+                .is_some_and(|grp| remove_from(&mut grp.members, session));
+            if node.groups.get(i).is_some_and(|grp| grp.members.is_empty()) {
+                node.groups.swap_remove(i);
+            }
+            removed
+        }
+    };
+    if removed {
+        prune(root, levels);
+    }
+    removed
+}
+
+fn remove_from(list: &mut Vec<Subscriber>, session: &Arc<Session>) -> bool {
+    match list.iter().position(|s| Arc::ptr_eq(&s.session, session)) {
+        Some(i) => {
+            list.swap_remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Removes empty nodes along `levels`, deepest first.
+fn prune(root: &mut Node, levels: &[&[u8]]) {
+    for depth in (0..levels.len()).rev() {
+        let Some((last, path)) = levels.get(..=depth).and_then(|p| p.split_last()) else {
+            return;
+        };
+        let mut node = &mut *root;
+        for level in path {
+            let child = match *level {
+                b"+" => node.plus.as_deref_mut(),
+                b"#" => node.hash.as_deref_mut(),
+                other => node.children.get_mut(other),
+            };
+            match child {
+                Some(c) => node = c,
+                None => return,
+            }
+        }
+        let empty = match *last {
+            b"+" => node.plus.as_ref().is_some_and(|n| n.is_empty()),
+            b"#" => node.hash.as_ref().is_some_and(|n| n.is_empty()),
+            other => node.children.get(other).is_some_and(Node::is_empty),
+        };
+        if !empty {
+            return;
+        }
+        match *last {
+            b"+" => node.plus = None,
+            b"#" => node.hash = None,
+            other => {
+                node.children.remove(other);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_proto::ProtocolVersion;
+
+    fn session(id: &str) -> Arc<Session> {
+        Arc::new(Session::new(id.into(), ProtocolVersion::V5))
+    }
+
+    fn filter(s: &str) -> TopicFilter {
+        TopicFilter::try_from_str(s).unwrap()
+    }
+
+    fn matches(r: &Router, topic: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        r.for_each_match(topic.as_bytes(), |t| match t {
+            Target::Plain(s) => out.push(s.session.client_id.to_string()),
+            Target::Shared(m, k, _) => out.push(format!("{}:{}", k.group, m.len())),
+        });
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn wildcards_and_dollar() {
+        let r = Router::default();
+        let (a, b, c, d, e) = (
+            session("a"),
+            session("b"),
+            session("c"),
+            session("d"),
+            session("e"),
+        );
+        r.subscribe(&filter("x/y"), &a, Default::default(), None);
+        r.subscribe(&filter("x/+"), &b, Default::default(), None);
+        r.subscribe(&filter("x/#"), &c, Default::default(), None);
+        r.subscribe(&filter("#"), &d, Default::default(), None);
+        r.subscribe(&filter("$SYS/#"), &e, Default::default(), None);
+        assert_eq!(matches(&r, "x/y"), ["a", "b", "c", "d"]);
+        assert_eq!(matches(&r, "x"), ["c", "d"]);
+        assert_eq!(matches(&r, "x/y/z"), ["c", "d"]);
+        assert_eq!(matches(&r, "$SYS/uptime"), ["e"]);
+        assert_eq!(r.count(), 5);
+    }
+
+    #[test]
+    fn resubscribe_replaces_and_unsubscribe_prunes() {
+        let r = Router::default();
+        let a = session("a");
+        assert!(!r.subscribe(&filter("x/+/z"), &a, Default::default(), None));
+        assert!(r.subscribe(&filter("x/+/z"), &a, Default::default(), Some(7)));
+        assert_eq!(r.count(), 1);
+        let mut ids = Vec::new();
+        r.for_each_match(b"x/y/z", |t| {
+            if let Target::Plain(s) = t {
+                ids.push(s.id);
+            }
+        });
+        assert_eq!(ids, [Some(7)]);
+        assert!(r.unsubscribe(&filter("x/+/z"), &a));
+        assert!(!r.unsubscribe(&filter("x/+/z"), &a));
+        assert_eq!(r.count(), 0);
+        assert!(r.root.read().unwrap().is_empty());
+    }
+
+    #[test]
+    fn shared_groups() {
+        let r = Router::default();
+        let (a, b) = (session("a"), session("b"));
+        r.subscribe(&filter("$share/g/t/#"), &a, Default::default(), None);
+        r.subscribe(&filter("$share/g/t/#"), &b, Default::default(), None);
+        r.subscribe(&filter("$share/h/t/#"), &b, Default::default(), None);
+        assert_eq!(matches(&r, "t/1"), ["g:2", "h:1"]);
+        assert_eq!(r.shared_count(), 3);
+        r.unsubscribe(&filter("$share/g/t/#"), &a);
+        assert_eq!(matches(&r, "t/1"), ["g:1", "h:1"]);
+    }
+
+    #[test]
+    fn deep_filters_do_not_recurse() {
+        let r = Router::default();
+        let a = session("a");
+        let deep = "a/".repeat(5000) + "b";
+        r.subscribe(&filter(&deep), &a, Default::default(), None);
+        assert_eq!(matches(&r, &deep), ["a"]);
+        assert!(r.unsubscribe(&filter(&deep), &a));
+    }
+}

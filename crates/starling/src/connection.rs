@@ -1,0 +1,126 @@
+//! The connection task: owns one client socket, reads in large chunks and decodes every whole
+//! packet per read, feeds them to the sans-IO [`Connection`], and writes its output in as few
+//! syscalls as possible. Also the only place keep-alive timers and shutdown meet the socket.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use starling_broker::connection::OUTPUT_HIGH_WATER;
+use starling_broker::{Broker, Closing, Connection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Duration;
+
+/// How much to read at once; the buffer grows to hold one whole packet if it must.
+const READ_CHUNK: usize = 16 * 1024;
+/// Time allowed to flush the last packets (CONNACK refusal, DISCONNECT) before closing.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// Serves one client until it disconnects, breaks the protocol, or the broker shuts down.
+pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let _ = stream.set_nodelay(true);
+    let mut conn = Connection::new(broker.clone(), peer, Instant::now());
+    let waker = conn.waker();
+    let (mut rd, mut wr) = stream.into_split();
+    // Idle connections hold no buffer: both are allocated on demand and released when empty.
+    let mut rbuf = BytesMut::new();
+    let mut wbuf = BytesMut::new();
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+    let timer = tokio::time::sleep_until(far());
+    tokio::pin!(timer);
+    let metrics = &broker.metrics;
+
+    let closing: Option<Closing> = loop {
+        let deadline = conn
+            .deadline()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(far);
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        let can_read = wbuf.len() < OUTPUT_HIGH_WATER;
+        if can_read && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        let step = tokio::select! {
+            biased;
+            _ = shutdown.changed() => Err(Some(conn.shutdown())),
+            r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match r {
+                Ok(0) | Err(_) => Err(None),
+                Ok(n) => {
+                    metrics.bytes_sent.add(n as u64);
+                    if wbuf.is_empty() {
+                        wbuf = BytesMut::new();
+                    }
+                    Ok(())
+                }
+            },
+            r = rd.read_buf(&mut rbuf), if can_read => match r {
+                Ok(0) | Err(_) => Err(None),
+                Ok(n) => {
+                    metrics.bytes_received.add(n as u64);
+                    let r = handle_input(&mut conn, &mut rbuf);
+                    if rbuf.is_empty() {
+                        // Release the read buffer while nothing is pending (payloads still
+                        // referenced by queued messages keep their own part alive).
+                        rbuf = BytesMut::new();
+                    }
+                    r.map_err(Some)
+                }
+            },
+            _ = waker.notified(), if can_read => Ok(()),
+            _ = &mut timer => conn.check_timeouts(Instant::now()).map_err(Some),
+        };
+        let step = step.and_then(|()| {
+            if wbuf.len() < OUTPUT_HIGH_WATER {
+                conn.pump(Instant::now()).map_err(Some)
+            } else {
+                Ok(())
+            }
+        });
+        take_output(&mut conn, &mut wbuf);
+        if let Err(closing) = step {
+            break closing;
+        }
+    };
+    take_output(&mut conn, &mut wbuf);
+    if !wbuf.is_empty() {
+        if let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, wr.write_all(&wbuf)).await {
+            metrics.bytes_sent.add(wbuf.len() as u64);
+        }
+    }
+    let _ = tokio::time::timeout(FINAL_FLUSH, wr.shutdown()).await;
+    conn.close(closing.as_ref(), Instant::now());
+}
+
+/// Decodes and handles every whole packet in `rbuf`.
+fn handle_input(conn: &mut Connection, rbuf: &mut BytesMut) -> Result<(), Closing> {
+    let now = Instant::now();
+    loop {
+        let limits = conn.decode_limits();
+        match starling_proto::decode(rbuf, conn.version(), &limits) {
+            Ok(Some(packet)) => conn.handle_packet(packet, now)?,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(conn.handle_decode_error(&e)),
+        }
+    }
+}
+
+fn take_output(conn: &mut Connection, wbuf: &mut BytesMut) {
+    let out = conn.output();
+    if out.is_empty() {
+        return;
+    }
+    if wbuf.is_empty() {
+        std::mem::swap(wbuf, out);
+    } else {
+        wbuf.extend_from_slice(out);
+        out.clear();
+    }
+}
