@@ -90,10 +90,10 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::
         }
     };
     take_output(&mut conn, &mut wbuf);
-    if !wbuf.is_empty() {
-        if let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, wr.write_all(&wbuf)).await {
-            metrics.bytes_sent.add(wbuf.len() as u64);
-        }
+    if !wbuf.is_empty()
+        && let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, wr.write_all(&wbuf)).await
+    {
+        metrics.bytes_sent.add(wbuf.len() as u64);
     }
     let _ = tokio::time::timeout(FINAL_FLUSH, wr.shutdown()).await;
     conn.close(closing.as_ref(), Instant::now());

@@ -58,10 +58,10 @@ fn main() -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    if let Some(bind) = args.bind {
-        if let Some(first) = config.listeners.first_mut() {
-            first.bind = bind;
-        }
+    if let Some(bind) = args.bind
+        && let Some(first) = config.listeners.first_mut()
+    {
+        first.bind = bind;
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
