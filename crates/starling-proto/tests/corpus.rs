@@ -18,7 +18,11 @@ fn decode_corpus_holds_the_invariant() {
         .filter(|p| p.is_file())
         .collect();
     entries.sort();
-    assert!(entries.len() >= 30, "seed corpus too small: {}", entries.len());
+    assert!(
+        entries.len() >= 30,
+        "seed corpus too small: {}",
+        entries.len()
+    );
     let (mut packets, mut errors) = (0, 0);
     for path in &entries {
         let data = std::fs::read(path).unwrap();
@@ -28,5 +32,8 @@ fn decode_corpus_holds_the_invariant() {
         errors += usize::from(outcome.error.is_some());
     }
     // The seeds hold valid and invalid packets alike; both kinds must be exercised.
-    assert!(packets > 0 && errors > 0, "packets {packets}, errors {errors}");
+    assert!(
+        packets > 0 && errors > 0,
+        "packets {packets}, errors {errors}"
+    );
 }

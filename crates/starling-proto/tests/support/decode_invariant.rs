@@ -79,7 +79,10 @@ fn check_packet(packet: &Packet, version: ProtocolVersion, limits: &DecodeLimits
 
     match decode(&mut out, version, limits) {
         Ok(Some(again)) => {
-            assert_eq!(&again, packet, "decode(encode(p)) != p; bytes {encoded:02X?}");
+            assert_eq!(
+                &again, packet,
+                "decode(encode(p)) != p; bytes {encoded:02X?}"
+            );
         }
         other => panic!("re-decoding {encoded:02X?} gave {other:?} for {packet:?}"),
     }
