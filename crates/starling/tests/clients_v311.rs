@@ -1,0 +1,351 @@
+//! Black-box tests with `rumqttc` as an MQTT 3.1.1 client against a broker started in-process
+//! on 127.0.0.1:0: QoS flows, wildcards, retained messages, persistent sessions, wills,
+//! takeover, shared subscriptions and `$SYS`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ConnAck, Event, LastWill, MqttOptions, Packet, Publish, QoS};
+use starling::config::Config;
+use starling::server::Server;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn start(tweak: impl FnOnce(&mut Config)) -> (Server, u16) {
+    let mut config = Config::default();
+    config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
+    tweak(&mut config);
+    let server = Server::start(&config).await.unwrap();
+    let port = server.local_addrs()[0].port();
+    (server, port)
+}
+
+/// A rumqttc client whose event loop runs in a task and forwards incoming packets.
+struct Client {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Result<Packet, String>>,
+    task: JoinHandle<()>,
+}
+
+impl Client {
+    async fn connect(port: u16, id: &str, clean: bool, will: Option<LastWill>) -> (Self, ConnAck) {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_clean_session(clean);
+        opts.set_keep_alive(Duration::from_secs(30));
+        if let Some(w) = will {
+            opts.set_last_will(w);
+        }
+        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(p)) => {
+                        if tx.send(Ok(p)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Outgoing(_)) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut c = Self { client, rx, task };
+        let ack = match c.next().await {
+            Ok(Packet::ConnAck(a)) => a,
+            other => panic!("expected CONNACK, got {other:?}"),
+        };
+        (c, ack)
+    }
+
+    async fn next(&mut self) -> Result<Packet, String> {
+        timeout(WAIT, self.rx.recv())
+            .await
+            .expect("timed out waiting for a packet")
+            .expect("event loop ended")
+    }
+
+    /// The next PUBLISH, skipping acks.
+    async fn publish(&mut self) -> Publish {
+        loop {
+            match self.next().await {
+                Ok(Packet::Publish(p)) => return p,
+                Ok(_) => {}
+                Err(e) => panic!("connection error while waiting for PUBLISH: {e}"),
+            }
+        }
+    }
+
+    /// Asserts no PUBLISH arrives within `d`.
+    async fn no_publish(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            if let Ok(Packet::Publish(p)) = p {
+                panic!("unexpected PUBLISH on {}: {:?}", p.topic, p.payload);
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.client.subscribe(filter, qos).await.unwrap();
+        loop {
+            if let Ok(Packet::SubAck(_)) = self.next().await {
+                return;
+            }
+        }
+    }
+
+    /// Closes the socket without DISCONNECT.
+    fn kill(self) {
+        self.task.abort();
+    }
+
+    async fn disconnect(mut self) {
+        self.client.disconnect().await.unwrap();
+        // The event loop ends once DISCONNECT is written.
+        let _ = timeout(WAIT, async { while self.rx.recv().await.is_some() {} }).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_0_1_2_round_trip_and_downgrade() {
+    let (server, port) = start(|_| {}).await;
+    let (mut sub, ack) = Client::connect(port, "sub", true, None).await;
+    assert!(!ack.session_present);
+    sub.subscribe("t/+", QoS::ExactlyOnce).await;
+    sub.subscribe("low/#", QoS::AtMostOnce).await;
+    let (pub_, _) = Client::connect(port, "pub", true, None).await;
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        pub_.client
+            .publish(format!("t/{i}"), qos, false, format!("m{i}"))
+            .await
+            .unwrap();
+        let p = sub.publish().await;
+        assert_eq!(p.topic, format!("t/{i}"));
+        assert_eq!(&p.payload[..], format!("m{i}").as_bytes());
+        assert_eq!(p.qos, qos);
+        assert!(!p.retain);
+    }
+    // Granted QoS 0 caps delivery at QoS 0.
+    pub_.client
+        .publish("low/x", QoS::ExactlyOnce, false, "down")
+        .await
+        .unwrap();
+    let p = sub.publish().await;
+    assert_eq!((p.topic.as_str(), p.qos), ("low/x", QoS::AtMostOnce));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcards_dollar_topics_and_unsubscribe() {
+    let (server, port) = start(|c| c.limits.sys_interval_secs = 1).await;
+    let (mut all, _) = Client::connect(port, "all", true, None).await;
+    all.subscribe("#", QoS::AtMostOnce).await;
+    let (mut sys, _) = Client::connect(port, "sys", true, None).await;
+    sys.subscribe("$SYS/broker/uptime", QoS::AtMostOnce).await;
+    let p = sys.publish().await;
+    assert_eq!(p.topic, "$SYS/broker/uptime");
+    assert!(String::from_utf8_lossy(&p.payload).ends_with(" seconds"));
+    let (mut plus, _) = Client::connect(port, "plus", true, None).await;
+    plus.subscribe("a/+/c", QoS::AtMostOnce).await;
+    let (pub_, _) = Client::connect(port, "pub", true, None).await;
+    pub_.client
+        .publish("a/b/c", QoS::AtMostOnce, false, "1")
+        .await
+        .unwrap();
+    assert_eq!(plus.publish().await.topic, "a/b/c");
+    // `#` gets the client topic but never `$SYS`.
+    loop {
+        let p = all.publish().await;
+        assert!(!p.topic.starts_with('$'), "# matched {}", p.topic);
+        if p.topic == "a/b/c" {
+            break;
+        }
+    }
+    plus.client.unsubscribe("a/+/c").await.unwrap();
+    loop {
+        if let Ok(Packet::UnsubAck(_)) = plus.next().await {
+            break;
+        }
+    }
+    pub_.client
+        .publish("a/x/c", QoS::AtMostOnce, false, "2")
+        .await
+        .unwrap();
+    plus.no_publish(Duration::from_millis(300)).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_set_replace_clear() {
+    // No `$SYS` tree, so the retained count is only this test's.
+    let (server, port) = start(|c| c.limits.sys_interval_secs = 0).await;
+    let (pub_, _) = Client::connect(port, "pub", true, None).await;
+    pub_.client
+        .publish("r/1", QoS::AtLeastOnce, true, "first")
+        .await
+        .unwrap();
+    pub_.client
+        .publish("r/1", QoS::AtLeastOnce, true, "second")
+        .await
+        .unwrap();
+    pub_.client
+        .publish("r/2", QoS::AtMostOnce, true, "other")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut sub, _) = Client::connect(port, "sub", true, None).await;
+    sub.subscribe("r/1", QoS::AtLeastOnce).await;
+    let p = sub.publish().await;
+    assert_eq!((&p.payload[..], p.retain), (&b"second"[..], true));
+    // Live messages on an established subscription carry RETAIN 0 (MQTT-3.3.1-9).
+    pub_.client
+        .publish("r/1", QoS::AtLeastOnce, true, "third")
+        .await
+        .unwrap();
+    let p = sub.publish().await;
+    assert_eq!((&p.payload[..], p.retain), (&b"third"[..], false));
+    // Clearing.
+    pub_.client
+        .publish("r/1", QoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
+    let _ = sub.publish().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut late, _) = Client::connect(port, "late", true, None).await;
+    late.subscribe("r/#", QoS::AtLeastOnce).await;
+    let p = late.publish().await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("r/2", &b"other"[..]));
+    late.no_publish(Duration::from_millis(300)).await;
+    assert_eq!(server.broker().retained.count(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_queues_and_resumes() {
+    let (server, port) = start(|_| {}).await;
+    let (mut sub, ack) = Client::connect(port, "durable", false, None).await;
+    assert!(!ack.session_present);
+    sub.subscribe("q/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let (pub_, _) = Client::connect(port, "pub", true, None).await;
+    for i in 0..5 {
+        pub_.client
+            .publish("q/x", QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    // QoS 0 is not queued for an offline session.
+    pub_.client
+        .publish("q/x", QoS::AtMostOnce, false, "zero")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut sub, ack) = Client::connect(port, "durable", false, None).await;
+    assert!(ack.session_present);
+    for i in 0..5 {
+        let p = sub.publish().await;
+        assert_eq!(&p.payload[..], format!("{i}").as_bytes());
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+    }
+    sub.no_publish(Duration::from_millis(300)).await;
+    sub.disconnect().await;
+    // A clean session discards it all.
+    let (sub, ack) = Client::connect(port, "durable", true, None).await;
+    assert!(!ack.session_present);
+    sub.disconnect().await;
+    // Let the broker see the close (a connection still open would be taken over, resuming).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, ack) = Client::connect(port, "durable", false, None).await;
+    assert!(!ack.session_present);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_on_abnormal_close_only() {
+    let (server, port) = start(|_| {}).await;
+    let (mut watcher, _) = Client::connect(port, "watcher", true, None).await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let will = |n: &str| {
+        Some(LastWill::new(
+            format!("wills/{n}"),
+            format!("{n} gone"),
+            QoS::AtLeastOnce,
+            false,
+        ))
+    };
+    let (polite, _) = Client::connect(port, "polite", true, will("polite")).await;
+    polite.disconnect().await;
+    watcher.no_publish(Duration::from_millis(300)).await;
+    let (rude, _) = Client::connect(port, "rude", true, will("rude")).await;
+    rude.kill();
+    let p = watcher.publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("wills/rude", &b"rude gone"[..])
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_closes_the_old_connection() {
+    let (server, port) = start(|_| {}).await;
+    let (mut first, _) = Client::connect(port, "same", true, None).await;
+    let (mut second, _) = Client::connect(port, "same", true, None).await;
+    // The first connection is closed by the broker.
+    let closed = timeout(WAIT, async {
+        loop {
+            match first.rx.recv().await {
+                Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "old connection not closed");
+    second.subscribe("still/works", QoS::AtMostOnce).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_spreads_messages() {
+    let (server, port) = start(|_| {}).await;
+    let (mut a, _) = Client::connect(port, "a", true, None).await;
+    let (mut b, _) = Client::connect(port, "b", true, None).await;
+    a.subscribe("$share/g/jobs/+", QoS::AtLeastOnce).await;
+    b.subscribe("$share/g/jobs/+", QoS::AtLeastOnce).await;
+    let (pub_, _) = Client::connect(port, "pub", true, None).await;
+    for i in 0..20 {
+        pub_.client
+            .publish(format!("jobs/{i}"), QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let (mut na, mut nb) = (0, 0);
+    while seen.len() < 20 {
+        tokio::select! {
+            p = a.publish() => { na += 1; assert!(seen.insert(p.topic)); }
+            p = b.publish() => { nb += 1; assert!(seen.insert(p.topic)); }
+        }
+    }
+    assert!(na > 0 && nb > 0, "a got {na}, b got {nb}");
+    a.no_publish(Duration::from_millis(200)).await;
+    b.no_publish(Duration::from_millis(100)).await;
+    server.shutdown().await;
+}
