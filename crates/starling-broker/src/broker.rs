@@ -289,7 +289,9 @@ impl Broker {
         }
     }
 
-    fn publish_will(&self, will: Will, now: Instant) {
+    fn publish_will(&self, mut will: Will, now: Instant) {
+        // Will Delay Interval belongs to the will, not to the message sent on.
+        will.properties.will_delay_interval = None;
         let publish = starling_proto::Publish {
             dup: false,
             qos: will.qos,

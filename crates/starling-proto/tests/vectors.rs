@@ -508,10 +508,16 @@ fn disconnect() {
             Packet::Disconnect(Disconnect::new(ReasonCode::Success)),
         );
     }
+    // A reason without properties is written with a zero property length (rumqttc cannot
+    // read the one-byte form); the one-byte form is still accepted.
     check(
-        b"\xE0\x01\x04",
+        b"\xE0\x02\x04\x00",
         V5,
         Packet::Disconnect(Disconnect::new(ReasonCode::DisconnectWithWill)),
+    );
+    assert_eq!(
+        decode_all(b"\xE0\x01\x04", V5),
+        Packet::Disconnect(Disconnect::new(ReasonCode::DisconnectWithWill))
     );
     let mut d = Disconnect::new(ReasonCode::Success);
     d.properties.session_expiry_interval = Some(0);

@@ -264,7 +264,9 @@ fn body_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeEr
         Packet::PingReq | Packet::PingResp => 0,
         Packet::Disconnect(d) => {
             if v5 {
-                tail_len(tail(d.reason, &d.properties, true), &d.properties)?
+                // Reason without properties is written with a zero property length: the
+                // shorter form is valid but some clients cannot read it.
+                tail_len(tail(d.reason, &d.properties, false), &d.properties)?
             } else {
                 0
             }
@@ -459,7 +461,7 @@ fn write_disconnect(
     if version.is_v5() {
         write_tail(
             buf,
-            tail(d.reason, &d.properties, true),
+            tail(d.reason, &d.properties, false),
             d.reason,
             &d.properties,
         )?;

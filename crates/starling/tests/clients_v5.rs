@@ -1,0 +1,476 @@
+//! Black-box tests with `rumqttc` as an MQTT 5 client against a broker started in-process on
+//! 127.0.0.1:0: CONNACK properties, subscription identifiers and options, forwarded
+//! properties, session expiry, will delay, shared-subscription hand-over, shutdown, and
+//! 3.1.1 <-> 5 interoperation.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, LastWillProperties, Packet,
+    PubAckReason, Publish, PublishProperties, RetainForwardRule, SubscribeProperties,
+};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use starling::config::Config;
+use starling::server::Server;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn start(tweak: impl FnOnce(&mut Config)) -> (Server, u16) {
+    let mut config = Config::default();
+    config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
+    config.limits.sys_interval_secs = 0;
+    tweak(&mut config);
+    let server = Server::start(&config).await.unwrap();
+    let port = server.local_addrs()[0].port();
+    (server, port)
+}
+
+struct Client {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Result<Packet, String>>,
+    task: JoinHandle<()>,
+}
+
+impl Client {
+    async fn connect(port: u16, id: &str, tweak: impl FnOnce(&mut MqttOptions)) -> (Self, ConnAck) {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        tweak(&mut opts);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(p)) => {
+                        if tx.send(Ok(p)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Outgoing(_)) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("{e:?}")));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut c = Self { client, rx, task };
+        let ack = match c.next().await {
+            Ok(Packet::ConnAck(a)) => a,
+            other => panic!("expected CONNACK, got {other:?}"),
+        };
+        (c, ack)
+    }
+
+    async fn plain(port: u16, id: &str) -> Self {
+        Self::connect(port, id, |_| {}).await.0
+    }
+
+    async fn next(&mut self) -> Result<Packet, String> {
+        timeout(WAIT, self.rx.recv())
+            .await
+            .expect("timed out waiting for a packet")
+            .expect("event loop ended")
+    }
+
+    async fn publish(&mut self) -> Publish {
+        loop {
+            match self.next().await {
+                Ok(Packet::Publish(p)) => return p,
+                Ok(_) => {}
+                Err(e) => panic!("connection error while waiting for PUBLISH: {e}"),
+            }
+        }
+    }
+
+    async fn no_publish(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            if let Ok(Packet::Publish(p)) = p {
+                panic!("unexpected PUBLISH: {p:?}");
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, filter: Filter, id: Option<usize>) {
+        let props = SubscribeProperties {
+            id,
+            user_properties: vec![],
+        };
+        self.client
+            .subscribe_many_with_properties(vec![filter], props)
+            .await
+            .unwrap();
+        loop {
+            if let Ok(Packet::SubAck(_)) = self.next().await {
+                return;
+            }
+        }
+    }
+
+    async fn sub(&mut self, path: &str, qos: QoS) {
+        self.subscribe(Filter::new(path, qos), None).await;
+    }
+
+    fn kill(self) {
+        self.task.abort();
+    }
+
+    async fn disconnect(mut self) {
+        self.client.disconnect().await.unwrap();
+        let _ = timeout(WAIT, async { while self.rx.recv().await.is_some() {} }).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connack_advertises_limits() {
+    let (server, port) = start(|c| {
+        c.limits.receive_maximum = 77;
+        c.limits.topic_alias_maximum = 9;
+        c.limits.max_packet_size = 100_000;
+        c.limits.max_keep_alive = 20;
+    })
+    .await;
+    let (_c, ack) = Client::connect(port, "c", |_| {}).await;
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    let p = ack.properties.unwrap();
+    assert_eq!(p.receive_max, Some(77));
+    assert_eq!(p.topic_alias_max, Some(9));
+    assert_eq!(p.max_packet_size, Some(100_000));
+    // The client asked for 30 s; the broker caps it.
+    assert_eq!(p.server_keep_alive, Some(20));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_identifiers_and_overlap() {
+    let (server, port) = start(|_| {}).await;
+    let mut sub = Client::plain(port, "sub").await;
+    sub.subscribe(Filter::new("s/+", QoS::AtMostOnce), Some(11))
+        .await;
+    sub.subscribe(Filter::new("s/#", QoS::AtLeastOnce), Some(22))
+        .await;
+    let publisher = Client::plain(port, "pub").await;
+    publisher
+        .client
+        .publish("s/x", QoS::AtLeastOnce, false, "hi")
+        .await
+        .unwrap();
+    // One copy, at the highest granted QoS, with both identifiers.
+    let p = sub.publish().await;
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    let mut ids = p.properties.unwrap().subscription_identifiers;
+    ids.sort();
+    assert_eq!(ids, [11, 22]);
+    sub.no_publish(Duration::from_millis(200)).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_are_forwarded_unchanged() {
+    let (server, port) = start(|_| {}).await;
+    let mut sub = Client::plain(port, "sub").await;
+    sub.sub("req/#", QoS::AtLeastOnce).await;
+    let publisher = Client::plain(port, "pub").await;
+    let props = PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(100),
+        content_type: Some("text/plain".into()),
+        response_topic: Some("resp/1".into()),
+        correlation_data: Some(Bytes::from_static(b"\x00\x01corr")),
+        user_properties: vec![
+            ("b".into(), "2".into()),
+            ("a".into(), "1".into()),
+            ("b".into(), "3".into()),
+        ],
+        ..Default::default()
+    };
+    publisher
+        .client
+        .publish_with_properties("req/x", QoS::AtLeastOnce, false, "body", props)
+        .await
+        .unwrap();
+    let p = sub.publish().await;
+    let got = p.properties.unwrap();
+    assert_eq!(got.payload_format_indicator, Some(1));
+    assert!(
+        matches!(got.message_expiry_interval, Some(99..=100)),
+        "{:?}",
+        got.message_expiry_interval
+    );
+    assert_eq!(got.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(got.response_topic.as_deref(), Some("resp/1"));
+    assert_eq!(got.correlation_data.as_deref(), Some(&b"\x00\x01corr"[..]));
+    let order: Vec<(&str, &str)> = got
+        .user_properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(order, [("b", "2"), ("a", "1"), ("b", "3")]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_local_retain_as_published_and_retain_handling() {
+    let (server, port) = start(|_| {}).await;
+    let mut me = Client::plain(port, "me").await;
+    let mut f = Filter::new("nl/#", QoS::AtMostOnce);
+    f.nolocal = true;
+    me.subscribe(f, None).await;
+    me.client
+        .publish("nl/1", QoS::AtMostOnce, false, "mine")
+        .await
+        .unwrap();
+    me.no_publish(Duration::from_millis(200)).await;
+    let other = Client::plain(port, "other").await;
+    other
+        .client
+        .publish("nl/2", QoS::AtMostOnce, false, "theirs")
+        .await
+        .unwrap();
+    assert_eq!(&me.publish().await.payload[..], b"theirs");
+
+    other
+        .client
+        .publish("keep/1", QoS::AtLeastOnce, true, "kept")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Retain handling 2: nothing at subscribe time; Retain As Published keeps the flag live.
+    let mut f = Filter::new("keep/#", QoS::AtLeastOnce);
+    f.retain_forward_rule = RetainForwardRule::Never;
+    f.preserve_retain = true;
+    let mut rap = Client::plain(port, "rap").await;
+    rap.subscribe(f, None).await;
+    rap.no_publish(Duration::from_millis(200)).await;
+    other
+        .client
+        .publish("keep/1", QoS::AtLeastOnce, true, "again")
+        .await
+        .unwrap();
+    let p = rap.publish().await;
+    assert!(p.retain, "Retain As Published must keep RETAIN");
+    // Retain handling 1: only when the subscription is new.
+    let mut f = Filter::new("keep/#", QoS::AtLeastOnce);
+    f.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+    let mut newer = Client::plain(port, "newer").await;
+    newer.subscribe(f.clone(), None).await;
+    assert_eq!(&newer.publish().await.payload[..], b"again");
+    newer.subscribe(f, None).await;
+    newer.no_publish(Duration::from_millis(200)).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puback_says_no_matching_subscribers() {
+    let (server, port) = start(|_| {}).await;
+    let mut c = Client::plain(port, "c").await;
+    c.client
+        .publish("nobody/home", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    loop {
+        if let Ok(Packet::PubAck(a)) = c.next().await {
+            assert_eq!(a.reason, PubAckReason::NoMatchingSubscribers);
+            break;
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expiry_keeps_then_drops_the_session() {
+    let (server, port) = start(|_| {}).await;
+    let with_expiry = |secs: u32| {
+        move |o: &mut MqttOptions| {
+            o.set_clean_start(false);
+            o.set_session_expiry_interval(Some(secs));
+        }
+    };
+    let (mut sub, ack) = Client::connect(port, "s", with_expiry(2)).await;
+    assert!(!ack.session_present);
+    sub.sub("exp/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let publisher = Client::plain(port, "pub").await;
+    publisher
+        .client
+        .publish("exp/1", QoS::AtLeastOnce, false, "queued")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut sub, ack) = Client::connect(port, "s", with_expiry(1)).await;
+    assert!(ack.session_present);
+    assert_eq!(&sub.publish().await.payload[..], b"queued");
+    sub.disconnect().await;
+    // After the 1 s expiry (checked every second), the session is gone.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_sub, ack) = Client::connect(port, "s", with_expiry(1)).await;
+    assert!(!ack.session_present);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_delay_and_disconnect_with_will() {
+    let (server, port) = start(|_| {}).await;
+    let mut watcher = Client::plain(port, "watcher").await;
+    watcher.sub("w/#", QoS::AtLeastOnce).await;
+    let will = |topic: &str, delay: u32| {
+        let props = LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+        };
+        LastWill::new(topic, "bye", QoS::AtLeastOnce, false, Some(props))
+    };
+    // Delayed will: not at once, but after the delay (the session expiry is longer).
+    let (c, _) = Client::connect(port, "delayed", |o| {
+        o.set_last_will(will("w/delayed", 1));
+        o.set_session_expiry_interval(Some(60));
+    })
+    .await;
+    let killed_at = std::time::Instant::now();
+    c.kill();
+    let p = watcher.publish().await;
+    assert_eq!(p.topic, Bytes::from_static(b"w/delayed"));
+    assert!(
+        killed_at.elapsed() >= Duration::from_millis(900),
+        "will sent before its delay"
+    );
+    // Resumed within the delay: no will.
+    let (c, _) = Client::connect(port, "resumed", |o| {
+        o.set_last_will(will("w/resumed", 2));
+        o.set_session_expiry_interval(Some(60));
+    })
+    .await;
+    c.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (c, ack) = Client::connect(port, "resumed", |o| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(60));
+    })
+    .await;
+    assert!(ack.session_present);
+    watcher.no_publish(Duration::from_millis(2500)).await;
+    c.disconnect().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_member_loss_hands_messages_over() {
+    let (server, port) = start(|_| {}).await;
+    // `a` takes messages but never acknowledges them.
+    let (mut a, _) = Client::connect(port, "a", |o| {
+        o.set_manual_acks(true);
+    })
+    .await;
+    a.sub("$share/g/work", QoS::AtLeastOnce).await;
+    let publisher = Client::plain(port, "pub").await;
+    for i in 0..4 {
+        publisher
+            .client
+            .publish("work", QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    for _ in 0..4 {
+        a.publish().await;
+    }
+    let mut b = Client::plain(port, "b").await;
+    b.sub("$share/g/work", QoS::AtLeastOnce).await;
+    a.kill();
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..4 {
+        got.push(String::from_utf8(b.publish().await.payload.to_vec()).unwrap());
+    }
+    got.sort();
+    assert_eq!(got, ["0", "1", "2", "3"]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_server_shutting_down() {
+    let (server, port) = start(|_| {}).await;
+    let mut c = Client::plain(port, "c").await;
+    let shutdown = tokio::spawn(server.shutdown());
+    // rumqttc reports a server DISCONNECT as the error that ends its event loop.
+    let ended = loop {
+        match c.next().await {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    let expected = format!("{:?}", DisconnectReasonCode::ServerShuttingDown);
+    assert!(
+        ended.contains("ServerDisconnect") && ended.contains(&expected),
+        "{ended}"
+    );
+    shutdown.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v311_and_v5_interoperate() {
+    let (server, port) = start(|_| {}).await;
+    let mut v5 = Client::plain(port, "five").await;
+    v5.sub("x/#", QoS::AtLeastOnce).await;
+    let mut opts = rumqttc::MqttOptions::new("three", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (v3, mut v3_loop) = rumqttc::AsyncClient::new(opts, 100);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(ev) = v3_loop.poll().await {
+            if let rumqttc::Event::Incoming(p) = ev {
+                let _ = tx.send(p);
+            }
+        }
+    });
+    v3.subscribe("x/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let rumqttc::Packet::SubAck(_) = timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            break;
+        }
+    }
+    v3.publish("x/from3", rumqttc::QoS::AtLeastOnce, false, "three")
+        .await
+        .unwrap();
+    let p = v5.publish().await;
+    assert_eq!(
+        (&p.topic[..], &p.payload[..]),
+        (&b"x/from3"[..], &b"three"[..])
+    );
+    let props = PublishProperties {
+        user_properties: vec![("k".into(), "v".into())],
+        content_type: Some("t".into()),
+        ..Default::default()
+    };
+    v5.client
+        .publish_with_properties("x/from5", QoS::AtLeastOnce, false, "five", props)
+        .await
+        .unwrap();
+    let got = loop {
+        if let rumqttc::Packet::Publish(p) = timeout(WAIT, rx.recv()).await.unwrap().unwrap()
+            && p.topic == "x/from5"
+        {
+            break p;
+        }
+    };
+    assert_eq!(&got.payload[..], b"five");
+    server.shutdown().await;
+}
