@@ -86,6 +86,24 @@ pub struct Connection {
     opened_at: Instant,
     last_packet: Instant,
     shutting_down: bool,
+    /// Inbound publish rate limit (`max_publish_rate`), if any.
+    rate: Option<TokenBucket>,
+}
+
+/// A token bucket: `rate` tokens per second, holding at most one second's worth.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.updated = now;
+    }
 }
 
 impl Connection {
@@ -102,7 +120,35 @@ impl Connection {
             opened_at: now,
             last_packet: now,
             shutting_down: false,
+            rate: None,
         }
+        .with_rate_limit(now)
+    }
+
+    fn with_rate_limit(mut self, now: Instant) -> Self {
+        let rate = self.broker.limits.max_publish_rate;
+        if rate > 0 {
+            self.rate = Some(TokenBucket {
+                rate: f64::from(rate),
+                tokens: f64::from(rate),
+                updated: now,
+            });
+        }
+        self
+    }
+
+    /// If the client has used up its publish rate, the time until it may publish again: the
+    /// network layer stops reading from the socket until then (the client is slowed down by
+    /// TCP flow control, not disconnected). Counted in `rate_limited`.
+    pub fn throttled_until(&mut self, now: Instant) -> Option<Instant> {
+        let bucket = self.rate.as_mut()?;
+        bucket.refill(now);
+        if bucket.tokens >= 1.0 {
+            return None;
+        }
+        self.broker.metrics.rate_limited.inc();
+        let wait = (1.0 - bucket.tokens) / bucket.rate;
+        Some(now + Duration::from_secs_f64(wait))
     }
 
     /// Fires when the session has messages to send or was taken over: call [`Self::pump`].
@@ -489,6 +535,10 @@ impl Connection {
     fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), Closing> {
         let broker = self.broker.clone();
         broker.metrics.publish_received.inc();
+        if let Some(bucket) = &mut self.rate {
+            bucket.refill(now);
+            bucket.tokens -= 1.0;
+        }
         let Stage::Active(a) = &mut self.stage else {
             return Ok(());
         };

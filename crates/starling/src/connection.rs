@@ -35,16 +35,21 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::
     let timer = tokio::time::sleep_until(far());
     tokio::pin!(timer);
     let metrics = &broker.metrics;
+    // Set while the publish rate limit pauses reading.
+    let mut paused_until: Option<Instant> = None;
 
     let closing: Option<Closing> = loop {
-        let deadline = conn
-            .deadline()
+        let deadline = match (conn.deadline(), paused_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let deadline = deadline
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(far);
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
-        let can_read = wbuf.len() < OUTPUT_HIGH_WATER;
+        let can_read = wbuf.len() < OUTPUT_HIGH_WATER && paused_until.is_none();
         if can_read && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
         }
@@ -65,18 +70,25 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::
                 Ok(0) | Err(_) => Err(None),
                 Ok(n) => {
                     metrics.bytes_received.add(n as u64);
-                    let r = handle_input(&mut conn, &mut rbuf);
-                    if rbuf.is_empty() {
-                        // Release the read buffer while nothing is pending (payloads still
-                        // referenced by queued messages keep their own part alive).
-                        rbuf = BytesMut::new();
-                    }
-                    r.map_err(Some)
+                    handle_input(&mut conn, &mut rbuf, &mut paused_until)
                 }
             },
             _ = waker.notified(), if can_read => Ok(()),
-            _ = &mut timer => conn.check_timeouts(Instant::now()).map_err(Some),
+            _ = &mut timer => {
+                let now = Instant::now();
+                if paused_until.is_some_and(|t| now >= t) {
+                    paused_until = None;
+                    handle_input(&mut conn, &mut rbuf, &mut paused_until)
+                } else {
+                    conn.check_timeouts(now).map_err(Some)
+                }
+            }
         };
+        if rbuf.is_empty() && rbuf.capacity() > 0 {
+            // Release the read buffer while nothing is pending (payloads still referenced by
+            // queued messages keep their own part alive).
+            rbuf = BytesMut::new();
+        }
         let step = step.and_then(|()| {
             if wbuf.len() < OUTPUT_HIGH_WATER {
                 conn.pump(Instant::now()).map_err(Some)
@@ -99,15 +111,24 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::
     conn.close(closing.as_ref(), Instant::now());
 }
 
-/// Decodes and handles every whole packet in `rbuf`.
-fn handle_input(conn: &mut Connection, rbuf: &mut BytesMut) -> Result<(), Closing> {
+/// Decodes and handles every whole packet in `rbuf`, stopping early (and setting
+/// `paused_until`) when the publish rate limit says to wait.
+fn handle_input(
+    conn: &mut Connection,
+    rbuf: &mut BytesMut,
+    paused_until: &mut Option<Instant>,
+) -> Result<(), Option<Closing>> {
     let now = Instant::now();
     loop {
+        if let Some(until) = conn.throttled_until(now) {
+            *paused_until = Some(until);
+            return Ok(());
+        }
         let limits = conn.decode_limits();
         match starling_proto::decode(rbuf, conn.version(), &limits) {
-            Ok(Some(packet)) => conn.handle_packet(packet, now)?,
+            Ok(Some(packet)) => conn.handle_packet(packet, now).map_err(Some)?,
             Ok(None) => return Ok(()),
-            Err(e) => return Err(conn.handle_decode_error(&e)),
+            Err(e) => return Err(Some(conn.handle_decode_error(&e))),
         }
     }
 }

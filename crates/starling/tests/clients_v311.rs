@@ -349,3 +349,91 @@ async fn shared_subscription_spreads_messages() {
     b.no_publish(Duration::from_millis(100)).await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_rate_limit_slows_without_disconnecting() {
+    let (server, port) = start(|c| c.limits.max_publish_rate = 100).await;
+    let (mut sub, _) = Client::connect(port, "sub", true, None).await;
+    sub.subscribe("rate", QoS::AtLeastOnce).await;
+    let (mut pub_, _) = Client::connect(port, "pub", true, None).await;
+    let started = std::time::Instant::now();
+    for i in 0..250u32 {
+        pub_.client
+            .publish("rate", QoS::AtLeastOnce, false, i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    let mut acks = 0;
+    while acks < 250 {
+        match pub_.next().await {
+            Ok(Packet::PubAck(_)) => acks += 1,
+            Ok(_) => {}
+            Err(e) => panic!("publisher disconnected: {e}"),
+        }
+    }
+    // 250 publishes at 100/s with a one-second burst cannot finish in under ~1.5 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(server.broker().metrics.rate_limited.get() > 0);
+    for i in 0..250u32 {
+        assert_eq!(&sub.publish().await.payload[..], i.to_be_bytes());
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_messages_are_resent_with_dup() {
+    let (server, port) = start(|_| {}).await;
+    let connect = |port| async move {
+        let mut opts = MqttOptions::new("lazy", "127.0.0.1", port);
+        opts.set_clean_session(false);
+        opts.set_manual_acks(true);
+        let (client, mut eventloop) = AsyncClient::new(opts, 100);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok(ev) = eventloop.poll().await {
+                if let Event::Incoming(p) = ev {
+                    let _ = tx.send(Ok(p));
+                }
+            }
+        });
+        Client { client, rx, task }
+    };
+    let mut lazy = connect(port).await;
+    assert!(matches!(lazy.next().await, Ok(Packet::ConnAck(_))));
+    lazy.subscribe("redo/#", QoS::ExactlyOnce).await;
+    let (pub_, _) = Client::connect(port, "pub", true, None).await;
+    pub_.client
+        .publish("redo/1", QoS::AtLeastOnce, false, "one")
+        .await
+        .unwrap();
+    pub_.client
+        .publish("redo/2", QoS::ExactlyOnce, false, "two")
+        .await
+        .unwrap();
+    let first = lazy.publish().await;
+    let second = lazy.publish().await;
+    assert!(!first.dup && !second.dup);
+    // Never acknowledged; the connection drops.
+    lazy.kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut lazy = connect(port).await;
+    match lazy.next().await {
+        Ok(Packet::ConnAck(a)) => assert!(a.session_present),
+        other => panic!("{other:?}"),
+    }
+    let again1 = lazy.publish().await;
+    let again2 = lazy.publish().await;
+    assert_eq!(
+        (again1.pkid, &again1.payload[..], again1.dup),
+        (first.pkid, &b"one"[..], true)
+    );
+    assert_eq!(
+        (again2.pkid, &again2.payload[..], again2.dup),
+        (second.pkid, &b"two"[..], true)
+    );
+    server.shutdown().await;
+}
