@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use starling_proto::{ProtocolVersion, QoS, Will};
 use tokio::sync::Notify;
 
-use crate::config::Limits;
+use crate::config::{Features, Limits};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::retain::{RetainOutcome, RetainStore};
@@ -64,6 +64,8 @@ pub enum Ending {
 pub struct Broker {
     /// Limits and timers.
     pub limits: Limits,
+    /// Configurable MQTT 5 features.
+    pub features: Features,
     /// Counters.
     pub metrics: Metrics,
     /// Subscription index.
@@ -88,8 +90,14 @@ pub struct Broker {
 impl Broker {
     /// A broker with the given limits.
     pub fn new(limits: Limits, now: Instant) -> Self {
+        Self::with_features(limits, Features::default(), now)
+    }
+
+    /// A broker with the given limits and features.
+    pub fn with_features(limits: Limits, features: Features, now: Instant) -> Self {
         Self {
             limits,
+            features,
             metrics: Metrics::default(),
             router: Router::default(),
             retained: RetainStore::default(),

@@ -117,3 +117,19 @@ impl Limits {
         Ok(())
     }
 }
+
+/// MQTT 5 features that are switched or shaped by configuration (the `[mqtt]` table).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Features {
+    /// Prefix of the Response Information returned to v5 clients that ask for it (Request
+    /// Response Information = 1): the client gets `{prefix}{client id}` to build response topics
+    /// under. Empty: no Response Information is returned.
+    pub response_information_prefix: String,
+    /// Server redirection: when set, every v5 client is refused with this Server Reference and
+    /// reason 0x9C (Use another server), or 0x9D (Server moved) if `server_moved`. 3.x clients,
+    /// which cannot be redirected, get CONNACK 0x03 (server unavailable).
+    pub server_reference: Option<String>,
+    /// Redirect permanently (0x9D) rather than temporarily (0x9C).
+    pub server_moved: bool,
+}

@@ -61,6 +61,10 @@ struct Active {
     max_packet_out: usize,
     /// Inbound topic aliases; bounded by the advertised Topic Alias Maximum.
     aliases_in: HashMap<u16, TopicName>,
+    /// Outbound topic aliases the broker assigned; at most the client's Topic Alias Maximum.
+    aliases_out: HashMap<TopicName, u16>,
+    /// The client's Topic Alias Maximum (0: no outbound aliases).
+    alias_out_max: u16,
     /// CONNECT's Session Expiry Interval was 0 (DISCONNECT may then not set one).
     connect_expiry_zero: bool,
     /// What to do with the will when the connection ends.
@@ -337,10 +341,20 @@ impl Connection {
         reason: ReasonCode,
         detail: &str,
     ) -> Result<(), Closing> {
+        self.refuse_connect_with(version, reason, Properties::default(), detail)
+    }
+
+    fn refuse_connect_with(
+        &mut self,
+        version: ProtocolVersion,
+        reason: ReasonCode,
+        properties: Properties,
+        detail: &str,
+    ) -> Result<(), Closing> {
         let connack = Packet::ConnAck(ConnAck {
             session_present: false,
             reason,
-            properties: Properties::default(),
+            properties,
         });
         if starling_proto::encode(&connack, version, &mut self.out).is_ok() {
             self.broker.metrics.messages_sent.inc();
@@ -401,6 +415,25 @@ impl Connection {
                 ReasonCode::BadAuthenticationMethod,
                 "unknown authentication method",
             );
+        }
+        if let Some(reference) = &broker.features.server_reference {
+            if !v5 {
+                return self.refuse_connect(
+                    version,
+                    ReasonCode::ServerUnavailable,
+                    "server redirection configured",
+                );
+            }
+            let reason = if broker.features.server_moved {
+                ReasonCode::ServerMoved
+            } else {
+                ReasonCode::UseAnotherServer
+            };
+            let props = Properties {
+                server_reference: Some(reference.clone()),
+                ..Properties::default()
+            };
+            return self.refuse_connect_with(version, reason, props, "redirected");
         }
         if broker.metrics.clients_connected.get() >= limits.max_connections as u64 {
             broker.metrics.connections_refused.inc();
@@ -467,6 +500,12 @@ impl Connection {
             window: window.max(1),
             max_packet_out,
             aliases_in: HashMap::new(),
+            aliases_out: HashMap::new(),
+            alias_out_max: if v5 {
+                props.topic_alias_maximum.unwrap_or(0)
+            } else {
+                0
+            },
             connect_expiry_zero,
             ending: Ending::Abnormal,
         }));
@@ -479,6 +518,10 @@ impl Connection {
                 ack_props.session_expiry_interval = Some(expiry_secs);
             }
             ack_props.receive_maximum = Some(limits.receive_maximum);
+            let prefix = &broker.features.response_information_prefix;
+            if props.request_response_information == Some(1) && !prefix.is_empty() {
+                ack_props.response_information = Some(format!("{prefix}{client_id}"));
+            }
             ack_props.maximum_packet_size = Some(limits.max_packet_size);
             if limits.topic_alias_maximum > 0 {
                 ack_props.topic_alias_maximum = Some(limits.topic_alias_maximum);
@@ -815,11 +858,12 @@ impl Connection {
     /// Moves queued messages into the output, as far as the inflight window and the output
     /// high-water mark allow. Detects a takeover (answered with DISCONNECT 0x8E for v5).
     pub fn pump(&mut self, now: Instant) -> Result<(), Closing> {
-        let Stage::Active(a) = &self.stage else {
+        let Stage::Active(a) = &mut self.stage else {
             return Ok(());
         };
         let metrics = &self.broker.metrics;
-        let mut st = a.session.lock();
+        let session = a.session.clone();
+        let mut st = session.lock();
         if st.owner != Some(self.id) || st.ended {
             drop(st);
             self.send_disconnect(ReasonCode::SessionTakenOver);
@@ -844,7 +888,8 @@ impl Connection {
             } else {
                 st.allocate_packet_id()
             };
-            let publish = outgoing_publish(a.version, &d, packet_id, false, now);
+            let mut publish = outgoing_publish(a.version, &d, packet_id, false, now);
+            apply_outbound_alias(a, &mut publish);
             match starling_proto::publish_len(&publish, a.version) {
                 Ok(len) if len <= a.max_packet_out => {}
                 _ => {
@@ -916,6 +961,22 @@ impl Connection {
             %reason,
             "client disconnected: {detail}"
         );
+    }
+}
+
+/// Replaces the topic by an alias the client already knows, or assigns a new alias while the
+/// client's Topic Alias Maximum allows (topic sent once with the alias, then the alias alone).
+fn apply_outbound_alias(a: &mut Active, publish: &mut Publish) {
+    if a.alias_out_max == 0 {
+        return;
+    }
+    if let Some(&alias) = a.aliases_out.get(&publish.topic) {
+        publish.properties.topic_alias = Some(alias);
+        publish.topic = TopicName::empty();
+    } else if a.aliases_out.len() < usize::from(a.alias_out_max) {
+        let alias = u16::try_from(a.aliases_out.len() + 1).unwrap_or(u16::MAX);
+        a.aliases_out.insert(publish.topic.clone(), alias);
+        publish.properties.topic_alias = Some(alias);
     }
 }
 

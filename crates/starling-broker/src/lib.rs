@@ -25,6 +25,6 @@ pub mod session;
 pub mod sys;
 
 pub use broker::Broker;
-pub use config::{Limits, QueueFullPolicy};
+pub use config::{Features, Limits, QueueFullPolicy};
 pub use connection::{Closing, Connection};
 pub use metrics::Metrics;

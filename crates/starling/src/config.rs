@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use starling_broker::Limits;
+use starling_broker::{Features, Limits};
 
 /// The whole config file.
 #[derive(Debug, Deserialize)]
@@ -22,6 +22,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Limits and timers of the broker core.
     pub limits: Limits,
+    /// MQTT 5 features shaped by configuration.
+    pub mqtt: Features,
 }
 
 /// One listener.
@@ -49,6 +51,7 @@ impl Default for Config {
                 protocol: default_protocol(),
             }],
             limits: Limits::default(),
+            mqtt: Features::default(),
         }
     }
 }
@@ -113,11 +116,14 @@ mod tests {
             [limits]
             max_inflight = 10
             queue_full_policy = "refuse_newest"
+            [mqtt]
+            response_information_prefix = "replies/"
             "#,
         )
         .unwrap();
         assert_eq!(c.listeners.len(), 2);
         assert_eq!(c.limits.max_inflight, 10);
+        assert_eq!(c.mqtt.response_information_prefix, "replies/");
         assert_eq!(
             c.limits.queue_full_policy,
             starling_broker::QueueFullPolicy::RefuseNewest

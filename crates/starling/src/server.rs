@@ -33,7 +33,11 @@ pub struct Server {
 impl Server {
     /// Binds every listener and starts serving. Fails if a listener cannot be bound.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
-        let broker = Arc::new(Broker::new(config.limits.clone(), Instant::now()));
+        let broker = Arc::new(Broker::with_features(
+            config.limits.clone(),
+            config.mqtt.clone(),
+            Instant::now(),
+        ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(config.limits.max_connections + ACCEPT_SLACK));
         let mut tasks = JoinSet::new();

@@ -474,3 +474,98 @@ async fn v311_and_v5_interoperate() {
     assert_eq!(&got.payload[..], b"five");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_aliases_both_ways() {
+    let (server, port) = start(|_| {}).await;
+    let (mut sub, _) = Client::connect(port, "sub", |o| {
+        o.set_topic_alias_max(Some(2));
+    })
+    .await;
+    sub.sub("al/#", QoS::AtMostOnce).await;
+    let (publisher, ack) = Client::connect(port, "pub", |_| {}).await;
+    assert!(ack.properties.unwrap().topic_alias_max.unwrap_or(0) >= 1);
+    // Inbound: the topic once with alias 1, then the alias alone.
+    let with_alias = |alias| PublishProperties {
+        topic_alias: Some(alias),
+        ..Default::default()
+    };
+    publisher
+        .client
+        .publish_with_properties("al/one", QoS::AtMostOnce, false, "1", with_alias(1))
+        .await
+        .unwrap();
+    publisher
+        .client
+        .publish_with_properties("", QoS::AtMostOnce, false, "2", with_alias(1))
+        .await
+        .unwrap();
+    for topic in ["al/two", "al/three", "al/two", "al/three"] {
+        publisher
+            .client
+            .publish(topic, QoS::AtMostOnce, false, "x")
+            .await
+            .unwrap();
+    }
+    // The subscriber allowed 2 aliases: the broker assigns them to the first two topics, then
+    // sends those as the alias alone (empty topic), and the third topic in full every time.
+    let mut known = std::collections::HashMap::new();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let p = sub.publish().await;
+        let alias = p.properties.and_then(|p| p.topic_alias);
+        let sent = String::from_utf8(p.topic.to_vec()).unwrap();
+        let resolved = match alias {
+            Some(a) if sent.is_empty() => known
+                .get(&a)
+                .cloned()
+                .expect("alias used before it was set"),
+            Some(a) => {
+                known.insert(a, sent.clone());
+                sent.clone()
+            }
+            None => sent.clone(),
+        };
+        got.push((resolved, sent.is_empty(), alias));
+    }
+    let expected = [
+        ("al/one", false, Some(1)),
+        ("al/one", true, Some(1)),
+        ("al/two", false, Some(2)),
+        ("al/three", false, None),
+        ("al/two", true, Some(2)),
+        ("al/three", false, None),
+    ];
+    let expected: Vec<(String, bool, Option<u16>)> = expected
+        .iter()
+        .map(|(t, e, a)| (t.to_string(), *e, *a))
+        .collect();
+    assert_eq!(got, expected);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_information_and_redirection() {
+    let (server, port) = start(|c| c.mqtt.response_information_prefix = "replies/".into()).await;
+    let (_c, ack) = Client::connect(port, "asker", |o| {
+        o.set_request_response_info(Some(1));
+    })
+    .await;
+    assert_eq!(
+        ack.properties.unwrap().response_information.as_deref(),
+        Some("replies/asker")
+    );
+    let (_c, ack) = Client::connect(port, "quiet", |_| {}).await;
+    assert_eq!(ack.properties.unwrap().response_information, None);
+    server.shutdown().await;
+
+    let (server, port) =
+        start(|c| c.mqtt.server_reference = Some("other.example:1883".into())).await;
+    let mut opts = MqttOptions::new("moved", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (_client, mut eventloop) = AsyncClient::new(opts, 10);
+    let err = timeout(WAIT, eventloop.poll()).await.unwrap().unwrap_err();
+    let text = format!("{err:?}");
+    assert!(text.contains("UseAnotherServer"), "{text}");
+    server.shutdown().await;
+}
