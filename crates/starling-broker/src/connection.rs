@@ -65,6 +65,8 @@ struct Active {
     aliases_out: HashMap<TopicName, u16>,
     /// The client's Topic Alias Maximum (0: no outbound aliases).
     alias_out_max: u16,
+    /// Request Problem Information: reason strings may be sent on acks (v5; default true).
+    problem_info: bool,
     /// CONNECT's Session Expiry Interval was 0 (DISCONNECT may then not set one).
     connect_expiry_zero: bool,
     /// What to do with the will when the connection ends.
@@ -209,7 +211,7 @@ impl Connection {
             _ => return Ok(()),
         }
         if self.is_active() {
-            self.send_disconnect(ReasonCode::KeepAliveTimeout);
+            self.send_disconnect(ReasonCode::KeepAliveTimeout, "keep-alive timeout");
             Err(Closing::new(
                 ReasonCode::KeepAliveTimeout,
                 "keep-alive timeout",
@@ -239,7 +241,7 @@ impl Connection {
                     }));
                 }
             }
-            Stage::Active(_) => self.send_disconnect(reason),
+            Stage::Active(_) => self.send_disconnect(reason, &err.to_string()),
             Stage::Closed => {}
         }
         Closing::new(reason, err.to_string())
@@ -299,12 +301,12 @@ impl Connection {
 
     fn protocol_error(&mut self, detail: &str) -> Result<(), Closing> {
         self.broker.metrics.protocol_errors.inc();
-        self.send_disconnect(ReasonCode::ProtocolError);
+        self.send_disconnect(ReasonCode::ProtocolError, detail);
         Err(Closing::new(ReasonCode::ProtocolError, detail))
     }
 
     fn fail(&mut self, reason: ReasonCode, detail: &str) -> Result<(), Closing> {
-        self.send_disconnect(reason);
+        self.send_disconnect(reason, detail);
         Err(Closing::new(reason, detail))
     }
 
@@ -327,12 +329,23 @@ impl Connection {
     }
 
     /// Sends DISCONNECT with `reason` to a v5 client (3.x has no server DISCONNECT).
-    fn send_disconnect(&mut self, reason: ReasonCode) {
-        if let Stage::Active(a) = &self.stage
-            && a.version.is_v5()
-        {
-            self.encode(&Packet::Disconnect(Disconnect::new(reason)));
+    fn send_disconnect(&mut self, reason: ReasonCode, detail: &str) {
+        let Stage::Active(a) = &self.stage else {
+            return;
+        };
+        if !a.version.is_v5() {
+            return;
         }
+        // A Reason String is allowed on DISCONNECT whatever Request Problem Information says,
+        // but never if it would make the packet larger than the client accepts.
+        let mut d = Disconnect::new(reason);
+        d.properties.reason_string = Some(detail.to_string());
+        let fits = starling_proto::encoded_len(&Packet::Disconnect(d.clone()), a.version)
+            .is_ok_and(|len| len <= a.max_packet_out);
+        if !fits {
+            d.properties.reason_string = None;
+        }
+        self.encode(&Packet::Disconnect(d));
     }
 
     fn refuse_connect(
@@ -507,6 +520,7 @@ impl Connection {
                 0
             },
             connect_expiry_zero,
+            problem_info: props.request_problem_information != Some(0),
             ending: Ending::Abnormal,
         }));
 
@@ -649,17 +663,41 @@ impl Connection {
                 return self.fail(reason, "payload is not valid UTF-8");
             }
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.encode(&Packet::PubAck(PubAck::with_reason(pid, reason))),
+            QoS::AtLeastOnce => {
+                let ack = self.ack_with_reason(pid, reason);
+                self.encode(&Packet::PubAck(ack));
+            }
             QoS::ExactlyOnce => {
                 if reason.is_error()
                     && let Stage::Active(a) = &self.stage
                 {
                     a.session.lock().awaiting_rel.remove(&pid);
                 }
-                self.encode(&Packet::PubRec(PubAck::with_reason(pid, reason)));
+                let ack = self.ack_with_reason(pid, reason);
+                self.encode(&Packet::PubRec(ack));
             }
         }
         Ok(())
+    }
+
+    /// A PUBACK/PUBREC; failures carry a Reason String when the client allows it.
+    fn ack_with_reason(&self, pid: u16, reason: ReasonCode) -> PubAck {
+        let mut ack = PubAck::with_reason(pid, reason);
+        if let Stage::Active(a) = &self.stage
+            && a.problem_info
+            && reason.is_error()
+        {
+            ack.properties.reason_string = Some(
+                match reason {
+                    ReasonCode::PayloadFormatInvalid => "payload is not valid UTF-8",
+                    ReasonCode::NotAuthorized => "clients may not publish to $SYS",
+                    ReasonCode::QuotaExceeded => "retained message store is full",
+                    _ => "publish refused",
+                }
+                .to_string(),
+            );
+        }
+        ack
     }
 
     fn on_puback(&mut self, pid: u16) {
@@ -866,7 +904,7 @@ impl Connection {
         let mut st = session.lock();
         if st.owner != Some(self.id) || st.ended {
             drop(st);
-            self.send_disconnect(ReasonCode::SessionTakenOver);
+            self.send_disconnect(ReasonCode::SessionTakenOver, "session taken over");
             return Err(Closing::new(
                 ReasonCode::SessionTakenOver,
                 "session taken over",
@@ -929,7 +967,7 @@ impl Connection {
     /// The broker is shutting down: tells a v5 client (DISCONNECT 0x8B) and closes.
     pub fn shutdown(&mut self) -> Closing {
         self.shutting_down = true;
-        self.send_disconnect(ReasonCode::ServerShuttingDown);
+        self.send_disconnect(ReasonCode::ServerShuttingDown, "server shutting down");
         Closing::new(ReasonCode::ServerShuttingDown, "server shutting down")
     }
 

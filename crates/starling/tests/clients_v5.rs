@@ -569,3 +569,38 @@ async fn response_information_and_redirection() {
     assert!(text.contains("UseAnotherServer"), "{text}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reason_strings_follow_request_problem_information() {
+    let (server, port) = start(|_| {}).await;
+    for (rpi, expect_string) in [(None, true), (Some(0), false)] {
+        let (mut c, _) = Client::connect(port, "rpi", |o| {
+            o.set_request_problem_info(rpi);
+        })
+        .await;
+        let props = PublishProperties {
+            payload_format_indicator: Some(1),
+            ..Default::default()
+        };
+        c.client
+            .publish_with_properties(
+                "utf8/check",
+                QoS::AtLeastOnce,
+                false,
+                vec![0xC3u8, 0x28],
+                props,
+            )
+            .await
+            .unwrap();
+        let ack = loop {
+            if let Ok(Packet::PubAck(a)) = c.next().await {
+                break a;
+            }
+        };
+        assert_eq!(ack.reason, PubAckReason::PayloadFormatInvalid);
+        let string = ack.properties.and_then(|p| p.reason_string);
+        assert_eq!(string.is_some(), expect_string, "{string:?}");
+        c.disconnect().await;
+    }
+    server.shutdown().await;
+}
