@@ -604,3 +604,41 @@ async fn reason_strings_follow_request_problem_information() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_are_dropped_and_counted() {
+    let (server, port) = start(|_| {}).await;
+    let persistent = |o: &mut MqttOptions| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(60));
+    };
+    let (mut sub, _) = Client::connect(port, "offline", persistent).await;
+    sub.sub("exp/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let publisher = Client::plain(port, "pub").await;
+    let expiring = |secs| PublishProperties {
+        message_expiry_interval: Some(secs),
+        ..Default::default()
+    };
+    publisher
+        .client
+        .publish_with_properties("exp/short", QoS::AtLeastOnce, false, "short", expiring(1))
+        .await
+        .unwrap();
+    publisher
+        .client
+        .publish_with_properties("exp/long", QoS::AtLeastOnce, false, "long", expiring(60))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (mut sub, ack) = Client::connect(port, "offline", persistent).await;
+    assert!(ack.session_present);
+    let p = sub.publish().await;
+    assert_eq!(&p.payload[..], b"long");
+    // The interval sent on is what is left of it.
+    let left = p.properties.unwrap().message_expiry_interval.unwrap();
+    assert!((57..=59).contains(&left), "{left}");
+    sub.no_publish(Duration::from_millis(200)).await;
+    assert_eq!(server.broker().metrics.dropped_expired.get(), 1);
+    server.shutdown().await;
+}
