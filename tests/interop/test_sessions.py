@@ -3,7 +3,7 @@ retained messages surviving a broker restart."""
 
 import pytest
 
-from helpers import V5, V311, Client, unique_id
+from helpers import V5, V311, Client, unique_id, wait_for
 
 N = 5
 
@@ -113,13 +113,13 @@ def test_takeover_disconnects_first(client, version):
     assert second.connack.rc == 0
     assert second.connack.session_present is False
     first.wait_disconnected()
-    assert not first.c.is_connected()
+    # (paho keeps is_connected() True after a server DISCONNECT; its socket is gone though.)
+    wait_for(lambda: first.c.socket() is None, what="first connection closed")
     # The new connection works.
     assert second.subscribe("take/t", 1) == [1]
     other = client(version=version)
     other.publish("take/t", b"x", qos=1)
     assert second.collector.wait_one().payload == b"x"
-    assert second.c.is_connected()
 
 
 @pytest.mark.starling_only
@@ -148,6 +148,11 @@ def test_takeover_keeps_persistent_session(client):
 
 
 @pytest.mark.starling_only
+@pytest.mark.xfail(
+    strict=True,
+    reason="durable store not implemented yet: sessions and retained messages live in memory "
+    "(README status table); remove this mark when it lands",
+)
 def test_restart_keeps_retained_and_sessions(broker_process):
     """With --data-dir, retained messages, persistent sessions, their subscriptions and
     their queued QoS 1 messages survive a graceful restart (SIGTERM)."""
