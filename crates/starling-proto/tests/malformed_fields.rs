@@ -421,3 +421,15 @@ fn errors_map_to_reason_codes() {
 fn with_level(level: u8) -> Vec<u8> {
     pkt(0x10, &cat(&[&s(b"MQTT"), &[level, 2, 0, 60], &s(b"id")]))
 }
+
+#[test]
+fn no_local_on_shared_subscription() {
+    let sub = |f: &[u8], opts: u8| pkt(0x82, &cat(&[&[0, 1], &[0], &s(f), &[opts]]));
+    ok(&sub(b"$share/g/a", 0x01), V5);
+    ok(&sub(b"a", 0x05), V5);
+    assert_err(
+        &sub(b"$share/g/a", 0x05),
+        V5,
+        DecodeError::InvalidSubscriptionOptions,
+    );
+}

@@ -290,7 +290,18 @@ fn subscription_options(version: ProtocolVersion) -> impl Strategy<Value = Subsc
 fn subscriptions(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
     let subscribe = (
         packet_id(),
-        prop::collection::vec((topic_filter(), subscription_options(version)), 1..4),
+        prop::collection::vec((topic_filter(), subscription_options(version)), 1..4).prop_map(
+            |filters| {
+                // No Local may not be set on a shared subscription.
+                filters
+                    .into_iter()
+                    .map(|(f, mut o)| {
+                        o.no_local &= f.share_group().is_none();
+                        (f, o)
+                    })
+                    .collect::<Vec<_>>()
+            },
+        ),
         properties(PropertyContext::Subscribe, version),
     )
         .prop_map(|(packet_id, filters, properties)| {

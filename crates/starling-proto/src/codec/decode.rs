@@ -322,6 +322,10 @@ fn subscribe(
     while !r.is_empty() {
         let filter = topic_filter(r, limits)?;
         let options = subscription_options(r.u8()?, version)?;
+        if options.no_local && filter.share_group().is_some() {
+            // No Local on a shared subscription is a Protocol Error (MQTT-3.8.3-4).
+            return Err(DecodeError::InvalidSubscriptionOptions);
+        }
         filters.push((filter, options));
     }
     if filters.is_empty() {

@@ -23,7 +23,7 @@ use crate::topic::TopicError;
 pub const MAX_PACKET_SIZE: u32 = 1 + 4 + MAX_VARINT;
 
 /// Limits the receiver applies while decoding.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeLimits {
     /// Largest accepted packet, fixed header included; checked from the fixed header alone.
     pub max_packet_size: u32,

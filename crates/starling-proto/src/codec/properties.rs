@@ -3,7 +3,7 @@
 
 use bytes::BufMut;
 
-use super::reader::{Reader, check_utf8};
+use super::reader::Reader;
 use super::varint::{self, MAX_VARINT};
 use super::{DecodeLimits, topic_error};
 use crate::error::{DecodeError, EncodeError};
@@ -43,9 +43,8 @@ fn decode_one(
         P::MessageExpiryInterval => set(&mut props.message_expiry_interval, id, p.u32()?),
         P::ContentType => set(&mut props.content_type, id, p.string()?),
         P::ResponseTopic => {
-            let bytes = p.utf8_bytes()?;
-            validate_topic_name(&bytes, limits.max_topic_levels).map_err(topic_error)?;
-            let topic = check_utf8(&bytes)?.to_owned();
+            let topic = p.string()?;
+            validate_topic_name(topic.as_bytes(), limits.max_topic_levels).map_err(topic_error)?;
             set(&mut props.response_topic, id, topic)
         }
         P::CorrelationData => set(&mut props.correlation_data, id, p.binary()?),

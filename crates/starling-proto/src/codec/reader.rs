@@ -71,13 +71,6 @@ impl Reader {
         self.take(usize::from(len))
     }
 
-    /// A UTF-8 string field as bytes, checked to be well-formed UTF-8 without U+0000.
-    pub(crate) fn utf8_bytes(&mut self) -> Result<Bytes, DecodeError> {
-        let bytes = self.binary()?;
-        check_utf8(&bytes)?;
-        Ok(bytes)
-    }
-
     /// A UTF-8 string field as an owned `String`.
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
         let bytes = self.binary()?;
