@@ -23,7 +23,7 @@ pub struct Limits {
     pub max_packet_size: u32,
     /// Largest packet accepted before CONNECT has been processed.
     pub max_connect_packet_size: u32,
-    /// Most levels in a topic name or filter; more: malformed / 0x8F in SUBACK.
+    /// Most levels in a topic name or filter; more: DISCONNECT 0x83 (v5) and close.
     pub max_topic_levels: usize,
     /// Most user properties in one packet; more: protocol error.
     pub max_user_properties: usize,

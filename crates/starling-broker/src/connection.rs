@@ -777,18 +777,10 @@ impl Connection {
         let Stage::Active(a) = &self.stage else {
             return Ok(());
         };
-        let v5 = a.version.is_v5();
         if s.properties.subscription_identifiers.len() > 1 {
             return self.protocol_error("more than one subscription identifier");
         }
         let sub_id = s.properties.subscription_identifiers.first().copied();
-        if v5
-            && s.filters
-                .iter()
-                .any(|(f, o)| f.share_group().is_some() && o.no_local)
-        {
-            return self.protocol_error("No Local on a shared subscription");
-        }
         let session = a.session.clone();
         let mut reasons = Vec::with_capacity(s.filters.len().min(64));
         let mut retained = Vec::new();

@@ -64,9 +64,18 @@ pub enum DecodeError {
     /// SUBSCRIBE or UNSUBSCRIBE without any topic filter (MQTT-3.8.3-3, MQTT-3.10.3-2).
     #[error("no topic filter in the packet")]
     NoTopicFilters,
-    /// Reserved bits of subscription options set (MQTT-3.8.3-5), or Retain Handling 3.
+    /// Reserved bits of subscription options set (MQTT-3.8.3-5): a Malformed Packet.
     #[error("reserved subscription option bits set")]
     InvalidSubscriptionOptions,
+    /// Retain Handling 3 in subscription options: a Protocol Error (spec 3.8.3.1).
+    #[error("retain handling 3")]
+    InvalidRetainHandling,
+    /// No Local set on a shared subscription: a Protocol Error (MQTT-3.8.3-4).
+    #[error("No Local on a shared subscription")]
+    NoLocalOnShared,
+    /// Maximum QoS 3 in subscription options: a Protocol Error (spec 3.8.3.1).
+    #[error("subscription maximum QoS 3")]
+    InvalidSubscriptionQoS,
     /// An unknown property identifier.
     #[error("unknown property identifier 0x{0:02X}")]
     UnknownProperty(u8),
@@ -112,14 +121,20 @@ impl DecodeError {
             E::UnsupportedProtocolLevel(_) | E::UnknownProtocolName => {
                 ReasonCode::UnsupportedProtocolVersion
             }
-            E::Topic(TopicError::WildcardInName | TopicError::Empty)
-            | E::EmptyTopicWithoutAlias => ReasonCode::TopicNameInvalid,
+            E::Topic(TopicError::WildcardInName | TopicError::Empty) => {
+                ReasonCode::TopicNameInvalid
+            }
+            // A property not valid for the packet is malformed (spec 2.2.2.2); a duplicate,
+            // or a value out of range, is a protocol error.
+            E::PropertyNotAllowed(_) | E::InvalidSubscriptionOptions => ReasonCode::MalformedPacket,
             E::DuplicateProperty(_)
-            | E::PropertyNotAllowed(_)
+            | E::EmptyTopicWithoutAlias
             | E::InvalidPropertyValue(_)
             | E::ZeroPacketId
             | E::NoTopicFilters
-            | E::InvalidSubscriptionOptions
+            | E::InvalidRetainHandling
+            | E::NoLocalOnShared
+            | E::InvalidSubscriptionQoS
             | E::ConnectReservedFlag
             | E::InvalidPacketType(_) => ReasonCode::ProtocolError,
             E::TooManyUserProperties(_) => ReasonCode::ImplementationSpecificError,

@@ -74,7 +74,7 @@ fn reserved_subscription_option_bits() {
         assert_err(&v5(bad), V5, DecodeError::InvalidSubscriptionOptions);
     }
     // Retain handling 3.
-    assert_err(&v5(0x30), V5, DecodeError::InvalidSubscriptionOptions);
+    assert_err(&v5(0x30), V5, DecodeError::InvalidRetainHandling);
     let v3 = |opts: u8| pkt(0x82, &cat(&[&[0, 1], &s(b"a"), &[opts]]));
     ok(&v3(0x02), V311);
     for bit in 2..8 {
@@ -427,9 +427,5 @@ fn no_local_on_shared_subscription() {
     let sub = |f: &[u8], opts: u8| pkt(0x82, &cat(&[&[0, 1], &[0], &s(f), &[opts]]));
     ok(&sub(b"$share/g/a", 0x01), V5);
     ok(&sub(b"a", 0x05), V5);
-    assert_err(
-        &sub(b"$share/g/a", 0x05),
-        V5,
-        DecodeError::InvalidSubscriptionOptions,
-    );
+    assert_err(&sub(b"$share/g/a", 0x05), V5, DecodeError::NoLocalOnShared);
 }

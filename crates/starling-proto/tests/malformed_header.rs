@@ -179,9 +179,9 @@ fn will_qos_3() {
 #[test]
 fn subscription_qos_3() {
     let sub = |opts: u8| pkt(0x82, &cat(&[&[0, 1], &s(b"a"), &[opts]]));
-    assert_only(&sub(2), &sub(3), V311, DecodeError::InvalidQoS);
+    assert_only(&sub(2), &sub(3), V311, DecodeError::InvalidSubscriptionQoS);
     let sub5 = |opts: u8| pkt(0x82, &cat(&[&[0, 1], &[0], &s(b"a"), &[opts]]));
-    assert_only(&sub5(2), &sub5(3), V5, DecodeError::InvalidQoS);
+    assert_only(&sub5(2), &sub5(3), V5, DecodeError::InvalidSubscriptionQoS);
 }
 
 #[test]

@@ -324,7 +324,7 @@ fn subscribe(
         let options = subscription_options(r.u8()?, version)?;
         if options.no_local && filter.share_group().is_some() {
             // No Local on a shared subscription is a Protocol Error (MQTT-3.8.3-4).
-            return Err(DecodeError::InvalidSubscriptionOptions);
+            return Err(DecodeError::NoLocalOnShared);
         }
         filters.push((filter, options));
     }
@@ -352,10 +352,10 @@ fn subscription_options(
         0 => RetainHandling::SendAtSubscribe,
         1 => RetainHandling::SendIfNew,
         2 => RetainHandling::DoNotSend,
-        _ => return Err(DecodeError::InvalidSubscriptionOptions),
+        _ => return Err(DecodeError::InvalidRetainHandling),
     };
     Ok(SubscriptionOptions {
-        qos: QoS::from_u8(byte & 0x03).ok_or(DecodeError::InvalidQoS)?,
+        qos: QoS::from_u8(byte & 0x03).ok_or(DecodeError::InvalidSubscriptionQoS)?,
         no_local: byte & 0x04 != 0,
         retain_as_published: byte & 0x08 != 0,
         retain_handling,
