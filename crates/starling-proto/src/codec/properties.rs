@@ -156,87 +156,83 @@ fn each<'a>(
 ) -> Result<(), EncodeError> {
     use PropertyId as P;
     use Value as V;
-    let str = |s: &'a Option<String>| s.as_deref().map(|s| V::Str(s.as_bytes()));
-    let bin = |b: &'a Option<bytes::Bytes>| b.as_deref().map(V::Str);
-    let singles_low = [
-        (
-            P::PayloadFormatIndicator,
-            props.payload_format_indicator.map(V::Byte),
-        ),
-        (
-            P::MessageExpiryInterval,
-            props.message_expiry_interval.map(V::U32),
-        ),
-        (P::ContentType, str(&props.content_type)),
-        (P::ResponseTopic, str(&props.response_topic)),
-        (P::CorrelationData, bin(&props.correlation_data)),
-    ];
-    for (id, value) in singles_low {
-        if let Some(value) = value {
-            f(id, value)?;
-        }
+    // One `if let` per field, in identifier order: no intermediate collection.
+    macro_rules! emit {
+        ($id:expr, $field:expr, $value:expr) => {
+            if let Some(v) = $field {
+                f($id, $value(v))?;
+            }
+        };
     }
+    let str = |s: &'a String| V::Str(s.as_bytes());
+    let bin = |b: &'a bytes::Bytes| V::Str(b.as_ref());
+    emit!(
+        P::PayloadFormatIndicator,
+        props.payload_format_indicator,
+        V::Byte
+    );
+    emit!(
+        P::MessageExpiryInterval,
+        props.message_expiry_interval,
+        V::U32
+    );
+    emit!(P::ContentType, &props.content_type, str);
+    emit!(P::ResponseTopic, &props.response_topic, str);
+    emit!(P::CorrelationData, &props.correlation_data, bin);
     for &sub_id in &props.subscription_identifiers {
         f(P::SubscriptionIdentifier, V::VarInt(sub_id))?;
     }
-    let singles_mid = [
-        (
-            P::SessionExpiryInterval,
-            props.session_expiry_interval.map(V::U32),
-        ),
-        (
-            P::AssignedClientIdentifier,
-            str(&props.assigned_client_identifier),
-        ),
-        (P::ServerKeepAlive, props.server_keep_alive.map(V::U16)),
-        (P::AuthenticationMethod, str(&props.authentication_method)),
-        (P::AuthenticationData, bin(&props.authentication_data)),
-        (
-            P::RequestProblemInformation,
-            props.request_problem_information.map(V::Byte),
-        ),
-        (P::WillDelayInterval, props.will_delay_interval.map(V::U32)),
-        (
-            P::RequestResponseInformation,
-            props.request_response_information.map(V::Byte),
-        ),
-        (P::ResponseInformation, str(&props.response_information)),
-        (P::ServerReference, str(&props.server_reference)),
-        (P::ReasonString, str(&props.reason_string)),
-        (P::ReceiveMaximum, props.receive_maximum.map(V::U16)),
-        (P::TopicAliasMaximum, props.topic_alias_maximum.map(V::U16)),
-        (P::TopicAlias, props.topic_alias.map(V::U16)),
-        (P::MaximumQoS, props.maximum_qos.map(V::Byte)),
-        (P::RetainAvailable, props.retain_available.map(V::Byte)),
-    ];
-    for (id, value) in singles_mid {
-        if let Some(value) = value {
-            f(id, value)?;
-        }
-    }
+    emit!(
+        P::SessionExpiryInterval,
+        props.session_expiry_interval,
+        V::U32
+    );
+    emit!(
+        P::AssignedClientIdentifier,
+        &props.assigned_client_identifier,
+        str
+    );
+    emit!(P::ServerKeepAlive, props.server_keep_alive, V::U16);
+    emit!(P::AuthenticationMethod, &props.authentication_method, str);
+    emit!(P::AuthenticationData, &props.authentication_data, bin);
+    emit!(
+        P::RequestProblemInformation,
+        props.request_problem_information,
+        V::Byte
+    );
+    emit!(P::WillDelayInterval, props.will_delay_interval, V::U32);
+    emit!(
+        P::RequestResponseInformation,
+        props.request_response_information,
+        V::Byte
+    );
+    emit!(P::ResponseInformation, &props.response_information, str);
+    emit!(P::ServerReference, &props.server_reference, str);
+    emit!(P::ReasonString, &props.reason_string, str);
+    emit!(P::ReceiveMaximum, props.receive_maximum, V::U16);
+    emit!(P::TopicAliasMaximum, props.topic_alias_maximum, V::U16);
+    emit!(P::TopicAlias, props.topic_alias, V::U16);
+    emit!(P::MaximumQoS, props.maximum_qos, V::Byte);
+    emit!(P::RetainAvailable, props.retain_available, V::Byte);
     for (name, value) in &props.user_properties {
         f(P::UserProperty, V::Pair(name, value))?;
     }
-    let singles_high = [
-        (P::MaximumPacketSize, props.maximum_packet_size.map(V::U32)),
-        (
-            P::WildcardSubscriptionAvailable,
-            props.wildcard_subscription_available.map(V::Byte),
-        ),
-        (
-            P::SubscriptionIdentifierAvailable,
-            props.subscription_identifier_available.map(V::Byte),
-        ),
-        (
-            P::SharedSubscriptionAvailable,
-            props.shared_subscription_available.map(V::Byte),
-        ),
-    ];
-    for (id, value) in singles_high {
-        if let Some(value) = value {
-            f(id, value)?;
-        }
-    }
+    emit!(P::MaximumPacketSize, props.maximum_packet_size, V::U32);
+    emit!(
+        P::WildcardSubscriptionAvailable,
+        props.wildcard_subscription_available,
+        V::Byte
+    );
+    emit!(
+        P::SubscriptionIdentifierAvailable,
+        props.subscription_identifier_available,
+        V::Byte
+    );
+    emit!(
+        P::SharedSubscriptionAvailable,
+        props.shared_subscription_available,
+        V::Byte
+    );
     Ok(())
 }
 
@@ -267,6 +263,9 @@ fn value_len(value: Value<'_>) -> Result<usize, EncodeError> {
 /// Length of the properties without their length prefix. Errors for a field over 65,535
 /// bytes, a subscription identifier over the maximum, or a total over the varint maximum.
 pub(crate) fn content_len(props: &Properties) -> Result<usize, EncodeError> {
+    if props.is_empty() {
+        return Ok(0);
+    }
     let mut total = 0usize;
     each(props, |_, value| {
         total = total.saturating_add(1 + value_len(value)?);
@@ -294,6 +293,9 @@ pub(crate) fn write(
         buf,
         u32::try_from(content).map_err(|_| EncodeError::PacketTooLarge)?,
     );
+    if content == 0 {
+        return Ok(());
+    }
     each(props, |id, value| {
         buf.put_u8(id as u8);
         match value {
@@ -317,4 +319,58 @@ pub(crate) fn put_field(buf: &mut impl BufMut, bytes: &[u8]) -> Result<(), Encod
     buf.put_u16(len);
     buf.put_slice(bytes);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_property_is_written_in_ascending_order() {
+        let s = || Some("s".to_string());
+        let props = Properties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(1),
+            content_type: s(),
+            response_topic: s(),
+            correlation_data: Some(bytes::Bytes::from_static(b"c")),
+            subscription_identifiers: vec![1, 2],
+            session_expiry_interval: Some(1),
+            assigned_client_identifier: s(),
+            server_keep_alive: Some(1),
+            authentication_method: s(),
+            authentication_data: Some(bytes::Bytes::from_static(b"d")),
+            request_problem_information: Some(1),
+            will_delay_interval: Some(1),
+            request_response_information: Some(1),
+            response_information: s(),
+            server_reference: s(),
+            reason_string: s(),
+            receive_maximum: Some(1),
+            topic_alias_maximum: Some(1),
+            topic_alias: Some(1),
+            maximum_qos: Some(1),
+            retain_available: Some(1),
+            user_properties: vec![("b".into(), "1".into()), ("a".into(), "2".into())],
+            maximum_packet_size: Some(1),
+            wildcard_subscription_available: Some(1),
+            subscription_identifier_available: Some(1),
+            shared_subscription_available: Some(1),
+        };
+        let mut ids = Vec::new();
+        each(&props, |id, _| {
+            ids.push(id as u8);
+            Ok(())
+        })
+        .unwrap();
+        let mut expected: Vec<u8> = PropertyId::ALL.iter().map(|&id| id as u8).collect();
+        expected.push(PropertyId::SubscriptionIdentifier as u8);
+        expected.push(PropertyId::UserProperty as u8);
+        expected.sort_unstable();
+        assert_eq!(ids, expected);
+        let mut buf = Vec::new();
+        let len = content_len(&props).unwrap();
+        write(&mut buf, &props, len).unwrap();
+        assert_eq!(buf.len(), encoded_len(&props).unwrap());
+    }
 }
