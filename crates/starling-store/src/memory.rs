@@ -1,0 +1,129 @@
+//! An in-memory [`Store`]: the reference the redb store is tested against, and the store that
+//! tests use to inject commit failures.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::{LoadedSession, MessageRecord, Op, SessionRecord, Snapshot, Store, StoreError};
+
+#[derive(Debug, Default)]
+struct State {
+    sessions: BTreeMap<String, SessionRecord>,
+    messages: BTreeMap<(String, u64), MessageRecord>,
+    awaiting: BTreeMap<(String, u16), ()>,
+    retained: BTreeMap<String, MessageRecord>,
+}
+
+/// An in-memory store. Applying is atomic: a failed apply changes nothing.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+    /// Applies left before every apply fails (`usize::MAX`: never).
+    fail_after: AtomicUsize,
+    /// Number of successful applies.
+    applied: AtomicUsize,
+}
+
+impl MemoryStore {
+    /// An empty store that never fails.
+    pub fn new() -> Self {
+        Self {
+            fail_after: AtomicUsize::new(usize::MAX),
+            ..Self::default()
+        }
+    }
+
+    /// Makes every apply after the next `n` fail, as a full disk would.
+    pub fn fail_after(&self, n: usize) {
+        self.fail_after.store(n, Ordering::SeqCst);
+    }
+
+    /// Number of successful applies so far.
+    pub fn applied(&self) -> usize {
+        self.applied.load(Ordering::SeqCst)
+    }
+}
+
+/// Applies `op` to in-memory maps; shared with nothing else, so the reference semantics of
+/// every [`Op`] are written down exactly once.
+fn apply_one(st: &mut State, op: &Op) {
+    match op {
+        Op::PutSession(id, r) => {
+            st.sessions.insert(id.clone(), r.clone());
+        }
+        Op::DeleteSession(id) => {
+            st.sessions.remove(id);
+            st.messages.retain(|(c, _), _| c != id);
+            st.awaiting.retain(|(c, _), _| c != id);
+        }
+        Op::PutMessage(id, seq, m) => {
+            st.messages.insert((id.clone(), *seq), m.clone());
+        }
+        Op::DeleteMessage(id, seq) => {
+            st.messages.remove(&(id.clone(), *seq));
+        }
+        Op::PutAwaiting(id, pid) => {
+            st.awaiting.insert((id.clone(), *pid), ());
+        }
+        Op::DeleteAwaiting(id, pid) => {
+            st.awaiting.remove(&(id.clone(), *pid));
+        }
+        Op::PutRetained(t, m) => {
+            st.retained.insert(t.clone(), m.clone());
+        }
+        Op::DeleteRetained(t) => {
+            st.retained.remove(t);
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn load(&self, _recover: bool) -> Result<Snapshot, StoreError> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = st
+            .sessions
+            .iter()
+            .map(|(id, record)| LoadedSession {
+                client_id: id.clone(),
+                record: record.clone(),
+                messages: st
+                    .messages
+                    .range((id.clone(), 0)..=(id.clone(), u64::MAX))
+                    .map(|((_, seq), m)| (*seq, m.clone()))
+                    .collect(),
+                awaiting: st
+                    .awaiting
+                    .range((id.clone(), 0)..=(id.clone(), u16::MAX))
+                    .map(|((_, pid), ())| *pid)
+                    .collect(),
+            })
+            .collect();
+        let retained = st
+            .retained
+            .iter()
+            .map(|(t, m)| (t.clone(), m.clone()))
+            .collect();
+        Ok(Snapshot {
+            sessions,
+            retained,
+            skipped: Vec::new(),
+        })
+    }
+
+    fn apply(&self, ops: &[Op], _durable: bool) -> Result<(), StoreError> {
+        let left = self.fail_after.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(StoreError::Injected("commit failed"));
+        }
+        if left != usize::MAX {
+            self.fail_after.store(left - 1, Ordering::SeqCst);
+        }
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for op in ops {
+            apply_one(&mut st, op);
+        }
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}

@@ -1,0 +1,351 @@
+//! The embedded durable store on redb: a copy-on-write B-tree file, crash-safe, where a
+//! transaction committed with `Durability::Immediate` is on disk when `commit` returns. One
+//! transaction per batch of ops gives group commit: one fsync for every message in the batch.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::record::RECORD_FORMAT;
+use crate::{LoadedSession, MessageRecord, Op, SessionRecord, Snapshot, Store, StoreError};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const AWAITING: TableDefinition<(&str, u16), ()> = TableDefinition::new("awaiting_rel");
+const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+
+/// Version of the table layout; bumped when it changes incompatibly.
+const LAYOUT_VERSION: u64 = 1;
+
+/// The redb store: one file, `starling.redb`, in the data directory.
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+fn io(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(format!("{what}: {e}"))
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `dir`. Refuses a store written by a newer layout, and a
+    /// damaged file, with an error naming the file.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io(&format!("cannot create {}", dir.display()), e))?;
+        let path = dir.join("starling.redb");
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(msg)) => {
+                StoreError::Corrupt(format!("{}: {msg}", path.display()))
+            }
+            other => io(&format!("cannot open {}", path.display()), other),
+        })?;
+        let store = Self { db, path };
+        store.check_layout()?;
+        Ok(store)
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_layout(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| io("begin", e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| io("meta", e))?;
+            let found = meta
+                .get("layout")
+                .map_err(|e| io("meta", e))?
+                .map(|v| v.value());
+            match found {
+                Some(v) if v > LAYOUT_VERSION => {
+                    return Err(StoreError::NewerFormat(
+                        u32::try_from(v).unwrap_or(u32::MAX),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("layout", LAYOUT_VERSION)
+                        .map_err(|e| io("meta", e))?;
+                    meta.insert("record_format", u64::from(RECORD_FORMAT))
+                        .map_err(|e| io("meta", e))?;
+                }
+            }
+            // Create every table so a read transaction finds them.
+            txn.open_table(SESSIONS).map_err(|e| io("sessions", e))?;
+            txn.open_table(MESSAGES).map_err(|e| io("messages", e))?;
+            txn.open_table(AWAITING)
+                .map_err(|e| io("awaiting_rel", e))?;
+            txn.open_table(RETAINED).map_err(|e| io("retained", e))?;
+        }
+        txn.commit().map_err(|e| io("commit", e))
+    }
+}
+
+/// Decodes one record, or (when recovering) notes it as skipped.
+fn keep<T>(
+    decoded: Result<T, StoreError>,
+    what: impl FnOnce() -> String,
+    recover: bool,
+    skipped: &mut Vec<String>,
+) -> Result<Option<T>, StoreError> {
+    match decoded {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::NewerFormat(v)) => Err(StoreError::NewerFormat(v)),
+        Err(e) if recover => {
+            skipped.push(format!("{}: {e}", what()));
+            Ok(None)
+        }
+        Err(e) => Err(StoreError::Corrupt(format!("{}: {e}", what()))),
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&self, recover: bool) -> Result<Snapshot, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| io("begin read", e))?;
+        let sessions_t = txn.open_table(SESSIONS).map_err(|e| io("sessions", e))?;
+        let messages_t = txn.open_table(MESSAGES).map_err(|e| io("messages", e))?;
+        let awaiting_t = txn
+            .open_table(AWAITING)
+            .map_err(|e| io("awaiting_rel", e))?;
+        let retained_t = txn.open_table(RETAINED).map_err(|e| io("retained", e))?;
+        let mut snap = Snapshot::default();
+        for entry in sessions_t.iter().map_err(|e| io("sessions", e))? {
+            let (k, v) = entry.map_err(|e| io("sessions", e))?;
+            let client_id = k.value().to_string();
+            let Some(record) = keep(
+                SessionRecord::decode(v.value()),
+                || format!("session {client_id:?}"),
+                recover,
+                &mut snap.skipped,
+            )?
+            else {
+                continue;
+            };
+            let mut messages = Vec::new();
+            let range = messages_t
+                .range((client_id.as_str(), 0u64)..=(client_id.as_str(), u64::MAX))
+                .map_err(|e| io("messages", e))?;
+            for entry in range {
+                let (k, v) = entry.map_err(|e| io("messages", e))?;
+                let seq = k.value().1;
+                if let Some(m) = keep(
+                    MessageRecord::decode(v.value()),
+                    || format!("message {seq} of {client_id:?}"),
+                    recover,
+                    &mut snap.skipped,
+                )? {
+                    messages.push((seq, m));
+                }
+            }
+            let mut awaiting = Vec::new();
+            let range = awaiting_t
+                .range((client_id.as_str(), 0u16)..=(client_id.as_str(), u16::MAX))
+                .map_err(|e| io("awaiting_rel", e))?;
+            for entry in range {
+                let (k, _) = entry.map_err(|e| io("awaiting_rel", e))?;
+                awaiting.push(k.value().1);
+            }
+            snap.sessions.push(LoadedSession {
+                client_id,
+                record,
+                messages,
+                awaiting,
+            });
+        }
+        for entry in retained_t.iter().map_err(|e| io("retained", e))? {
+            let (k, v) = entry.map_err(|e| io("retained", e))?;
+            let topic = k.value().to_string();
+            if let Some(m) = keep(
+                MessageRecord::decode(v.value()),
+                || format!("retained message of {topic:?}"),
+                recover,
+                &mut snap.skipped,
+            )? {
+                snap.retained.push((topic, m));
+            }
+        }
+        Ok(snap)
+    }
+
+    fn apply(&self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| io("begin", e))?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| io("durability", e))?;
+        {
+            let mut sessions = txn.open_table(SESSIONS).map_err(|e| io("sessions", e))?;
+            let mut messages = txn.open_table(MESSAGES).map_err(|e| io("messages", e))?;
+            let mut awaiting = txn
+                .open_table(AWAITING)
+                .map_err(|e| io("awaiting_rel", e))?;
+            let mut retained = txn.open_table(RETAINED).map_err(|e| io("retained", e))?;
+            for op in ops {
+                let r = match op {
+                    Op::PutSession(id, r) => sessions
+                        .insert(id.as_str(), r.encode().as_slice())
+                        .map(drop),
+                    Op::DeleteSession(id) => sessions
+                        .remove(id.as_str())
+                        .map(drop)
+                        .and_then(|()| {
+                            messages
+                                .retain_in((id.as_str(), 0u64)..=(id.as_str(), u64::MAX), |_, _| {
+                                    false
+                                })
+                        })
+                        .and_then(|()| {
+                            awaiting
+                                .retain_in((id.as_str(), 0u16)..=(id.as_str(), u16::MAX), |_, _| {
+                                    false
+                                })
+                        }),
+                    Op::PutMessage(id, seq, m) => messages
+                        .insert((id.as_str(), *seq), m.encode().as_slice())
+                        .map(drop),
+                    Op::DeleteMessage(id, seq) => messages.remove((id.as_str(), *seq)).map(drop),
+                    Op::PutAwaiting(id, pid) => awaiting.insert((id.as_str(), *pid), ()).map(drop),
+                    Op::DeleteAwaiting(id, pid) => awaiting.remove((id.as_str(), *pid)).map(drop),
+                    Op::PutRetained(t, m) => {
+                        retained.insert(t.as_str(), m.encode().as_slice()).map(drop)
+                    }
+                    Op::DeleteRetained(t) => retained.remove(t.as_str()).map(drop),
+                };
+                r.map_err(|e| io("write", e))?;
+            }
+        }
+        txn.commit().map_err(|e| io("commit", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemoryStore, MessagePhase, SubscriptionRecord};
+
+    fn msg(n: u8) -> MessageRecord {
+        MessageRecord {
+            packet: vec![n; 3],
+            expires_at_ms: Some(u64::from(n)),
+            phase: MessagePhase::Queued,
+            packet_id: 0,
+        }
+    }
+
+    fn session(expiry: u32) -> SessionRecord {
+        SessionRecord {
+            protocol: 4,
+            expiry_secs: expiry,
+            disconnected_at_ms: None,
+            subscriptions: vec![SubscriptionRecord {
+                filter: "t/#".into(),
+                options: 1,
+                id: None,
+            }],
+            will: None,
+        }
+    }
+
+    /// The redb store and the in-memory reference give the same snapshot for the same ops.
+    #[test]
+    fn matches_the_memory_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let redb = RedbStore::open(dir.path()).unwrap();
+        let mem = MemoryStore::new();
+        let batches = vec![
+            vec![
+                Op::PutSession("a".into(), session(10)),
+                Op::PutSession("ab".into(), session(20)),
+                Op::PutMessage("a".into(), 1, msg(1)),
+                Op::PutMessage("a".into(), 2, msg(2)),
+                Op::PutMessage("ab".into(), 1, msg(9)),
+                Op::PutAwaiting("a".into(), 7),
+                Op::PutRetained("r/1".into(), msg(5)),
+            ],
+            vec![
+                Op::DeleteMessage("a".into(), 1),
+                Op::PutMessage("a".into(), 3, msg(3)),
+                Op::PutRetained("r/2".into(), msg(6)),
+                Op::DeleteRetained("r/1".into()),
+                Op::DeleteSession("ab".into()),
+            ],
+        ];
+        for b in &batches {
+            redb.apply(b, true).unwrap();
+            mem.apply(b, true).unwrap();
+        }
+        let got = redb.load(false).unwrap();
+        assert_eq!(got, mem.load(false).unwrap());
+        assert_eq!(got.sessions.len(), 1);
+        assert_eq!(
+            got.sessions[0]
+                .messages
+                .iter()
+                .map(|(s, _)| *s)
+                .collect::<Vec<_>>(),
+            [2, 3]
+        );
+        assert_eq!(got.sessions[0].awaiting, [7]);
+        assert_eq!(got.retained.len(), 1);
+    }
+
+    #[test]
+    fn survives_reopen_and_refuses_newer_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            s.apply(&[Op::PutSession("c".into(), session(5))], true)
+                .unwrap();
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(s.load(false).unwrap().sessions.len(), 1);
+        {
+            let txn = s.db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("layout", LAYOUT_VERSION + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        drop(s);
+        assert!(matches!(
+            RedbStore::open(dir.path()),
+            Err(StoreError::NewerFormat(_))
+        ));
+    }
+
+    #[test]
+    fn damaged_records_refused_unless_recovering() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        s.apply(&[Op::PutSession("ok".into(), session(5))], true)
+            .unwrap();
+        {
+            let txn = s.db.begin_write().unwrap();
+            txn.open_table(SESSIONS)
+                .unwrap()
+                .insert("bad", &[RECORD_FORMAT, 1, 2][..])
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = s.load(false).unwrap_err();
+        assert!(err.to_string().contains("\"bad\""), "{err}");
+        let snap = s.load(true).unwrap();
+        assert_eq!(snap.sessions.len(), 1);
+        assert_eq!(snap.skipped.len(), 1);
+    }
+
+    #[test]
+    fn garbage_file_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("starling.redb"), vec![0x5A; 8192]).unwrap();
+        let err = RedbStore::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("starling.redb"), "{err}");
+    }
+}
