@@ -150,3 +150,44 @@ mod encode {
             });
     }
 }
+
+/// Decoding a read buffer that holds 100 packets back to back, as a busy connection's buffer
+/// does; throughput is reported per packet.
+mod decode_stream {
+    use super::*;
+    use divan::counter::ItemsCount;
+
+    const PACKETS: usize = 100;
+
+    fn bench_stream(bencher: Bencher<'_, '_>, packet: Packet, version: ProtocolVersion) {
+        let one = encoded(&packet, version);
+        let stream: Vec<u8> = one
+            .iter()
+            .copied()
+            .cycle()
+            .take(one.len() * PACKETS)
+            .collect();
+        let limits = DecodeLimits::default();
+        bencher
+            .counter(ItemsCount::new(PACKETS))
+            .with_inputs(|| BytesMut::from(&stream[..]))
+            .bench_local_refs(|buf| {
+                let mut n = 0;
+                while let Some(p) = decode(buf, version, &limits).unwrap() {
+                    black_box(p);
+                    n += 1;
+                }
+                assert_eq!(n, PACKETS);
+            });
+    }
+
+    #[divan::bench]
+    fn publish_qos0_v311_x100(b: Bencher<'_, '_>) {
+        bench_stream(b, publish(QoS::AtMostOnce), ProtocolVersion::V311);
+    }
+
+    #[divan::bench]
+    fn publish_qos1_v5_x100(b: Bencher<'_, '_>) {
+        bench_stream(b, publish(QoS::AtLeastOnce), ProtocolVersion::V5);
+    }
+}
