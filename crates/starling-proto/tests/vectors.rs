@@ -591,6 +591,24 @@ fn encode_limits() {
     assert_eq!(publish_len(&p, V311), Err(EncodeError::PacketTooLarge));
     p.payload = Bytes::from(vec![0u8; 268_435_455 - 3]);
     assert_eq!(publish_len(&p, V311), Ok(268_435_460));
+    // A failed encode appends nothing, also to a buffer that already holds packets.
+    let mut big = publish(QoS::AtLeastOnce, 1, "t", b"x");
+    big.properties.content_type = Some("c".repeat(70_000));
+    let mut buf = BytesMut::from(&b"\xC0\x00"[..]);
+    {
+        let version = V5;
+        assert_eq!(
+            encode(&Packet::Publish(big.clone()), version, &mut buf),
+            Err(EncodeError::FieldTooLong(70_000))
+        );
+        assert_eq!(
+            encode_publish_header(&big, version, &mut buf),
+            Err(EncodeError::FieldTooLong(70_000))
+        );
+        assert_eq!(&buf[..], b"\xC0\x00");
+    }
+    // The same packet is fine at 3.1.1, which has no properties.
+    assert!(encode(&Packet::Publish(big), V311, &mut buf).is_ok());
     let mut s = Subscribe {
         packet_id: 1,
         filters: vec![(filter("a"), SubscriptionOptions::default())],

@@ -15,13 +15,27 @@ use crate::property::Properties;
 use crate::reason::ReasonCode;
 
 /// Appends the encoding of `packet` for `version` to `buf`. A CONNECT is encoded for the
-/// level it carries (`Connect::protocol`). Nothing is written when an error is returned.
+/// level it carries (`Connect::protocol`). Nothing is appended when an error is returned.
 pub fn encode(
     packet: &Packet,
     version: ProtocolVersion,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    let start = buf.len();
+    let result = encode_unchecked(packet, version, buf);
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+fn encode_unchecked(
+    packet: &Packet,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     if let Packet::Publish(publish) = packet {
+        // Sizes computed once, for the header and the reservation.
         let layout = PublishLayout::new(publish, version)?;
         buf.reserve(layout.total);
         write_publish_header(publish, version, &layout, buf)?;
@@ -29,19 +43,13 @@ pub fn encode(
         return Ok(());
     }
     let remaining = body_len(packet, version)?;
-    let total = total_len(remaining)?;
-    buf.reserve(total);
-    let start = buf.len();
+    buf.reserve(total_len(remaining)?);
     buf.put_u8(first_byte(packet));
     varint::write(
         buf,
         u32::try_from(remaining).map_err(|_| EncodeError::PacketTooLarge)?,
     );
-    if let Err(e) = write_body(packet, version, buf) {
-        buf.truncate(start);
-        return Err(e);
-    }
-    Ok(())
+    write_body(packet, version, buf)
 }
 
 /// Total encoded size of `packet` for `version`, fixed header included, without encoding it.
@@ -62,7 +70,12 @@ pub fn encode_publish_header(
 ) -> Result<(), EncodeError> {
     let layout = PublishLayout::new(publish, version)?;
     buf.reserve(layout.total - publish.payload.len());
-    write_publish_header(publish, version, &layout, buf)
+    let start = buf.len();
+    let result = write_publish_header(publish, version, &layout, buf);
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
 }
 
 /// Size of the encoding of a PUBLISH, fixed header and payload included.
@@ -118,6 +131,16 @@ fn write_publish_header(
         buf,
         u32::try_from(layout.remaining).map_err(|_| EncodeError::PacketTooLarge)?,
     );
+    write_publish_fields(publish, version, layout, buf)
+}
+
+/// Topic, packet identifier (above QoS 0) and properties (MQTT 5).
+fn write_publish_fields(
+    publish: &Publish,
+    version: ProtocolVersion,
+    layout: &PublishLayout,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     put_field(buf, publish.topic.as_bytes())?;
     if publish.qos != QoS::AtMostOnce {
         buf.put_u16(publish.packet_id);
@@ -304,20 +327,11 @@ fn write_body(
     version: ProtocolVersion,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    let v5 = version.is_v5();
     match packet {
         Packet::Connect(c) => write_connect(c, buf)?,
         Packet::ConnAck(c) => write_connack(c, version, buf)?,
         Packet::Publish(p) => {
-            // Not reached from `encode`, which writes PUBLISH on its own path.
-            let layout = PublishLayout::new(p, version)?;
-            put_field(buf, p.topic.as_bytes())?;
-            if p.qos != QoS::AtMostOnce {
-                buf.put_u16(p.packet_id);
-            }
-            if v5 {
-                properties::write(buf, &p.properties, layout.props)?;
-            }
+            write_publish_fields(p, version, &PublishLayout::new(p, version)?, buf)?;
             buf.put_slice(&p.payload);
         }
         Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
