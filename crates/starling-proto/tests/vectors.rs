@@ -595,18 +595,15 @@ fn encode_limits() {
     let mut big = publish(QoS::AtLeastOnce, 1, "t", b"x");
     big.properties.content_type = Some("c".repeat(70_000));
     let mut buf = BytesMut::from(&b"\xC0\x00"[..]);
-    {
-        let version = V5;
-        assert_eq!(
-            encode(&Packet::Publish(big.clone()), version, &mut buf),
-            Err(EncodeError::FieldTooLong(70_000))
-        );
-        assert_eq!(
-            encode_publish_header(&big, version, &mut buf),
-            Err(EncodeError::FieldTooLong(70_000))
-        );
-        assert_eq!(&buf[..], b"\xC0\x00");
-    }
+    assert_eq!(
+        encode(&Packet::Publish(big.clone()), V5, &mut buf),
+        Err(EncodeError::FieldTooLong(70_000))
+    );
+    assert_eq!(
+        encode_publish_header(&big, V5, &mut buf),
+        Err(EncodeError::FieldTooLong(70_000))
+    );
+    assert_eq!(&buf[..], b"\xC0\x00");
     // The same packet is fine at 3.1.1, which has no properties.
     assert!(encode(&Packet::Publish(big), V311, &mut buf).is_ok());
     let mut s = Subscribe {
