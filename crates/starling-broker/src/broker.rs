@@ -17,10 +17,12 @@ use tokio::sync::Notify;
 use crate::config::{Features, Limits};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
+use crate::persist::Persistence;
 use crate::retain::{RetainOutcome, RetainStore};
 use crate::router::{Router, Subscriber, Target};
-use crate::session::{PendingWill, Session};
+use crate::session::{Ctx, PendingWill, Session, SessionState};
 use crate::sys::SysState;
+use starling_store::{Op, SessionRecord, SubscriptionRecord, WillRecord};
 
 /// What a client asked for in CONNECT, as far as the session registry cares.
 #[derive(Debug)]
@@ -85,6 +87,38 @@ pub struct Broker {
     pub version: String,
     /// `$SYS` bookkeeping.
     sys: Mutex<SysState>,
+    /// Journal and clock when a store is configured (durability `sync` or `periodic`).
+    persist: Option<Persistence>,
+    /// Prefix of assigned client ids, unique per broker start.
+    id_prefix: String,
+}
+
+/// What [`Broker::restore`] brought back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Sessions restored.
+    pub sessions: usize,
+    /// Queued and inflight messages restored.
+    pub messages: usize,
+    /// Retained messages restored.
+    pub retained: usize,
+    /// Sessions that expired while the broker was down.
+    pub expired_sessions: usize,
+    /// Messages that expired while the broker was down.
+    pub expired_messages: usize,
+    /// Records that could not be decoded and were left out.
+    pub skipped: usize,
+}
+
+/// What became of a publish.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Routed {
+    /// Sessions that accepted a delivery.
+    pub reached: usize,
+    /// What became of the retained copy, if RETAIN was set.
+    pub retained: Option<RetainOutcome>,
+    /// Journal ticket of the last store write the publish caused.
+    pub ticket: Option<u64>,
 }
 
 impl Broker {
@@ -107,7 +141,64 @@ impl Broker {
             started: now,
             version: format!("starling {}", env!("CARGO_PKG_VERSION")),
             sys: Mutex::new(SysState::new(now)),
+            persist: None,
+            id_prefix: "starling-".into(),
         }
+    }
+
+    /// Makes every persistent-state change go through `p`'s journal.
+    pub fn with_persistence(mut self, p: Persistence) -> Self {
+        self.id_prefix = format!("starling-{:x}-", p.clock.to_unix_ms(self.started));
+        self.persist = Some(p);
+        self
+    }
+
+    /// The journal and clock, when the broker has a store.
+    pub fn persistence(&self) -> Option<&Persistence> {
+        self.persist.as_ref()
+    }
+
+    /// What enqueueing into a session needs.
+    pub fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            limits: &self.limits,
+            metrics: &self.metrics,
+            persist: self.persist.as_ref(),
+        }
+    }
+
+    /// Writes a session's record (or deletes it once its expiry is 0), if there is a store.
+    /// Returns the journal ticket.
+    pub fn persist_session(&self, session: &Session, st: &mut SessionState) -> Option<u64> {
+        let p = self.persist.as_ref()?;
+        let id = session.client_id.to_string();
+        if st.expiry_secs == 0 || st.ended {
+            if !st.persisted {
+                return None;
+            }
+            st.persisted = false;
+            return Some(p.journal.push(Op::DeleteSession(id)));
+        }
+        st.persisted = true;
+        let record = SessionRecord {
+            protocol: st.protocol.level(),
+            expiry_secs: st.expiry_secs,
+            disconnected_at_ms: st.disconnected_at.map(|t| p.clock.to_unix_ms(t)),
+            subscriptions: st
+                .subscriptions
+                .iter()
+                .map(|(f, s)| SubscriptionRecord {
+                    filter: f.as_str().to_string(),
+                    options: options_byte(&s.options),
+                    id: s.id,
+                })
+                .collect(),
+            will: st.will.as_ref().map(|w| WillRecord {
+                packet: crate::persist::encode_will(&w.will),
+                delay_secs: w.delay_secs,
+            }),
+        };
+        Some(p.journal.push(Op::PutSession(id, record)))
     }
 
     /// A fresh connection id.
@@ -118,8 +209,7 @@ impl Broker {
     /// A client id for a v5 client that sent an empty one.
     pub fn assign_client_id(&self) -> String {
         let n = self.next_assigned_id.fetch_add(1, Ordering::Relaxed);
-        let nanos = self.started.elapsed().as_nanos() as u64;
-        format!("starling-{:x}{:06x}", nanos & 0xffff_ffff, n)
+        format!("{}{n:x}", self.id_prefix)
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
@@ -160,6 +250,7 @@ impl Broker {
                         st.protocol = req.protocol;
                         st.expiry_secs = req.expiry_secs;
                         st.disconnected_at = None;
+                        self.persist_session(&old, &mut st);
                         drop(st);
                         Some(old)
                     }
@@ -174,6 +265,7 @@ impl Broker {
                     }
                     let filters: Vec<_> = st.subscriptions.keys().cloned().collect();
                     st.clear();
+                    self.persist_session(&old, &mut st);
                     drop(st);
                     for f in &filters {
                         self.router.unsubscribe(f, &old);
@@ -195,6 +287,7 @@ impl Broker {
                         Session::set_owner(&mut st, &session, Some((conn_id, waker)));
                         st.will = new_will.take();
                         st.expiry_secs = req.expiry_secs;
+                        self.persist_session(&session, &mut st);
                     }
                     sessions.insert(req.client_id.clone(), session.clone());
                     Attached {
@@ -256,6 +349,18 @@ impl Broker {
             });
             st.inflight = rest.into();
             shared.extend(sh.into_iter().map(|f| f.delivery));
+            if let Some(p) = &self.persist {
+                for d in &mut shared {
+                    if d.seq != 0 {
+                        p.journal
+                            .push(Op::DeleteMessage(session.client_id.to_string(), d.seq));
+                        d.seq = 0;
+                    }
+                }
+            }
+            if !end {
+                self.persist_session(session, &mut st);
+            }
         }
         if let Some(w) = will_now {
             self.publish_will(w.will, now);
@@ -278,7 +383,9 @@ impl Broker {
             st.ended = true;
             let filters: Vec<_> = st.subscriptions.keys().cloned().collect();
             st.clear();
-            (filters, st.will.take())
+            let will = st.will.take();
+            self.persist_session(session, &mut st);
+            (filters, will)
         };
         for f in &filters {
             self.router.unsubscribe(f, session);
@@ -313,17 +420,35 @@ impl Broker {
         self.publish(Arc::new(msg));
     }
 
+    fn note_ticket(ticket: &mut Option<u64>, t: Option<u64>) {
+        if let Some(t) = t {
+            *ticket = Some(ticket.map_or(t, |old| old.max(t)));
+        }
+    }
+
     /// Routes a message: stores or clears it as retained if RETAIN is set, then queues it for
     /// every matching session (one delivery per session, overlapping subscriptions merged:
-    /// highest QoS, every subscription identifier). Returns how many sessions it reached and
-    /// what became of the retained copy.
-    pub fn publish(&self, msg: Arc<Message>) -> (usize, Option<RetainOutcome>) {
+    /// highest QoS, every subscription identifier). Returns how many sessions it reached,
+    /// what became of the retained copy, and the journal ticket of what it stored.
+    pub fn publish(&self, msg: Arc<Message>) -> Routed {
+        let mut ticket = None;
         let retained = msg.retain.then(|| {
             let outcome = self
                 .retained
                 .set(msg.clone(), self.limits.max_retained_messages);
-            if outcome == RetainOutcome::Full {
-                self.metrics.retained_refused.inc();
+            match outcome {
+                RetainOutcome::Full => self.metrics.retained_refused.inc(),
+                RetainOutcome::Stored | RetainOutcome::Cleared => {
+                    if let Some(p) = &self.persist {
+                        let topic = msg.topic.as_str().to_string();
+                        let op = if outcome == RetainOutcome::Cleared {
+                            Op::DeleteRetained(topic)
+                        } else {
+                            Op::PutRetained(topic, crate::persist::retained_record(&msg, &p.clock))
+                        };
+                        ticket = Some(p.journal.push(op));
+                    }
+                }
             }
             outcome
         });
@@ -350,6 +475,7 @@ impl Broker {
                             retain: m.options.retain_as_published && msg.retain,
                             sub_ids: m.id.into_iter().collect(),
                             share: Some(key.clone()),
+                            seq: 0,
                         });
                     }
                 }
@@ -379,18 +505,23 @@ impl Broker {
                 retain: rap && msg.retain,
                 sub_ids,
                 share: None,
+                seq: 0,
             };
-            if session.deliver(delivery, &self.limits, &self.metrics) {
-                reached += 1;
-            }
+            let (accepted, t) = session.deliver(delivery, &self.ctx());
+            reached += usize::from(accepted);
+            Self::note_ticket(&mut ticket, t);
             i = j;
         }
         for (session, d) in shared_targets.into_iter().zip(shared) {
-            if session.deliver(d, &self.limits, &self.metrics) {
-                reached += 1;
-            }
+            let (accepted, t) = session.deliver(d, &self.ctx());
+            reached += usize::from(accepted);
+            Self::note_ticket(&mut ticket, t);
         }
-        (reached, retained)
+        Routed {
+            reached,
+            retained,
+            ticket,
+        }
     }
 
     /// Hands a delivery that came through a shared subscription to another member of its
@@ -411,7 +542,7 @@ impl Broker {
         if Arc::ptr_eq(&to, from) {
             d.share = None;
         }
-        to.deliver(d, &self.limits, &self.metrics);
+        to.deliver(d, &self.ctx());
     }
 
     /// Housekeeping, called about once a second: expires sessions, publishes delayed wills,
@@ -424,8 +555,19 @@ impl Broker {
         let mut disconnected = 0u64;
         for s in &sessions {
             let mut st = s.lock();
-            st.awaiting_rel
-                .retain(|_, t| now.saturating_duration_since(*t) < rel_timeout);
+            let expired_ids: Vec<u16> = st
+                .awaiting_rel
+                .iter()
+                .filter(|(_, t)| now.saturating_duration_since(**t) >= rel_timeout)
+                .map(|(pid, _)| *pid)
+                .collect();
+            for pid in expired_ids {
+                st.awaiting_rel.remove(&pid);
+                if let (Some(p), true) = (&self.persist, st.persisted) {
+                    p.journal
+                        .push(Op::DeleteAwaiting(s.client_id.to_string(), pid));
+                }
+            }
             let Some(since) = st.disconnected_at else {
                 continue;
             };
@@ -444,6 +586,7 @@ impl Broker {
                 && let Some(w) = st.will.take()
             {
                 wills.push(w.will);
+                self.persist_session(s, &mut st);
             }
         }
         for w in wills {
@@ -462,6 +605,146 @@ impl Broker {
                 self.publish(Arc::new(msg));
             }
         }
+    }
+
+    /// Rebuilds the state a store held: persistent sessions (disconnected, with their
+    /// subscriptions, queued and inflight messages and awaiting QoS 2 ids), and retained
+    /// messages. What expired while the broker was down is dropped (and deleted from the
+    /// store). Call before any client connects.
+    pub fn restore(&self, snap: starling_store::Snapshot, now: Instant) -> Restored {
+        let mut report = Restored::default();
+        let Some(p) = self.persist.clone() else {
+            return report;
+        };
+        let clock = p.clock;
+        for loaded in snap.sessions {
+            let rec = loaded.record;
+            let disconnected_at = rec
+                .disconnected_at_ms
+                .map_or(now, |ms| clock.from_unix_ms(ms, now));
+            let gone = now.saturating_duration_since(disconnected_at);
+            if rec.expiry_secs != u32::MAX
+                && gone >= Duration::from_secs(u64::from(rec.expiry_secs))
+            {
+                p.journal.push(Op::DeleteSession(loaded.client_id));
+                report.expired_sessions += 1;
+                continue;
+            }
+            let protocol = match rec.protocol {
+                3 => ProtocolVersion::V31,
+                4 => ProtocolVersion::V311,
+                _ => ProtocolVersion::V5,
+            };
+            let client_id: Arc<str> = loaded.client_id.as_str().into();
+            let session = Arc::new(Session::new(client_id.clone(), protocol));
+            {
+                let mut st = session.lock();
+                st.persisted = true;
+                st.expiry_secs = rec.expiry_secs;
+                st.disconnected_at = Some(disconnected_at);
+                st.will = rec.will.as_ref().and_then(|w| {
+                    let (msg, qos, retain, _) = crate::persist::decode_message(
+                        &starling_store::MessageRecord {
+                            packet: w.packet.clone(),
+                            expires_at_ms: None,
+                            phase: starling_store::MessagePhase::Queued,
+                            packet_id: 0,
+                        },
+                        &clock,
+                        now,
+                    )?;
+                    Some(PendingWill {
+                        will: Will {
+                            topic: msg.topic,
+                            payload: msg.payload,
+                            qos,
+                            retain,
+                            properties: msg.properties,
+                        },
+                        delay_secs: w.delay_secs,
+                    })
+                });
+                for sub in &rec.subscriptions {
+                    let Ok(filter) = starling_proto::TopicFilter::try_from_str(&sub.filter) else {
+                        report.skipped += 1;
+                        continue;
+                    };
+                    let options = options_from_byte(sub.options);
+                    self.router.subscribe(&filter, &session, options, sub.id);
+                    st.subscriptions.insert(
+                        filter,
+                        crate::session::Subscription {
+                            options,
+                            id: sub.id,
+                        },
+                    );
+                }
+                for (seq, m) in loaded.messages {
+                    st.next_seq = st.next_seq.max(seq + 1);
+                    let Some((msg, qos, retain, sub_ids)) =
+                        crate::persist::decode_message(&m, &clock, now)
+                    else {
+                        report.skipped += 1;
+                        continue;
+                    };
+                    if m.phase == starling_store::MessagePhase::Queued && msg.is_expired(now) {
+                        p.journal
+                            .push(Op::DeleteMessage(loaded.client_id.clone(), seq));
+                        report.expired_messages += 1;
+                        continue;
+                    }
+                    let delivery = Delivery {
+                        msg: Arc::new(msg),
+                        qos,
+                        retain,
+                        sub_ids,
+                        share: None,
+                        seq,
+                    };
+                    report.messages += 1;
+                    match m.phase {
+                        starling_store::MessagePhase::Queued => {
+                            st.queued_bytes += delivery.msg.cost();
+                            st.queue.push_back(delivery);
+                        }
+                        phase => {
+                            st.next_packet_id =
+                                st.next_packet_id.max(m.packet_id.wrapping_add(1)).max(1);
+                            st.inflight.push_back(crate::session::Inflight {
+                                packet_id: m.packet_id,
+                                delivery,
+                                phase: if phase == starling_store::MessagePhase::Released {
+                                    crate::session::Phase::Released
+                                } else {
+                                    crate::session::Phase::Published
+                                },
+                            });
+                        }
+                    }
+                }
+                for pid in loaded.awaiting {
+                    st.awaiting_rel.insert(pid, now);
+                }
+            }
+            self.sessions().insert(client_id, session);
+            report.sessions += 1;
+        }
+        for (topic, m) in snap.retained {
+            let Some((msg, _, _, _)) = crate::persist::decode_message(&m, &clock, now) else {
+                report.skipped += 1;
+                continue;
+            };
+            if msg.is_expired(now) {
+                p.journal.push(Op::DeleteRetained(topic));
+                report.expired_messages += 1;
+                continue;
+            }
+            let mut msg = msg;
+            msg.retain = true;
+            self.retained.set(Arc::new(msg), usize::MAX);
+            report.retained += 1;
+        }
+        report
     }
 
     /// Every session, connected or not.
@@ -492,4 +775,27 @@ fn pick_member<'a>(
                 .filter_map(|k| members.get((start + k) % n))
                 .find(allowed)
         })
+}
+
+/// The subscription options byte as MQTT 5 encodes it.
+fn options_byte(o: &starling_proto::SubscriptionOptions) -> u8 {
+    o.qos.as_u8()
+        | (u8::from(o.no_local) << 2)
+        | (u8::from(o.retain_as_published) << 3)
+        | ((o.retain_handling as u8) << 4)
+}
+
+/// Subscription options from the MQTT 5 options byte.
+fn options_from_byte(b: u8) -> starling_proto::SubscriptionOptions {
+    use starling_proto::RetainHandling as RH;
+    starling_proto::SubscriptionOptions {
+        qos: QoS::from_u8(b & 0x03).unwrap_or(QoS::AtMostOnce),
+        no_local: b & 0x04 != 0,
+        retain_as_published: b & 0x08 != 0,
+        retain_handling: match (b >> 4) & 0x03 {
+            0 => RH::SendAtSubscribe,
+            1 => RH::SendIfNew,
+            _ => RH::DoNotSend,
+        },
+    }
 }

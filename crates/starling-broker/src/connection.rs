@@ -7,7 +7,7 @@
 //! client's limits) and drives the session, the router and the retained store through the
 //! shared [`Broker`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,10 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{Broker, ConnectRequest, Ending};
 use crate::message::{Delivery, Message};
+use crate::persist::TicketStatus;
 use crate::retain::RetainOutcome;
 use crate::session::{Inflight, PendingWill, Phase, Session, Subscription};
+use starling_store::{MessagePhase, Op};
 
 /// Stop moving queued messages into the output once it holds this many bytes; the network
 /// layer writes it out and pumps again. Bounds the per-connection write buffer.
@@ -94,7 +96,14 @@ pub struct Connection {
     shutting_down: bool,
     /// Inbound publish rate limit (`max_publish_rate`), if any.
     rate: Option<TokenBucket>,
+    /// Acknowledgements waiting for the store to commit what they acknowledge (durability
+    /// `sync`), in order, with their journal tickets. Bounded: at `HELD_LIMIT` the network layer
+    /// stops reading from the client until commits catch up.
+    held: VecDeque<(u64, Packet)>,
 }
+
+/// Held acknowledgements at which reading from the client pauses.
+pub const HELD_LIMIT: usize = 1024;
 
 /// A token bucket: `rate` tokens per second, holding at most one second's worth.
 #[derive(Debug)]
@@ -127,6 +136,7 @@ impl Connection {
             last_packet: now,
             shutting_down: false,
             rate: None,
+            held: VecDeque::new(),
         }
         .with_rate_limit(now)
     }
@@ -620,12 +630,13 @@ impl Connection {
         let pid = p.packet_id;
         let qos = p.qos;
         let retain = p.retain;
+        let mut ticket = None;
         if qos == QoS::ExactlyOnce {
             let mut st = a.session.lock();
             if st.awaiting_rel.contains_key(&pid) {
                 // A resend of a message already received: acknowledge, do not route again.
                 drop(st);
-                self.encode(&Packet::PubRec(PubAck::new(pid)));
+                self.send_ack(Packet::PubRec(PubAck::new(pid)), None);
                 return Ok(());
             }
             if st.awaiting_rel.len() >= usize::from(broker.limits.receive_maximum) {
@@ -637,6 +648,14 @@ impl Connection {
                 );
             }
             st.awaiting_rel.insert(pid, now);
+            if let Some(p) = broker.persistence()
+                && st.persisted
+            {
+                ticket = Some(
+                    p.journal
+                        .push(Op::PutAwaiting(a.client_id.to_string(), pid)),
+                );
+            }
         }
         let v5 = a.version.is_v5();
         let reason = if v5
@@ -648,10 +667,13 @@ impl Connection {
             ReasonCode::NotAuthorized
         } else {
             let msg = Arc::new(Message::from_publish(p, Some(a.client_id.clone()), now));
-            let (reached, retained) = broker.publish(msg);
-            if retained == Some(RetainOutcome::Full) {
+            let routed = broker.publish(msg);
+            if routed.ticket.is_some() {
+                ticket = routed.ticket;
+            }
+            if routed.retained == Some(RetainOutcome::Full) {
                 ReasonCode::QuotaExceeded
-            } else if reached == 0 && !retain && qos != QoS::AtMostOnce {
+            } else if routed.reached == 0 && !retain && qos != QoS::AtMostOnce {
                 ReasonCode::NoMatchingSubscribers
             } else {
                 ReasonCode::Success
@@ -665,7 +687,7 @@ impl Connection {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
                 let ack = self.ack_with_reason(pid, reason);
-                self.encode(&Packet::PubAck(ack));
+                self.send_ack(Packet::PubAck(ack), ticket);
             }
             QoS::ExactlyOnce => {
                 if reason.is_error()
@@ -674,7 +696,7 @@ impl Connection {
                     a.session.lock().awaiting_rel.remove(&pid);
                 }
                 let ack = self.ack_with_reason(pid, reason);
-                self.encode(&Packet::PubRec(ack));
+                self.send_ack(Packet::PubRec(ack), ticket);
             }
         }
         Ok(())
@@ -700,76 +722,193 @@ impl Connection {
         ack
     }
 
+    /// Sends an acknowledgement, or holds it (in order) until journal `ticket` is durable.
+    fn send_ack(&mut self, packet: Packet, ticket: Option<u64>) {
+        let hold = match self.broker.persistence() {
+            Some(p) if p.journal.hold_acks() => {
+                !self.held.is_empty()
+                    || ticket.is_some_and(|t| p.journal.status(t) == TicketStatus::Pending)
+            }
+            _ => false,
+        };
+        if hold {
+            self.held.push_back((ticket.unwrap_or(0), packet));
+        } else {
+            self.encode(&packet);
+        }
+    }
+
+    /// True while acknowledgements wait for the store.
+    pub fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// True when so many acknowledgements wait that the client must not be read further.
+    pub fn backpressured(&self) -> bool {
+        self.held.len() >= HELD_LIMIT
+    }
+
+    /// Sends the held acknowledgements whose commits finished. A failed commit is not
+    /// acknowledged as a success: v5 clients get reason 0x80 (Unspecified error), 3.x clients,
+    /// which have no way to hear it, are disconnected so they resend.
+    pub fn release_held(&mut self) -> Result<(), Closing> {
+        let Some(journal) = self.broker.persistence().map(|p| p.journal.clone()) else {
+            return Ok(());
+        };
+        while let Some(&(ticket, _)) = self.held.front() {
+            let status = if ticket == 0 {
+                TicketStatus::Durable
+            } else {
+                journal.status(ticket)
+            };
+            if status == TicketStatus::Pending {
+                break;
+            }
+            let Some((_, mut packet)) = self.held.pop_front() else {
+                break;
+            };
+            if status == TicketStatus::Failed {
+                self.broker.metrics.store_failures_answered.inc();
+                let v5 = self.version().is_v5();
+                match &mut packet {
+                    Packet::PubAck(a) | Packet::PubRec(a) if v5 => {
+                        a.reason = ReasonCode::UnspecifiedError;
+                        a.properties.reason_string = Some("could not store the message".into());
+                    }
+                    Packet::SubAck(s) => {
+                        s.reasons
+                            .iter_mut()
+                            .for_each(|r| *r = ReasonCode::UnspecifiedError);
+                    }
+                    Packet::UnsubAck(u) if v5 => {
+                        u.reasons
+                            .iter_mut()
+                            .for_each(|r| *r = ReasonCode::UnspecifiedError);
+                    }
+                    _ => {
+                        return Err(Closing::new(
+                            ReasonCode::UnspecifiedError,
+                            "store commit failed",
+                        ));
+                    }
+                }
+                if let (Packet::PubRec(a), Stage::Active(act)) = (&packet, &self.stage) {
+                    act.session.lock().awaiting_rel.remove(&a.packet_id);
+                }
+            }
+            self.encode(&packet);
+        }
+        Ok(())
+    }
+
+    /// Journals `op` if the broker has a store and the session is persistent.
+    fn journal_op(&self, persisted: bool, op: impl FnOnce() -> Op) -> Option<u64> {
+        let p = self.broker.persistence()?;
+        persisted.then(|| p.journal.push(op()))
+    }
+
     fn on_puback(&mut self, pid: u16) {
         let Stage::Active(a) = &self.stage else {
             return;
         };
-        let mut st = a.session.lock();
-        if let Some(i) = st.inflight_position(pid)
-            && st
-                .inflight
-                .get(i)
-                .is_some_and(|f| f.phase == Phase::Published && f.delivery.qos == QoS::AtLeastOnce)
-        {
-            st.inflight.remove(i);
-        }
+        let (persisted, seq) =
+            {
+                let mut st = a.session.lock();
+                let Some(i) = st.inflight_position(pid) else {
+                    return;
+                };
+                if !st.inflight.get(i).is_some_and(|f| {
+                    f.phase == Phase::Published && f.delivery.qos == QoS::AtLeastOnce
+                }) {
+                    return;
+                }
+                let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
+                (st.persisted, seq)
+            };
+        let id = a.client_id.to_string();
+        self.journal_op(persisted && seq != 0, || Op::DeleteMessage(id, seq));
     }
 
     fn on_pubrec(&mut self, ack: PubAck) {
         let Stage::Active(a) = &self.stage else {
             return;
         };
-        let found = {
+        let id = a.client_id.to_string();
+        let (found, persisted, seq) = {
             let mut st = a.session.lock();
+            let persisted = st.persisted;
             match st.inflight_position(ack.packet_id) {
                 Some(i) if ack.reason.is_error() => {
-                    st.inflight.remove(i);
+                    let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
+                    drop(st);
+                    self.journal_op(persisted && seq != 0, || Op::DeleteMessage(id, seq));
                     return;
                 }
                 Some(i) => match st.inflight.get_mut(i) {
                     Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
                         f.phase = Phase::Released;
-                        true
+                        (true, persisted, f.delivery.seq)
                     }
-                    _ => false,
+                    _ => (false, persisted, 0),
                 },
-                None => false,
+                None => (false, persisted, 0),
             }
         };
+        let pid = ack.packet_id;
+        let ticket = self.journal_op(found && persisted && seq != 0, || {
+            Op::SetPhase(id, seq, MessagePhase::Released, pid)
+        });
         let reason = if found {
             ReasonCode::Success
         } else {
             ReasonCode::PacketIdentifierNotFound
         };
-        self.encode(&Packet::PubRel(PubAck::with_reason(ack.packet_id, reason)));
+        // PUBREL only once the phase is stored: after a restart the broker must not send the
+        // PUBLISH again for a message the client already has.
+        self.send_ack(Packet::PubRel(PubAck::with_reason(pid, reason)), ticket);
     }
 
     fn on_pubcomp(&mut self, pid: u16) {
         let Stage::Active(a) = &self.stage else {
             return;
         };
-        let mut st = a.session.lock();
-        if let Some(i) = st.inflight_position(pid)
-            && st
+        let (persisted, seq) = {
+            let mut st = a.session.lock();
+            let Some(i) = st.inflight_position(pid) else {
+                return;
+            };
+            if !st
                 .inflight
                 .get(i)
                 .is_some_and(|f| f.phase == Phase::Released)
-        {
-            st.inflight.remove(i);
-        }
+            {
+                return;
+            }
+            let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
+            (st.persisted, seq)
+        };
+        let id = a.client_id.to_string();
+        self.journal_op(persisted && seq != 0, || Op::DeleteMessage(id, seq));
     }
 
     fn on_pubrel(&mut self, pid: u16) {
         let Stage::Active(a) = &self.stage else {
             return;
         };
-        let known = a.session.lock().awaiting_rel.remove(&pid).is_some();
+        let (known, persisted) = {
+            let mut st = a.session.lock();
+            (st.awaiting_rel.remove(&pid).is_some(), st.persisted)
+        };
+        let id = a.client_id.to_string();
+        // PUBCOMP only once the id is forgotten on disk too, or a restart would take the
+        // client's next message with this id for a resend and drop it.
+        let ticket = self.journal_op(known && persisted, || Op::DeleteAwaiting(id, pid));
         let reason = if known {
             ReasonCode::Success
         } else {
             ReasonCode::PacketIdentifierNotFound
         };
-        self.encode(&Packet::PubComp(PubAck::with_reason(pid, reason)));
+        self.send_ack(Packet::PubComp(PubAck::with_reason(pid, reason)), ticket);
     }
 
     fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Closing> {
@@ -825,17 +964,29 @@ impl Connection {
                         retain: true,
                         sub_ids: sub_id.into_iter().collect(),
                         share: None,
+                        seq: 0,
                     });
                 }
             }
         }
-        self.encode(&Packet::SubAck(SubAck {
+        // The subscriptions of a persistent session are stored before SUBACK says so.
+        let ticket = {
+            let mut st = session.lock();
+            if st.persisted {
+                broker.persist_session(&session, &mut st)
+            } else {
+                None
+            }
+        };
+        let suback = Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reasons,
             properties: Properties::default(),
-        }));
+        });
+        self.send_ack(suback, ticket);
+        let ctx = broker.ctx();
         for d in retained {
-            session.deliver(d, &broker.limits, &broker.metrics);
+            session.deliver(d, &ctx);
         }
         Ok(())
     }
@@ -859,11 +1010,20 @@ impl Connection {
                 }
             })
             .collect();
-        self.encode(&Packet::UnsubAck(UnsubAck {
+        let ticket = {
+            let mut st = session.lock();
+            if st.persisted {
+                broker.persist_session(&session, &mut st)
+            } else {
+                None
+            }
+        };
+        let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reasons,
             properties: Properties::default(),
-        }));
+        });
+        self.send_ack(unsuback, ticket);
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Closing> {
@@ -937,6 +1097,18 @@ impl Connection {
             }
             metrics.publish_sent.inc();
             metrics.messages_sent.inc();
+            if d.seq != 0
+                && st.persisted
+                && let Some(p) = self.broker.persistence()
+            {
+                let op = Op::SetPhase(
+                    session.client_id.to_string(),
+                    d.seq,
+                    MessagePhase::Published,
+                    packet_id,
+                );
+                p.journal.push(op);
+            }
             if d.qos != QoS::AtMostOnce {
                 st.inflight.push_back(Inflight {
                     packet_id,

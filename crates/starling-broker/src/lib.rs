@@ -19,6 +19,7 @@ pub mod config;
 pub mod connection;
 pub mod message;
 pub mod metrics;
+pub mod persist;
 pub mod retain;
 pub mod router;
 pub mod session;

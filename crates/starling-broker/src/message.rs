@@ -104,4 +104,6 @@ pub struct Delivery {
     pub sub_ids: Vec<u32>,
     /// Set when the message reached this session through a shared subscription.
     pub share: Option<Arc<ShareKey>>,
+    /// Key of its record in the store (per session, increasing); 0 when not stored.
+    pub seq: u64,
 }

@@ -81,4 +81,12 @@ pub struct Metrics {
     pub receive_maximum_exceeded: Counter,
     /// Times a client's reading was paused by the publish rate limit.
     pub rate_limited: Counter,
+    /// Store batches committed.
+    pub store_commits: Counter,
+    /// Ops written by those batches.
+    pub store_ops: Counter,
+    /// Store batches that failed to commit (logged, and what waited on them not acknowledged).
+    pub store_commit_failures: Counter,
+    /// Acknowledgements answered with a failure (or a disconnect) because their commit failed.
+    pub store_failures_answered: Counter,
 }

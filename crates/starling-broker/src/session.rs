@@ -13,9 +13,23 @@ use std::time::Instant;
 use starling_proto::{ProtocolVersion, QoS, SubscriptionOptions, TopicFilter, Will};
 use tokio::sync::Notify;
 
+use starling_store::{MessagePhase, Op};
+
 use crate::config::{Limits, QueueFullPolicy};
 use crate::message::Delivery;
 use crate::metrics::Metrics;
+use crate::persist::{Persistence, delivery_record};
+
+/// What enqueueing needs from the broker: its limits, counters and, with a store, the journal.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    /// Queue limits.
+    pub limits: &'a Limits,
+    /// Drop counters.
+    pub metrics: &'a Metrics,
+    /// Journal and clock, when the broker has a store.
+    pub persist: Option<&'a Persistence>,
+}
 
 /// A subscription as the session remembers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +101,10 @@ pub struct SessionState {
     pub ended: bool,
     /// Wakes the owning connection; replaced when another connection takes the session over.
     pub waker: Option<Arc<Notify>>,
+    /// A record of this session is in the store (it has or had a non-zero expiry).
+    pub persisted: bool,
+    /// Next store sequence number for a queued message.
+    pub next_seq: u64,
 }
 
 /// A session shared by the router and its connection.
@@ -119,6 +137,8 @@ impl Session {
                 disconnected_at: None,
                 ended: false,
                 waker: None,
+                persisted: false,
+                next_seq: 1,
             }),
             online: AtomicBool::new(false),
         }
@@ -151,19 +171,24 @@ impl Session {
         this.online.store(st.owner.is_some(), Ordering::Relaxed);
     }
 
-    /// Queues a delivery and wakes the owning connection. Returns false when it was dropped.
-    pub fn deliver(&self, delivery: Delivery, limits: &Limits, metrics: &Metrics) -> bool {
-        let waker = {
+    /// Queues a delivery and wakes the owning connection. Returns whether it was accepted and
+    /// the journal ticket of its record, if it was stored.
+    pub fn deliver(&self, delivery: Delivery, ctx: &Ctx<'_>) -> (bool, Option<u64>) {
+        let (ticket, waker) = {
             let mut st = self.lock();
-            if st.ended || !st.enqueue(delivery, limits, metrics) {
-                return false;
+            if st.ended {
+                return (false, None);
             }
-            st.waker.clone()
+            let (accepted, ticket) = st.enqueue(delivery, ctx, &self.client_id);
+            if !accepted {
+                return (false, ticket);
+            }
+            (ticket, st.waker.clone())
         };
         if let Some(w) = waker {
             w.notify_one();
         }
-        true
+        (true, ticket)
     }
 }
 
@@ -174,10 +199,20 @@ impl SessionState {
     /// is full, queued QoS 0 messages are dropped first (a new QoS 0 message is dropped itself
     /// rather than displace QoS 1/2); then the policy decides: drop the oldest, or refuse the
     /// new message. Every drop is counted in `publish_dropped` and `dropped_queue_full`.
-    pub fn enqueue(&mut self, delivery: Delivery, limits: &Limits, metrics: &Metrics) -> bool {
+    ///
+    /// In a persistent session a QoS 1/2 delivery is also written to the store; the ticket of
+    /// the last op written is returned with whether the delivery was accepted.
+    pub fn enqueue(
+        &mut self,
+        mut delivery: Delivery,
+        ctx: &Ctx<'_>,
+        client_id: &str,
+    ) -> (bool, Option<u64>) {
+        let (limits, metrics) = (ctx.limits, ctx.metrics);
         if self.owner.is_none() && delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
-            return false;
+            return (false, None);
         }
+        let mut ticket = None;
         let cost = delivery.msg.cost();
         let full = |st: &Self| {
             st.queue.len() >= limits.max_queued_messages
@@ -188,24 +223,44 @@ impl SessionState {
                 Some(i) => i,
                 None if delivery.qos == QoS::AtMostOnce => {
                     Self::count_drop(metrics);
-                    return false;
+                    return (false, ticket);
                 }
                 None => match limits.queue_full_policy {
                     QueueFullPolicy::DropOldest => 0,
                     QueueFullPolicy::RefuseNewest => {
                         Self::count_drop(metrics);
-                        return false;
+                        return (false, ticket);
                     }
                 },
             };
             if let Some(old) = self.queue.remove(victim) {
                 self.queued_bytes -= old.msg.cost();
                 Self::count_drop(metrics);
+                if let (Some(p), true) = (ctx.persist, old.seq != 0) {
+                    ticket = Some(
+                        p.journal
+                            .push(Op::DeleteMessage(client_id.to_string(), old.seq)),
+                    );
+                }
             }
+        }
+        if let Some(p) = ctx.persist
+            && self.persisted
+            && self.expiry_secs > 0
+            && delivery.qos != QoS::AtMostOnce
+        {
+            delivery.seq = self.next_seq;
+            self.next_seq += 1;
+            let record = delivery_record(&delivery, MessagePhase::Queued, 0, &p.clock);
+            ticket = Some(p.journal.push(Op::PutMessage(
+                client_id.to_string(),
+                delivery.seq,
+                record,
+            )));
         }
         self.queued_bytes += cost;
         self.queue.push_back(delivery);
-        true
+        (true, ticket)
     }
 
     fn count_drop(metrics: &Metrics) {
@@ -266,6 +321,15 @@ mod tests {
             retain: false,
             sub_ids: Vec::new(),
             share: None,
+            seq: 0,
+        }
+    }
+
+    fn ctx<'a>(l: &'a Limits, m: &'a Metrics) -> Ctx<'a> {
+        Ctx {
+            limits: l,
+            metrics: m,
+            persist: None,
         }
     }
 
@@ -289,17 +353,35 @@ mod tests {
         let m = Metrics::default();
         let l = limits(3, QueueFullPolicy::DropOldest);
         let mut st = online();
-        assert!(st.enqueue(delivery(QoS::AtLeastOnce, 1), &l, &m));
-        assert!(st.enqueue(delivery(QoS::AtMostOnce, 2), &l, &m));
-        assert!(st.enqueue(delivery(QoS::AtLeastOnce, 3), &l, &m));
+        assert!(
+            st.enqueue(delivery(QoS::AtLeastOnce, 1), &ctx(&l, &m), "c")
+                .0
+        );
+        assert!(
+            st.enqueue(delivery(QoS::AtMostOnce, 2), &ctx(&l, &m), "c")
+                .0
+        );
+        assert!(
+            st.enqueue(delivery(QoS::AtLeastOnce, 3), &ctx(&l, &m), "c")
+                .0
+        );
         // Full: the QoS 0 message makes room.
-        assert!(st.enqueue(delivery(QoS::AtLeastOnce, 4), &l, &m));
+        assert!(
+            st.enqueue(delivery(QoS::AtLeastOnce, 4), &ctx(&l, &m), "c")
+                .0
+        );
         let payloads: Vec<u8> = st.queue.iter().map(|d| d.msg.payload[0]).collect();
         assert_eq!(payloads, [1, 3, 4]);
         // A new QoS 0 message does not displace QoS 1.
-        assert!(!st.enqueue(delivery(QoS::AtMostOnce, 5), &l, &m));
+        assert!(
+            !st.enqueue(delivery(QoS::AtMostOnce, 5), &ctx(&l, &m), "c")
+                .0
+        );
         // Then the oldest goes.
-        assert!(st.enqueue(delivery(QoS::AtLeastOnce, 6), &l, &m));
+        assert!(
+            st.enqueue(delivery(QoS::AtLeastOnce, 6), &ctx(&l, &m), "c")
+                .0
+        );
         let payloads: Vec<u8> = st.queue.iter().map(|d| d.msg.payload[0]).collect();
         assert_eq!(payloads, [3, 4, 6]);
         assert_eq!(m.publish_dropped.get(), 3);
@@ -311,9 +393,18 @@ mod tests {
         let m = Metrics::default();
         let l = limits(2, QueueFullPolicy::RefuseNewest);
         let mut st = online();
-        assert!(st.enqueue(delivery(QoS::AtLeastOnce, 1), &l, &m));
-        assert!(st.enqueue(delivery(QoS::ExactlyOnce, 2), &l, &m));
-        assert!(!st.enqueue(delivery(QoS::AtLeastOnce, 3), &l, &m));
+        assert!(
+            st.enqueue(delivery(QoS::AtLeastOnce, 1), &ctx(&l, &m), "c")
+                .0
+        );
+        assert!(
+            st.enqueue(delivery(QoS::ExactlyOnce, 2), &ctx(&l, &m), "c")
+                .0
+        );
+        assert!(
+            !st.enqueue(delivery(QoS::AtLeastOnce, 3), &ctx(&l, &m), "c")
+                .0
+        );
         let payloads: Vec<u8> = st.queue.iter().map(|d| d.msg.payload[0]).collect();
         assert_eq!(payloads, [1, 2]);
         assert_eq!(m.publish_dropped.get(), 1);
@@ -328,7 +419,7 @@ mod tests {
         };
         let mut st = online();
         for n in 0..10 {
-            st.enqueue(delivery(QoS::AtLeastOnce, n), &l, &m);
+            let _ = st.enqueue(delivery(QoS::AtLeastOnce, n), &ctx(&l, &m), "c");
         }
         assert!(st.queued_bytes <= 4, "{}", st.queued_bytes);
         assert_eq!(st.queue.len(), 2); // each costs 2 bytes (topic + payload)
@@ -340,8 +431,14 @@ mod tests {
         let l = Limits::default();
         let mut st = online();
         st.owner = None;
-        assert!(!st.enqueue(delivery(QoS::AtMostOnce, 1), &l, &m));
-        assert!(st.enqueue(delivery(QoS::AtLeastOnce, 1), &l, &m));
+        assert!(
+            !st.enqueue(delivery(QoS::AtMostOnce, 1), &ctx(&l, &m), "c")
+                .0
+        );
+        assert!(
+            st.enqueue(delivery(QoS::AtLeastOnce, 1), &ctx(&l, &m), "c")
+                .0
+        );
         assert_eq!(m.publish_dropped.get(), 0);
     }
 

@@ -52,6 +52,8 @@ pub enum Op {
     PutMessage(String, u64, MessageRecord),
     /// Delete a message of a session.
     DeleteMessage(String, u64),
+    /// Update the phase and packet id of a stored message (no-op if it is not stored).
+    SetPhase(String, u64, MessagePhase, u16),
     /// Record an inbound QoS 2 packet id awaiting PUBREL.
     PutAwaiting(String, u16),
     /// Forget an inbound QoS 2 packet id.

@@ -63,6 +63,12 @@ fn apply_one(st: &mut State, op: &Op) {
         Op::DeleteMessage(id, seq) => {
             st.messages.remove(&(id.clone(), *seq));
         }
+        Op::SetPhase(id, seq, phase, pid) => {
+            if let Some(m) = st.messages.get_mut(&(id.clone(), *seq)) {
+                m.phase = *phase;
+                m.packet_id = *pid;
+            }
+        }
         Op::PutAwaiting(id, pid) => {
             st.awaiting.insert((id.clone(), *pid), ());
         }

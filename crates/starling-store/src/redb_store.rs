@@ -210,6 +210,23 @@ impl Store for RedbStore {
                         .insert((id.as_str(), *seq), m.encode().as_slice())
                         .map(drop),
                     Op::DeleteMessage(id, seq) => messages.remove((id.as_str(), *seq)).map(drop),
+                    Op::SetPhase(id, seq, phase, pid) => {
+                        let key = (id.as_str(), *seq);
+                        let current = messages.get(key).map(|v| v.map(|g| g.value().to_vec()));
+                        match current {
+                            Ok(Some(bytes)) => match MessageRecord::decode(&bytes) {
+                                Ok(mut m) => {
+                                    m.phase = *phase;
+                                    m.packet_id = *pid;
+                                    messages.insert(key, m.encode().as_slice()).map(drop)
+                                }
+                                // A damaged record is left for load to report.
+                                Err(_) => Ok(()),
+                            },
+                            Ok(None) => Ok(()),
+                            Err(e) => Err(e),
+                        }
+                    }
                     Op::PutAwaiting(id, pid) => awaiting.insert((id.as_str(), *pid), ()).map(drop),
                     Op::DeleteAwaiting(id, pid) => awaiting.remove((id.as_str(), *pid)).map(drop),
                     Op::PutRetained(t, m) => {
@@ -269,6 +286,8 @@ mod tests {
                 Op::PutRetained("r/1".into(), msg(5)),
             ],
             vec![
+                Op::SetPhase("a".into(), 2, MessagePhase::Released, 9),
+                Op::SetPhase("a".into(), 99, MessagePhase::Released, 9),
                 Op::DeleteMessage("a".into(), 1),
                 Op::PutMessage("a".into(), 3, msg(3)),
                 Op::PutRetained("r/2".into(), msg(6)),
@@ -292,6 +311,8 @@ mod tests {
             [2, 3]
         );
         assert_eq!(got.sessions[0].awaiting, [7]);
+        assert_eq!(got.sessions[0].messages[0].1.phase, MessagePhase::Released);
+        assert_eq!(got.sessions[0].messages[0].1.packet_id, 9);
         assert_eq!(got.retained.len(), 1);
     }
 

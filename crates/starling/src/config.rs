@@ -10,7 +10,7 @@ use serde::Deserialize;
 use starling_broker::{Features, Limits};
 
 /// The whole config file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where the broker keeps its data.
@@ -24,6 +24,45 @@ pub struct Config {
     pub limits: Limits,
     /// MQTT 5 features shaped by configuration.
     pub mqtt: Features,
+    /// Where and how state is kept.
+    pub storage: StorageConfig,
+}
+
+/// How durable acknowledged messages are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// A QoS 1/2 message is acknowledged once committed to disk (group commit: one fsync for
+    /// every message that arrived meanwhile).
+    #[default]
+    Sync,
+    /// Changes are committed to disk every `commit_interval_ms`; a crash loses at most that
+    /// window, acknowledged or not.
+    Periodic,
+    /// Nothing is written to disk; a restart loses every session and retained message.
+    Memory,
+}
+
+/// The `[storage]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Durability mode.
+    pub durability: Durability,
+    /// Commit interval of `periodic`, milliseconds.
+    pub commit_interval_ms: u64,
+    /// Start even if some records are damaged, leaving them out (each is logged).
+    pub recover: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Sync,
+            commit_interval_ms: 100,
+            recover: false,
+        }
+    }
 }
 
 /// One listener.
@@ -52,6 +91,7 @@ impl Default for Config {
             }],
             limits: Limits::default(),
             mqtt: Features::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -118,12 +158,22 @@ mod tests {
             queue_full_policy = "refuse_newest"
             [mqtt]
             response_information_prefix = "replies/"
+            [storage]
+            durability = "periodic"
+            commit_interval_ms = 50
             "#,
         )
         .unwrap();
         assert_eq!(c.listeners.len(), 2);
         assert_eq!(c.limits.max_inflight, 10);
         assert_eq!(c.mqtt.response_information_prefix, "replies/");
+        assert_eq!(c.storage.durability, Durability::Periodic);
+        assert_eq!(c.storage.commit_interval_ms, 50);
+        let e = format!(
+            "{:#}",
+            Config::parse("[storage]\ndurability = \"fast\"").unwrap_err()
+        );
+        assert!(e.contains("durability"), "{e}");
         assert_eq!(
             c.limits.queue_full_policy,
             starling_broker::QueueFullPolicy::RefuseNewest

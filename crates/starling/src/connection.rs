@@ -37,6 +37,8 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::
     let metrics = &broker.metrics;
     // Set while the publish rate limit pauses reading.
     let mut paused_until: Option<Instant> = None;
+    // Changes when the store commits; wakes the connection to send held acknowledgements.
+    let mut committed = broker.persistence().map(|p| p.journal.subscribe());
 
     let closing: Option<Closing> = loop {
         let deadline = match (conn.deadline(), paused_until) {
@@ -49,7 +51,9 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
-        let can_read = wbuf.len() < OUTPUT_HIGH_WATER && paused_until.is_none();
+        let can_read =
+            wbuf.len() < OUTPUT_HIGH_WATER && paused_until.is_none() && !conn.backpressured();
+        let has_held = conn.has_held();
         if can_read && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
         }
@@ -74,6 +78,7 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::
                 }
             },
             _ = waker.notified(), if can_read => Ok(()),
+            _ = commit_changed(&mut committed), if has_held => Ok(()),
             _ = &mut timer => {
                 let now = Instant::now();
                 if paused_until.is_some_and(|t| now >= t) {
@@ -89,6 +94,7 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::
             // queued messages keep their own part alive).
             rbuf = BytesMut::new();
         }
+        let step = step.and_then(|()| conn.release_held().map_err(Some));
         let step = step.and_then(|()| {
             if wbuf.len() < OUTPUT_HIGH_WATER {
                 conn.pump(Instant::now()).map_err(Some)
@@ -143,5 +149,17 @@ fn take_output(conn: &mut Connection, wbuf: &mut BytesMut) {
     } else {
         wbuf.extend_from_slice(out);
         out.clear();
+    }
+}
+
+/// Resolves when the store has committed more; never, without a store.
+async fn commit_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }

@@ -15,3 +15,4 @@
 pub mod config;
 pub mod connection;
 pub mod server;
+pub mod storage;

@@ -46,6 +46,9 @@ struct ServeArgs {
     /// Data directory, overriding the config file (default ./starling-data).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Start even if the store has damaged records, leaving them out (each is logged).
+    #[arg(long)]
+    recover: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +68,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if args.recover {
+        config.storage.recover = true;
     }
     init_logging(&config.log_level)?;
     std::fs::create_dir_all(&config.data_dir)

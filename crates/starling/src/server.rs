@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::storage;
 
 /// Connections beyond `max_connections` still get a socket long enough to be refused with a
 /// CONNACK; past this many more, new sockets are closed at once.
@@ -28,16 +29,32 @@ pub struct Server {
     addrs: Vec<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// Commits journaled changes; flushed at shutdown.
+    committer: Option<storage::Committer>,
 }
 
 impl Server {
-    /// Binds every listener and starts serving. Fails if a listener cannot be bound.
+    /// Opens the store (restoring what it holds), binds every listener and starts serving.
+    /// Fails if the store cannot be opened or a listener cannot be bound.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
-        let broker = Arc::new(Broker::with_features(
-            config.limits.clone(),
-            config.mqtt.clone(),
-            Instant::now(),
-        ));
+        let opened = storage::open(config)?;
+        Self::start_with(config, opened).await
+    }
+
+    /// Like [`Server::start`] on an already-open store (`None`: in memory).
+    pub async fn start_with(
+        config: &Config,
+        opened: Option<storage::Opened>,
+    ) -> anyhow::Result<Self> {
+        let broker =
+            Broker::with_features(config.limits.clone(), config.mqtt.clone(), Instant::now());
+        let (broker, committer) = match opened {
+            Some(o) => {
+                let (b, c) = storage::attach(broker, o)?;
+                (b, Some(c))
+            }
+            None => (Arc::new(broker), None),
+        };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(config.limits.max_connections + ACCEPT_SLACK));
         let mut tasks = JoinSet::new();
@@ -63,6 +80,7 @@ impl Server {
             addrs,
             shutdown_tx,
             tasks,
+            committer,
         })
     }
 
@@ -92,6 +110,11 @@ impl Server {
                     break;
                 }
             }
+        }
+        if let Some(c) = self.committer.take() {
+            // Commit what is left, off the async threads.
+            let _ = tokio::task::spawn_blocking(move || c.finish()).await;
+            info!("store flushed");
         }
         info!("stopped");
     }

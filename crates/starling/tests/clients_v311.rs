@@ -20,13 +20,19 @@ use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-async fn start(tweak: impl FnOnce(&mut Config)) -> (Server, u16) {
-    let mut config = Config::default();
+/// A broker on 127.0.0.1:0 with its store in a fresh temporary directory (kept alive by the
+/// returned guard).
+async fn start(tweak: impl FnOnce(&mut Config)) -> (Server, u16, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: data.path().to_path_buf(),
+        ..Config::default()
+    };
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
     tweak(&mut config);
     let server = Server::start(&config).await.unwrap();
     let port = server.local_addrs()[0].port();
-    (server, port)
+    (server, port, data)
 }
 
 /// A rumqttc client whose event loop runs in a task and forwards incoming packets.
@@ -121,7 +127,7 @@ impl Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos_0_1_2_round_trip_and_downgrade() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let (mut sub, ack) = Client::connect(port, "sub", true, None).await;
     assert!(!ack.session_present);
     sub.subscribe("t/+", QoS::ExactlyOnce).await;
@@ -153,7 +159,7 @@ async fn qos_0_1_2_round_trip_and_downgrade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcards_dollar_topics_and_unsubscribe() {
-    let (server, port) = start(|c| c.limits.sys_interval_secs = 1).await;
+    let (server, port, _data) = start(|c| c.limits.sys_interval_secs = 1).await;
     let (mut all, _) = Client::connect(port, "all", true, None).await;
     all.subscribe("#", QoS::AtMostOnce).await;
     let (mut sys, _) = Client::connect(port, "sys", true, None).await;
@@ -194,7 +200,7 @@ async fn wildcards_dollar_topics_and_unsubscribe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_set_replace_clear() {
     // No `$SYS` tree, so the retained count is only this test's.
-    let (server, port) = start(|c| c.limits.sys_interval_secs = 0).await;
+    let (server, port, _data) = start(|c| c.limits.sys_interval_secs = 0).await;
     let (pub_, _) = Client::connect(port, "pub", true, None).await;
     pub_.client
         .publish("r/1", QoS::AtLeastOnce, true, "first")
@@ -238,7 +244,7 @@ async fn retained_set_replace_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_session_queues_and_resumes() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let (mut sub, ack) = Client::connect(port, "durable", false, None).await;
     assert!(!ack.session_present);
     sub.subscribe("q/#", QoS::AtLeastOnce).await;
@@ -278,7 +284,7 @@ async fn persistent_session_queues_and_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_on_abnormal_close_only() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let (mut watcher, _) = Client::connect(port, "watcher", true, None).await;
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
     let will = |n: &str| {
@@ -304,7 +310,7 @@ async fn will_on_abnormal_close_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_closes_the_old_connection() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let (mut first, _) = Client::connect(port, "same", true, None).await;
     let (mut second, _) = Client::connect(port, "same", true, None).await;
     // The first connection is closed by the broker.
@@ -324,7 +330,7 @@ async fn takeover_closes_the_old_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscription_spreads_messages() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let (mut a, _) = Client::connect(port, "a", true, None).await;
     let (mut b, _) = Client::connect(port, "b", true, None).await;
     a.subscribe("$share/g/jobs/+", QoS::AtLeastOnce).await;
@@ -352,7 +358,7 @@ async fn shared_subscription_spreads_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_rate_limit_slows_without_disconnecting() {
-    let (server, port) = start(|c| c.limits.max_publish_rate = 100).await;
+    let (server, port, _data) = start(|c| c.limits.max_publish_rate = 100).await;
     let (mut sub, _) = Client::connect(port, "sub", true, None).await;
     sub.subscribe("rate", QoS::AtLeastOnce).await;
     let (mut pub_, _) = Client::connect(port, "pub", true, None).await;
@@ -386,7 +392,7 @@ async fn publish_rate_limit_slows_without_disconnecting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_messages_are_resent_with_dup() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let connect = |port| async move {
         let mut opts = MqttOptions::new("lazy", "127.0.0.1", port);
         opts.set_clean_session(false);

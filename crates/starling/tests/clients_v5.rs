@@ -27,14 +27,20 @@ use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-async fn start(tweak: impl FnOnce(&mut Config)) -> (Server, u16) {
-    let mut config = Config::default();
+/// A broker on 127.0.0.1:0 with its store in a fresh temporary directory (kept alive by the
+/// returned guard).
+async fn start(tweak: impl FnOnce(&mut Config)) -> (Server, u16, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: data.path().to_path_buf(),
+        ..Config::default()
+    };
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
     config.limits.sys_interval_secs = 0;
     tweak(&mut config);
     let server = Server::start(&config).await.unwrap();
     let port = server.local_addrs()[0].port();
-    (server, port)
+    (server, port, data)
 }
 
 struct Client {
@@ -136,7 +142,7 @@ impl Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connack_advertises_limits() {
-    let (server, port) = start(|c| {
+    let (server, port, _data) = start(|c| {
         c.limits.receive_maximum = 77;
         c.limits.topic_alias_maximum = 9;
         c.limits.max_packet_size = 100_000;
@@ -156,7 +162,7 @@ async fn connack_advertises_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_identifiers_and_overlap() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let mut sub = Client::plain(port, "sub").await;
     sub.subscribe(Filter::new("s/+", QoS::AtMostOnce), Some(11))
         .await;
@@ -180,7 +186,7 @@ async fn subscription_identifiers_and_overlap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn properties_are_forwarded_unchanged() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let mut sub = Client::plain(port, "sub").await;
     sub.sub("req/#", QoS::AtLeastOnce).await;
     let publisher = Client::plain(port, "pub").await;
@@ -224,7 +230,7 @@ async fn properties_are_forwarded_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_local_retain_as_published_and_retain_handling() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let mut me = Client::plain(port, "me").await;
     let mut f = Filter::new("nl/#", QoS::AtMostOnce);
     f.nolocal = true;
@@ -275,7 +281,7 @@ async fn no_local_retain_as_published_and_retain_handling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puback_says_no_matching_subscribers() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let mut c = Client::plain(port, "c").await;
     c.client
         .publish("nobody/home", QoS::AtLeastOnce, false, "x")
@@ -292,7 +298,7 @@ async fn puback_says_no_matching_subscribers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_expiry_keeps_then_drops_the_session() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let with_expiry = |secs: u32| {
         move |o: &mut MqttOptions| {
             o.set_clean_start(false);
@@ -323,7 +329,7 @@ async fn session_expiry_keeps_then_drops_the_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_delay_and_disconnect_with_will() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let mut watcher = Client::plain(port, "watcher").await;
     watcher.sub("w/#", QoS::AtLeastOnce).await;
     let will = |topic: &str, delay: u32| {
@@ -373,7 +379,7 @@ async fn will_delay_and_disconnect_with_will() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_member_loss_hands_messages_over() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     // `a` takes messages but never acknowledges them.
     let (mut a, _) = Client::connect(port, "a", |o| {
         o.set_manual_acks(true);
@@ -405,7 +411,7 @@ async fn shared_member_loss_hands_messages_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_sends_server_shutting_down() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let mut c = Client::plain(port, "c").await;
     let shutdown = tokio::spawn(server.shutdown());
     // rumqttc reports a server DISCONNECT as the error that ends its event loop.
@@ -425,7 +431,7 @@ async fn shutdown_sends_server_shutting_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v311_and_v5_interoperate() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let mut v5 = Client::plain(port, "five").await;
     v5.sub("x/#", QoS::AtLeastOnce).await;
     let mut opts = rumqttc::MqttOptions::new("three", "127.0.0.1", port);
@@ -477,7 +483,7 @@ async fn v311_and_v5_interoperate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_aliases_both_ways() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let (mut sub, _) = Client::connect(port, "sub", |o| {
         o.set_topic_alias_max(Some(2));
     })
@@ -546,7 +552,8 @@ async fn topic_aliases_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_information_and_redirection() {
-    let (server, port) = start(|c| c.mqtt.response_information_prefix = "replies/".into()).await;
+    let (server, port, _data) =
+        start(|c| c.mqtt.response_information_prefix = "replies/".into()).await;
     let (_c, ack) = Client::connect(port, "asker", |o| {
         o.set_request_response_info(Some(1));
     })
@@ -559,7 +566,7 @@ async fn response_information_and_redirection() {
     assert_eq!(ack.properties.unwrap().response_information, None);
     server.shutdown().await;
 
-    let (server, port) =
+    let (server, port, _data2) =
         start(|c| c.mqtt.server_reference = Some("other.example:1883".into())).await;
     let mut opts = MqttOptions::new("moved", "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
@@ -572,7 +579,7 @@ async fn response_information_and_redirection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reason_strings_follow_request_problem_information() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     for (rpi, expect_string) in [(None, true), (Some(0), false)] {
         let (mut c, _) = Client::connect(port, "rpi", |o| {
             o.set_request_problem_info(rpi);
@@ -607,7 +614,7 @@ async fn reason_strings_follow_request_problem_information() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_messages_are_dropped_and_counted() {
-    let (server, port) = start(|_| {}).await;
+    let (server, port, _data) = start(|_| {}).await;
     let persistent = |o: &mut MqttOptions| {
         o.set_clean_start(false);
         o.set_session_expiry_interval(Some(60));

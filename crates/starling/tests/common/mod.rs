@@ -42,6 +42,8 @@ pub(crate) struct TestServer {
     server: Server,
     /// The listener's address.
     pub(crate) addr: SocketAddr,
+    /// The data directory (the store, in the default `sync` durability), removed on drop.
+    _data: tempfile::TempDir,
 }
 
 /// Starts a server with default limits, adjusted by `tune`.
@@ -53,11 +55,19 @@ pub(crate) async fn start_server(tune: impl FnOnce(&mut Limits)) -> TestServer {
 }
 
 /// Starts a server from a full config (the first listener should bind port 0).
+/// Its data directory is a fresh temporary one.
 pub(crate) async fn start_server_with(config: &Config) -> TestServer {
     install_panic_counter();
-    let server = Server::start(config).await.expect("server starts");
+    let data = tempfile::tempdir().expect("temporary data directory");
+    let mut config = config.clone();
+    config.data_dir = data.path().to_path_buf();
+    let server = Server::start(&config).await.expect("server starts");
     let addr = server.local_addrs()[0];
-    TestServer { server, addr }
+    TestServer {
+        server,
+        addr,
+        _data: data,
+    }
 }
 
 impl TestServer {

@@ -1,0 +1,315 @@
+//! Persistence seen from the core: the journal of state changes waiting to be made durable,
+//! with tickets so a connection can hold an acknowledgement until its message is on disk, and
+//! the conversions between live state and store records.
+//!
+//! The core only appends [`Op`]s; a committer outside the core (a thread in the server) takes
+//! them in batches, applies each batch to the store in one transaction (group commit), and
+//! reports the highest ticket done. The journal is bounded by what is waiting on it: a client
+//! whose acknowledgement is held cannot have more than its inflight window outstanding, and a
+//! connection with held acknowledgements stops being read (see `Connection::backpressured`).
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use starling_proto::{Packet, ProtocolVersion, Publish, QoS};
+use starling_store::{MessagePhase, MessageRecord, Op};
+use tokio::sync::watch;
+
+use crate::message::{Delivery, Message};
+
+/// Where a ticket stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TicketStatus {
+    /// Not committed yet.
+    Pending,
+    /// Committed durably.
+    Durable,
+    /// Its batch failed to commit: whatever waited on it must not be acknowledged.
+    Failed,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    ops: Vec<Op>,
+    /// Ticket of the last op pushed.
+    last: u64,
+    closed: bool,
+}
+
+/// Most failed ranges remembered; older failures are long resolved by then.
+const FAILED_RANGES: usize = 256;
+
+/// State changes waiting for the committer.
+#[derive(Debug)]
+pub struct Journal {
+    pending: Mutex<Pending>,
+    ready: Condvar,
+    done: watch::Sender<u64>,
+    failed: Mutex<VecDeque<(u64, u64)>>,
+    hold_acks: bool,
+}
+
+impl Journal {
+    /// A journal. With `hold_acks` (durability mode `sync`), QoS 1/2 acknowledgements wait for
+    /// the commit of what the message changed.
+    pub fn new(hold_acks: bool) -> Self {
+        Self {
+            pending: Mutex::new(Pending::default()),
+            ready: Condvar::new(),
+            done: watch::channel(0).0,
+            failed: Mutex::new(VecDeque::new()),
+            hold_acks,
+        }
+    }
+
+    /// Whether acknowledgements wait for commits.
+    pub fn hold_acks(&self) -> bool {
+        self.hold_acks
+    }
+
+    /// Appends an op; returns its ticket.
+    pub fn push(&self, op: Op) -> u64 {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.last += 1;
+        p.ops.push(op);
+        let t = p.last;
+        drop(p);
+        self.ready.notify_one();
+        t
+    }
+
+    /// Waits (at most `wait`) for ops, then takes them all with the last ticket among them.
+    /// `None` when there is nothing to take; after [`Journal::close`], `None` once drained.
+    pub fn take_batch(&self, wait: Duration) -> Option<(Vec<Op>, u64)> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.ops.is_empty() && !p.closed {
+            p = self
+                .ready
+                .wait_timeout(p, wait)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        if p.ops.is_empty() {
+            return None;
+        }
+        Some((std::mem::take(&mut p.ops), p.last))
+    }
+
+    /// True once closed and drained.
+    pub fn is_finished(&self) -> bool {
+        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.closed && p.ops.is_empty()
+    }
+
+    /// No more batches will be waited for; the committer drains what is left and stops.
+    pub fn close(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.ready.notify_all();
+    }
+
+    /// Reports that every ticket up to `upto` was committed (`ok`) or failed.
+    pub fn finish(&self, upto: u64, ok: bool) {
+        if !ok {
+            let from = *self.done.borrow() + 1;
+            let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            if f.len() == FAILED_RANGES {
+                f.pop_front();
+            }
+            f.push_back((from, upto));
+        }
+        self.done.send_replace(upto);
+    }
+
+    /// Where `ticket` stands.
+    pub fn status(&self, ticket: u64) -> TicketStatus {
+        if ticket > *self.done.borrow() {
+            return TicketStatus::Pending;
+        }
+        let f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if f.iter().any(|&(a, b)| a <= ticket && ticket <= b) {
+            TicketStatus::Failed
+        } else {
+            TicketStatus::Durable
+        }
+    }
+
+    /// Changes whenever a batch finishes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.done.subscribe()
+    }
+}
+
+/// Converts between the monotonic clock the core runs on and the wall clock records keep
+/// (absolute times survive a restart; `Instant`s do not).
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    base: Instant,
+    base_unix_ms: u64,
+}
+
+impl WallClock {
+    /// `now` is `unix_ms` milliseconds after the Unix epoch.
+    pub fn new(now: Instant, unix_ms: u64) -> Self {
+        Self {
+            base: now,
+            base_unix_ms: unix_ms,
+        }
+    }
+
+    /// The wall-clock time of `t`.
+    pub fn to_unix_ms(&self, t: Instant) -> u64 {
+        match t.checked_duration_since(self.base) {
+            Some(d) => self.base_unix_ms.saturating_add(d.as_millis() as u64),
+            None => self
+                .base_unix_ms
+                .saturating_sub(self.base.duration_since(t).as_millis() as u64),
+        }
+    }
+
+    /// The `Instant` of a wall-clock time, as seen from `now`; times before the process
+    /// started map to `now` minus the difference, or `now` if that is not representable.
+    pub fn from_unix_ms(&self, ms: u64, now: Instant) -> Instant {
+        let now_ms = self.to_unix_ms(now);
+        if ms >= now_ms {
+            now + Duration::from_millis(ms - now_ms)
+        } else {
+            now.checked_sub(Duration::from_millis(now_ms - ms))
+                .unwrap_or(now)
+        }
+    }
+}
+
+/// The journal and the clock records are written with: what the core needs to persist.
+#[derive(Debug, Clone)]
+pub struct Persistence {
+    /// Where ops go.
+    pub journal: std::sync::Arc<Journal>,
+    /// Wall clock for absolute times in records.
+    pub clock: WallClock,
+}
+
+/// Encodes a message as the MQTT 5 PUBLISH a record keeps.
+pub fn encode_message(msg: &Message, qos: QoS, retain: bool, sub_ids: &[u32]) -> Vec<u8> {
+    let mut properties = msg.properties.clone();
+    properties.subscription_identifiers = sub_ids.to_vec();
+    let publish = Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: msg.topic.clone(),
+        packet_id: if qos == QoS::AtMostOnce { 0 } else { 1 },
+        properties,
+        payload: msg.payload.clone(),
+    };
+    let mut buf = BytesMut::new();
+    // A message that was decoded can always be encoded again; if not, the record is empty and
+    // is skipped on load.
+    let _ = starling_proto::encode(&Packet::Publish(publish), ProtocolVersion::V5, &mut buf);
+    buf.to_vec()
+}
+
+/// Encodes a will as the MQTT 5 PUBLISH a session record keeps (its delay is kept apart).
+pub fn encode_will(will: &starling_proto::Will) -> Vec<u8> {
+    let mut properties = will.properties.clone();
+    properties.will_delay_interval = None;
+    let msg = Message {
+        topic: will.topic.clone(),
+        payload: will.payload.clone(),
+        qos: will.qos,
+        retain: will.retain,
+        properties,
+        expires_at: None,
+        publisher: None,
+    };
+    encode_message(&msg, will.qos, will.retain, &[])
+}
+
+/// The record of a retained message.
+pub fn retained_record(msg: &Message, clock: &WallClock) -> MessageRecord {
+    MessageRecord {
+        packet: encode_message(msg, msg.qos, true, &[]),
+        expires_at_ms: msg.expires_at.map(|t| clock.to_unix_ms(t)),
+        phase: MessagePhase::Queued,
+        packet_id: 0,
+    }
+}
+
+/// The record of a delivery queued or inflight for a session.
+pub fn delivery_record(
+    d: &Delivery,
+    phase: MessagePhase,
+    packet_id: u16,
+    clock: &WallClock,
+) -> MessageRecord {
+    MessageRecord {
+        packet: encode_message(&d.msg, d.qos, d.retain, &d.sub_ids),
+        expires_at_ms: d.msg.expires_at.map(|t| clock.to_unix_ms(t)),
+        phase,
+        packet_id,
+    }
+}
+
+/// Decodes a record's PUBLISH back into a message and its delivery QoS, RETAIN flag and
+/// subscription identifiers. `None` for an undecodable record.
+pub fn decode_message(
+    rec: &MessageRecord,
+    clock: &WallClock,
+    now: Instant,
+) -> Option<(Message, QoS, bool, Vec<u32>)> {
+    let mut buf = BytesMut::from(Bytes::from(rec.packet.clone()));
+    let limits = starling_proto::DecodeLimits::default();
+    let Ok(Some(Packet::Publish(mut p))) =
+        starling_proto::decode(&mut buf, ProtocolVersion::V5, &limits)
+    else {
+        return None;
+    };
+    let sub_ids = std::mem::take(&mut p.properties.subscription_identifiers);
+    let (qos, retain) = (p.qos, p.retain);
+    let mut msg = Message::from_publish(p, None, now);
+    msg.expires_at = rec.expires_at_ms.map(|ms| clock.from_unix_ms(ms, now));
+    Some((msg, qos, retain, sub_ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_and_failures() {
+        let j = Journal::new(true);
+        let a = j.push(Op::DeleteRetained("a".into()));
+        let b = j.push(Op::DeleteRetained("b".into()));
+        assert_eq!(j.status(a), TicketStatus::Pending);
+        let (ops, upto) = j.take_batch(Duration::ZERO).unwrap();
+        assert_eq!((ops.len(), upto), (2, b));
+        j.finish(upto, true);
+        assert_eq!(j.status(a), TicketStatus::Durable);
+        let c = j.push(Op::DeleteRetained("c".into()));
+        let (_, upto) = j.take_batch(Duration::ZERO).unwrap();
+        j.finish(upto, false);
+        assert_eq!(j.status(c), TicketStatus::Failed);
+        assert_eq!(j.status(b), TicketStatus::Durable);
+        assert!(j.take_batch(Duration::from_millis(1)).is_none());
+        j.close();
+        assert!(j.is_finished());
+    }
+
+    #[test]
+    fn wall_clock_round_trip() {
+        let now = Instant::now();
+        let c = WallClock::new(now, 1_000_000);
+        let later = now + Duration::from_millis(1500);
+        assert_eq!(c.to_unix_ms(later), 1_001_500);
+        let back = c.from_unix_ms(1_001_500, now);
+        assert_eq!(back.duration_since(now), Duration::from_millis(1500));
+        assert_eq!(
+            c.from_unix_ms(1_009_000, now + Duration::from_secs(10)),
+            now + Duration::from_secs(9)
+        );
+    }
+}

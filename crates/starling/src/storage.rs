@@ -1,0 +1,165 @@
+//! Opening the store, restoring the broker from it, and the committer: a thread that takes
+//! the journal's ops in batches and commits each batch in one transaction (group commit), so
+//! one fsync serves every message that arrived while the previous commit ran.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use starling_broker::Broker;
+use starling_broker::persist::{Journal, Persistence, WallClock};
+use starling_store::{RedbStore, Snapshot, Store};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Durability};
+
+/// How long the committer waits for work before checking for shutdown.
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+
+/// An open store and what was in it.
+#[derive(Debug)]
+pub struct Opened {
+    store: Arc<dyn Store>,
+    journal: Arc<Journal>,
+    snapshot: Snapshot,
+    mode: Durability,
+    interval: Duration,
+}
+
+/// Opens the store in the data directory, per the durability mode (`None` for `memory`).
+/// A store that is damaged or written by a newer version is an error naming the file.
+pub fn open(config: &Config) -> anyhow::Result<Option<Opened>> {
+    if config.storage.durability == Durability::Memory {
+        return Ok(None);
+    }
+    let store = RedbStore::open(&config.data_dir)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let snapshot = store.load(config.storage.recover).with_context(|| {
+        format!(
+            "cannot load {} (set storage.recover = true, or pass --recover, to start with what is readable)",
+            store.path().display()
+        )
+    })?;
+    for s in &snapshot.skipped {
+        warn!("damaged record left out: {s}");
+    }
+    Ok(Some(Opened {
+        store: Arc::new(store),
+        journal: Arc::new(Journal::new(config.storage.durability == Durability::Sync)),
+        snapshot,
+        mode: config.storage.durability,
+        interval: Duration::from_millis(config.storage.commit_interval_ms),
+    }))
+}
+
+/// Opens a broker on an already-open store (used by tests to inject a failing store).
+pub fn with_store(
+    store: Arc<dyn Store>,
+    mode: Durability,
+    recover: bool,
+) -> anyhow::Result<Opened> {
+    let snapshot = store.load(recover)?;
+    Ok(Opened {
+        store,
+        journal: Arc::new(Journal::new(mode == Durability::Sync)),
+        snapshot,
+        mode,
+        interval: Duration::from_millis(100),
+    })
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The committer thread; joined at shutdown after the journal is closed.
+#[derive(Debug)]
+pub struct Committer {
+    journal: Arc<Journal>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Committer {
+    /// Closes the journal and waits until everything in it is committed.
+    pub fn finish(mut self) {
+        self.journal.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Attaches the store to `broker`, restores its state, and starts the committer.
+pub fn attach(broker: Broker, opened: Opened) -> anyhow::Result<(Arc<Broker>, Committer)> {
+    let now = Instant::now();
+    let persistence = Persistence {
+        journal: opened.journal.clone(),
+        clock: WallClock::new(now, unix_ms_now()),
+    };
+    let broker = broker.with_persistence(persistence);
+    let started = Instant::now();
+    let restored = broker.restore(opened.snapshot, now);
+    info!(
+        sessions = restored.sessions,
+        messages = restored.messages,
+        retained = restored.retained,
+        expired_sessions = restored.expired_sessions,
+        expired_messages = restored.expired_messages,
+        skipped = restored.skipped,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "state restored"
+    );
+    let broker = Arc::new(broker);
+    let journal = opened.journal.clone();
+    let store = opened.store;
+    let (mode, interval) = (opened.mode, opened.interval);
+    let thread = std::thread::Builder::new()
+        .name("starling-commit".into())
+        .spawn({
+            let journal = journal.clone();
+            let broker = broker.clone();
+            move || commit_loop(&*store, &journal, &broker, mode, interval)
+        })
+        .context("cannot start the committer thread")?;
+    Ok((
+        broker,
+        Committer {
+            journal,
+            thread: Some(thread),
+        },
+    ))
+}
+
+fn commit_loop(
+    store: &dyn Store,
+    journal: &Journal,
+    broker: &Broker,
+    mode: Durability,
+    interval: Duration,
+) {
+    let m = &broker.metrics;
+    loop {
+        if mode == Durability::Periodic && !journal.is_finished() {
+            std::thread::sleep(interval);
+        }
+        match journal.take_batch(IDLE_WAIT) {
+            Some((ops, upto)) => match store.apply(&ops, true) {
+                Ok(()) => {
+                    m.store_commits.inc();
+                    m.store_ops.add(ops.len() as u64);
+                    journal.finish(upto, true);
+                }
+                Err(e) => {
+                    m.store_commit_failures.inc();
+                    error!(ops = ops.len(), error = %e, "store commit failed; what it held is not acknowledged");
+                    journal.finish(upto, false);
+                }
+            },
+            None if journal.is_finished() => return,
+            None => {}
+        }
+    }
+}
