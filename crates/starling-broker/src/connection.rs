@@ -725,9 +725,10 @@ impl Connection {
     /// Sends an acknowledgement, or holds it (in order) until journal `ticket` is durable.
     fn send_ack(&mut self, packet: Packet, ticket: Option<u64>) {
         let hold = match self.broker.persistence() {
+            // Held even if already failed: `release_held` turns it into a failure answer.
             Some(p) if p.journal.hold_acks() => {
                 !self.held.is_empty()
-                    || ticket.is_some_and(|t| p.journal.status(t) == TicketStatus::Pending)
+                    || ticket.is_some_and(|t| p.journal.status(t) != TicketStatus::Durable)
             }
             _ => false,
         };
