@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{RawClient, Recv, connect_packet, publish_packet, subscribe_packet};
+use common::{RawClient, Recv, connect_packet, publish_packet};
 use starling::config::{Config, Durability};
 use starling::server::Server;
 use starling_proto::{Packet, ProtocolVersion, PubAck, QoS, ReasonCode};
@@ -63,9 +63,11 @@ impl Broker {
             .stderr(log)
             .spawn()
             .unwrap();
+        // Owned at once, so the process is killed and reaped on every path (Drop).
+        let broker = Self { child, addr };
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Self { child, addr };
+                return broker;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
