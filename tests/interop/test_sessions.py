@@ -148,11 +148,6 @@ def test_takeover_keeps_persistent_session(client):
 
 
 @pytest.mark.starling_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="durable store not implemented yet: sessions and retained messages live in memory "
-    "(README status table); remove this mark when it lands",
-)
 def test_restart_keeps_retained_and_sessions(broker_process):
     """With --data-dir, retained messages, persistent sessions, their subscriptions and
     their queued QoS 1 messages survive a graceful restart (SIGTERM)."""

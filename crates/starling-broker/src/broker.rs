@@ -240,7 +240,11 @@ impl Broker {
             let resumed = match existing {
                 Some(old) if !req.clean_start => {
                     let mut st = old.lock();
-                    if st.ended {
+                    if st.ended || st.expiry_secs == 0 {
+                        // A session with expiry 0 lasts only as long as its connection and is
+                        // never reused (MQTT-3.1.2-6, v5 3.1.2.11.2), even on takeover.
+                        drop(st);
+                        self.discard_for_takeover(&mut sessions, &old, &mut wills);
                         None
                     } else {
                         Session::set_owner(&mut st, &old, Some((conn_id, waker.clone())));
@@ -257,20 +261,7 @@ impl Broker {
                 }
                 Some(old) => {
                     // Clean start: the old session ends now; its will goes out now.
-                    let mut st = old.lock();
-                    Session::set_owner(&mut st, &old, None);
-                    st.ended = true;
-                    if let Some(w) = st.will.take() {
-                        wills.push(w.will);
-                    }
-                    let filters: Vec<_> = st.subscriptions.keys().cloned().collect();
-                    st.clear();
-                    self.persist_session(&old, &mut st);
-                    drop(st);
-                    for f in &filters {
-                        self.router.unsubscribe(f, &old);
-                    }
-                    sessions.remove(&req.client_id);
+                    self.discard_for_takeover(&mut sessions, &old, &mut wills);
                     None
                 }
                 None => None,
@@ -301,6 +292,30 @@ impl Broker {
             self.publish_will(w, now);
         }
         attached
+    }
+
+    /// Ends `old` because a new connection does not resume it: its owner is told to go, its
+    /// will is collected for publishing, its subscriptions and record are removed.
+    fn discard_for_takeover(
+        &self,
+        sessions: &mut HashMap<Arc<str>, Arc<Session>>,
+        old: &Arc<Session>,
+        wills: &mut Vec<Will>,
+    ) {
+        let mut st = old.lock();
+        Session::set_owner(&mut st, old, None);
+        st.ended = true;
+        if let Some(w) = st.will.take() {
+            wills.push(w.will);
+        }
+        let filters: Vec<_> = st.subscriptions.keys().cloned().collect();
+        st.clear();
+        self.persist_session(old, &mut st);
+        drop(st);
+        for f in &filters {
+            self.router.unsubscribe(f, old);
+        }
+        sessions.remove(&old.client_id);
     }
 
     /// Detaches connection `conn_id` from `session`. Does nothing if another connection took
