@@ -674,7 +674,7 @@ impl Broker {
                             payload: msg.payload,
                             qos,
                             retain,
-                            properties: msg.properties,
+                            properties: msg.properties.map(|p| *p).unwrap_or_default(),
                         },
                         delay_secs: w.delay_secs,
                     })

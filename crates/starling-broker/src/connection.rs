@@ -1193,7 +1193,7 @@ fn outgoing_publish(
     now: Instant,
 ) -> Publish {
     let properties = if version.is_v5() {
-        let mut p = d.msg.properties.clone();
+        let mut p = d.msg.properties();
         p.subscription_identifiers.clone_from(&d.sub_ids);
         p.message_expiry_interval = d.msg.remaining_expiry(now);
         p

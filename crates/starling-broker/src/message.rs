@@ -20,8 +20,9 @@ pub struct Message {
     /// RETAIN flag as published.
     pub retain: bool,
     /// Properties forwarded to subscribers (topic alias, subscription identifiers and message
-    /// expiry removed: those are set per delivery).
-    pub properties: Properties,
+    /// expiry removed: those are set per delivery). Boxed and absent when empty, as they usually
+    /// are: a queued message then costs tens of bytes beside its payload, not hundreds.
+    pub properties: Option<Box<Properties>>,
     /// When the message expires (v5 Message Expiry Interval), if ever.
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for No Local; `None` for broker-made messages.
@@ -38,12 +39,13 @@ impl Message {
             .message_expiry_interval
             .take()
             .map(|s| now + Duration::from_secs(u64::from(s)));
+        let properties = (!publish.properties.is_empty()).then(|| Box::new(publish.properties));
         Self {
             topic: publish.topic,
             payload: publish.payload,
             qos: publish.qos,
             retain: publish.retain,
-            properties: publish.properties,
+            properties,
             expires_at,
             publisher,
         }
@@ -56,10 +58,15 @@ impl Message {
             payload,
             qos: QoS::AtMostOnce,
             retain,
-            properties: Properties::default(),
+            properties: None,
             expires_at: None,
             publisher: None,
         }
+    }
+
+    /// The forwarded properties (empty when there are none).
+    pub fn properties(&self) -> Properties {
+        self.properties.as_deref().cloned().unwrap_or_default()
     }
 
     /// True once the message's expiry interval has passed.
