@@ -14,4 +14,5 @@
 
 pub mod config;
 pub mod connection;
+pub mod passwd;
 pub mod server;
