@@ -24,6 +24,9 @@ use crate::message::{Delivery, Message};
 use crate::retain::RetainOutcome;
 use crate::session::{Inflight, PendingWill, Phase, Session, Subscription};
 
+mod access;
+pub use access::{ListenerAccess, PeerInfo};
+
 /// Stop moving queued messages into the output once it holds this many bytes; the network
 /// layer writes it out and pumps again. Bounds the per-connection write buffer.
 pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
@@ -52,6 +55,8 @@ impl Closing {
 struct Active {
     session: Arc<Session>,
     client_id: Arc<str>,
+    /// Authenticated username (`None`: anonymous), for authorization.
+    username: Option<Arc<str>>,
     version: ProtocolVersion,
     /// Keep-alive enforced: 1.5x the negotiated value; `None` when disabled.
     keep_alive: Option<Duration>,
@@ -94,6 +99,8 @@ pub struct Connection {
     shutting_down: bool,
     /// Inbound publish rate limit (`max_publish_rate`), if any.
     rate: Option<TokenBucket>,
+    /// The listener's authentication and authorization; `None`: everything allowed.
+    access: Option<Box<access::ConnAccess>>,
 }
 
 /// A token bucket: `rate` tokens per second, holding at most one second's worth.
@@ -127,6 +134,7 @@ impl Connection {
             last_packet: now,
             shutting_down: false,
             rate: None,
+            access: None,
         }
         .with_rate_limit(now)
     }
@@ -457,6 +465,7 @@ impl Connection {
             };
             return self.refuse_connect(version, reason, "max_connections reached");
         }
+        let username = self.authenticate(&c, &client_id)?;
 
         let requested_expiry = props.session_expiry_interval.unwrap_or(0);
         let expiry_secs = if v5 {
@@ -507,6 +516,7 @@ impl Connection {
         self.stage = Stage::Active(Box::new(Active {
             session: attached.session.clone(),
             client_id: client_id.clone(),
+            username,
             version,
             keep_alive: (keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
@@ -646,6 +656,10 @@ impl Connection {
             ReasonCode::PayloadFormatInvalid
         } else if p.topic.as_bytes().starts_with(b"$SYS") {
             ReasonCode::NotAuthorized
+        } else if !access::may_publish(self.access.as_deref(), a, &p.topic) {
+            // 3.x: acknowledged as usual and dropped (the spec allows nothing else).
+            broker.metrics.acl_denied.inc();
+            ReasonCode::NotAuthorized
         } else {
             let msg = Arc::new(Message::from_publish(p, Some(a.client_id.clone()), now));
             let (reached, retained) = broker.publish(msg);
@@ -690,7 +704,7 @@ impl Connection {
             ack.properties.reason_string = Some(
                 match reason {
                     ReasonCode::PayloadFormatInvalid => "payload is not valid UTF-8",
-                    ReasonCode::NotAuthorized => "clients may not publish to $SYS",
+                    ReasonCode::NotAuthorized => "not authorized to publish to this topic",
                     ReasonCode::QuotaExceeded => "retained message store is full",
                     _ => "publish refused",
                 }
@@ -785,6 +799,11 @@ impl Connection {
         let mut reasons = Vec::with_capacity(s.filters.len().min(64));
         let mut retained = Vec::new();
         for (filter, options) in s.filters {
+            if !access::may_subscribe(self.access.as_deref(), a, &filter) {
+                broker.metrics.acl_denied.inc();
+                reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
             let (exists, count) = {
                 let st = session.lock();
                 (
@@ -911,6 +930,10 @@ impl Connection {
             if d.msg.is_expired(now) {
                 metrics.publish_dropped.inc();
                 metrics.dropped_expired.inc();
+                continue;
+            }
+            if !access::may_read(self.access.as_deref(), a, &d.msg.topic) {
+                metrics.acl_denied.inc();
                 continue;
             }
             let packet_id = if d.qos == QoS::AtMostOnce {
