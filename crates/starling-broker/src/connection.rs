@@ -26,6 +26,9 @@ use crate::retain::RetainOutcome;
 use crate::session::{Inflight, PendingWill, Phase, Session, Subscription};
 use starling_store::{MessagePhase, Op};
 
+mod access;
+pub use access::{ListenerAccess, PeerInfo};
+
 /// Stop moving queued messages into the output once it holds this many bytes; the network
 /// layer writes it out and pumps again. Bounds the per-connection write buffer.
 pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
@@ -54,6 +57,8 @@ impl Closing {
 struct Active {
     session: Arc<Session>,
     client_id: Arc<str>,
+    /// Authenticated username (`None`: anonymous), for authorization.
+    username: Option<Arc<str>>,
     version: ProtocolVersion,
     /// Keep-alive enforced: 1.5x the negotiated value; `None` when disabled.
     keep_alive: Option<Duration>,
@@ -100,6 +105,8 @@ pub struct Connection {
     /// `sync`), in order, with their journal tickets. Bounded: at `HELD_LIMIT` the network layer
     /// stops reading from the client until commits catch up.
     held: VecDeque<(u64, Packet)>,
+    /// The listener's authentication and authorization; `None`: everything allowed.
+    access: Option<Box<access::ConnAccess>>,
 }
 
 /// Held acknowledgements at which reading from the client pauses.
@@ -137,6 +144,7 @@ impl Connection {
             shutting_down: false,
             rate: None,
             held: VecDeque::new(),
+            access: None,
         }
         .with_rate_limit(now)
     }
@@ -467,6 +475,7 @@ impl Connection {
             };
             return self.refuse_connect(version, reason, "max_connections reached");
         }
+        let username = self.authenticate(&c, &client_id)?;
 
         let requested_expiry = props.session_expiry_interval.unwrap_or(0);
         let expiry_secs = if v5 {
@@ -517,6 +526,7 @@ impl Connection {
         self.stage = Stage::Active(Box::new(Active {
             session: attached.session.clone(),
             client_id: client_id.clone(),
+            username,
             version,
             keep_alive: (keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
@@ -665,6 +675,10 @@ impl Connection {
             ReasonCode::PayloadFormatInvalid
         } else if p.topic.as_bytes().starts_with(b"$SYS") {
             ReasonCode::NotAuthorized
+        } else if !access::may_publish(self.access.as_deref(), a, &p.topic) {
+            // 3.x: acknowledged as usual and dropped (the spec allows nothing else).
+            broker.metrics.acl_denied.inc();
+            ReasonCode::NotAuthorized
         } else {
             let msg = Arc::new(Message::from_publish(p, Some(a.client_id.clone()), now));
             let routed = broker.publish(msg);
@@ -712,7 +726,7 @@ impl Connection {
             ack.properties.reason_string = Some(
                 match reason {
                     ReasonCode::PayloadFormatInvalid => "payload is not valid UTF-8",
-                    ReasonCode::NotAuthorized => "clients may not publish to $SYS",
+                    ReasonCode::NotAuthorized => "not authorized to publish to this topic",
                     ReasonCode::QuotaExceeded => "retained message store is full",
                     _ => "publish refused",
                 }
@@ -925,6 +939,11 @@ impl Connection {
         let mut reasons = Vec::with_capacity(s.filters.len().min(64));
         let mut retained = Vec::new();
         for (filter, options) in s.filters {
+            if !access::may_subscribe(self.access.as_deref(), a, &filter) {
+                broker.metrics.acl_denied.inc();
+                reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
             let (exists, count) = {
                 let st = session.lock();
                 (
@@ -1072,6 +1091,10 @@ impl Connection {
             if d.msg.is_expired(now) {
                 metrics.publish_dropped.inc();
                 metrics.dropped_expired.inc();
+                continue;
+            }
+            if !access::may_read(self.access.as_deref(), a, &d.msg.topic) {
+                metrics.acl_denied.inc();
                 continue;
             }
             let packet_id = if d.qos == QoS::AtMostOnce {

@@ -27,5 +27,5 @@ pub mod sys;
 
 pub use broker::Broker;
 pub use config::{Features, Limits, QueueFullPolicy};
-pub use connection::{Closing, Connection};
+pub use connection::{Closing, Connection, ListenerAccess, PeerInfo};
 pub use metrics::Metrics;

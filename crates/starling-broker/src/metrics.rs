@@ -89,4 +89,15 @@ pub struct Metrics {
     pub store_commit_failures: Counter,
     /// Acknowledgements answered with a failure (or a disconnect) because their commit failed.
     pub store_failures_answered: Counter,
+    /// CONNECTs refused by authentication (bad credentials, anonymous not allowed, will
+    /// topic not authorized).
+    pub auth_refused: Counter,
+    /// Publishes, subscriptions and deliveries refused by the authorizer (ACL).
+    pub acl_denied: Counter,
+    /// Connections closed at accept by the per-address connection rate limit.
+    pub connections_rate_limited: Counter,
+    /// Addresses banned for reconnecting in a tight loop.
+    pub addresses_banned: Counter,
+    /// Connections closed at accept because their address was banned.
+    pub connections_banned: Counter,
 }

@@ -151,6 +151,23 @@ pub fn messages(b: &Broker, disconnected: u64, loads: &Loads, now: Instant) -> V
             "retained messages/count".into(),
             b.retained.count().to_string(),
         ),
+        (
+            "security/auth/refused".into(),
+            m.auth_refused.get().to_string(),
+        ),
+        ("security/acl/denied".into(), m.acl_denied.get().to_string()),
+        (
+            "security/connections/rate_limited".into(),
+            m.connections_rate_limited.get().to_string(),
+        ),
+        (
+            "security/connections/banned".into(),
+            m.connections_banned.get().to_string(),
+        ),
+        (
+            "security/addresses/banned".into(),
+            m.addresses_banned.get().to_string(),
+        ),
     ];
     for (name, load) in &loads.entries {
         for (avg, window) in load.avg.iter().zip(["1min", "5min", "15min"]) {

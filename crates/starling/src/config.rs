@@ -1,8 +1,9 @@
-//! The config file (TOML): listeners, limits and timers, logging. Every key is optional; an
-//! unknown key, a wrong type or an invalid value is an error naming the file and the key, and
-//! the broker does not start.
+//! The config file (TOML): listeners (transport, TLS, authentication and ACL per listener),
+//! abuse limits, limits and timers, logging. Every key is optional; an unknown key, a wrong
+//! type or an invalid value is an error naming the file and the key, and the broker does not
+//! start.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -26,6 +27,8 @@ pub struct Config {
     pub mqtt: Features,
     /// Where and how state is kept.
     pub storage: StorageConfig,
+    /// Connection rate limit and reconnect-loop bans.
+    pub security: SecurityConfig,
 }
 
 /// How durable acknowledged messages are.
@@ -65,19 +68,228 @@ impl Default for StorageConfig {
     }
 }
 
+/// A listener's transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT over TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl Protocol {
+    /// Whether the transport is TLS (`tls`, `wss`).
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Tls | Self::Wss)
+    }
+
+    /// Whether the transport is WebSocket (`ws`, `wss`).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Self::Ws | Self::Wss)
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+            Self::Ws => "ws",
+            Self::Wss => "wss",
+        })
+    }
+}
+
+/// Which part of a client certificate becomes the username.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityField {
+    /// The subject's Common Name (mosquitto's `use_identity_as_username`).
+    Cn,
+    /// The whole subject, RFC 2253 (mosquitto's `use_subject_as_username`).
+    Subject,
+}
+
 /// One listener.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Address and port to bind, e.g. `127.0.0.1:1883` or `[::]:1883`.
     pub bind: SocketAddr,
-    /// Transport: only `tcp` so far.
+    /// Transport: `tcp` (default), `tls`, `ws` or `wss`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
+    /// Whether clients without a username may connect. Default: true only when the listener
+    /// binds a loopback address (127.0.0.0/8, ::1).
+    pub allow_anonymous: Option<bool>,
+    /// mosquitto-format password file (`starling passwd` manages it).
+    pub password_file: Option<PathBuf>,
+    /// mosquitto-format ACL file; without one, every client may do everything.
+    pub acl_file: Option<PathBuf>,
+    /// Most clients connected through this listener (on top of `limits.max_connections`).
+    pub max_connections: Option<usize>,
+    /// TLS: server certificate chain, PEM (`tls`, `wss`).
+    pub cert_file: Option<PathBuf>,
+    /// TLS: private key, PEM.
+    pub key_file: Option<PathBuf>,
+    /// TLS: CA certificates (PEM) that client certificates are verified against.
+    pub ca_file: Option<PathBuf>,
+    /// TLS: refuse clients without a valid certificate (needs `ca_file`).
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// TLS: take the username from the client certificate (`"cn"` or `"subject"`); the
+    /// password file is then not consulted. Needs `require_certificate`.
+    pub use_identity_as_username: Option<IdentityField>,
+    /// WebSocket: the HTTP path clients connect to (default `/mqtt`).
+    pub path: Option<String>,
 }
 
 fn default_protocol() -> String {
     "tcp".into()
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener on `bind` with every other setting at its default.
+    pub fn tcp(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            protocol: default_protocol(),
+            allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
+            max_connections: None,
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            require_certificate: false,
+            use_identity_as_username: None,
+            path: None,
+        }
+    }
+
+    /// The transport (validated by [`Config::parse`]; unknown values read as `tcp`).
+    pub fn protocol(&self) -> Protocol {
+        match self.protocol.as_str() {
+            "tls" => Protocol::Tls,
+            "ws" => Protocol::Ws,
+            "wss" => Protocol::Wss,
+            _ => Protocol::Tcp,
+        }
+    }
+
+    /// Whether anonymous clients may connect: as configured, else only on loopback binds.
+    pub fn allows_anonymous(&self) -> bool {
+        self.allow_anonymous
+            .unwrap_or_else(|| is_loopback(self.bind.ip()))
+    }
+
+    /// The WebSocket path.
+    pub fn ws_path(&self) -> &str {
+        self.path.as_deref().unwrap_or("/mqtt")
+    }
+
+    fn validate(&self, i: usize) -> anyhow::Result<()> {
+        let key = |k: &str| format!("listener[{i}].{k}");
+        let protocol = match self.protocol.as_str() {
+            "tcp" | "tls" | "ws" | "wss" => self.protocol(),
+            other => bail!(
+                "{}: unsupported protocol {other:?} (supported: \"tcp\", \"tls\", \"ws\", \"wss\")",
+                key("protocol")
+            ),
+        };
+        let tls_keys = [
+            ("cert_file", self.cert_file.is_some()),
+            ("key_file", self.key_file.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("require_certificate", self.require_certificate),
+            (
+                "use_identity_as_username",
+                self.use_identity_as_username.is_some(),
+            ),
+        ];
+        if protocol.is_tls() {
+            if self.cert_file.is_none() {
+                bail!("{}: required for protocol {protocol}", key("cert_file"));
+            }
+            if self.key_file.is_none() {
+                bail!("{}: required for protocol {protocol}", key("key_file"));
+            }
+            if self.require_certificate && self.ca_file.is_none() {
+                bail!(
+                    "{}: require_certificate needs a ca_file to verify client certificates against",
+                    key("ca_file")
+                );
+            }
+            if self.use_identity_as_username.is_some() && !self.require_certificate {
+                bail!(
+                    "{}: use_identity_as_username needs require_certificate = true",
+                    key("require_certificate")
+                );
+            }
+        } else if let Some((k, _)) = tls_keys.iter().find(|(_, set)| *set) {
+            bail!("{}: only for protocol \"tls\" or \"wss\"", key(k));
+        }
+        match (&self.path, protocol.is_websocket()) {
+            (Some(p), true) if !p.starts_with('/') => {
+                bail!("{}: must start with '/', got {p:?}", key("path"))
+            }
+            (Some(_), false) => bail!("{}: only for protocol \"ws\" or \"wss\"", key("path")),
+            _ => {}
+        }
+        if self.max_connections == Some(0) {
+            bail!("{}: must be at least 1", key("max_connections"));
+        }
+        Ok(())
+    }
+}
+
+/// Loopback: 127.0.0.0/8, ::1, and IPv4-mapped loopback.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// `[security]`: limits on how fast one address may connect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// New connections per second from one address (burst: the same number); more are
+    /// closed at accept. 0: unlimited.
+    pub max_connection_rate: u32,
+    /// An address that opens this many connections within `flapping_window_secs` is banned
+    /// for `ban_secs`. 0: no bans.
+    pub flapping_max_connects: u32,
+    /// Window for `flapping_max_connects`, seconds.
+    pub flapping_window_secs: u64,
+    /// How long a ban lasts, seconds.
+    pub ban_secs: u64,
+    /// Whether loopback addresses are exempt (a local proxy or test client would otherwise
+    /// be banned for everyone behind it).
+    pub exempt_loopback: bool,
+    /// Most addresses tracked at once; beyond it, new addresses are not limited until old
+    /// entries age out (memory stays bounded).
+    pub max_tracked_addresses: usize,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            max_connection_rate: 20,
+            flapping_max_connects: 60,
+            flapping_window_secs: 60,
+            ban_secs: 300,
+            exempt_loopback: true,
+            max_tracked_addresses: 100_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -85,13 +297,14 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("starling-data"),
             log_level: "info".into(),
-            listeners: vec![ListenerConfig {
-                bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
-                protocol: default_protocol(),
-            }],
+            listeners: vec![ListenerConfig::tcp(SocketAddr::from((
+                [127, 0, 0, 1],
+                1883,
+            )))],
             limits: Limits::default(),
             mqtt: Features::default(),
             storage: StorageConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -116,12 +329,10 @@ impl Config {
             bail!("at least one [[listener]] is required");
         }
         for (i, l) in self.listeners.iter().enumerate() {
-            if l.protocol != "tcp" {
-                bail!(
-                    "listener[{i}].protocol: unsupported protocol {:?} (supported: \"tcp\")",
-                    l.protocol
-                );
-            }
+            l.validate(i)?;
+        }
+        if self.security.flapping_max_connects > 0 && self.security.flapping_window_secs == 0 {
+            bail!("security.flapping_window_secs: must be at least 1");
         }
         self.limits
             .validate()
@@ -178,6 +389,79 @@ mod tests {
             c.limits.queue_full_policy,
             starling_broker::QueueFullPolicy::RefuseNewest
         );
+    }
+
+    #[test]
+    fn listeners_with_security() {
+        let c = Config::parse(
+            r#"
+            [[listener]]
+            bind = "0.0.0.0:8883"
+            protocol = "tls"
+            cert_file = "server.pem"
+            key_file = "server.key"
+            ca_file = "ca.pem"
+            require_certificate = true
+            use_identity_as_username = "cn"
+            acl_file = "acl"
+            [[listener]]
+            bind = "127.0.0.1:8080"
+            protocol = "ws"
+            path = "/ws"
+            [[listener]]
+            bind = "10.0.0.1:1883"
+            password_file = "passwd"
+            [security]
+            max_connection_rate = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listeners[0].protocol(), Protocol::Tls);
+        assert_eq!(
+            c.listeners[0].use_identity_as_username,
+            Some(IdentityField::Cn)
+        );
+        assert!(!c.listeners[0].allows_anonymous());
+        assert_eq!(c.listeners[1].ws_path(), "/ws");
+        assert!(c.listeners[1].allows_anonymous(), "loopback");
+        assert!(!c.listeners[2].allows_anonymous(), "not loopback");
+        assert_eq!(c.security.max_connection_rate, 5);
+        assert_eq!(c.security.ban_secs, SecurityConfig::default().ban_secs);
+        assert!(is_loopback("127.0.0.2".parse().unwrap()));
+        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("0.0.0.0".parse().unwrap()));
+    }
+
+    #[test]
+    fn listener_errors_name_the_key() {
+        let cases = [
+            ("protocol = \"tls\"", "listener[0].cert_file"),
+            (
+                "protocol = \"tls\"\ncert_file = \"c\"",
+                "listener[0].key_file",
+            ),
+            ("cert_file = \"c\"", "listener[0].cert_file"),
+            ("path = \"/mqtt\"", "listener[0].path"),
+            ("protocol = \"ws\"\npath = \"mqtt\"", "listener[0].path"),
+            (
+                "protocol = \"tls\"\ncert_file = \"c\"\nkey_file = \"k\"\nrequire_certificate = true",
+                "listener[0].ca_file",
+            ),
+            (
+                "protocol = \"tls\"\ncert_file = \"c\"\nkey_file = \"k\"\nca_file = \"a\"\nuse_identity_as_username = \"cn\"",
+                "listener[0].require_certificate",
+            ),
+            (
+                "use_identity_as_username = \"dn\"",
+                "use_identity_as_username",
+            ),
+            ("allow_anonymous = \"yes\"", "allow_anonymous"),
+        ];
+        for (keys, needle) in cases {
+            let text = format!("[[listener]]\nbind = \"127.0.0.1:1\"\n{keys}\n");
+            let e = format!("{:#}", Config::parse(&text).unwrap_err());
+            assert!(e.contains(needle), "{keys}: {e}");
+        }
     }
 
     #[test]

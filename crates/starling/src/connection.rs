@@ -1,6 +1,7 @@
-//! The connection task: owns one client socket, reads in large chunks and decodes every whole
-//! packet per read, feeds them to the sans-IO [`Connection`], and writes its output in as few
-//! syscalls as possible. Also the only place keep-alive timers and shutdown meet the socket.
+//! The connection task: owns one client byte stream (TCP, TLS, WebSocket), reads in large
+//! chunks and decodes every whole packet per read, feeds them to the sans-IO [`Connection`],
+//! and writes its output in as few syscalls as possible. Also the only place keep-alive timers
+//! and shutdown meet the socket.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,8 +9,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use starling_broker::connection::OUTPUT_HIGH_WATER;
 use starling_broker::{Broker, Closing, Connection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Duration;
 
@@ -18,16 +18,35 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Time allowed to flush the last packets (CONNACK refusal, DISCONNECT) before closing.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
-/// Serves one client until it disconnects, breaks the protocol, or the broker shuts down.
-pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let _ = stream.set_nodelay(true);
-    let mut conn = Connection::new(broker.clone(), peer, Instant::now());
+/// How the connection task drives its stream.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamOptions {
+    /// The writer buffers (TLS, WebSocket): flush after the output is written.
+    pub flush: bool,
+    /// CONNECT may take long to check (password hashing): handle it with
+    /// `block_in_place` so other connections on this worker thread are not held up.
+    pub slow_connect: bool,
+}
+
+/// Serves one client, whose stream is split into `rd` and `wr`, until it disconnects, breaks
+/// the protocol, or the broker shuts down.
+pub async fn serve<R, W>(
+    mut rd: R,
+    mut wr: W,
+    mut conn: Connection,
+    broker: Arc<Broker>,
+    options: StreamOptions,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let waker = conn.waker();
-    let (mut rd, mut wr) = stream.into_split();
+    let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
+    let block_for_connect = options.slow_connect && multi_thread;
+    // Written but not yet flushed (buffering writers only).
+    let mut unflushed = false;
     // Idle connections hold no buffer: both are allocated on demand and released when empty.
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
@@ -60,13 +79,18 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::
         let step = tokio::select! {
             biased;
             _ = shutdown.changed() => Err(Some(conn.shutdown())),
-            r = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match r {
-                Ok(0) | Err(_) => Err(None),
-                Ok(n) => {
+            r = write_or_flush(&mut wr, &mut wbuf), if !wbuf.is_empty() || unflushed => match r {
+                Ok(Some(0)) | Err(_) => Err(None),
+                Ok(Some(n)) => {
                     metrics.bytes_sent.add(n as u64);
+                    unflushed = options.flush;
                     if wbuf.is_empty() {
                         wbuf = BytesMut::new();
                     }
+                    Ok(())
+                }
+                Ok(None) => {
+                    unflushed = false;
                     Ok(())
                 }
             },
@@ -74,7 +98,13 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::
                 Ok(0) | Err(_) => Err(None),
                 Ok(n) => {
                     metrics.bytes_received.add(n as u64);
-                    handle_input(&mut conn, &mut rbuf, &mut paused_until)
+                    if block_for_connect && !conn.is_active() {
+                        tokio::task::block_in_place(|| {
+                            handle_input(&mut conn, &mut rbuf, &mut paused_until)
+                        })
+                    } else {
+                        handle_input(&mut conn, &mut rbuf, &mut paused_until)
+                    }
                 }
             },
             _ = waker.notified(), if can_read => Ok(()),
@@ -113,8 +143,24 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, mut shutdown: watch::
     {
         metrics.bytes_sent.add(wbuf.len() as u64);
     }
+    if options.flush {
+        let _ = tokio::time::timeout(FINAL_FLUSH, wr.flush()).await;
+    }
     let _ = tokio::time::timeout(FINAL_FLUSH, wr.shutdown()).await;
     conn.close(closing.as_ref(), Instant::now());
+}
+
+/// Writes some of `wbuf`, or, once it is empty, flushes the writer. Either step is
+/// cancel-safe. `Some(n)`: bytes written; `None`: flushed.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    wbuf: &mut BytesMut,
+) -> std::io::Result<Option<usize>> {
+    if wbuf.is_empty() {
+        wr.flush().await.map(|()| None)
+    } else {
+        wr.write_buf(wbuf).await.map(Some)
+    }
 }
 
 /// Decodes and handles every whole packet in `rbuf`, stopping early (and setting

@@ -1,5 +1,6 @@
-//! The Starling server: config file, listeners, the connection task and graceful shutdown,
-//! on tokio. The `starling` binary is a thin command line over this library, and black-box
+//! The Starling server: config file, listeners (TCP, TLS, WebSocket), authentication and
+//! ACLs per listener, per-address connection limits, the connection task, reloads and graceful
+//! shutdown, on tokio. The `starling` binary is a thin command line over this library, and black-box
 //! tests start a [`server::Server`] on port 0 with it.
 
 #![cfg_attr(
@@ -14,5 +15,9 @@
 
 pub mod config;
 pub mod connection;
+pub mod limiter;
+pub mod passwd;
 pub mod server;
 pub mod storage;
+pub mod tls;
+pub mod ws;

@@ -1,5 +1,6 @@
 //! `starling`: the MQTT broker binary. Parses the command line and config, sets up logging,
-//! and runs the server until SIGINT or SIGTERM.
+//! and runs the server until SIGINT or SIGTERM (SIGHUP reloads password files, ACL files and
+//! certificates). `starling passwd` manages password files.
 
 #![cfg_attr(
     test,
@@ -32,6 +33,8 @@ struct Cli {
 enum Command {
     /// Run the broker (the default when no command is given).
     Serve(ServeArgs),
+    /// Manage a password file (mosquitto_passwd's flags: -c, -b, -D).
+    Passwd(starling::passwd::PasswdArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Passwd(args)) => return starling::passwd::run(args),
         None => ServeArgs::default(),
     };
     let mut config = match &args.config {

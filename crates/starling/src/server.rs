@@ -1,26 +1,60 @@
-//! The server: binds the listeners, accepts connections (bounded by a semaphore), runs the
-//! housekeeping tick, and shuts everything down on SIGINT/SIGTERM: stop accepting, tell
-//! connected clients (v5: DISCONNECT 0x8B), wait for the connection tasks, then return.
+//! The server: binds the listeners (TCP, TLS, WebSocket, secure WebSocket), applies each
+//! listener's authentication and ACL, limits connection rates per address, accepts
+//! connections (bounded by semaphores), runs the housekeeping tick, reloads password files,
+//! ACL files and certificates on request (SIGHUP), and shuts everything down on
+//! SIGINT/SIGTERM: stop accepting, tell connected clients (v5: DISCONNECT 0x8B), wait for the
+//! connection tasks, then return.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use starling_broker::Broker;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use starling_auth::{AclAuthorizer, Authorizer, PasswordAuthenticator, StandardAuthenticator};
+use starling_broker::{Broker, Connection, ListenerAccess, PeerInfo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig, Protocol, is_loopback};
+use crate::connection::StreamOptions;
+use crate::limiter::{AddressLimiter, Verdict};
 use crate::storage;
+use crate::tls::TlsListener;
 
 /// Connections beyond `max_connections` still get a socket long enough to be refused with a
 /// CONNACK; past this many more, new sockets are closed at once.
 const ACCEPT_SLACK: usize = 64;
 /// How long shutdown waits for connection tasks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything a listener needs to serve a connection.
+#[derive(Debug)]
+struct ListenerRuntime {
+    protocol: Protocol,
+    /// Authentication and authorization applied to each connection.
+    access: ListenerAccess,
+    /// TLS settings and the current acceptor (`tls`, `wss`).
+    tls: Option<Arc<TlsListener>>,
+    /// WebSocket path (`ws`, `wss`).
+    ws_path: String,
+    /// CONNECT checks a password file (slow by design).
+    slow_connect: bool,
+    /// This listener's own connection cap, if set.
+    permits: Option<Arc<Semaphore>>,
+}
+
+/// What SIGHUP reloads.
+#[derive(Debug, Default)]
+struct Reloadable {
+    passwords: Vec<Arc<PasswordAuthenticator>>,
+    acls: Vec<Arc<AclAuthorizer>>,
+    tls: Vec<(SocketAddr, Arc<TlsListener>)>,
+}
 
 /// A running broker: its listeners, tick task and connections.
 #[derive(Debug)]
@@ -31,14 +65,136 @@ pub struct Server {
     tasks: JoinSet<()>,
     /// Commits journaled changes; flushed at shutdown.
     committer: Option<storage::Committer>,
+    reloadable: Reloadable,
+}
+
+/// Every listener's loaded files and certificates, ready to serve.
+struct Listeners {
+    runtimes: Vec<Arc<ListenerRuntime>>,
+    reloadable: Reloadable,
+}
+
+impl Listeners {
+    /// Loads every listener's files and certificates; errors name the listener and the file.
+    fn load(config: &Config) -> anyhow::Result<Self> {
+        let mut files = FileCache::default();
+        let mut reloadable = Reloadable::default();
+        let mut runtimes = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            runtimes.push(Arc::new(listener_runtime(
+                l,
+                i,
+                &mut files,
+                &mut reloadable,
+            )?));
+        }
+        reloadable.passwords = files.passwords.into_values().collect();
+        reloadable.acls = files.acls.into_values().collect();
+        Ok(Self {
+            runtimes,
+            reloadable,
+        })
+    }
+}
+
+/// Loads each file once, however many listeners name it, so one reload serves them all.
+#[derive(Debug, Default)]
+struct FileCache {
+    passwords: HashMap<PathBuf, Arc<PasswordAuthenticator>>,
+    acls: HashMap<PathBuf, Arc<AclAuthorizer>>,
+}
+
+impl FileCache {
+    fn passwords(&mut self, path: &PathBuf) -> anyhow::Result<Arc<PasswordAuthenticator>> {
+        if let Some(p) = self.passwords.get(path) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(PasswordAuthenticator::load(path)?);
+        self.passwords.insert(path.clone(), p.clone());
+        Ok(p)
+    }
+
+    fn acl(&mut self, path: &PathBuf) -> anyhow::Result<Arc<AclAuthorizer>> {
+        if let Some(a) = self.acls.get(path) {
+            return Ok(a.clone());
+        }
+        let a = Arc::new(AclAuthorizer::load(path)?);
+        self.acls.insert(path.clone(), a.clone());
+        Ok(a)
+    }
+}
+
+fn listener_runtime(
+    l: &ListenerConfig,
+    i: usize,
+    files: &mut FileCache,
+    reloadable: &mut Reloadable,
+) -> anyhow::Result<ListenerRuntime> {
+    let protocol = l.protocol();
+    let name: Arc<str> = format!("{protocol} {}", l.bind).into();
+    let context = || format!("listener[{i}] ({name})");
+    let passwords = match &l.password_file {
+        Some(path) => Some(files.passwords(path).with_context(context)?),
+        None => None,
+    };
+    let authorizer: Option<Arc<dyn Authorizer>> = match &l.acl_file {
+        Some(path) => {
+            let acl = files.acl(path).with_context(context)?;
+            Some(acl)
+        }
+        None => None,
+    };
+    let tls = if protocol.is_tls() {
+        let t = Arc::new(TlsListener::load(l).with_context(context)?);
+        reloadable.tls.push((l.bind, t.clone()));
+        Some(t)
+    } else {
+        None
+    };
+    let allow_anonymous = l.allows_anonymous();
+    let identity = l.use_identity_as_username.is_some();
+    let loopback = is_loopback(l.bind.ip());
+    if allow_anonymous && !loopback {
+        warn!(listener = %name, "anonymous clients are allowed on a non-loopback listener (allow_anonymous = true)");
+    }
+    if !allow_anonymous && passwords.is_none() && !identity {
+        warn!(
+            listener = %name,
+            "this listener refuses every client: anonymous clients are not allowed{} and there \
+             is no password_file or certificate identity",
+            if loopback { "" } else { " on a non-loopback address" }
+        );
+    }
+    if passwords.is_some() && !protocol.is_tls() && !loopback {
+        warn!(listener = %name, "passwords cross the network in clear text on this listener: use protocol \"tls\" or \"wss\"");
+    }
+    Ok(ListenerRuntime {
+        protocol,
+        slow_connect: passwords.is_some() && !identity,
+        access: ListenerAccess {
+            name,
+            authenticator: Arc::new(StandardAuthenticator {
+                allow_anonymous,
+                passwords,
+                identity_as_username: identity,
+            }),
+            authorizer,
+        },
+        tls,
+        ws_path: l.ws_path().to_owned(),
+        permits: l.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+    })
 }
 
 impl Server {
-    /// Opens the store (restoring what it holds), binds every listener and starts serving.
-    /// Fails if the store cannot be opened or a listener cannot be bound.
+    /// Opens the store (restoring what it holds), loads every listener's files and
+    /// certificates, binds every listener and starts serving. Fails, naming the file or the
+    /// listener, if anything cannot be opened, loaded or bound.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        // Listener files first: a broken password file is reported before the store is opened.
+        let listeners = Listeners::load(config)?;
         let opened = storage::open(config)?;
-        Self::start_with(config, opened).await
+        Self::launch(config, listeners, opened).await
     }
 
     /// Like [`Server::start`] on an already-open store (`None`: in memory).
@@ -46,6 +202,19 @@ impl Server {
         config: &Config,
         opened: Option<storage::Opened>,
     ) -> anyhow::Result<Self> {
+        let listeners = Listeners::load(config)?;
+        Self::launch(config, listeners, opened).await
+    }
+
+    async fn launch(
+        config: &Config,
+        listeners: Listeners,
+        opened: Option<storage::Opened>,
+    ) -> anyhow::Result<Self> {
+        let Listeners {
+            runtimes,
+            reloadable,
+        } = listeners;
         let broker =
             Broker::with_features(config.limits.clone(), config.mqtt.clone(), Instant::now());
         let (broker, committer) = match opened {
@@ -55,22 +224,49 @@ impl Server {
             }
             None => (Arc::new(broker), None),
         };
+        match Self::serve(config, runtimes, broker, reloadable, committer).await {
+            Ok(s) => Ok(s),
+            Err((e, committer)) => {
+                // Nothing was served: stop the committer cleanly before reporting.
+                if let Some(c) = committer {
+                    let _ = tokio::task::spawn_blocking(move || c.finish()).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn serve(
+        config: &Config,
+        runtimes: Vec<Arc<ListenerRuntime>>,
+        broker: Arc<Broker>,
+        reloadable: Reloadable,
+        committer: Option<storage::Committer>,
+    ) -> Result<Self, (anyhow::Error, Option<storage::Committer>)> {
+        let limiter = Arc::new(AddressLimiter::new(config.security.clone(), Instant::now()));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(config.limits.max_connections + ACCEPT_SLACK));
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
-        for l in &config.listeners {
-            let listener = TcpListener::bind(l.bind)
-                .await
-                .with_context(|| format!("cannot bind listener {}", l.bind))?;
+        for (l, rt) in config.listeners.iter().zip(runtimes) {
+            let listener = match TcpListener::bind(l.bind).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    let e =
+                        anyhow::Error::new(e).context(format!("cannot bind listener {}", l.bind));
+                    return Err((e, committer));
+                }
+            };
             let addr = listener.local_addr().unwrap_or(l.bind);
             info!(%addr, protocol = %l.protocol, "listening");
             addrs.push(addr);
             tasks.spawn(accept_loop(
                 listener,
                 addr,
+                rt,
                 broker.clone(),
                 permits.clone(),
+                limiter.clone(),
                 shutdown_rx.clone(),
             ));
         }
@@ -81,6 +277,7 @@ impl Server {
             shutdown_tx,
             tasks,
             committer,
+            reloadable,
         })
     }
 
@@ -94,6 +291,40 @@ impl Server {
         &self.broker
     }
 
+    /// Reads every password file, ACL file and TLS certificate again (what SIGHUP does).
+    /// Whatever fails to load keeps its previous contents; the errors are logged and
+    /// returned. Connections stay open; new ACL rules apply to them at once.
+    pub fn reload(&self) -> Vec<anyhow::Error> {
+        let mut errors = Vec::new();
+        for p in &self.reloadable.passwords {
+            match p.reload() {
+                Ok(n) => info!(path = %p.path().display(), users = n, "password file reloaded"),
+                Err(e) => {
+                    warn!("password file not reloaded, keeping the previous one: {e}");
+                    errors.push(e.into());
+                }
+            }
+        }
+        for a in &self.reloadable.acls {
+            match a.reload() {
+                Ok(n) => info!(path = %a.path().display(), rules = n, "ACL file reloaded"),
+                Err(e) => {
+                    warn!("ACL file not reloaded, keeping the previous rules: {e}");
+                    errors.push(e.into());
+                }
+            }
+        }
+        for (addr, t) in &self.reloadable.tls {
+            match t.reload() {
+                Ok(()) => info!(listener = %addr, "TLS certificates reloaded"),
+                Err(e) => {
+                    warn!(listener = %addr, "TLS certificates not reloaded, keeping the previous ones: {e:#}");
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
     /// Stops accepting, disconnects every client (v5: DISCONNECT 0x8B) and waits for the
     /// connection tasks, at most `SHUTDOWN_GRACE`.
     pub async fn shutdown(mut self) {
@@ -126,16 +357,40 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let server = Server::start(&config).await?;
-    stop.await;
+    {
+        let reload_on_hup = async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::hangup()) {
+                    Ok(mut hup) => {
+                        while hup.recv().await.is_some() {
+                            info!("SIGHUP: reloading password files, ACL files and certificates");
+                            server.reload();
+                        }
+                    }
+                    Err(e) => warn!("cannot listen for SIGHUP: {e}"),
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            () = stop => {}
+            () = reload_on_hup => {}
+        }
+    }
     server.shutdown().await;
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
     addr: SocketAddr,
+    rt: Arc<ListenerRuntime>,
     broker: Arc<Broker>,
     permits: Arc<Semaphore>,
+    limiter: Arc<AddressLimiter>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
@@ -145,18 +400,39 @@ async fn accept_loop(
             // Reap finished connection tasks so the set stays as large as the live ones.
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    match limiter.check(peer.ip(), Instant::now(), &broker.metrics) {
+                        Verdict::Allow => {}
+                        verdict => {
+                            debug!(%peer, ?verdict, "connection refused at accept");
+                            drop(stream);
+                            continue;
+                        }
+                    }
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
                         broker.metrics.connections_refused.inc();
                         drop(stream);
                         continue;
                     };
-                    let broker = broker.clone();
-                    let shutdown = shutdown.clone();
-                    conns.spawn(async move {
-                        crate::connection::serve(stream, broker, shutdown).await;
-                        drop(permit);
-                    });
+                    let listener_permit = match &rt.permits {
+                        Some(p) => match p.clone().try_acquire_owned() {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                broker.metrics.connections_refused.inc();
+                                drop(stream);
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    conns.spawn(handle(
+                        stream,
+                        peer,
+                        rt.clone(),
+                        broker.clone(),
+                        shutdown.clone(),
+                        (permit, listener_permit),
+                    ));
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
@@ -167,6 +443,96 @@ async fn accept_loop(
         }
     }
     while conns.join_next().await.is_some() {}
+}
+
+/// Runs the transport handshakes of the listener's protocol (bounded by the CONNECT
+/// timeout, and abandoned at shutdown), then serves the connection.
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    rt: Arc<ListenerRuntime>,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+) {
+    let _ = stream.set_nodelay(true);
+    let opened = Instant::now();
+    let handshake_time = Duration::from_secs(broker.limits.connect_timeout_secs);
+    let max_packet = broker.limits.max_packet_size as usize;
+    let mut info = PeerInfo {
+        addr: Some(peer),
+        certificate_identity: None,
+    };
+    let options = StreamOptions {
+        flush: rt.protocol != Protocol::Tcp,
+        slow_connect: rt.slow_connect,
+    };
+    let conn = |info: PeerInfo| {
+        Connection::new(broker.clone(), peer.to_string(), opened)
+            .with_access(rt.access.clone(), info)
+    };
+    macro_rules! handshake {
+        ($what:literal, $fut:expr) => {{
+            let result = tokio::select! {
+                r = tokio::time::timeout(handshake_time, $fut) => r,
+                _ = shutdown.changed() => return,
+            };
+            match result {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, listener = %rt.access.name, "{} handshake failed: {e}", $what);
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, listener = %rt.access.name, "{} handshake timed out", $what);
+                    return;
+                }
+            }
+        }};
+    }
+    match (rt.protocol, &rt.tls) {
+        (Protocol::Tcp, _) => {
+            let (rd, wr) = stream.into_split();
+            let c = conn(info);
+            crate::connection::serve(rd, wr, c, broker.clone(), options, shutdown).await;
+        }
+        (Protocol::Ws, _) => {
+            let ws = handshake!(
+                "WebSocket",
+                crate::ws::accept(stream, &rt.ws_path, max_packet)
+            );
+            run_split(ws, conn(info), &broker, options, shutdown).await;
+        }
+        (Protocol::Tls | Protocol::Wss, Some(tls)) => {
+            let acceptor = tls.acceptor();
+            let tls_stream = handshake!("TLS", acceptor.accept(stream));
+            info.certificate_identity =
+                crate::tls::peer_identity(tls_stream.get_ref().1, tls.identity_source());
+            if rt.protocol == Protocol::Tls {
+                run_split(tls_stream, conn(info), &broker, options, shutdown).await;
+            } else {
+                let ws = handshake!(
+                    "WebSocket",
+                    crate::ws::accept(tls_stream, &rt.ws_path, max_packet)
+                );
+                run_split(ws, conn(info), &broker, options, shutdown).await;
+            }
+        }
+        (Protocol::Tls | Protocol::Wss, None) => {}
+    }
+}
+
+async fn run_split<S>(
+    stream: S,
+    conn: Connection,
+    broker: &Arc<Broker>,
+    options: StreamOptions,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    crate::connection::serve(rd, wr, conn, broker.clone(), options, shutdown).await;
 }
 
 async fn tick_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {

@@ -76,6 +76,17 @@ impl TestServer {
         self.server.broker()
     }
 
+    /// Reloads password files, ACL files and certificates (what SIGHUP does); returns the
+    /// errors, if any.
+    pub(crate) fn reload(&self) -> Vec<anyhow::Error> {
+        self.server.reload()
+    }
+
+    /// Every bound address, in listener order.
+    pub(crate) fn addrs(&self) -> &[SocketAddr] {
+        self.server.local_addrs()
+    }
+
     /// Graceful shutdown (bounded by the server's own grace period).
     pub(crate) async fn shutdown(self) {
         self.server.shutdown().await;

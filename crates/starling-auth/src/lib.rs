@@ -1,0 +1,135 @@
+//! Authentication and authorization for Starling.
+//!
+//! The broker asks two questions, each behind a trait so that other sources (an HTTP service,
+//! JWTs, plugins) can answer them later without touching the broker core:
+//!
+//! - [`Authenticator`]: may this client connect, and under which username? Asked once per
+//!   CONNECT with the client id, the credentials, the peer address, the listener and the
+//!   identity of the TLS client certificate, if any.
+//! - [`Authorizer`]: may this client publish to a topic, subscribe to a filter, and receive a
+//!   message published on a topic? Asked on every PUBLISH, for every filter of a SUBSCRIBE and
+//!   for every message at the moment it is delivered.
+//!
+//! The implementations here read the files mosquitto operators already have:
+//!
+//! - [`password`]: mosquitto's password file (`user:$7$…` PBKDF2-SHA512, the older `$6$`, and
+//!   `$argon2id$…`, which is what Starling writes), compared in constant time.
+//! - [`acl`]: mosquitto's ACL file (`user`, `topic [read|write|readwrite|deny]`, `pattern`
+//!   with `%c` and `%u`).
+//! - [`cert`]: the username taken from a client certificate (its CN or whole subject).
+//! - [`file`]: the two files as an [`Authenticator`] and an [`Authorizer`] that reload on
+//!   demand (SIGHUP), keeping the old contents when the new file is invalid.
+//!
+//! Files are parsed strictly: a missing, empty or malformed password file, and a missing or
+//! malformed ACL file, is an error naming the file and the line, never a silent allow-all.
+
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod acl;
+pub mod cert;
+mod error;
+pub mod file;
+pub mod password;
+
+use std::fmt;
+use std::net::SocketAddr;
+
+pub use acl::AclFile;
+pub use error::{AuthError, ParseError};
+pub use file::{AclAuthorizer, PasswordAuthenticator, StandardAuthenticator};
+pub use password::PasswordFile;
+
+/// What an [`Authenticator`] knows about a connecting client.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectInfo<'a> {
+    /// Client identifier (already assigned by the broker if the client sent an empty one).
+    pub client_id: &'a str,
+    /// User Name from CONNECT.
+    pub username: Option<&'a str>,
+    /// Password from CONNECT.
+    pub password: Option<&'a [u8]>,
+    /// The client's address, when the transport has one.
+    pub peer: Option<SocketAddr>,
+    /// The listener the client came in on (its name in logs, e.g. `tls 0.0.0.0:8883`).
+    pub listener: &'a str,
+    /// Identity from a verified TLS client certificate (CN or subject, as the listener says).
+    pub certificate_identity: Option<&'a str>,
+}
+
+/// Why a client may not connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    /// Unknown user or wrong password: v5 CONNACK 0x86, 3.1.1 return code 4.
+    BadUserNameOrPassword,
+    /// Anonymous where anonymous is not allowed, or no usable identity: v5 CONNACK 0x87,
+    /// 3.1.1 return code 5.
+    NotAuthorized,
+}
+
+/// An [`Authenticator`]'s answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// The client may connect. `username` is the identity the broker uses from now on (for
+    /// ACLs and logs): the CONNECT User Name, or the certificate identity, or `None` for an
+    /// anonymous client.
+    Allow {
+        /// Authenticated username.
+        username: Option<String>,
+    },
+    /// The client is refused.
+    Deny(DenyReason),
+}
+
+/// Decides whether a client may connect. Called once per CONNECT, synchronously, on the
+/// connection's task; implementations that are slow by design (password hashing) are
+/// expected to be bounded by the caller's connection rate limits.
+pub trait Authenticator: Send + Sync + fmt::Debug {
+    /// Checks a connecting client.
+    fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthDecision;
+}
+
+/// The client an [`Authorizer`] decides for.
+#[derive(Clone, Copy, Debug)]
+pub struct Client<'a> {
+    /// Client identifier.
+    pub client_id: &'a str,
+    /// Authenticated username; `None` for anonymous clients.
+    pub username: Option<&'a str>,
+}
+
+/// Decides what a connected client may do. Called on the hot path (every publish and every
+/// delivery), so implementations must be cheap and must not block.
+pub trait Authorizer: Send + Sync + fmt::Debug {
+    /// May `client` publish to `topic` (a topic name, no wildcards)?
+    fn can_publish(&self, client: &Client<'_>, topic: &str) -> bool;
+    /// May `client` subscribe to `filter`? For a shared subscription this is the filter
+    /// without its `$share/{group}/` prefix.
+    fn can_subscribe(&self, client: &Client<'_>, filter: &str) -> bool;
+    /// May `client` receive a message published to `topic`? Checked when each message,
+    /// retained ones included, is delivered, so revoking read access stops delivery at once.
+    fn can_read(&self, client: &Client<'_>, topic: &str) -> bool;
+}
+
+/// Allows everything: the broker's behaviour when no authorizer is configured.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn can_publish(&self, _: &Client<'_>, _: &str) -> bool {
+        true
+    }
+    fn can_subscribe(&self, _: &Client<'_>, _: &str) -> bool {
+        true
+    }
+    fn can_read(&self, _: &Client<'_>, _: &str) -> bool {
+        true
+    }
+}

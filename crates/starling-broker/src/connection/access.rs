@@ -1,0 +1,133 @@
+//! Authentication and authorization of one connection: the CONNECT check, the publish,
+//! subscribe and delivery checks, each a small function the protocol machine calls at one
+//! place. Without a [`ListenerAccess`] (tests, embedding) everything is allowed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use starling_auth::{AuthDecision, Authenticator, Authorizer, Client, ConnectInfo, DenyReason};
+use starling_proto::{Connect, ProtocolVersion, ReasonCode, TopicFilter, TopicName};
+
+use super::{Active, Closing, Connection};
+
+/// How a listener checks its clients.
+#[derive(Clone, Debug)]
+pub struct ListenerAccess {
+    /// The listener's name for logs and authenticators, e.g. `tls 0.0.0.0:8883`.
+    pub name: Arc<str>,
+    /// Who may connect.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// What they may do; `None`: everything.
+    pub authorizer: Option<Arc<dyn Authorizer>>,
+}
+
+/// What the transport knows about a connection's peer.
+#[derive(Clone, Debug, Default)]
+pub struct PeerInfo {
+    /// The client's address.
+    pub addr: Option<SocketAddr>,
+    /// Identity from a verified TLS client certificate (CN or subject).
+    pub certificate_identity: Option<String>,
+}
+
+/// The listener's checks and the peer, held by the connection.
+#[derive(Debug)]
+pub(super) struct ConnAccess {
+    listener: ListenerAccess,
+    peer: PeerInfo,
+}
+
+impl Connection {
+    /// Applies `listener`'s authentication and authorization to this connection.
+    pub fn with_access(mut self, listener: ListenerAccess, peer: PeerInfo) -> Self {
+        self.access = Some(Box::new(ConnAccess { listener, peer }));
+        self
+    }
+
+    /// Authenticates a CONNECT and checks its will topic. `Ok(username)` to go on;
+    /// `Err(..)` once the refusal (v5 0x86 / 0x87, 3.x return code 4 / 5) is in the output.
+    pub(super) fn authenticate(
+        &mut self,
+        c: &Connect,
+        client_id: &str,
+    ) -> Result<Option<Arc<str>>, Closing> {
+        let Some(access) = &self.access else {
+            return Ok(c.username.as_deref().map(Arc::from));
+        };
+        let info = ConnectInfo {
+            client_id,
+            username: c.username.as_deref(),
+            password: c.password.as_deref(),
+            peer: access.peer.addr,
+            listener: &access.listener.name,
+            certificate_identity: access.peer.certificate_identity.as_deref(),
+        };
+        let (reason, detail) = match access.listener.authenticator.authenticate(&info) {
+            AuthDecision::Allow { username } => {
+                let username: Option<Arc<str>> = username.map(Arc::from);
+                let will_allowed = match (&c.will, &access.listener.authorizer) {
+                    (Some(w), Some(z)) => z.can_publish(
+                        &Client {
+                            client_id,
+                            username: username.as_deref(),
+                        },
+                        w.topic.as_str(),
+                    ),
+                    _ => true,
+                };
+                if will_allowed {
+                    return Ok(username);
+                }
+                self.broker.metrics.acl_denied.inc();
+                (ReasonCode::NotAuthorized, "will topic not authorized")
+            }
+            AuthDecision::Deny(DenyReason::BadUserNameOrPassword) => (
+                ReasonCode::BadUserNameOrPassword,
+                "bad user name or password",
+            ),
+            AuthDecision::Deny(DenyReason::NotAuthorized) => {
+                (ReasonCode::NotAuthorized, "not authorized")
+            }
+        };
+        self.broker.metrics.auth_refused.inc();
+        let version: ProtocolVersion = c.protocol;
+        let detail = format!(
+            "{detail} (client id {client_id:?}, username {:?}, listener {})",
+            c.username.as_deref().unwrap_or(""),
+            access.listener.name
+        );
+        Err(match self.refuse_connect(version, reason, &detail) {
+            Err(closing) => closing,
+            Ok(()) => Closing::new(reason, detail),
+        })
+    }
+}
+
+fn client<'a>(a: &'a Active) -> Client<'a> {
+    Client {
+        client_id: &a.client_id,
+        username: a.username.as_deref(),
+    }
+}
+
+fn authorizer(access: Option<&ConnAccess>) -> Option<&dyn Authorizer> {
+    access.and_then(|x| x.listener.authorizer.as_deref())
+}
+
+/// May the client publish to `topic`?
+pub(super) fn may_publish(access: Option<&ConnAccess>, a: &Active, topic: &TopicName) -> bool {
+    authorizer(access).is_none_or(|z| z.can_publish(&client(a), topic.as_str()))
+}
+
+/// May the client subscribe to `filter` (a shared subscription is checked on its filter
+/// without the `$share/{group}/` prefix)?
+pub(super) fn may_subscribe(access: Option<&ConnAccess>, a: &Active, filter: &TopicFilter) -> bool {
+    authorizer(access).is_none_or(|z| {
+        std::str::from_utf8(filter.match_filter()).is_ok_and(|f| z.can_subscribe(&client(a), f))
+    })
+}
+
+/// May the client receive a message published to `topic`? Asked at delivery time.
+pub(super) fn may_read(access: Option<&ConnAccess>, a: &Active, topic: &TopicName) -> bool {
+    authorizer(access).is_none_or(|z| z.can_read(&client(a), topic.as_str()))
+}
