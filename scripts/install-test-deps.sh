@@ -49,7 +49,7 @@ apt_install() {
 }
 
 # --- Debian packages --------------------------------------------------------
-apt_install mosquitto-clients mosquitto
+apt_install mosquitto-clients mosquitto openssl
 
 # The tests start their own mosquitto instances on free ports, with their own
 # config files; the packaged system service (if any) is never used.
