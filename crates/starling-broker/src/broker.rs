@@ -674,7 +674,7 @@ impl Broker {
                             payload: msg.payload,
                             qos,
                             retain,
-                            properties: msg.properties.map(|p| *p).unwrap_or_default(),
+                            properties: msg.properties,
                         },
                         delay_secs: w.delay_secs,
                     })

@@ -460,10 +460,8 @@ impl Connection {
             } else {
                 ReasonCode::UseAnotherServer
             };
-            let props = Properties {
-                server_reference: Some(reference.clone()),
-                ..Properties::default()
-            };
+            let mut props = Properties::default();
+            props.server_reference = Some(reference.clone());
             return self.refuse_connect_with(version, reason, props, "redirected");
         }
         if broker.metrics.clients_connected.get() >= limits.max_connections as u64 {
@@ -591,10 +589,18 @@ impl Connection {
         for f in &st.inflight {
             match f.phase {
                 Phase::Published => {
-                    let publish = outgoing_publish(a.version, &f.delivery, f.packet_id, true, now);
-                    if starling_proto::encode(&Packet::Publish(publish), a.version, &mut self.out)
-                        .is_ok()
-                    {
+                    // Aliases belong to the old connection: the topic is sent in full.
+                    let sent = encode_delivery(
+                        &mut self.out,
+                        a.version,
+                        &f.delivery,
+                        f.packet_id,
+                        true,
+                        None,
+                        now,
+                        usize::MAX,
+                    );
+                    if sent.is_ok_and(|s| s) {
                         self.broker.metrics.publish_sent.inc();
                     }
                 }
@@ -1102,22 +1108,29 @@ impl Connection {
             } else {
                 st.allocate_packet_id()
             };
-            let mut publish = outgoing_publish(a.version, &d, packet_id, false, now);
-            apply_outbound_alias(a, &mut publish);
-            match starling_proto::publish_len(&publish, a.version) {
-                Ok(len) if len <= a.max_packet_out => {}
-                _ => {
+            let alias = outbound_alias(a, &d.msg.topic);
+            match encode_delivery(
+                &mut self.out,
+                a.version,
+                &d,
+                packet_id,
+                false,
+                alias,
+                now,
+                a.max_packet_out,
+            ) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Larger than the client accepts: not sent (spec 3.1.2.11.4), counted.
                     metrics.publish_dropped.inc();
                     metrics.dropped_too_large.inc();
                     continue;
                 }
-            }
-            if let Err(e) =
-                starling_proto::encode(&Packet::Publish(publish), a.version, &mut self.out)
-            {
-                debug!(error = %e, "dropping unencodable message");
-                metrics.publish_dropped.inc();
-                continue;
+                Err(e) => {
+                    debug!(error = %e, "dropping unencodable message");
+                    metrics.publish_dropped.inc();
+                    continue;
+                }
             }
             metrics.publish_sent.inc();
             metrics.messages_sent.inc();
@@ -1190,46 +1203,58 @@ impl Connection {
     }
 }
 
-/// Replaces the topic by an alias the client already knows, or assigns a new alias while the
-/// client's Topic Alias Maximum allows (topic sent once with the alias, then the alias alone).
-fn apply_outbound_alias(a: &mut Active, publish: &mut Publish) {
+/// The outbound topic alias for `topic`: `Some((alias, known))`, where `known` means the
+/// client already has it (send the alias alone), or `None` when the client allows no more
+/// aliases. New aliases are assigned while the client's Topic Alias Maximum allows.
+fn outbound_alias(a: &mut Active, topic: &TopicName) -> Option<(u16, bool)> {
     if a.alias_out_max == 0 {
-        return;
+        return None;
     }
-    if let Some(&alias) = a.aliases_out.get(&publish.topic) {
-        publish.properties.topic_alias = Some(alias);
-        publish.topic = TopicName::empty();
-    } else if a.aliases_out.len() < usize::from(a.alias_out_max) {
-        let alias = u16::try_from(a.aliases_out.len() + 1).unwrap_or(u16::MAX);
-        a.aliases_out.insert(publish.topic.clone(), alias);
-        publish.properties.topic_alias = Some(alias);
+    if let Some(&alias) = a.aliases_out.get(topic) {
+        return Some((alias, true));
     }
+    if a.aliases_out.len() >= usize::from(a.alias_out_max) {
+        return None;
+    }
+    let alias = u16::try_from(a.aliases_out.len() + 1).ok()?;
+    a.aliases_out.insert(topic.clone(), alias);
+    Some((alias, false))
 }
 
-/// The PUBLISH to send for a delivery: per-subscriber QoS, RETAIN, packet id, subscription
-/// identifiers and remaining expiry; properties only for v5.
-fn outgoing_publish(
+/// Encodes the PUBLISH of a delivery: per-subscriber QoS, RETAIN, packet id, subscription
+/// identifiers, remaining expiry and topic alias (v5 only), straight from the shared message
+/// without copying it into a packet value. `Ok(false)`: larger than `max_len`, not written.
+#[allow(clippy::too_many_arguments)]
+fn encode_delivery(
+    out: &mut BytesMut,
     version: ProtocolVersion,
     d: &Delivery,
     packet_id: u16,
     dup: bool,
+    alias: Option<(u16, bool)>,
     now: Instant,
-) -> Publish {
-    let properties = if version.is_v5() {
-        let mut p = d.msg.properties();
-        p.subscription_identifiers.clone_from(&d.sub_ids);
-        p.message_expiry_interval = d.msg.remaining_expiry(now);
-        p
-    } else {
-        Properties::default()
+    max_len: usize,
+) -> Result<bool, starling_proto::EncodeError> {
+    let v5 = version.is_v5();
+    let topic = match alias {
+        Some((_, true)) => &[][..],
+        _ => d.msg.topic.as_bytes(),
     };
-    Publish {
+    let parts = starling_proto::PublishParts {
         dup,
         qos: d.qos,
         retain: d.retain,
-        topic: d.msg.topic.clone(),
+        topic,
         packet_id,
-        properties,
-        payload: d.msg.payload.clone(),
-    }
+        properties: &d.msg.properties,
+        message_expiry_interval: if v5 {
+            d.msg.remaining_expiry(now)
+        } else {
+            None
+        },
+        subscription_identifiers: if v5 { &d.sub_ids } else { &[] },
+        topic_alias: alias.map(|(a, _)| a),
+        payload: &d.msg.payload,
+    };
+    starling_proto::encode_publish_parts(out, version, &parts, max_len)
 }

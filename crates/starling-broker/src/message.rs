@@ -20,9 +20,8 @@ pub struct Message {
     /// RETAIN flag as published.
     pub retain: bool,
     /// Properties forwarded to subscribers (topic alias, subscription identifiers and message
-    /// expiry removed: those are set per delivery). Boxed and absent when empty, as they usually
-    /// are: a queued message then costs tens of bytes beside its payload, not hundreds.
-    pub properties: Option<Box<Properties>>,
+    /// expiry removed: those are set per delivery). Usually empty, which allocates nothing.
+    pub properties: Properties,
     /// When the message expires (v5 Message Expiry Interval), if ever.
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for No Local; `None` for broker-made messages.
@@ -32,14 +31,21 @@ pub struct Message {
 impl Message {
     /// Builds the message for a received PUBLISH.
     pub fn from_publish(mut publish: Publish, publisher: Option<Arc<str>>, now: Instant) -> Self {
-        let props = &mut publish.properties;
-        props.topic_alias = None;
-        props.subscription_identifiers.clear();
-        let expires_at = props
-            .message_expiry_interval
-            .take()
-            .map(|s| now + Duration::from_secs(u64::from(s)));
-        let properties = (!publish.properties.is_empty()).then(|| Box::new(publish.properties));
+        let mut expires_at = None;
+        // Only touch the values if there are some: reading through `DerefMut` would allocate.
+        if let Some(v) = publish.properties.values_mut() {
+            v.topic_alias = None;
+            v.subscription_identifiers.clear();
+            expires_at = v
+                .message_expiry_interval
+                .take()
+                .map(|s| now + Duration::from_secs(u64::from(s)));
+        }
+        let properties = if publish.properties.is_empty() {
+            Properties::default()
+        } else {
+            publish.properties
+        };
         Self {
             topic: publish.topic,
             payload: publish.payload,
@@ -58,15 +64,10 @@ impl Message {
             payload,
             qos: QoS::AtMostOnce,
             retain,
-            properties: None,
+            properties: Properties::default(),
             expires_at: None,
             publisher: None,
         }
-    }
-
-    /// The forwarded properties (empty when there are none).
-    pub fn properties(&self) -> Properties {
-        self.properties.as_deref().cloned().unwrap_or_default()
     }
 
     /// True once the message's expiry interval has passed.

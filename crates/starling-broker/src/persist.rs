@@ -195,7 +195,7 @@ pub struct Persistence {
 
 /// Encodes a message as the MQTT 5 PUBLISH a record keeps.
 pub fn encode_message(msg: &Message, qos: QoS, retain: bool, sub_ids: &[u32]) -> Vec<u8> {
-    let mut properties = msg.properties();
+    let mut properties = msg.properties.clone();
     properties.subscription_identifiers = sub_ids.to_vec();
     let publish = Publish {
         dup: false,
@@ -222,7 +222,7 @@ pub fn encode_will(will: &starling_proto::Will) -> Vec<u8> {
         payload: will.payload.clone(),
         qos: will.qos,
         retain: will.retain,
-        properties: (!properties.is_empty()).then(|| Box::new(properties)),
+        properties,
         expires_at: None,
         publisher: None,
     };

@@ -21,9 +21,12 @@ pub mod property;
 pub mod reason;
 pub mod topic;
 
-pub use codec::{DecodeLimits, decode, encode, encode_publish_header, encoded_len, publish_len};
+pub use codec::{
+    DecodeLimits, PublishParts, decode, encode, encode_publish_header, encode_publish_parts,
+    encoded_len, publish_len,
+};
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;
-pub use property::{Properties, PropertyContext, PropertyId};
+pub use property::{Properties, PropertyContext, PropertyId, PropertyValues};
 pub use reason::{ReasonCode, ReasonContext};
 pub use topic::{TopicError, TopicFilter, TopicName};

@@ -177,10 +177,9 @@ impl PropertyId {
     }
 }
 
-/// The properties of one packet. Fields absent on the wire are `None` / empty. A packet of an
-/// MQTT 3.x connection always has empty properties.
+/// The values of a packet's properties. Fields absent on the wire are `None` / empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Properties {
+pub struct PropertyValues {
     /// 0x01: 0 = unspecified bytes, 1 = UTF-8 payload.
     pub payload_format_indicator: Option<u8>,
     /// 0x02: seconds until the message expires.
@@ -238,12 +237,100 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,
 }
 
+impl PropertyValues {
+    /// No property set; usable in `const` and `static` items.
+    pub const EMPTY: Self = Self {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        subscription_identifiers: Vec::new(),
+        session_expiry_interval: None,
+        assigned_client_identifier: None,
+        server_keep_alive: None,
+        authentication_method: None,
+        authentication_data: None,
+        request_problem_information: None,
+        will_delay_interval: None,
+        request_response_information: None,
+        response_information: None,
+        server_reference: None,
+        reason_string: None,
+        receive_maximum: None,
+        topic_alias_maximum: None,
+        topic_alias: None,
+        maximum_qos: None,
+        retain_available: None,
+        user_properties: Vec::new(),
+        maximum_packet_size: None,
+        wildcard_subscription_available: None,
+        subscription_identifier_available: None,
+        shared_subscription_available: None,
+    };
+
+    /// True when no property is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::EMPTY
+    }
+}
+
+static EMPTY_VALUES: PropertyValues = PropertyValues::EMPTY;
+
+/// The properties of one packet. Empty (the usual case, and always for MQTT 3.x) costs no
+/// allocation and keeps every packet small to move; values are read and written through
+/// `Deref`/`DerefMut` to [`PropertyValues`], and the first write allocates them.
+#[derive(Clone, Debug, Default)]
+pub struct Properties(Option<Box<PropertyValues>>);
+
 impl Properties {
     /// True when no property is set.
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        self.0.as_deref().is_none_or(PropertyValues::is_empty)
+    }
+
+    /// The values, for changing them only if some exist (no allocation when empty).
+    pub fn values_mut(&mut self) -> Option<&mut PropertyValues> {
+        self.0.as_deref_mut()
+    }
+
+    /// Properties holding `values` (none allocated if `values` is empty).
+    pub fn from_values(values: PropertyValues) -> Self {
+        if values.is_empty() {
+            Self(None)
+        } else {
+            Self(Some(Box::new(values)))
+        }
     }
 }
+
+impl From<PropertyValues> for Properties {
+    fn from(values: PropertyValues) -> Self {
+        Self::from_values(values)
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = PropertyValues;
+
+    fn deref(&self) -> &PropertyValues {
+        self.0.as_deref().unwrap_or(&EMPTY_VALUES)
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut PropertyValues {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
 
 /// The largest subscription identifier (a variable byte integer of four bytes).
 pub const MAX_SUBSCRIPTION_IDENTIFIER: u32 = 268_435_455;

@@ -55,10 +55,11 @@ fn aliased_publish(topic: &str, alias: u16, packet_id: u16) -> Packet {
             TopicName::try_from_str(topic).unwrap()
         },
         packet_id,
-        properties: Properties {
+        properties: starling_proto::PropertyValues {
             topic_alias: Some(alias),
-            ..Properties::default()
-        },
+            ..starling_proto::PropertyValues::default()
+        }
+        .into(),
         payload: Bytes::from_static(b"aliased"),
     })
 }

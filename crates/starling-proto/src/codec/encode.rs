@@ -494,3 +494,193 @@ fn write_auth(a: &Auth, version: ProtocolVersion, buf: &mut BytesMut) -> Result<
         &a.properties,
     )
 }
+
+/// A PUBLISH described by borrowed parts, for [`encode_publish_parts`]: what a broker has for
+/// each subscriber (a shared message plus per-delivery QoS, flags, packet id and properties)
+/// without building a [`Publish`] for it.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishParts<'a> {
+    /// DUP flag (written only above QoS 0).
+    pub dup: bool,
+    /// QoS.
+    pub qos: QoS,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// Topic name; empty when `topic_alias` stands for it.
+    pub topic: &'a [u8],
+    /// Packet identifier (ignored at QoS 0).
+    pub packet_id: u16,
+    /// The message's own properties (MQTT 5), without the three per-delivery ones below.
+    pub properties: &'a Properties,
+    /// Message Expiry Interval to send (MQTT 5).
+    pub message_expiry_interval: Option<u32>,
+    /// Subscription identifiers to send (MQTT 5).
+    pub subscription_identifiers: &'a [u32],
+    /// Topic Alias to send (MQTT 5).
+    pub topic_alias: Option<u16>,
+    /// Application message.
+    pub payload: &'a [u8],
+}
+
+/// Appends a PUBLISH made of `parts` for `version`, unless its encoding would exceed `max_len`
+/// bytes: then nothing is written and `Ok(false)` is returned (the receiver's Maximum Packet
+/// Size, spec 3.1.2.11.4). The same bytes as [`encode`] of the equivalent [`Publish`].
+pub fn encode_publish_parts(
+    buf: &mut BytesMut,
+    version: ProtocolVersion,
+    parts: &PublishParts<'_>,
+    max_len: usize,
+) -> Result<bool, EncodeError> {
+    let v5 = version.is_v5();
+    let extra = v5
+        && (parts.message_expiry_interval.is_some()
+            || !parts.subscription_identifiers.is_empty()
+            || parts.topic_alias.is_some());
+    // The general case (a message with properties of its own plus per-delivery ones) merges
+    // them into one property list; the usual cases write them directly.
+    let merged;
+    let props: &Properties = if v5 && extra && !parts.properties.is_empty() {
+        let mut p = parts.properties.clone();
+        p.message_expiry_interval = parts.message_expiry_interval;
+        p.subscription_identifiers = parts.subscription_identifiers.to_vec();
+        p.topic_alias = parts.topic_alias;
+        merged = p;
+        &merged
+    } else {
+        parts.properties
+    };
+    let direct = v5 && extra && props.is_empty();
+    let props_content = if !v5 {
+        0
+    } else if direct {
+        let mut n = 0usize;
+        if parts.message_expiry_interval.is_some() {
+            n += 5;
+        }
+        for &id in parts.subscription_identifiers {
+            if id == 0 || id > MAX_VARINT {
+                return Err(EncodeError::OutOfRange("subscription identifier"));
+            }
+            n += 1 + varint::len(id as usize);
+        }
+        if parts.topic_alias.is_some() {
+            n += 3;
+        }
+        n
+    } else {
+        properties::content_len(props)?
+    };
+    let mut remaining = field_len(parts.topic.len())? + parts.payload.len();
+    if parts.qos != QoS::AtMostOnce {
+        remaining += 2;
+    }
+    if v5 {
+        remaining += varint::len(props_content) + props_content;
+    }
+    let total = total_len(remaining)?;
+    if total > max_len {
+        return Ok(false);
+    }
+    buf.reserve(total);
+    let dup = parts.dup && parts.qos != QoS::AtMostOnce;
+    buf.put_u8(0x30 | (u8::from(dup) << 3) | (parts.qos.as_u8() << 1) | u8::from(parts.retain));
+    varint::write(
+        buf,
+        u32::try_from(remaining).map_err(|_| EncodeError::PacketTooLarge)?,
+    );
+    put_field(buf, parts.topic)?;
+    if parts.qos != QoS::AtMostOnce {
+        buf.put_u16(parts.packet_id);
+    }
+    if v5 {
+        if direct {
+            varint::write(buf, props_content as u32);
+            if let Some(e) = parts.message_expiry_interval {
+                buf.put_u8(0x02);
+                buf.put_u32(e);
+            }
+            for &id in parts.subscription_identifiers {
+                buf.put_u8(0x0B);
+                varint::write(buf, id);
+            }
+            if let Some(a) = parts.topic_alias {
+                buf.put_u8(0x23);
+                buf.put_u16(a);
+            }
+        } else {
+            properties::write(buf, props, props_content)?;
+        }
+    }
+    buf.put_slice(parts.payload);
+    Ok(true)
+}
+
+#[cfg(test)]
+mod parts_tests {
+    use super::*;
+    use crate::topic::TopicName;
+    use bytes::Bytes;
+
+    /// `encode_publish_parts` writes exactly what `encode` writes for the same PUBLISH.
+    #[test]
+    fn same_bytes_as_encode() {
+        let mut own = Properties::default();
+        own.content_type = Some("text/plain".into());
+        own.user_properties = vec![("k".into(), "v".into())];
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            for props in [Properties::default(), own.clone()] {
+                for (expiry, ids, alias) in [
+                    (None, vec![], None),
+                    (Some(30), vec![1, 300_000], Some(7)),
+                    (None, vec![5], None),
+                ] {
+                    for qos in [QoS::AtMostOnce, QoS::ExactlyOnce] {
+                        let parts = PublishParts {
+                            dup: true,
+                            qos,
+                            retain: true,
+                            topic: b"a/b",
+                            packet_id: 9,
+                            properties: &props,
+                            message_expiry_interval: expiry,
+                            subscription_identifiers: &ids,
+                            topic_alias: alias,
+                            payload: b"payload",
+                        };
+                        let mut fast = BytesMut::new();
+                        assert!(
+                            encode_publish_parts(&mut fast, version, &parts, usize::MAX).unwrap()
+                        );
+                        let mut p = props.clone();
+                        if version.is_v5()
+                            && (expiry.is_some() || !ids.is_empty() || alias.is_some())
+                        {
+                            p.message_expiry_interval = expiry;
+                            p.subscription_identifiers = ids.clone();
+                            p.topic_alias = alias;
+                        }
+                        let publish = Publish {
+                            dup: true,
+                            qos,
+                            retain: true,
+                            topic: TopicName::try_from_str("a/b").unwrap(),
+                            packet_id: if qos == QoS::AtMostOnce { 0 } else { 9 },
+                            properties: p,
+                            payload: Bytes::from_static(b"payload"),
+                        };
+                        let mut slow = BytesMut::new();
+                        encode(&Packet::Publish(publish), version, &mut slow).unwrap();
+                        assert_eq!(fast, slow, "{version:?} {qos:?} {expiry:?} {ids:?}");
+                        // Too large: nothing written.
+                        let mut none = BytesMut::new();
+                        assert!(
+                            !encode_publish_parts(&mut none, version, &parts, slow.len() - 1)
+                                .unwrap()
+                        );
+                        assert!(none.is_empty());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -12,7 +12,9 @@ mod reader;
 mod varint;
 
 pub use decode::decode;
-pub use encode::{encode, encode_publish_header, encoded_len, publish_len};
+pub use encode::{
+    PublishParts, encode, encode_publish_header, encode_publish_parts, encoded_len, publish_len,
+};
 pub use varint::MAX_VARINT;
 
 use crate::error::DecodeError;

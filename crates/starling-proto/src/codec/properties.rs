@@ -328,7 +328,7 @@ mod tests {
     #[test]
     fn every_property_is_written_in_ascending_order() {
         let s = || Some("s".to_string());
-        let props = Properties {
+        let props: Properties = crate::property::PropertyValues {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(1),
             content_type: s(),
@@ -356,7 +356,8 @@ mod tests {
             wildcard_subscription_available: Some(1),
             subscription_identifier_available: Some(1),
             shared_subscription_available: Some(1),
-        };
+        }
+        .into();
         let mut ids = Vec::new();
         each(&props, |id, _| {
             ids.push(id as u8);
