@@ -467,71 +467,74 @@ impl Broker {
             }
             outcome
         });
-        let mut plain: Vec<(Arc<Session>, QoS, bool, Option<u32>)> = Vec::new();
-        let mut shared: Vec<Delivery> = Vec::new();
-        let mut shared_targets: Vec<Arc<Session>> = Vec::new();
-        self.router
-            .for_each_match(msg.topic.as_bytes(), |t| match t {
-                Target::Plain(s) => {
-                    if s.options.no_local && msg.publisher.as_deref() == Some(&*s.session.client_id)
-                    {
-                        return;
-                    }
-                    let qos = msg.qos.min(s.options.qos);
-                    let rap = s.options.retain_as_published;
-                    plain.push((s.session.clone(), qos, rap, s.id));
+        let ctx = self.ctx();
+        let publisher = msg.publisher.as_deref();
+        let (reached, deliveries_ticket) =
+            self.router.with_matches(msg.topic.as_bytes(), |targets| {
+                let mut reached = 0usize;
+                let mut ticket = None;
+                let mut deliver = |session: &Session, d: Delivery| {
+                    let (accepted, t) = session.deliver(d, &ctx);
+                    reached += usize::from(accepted);
+                    Self::note_ticket(&mut ticket, t);
+                };
+                // Plain subscriptions: one delivery per session, overlapping subscriptions merged.
+                let mut plain: Vec<&Subscriber> = targets
+                    .iter()
+                    .filter_map(|t| match t {
+                        Target::Plain(s) => Some(*s),
+                        Target::Shared(..) => None,
+                    })
+                    .filter(|s| !(s.options.no_local && publisher == Some(&*s.session.client_id)))
+                    .collect();
+                if plain.len() > 1 {
+                    plain.sort_by_key(|s| Arc::as_ptr(&s.session) as usize);
                 }
-                Target::Shared(members, key, next) => {
-                    if let Some(m) = pick_member(members, next, None) {
-                        shared_targets.push(m.session.clone());
-                        shared.push(Delivery {
+                let mut i = 0;
+                while let Some(first) = plain.get(i) {
+                    let mut qos = msg.qos.min(first.options.qos);
+                    let mut rap = first.options.retain_as_published;
+                    let mut sub_ids: Vec<u32> = first.id.into_iter().collect();
+                    let mut j = i + 1;
+                    while let Some(other) = plain.get(j) {
+                        if !Arc::ptr_eq(&first.session, &other.session) {
+                            break;
+                        }
+                        qos = qos.max(msg.qos.min(other.options.qos));
+                        rap |= other.options.retain_as_published;
+                        sub_ids.extend(other.id);
+                        j += 1;
+                    }
+                    let d = Delivery {
+                        msg: msg.clone(),
+                        qos,
+                        retain: rap && msg.retain,
+                        sub_ids,
+                        share: None,
+                        seq: 0,
+                    };
+                    deliver(&first.session, d);
+                    i = j;
+                }
+                // Shared groups: one member each.
+                for t in targets {
+                    if let Target::Shared(members, key, next) = t
+                        && let Some(m) = pick_member(members, next, None)
+                    {
+                        let d = Delivery {
                             msg: msg.clone(),
                             qos: msg.qos.min(m.options.qos),
                             retain: m.options.retain_as_published && msg.retain,
                             sub_ids: m.id.into_iter().collect(),
-                            share: Some(key.clone()),
+                            share: Some((*key).clone()),
                             seq: 0,
-                        });
+                        };
+                        deliver(&m.session, d);
                     }
                 }
+                (reached, ticket)
             });
-        let mut reached = 0;
-        if plain.len() > 1 {
-            plain.sort_by_key(|(s, ..)| Arc::as_ptr(s) as usize);
-        }
-        let mut i = 0;
-        while let Some((session, qos, rap, id)) = plain.get(i) {
-            let mut qos = *qos;
-            let mut rap = *rap;
-            let mut sub_ids: Vec<u32> = id.iter().copied().collect();
-            let mut j = i + 1;
-            while let Some((other, q2, r2, id2)) = plain.get(j) {
-                if !Arc::ptr_eq(session, other) {
-                    break;
-                }
-                qos = qos.max(*q2);
-                rap |= *r2;
-                sub_ids.extend(id2.iter().copied());
-                j += 1;
-            }
-            let delivery = Delivery {
-                msg: msg.clone(),
-                qos,
-                retain: rap && msg.retain,
-                sub_ids,
-                share: None,
-                seq: 0,
-            };
-            let (accepted, t) = session.deliver(delivery, &self.ctx());
-            reached += usize::from(accepted);
-            Self::note_ticket(&mut ticket, t);
-            i = j;
-        }
-        for (session, d) in shared_targets.into_iter().zip(shared) {
-            let (accepted, t) = session.deliver(d, &self.ctx());
-            reached += usize::from(accepted);
-            Self::note_ticket(&mut ticket, t);
-        }
+        Self::note_ticket(&mut ticket, deliveries_ticket);
         Routed {
             reached,
             retained,

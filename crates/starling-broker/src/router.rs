@@ -161,36 +161,54 @@ impl Router {
     /// not subscribe or unsubscribe.
     pub fn for_each_match(&self, topic: &[u8], mut f: impl FnMut(Target<'_>)) {
         let root = self.root.read().unwrap_or_else(|p| p.into_inner());
-        let dollar = topic.first() == Some(&b'$');
-        // Breadth-first over levels: `current` holds every node reached by the levels so far.
-        let mut current: Vec<&Node> = vec![&root];
-        let mut next: Vec<&Node> = Vec::new();
-        for (depth, level) in levels(topic).enumerate() {
-            let wild_ok = !(depth == 0 && dollar);
-            for node in current.drain(..) {
-                if wild_ok {
-                    if let Some(h) = &node.hash {
-                        emit(h, &mut f);
-                    }
-                    if let Some(p) = &node.plus {
-                        next.push(p);
-                    }
+        walk(&root, topic, &mut f);
+    }
+
+    /// Collects every subscription matching `topic` and hands them to `f` at once, still under
+    /// the read lock (so `f` can deliver without cloning each session handle). `f` must not
+    /// subscribe or unsubscribe.
+    pub fn with_matches<R>(&self, topic: &[u8], f: impl FnOnce(&[Target<'_>]) -> R) -> R {
+        let root = self.root.read().unwrap_or_else(|p| p.into_inner());
+        let mut targets = Vec::new();
+        walk(&root, topic, &mut |t| targets.push(t));
+        f(&targets)
+    }
+}
+
+/// Walks the trie level by level. `nodes` holds the nodes reached, level after level, in one
+/// vector (`start..` is the current level), so a walk costs one allocation at most.
+fn walk<'a>(root: &'a Node, topic: &[u8], f: &mut impl FnMut(Target<'a>)) {
+    let dollar = topic.first() == Some(&b'$');
+    let mut nodes: Vec<&'a Node> = Vec::with_capacity(8);
+    nodes.push(root);
+    let mut start = 0;
+    for (depth, level) in levels(topic).enumerate() {
+        let end = nodes.len();
+        if start == end {
+            return;
+        }
+        let wild_ok = !(depth == 0 && dollar);
+        for k in start..end {
+            let Some(&node) = nodes.get(k) else { break };
+            if wild_ok {
+                if let Some(h) = &node.hash {
+                    emit(h, f);
                 }
-                if let Some(c) = node.children.get(level) {
-                    next.push(c);
+                if let Some(p) = &node.plus {
+                    nodes.push(p);
                 }
             }
-            std::mem::swap(&mut current, &mut next);
-            if current.is_empty() {
-                return;
+            if let Some(c) = node.children.get(level) {
+                nodes.push(c);
             }
         }
-        for node in current {
-            emit(node, &mut f);
-            // `a/#` also matches `a` (the parent level).
-            if let Some(h) = &node.hash {
-                emit(h, &mut f);
-            }
+        start = end;
+    }
+    for &node in nodes.get(start..).unwrap_or_default() {
+        emit(node, f);
+        // `a/#` also matches `a` (the parent level).
+        if let Some(h) = &node.hash {
+            emit(h, f);
         }
     }
 }

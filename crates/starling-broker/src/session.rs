@@ -174,21 +174,16 @@ impl Session {
     /// Queues a delivery and wakes the owning connection. Returns whether it was accepted and
     /// the journal ticket of its record, if it was stored.
     pub fn deliver(&self, delivery: Delivery, ctx: &Ctx<'_>) -> (bool, Option<u64>) {
-        let (ticket, waker) = {
-            let mut st = self.lock();
-            if st.ended {
-                return (false, None);
-            }
-            let (accepted, ticket) = st.enqueue(delivery, ctx, &self.client_id);
-            if !accepted {
-                return (false, ticket);
-            }
-            (ticket, st.waker.clone())
-        };
-        if let Some(w) = waker {
+        let mut st = self.lock();
+        if st.ended {
+            return (false, None);
+        }
+        let (accepted, ticket) = st.enqueue(delivery, ctx, &self.client_id);
+        if accepted && let Some(w) = &st.waker {
+            // Cheap, and done under the lock so the waker need not be cloned.
             w.notify_one();
         }
-        (true, ticket)
+        (accepted, ticket)
     }
 }
 
