@@ -11,18 +11,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use starling_proto::{ProtocolVersion, QoS, Will};
+use starling_proto::{ProtocolVersion, Will};
 use tokio::sync::Notify;
 
 use crate::config::{Features, Limits};
-use crate::message::{Delivery, Message};
+use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persist::Persistence;
-use crate::retain::{RetainOutcome, RetainStore};
-use crate::router::{Router, Subscriber, Target};
-use crate::session::{Ctx, PendingWill, Session, SessionState};
+use crate::retain::RetainStore;
+use crate::router::Router;
+use crate::session::{Ctx, PendingWill, Session};
 use crate::sys::SysState;
-use starling_store::{Op, SessionRecord, SubscriptionRecord, WillRecord};
+
+mod restore;
+mod route;
+
+pub use restore::Restored;
+pub use route::Routed;
+use starling_store::Op;
 
 /// What a client asked for in CONNECT, as far as the session registry cares.
 #[derive(Debug)]
@@ -93,34 +99,6 @@ pub struct Broker {
     id_prefix: String,
 }
 
-/// What [`Broker::restore`] brought back.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Restored {
-    /// Sessions restored.
-    pub sessions: usize,
-    /// Queued and inflight messages restored.
-    pub messages: usize,
-    /// Retained messages restored.
-    pub retained: usize,
-    /// Sessions that expired while the broker was down.
-    pub expired_sessions: usize,
-    /// Messages that expired while the broker was down.
-    pub expired_messages: usize,
-    /// Records that could not be decoded and were left out.
-    pub skipped: usize,
-}
-
-/// What became of a publish.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Routed {
-    /// Sessions that accepted a delivery.
-    pub reached: usize,
-    /// What became of the retained copy, if RETAIN was set.
-    pub retained: Option<RetainOutcome>,
-    /// Journal ticket of the last store write the publish caused.
-    pub ticket: Option<u64>,
-}
-
 impl Broker {
     /// A broker with the given limits.
     pub fn new(limits: Limits, now: Instant) -> Self {
@@ -165,40 +143,6 @@ impl Broker {
             metrics: &self.metrics,
             persist: self.persist.as_ref(),
         }
-    }
-
-    /// Writes a session's record (or deletes it once its expiry is 0), if there is a store.
-    /// Returns the journal ticket.
-    pub fn persist_session(&self, session: &Session, st: &mut SessionState) -> Option<u64> {
-        let p = self.persist.as_ref()?;
-        let id = session.client_id.to_string();
-        if st.expiry_secs == 0 || st.ended {
-            if !st.persisted {
-                return None;
-            }
-            st.persisted = false;
-            return Some(p.journal.push(Op::DeleteSession(id)));
-        }
-        st.persisted = true;
-        let record = SessionRecord {
-            protocol: st.protocol.level(),
-            expiry_secs: st.expiry_secs,
-            disconnected_at_ms: st.disconnected_at.map(|t| p.clock.to_unix_ms(t)),
-            subscriptions: st
-                .subscriptions
-                .iter()
-                .map(|(f, s)| SubscriptionRecord {
-                    filter: f.as_str().to_string(),
-                    options: options_byte(&s.options),
-                    id: s.id,
-                })
-                .collect(),
-            will: st.will.as_ref().map(|w| WillRecord {
-                packet: crate::persist::encode_will(&w.will),
-                delay_secs: w.delay_secs,
-            }),
-        };
-        Some(p.journal.push(Op::PutSession(id, record)))
     }
 
     /// A fresh connection id.
@@ -435,134 +379,6 @@ impl Broker {
         self.publish(Arc::new(msg));
     }
 
-    fn note_ticket(ticket: &mut Option<u64>, t: Option<u64>) {
-        if let Some(t) = t {
-            *ticket = Some(ticket.map_or(t, |old| old.max(t)));
-        }
-    }
-
-    /// Routes a message: stores or clears it as retained if RETAIN is set, then queues it for
-    /// every matching session (one delivery per session, overlapping subscriptions merged:
-    /// highest QoS, every subscription identifier). Returns how many sessions it reached,
-    /// what became of the retained copy, and the journal ticket of what it stored.
-    pub fn publish(&self, msg: Arc<Message>) -> Routed {
-        let mut ticket = None;
-        let retained = msg.retain.then(|| {
-            let outcome = self
-                .retained
-                .set(msg.clone(), self.limits.max_retained_messages);
-            match outcome {
-                RetainOutcome::Full => self.metrics.retained_refused.inc(),
-                RetainOutcome::Stored | RetainOutcome::Cleared => {
-                    if let Some(p) = &self.persist {
-                        let topic = msg.topic.as_str().to_string();
-                        let op = if outcome == RetainOutcome::Cleared {
-                            Op::DeleteRetained(topic)
-                        } else {
-                            Op::PutRetained(topic, crate::persist::retained_record(&msg, &p.clock))
-                        };
-                        ticket = Some(p.journal.push(op));
-                    }
-                }
-            }
-            outcome
-        });
-        let ctx = self.ctx();
-        let publisher = msg.publisher.as_deref();
-        let (reached, deliveries_ticket) =
-            self.router.with_matches(msg.topic.as_bytes(), |targets| {
-                let mut reached = 0usize;
-                let mut ticket = None;
-                let mut deliver = |session: &Session, d: Delivery| {
-                    let (accepted, t) = session.deliver(d, &ctx);
-                    reached += usize::from(accepted);
-                    Self::note_ticket(&mut ticket, t);
-                };
-                // Plain subscriptions: one delivery per session, overlapping subscriptions merged.
-                let mut plain: Vec<&Subscriber> = targets
-                    .iter()
-                    .filter_map(|t| match t {
-                        Target::Plain(s) => Some(*s),
-                        Target::Shared(..) => None,
-                    })
-                    .filter(|s| !(s.options.no_local && publisher == Some(&*s.session.client_id)))
-                    .collect();
-                if plain.len() > 1 {
-                    plain.sort_by_key(|s| Arc::as_ptr(&s.session) as usize);
-                }
-                let mut i = 0;
-                while let Some(first) = plain.get(i) {
-                    let mut qos = msg.qos.min(first.options.qos);
-                    let mut rap = first.options.retain_as_published;
-                    let mut sub_ids: Vec<u32> = first.id.into_iter().collect();
-                    let mut j = i + 1;
-                    while let Some(other) = plain.get(j) {
-                        if !Arc::ptr_eq(&first.session, &other.session) {
-                            break;
-                        }
-                        qos = qos.max(msg.qos.min(other.options.qos));
-                        rap |= other.options.retain_as_published;
-                        sub_ids.extend(other.id);
-                        j += 1;
-                    }
-                    let d = Delivery {
-                        msg: msg.clone(),
-                        qos,
-                        retain: rap && msg.retain,
-                        sub_ids,
-                        share: None,
-                        seq: 0,
-                    };
-                    deliver(&first.session, d);
-                    i = j;
-                }
-                // Shared groups: one member each.
-                for t in targets {
-                    if let Target::Shared(members, key, next) = t
-                        && let Some(m) = pick_member(members, next, None)
-                    {
-                        let d = Delivery {
-                            msg: msg.clone(),
-                            qos: msg.qos.min(m.options.qos),
-                            retain: m.options.retain_as_published && msg.retain,
-                            sub_ids: m.id.into_iter().collect(),
-                            share: Some((*key).clone()),
-                            seq: 0,
-                        };
-                        deliver(&m.session, d);
-                    }
-                }
-                (reached, ticket)
-            });
-        Self::note_ticket(&mut ticket, deliveries_ticket);
-        Routed {
-            reached,
-            retained,
-            ticket,
-        }
-    }
-
-    /// Hands a delivery that came through a shared subscription to another member of its
-    /// group (not `from`); if there is none, back to `from`'s queue.
-    fn redistribute(&self, d: Delivery, from: &Arc<Session>) {
-        let Some(key) = d.share.clone() else { return };
-        let mut target = None;
-        self.router.for_each_match(d.msg.topic.as_bytes(), |t| {
-            if let Target::Shared(members, k, next) = t
-                && target.is_none()
-                && **k == *key
-            {
-                target = pick_member(members, next, Some(from)).map(|m| m.session.clone());
-            }
-        });
-        let to = target.unwrap_or_else(|| from.clone());
-        let mut d = d;
-        if Arc::ptr_eq(&to, from) {
-            d.share = None;
-        }
-        to.deliver(d, &self.ctx());
-    }
-
     /// Housekeeping, called about once a second: expires sessions, publishes delayed wills,
     /// forgets QoS 2 ids whose PUBREL never came, and refreshes `$SYS`.
     pub fn tick(&self, now: Instant) {
@@ -625,195 +441,8 @@ impl Broker {
         }
     }
 
-    /// Rebuilds the state a store held: persistent sessions (disconnected, with their
-    /// subscriptions, queued and inflight messages and awaiting QoS 2 ids), and retained
-    /// messages. What expired while the broker was down is dropped (and deleted from the
-    /// store). Call before any client connects.
-    pub fn restore(&self, snap: starling_store::Snapshot, now: Instant) -> Restored {
-        let mut report = Restored::default();
-        let Some(p) = self.persist.clone() else {
-            return report;
-        };
-        let clock = p.clock;
-        for loaded in snap.sessions {
-            let rec = loaded.record;
-            let disconnected_at = rec
-                .disconnected_at_ms
-                .map_or(now, |ms| clock.from_unix_ms(ms, now));
-            let gone = now.saturating_duration_since(disconnected_at);
-            if rec.expiry_secs != u32::MAX
-                && gone >= Duration::from_secs(u64::from(rec.expiry_secs))
-            {
-                p.journal.push(Op::DeleteSession(loaded.client_id));
-                report.expired_sessions += 1;
-                continue;
-            }
-            let protocol = match rec.protocol {
-                3 => ProtocolVersion::V31,
-                4 => ProtocolVersion::V311,
-                _ => ProtocolVersion::V5,
-            };
-            let client_id: Arc<str> = loaded.client_id.as_str().into();
-            let session = Arc::new(Session::new(client_id.clone(), protocol));
-            {
-                let mut st = session.lock();
-                st.persisted = true;
-                st.expiry_secs = rec.expiry_secs;
-                st.disconnected_at = Some(disconnected_at);
-                st.will = rec.will.as_ref().and_then(|w| {
-                    let (msg, qos, retain, _) = crate::persist::decode_message(
-                        &starling_store::MessageRecord {
-                            packet: w.packet.clone(),
-                            expires_at_ms: None,
-                            phase: starling_store::MessagePhase::Queued,
-                            packet_id: 0,
-                        },
-                        &clock,
-                        now,
-                    )?;
-                    Some(PendingWill {
-                        will: Will {
-                            topic: msg.topic,
-                            payload: msg.payload,
-                            qos,
-                            retain,
-                            properties: msg.properties,
-                        },
-                        delay_secs: w.delay_secs,
-                    })
-                });
-                for sub in &rec.subscriptions {
-                    let Ok(filter) = starling_proto::TopicFilter::try_from_str(&sub.filter) else {
-                        report.skipped += 1;
-                        continue;
-                    };
-                    let options = options_from_byte(sub.options);
-                    self.router.subscribe(&filter, &session, options, sub.id);
-                    st.subscriptions.insert(
-                        filter,
-                        crate::session::Subscription {
-                            options,
-                            id: sub.id,
-                        },
-                    );
-                }
-                for (seq, m) in loaded.messages {
-                    st.next_seq = st.next_seq.max(seq + 1);
-                    let Some((msg, qos, retain, sub_ids)) =
-                        crate::persist::decode_message(&m, &clock, now)
-                    else {
-                        report.skipped += 1;
-                        continue;
-                    };
-                    if m.phase == starling_store::MessagePhase::Queued && msg.is_expired(now) {
-                        p.journal
-                            .push(Op::DeleteMessage(loaded.client_id.clone(), seq));
-                        report.expired_messages += 1;
-                        continue;
-                    }
-                    let delivery = Delivery {
-                        msg: Arc::new(msg),
-                        qos,
-                        retain,
-                        sub_ids,
-                        share: None,
-                        seq,
-                    };
-                    report.messages += 1;
-                    match m.phase {
-                        starling_store::MessagePhase::Queued => {
-                            st.queued_bytes += delivery.msg.cost();
-                            st.queue.push_back(delivery);
-                        }
-                        phase => {
-                            st.next_packet_id =
-                                st.next_packet_id.max(m.packet_id.wrapping_add(1)).max(1);
-                            st.inflight.push_back(crate::session::Inflight {
-                                packet_id: m.packet_id,
-                                delivery,
-                                phase: if phase == starling_store::MessagePhase::Released {
-                                    crate::session::Phase::Released
-                                } else {
-                                    crate::session::Phase::Published
-                                },
-                            });
-                        }
-                    }
-                }
-                for pid in loaded.awaiting {
-                    st.awaiting_rel.insert(pid, now);
-                }
-            }
-            self.sessions().insert(client_id, session);
-            report.sessions += 1;
-        }
-        for (topic, m) in snap.retained {
-            let Some((msg, _, _, _)) = crate::persist::decode_message(&m, &clock, now) else {
-                report.skipped += 1;
-                continue;
-            };
-            if msg.is_expired(now) {
-                p.journal.push(Op::DeleteRetained(topic));
-                report.expired_messages += 1;
-                continue;
-            }
-            let mut msg = msg;
-            msg.retain = true;
-            self.retained.set(Arc::new(msg), usize::MAX);
-            report.retained += 1;
-        }
-        report
-    }
-
     /// Every session, connected or not.
     pub fn sessions_snapshot(&self) -> Vec<Arc<Session>> {
         self.sessions().values().cloned().collect()
-    }
-}
-
-/// Picks the next member of a shared group in turn, preferring connected members and
-/// skipping `exclude`.
-fn pick_member<'a>(
-    members: &'a [Subscriber],
-    next: &std::sync::atomic::AtomicUsize,
-    exclude: Option<&Arc<Session>>,
-) -> Option<&'a Subscriber> {
-    let n = members.len();
-    if n == 0 {
-        return None;
-    }
-    let start = next.fetch_add(1, Ordering::Relaxed);
-    let allowed = |m: &&Subscriber| exclude.is_none_or(|e| !Arc::ptr_eq(&m.session, e));
-    (0..n)
-        .filter_map(|k| members.get((start + k) % n))
-        .filter(allowed)
-        .find(|m| m.session.is_online())
-        .or_else(|| {
-            (0..n)
-                .filter_map(|k| members.get((start + k) % n))
-                .find(allowed)
-        })
-}
-
-/// The subscription options byte as MQTT 5 encodes it.
-fn options_byte(o: &starling_proto::SubscriptionOptions) -> u8 {
-    o.qos.as_u8()
-        | (u8::from(o.no_local) << 2)
-        | (u8::from(o.retain_as_published) << 3)
-        | ((o.retain_handling as u8) << 4)
-}
-
-/// Subscription options from the MQTT 5 options byte.
-fn options_from_byte(b: u8) -> starling_proto::SubscriptionOptions {
-    use starling_proto::RetainHandling as RH;
-    starling_proto::SubscriptionOptions {
-        qos: QoS::from_u8(b & 0x03).unwrap_or(QoS::AtMostOnce),
-        no_local: b & 0x04 != 0,
-        retain_as_published: b & 0x08 != 0,
-        retain_handling: match (b >> 4) & 0x03 {
-            0 => RH::SendAtSubscribe,
-            1 => RH::SendIfNew,
-            _ => RH::DoNotSend,
-        },
     }
 }
