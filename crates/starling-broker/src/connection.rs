@@ -1288,8 +1288,15 @@ fn apply_outbound_alias(a: &mut Active, publish: &mut Publish) {
         publish.topic = TopicName::empty();
     } else if a.aliases_out.len() < usize::from(a.alias_out_max) {
         let alias = u16::try_from(a.aliases_out.len() + 1).unwrap_or(u16::MAX);
-        a.aliases_out.insert(publish.topic.clone(), alias);
         publish.properties.topic_alias = Some(alias);
+        // Only a message that is sent may define an alias: one dropped for the client's
+        // Maximum Packet Size would leave the client with an alias it never learnt.
+        if starling_proto::publish_len(publish, a.version).is_ok_and(|len| len <= a.max_packet_out)
+        {
+            a.aliases_out.insert(publish.topic.clone(), alias);
+        } else {
+            publish.properties.topic_alias = None;
+        }
     }
 }
 
