@@ -22,7 +22,7 @@ import time
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 
-from conftest import BrokerProcess
+from conftest import BrokerProcess, reference_broker
 from helpers import QUIET, TIMEOUT, V5, V311, props, publish_props, unique_id, wait_for
 
 
@@ -91,6 +91,7 @@ def test_receive_maximum_advertised_in_connack(client):
     assert client().connack.properties.ReceiveMaximum == 7
 
 
+@pytest.mark.starling_only  # mosquitto 2.0.11 has 3 unacknowledged out after the first ack
 @pytest.mark.parametrize("qos", [1, 2])
 def test_broker_never_exceeds_the_clients_receive_maximum(client, qos):
     """Receive Maximum 2 and no acknowledgements: two messages arrive, the third waits until
@@ -267,18 +268,35 @@ def test_subscription_identifiers_on_overlapping_subscriptions(client):
     assert sub.subscribe(f"{base}/+/x", 1, sub_id=2) == [1]
     assert sub.subscribe(f"{base}/a/x", 1) == [1]
     pub = client()
+
+    def ids_per_payload(payloads):
+        """Subscription identifiers of every copy of each payload, once they have all come."""
+        sub.collector.wait(len(payloads))
+        time.sleep(QUIET / 2)
+        got = {}
+        for m in sub.collector.messages:
+            got.setdefault(m.payload, []).append(sorted(m.prop("SubscriptionIdentifier") or []))
+        sub.collector.clear()
+        return got
+
     pub.publish(f"{base}/a/x", b"all three", qos=1)
     pub.publish(f"{base}/b/y", b"only #", qos=1)
-    msgs = sub.collector.wait(2)
-    time.sleep(QUIET / 2)
-    assert len(sub.collector) == 2, "one copy per message, whatever the overlap"
-    got = {m.payload: sorted(m.prop("SubscriptionIdentifier") or []) for m in msgs}
-    assert got == {b"all three": [1, 2], b"only #": [1]}
+    got = ids_per_payload([b"all three", b"only #"])
+    if reference_broker() is None:
+        # Starling sends one copy carrying every matching identifier (MQTT-3.3.4-4).
+        assert got == {b"all three": [[1, 2]], b"only #": [[1]]}
+    else:
+        # A broker may send a copy per subscription instead, each with its own identifier
+        # (MQTT-3.3.4-5).
+        assert sorted(i for ids in got[b"all three"] for i in ids) == [1, 2]
+        assert got[b"only #"] == [[1]]
     # Subscribing again to a filter replaces its identifier.
     assert sub.subscribe(f"{base}/+/x", 1, sub_id=9) == [1]
     pub.publish(f"{base}/c/x", b"again", qos=1)
-    m = sub.collector.wait(3)[2]
-    assert sorted(m.prop("SubscriptionIdentifier")) == [1, 9]
+    got = ids_per_payload([b"again"])
+    assert sorted(i for ids in got[b"again"] for i in ids) == [1, 9]
+    if reference_broker() is None:
+        assert len(got[b"again"]) == 1
 
 
 # --- enhanced authentication ----------------------------------------------------------------
