@@ -3,7 +3,9 @@
 The broker under test is chosen by the environment:
 
 * ``STARLING_BIN=path/to/starling``: runs
-  ``$STARLING_BIN serve --bind 127.0.0.1:PORT --data-dir DIR``.
+  ``$STARLING_BIN serve --bind 127.0.0.1:PORT --data-dir DIR``, with ``--config FILE``
+  for a test marked ``@pytest.mark.broker_config(TOML)`` (its ``{workdir}`` is replaced by the
+  test's directory; ``--bind`` replaces the address of the first listener).
 * ``INTEROP_REFERENCE=mosquitto``: runs ``mosquitto -c CONF`` instead. This is
   used to check the suite itself against a known-good broker; tests marked
   ``starling_only`` are skipped then.
@@ -41,7 +43,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="Starling-specific behaviour (reference broker run)")
     for item in items:
-        if "starling_only" in item.keywords:
+        if "starling_only" in item.keywords or "broker_config" in item.keywords:
             item.add_marker(skip)
 
 
@@ -71,8 +73,9 @@ def port_accepts(port: int) -> bool:
 class BrokerProcess:
     """One broker process on 127.0.0.1, with its own data dir and log file."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, config: str | None = None):
         self.workdir = workdir
+        self.config = config
         self.data_dir = workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "broker.log"
@@ -95,7 +98,7 @@ class BrokerProcess:
                     "set STARLING_BIN to the starling binary "
                     "(or INTEROP_REFERENCE=mosquitto to check the suite against mosquitto)"
                 )
-            return [
+            command = [
                 binary,
                 "serve",
                 "--bind",
@@ -103,6 +106,11 @@ class BrokerProcess:
                 "--data-dir",
                 str(self.data_dir),
             ]
+            if self.config is not None:
+                path = self.workdir / "starling.toml"
+                path.write_text(self.config.replace("{workdir}", str(self.workdir)))
+                command += ["--config", str(path)]
+            return command
         if ref == "mosquitto":
             exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
             conf = self.workdir / "mosquitto.conf"
@@ -189,7 +197,8 @@ class BrokerProcess:
 @pytest.fixture
 def broker_process(request, tmp_path):
     """The broker as a process (for tests that restart it)."""
-    b = BrokerProcess(tmp_path)
+    marker = request.node.get_closest_marker("broker_config")
+    b = BrokerProcess(tmp_path, marker.args[0] if marker else None)
     b.start()
     try:
         yield b

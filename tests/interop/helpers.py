@@ -72,6 +72,7 @@ class Msg:
     qos: int
     retain: bool
     properties: Properties | None = None
+    mid: int = 0
 
     def prop(self, name: str, default=None):
         return prop(self.properties, name, default)
@@ -176,6 +177,7 @@ class Client:
         keepalive: int = 60,
         connect: bool = True,
         expect_rc: int | None = 0,
+        manual_ack: bool = False,
     ):
         self.broker = broker
         self.version = version
@@ -192,6 +194,8 @@ class Client:
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._dropped = False
+        # (mid, reason code, properties) of each acknowledged QoS 1/2 publish (v5).
+        self.publish_acks: list[tuple[int, ReasonCode, Properties | None]] = []
 
         kwargs = {}
         if version != V5:
@@ -201,6 +205,7 @@ class Client:
             client_id=self.client_id,
             protocol=version,
             reconnect_on_failure=False,
+            manual_ack=manual_ack,
             **kwargs,
         )
         self.c.on_connect = self._on_connect
@@ -208,6 +213,7 @@ class Client:
         self.c.on_message = self._on_message
         self.c.on_subscribe = self._on_subscribe
         self.c.on_unsubscribe = self._on_unsubscribe
+        self.c.on_publish = self._on_publish
         if will is not None:
             self.c.will_set(
                 will["topic"],
@@ -236,8 +242,13 @@ class Client:
                 qos=message.qos,
                 retain=bool(message.retain),
                 properties=getattr(message, "properties", None),
+                mid=message.mid,
             )
         )
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        with self._lock:
+            self.publish_acks.append((mid, reason_code, properties))
 
     def _complete(self, mid, result):
         with self._lock:

@@ -50,6 +50,11 @@ impl PasswordAuthenticator {
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
         self.file.load().verify(user, password)
     }
+
+    /// The file's current contents.
+    pub fn file(&self) -> Arc<PasswordFile> {
+        self.file.load_full()
+    }
 }
 
 /// An ACL file, reloadable.

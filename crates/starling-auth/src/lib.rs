@@ -5,7 +5,9 @@
 //!
 //! - [`Authenticator`]: may this client connect, and under which username? Asked once per
 //!   CONNECT with the client id, the credentials, the peer address, the listener and the
-//!   identity of the TLS client certificate, if any.
+//!   identity of the TLS client certificate, if any. A CONNECT that names an MQTT 5
+//!   Authentication Method is answered instead by that [`EnhancedAuth`] method, in an exchange
+//!   of AUTH packets ([`enhanced`]); [`scram`] is SCRAM-SHA-256 against the password file.
 //! - [`Authorizer`]: may this client publish to a topic, subscribe to a filter, and receive a
 //!   message published on a topic? Asked on every PUBLISH, for every filter of a SUBSCRIBE and
 //!   for every message at the moment it is delivered.
@@ -13,7 +15,8 @@
 //! The implementations here read the files mosquitto operators already have:
 //!
 //! - [`password`]: mosquitto's password file (`user:$7$…` PBKDF2-SHA512, the older `$6$`, and
-//!   `$argon2id$…`, which is what Starling writes), compared in constant time.
+//!   `$argon2id$…`, which is what Starling writes, and Starling's `$scram-sha-256$…`),
+//!   compared in constant time.
 //! - [`acl`]: mosquitto's ACL file (`user`, `topic [read|write|readwrite|deny]`, `pattern`
 //!   with `%c` and `%u`).
 //! - [`cert`]: the username taken from a client certificate (its CN or whole subject).
@@ -35,17 +38,21 @@
 
 pub mod acl;
 pub mod cert;
+pub mod enhanced;
 mod error;
 pub mod file;
 pub mod password;
+pub mod scram;
 
 use std::fmt;
 use std::net::SocketAddr;
 
 pub use acl::AclFile;
+pub use enhanced::{AuthExchange, AuthStep, EnhancedAuth, ExchangeInfo};
 pub use error::{AuthError, ParseError};
 pub use file::{AclAuthorizer, PasswordAuthenticator, StandardAuthenticator};
 pub use password::PasswordFile;
+pub use scram::ScramSha256;
 
 /// What an [`Authenticator`] knows about a connecting client.
 #[derive(Clone, Copy, Debug)]

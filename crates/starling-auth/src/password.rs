@@ -6,6 +6,9 @@
 //! - `$6$<base64 salt>$<base64 hash>`: SHA-512 of the password followed by the salt
 //!   (mosquitto 1.x).
 //! - `$argon2id$v=19$m=…,t=…,p=…$<salt>$<hash>`: the PHC string of argon2id (mosquitto 2.1).
+//! - `$scram-sha-256$<iterations>$<salt>$<StoredKey>$<ServerKey>` (Starling's own): what a
+//!   SCRAM-SHA-256 server keeps (RFC 5802), so that the user can log in with SCRAM-SHA-256
+//!   enhanced authentication as well as with a plain password. See [`crate::scram`].
 //!
 //! New passwords are written as argon2id (m = 47104 KiB, t = 1, p = 1, as mosquitto 2.1 and
 //! OWASP recommend) unless `$7$` is asked for. Comparison is in constant time, and an unknown
@@ -28,6 +31,7 @@ use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
 
 use crate::error::{AuthError, ParseError};
+use crate::scram::{self, ScramCredentials};
 
 /// Most PBKDF2 iterations accepted in a `$7$` hash: more would stall the broker on every
 /// CONNECT (mosquitto uses 101 or 1000).
@@ -56,6 +60,11 @@ pub enum HashKind {
         /// Iterations (mosquitto 2.0 uses 101, 2.1 uses 1000).
         iterations: u32,
     },
+    /// `$scram-sha-256$…` with this many iterations (SCRAM-SHA-256 and plain passwords).
+    ScramSha256 {
+        /// Iterations (RFC 7677 asks for at least 4096).
+        iterations: u32,
+    },
 }
 
 /// One stored password hash.
@@ -79,6 +88,8 @@ pub enum PasswordHash {
     },
     /// `$argon2id$…`: the PHC string, checked to parse with sane parameters.
     Argon2id(String),
+    /// `$scram-sha-256$…`: SCRAM-SHA-256 credentials.
+    ScramSha256(ScramCredentials),
 }
 
 impl fmt::Debug for PasswordHash {
@@ -90,6 +101,7 @@ impl fmt::Debug for PasswordHash {
             }
             Self::Sha512 { .. } => f.write_str("Sha512 { .. }"),
             Self::Argon2id(_) => f.write_str("Argon2id(..)"),
+            Self::ScramSha256(c) => write!(f, "ScramSha256({c:?})"),
         }
     }
 }
@@ -112,6 +124,7 @@ impl fmt::Display for PasswordHash {
                 write!(f, "$6${}${}", B64.encode(salt), B64.encode(hash))
             }
             Self::Argon2id(phc) => f.write_str(phc),
+            Self::ScramSha256(c) => write!(f, "{c}"),
         }
     }
 }
@@ -181,11 +194,13 @@ impl PasswordHash {
                 return Err("argon2id hash without salt or hash".into());
             }
             Ok(Self::Argon2id(s.to_owned()))
+        } else if let Some(rest) = s.strip_prefix(scram::PREFIX) {
+            ScramCredentials::parse(rest).map(Self::ScramSha256)
         } else if s.is_empty() {
             Err("no password hash after ':'".into())
         } else {
             Err(
-                "unknown hash format (expected $7$, $6$ or $argon2id$; plain-text \
+                "unknown hash format (expected $7$, $6$, $argon2id$ or $scram-sha-256$; plain-text \
                  passwords are not accepted)"
                     .into(),
             )
@@ -226,6 +241,9 @@ impl PasswordHash {
                     hash,
                 })
             }
+            HashKind::ScramSha256 { iterations } => {
+                ScramCredentials::generate(password, iterations).map(Self::ScramSha256)
+            }
         }
     }
 
@@ -255,6 +273,7 @@ impl PasswordHash {
                     .is_ok(),
                 Err(_) => false,
             },
+            Self::ScramSha256(c) => c.verify_password(password),
         }
     }
 }
@@ -567,6 +586,21 @@ bob:$6$oQQTKdIttsONvr3W$pMe42QCMHtjj8MhsmAI0pg5j01yPh6BU08x2fODmI8AoUwPijVADsXVt
     }
 
     #[test]
+    fn scram_new_and_verify() {
+        let h = PasswordHash::new(b"pw", HashKind::ScramSha256 { iterations: 4096 }).unwrap();
+        let text = h.to_string();
+        assert!(text.starts_with("$scram-sha-256$4096$"), "{text}");
+        assert!(
+            !format!("{h:?}").contains(&text[20..]),
+            "keys stay out of Debug"
+        );
+        let parsed = PasswordHash::parse(&text).unwrap();
+        assert_eq!(parsed, h);
+        assert!(parsed.verify(b"pw"));
+        assert!(!parsed.verify(b"pw2"));
+    }
+
+    #[test]
     fn pbkdf2_new_is_readable_by_the_7_parser() {
         let h = PasswordHash::new(b"pw", HashKind::Pbkdf2Sha512 { iterations: 101 }).unwrap();
         let text = h.to_string();
@@ -626,6 +660,11 @@ bob:$6$oQQTKdIttsONvr3W$pMe42QCMHtjj8MhsmAI0pg5j01yPh6BU08x2fODmI8AoUwPijVADsXVt
                 "memory cost",
             ),
             (format!("a:{good}\n\na:{good}\n"), 3, "first on line 1"),
+            (
+                "alice:$scram-sha-256$4096$c2FsdA==$AAAA\n".to_string(),
+                1,
+                "$scram-sha-256$<iterations>",
+            ),
         ];
         for (text, line, needle) in cases {
             let e = PasswordFile::parse(&text).unwrap_err();

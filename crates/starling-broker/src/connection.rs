@@ -27,7 +27,9 @@ use crate::session::{Inflight, PendingWill, Phase, Session, Subscription};
 use starling_store::{MessagePhase, Op};
 
 mod access;
+mod enhanced;
 pub use access::{ListenerAccess, PeerInfo};
+pub use enhanced::MAX_AUTH_STEPS;
 
 /// Stop moving queued messages into the output once it holds this many bytes; the network
 /// layer writes it out and pumps again. Bounds the per-connection write buffer.
@@ -78,11 +80,26 @@ struct Active {
     connect_expiry_zero: bool,
     /// What to do with the will when the connection ends.
     ending: Ending,
+    /// The enhanced authentication method of this connection (re-authentication), if any.
+    enhanced: Option<Box<enhanced::EnhancedSession>>,
+}
+
+/// What CONNECT negotiated before authentication.
+#[derive(Debug)]
+struct Negotiated {
+    client_id: Arc<str>,
+    /// Assigned Client Identifier to send in CONNACK (v5, empty client id).
+    assigned: Option<String>,
+    keep_alive: u16,
+    /// Server Keep Alive to send in CONNACK.
+    server_keep_alive: Option<u16>,
 }
 
 #[derive(Debug)]
 enum Stage {
     AwaitingConnect,
+    /// CONNECT named an enhanced authentication method: AUTH packets until CONNACK.
+    Authenticating(Box<enhanced::Pending>),
     Active(Box<Active>),
     Closed,
 }
@@ -184,6 +201,7 @@ impl Connection {
     pub fn version(&self) -> ProtocolVersion {
         match &self.stage {
             Stage::Active(a) => a.version,
+            Stage::Authenticating(_) => ProtocolVersion::V5,
             _ => ProtocolVersion::V311,
         }
     }
@@ -214,10 +232,16 @@ impl Connection {
     /// When `check_timeouts` must next be called.
     pub fn deadline(&self) -> Option<Instant> {
         match &self.stage {
-            Stage::AwaitingConnect => {
+            Stage::AwaitingConnect | Stage::Authenticating(_) => {
                 Some(self.opened_at + Duration::from_secs(self.broker.limits.connect_timeout_secs))
             }
-            Stage::Active(a) => a.keep_alive.map(|k| self.last_packet + k),
+            Stage::Active(a) => {
+                let keep_alive = a.keep_alive.map(|k| self.last_packet + k);
+                match (keep_alive, enhanced::reauth_deadline(a)) {
+                    (Some(k), Some(r)) => Some(k.min(r)),
+                    (k, r) => k.or(r),
+                }
+            }
             Stage::Closed => None,
         }
     }
@@ -227,6 +251,13 @@ impl Connection {
         match self.deadline() {
             Some(d) if now >= d => {}
             _ => return Ok(()),
+        }
+        self.check_reauth_timeout(now)?;
+        if matches!(self.stage, Stage::Authenticating(_)) {
+            return Err(Closing::new(
+                ReasonCode::MaximumConnectTime,
+                "authentication not completed in time",
+            ));
         }
         if self.is_active() {
             self.send_disconnect(ReasonCode::KeepAliveTimeout, "keep-alive timeout");
@@ -259,6 +290,9 @@ impl Connection {
                     }));
                 }
             }
+            Stage::Authenticating(_) => {
+                let _ = self.refuse_connect(ProtocolVersion::V5, reason, &err.to_string());
+            }
             Stage::Active(_) => self.send_disconnect(reason, &err.to_string()),
             Stage::Closed => {}
         }
@@ -269,6 +303,9 @@ impl Connection {
     pub fn handle_packet(&mut self, packet: Packet, now: Instant) -> Result<(), Closing> {
         self.last_packet = now;
         self.broker.metrics.messages_received.inc();
+        if let Stage::Authenticating(_) = self.stage {
+            return self.on_packet_while_authenticating(packet, now);
+        }
         if let Stage::AwaitingConnect = self.stage {
             return match packet {
                 Packet::Connect(c) => self.on_connect(c, now),
@@ -310,7 +347,7 @@ impl Connection {
             }
             Packet::Disconnect(d) => self.on_disconnect(d),
             Packet::Connect(_) => self.protocol_error("second CONNECT"),
-            Packet::Auth(_) => self.protocol_error("AUTH without an authentication method"),
+            Packet::Auth(a) => self.on_reauth(a, now),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 self.protocol_error("client sent a server-only packet")
             }
@@ -341,6 +378,7 @@ impl Connection {
     fn version_for_output(&self, packet: &Packet) -> ProtocolVersion {
         match (&self.stage, packet) {
             (Stage::Active(a), _) => a.version,
+            (Stage::Authenticating(_), _) => ProtocolVersion::V5,
             (_, Packet::ConnAck(_)) => ProtocolVersion::V311,
             _ => ProtocolVersion::V311,
         }
@@ -440,11 +478,19 @@ impl Connection {
             c.keep_alive
         };
 
-        if v5 && props.authentication_method.is_some() {
+        if v5 && let Some(method) = &props.authentication_method {
+            if self.enhanced_method(method).is_none() {
+                return self.refuse_connect(
+                    version,
+                    ReasonCode::BadAuthenticationMethod,
+                    "unknown authentication method",
+                );
+            }
+        } else if props.authentication_data.is_some() {
             return self.refuse_connect(
                 version,
-                ReasonCode::BadAuthenticationMethod,
-                "unknown authentication method",
+                ReasonCode::ProtocolError,
+                "authentication data without an authentication method",
             );
         }
         if let Some(reference) = &broker.features.server_reference {
@@ -473,7 +519,46 @@ impl Connection {
             };
             return self.refuse_connect(version, reason, "max_connections reached");
         }
-        let username = self.authenticate(&c, &client_id)?;
+        let negotiated = Negotiated {
+            client_id,
+            assigned,
+            keep_alive,
+            server_keep_alive,
+        };
+        if let Some(method) = props
+            .authentication_method
+            .as_deref()
+            .and_then(|m| self.enhanced_method(m))
+        {
+            return self.begin_enhanced_auth(c, negotiated, method, now);
+        }
+        let username = self.authenticate(&c, &negotiated.client_id)?;
+        self.accept_connect(c, negotiated, username, None, now)
+    }
+
+    /// Attaches the session of an authenticated CONNECT and sends CONNACK 0x00 (with the
+    /// enhanced authentication method and its final data, if one was used). The CONNECT stays
+    /// in the box it was decoded into: unboxing it would only copy it.
+    #[allow(clippy::boxed_local)]
+    fn accept_connect(
+        &mut self,
+        c: Box<Connect>,
+        negotiated: Negotiated,
+        username: Option<Arc<str>>,
+        enhanced: Option<enhanced::Accepted>,
+        now: Instant,
+    ) -> Result<(), Closing> {
+        let broker = self.broker.clone();
+        let limits = &broker.limits;
+        let version = c.protocol;
+        let v5 = version.is_v5();
+        let props = &c.properties;
+        let Negotiated {
+            client_id,
+            assigned,
+            keep_alive,
+            server_keep_alive,
+        } = negotiated;
 
         let requested_expiry = props.session_expiry_interval.unwrap_or(0);
         let expiry_secs = if v5 {
@@ -540,6 +625,7 @@ impl Connection {
             connect_expiry_zero,
             problem_info: props.request_problem_information != Some(0),
             ending: Ending::Abnormal,
+            enhanced: enhanced.as_ref().map(enhanced::Accepted::session),
         }));
 
         let mut ack_props = Properties::default();
@@ -557,6 +643,9 @@ impl Connection {
             ack_props.maximum_packet_size = Some(limits.max_packet_size);
             if limits.topic_alias_maximum > 0 {
                 ack_props.topic_alias_maximum = Some(limits.topic_alias_maximum);
+            }
+            if let Some(e) = enhanced {
+                e.add_to(&mut ack_props);
             }
         }
         self.encode(&Packet::ConnAck(ConnAck {
@@ -1119,7 +1208,11 @@ impl Connection {
                 now,
                 a.max_packet_out,
             ) {
-                Ok(true) => {}
+                Ok(true) => {
+                    if let Some((alias, false)) = alias {
+                        a.aliases_out.insert(d.msg.topic.clone(), alias);
+                    }
+                }
                 Ok(false) => {
                     // Larger than the client accepts: not sent (spec 3.1.2.11.4), counted.
                     metrics.publish_dropped.inc();
@@ -1205,7 +1298,7 @@ impl Connection {
 
 /// The outbound topic alias for `topic`: `Some((alias, known))`, where `known` means the
 /// client already has it (send the alias alone), or `None` when the client allows no more
-/// aliases. New aliases are assigned while the client's Topic Alias Maximum allows.
+/// aliases. A new alias is proposed while the client's Topic Alias Maximum allows.
 fn outbound_alias(a: &mut Active, topic: &TopicName) -> Option<(u16, bool)> {
     if a.alias_out_max == 0 {
         return None;
@@ -1216,8 +1309,9 @@ fn outbound_alias(a: &mut Active, topic: &TopicName) -> Option<(u16, bool)> {
     if a.aliases_out.len() >= usize::from(a.alias_out_max) {
         return None;
     }
+    // Proposed only: the caller records it once the message is actually sent, since a message
+    // dropped for the client's Maximum Packet Size must not define an alias.
     let alias = u16::try_from(a.aliases_out.len() + 1).ok()?;
-    a.aliases_out.insert(topic.clone(), alias);
     Some((alias, false))
 }
 

@@ -146,7 +146,14 @@ pub struct ListenerConfig {
     pub use_identity_as_username: Option<IdentityField>,
     /// WebSocket: the HTTP path clients connect to (default `/mqtt`).
     pub path: Option<String>,
+    /// MQTT 5 enhanced authentication methods offered (`"SCRAM-SHA-256"`), checked against
+    /// this listener's `password_file`. A client naming another method gets CONNACK 0x8C.
+    #[serde(default)]
+    pub auth_methods: Vec<String>,
 }
+
+/// Enhanced authentication methods the broker implements.
+pub const AUTH_METHODS: &[&str] = &[starling_auth::scram::METHOD];
 
 fn default_protocol() -> String {
     "tcp".into()
@@ -168,6 +175,7 @@ impl ListenerConfig {
             require_certificate: false,
             use_identity_as_username: None,
             path: None,
+            auth_methods: Vec::new(),
         }
     }
 
@@ -242,6 +250,29 @@ impl ListenerConfig {
         }
         if self.max_connections == Some(0) {
             bail!("{}: must be at least 1", key("max_connections"));
+        }
+        for (n, m) in self.auth_methods.iter().enumerate() {
+            if !AUTH_METHODS.contains(&m.as_str()) {
+                bail!(
+                    "{}: unsupported authentication method {m:?} (supported: {})",
+                    key("auth_methods"),
+                    AUTH_METHODS
+                        .iter()
+                        .map(|m| format!("{m:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            if self.auth_methods.iter().take(n).any(|x| x == m) {
+                bail!("{}: {m:?} is listed twice", key("auth_methods"));
+            }
+        }
+        if !self.auth_methods.is_empty() && self.password_file.is_none() {
+            bail!(
+                "{}: the authentication methods check users against the password_file, which \
+                 this listener does not have",
+                key("password_file")
+            );
         }
         Ok(())
     }
@@ -411,6 +442,7 @@ mod tests {
             [[listener]]
             bind = "10.0.0.1:1883"
             password_file = "passwd"
+            auth_methods = ["SCRAM-SHA-256"]
             [security]
             max_connection_rate = 5
             "#,
@@ -425,6 +457,8 @@ mod tests {
         assert_eq!(c.listeners[1].ws_path(), "/ws");
         assert!(c.listeners[1].allows_anonymous(), "loopback");
         assert!(!c.listeners[2].allows_anonymous(), "not loopback");
+        assert_eq!(c.listeners[2].auth_methods, ["SCRAM-SHA-256"]);
+        assert!(c.listeners[0].auth_methods.is_empty());
         assert_eq!(c.security.max_connection_rate, 5);
         assert_eq!(c.security.ban_secs, SecurityConfig::default().ban_secs);
         assert!(is_loopback("127.0.0.2".parse().unwrap()));
@@ -456,6 +490,18 @@ mod tests {
                 "use_identity_as_username",
             ),
             ("allow_anonymous = \"yes\"", "allow_anonymous"),
+            (
+                "password_file = \"p\"\nauth_methods = [\"SCRAM-SHA-1\"]",
+                "listener[0].auth_methods: unsupported authentication method \"SCRAM-SHA-1\"",
+            ),
+            (
+                "password_file = \"p\"\nauth_methods = [\"SCRAM-SHA-256\", \"SCRAM-SHA-256\"]",
+                "listed twice",
+            ),
+            (
+                "auth_methods = [\"SCRAM-SHA-256\"]",
+                "listener[0].password_file",
+            ),
         ];
         for (keys, needle) in cases {
             let text = format!("[[listener]]\nbind = \"127.0.0.1:1\"\n{keys}\n");

@@ -10,7 +10,8 @@
 //!
 //! Without `-b` the password is asked twice on the terminal (not echoed), or read as one line
 //! from standard input when that is not a terminal. New hashes are argon2id unless
-//! `-H sha512-pbkdf2` asks for mosquitto 2.0's `$7$` format.
+//! `-H sha512-pbkdf2` asks for mosquitto 2.0's `$7$` format, or `-H scram-sha-256` for the
+//! `$scram-sha-256$` entry that SCRAM-SHA-256 enhanced authentication needs.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use starling_auth::PasswordFile;
 use starling_auth::password::{HashKind, PBKDF2_DEFAULT_ITERATIONS, PasswordHash};
+use starling_auth::scram;
 
 /// Arguments of `starling passwd`, as mosquitto_passwd's.
 #[derive(Debug, clap::Args)]
@@ -37,10 +39,11 @@ pub struct PasswdArgs {
     /// Delete the user.
     #[arg(short = 'D')]
     pub delete: bool,
-    /// Hash for new passwords: argon2id (default) or sha512-pbkdf2 (mosquitto 2.0's `$7$`).
+    /// Hash for new passwords: argon2id (default), sha512-pbkdf2 (mosquitto 2.0's `$7$`) or
+    /// scram-sha-256 (for SCRAM-SHA-256 enhanced authentication; plain passwords work too).
     #[arg(short = 'H', value_name = "HASH", default_value = "argon2id")]
     pub hash: String,
-    /// PBKDF2 iterations for sha512-pbkdf2.
+    /// Iterations for sha512-pbkdf2 (default 1000) or scram-sha-256 (default 4096).
     #[arg(short = 'I', value_name = "ITERATIONS")]
     pub iterations: Option<u32>,
     /// The password file.
@@ -75,18 +78,23 @@ pub fn run(args: PasswdArgs) -> anyhow::Result<()> {
     let kind = match args.hash.as_str() {
         "argon2id" => {
             if args.iterations.is_some() {
-                bail!("-I applies to -H sha512-pbkdf2 only");
+                bail!("-I applies to -H sha512-pbkdf2 and -H scram-sha-256 only");
             }
             HashKind::Argon2id
         }
         "sha512-pbkdf2" => HashKind::Pbkdf2Sha512 {
             iterations: args.iterations.unwrap_or(PBKDF2_DEFAULT_ITERATIONS),
         },
+        "scram-sha-256" => HashKind::ScramSha256 {
+            iterations: args.iterations.unwrap_or(scram::DEFAULT_ITERATIONS),
+        },
         "sha512" => bail!(
             "-H sha512 ($6$) is read but not written: one round of SHA-512 is far too fast to \
-             resist guessing; use argon2id or sha512-pbkdf2"
+             resist guessing; use argon2id, sha512-pbkdf2 or scram-sha-256"
         ),
-        other => bail!("unknown hash {other:?} (expected argon2id or sha512-pbkdf2)"),
+        other => {
+            bail!("unknown hash {other:?} (expected argon2id, sha512-pbkdf2 or scram-sha-256)")
+        }
     };
     let change = if args.delete {
         if args.password.is_some() {

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use starling_auth::{AclAuthorizer, Authorizer, PasswordAuthenticator, StandardAuthenticator};
+use starling_auth::{
+    AclAuthorizer, Authorizer, EnhancedAuth, PasswordAuthenticator, ScramSha256,
+    StandardAuthenticator,
+};
 use starling_broker::{Broker, Connection, ListenerAccess, PeerInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -168,6 +171,7 @@ fn listener_runtime(
     if passwords.is_some() && !protocol.is_tls() && !loopback {
         warn!(listener = %name, "passwords cross the network in clear text on this listener: use protocol \"tls\" or \"wss\"");
     }
+    let enhanced = enhanced_methods(l, passwords.as_ref()).with_context(context)?;
     Ok(ListenerRuntime {
         protocol,
         slow_connect: passwords.is_some() && !identity,
@@ -179,11 +183,33 @@ fn listener_runtime(
                 identity_as_username: identity,
             }),
             authorizer,
+            enhanced,
         },
         tls,
         ws_path: l.ws_path().to_owned(),
         permits: l.max_connections.map(|n| Arc::new(Semaphore::new(n))),
     })
+}
+
+/// The listener's enhanced authentication methods, over its password file (config validation
+/// makes sure there is one).
+fn enhanced_methods(
+    l: &ListenerConfig,
+    passwords: Option<&Arc<PasswordAuthenticator>>,
+) -> anyhow::Result<Vec<Arc<dyn EnhancedAuth>>> {
+    let mut methods: Vec<Arc<dyn EnhancedAuth>> = Vec::new();
+    for m in &l.auth_methods {
+        let Some(passwords) = passwords else {
+            anyhow::bail!("auth_methods needs a password_file");
+        };
+        match m.as_str() {
+            starling_auth::scram::METHOD => {
+                methods.push(Arc::new(ScramSha256::new(passwords.clone())));
+            }
+            other => anyhow::bail!("unsupported authentication method {other:?}"),
+        }
+    }
+    Ok(methods)
 }
 
 impl Server {

@@ -649,3 +649,64 @@ async fn expired_messages_are_dropped_and_counted() {
     assert_eq!(server.broker().metrics.dropped_expired.get(), 1);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_receive_maximum_is_respected() {
+    let (server, port, _data) = start(|_| {}).await;
+    let (mut sub, _) = Client::connect(port, "rm-sub", |o| {
+        o.set_receive_maximum(Some(2));
+        o.set_manual_acks(true);
+    })
+    .await;
+    sub.sub("rm/#", QoS::AtLeastOnce).await;
+    let publisher = Client::plain(port, "rm-pub").await;
+    for i in 0..5 {
+        publisher
+            .client
+            .publish("rm/x", QoS::AtLeastOnce, false, format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    // Two unacknowledged messages fill the client's window; each PUBACK lets one more in.
+    let mut got = vec![sub.publish().await, sub.publish().await];
+    sub.no_publish(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        sub.client.ack(&got[i]).await.unwrap();
+        got.push(sub.publish().await);
+        sub.no_publish(Duration::from_millis(100)).await;
+    }
+    let payloads: Vec<_> = got.iter().map(|p| p.payload.clone()).collect();
+    assert_eq!(payloads, ["m0", "m1", "m2", "m3", "m4"]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_dropped_for_size_defines_no_topic_alias() {
+    let (server, port, _data) = start(|_| {}).await;
+    let (mut sub, _) = Client::connect(port, "mps-sub", |o| {
+        o.set_topic_alias_max(Some(2));
+        o.set_max_packet_size(Some(200));
+    })
+    .await;
+    sub.sub("mps/#", QoS::AtLeastOnce).await;
+    let publisher = Client::plain(port, "mps-pub").await;
+    for payload in [vec![b'x'; 1000], b"small 1".to_vec(), b"small 2".to_vec()] {
+        publisher
+            .client
+            .publish("mps/t", QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    // The first message the client sees carries the topic with the alias, the next the alias
+    // alone.
+    let p = sub.publish().await;
+    assert_eq!(
+        (&p.topic[..], &p.payload[..]),
+        (&b"mps/t"[..], &b"small 1"[..])
+    );
+    assert_eq!(p.properties.and_then(|p| p.topic_alias), Some(1));
+    let p = sub.publish().await;
+    assert_eq!((&p.topic[..], &p.payload[..]), (&b""[..], &b"small 2"[..]));
+    assert_eq!(p.properties.and_then(|p| p.topic_alias), Some(1));
+    server.shutdown().await;
+}

@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use starling_auth::{AuthDecision, Authenticator, Authorizer, Client, ConnectInfo, DenyReason};
+use starling_auth::{
+    AuthDecision, Authenticator, Authorizer, Client, ConnectInfo, DenyReason, EnhancedAuth,
+};
 use starling_proto::{Connect, ProtocolVersion, ReasonCode, TopicFilter, TopicName};
 
 use super::{Active, Closing, Connection};
@@ -19,6 +21,9 @@ pub struct ListenerAccess {
     pub authenticator: Arc<dyn Authenticator>,
     /// What they may do; `None`: everything.
     pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// MQTT 5 enhanced authentication methods offered; a CONNECT naming one of them is
+    /// authenticated by it instead of `authenticator`.
+    pub enhanced: Vec<Arc<dyn EnhancedAuth>>,
 }
 
 /// What the transport knows about a connection's peer.
@@ -33,8 +38,8 @@ pub struct PeerInfo {
 /// The listener's checks and the peer, held by the connection.
 #[derive(Debug)]
 pub(super) struct ConnAccess {
-    listener: ListenerAccess,
-    peer: PeerInfo,
+    pub(super) listener: ListenerAccess,
+    pub(super) peer: PeerInfo,
 }
 
 impl Connection {
@@ -62,43 +67,96 @@ impl Connection {
             listener: &access.listener.name,
             certificate_identity: access.peer.certificate_identity.as_deref(),
         };
-        let (reason, detail) = match access.listener.authenticator.authenticate(&info) {
-            AuthDecision::Allow { username } => {
-                let username: Option<Arc<str>> = username.map(Arc::from);
-                let will_allowed = match (&c.will, &access.listener.authorizer) {
-                    (Some(w), Some(z)) => z.can_publish(
-                        &Client {
-                            client_id,
-                            username: username.as_deref(),
-                        },
-                        w.topic.as_str(),
-                    ),
-                    _ => true,
-                };
-                if will_allowed {
-                    return Ok(username);
-                }
-                self.broker.metrics.acl_denied.inc();
-                (ReasonCode::NotAuthorized, "will topic not authorized")
-            }
-            AuthDecision::Deny(DenyReason::BadUserNameOrPassword) => (
+        match access.listener.authenticator.authenticate(&info) {
+            AuthDecision::Allow { username } => self.admit(c, client_id, username.map(Arc::from)),
+            AuthDecision::Deny(reason) => Err(self.refuse_authentication(c, client_id, reason)),
+        }
+    }
+
+    /// An authenticated client may connect unless its will topic is not authorized. `Ok` with
+    /// the username to go on; `Err(..)` once the refusal (0x87 / 5) is in the output.
+    pub(super) fn admit(
+        &mut self,
+        c: &Connect,
+        client_id: &str,
+        username: Option<Arc<str>>,
+    ) -> Result<Option<Arc<str>>, Closing> {
+        let authorizer = self
+            .access
+            .as_ref()
+            .and_then(|a| a.listener.authorizer.as_ref());
+        let will_allowed = match (&c.will, authorizer) {
+            (Some(w), Some(z)) => z.can_publish(
+                &Client {
+                    client_id,
+                    username: username.as_deref(),
+                },
+                w.topic.as_str(),
+            ),
+            _ => true,
+        };
+        if will_allowed {
+            return Ok(username);
+        }
+        self.broker.metrics.acl_denied.inc();
+        Err(self.refuse_auth_with(
+            c,
+            client_id,
+            ReasonCode::NotAuthorized,
+            "will topic not authorized",
+        ))
+    }
+
+    /// Refuses a client that failed authentication (v5 0x86 / 0x87, 3.x return code 4 / 5),
+    /// counted and logged; the CONNACK is in the output.
+    pub(super) fn refuse_authentication(
+        &mut self,
+        c: &Connect,
+        client_id: &str,
+        reason: DenyReason,
+    ) -> Closing {
+        let (reason, detail) = match reason {
+            DenyReason::BadUserNameOrPassword => (
                 ReasonCode::BadUserNameOrPassword,
                 "bad user name or password",
             ),
-            AuthDecision::Deny(DenyReason::NotAuthorized) => {
-                (ReasonCode::NotAuthorized, "not authorized")
-            }
+            DenyReason::NotAuthorized => (ReasonCode::NotAuthorized, "not authorized"),
         };
+        self.refuse_auth_with(c, client_id, reason, detail)
+    }
+
+    pub(super) fn refuse_auth_with(
+        &mut self,
+        c: &Connect,
+        client_id: &str,
+        reason: ReasonCode,
+        detail: &str,
+    ) -> Closing {
         self.broker.metrics.auth_refused.inc();
+        let listener = self
+            .access
+            .as_ref()
+            .map_or("", |a| &*a.listener.name)
+            .to_owned();
         let version: ProtocolVersion = c.protocol;
         let detail = format!(
-            "{detail} (client id {client_id:?}, username {:?}, listener {})",
+            "{detail} (client id {client_id:?}, username {:?}, listener {listener})",
             c.username.as_deref().unwrap_or(""),
-            access.listener.name
         );
-        Err(match self.refuse_connect(version, reason, &detail) {
+        match self.refuse_connect(version, reason, &detail) {
             Err(closing) => closing,
             Ok(()) => Closing::new(reason, detail),
+        }
+    }
+
+    /// The enhanced authentication method named `name`, if this listener offers it.
+    pub(super) fn enhanced_method(&self, name: &str) -> Option<Arc<dyn EnhancedAuth>> {
+        self.access.as_ref().and_then(|a| {
+            a.listener
+                .enhanced
+                .iter()
+                .find(|m| m.method() == name)
+                .cloned()
         })
     }
 }
