@@ -1,0 +1,326 @@
+//! Inbound PUBLISH and the QoS 1/2 acknowledgement flows in both directions, including
+//! acknowledgements held until the store has committed what they acknowledge.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::*;
+
+impl Connection {
+    pub(super) fn on_publish(&mut self, mut p: Publish, now: Instant) -> Result<(), Closing> {
+        let broker = self.broker.clone();
+        broker.metrics.publish_received.inc();
+        if let Some(bucket) = &mut self.rate {
+            bucket.refill(now);
+            bucket.tokens -= 1.0;
+        }
+        let Stage::Active(a) = &mut self.stage else {
+            return Ok(());
+        };
+        if a.version.is_v5()
+            && let Some(alias) = p.properties.topic_alias
+        {
+            if alias == 0 || alias > broker.limits.topic_alias_maximum {
+                return self.fail(ReasonCode::TopicAliasInvalid, "topic alias out of range");
+            }
+            if p.topic.is_empty() {
+                match a.aliases_in.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return self.protocol_error("unknown topic alias"),
+                }
+            } else {
+                a.aliases_in.insert(alias, p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() {
+            return self.protocol_error("empty topic");
+        }
+        let pid = p.packet_id;
+        let qos = p.qos;
+        let retain = p.retain;
+        let mut ticket = None;
+        if qos == QoS::ExactlyOnce {
+            let mut st = a.session.lock();
+            if st.awaiting_rel.contains_key(&pid) {
+                // A resend of a message already received: acknowledge, do not route again.
+                drop(st);
+                self.send_ack(Packet::PubRec(PubAck::new(pid)), None);
+                return Ok(());
+            }
+            if st.awaiting_rel.len() >= usize::from(broker.limits.receive_maximum) {
+                drop(st);
+                broker.metrics.receive_maximum_exceeded.inc();
+                return self.fail(
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "receive maximum exceeded",
+                );
+            }
+            st.awaiting_rel.insert(pid, now);
+            if let Some(p) = broker.persistence()
+                && st.persisted
+            {
+                ticket = Some(
+                    p.journal
+                        .push(Op::PutAwaiting(a.client_id.to_string(), pid)),
+                );
+            }
+        }
+        let v5 = a.version.is_v5();
+        let reason = if v5
+            && p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            ReasonCode::PayloadFormatInvalid
+        } else if p.topic.as_bytes().starts_with(b"$SYS") {
+            ReasonCode::NotAuthorized
+        } else if !access::may_publish(self.access.as_deref(), a, &p.topic) {
+            // 3.x: acknowledged as usual and dropped (the spec allows nothing else).
+            broker.metrics.acl_denied.inc();
+            ReasonCode::NotAuthorized
+        } else {
+            let msg = Arc::new(Message::from_publish(p, Some(a.client_id.clone()), now));
+            let routed = broker.publish(msg);
+            if routed.ticket.is_some() {
+                ticket = routed.ticket;
+            }
+            if routed.retained == Some(RetainOutcome::Full) {
+                ReasonCode::QuotaExceeded
+            } else if routed.reached == 0 && !retain && qos != QoS::AtMostOnce {
+                ReasonCode::NoMatchingSubscribers
+            } else {
+                ReasonCode::Success
+            }
+        };
+        let reason = if v5 { reason } else { ReasonCode::Success };
+        match qos {
+            QoS::AtMostOnce if reason == ReasonCode::PayloadFormatInvalid => {
+                return self.fail(reason, "payload is not valid UTF-8");
+            }
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let ack = self.ack_with_reason(pid, reason);
+                self.send_ack(Packet::PubAck(ack), ticket);
+            }
+            QoS::ExactlyOnce => {
+                if reason.is_error()
+                    && let Stage::Active(a) = &self.stage
+                {
+                    a.session.lock().awaiting_rel.remove(&pid);
+                }
+                let ack = self.ack_with_reason(pid, reason);
+                self.send_ack(Packet::PubRec(ack), ticket);
+            }
+        }
+        Ok(())
+    }
+
+    /// A PUBACK/PUBREC; failures carry a Reason String when the client allows it.
+    pub(super) fn ack_with_reason(&self, pid: u16, reason: ReasonCode) -> PubAck {
+        let mut ack = PubAck::with_reason(pid, reason);
+        if let Stage::Active(a) = &self.stage
+            && a.problem_info
+            && reason.is_error()
+        {
+            ack.properties.reason_string = Some(
+                match reason {
+                    ReasonCode::PayloadFormatInvalid => "payload is not valid UTF-8",
+                    ReasonCode::NotAuthorized => "not authorized to publish to this topic",
+                    ReasonCode::QuotaExceeded => "retained message store is full",
+                    _ => "publish refused",
+                }
+                .to_string(),
+            );
+        }
+        ack
+    }
+
+    /// Sends an acknowledgement, or holds it (in order) until journal `ticket` is durable.
+    pub(super) fn send_ack(&mut self, packet: Packet, ticket: Option<u64>) {
+        let hold = match self.broker.persistence() {
+            // Held even if already failed: `release_held` turns it into a failure answer.
+            Some(p) if p.journal.hold_acks() => {
+                !self.held.is_empty()
+                    || ticket.is_some_and(|t| p.journal.status(t) != TicketStatus::Durable)
+            }
+            _ => false,
+        };
+        if hold {
+            self.held.push_back((ticket.unwrap_or(0), packet));
+        } else {
+            self.encode(&packet);
+        }
+    }
+
+    /// True while acknowledgements wait for the store.
+    pub fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// True when so many acknowledgements wait that the client must not be read further.
+    pub fn backpressured(&self) -> bool {
+        self.held.len() >= HELD_LIMIT
+    }
+
+    /// Sends the held acknowledgements whose commits finished. A failed commit is not
+    /// acknowledged as a success: v5 clients get reason 0x80 (Unspecified error), 3.x clients,
+    /// which have no way to hear it, are disconnected so they resend.
+    pub fn release_held(&mut self) -> Result<(), Closing> {
+        let Some(journal) = self.broker.persistence().map(|p| p.journal.clone()) else {
+            return Ok(());
+        };
+        while let Some(&(ticket, _)) = self.held.front() {
+            let status = if ticket == 0 {
+                TicketStatus::Durable
+            } else {
+                journal.status(ticket)
+            };
+            if status == TicketStatus::Pending {
+                break;
+            }
+            let Some((_, mut packet)) = self.held.pop_front() else {
+                break;
+            };
+            if status == TicketStatus::Failed {
+                self.broker.metrics.store_failures_answered.inc();
+                let v5 = self.version().is_v5();
+                match &mut packet {
+                    Packet::PubAck(a) | Packet::PubRec(a) if v5 => {
+                        a.reason = ReasonCode::UnspecifiedError;
+                        a.properties.reason_string = Some("could not store the message".into());
+                    }
+                    Packet::SubAck(s) => {
+                        s.reasons
+                            .iter_mut()
+                            .for_each(|r| *r = ReasonCode::UnspecifiedError);
+                    }
+                    Packet::UnsubAck(u) if v5 => {
+                        u.reasons
+                            .iter_mut()
+                            .for_each(|r| *r = ReasonCode::UnspecifiedError);
+                    }
+                    _ => {
+                        return Err(Closing::new(
+                            ReasonCode::UnspecifiedError,
+                            "store commit failed",
+                        ));
+                    }
+                }
+                if let (Packet::PubRec(a), Stage::Active(act)) = (&packet, &self.stage) {
+                    act.session.lock().awaiting_rel.remove(&a.packet_id);
+                }
+            }
+            self.encode(&packet);
+        }
+        Ok(())
+    }
+
+    /// Journals `op` if the broker has a store and the session is persistent.
+    pub(super) fn journal_op(&self, persisted: bool, op: impl FnOnce() -> Op) -> Option<u64> {
+        let p = self.broker.persistence()?;
+        persisted.then(|| p.journal.push(op()))
+    }
+
+    pub(super) fn on_puback(&mut self, pid: u16) {
+        let Stage::Active(a) = &self.stage else {
+            return;
+        };
+        let (persisted, seq) =
+            {
+                let mut st = a.session.lock();
+                let Some(i) = st.inflight_position(pid) else {
+                    return;
+                };
+                if !st.inflight.get(i).is_some_and(|f| {
+                    f.phase == Phase::Published && f.delivery.qos == QoS::AtLeastOnce
+                }) {
+                    return;
+                }
+                let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
+                (st.persisted, seq)
+            };
+        let id = a.client_id.to_string();
+        self.journal_op(persisted && seq != 0, || Op::DeleteMessage(id, seq));
+    }
+
+    pub(super) fn on_pubrec(&mut self, ack: PubAck) {
+        let Stage::Active(a) = &self.stage else {
+            return;
+        };
+        let id = a.client_id.to_string();
+        let (found, persisted, seq) = {
+            let mut st = a.session.lock();
+            let persisted = st.persisted;
+            match st.inflight_position(ack.packet_id) {
+                Some(i) if ack.reason.is_error() => {
+                    let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
+                    drop(st);
+                    self.journal_op(persisted && seq != 0, || Op::DeleteMessage(id, seq));
+                    return;
+                }
+                Some(i) => match st.inflight.get_mut(i) {
+                    Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
+                        f.phase = Phase::Released;
+                        (true, persisted, f.delivery.seq)
+                    }
+                    _ => (false, persisted, 0),
+                },
+                None => (false, persisted, 0),
+            }
+        };
+        let pid = ack.packet_id;
+        let ticket = self.journal_op(found && persisted && seq != 0, || {
+            Op::SetPhase(id, seq, MessagePhase::Released, pid)
+        });
+        let reason = if found {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        // PUBREL only once the phase is stored: after a restart the broker must not send the
+        // PUBLISH again for a message the client already has.
+        self.send_ack(Packet::PubRel(PubAck::with_reason(pid, reason)), ticket);
+    }
+
+    pub(super) fn on_pubcomp(&mut self, pid: u16) {
+        let Stage::Active(a) = &self.stage else {
+            return;
+        };
+        let (persisted, seq) = {
+            let mut st = a.session.lock();
+            let Some(i) = st.inflight_position(pid) else {
+                return;
+            };
+            if !st
+                .inflight
+                .get(i)
+                .is_some_and(|f| f.phase == Phase::Released)
+            {
+                return;
+            }
+            let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
+            (st.persisted, seq)
+        };
+        let id = a.client_id.to_string();
+        self.journal_op(persisted && seq != 0, || Op::DeleteMessage(id, seq));
+    }
+
+    pub(super) fn on_pubrel(&mut self, pid: u16) {
+        let Stage::Active(a) = &self.stage else {
+            return;
+        };
+        let (known, persisted) = {
+            let mut st = a.session.lock();
+            (st.awaiting_rel.remove(&pid).is_some(), st.persisted)
+        };
+        let id = a.client_id.to_string();
+        // PUBCOMP only once the id is forgotten on disk too, or a restart would take the
+        // client's next message with this id for a resend and drop it.
+        let ticket = self.journal_op(known && persisted, || Op::DeleteAwaiting(id, pid));
+        let reason = if known {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.send_ack(Packet::PubComp(PubAck::with_reason(pid, reason)), ticket);
+    }
+}
