@@ -365,7 +365,9 @@ impl Broker {
 
     fn publish_will(&self, mut will: Will, now: Instant) {
         // Will Delay Interval belongs to the will, not to the message sent on.
-        will.properties.will_delay_interval = None;
+        if let Some(v) = will.properties.values_mut() {
+            v.will_delay_interval = None;
+        }
         let publish = starling_proto::Publish {
             dup: false,
             qos: will.qos,

@@ -196,7 +196,10 @@ pub struct Persistence {
 /// Encodes a message as the MQTT 5 PUBLISH a record keeps.
 pub fn encode_message(msg: &Message, qos: QoS, retain: bool, sub_ids: &[u32]) -> Vec<u8> {
     let mut properties = msg.properties.clone();
-    properties.subscription_identifiers = sub_ids.to_vec();
+    if !sub_ids.is_empty() {
+        // Written only when there are some: a write would allocate the property values.
+        properties.subscription_identifiers = sub_ids.to_vec();
+    }
     let publish = Publish {
         dup: false,
         qos,
@@ -216,7 +219,9 @@ pub fn encode_message(msg: &Message, qos: QoS, retain: bool, sub_ids: &[u32]) ->
 /// Encodes a will as the MQTT 5 PUBLISH a session record keeps (its delay is kept apart).
 pub fn encode_will(will: &starling_proto::Will) -> Vec<u8> {
     let mut properties = will.properties.clone();
-    properties.will_delay_interval = None;
+    if let Some(v) = properties.values_mut() {
+        v.will_delay_interval = None;
+    }
     let msg = Message {
         topic: will.topic.clone(),
         payload: will.payload.clone(),
