@@ -23,7 +23,7 @@ pub mod topic;
 
 pub use codec::{
     DecodeLimits, PublishParts, decode, encode, encode_publish_header, encode_publish_parts,
-    encoded_len, publish_len,
+    encoded_len, packet_len, publish_len,
 };
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;

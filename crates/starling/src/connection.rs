@@ -73,8 +73,16 @@ pub async fn serve<R, W>(
         let can_read =
             wbuf.len() < OUTPUT_HIGH_WATER && paused_until.is_none() && !conn.backpressured();
         let has_held = conn.has_held();
-        if can_read && rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-            rbuf.reserve(READ_CHUNK);
+        if can_read {
+            // Room for the rest of the packet being received, at once when its header is in
+            // (a 1 MiB packet grown 16 KiB at a time would be copied over and over). `decode`
+            // has already refused a declared size over the limit; the cap is belt and braces.
+            let limit = conn.decode_limits().max_packet_size as usize;
+            let missing = starling_proto::packet_len(&rbuf)
+                .map_or(0, |n| n.min(limit).saturating_sub(rbuf.len()));
+            if rbuf.capacity() - rbuf.len() < missing.max(READ_CHUNK / 4) {
+                rbuf.reserve(missing.max(READ_CHUNK));
+            }
         }
         let step = tokio::select! {
             biased;

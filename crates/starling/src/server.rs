@@ -522,27 +522,35 @@ async fn handle(
             let c = conn(info);
             crate::connection::serve(rd, wr, c, broker.clone(), options, shutdown).await;
         }
+        // TLS and WebSocket state is large; boxing those arms keeps the task of a plain TCP
+        // connection small (each idle connection holds its task).
         (Protocol::Ws, _) => {
-            let ws = handshake!(
-                "WebSocket",
-                crate::ws::accept(stream, &rt.ws_path, max_packet)
-            );
-            run_split(ws, conn(info), &broker, options, shutdown).await;
-        }
-        (Protocol::Tls | Protocol::Wss, Some(tls)) => {
-            let acceptor = tls.acceptor();
-            let tls_stream = handshake!("TLS", acceptor.accept(stream));
-            info.certificate_identity =
-                crate::tls::peer_identity(tls_stream.get_ref().1, tls.identity_source());
-            if rt.protocol == Protocol::Tls {
-                run_split(tls_stream, conn(info), &broker, options, shutdown).await;
-            } else {
+            Box::pin(async {
                 let ws = handshake!(
                     "WebSocket",
-                    crate::ws::accept(tls_stream, &rt.ws_path, max_packet)
+                    crate::ws::accept(stream, &rt.ws_path, max_packet)
                 );
                 run_split(ws, conn(info), &broker, options, shutdown).await;
-            }
+            })
+            .await
+        }
+        (Protocol::Tls | Protocol::Wss, Some(tls)) => {
+            Box::pin(async {
+                let acceptor = tls.acceptor();
+                let tls_stream = handshake!("TLS", acceptor.accept(stream));
+                info.certificate_identity =
+                    crate::tls::peer_identity(tls_stream.get_ref().1, tls.identity_source());
+                if rt.protocol == Protocol::Tls {
+                    run_split(tls_stream, conn(info), &broker, options, shutdown).await;
+                } else {
+                    let ws = handshake!(
+                        "WebSocket",
+                        crate::ws::accept(tls_stream, &rt.ws_path, max_packet)
+                    );
+                    run_split(ws, conn(info), &broker, options, shutdown).await;
+                }
+            })
+            .await
         }
         (Protocol::Tls | Protocol::Wss, None) => {}
     }

@@ -17,6 +17,17 @@ use crate::property::{Properties, PropertyContext};
 use crate::reason::{ReasonCode, ReasonContext};
 use crate::topic::{TopicFilter, TopicName};
 
+/// The total size (fixed header included) of the packet at the front of `buf`, once its fixed
+/// header is readable; `None` before that or if the header is invalid (then [`decode`] says
+/// why). Lets a reader reserve room for a large packet at once instead of growing its buffer
+/// step by step. The size is whatever the peer declared: check it against a limit first.
+pub fn packet_len(buf: &[u8]) -> Option<usize> {
+    match varint::parse(buf.get(1..)?) {
+        Ok(VarInt::Done(value, len)) => Some(1 + len + value as usize),
+        _ => None,
+    }
+}
+
 /// Decodes one packet from the front of `buf`.
 ///
 /// Returns `Ok(None)` while `buf` does not hold a whole packet, leaving it untouched; only the

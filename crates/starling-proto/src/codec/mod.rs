@@ -11,7 +11,7 @@ mod properties;
 mod reader;
 mod varint;
 
-pub use decode::decode;
+pub use decode::{decode, packet_len};
 pub use encode::{
     PublishParts, encode, encode_publish_header, encode_publish_parts, encoded_len, publish_len,
 };
