@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::BytesMut;
 use starling_proto::{
-    Connect, DecodeLimits, Packet, Properties, ProtocolVersion, QoS, ReasonCode, Subscribe,
-    SubscriptionOptions, TopicFilter, decode, encode,
+    Connect, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
+    Subscribe, SubscriptionOptions, TopicFilter, decode, encode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -61,7 +61,13 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
 
     /// The next whole packet already read, if any.
     pub(crate) fn decode(&mut self) -> Result<Option<Packet>> {
-        decode(&mut self.buf, VERSION, &self.limits).map_err(|e| anyhow!("decode: {e}"))
+        self.decode_raw().map_err(|e| anyhow!("decode: {e}"))
+    }
+
+    /// The same without converting the result: hot loops match on it in place, since a
+    /// `Packet` is a few hundred bytes and every move of it is a copy.
+    pub(crate) fn decode_raw(&mut self) -> Result<Option<Packet>, DecodeError> {
+        decode(&mut self.buf, VERSION, &self.limits)
     }
 
     /// Reads until a packet arrives; errors at end of stream.

@@ -455,9 +455,14 @@ async fn ack_reader(sh: Rc<Shared>, i: usize, mut rd: PacketReader<OwnedReadHalf
         let mut acked = 0;
         {
             let mut unacked = st.unacked.borrow_mut();
-            while let Some(p) = rd.decode()? {
-                if let Packet::PubAck(a) = p
-                    && let Some(slot) = unacked.get_mut(usize::from(a.packet_id))
+            loop {
+                let id = match &rd.decode_raw() {
+                    Ok(Some(Packet::PubAck(a))) => a.packet_id,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(e) => bail!("decode: {e}"),
+                };
+                if let Some(slot) = unacked.get_mut(usize::from(id))
                     && *slot
                 {
                     *slot = false;
@@ -497,6 +502,7 @@ async fn subscriber(
     acks: Rc<AckOut>,
 ) -> Result<()> {
     let mut touched = vec![false; sh.pubs.len()];
+    let mut puback = Packet::PubAck(PubAck::new(1));
     loop {
         if !rd.fill().await? {
             bail!("broker closed a subscriber");
@@ -508,10 +514,15 @@ async fn subscriber(
         {
             let mut hist = sh.measuring.get().then(|| sh.hist.borrow_mut());
             let mut ackbuf = acks.buf.borrow_mut();
-            while let Some(p) = rd.decode()? {
-                let Packet::Publish(p) = p else { continue };
+            loop {
+                let p = match &rd.decode_raw() {
+                    Ok(Some(Packet::Publish(p))) => (stamp(&p.payload), p.qos, p.packet_id),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(e) => bail!("decode: {e}"),
+                };
+                let ((ts, index), qos, packet_id) = p;
                 n += 1;
-                let (ts, index) = stamp(&p.payload);
                 if let Some(h) = hist.as_mut() {
                     h.record(now.saturating_sub(ts));
                 }
@@ -521,12 +532,11 @@ async fn subscriber(
                         *t = true;
                     }
                 }
-                if p.qos != QoS::AtMostOnce {
-                    encode(
-                        &Packet::PubAck(PubAck::new(p.packet_id)),
-                        VERSION,
-                        &mut ackbuf,
-                    )?;
+                if qos != QoS::AtMostOnce {
+                    if let Packet::PubAck(a) = &mut puback {
+                        a.packet_id = packet_id;
+                    }
+                    encode(&puback, VERSION, &mut ackbuf)?;
                     ack = true;
                 }
             }
