@@ -14,6 +14,7 @@
 #   --rounds N     rounds (default 3)
 #   --priority     rt (default): broker and generator run SCHED_RR priority 1, so that other
 #                  work on the machine does not decide the result; nice: nice -n -10; none
+#   --no-check     skip bench/check-generator.sh (the generator against a trivial forwarder)
 #
 # Traffic goes to 127.0.0.1 only.
 set -euo pipefail
@@ -27,6 +28,7 @@ MEASURE=10
 SCENARIOS=1,2,3,4,5,6,7,8
 PRIORITY=rt
 QUICK=0
+CHECK=1
 COMMAND="bench/compare.sh $*"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -34,7 +36,8 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS="$2"; shift ;;
         --rounds) ROUNDS="$2"; shift ;;
         --priority) PRIORITY="$2"; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --no-check) CHECK=0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -274,6 +277,12 @@ if selected 1; then
     for broker in "${BROKERS[@]}"; do
         run_one "$broker" p2p-qos0 1 0
     done
+fi
+
+if [ "$CHECK" = 1 ]; then
+    quick=()
+    [ "$QUICK" = 1 ] && quick=(--quick)
+    "$ROOT/bench/check-generator.sh" "${quick[@]}" --priority "$PRIORITY"
 fi
 
 ELAPSED=$(( $(date +%s) - START ))

@@ -155,6 +155,38 @@ def main():
             f"{r.get('scenario')} on {r.get('broker')} round {r.get('round')}: {r['error']}"
             for r in failed) + ".\n")
 
+    check = os.path.join(os.path.dirname(os.path.abspath(a.raw)), "generator-check.jsonl")
+    if os.path.exists(check):
+        with open(check) as f:
+            lines = [json.loads(x) for x in f if x.strip()]
+        w("## Is the generator the bottleneck?\n")
+        w("The same scenarios against `starling-bench forwarder`, a trivial forwarding server "
+          "(exact topics, no sessions or queues), pinned and prioritised like the brokers. "
+          "\"best broker\" is the highest median above; \"headroom\" is forwarder / best broker.\n")
+        w("| scenario | forwarder | best broker | headroom | forwarder CPU | gen CPU |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in lines:
+            sc = r.get("scenario")
+            key = "mb_per_s" if sc == "large" else "rate_median_per_s"
+            meds = []
+            for b in BROKERS:
+                vs = [field(x, key) for x in select(sc, None, b)]
+                vs = [v for v in vs if isinstance(v, (int, float))]
+                if vs:
+                    meds.append((statistics.median(vs), b))
+            best = max(meds) if meds else (None, "")
+            fv = field(r, key)
+            head = f"{fv / best[0]:.1f}x" if best[0] and fv else "–"
+            unit = " MB/s" if sc == "large" else "/s"
+            w(f"| {sc} | {fmt(fv)}{unit} | {fmt(best[0])}{unit} ({best[1]}) | {head} | "
+              f"{fmt(r.get('broker_cpu_util'))} | {fmt(r.get('gen_cpu_util'))} |")
+        w("")
+
+    method = os.path.join(os.path.dirname(os.path.abspath(__file__)), "METHOD.md")
+    if os.path.exists(method):
+        with open(method) as f:
+            w(f.read().rstrip() + "\n")
+
     w("## Every run\n")
     w("`broker CPU` and `gen CPU` are CPU-seconds per second of the broker process and of the "
       "load generator over the measured window; `ok` is whether the run qualifies.\n")
@@ -186,10 +218,6 @@ def main():
     w("")
 
     kept = ""
-    methods = os.path.join(os.path.dirname(os.path.abspath(__file__)), "METHOD.md")
-    if os.path.exists(methods):
-        with open(methods) as f:
-            kept += f.read().rstrip() + "\n\n"
     if os.path.exists(a.out):
         with open(a.out) as f:
             old = f.read()
