@@ -4,7 +4,7 @@
 //! generator can drive far more than a broker delivers.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use anyhow::{Context, Result};
@@ -19,9 +19,13 @@ use tokio::sync::Notify;
 
 use crate::client::{PacketReader, VERSION};
 
-/// Output of one connection, written by its own task.
+/// Payloads at least this large are passed on as they are instead of copied.
+const BIG: usize = 64 * 1024;
+
+/// Output of one connection, written by its own task: `chunks` first, then `buf`.
 #[derive(Debug, Default)]
 struct Out {
+    chunks: RefCell<VecDeque<Bytes>>,
     buf: RefCell<BytesMut>,
     notify: Notify,
     next_id: Cell<u16>,
@@ -64,6 +68,13 @@ async fn writer(out: Rc<Out>, mut wr: OwnedWriteHalf) {
     let mut local = BytesMut::new();
     while !out.closed.get() {
         out.notify.notified().await;
+        loop {
+            let chunk = out.chunks.borrow_mut().pop_front();
+            let Some(chunk) = chunk else { break };
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
         std::mem::swap(&mut local, &mut *out.buf.borrow_mut());
         if !local.is_empty() {
             if wr.write_all(&local).await.is_err() {
@@ -124,7 +135,13 @@ async fn reader(
                             };
                             let mut buf = s.out.buf.borrow_mut();
                             encode_publish_header(&p, VERSION, &mut buf)?;
-                            buf.extend_from_slice(&p.payload);
+                            if p.payload.len() >= BIG {
+                                let mut chunks = s.out.chunks.borrow_mut();
+                                chunks.push_back(buf.split().freeze());
+                                chunks.push_back(p.payload.clone());
+                            } else {
+                                buf.extend_from_slice(&p.payload);
+                            }
                             if !woken.iter().any(|w| Rc::ptr_eq(w, &s.out)) {
                                 woken.push(s.out.clone());
                             }

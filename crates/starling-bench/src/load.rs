@@ -380,8 +380,16 @@ async fn publisher(
     let rate = spec.rate.map(|r| r / spec.publishers as f64);
     let publisher_index = u32::try_from(i)?;
     let zeros = spec.payload - STAMP;
+    // Large payloads (one per batch): the zeros go out from this buffer, not copied into the
+    // batch.
+    let large = spec.payload > WRITE_BATCH;
+    let zero_tail = if large { vec![0u8; zeros] } else { Vec::new() };
     let mut next_id: u16 = 0;
-    let mut wbuf = BytesMut::with_capacity(WRITE_BATCH + spec.payload + 64);
+    let mut wbuf = BytesMut::with_capacity(if large {
+        64
+    } else {
+        WRITE_BATCH + spec.payload
+    });
     let mut progress = (Instant::now(), 0u64);
 
     while !sh.stop.get() {
@@ -435,11 +443,16 @@ async fn publisher(
             encode_publish_header(&publish, VERSION, &mut wbuf)?;
             wbuf.put_u64(ts);
             wbuf.put_u32(publisher_index);
-            wbuf.put_bytes(0, zeros);
+            if !large {
+                wbuf.put_bytes(0, zeros);
+            }
         }
         // Counted before writing: acknowledgements may arrive while the write is pending.
         st.sent.set(sent + n);
         wr.write_all(&wbuf).await.context("publish")?;
+        if large {
+            wr.write_all(&zero_tail).await.context("publish")?;
+        }
         wbuf.clear();
     }
     Ok(())
