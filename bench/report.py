@@ -84,6 +84,53 @@ def machine():
     return os.cpu_count(), model, mem, platform.release()
 
 
+def med(rs, path):
+    vs = [field(r, path) for r in rs]
+    vs = [v for v in vs if isinstance(v, (int, float))]
+    return statistics.median(vs) if vs else None
+
+
+def targets(w, select):
+    """The issue's targets for Starling, checked against the medians."""
+    rows = []
+
+    def vs_best(label, scenario, path, goal, lower_better=False):
+        s = med(select(scenario, None, "starling"), path)
+        peers = [(med(select(scenario, None, b), path), b) for b in ("mosquitto", "rumqttd")]
+        peers = [p for p in peers if p[0] is not None]
+        if s is None or not peers:
+            return
+        best = min(peers) if lower_better else max(peers)
+        ratio = best[0] / s if lower_better else s / best[0]
+        rows.append((label, f"{ratio:.2f}x {best[1]}", f"≥ {goal}x", ratio >= goal))
+
+    vs_best("1. p2p QoS 0 msg/s", "p2p-qos0", "rate_median_per_s", 1.5)
+    vs_best("2. p2p QoS 1 msg/s", "p2p-qos1", "rate_median_per_s", 1.5)
+    vs_best("3. fan-in msg/s", "fan-in", "rate_median_per_s", 1.5)
+    vs_best("4. fan-out QoS 0 deliveries/s", "fan-out-qos0", "rate_median_per_s", 1.2)
+    vs_best("4. fan-out QoS 1 deliveries/s", "fan-out-qos1", "rate_median_per_s", 1.2)
+    vs_best("7. retained: time to receive all", "retained", "receive_s", 1.0, lower_better=True)
+    vs_best("8. 1 MiB MB/s", "large", "mb_per_s", 1.0)
+    ratios = [field(r, "delivery_ratio") for sc in ("p2p-qos1", "fan-out-qos1", "latency", "large")
+              for r in select(sc, None, "starling")]
+    ratios = [v for v in ratios if isinstance(v, (int, float))]
+    if ratios:
+        rows.append(("delivery ratio at QoS 1 (lowest run)", f"{min(ratios):g}", "1.0",
+                     min(ratios) >= 1.0))
+    rss = med(select("connections", None, "starling"), "rss_per_conn_bytes")
+    if rss is not None:
+        rows.append(("RSS per idle connection", f"{rss:,.0f} B", "≤ 2,048 B", rss <= 2048))
+    if not rows:
+        return
+    w("### Against the issue's targets\n")
+    w("Starling against the better of mosquitto and rumqttd (\"better\" per metric).\n")
+    w("| target | Starling | goal | met |")
+    w("| --- | ---: | ---: | --- |")
+    for label, got, goal, ok in rows:
+        w(f"| {label} | {got} | {goal} | {'yes' if ok else 'no'} |")
+    w("")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("raw")
@@ -149,6 +196,7 @@ def main():
           + " | ".join(fmt(cells[b][0]) + cells[b][1] for b in BROKERS)
           + f" | {ratio('mosquitto')} | {ratio('rumqttd')} |")
     w("")
+    targets(w, select)
     failed = [r for r in runs if "error" in r]
     if failed:
         w("Runs that failed: " + "; ".join(
