@@ -2,9 +2,9 @@
 # Shows the load generator is not the bottleneck: runs the throughput scenarios against
 # `starling-bench forwarder` (a trivial exact-topic forwarding server, no broker logic) with the
 # same pinning, priority and durations as bench/compare.sh, and writes the JSON lines to
-# bench/generator-check.jsonl, which bench/report.py puts in RESULTS.md.
+# bench/generator-check.jsonl (or --out FILE), which bench/report.py puts in RESULTS.md.
 #
-#   bench/check-generator.sh [--quick] [--priority rt|nice|none]
+#   bench/check-generator.sh [--quick] [--priority rt|nice|none] [--out FILE]
 #
 # Expects the release binaries built (bench/compare.sh builds them and calls this script).
 set -euo pipefail
@@ -14,10 +14,12 @@ cd "$ROOT"
 WARMUP=3
 MEASURE=10
 PRIORITY=rt
+OUT="$ROOT/bench/generator-check.jsonl"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) WARMUP=1; MEASURE=3 ;;
         --priority) PRIORITY="$2"; shift ;;
+        --out) OUT="$2"; shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -29,7 +31,6 @@ case "$PRIORITY" in
     *) echo "--priority rt|nice|none" >&2; exit 2 ;;
 esac
 BENCH="${CARGO_TARGET_DIR:-$ROOT/target}/release/starling-bench"
-OUT="$ROOT/bench/generator-check.jsonl"
 : > "$OUT"
 PORT=23000
 for scenario in p2p-qos0 p2p-qos1 fan-out-qos0 fan-out-qos1 large; do

@@ -6,8 +6,10 @@
 # Installs what is missing (mosquitto from Debian, rumqttd with cargo into bench/.tools), builds
 # Starling and the load generator in release, then for every round, every selected scenario and
 # every broker (in an order rotated each round) starts a fresh broker pinned to core 0, runs the
-# generator pinned to core 1, and appends its JSON line to bench/results.jsonl. Scenario 1 also
-# gets one unpinned run per broker. bench/report.py turns the lines into bench/RESULTS.md.
+# generator pinned to core 1, and appends its JSON line to results.jsonl. Scenario 1 also gets
+# one unpinned run per broker. bench/report.py turns the lines into RESULTS.md. A full run
+# (3 rounds, every scenario, not --quick) writes bench/RESULTS.md and bench/results.jsonl;
+# any other run writes them to a temporary directory it names at the end.
 #
 #   --quick        1 round, 1 s warm-up, 3 s measured: a smoke run
 #   --scenarios    which of 1-8 (default all); see RESULTS.md for what each is
@@ -37,7 +39,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS="$2"; shift ;;
         --priority) PRIORITY="$2"; shift ;;
         --no-check) CHECK=0 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -96,6 +98,10 @@ fi
 
 WORK=$(mktemp -d /tmp/starling-compare.XXXXXX)
 RAW="$WORK/results.jsonl"
+OUTDIR="$ROOT/bench"
+if [ "$QUICK" = 1 ] || [ "$SCENARIOS" != 1,2,3,4,5,6,7,8 ] || [ "$ROUNDS" != 3 ]; then
+    OUTDIR="$WORK"
+fi
 : > "$RAW"
 BROKER_PID=
 cleanup() {
@@ -282,15 +288,16 @@ fi
 if [ "$CHECK" = 1 ]; then
     quick=()
     [ "$QUICK" = 1 ] && quick=(--quick)
-    "$ROOT/bench/check-generator.sh" "${quick[@]}" --priority "$PRIORITY"
+    "$ROOT/bench/check-generator.sh" "${quick[@]}" --priority "$PRIORITY" \
+        --out "$OUTDIR/generator-check.jsonl"
 fi
 
 ELAPSED=$(( $(date +%s) - START ))
-cp "$RAW" "$ROOT/bench/results.jsonl"
-python3 "$ROOT/bench/report.py" "$ROOT/bench/results.jsonl" "$ROOT/bench/RESULTS.md" \
+[ "$OUTDIR" = "$WORK" ] || cp "$RAW" "$OUTDIR/results.jsonl"
+python3 "$ROOT/bench/report.py" "$OUTDIR/results.jsonl" "$OUTDIR/RESULTS.md" \
     --command "$COMMAND" --priority "$PRIORITY" --min-util "$MIN_UTIL" \
     --rounds "$ROUNDS" --warmup "$WARMUP" --measure "$MEASURE" --elapsed "$ELAPSED" \
     --nofile "$NOFILE" --big-connections "$BIG_CONNECTIONS" \
     --mosquitto "$("$MOSQUITTO" -h 2>&1 | head -1)" --rumqttd "rumqttd $RUMQTTD_VERSION" \
     --starling "$(git -C "$ROOT" rev-parse --short HEAD)"
-log "done in ${ELAPSED}s: bench/RESULTS.md, raw lines in bench/results.jsonl"
+log "done in ${ELAPSED}s: $OUTDIR/RESULTS.md, raw lines in $OUTDIR/results.jsonl"
