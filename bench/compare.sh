@@ -131,6 +131,10 @@ max_queued_messages = 1000000
 max_queued_bytes = 4294967296
 max_inflight = 1000
 max_connections = 100000
+
+# Like the peers here: no persistence (bench/durability.sh measures the durable modes).
+[storage]
+durability = "memory"
 EOF
             echo "$dir/starling.toml" ;;
         mosquitto)

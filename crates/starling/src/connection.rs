@@ -56,6 +56,8 @@ pub async fn serve<R, W>(
     let metrics = &broker.metrics;
     // Set while the publish rate limit pauses reading.
     let mut paused_until: Option<Instant> = None;
+    // The last read filled the room it had: more is probably waiting.
+    let mut busy = false;
     // Changes when the store commits; wakes the connection to send held acknowledgements.
     let mut committed = broker.persistence().map(|p| p.journal.subscribe());
 
@@ -75,15 +77,25 @@ pub async fn serve<R, W>(
         let has_held = conn.has_held();
         if can_read {
             // Room for the rest of the packet being received, at once when its header is in
-            // (a 1 MiB packet grown 16 KiB at a time would be copied over and over). `decode`
-            // has already refused a declared size over the limit; the cap is belt and braces.
+            // (a 1 MiB packet grown 16 KiB at a time would be copied over and over), or a
+            // whole chunk while data keeps coming. An idle connection reserves nothing: its
+            // empty buffer takes a first small read (64 bytes, `BytesMut::chunk_mut`).
+            // `decode` has already refused a declared size over the limit; the cap is belt
+            // and braces.
             let limit = conn.decode_limits().max_packet_size as usize;
             let missing = starling_proto::packet_len(&rbuf)
                 .map_or(0, |n| n.min(limit).saturating_sub(rbuf.len()));
-            if rbuf.capacity() - rbuf.len() < missing.max(READ_CHUNK / 4) {
+            let wanted = if missing > 0 || busy {
+                missing.max(READ_CHUNK / 4)
+            } else {
+                0
+            };
+            if rbuf.capacity() - rbuf.len() < wanted {
                 rbuf.reserve(missing.max(READ_CHUNK));
             }
         }
+        // An empty buffer gets 64 bytes of room from `BytesMut::chunk_mut` when read into.
+        let room = (rbuf.capacity() - rbuf.len()).max(64);
         let step = tokio::select! {
             biased;
             _ = shutdown.changed() => Err(Some(conn.shutdown())),
@@ -106,6 +118,7 @@ pub async fn serve<R, W>(
                 Ok(0) | Err(_) => Err(None),
                 Ok(n) => {
                     metrics.bytes_received.add(n as u64);
+                    busy = n >= room;
                     if block_for_connect && !conn.is_active() {
                         tokio::task::block_in_place(|| {
                             handle_input(&mut conn, &mut rbuf, &mut paused_until)
