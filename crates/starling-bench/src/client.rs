@@ -99,6 +99,17 @@ impl Client {
         keep_alive: u16,
         chunk: usize,
     ) -> Result<Self> {
+        Self::connect_with(addr, client_id, keep_alive, chunk, true).await
+    }
+
+    /// Like [`Client::connect`], with the clean session flag given.
+    pub(crate) async fn connect_with(
+        addr: &str,
+        client_id: String,
+        keep_alive: u16,
+        chunk: usize,
+        clean: bool,
+    ) -> Result<Self> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connect to {addr}"))?;
@@ -106,7 +117,7 @@ impl Client {
         let (rd, mut wr) = stream.into_split();
         let connect = Packet::Connect(Box::new(Connect {
             protocol: VERSION,
-            clean_start: true,
+            clean_start: clean,
             keep_alive,
             client_id,
             will: None,

@@ -92,6 +92,8 @@ pub(crate) struct LoadSpec {
     pub(crate) min_broker_util: f64,
     /// ...and the generator at most this busy.
     pub(crate) max_gen_util: f64,
+    /// Subscribers connect with clean session 0.
+    pub(crate) persistent: bool,
 }
 
 #[derive(Debug, Default)]
@@ -151,9 +153,15 @@ pub(crate) async fn run(spec: LoadSpec) -> Result<Map<String, Value>> {
 
     // Subscribers first, so that nothing published is missed.
     for j in 0..spec.subscribers {
-        let mut c = Client::connect(&spec.addr, format!("sb{tag}-s{j}"), 300, READ_CHUNK)
-            .await
-            .with_context(|| format!("subscriber {j}"))?;
+        let mut c = Client::connect_with(
+            &spec.addr,
+            format!("sb{tag}-s{j}"),
+            300,
+            READ_CHUNK,
+            !spec.persistent,
+        )
+        .await
+        .with_context(|| format!("subscriber {j}"))?;
         c.subscribe(&spec.topology.sub_filter(j), spec.qos)
             .await
             .with_context(|| format!("subscriber {j}"))?;

@@ -133,6 +133,10 @@ struct RunArgs {
     /// retained: how many topics.
     #[arg(long, default_value_t = 100_000)]
     retained: usize,
+    /// Subscribers keep persistent sessions (clean session 0), so a durable broker stores
+    /// what is queued and in flight for them.
+    #[arg(long)]
+    persistent: bool,
 }
 
 fn main() -> Result<()> {
@@ -245,6 +249,7 @@ fn load_spec(s: Scenario, a: &RunArgs, addr: String, qos: Option<QoS>) -> LoadSp
         broker_pid: a.broker_pid,
         min_broker_util: a.min_broker_util,
         max_gen_util: a.max_gen_util,
+        persistent: a.persistent,
     }
 }
 
