@@ -146,18 +146,22 @@ fn commit_loop(
             std::thread::sleep(interval);
         }
         match journal.take_batch(IDLE_WAIT) {
-            Some((ops, upto)) => match store.apply(&ops, true) {
-                Ok(()) => {
-                    m.store_commits.inc();
-                    m.store_ops.add(ops.len() as u64);
-                    journal.finish(upto, true);
+            Some((ops, upto)) => {
+                // A message sent and acknowledged before this commit never reaches the disk.
+                let ops = starling_store::compact(ops);
+                match store.apply(&ops, true) {
+                    Ok(()) => {
+                        m.store_commits.inc();
+                        m.store_ops.add(ops.len() as u64);
+                        journal.finish(upto, true);
+                    }
+                    Err(e) => {
+                        m.store_commit_failures.inc();
+                        error!(ops = ops.len(), error = %e, "store commit failed; what it held is not acknowledged");
+                        journal.finish(upto, false);
+                    }
                 }
-                Err(e) => {
-                    m.store_commit_failures.inc();
-                    error!(ops = ops.len(), error = %e, "store commit failed; what it held is not acknowledged");
-                    journal.finish(upto, false);
-                }
-            },
+            }
             None if journal.is_finished() => return,
             None => {}
         }
