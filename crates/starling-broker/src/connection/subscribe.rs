@@ -69,15 +69,7 @@ impl Connection {
                 }
             }
         }
-        // The subscriptions of a persistent session are stored before SUBACK says so.
-        let ticket = {
-            let mut st = session.lock();
-            if st.persisted {
-                broker.persist_session(&session, &mut st)
-            } else {
-                None
-            }
-        };
+        let ticket = store_subscriptions(&broker, &session);
         let suback = Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reasons,
@@ -110,19 +102,23 @@ impl Connection {
                 }
             })
             .collect();
-        let ticket = {
-            let mut st = session.lock();
-            if st.persisted {
-                broker.persist_session(&session, &mut st)
-            } else {
-                None
-            }
-        };
+        let ticket = store_subscriptions(&broker, &session);
         let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reasons,
             properties: Properties::default(),
         });
         self.send_ack(unsuback, ticket);
+    }
+}
+
+/// Writes a persistent session's subscriptions to the store: the SUBACK / UNSUBACK that
+/// reports them waits for the returned ticket.
+fn store_subscriptions(broker: &Broker, session: &Session) -> Option<u64> {
+    let mut st = session.lock();
+    if st.persisted {
+        broker.persist_session(session, &mut st)
+    } else {
+        None
     }
 }
