@@ -229,20 +229,11 @@ fn remove_at(
     group: Option<&str>,
     session: &Arc<Session>,
 ) -> bool {
-    // Walk down, remembering nothing but the path; then remove; then prune from the top by
-    // re-walking, deleting the deepest empty node each pass.
-    let mut node = &mut *root;
-    for level in levels {
-        let child = match *level {
-            b"+" => node.plus.as_deref_mut(),
-            b"#" => node.hash.as_deref_mut(),
-            other => node.children.get_mut(other),
-        };
-        match child {
-            Some(c) => node = c,
-            None => return false,
-        }
-    }
+    // Walk down; remove; then prune from the top by re-walking, deleting the deepest empty
+    // node each pass.
+    let Some(node) = descend(root, levels) else {
+        return false;
+    };
     let removed = match group {
         None => remove_from(&mut node.subscribers, session),
         Some(g) => {
@@ -265,6 +256,19 @@ fn remove_at(
     removed
 }
 
+/// The node a filter's `levels` lead to, if it exists (iterative, no recursion on depth).
+fn descend<'a>(root: &'a mut Node, levels: &[&[u8]]) -> Option<&'a mut Node> {
+    let mut node = root;
+    for level in levels {
+        node = match *level {
+            b"+" => node.plus.as_deref_mut()?,
+            b"#" => node.hash.as_deref_mut()?,
+            other => node.children.get_mut(other)?,
+        };
+    }
+    Some(node)
+}
+
 fn remove_from(list: &mut Vec<Subscriber>, session: &Arc<Session>) -> bool {
     match list.iter().position(|s| Arc::ptr_eq(&s.session, session)) {
         Some(i) => {
@@ -281,18 +285,9 @@ fn prune(root: &mut Node, levels: &[&[u8]]) {
         let Some((last, path)) = levels.get(..=depth).and_then(|p| p.split_last()) else {
             return;
         };
-        let mut node = &mut *root;
-        for level in path {
-            let child = match *level {
-                b"+" => node.plus.as_deref_mut(),
-                b"#" => node.hash.as_deref_mut(),
-                other => node.children.get_mut(other),
-            };
-            match child {
-                Some(c) => node = c,
-                None => return,
-            }
-        }
+        let Some(node) = descend(root, path) else {
+            return;
+        };
         let empty = match *last {
             b"+" => node.plus.as_ref().is_some_and(|n| n.is_empty()),
             b"#" => node.hash.as_ref().is_some_and(|n| n.is_empty()),
