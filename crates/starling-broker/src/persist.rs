@@ -4,9 +4,13 @@
 //!
 //! The core only appends [`Op`]s; a committer outside the core (a thread in the server) takes
 //! them in batches, applies each batch to the store in one transaction (group commit), and
-//! reports the highest ticket done. The journal is bounded by what is waiting on it: a client
-//! whose acknowledgement is held cannot have more than its inflight window outstanding, and a
-//! connection with held acknowledgements stops being read (see `Connection::backpressured`).
+//! reports the highest ticket done. What a QoS 1/2 publish, SUBSCRIBE or QoS 2 step journals is
+//! bounded by what waits on it: in `sync` mode its acknowledgement is held, a client cannot have
+//! more than its window outstanding, and a connection with `HELD_LIMIT` held acknowledgements
+//! stops being read (see `Connection::backpressured`). Known gap: a QoS 0 retained publish, and
+//! everything in `periodic` mode, journals without holding anything, so a client flooding
+//! retained QoS 0 messages faster than the disk commits them grows the journal; a byte bound
+//! that pauses reading is the planned fix.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
