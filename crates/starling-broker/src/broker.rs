@@ -194,7 +194,7 @@ impl Broker {
                         Session::set_owner(&mut st, &old, Some((conn_id, waker.clone())));
                         // The new connection's will replaces the old one, which is cancelled: the session
                         // was resumed.
-                        st.will = new_will.take();
+                        st.will = new_will.take().map(Box::new);
                         st.protocol = req.protocol;
                         st.expiry_secs = req.expiry_secs;
                         st.disconnected_at = None;
@@ -220,7 +220,7 @@ impl Broker {
                     {
                         let mut st = session.lock();
                         Session::set_owner(&mut st, &session, Some((conn_id, waker)));
-                        st.will = new_will.take();
+                        st.will = new_will.take().map(Box::new);
                         st.expiry_secs = req.expiry_secs;
                         self.persist_session(&session, &mut st);
                     }

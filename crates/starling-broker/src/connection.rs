@@ -8,6 +8,8 @@
 //! shared [`Broker`].
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,10 +74,9 @@ struct Active {
     window: usize,
     /// The client's Maximum Packet Size.
     max_packet_out: usize,
-    /// Inbound topic aliases; bounded by the advertised Topic Alias Maximum.
-    aliases_in: HashMap<u16, TopicName>,
-    /// Outbound topic aliases the broker assigned; at most the client's Topic Alias Maximum.
-    aliases_out: HashMap<TopicName, u16>,
+    /// Topic aliases both ways, allocated when the first one is used (most clients use none,
+    /// and every idle connection holds its `Active`).
+    aliases: Option<Box<Aliases>>,
     /// The client's Topic Alias Maximum (0: no outbound aliases).
     alias_out_max: u16,
     /// Request Problem Information: reason strings may be sent on acks (v5; default true).
@@ -86,6 +87,15 @@ struct Active {
     ending: Ending,
     /// The enhanced authentication method of this connection (re-authentication), if any.
     enhanced: Option<Box<enhanced::EnhancedSession>>,
+}
+
+/// A connection's topic aliases.
+#[derive(Debug, Default)]
+struct Aliases {
+    /// Inbound; bounded by the advertised Topic Alias Maximum.
+    inbound: HashMap<u16, TopicName>,
+    /// Outbound ones the broker assigned; at most the client's Topic Alias Maximum.
+    outbound: HashMap<TopicName, u16>,
 }
 
 /// What CONNECT negotiated before authentication.
@@ -113,21 +123,44 @@ enum Stage {
 pub struct Connection {
     broker: Arc<Broker>,
     id: u64,
-    peer: String,
+    /// The client's address, when known (logs, authenticators).
+    peer: Option<SocketAddr>,
     waker: Arc<Notify>,
     stage: Stage,
     out: BytesMut,
     opened_at: Instant,
     last_packet: Instant,
     shutting_down: bool,
-    /// Inbound publish rate limit (`max_publish_rate`), if any.
-    rate: Option<TokenBucket>,
-    /// Acknowledgements waiting for the store to commit what they acknowledge (durability
-    /// `sync`), in order, with their journal tickets. Bounded: at `HELD_LIMIT` the network layer
-    /// stops reading from the client until commits catch up.
-    held: VecDeque<(u64, Packet)>,
+    /// Inbound publish rate limit (`max_publish_rate`), if any; boxed, as most have none.
+    rate: Option<Box<TokenBucket>>,
+    /// Acknowledgements waiting for the store (durability `sync`); allocated on first use, so
+    /// idle connections and the other modes do not carry it.
+    held: Option<Box<HeldAcks>>,
     /// The listener's authentication and authorization; `None`: everything allowed.
-    access: Option<Box<access::ConnAccess>>,
+    access: Option<access::ConnAccess>,
+}
+
+/// A peer address for logs: the address, or `unknown`.
+#[derive(Debug, Clone, Copy)]
+struct PeerAddr(Option<SocketAddr>);
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+/// Acknowledgements waiting for the store to commit what they acknowledge, in order, with
+/// their journal tickets. Bounded: at `HELD_LIMIT` the network layer stops reading from the
+/// client until commits catch up.
+#[derive(Debug)]
+struct HeldAcks {
+    queue: VecDeque<(u64, Packet)>,
+    /// The journal's memo of the commit this connection waits for (`Journal::notify_when_done`).
+    commit_generation: u64,
 }
 
 /// Held acknowledgements at which reading from the client pauses.
@@ -151,7 +184,7 @@ impl TokenBucket {
 
 impl Connection {
     /// A new connection from `peer`, awaiting CONNECT.
-    pub fn new(broker: Arc<Broker>, peer: String, now: Instant) -> Self {
+    pub fn new(broker: Arc<Broker>, peer: Option<SocketAddr>, now: Instant) -> Self {
         let id = broker.connection_id();
         Self {
             broker,
@@ -164,20 +197,25 @@ impl Connection {
             last_packet: now,
             shutting_down: false,
             rate: None,
-            held: VecDeque::new(),
+            held: None,
             access: None,
         }
         .with_rate_limit(now)
     }
 
+    /// The peer address, for log lines.
+    fn peer(&self) -> PeerAddr {
+        PeerAddr(self.peer)
+    }
+
     fn with_rate_limit(mut self, now: Instant) -> Self {
         let rate = self.broker.limits.max_publish_rate;
         if rate > 0 {
-            self.rate = Some(TokenBucket {
+            self.rate = Some(Box::new(TokenBucket {
                 rate: f64::from(rate),
                 tokens: f64::from(rate),
                 updated: now,
-            });
+            }));
         }
         self
     }
@@ -374,7 +412,7 @@ impl Connection {
         match starling_proto::encode(packet, version, &mut self.out) {
             Ok(()) => self.broker.metrics.messages_sent.inc(),
             Err(e) => {
-                warn!(peer = %self.peer, error = %e, "could not encode {:?}", packet.packet_type())
+                warn!(peer = %self.peer(), error = %e, "could not encode {:?}", packet.packet_type())
             }
         }
     }
@@ -440,7 +478,7 @@ impl Connection {
         let stage = std::mem::replace(&mut self.stage, Stage::Closed);
         let Stage::Active(a) = stage else {
             if let Some(c) = closing {
-                debug!(peer = %self.peer, reason = %c.reason, "connection closed before CONNECT: {}", c.detail);
+                debug!(peer = %self.peer(), reason = %c.reason, "connection closed before CONNECT: {}", c.detail);
             }
             return;
         };
@@ -457,7 +495,7 @@ impl Connection {
         };
         info!(
             client_id = %a.client_id,
-            peer = %self.peer,
+            peer = %self.peer(),
             protocol = a.version.level(),
             %reason,
             "client disconnected: {detail}"

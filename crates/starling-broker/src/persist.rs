@@ -13,13 +13,14 @@
 //! that pauses reading is the planned fix.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use starling_proto::{Packet, ProtocolVersion, Publish, QoS};
 use starling_store::{MessagePhase, MessageRecord, Op};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::message::{Delivery, Message};
 
@@ -45,12 +46,23 @@ struct Pending {
 /// Most failed ranges remembered; older failures are long resolved by then.
 const FAILED_RANGES: usize = 256;
 
+/// Connections to wake when the next commit finishes.
+#[derive(Debug, Default)]
+struct Waiters {
+    /// Commits finished so far; a connection is listed at most once per generation.
+    generation: u64,
+    /// Bounded by the number of connections (one entry each per generation).
+    list: Vec<Arc<Notify>>,
+}
+
 /// State changes waiting for the committer.
 #[derive(Debug)]
 pub struct Journal {
     pending: Mutex<Pending>,
     ready: Condvar,
-    done: watch::Sender<u64>,
+    /// Highest ticket whose batch finished (committed or failed).
+    done: AtomicU64,
+    waiters: Mutex<Waiters>,
     failed: Mutex<VecDeque<(u64, u64)>>,
     hold_acks: bool,
 }
@@ -62,7 +74,8 @@ impl Journal {
         Self {
             pending: Mutex::new(Pending::default()),
             ready: Condvar::new(),
-            done: watch::channel(0).0,
+            done: AtomicU64::new(0),
+            waiters: Mutex::new(Waiters::default()),
             failed: Mutex::new(VecDeque::new()),
             hold_acks,
         }
@@ -116,22 +129,49 @@ impl Journal {
         self.ready.notify_all();
     }
 
-    /// Reports that every ticket up to `upto` was committed (`ok`) or failed.
+    /// Reports that every ticket up to `upto` was committed (`ok`) or failed, and wakes the
+    /// connections waiting for it.
     pub fn finish(&self, upto: u64, ok: bool) {
         if !ok {
-            let from = *self.done.borrow() + 1;
+            let from = self.done.load(Ordering::Acquire) + 1;
             let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
             if f.len() == FAILED_RANGES {
                 f.pop_front();
             }
             f.push_back((from, upto));
         }
-        self.done.send_replace(upto);
+        self.done.store(upto, Ordering::Release);
+        let list = {
+            let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            w.generation += 1;
+            std::mem::take(&mut w.list)
+        };
+        for waker in list {
+            waker.notify_one();
+        }
+    }
+
+    /// Wakes `waker` when `ticket` is done: at the end of the next commit, or at once if it
+    /// already is. `registered` is the caller's memo (start with `u64::MAX`) so that it is
+    /// listed once per commit however often it asks.
+    pub fn notify_when_done(&self, ticket: u64, waker: &Arc<Notify>, registered: &mut u64) {
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock `finish` takes after advancing `done`: either this sees the
+        // new value, or `finish` sees this entry.
+        if self.done.load(Ordering::Acquire) >= ticket {
+            drop(w);
+            waker.notify_one();
+            return;
+        }
+        if *registered != w.generation {
+            *registered = w.generation;
+            w.list.push(waker.clone());
+        }
     }
 
     /// Where `ticket` stands.
     pub fn status(&self, ticket: u64) -> TicketStatus {
-        if ticket > *self.done.borrow() {
+        if ticket > self.done.load(Ordering::Acquire) {
             return TicketStatus::Pending;
         }
         let f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
@@ -140,11 +180,6 @@ impl Journal {
         } else {
             TicketStatus::Durable
         }
-    }
-
-    /// Changes whenever a batch finishes.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.done.subscribe()
     }
 }
 
@@ -287,6 +322,40 @@ pub fn decode_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn woken(n: &Notify) -> bool {
+        let f = std::pin::pin!(n.notified());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::future::Future::poll(f, &mut cx).is_ready()
+    }
+
+    #[test]
+    fn a_commit_wakes_each_waiting_connection_once() {
+        let j = Journal::new(true);
+        let waker = Arc::new(Notify::new());
+        let mut memo = u64::MAX;
+        let t = j.push(Op::DeleteRetained("a".into()));
+        j.notify_when_done(t, &waker, &mut memo);
+        j.notify_when_done(t, &waker, &mut memo);
+        assert_eq!(j.waiters.lock().unwrap().list.len(), 1, "listed once per commit");
+        assert!(!woken(&waker), "nothing committed yet");
+        let (_, upto) = j.take_batch(Duration::ZERO).unwrap();
+        j.finish(upto, true);
+        assert!(woken(&waker));
+        assert!(!woken(&waker));
+        assert!(j.waiters.lock().unwrap().list.is_empty());
+        // Asking about a ticket already done wakes at once instead of waiting for a commit
+        // that may never come.
+        j.notify_when_done(t, &waker, &mut memo);
+        assert!(woken(&waker));
+        // A failed commit wakes too (the held acknowledgement becomes a failure answer).
+        let u = j.push(Op::DeleteRetained("b".into()));
+        j.notify_when_done(u, &waker, &mut memo);
+        let (_, upto) = j.take_batch(Duration::ZERO).unwrap();
+        j.finish(upto, false);
+        assert!(woken(&waker));
+        assert_eq!(j.status(u), TicketStatus::Failed);
+    }
 
     #[test]
     fn tickets_and_failures() {

@@ -94,7 +94,7 @@ pub struct SessionState {
     /// Session Expiry Interval, seconds (`u32::MAX`: never).
     pub expiry_secs: u32,
     /// The will of the current (or last) connection.
-    pub will: Option<PendingWill>,
+    pub will: Option<Box<PendingWill>>,
     /// When the session's connection ended, for expiry.
     pub disconnected_at: Option<Instant>,
     /// Set once the session is discarded; a connection still holding it stops using it.

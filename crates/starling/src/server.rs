@@ -19,12 +19,12 @@ use starling_auth::{
 use starling_broker::{Broker, Connection, ListenerAccess, PeerInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ListenerConfig, Protocol, is_loopback};
-use crate::connection::StreamOptions;
+use crate::connection::{Stop, StreamOptions};
 use crate::limiter::{AddressLimiter, Verdict};
 use crate::storage;
 use crate::tls::TlsListener;
@@ -40,7 +40,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 struct ListenerRuntime {
     protocol: Protocol,
     /// Authentication and authorization applied to each connection.
-    access: ListenerAccess,
+    access: Arc<ListenerAccess>,
     /// TLS settings and the current acceptor (`tls`, `wss`).
     tls: Option<Arc<TlsListener>>,
     /// WebSocket path (`ws`, `wss`).
@@ -64,8 +64,13 @@ struct Reloadable {
 pub struct Server {
     broker: Arc<Broker>,
     addrs: Vec<SocketAddr>,
-    shutdown_tx: watch::Sender<bool>,
+    stop: Arc<Stop>,
+    /// Accept loops and the tick loop.
     tasks: JoinSet<()>,
+    /// Every connection task holds one of these until it ends: all of them back means every
+    /// connection is done (cheaper per connection than a `JoinSet` entry).
+    permits: Arc<Semaphore>,
+    permit_count: u32,
     /// Commits journaled changes; flushed at shutdown.
     committer: Option<storage::Committer>,
     reloadable: Reloadable,
@@ -175,7 +180,7 @@ fn listener_runtime(
     Ok(ListenerRuntime {
         protocol,
         slow_connect: passwords.is_some() && !identity,
-        access: ListenerAccess {
+        access: Arc::new(ListenerAccess {
             name,
             authenticator: Arc::new(StandardAuthenticator {
                 allow_anonymous,
@@ -184,7 +189,7 @@ fn listener_runtime(
             }),
             authorizer,
             enhanced,
-        },
+        }),
         tls,
         ws_path: l.ws_path().to_owned(),
         permits: l.max_connections.map(|n| Arc::new(Semaphore::new(n))),
@@ -270,8 +275,12 @@ impl Server {
         committer: Option<storage::Committer>,
     ) -> Result<Self, (anyhow::Error, Option<storage::Committer>)> {
         let limiter = Arc::new(AddressLimiter::new(config.security.clone(), Instant::now()));
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let permits = Arc::new(Semaphore::new(config.limits.max_connections + ACCEPT_SLACK));
+        let stop = Arc::new(Stop::default());
+        // At most `Semaphore::MAX_PERMITS`, and a count `acquire_many` can ask for.
+        let permit_count = u32::try_from(config.limits.max_connections + ACCEPT_SLACK)
+            .unwrap_or(u32::MAX)
+            .min(u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
+        let permits = Arc::new(Semaphore::new(permit_count as usize));
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
         for (l, rt) in config.listeners.iter().zip(runtimes) {
@@ -293,15 +302,17 @@ impl Server {
                 broker.clone(),
                 permits.clone(),
                 limiter.clone(),
-                shutdown_rx.clone(),
+                stop.clone(),
             ));
         }
-        tasks.spawn(tick_loop(broker.clone(), shutdown_rx));
+        tasks.spawn(tick_loop(broker.clone(), stop.clone()));
         Ok(Self {
             broker,
             addrs,
-            shutdown_tx,
+            stop,
             tasks,
+            permits,
+            permit_count,
             committer,
             reloadable,
         })
@@ -355,18 +366,18 @@ impl Server {
     /// connection tasks, at most `SHUTDOWN_GRACE`.
     pub async fn shutdown(mut self) {
         info!("shutting down");
-        let _ = self.shutdown_tx.send(true);
-        let deadline = tokio::time::sleep(SHUTDOWN_GRACE);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                r = self.tasks.join_next() => if r.is_none() { break },
-                _ = &mut deadline => {
-                    warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
-                    self.tasks.abort_all();
-                    break;
-                }
-            }
+        self.stop.stop();
+        let all_done = async {
+            while self.tasks.join_next().await.is_some() {}
+            // Every connection's permit back: every connection task has finished.
+            let _ = self.permits.acquire_many(self.permit_count).await;
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, all_done)
+            .await
+            .is_err()
+        {
+            warn!("connections still open after {SHUTDOWN_GRACE:?}; not waiting for them");
+            self.tasks.abort_all();
         }
         if let Some(c) = self.committer.take() {
             // Commit what is left, off the async threads.
@@ -417,14 +428,11 @@ async fn accept_loop(
     broker: Arc<Broker>,
     permits: Arc<Semaphore>,
     limiter: Arc<AddressLimiter>,
-    mut shutdown: watch::Receiver<bool>,
+    stop: Arc<Stop>,
 ) {
-    let mut conns = JoinSet::new();
     loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
-            // Reap finished connection tasks so the set stays as large as the live ones.
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            () = stop.wait() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     match limiter.check(peer.ip(), Instant::now(), &broker.metrics) {
@@ -451,14 +459,20 @@ async fn accept_loop(
                         },
                         None => None,
                     };
-                    conns.spawn(handle(
-                        stream,
-                        peer,
-                        rt.clone(),
-                        broker.clone(),
-                        shutdown.clone(),
-                        (permit, listener_permit),
-                    ));
+                    let permits = (permit, listener_permit);
+                    // Detached: the global permit each holds is how shutdown waits for them.
+                    if rt.protocol == Protocol::Tcp {
+                        tokio::spawn(tcp_connection(stream, peer, &rt, &broker, &stop, permits));
+                    } else {
+                        tokio::spawn(handle(
+                            stream,
+                            peer,
+                            rt.clone(),
+                            broker.clone(),
+                            stop.clone(),
+                            permits,
+                        ));
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
@@ -468,17 +482,41 @@ async fn accept_loop(
             }
         }
     }
-    while conns.join_next().await.is_some() {}
 }
 
-/// Runs the transport handshakes of the listener's protocol (bounded by the CONNECT
+/// The task of a plain TCP connection: no handshake, so it is the connection loop alone
+/// (every idle client holds one; see `connection::serve`).
+fn tcp_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    rt: &ListenerRuntime,
+    broker: &Arc<Broker>,
+    stop: &Arc<Stop>,
+    permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+) -> impl Future<Output = ()> + use<> {
+    let _ = stream.set_nodelay(true);
+    let info = PeerInfo {
+        addr: Some(peer),
+        certificate_identity: None,
+    };
+    let conn = Connection::new(broker.clone(), Some(peer), Instant::now())
+        .with_access(rt.access.clone(), info);
+    let options = StreamOptions {
+        flush: false,
+        slow_connect: rt.slow_connect,
+    };
+    let (rd, wr) = stream.into_split();
+    crate::connection::serve(rd, wr, conn, broker.clone(), options, stop.clone(), permits)
+}
+
+/// Runs the transport handshakes of a TLS or WebSocket listener (bounded by the CONNECT
 /// timeout, and abandoned at shutdown), then serves the connection.
 async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     rt: Arc<ListenerRuntime>,
     broker: Arc<Broker>,
-    mut shutdown: watch::Receiver<bool>,
+    stop: Arc<Stop>,
     _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 ) {
     let _ = stream.set_nodelay(true);
@@ -494,14 +532,13 @@ async fn handle(
         slow_connect: rt.slow_connect,
     };
     let conn = |info: PeerInfo| {
-        Connection::new(broker.clone(), peer.to_string(), opened)
-            .with_access(rt.access.clone(), info)
+        Connection::new(broker.clone(), Some(peer), opened).with_access(rt.access.clone(), info)
     };
     macro_rules! handshake {
         ($what:literal, $fut:expr) => {{
             let result = tokio::select! {
                 r = tokio::time::timeout(handshake_time, $fut) => r,
-                _ = shutdown.changed() => return,
+                () = stop.wait() => return,
             };
             match result {
                 Ok(Ok(s)) => s,
@@ -517,20 +554,16 @@ async fn handle(
         }};
     }
     match (rt.protocol, &rt.tls) {
-        (Protocol::Tcp, _) => {
-            let (rd, wr) = stream.into_split();
-            let c = conn(info);
-            crate::connection::serve(rd, wr, c, broker.clone(), options, shutdown).await;
-        }
-        // TLS and WebSocket state is large; boxing those arms keeps the task of a plain TCP
-        // connection small (each idle connection holds its task).
+        // Served by `tcp_connection`.
+        (Protocol::Tcp, _) => {}
+        // TLS and WebSocket handshake state is large; boxed, it is freed once done.
         (Protocol::Ws, _) => {
             Box::pin(async {
                 let ws = handshake!(
                     "WebSocket",
                     crate::ws::accept(stream, &rt.ws_path, max_packet)
                 );
-                run_split(ws, conn(info), &broker, options, shutdown).await;
+                run_split(ws, conn(info), &broker, options, stop).await;
             })
             .await
         }
@@ -541,13 +574,13 @@ async fn handle(
                 info.certificate_identity =
                     crate::tls::peer_identity(tls_stream.get_ref().1, tls.identity_source());
                 if rt.protocol == Protocol::Tls {
-                    run_split(tls_stream, conn(info), &broker, options, shutdown).await;
+                    run_split(tls_stream, conn(info), &broker, options, stop).await;
                 } else {
                     let ws = handshake!(
                         "WebSocket",
                         crate::ws::accept(tls_stream, &rt.ws_path, max_packet)
                     );
-                    run_split(ws, conn(info), &broker, options, shutdown).await;
+                    run_split(ws, conn(info), &broker, options, stop).await;
                 }
             })
             .await
@@ -561,20 +594,20 @@ async fn run_split<S>(
     conn: Connection,
     broker: &Arc<Broker>,
     options: StreamOptions,
-    shutdown: watch::Receiver<bool>,
+    stop: Arc<Stop>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (rd, wr) = tokio::io::split(stream);
-    crate::connection::serve(rd, wr, conn, broker.clone(), options, shutdown).await;
+    crate::connection::serve(rd, wr, conn, broker.clone(), options, stop, ()).await;
 }
 
-async fn tick_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+async fn tick_loop(broker: Arc<Broker>, stop: Arc<Stop>) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
+            () = stop.wait() => break,
             _ = interval.tick() => broker.tick(Instant::now()),
         }
     }

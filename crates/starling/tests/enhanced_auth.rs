@@ -885,8 +885,7 @@ impl Machine {
             authorizer: None,
             enhanced: vec![Arc::new(TestMethod)],
         };
-        let conn = Connection::new(broker, "test-peer".into(), now)
-            .with_access(access, PeerInfo::default());
+        let conn = Connection::new(broker, None, now).with_access(Arc::new(access), PeerInfo::default());
         Self { conn, now }
     }
 

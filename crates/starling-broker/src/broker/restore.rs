@@ -109,7 +109,7 @@ impl Broker {
                         &clock,
                         now,
                     )?;
-                    Some(PendingWill {
+                    Some(Box::new(PendingWill {
                         will: Will {
                             topic: msg.topic,
                             payload: msg.payload,
@@ -118,7 +118,7 @@ impl Broker {
                             properties: msg.properties,
                         },
                         delay_secs: w.delay_secs,
-                    })
+                    }))
                 });
                 for sub in &rec.subscriptions {
                     let Ok(filter) = starling_proto::TopicFilter::try_from_str(&sub.filter) else {

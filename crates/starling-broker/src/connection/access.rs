@@ -38,14 +38,19 @@ pub struct PeerInfo {
 /// The listener's checks and the peer, held by the connection.
 #[derive(Debug)]
 pub(super) struct ConnAccess {
-    pub(super) listener: ListenerAccess,
-    pub(super) peer: PeerInfo,
+    pub(super) listener: Arc<ListenerAccess>,
+    /// Identity from a verified TLS client certificate.
+    pub(super) certificate_identity: Option<Box<str>>,
 }
 
 impl Connection {
     /// Applies `listener`'s authentication and authorization to this connection.
-    pub fn with_access(mut self, listener: ListenerAccess, peer: PeerInfo) -> Self {
-        self.access = Some(Box::new(ConnAccess { listener, peer }));
+    pub fn with_access(mut self, listener: Arc<ListenerAccess>, peer: PeerInfo) -> Self {
+        self.peer = peer.addr.or(self.peer);
+        self.access = Some(ConnAccess {
+            listener,
+            certificate_identity: peer.certificate_identity.map(String::into_boxed_str),
+        });
         self
     }
 
@@ -63,9 +68,9 @@ impl Connection {
             client_id,
             username: c.username.as_deref(),
             password: c.password.as_deref(),
-            peer: access.peer.addr,
+            peer: self.peer,
             listener: &access.listener.name,
-            certificate_identity: access.peer.certificate_identity.as_deref(),
+            certificate_identity: access.certificate_identity.as_deref(),
         };
         match access.listener.authenticator.authenticate(&info) {
             AuthDecision::Allow { username } => self.admit(c, client_id, username.map(Arc::from)),

@@ -33,7 +33,7 @@ impl Connection {
         if starling_proto::encode(&connack, version, &mut self.out).is_ok() {
             self.broker.metrics.messages_sent.inc();
         }
-        info!(peer = %self.peer, protocol = version.level(), %reason, "connection refused: {detail}");
+        info!(peer = %self.peer(), protocol = version.level(), %reason, "connection refused: {detail}");
         Err(Closing::new(reason, detail))
     }
 
@@ -220,8 +220,7 @@ impl Connection {
                 .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             window: window.max(1),
             max_packet_out,
-            aliases_in: HashMap::new(),
-            aliases_out: HashMap::new(),
+            aliases: None,
             alias_out_max: if v5 {
                 props.topic_alias_maximum.unwrap_or(0)
             } else {
@@ -260,7 +259,7 @@ impl Connection {
         }));
         info!(
             client_id = %client_id,
-            peer = %self.peer,
+            peer = %self.peer(),
             protocol = version.level(),
             clean_start = c.clean_start,
             keep_alive,

@@ -35,7 +35,7 @@ impl Connection {
                 metrics.dropped_expired.inc();
                 continue;
             }
-            if !access::may_read(self.access.as_deref(), a, &d.msg.topic) {
+            if !access::may_read(self.access.as_ref(), a, &d.msg.topic) {
                 metrics.acl_denied.inc();
                 continue;
             }
@@ -57,7 +57,8 @@ impl Connection {
             ) {
                 Ok(true) => {
                     if let Some((alias, false)) = alias {
-                        a.aliases_out.insert(d.msg.topic.clone(), alias);
+                        (a.aliases.get_or_insert_default().outbound)
+                            .insert(d.msg.topic.clone(), alias);
                     }
                 }
                 Ok(false) => {
@@ -113,15 +114,17 @@ pub(super) fn outbound_alias(a: &mut Active, topic: &TopicName) -> Option<(u16, 
     if a.alias_out_max == 0 {
         return None;
     }
-    if let Some(&alias) = a.aliases_out.get(topic) {
+    let assigned = a.aliases.as_ref().map(|x| &x.outbound);
+    if let Some(&alias) = assigned.and_then(|m| m.get(topic)) {
         return Some((alias, true));
     }
-    if a.aliases_out.len() >= usize::from(a.alias_out_max) {
+    let used = assigned.map_or(0, HashMap::len);
+    if used >= usize::from(a.alias_out_max) {
         return None;
     }
     // Proposed only: the caller records it once the message is actually sent, since a message
     // dropped for the client's Maximum Packet Size must not define an alias.
-    let alias = u16::try_from(a.aliases_out.len() + 1).ok()?;
+    let alias = u16::try_from(used + 1).ok()?;
     Some((alias, false))
 }
 

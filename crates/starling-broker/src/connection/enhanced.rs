@@ -134,7 +134,7 @@ impl Connection {
             client_id,
             username,
             reauthentication: false,
-            peer: self.access.as_ref().and_then(|a| a.peer.addr),
+            peer: self.peer,
             listener: self.access.as_ref().map_or("", |a| &a.listener.name),
         }
     }
@@ -235,7 +235,7 @@ impl Connection {
     pub(super) fn on_reauth(&mut self, auth: Auth, now: Instant) -> Result<(), Closing> {
         let timeout = Duration::from_secs(self.broker.limits.connect_timeout_secs);
         let listener = self.access.as_ref().map_or("", |a| &*a.listener.name);
-        let peer = self.access.as_ref().and_then(|a| a.peer.addr);
+        let peer = self.peer;
         let Stage::Active(a) = &mut self.stage else {
             return Ok(());
         };
@@ -322,7 +322,7 @@ impl Connection {
             }
             ReauthOutcome::Done(packet, client_id) => {
                 self.encode(&packet);
-                info!(client_id = %client_id, peer = %self.peer, "client re-authenticated");
+                info!(client_id = %client_id, peer = %self.peer(), "client re-authenticated");
                 Ok(())
             }
             ReauthOutcome::Refused(reason, detail) => {

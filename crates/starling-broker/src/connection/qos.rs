@@ -1,6 +1,7 @@
 //! Inbound PUBLISH and the QoS 1/2 acknowledgement flows in both directions, including
 //! acknowledgements held until the store has committed what they acknowledge.
 
+use crate::persist::Journal;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,12 +25,12 @@ impl Connection {
                 return self.fail(ReasonCode::TopicAliasInvalid, "topic alias out of range");
             }
             if p.topic.is_empty() {
-                match a.aliases_in.get(&alias) {
+                match a.aliases.as_ref().and_then(|x| x.inbound.get(&alias)) {
                     Some(t) => p.topic = t.clone(),
                     None => return self.protocol_error("unknown topic alias"),
                 }
             } else {
-                a.aliases_in.insert(alias, p.topic.clone());
+                (a.aliases.get_or_insert_default().inbound).insert(alias, p.topic.clone());
             }
         }
         if p.topic.is_empty() {
@@ -73,7 +74,7 @@ impl Connection {
             ReasonCode::PayloadFormatInvalid
         } else if p.topic.as_bytes().starts_with(b"$SYS") {
             ReasonCode::NotAuthorized
-        } else if !access::may_publish(self.access.as_deref(), a, &p.topic) {
+        } else if !access::may_publish(self.access.as_ref(), a, &p.topic) {
             // 3.x: acknowledged as usual and dropped (the spec allows nothing else).
             broker.metrics.acl_denied.inc();
             ReasonCode::NotAuthorized
@@ -139,13 +140,19 @@ impl Connection {
         let hold = match self.broker.persistence() {
             // Held even if already failed: `release_held` turns it into a failure answer.
             Some(p) if p.journal.hold_acks() => {
-                !self.held.is_empty()
+                self.has_held()
                     || ticket.is_some_and(|t| p.journal.status(t) != TicketStatus::Durable)
             }
             _ => false,
         };
         if hold {
-            self.held.push_back((ticket.unwrap_or(0), packet));
+            let held = self.held.get_or_insert_with(|| {
+                Box::new(HeldAcks {
+                    queue: VecDeque::new(),
+                    commit_generation: u64::MAX,
+                })
+            });
+            held.queue.push_back((ticket.unwrap_or(0), packet));
         } else {
             self.encode(&packet);
         }
@@ -153,12 +160,14 @@ impl Connection {
 
     /// True while acknowledgements wait for the store.
     pub fn has_held(&self) -> bool {
-        !self.held.is_empty()
+        self.held.as_ref().is_some_and(|h| !h.queue.is_empty())
     }
 
     /// True when so many acknowledgements wait that the client must not be read further.
     pub fn backpressured(&self) -> bool {
-        self.held.len() >= HELD_LIMIT
+        self.held
+            .as_ref()
+            .is_some_and(|h| h.queue.len() >= HELD_LIMIT)
     }
 
     /// Sends the held acknowledgements whose commits finished. A failed commit is not
@@ -168,7 +177,19 @@ impl Connection {
         let Some(journal) = self.broker.persistence().map(|p| p.journal.clone()) else {
             return Ok(());
         };
-        while let Some(&(ticket, _)) = self.held.front() {
+        let Some(mut held) = self.held.take() else {
+            return Ok(());
+        };
+        let result = self.release_from(&mut held, &journal);
+        if let Some(&(ticket, _)) = held.queue.front() {
+            journal.notify_when_done(ticket, &self.waker, &mut held.commit_generation);
+        }
+        self.held = Some(held);
+        result
+    }
+
+    fn release_from(&mut self, held: &mut HeldAcks, journal: &Journal) -> Result<(), Closing> {
+        while let Some(&(ticket, _)) = held.queue.front() {
             let status = if ticket == 0 {
                 TicketStatus::Durable
             } else {
@@ -177,7 +198,7 @@ impl Connection {
             if status == TicketStatus::Pending {
                 break;
             }
-            let Some((_, mut packet)) = self.held.pop_front() else {
+            let Some((_, mut packet)) = held.queue.pop_front() else {
                 break;
             };
             if status == TicketStatus::Failed {

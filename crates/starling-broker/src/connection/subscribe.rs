@@ -19,7 +19,7 @@ impl Connection {
         let mut reasons = Vec::with_capacity(s.filters.len().min(64));
         let mut retained = Vec::new();
         for (filter, options) in s.filters {
-            if !access::may_subscribe(self.access.as_deref(), a, &filter) {
+            if !access::may_subscribe(self.access.as_ref(), a, &filter) {
                 broker.metrics.acl_denied.inc();
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;
