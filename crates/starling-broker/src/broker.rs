@@ -312,7 +312,7 @@ impl Broker {
                 for d in &mut shared {
                     if d.seq != 0 {
                         p.journal
-                            .push(Op::DeleteMessage(session.client_id.to_string(), d.seq));
+                            .push(Op::DeleteMessage(session.client_id.clone(), d.seq));
                         d.seq = 0;
                     }
                 }
@@ -400,8 +400,7 @@ impl Broker {
             for pid in expired_ids {
                 st.awaiting_rel.remove(&pid);
                 if let (Some(p), true) = (&self.persist, st.persisted) {
-                    p.journal
-                        .push(Op::DeleteAwaiting(s.client_id.to_string(), pid));
+                    p.journal.push(Op::DeleteAwaiting(s.client_id.clone(), pid));
                 }
             }
             let Some(since) = st.disconnected_at else {

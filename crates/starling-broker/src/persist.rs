@@ -41,6 +41,8 @@ struct Pending {
     /// Ticket of the last op pushed.
     last: u64,
     closed: bool,
+    /// The committer is waiting on `ready` (only then is a notification worth its syscall).
+    committer_waiting: bool,
 }
 
 /// Most failed ranges remembered; older failures are long resolved by then.
@@ -92,8 +94,11 @@ impl Journal {
         p.last += 1;
         p.ops.push(op);
         let t = p.last;
+        let wake = std::mem::take(&mut p.committer_waiting);
         drop(p);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         t
     }
 
@@ -102,11 +107,13 @@ impl Journal {
     pub fn take_batch(&self, wait: Duration) -> Option<(Vec<Op>, u64)> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.ops.is_empty() && !p.closed {
+            p.committer_waiting = true;
             p = self
                 .ready
                 .wait_timeout(p, wait)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
+            p.committer_waiting = false;
         }
         if p.ops.is_empty() {
             return None;
@@ -248,11 +255,14 @@ pub fn encode_message(msg: &Message, qos: QoS, retain: bool, sub_ids: &[u32]) ->
         properties,
         payload: msg.payload.clone(),
     };
-    let mut buf = BytesMut::new();
+    let packet = Packet::Publish(publish);
+    // One allocation of the exact size, handed over as the record's Vec without a copy.
+    let len = starling_proto::encoded_len(&packet, ProtocolVersion::V5).unwrap_or(0);
+    let mut buf = BytesMut::with_capacity(len);
     // A message that was decoded can always be encoded again; if not, the record is empty and
     // is skipped on load.
-    let _ = starling_proto::encode(&Packet::Publish(publish), ProtocolVersion::V5, &mut buf);
-    buf.to_vec()
+    let _ = starling_proto::encode(&packet, ProtocolVersion::V5, &mut buf);
+    Vec::from(buf)
 }
 
 /// Encodes a will as the MQTT 5 PUBLISH a session record keeps (its delay is kept apart).
@@ -337,7 +347,11 @@ mod tests {
         let t = j.push(Op::DeleteRetained("a".into()));
         j.notify_when_done(t, &waker, &mut memo);
         j.notify_when_done(t, &waker, &mut memo);
-        assert_eq!(j.waiters.lock().unwrap().list.len(), 1, "listed once per commit");
+        assert_eq!(
+            j.waiters.lock().unwrap().list.len(),
+            1,
+            "listed once per commit"
+        );
         assert!(!woken(&waker), "nothing committed yet");
         let (_, upto) = j.take_batch(Duration::ZERO).unwrap();
         j.finish(upto, true);

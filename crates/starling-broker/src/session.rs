@@ -201,7 +201,7 @@ impl SessionState {
         &mut self,
         mut delivery: Delivery,
         ctx: &Ctx<'_>,
-        client_id: &str,
+        client_id: &Arc<str>,
     ) -> (bool, Option<u64>) {
         let (limits, metrics) = (ctx.limits, ctx.metrics);
         if self.owner.is_none() && delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
@@ -234,7 +234,7 @@ impl SessionState {
                 if let (Some(p), true) = (ctx.persist, old.seq != 0) {
                     ticket = Some(
                         p.journal
-                            .push(Op::DeleteMessage(client_id.to_string(), old.seq)),
+                            .push(Op::DeleteMessage(client_id.clone(), old.seq)),
                     );
                 }
             }
@@ -247,11 +247,10 @@ impl SessionState {
             delivery.seq = self.next_seq;
             self.next_seq += 1;
             let record = delivery_record(&delivery, MessagePhase::Queued, 0, &p.clock);
-            ticket = Some(p.journal.push(Op::PutMessage(
-                client_id.to_string(),
-                delivery.seq,
-                record,
-            )));
+            ticket = Some(
+                p.journal
+                    .push(Op::PutMessage(client_id.clone(), delivery.seq, record)),
+            );
         }
         self.queued_bytes += cost;
         self.queue.push_back(delivery);
@@ -349,32 +348,32 @@ mod tests {
         let l = limits(3, QueueFullPolicy::DropOldest);
         let mut st = online();
         assert!(
-            st.enqueue(delivery(QoS::AtLeastOnce, 1), &ctx(&l, &m), "c")
+            st.enqueue(delivery(QoS::AtLeastOnce, 1), &ctx(&l, &m), &"c".into())
                 .0
         );
         assert!(
-            st.enqueue(delivery(QoS::AtMostOnce, 2), &ctx(&l, &m), "c")
+            st.enqueue(delivery(QoS::AtMostOnce, 2), &ctx(&l, &m), &"c".into())
                 .0
         );
         assert!(
-            st.enqueue(delivery(QoS::AtLeastOnce, 3), &ctx(&l, &m), "c")
+            st.enqueue(delivery(QoS::AtLeastOnce, 3), &ctx(&l, &m), &"c".into())
                 .0
         );
         // Full: the QoS 0 message makes room.
         assert!(
-            st.enqueue(delivery(QoS::AtLeastOnce, 4), &ctx(&l, &m), "c")
+            st.enqueue(delivery(QoS::AtLeastOnce, 4), &ctx(&l, &m), &"c".into())
                 .0
         );
         let payloads: Vec<u8> = st.queue.iter().map(|d| d.msg.payload[0]).collect();
         assert_eq!(payloads, [1, 3, 4]);
         // A new QoS 0 message does not displace QoS 1.
         assert!(
-            !st.enqueue(delivery(QoS::AtMostOnce, 5), &ctx(&l, &m), "c")
+            !st.enqueue(delivery(QoS::AtMostOnce, 5), &ctx(&l, &m), &"c".into())
                 .0
         );
         // Then the oldest goes.
         assert!(
-            st.enqueue(delivery(QoS::AtLeastOnce, 6), &ctx(&l, &m), "c")
+            st.enqueue(delivery(QoS::AtLeastOnce, 6), &ctx(&l, &m), &"c".into())
                 .0
         );
         let payloads: Vec<u8> = st.queue.iter().map(|d| d.msg.payload[0]).collect();
@@ -389,15 +388,15 @@ mod tests {
         let l = limits(2, QueueFullPolicy::RefuseNewest);
         let mut st = online();
         assert!(
-            st.enqueue(delivery(QoS::AtLeastOnce, 1), &ctx(&l, &m), "c")
+            st.enqueue(delivery(QoS::AtLeastOnce, 1), &ctx(&l, &m), &"c".into())
                 .0
         );
         assert!(
-            st.enqueue(delivery(QoS::ExactlyOnce, 2), &ctx(&l, &m), "c")
+            st.enqueue(delivery(QoS::ExactlyOnce, 2), &ctx(&l, &m), &"c".into())
                 .0
         );
         assert!(
-            !st.enqueue(delivery(QoS::AtLeastOnce, 3), &ctx(&l, &m), "c")
+            !st.enqueue(delivery(QoS::AtLeastOnce, 3), &ctx(&l, &m), &"c".into())
                 .0
         );
         let payloads: Vec<u8> = st.queue.iter().map(|d| d.msg.payload[0]).collect();
@@ -414,7 +413,7 @@ mod tests {
         };
         let mut st = online();
         for n in 0..10 {
-            let _ = st.enqueue(delivery(QoS::AtLeastOnce, n), &ctx(&l, &m), "c");
+            let _ = st.enqueue(delivery(QoS::AtLeastOnce, n), &ctx(&l, &m), &"c".into());
         }
         assert!(st.queued_bytes <= 4, "{}", st.queued_bytes);
         assert_eq!(st.queue.len(), 2); // each costs 2 bytes (topic + payload)
@@ -427,11 +426,11 @@ mod tests {
         let mut st = online();
         st.owner = None;
         assert!(
-            !st.enqueue(delivery(QoS::AtMostOnce, 1), &ctx(&l, &m), "c")
+            !st.enqueue(delivery(QoS::AtMostOnce, 1), &ctx(&l, &m), &"c".into())
                 .0
         );
         assert!(
-            st.enqueue(delivery(QoS::AtLeastOnce, 1), &ctx(&l, &m), "c")
+            st.enqueue(delivery(QoS::AtLeastOnce, 1), &ctx(&l, &m), &"c".into())
                 .0
         );
         assert_eq!(m.publish_dropped.get(), 0);

@@ -41,23 +41,27 @@ pub enum StoreError {
     Injected(&'static str),
 }
 
+/// A session's client identifier in ops: shared with the session, so journaling an op does not
+/// copy it.
+pub type ClientId = std::sync::Arc<str>;
+
 /// One change to the durable state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Create or replace a session record.
-    PutSession(String, SessionRecord),
+    PutSession(ClientId, SessionRecord),
     /// Delete a session with all its messages and awaiting ids.
-    DeleteSession(String),
+    DeleteSession(ClientId),
     /// Create or replace a message of a session, by sequence number.
-    PutMessage(String, u64, MessageRecord),
+    PutMessage(ClientId, u64, MessageRecord),
     /// Delete a message of a session.
-    DeleteMessage(String, u64),
+    DeleteMessage(ClientId, u64),
     /// Update the phase and packet id of a stored message (no-op if it is not stored).
-    SetPhase(String, u64, MessagePhase, u16),
+    SetPhase(ClientId, u64, MessagePhase, u16),
     /// Record an inbound QoS 2 packet id awaiting PUBREL.
-    PutAwaiting(String, u16),
+    PutAwaiting(ClientId, u16),
     /// Forget an inbound QoS 2 packet id.
-    DeleteAwaiting(String, u16),
+    DeleteAwaiting(ClientId, u16),
     /// Set the retained message of a topic.
     PutRetained(String, MessageRecord),
     /// Clear the retained message of a topic.
@@ -107,46 +111,82 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// applying `ops` would. Runs in O(n).
 pub fn compact(ops: Vec<Op>) -> Vec<Op> {
     use std::collections::HashMap;
-    // Index in `out` of the PutMessage of each (client, seq) written in this batch.
-    let mut puts: HashMap<(String, u64), usize> = HashMap::new();
+    // Index in `out` of the PutMessage of each (client, seq) written in this batch. Keyed by
+    // the address of the shared client id: the core journals a session's ops with the
+    // session's own `Arc`, and an op that names the client through another `Arc` is simply
+    // not merged (it is applied in order, which is always correct). Addresses are unique while
+    // the ops in the batch keep their `Arc`s alive, and are not chosen by clients, so the
+    // cheap hash below is safe.
+    let mut puts: HashMap<(usize, u64), usize, BuildMix> =
+        HashMap::with_capacity_and_hasher(ops.len() / 2, BuildMix);
+    let key = |id: &ClientId, seq: u64| (std::sync::Arc::as_ptr(id).cast::<u8>() as usize, seq);
     let mut out: Vec<Option<Op>> = Vec::with_capacity(ops.len());
     for op in ops {
         match op {
             Op::PutMessage(id, seq, rec) => {
-                puts.insert((id.clone(), seq), out.len());
+                puts.insert(key(&id, seq), out.len());
                 out.push(Some(Op::PutMessage(id, seq, rec)));
             }
             Op::SetPhase(id, seq, phase, pid) => {
-                let key = (id, seq);
-                match puts.get(&key).and_then(|&i| out.get_mut(i)) {
+                match puts.get(&key(&id, seq)).and_then(|&i| out.get_mut(i)) {
                     Some(Some(Op::PutMessage(_, _, rec))) => {
                         rec.phase = phase;
                         rec.packet_id = pid;
                     }
-                    _ => out.push(Some(Op::SetPhase(key.0, key.1, phase, pid))),
+                    _ => out.push(Some(Op::SetPhase(id, seq, phase, pid))),
                 }
             }
-            Op::DeleteMessage(id, seq) => {
-                let key = (id, seq);
-                match puts.remove(&key) {
-                    // Stored and deleted in the same batch: neither reaches the disk.
-                    Some(i) => {
-                        if let Some(slot) = out.get_mut(i) {
-                            *slot = None;
-                        }
+            Op::DeleteMessage(id, seq) => match puts.remove(&key(&id, seq)) {
+                // Stored and deleted in the same batch: neither reaches the disk.
+                Some(i) => {
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = None;
                     }
-                    None => out.push(Some(Op::DeleteMessage(key.0, key.1))),
                 }
-            }
+                None => out.push(Some(Op::DeleteMessage(id, seq))),
+            },
             Op::DeleteSession(id) => {
                 // Earlier puts of this session are deleted by it anyway; keep order simple.
-                puts.retain(|(c, _), _| *c != id);
+                puts.retain(|_, i| {
+                    !matches!(out.get(*i), Some(Some(Op::PutMessage(c, _, _))) if **c == *id)
+                });
                 out.push(Some(Op::DeleteSession(id)));
             }
             other => out.push(Some(other)),
         }
     }
     out.into_iter().flatten().collect()
+}
+
+/// A multiplicative hash for `compact`'s (address, sequence) keys.
+#[derive(Clone, Copy, Default)]
+struct BuildMix;
+
+#[derive(Default)]
+struct Mix(u64);
+
+impl std::hash::BuildHasher for BuildMix {
+    type Hasher = Mix;
+    fn build_hasher(&self) -> Mix {
+        Mix(0)
+    }
+}
+
+impl std::hash::Hasher for Mix {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(29) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
 }
 
 #[cfg(test)]
@@ -175,22 +215,27 @@ mod compact_tests {
     /// Compacting never changes what a store holds after the batch.
     #[test]
     fn same_result_as_the_full_batch() {
+        // The core journals a session's ops with the session's own `Arc`.
+        let (a, b): (ClientId, ClientId) = ("a".into(), "b".into());
         let before = vec![
-            Op::PutSession("a".into(), session()),
-            Op::PutMessage("a".into(), 1, rec(1)),
+            Op::PutSession(a.clone(), session()),
+            Op::PutMessage(a.clone(), 1, rec(1)),
         ];
         let batch = vec![
-            Op::PutMessage("a".into(), 2, rec(2)),
-            Op::SetPhase("a".into(), 2, MessagePhase::Published, 7),
-            Op::PutMessage("a".into(), 3, rec(3)),
-            Op::SetPhase("a".into(), 3, MessagePhase::Published, 8),
-            Op::DeleteMessage("a".into(), 3),
-            Op::SetPhase("a".into(), 1, MessagePhase::Released, 5),
-            Op::DeleteMessage("a".into(), 9),
-            Op::PutMessage("b".into(), 1, rec(4)),
-            Op::DeleteSession("b".into()),
-            Op::PutMessage("b".into(), 2, rec(5)),
-            Op::DeleteMessage("b".into(), 2),
+            Op::PutMessage(a.clone(), 2, rec(2)),
+            Op::SetPhase(a.clone(), 2, MessagePhase::Published, 7),
+            Op::PutMessage(a.clone(), 3, rec(3)),
+            Op::SetPhase(a.clone(), 3, MessagePhase::Published, 8),
+            Op::DeleteMessage(a.clone(), 3),
+            Op::SetPhase(a.clone(), 1, MessagePhase::Released, 5),
+            Op::DeleteMessage(a.clone(), 9),
+            // The same client through another `Arc`: not merged, applied in order.
+            Op::PutMessage(a.clone(), 4, rec(6)),
+            Op::SetPhase("a".into(), 4, MessagePhase::Published, 9),
+            Op::PutMessage(b.clone(), 1, rec(4)),
+            Op::DeleteSession(b.clone()),
+            Op::PutMessage(b.clone(), 2, rec(5)),
+            Op::DeleteMessage(b.clone(), 2),
         ];
         let full = MemoryStore::new();
         let compacted = MemoryStore::new();

@@ -50,30 +50,30 @@ impl MemoryStore {
 fn apply_one(st: &mut State, op: &Op) {
     match op {
         Op::PutSession(id, r) => {
-            st.sessions.insert(id.clone(), r.clone());
+            st.sessions.insert(id.to_string(), r.clone());
         }
         Op::DeleteSession(id) => {
-            st.sessions.remove(id);
-            st.messages.retain(|(c, _), _| c != id);
-            st.awaiting.retain(|(c, _), _| c != id);
+            st.sessions.remove(&**id);
+            st.messages.retain(|(c, _), _| **c != **id);
+            st.awaiting.retain(|(c, _), _| **c != **id);
         }
         Op::PutMessage(id, seq, m) => {
-            st.messages.insert((id.clone(), *seq), m.clone());
+            st.messages.insert((id.to_string(), *seq), m.clone());
         }
         Op::DeleteMessage(id, seq) => {
-            st.messages.remove(&(id.clone(), *seq));
+            st.messages.remove(&(id.to_string(), *seq));
         }
         Op::SetPhase(id, seq, phase, pid) => {
-            if let Some(m) = st.messages.get_mut(&(id.clone(), *seq)) {
+            if let Some(m) = st.messages.get_mut(&(id.to_string(), *seq)) {
                 m.phase = *phase;
                 m.packet_id = *pid;
             }
         }
         Op::PutAwaiting(id, pid) => {
-            st.awaiting.insert((id.clone(), *pid), ());
+            st.awaiting.insert((id.to_string(), *pid), ());
         }
         Op::DeleteAwaiting(id, pid) => {
-            st.awaiting.remove(&(id.clone(), *pid));
+            st.awaiting.remove(&(id.to_string(), *pid));
         }
         Op::PutRetained(t, m) => {
             st.retained.insert(t.clone(), m.clone());

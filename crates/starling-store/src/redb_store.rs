@@ -188,30 +188,24 @@ impl Store for RedbStore {
             let mut retained = txn.open_table(RETAINED).map_err(|e| io("retained", e))?;
             for op in ops {
                 let r = match op {
-                    Op::PutSession(id, r) => sessions
-                        .insert(id.as_str(), r.encode().as_slice())
-                        .map(drop),
+                    Op::PutSession(id, r) => {
+                        sessions.insert(&**id, r.encode().as_slice()).map(drop)
+                    }
                     Op::DeleteSession(id) => sessions
-                        .remove(id.as_str())
+                        .remove(&**id)
                         .map(drop)
                         .and_then(|()| {
-                            messages
-                                .retain_in((id.as_str(), 0u64)..=(id.as_str(), u64::MAX), |_, _| {
-                                    false
-                                })
+                            messages.retain_in((&**id, 0u64)..=(&**id, u64::MAX), |_, _| false)
                         })
                         .and_then(|()| {
-                            awaiting
-                                .retain_in((id.as_str(), 0u16)..=(id.as_str(), u16::MAX), |_, _| {
-                                    false
-                                })
+                            awaiting.retain_in((&**id, 0u16)..=(&**id, u16::MAX), |_, _| false)
                         }),
                     Op::PutMessage(id, seq, m) => messages
-                        .insert((id.as_str(), *seq), m.encode().as_slice())
+                        .insert((&**id, *seq), m.encode().as_slice())
                         .map(drop),
-                    Op::DeleteMessage(id, seq) => messages.remove((id.as_str(), *seq)).map(drop),
+                    Op::DeleteMessage(id, seq) => messages.remove((&**id, *seq)).map(drop),
                     Op::SetPhase(id, seq, phase, pid) => {
-                        let key = (id.as_str(), *seq);
+                        let key = (&**id, *seq);
                         let current = messages.get(key).map(|v| v.map(|g| g.value().to_vec()));
                         match current {
                             Ok(Some(bytes)) => match MessageRecord::decode(&bytes) {
@@ -227,8 +221,8 @@ impl Store for RedbStore {
                             Err(e) => Err(e),
                         }
                     }
-                    Op::PutAwaiting(id, pid) => awaiting.insert((id.as_str(), *pid), ()).map(drop),
-                    Op::DeleteAwaiting(id, pid) => awaiting.remove((id.as_str(), *pid)).map(drop),
+                    Op::PutAwaiting(id, pid) => awaiting.insert((&**id, *pid), ()).map(drop),
+                    Op::DeleteAwaiting(id, pid) => awaiting.remove((&**id, *pid)).map(drop),
                     Op::PutRetained(t, m) => {
                         retained.insert(t.as_str(), m.encode().as_slice()).map(drop)
                     }

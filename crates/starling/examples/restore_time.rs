@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     let written = Instant::now();
     let mut batch = Vec::with_capacity(20_000);
     for s in 0..sessions {
-        let id = format!("device-{s:08}");
+        let id: starling_store::ClientId = format!("device-{s:08}").into();
         batch.push(Op::PutSession(
             id.clone(),
             SessionRecord {

@@ -33,7 +33,7 @@ impl Broker {
     /// Returns the journal ticket.
     pub fn persist_session(&self, session: &Session, st: &mut SessionState) -> Option<u64> {
         let p = self.persist.as_ref()?;
-        let id = session.client_id.to_string();
+        let id = session.client_id.clone();
         if st.expiry_secs == 0 || st.ended {
             if !st.persisted {
                 return None;
@@ -82,7 +82,7 @@ impl Broker {
             if rec.expiry_secs != u32::MAX
                 && gone >= Duration::from_secs(u64::from(rec.expiry_secs))
             {
-                p.journal.push(Op::DeleteSession(loaded.client_id));
+                p.journal.push(Op::DeleteSession(loaded.client_id.into()));
                 report.expired_sessions += 1;
                 continue;
             }
@@ -145,7 +145,7 @@ impl Broker {
                     };
                     if m.phase == starling_store::MessagePhase::Queued && msg.is_expired(now) {
                         p.journal
-                            .push(Op::DeleteMessage(loaded.client_id.clone(), seq));
+                            .push(Op::DeleteMessage(loaded.client_id.as_str().into(), seq));
                         report.expired_messages += 1;
                         continue;
                     }

@@ -80,7 +80,7 @@ impl Connection {
                 && let Some(p) = self.broker.persistence()
             {
                 let op = Op::SetPhase(
-                    session.client_id.to_string(),
+                    session.client_id.clone(),
                     d.seq,
                     MessagePhase::Published,
                     packet_id,

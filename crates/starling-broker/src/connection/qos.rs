@@ -62,7 +62,7 @@ impl Connection {
             {
                 ticket = Some(
                     p.journal
-                        .push(Op::PutAwaiting(a.client_id.to_string(), pid)),
+                        .push(Op::PutAwaiting(a.session.client_id.clone(), pid)),
                 );
             }
         }
@@ -259,7 +259,7 @@ impl Connection {
                 let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
                 (st.persisted, seq)
             };
-        let id = a.client_id.to_string();
+        let id = a.session.client_id.clone();
         self.journal_op(persisted && seq != 0, || Op::DeleteMessage(id, seq));
     }
 
@@ -267,7 +267,7 @@ impl Connection {
         let Stage::Active(a) = &self.stage else {
             return;
         };
-        let id = a.client_id.to_string();
+        let id = a.session.client_id.clone();
         let (found, persisted, seq) = {
             let mut st = a.session.lock();
             let persisted = st.persisted;
@@ -321,7 +321,7 @@ impl Connection {
             let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
             (st.persisted, seq)
         };
-        let id = a.client_id.to_string();
+        let id = a.session.client_id.clone();
         self.journal_op(persisted && seq != 0, || Op::DeleteMessage(id, seq));
     }
 
@@ -333,7 +333,7 @@ impl Connection {
             let mut st = a.session.lock();
             (st.awaiting_rel.remove(&pid).is_some(), st.persisted)
         };
-        let id = a.client_id.to_string();
+        let id = a.session.client_id.clone();
         // PUBCOMP only once the id is forgotten on disk too, or a restart would take the
         // client's next message with this id for a resend and drop it.
         let ticket = self.journal_op(known && persisted, || Op::DeleteAwaiting(id, pid));
