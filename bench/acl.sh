@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# What an ACL costs: Starling without and with an ACL file on its listener, in the scenarios
+# where every message passes a check (p2p QoS 0 and QoS 1: a publish check per message and a
+# read check per delivery; fan-out QoS 1: a read check per delivery to 100 subscribers). Same
+# pinning and priority as bench/compare.sh, memory durability as there. Prints one JSON line
+# per run; bench/RESULTS.md quotes the medians.
+#
+#   bench/acl.sh [--rounds N]
+#
+# The ACL is a realistic one for anonymous clients: 40 rules that do not match before the
+# ones that do, a deny rule, and per-client patterns.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROUNDS=3
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) ROUNDS="$2"; shift ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+cargo build --release -q -p starling -p starling-bench
+BIN=target/release
+WORK=$(mktemp -d /tmp/starling-acl.XXXXXX)
+trap 'pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+RT="chrt -r 1"
+$RT true 2>/dev/null || RT=""
+{
+    for i in $(seq 40); do echo "topic readwrite site$i/+/telemetry/#"; done
+    echo "topic deny bench/secret/#"
+    echo "topic readwrite bench/#"
+    echo "pattern write devices/%c/telemetry"
+    echo "pattern read devices/%c/commands/#"
+} > "$WORK/acl"
+port=23000
+run() { # label scenario
+    local label=$1 scenario=$2 dir pid acl=""
+    port=$((port + 1)); dir="$WORK/$label-$port"; mkdir -p "$dir/data"
+    [ "$label" = starling-acl ] && acl="acl_file = \"$WORK/acl\""
+    printf '[[listener]]\nbind = "127.0.0.1:%s"\nallow_anonymous = true\n%s\n[limits]\nmax_inflight = 1000\nmax_queued_messages = 1000000\nmax_queued_bytes = 4294967296\n[storage]\ndurability = "memory"\n' \
+        "$port" "$acl" > "$dir/s.toml"
+    RUST_LOG=warn taskset -c 0 $RT "$BIN/starling" serve --config "$dir/s.toml" \
+        --data-dir "$dir/data" 2>"$dir/log" &
+    pid=$!
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+    taskset -c 1 $RT "$BIN/starling-bench" --port $port --scenario "$scenario" \
+        --broker-pid $pid --label "$label" --warmup 3 --duration 10 || true
+    kill $pid 2>/dev/null; wait $pid 2>/dev/null || true
+}
+for round in $(seq "$ROUNDS"); do
+    for scenario in p2p-qos0 p2p-qos1 fan-out-qos1; do
+        for label in starling starling-acl; do
+            run "$label" "$scenario"
+        done
+    done
+done
