@@ -11,20 +11,7 @@
 # ones that do, a deny rule, and per-client patterns.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-ROUNDS=3
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --rounds) ROUNDS="$2"; shift ;;
-        *) echo "unknown option $1" >&2; exit 2 ;;
-    esac
-    shift
-done
-cargo build --release -q -p starling -p starling-bench
-BIN=target/release
-WORK=$(mktemp -d /tmp/starling-acl.XXXXXX)
-trap 'pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-RT="chrt -r 1"
-$RT true 2>/dev/null || RT=""
+. bench/lib.sh acl "$@"
 {
     for i in $(seq 40); do echo "topic readwrite site$i/+/telemetry/#"; done
     echo "topic deny bench/secret/#"
@@ -42,7 +29,7 @@ run() { # label scenario
     RUST_LOG=warn taskset -c 0 $RT "$BIN/starling" serve --config "$dir/s.toml" \
         --data-dir "$dir/data" 2>"$dir/log" &
     pid=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+    wait_port $port
     taskset -c 1 $RT "$BIN/starling-bench" --port $port --scenario "$scenario" \
         --broker-pid $pid --label "$label" --warmup 3 --duration 10 || true
     kill $pid 2>/dev/null; wait $pid 2>/dev/null || true

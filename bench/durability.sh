@@ -7,21 +7,8 @@
 #   bench/durability.sh [--rounds N]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-ROUNDS=3
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --rounds) ROUNDS="$2"; shift ;;
-        *) echo "unknown option $1" >&2; exit 2 ;;
-    esac
-    shift
-done
+. bench/lib.sh durability "$@"
 command -v mosquitto >/dev/null || { apt-get update -q && apt-get install -y -q mosquitto; }
-cargo build --release -q -p starling -p starling-bench
-BIN=target/release
-WORK=$(mktemp -d /tmp/starling-durability.XXXXXX)
-trap 'pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-RT="chrt -r 1"
-$RT true 2>/dev/null || RT=""
 port=22000
 run() { # label -> one JSON line (latency scenario and throughput scenario)
     local label=$1 scenario=$2 dir pid
@@ -39,7 +26,7 @@ run() { # label -> one JSON line (latency scenario and throughput scenario)
             taskset -c 0 $RT mosquitto -c "$dir/m.conf" 2>"$dir/log" &
             pid=$! ;;
     esac
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+    wait_port $port
     taskset -c 1 $RT "$BIN/starling-bench" --port $port --scenario "$scenario" --persistent \
         --broker-pid $pid --label "$label" --warmup 3 --duration 10 || true
     kill $pid 2>/dev/null; wait $pid 2>/dev/null || true

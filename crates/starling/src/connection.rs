@@ -44,11 +44,16 @@ impl Stop {
     pub async fn wait(&self) {
         let notified = self.notify.notified();
         tokio::pin!(notified);
-        // Registered before the flag is read: a `stop` after the read wakes this one.
-        notified.as_mut().enable();
-        if !self.is_stopping() {
+        if !self.arm(notified.as_mut()) {
             notified.await;
         }
+    }
+
+    /// Registers `wait` (made by `self.notify.notified()`) and says whether the stop already
+    /// happened. Registered before the flag is read: a `stop` after this call wakes `wait`.
+    fn arm(&self, wait: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) -> bool {
+        wait.enable();
+        self.is_stopping()
     }
 }
 
@@ -90,9 +95,8 @@ where
             tokio::pin!(woken);
             let stopped = stop.notify.notified();
             tokio::pin!(stopped);
-            stopped.as_mut().enable();
             // Stopped before this connection started waiting.
-            let stopped_early = stop.is_stopping();
+            let stopped_early = stop.arm(stopped.as_mut());
             let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::MultiThread;
             let block_for_connect = options.slow_connect && multi_thread;
