@@ -303,10 +303,9 @@ impl Broker {
                 st.queued_bytes += d.msg.cost();
                 st.queue.push_back(d);
             }
-            let (sh, rest): (Vec<_>, Vec<_>) = st.inflight.drain(..).partition(|f| {
+            let sh = st.inflight.extract(|f| {
                 f.delivery.share.is_some() && f.phase == crate::session::Phase::Published
             });
-            st.inflight = rest.into();
             shared.extend(sh.into_iter().map(|f| f.delivery));
             if let Some(p) = &self.persist {
                 for d in &mut shared {

@@ -158,8 +158,13 @@ impl Broker {
                         seq,
                     };
                     report.messages += 1;
+                    // Packet ids are unique in a window; a record breaking that (a damaged
+                    // store) is sent again as a new message rather than confuse the acks.
+                    let queued = m.phase == starling_store::MessagePhase::Queued
+                        || m.packet_id == 0
+                        || st.inflight.contains(m.packet_id);
                     match m.phase {
-                        starling_store::MessagePhase::Queued => {
+                        _ if queued => {
                             st.queued_bytes += delivery.msg.cost();
                             st.queue.push_back(delivery);
                         }

@@ -279,7 +279,7 @@ impl Connection {
             return;
         };
         let st = a.session.lock();
-        for f in &st.inflight {
+        for f in st.inflight.iter() {
             match f.phase {
                 Phase::Published => {
                     // Aliases belong to the old connection: the topic is sent in full.
