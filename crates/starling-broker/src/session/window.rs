@@ -30,6 +30,18 @@ fn bit(id: u16) -> (usize, u64) {
     (usize::from(id >> 6), 1u64 << (id & 63))
 }
 
+/// Sets or clears `id`'s bit (the word index is below 1,024 for every `u16`).
+fn mark(bits: &mut IdBits, id: u16, used: bool) {
+    let (w, b) = bit(id);
+    if let Some(word) = bits.get_mut(w) {
+        if used {
+            *word |= b;
+        } else {
+            *word &= !b;
+        }
+    }
+}
+
 impl Deref for Window {
     type Target = VecDeque<Inflight>;
     fn deref(&self) -> &Self::Target {
@@ -43,7 +55,7 @@ impl Window {
         match &self.used {
             Some(bits) => {
                 let (w, b) = bit(id);
-                bits[w] & b != 0
+                bits.get(w).is_some_and(|word| word & b != 0)
             }
             None => self.entries.iter().any(|f| f.packet_id == id),
         }
@@ -66,13 +78,11 @@ impl Window {
             f.packet_id
         );
         if let Some(bits) = &mut self.used {
-            let (w, b) = bit(f.packet_id);
-            bits[w] |= b;
+            mark(bits, f.packet_id, true);
         } else if self.entries.len() >= INDEX_FROM {
             let mut bits: Box<IdBits> = Box::new([0; 1024]);
             for e in self.entries.iter().chain(std::iter::once(&f)) {
-                let (w, b) = bit(e.packet_id);
-                bits[w] |= b;
+                mark(&mut bits, e.packet_id, true);
             }
             self.used = Some(bits);
         }
@@ -85,8 +95,7 @@ impl Window {
         if self.entries.is_empty() {
             self.used = None;
         } else if let Some(bits) = &mut self.used {
-            let (w, b) = bit(f.packet_id);
-            bits[w] &= !b;
+            mark(bits, f.packet_id, false);
         }
         Some(f)
     }
