@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -62,6 +63,8 @@ impl PasswordAuthenticator {
 pub struct AclAuthorizer {
     path: PathBuf,
     acl: ArcSwap<AclFile>,
+    /// Bumped after each reload: answers given before it may be stale.
+    generation: AtomicU64,
 }
 
 impl AclAuthorizer {
@@ -75,6 +78,7 @@ impl AclAuthorizer {
         Ok(Self {
             path: path.to_owned(),
             acl: ArcSwap::from_pointee(acl),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -83,6 +87,7 @@ impl AclAuthorizer {
         Self {
             path: PathBuf::new(),
             acl: ArcSwap::from_pointee(acl),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -97,6 +102,8 @@ impl AclAuthorizer {
         let acl = AclFile::load(&self.path)?;
         let n = acl.rule_count();
         self.acl.store(Arc::new(acl));
+        // After the store: whoever sees the new generation also sees the new rules.
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(n)
     }
 }
@@ -110,6 +117,9 @@ impl Authorizer for AclAuthorizer {
     }
     fn can_read(&self, client: &Client<'_>, topic: &str) -> bool {
         self.acl.load().check(client, Check::Read(topic))
+    }
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::Acquire))
     }
 }
 
@@ -283,13 +293,17 @@ mod tests {
             username: None,
         };
         assert!(z.can_read(&c, "a/b"));
+        let g0 = z.generation();
         std::fs::write(&acl, "topic read b/#\n").unwrap();
         assert_eq!(z.reload().unwrap(), 1);
         assert!(!z.can_read(&c, "a/b"));
+        let g1 = z.generation();
+        assert_ne!(g0, g1, "a reload changes the generation");
         std::fs::write(&acl, "topic raed c\n").unwrap();
         let e = z.reload().unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
         assert!(z.can_read(&c, "b/x"), "old rules still in force");
+        assert_eq!(z.generation(), g1, "a failed reload changes nothing");
         std::fs::remove_file(&acl).unwrap();
         assert!(z.reload().is_err());
         assert!(z.can_read(&c, "b/x"));

@@ -123,6 +123,13 @@ pub trait Authorizer: Send + Sync + fmt::Debug {
     /// May `client` receive a message published to `topic`? Checked when each message,
     /// retained ones included, is delivered, so revoking read access stops delivery at once.
     fn can_read(&self, client: &Client<'_>, topic: &str) -> bool;
+    /// A value that changes whenever this authorizer's answers may change (its rules were
+    /// reloaded, say). While it stays the same, a connection may reuse the answer it got for
+    /// the same client, question and topic instead of asking again. `None`, the default:
+    /// answers must not be reused.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Allows everything: the broker's behaviour when no authorizer is configured.

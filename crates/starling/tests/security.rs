@@ -606,7 +606,7 @@ async fn wildcards_in_client_id_or_username_never_widen() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acl_reload_revokes_read_at_once_and_keeps_rules_on_error() {
+async fn acl_reload_revokes_access_at_once_and_keeps_rules_on_error() {
     let dir = TempDir::new("acl-reload");
     let s = acl_server(&dir).await;
     let mut alice = as_user(&s, V5, "alice", "alice").await;
@@ -636,11 +636,23 @@ async fn acl_reload_revokes_read_at_once_and_keeps_rules_on_error() {
     )
     .unwrap();
     assert!(s.reload().is_empty());
-    puback(&mut bob, "alice/x", "after").await;
+    assert_eq!(
+        puback(&mut bob, "alice/x", "after").await,
+        ReasonCode::Success
+    );
     assert!(
         received(&mut alice, Duration::from_millis(500))
             .await
             .is_empty()
+    );
+
+    // Write access revoked: bob, who has just published to this topic, is refused at once
+    // (a connection remembers its last answer only until the rules change).
+    std::fs::write(dir.path("acl"), "user alice\ntopic write alice/#\n").unwrap();
+    assert!(s.reload().is_empty());
+    assert_eq!(
+        puback(&mut bob, "alice/x", "refused").await,
+        ReasonCode::NotAuthorized
     );
     s.shutdown().await;
 }

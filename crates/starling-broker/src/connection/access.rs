@@ -41,6 +41,50 @@ pub(super) struct ConnAccess {
     pub(super) listener: Arc<ListenerAccess>,
     /// Identity from a verified TLS client certificate.
     pub(super) certificate_identity: Option<Box<str>>,
+    /// The last publish and read answers, once the authorizer has been asked.
+    memo: Option<Box<Memos>>,
+}
+
+/// Topics longer than this are not remembered (the copy would cost more than it saves).
+const MEMO_TOPIC_MAX: usize = 256;
+
+/// The authorizer's last answer for each question on the hot path. A device usually
+/// publishes to one or a few topics, and a subscriber often receives one, so remembering
+/// the last topic per question answers most checks with one comparison; any other topic
+/// asks the authorizer. Valid while the authorizer's generation stays the same.
+#[derive(Debug, Default)]
+struct Memos {
+    publish: Memo,
+    read: Memo,
+}
+
+#[derive(Debug, Default)]
+struct Memo {
+    /// Generation the answer was given in; `None`: nothing remembered.
+    generation: Option<u64>,
+    /// A copy of the topic (a clone would keep alive the read buffer it points into); the
+    /// buffer is reused from one topic to the next.
+    topic: Vec<u8>,
+    allowed: bool,
+}
+
+impl Memo {
+    /// The remembered answer for `topic`, or the authorizer's (`ask`), remembered.
+    fn answer(&mut self, generation: Option<u64>, topic: &str, ask: impl FnOnce() -> bool) -> bool {
+        if generation.is_some() && self.generation == generation && self.topic == topic.as_bytes() {
+            return self.allowed;
+        }
+        // The generation was read before asking: an answer from newer rules is at worst
+        // remembered under an older generation, and asked again.
+        let allowed = ask();
+        if generation.is_some() && topic.len() <= MEMO_TOPIC_MAX {
+            self.generation = generation;
+            self.topic.clear();
+            self.topic.extend_from_slice(topic.as_bytes());
+            self.allowed = allowed;
+        }
+        allowed
+    }
 }
 
 impl Connection {
@@ -50,6 +94,7 @@ impl Connection {
         self.access = Some(ConnAccess {
             listener,
             certificate_identity: peer.certificate_identity.map(String::into_boxed_str),
+            memo: None,
         });
         self
     }
@@ -177,9 +222,35 @@ fn authorizer(access: Option<&ConnAccess>) -> Option<&dyn Authorizer> {
     access.and_then(|x| x.listener.authorizer.as_deref())
 }
 
+/// Asks `access`'s authorizer, if any, through the connection's memo for `question`.
+fn ask(
+    access: Option<&mut ConnAccess>,
+    question: fn(&mut Memos) -> &mut Memo,
+    topic: &TopicName,
+    check: impl FnOnce(&dyn Authorizer, &str) -> bool,
+) -> bool {
+    let Some(access) = access else {
+        return true;
+    };
+    let Some(z) = access.listener.authorizer.as_deref() else {
+        return true;
+    };
+    let topic = topic.as_str();
+    let Some(generation) = z.generation() else {
+        return check(z, topic);
+    };
+    let memo = question(access.memo.get_or_insert_default());
+    memo.answer(Some(generation), topic, || check(z, topic))
+}
+
 /// May the client publish to `topic`?
-pub(super) fn may_publish(access: Option<&ConnAccess>, a: &Active, topic: &TopicName) -> bool {
-    authorizer(access).is_none_or(|z| z.can_publish(&client(a), topic.as_str()))
+pub(super) fn may_publish(access: Option<&mut ConnAccess>, a: &Active, topic: &TopicName) -> bool {
+    ask(
+        access,
+        |m| &mut m.publish,
+        topic,
+        |z, t| z.can_publish(&client(a), t),
+    )
 }
 
 /// May the client subscribe to `filter` (a shared subscription is checked on its filter
@@ -191,6 +262,45 @@ pub(super) fn may_subscribe(access: Option<&ConnAccess>, a: &Active, filter: &To
 }
 
 /// May the client receive a message published to `topic`? Asked at delivery time.
-pub(super) fn may_read(access: Option<&ConnAccess>, a: &Active, topic: &TopicName) -> bool {
-    authorizer(access).is_none_or(|z| z.can_read(&client(a), topic.as_str()))
+pub(super) fn may_read(access: Option<&mut ConnAccess>, a: &Active, topic: &TopicName) -> bool {
+    ask(
+        access,
+        |m| &mut m.read,
+        topic,
+        |z, t| z.can_read(&client(a), t),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memo_reuses_an_answer_only_for_the_same_topic_and_generation() {
+        let mut m = Memo::default();
+        let asked = &std::cell::Cell::new(0);
+        let ask = |answer: bool| {
+            move || {
+                asked.set(asked.get() + 1);
+                answer
+            }
+        };
+        assert!(m.answer(Some(1), "a/b", ask(true)));
+        assert!(m.answer(Some(1), "a/b", || unreachable!("remembered")));
+        assert!(!m.answer(Some(1), "a/c", ask(false)), "another topic");
+        assert!(!m.answer(Some(1), "a/c", || unreachable!("remembered")));
+        assert!(m.answer(Some(2), "a/c", ask(true)), "a reload");
+        assert!(
+            !m.answer(None, "a/c", ask(false)),
+            "no generation: always asked"
+        );
+        assert!(!m.answer(None, "a/c", ask(false)));
+        let long = "x".repeat(MEMO_TOPIC_MAX + 1);
+        assert!(m.answer(Some(2), &long, ask(true)));
+        assert!(
+            !m.answer(Some(2), &long, ask(false)),
+            "long topics not kept"
+        );
+        assert_eq!(asked.get(), 7);
+    }
 }

@@ -35,7 +35,7 @@ impl Connection {
                 metrics.dropped_expired.inc();
                 continue;
             }
-            if !access::may_read(self.access.as_ref(), a, &d.msg.topic) {
+            if !access::may_read(self.access.as_mut(), a, &d.msg.topic) {
                 metrics.acl_denied.inc();
                 continue;
             }

@@ -74,7 +74,7 @@ impl Connection {
             ReasonCode::PayloadFormatInvalid
         } else if p.topic.as_bytes().starts_with(b"$SYS") {
             ReasonCode::NotAuthorized
-        } else if !access::may_publish(self.access.as_ref(), a, &p.topic) {
+        } else if !access::may_publish(self.access.as_mut(), a, &p.topic) {
             // 3.x: acknowledged as usual and dropped (the spec allows nothing else).
             broker.metrics.acl_denied.inc();
             ReasonCode::NotAuthorized
