@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What an ACL costs: Starling without and with an ACL file on its listener, in the scenarios
 # where every message passes a check (p2p QoS 0 and QoS 1: a publish check per message and a
-# read check per delivery; fan-out QoS 1: a read check per delivery to 100 subscribers). Same
-# pinning and priority as bench/compare.sh, memory durability as there. Prints one JSON line
-# per run; bench/RESULTS.md quotes the medians.
+# read check per delivery; fan-in: ten topics into one wildcard subscriber; fan-out QoS 1: a
+# read check per delivery to 100 subscribers). Same pinning and priority as bench/compare.sh,
+# memory durability as there. Prints one JSON line per run; bench/RESULTS.md quotes the
+# medians.
 #
 #   bench/acl.sh [--rounds N]
 #
@@ -35,7 +36,7 @@ run() { # label scenario
     kill $pid 2>/dev/null; wait $pid 2>/dev/null || true
 }
 for round in $(seq "$ROUNDS"); do
-    for scenario in p2p-qos0 p2p-qos1 fan-out-qos1; do
+    for scenario in p2p-qos0 p2p-qos1 fan-in fan-out-qos1; do
         for label in starling starling-acl; do
             run "$label" "$scenario"
         done
