@@ -39,10 +39,23 @@ pub struct PeerInfo {
 #[derive(Debug)]
 pub(super) struct ConnAccess {
     pub(super) listener: Arc<ListenerAccess>,
+    /// Allocated only with a certificate identity or once the authorizer has been asked, so
+    /// an idle connection carries one pointer here (every byte of its task counts).
+    state: Option<Box<AccessState>>,
+}
+
+#[derive(Debug, Default)]
+struct AccessState {
     /// Identity from a verified TLS client certificate.
-    pub(super) certificate_identity: Option<Box<str>>,
-    /// The last publish and read answers, once the authorizer has been asked.
-    memo: Option<Box<Memos>>,
+    certificate_identity: Option<Box<str>>,
+    /// The last publish and read answers.
+    memos: Memos,
+}
+
+impl ConnAccess {
+    fn certificate_identity(&self) -> Option<&str> {
+        self.state.as_ref()?.certificate_identity.as_deref()
+    }
 }
 
 /// Topics longer than this are not remembered (the copy would cost more than it saves).
@@ -93,8 +106,12 @@ impl Connection {
         self.peer = peer.addr.or(self.peer);
         self.access = Some(ConnAccess {
             listener,
-            certificate_identity: peer.certificate_identity.map(String::into_boxed_str),
-            memo: None,
+            state: peer.certificate_identity.map(|id| {
+                Box::new(AccessState {
+                    certificate_identity: Some(id.into_boxed_str()),
+                    memos: Memos::default(),
+                })
+            }),
         });
         self
     }
@@ -115,7 +132,7 @@ impl Connection {
             password: c.password.as_deref(),
             peer: self.peer,
             listener: &access.listener.name,
-            certificate_identity: access.certificate_identity.as_deref(),
+            certificate_identity: access.certificate_identity(),
         };
         match access.listener.authenticator.authenticate(&info) {
             AuthDecision::Allow { username } => self.admit(c, client_id, username.map(Arc::from)),
@@ -239,7 +256,7 @@ fn ask(
     let Some(generation) = z.generation() else {
         return check(z, topic);
     };
-    let memo = question(access.memo.get_or_insert_default());
+    let memo = question(&mut access.state.get_or_insert_default().memos);
     memo.answer(Some(generation), topic, || check(z, topic))
 }
 
