@@ -161,6 +161,8 @@ struct HeldAcks {
     queue: VecDeque<(u64, Packet)>,
     /// The journal's memo of the commit this connection waits for (`Journal::notify_when_done`).
     commit_generation: u64,
+    /// Ticket of the last op this connection's work journaled (0: none).
+    last_journaled: u64,
 }
 
 /// Held acknowledgements at which reading from the client pauses.

@@ -91,6 +91,9 @@ pub struct Metrics {
     pub store_commit_failures: Counter,
     /// Acknowledgements answered with a failure (or a disconnect) because their commit failed.
     pub store_failures_answered: Counter,
+    /// Times a connection stopped reading its client until a commit finished, because the
+    /// journal was at its bound (`storage.max_uncommitted_mib`).
+    pub store_paused: Counter,
     /// CONNECTs refused by authentication (bad credentials, anonymous not allowed, will
     /// topic not authorized).
     pub auth_refused: Counter,

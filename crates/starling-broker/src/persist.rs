@@ -4,16 +4,22 @@
 //!
 //! The core only appends [`Op`]s; a committer outside the core (a thread in the server) takes
 //! them in batches, applies each batch to the store in one transaction (group commit), and
-//! reports the highest ticket done. What a QoS 1/2 publish, SUBSCRIBE or QoS 2 step journals is
-//! bounded by what waits on it: in `sync` mode its acknowledgement is held, a client cannot have
-//! more than its window outstanding, and a connection with `HELD_LIMIT` held acknowledgements
-//! stops being read (see `Connection::backpressured`). Known gap: a QoS 0 retained publish, and
-//! everything in `periodic` mode, journals without holding anything, so a client flooding
-//! retained QoS 0 messages faster than the disk commits them grows the journal; a byte bound
-//! that pauses reading is the planned fix.
+//! reports the highest ticket done.
+//!
+//! The journal is bounded in bytes (`limit`, the ops' [`Op::weight`]). What a QoS 1/2 publish,
+//! SUBSCRIBE or QoS 2 step journals in `sync` mode is also bounded by what waits on it: its
+//! acknowledgement is held, a client cannot have more than its window outstanding, and a
+//! connection with `HELD_LIMIT` held acknowledgements stops being read. A QoS 0 retained
+//! publish, and everything in `periodic` mode, holds nothing, so the byte bound is what stops a
+//! flood: once the journal holds half of it the periodic committer commits at once instead of
+//! at the end of its interval, and at the bound every connection stops reading its client
+//! (`Connection::backpressured`) if it has journaled something not yet committed, until its
+//! last op is committed; clients that journal nothing meanwhile are still served. Ops already
+//! decoded from a read are still journaled, so the journal can exceed the bound by what the
+//! connections had read when it was reached; nothing is dropped.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,11 +44,14 @@ pub enum TicketStatus {
 #[derive(Debug, Default)]
 struct Pending {
     ops: Vec<Op>,
+    /// Sum of the ops' weights.
+    bytes: usize,
     /// Ticket of the last op pushed.
     last: u64,
     closed: bool,
-    /// The committer is waiting on `ready` (only then is a notification worth its syscall).
-    committer_waiting: bool,
+    /// The committer waits on `ready` until `bytes` reaches this (only then is a notification
+    /// worth its syscall); `None` while it is not waiting.
+    wake_at: Option<usize>,
 }
 
 /// Most failed ranges remembered; older failures are long resolved by then.
@@ -67,12 +76,17 @@ pub struct Journal {
     waiters: Mutex<Waiters>,
     failed: Mutex<VecDeque<(u64, u64)>>,
     hold_acks: bool,
+    /// Bound on `Pending::bytes`, see the module documentation.
+    limit: usize,
+    /// `Pending::bytes`, readable without the lock.
+    bytes: AtomicUsize,
 }
 
 impl Journal {
-    /// A journal. With `hold_acks` (durability mode `sync`), QoS 1/2 acknowledgements wait for
-    /// the commit of what the message changed.
-    pub fn new(hold_acks: bool) -> Self {
+    /// A journal holding at most about `limit` bytes of ops before clients are paused. With
+    /// `hold_acks` (durability mode `sync`), QoS 1/2 acknowledgements wait for the commit of
+    /// what the message changed.
+    pub fn new(hold_acks: bool, limit: usize) -> Self {
         Self {
             pending: Mutex::new(Pending::default()),
             ready: Condvar::new(),
@@ -80,7 +94,20 @@ impl Journal {
             waiters: Mutex::new(Waiters::default()),
             failed: Mutex::new(VecDeque::new()),
             hold_acks,
+            limit: limit.max(1),
+            bytes: AtomicUsize::new(0),
         }
+    }
+
+    /// True while the journal holds its bound or more: connections stop reading their clients
+    /// until a commit finishes.
+    pub fn congested(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) >= self.limit
+    }
+
+    /// Ticket of the last op pushed.
+    pub fn last_ticket(&self) -> u64 {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).last
     }
 
     /// Whether acknowledgements wait for commits.
@@ -90,11 +117,17 @@ impl Journal {
 
     /// Appends an op; returns its ticket.
     pub fn push(&self, op: Op) -> u64 {
+        let weight = op.weight();
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.last += 1;
         p.ops.push(op);
+        p.bytes += weight;
+        self.bytes.store(p.bytes, Ordering::Relaxed);
         let t = p.last;
-        let wake = std::mem::take(&mut p.committer_waiting);
+        let wake = p.wake_at.is_some_and(|at| p.bytes >= at);
+        if wake {
+            p.wake_at = None;
+        }
         drop(p);
         if wake {
             self.ready.notify_one();
@@ -107,18 +140,43 @@ impl Journal {
     pub fn take_batch(&self, wait: Duration) -> Option<(Vec<Op>, u64)> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.ops.is_empty() && !p.closed {
-            p.committer_waiting = true;
+            p.wake_at = Some(0);
             p = self
                 .ready
                 .wait_timeout(p, wait)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
-            p.committer_waiting = false;
+            p.wake_at = None;
         }
         if p.ops.is_empty() {
             return None;
         }
+        p.bytes = 0;
+        self.bytes.store(0, Ordering::Relaxed);
         Some((std::mem::take(&mut p.ops), p.last))
+    }
+
+    /// Waits `period` (the periodic committer's interval), or less: it returns once the
+    /// journal holds half its bound, or is closed.
+    pub fn wait_period(&self, period: Duration) {
+        let deadline = Instant::now() + period;
+        let early = self.limit / 2;
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        while !p.closed && p.bytes < early {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            if left.is_zero() {
+                break;
+            }
+            p.wake_at = Some(early);
+            p = self
+                .ready
+                .wait_timeout(p, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+            p.wake_at = None;
+        }
     }
 
     /// True once closed and drained.
@@ -161,19 +219,27 @@ impl Journal {
     /// Wakes `waker` when `ticket` is done: at the end of the next commit, or at once if it
     /// already is. `registered` is the caller's memo (start with `u64::MAX`) so that it is
     /// listed once per commit however often it asks.
-    pub fn notify_when_done(&self, ticket: u64, waker: &Arc<Notify>, registered: &mut u64) {
+    /// Returns whether it was newly listed.
+    pub fn notify_when_done(&self, ticket: u64, waker: &Arc<Notify>, registered: &mut u64) -> bool {
         let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         // Checked under the lock `finish` takes after advancing `done`: either this sees the
         // new value, or `finish` sees this entry.
         if self.done.load(Ordering::Acquire) >= ticket {
             drop(w);
             waker.notify_one();
-            return;
+            return false;
         }
-        if *registered != w.generation {
-            *registered = w.generation;
-            w.list.push(waker.clone());
+        if *registered == w.generation {
+            return false;
         }
+        *registered = w.generation;
+        w.list.push(waker.clone());
+        true
+    }
+
+    /// Whether the batch holding `ticket` has finished (committed or failed).
+    pub fn is_done(&self, ticket: u64) -> bool {
+        self.done.load(Ordering::Acquire) >= ticket
     }
 
     /// Where `ticket` stands.
@@ -341,7 +407,7 @@ mod tests {
 
     #[test]
     fn a_commit_wakes_each_waiting_connection_once() {
-        let j = Journal::new(true);
+        let j = Journal::new(true, usize::MAX);
         let waker = Arc::new(Notify::new());
         let mut memo = u64::MAX;
         let t = j.push(Op::DeleteRetained("a".into()));
@@ -373,7 +439,7 @@ mod tests {
 
     #[test]
     fn tickets_and_failures() {
-        let j = Journal::new(true);
+        let j = Journal::new(true, usize::MAX);
         let a = j.push(Op::DeleteRetained("a".into()));
         let b = j.push(Op::DeleteRetained("b".into()));
         assert_eq!(j.status(a), TicketStatus::Pending);
@@ -389,6 +455,59 @@ mod tests {
         assert!(j.take_batch(Duration::from_millis(1)).is_none());
         j.close();
         assert!(j.is_finished());
+    }
+
+    #[test]
+    fn the_byte_bound_congests_and_a_batch_clears_it() {
+        let op = || Op::DeleteRetained("t".into());
+        let w = op().weight();
+        let j = Journal::new(false, 4 * w);
+        for _ in 0..3 {
+            j.push(op());
+        }
+        assert!(!j.congested(), "below the bound");
+        j.push(op());
+        assert!(j.congested(), "at the bound");
+        assert_eq!(j.last_ticket(), 4);
+        let (ops, upto) = j.take_batch(Duration::ZERO).unwrap();
+        assert_eq!((ops.len(), upto), (4, 4));
+        assert!(!j.congested(), "taken by the committer");
+        // A message record counts its bytes.
+        let big = Op::DeleteRetained("x".repeat(10 * w));
+        j.push(big);
+        assert!(j.congested());
+    }
+
+    #[test]
+    fn the_periodic_wait_ends_early_at_half_the_bound() {
+        let op = || Op::DeleteRetained("t".into());
+        let w = op().weight();
+        let j = Arc::new(Journal::new(false, 4 * w));
+        // Nothing pushed: the whole period (short here) passes.
+        let t0 = Instant::now();
+        j.wait_period(Duration::from_millis(30));
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+        // Half the bound reached while waiting: the wait ends long before the period.
+        let pusher = {
+            let j = j.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                j.push(op());
+                j.push(op());
+            })
+        };
+        let t0 = Instant::now();
+        j.wait_period(Duration::from_secs(60));
+        assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+        pusher.join().unwrap();
+        // Already at half the bound: no wait at all.
+        let t0 = Instant::now();
+        j.wait_period(Duration::from_secs(60));
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        // Closed: no wait either.
+        j.take_batch(Duration::ZERO);
+        j.close();
+        j.wait_period(Duration::from_secs(60));
     }
 
     #[test]

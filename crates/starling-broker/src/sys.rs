@@ -156,6 +156,12 @@ pub fn messages(b: &Broker, disconnected: u64, loads: &Loads, now: Instant) -> V
             m.auth_refused.get().to_string(),
         ),
         ("security/acl/denied".into(), m.acl_denied.get().to_string()),
+        ("store/commits".into(), m.store_commits.get().to_string()),
+        (
+            "store/commit_failures".into(),
+            m.store_commit_failures.get().to_string(),
+        ),
+        ("store/paused".into(), m.store_paused.get().to_string()),
         (
             "security/connections/rate_limited".into(),
             m.connections_rate_limited.get().to_string(),

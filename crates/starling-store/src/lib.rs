@@ -68,6 +68,21 @@ pub enum Op {
     DeleteRetained(String),
 }
 
+impl Op {
+    /// Roughly the memory the op holds while it waits to be committed: the record it carries
+    /// and a fixed allowance for the rest. What the journal's bound counts.
+    pub fn weight(&self) -> usize {
+        const FIXED: usize = 64;
+        FIXED
+            + match self {
+                Op::PutMessage(_, _, m) => m.packet.len(),
+                Op::PutRetained(t, m) => t.len() + m.packet.len(),
+                Op::DeleteRetained(t) => t.len(),
+                _ => 0,
+            }
+    }
+}
+
 /// One session as loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadedSession {

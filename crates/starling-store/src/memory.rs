@@ -2,8 +2,8 @@
 //! tests use to inject commit failures.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use crate::{LoadedSession, MessageRecord, Op, SessionRecord, Snapshot, Store, StoreError};
 
@@ -23,6 +23,9 @@ pub struct MemoryStore {
     fail_after: AtomicUsize,
     /// Number of successful applies.
     applied: AtomicUsize,
+    /// While true, applies wait (a disk that has stopped answering).
+    stalled: Mutex<bool>,
+    resumed: Condvar,
 }
 
 impl MemoryStore {
@@ -42,6 +45,28 @@ impl MemoryStore {
     /// Number of successful applies so far.
     pub fn applied(&self) -> usize {
         self.applied.load(Ordering::SeqCst)
+    }
+
+    /// Makes applies wait until [`MemoryStore::resume`], as a stuck disk would.
+    pub fn stall(&self) {
+        *self.stalled.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    /// Lets waiting and later applies go on.
+    pub fn resume(&self) {
+        *self.stalled.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.resumed.notify_all();
+    }
+
+    /// Number of retained messages stored on topics starting with `prefix`.
+    pub fn retained_count(&self, prefix: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retained
+            .keys()
+            .filter(|t| t.starts_with(prefix))
+            .count()
     }
 }
 
@@ -118,6 +143,15 @@ impl Store for MemoryStore {
     }
 
     fn apply(&self, ops: &[Op], _durable: bool) -> Result<(), StoreError> {
+        {
+            let mut stalled = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
+            while *stalled {
+                stalled = self
+                    .resumed
+                    .wait(stalled)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        }
         let left = self.fail_after.load(Ordering::SeqCst);
         if left == 0 {
             return Err(StoreError::Injected("commit failed"));

@@ -54,6 +54,10 @@ pub struct StorageConfig {
     pub durability: Durability,
     /// Commit interval of `periodic`, milliseconds.
     pub commit_interval_ms: u64,
+    /// Bound on the state changes waiting to be committed, MiB. At half of it `periodic`
+    /// commits without waiting for its interval; at the bound clients are not read until a
+    /// commit finishes (counted in `$SYS/broker/store/paused`).
+    pub max_uncommitted_mib: u64,
     /// Start even if some records are damaged, leaving them out (each is logged).
     pub recover: bool,
 }
@@ -63,6 +67,7 @@ impl Default for StorageConfig {
         Self {
             durability: Durability::Sync,
             commit_interval_ms: 100,
+            max_uncommitted_mib: 64,
             recover: false,
         }
     }
@@ -368,6 +373,9 @@ impl Config {
         self.limits
             .validate()
             .map_err(|e| anyhow::anyhow!("limits.{e}"))?;
+        if !(1..=1 << 20).contains(&self.storage.max_uncommitted_mib) {
+            bail!("storage.max_uncommitted_mib: must be between 1 and 1048576");
+        }
         Ok(())
     }
 }
@@ -411,6 +419,12 @@ mod tests {
         assert_eq!(c.mqtt.response_information_prefix, "replies/");
         assert_eq!(c.storage.durability, Durability::Periodic);
         assert_eq!(c.storage.commit_interval_ms, 50);
+        assert_eq!(c.storage.max_uncommitted_mib, 64);
+        let e = format!(
+            "{:#}",
+            Config::parse("[storage]\nmax_uncommitted_mib = 0").unwrap_err()
+        );
+        assert!(e.contains("max_uncommitted_mib"), "{e}");
         let e = format!(
             "{:#}",
             Config::parse("[storage]\ndurability = \"fast\"").unwrap_err()

@@ -129,7 +129,8 @@ where
                 let can_read = wbuf.len() < OUTPUT_HIGH_WATER
                     && paused_until.is_none()
                     && !conn.backpressured();
-                let has_held = conn.has_held();
+                // Held acknowledgements, or a journal at its bound: woken by the commit.
+                let has_held = conn.waits_for_store();
                 if can_read {
                     // Room for the rest of the packet being received, at once when its header is in
                     // (a 1 MiB packet grown 16 KiB at a time would be copied over and over), or a

@@ -46,23 +46,32 @@ pub fn open(config: &Config) -> anyhow::Result<Option<Opened>> {
     }
     Ok(Some(Opened {
         store: Arc::new(store),
-        journal: Arc::new(Journal::new(config.storage.durability == Durability::Sync)),
+        journal: Arc::new(Journal::new(
+            config.storage.durability == Durability::Sync,
+            uncommitted_limit(config.storage.max_uncommitted_mib),
+        )),
         snapshot,
         mode: config.storage.durability,
         interval: Duration::from_millis(config.storage.commit_interval_ms),
     }))
 }
 
-/// Opens a broker on an already-open store (used by tests to inject a failing store).
+fn uncommitted_limit(mib: u64) -> usize {
+    usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+}
+
+/// Opens a broker on an already-open store (used by tests to inject a failing store), with
+/// `max_uncommitted` bytes as the journal's bound.
 pub fn with_store(
     store: Arc<dyn Store>,
     mode: Durability,
     recover: bool,
+    max_uncommitted: usize,
 ) -> anyhow::Result<Opened> {
     let snapshot = store.load(recover)?;
     Ok(Opened {
         store,
-        journal: Arc::new(Journal::new(mode == Durability::Sync)),
+        journal: Arc::new(Journal::new(mode == Durability::Sync, max_uncommitted)),
         snapshot,
         mode,
         interval: Duration::from_millis(100),
@@ -142,8 +151,8 @@ fn commit_loop(
 ) {
     let m = &broker.metrics;
     loop {
-        if mode == Durability::Periodic && !journal.is_finished() {
-            std::thread::sleep(interval);
+        if mode == Durability::Periodic {
+            journal.wait_period(interval);
         }
         match journal.take_batch(IDLE_WAIT) {
             Some((ops, upto)) => {

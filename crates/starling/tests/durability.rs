@@ -315,7 +315,8 @@ async fn failing_broker(ok: usize) -> (Server, SocketAddr, Arc<MemoryStore>) {
     store.fail_after(ok);
     let mut config = Config::default();
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
-    let opened = starling::storage::with_store(store.clone(), Durability::Sync, false).unwrap();
+    let opened =
+        starling::storage::with_store(store.clone(), Durability::Sync, false, 64 << 20).unwrap();
     let server = Server::start_with(&config, Some(opened)).await.unwrap();
     let addr = server.local_addrs()[0];
     (server, addr, store)
@@ -364,5 +365,84 @@ async fn a_failed_commit_is_never_acknowledged() {
         c.expect_packet(Duration::from_secs(5)).await,
         Packet::Publish(_)
     ));
+    server.shutdown().await;
+}
+
+/// A flood of retained QoS 0 messages (nothing waits on their commit) while the disk is stuck:
+/// the journal stops near its bound because the flooding client is no longer read (counted in
+/// `store_paused`), a client that journals nothing is still served, and once the disk answers
+/// again every message is committed. Periodic mode, whose interval alone would let the journal
+/// grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_store_pauses_the_clients_that_feed_it() {
+    const COUNT: usize = 4_000;
+    const BOUND: usize = 256 << 10;
+    let store = Arc::new(MemoryStore::new());
+    let mut config = Config::default();
+    config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
+    let opened =
+        starling::storage::with_store(store.clone(), Durability::Periodic, false, BOUND).unwrap();
+    let server = Server::start_with(&config, Some(opened)).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let broker = server.broker().clone();
+    store.stall();
+
+    // 4,000 retained messages of 1 KiB on distinct topics: about 16 times the bound.
+    let (mut flood, _) = RawClient::connect(addr, ProtocolVersion::V5, "flood").await;
+    let mut bytes = bytes::BytesMut::new();
+    let payload = vec![0x42; 1024];
+    for i in 0..COUNT {
+        let mut p = publish_packet(&format!("r/{i}"), QoS::AtMostOnce, 0, &payload);
+        if let Packet::Publish(p) = &mut p {
+            p.retain = true;
+        }
+        starling_proto::encode(&p, ProtocolVersion::V5, &mut bytes).unwrap();
+    }
+    // Sent from a task: once the broker stops reading, the write waits on TCP flow control.
+    let sender = tokio::spawn(async move {
+        flood.send_raw(&bytes).await.unwrap();
+        flood
+    });
+
+    let mut paused = false;
+    for _ in 0..250 {
+        if broker.metrics.store_paused.get() > 0 {
+            paused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(paused, "the flooding client was never paused");
+    // Paused: nothing more is read from it, so nothing more is retained or journaled.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let kept = broker.retained.count();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(broker.retained.count(), kept, "still read while paused");
+    assert!(broker.metrics.store_commits.get() <= 1, "the disk is stuck");
+    assert!(kept < COUNT / 2, "{kept} of {COUNT} read past the bound");
+
+    // A client that journals nothing is served meanwhile.
+    let (mut c, _) = RawClient::connect(addr, ProtocolVersion::V5, "other").await;
+    c.subscribe("plain", QoS::AtMostOnce).await;
+    c.send(&publish_packet("plain", QoS::AtMostOnce, 0, b"ok"))
+        .await;
+    assert!(matches!(
+        c.expect_packet(Duration::from_secs(5)).await,
+        Packet::Publish(_)
+    ));
+
+    // The disk answers again: the flood goes on and every message reaches the store.
+    store.resume();
+    let _flood = tokio::time::timeout(Duration::from_secs(20), sender)
+        .await
+        .expect("the flood was never read to the end")
+        .unwrap();
+    for _ in 0..500 {
+        if store.retained_count("r/") == COUNT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.retained_count("r/"), COUNT);
     server.shutdown().await;
 }

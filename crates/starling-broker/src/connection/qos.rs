@@ -93,6 +93,7 @@ impl Connection {
             }
         };
         let reason = if v5 { reason } else { ReasonCode::Success };
+        self.journaled(ticket);
         match qos {
             QoS::AtMostOnce if reason == ReasonCode::PayloadFormatInvalid => {
                 return self.fail(reason, "payload is not valid UTF-8");
@@ -146,13 +147,9 @@ impl Connection {
             _ => false,
         };
         if hold {
-            let held = self.held.get_or_insert_with(|| {
-                Box::new(HeldAcks {
-                    queue: VecDeque::new(),
-                    commit_generation: u64::MAX,
-                })
-            });
-            held.queue.push_back((ticket.unwrap_or(0), packet));
+            self.held_acks()
+                .queue
+                .push_back((ticket.unwrap_or(0), packet));
         } else {
             self.encode(&packet);
         }
@@ -163,11 +160,48 @@ impl Connection {
         self.held.as_ref().is_some_and(|h| !h.queue.is_empty())
     }
 
-    /// True when so many acknowledgements wait that the client must not be read further.
+    fn held_acks(&mut self) -> &mut HeldAcks {
+        self.held.get_or_insert_with(|| {
+            Box::new(HeldAcks {
+                queue: VecDeque::new(),
+                commit_generation: u64::MAX,
+                last_journaled: 0,
+            })
+        })
+    }
+
+    /// True when the client must not be read further: so many acknowledgements wait, or the
+    /// journal is at its bound and this connection has journaled something not committed yet
+    /// (the store is behind and this client adds to it; see `persist`). Clients that journal
+    /// nothing meanwhile are still served.
     pub fn backpressured(&self) -> bool {
         self.held
             .as_ref()
             .is_some_and(|h| h.queue.len() >= HELD_LIMIT)
+            || self
+                .broker
+                .persistence()
+                .is_some_and(|p| p.journal.congested() && self.uncommitted(&p.journal).is_some())
+    }
+
+    /// True while the connection waits for the store: acknowledgements are held (woken by
+    /// `release_held`'s registration), or it is paused by the journal's bound, in which case
+    /// its waker is registered for the commit of its last op and the pause counted (once per
+    /// commit) in `store_paused`.
+    pub fn waits_for_store(&mut self) -> bool {
+        if let Some(p) = self.broker.persistence()
+            && p.journal.congested()
+            && let Some(t) = self.uncommitted(&p.journal)
+        {
+            let journal = p.journal.clone();
+            let waker = self.waker.clone();
+            let memo = &mut self.held_acks().commit_generation;
+            if journal.notify_when_done(t, &waker, memo) {
+                self.broker.metrics.store_paused.inc();
+            }
+            return true;
+        }
+        self.has_held()
     }
 
     /// Sends the held acknowledgements whose commits finished. A failed commit is not
@@ -236,9 +270,26 @@ impl Connection {
     }
 
     /// Journals `op` if the broker has a store and the session is persistent.
-    pub(super) fn journal_op(&self, persisted: bool, op: impl FnOnce() -> Op) -> Option<u64> {
+    pub(super) fn journal_op(&mut self, persisted: bool, op: impl FnOnce() -> Op) -> Option<u64> {
         let p = self.broker.persistence()?;
-        persisted.then(|| p.journal.push(op()))
+        let ticket = persisted.then(|| p.journal.push(op()));
+        self.journaled(ticket);
+        ticket
+    }
+
+    /// Notes that this connection's work journaled up to `ticket`: while that is not
+    /// committed and the journal is at its bound, the client is not read.
+    pub(super) fn journaled(&mut self, ticket: Option<u64>) {
+        if let Some(t) = ticket {
+            let held = self.held_acks();
+            held.last_journaled = held.last_journaled.max(t);
+        }
+    }
+
+    /// The last op this connection journaled, if it is not committed yet.
+    fn uncommitted(&self, journal: &Journal) -> Option<u64> {
+        let t = self.held.as_ref()?.last_journaled;
+        (t > 0 && !journal.is_done(t)).then_some(t)
     }
 
     pub(super) fn on_puback(&mut self, pid: u16) {
