@@ -126,7 +126,8 @@ pub trait Authorizer: Send + Sync + fmt::Debug {
     /// A value that changes whenever this authorizer's answers may change (its rules were
     /// reloaded, say). While it stays the same, a connection may reuse the answer it got for
     /// the same client, question and topic instead of asking again. `None`, the default:
-    /// answers must not be reused.
+    /// answers must not be reused. Values are compared only with earlier values of the same
+    /// authorizer: a wrapper that swaps inner authorizers must change its own value on a swap.
     fn generation(&self) -> Option<u64> {
         None
     }

@@ -297,6 +297,12 @@ impl Connection {
             _ => return Ok(()),
         }
         self.check_reauth_timeout(now)?;
+        if self.is_active() && self.reading_held_back() {
+            // The broker is not reading this client (the store is behind, or too many
+            // acknowledgements wait), so its PINGREQs sit unread: not the client's silence.
+            self.last_packet = now;
+            return Ok(());
+        }
         if matches!(self.stage, Stage::Authenticating(_)) {
             return Err(Closing::new(
                 ReasonCode::MaximumConnectTime,

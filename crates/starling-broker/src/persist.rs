@@ -13,10 +13,12 @@
 //! publish, and everything in `periodic` mode, holds nothing, so the byte bound is what stops a
 //! flood: once the journal holds half of it the periodic committer commits at once instead of
 //! at the end of its interval, and at the bound every connection stops reading its client
-//! (`Connection::backpressured`) if it has journaled something not yet committed, until its
-//! last op is committed; clients that journal nothing meanwhile are still served. Ops already
-//! decoded from a read are still journaled, so the journal can exceed the bound by what the
-//! connections had read when it was reached; nothing is dropped.
+//! (`Connection::paused_for_store`) if it has journaled something not yet committed, until its
+//! last op is committed; clients that journal nothing meanwhile are still served. The batch
+//! being committed counts until its commit finishes. The bound is checked between reads, not
+//! between ops: what a connection had already read is still journaled, and one publish
+//! journals a record per persistent subscriber it reaches, so the journal can exceed the
+//! bound by up to a read buffer's worth of publishes times their fan-out; nothing is dropped.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -80,6 +82,8 @@ pub struct Journal {
     limit: usize,
     /// `Pending::bytes`, readable without the lock.
     bytes: AtomicUsize,
+    /// Weight of the batch the committer has taken and not finished: still in memory.
+    batch_bytes: AtomicUsize,
 }
 
 impl Journal {
@@ -96,13 +100,14 @@ impl Journal {
             hold_acks,
             limit: limit.max(1),
             bytes: AtomicUsize::new(0),
+            batch_bytes: AtomicUsize::new(0),
         }
     }
 
-    /// True while the journal holds its bound or more: connections stop reading their clients
-    /// until a commit finishes.
+    /// True while the journal, with the batch being committed, holds its bound or more:
+    /// connections that feed it stop reading their clients until their commit finishes.
     pub fn congested(&self) -> bool {
-        self.bytes.load(Ordering::Relaxed) >= self.limit
+        self.bytes.load(Ordering::Relaxed) + self.batch_bytes.load(Ordering::Relaxed) >= self.limit
     }
 
     /// Ticket of the last op pushed.
@@ -151,6 +156,7 @@ impl Journal {
         if p.ops.is_empty() {
             return None;
         }
+        self.batch_bytes.store(p.bytes, Ordering::Relaxed);
         p.bytes = 0;
         self.bytes.store(0, Ordering::Relaxed);
         Some((std::mem::take(&mut p.ops), p.last))
@@ -206,6 +212,7 @@ impl Journal {
             f.push_back((from, upto));
         }
         self.done.store(upto, Ordering::Release);
+        self.batch_bytes.store(0, Ordering::Relaxed);
         let list = {
             let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
             w.generation += 1;
@@ -471,7 +478,9 @@ mod tests {
         assert_eq!(j.last_ticket(), 4);
         let (ops, upto) = j.take_batch(Duration::ZERO).unwrap();
         assert_eq!((ops.len(), upto), (4, 4));
-        assert!(!j.congested(), "taken by the committer");
+        assert!(j.congested(), "taken by the committer, still in memory");
+        j.finish(upto, true);
+        assert!(!j.congested(), "committed");
         // A message record counts its bytes.
         let big = Op::DeleteRetained("x".repeat(10 * w));
         j.push(big);

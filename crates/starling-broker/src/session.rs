@@ -169,7 +169,10 @@ impl Session {
                 st.owner = Some(id);
                 st.waker = Some(waker);
             }
-            None => st.owner = None,
+            None => {
+                st.owner = None;
+                st.inflight.release_index();
+            }
         }
         this.online.store(st.owner.is_some(), Ordering::Relaxed);
     }

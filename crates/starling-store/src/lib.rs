@@ -75,6 +75,13 @@ impl Op {
         const FIXED: usize = 64;
         FIXED
             + match self {
+                Op::PutSession(_, r) => {
+                    r.subscriptions
+                        .iter()
+                        .map(|s| s.filter.len() + 16)
+                        .sum::<usize>()
+                        + r.will.as_ref().map_or(0, |w| w.packet.len())
+                }
                 Op::PutMessage(_, _, m) => m.packet.len(),
                 Op::PutRetained(t, m) => t.len() + m.packet.len(),
                 Op::DeleteRetained(t) => t.len(),

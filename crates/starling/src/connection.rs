@@ -126,11 +126,15 @@ where
                         timer.as_mut().reset(deadline);
                     }
                 }
+                // One answer per wait (the committer changes it concurrently); when paused, the
+                // journal wakes this connection at the commit it waits for.
+                let store_paused = conn.paused_for_store();
                 let can_read = wbuf.len() < OUTPUT_HIGH_WATER
                     && paused_until.is_none()
+                    && !store_paused
                     && !conn.backpressured();
-                // Held acknowledgements, or a journal at its bound: woken by the commit.
-                let has_held = conn.waits_for_store();
+                // Held acknowledgements or a store pause: woken by the commit.
+                let has_held = store_paused || conn.has_held();
                 if can_read {
                     // Room for the rest of the packet being received, at once when its header is in
                     // (a 1 MiB packet grown 16 KiB at a time would be copied over and over), or a

@@ -387,8 +387,12 @@ async fn a_stuck_store_pauses_the_clients_that_feed_it() {
     let broker = server.broker().clone();
     store.stall();
 
-    // 4,000 retained messages of 1 KiB on distinct topics: about 16 times the bound.
-    let (mut flood, _) = RawClient::connect(addr, ProtocolVersion::V5, "flood").await;
+    // 4,000 retained messages of 1 KiB on distinct topics: about 16 times the bound. A
+    // keep-alive of 1 s: while the broker is not reading it, the client's silence is not
+    // held against it.
+    let mut connect = connect_packet(ProtocolVersion::V5, "flood");
+    connect.keep_alive = 1;
+    let (mut flood, _) = RawClient::connect_with(addr, connect).await;
     let mut bytes = bytes::BytesMut::new();
     let payload = vec![0x42; 1024];
     for i in 0..COUNT {
@@ -431,12 +435,23 @@ async fn a_stuck_store_pauses_the_clients_that_feed_it() {
         Packet::Publish(_)
     ));
 
+    // Paused for more than 1.5 times the keep-alive.
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+
     // The disk answers again: the flood goes on and every message reaches the store.
     store.resume();
-    let _flood = tokio::time::timeout(Duration::from_secs(20), sender)
+    let mut flood = tokio::time::timeout(Duration::from_secs(20), sender)
         .await
         .expect("the flood was never read to the end")
         .unwrap();
+    flood.send(&Packet::PingReq).await;
+    assert!(
+        matches!(
+            flood.expect_packet(Duration::from_secs(5)).await,
+            Packet::PingResp
+        ),
+        "the paused client was disconnected"
+    );
     for _ in 0..500 {
         if store.retained_count("r/") == COUNT {
             break;

@@ -186,6 +186,8 @@ impl Broker {
                 for pid in loaded.awaiting {
                     st.awaiting_rel.insert(pid, now);
                 }
+                // Offline until its client connects.
+                st.inflight.release_index();
             }
             self.sessions().insert(client_id, session);
             report.sessions += 1;

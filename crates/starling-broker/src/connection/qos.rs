@@ -170,38 +170,47 @@ impl Connection {
         })
     }
 
-    /// True when the client must not be read further: so many acknowledgements wait, or the
-    /// journal is at its bound and this connection has journaled something not committed yet
-    /// (the store is behind and this client adds to it; see `persist`). Clients that journal
-    /// nothing meanwhile are still served.
+    /// True when so many acknowledgements wait that the client must not be read further.
     pub fn backpressured(&self) -> bool {
         self.held
             .as_ref()
             .is_some_and(|h| h.queue.len() >= HELD_LIMIT)
+    }
+
+    /// Whether the broker is holding back reading this client: `backpressured`, or the
+    /// condition `paused_for_store` reports (without registering anything).
+    pub(super) fn reading_held_back(&self) -> bool {
+        self.backpressured()
             || self
                 .broker
                 .persistence()
                 .is_some_and(|p| p.journal.congested() && self.uncommitted(&p.journal).is_some())
     }
 
-    /// True while the connection waits for the store: acknowledgements are held (woken by
-    /// `release_held`'s registration), or it is paused by the journal's bound, in which case
-    /// its waker is registered for the commit of its last op and the pause counted (once per
-    /// commit) in `store_paused`.
-    pub fn waits_for_store(&mut self) -> bool {
-        if let Some(p) = self.broker.persistence()
-            && p.journal.congested()
-            && let Some(t) = self.uncommitted(&p.journal)
-        {
-            let journal = p.journal.clone();
-            let waker = self.waker.clone();
-            let memo = &mut self.held_acks().commit_generation;
-            if journal.notify_when_done(t, &waker, memo) {
-                self.broker.metrics.store_paused.inc();
-            }
-            return true;
+    /// True when the client must not be read because the journal is at its bound and this
+    /// connection has journaled something not committed yet (the store is behind and this
+    /// client adds to it; see `persist`). Clients that journal nothing meanwhile are still
+    /// served. When true, the connection's waker is registered for the commit of its last op
+    /// (at once if that has just finished), so the caller must wait on the waker; the pause is
+    /// counted (once per commit) in `store_paused`. Decide once per wait from this answer:
+    /// the committer changes it concurrently.
+    pub fn paused_for_store(&mut self) -> bool {
+        let Some(p) = self.broker.persistence() else {
+            return false;
+        };
+        if !p.journal.congested() {
+            return false;
         }
-        self.has_held()
+        let Some(t) = self.uncommitted(&p.journal) else {
+            return false;
+        };
+        let journal = p.journal.clone();
+        let waker = self.waker.clone();
+        let memo = &mut self.held_acks().commit_generation;
+        if journal.notify_when_done(t, &waker, memo) {
+            self.broker.metrics.store_paused.inc();
+        }
+        true
     }
 
     /// Sends the held acknowledgements whose commits finished. A failed commit is not

@@ -70,6 +70,7 @@ impl Connection {
             }
         }
         let ticket = store_subscriptions(&broker, &session);
+        self.journaled(ticket);
         let suback = Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reasons,
@@ -103,6 +104,7 @@ impl Connection {
             })
             .collect();
         let ticket = store_subscriptions(&broker, &session);
+        self.journaled(ticket);
         let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reasons,

@@ -4,8 +4,8 @@
 //! Packet identifiers are unique within the window. Allocating one must skip identifiers
 //! still in use; with a window of hundreds of messages a scan per allocation dominated the
 //! delivery path, so once the window holds more than [`INDEX_FROM`] messages a bitmap of
-//! used identifiers (8 KiB) is kept beside it, and dropped again when the window empties.
-//! Small windows, the common case for idle and slow clients, cost nothing extra.
+//! used identifiers (8 KiB) is kept beside it, dropped again when the window empties or the
+//! session goes offline. Small windows, and offline sessions, cost nothing extra.
 
 use std::collections::VecDeque;
 use std::ops::Deref;
@@ -105,6 +105,13 @@ impl Window {
         self.entries.get_mut(i)
     }
 
+    /// Drops the identifier index. Identifiers are allocated and acknowledgements arrive only
+    /// while a connection owns the session, so an offline session does not keep 8 KiB for it;
+    /// the next message sent rebuilds it.
+    pub fn release_index(&mut self) {
+        self.used = None;
+    }
+
     /// Empties the window.
     pub fn clear(&mut self) {
         self.entries.clear();
@@ -182,6 +189,11 @@ mod tests {
             w.remove(i);
             i += 2;
         }
+        check(&w);
+        w.release_index();
+        check(&w);
+        w.push_back(entry(60_000));
+        assert!(w.used.is_some(), "rebuilt by the next message sent");
         check(&w);
         let taken = w.extract(|f| f.packet_id % 2 == 0);
         assert!(taken.iter().all(|f| f.packet_id % 2 == 0));
