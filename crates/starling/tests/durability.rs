@@ -309,6 +309,19 @@ async fn qos2_flows_survive_a_restart_in_the_middle() {
     sub.expect_silence(Duration::from_millis(500)).await;
 }
 
+/// A new client subscribes and gets its own QoS 0 publish back: nothing it does needs the
+/// store.
+async fn plain_round_trip(addr: SocketAddr, client_id: &str) {
+    let (mut c, _) = RawClient::connect(addr, ProtocolVersion::V5, client_id).await;
+    c.subscribe("plain", QoS::AtMostOnce).await;
+    c.send(&publish_packet("plain", QoS::AtMostOnce, 0, b"ok"))
+        .await;
+    assert!(matches!(
+        c.expect_packet(Duration::from_secs(5)).await,
+        Packet::Publish(_)
+    ));
+}
+
 /// In-process broker on a store whose commits fail after `ok` successful ones.
 async fn failing_broker(ok: usize) -> (Server, SocketAddr, Arc<MemoryStore>) {
     let store = Arc::new(MemoryStore::new());
@@ -357,14 +370,7 @@ async fn a_failed_commit_is_never_acknowledged() {
     );
     assert!(server.broker().metrics.store_commit_failures.get() >= 2);
     // The broker keeps serving: a publish that needs no store write still works.
-    let (mut c, _) = RawClient::connect(addr, ProtocolVersion::V5, "c").await;
-    c.subscribe("plain", QoS::AtMostOnce).await;
-    c.send(&publish_packet("plain", QoS::AtMostOnce, 0, b"ok"))
-        .await;
-    assert!(matches!(
-        c.expect_packet(Duration::from_secs(5)).await,
-        Packet::Publish(_)
-    ));
+    plain_round_trip(addr, "c").await;
     server.shutdown().await;
 }
 
@@ -426,14 +432,7 @@ async fn a_stuck_store_pauses_the_clients_that_feed_it() {
     assert!(kept < COUNT / 2, "{kept} of {COUNT} read past the bound");
 
     // A client that journals nothing is served meanwhile.
-    let (mut c, _) = RawClient::connect(addr, ProtocolVersion::V5, "other").await;
-    c.subscribe("plain", QoS::AtMostOnce).await;
-    c.send(&publish_packet("plain", QoS::AtMostOnce, 0, b"ok"))
-        .await;
-    assert!(matches!(
-        c.expect_packet(Duration::from_secs(5)).await,
-        Packet::Publish(_)
-    ));
+    plain_round_trip(addr, "other").await;
 
     // Paused for more than 1.5 times the keep-alive.
     tokio::time::sleep(Duration::from_millis(1_800)).await;
