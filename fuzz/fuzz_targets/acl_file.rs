@@ -1,6 +1,8 @@
 //! Fuzz target `acl_file`: `AclFile::parse` on arbitrary text, then access checks. The input
 //! is `ACL text \0 client id \x01 username \x01 topic-or-filter`. Invariants:
-//! - subscribing to a topic name (no wildcards) is allowed exactly when reading it is;
+//! - subscribing to a topic name (no wildcards) is allowed exactly when reading it is (this
+//!   also compares the rule tries, which answer reads, with the linear walk, which answers
+//!   subscriptions);
 //! - `+` and `#` in a client id or username never act as wildcards: replacing them with a
 //!   character the topic does not contain gives the same answers (CVE-2017-7650).
 
