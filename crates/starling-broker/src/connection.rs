@@ -163,6 +163,9 @@ struct HeldAcks {
     commit_generation: u64,
     /// Ticket of the last op this connection's work journaled (0: none).
     last_journaled: u64,
+    /// The journal's memo for a pause at its bound (kept apart from `commit_generation` so
+    /// each pause is counted even when held acknowledgements wait on the same commit).
+    pause_generation: u64,
 }
 
 /// Held acknowledgements at which reading from the client pauses.

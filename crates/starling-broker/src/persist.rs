@@ -62,9 +62,10 @@ const FAILED_RANGES: usize = 256;
 /// Connections to wake when the next commit finishes.
 #[derive(Debug, Default)]
 struct Waiters {
-    /// Commits finished so far; a connection is listed at most once per generation.
+    /// Commits finished so far; a connection is listed at most twice per generation
+    /// (once for held acknowledgements, once for a pause at the bound; one memo each).
     generation: u64,
-    /// Bounded by the number of connections (one entry each per generation).
+    /// Bounded by twice the number of connections.
     list: Vec<Arc<Notify>>,
 }
 

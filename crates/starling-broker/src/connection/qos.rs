@@ -166,6 +166,7 @@ impl Connection {
                 queue: VecDeque::new(),
                 commit_generation: u64::MAX,
                 last_journaled: 0,
+                pause_generation: u64::MAX,
             })
         })
     }
@@ -206,7 +207,7 @@ impl Connection {
         };
         let journal = p.journal.clone();
         let waker = self.waker.clone();
-        let memo = &mut self.held_acks().commit_generation;
+        let memo = &mut self.held_acks().pause_generation;
         if journal.notify_when_done(t, &waker, memo) {
             self.broker.metrics.store_paused.inc();
         }
