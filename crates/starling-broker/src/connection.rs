@@ -153,9 +153,11 @@ impl fmt::Display for PeerAddr {
     }
 }
 
-/// Acknowledgements waiting for the store to commit what they acknowledge, in order, with
-/// their journal tickets. Bounded: at `HELD_LIMIT` the network layer stops reading from the
-/// client until commits catch up.
+/// What a connection waits for from the store, allocated when it first journals or holds
+/// something: acknowledgements waiting for the commit of what they acknowledge, in order, with
+/// their journal tickets (bounded: at `HELD_LIMIT` the network layer stops reading from the
+/// client until commits catch up), and its last journaled op (what a pause at the journal's
+/// bound waits for).
 #[derive(Debug)]
 struct HeldAcks {
     queue: VecDeque<(u64, Packet)>,

@@ -181,11 +181,15 @@ impl Connection {
     /// Whether the broker is holding back reading this client: `backpressured`, or the
     /// condition `paused_for_store` reports (without registering anything).
     pub(super) fn reading_held_back(&self) -> bool {
-        self.backpressured()
-            || self
-                .broker
-                .persistence()
-                .is_some_and(|p| p.journal.congested() && self.uncommitted(&p.journal).is_some())
+        self.backpressured() || self.store_pause_ticket().is_some()
+    }
+
+    /// While the journal is at its bound: this connection's last journaled op, if it is not
+    /// committed yet (what a pause waits for). `None`: no reason to pause for the store.
+    fn store_pause_ticket(&self) -> Option<u64> {
+        let journal = &self.broker.persistence()?.journal;
+        let t = self.held.as_ref()?.last_journaled;
+        (t > 0 && journal.congested() && !journal.is_done(t)).then_some(t)
     }
 
     /// True when the client must not be read because the journal is at its bound and this
@@ -196,16 +200,12 @@ impl Connection {
     /// counted (once per commit) in `store_paused`. Decide once per wait from this answer:
     /// the committer changes it concurrently.
     pub fn paused_for_store(&mut self) -> bool {
-        let Some(p) = self.broker.persistence() else {
+        let Some(t) = self.store_pause_ticket() else {
             return false;
         };
-        if !p.journal.congested() {
-            return false;
-        }
-        let Some(t) = self.uncommitted(&p.journal) else {
+        let Some(journal) = self.broker.persistence().map(|p| p.journal.clone()) else {
             return false;
         };
-        let journal = p.journal.clone();
         let waker = self.waker.clone();
         let memo = &mut self.held_acks().pause_generation;
         if journal.notify_when_done(t, &waker, memo) {
@@ -294,12 +294,6 @@ impl Connection {
             let held = self.held_acks();
             held.last_journaled = held.last_journaled.max(t);
         }
-    }
-
-    /// The last op this connection journaled, if it is not committed yet.
-    fn uncommitted(&self, journal: &Journal) -> Option<u64> {
-        let t = self.held.as_ref()?.last_journaled;
-        (t > 0 && !journal.is_done(t)).then_some(t)
     }
 
     pub(super) fn on_puback(&mut self, pid: u16) {
