@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use starling_proto::{ProtocolVersion, Will};
-use tokio::sync::Notify;
 
 use crate::config::{Features, Limits};
 use crate::message::Message;
@@ -22,6 +21,7 @@ use crate::retain::RetainStore;
 use crate::router::Router;
 use crate::session::{Ctx, PendingWill, Session};
 use crate::sys::SysState;
+use crate::wake::Waker;
 
 mod restore;
 mod route;
@@ -172,7 +172,7 @@ impl Broker {
     pub fn connect(
         &self,
         conn_id: u64,
-        waker: Arc<Notify>,
+        waker: Waker,
         req: ConnectRequest,
         now: Instant,
     ) -> Attached {

@@ -18,7 +18,6 @@ use starling_proto::{
     ConnAck, Connect, DecodeError, DecodeLimits, Disconnect, Packet, Properties, ProtocolVersion,
     PubAck, Publish, QoS, ReasonCode, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe,
 };
-use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::broker::{Broker, ConnectRequest, Ending};
@@ -26,6 +25,7 @@ use crate::message::{Delivery, Message};
 use crate::persist::TicketStatus;
 use crate::retain::RetainOutcome;
 use crate::session::{Inflight, PendingWill, Phase, Session, Subscription};
+use crate::wake::Waker;
 use starling_store::{MessagePhase, Op};
 
 mod access;
@@ -125,7 +125,7 @@ pub struct Connection {
     id: u64,
     /// The client's address, when known (logs, authenticators).
     peer: Option<SocketAddr>,
-    waker: Arc<Notify>,
+    waker: Waker,
     stage: Stage,
     out: BytesMut,
     opened_at: Instant,
@@ -191,13 +191,13 @@ impl TokenBucket {
 
 impl Connection {
     /// A new connection from `peer`, awaiting CONNECT.
-    pub fn new(broker: Arc<Broker>, peer: Option<SocketAddr>, now: Instant) -> Self {
+    pub fn new(broker: Arc<Broker>, waker: Waker, peer: Option<SocketAddr>, now: Instant) -> Self {
         let id = broker.connection_id();
         Self {
             broker,
             id,
             peer,
-            waker: Arc::new(Notify::new()),
+            waker,
             stage: Stage::AwaitingConnect,
             out: BytesMut::new(),
             opened_at: now,
@@ -239,11 +239,6 @@ impl Connection {
         self.broker.metrics.rate_limited.inc();
         let wait = (1.0 - bucket.tokens) / bucket.rate;
         Some(now + Duration::from_secs_f64(wait))
-    }
-
-    /// Fires when the session has messages to send or was taken over: call [`Self::pump`].
-    pub fn waker(&self) -> Arc<Notify> {
-        self.waker.clone()
     }
 
     /// The protocol level to decode incoming packets with.

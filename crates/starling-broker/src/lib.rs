@@ -24,8 +24,10 @@ pub mod retain;
 pub mod router;
 pub mod session;
 pub mod sys;
+pub mod wake;
 
 pub use broker::Broker;
 pub use config::{Features, Limits, QueueFullPolicy};
 pub use connection::{Closing, Connection, ListenerAccess, PeerInfo};
 pub use metrics::Metrics;
+pub use wake::{Wake, Waker};

@@ -21,16 +21,16 @@
 //! bound by up to a read buffer's worth of publishes times their fan-out; nothing is dropped.
 
 use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use starling_proto::{Packet, ProtocolVersion, Publish, QoS};
 use starling_store::{MessagePhase, MessageRecord, Op};
-use tokio::sync::Notify;
 
 use crate::message::{Delivery, Message};
+use crate::wake::Waker;
 
 /// Where a ticket stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +51,8 @@ struct Pending {
     /// Ticket of the last op pushed.
     last: u64,
     closed: bool,
-    /// The committer waits on `ready` until `bytes` reaches this (only then is a notification
-    /// worth its syscall); `None` while it is not waiting.
+    /// The committer is waiting for `bytes` to reach this (only then is waking it worth its
+    /// syscall); `None` while it is not waiting.
     wake_at: Option<usize>,
 }
 
@@ -66,14 +66,15 @@ struct Waiters {
     /// (once for held acknowledgements, once for a pause at the bound; one memo each).
     generation: u64,
     /// Bounded by twice the number of connections.
-    list: Vec<Arc<Notify>>,
+    list: Vec<Waker>,
 }
 
 /// State changes waiting for the committer.
 #[derive(Debug)]
 pub struct Journal {
     pending: Mutex<Pending>,
-    ready: Condvar,
+    /// Wakes the committer (which lives outside the core) when what it waits for is there.
+    committer: Waker,
     /// Highest ticket whose batch finished (committed or failed).
     done: AtomicU64,
     waiters: Mutex<Waiters>,
@@ -90,11 +91,12 @@ pub struct Journal {
 impl Journal {
     /// A journal holding at most about `limit` bytes of ops before clients are paused. With
     /// `hold_acks` (durability mode `sync`), QoS 1/2 acknowledgements wait for the commit of
-    /// what the message changed.
-    pub fn new(hold_acks: bool, limit: usize) -> Self {
+    /// what the message changed. `committer` is woken when there is work for it (see
+    /// [`Journal::take_batch`] and [`Journal::arm_early_commit`]).
+    pub fn new(hold_acks: bool, limit: usize, committer: Waker) -> Self {
         Self {
             pending: Mutex::new(Pending::default()),
-            ready: Condvar::new(),
+            committer,
             done: AtomicU64::new(0),
             waiters: Mutex::new(Waiters::default()),
             failed: Mutex::new(VecDeque::new()),
@@ -136,54 +138,39 @@ impl Journal {
         }
         drop(p);
         if wake {
-            self.ready.notify_one();
+            self.committer.wake();
         }
         t
     }
 
-    /// Waits (at most `wait`) for ops, then takes them all with the last ticket among them.
-    /// `None` when there is nothing to take; after [`Journal::close`], `None` once drained.
-    pub fn take_batch(&self, wait: Duration) -> Option<(Vec<Op>, u64)> {
+    /// Takes every op journaled so far, with the last ticket among them. `None` when there is
+    /// nothing to take: the committer is then woken by the next push (or by [`Journal::close`]),
+    /// so it can wait for its wake-up without missing one.
+    pub fn take_batch(&self) -> Option<(Vec<Op>, u64)> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if p.ops.is_empty() && !p.closed {
-            p.wake_at = Some(0);
-            p = self
-                .ready
-                .wait_timeout(p, wait)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-            p.wake_at = None;
-        }
         if p.ops.is_empty() {
+            p.wake_at = (!p.closed).then_some(0);
             return None;
         }
+        p.wake_at = None;
         self.batch_bytes.store(p.bytes, Ordering::Relaxed);
         p.bytes = 0;
         self.bytes.store(0, Ordering::Relaxed);
         Some((std::mem::take(&mut p.ops), p.last))
     }
 
-    /// Waits `period` (the periodic committer's interval), or less: it returns once the
-    /// journal holds half its bound, or is closed.
-    pub fn wait_period(&self, period: Duration) {
-        let deadline = Instant::now() + period;
+    /// For the periodic committer, which waits its interval between commits: true if the
+    /// journal already holds half its bound (or is closed), so it should commit now; otherwise
+    /// the committer is woken once it does.
+    pub fn arm_early_commit(&self) -> bool {
         let early = self.limit / 2;
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        while !p.closed && p.bytes < early {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            if left.is_zero() {
-                break;
-            }
-            p.wake_at = Some(early);
-            p = self
-                .ready
-                .wait_timeout(p, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
+        if p.closed || p.bytes >= early {
             p.wake_at = None;
+            return true;
         }
+        p.wake_at = Some(early);
+        false
     }
 
     /// True once closed and drained.
@@ -198,7 +185,7 @@ impl Journal {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .closed = true;
-        self.ready.notify_all();
+        self.committer.wake();
     }
 
     /// Reports that every ticket up to `upto` was committed (`ok`) or failed, and wakes the
@@ -220,7 +207,7 @@ impl Journal {
             std::mem::take(&mut w.list)
         };
         for waker in list {
-            waker.notify_one();
+            waker.wake();
         }
     }
 
@@ -228,13 +215,13 @@ impl Journal {
     /// already is. `registered` is the caller's memo (start with `u64::MAX`) so that it is
     /// listed once per commit however often it asks.
     /// Returns whether it was newly listed.
-    pub fn notify_when_done(&self, ticket: u64, waker: &Arc<Notify>, registered: &mut u64) -> bool {
+    pub fn notify_when_done(&self, ticket: u64, waker: &Waker, registered: &mut u64) -> bool {
         let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         // Checked under the lock `finish` takes after advancing `done`: either this sees the
         // new value, or `finish` sees this entry.
         if self.done.load(Ordering::Acquire) >= ticket {
             drop(w);
-            waker.notify_one();
+            waker.wake();
             return false;
         }
         if *registered == w.generation {
@@ -406,17 +393,19 @@ pub fn decode_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wake::Flag;
+    use std::sync::Arc;
 
-    fn woken(n: &Notify) -> bool {
-        let f = std::pin::pin!(n.notified());
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        std::future::Future::poll(f, &mut cx).is_ready()
+    fn journal(hold_acks: bool, limit: usize) -> (Journal, Arc<Flag>) {
+        let committer = Flag::new();
+        (Journal::new(hold_acks, limit, committer.clone()), committer)
     }
 
     #[test]
     fn a_commit_wakes_each_waiting_connection_once() {
-        let j = Journal::new(true, usize::MAX);
-        let waker = Arc::new(Notify::new());
+        let (j, _) = journal(true, usize::MAX);
+        let flag = Flag::new();
+        let waker: Waker = flag.clone();
         let mut memo = u64::MAX;
         let t = j.push(Op::DeleteRetained("a".into()));
         j.notify_when_done(t, &waker, &mut memo);
@@ -426,41 +415,41 @@ mod tests {
             1,
             "listed once per commit"
         );
-        assert!(!woken(&waker), "nothing committed yet");
-        let (_, upto) = j.take_batch(Duration::ZERO).unwrap();
+        assert!(!flag.take(), "nothing committed yet");
+        let (_, upto) = j.take_batch().unwrap();
         j.finish(upto, true);
-        assert!(woken(&waker));
-        assert!(!woken(&waker));
+        assert!(flag.take());
+        assert!(!flag.take());
         assert!(j.waiters.lock().unwrap().list.is_empty());
         // Asking about a ticket already done wakes at once instead of waiting for a commit
         // that may never come.
         j.notify_when_done(t, &waker, &mut memo);
-        assert!(woken(&waker));
+        assert!(flag.take());
         // A failed commit wakes too (the held acknowledgement becomes a failure answer).
         let u = j.push(Op::DeleteRetained("b".into()));
         j.notify_when_done(u, &waker, &mut memo);
-        let (_, upto) = j.take_batch(Duration::ZERO).unwrap();
+        let (_, upto) = j.take_batch().unwrap();
         j.finish(upto, false);
-        assert!(woken(&waker));
+        assert!(flag.take());
         assert_eq!(j.status(u), TicketStatus::Failed);
     }
 
     #[test]
     fn tickets_and_failures() {
-        let j = Journal::new(true, usize::MAX);
+        let (j, _) = journal(true, usize::MAX);
         let a = j.push(Op::DeleteRetained("a".into()));
         let b = j.push(Op::DeleteRetained("b".into()));
         assert_eq!(j.status(a), TicketStatus::Pending);
-        let (ops, upto) = j.take_batch(Duration::ZERO).unwrap();
+        let (ops, upto) = j.take_batch().unwrap();
         assert_eq!((ops.len(), upto), (2, b));
         j.finish(upto, true);
         assert_eq!(j.status(a), TicketStatus::Durable);
         let c = j.push(Op::DeleteRetained("c".into()));
-        let (_, upto) = j.take_batch(Duration::ZERO).unwrap();
+        let (_, upto) = j.take_batch().unwrap();
         j.finish(upto, false);
         assert_eq!(j.status(c), TicketStatus::Failed);
         assert_eq!(j.status(b), TicketStatus::Durable);
-        assert!(j.take_batch(Duration::from_millis(1)).is_none());
+        assert!(j.take_batch().is_none());
         j.close();
         assert!(j.is_finished());
     }
@@ -469,7 +458,7 @@ mod tests {
     fn the_byte_bound_congests_and_a_batch_clears_it() {
         let op = || Op::DeleteRetained("t".into());
         let w = op().weight();
-        let j = Journal::new(false, 4 * w);
+        let (j, _) = journal(false, 4 * w);
         for _ in 0..3 {
             j.push(op());
         }
@@ -477,7 +466,7 @@ mod tests {
         j.push(op());
         assert!(j.congested(), "at the bound");
         assert_eq!(j.last_ticket(), 4);
-        let (ops, upto) = j.take_batch(Duration::ZERO).unwrap();
+        let (ops, upto) = j.take_batch().unwrap();
         assert_eq!((ops.len(), upto), (4, 4));
         assert!(j.congested(), "taken by the committer, still in memory");
         j.finish(upto, true);
@@ -489,35 +478,47 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_take_arms_the_committer_for_the_next_push() {
+        let (j, committer) = journal(true, usize::MAX);
+        j.push(Op::DeleteRetained("a".into()));
+        assert!(
+            !committer.take(),
+            "nobody waits: no wake-up (it would cost a syscall)"
+        );
+        assert!(j.take_batch().is_some());
+        assert!(j.take_batch().is_none(), "empty: the committer will wait");
+        j.push(Op::DeleteRetained("b".into()));
+        assert!(committer.take(), "the push that ends the wait wakes it");
+        j.push(Op::DeleteRetained("c".into()));
+        assert!(!committer.take(), "woken once per wait");
+        assert!(j.take_batch().is_some());
+        assert!(j.take_batch().is_none());
+        j.close();
+        assert!(committer.take(), "closing wakes it to drain and stop");
+        assert!(j.take_batch().is_none());
+        assert!(j.is_finished());
+    }
+
+    #[test]
     fn the_periodic_wait_ends_early_at_half_the_bound() {
         let op = || Op::DeleteRetained("t".into());
         let w = op().weight();
-        let j = Arc::new(Journal::new(false, 4 * w));
-        // Nothing pushed: the whole period (short here) passes.
-        let t0 = Instant::now();
-        j.wait_period(Duration::from_millis(30));
-        assert!(t0.elapsed() >= Duration::from_millis(30));
-        // Half the bound reached while waiting: the wait ends long before the period.
-        let pusher = {
-            let j = j.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                j.push(op());
-                j.push(op());
-            })
-        };
-        let t0 = Instant::now();
-        j.wait_period(Duration::from_secs(60));
-        assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
-        pusher.join().unwrap();
+        let (j, committer) = journal(false, 4 * w);
+        // Below half the bound: wait (armed), and the push that reaches half wakes it.
+        assert!(!j.arm_early_commit());
+        j.push(op());
+        assert!(!committer.take(), "a quarter of the bound: keep waiting");
+        j.push(op());
+        assert!(committer.take(), "half the bound: commit early");
         // Already at half the bound: no wait at all.
-        let t0 = Instant::now();
-        j.wait_period(Duration::from_secs(60));
-        assert!(t0.elapsed() < Duration::from_secs(30));
+        assert!(j.arm_early_commit());
+        j.push(op());
+        assert!(!committer.take(), "not armed");
         // Closed: no wait either.
-        j.take_batch(Duration::ZERO);
+        assert!(j.take_batch().is_some());
+        assert!(!j.arm_early_commit());
         j.close();
-        j.wait_period(Duration::from_secs(60));
+        assert!(j.arm_early_commit());
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::wake::Waker;
 use starling_proto::{ProtocolVersion, QoS, SubscriptionOptions, TopicFilter, Will};
-use tokio::sync::Notify;
 
 use starling_store::{MessagePhase, Op};
 
@@ -103,7 +103,7 @@ pub struct SessionState {
     /// Set once the session is discarded; a connection still holding it stops using it.
     pub ended: bool,
     /// Wakes the owning connection; replaced when another connection takes the session over.
-    pub waker: Option<Arc<Notify>>,
+    pub waker: Option<Waker>,
     /// A record of this session is in the store (it has or had a non-zero expiry).
     pub persisted: bool,
     /// Next store sequence number for a queued message.
@@ -160,9 +160,9 @@ impl Session {
 
     /// Records which connection owns the session (`None`: disconnected) and how to wake it.
     /// Wakes the previous owner, which then finds it no longer owns the session.
-    pub fn set_owner(st: &mut SessionState, this: &Session, owner: Option<(u64, Arc<Notify>)>) {
+    pub fn set_owner(st: &mut SessionState, this: &Session, owner: Option<(u64, Waker)>) {
         if let Some(old) = st.waker.take() {
-            old.notify_one();
+            old.wake();
         }
         match owner {
             Some((id, waker)) => {
@@ -191,7 +191,7 @@ impl Session {
             // connection pumps again whenever its window or output frees up) and saves ~10%
             // in fan-out, but then a subscriber whose window is full runs only when its socket
             // is read, and under a flood it got a fifth of its former share of messages.
-            w.notify_one();
+            w.wake();
         }
         (accepted, ticket)
     }

@@ -78,7 +78,11 @@ fn main() -> anyhow::Result<()> {
     let loaded = started.elapsed().as_secs_f64();
     let now = Instant::now();
     let broker = Broker::new(Limits::default(), now).with_persistence(Persistence {
-        journal: Arc::new(Journal::new(true, usize::MAX)),
+        journal: Arc::new(Journal::new(
+            true,
+            usize::MAX,
+            starling_broker::wake::Flag::new(),
+        )),
         clock: WallClock::new(now, 1_700_000_000_000),
     });
     let restored = broker.restore(snapshot, now);

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use starling_broker::connection::OUTPUT_HIGH_WATER;
-use starling_broker::{Broker, Closing, Connection};
+use starling_broker::{Broker, Closing, Connection, Wake};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -18,6 +18,25 @@ use tokio::time::Duration;
 const READ_CHUNK: usize = 16 * 1024;
 /// Time allowed to flush the last packets (CONNACK refusal, DISCONNECT) before closing.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// A connection task's wake-up: the core calls [`Wake::wake`] (new deliveries, a takeover, a
+/// finished commit) and the task waits on the `Notify`, which keeps one permit so a wake-up
+/// that comes while the task is busy is not lost.
+#[derive(Debug, Default)]
+pub struct TaskWaker(Notify);
+
+impl TaskWaker {
+    /// A new waker, to hand to `Connection::new` (as a `Waker`) and to [`serve`].
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+}
+
+impl Wake for TaskWaker {
+    fn wake(&self) {
+        self.0.notify_one();
+    }
+}
 
 /// The broker-wide stop signal: set once at shutdown. Each connection waits on it with one
 /// `Notified` kept for its whole life (a watch channel's `changed()` future is twice as large,
@@ -72,11 +91,12 @@ pub struct StreamOptions {
 ///
 /// Every idle connection holds this future, so it is kept small: a plain function returning
 /// an `async move` block, because an `async fn` keeps a second copy of each argument.
-#[allow(clippy::manual_async_fn)] // on purpose: see above
+#[allow(clippy::manual_async_fn, clippy::too_many_arguments)] // on purpose: see above
 pub fn serve<R, W, G>(
     mut rd: R,
     mut wr: W,
     mut conn: Connection,
+    waker: Arc<TaskWaker>,
     broker: Arc<Broker>,
     options: StreamOptions,
     stop: Arc<Stop>,
@@ -90,8 +110,7 @@ where
         // The loop's state is scoped so that the final flush below does not keep it.
         let (closing, mut wbuf) = {
             // Both waits live as long as the loop (`select!` keeps only a reference to each).
-            let waker = conn.waker();
-            let woken = waker.notified();
+            let woken = waker.0.notified();
             tokio::pin!(woken);
             let stopped = stop.notify.notified();
             tokio::pin!(stopped);
@@ -193,7 +212,7 @@ where
                         },
                         // New deliveries, or (with held acknowledgements) a finished commit.
                         () = &mut woken, if can_read || has_held => {
-                            woken.set(waker.notified());
+                            woken.set(waker.0.notified());
                             Ok(())
                         }
                         _ = &mut timer => {

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ListenerConfig, Protocol, is_loopback};
-use crate::connection::{Stop, StreamOptions};
+use crate::connection::{Stop, StreamOptions, TaskWaker};
 use crate::limiter::{AddressLimiter, Verdict};
 use crate::storage;
 use crate::tls::TlsListener;
@@ -499,14 +499,24 @@ fn tcp_connection(
         addr: Some(peer),
         certificate_identity: None,
     };
-    let conn = Connection::new(broker.clone(), Some(peer), Instant::now())
+    let waker = TaskWaker::new();
+    let conn = Connection::new(broker.clone(), waker.clone(), Some(peer), Instant::now())
         .with_access(rt.access.clone(), info);
     let options = StreamOptions {
         flush: false,
         slow_connect: rt.slow_connect,
     };
     let (rd, wr) = stream.into_split();
-    crate::connection::serve(rd, wr, conn, broker.clone(), options, stop.clone(), permits)
+    crate::connection::serve(
+        rd,
+        wr,
+        conn,
+        waker,
+        broker.clone(),
+        options,
+        stop.clone(),
+        permits,
+    )
 }
 
 /// Runs the transport handshakes of a TLS or WebSocket listener (bounded by the CONNECT
@@ -532,7 +542,10 @@ async fn handle(
         slow_connect: rt.slow_connect,
     };
     let conn = |info: PeerInfo| {
-        Connection::new(broker.clone(), Some(peer), opened).with_access(rt.access.clone(), info)
+        let waker = TaskWaker::new();
+        let conn = Connection::new(broker.clone(), waker.clone(), Some(peer), opened)
+            .with_access(rt.access.clone(), info);
+        (conn, waker)
     };
     macro_rules! handshake {
         ($what:literal, $fut:expr) => {{
@@ -591,7 +604,7 @@ async fn handle(
 
 async fn run_split<S>(
     stream: S,
-    conn: Connection,
+    (conn, waker): (Connection, Arc<TaskWaker>),
     broker: &Arc<Broker>,
     options: StreamOptions,
     stop: Arc<Stop>,
@@ -599,7 +612,7 @@ async fn run_split<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (rd, wr) = tokio::io::split(stream);
-    crate::connection::serve(rd, wr, conn, broker.clone(), options, stop, ()).await;
+    crate::connection::serve(rd, wr, conn, waker, broker.clone(), options, stop, ()).await;
 }
 
 async fn tick_loop(broker: Arc<Broker>, stop: Arc<Stop>) {

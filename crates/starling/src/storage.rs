@@ -2,13 +2,13 @@
 //! the journal's ops in batches and commits each batch in one transaction (group commit), so
 //! one fsync serves every message that arrived while the previous commit ran.
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use starling_broker::Broker;
 use starling_broker::persist::{Journal, Persistence, WallClock};
+use starling_broker::{Broker, Wake};
 use starling_store::{RedbStore, Snapshot, Store};
 use tracing::{error, info, warn};
 
@@ -17,11 +17,48 @@ use crate::config::{Config, Durability};
 /// How long the committer waits for work before checking for shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 
+/// How the journal wakes the committer thread: a flag and a condition variable. The flag
+/// keeps a wake-up that arrives while the committer is busy, so none is lost.
+#[derive(Debug, Default)]
+struct CommitSignal {
+    woken: Mutex<bool>,
+    ready: Condvar,
+}
+
+impl Wake for CommitSignal {
+    fn wake(&self) {
+        *self.woken.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.ready.notify_one();
+    }
+}
+
+impl CommitSignal {
+    /// Waits until woken or until `deadline`, whichever comes first, and clears the flag.
+    fn wait_until(&self, deadline: Instant) {
+        let mut woken = self.woken.lock().unwrap_or_else(|e| e.into_inner());
+        while !*woken {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            if left.is_zero() {
+                break;
+            }
+            woken = self
+                .ready
+                .wait_timeout(woken, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        *woken = false;
+    }
+}
+
 /// An open store and what was in it.
 #[derive(Debug)]
 pub struct Opened {
     store: Arc<dyn Store>,
     journal: Arc<Journal>,
+    signal: Arc<CommitSignal>,
     snapshot: Snapshot,
     mode: Durability,
     interval: Duration,
@@ -44,12 +81,15 @@ pub fn open(config: &Config) -> anyhow::Result<Option<Opened>> {
     for s in &snapshot.skipped {
         warn!("damaged record left out: {s}");
     }
+    let signal = Arc::new(CommitSignal::default());
     Ok(Some(Opened {
         store: Arc::new(store),
         journal: Arc::new(Journal::new(
             config.storage.durability == Durability::Sync,
             uncommitted_limit(config.storage.max_uncommitted_mib),
+            signal.clone(),
         )),
+        signal,
         snapshot,
         mode: config.storage.durability,
         interval: Duration::from_millis(config.storage.commit_interval_ms),
@@ -69,9 +109,15 @@ pub fn with_store(
     max_uncommitted: usize,
 ) -> anyhow::Result<Opened> {
     let snapshot = store.load(recover)?;
+    let signal = Arc::new(CommitSignal::default());
     Ok(Opened {
         store,
-        journal: Arc::new(Journal::new(mode == Durability::Sync, max_uncommitted)),
+        journal: Arc::new(Journal::new(
+            mode == Durability::Sync,
+            max_uncommitted,
+            signal.clone(),
+        )),
+        signal,
         snapshot,
         mode,
         interval: Duration::from_millis(100),
@@ -124,13 +170,14 @@ pub fn attach(broker: Broker, opened: Opened) -> anyhow::Result<(Arc<Broker>, Co
     let broker = Arc::new(broker);
     let journal = opened.journal.clone();
     let store = opened.store;
+    let signal = opened.signal;
     let (mode, interval) = (opened.mode, opened.interval);
     let thread = std::thread::Builder::new()
         .name("starling-commit".into())
         .spawn({
             let journal = journal.clone();
             let broker = broker.clone();
-            move || commit_loop(&*store, &journal, &broker, mode, interval)
+            move || commit_loop(&*store, &journal, &signal, &broker, mode, interval)
         })
         .context("cannot start the committer thread")?;
     Ok((
@@ -145,6 +192,7 @@ pub fn attach(broker: Broker, opened: Opened) -> anyhow::Result<(Arc<Broker>, Co
 fn commit_loop(
     store: &dyn Store,
     journal: &Journal,
+    signal: &CommitSignal,
     broker: &Broker,
     mode: Durability,
     interval: Duration,
@@ -152,9 +200,15 @@ fn commit_loop(
     let m = &broker.metrics;
     loop {
         if mode == Durability::Periodic {
-            journal.wait_period(interval);
+            // The interval, or less once the journal holds half its bound (or is closed).
+            // (`commit_interval_ms` is bounded by the config; saturate all the same.)
+            let now = Instant::now();
+            let deadline = now.checked_add(interval).unwrap_or(now + IDLE_WAIT);
+            while !journal.arm_early_commit() && Instant::now() < deadline {
+                signal.wait_until(deadline);
+            }
         }
-        match journal.take_batch(IDLE_WAIT) {
+        match journal.take_batch() {
             Some((ops, upto)) => {
                 // A message sent and acknowledged before this commit never reaches the disk.
                 let ops = starling_store::compact(ops);
@@ -172,7 +226,8 @@ fn commit_loop(
                 }
             }
             None if journal.is_finished() => return,
-            None => {}
+            // Armed by `take_batch`: the next push (or closing) wakes this wait.
+            None => signal.wait_until(Instant::now() + IDLE_WAIT),
         }
     }
 }

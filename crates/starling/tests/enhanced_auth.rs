@@ -885,8 +885,8 @@ impl Machine {
             authorizer: None,
             enhanced: vec![Arc::new(TestMethod)],
         };
-        let conn =
-            Connection::new(broker, None, now).with_access(Arc::new(access), PeerInfo::default());
+        let conn = Connection::new(broker, starling_broker::wake::Flag::new(), None, now)
+            .with_access(Arc::new(access), PeerInfo::default());
         Self { conn, now }
     }
 

@@ -101,7 +101,7 @@ impl Connection {
         drop(st);
         if more {
             // Still work to do once the output drains: make sure the next pump happens.
-            self.waker.notify_one();
+            self.waker.wake();
         }
         Ok(())
     }

@@ -1,0 +1,44 @@
+//! How the core asks the I/O layer to run a connection again: a [`Wake`] handle per
+//! connection, called when its session has new deliveries, when another connection takes the
+//! session over, or when a commit it waits for has finished.
+//!
+//! The core never blocks and never owns a task: the I/O layer implements [`Wake`] with
+//! whatever it runs connections on (a tokio `Notify` in the server, a flag in the in-memory
+//! test harness) and, once woken, calls the connection's `poll_transmit`.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Something that can be told that its connection has work. Implementations must be cheap,
+/// must not block, and must keep a wake-up that arrives while nobody waits (one stored permit
+/// is enough: wake-ups coalesce, but none is lost).
+pub trait Wake: Send + Sync + fmt::Debug {
+    /// The connection has work: run it again soon.
+    fn wake(&self);
+}
+
+/// A shared wake handle, as the session and the journal keep it.
+pub type Waker = Arc<dyn Wake>;
+
+/// A [`Wake`] that only remembers that it was woken, for callers that poll (the in-memory
+/// harness, tests, a committer that checks between waits).
+#[derive(Debug, Default)]
+pub struct Flag(std::sync::atomic::AtomicBool);
+
+impl Flag {
+    /// A new flag, not woken.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Whether it was woken since the last call, clearing it.
+    pub fn take(&self) -> bool {
+        self.0.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+}
+
+impl Wake for Flag {
+    fn wake(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
