@@ -15,6 +15,7 @@
 )]
 
 pub mod broker;
+pub mod bucket;
 pub mod config;
 pub mod connection;
 pub mod message;
@@ -28,6 +29,6 @@ pub mod wake;
 
 pub use broker::Broker;
 pub use config::{Features, Limits, QueueFullPolicy};
-pub use connection::{Closing, Connection, ListenerAccess, PeerInfo};
+pub use connection::{Close, Connection, ListenerAccess, PeerInfo};
 pub use metrics::Metrics;
 pub use wake::{Wake, Waker};

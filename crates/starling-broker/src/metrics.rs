@@ -71,6 +71,9 @@ pub struct Metrics {
     pub bytes_received: Counter,
     /// Bytes written to clients.
     pub bytes_sent: Counter,
+    /// Connection tasks that ended without their connection closing (a panic, or dropped at
+    /// shutdown); their sessions were released as if the transport had been lost.
+    pub connection_tasks_aborted: Counter,
     /// Connections closed because of a protocol violation or malformed packet.
     pub protocol_errors: Counter,
     /// Connections refused because `max_connections` was reached.

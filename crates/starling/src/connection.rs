@@ -3,16 +3,18 @@
 //! and writes its output in as few syscalls as possible. Also the only place keep-alive timers
 //! and shutdown meet the socket.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use starling_broker::connection::OUTPUT_HIGH_WATER;
-use starling_broker::{Broker, Closing, Connection, Wake};
+use starling_broker::{Broker, Connection, ListenerAccess, PeerInfo, Wake};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Duration;
+use tracing::warn;
 
 /// How much to read at once; the buffer grows to hold one whole packet if it must.
 const READ_CHUNK: usize = 16 * 1024;
@@ -86,29 +88,85 @@ pub struct StreamOptions {
     pub slow_connect: bool,
 }
 
+/// A connection ready to be served: the protocol machine and the waker it was made with.
+#[derive(Debug)]
+pub struct Client {
+    conn: Connection,
+    waker: Arc<TaskWaker>,
+}
+
+impl Client {
+    /// A new connection from `peer`, checked by `access` (the listener's authentication and
+    /// authorization) with what the transport knows about the peer.
+    pub fn new(
+        broker: &Broker,
+        peer: SocketAddr,
+        now: Instant,
+        access: Arc<ListenerAccess>,
+        info: PeerInfo,
+    ) -> Self {
+        let waker = TaskWaker::new();
+        let conn =
+            Connection::new(broker, waker.clone(), Some(peer), now).with_access(access, info);
+        Self { conn, waker }
+    }
+}
+
+/// Owns the connection while its task runs. If the task ends without the connection having
+/// closed (a panic in the task, or the task dropped at shutdown), the session is released as
+/// if the transport had been lost, and the event is counted (`connection_tasks_aborted`).
+#[derive(Debug)]
+struct Guard {
+    conn: Connection,
+    broker: Arc<Broker>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.conn.is_closed() {
+            self.broker.metrics.connection_tasks_aborted.inc();
+            warn!("connection task ended without closing its connection; session released");
+            self.conn
+                .handle_connection_lost(&self.broker, Instant::now());
+        }
+    }
+}
+
+/// What one turn of the connection loop brought.
+enum Turn {
+    /// Go on.
+    Go,
+    /// The broker is shutting down.
+    Stop,
+    /// The transport is gone (closed by the peer or an I/O error).
+    Lost,
+}
+
 /// Serves one client, whose stream is split into `rd` and `wr`, until it disconnects, breaks
-/// the protocol, or the broker shuts down; `guard` is dropped at the end (connection permits).
+/// the protocol, or the broker shuts down; `permits` is dropped at the end (connection
+/// permits).
 ///
 /// Every idle connection holds this future, so it is kept small: a plain function returning
 /// an `async move` block, because an `async fn` keeps a second copy of each argument.
-#[allow(clippy::manual_async_fn, clippy::too_many_arguments)] // on purpose: see above
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn serve<R, W, G>(
     mut rd: R,
     mut wr: W,
-    mut conn: Connection,
-    waker: Arc<TaskWaker>,
+    client: Client,
     broker: Arc<Broker>,
     options: StreamOptions,
     stop: Arc<Stop>,
-    guard: G,
+    permits: G,
 ) -> impl Future<Output = ()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     async move {
+        let Client { conn, waker } = client;
+        let mut g = Guard { conn, broker };
         // The loop's state is scoped so that the final flush below does not keep it.
-        let (closing, mut wbuf) = {
+        let mut wbuf = {
             // Both waits live as long as the loop (`select!` keeps only a reference to each).
             let woken = waker.0.notified();
             tokio::pin!(woken);
@@ -127,126 +185,101 @@ where
             let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
             let timer = tokio::time::sleep_until(far());
             tokio::pin!(timer);
-            // Set while the publish rate limit pauses reading.
-            let mut paused_until: Option<Instant> = None;
             // The last read filled the room it had: more is probably waiting.
             let mut busy = false;
 
-            let closing: Option<Closing> = loop {
-                {
-                    let deadline = match (conn.deadline(), paused_until) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    let deadline = deadline
-                        .map(tokio::time::Instant::from_std)
-                        .unwrap_or_else(far);
-                    if timer.deadline() != deadline {
-                        timer.as_mut().reset(deadline);
-                    }
+            loop {
+                let broker = &*g.broker;
+                let deadline = g
+                    .conn
+                    .poll_timeout(broker)
+                    .map(tokio::time::Instant::from_std)
+                    .unwrap_or_else(far);
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
                 }
-                // One answer per wait (the committer changes it concurrently); when paused, the
-                // journal wakes this connection at the commit it waits for.
-                let store_paused = conn.paused_for_store();
-                let can_read = wbuf.len() < OUTPUT_HIGH_WATER
-                    && paused_until.is_none()
-                    && !store_paused
-                    && !conn.backpressured();
-                // Held acknowledgements or a store pause: woken by the commit.
-                let has_held = store_paused || conn.has_held();
+                // Output waiting beyond the mark: neither read nor take more until written.
+                let room_to_write = wbuf.len() < OUTPUT_HIGH_WATER;
+                // One answer per wait (the committer changes it concurrently); when paused for
+                // the store, the journal wakes this connection at the commit it waits for.
+                let can_read = room_to_write && g.conn.wants_input(broker, Instant::now());
                 if can_read {
-                    // Room for the rest of the packet being received, at once when its header is in
-                    // (a 1 MiB packet grown 16 KiB at a time would be copied over and over), or a
-                    // whole chunk while data keeps coming. An idle connection reserves nothing: its
-                    // empty buffer takes a first small read (64 bytes, `BytesMut::chunk_mut`).
-                    // `decode` has already refused a declared size over the limit; the cap is belt
-                    // and braces.
-                    let limit = conn.decode_limits().max_packet_size as usize;
-                    let missing = starling_proto::packet_len(&rbuf)
-                        .map_or(0, |n| n.min(limit).saturating_sub(rbuf.len()));
-                    let wanted = if missing > 0 || busy {
-                        missing.max(READ_CHUNK / 4)
-                    } else {
-                        0
-                    };
-                    if rbuf.capacity() - rbuf.len() < wanted {
-                        rbuf.reserve(missing.max(READ_CHUNK));
-                    }
+                    reserve_read(&mut rbuf, broker, busy);
                 }
                 // An empty buffer gets 64 bytes of room from `BytesMut::chunk_mut` when read into.
                 let room = (rbuf.capacity() - rbuf.len()).max(64);
-                let step = if stopped_early {
-                    Err(Some(conn.shutdown()))
+                let turn = if stopped_early {
+                    Turn::Stop
                 } else {
                     tokio::select! {
                         biased;
-                        () = &mut stopped => Err(Some(conn.shutdown())),
+                        () = &mut stopped => Turn::Stop,
                         r = write_or_flush(&mut wr, &mut wbuf), if !wbuf.is_empty() || unflushed => match r {
-                            Ok(Some(0)) | Err(_) => Err(None),
+                            Ok(Some(0)) | Err(_) => Turn::Lost,
                             Ok(Some(n)) => {
                                 broker.metrics.bytes_sent.add(n as u64);
                                 unflushed = options.flush;
                                 if wbuf.is_empty() {
                                     wbuf = BytesMut::new();
                                 }
-                                Ok(())
+                                Turn::Go
                             }
                             Ok(None) => {
                                 unflushed = false;
-                                Ok(())
+                                Turn::Go
                             }
                         },
                         r = rd.read_buf(&mut rbuf), if can_read => match r {
-                            Ok(0) | Err(_) => Err(None),
+                            Ok(0) | Err(_) => Turn::Lost,
                             Ok(n) => {
                                 broker.metrics.bytes_received.add(n as u64);
                                 busy = n >= room;
+                                let conn = &mut g.conn;
                                 if block_for_connect && !conn.is_active() {
                                     tokio::task::block_in_place(|| {
-                                        handle_input(&mut conn, &mut rbuf, &mut paused_until)
-                                    })
+                                        conn.handle_input(broker, Instant::now(), &mut rbuf);
+                                    });
                                 } else {
-                                    handle_input(&mut conn, &mut rbuf, &mut paused_until)
+                                    conn.handle_input(broker, Instant::now(), &mut rbuf);
                                 }
+                                Turn::Go
                             }
                         },
-                        // New deliveries, or (with held acknowledgements) a finished commit.
-                        () = &mut woken, if can_read || has_held => {
+                        // New deliveries, a takeover, or a finished commit.
+                        () = &mut woken, if room_to_write => {
                             woken.set(waker.0.notified());
-                            Ok(())
+                            Turn::Go
                         }
                         _ = &mut timer => {
                             let now = Instant::now();
-                            if paused_until.is_some_and(|t| now >= t) {
-                                paused_until = None;
-                                handle_input(&mut conn, &mut rbuf, &mut paused_until)
-                            } else {
-                                conn.check_timeouts(now).map_err(Some)
-                            }
+                            g.conn.handle_timeout(broker, now);
+                            // Packets left in the buffer by a publish-rate pause that just ended.
+                            g.conn.handle_input(broker, now, &mut rbuf);
+                            Turn::Go
                         }
                     }
                 };
+                match turn {
+                    Turn::Go => {}
+                    Turn::Stop => g.conn.handle_shutdown(broker, Instant::now()),
+                    Turn::Lost => g.conn.handle_connection_lost(broker, Instant::now()),
+                }
                 if rbuf.is_empty() && rbuf.capacity() > 0 {
                     // Release the read buffer while nothing is pending (payloads still referenced by
                     // queued messages keep their own part alive).
                     rbuf = BytesMut::new();
                 }
-                let step = step.and_then(|()| conn.release_held().map_err(Some));
-                let step = step.and_then(|()| {
-                    if wbuf.len() < OUTPUT_HIGH_WATER {
-                        conn.pump(Instant::now()).map_err(Some)
-                    } else {
-                        Ok(())
-                    }
-                });
-                take_output(&mut conn, &mut wbuf);
-                if let Err(closing) = step {
-                    break closing;
+                if wbuf.len() < OUTPUT_HIGH_WATER {
+                    g.conn.poll_transmit(broker, Instant::now(), &mut wbuf);
                 }
-            };
-            (closing, wbuf)
+                if g.conn.is_closed() {
+                    break wbuf;
+                }
+            }
         };
-        take_output(&mut conn, &mut wbuf);
+        // What the connection still owes the client (CONNACK refusal, DISCONNECT).
+        let broker = &*g.broker;
+        g.conn.poll_transmit(broker, Instant::now(), &mut wbuf);
         if !wbuf.is_empty()
             && let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, wr.write_all(&wbuf)).await
         {
@@ -256,8 +289,27 @@ where
             let _ = tokio::time::timeout(FINAL_FLUSH, wr.flush()).await;
         }
         let _ = tokio::time::timeout(FINAL_FLUSH, wr.shutdown()).await;
-        conn.close(closing.as_ref(), Instant::now());
-        drop(guard);
+        drop(g);
+        drop(permits);
+    }
+}
+
+/// Makes room in the read buffer for the rest of the packet being received, at once when its
+/// header is in (a 1 MiB packet grown 16 KiB at a time would be copied over and over), or a
+/// whole chunk while data keeps coming (`busy`). An idle connection reserves nothing: its
+/// empty buffer takes a first small read (64 bytes, `BytesMut::chunk_mut`). `decode` has
+/// already refused a declared size over the limit; the cap is belt and braces.
+fn reserve_read(rbuf: &mut BytesMut, broker: &Broker, busy: bool) {
+    let limit = broker.limits.max_packet_size as usize;
+    let missing =
+        starling_proto::packet_len(rbuf).map_or(0, |n| n.min(limit).saturating_sub(rbuf.len()));
+    let wanted = if missing > 0 || busy {
+        missing.max(READ_CHUNK / 4)
+    } else {
+        0
+    };
+    if rbuf.capacity() - rbuf.len() < wanted {
+        rbuf.reserve(missing.max(READ_CHUNK));
     }
 }
 
@@ -271,40 +323,5 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(
         wr.flush().await.map(|()| None)
     } else {
         wr.write_buf(wbuf).await.map(Some)
-    }
-}
-
-/// Decodes and handles every whole packet in `rbuf`, stopping early (and setting
-/// `paused_until`) when the publish rate limit says to wait.
-fn handle_input(
-    conn: &mut Connection,
-    rbuf: &mut BytesMut,
-    paused_until: &mut Option<Instant>,
-) -> Result<(), Option<Closing>> {
-    let now = Instant::now();
-    loop {
-        if let Some(until) = conn.throttled_until(now) {
-            *paused_until = Some(until);
-            return Ok(());
-        }
-        let limits = conn.decode_limits();
-        match starling_proto::decode(rbuf, conn.version(), &limits) {
-            Ok(Some(packet)) => conn.handle_packet(packet, now).map_err(Some)?,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(Some(conn.handle_decode_error(&e))),
-        }
-    }
-}
-
-fn take_output(conn: &mut Connection, wbuf: &mut BytesMut) {
-    let out = conn.output();
-    if out.is_empty() {
-        return;
-    }
-    if wbuf.is_empty() {
-        std::mem::swap(wbuf, out);
-    } else {
-        wbuf.extend_from_slice(out);
-        out.clear();
     }
 }

@@ -16,7 +16,7 @@ use starling_auth::{
     AclAuthorizer, Authorizer, EnhancedAuth, PasswordAuthenticator, ScramSha256,
     StandardAuthenticator,
 };
-use starling_broker::{Broker, Connection, ListenerAccess, PeerInfo};
+use starling_broker::{Broker, ListenerAccess, PeerInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ListenerConfig, Protocol, is_loopback};
-use crate::connection::{Stop, StreamOptions, TaskWaker};
+use crate::connection::{Client, Stop, StreamOptions};
 use crate::limiter::{AddressLimiter, Verdict};
 use crate::storage;
 use crate::tls::TlsListener;
@@ -499,9 +499,7 @@ fn tcp_connection(
         addr: Some(peer),
         certificate_identity: None,
     };
-    let waker = TaskWaker::new();
-    let conn = Connection::new(broker.clone(), waker.clone(), Some(peer), Instant::now())
-        .with_access(rt.access.clone(), info);
+    let client = Client::new(broker, peer, Instant::now(), rt.access.clone(), info);
     let options = StreamOptions {
         flush: false,
         slow_connect: rt.slow_connect,
@@ -510,8 +508,7 @@ fn tcp_connection(
     crate::connection::serve(
         rd,
         wr,
-        conn,
-        waker,
+        client,
         broker.clone(),
         options,
         stop.clone(),
@@ -541,12 +538,7 @@ async fn handle(
         flush: rt.protocol != Protocol::Tcp,
         slow_connect: rt.slow_connect,
     };
-    let conn = |info: PeerInfo| {
-        let waker = TaskWaker::new();
-        let conn = Connection::new(broker.clone(), waker.clone(), Some(peer), opened)
-            .with_access(rt.access.clone(), info);
-        (conn, waker)
-    };
+    let conn = |info: PeerInfo| Client::new(&broker, peer, opened, rt.access.clone(), info);
     macro_rules! handshake {
         ($what:literal, $fut:expr) => {{
             let result = tokio::select! {
@@ -604,7 +596,7 @@ async fn handle(
 
 async fn run_split<S>(
     stream: S,
-    (conn, waker): (Connection, Arc<TaskWaker>),
+    client: Client,
     broker: &Arc<Broker>,
     options: StreamOptions,
     stop: Arc<Stop>,
@@ -612,7 +604,7 @@ async fn run_split<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (rd, wr) = tokio::io::split(stream);
-    crate::connection::serve(rd, wr, conn, waker, broker.clone(), options, stop, ()).await;
+    crate::connection::serve(rd, wr, client, broker.clone(), options, stop, ()).await;
 }
 
 async fn tick_loop(broker: Arc<Broker>, stop: Arc<Stop>) {

@@ -37,7 +37,7 @@ use starling_auth::{
     StandardAuthenticator,
 };
 use starling_broker::connection::MAX_AUTH_STEPS;
-use starling_broker::{Broker, Closing, Connection, Features, Limits, ListenerAccess, PeerInfo};
+use starling_broker::{Broker, Close, Connection, Features, Limits, ListenerAccess, PeerInfo};
 use starling_proto::{
     Auth, ConnAck, Connect, DecodeLimits, Packet, ProtocolVersion, QoS, ReasonCode,
 };
@@ -863,6 +863,7 @@ impl AuthExchange for TestExchange {
 }
 
 struct Machine {
+    broker: Arc<Broker>,
     conn: Connection,
     now: Instant,
 }
@@ -885,17 +886,36 @@ impl Machine {
             authorizer: None,
             enhanced: vec![Arc::new(TestMethod)],
         };
-        let conn = Connection::new(broker, starling_broker::wake::Flag::new(), None, now)
+        let conn = Connection::new(&broker, starling_broker::wake::Flag::new(), None, now)
             .with_access(Arc::new(access), PeerInfo::default());
-        Self { conn, now }
+        Self { broker, conn, now }
     }
 
-    fn send(&mut self, p: Packet) -> Result<(), Closing> {
-        self.conn.handle_packet(p, self.now)
+    /// `Err` with the reason once the connection has closed.
+    fn result(&self) -> Result<(), Close> {
+        match self.conn.close_reason() {
+            Some(c) => Err(c.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&mut self, p: Packet) -> Result<(), Close> {
+        self.conn.handle_packet(&self.broker, self.now, p);
+        self.result()
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.conn.poll_timeout(&self.broker)
+    }
+
+    fn timeout(&mut self, at: Instant) -> Result<(), Close> {
+        self.conn.handle_timeout(&self.broker, at);
+        self.result()
     }
 
     fn output(&mut self) -> Vec<Packet> {
-        let mut buf: BytesMut = self.conn.output().split();
+        let mut buf = BytesMut::new();
+        self.conn.poll_transmit(&self.broker, self.now, &mut buf);
         let mut out = Vec::new();
         while let Some(p) = starling_proto::decode(&mut buf, V5, &DecodeLimits::default()).unwrap()
         {
@@ -904,12 +924,12 @@ impl Machine {
         out
     }
 
-    fn connect(&mut self, data: &[u8]) -> Result<(), Closing> {
+    fn connect(&mut self, data: &[u8]) -> Result<(), Close> {
         let c = method_connect("m", "TEST", Some(data.to_vec()));
         self.send(Packet::Connect(Box::new(c)))
     }
 
-    fn auth(&mut self, reason: ReasonCode, data: &[u8]) -> Result<(), Closing> {
+    fn auth(&mut self, reason: ReasonCode, data: &[u8]) -> Result<(), Close> {
         let p = Packet::Auth(Auth {
             reason,
             properties: starling_proto::PropertyValues {
@@ -996,8 +1016,8 @@ fn connect_timeout_applies_during_the_exchange() {
     m.connect(b"hello").unwrap();
     m.output();
     let timeout = Duration::from_secs(Limits::default().connect_timeout_secs);
-    assert_eq!(m.conn.deadline(), Some(m.now + timeout));
-    let closing = m.conn.check_timeouts(m.now + timeout).unwrap_err();
+    assert_eq!(m.deadline(), Some(m.now + timeout));
+    let closing = m.timeout(m.now + timeout).unwrap_err();
     assert_eq!(closing.reason, ReasonCode::MaximumConnectTime);
 }
 
@@ -1070,13 +1090,9 @@ fn reauthentication_that_fails_as_someone_else_or_too_slow_is_refused() {
     m.auth(ReasonCode::ReAuthenticate, b"hello").unwrap();
     m.output();
     let timeout = Duration::from_secs(Limits::default().connect_timeout_secs);
-    assert_eq!(
-        m.conn.deadline(),
-        Some(m.now + timeout),
-        "before keep-alive"
-    );
-    m.conn.check_timeouts(m.now + timeout / 2).unwrap();
-    let closing = m.conn.check_timeouts(m.now + timeout).unwrap_err();
+    assert_eq!(m.deadline(), Some(m.now + timeout), "before keep-alive");
+    m.timeout(m.now + timeout / 2).unwrap();
+    let closing = m.timeout(m.now + timeout).unwrap_err();
     assert_eq!(closing.reason, ReasonCode::NotAuthorized);
     assert!(
         matches!(&m.output()[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::NotAuthorized)

@@ -10,7 +10,8 @@ use starling_auth::{
 };
 use starling_proto::{Connect, ProtocolVersion, ReasonCode, TopicFilter, TopicName};
 
-use super::{Active, Closing, Connection};
+use super::active::Active;
+use super::{Close, Connection, Cx};
 
 /// How a listener checks its clients.
 #[derive(Clone, Debug)]
@@ -103,8 +104,8 @@ impl Memo {
 impl Connection {
     /// Applies `listener`'s authentication and authorization to this connection.
     pub fn with_access(mut self, listener: Arc<ListenerAccess>, peer: PeerInfo) -> Self {
-        self.peer = peer.addr.or(self.peer);
-        self.access = Some(ConnAccess {
+        self.link.peer = peer.addr.or(self.link.peer);
+        self.link.access = Some(ConnAccess {
             listener,
             state: peer.certificate_identity.map(|id| {
                 Box::new(AccessState {
@@ -115,22 +116,24 @@ impl Connection {
         });
         self
     }
+}
 
+impl Cx<'_> {
     /// Authenticates a CONNECT and checks its will topic. `Ok(username)` to go on;
     /// `Err(..)` once the refusal (v5 0x86 / 0x87, 3.x return code 4 / 5) is in the output.
     pub(super) fn authenticate(
         &mut self,
         c: &Connect,
         client_id: &str,
-    ) -> Result<Option<Arc<str>>, Closing> {
-        let Some(access) = &self.access else {
+    ) -> Result<Option<Arc<str>>, Close> {
+        let Some(access) = &self.link.access else {
             return Ok(c.username.as_deref().map(Arc::from));
         };
         let info = ConnectInfo {
             client_id,
             username: c.username.as_deref(),
             password: c.password.as_deref(),
-            peer: self.peer,
+            peer: self.link.peer,
             listener: &access.listener.name,
             certificate_identity: access.certificate_identity(),
         };
@@ -147,8 +150,9 @@ impl Connection {
         c: &Connect,
         client_id: &str,
         username: Option<Arc<str>>,
-    ) -> Result<Option<Arc<str>>, Closing> {
+    ) -> Result<Option<Arc<str>>, Close> {
         let authorizer = self
+            .link
             .access
             .as_ref()
             .and_then(|a| a.listener.authorizer.as_ref());
@@ -181,7 +185,7 @@ impl Connection {
         c: &Connect,
         client_id: &str,
         reason: DenyReason,
-    ) -> Closing {
+    ) -> Close {
         let (reason, detail) = match reason {
             DenyReason::BadUserNameOrPassword => (
                 ReasonCode::BadUserNameOrPassword,
@@ -198,9 +202,10 @@ impl Connection {
         client_id: &str,
         reason: ReasonCode,
         detail: &str,
-    ) -> Closing {
+    ) -> Close {
         self.broker.metrics.auth_refused.inc();
         let listener = self
+            .link
             .access
             .as_ref()
             .map_or("", |a| &*a.listener.name)
@@ -210,15 +215,12 @@ impl Connection {
             "{detail} (client id {client_id:?}, username {:?}, listener {listener})",
             c.username.as_deref().unwrap_or(""),
         );
-        match self.refuse_connect(version, reason, &detail) {
-            Err(closing) => closing,
-            Ok(()) => Closing::new(reason, detail),
-        }
+        self.refuse_connect(version, reason, Default::default(), &detail)
     }
 
     /// The enhanced authentication method named `name`, if this listener offers it.
     pub(super) fn enhanced_method(&self, name: &str) -> Option<Arc<dyn EnhancedAuth>> {
-        self.access.as_ref().and_then(|a| {
+        self.link.access.as_ref().and_then(|a| {
             a.listener
                 .enhanced
                 .iter()

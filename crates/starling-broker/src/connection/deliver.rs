@@ -2,31 +2,37 @@
 //! the output high-water mark, encoded straight from the shared message (subscription
 //! identifiers, remaining expiry and topic aliases per connection).
 
+use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
-use super::*;
+use bytes::BytesMut;
+use starling_proto::{Packet, ProtocolVersion, PubAck, QoS, ReasonCode, TopicName};
+use starling_store::{MessagePhase, Op};
+use tracing::debug;
 
-impl Connection {
-    /// Moves queued messages into the output, as far as the inflight window and the output
-    /// high-water mark allow. Detects a takeover (answered with DISCONNECT 0x8E for v5).
-    pub fn pump(&mut self, now: Instant) -> Result<(), Closing> {
-        let Stage::Active(a) = &mut self.stage else {
-            return Ok(());
-        };
-        let metrics = &self.broker.metrics;
-        let session = a.session.clone();
+use super::active::Active;
+use super::{Close, Cx, Flow, access};
+use crate::message::Delivery;
+use crate::session::{Inflight, Phase};
+
+impl Active {
+    /// Moves queued messages into the output, as far as the inflight window and `room`
+    /// bytes allow. Detects a takeover (answered with DISCONNECT 0x8E for v5).
+    pub(super) fn pump(&mut self, cx: &mut Cx<'_>, room: usize) -> Flow {
+        let metrics = &cx.broker.metrics;
+        let now = cx.now;
+        let session = self.session.clone();
         let mut st = session.lock();
-        if st.owner != Some(self.id) || st.ended {
+        if st.owner != Some(cx.link.id) || st.ended {
             drop(st);
-            self.send_disconnect(ReasonCode::SessionTakenOver, "session taken over");
-            return Err(Closing::new(
-                ReasonCode::SessionTakenOver,
-                "session taken over",
-            ));
+            let reason = ReasonCode::SessionTakenOver;
+            self.send_disconnect(cx, reason, "session taken over");
+            return ControlFlow::Break(Close::new(reason, "session taken over"));
         }
-        while self.out.len() < OUTPUT_HIGH_WATER {
+        while cx.link.out.len() < room {
             let Some(front) = st.queue.front() else { break };
-            if front.qos != QoS::AtMostOnce && st.inflight.len() >= a.window {
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.window {
                 break;
             }
             let Some(d) = st.pop_queued() else { break };
@@ -35,7 +41,7 @@ impl Connection {
                 metrics.dropped_expired.inc();
                 continue;
             }
-            if !access::may_read(self.access.as_mut(), a, &d.msg.topic) {
+            if !access::may_read(cx.link.access.as_mut(), self, &d.msg.topic) {
                 metrics.acl_denied.inc();
                 continue;
             }
@@ -44,20 +50,21 @@ impl Connection {
             } else {
                 st.allocate_packet_id()
             };
-            let alias = outbound_alias(a, &d.msg.topic);
+            let alias = outbound_alias(self, &d.msg.topic);
+            let out = &mut cx.link.out;
             match encode_delivery(
-                &mut self.out,
-                a.version,
+                out,
+                self.version,
                 &d,
                 packet_id,
                 false,
                 alias,
                 now,
-                a.max_packet_out,
+                self.max_packet_out,
             ) {
                 Ok(true) => {
                     if let Some((alias, false)) = alias {
-                        (a.aliases.get_or_insert_default().outbound)
+                        (self.aliases.get_or_insert_default().outbound)
                             .insert(d.msg.topic.clone(), alias);
                     }
                 }
@@ -77,7 +84,7 @@ impl Connection {
             metrics.messages_sent.inc();
             if d.seq != 0
                 && st.persisted
-                && let Some(p) = self.broker.persistence()
+                && let Some(p) = cx.broker.persistence()
             {
                 let op = Op::SetPhase(
                     session.client_id.clone(),
@@ -95,22 +102,73 @@ impl Connection {
                 });
             }
         }
-        let more = !st.queue.is_empty()
-            && (st.queue.front().is_some_and(|f| f.qos == QoS::AtMostOnce)
-                || st.inflight.len() < a.window);
-        drop(st);
-        if more {
-            // Still work to do once the output drains: make sure the next pump happens.
-            self.waker.wake();
+        ControlFlow::Continue(())
+    }
+
+    /// Resends, in order, every unacknowledged outbound message of a resumed session: PUBLISH
+    /// with DUP for those awaiting PUBACK/PUBREC, PUBREL for those awaiting PUBCOMP. A
+    /// message now larger than the client's Maximum Packet Size is discarded as if it had been
+    /// delivered (MQTT-3.1.2-25), counted in `dropped_too_large`.
+    pub(super) fn resend_inflight(&mut self, cx: &mut Cx<'_>) {
+        let metrics = &cx.broker.metrics;
+        let mut too_large = Vec::new();
+        {
+            let st = self.session.lock();
+            for f in st.inflight.iter() {
+                match f.phase {
+                    Phase::Published => {
+                        // Aliases belong to the old connection: the topic is sent in full.
+                        let out = &mut cx.link.out;
+                        let d = &f.delivery;
+                        let max = self.max_packet_out;
+                        let sent = encode_delivery(
+                            out,
+                            self.version,
+                            d,
+                            f.packet_id,
+                            true,
+                            None,
+                            cx.now,
+                            max,
+                        );
+                        match sent {
+                            Ok(true) => metrics.publish_sent.inc(),
+                            Ok(false) | Err(_) => too_large.push(f.packet_id),
+                        }
+                    }
+                    Phase::Released => {
+                        let rel = Packet::PubRel(PubAck::new(f.packet_id));
+                        cx.link.send(metrics, self.version, &rel);
+                    }
+                }
+            }
         }
-        Ok(())
+        for pid in too_large {
+            metrics.publish_dropped.inc();
+            metrics.dropped_too_large.inc();
+            self.forget_inflight(cx, pid);
+        }
+    }
+
+    /// Removes a message from the inflight window as if it had been acknowledged.
+    fn forget_inflight(&mut self, cx: &mut Cx<'_>, pid: u16) {
+        let (persisted, seq) = {
+            let mut st = self.session.lock();
+            let Some(i) = st.inflight_position(pid) else {
+                return;
+            };
+            let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
+            (st.persisted, seq)
+        };
+        let id = self.session.client_id.clone();
+        self.journal_op(cx, persisted && seq != 0, || Op::DeleteMessage(id, seq));
     }
 }
 
 /// The outbound topic alias for `topic`: `Some((alias, known))`, where `known` means the
 /// client already has it (send the alias alone), or `None` when the client allows no more
 /// aliases. A new alias is proposed while the client's Topic Alias Maximum allows.
-pub(super) fn outbound_alias(a: &mut Active, topic: &TopicName) -> Option<(u16, bool)> {
+fn outbound_alias(a: &mut Active, topic: &TopicName) -> Option<(u16, bool)> {
     if a.alias_out_max == 0 {
         return None;
     }
@@ -132,7 +190,7 @@ pub(super) fn outbound_alias(a: &mut Active, topic: &TopicName) -> Option<(u16, 
 /// identifiers, remaining expiry and topic alias (v5 only), straight from the shared message
 /// without copying it into a packet value. `Ok(false)`: larger than `max_len`, not written.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn encode_delivery(
+fn encode_delivery(
     out: &mut BytesMut,
     version: ProtocolVersion,
     d: &Delivery,

@@ -15,6 +15,7 @@
 //! AUTH (MQTT-4.12.0-7): anything else is a protocol error. The CONNECT timeout bounds the
 //! first exchange; a re-authentication gets as long.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,15 +24,17 @@ use starling_auth::{AuthExchange, AuthStep, DenyReason, EnhancedAuth, ExchangeIn
 use starling_proto::{Auth, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
 use tracing::info;
 
-use super::{Active, Closing, Connection, Negotiated, Stage};
+use super::active::Active;
+use super::connecting::{self, Negotiated};
+use super::{Close, Cx, Flow, State, closed};
 
 /// Most AUTH packets a client may send in one exchange (SCRAM needs one, or two when the
 /// client-first message does not come with CONNECT).
 pub const MAX_AUTH_STEPS: u32 = 8;
 
-/// A CONNECT waiting for its authentication exchange to finish.
+/// The `Authenticating` state: a CONNECT waiting for its authentication exchange to finish.
 #[derive(Debug)]
-pub(super) struct Pending {
+pub(super) struct Authenticating {
     connect: Box<Connect>,
     negotiated: Negotiated,
     method: Arc<dyn EnhancedAuth>,
@@ -74,12 +77,7 @@ pub(super) struct EnhancedSession {
 struct Reauth {
     exchange: Box<dyn AuthExchange>,
     steps: u32,
-    deadline: Instant,
-}
-
-/// When a re-authentication under way runs out of time.
-pub(super) fn reauth_deadline(a: &Active) -> Option<Instant> {
-    a.enhanced.as_ref()?.reauth.as_ref().map(|r| r.deadline)
+    deadline: Option<Instant>,
 }
 
 fn auth_packet(reason: ReasonCode, method: &str, data: Option<Vec<u8>>) -> Packet {
@@ -97,79 +95,73 @@ fn auth_packet(reason: ReasonCode, method: &str, data: Option<Vec<u8>>) -> Packe
 /// What a re-authentication step leads to.
 enum ReauthOutcome {
     Send(Packet),
-    Done(Packet, Arc<str>),
+    Done(Packet),
     Refused(ReasonCode, &'static str),
 }
 
-impl Connection {
+fn protocol_error(cx: &mut Cx<'_>, detail: &str) -> State {
+    cx.broker.metrics.protocol_errors.inc();
+    let v5 = ProtocolVersion::V5;
+    closed(cx.refuse_connect(v5, ReasonCode::ProtocolError, Properties::default(), detail))
+}
+
+impl Authenticating {
     /// Starts the exchange of a CONNECT that named `method` (offered by this listener).
-    pub(super) fn begin_enhanced_auth(
-        &mut self,
+    pub(super) fn begin(
+        cx: &mut Cx<'_>,
         c: Box<Connect>,
         negotiated: Negotiated,
         method: Arc<dyn EnhancedAuth>,
-        now: Instant,
-    ) -> Result<(), Closing> {
+    ) -> State {
         let mut exchange = method.exchange();
         let step = {
-            let info = self.connect_info(&negotiated.client_id, c.username.as_deref());
+            let info = ExchangeInfo {
+                client_id: &negotiated.client_id,
+                username: c.username.as_deref(),
+                reauthentication: false,
+                peer: cx.link.peer,
+                listener: cx.link.access.as_ref().map_or("", |a| &a.listener.name),
+            };
             exchange.start(&info, c.properties.authentication_data.as_deref())
         };
-        let pending = Box::new(Pending {
+        let pending = Box::new(Self {
             connect: c,
             negotiated,
             method,
             exchange,
             steps: 0,
         });
-        self.connect_step(pending, step, now)
+        pending.step(cx, step)
     }
 
-    fn connect_info<'a>(
-        &'a self,
-        client_id: &'a str,
-        username: Option<&'a str>,
-    ) -> ExchangeInfo<'a> {
-        ExchangeInfo {
-            client_id,
-            username,
-            reauthentication: false,
-            peer: self.peer,
-            listener: self.access.as_ref().map_or("", |a| &a.listener.name),
-        }
-    }
-
-    fn connect_step(
-        &mut self,
-        p: Box<Pending>,
-        step: AuthStep,
-        now: Instant,
-    ) -> Result<(), Closing> {
+    fn step(self: Box<Self>, cx: &mut Cx<'_>, step: AuthStep) -> State {
         match step {
             AuthStep::Continue(data) => {
-                let packet = auth_packet(
-                    ReasonCode::ContinueAuthentication,
-                    p.method.method(),
-                    Some(data),
-                );
-                self.stage = Stage::Authenticating(p);
-                self.encode(&packet);
-                Ok(())
+                let reason = ReasonCode::ContinueAuthentication;
+                let packet = auth_packet(reason, self.method.method(), Some(data));
+                cx.link
+                    .send(&cx.broker.metrics, ProtocolVersion::V5, &packet);
+                State::Authenticating(self)
             }
             AuthStep::Success { username, data } => {
-                let Pending {
+                let Self {
                     connect,
                     negotiated,
                     method,
                     ..
-                } = *p;
-                let username =
-                    self.admit(&connect, &negotiated.client_id, Some(Arc::from(username)))?;
-                let accepted = Accepted { method, data };
-                self.accept_connect(connect, negotiated, username, Some(accepted), now)
+                } = *self;
+                let username = Some(Arc::from(username));
+                match cx.admit(&connect, &negotiated.client_id, username) {
+                    Ok(username) => {
+                        let accepted = Accepted { method, data };
+                        connecting::accept(cx, connect, negotiated, username, Some(accepted))
+                    }
+                    Err(close) => closed(close),
+                }
             }
             AuthStep::Fail(reason) => {
-                Err(self.refuse_authentication(&p.connect, &p.negotiated.client_id, reason))
+                let client_id = &self.negotiated.client_id;
+                closed(cx.refuse_authentication(&self.connect, client_id, reason))
             }
         }
     }
@@ -177,174 +169,156 @@ impl Connection {
     /// A packet between CONNECT and CONNACK of an enhanced authentication: AUTH 0x18 with the
     /// same method goes on with the exchange, DISCONNECT ends it, anything else is a protocol
     /// error answered with CONNACK 0x82.
-    pub(super) fn on_packet_while_authenticating(
-        &mut self,
-        packet: Packet,
-        now: Instant,
-    ) -> Result<(), Closing> {
-        let Stage::Authenticating(mut p) =
-            std::mem::replace(&mut self.stage, Stage::AwaitingConnect)
-        else {
-            return Ok(());
-        };
+    pub(super) fn on_packet(mut self: Box<Self>, cx: &mut Cx<'_>, packet: Packet) -> State {
         let auth = match packet {
             Packet::Auth(a) => a,
             Packet::Disconnect(d) => {
-                return Err(Closing::new(
+                return closed(Close::new(
                     d.reason,
                     "client disconnected during authentication",
                 ));
             }
             other => {
-                return self.connect_protocol_error(&format!(
+                let detail = format!(
                     "{:?} before CONNACK of an enhanced authentication (only AUTH and DISCONNECT \
                      are allowed)",
                     other.packet_type()
-                ));
+                );
+                return protocol_error(cx, &detail);
             }
         };
         if auth.reason != ReasonCode::ContinueAuthentication {
-            return self.connect_protocol_error(
+            return protocol_error(
+                cx,
                 "AUTH during authentication must have reason 0x18 (continue authentication)",
             );
         }
-        if auth.properties.authentication_method.as_deref() != Some(p.method.method()) {
-            return self.connect_protocol_error("AUTH with another authentication method");
+        if auth.properties.authentication_method.as_deref() != Some(self.method.method()) {
+            return protocol_error(cx, "AUTH with another authentication method");
         }
-        p.steps += 1;
-        if p.steps > MAX_AUTH_STEPS {
-            return Err(self.refuse_auth_with(
-                &p.connect,
-                &p.negotiated.client_id,
+        self.steps += 1;
+        if self.steps > MAX_AUTH_STEPS {
+            return closed(cx.refuse_auth_with(
+                &self.connect,
+                &self.negotiated.client_id,
                 ReasonCode::NotAuthorized,
                 "authentication exchange too long",
             ));
         }
-        let step = p
-            .exchange
-            .next(auth.properties.authentication_data.as_deref());
-        self.connect_step(p, step, now)
+        let data = auth.properties.authentication_data.as_deref();
+        let step = self.exchange.next(data);
+        self.step(cx, step)
     }
+}
 
-    fn connect_protocol_error(&mut self, detail: &str) -> Result<(), Closing> {
-        self.broker.metrics.protocol_errors.inc();
-        self.refuse_connect(ProtocolVersion::V5, ReasonCode::ProtocolError, detail)
+impl Active {
+    /// When a re-authentication under way runs out of time.
+    pub(super) fn reauth_deadline(&self) -> Option<Instant> {
+        self.enhanced.as_ref()?.reauth.as_ref()?.deadline
     }
 
     /// AUTH from an active client: starts or continues a re-authentication.
-    pub(super) fn on_reauth(&mut self, auth: Auth, now: Instant) -> Result<(), Closing> {
-        let timeout = Duration::from_secs(self.broker.limits.connect_timeout_secs);
-        let listener = self.access.as_ref().map_or("", |a| &*a.listener.name);
-        let peer = self.peer;
-        let Stage::Active(a) = &mut self.stage else {
-            return Ok(());
+    pub(super) fn on_reauth(&mut self, cx: &mut Cx<'_>, auth: Auth) -> Flow {
+        let step = match self.reauth_step(cx, &auth) {
+            Ok(step) => step,
+            Err(detail) => return self.protocol_error(cx, detail),
         };
-        let Some(session) = a.enhanced.as_mut() else {
-            return self.protocol_error("AUTH on a connection without an authentication method");
-        };
-        if auth.properties.authentication_method.as_deref() != Some(session.method.method()) {
-            return self.protocol_error("AUTH with another authentication method");
-        }
-        let data = auth.properties.authentication_data.as_deref();
-        let step = match (auth.reason, session.reauth.as_mut()) {
-            (ReasonCode::ReAuthenticate, None) => {
-                let mut exchange = session.method.exchange();
-                let info = ExchangeInfo {
-                    client_id: &a.client_id,
-                    username: a.username.as_deref(),
-                    reauthentication: true,
-                    peer,
-                    listener,
-                };
-                let step = exchange.start(&info, data);
-                session.reauth = Some(Reauth {
-                    exchange,
-                    steps: 1,
-                    deadline: now + timeout,
-                });
-                step
-            }
-            (ReasonCode::ContinueAuthentication, Some(r)) => {
-                r.steps += 1;
-                if r.steps > MAX_AUTH_STEPS {
-                    AuthStep::Fail(DenyReason::NotAuthorized)
-                } else {
-                    r.exchange.next(data)
-                }
-            }
-            (ReasonCode::ReAuthenticate, Some(_)) => {
-                return self.protocol_error("re-authentication already under way");
-            }
-            (ReasonCode::ContinueAuthentication, None) => {
-                return self.protocol_error("AUTH 0x18 without an authentication exchange");
-            }
-            _ => return self.protocol_error("a client's AUTH must have reason 0x18 or 0x19"),
+        let Some(session) = self.enhanced.as_mut() else {
+            return ControlFlow::Continue(());
         };
         let method = session.method.method();
         let outcome = match step {
-            AuthStep::Continue(d) => ReauthOutcome::Send(auth_packet(
-                ReasonCode::ContinueAuthentication,
-                method,
-                Some(d),
-            )),
+            AuthStep::Continue(d) => {
+                let reason = ReasonCode::ContinueAuthentication;
+                ReauthOutcome::Send(auth_packet(reason, method, Some(d)))
+            }
             AuthStep::Success { username, data } => {
                 session.reauth = None;
-                if a.username.as_deref() == Some(username.as_str()) {
-                    ReauthOutcome::Done(
-                        auth_packet(ReasonCode::Success, method, data),
-                        a.client_id.clone(),
-                    )
+                if self.username.as_deref() == Some(username.as_str()) {
+                    ReauthOutcome::Done(auth_packet(ReasonCode::Success, method, data))
                 } else {
-                    ReauthOutcome::Refused(
-                        ReasonCode::NotAuthorized,
-                        "re-authenticated as another user",
-                    )
+                    let detail = "re-authenticated as another user";
+                    ReauthOutcome::Refused(ReasonCode::NotAuthorized, detail)
                 }
             }
             AuthStep::Fail(reason) => {
                 session.reauth = None;
                 // DISCONNECT has no 0x86 (spec 3.14.2.1): a failed re-authentication is 0x87.
-                ReauthOutcome::Refused(
-                    ReasonCode::NotAuthorized,
-                    match reason {
-                        DenyReason::BadUserNameOrPassword => {
-                            "re-authentication failed: bad user name or password"
-                        }
-                        DenyReason::NotAuthorized => "re-authentication failed: not authorized",
-                    },
-                )
+                let detail = match reason {
+                    DenyReason::BadUserNameOrPassword => {
+                        "re-authentication failed: bad user name or password"
+                    }
+                    DenyReason::NotAuthorized => "re-authentication failed: not authorized",
+                };
+                ReauthOutcome::Refused(ReasonCode::NotAuthorized, detail)
             }
         };
         match outcome {
-            ReauthOutcome::Send(packet) => {
-                self.encode(&packet);
-                Ok(())
-            }
-            ReauthOutcome::Done(packet, client_id) => {
-                self.encode(&packet);
-                info!(client_id = %client_id, peer = %self.peer(), "client re-authenticated");
-                Ok(())
+            ReauthOutcome::Send(packet) => self.send(cx, &packet),
+            ReauthOutcome::Done(packet) => {
+                self.send(cx, &packet);
+                info!(client_id = %self.client_id, peer = %cx.link.peer(), "client re-authenticated");
             }
             ReauthOutcome::Refused(reason, detail) => {
-                self.broker.metrics.auth_refused.inc();
-                self.fail(reason, detail)
+                cx.broker.metrics.auth_refused.inc();
+                return self.fail(cx, reason, detail);
             }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The exchange step an AUTH packet leads to, or the protocol error it is.
+    fn reauth_step(&mut self, cx: &Cx<'_>, auth: &Auth) -> Result<AuthStep, &'static str> {
+        let timeout = Duration::from_secs(cx.broker.limits.connect_timeout_secs);
+        let Some(session) = self.enhanced.as_mut() else {
+            return Err("AUTH on a connection without an authentication method");
+        };
+        if auth.properties.authentication_method.as_deref() != Some(session.method.method()) {
+            return Err("AUTH with another authentication method");
+        }
+        let data = auth.properties.authentication_data.as_deref();
+        match (auth.reason, session.reauth.as_mut()) {
+            (ReasonCode::ReAuthenticate, None) => {
+                let mut exchange = session.method.exchange();
+                let info = ExchangeInfo {
+                    client_id: &self.client_id,
+                    username: self.username.as_deref(),
+                    reauthentication: true,
+                    peer: cx.link.peer,
+                    listener: cx.link.access.as_ref().map_or("", |a| &*a.listener.name),
+                };
+                let step = exchange.start(&info, data);
+                session.reauth = Some(Reauth {
+                    exchange,
+                    steps: 1,
+                    deadline: cx.now.checked_add(timeout),
+                });
+                Ok(step)
+            }
+            (ReasonCode::ContinueAuthentication, Some(r)) => {
+                r.steps += 1;
+                if r.steps > MAX_AUTH_STEPS {
+                    Ok(AuthStep::Fail(DenyReason::NotAuthorized))
+                } else {
+                    Ok(r.exchange.next(data))
+                }
+            }
+            (ReasonCode::ReAuthenticate, Some(_)) => Err("re-authentication already under way"),
+            (ReasonCode::ContinueAuthentication, None) => {
+                Err("AUTH 0x18 without an authentication exchange")
+            }
+            _ => Err("a client's AUTH must have reason 0x18 or 0x19"),
         }
     }
 
     /// Closes a connection whose re-authentication did not finish within the CONNECT timeout
     /// (DISCONNECT 0x87).
-    pub(super) fn check_reauth_timeout(&mut self, now: Instant) -> Result<(), Closing> {
-        let Stage::Active(a) = &self.stage else {
-            return Ok(());
-        };
-        if reauth_deadline(a).is_some_and(|d| now >= d) {
-            self.broker.metrics.auth_refused.inc();
-            return self.fail(
-                ReasonCode::NotAuthorized,
-                "re-authentication not completed in time",
-            );
+    pub(super) fn check_reauth_timeout(&mut self, cx: &mut Cx<'_>) -> Flow {
+        if self.reauth_deadline().is_some_and(|d| cx.now >= d) {
+            cx.broker.metrics.auth_refused.inc();
+            let detail = "re-authentication not completed in time";
+            return self.fail(cx, ReasonCode::NotAuthorized, detail);
         }
-        Ok(())
+        ControlFlow::Continue(())
     }
 }

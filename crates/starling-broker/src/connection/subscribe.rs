@@ -1,25 +1,31 @@
 //! SUBSCRIBE and UNSUBSCRIBE: quotas, retained messages on subscribe (Retain Handling), and
 //! the stored subscriptions of persistent sessions.
 
-use std::time::Instant;
+use std::ops::ControlFlow;
 
-use super::*;
+use starling_proto::{
+    Packet, Properties, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
 
-impl Connection {
-    pub(super) fn on_subscribe(&mut self, s: Subscribe, now: Instant) -> Result<(), Closing> {
-        let broker = self.broker.clone();
-        let Stage::Active(a) = &self.stage else {
-            return Ok(());
-        };
+use super::active::Active;
+use super::{Cx, Flow, access};
+use crate::broker::Broker;
+use crate::message::Delivery;
+use crate::session::{Session, Subscription};
+
+impl Active {
+    pub(super) fn on_subscribe(&mut self, cx: &mut Cx<'_>, s: Subscribe) -> Flow {
+        let broker = cx.broker;
+        let now = cx.now;
         if s.properties.subscription_identifiers.len() > 1 {
-            return self.protocol_error("more than one subscription identifier");
+            return self.protocol_error(cx, "more than one subscription identifier");
         }
         let sub_id = s.properties.subscription_identifiers.first().copied();
-        let session = a.session.clone();
+        let session = self.session.clone();
         let mut reasons = Vec::with_capacity(s.filters.len().min(64));
         let mut retained = Vec::new();
         for (filter, options) in s.filters {
-            if !access::may_subscribe(self.access.as_ref(), a, &filter) {
+            if !access::may_subscribe(cx.link.access.as_ref(), self, &filter) {
                 broker.metrics.acl_denied.inc();
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;
@@ -69,27 +75,24 @@ impl Connection {
                 }
             }
         }
-        let ticket = store_subscriptions(&broker, &session);
+        let ticket = store_subscriptions(broker, &session);
         self.journaled(ticket);
         let suback = Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reasons,
             properties: Properties::default(),
         });
-        self.send_ack(suback, ticket);
+        self.send_ack(cx, suback, ticket);
         let ctx = broker.ctx();
         for d in retained {
             session.deliver(d, &ctx);
         }
-        Ok(())
+        ControlFlow::Continue(())
     }
 
-    pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) {
-        let broker = self.broker.clone();
-        let Stage::Active(a) = &self.stage else {
-            return;
-        };
-        let session = a.session.clone();
+    pub(super) fn on_unsubscribe(&mut self, cx: &mut Cx<'_>, u: Unsubscribe) {
+        let broker = cx.broker;
+        let session = self.session.clone();
         let reasons = u
             .filters
             .iter()
@@ -103,14 +106,14 @@ impl Connection {
                 }
             })
             .collect();
-        let ticket = store_subscriptions(&broker, &session);
+        let ticket = store_subscriptions(broker, &session);
         self.journaled(ticket);
         let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reasons,
             properties: Properties::default(),
         });
-        self.send_ack(unsuback, ticket);
+        self.send_ack(cx, unsuback, ticket);
     }
 }
 

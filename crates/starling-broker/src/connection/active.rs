@@ -1,0 +1,233 @@
+//! The `Active` state: a connection whose CONNECT was accepted. It owns the
+//! connection-scoped protocol state (level, keep-alive, window, topic aliases, the client's
+//! limits, rate limit, held acknowledgements), dispatches every packet a client may send after
+//! CONNACK, enforces keep-alive, and detaches the session when it ends.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_proto::{Disconnect, Packet, ProtocolVersion, ReasonCode, TopicName};
+use tracing::info;
+
+use super::{Close, Cx, Flow, Link, deadline, enhanced, held};
+use crate::broker::{Broker, Ending};
+use crate::bucket::TokenBucket;
+use crate::session::Session;
+
+/// A connection after CONNACK.
+#[derive(Debug)]
+pub(super) struct Active {
+    pub(super) session: Arc<Session>,
+    pub(super) client_id: Arc<str>,
+    /// Authenticated username (`None`: anonymous), for authorization.
+    pub(super) username: Option<Arc<str>>,
+    pub(super) version: ProtocolVersion,
+    /// Keep-alive enforced: 1.5x the negotiated value; `None` when disabled.
+    pub(super) keep_alive: Option<Duration>,
+    /// Most QoS 1/2 messages out to the client at once.
+    pub(super) window: usize,
+    /// The client's Maximum Packet Size.
+    pub(super) max_packet_out: usize,
+    /// Topic aliases both ways, allocated when the first one is used (most clients use none,
+    /// and every idle connection holds its `Active`).
+    pub(super) aliases: Option<Box<Aliases>>,
+    /// The client's Topic Alias Maximum (0: no outbound aliases).
+    pub(super) alias_out_max: u16,
+    /// Request Problem Information: reason strings may be sent on acks (v5; default true).
+    pub(super) problem_info: bool,
+    /// CONNECT's Session Expiry Interval was 0 (DISCONNECT may then not set one).
+    pub(super) connect_expiry_zero: bool,
+    /// What to do with the will when the connection ends.
+    pub(super) ending: Ending,
+    /// The enhanced authentication method of this connection (re-authentication), if any.
+    pub(super) enhanced: Option<Box<enhanced::EnhancedSession>>,
+    /// Inbound publish rate limit (`max_publish_rate`), if any.
+    pub(super) rate: Option<Box<RateLimit>>,
+    /// What the connection waits for from the store; allocated on first use, so idle
+    /// connections and the other durability modes do not carry it.
+    pub(super) held: Option<Box<held::HeldAcks>>,
+}
+
+/// A connection's topic aliases.
+#[derive(Debug, Default)]
+pub(super) struct Aliases {
+    /// Inbound; bounded by the advertised Topic Alias Maximum.
+    pub(super) inbound: HashMap<u16, TopicName>,
+    /// Outbound ones the broker assigned; at most the client's Topic Alias Maximum.
+    pub(super) outbound: HashMap<TopicName, u16>,
+}
+
+/// The client's publish rate: reading pauses (TCP backpressure, not a disconnect) while the
+/// bucket is empty, counted in `rate_limited`.
+#[derive(Debug)]
+pub(super) struct RateLimit {
+    pub(super) bucket: TokenBucket,
+    /// Reading is paused until then.
+    pub(super) paused_until: Option<std::time::Instant>,
+}
+
+impl Active {
+    pub(super) fn version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    /// Handles one packet from the client.
+    pub(super) fn on_packet(&mut self, cx: &mut Cx<'_>, packet: Packet) -> Flow {
+        match packet {
+            Packet::Publish(p) => return self.on_publish(cx, p),
+            Packet::PubAck(a) => self.on_puback(cx, a.packet_id),
+            Packet::PubRec(a) => self.on_pubrec(cx, a),
+            Packet::PubRel(a) => self.on_pubrel(cx, a.packet_id),
+            Packet::PubComp(a) => self.on_pubcomp(cx, a.packet_id),
+            Packet::Subscribe(s) => return self.on_subscribe(cx, s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(cx, u),
+            Packet::PingReq => self.send(cx, &Packet::PingResp),
+            Packet::Disconnect(d) => return self.on_disconnect(cx, d),
+            Packet::Connect(_) => return self.protocol_error(cx, "second CONNECT"),
+            Packet::Auth(a) => return self.on_reauth(cx, a),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                return self.protocol_error(cx, "client sent a server-only packet");
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Encodes `packet` at this connection's protocol level.
+    pub(super) fn send(&self, cx: &mut Cx<'_>, packet: &Packet) {
+        cx.link.send(&cx.broker.metrics, self.version, packet);
+    }
+
+    /// A protocol violation: DISCONNECT 0x82 (v5), counted, close.
+    pub(super) fn protocol_error(&self, cx: &mut Cx<'_>, detail: &str) -> Flow {
+        cx.broker.metrics.protocol_errors.inc();
+        self.fail(cx, ReasonCode::ProtocolError, detail)
+    }
+
+    /// DISCONNECT with `reason` (v5), then close.
+    pub(super) fn fail(&self, cx: &mut Cx<'_>, reason: ReasonCode, detail: &str) -> Flow {
+        self.send_disconnect(cx, reason, detail);
+        ControlFlow::Break(Close::new(reason, detail))
+    }
+
+    /// Sends DISCONNECT with `reason` to a v5 client (3.x has no server DISCONNECT).
+    pub(super) fn send_disconnect(&self, cx: &mut Cx<'_>, reason: ReasonCode, detail: &str) {
+        if !self.version.is_v5() {
+            return;
+        }
+        // A Reason String is allowed on DISCONNECT whatever Request Problem Information says,
+        // but never if it would make the packet larger than the client accepts.
+        let mut d = Disconnect::new(reason);
+        d.properties.reason_string = Some(detail.to_string());
+        let fits = starling_proto::encoded_len(&Packet::Disconnect(d.clone()), self.version)
+            .is_ok_and(|len| len <= self.max_packet_out);
+        if !fits {
+            d.properties.reason_string = None;
+        }
+        self.send(cx, &Packet::Disconnect(d));
+    }
+
+    /// The client's DISCONNECT: a normal close (the will is dropped unless the reason is
+    /// 0x04), possibly with a new Session Expiry Interval.
+    fn on_disconnect(&mut self, cx: &mut Cx<'_>, d: Disconnect) -> Flow {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.connect_expiry_zero && expiry != 0 {
+                return self
+                    .protocol_error(cx, "session expiry set on DISCONNECT after 0 in CONNECT");
+            }
+            let max = cx.broker.limits.max_session_expiry_secs;
+            self.session.lock().expiry_secs = expiry.min(max);
+        }
+        self.ending = if d.reason == ReasonCode::DisconnectWithWill {
+            Ending::WithWill
+        } else {
+            Ending::Normal
+        };
+        ControlFlow::Break(Close::new(d.reason, "client disconnected"))
+    }
+
+    /// Before each packet: whether the publish rate says to stop reading for now.
+    pub(super) fn throttled(&mut self, broker: &Broker, now: std::time::Instant) -> bool {
+        let Some(rate) = self.rate.as_mut() else {
+            return false;
+        };
+        if rate.paused_until.is_some() {
+            return true;
+        }
+        let Some(wait) = rate.bucket.wait(now) else {
+            return false;
+        };
+        broker.metrics.rate_limited.inc();
+        rate.paused_until = Some(now.checked_add(wait).unwrap_or(now));
+        true
+    }
+
+    /// Whether to read from the client now (see `Connection::wants_input`).
+    pub(super) fn wants_input(&mut self, cx: &mut Cx<'_>) -> bool {
+        let rate_paused = self.rate.as_ref().is_some_and(|r| r.paused_until.is_some());
+        !rate_paused && !self.backpressured() && !self.paused_for_store(cx)
+    }
+
+    /// The earliest of the keep-alive, re-authentication and rate-pause deadlines.
+    pub(super) fn poll_timeout(&self, link: &Link) -> Option<std::time::Instant> {
+        let keep_alive = self.keep_alive.and_then(|k| deadline(link.last_packet, k));
+        let rate = self.rate.as_ref().and_then(|r| r.paused_until);
+        [keep_alive, self.reauth_deadline(), rate]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Ends a rate pause that is over, and enforces the re-authentication deadline and the
+    /// keep-alive.
+    pub(super) fn on_timeout(&mut self, cx: &mut Cx<'_>) -> Flow {
+        let now = cx.now;
+        if let Some(rate) = self.rate.as_mut()
+            && rate.paused_until.is_some_and(|t| now >= t)
+        {
+            rate.paused_until = None;
+        }
+        self.check_reauth_timeout(cx)?;
+        let Some(expires) = self
+            .keep_alive
+            .and_then(|k| deadline(cx.link.last_packet, k))
+        else {
+            return ControlFlow::Continue(());
+        };
+        if now < expires {
+            return ControlFlow::Continue(());
+        }
+        if self.reading_held_back(cx.broker) {
+            // The broker is not reading this client (the store is behind, or too many
+            // acknowledgements wait), so its PINGREQs sit unread: not the client's silence.
+            cx.link.last_packet = now;
+            return ControlFlow::Continue(());
+        }
+        self.fail(cx, ReasonCode::KeepAliveTimeout, "keep-alive timeout")
+    }
+
+    /// What `poll_transmit` does for an active connection: acknowledgements whose commit
+    /// finished, then queued deliveries (within `room` bytes).
+    pub(super) fn transmit(&mut self, cx: &mut Cx<'_>, room: usize) -> Flow {
+        self.release_held(cx)?;
+        self.pump(cx, room)
+    }
+
+    /// Detaches the session (will, expiry and shared hand-over per `ending`, or per what the
+    /// client's DISCONNECT said), counts and logs the end of the connection.
+    pub(super) fn end(&self, cx: &mut Cx<'_>, close: &Close, ending: Option<Ending>) {
+        let ending = ending.unwrap_or(self.ending);
+        cx.broker
+            .disconnect(&self.session, cx.link.id, ending, cx.now);
+        cx.broker.metrics.clients_connected.dec();
+        info!(
+            client_id = %self.client_id,
+            peer = %cx.link.peer(),
+            protocol = self.version.level(),
+            reason = %close.reason,
+            "client disconnected: {}",
+            close.detail
+        );
+    }
+}

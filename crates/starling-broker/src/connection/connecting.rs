@@ -1,0 +1,312 @@
+//! The `Connecting` state: the first packet must be CONNECT. Negotiates the protocol level,
+//! client id, keep-alive, limits and session expiry; refuses with the right CONNACK;
+//! authenticates (or starts an enhanced authentication exchange); attaches the session and
+//! sends CONNACK; resends what a resumed session had in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_proto::{ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
+use tracing::info;
+
+use super::active::Active;
+use super::{Close, Cx, State, closed, enhanced};
+use crate::broker::{ConnectRequest, Ending};
+use crate::config::Limits;
+use crate::session::PendingWill;
+
+/// What CONNECT negotiated before authentication.
+#[derive(Debug)]
+pub(super) struct Negotiated {
+    pub(super) client_id: Arc<str>,
+    /// Assigned Client Identifier to send in CONNACK (v5, empty client id).
+    assigned: Option<String>,
+    keep_alive: u16,
+    /// Server Keep Alive to send in CONNACK.
+    server_keep_alive: Option<u16>,
+}
+
+/// The first packet: CONNECT, or a protocol error.
+pub(super) fn on_packet(cx: &mut Cx<'_>, packet: Packet) -> State {
+    match packet {
+        Packet::Connect(c) => on_connect(cx, c),
+        other => {
+            cx.broker.metrics.protocol_errors.inc();
+            closed(Close::new(
+                ReasonCode::ProtocolError,
+                format!("first packet was {:?}, not CONNECT", other.packet_type()),
+            ))
+        }
+    }
+}
+
+fn refuse(cx: &mut Cx<'_>, version: ProtocolVersion, reason: ReasonCode, detail: &str) -> State {
+    closed(cx.refuse_connect(version, reason, Properties::default(), detail))
+}
+
+fn on_connect(cx: &mut Cx<'_>, c: Box<Connect>) -> State {
+    let negotiated = match negotiate(cx, &c) {
+        Ok(n) => n,
+        Err(state) => return state,
+    };
+    if let Some(state) = check_server(cx, &c) {
+        return state;
+    }
+    if let Some(method) = c
+        .properties
+        .authentication_method
+        .as_deref()
+        .and_then(|m| cx.enhanced_method(m))
+    {
+        return enhanced::Authenticating::begin(cx, c, negotiated, method);
+    }
+    match cx.authenticate(&c, &negotiated.client_id) {
+        Ok(username) => accept(cx, c, negotiated, username, None),
+        Err(close) => closed(close),
+    }
+}
+
+/// Client id, keep-alive and the authentication properties; `Err` once refused.
+fn negotiate(cx: &mut Cx<'_>, c: &Connect) -> Result<Negotiated, State> {
+    let version = c.protocol;
+    let v5 = version.is_v5();
+    let mut assigned = None;
+    let client_id: Arc<str> = if c.client_id.is_empty() {
+        // v5 gets an assigned id; 3.1.1 only with clean session (MQTT-3.1.3-8); 3.1 never.
+        let may_assign = v5 || (version == ProtocolVersion::V311 && c.clean_start);
+        if !may_assign {
+            let reason = ReasonCode::ClientIdentifierNotValid;
+            return Err(refuse(cx, version, reason, "empty client id"));
+        }
+        let id = cx.broker.assign_client_id();
+        if v5 {
+            assigned = Some(id.clone());
+        }
+        id.into()
+    } else {
+        c.client_id.as_str().into()
+    };
+
+    let max_ka = cx.broker.limits.max_keep_alive;
+    let mut server_keep_alive = None;
+    let keep_alive = if v5 && (c.keep_alive == 0 || c.keep_alive > max_ka) {
+        server_keep_alive = Some(max_ka);
+        max_ka
+    } else if !v5 && c.keep_alive > max_ka {
+        let reason = ReasonCode::ClientIdentifierNotValid;
+        return Err(refuse(
+            cx,
+            version,
+            reason,
+            "keep-alive above max_keep_alive",
+        ));
+    } else {
+        c.keep_alive
+    };
+
+    let props = &c.properties;
+    if v5 && let Some(method) = &props.authentication_method {
+        if cx.enhanced_method(method).is_none() {
+            let reason = ReasonCode::BadAuthenticationMethod;
+            return Err(refuse(cx, version, reason, "unknown authentication method"));
+        }
+    } else if props.authentication_data.is_some() {
+        let detail = "authentication data without an authentication method";
+        return Err(refuse(cx, version, ReasonCode::ProtocolError, detail));
+    }
+    Ok(Negotiated {
+        client_id,
+        assigned,
+        keep_alive,
+        server_keep_alive,
+    })
+}
+
+/// Refusals that depend on the server, not the client: redirection and `max_connections`.
+fn check_server(cx: &mut Cx<'_>, c: &Connect) -> Option<State> {
+    let version = c.protocol;
+    let v5 = version.is_v5();
+    let broker = cx.broker;
+    if let Some(reference) = &broker.features.server_reference {
+        if !v5 {
+            let reason = ReasonCode::ServerUnavailable;
+            return Some(refuse(cx, version, reason, "server redirection configured"));
+        }
+        let reason = if broker.features.server_moved {
+            ReasonCode::ServerMoved
+        } else {
+            ReasonCode::UseAnotherServer
+        };
+        let mut props = Properties::default();
+        props.server_reference = Some(reference.clone());
+        return Some(closed(cx.refuse_connect(
+            version,
+            reason,
+            props,
+            "redirected",
+        )));
+    }
+    if broker.metrics.clients_connected.get() >= broker.limits.max_connections as u64 {
+        broker.metrics.connections_refused.inc();
+        let reason = if v5 {
+            ReasonCode::QuotaExceeded
+        } else {
+            ReasonCode::ServerUnavailable
+        };
+        return Some(refuse(cx, version, reason, "max_connections reached"));
+    }
+    None
+}
+
+/// What CONNECT asked for and the broker granted, beyond the negotiation.
+struct Terms {
+    requested_expiry: u32,
+    expiry_secs: u32,
+    window: usize,
+}
+
+fn terms(c: &Connect, limits: &Limits) -> Terms {
+    let v5 = c.protocol.is_v5();
+    let requested_expiry = c.properties.session_expiry_interval.unwrap_or(0);
+    let expiry_secs = if v5 {
+        requested_expiry.min(limits.max_session_expiry_secs)
+    } else if c.clean_start {
+        0
+    } else if limits.v3_session_expiry_secs == 0 {
+        u32::MAX
+    } else {
+        limits.v3_session_expiry_secs
+    };
+    let receive_maximum = if v5 {
+        c.properties.receive_maximum.unwrap_or(u16::MAX)
+    } else {
+        u16::MAX
+    };
+    Terms {
+        requested_expiry,
+        expiry_secs,
+        window: usize::from(receive_maximum.min(limits.max_inflight)).max(1),
+    }
+}
+
+/// Attaches the session of an authenticated CONNECT and sends CONNACK 0x00 (with the
+/// enhanced authentication method and its final data, if one was used). The CONNECT stays
+/// in the box it was decoded into: unboxing it would only copy it.
+#[allow(clippy::boxed_local)]
+pub(super) fn accept(
+    cx: &mut Cx<'_>,
+    c: Box<Connect>,
+    negotiated: Negotiated,
+    username: Option<Arc<str>>,
+    enhanced: Option<enhanced::Accepted>,
+) -> State {
+    let broker = cx.broker;
+    let limits = &broker.limits;
+    let version = c.protocol;
+    let v5 = version.is_v5();
+    let terms = terms(&c, limits);
+    let will = c.will.clone().map(|w| PendingWill {
+        delay_secs: w.properties.will_delay_interval.unwrap_or(0),
+        will: w,
+    });
+    let request = ConnectRequest {
+        client_id: negotiated.client_id.clone(),
+        clean_start: c.clean_start,
+        protocol: version,
+        expiry_secs: terms.expiry_secs,
+        will,
+    };
+    let attached = broker.connect(cx.link.id, cx.link.waker.clone(), request, cx.now);
+    let m = &broker.metrics;
+    m.clients_connected.inc();
+    m.connections_total.inc();
+    if m.clients_connected.get() > m.clients_maximum.get() {
+        m.clients_maximum.set(m.clients_connected.get());
+    }
+    let rate = limits.max_publish_rate;
+    let mut active = Box::new(Active {
+        session: attached.session,
+        client_id: negotiated.client_id.clone(),
+        username,
+        version,
+        keep_alive: (negotiated.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(negotiated.keep_alive) * 1500)),
+        window: terms.window,
+        max_packet_out: c
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize),
+        aliases: None,
+        alias_out_max: if v5 {
+            c.properties.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        },
+        connect_expiry_zero: v5 && terms.requested_expiry == 0,
+        problem_info: c.properties.request_problem_information != Some(0),
+        ending: Ending::Abnormal,
+        enhanced: enhanced.as_ref().map(enhanced::Accepted::session),
+        rate: (rate > 0).then(|| {
+            Box::new(super::active::RateLimit {
+                bucket: crate::bucket::TokenBucket::full(rate, cx.now),
+                paused_until: None,
+            })
+        }),
+        held: None,
+    });
+    let properties = if v5 {
+        connack_properties(cx, &c, &negotiated, &terms, enhanced)
+    } else {
+        Properties::default()
+    };
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: attached.session_present,
+        reason: ReasonCode::Success,
+        properties,
+    });
+    active.send(cx, &connack);
+    info!(
+        client_id = %negotiated.client_id,
+        peer = %cx.link.peer(),
+        protocol = version.level(),
+        clean_start = c.clean_start,
+        keep_alive = negotiated.keep_alive,
+        session_present = attached.session_present,
+        "client connected"
+    );
+    if attached.session_present {
+        active.resend_inflight(cx);
+    }
+    State::Active(active)
+}
+
+/// CONNACK's properties for a v5 client.
+fn connack_properties(
+    cx: &Cx<'_>,
+    c: &Connect,
+    negotiated: &Negotiated,
+    terms: &Terms,
+    enhanced: Option<enhanced::Accepted>,
+) -> Properties {
+    let broker = cx.broker;
+    let limits = &broker.limits;
+    let mut props = Properties::default();
+    props.assigned_client_identifier = negotiated.assigned.clone();
+    props.server_keep_alive = negotiated.server_keep_alive;
+    if terms.expiry_secs != terms.requested_expiry {
+        props.session_expiry_interval = Some(terms.expiry_secs);
+    }
+    props.receive_maximum = Some(limits.receive_maximum);
+    let prefix = &broker.features.response_information_prefix;
+    if c.properties.request_response_information == Some(1) && !prefix.is_empty() {
+        props.response_information = Some(format!("{prefix}{}", negotiated.client_id));
+    }
+    props.maximum_packet_size = Some(limits.max_packet_size);
+    if limits.topic_alias_maximum > 0 {
+        props.topic_alias_maximum = Some(limits.topic_alias_maximum);
+    }
+    if let Some(e) = enhanced {
+        e.add_to(&mut props);
+    }
+    props
+}

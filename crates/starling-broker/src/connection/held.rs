@@ -1,0 +1,204 @@
+//! "Persist, then acknowledge", written once: acknowledgements (PUBACK, PUBREC, PUBREL,
+//! PUBCOMP, SUBACK, UNSUBACK) held in order until the store has committed what they
+//! acknowledge (durability `sync`), their release (a failed commit is never acknowledged as
+//! a success), and pausing a client that feeds a store at its bound.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+
+use starling_proto::{Packet, ReasonCode};
+
+use super::active::Active;
+use super::{Close, Cx, Flow};
+use crate::broker::Broker;
+use crate::persist::{Journal, TicketStatus};
+use starling_store::Op;
+
+/// Held acknowledgements at which reading from the client pauses.
+pub const HELD_LIMIT: usize = 1024;
+
+/// What a connection waits for from the store, allocated when it first journals or holds
+/// something: acknowledgements waiting for the commit of what they acknowledge, in order, with
+/// their journal tickets (bounded: at `HELD_LIMIT` the client is not read until commits catch
+/// up), and its last journaled op (what a pause at the journal's bound waits for).
+#[derive(Debug)]
+pub(super) struct HeldAcks {
+    queue: VecDeque<(u64, Packet)>,
+    /// The journal's memo of the commit this connection waits for (`Journal::notify_when_done`).
+    commit_generation: u64,
+    /// Ticket of the last op this connection's work journaled (0: none).
+    last_journaled: u64,
+    /// The journal's memo for a pause at its bound (kept apart from `commit_generation` so
+    /// each pause is counted even when held acknowledgements wait on the same commit).
+    pause_generation: u64,
+}
+
+impl Active {
+    /// Sends an acknowledgement, or holds it (in order) until journal `ticket` is durable.
+    pub(super) fn send_ack(&mut self, cx: &mut Cx<'_>, packet: Packet, ticket: Option<u64>) {
+        let hold = match cx.broker.persistence() {
+            // Held even if already failed: `release_held` turns it into a failure answer.
+            Some(p) if p.journal.hold_acks() => {
+                self.has_held()
+                    || ticket.is_some_and(|t| p.journal.status(t) != TicketStatus::Durable)
+            }
+            _ => false,
+        };
+        if hold {
+            self.held_acks()
+                .queue
+                .push_back((ticket.unwrap_or(0), packet));
+        } else {
+            self.send(cx, &packet);
+        }
+    }
+
+    /// True while acknowledgements wait for the store.
+    fn has_held(&self) -> bool {
+        self.held.as_ref().is_some_and(|h| !h.queue.is_empty())
+    }
+
+    fn held_acks(&mut self) -> &mut HeldAcks {
+        self.held.get_or_insert_with(|| {
+            Box::new(HeldAcks {
+                queue: VecDeque::new(),
+                commit_generation: u64::MAX,
+                last_journaled: 0,
+                pause_generation: u64::MAX,
+            })
+        })
+    }
+
+    /// True when so many acknowledgements wait that the client must not be read further.
+    pub(super) fn backpressured(&self) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|h| h.queue.len() >= HELD_LIMIT)
+    }
+
+    /// Whether the broker is holding back reading this client: `backpressured`, or the
+    /// condition `paused_for_store` reports (without registering anything).
+    pub(super) fn reading_held_back(&self, broker: &Broker) -> bool {
+        self.backpressured() || self.store_pause_ticket(broker).is_some()
+    }
+
+    /// While the journal is at its bound: this connection's last journaled op, if it is not
+    /// committed yet (what a pause waits for). `None`: no reason to pause for the store.
+    fn store_pause_ticket(&self, broker: &Broker) -> Option<u64> {
+        let journal = &broker.persistence()?.journal;
+        let t = self.held.as_ref()?.last_journaled;
+        (t > 0 && journal.congested() && !journal.is_done(t)).then_some(t)
+    }
+
+    /// True when the client must not be read because the journal is at its bound and this
+    /// connection has journaled something not committed yet (the store is behind and this
+    /// client adds to it; see `persist`). Clients that journal nothing meanwhile are still
+    /// served. When true, the connection's waker is registered for the commit of its last op
+    /// (at once if that has just finished); the pause is counted (once per commit) in
+    /// `store_paused`.
+    pub(super) fn paused_for_store(&mut self, cx: &mut Cx<'_>) -> bool {
+        let Some(t) = self.store_pause_ticket(cx.broker) else {
+            return false;
+        };
+        let Some(p) = cx.broker.persistence() else {
+            return false;
+        };
+        let memo = &mut self.held_acks().pause_generation;
+        if p.journal.notify_when_done(t, &cx.link.waker, memo) {
+            cx.broker.metrics.store_paused.inc();
+        }
+        true
+    }
+
+    /// Sends the held acknowledgements whose commits finished. A failed commit is not
+    /// acknowledged as a success: v5 clients get reason 0x80 (Unspecified error), 3.x clients,
+    /// which have no way to hear it, are disconnected so they resend.
+    pub(super) fn release_held(&mut self, cx: &mut Cx<'_>) -> Flow {
+        let Some(journal) = cx.broker.persistence().map(|p| &p.journal) else {
+            return ControlFlow::Continue(());
+        };
+        let Some(mut held) = self.held.take() else {
+            return ControlFlow::Continue(());
+        };
+        let flow = self.release_from(cx, &mut held, journal);
+        if let Some(&(ticket, _)) = held.queue.front() {
+            journal.notify_when_done(ticket, &cx.link.waker, &mut held.commit_generation);
+        }
+        self.held = Some(held);
+        flow
+    }
+
+    fn release_from(&mut self, cx: &mut Cx<'_>, held: &mut HeldAcks, journal: &Journal) -> Flow {
+        while let Some(&(ticket, _)) = held.queue.front() {
+            let status = if ticket == 0 {
+                TicketStatus::Durable
+            } else {
+                journal.status(ticket)
+            };
+            if status == TicketStatus::Pending {
+                break;
+            }
+            let Some((_, mut packet)) = held.queue.pop_front() else {
+                break;
+            };
+            if status == TicketStatus::Failed {
+                cx.broker.metrics.store_failures_answered.inc();
+                if !self.answer_failure(&mut packet) {
+                    let reason = ReasonCode::UnspecifiedError;
+                    return ControlFlow::Break(Close::new(reason, "store commit failed"));
+                }
+            }
+            self.send(cx, &packet);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Turns a held acknowledgement whose commit failed into a failure answer; false when
+    /// the client cannot be told (3.x PUBACK/PUBREC/UNSUBACK, any PUBREL/PUBCOMP).
+    fn answer_failure(&self, packet: &mut Packet) -> bool {
+        let v5 = self.version.is_v5();
+        match packet {
+            Packet::PubAck(a) | Packet::PubRec(a) if v5 => {
+                a.reason = ReasonCode::UnspecifiedError;
+                a.properties.reason_string = Some("could not store the message".into());
+            }
+            Packet::SubAck(s) => {
+                s.reasons
+                    .iter_mut()
+                    .for_each(|r| *r = ReasonCode::UnspecifiedError);
+            }
+            Packet::UnsubAck(u) if v5 => {
+                u.reasons
+                    .iter_mut()
+                    .for_each(|r| *r = ReasonCode::UnspecifiedError);
+            }
+            _ => return false,
+        }
+        if let Packet::PubRec(a) = packet {
+            self.session.lock().awaiting_rel.remove(&a.packet_id);
+        }
+        true
+    }
+
+    /// Journals `op` if the broker has a store and the session is persistent.
+    pub(super) fn journal_op(
+        &mut self,
+        cx: &Cx<'_>,
+        persisted: bool,
+        op: impl FnOnce() -> Op,
+    ) -> Option<u64> {
+        let p = cx.broker.persistence()?;
+        let ticket = persisted.then(|| p.journal.push(op()));
+        self.journaled(ticket);
+        ticket
+    }
+
+    /// Notes that this connection's work journaled up to `ticket`: while that is not
+    /// committed and the journal is at its bound, the client is not read.
+    pub(super) fn journaled(&mut self, ticket: Option<u64>) {
+        if let Some(t) = ticket {
+            let held = self.held_acks();
+            held.last_journaled = held.last_journaled.max(t);
+        }
+    }
+}

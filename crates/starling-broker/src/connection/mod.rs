@@ -1,0 +1,464 @@
+//! The per-connection protocol machine, sans-IO: everything one client connection does,
+//! without the socket and without a clock.
+//!
+//! ```text
+//!              CONNECT accepted            DISCONNECT, protocol error, keep-alive, takeover,
+//!  Connecting ─────────────────▶ Active ─────────────────────────────────────────────▶ Closed
+//!      │                           ▲      shutdown, or the transport lost
+//!      │ CONNECT names an          │ exchange succeeds
+//!      ▼ authentication method     │
+//!  Authenticating ─────────────────┘      (a refusal or failure goes to Closed from any state)
+//! ```
+//!
+//! Each state is its own type and handles only what can reach it: `Connecting` takes the
+//! CONNECT (`connecting.rs`), `Authenticating` the AUTH exchange (`enhanced.rs`), `Active`
+//! everything after CONNACK (`active.rs`, with the QoS flows in `publish.rs`, held
+//! acknowledgements in `held.rs`, SUBSCRIBE in `subscribe.rs`, outbound delivery in
+//! `deliver.rs`). The [`Connection`] dispatches once on its state.
+//!
+//! The I/O layer drives it with inputs and takes outputs as values:
+//! - `handle_input` (bytes read: decodes every whole packet), `handle_packet`,
+//!   `handle_timeout`, `handle_shutdown`, `handle_connection_lost`;
+//! - `poll_transmit` (bytes to write: answers, acknowledgements whose commit finished, queued
+//!   deliveries within the inflight window), `poll_timeout` (when to call `handle_timeout`),
+//!   `wants_input` (whether to read the client now), `is_closed` (flush what is left, then
+//!   close the transport).
+//!
+//! The current time comes in as an argument; the broker core ([`Broker`]) is passed in, not
+//! held. When the session has new deliveries, is taken over, or a commit it waits for
+//! finishes, the connection's [`Waker`] is called: the I/O layer then calls `poll_transmit`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use starling_proto::ReasonCode;
+use starling_proto::{ConnAck, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion};
+use tracing::{debug, warn};
+
+use crate::broker::{Broker, Ending};
+use crate::metrics::Metrics;
+use crate::wake::Waker;
+
+mod access;
+mod active;
+mod connecting;
+mod deliver;
+mod enhanced;
+mod held;
+mod publish;
+mod subscribe;
+
+pub use access::{ListenerAccess, PeerInfo};
+pub use enhanced::MAX_AUTH_STEPS;
+pub use held::HELD_LIMIT;
+
+/// `poll_transmit` stops adding queued deliveries once the caller's buffer holds this many
+/// bytes; the I/O layer writes them out and polls again. Bounds the per-connection write
+/// buffer (answers to what the client sent are always added; reading stops at this mark too).
+pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+
+/// Why a connection closed. Whatever CONNACK or DISCONNECT the client is owed is already in
+/// the output when the connection reaches `Closed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// The reason (for logs; sent to v5 clients where the spec says so).
+    pub reason: ReasonCode,
+    /// Human-readable detail for the log line.
+    pub detail: String,
+}
+
+impl Close {
+    fn new(reason: ReasonCode, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What a handler of an active connection leads to: go on, or close.
+type Flow = ControlFlow<Close>;
+
+/// A peer address for logs: the address, or `unknown`.
+#[derive(Debug, Clone, Copy)]
+struct PeerAddr(Option<SocketAddr>);
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+/// What a connection has in every state.
+#[derive(Debug)]
+struct Link {
+    /// Unique per broker; a session records the id of the connection that owns it.
+    id: u64,
+    /// The client's address, when known (logs, authenticators).
+    peer: Option<SocketAddr>,
+    /// Called when the session has work for this connection (see the module docs).
+    waker: Waker,
+    /// Encoded packets not yet handed to the I/O layer.
+    out: BytesMut,
+    /// When the connection was accepted (CONNECT timeout).
+    opened_at: Instant,
+    /// When the last packet arrived (keep-alive).
+    last_packet: Instant,
+    /// The listener's authentication and authorization; `None`: everything allowed.
+    access: Option<access::ConnAccess>,
+}
+
+impl Link {
+    fn peer(&self) -> PeerAddr {
+        PeerAddr(self.peer)
+    }
+
+    /// Encodes `packet` into the output, counted in `messages_sent`.
+    fn send(&mut self, metrics: &Metrics, version: ProtocolVersion, packet: &Packet) {
+        match starling_proto::encode(packet, version, &mut self.out) {
+            Ok(()) => metrics.messages_sent.inc(),
+            Err(e) => {
+                warn!(peer = %self.peer(), error = %e, "could not encode {:?}", packet.packet_type());
+            }
+        }
+    }
+}
+
+/// What every handler needs besides its state: the broker core, the connection-wide parts,
+/// and the current time.
+struct Cx<'a> {
+    broker: &'a Broker,
+    link: &'a mut Link,
+    now: Instant,
+}
+
+impl Cx<'_> {
+    /// Refuses a CONNECT: CONNACK with `reason` (and `properties`), logged. The caller goes to
+    /// `Closed` with the returned [`Close`].
+    fn refuse_connect(
+        &mut self,
+        version: ProtocolVersion,
+        reason: ReasonCode,
+        properties: Properties,
+        detail: &str,
+    ) -> Close {
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason,
+            properties,
+        });
+        self.link.send(&self.broker.metrics, version, &connack);
+        tracing::info!(peer = %self.link.peer(), protocol = version.level(), %reason, "connection refused: {detail}");
+        Close::new(reason, detail)
+    }
+}
+
+/// The connection's state; see the module docs.
+#[derive(Debug)]
+enum State {
+    /// Waiting for CONNECT.
+    Connecting,
+    /// CONNECT named an enhanced authentication method: AUTH packets until CONNACK.
+    Authenticating(Box<enhanced::Authenticating>),
+    /// CONNECT accepted: the session is attached.
+    Active(Box<active::Active>),
+    /// Done: flush the output and close the transport.
+    Closed(Box<Close>),
+}
+
+fn closed(close: Close) -> State {
+    State::Closed(Box::new(close))
+}
+
+/// One client connection's protocol state.
+#[derive(Debug)]
+pub struct Connection {
+    link: Link,
+    state: State,
+}
+
+/// `t + d`, or `None` if that is not representable (a deadline that never comes).
+fn deadline(t: Instant, d: Duration) -> Option<Instant> {
+    t.checked_add(d)
+}
+
+impl Connection {
+    /// A new connection from `peer`, awaiting CONNECT. `waker` is how the broker asks the I/O
+    /// layer to call [`Connection::poll_transmit`].
+    pub fn new(broker: &Broker, waker: Waker, peer: Option<SocketAddr>, now: Instant) -> Self {
+        Self {
+            link: Link {
+                id: broker.connection_id(),
+                peer,
+                waker,
+                out: BytesMut::new(),
+                opened_at: now,
+                last_packet: now,
+                access: None,
+            },
+            state: State::Connecting,
+        }
+    }
+
+    /// True once CONNECT was accepted (and until the connection closes).
+    pub fn is_active(&self) -> bool {
+        matches!(self.state, State::Active(_))
+    }
+
+    /// True once the connection is done: the I/O layer flushes what `poll_transmit` still
+    /// gives and closes the transport.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed(_))
+    }
+
+    /// Why the connection closed, once it has.
+    pub fn close_reason(&self) -> Option<&Close> {
+        match &self.state {
+            State::Closed(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The protocol level incoming packets are decoded with.
+    fn version(&self) -> ProtocolVersion {
+        match &self.state {
+            State::Active(a) => a.version(),
+            State::Authenticating(_) => ProtocolVersion::V5,
+            State::Connecting | State::Closed(_) => ProtocolVersion::V311,
+        }
+    }
+
+    /// Limits for decoding the next packet: tighter before CONNECT.
+    fn decode_limits(&self, broker: &Broker) -> DecodeLimits {
+        let l = &broker.limits;
+        DecodeLimits {
+            max_packet_size: match self.state {
+                State::Active(_) => l.max_packet_size,
+                _ => l.max_connect_packet_size,
+            },
+            max_topic_levels: l.max_topic_levels,
+            max_user_properties: l.max_user_properties,
+        }
+    }
+
+    /// Decodes and handles every whole packet in `buf` (bytes read from the client), leaving
+    /// a partial packet in place. Stops early when the client's publish rate says to wait
+    /// (`wants_input` is then false until `poll_timeout`) or when the connection closes.
+    pub fn handle_input(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut) {
+        loop {
+            match &mut self.state {
+                State::Closed(_) => return,
+                State::Active(a) => {
+                    if a.throttled(broker, now) {
+                        return;
+                    }
+                }
+                State::Connecting | State::Authenticating(_) => {}
+            }
+            let limits = self.decode_limits(broker);
+            match starling_proto::decode(buf, self.version(), &limits) {
+                Ok(Some(packet)) => self.handle_packet(broker, now, packet),
+                Ok(None) => return,
+                Err(e) => return self.handle_decode_error(broker, now, &e),
+            }
+        }
+    }
+
+    /// Handles one packet from the client.
+    pub fn handle_packet(&mut self, broker: &Broker, now: Instant, packet: Packet) {
+        broker.metrics.messages_received.inc();
+        self.link.last_packet = now;
+        let mut cx = Cx {
+            broker,
+            link: &mut self.link,
+            now,
+        };
+        match &mut self.state {
+            State::Active(a) => {
+                if let ControlFlow::Break(close) = a.on_packet(&mut cx, packet) {
+                    self.close(broker, now, close, None);
+                }
+            }
+            State::Closed(_) => {}
+            State::Connecting | State::Authenticating(_) => {
+                let state = std::mem::replace(&mut self.state, State::Connecting);
+                self.state = match state {
+                    State::Connecting => connecting::on_packet(&mut cx, packet),
+                    State::Authenticating(a) => a.on_packet(&mut cx, packet),
+                    other => other,
+                };
+            }
+        }
+    }
+
+    /// Bytes that cannot be decoded: answered as the spec says, then closed.
+    fn handle_decode_error(&mut self, broker: &Broker, now: Instant, err: &DecodeError) {
+        broker.metrics.protocol_errors.inc();
+        let reason = err.reason_code();
+        let close = Close::new(reason, err.to_string());
+        let mut cx = Cx {
+            broker,
+            link: &mut self.link,
+            now,
+        };
+        match &mut self.state {
+            State::Connecting => {
+                if let Some(code) = err.v3_connack_code() {
+                    // Unsupported protocol level: a 3.1.1-format CONNACK 0x01 (what every
+                    // client version can read), then close.
+                    let reason = ReasonCode::from_v3_connack(code).unwrap_or(reason);
+                    let version = ProtocolVersion::V311;
+                    cx.refuse_connect(version, reason, Properties::default(), &close.detail);
+                }
+            }
+            State::Authenticating(_) => {
+                let v5 = ProtocolVersion::V5;
+                cx.refuse_connect(v5, reason, Properties::default(), &close.detail);
+            }
+            State::Active(a) => a.send_disconnect(&mut cx, reason, &close.detail),
+            State::Closed(_) => return,
+        }
+        self.close(broker, now, close, None);
+    }
+
+    /// When [`Connection::handle_timeout`] must next be called: the CONNECT timeout, the
+    /// keep-alive, a re-authentication's deadline, or the end of a publish-rate pause.
+    pub fn poll_timeout(&self, broker: &Broker) -> Option<Instant> {
+        match &self.state {
+            State::Connecting | State::Authenticating(_) => {
+                let limit = Duration::from_secs(broker.limits.connect_timeout_secs);
+                deadline(self.link.opened_at, limit)
+            }
+            State::Active(a) => a.poll_timeout(&self.link),
+            State::Closed(_) => None,
+        }
+    }
+
+    /// Enforces the CONNECT timeout, keep-alive (1.5x, spec 3.1.2.10) and re-authentication
+    /// deadline, and ends a publish-rate pause that is over.
+    pub fn handle_timeout(&mut self, broker: &Broker, now: Instant) {
+        let mut cx = Cx {
+            broker,
+            link: &mut self.link,
+            now,
+        };
+        let close = match &mut self.state {
+            State::Active(a) => match a.on_timeout(&mut cx) {
+                ControlFlow::Break(close) => close,
+                ControlFlow::Continue(()) => return,
+            },
+            State::Closed(_) => return,
+            State::Connecting | State::Authenticating(_) => {
+                let limit = Duration::from_secs(broker.limits.connect_timeout_secs);
+                if deadline(self.link.opened_at, limit).is_none_or(|d| now < d) {
+                    return;
+                }
+                let detail = match self.state {
+                    State::Authenticating(_) => "authentication not completed in time",
+                    _ => "no CONNECT in time",
+                };
+                Close::new(ReasonCode::MaximumConnectTime, detail)
+            }
+        };
+        self.close(broker, now, close, None);
+    }
+
+    /// Whether the I/O layer should read from the client now. False while the client's
+    /// publish rate pauses it (until `poll_timeout`), while too many acknowledgements wait
+    /// for the store, or while the store is behind and this client feeds it; in the last two
+    /// cases the waker fires once reading may go on. Ask once per wait: the committer changes
+    /// the answer concurrently.
+    pub fn wants_input(&mut self, broker: &Broker, now: Instant) -> bool {
+        let mut cx = Cx {
+            broker,
+            link: &mut self.link,
+            now,
+        };
+        match &mut self.state {
+            State::Active(a) => a.wants_input(&mut cx),
+            State::Connecting | State::Authenticating(_) => true,
+            State::Closed(_) => false,
+        }
+    }
+
+    /// Appends what there is to send to `buf`: answers to what the client sent,
+    /// acknowledgements whose commit finished, then queued deliveries within the inflight
+    /// window until `buf` holds [`OUTPUT_HIGH_WATER`] bytes. Call it whenever the waker fires
+    /// and after every input while `buf` is below the mark. Detects a takeover (closing with
+    /// DISCONNECT 0x8E for v5).
+    pub fn poll_transmit(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut) {
+        let mut cx = Cx {
+            broker,
+            link: &mut self.link,
+            now,
+        };
+        if let State::Active(a) = &mut self.state {
+            let room = OUTPUT_HIGH_WATER.saturating_sub(buf.len());
+            if let ControlFlow::Break(close) = a.transmit(&mut cx, room) {
+                self.close(broker, now, close, None);
+            }
+        }
+        let out = &mut self.link.out;
+        if out.is_empty() {
+            return;
+        }
+        if buf.is_empty() {
+            std::mem::swap(buf, out);
+        } else {
+            buf.extend_from_slice(out);
+            out.clear();
+        }
+    }
+
+    /// The broker is shutting down: a v5 client is told (DISCONNECT 0x8B); the session is
+    /// kept and the will is not sent.
+    pub fn handle_shutdown(&mut self, broker: &Broker, now: Instant) {
+        let close = Close::new(ReasonCode::ServerShuttingDown, "server shutting down");
+        if let State::Active(a) = &mut self.state {
+            let mut cx = Cx {
+                broker,
+                link: &mut self.link,
+                now,
+            };
+            a.send_disconnect(&mut cx, close.reason, &close.detail);
+        }
+        self.close(broker, now, close, Some(Ending::Shutdown));
+    }
+
+    /// The transport is gone (closed by the peer, an I/O error, or the task ended without
+    /// the connection closing): an active connection ends abnormally (its will goes out).
+    pub fn handle_connection_lost(&mut self, broker: &Broker, now: Instant) {
+        let close = Close::new(ReasonCode::UnspecifiedError, "connection lost");
+        self.close(broker, now, close, None);
+    }
+
+    /// Goes to `Closed`: an active connection detaches its session (will, expiry, shared
+    /// hand-over per `ending`, or what the client's DISCONNECT said) and logs the line.
+    fn close(&mut self, broker: &Broker, now: Instant, close: Close, ending: Option<Ending>) {
+        let state = std::mem::replace(&mut self.state, State::Connecting);
+        match state {
+            State::Active(a) => {
+                let mut cx = Cx {
+                    broker,
+                    link: &mut self.link,
+                    now,
+                };
+                a.end(&mut cx, &close, ending);
+            }
+            State::Connecting | State::Authenticating(_) => {
+                debug!(peer = %self.link.peer(), reason = %close.reason, "connection closed before CONNACK: {}", close.detail);
+            }
+            State::Closed(done) => {
+                self.state = State::Closed(done);
+                return;
+            }
+        }
+        self.state = closed(close);
+    }
+}
