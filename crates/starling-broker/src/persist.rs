@@ -125,11 +125,18 @@ impl Journal {
 
     /// Appends an op; returns its ticket.
     pub fn push(&self, op: Op) -> u64 {
-        let weight = op.weight();
+        self.push_all(std::iter::once(op))
+    }
+
+    /// Appends ops in order under one lock; returns the ticket of the last (the last ticket
+    /// so far if there are none).
+    pub fn push_all(&self, ops: impl IntoIterator<Item = Op>) -> u64 {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.last += 1;
-        p.ops.push(op);
-        p.bytes += weight;
+        for op in ops {
+            p.bytes += op.weight();
+            p.last += 1;
+            p.ops.push(op);
+        }
         self.bytes.store(p.bytes, Ordering::Relaxed);
         let t = p.last;
         let wake = p.wake_at.is_some_and(|at| p.bytes >= at);
@@ -248,6 +255,56 @@ impl Journal {
         } else {
             TicketStatus::Durable
         }
+    }
+}
+
+/// Store operations that state changes imply, in the order they must be applied. Session
+/// and registry methods that change persistent state add to it; only [`Broker::persist`]
+/// takes them to the journal, so "what is written" and "where it is written" each have one
+/// place. Without a store (durability `memory`) nothing is recorded and no record is encoded.
+///
+/// [`Broker::persist`]: crate::Broker::persist
+#[derive(Debug)]
+pub struct Ops<'a> {
+    /// The clock records keep absolute times with; `None`: there is no store.
+    clock: Option<&'a WallClock>,
+    ops: Vec<Op>,
+}
+
+impl<'a> Ops<'a> {
+    /// Ops for the broker's store, if it has one.
+    pub fn new(persistence: Option<&'a Persistence>) -> Self {
+        Self {
+            clock: persistence.map(|p| &p.clock),
+            ops: Vec::new(),
+        }
+    }
+
+    /// Whether there is a store to record for.
+    pub fn enabled(&self) -> bool {
+        self.clock.is_some()
+    }
+
+    /// Records the op `make` builds, if there is a store (it is not built otherwise).
+    pub fn push(&mut self, make: impl FnOnce(&WallClock) -> Op) {
+        if let Some(clock) = self.clock {
+            self.ops.push(make(clock));
+        }
+    }
+
+    /// Nothing recorded.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The ops recorded so far, taking them.
+    pub(crate) fn take(&mut self) -> Vec<Op> {
+        std::mem::take(&mut self.ops)
+    }
+
+    /// The ops recorded so far (tests and the harness look at them).
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
     }
 }
 

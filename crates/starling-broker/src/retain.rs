@@ -1,8 +1,11 @@
 //! Retained messages (spec 3.3.1.3): one per topic, set by a PUBLISH with RETAIN, cleared by an
-//! empty payload, handed to new subscriptions whose filter matches. Stored in a trie over topic
-//! levels so a wildcard subscription visits only the branches it can match.
+//! empty payload, handed to new subscriptions whose filter matches. [`RetainStore`] is the seam
+//! (a cluster replaces it with a replicated store); [`RetainTree`], the single-node store, keeps
+//! them in a trie over topic levels so a wildcard subscription visits only the branches it can
+//! match.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -25,14 +28,39 @@ pub enum RetainOutcome {
     Full,
 }
 
-/// The retained-message store.
+/// Where retained messages live: at most one per topic, bounded in number.
+pub trait RetainStore: Send + Sync + fmt::Debug {
+    /// Sets, replaces or clears (empty payload) the retained message of `msg.topic`. A new
+    /// topic is refused once `max` messages are stored.
+    fn set(&self, msg: Arc<Message>, max: usize) -> RetainOutcome;
+    /// Every unexpired retained message matching `filter` (an unshared filter).
+    fn matching(&self, filter: &[u8], now: Instant) -> Vec<Arc<Message>>;
+    /// Number of retained messages.
+    fn count(&self) -> usize;
+}
+
+/// The single-node retained-message store: a trie over topic levels.
 #[derive(Debug, Default)]
-pub struct RetainStore {
+pub struct RetainTree {
     root: RwLock<Node>,
     count: std::sync::atomic::AtomicUsize,
 }
 
-impl RetainStore {
+impl RetainStore for RetainTree {
+    fn set(&self, msg: Arc<Message>, max: usize) -> RetainOutcome {
+        RetainTree::set(self, msg, max)
+    }
+
+    fn matching(&self, filter: &[u8], now: Instant) -> Vec<Arc<Message>> {
+        RetainTree::matching(self, filter, now)
+    }
+
+    fn count(&self) -> usize {
+        RetainTree::count(self)
+    }
+}
+
+impl RetainTree {
     /// Sets, replaces or clears the retained message of `msg.topic`. A new topic is refused
     /// once `max` messages are stored.
     pub fn set(&self, msg: Arc<Message>, max: usize) -> RetainOutcome {
@@ -154,7 +182,7 @@ mod tests {
         ))
     }
 
-    fn topics(store: &RetainStore, filter: &str) -> Vec<String> {
+    fn topics(store: &RetainTree, filter: &str) -> Vec<String> {
         let mut v: Vec<String> = store
             .matching(filter.as_bytes(), Instant::now())
             .iter()
@@ -166,7 +194,7 @@ mod tests {
 
     #[test]
     fn set_replace_clear_and_match() {
-        let s = RetainStore::default();
+        let s = RetainTree::default();
         for t in ["a", "a/b", "a/b/c", "a/x/c", "$SYS/up", "/lead"] {
             assert_eq!(s.set(msg(t, "1"), 100), RetainOutcome::Stored);
         }
@@ -187,7 +215,7 @@ mod tests {
 
     #[test]
     fn bounded() {
-        let s = RetainStore::default();
+        let s = RetainTree::default();
         assert_eq!(s.set(msg("a", "1"), 1), RetainOutcome::Stored);
         assert_eq!(s.set(msg("b", "1"), 1), RetainOutcome::Full);
         assert_eq!(s.set(msg("a", "2"), 1), RetainOutcome::Stored);

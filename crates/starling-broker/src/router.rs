@@ -1,17 +1,21 @@
-//! The subscription index: a trie over topic levels with `+` and `#` branches, plain
-//! subscribers and shared-subscription groups at each node, and matching of a topic name to
-//! every subscriber it reaches.
+//! The subscription index. [`RouteTable`] is the seam: filter to local subscribers and, in a
+//! cluster, to the other nodes that have subscribers (a cluster replaces the table with one
+//! that knows the remote routes). [`Router`], the single-node table, is a trie over topic
+//! levels with `+` and `#` branches, plain subscribers and shared-subscription groups at each
+//! node, and matching of a topic name to every subscriber it reaches.
 //!
 //! Matching walks the trie level by level (cost grows with topic depth, not with the number
 //! of subscriptions) under a read lock, so publishers never wait for each other; subscribe and
 //! unsubscribe take the write lock briefly.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use starling_proto::{SubscriptionOptions, TopicFilter};
 
+use crate::forward::NodeId;
 use crate::message::ShareKey;
 use crate::session::Session;
 
@@ -58,11 +62,65 @@ impl Node {
 pub enum Target<'a> {
     /// A plain subscription.
     Plain(&'a Subscriber),
-    /// A shared group; the caller picks a member with [`Router::pick_member`]-like logic.
+    /// A shared group: the caller picks one member, taking turns with the counter.
     Shared(&'a [Subscriber], &'a Arc<ShareKey>, &'a AtomicUsize),
+    /// Another node of a cluster has subscribers for the topic: the message is handed to it
+    /// once (see `Forwarder`), and it routes the message to them.
+    Remote(NodeId),
 }
 
-/// The subscription index.
+/// Filter to subscribers: what routing a publish asks, and what SUBSCRIBE and UNSUBSCRIBE
+/// change. Implementations must let publishers match concurrently and must not call back
+/// into the broker while matching.
+pub trait RouteTable: Send + Sync + fmt::Debug {
+    /// Adds or replaces `session`'s subscription to `filter`. Returns true if it existed.
+    fn subscribe(
+        &self,
+        filter: &TopicFilter,
+        session: &Arc<Session>,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> bool;
+    /// Removes `session`'s subscription to `filter`. Returns true if it existed.
+    fn unsubscribe(&self, filter: &TopicFilter, session: &Arc<Session>) -> bool;
+    /// Hands every subscription matching `topic` to `f` at once. `f` must not subscribe or
+    /// unsubscribe (the table may hold a lock while it runs).
+    fn route(&self, topic: &[u8], f: &mut dyn FnMut(&[Target<'_>]));
+    /// Number of subscriptions (shared ones included).
+    fn count(&self) -> usize;
+    /// Number of shared subscriptions.
+    fn shared_count(&self) -> usize;
+}
+
+impl RouteTable for Router {
+    fn subscribe(
+        &self,
+        filter: &TopicFilter,
+        session: &Arc<Session>,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> bool {
+        Router::subscribe(self, filter, session, options, id)
+    }
+
+    fn unsubscribe(&self, filter: &TopicFilter, session: &Arc<Session>) -> bool {
+        Router::unsubscribe(self, filter, session)
+    }
+
+    fn route(&self, topic: &[u8], f: &mut dyn FnMut(&[Target<'_>])) {
+        self.with_matches(topic, |targets| f(targets));
+    }
+
+    fn count(&self) -> usize {
+        Router::count(self)
+    }
+
+    fn shared_count(&self) -> usize {
+        Router::shared_count(self)
+    }
+}
+
+/// The single-node subscription index.
 #[derive(Debug, Default)]
 pub struct Router {
     root: RwLock<Node>,
@@ -322,8 +380,9 @@ mod tests {
     fn matches(r: &Router, topic: &str) -> Vec<String> {
         let mut out = Vec::new();
         r.for_each_match(topic.as_bytes(), |t| match t {
-            Target::Plain(s) => out.push(s.session.client_id.to_string()),
+            Target::Plain(s) => out.push(s.session.client_id().to_string()),
             Target::Shared(m, k, _) => out.push(format!("{}:{}", k.group, m.len())),
+            Target::Remote(n) => out.push(format!("node {n}")),
         });
         out.sort();
         out

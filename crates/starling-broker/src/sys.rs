@@ -99,12 +99,12 @@ pub fn messages(b: &Broker, disconnected: u64, loads: &Loads, now: Instant) -> V
     let m = &b.metrics;
     let connected = m.clients_connected.get();
     let mut items: Vec<(String, String)> = vec![
-        ("version".into(), b.version.clone()),
+        ("version".into(), b.version().to_string()),
         (
             "uptime".into(),
             format!(
                 "{} seconds",
-                now.saturating_duration_since(b.started).as_secs()
+                now.saturating_duration_since(b.started()).as_secs()
             ),
         ),
         ("clients/connected".into(), connected.to_string()),
@@ -142,14 +142,17 @@ pub fn messages(b: &Broker, disconnected: u64, loads: &Loads, now: Instant) -> V
         ),
         ("bytes/received".into(), m.bytes_received.get().to_string()),
         ("bytes/sent".into(), m.bytes_sent.get().to_string()),
-        ("subscriptions/count".into(), b.router.count().to_string()),
+        (
+            "subscriptions/count".into(),
+            b.subscription_count().to_string(),
+        ),
         (
             "shared_subscriptions/count".into(),
-            b.router.shared_count().to_string(),
+            b.shared_subscription_count().to_string(),
         ),
         (
             "retained messages/count".into(),
-            b.retained.count().to_string(),
+            b.retained_count().to_string(),
         ),
         (
             "security/auth/refused".into(),

@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
         "{{\"sessions\":{},\"messages\":{},\"store_bytes\":{size},\"write_s\":{write_s:.2},\"open_s\":{opened:.3},\"load_s\":{loaded:.2},\"startup_s\":{total:.2},\"subscriptions\":{},\"peak_rss_kb\":\"{peak_rss_kb}\"}}",
         restored.sessions,
         restored.messages,
-        broker.router.count()
+        broker.subscription_count()
     );
     Ok(())
 }

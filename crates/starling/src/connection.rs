@@ -99,15 +99,13 @@ impl Client {
     /// A new connection from `peer`, checked by `access` (the listener's authentication and
     /// authorization) with what the transport knows about the peer.
     pub fn new(
-        broker: &Broker,
         peer: SocketAddr,
         now: Instant,
         access: Arc<ListenerAccess>,
         info: PeerInfo,
     ) -> Self {
         let waker = TaskWaker::new();
-        let conn =
-            Connection::new(broker, waker.clone(), Some(peer), now).with_access(access, info);
+        let conn = Connection::new(waker.clone(), Some(peer), now).with_access(access, info);
         Self { conn, waker }
     }
 }

@@ -499,7 +499,7 @@ fn tcp_connection(
         addr: Some(peer),
         certificate_identity: None,
     };
-    let client = Client::new(broker, peer, Instant::now(), rt.access.clone(), info);
+    let client = Client::new(peer, Instant::now(), rt.access.clone(), info);
     let options = StreamOptions {
         flush: false,
         slow_connect: rt.slow_connect,
@@ -538,7 +538,7 @@ async fn handle(
         flush: rt.protocol != Protocol::Tcp,
         slow_connect: rt.slow_connect,
     };
-    let conn = |info: PeerInfo| Client::new(&broker, peer, opened, rt.access.clone(), info);
+    let conn = |info: PeerInfo| Client::new(peer, opened, rt.access.clone(), info);
     macro_rules! handshake {
         ($what:literal, $fut:expr) => {{
             let result = tokio::select! {

@@ -238,7 +238,7 @@ async fn retained_set_replace_clear() {
     let p = late.publish().await;
     assert_eq!((p.topic.as_str(), &p.payload[..]), ("r/2", &b"other"[..]));
     late.no_publish(Duration::from_millis(300)).await;
-    assert_eq!(server.broker().retained.count(), 1);
+    assert_eq!(server.broker().retained_count(), 1);
     server.shutdown().await;
 }
 

@@ -886,7 +886,7 @@ impl Machine {
             authorizer: None,
             enhanced: vec![Arc::new(TestMethod)],
         };
-        let conn = Connection::new(&broker, starling_broker::wake::Flag::new(), None, now)
+        let conn = Connection::new(starling_broker::wake::Flag::new(), None, now)
             .with_access(Arc::new(access), PeerInfo::default());
         Self { broker, conn, now }
     }

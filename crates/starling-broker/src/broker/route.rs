@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use starling_store::Op;
 
 use super::Broker;
+use crate::forward::NodeId;
 use crate::message::{Delivery, Message};
+use crate::persist::{Ops, retained_record};
 use crate::retain::RetainOutcome;
 use crate::router::{Subscriber, Target};
 use crate::session::Session;
@@ -16,120 +18,114 @@ use crate::session::Session;
 /// What became of a publish.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Routed {
-    /// Sessions that accepted a delivery.
+    /// Sessions on this node that accepted a delivery.
     pub reached: usize,
+    /// Other nodes the message was handed to.
+    pub forwarded: usize,
     /// What became of the retained copy, if RETAIN was set.
     pub retained: Option<RetainOutcome>,
-    /// Journal ticket of the last store write the publish caused.
-    pub ticket: Option<u64>,
 }
 
 impl Broker {
-    pub(super) fn note_ticket(ticket: &mut Option<u64>, t: Option<u64>) {
-        if let Some(t) = t {
-            *ticket = Some(ticket.map_or(t, |old| old.max(t)));
-        }
-    }
-
     /// Routes a message: stores or clears it as retained if RETAIN is set, then queues it for
     /// every matching session (one delivery per session, overlapping subscriptions merged:
-    /// highest QoS, every subscription identifier). Returns how many sessions it reached,
-    /// what became of the retained copy, and the journal ticket of what it stored.
-    pub fn publish(&self, msg: Arc<Message>) -> Routed {
-        let mut ticket = None;
-        let retained = msg.retain.then(|| {
-            let outcome = self
-                .retained
-                .set(msg.clone(), self.limits.max_retained_messages);
-            match outcome {
-                RetainOutcome::Full => self.metrics.retained_refused.inc(),
-                RetainOutcome::Stored | RetainOutcome::Cleared => {
-                    if let Some(p) = &self.persist {
-                        let topic = msg.topic.as_str().to_string();
-                        let op = if outcome == RetainOutcome::Cleared {
-                            Op::DeleteRetained(topic)
-                        } else {
-                            Op::PutRetained(topic, crate::persist::retained_record(&msg, &p.clock))
-                        };
-                        ticket = Some(p.journal.push(op));
-                    }
-                }
-            }
-            outcome
-        });
+    /// highest QoS, every subscription identifier), one member of each matching shared group,
+    /// and hands it once to each other node with subscribers. What it stores goes into `ops`
+    /// (the caller persists them, then acknowledges).
+    pub fn publish(&self, msg: Arc<Message>, ops: &mut Ops<'_>) -> Routed {
+        let retained = msg.retain.then(|| self.retain(&msg, ops));
         let ctx = self.ctx();
         let publisher = msg.publisher.as_deref();
-        let (reached, deliveries_ticket) =
-            self.router.with_matches(msg.topic.as_bytes(), |targets| {
-                let mut reached = 0usize;
-                let mut ticket = None;
+        let mut reached = 0usize;
+        let mut remote: Vec<NodeId> = Vec::new();
+        self.seams
+            .routes
+            .route(msg.topic.as_bytes(), &mut |targets| {
                 let mut deliver = |session: &Session, d: Delivery| {
-                    let (accepted, t) = session.deliver(d, &ctx);
-                    reached += usize::from(accepted);
-                    Self::note_ticket(&mut ticket, t);
+                    reached += usize::from(session.deliver(d, &ctx, ops));
                 };
                 // Plain subscriptions: one delivery per session, overlapping subscriptions merged.
                 let mut plain: Vec<&Subscriber> = targets
                     .iter()
                     .filter_map(|t| match t {
                         Target::Plain(s) => Some(*s),
-                        Target::Shared(..) => None,
+                        Target::Shared(..) | Target::Remote(_) => None,
                     })
-                    .filter(|s| !(s.options.no_local && publisher == Some(&*s.session.client_id)))
+                    .filter(|s| {
+                        !(s.options.no_local && publisher == Some(&**s.session.client_id()))
+                    })
                     .collect();
                 if plain.len() > 1 {
                     plain.sort_by_key(|s| Arc::as_ptr(&s.session) as usize);
                 }
                 let mut i = 0;
                 while let Some(first) = plain.get(i) {
-                    let mut qos = msg.qos.min(first.options.qos);
-                    let mut rap = first.options.retain_as_published;
-                    let mut sub_ids: Vec<u32> = first.id.into_iter().collect();
-                    let mut j = i + 1;
-                    while let Some(other) = plain.get(j) {
-                        if !Arc::ptr_eq(&first.session, &other.session) {
-                            break;
-                        }
-                        qos = qos.max(msg.qos.min(other.options.qos));
-                        rap |= other.options.retain_as_published;
-                        sub_ids.extend(other.id);
-                        j += 1;
-                    }
-                    let d = Delivery {
-                        msg: msg.clone(),
-                        qos,
-                        retain: rap && msg.retain,
-                        sub_ids,
-                        share: None,
-                        seq: 0,
-                    };
-                    deliver(&first.session, d);
-                    i = j;
+                    let same = plain.get(i..).unwrap_or_default();
+                    let n = same
+                        .iter()
+                        .take_while(|o| Arc::ptr_eq(&o.session, &first.session))
+                        .count();
+                    deliver(
+                        &first.session,
+                        merged(&msg, same.get(..n).unwrap_or_default()),
+                    );
+                    i += n.max(1);
                 }
-                // Shared groups: one member each.
                 for t in targets {
-                    if let Target::Shared(members, key, next) = t
-                        && let Some(m) = pick_member(members, next, None)
-                    {
-                        let d = Delivery {
-                            msg: msg.clone(),
-                            qos: msg.qos.min(m.options.qos),
-                            retain: m.options.retain_as_published && msg.retain,
-                            sub_ids: m.id.into_iter().collect(),
-                            share: Some((*key).clone()),
-                            seq: 0,
-                        };
-                        deliver(&m.session, d);
+                    match t {
+                        // Shared groups: one member each.
+                        Target::Shared(members, key, next) => {
+                            if let Some(m) = pick_member(members, next, None) {
+                                let d = Delivery {
+                                    msg: msg.clone(),
+                                    qos: msg.qos.min(m.options.qos),
+                                    retain: m.options.retain_as_published && msg.retain,
+                                    sub_ids: m.id.into_iter().collect(),
+                                    share: Some((*key).clone()),
+                                    seq: 0,
+                                };
+                                deliver(&m.session, d);
+                            }
+                        }
+                        Target::Remote(node) if !remote.contains(node) => remote.push(*node),
+                        Target::Plain(_) | Target::Remote(_) => {}
                     }
                 }
-                (reached, ticket)
             });
-        Self::note_ticket(&mut ticket, deliveries_ticket);
+        // Outside the route table's lock: forwarding is the forwarder's business.
+        for node in &remote {
+            self.seams.forwarder.forward(*node, &msg);
+        }
         Routed {
             reached,
+            forwarded: remote.len(),
             retained,
-            ticket,
         }
+    }
+
+    /// Routes a message the broker made itself (a will, `$SYS`) and persists what it stored.
+    pub(super) fn publish_and_persist(&self, msg: Arc<Message>) -> Routed {
+        let mut ops = self.ops();
+        let routed = self.publish(msg, &mut ops);
+        self.persist(&mut ops);
+        routed
+    }
+
+    /// Sets, replaces or clears the retained copy of a message, and records it for the store.
+    fn retain(&self, msg: &Arc<Message>, ops: &mut Ops<'_>) -> RetainOutcome {
+        let max = self.limits.max_retained_messages;
+        let outcome = self.seams.retained.set(msg.clone(), max);
+        match outcome {
+            RetainOutcome::Full => self.metrics.retained_refused.inc(),
+            RetainOutcome::Cleared => {
+                ops.push(|_| Op::DeleteRetained(msg.topic.as_str().to_string()));
+            }
+            RetainOutcome::Stored => {
+                let topic = msg.topic.as_str().to_string();
+                ops.push(|clock| Op::PutRetained(topic, retained_record(msg, clock)));
+            }
+        }
+        outcome
     }
 
     /// Hands a delivery that came through a shared subscription to another member of its
@@ -137,20 +133,48 @@ impl Broker {
     pub(super) fn redistribute(&self, d: Delivery, from: &Arc<Session>) {
         let Some(key) = d.share.clone() else { return };
         let mut target = None;
-        self.router.for_each_match(d.msg.topic.as_bytes(), |t| {
-            if let Target::Shared(members, k, next) = t
-                && target.is_none()
-                && **k == *key
-            {
-                target = pick_member(members, next, Some(from)).map(|m| m.session.clone());
-            }
-        });
+        self.seams
+            .routes
+            .route(d.msg.topic.as_bytes(), &mut |targets| {
+                for t in targets {
+                    if let Target::Shared(members, k, next) = t
+                        && target.is_none()
+                        && ***k == *key
+                    {
+                        target = pick_member(members, next, Some(from)).map(|m| m.session.clone());
+                    }
+                }
+            });
         let to = target.unwrap_or_else(|| from.clone());
         let mut d = d;
         if Arc::ptr_eq(&to, from) {
             d.share = None;
         }
-        to.deliver(d, &self.ctx());
+        let mut ops = self.ops();
+        to.deliver(d, &self.ctx(), &mut ops);
+        self.persist(&mut ops);
+    }
+}
+
+/// One delivery for a session that several matching subscriptions (`subs`, all of that
+/// session) reach: the highest granted QoS, Retain As Published if any asks for it, and every
+/// subscription identifier.
+fn merged(msg: &Arc<Message>, subs: &[&Subscriber]) -> Delivery {
+    let mut qos = starling_proto::QoS::AtMostOnce;
+    let mut rap = false;
+    let mut sub_ids = Vec::new();
+    for s in subs {
+        qos = qos.max(msg.qos.min(s.options.qos));
+        rap |= s.options.retain_as_published;
+        sub_ids.extend(s.id);
+    }
+    Delivery {
+        msg: msg.clone(),
+        qos,
+        retain: rap && msg.retain,
+        sub_ids,
+        share: None,
+        seq: 0,
     }
 }
 

@@ -20,6 +20,9 @@ use crate::session::Session;
 #[derive(Debug)]
 pub(super) struct Active {
     pub(super) session: Arc<Session>,
+    /// The epoch of this connection's claim on the session: it owns the session while the
+    /// session says so (`Locked::is_owned_by`).
+    pub(super) epoch: u64,
     pub(super) client_id: Arc<str>,
     /// Authenticated username (`None`: anonymous), for authorization.
     pub(super) username: Option<Arc<str>>,
@@ -137,7 +140,7 @@ impl Active {
                     .protocol_error(cx, "session expiry set on DISCONNECT after 0 in CONNECT");
             }
             let max = cx.broker.limits.max_session_expiry_secs;
-            self.session.lock().expiry_secs = expiry.min(max);
+            self.session.lock().set_expiry(expiry.min(max));
         }
         self.ending = if d.reason == ReasonCode::DisconnectWithWill {
             Ending::WithWill
@@ -219,7 +222,7 @@ impl Active {
     pub(super) fn end(&self, cx: &mut Cx<'_>, close: &Close, ending: Option<Ending>) {
         let ending = ending.unwrap_or(self.ending);
         cx.broker
-            .disconnect(&self.session, cx.link.id, ending, cx.now);
+            .disconnect(&self.session, self.epoch, ending, cx.now);
         cx.broker.metrics.clients_connected.dec();
         info!(
             client_id = %self.client_id,

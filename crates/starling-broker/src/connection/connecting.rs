@@ -216,7 +216,20 @@ pub(super) fn accept(
         expiry_secs: terms.expiry_secs,
         will,
     };
-    let attached = broker.connect(cx.link.id, cx.link.waker.clone(), request, cx.now);
+    let Some(attached) = broker.connect(cx.link.waker.clone(), request, cx.now) else {
+        // Other connections kept claiming this client id meanwhile.
+        let reason = if v5 {
+            ReasonCode::ServerBusy
+        } else {
+            ReasonCode::ServerUnavailable
+        };
+        return refuse(
+            cx,
+            version,
+            reason,
+            "client id claimed concurrently, try again",
+        );
+    };
     let m = &broker.metrics;
     m.clients_connected.inc();
     m.connections_total.inc();
@@ -226,6 +239,7 @@ pub(super) fn accept(
     let rate = limits.max_publish_rate;
     let mut active = Box::new(Active {
         session: attached.session,
+        epoch: attached.epoch,
         client_id: negotiated.client_id.clone(),
         username,
         version,

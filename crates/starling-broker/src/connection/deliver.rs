@@ -8,101 +8,89 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use starling_proto::{Packet, ProtocolVersion, PubAck, QoS, ReasonCode, TopicName};
-use starling_store::{MessagePhase, Op};
 use tracing::debug;
 
 use super::active::Active;
 use super::{Close, Cx, Flow, access};
 use crate::message::Delivery;
-use crate::session::{Inflight, Phase};
+use crate::session::Phase;
 
 impl Active {
     /// Moves queued messages into the output, as far as the inflight window and `room`
     /// bytes allow. Detects a takeover (answered with DISCONNECT 0x8E for v5).
     pub(super) fn pump(&mut self, cx: &mut Cx<'_>, room: usize) -> Flow {
-        let metrics = &cx.broker.metrics;
-        let now = cx.now;
+        let broker = cx.broker;
         let session = self.session.clone();
+        let mut ops = broker.ops();
         let mut st = session.lock();
-        if st.owner != Some(cx.link.id) || st.ended {
+        if !st.is_owned_by(self.epoch) {
             drop(st);
             let reason = ReasonCode::SessionTakenOver;
             self.send_disconnect(cx, reason, "session taken over");
             return ControlFlow::Break(Close::new(reason, "session taken over"));
         }
         while cx.link.out.len() < room {
-            let Some(front) = st.queue.front() else { break };
-            if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.window {
+            let Some(d) = st.next_delivery(self.window) else {
                 break;
-            }
-            let Some(d) = st.pop_queued() else { break };
-            if d.msg.is_expired(now) {
-                metrics.publish_dropped.inc();
-                metrics.dropped_expired.inc();
-                continue;
-            }
-            if !access::may_read(cx.link.access.as_mut(), self, &d.msg.topic) {
-                metrics.acl_denied.inc();
-                continue;
-            }
-            let packet_id = if d.qos == QoS::AtMostOnce {
-                0
-            } else {
-                st.allocate_packet_id()
             };
-            let alias = outbound_alias(self, &d.msg.topic);
-            let out = &mut cx.link.out;
-            match encode_delivery(
-                out,
-                self.version,
-                &d,
-                packet_id,
-                false,
-                alias,
-                now,
-                self.max_packet_out,
-            ) {
-                Ok(true) => {
-                    if let Some((alias, false)) = alias {
-                        (self.aliases.get_or_insert_default().outbound)
-                            .insert(d.msg.topic.clone(), alias);
-                    }
-                }
-                Ok(false) => {
-                    // Larger than the client accepts: not sent (spec 3.1.2.11.4), counted.
-                    metrics.publish_dropped.inc();
-                    metrics.dropped_too_large.inc();
-                    continue;
-                }
-                Err(e) => {
-                    debug!(error = %e, "dropping unencodable message");
-                    metrics.publish_dropped.inc();
-                    continue;
-                }
-            }
-            metrics.publish_sent.inc();
-            metrics.messages_sent.inc();
-            if d.seq != 0
-                && st.persisted
-                && let Some(p) = cx.broker.persistence()
-            {
-                let op = Op::SetPhase(
-                    session.client_id.clone(),
-                    d.seq,
-                    MessagePhase::Published,
-                    packet_id,
-                );
-                p.journal.push(op);
-            }
-            if d.qos != QoS::AtMostOnce {
-                st.inflight.push_back(Inflight {
-                    packet_id,
-                    delivery: d,
-                    phase: Phase::Published,
-                });
+            match self.send_delivery(cx, &d, || st.allocate_packet_id()) {
+                Some(packet_id) => st.sent(d, packet_id, &mut ops),
+                None => st.discard(d, &mut ops),
             }
         }
+        drop(st);
+        self.persisted(cx, &mut ops);
         ControlFlow::Continue(())
+    }
+
+    /// Encodes one delivery into the output; the packet id it was sent with (0 for QoS 0),
+    /// or `None` if it is not sent: expired, refused by the ACL, or too large for the client
+    /// (spec 3.1.2.11.4). Each is counted.
+    fn send_delivery(
+        &mut self,
+        cx: &mut Cx<'_>,
+        d: &Delivery,
+        allocate: impl FnOnce() -> u16,
+    ) -> Option<u16> {
+        let metrics = &cx.broker.metrics;
+        if d.msg.is_expired(cx.now) {
+            metrics.publish_dropped.inc();
+            metrics.dropped_expired.inc();
+            return None;
+        }
+        if !access::may_read(cx.link.access.as_mut(), self, &d.msg.topic) {
+            metrics.acl_denied.inc();
+            return None;
+        }
+        let packet_id = if d.qos == QoS::AtMostOnce {
+            0
+        } else {
+            allocate()
+        };
+        let alias = outbound_alias(self, &d.msg.topic);
+        let out = &mut cx.link.out;
+        let max = self.max_packet_out;
+        match encode_delivery(out, self.version, d, packet_id, false, alias, cx.now, max) {
+            Ok(true) => {
+                if let Some((alias, false)) = alias {
+                    (self.aliases.get_or_insert_default().outbound)
+                        .insert(d.msg.topic.clone(), alias);
+                }
+            }
+            Ok(false) => {
+                metrics.publish_dropped.inc();
+                metrics.dropped_too_large.inc();
+                return None;
+            }
+            Err(e) => {
+                debug!(error = %e, "dropping unencodable message");
+                metrics.publish_dropped.inc();
+                return None;
+            }
+        }
+        metrics.publish_sent.inc();
+        metrics.messages_sent.inc();
+        Some(packet_id)
     }
 
     /// Resends, in order, every unacknowledged outbound message of a resumed session: PUBLISH
@@ -111,57 +99,33 @@ impl Active {
     /// delivered (MQTT-3.1.2-25), counted in `dropped_too_large`.
     pub(super) fn resend_inflight(&mut self, cx: &mut Cx<'_>) {
         let metrics = &cx.broker.metrics;
+        let mut ops = cx.broker.ops();
+        let mut st = self.session.lock();
         let mut too_large = Vec::new();
-        {
-            let st = self.session.lock();
-            for f in st.inflight.iter() {
-                match f.phase {
-                    Phase::Published => {
-                        // Aliases belong to the old connection: the topic is sent in full.
-                        let out = &mut cx.link.out;
-                        let d = &f.delivery;
-                        let max = self.max_packet_out;
-                        let sent = encode_delivery(
-                            out,
-                            self.version,
-                            d,
-                            f.packet_id,
-                            true,
-                            None,
-                            cx.now,
-                            max,
-                        );
-                        match sent {
-                            Ok(true) => metrics.publish_sent.inc(),
-                            Ok(false) | Err(_) => too_large.push(f.packet_id),
-                        }
+        for f in st.inflight() {
+            match f.phase {
+                Phase::Published => {
+                    // Aliases belong to the old connection: the topic is sent in full.
+                    let (out, d, max) = (&mut cx.link.out, &f.delivery, self.max_packet_out);
+                    let pid = f.packet_id;
+                    match encode_delivery(out, self.version, d, pid, true, None, cx.now, max) {
+                        Ok(true) => metrics.publish_sent.inc(),
+                        Ok(false) | Err(_) => too_large.push(pid),
                     }
-                    Phase::Released => {
-                        let rel = Packet::PubRel(PubAck::new(f.packet_id));
-                        cx.link.send(metrics, self.version, &rel);
-                    }
+                }
+                Phase::Released => {
+                    let rel = Packet::PubRel(PubAck::new(f.packet_id));
+                    cx.link.send(metrics, self.version, &rel);
                 }
             }
         }
         for pid in too_large {
             metrics.publish_dropped.inc();
             metrics.dropped_too_large.inc();
-            self.forget_inflight(cx, pid);
+            st.forget_inflight(pid, &mut ops);
         }
-    }
-
-    /// Removes a message from the inflight window as if it had been acknowledged.
-    fn forget_inflight(&mut self, cx: &mut Cx<'_>, pid: u16) {
-        let (persisted, seq) = {
-            let mut st = self.session.lock();
-            let Some(i) = st.inflight_position(pid) else {
-                return;
-            };
-            let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
-            (st.persisted, seq)
-        };
-        let id = self.session.client_id.clone();
-        self.journal_op(cx, persisted && seq != 0, || Op::DeleteMessage(id, seq));
+        drop(st);
+        self.persisted(cx, &mut ops);
     }
 }
 

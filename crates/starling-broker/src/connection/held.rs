@@ -11,8 +11,7 @@ use starling_proto::{Packet, ReasonCode};
 use super::active::Active;
 use super::{Close, Cx, Flow};
 use crate::broker::Broker;
-use crate::persist::{Journal, TicketStatus};
-use starling_store::Op;
+use crate::persist::{Journal, Ops, TicketStatus};
 
 /// Held acknowledgements at which reading from the client pauses.
 pub const HELD_LIMIT: usize = 1024;
@@ -143,6 +142,12 @@ impl Active {
             };
             if status == TicketStatus::Failed {
                 cx.broker.metrics.store_failures_answered.inc();
+                if let Packet::PubRec(a) = &packet {
+                    // The client may reuse the id for a new message.
+                    let mut ops = cx.broker.ops();
+                    self.session.lock().refuse_qos2(a.packet_id, &mut ops);
+                    self.persisted(cx, &mut ops);
+                }
                 if !self.answer_failure(&mut packet) {
                     let reason = ReasonCode::UnspecifiedError;
                     return ControlFlow::Break(Close::new(reason, "store commit failed"));
@@ -174,21 +179,13 @@ impl Active {
             }
             _ => return false,
         }
-        if let Packet::PubRec(a) = packet {
-            self.session.lock().awaiting_rel.remove(&a.packet_id);
-        }
         true
     }
 
-    /// Journals `op` if the broker has a store and the session is persistent.
-    pub(super) fn journal_op(
-        &mut self,
-        cx: &Cx<'_>,
-        persisted: bool,
-        op: impl FnOnce() -> Op,
-    ) -> Option<u64> {
-        let p = cx.broker.persistence()?;
-        let ticket = persisted.then(|| p.journal.push(op()));
+    /// Hands what this connection's work changed to the store (`Broker::persist`) and notes
+    /// its ticket; returns it, for an acknowledgement to wait on.
+    pub(super) fn persisted(&mut self, cx: &Cx<'_>, ops: &mut Ops<'_>) -> Option<u64> {
+        let ticket = cx.broker.persist(ops);
         self.journaled(ticket);
         ticket
     }

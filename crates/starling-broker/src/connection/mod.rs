@@ -98,8 +98,6 @@ impl fmt::Display for PeerAddr {
 /// What a connection has in every state.
 #[derive(Debug)]
 struct Link {
-    /// Unique per broker; a session records the id of the connection that owns it.
-    id: u64,
     /// The client's address, when known (logs, authenticators).
     peer: Option<SocketAddr>,
     /// Called when the session has work for this connection (see the module docs).
@@ -191,10 +189,9 @@ fn deadline(t: Instant, d: Duration) -> Option<Instant> {
 impl Connection {
     /// A new connection from `peer`, awaiting CONNECT. `waker` is how the broker asks the I/O
     /// layer to call [`Connection::poll_transmit`].
-    pub fn new(broker: &Broker, waker: Waker, peer: Option<SocketAddr>, now: Instant) -> Self {
+    pub fn new(waker: Waker, peer: Option<SocketAddr>, now: Instant) -> Self {
         Self {
             link: Link {
-                id: broker.connection_id(),
                 peer,
                 waker,
                 out: BytesMut::new(),

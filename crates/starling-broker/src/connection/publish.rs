@@ -6,13 +6,13 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use starling_proto::{Packet, PubAck, Publish, QoS, ReasonCode};
-use starling_store::{MessagePhase, Op};
 
 use super::active::Active;
 use super::{Cx, Flow, access};
 use crate::message::Message;
+use crate::persist::Ops;
 use crate::retain::RetainOutcome;
-use crate::session::Phase;
+use crate::session::{PubRec, Qos2Receive};
 
 impl Active {
     pub(super) fn on_publish(&mut self, cx: &mut Cx<'_>, mut p: Publish) -> Flow {
@@ -24,37 +24,35 @@ impl Active {
         self.resolve_alias(cx, &mut p)?;
         let pid = p.packet_id;
         let qos = p.qos;
-        let mut ticket = None;
+        let mut ops = broker.ops();
         if qos == QoS::ExactlyOnce {
-            let mut st = self.session.lock();
-            if st.awaiting_rel.contains_key(&pid) {
-                // A resend of a message already received: acknowledge, do not route again.
-                drop(st);
-                self.send_ack(cx, Packet::PubRec(PubAck::new(pid)), None);
-                return ControlFlow::Continue(());
-            }
-            if st.awaiting_rel.len() >= usize::from(broker.limits.receive_maximum) {
-                drop(st);
-                broker.metrics.receive_maximum_exceeded.inc();
-                let reason = ReasonCode::ReceiveMaximumExceeded;
-                return self.fail(cx, reason, "receive maximum exceeded");
-            }
-            st.awaiting_rel.insert(pid, cx.now);
-            if let Some(p) = broker.persistence()
-                && st.persisted
-            {
-                let op = Op::PutAwaiting(self.session.client_id.clone(), pid);
-                ticket = Some(p.journal.push(op));
+            let max = usize::from(broker.limits.receive_maximum);
+            let received = (self.session.lock()).receive_qos2(pid, cx.now, max, &mut ops);
+            match received {
+                Qos2Receive::New => {}
+                Qos2Receive::Duplicate => {
+                    // A resend of a message already received: acknowledge, do not route again.
+                    self.send_ack(cx, Packet::PubRec(PubAck::new(pid)), None);
+                    return ControlFlow::Continue(());
+                }
+                Qos2Receive::Full => {
+                    broker.metrics.receive_maximum_exceeded.inc();
+                    let reason = ReasonCode::ReceiveMaximumExceeded;
+                    return self.fail(cx, reason, "receive maximum exceeded");
+                }
             }
         }
-        let (reason, routed_ticket) = self.route(cx, p);
-        ticket = routed_ticket.or(ticket);
+        let reason = self.route(cx, p, &mut ops);
         let reason = if self.version.is_v5() {
             reason
         } else {
             ReasonCode::Success
         };
-        self.journaled(ticket);
+        if qos == QoS::ExactlyOnce && reason.is_error() {
+            // Refused: the id does not await PUBREL, so the client may use it again.
+            self.session.lock().refuse_qos2(pid, &mut ops);
+        }
+        let ticket = self.persisted(cx, &mut ops);
         match qos {
             QoS::AtMostOnce if reason == ReasonCode::PayloadFormatInvalid => {
                 return self.fail(cx, reason, "payload is not valid UTF-8");
@@ -65,9 +63,6 @@ impl Active {
                 self.send_ack(cx, Packet::PubAck(ack), ticket);
             }
             QoS::ExactlyOnce => {
-                if reason.is_error() {
-                    self.session.lock().awaiting_rel.remove(&pid);
-                }
                 let ack = self.ack_with_reason(pid, reason);
                 self.send_ack(cx, Packet::PubRec(ack), ticket);
             }
@@ -102,36 +97,35 @@ impl Active {
         ControlFlow::Continue(())
     }
 
-    /// Checks and routes a publish: the reason code for its acknowledgement, and the journal
-    /// ticket of what routing it stored.
-    fn route(&mut self, cx: &mut Cx<'_>, p: Publish) -> (ReasonCode, Option<u64>) {
+    /// Checks and routes a publish (what it stores goes into `ops`): the reason code for its
+    /// acknowledgement.
+    fn route(&mut self, cx: &mut Cx<'_>, p: Publish, ops: &mut Ops<'_>) -> ReasonCode {
         let broker = cx.broker;
         let (qos, retain) = (p.qos, p.retain);
         if self.version.is_v5()
             && p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            return (ReasonCode::PayloadFormatInvalid, None);
+            return ReasonCode::PayloadFormatInvalid;
         }
         if p.topic.as_bytes().starts_with(b"$SYS") {
-            return (ReasonCode::NotAuthorized, None);
+            return ReasonCode::NotAuthorized;
         }
         if !access::may_publish(cx.link.access.as_mut(), self, &p.topic) {
             // 3.x: acknowledged as usual and dropped (the spec allows nothing else).
             broker.metrics.acl_denied.inc();
-            return (ReasonCode::NotAuthorized, None);
+            return ReasonCode::NotAuthorized;
         }
         let publisher = Some(self.client_id.clone());
         let msg = Arc::new(Message::from_publish(p, publisher, cx.now));
-        let routed = broker.publish(msg);
-        let reason = if routed.retained == Some(RetainOutcome::Full) {
+        let routed = broker.publish(msg, ops);
+        if routed.retained == Some(RetainOutcome::Full) {
             ReasonCode::QuotaExceeded
-        } else if routed.reached == 0 && !retain && qos != QoS::AtMostOnce {
+        } else if routed.reached + routed.forwarded == 0 && !retain && qos != QoS::AtMostOnce {
             ReasonCode::NoMatchingSubscribers
         } else {
             ReasonCode::Success
-        };
-        (reason, routed.ticket)
+        }
     }
 
     /// A PUBACK/PUBREC; failures carry a Reason String when the client allows it.
@@ -152,54 +146,21 @@ impl Active {
     }
 
     pub(super) fn on_puback(&mut self, cx: &mut Cx<'_>, pid: u16) {
-        let (persisted, seq) =
-            {
-                let mut st = self.session.lock();
-                let Some(i) = st.inflight_position(pid) else {
-                    return;
-                };
-                if !st.inflight.get(i).is_some_and(|f| {
-                    f.phase == Phase::Published && f.delivery.qos == QoS::AtLeastOnce
-                }) {
-                    return;
-                }
-                let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
-                (st.persisted, seq)
-            };
-        let id = self.session.client_id.clone();
-        self.journal_op(cx, persisted && seq != 0, || Op::DeleteMessage(id, seq));
+        let mut ops = cx.broker.ops();
+        self.session.lock().puback(pid, &mut ops);
+        self.persisted(cx, &mut ops);
     }
 
     pub(super) fn on_pubrec(&mut self, cx: &mut Cx<'_>, ack: PubAck) {
-        let id = self.session.client_id.clone();
-        let (found, persisted, seq) = {
-            let mut st = self.session.lock();
-            let persisted = st.persisted;
-            match st.inflight_position(ack.packet_id) {
-                Some(i) if ack.reason.is_error() => {
-                    let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
-                    drop(st);
-                    self.journal_op(cx, persisted && seq != 0, || Op::DeleteMessage(id, seq));
-                    return;
-                }
-                Some(i) => match st.inflight.get_mut(i) {
-                    Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
-                        f.phase = Phase::Released;
-                        (true, persisted, f.delivery.seq)
-                    }
-                    _ => (false, persisted, 0),
-                },
-                None => (false, persisted, 0),
-            }
-        };
         let pid = ack.packet_id;
-        let ticket = self.journal_op(cx, found && persisted && seq != 0, || {
-            Op::SetPhase(id, seq, MessagePhase::Released, pid)
-        });
-        let reason = if found {
-            ReasonCode::Success
-        } else {
-            ReasonCode::PacketIdentifierNotFound
+        let mut ops = cx.broker.ops();
+        let refused = ack.reason.is_error();
+        let outcome = self.session.lock().pubrec(pid, refused, &mut ops);
+        let ticket = self.persisted(cx, &mut ops);
+        let reason = match outcome {
+            PubRec::Released => ReasonCode::Success,
+            PubRec::Unknown => ReasonCode::PacketIdentifierNotFound,
+            PubRec::Ended => return,
         };
         // PUBREL only once the phase is stored: after a restart the broker must not send the
         // PUBLISH again for a message the client already has.
@@ -207,34 +168,17 @@ impl Active {
     }
 
     pub(super) fn on_pubcomp(&mut self, cx: &mut Cx<'_>, pid: u16) {
-        let (persisted, seq) = {
-            let mut st = self.session.lock();
-            let Some(i) = st.inflight_position(pid) else {
-                return;
-            };
-            if !st
-                .inflight
-                .get(i)
-                .is_some_and(|f| f.phase == Phase::Released)
-            {
-                return;
-            }
-            let seq = st.inflight.remove(i).map_or(0, |f| f.delivery.seq);
-            (st.persisted, seq)
-        };
-        let id = self.session.client_id.clone();
-        self.journal_op(cx, persisted && seq != 0, || Op::DeleteMessage(id, seq));
+        let mut ops = cx.broker.ops();
+        self.session.lock().pubcomp(pid, &mut ops);
+        self.persisted(cx, &mut ops);
     }
 
     pub(super) fn on_pubrel(&mut self, cx: &mut Cx<'_>, pid: u16) {
-        let (known, persisted) = {
-            let mut st = self.session.lock();
-            (st.awaiting_rel.remove(&pid).is_some(), st.persisted)
-        };
-        let id = self.session.client_id.clone();
+        let mut ops = cx.broker.ops();
+        let known = self.session.lock().pubrel(pid, &mut ops);
         // PUBCOMP only once the id is forgotten on disk too, or a restart would take the
         // client's next message with this id for a resend and drop it.
-        let ticket = self.journal_op(cx, known && persisted, || Op::DeleteAwaiting(id, pid));
+        let ticket = self.persisted(cx, &mut ops);
         let reason = if known {
             ReasonCode::Success
         } else {

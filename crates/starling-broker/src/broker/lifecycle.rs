@@ -1,0 +1,212 @@
+//! A session's life in the registry: connect (a claim that resumes or starts a session, and
+//! takes an existing one over), disconnect, end; wills and their delay; and the housekeeping
+//! tick that expires sessions, sends delayed wills and refreshes `$SYS`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use starling_proto::{ProtocolVersion, Will};
+
+use super::Broker;
+use crate::message::Message;
+use crate::persist::Ops;
+use crate::session::{PendingWill, Session, Terms};
+use crate::wake::Waker;
+
+/// Most times a CONNECT looks again at its client id because another claim changed it in the
+/// meantime, before it is refused as "server busy".
+const CLAIM_ATTEMPTS: usize = 64;
+
+/// What a client asked for in CONNECT, as far as the session registry cares.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    /// Client identifier (already assigned if the client sent an empty one).
+    pub client_id: Arc<str>,
+    /// Clean Session / Clean Start.
+    pub clean_start: bool,
+    /// Protocol level.
+    pub protocol: ProtocolVersion,
+    /// Session Expiry Interval in seconds, already capped (`u32::MAX`: never).
+    pub expiry_secs: u32,
+    /// The will, with its delay.
+    pub will: Option<PendingWill>,
+}
+
+/// The session a connection got.
+#[derive(Debug)]
+pub struct Attached {
+    /// The session, now owned by the connection.
+    pub session: Arc<Session>,
+    /// Whether an existing session was resumed (CONNACK Session Present).
+    pub session_present: bool,
+    /// The epoch of the connection's claim: it owns the session while the session says so.
+    pub epoch: u64,
+}
+
+/// How a connection ended, for will and expiry handling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// DISCONNECT with reason 0x00 (or any 3.x DISCONNECT): the will is discarded.
+    Normal,
+    /// DISCONNECT with reason 0x04 (Disconnect with Will Message).
+    WithWill,
+    /// Anything else: socket closed, keep-alive timeout, protocol error. The will is sent.
+    Abnormal,
+    /// The broker is shutting down: the session is kept, the will is not sent.
+    Shutdown,
+}
+
+impl Broker {
+    /// Gives the connection woken by `waker` the session of `req.client_id`: resumes it, or
+    /// starts a new one. An existing session that is not resumed ends now (its will goes out);
+    /// an existing owner is woken and finds it no longer owns the session (it closes with
+    /// 0x8E). `None` if other claims for the same client id kept changing it (server busy).
+    pub fn connect(&self, waker: Waker, req: ConnectRequest, now: Instant) -> Option<Attached> {
+        let mut ops = self.ops();
+        let mut will = None;
+        let mut attached = None;
+        for _ in 0..CLAIM_ATTEMPTS {
+            let registry = &self.seams.registry;
+            let current = registry.get(&req.client_id);
+            let resumed = current
+                .as_ref()
+                .filter(|s| !req.clean_start && s.lock().resumable())
+                .cloned();
+            let present = resumed.is_some();
+            let session = resumed
+                .unwrap_or_else(|| Arc::new(Session::new(req.client_id.clone(), req.protocol)));
+            let Some(epoch) = registry.claim(&session, current.as_ref()) else {
+                continue;
+            };
+            if let Some(old) = current.filter(|old| !Arc::ptr_eq(old, &session)) {
+                will = self.end_replaced(&old, &mut ops);
+            }
+            attached = Some(Attached {
+                session,
+                session_present: present,
+                epoch,
+            });
+            break;
+        }
+        let attached = attached?;
+        let terms = Terms {
+            protocol: req.protocol,
+            expiry_secs: req.expiry_secs,
+            will: req.will,
+        };
+        // False only if a later claim already took the session: the connection then finds
+        // itself taken over at once.
+        let _ = attached
+            .session
+            .lock()
+            .attach(attached.epoch, waker, terms, &mut ops);
+        self.persist(&mut ops);
+        if let Some(w) = will {
+            self.publish_will(w, now);
+        }
+        Some(attached)
+    }
+
+    /// Ends a session a claim replaced in the registry; returns its will, to publish.
+    fn end_replaced(&self, old: &Arc<Session>, ops: &mut Ops<'_>) -> Option<Will> {
+        let ended = old.lock().end(ops)?;
+        self.unroute(old, &ended.filters);
+        ended.will
+    }
+
+    /// Removes a session's subscriptions from the route table (it has already dropped them).
+    fn unroute(&self, session: &Arc<Session>, filters: &[starling_proto::TopicFilter]) {
+        for f in filters {
+            self.seams.routes.unsubscribe(f, session);
+        }
+    }
+
+    /// Detaches the connection that claimed `epoch` from `session`. Does nothing if another
+    /// connection took the session over meanwhile. Publishes the will (now, or after its
+    /// delay), ends the session if its expiry is 0, and hands messages that came through
+    /// shared subscriptions to other members of their groups.
+    pub fn disconnect(&self, session: &Arc<Session>, epoch: u64, ending: Ending, now: Instant) {
+        let mut ops = self.ops();
+        let Some(detached) = session.lock().detach(epoch, ending, now, &mut ops) else {
+            return;
+        };
+        self.persist(&mut ops);
+        if let Some(w) = detached.will {
+            self.publish_will(w, now);
+        }
+        if detached.end {
+            self.end_session(session, now);
+        }
+        for d in detached.shared {
+            self.redistribute(d, session);
+        }
+    }
+
+    /// Removes a session for good: its state, subscriptions and registry entry; its pending
+    /// will goes out.
+    fn end_session(&self, session: &Arc<Session>, now: Instant) {
+        let mut ops = self.ops();
+        let Some(ended) = session.lock().end(&mut ops) else {
+            return;
+        };
+        self.persist(&mut ops);
+        self.unroute(session, &ended.filters);
+        self.seams.registry.release(session);
+        if let Some(w) = ended.will {
+            self.publish_will(w, now);
+        }
+    }
+
+    fn publish_will(&self, mut will: Will, now: Instant) {
+        // Will Delay Interval belongs to the will, not to the message sent on.
+        if let Some(v) = will.properties.values_mut() {
+            v.will_delay_interval = None;
+        }
+        let publish = starling_proto::Publish {
+            dup: false,
+            qos: will.qos,
+            retain: will.retain,
+            topic: will.topic,
+            packet_id: 0,
+            properties: will.properties,
+            payload: will.payload,
+        };
+        let msg = Message::from_publish(publish, None, now);
+        self.publish_and_persist(Arc::new(msg));
+    }
+
+    /// Housekeeping, called about once a second: expires sessions, publishes delayed wills,
+    /// forgets QoS 2 ids whose PUBREL never came, and refreshes `$SYS`.
+    pub fn tick(&self, now: Instant) {
+        let rel_timeout = Duration::from_secs(self.limits.awaiting_rel_timeout_secs);
+        let mut ops = self.ops();
+        let mut expired = Vec::new();
+        let mut wills = Vec::new();
+        let mut disconnected = 0u64;
+        for s in self.seams.registry.sessions() {
+            let h = s.lock().housekeep(now, rel_timeout, &mut ops);
+            disconnected += u64::from(h.disconnected);
+            wills.extend(h.will);
+            if h.expired {
+                expired.push(s);
+            }
+        }
+        self.persist(&mut ops);
+        for w in wills {
+            self.publish_will(w, now);
+        }
+        for s in expired {
+            self.metrics.sessions_expired.inc();
+            self.end_session(&s, now);
+        }
+        let due = {
+            let mut sys = self.sys.lock().unwrap_or_else(|p| p.into_inner());
+            sys.due(now, self.limits.sys_interval_secs, &self.metrics)
+        };
+        if let Some(loads) = due {
+            for msg in crate::sys::messages(self, disconnected, &loads, now) {
+                self.publish_and_persist(Arc::new(msg));
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The broker core, shared by every connection: the session registry, the route table, the
+//! retained store and the forwarder (each behind its seam, with the single-node
+//! implementation by default), limits, counters, and the one place state changes go to the
+//! store ([`Broker::persist`]).
+//!
+//! - `lifecycle.rs`: a session's life: connect (claim, resume, takeover), disconnect, end,
+//!   wills and the housekeeping tick.
+//! - `route.rs`: routing a publish, and handing shared messages over.
+//! - `restore.rs`: rebuilding from a store snapshot.
+//!
+//! Lock order, to stay deadlock-free: the registry, then the route table or retained store,
+//! then one session; a session's lock is never held while another lock is taken.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use starling_proto::TopicFilter;
+
+use crate::config::{Features, Limits};
+use crate::forward::{Forwarder, NoPeers};
+use crate::metrics::Metrics;
+use crate::persist::{Ops, Persistence};
+use crate::retain::{RetainStore, RetainTree};
+use crate::router::{RouteTable, Router};
+use crate::session::{Ctx, Session, Subscription};
+use crate::sys::SysState;
+
+mod lifecycle;
+mod registry;
+mod restore;
+mod route;
+
+pub use lifecycle::{Attached, ConnectRequest, Ending};
+pub use registry::{LocalRegistry, Registry};
+pub use restore::Restored;
+pub use route::Routed;
+
+/// The seams a broker runs on. [`Seams::default`] is a single node.
+#[derive(Debug)]
+pub struct Seams {
+    /// Client id to session.
+    pub registry: Box<dyn Registry>,
+    /// Filter to subscribers.
+    pub routes: Box<dyn RouteTable>,
+    /// Retained messages.
+    pub retained: Box<dyn RetainStore>,
+    /// Messages for other nodes.
+    pub forwarder: Box<dyn Forwarder>,
+}
+
+impl Default for Seams {
+    fn default() -> Self {
+        Self {
+            registry: Box::<LocalRegistry>::default(),
+            routes: Box::<Router>::default(),
+            retained: Box::<RetainTree>::default(),
+            forwarder: Box::new(NoPeers),
+        }
+    }
+}
+
+/// The broker core.
+#[derive(Debug)]
+pub struct Broker {
+    /// Limits and timers.
+    pub limits: Limits,
+    /// Configurable MQTT 5 features.
+    pub features: Features,
+    /// Counters.
+    pub metrics: Metrics,
+    seams: Seams,
+    /// Source of assigned client ids.
+    next_assigned_id: AtomicU64,
+    /// When the broker started.
+    started: Instant,
+    /// Broker name and version for `$SYS/broker/version`.
+    version: String,
+    /// `$SYS` bookkeeping.
+    sys: Mutex<SysState>,
+    /// Journal and clock when a store is configured (durability `sync` or `periodic`).
+    persist: Option<Persistence>,
+    /// Prefix of assigned client ids, unique per broker start.
+    id_prefix: String,
+}
+
+impl Broker {
+    /// A single-node broker with the given limits.
+    pub fn new(limits: Limits, now: Instant) -> Self {
+        Self::with_features(limits, Features::default(), now)
+    }
+
+    /// A single-node broker with the given limits and features.
+    pub fn with_features(limits: Limits, features: Features, now: Instant) -> Self {
+        Self::with_seams(limits, features, Seams::default(), now)
+    }
+
+    /// A broker on the given seams.
+    pub fn with_seams(limits: Limits, features: Features, seams: Seams, now: Instant) -> Self {
+        Self {
+            limits,
+            features,
+            metrics: Metrics::default(),
+            seams,
+            next_assigned_id: AtomicU64::new(1),
+            started: now,
+            version: format!("starling {}", env!("CARGO_PKG_VERSION")),
+            sys: Mutex::new(SysState::new(now)),
+            persist: None,
+            id_prefix: "starling-".into(),
+        }
+    }
+
+    /// Makes every persistent-state change go through `p`'s journal.
+    pub fn with_persistence(mut self, p: Persistence) -> Self {
+        self.id_prefix = format!("starling-{:x}-", p.clock.to_unix_ms(self.started));
+        self.persist = Some(p);
+        self
+    }
+
+    /// The journal and clock, when the broker has a store.
+    pub fn persistence(&self) -> Option<&Persistence> {
+        self.persist.as_ref()
+    }
+
+    /// An empty list of store operations for this broker's store (records nothing without
+    /// one). Fill it through session methods, then hand it to [`Broker::persist`].
+    pub fn ops(&self) -> Ops<'_> {
+        Ops::new(self.persist.as_ref())
+    }
+
+    /// The one place state changes reach the store: appends `ops` to the journal, in order,
+    /// and returns the ticket of the last, which an acknowledgement of them waits for
+    /// ("persist, then acknowledge"). `None` when there was nothing to store.
+    pub fn persist(&self, ops: &mut Ops<'_>) -> Option<u64> {
+        if ops.is_empty() {
+            return None;
+        }
+        let p = self.persist.as_ref()?;
+        Some(p.journal.push_all(ops.take()))
+    }
+
+    /// What enqueueing into a session needs.
+    pub fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            limits: &self.limits,
+            metrics: &self.metrics,
+        }
+    }
+
+    /// When the broker started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Broker name and version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// A client id for a v5 client that sent an empty one.
+    pub fn assign_client_id(&self) -> String {
+        let n = self.next_assigned_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}{n:x}", self.id_prefix)
+    }
+
+    /// Number of sessions, connected or not.
+    pub fn session_count(&self) -> usize {
+        self.seams.registry.len()
+    }
+
+    /// Every session, connected or not.
+    pub fn sessions_snapshot(&self) -> Vec<Arc<Session>> {
+        self.seams.registry.sessions()
+    }
+
+    /// Number of subscriptions (shared ones included).
+    pub fn subscription_count(&self) -> usize {
+        self.seams.routes.count()
+    }
+
+    /// Number of shared subscriptions.
+    pub fn shared_subscription_count(&self) -> usize {
+        self.seams.routes.shared_count()
+    }
+
+    /// Number of retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.seams.retained.count()
+    }
+
+    /// The retained messages matching `filter` (an unshared filter), unexpired.
+    pub fn retained_matching(
+        &self,
+        filter: &[u8],
+        now: Instant,
+    ) -> Vec<Arc<crate::message::Message>> {
+        self.seams.retained.matching(filter, now)
+    }
+
+    /// Adds (or replaces) `session`'s subscription to `filter`, in the route table and in the
+    /// session, which always agree: this and [`Broker::unsubscribe`] are the only places that
+    /// change either. Returns whether it existed. A session that ended meanwhile (taken over)
+    /// gets nothing.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        filter: &TopicFilter,
+        sub: Subscription,
+    ) -> bool {
+        let routes = &self.seams.routes;
+        let existed = routes.subscribe(filter, session, sub.options, sub.id);
+        if !session.lock().insert_subscription(filter.clone(), sub) {
+            routes.unsubscribe(filter, session);
+        }
+        existed
+    }
+
+    /// Removes `session`'s subscription to `filter` from the session and the route table.
+    /// Returns whether it existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, filter: &TopicFilter) -> bool {
+        let had = session.lock().remove_subscription(filter);
+        self.seams.routes.unsubscribe(filter, session);
+        had
+    }
+}

@@ -1,0 +1,280 @@
+//! The QoS 1/2 flows as the session sees them: packet identifiers, the outbound inflight
+//! window (sent, PUBACK, PUBREC, PUBCOMP), inbound QoS 2 ids awaiting PUBREL, and the store
+//! records each step changes in a persistent session.
+
+use std::time::{Duration, Instant};
+
+use starling_proto::QoS;
+use starling_store::{MessagePhase, Op};
+
+use super::{Inflight, Locked, Phase};
+use crate::message::Delivery;
+use crate::persist::Ops;
+
+/// What an inbound QoS 2 PUBLISH is to the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Qos2Receive {
+    /// New: its id now awaits PUBREL; route the message.
+    New,
+    /// A resend of a message already received (its id awaits PUBREL): acknowledge only.
+    Duplicate,
+    /// The client has more unreleased QoS 2 messages than the broker's Receive Maximum.
+    Full,
+}
+
+/// What a PUBREC did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PubRec {
+    /// The message is released: send PUBREL.
+    Released,
+    /// No QoS 2 message awaits PUBREC with that id: PUBREL 0x92 (Packet Identifier not found).
+    Unknown,
+    /// The client refused the message (error reason): the flow ends, no PUBREL.
+    Ended,
+}
+
+impl Locked<'_> {
+    /// Allocates a packet identifier not used by any inflight message.
+    pub fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.st.next_packet_id;
+            self.st.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.st.inflight.contains(id) {
+                return id;
+            }
+        }
+    }
+
+    /// A delivery was sent with `packet_id`: a QoS 1/2 one enters the inflight window (its
+    /// record, if stored, moves to the published phase).
+    pub fn sent(&mut self, d: Delivery, packet_id: u16, ops: &mut Ops<'_>) {
+        if d.qos == QoS::AtMostOnce {
+            return;
+        }
+        if d.seq != 0 && self.st.persisted {
+            let (id, seq) = (self.client_id().clone(), d.seq);
+            ops.push(|_| Op::SetPhase(id, seq, MessagePhase::Published, packet_id));
+        }
+        self.st.inflight.push_back(Inflight {
+            packet_id,
+            delivery: d,
+            phase: Phase::Published,
+        });
+    }
+
+    /// The inflight window, in send order (for resending on resume).
+    pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.st.inflight.iter()
+    }
+
+    /// Removes the inflight message with `packet_id`, deleting its record.
+    pub fn forget_inflight(&mut self, packet_id: u16, ops: &mut Ops<'_>) {
+        let Some(i) = self.st.inflight.position(packet_id) else {
+            return;
+        };
+        if let Some(mut f) = self.st.inflight.remove(i) {
+            self.forget_record(&mut f.delivery, ops);
+        }
+    }
+
+    /// PUBACK: completes a QoS 1 message. Unknown ids (or another phase) are ignored.
+    pub fn puback(&mut self, packet_id: u16, ops: &mut Ops<'_>) {
+        let expected =
+            |f: &Inflight| f.phase == Phase::Published && f.delivery.qos == QoS::AtLeastOnce;
+        if self.inflight_matches(packet_id, expected) {
+            self.forget_inflight(packet_id, ops);
+        }
+    }
+
+    /// PUBREC: a QoS 2 message moves to the released phase. A PUBREC with an error reason
+    /// (`refused`) ends the flow instead.
+    pub fn pubrec(&mut self, packet_id: u16, refused: bool, ops: &mut Ops<'_>) -> PubRec {
+        let Some(i) = self.st.inflight.position(packet_id) else {
+            return PubRec::Unknown;
+        };
+        if refused {
+            self.forget_inflight(packet_id, ops);
+            return PubRec::Ended;
+        }
+        let persisted = self.st.persisted;
+        let id = self.client_id().clone();
+        match self.st.inflight.get_mut(i) {
+            Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
+                f.phase = Phase::Released;
+                let seq = f.delivery.seq;
+                if persisted && seq != 0 {
+                    ops.push(|_| Op::SetPhase(id, seq, MessagePhase::Released, packet_id));
+                }
+                PubRec::Released
+            }
+            _ => PubRec::Unknown,
+        }
+    }
+
+    /// PUBCOMP: completes a QoS 2 message in the released phase.
+    pub fn pubcomp(&mut self, packet_id: u16, ops: &mut Ops<'_>) {
+        if self.inflight_matches(packet_id, |f| f.phase == Phase::Released) {
+            self.forget_inflight(packet_id, ops);
+        }
+    }
+
+    fn inflight_matches(&self, packet_id: u16, expected: impl Fn(&Inflight) -> bool) -> bool {
+        let i = self.st.inflight.position(packet_id);
+        i.and_then(|i| self.st.inflight.get(i))
+            .is_some_and(expected)
+    }
+
+    /// An inbound QoS 2 PUBLISH with `packet_id`: remembered until its PUBREL (stored in a
+    /// persistent session), at most `max` at once.
+    pub fn receive_qos2(
+        &mut self,
+        packet_id: u16,
+        now: Instant,
+        max: usize,
+        ops: &mut Ops<'_>,
+    ) -> Qos2Receive {
+        if self.st.awaiting_rel.contains_key(&packet_id) {
+            return Qos2Receive::Duplicate;
+        }
+        if self.st.awaiting_rel.len() >= max {
+            return Qos2Receive::Full;
+        }
+        self.st.awaiting_rel.insert(packet_id, now);
+        if self.st.persisted {
+            let id = self.client_id().clone();
+            ops.push(|_| Op::PutAwaiting(id, packet_id));
+        }
+        Qos2Receive::New
+    }
+
+    /// PUBREL: forgets an inbound QoS 2 id (true if it was known; PUBCOMP 0x92 otherwise).
+    pub fn pubrel(&mut self, packet_id: u16, ops: &mut Ops<'_>) -> bool {
+        let known = self.st.awaiting_rel.remove(&packet_id).is_some();
+        if known && self.st.persisted {
+            let id = self.client_id().clone();
+            ops.push(|_| Op::DeleteAwaiting(id, packet_id));
+        }
+        known
+    }
+
+    /// An inbound QoS 2 message that was refused (PUBREC with an error reason, or its commit
+    /// failed): its id no longer awaits PUBREL, so the client may reuse it.
+    pub fn refuse_qos2(&mut self, packet_id: u16, ops: &mut Ops<'_>) {
+        self.pubrel(packet_id, ops);
+    }
+
+    /// Forgets inbound QoS 2 ids whose PUBREL has not come within `timeout`.
+    pub(super) fn expire_awaiting(&mut self, now: Instant, timeout: Duration, ops: &mut Ops<'_>) {
+        if self.st.awaiting_rel.is_empty() {
+            return;
+        }
+        let expired: Vec<u16> = (self.st.awaiting_rel.iter())
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= timeout)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in expired {
+            self.pubrel(pid, ops);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use starling_proto::{ProtocolVersion, TopicName};
+
+    use super::*;
+    use crate::message::Message;
+    use crate::session::Session;
+
+    fn delivery(qos: QoS) -> Delivery {
+        let topic = TopicName::try_from_str("t").unwrap();
+        let msg = Message::internal(topic, Bytes::from_static(b"x"), false);
+        Delivery {
+            msg: Arc::new(msg),
+            qos,
+            retain: false,
+            sub_ids: Vec::new(),
+            share: None,
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn packet_ids_skip_inflight_and_zero() {
+        let s = Session::new("c".into(), ProtocolVersion::V5);
+        let mut st = s.lock();
+        let mut ops = Ops::new(None);
+        st.st.next_packet_id = u16::MAX;
+        assert_eq!(st.allocate_packet_id(), u16::MAX);
+        st.sent(delivery(QoS::AtLeastOnce), 1, &mut ops);
+        assert_eq!(st.allocate_packet_id(), 2);
+    }
+
+    #[test]
+    fn acknowledgements_follow_the_flows() {
+        let s = Session::new("c".into(), ProtocolVersion::V5);
+        let mut st = s.lock();
+        let mut ops = Ops::new(None);
+        st.sent(delivery(QoS::AtLeastOnce), 1, &mut ops);
+        st.sent(delivery(QoS::ExactlyOnce), 2, &mut ops);
+        st.sent(delivery(QoS::ExactlyOnce), 3, &mut ops);
+        st.pubcomp(2, &mut ops);
+        assert_eq!(st.inflight().count(), 3, "PUBCOMP before PUBREC is ignored");
+        st.puback(2, &mut ops);
+        assert_eq!(
+            st.inflight().count(),
+            3,
+            "PUBACK for a QoS 2 message is ignored"
+        );
+        assert_eq!(
+            st.pubrec(1, false, &mut ops),
+            PubRec::Unknown,
+            "PUBREC for QoS 1"
+        );
+        st.puback(1, &mut ops);
+        assert_eq!(st.pubrec(2, false, &mut ops), PubRec::Released);
+        assert_eq!(
+            st.pubrec(3, true, &mut ops),
+            PubRec::Ended,
+            "refused by the client"
+        );
+        assert_eq!(st.pubrec(9, false, &mut ops), PubRec::Unknown);
+        let phases: Vec<_> = st.inflight().map(|f| (f.packet_id, f.phase)).collect();
+        assert_eq!(phases, [(2, Phase::Released)]);
+        st.pubcomp(2, &mut ops);
+        assert_eq!(st.inflight().count(), 0);
+    }
+
+    #[test]
+    fn inbound_qos2_is_remembered_until_pubrel_and_bounded() {
+        let s = Session::new("c".into(), ProtocolVersion::V5);
+        let mut st = s.lock();
+        let mut ops = Ops::new(None);
+        let now = Instant::now();
+        assert_eq!(st.receive_qos2(1, now, 2, &mut ops), Qos2Receive::New);
+        assert_eq!(st.receive_qos2(1, now, 2, &mut ops), Qos2Receive::Duplicate);
+        assert_eq!(st.receive_qos2(2, now, 2, &mut ops), Qos2Receive::New);
+        assert_eq!(st.receive_qos2(3, now, 2, &mut ops), Qos2Receive::Full);
+        assert!(st.pubrel(1, &mut ops));
+        assert!(!st.pubrel(1, &mut ops));
+        st.refuse_qos2(2, &mut ops);
+        assert_eq!(
+            st.receive_qos2(2, now, 2, &mut ops),
+            Qos2Receive::New,
+            "reusable"
+        );
+        st.expire_awaiting(
+            now + Duration::from_secs(10),
+            Duration::from_secs(10),
+            &mut ops,
+        );
+        assert_eq!(
+            st.receive_qos2(2, now, 2, &mut ops),
+            Qos2Receive::New,
+            "expired"
+        );
+    }
+}

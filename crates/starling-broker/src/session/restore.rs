@@ -1,0 +1,193 @@
+//! Rebuilding a session from its store records at start-up, and the subscription options
+//! byte records keep.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use starling_proto::{ProtocolVersion, QoS, SubscriptionOptions, TopicFilter, Will};
+use starling_store::{LoadedSession, MessagePhase, MessageRecord, Op};
+
+use super::{Inflight, Locked, PendingWill, Phase, Session, Subscription};
+use crate::broker::Restored;
+use crate::message::Delivery;
+use crate::persist::{Ops, WallClock, decode_message};
+
+/// A session rebuilt from the store, with the subscriptions to add to the route table.
+#[derive(Debug)]
+pub struct Restoring {
+    /// The session, disconnected.
+    pub session: Arc<Session>,
+    /// Its subscriptions, for `Broker::subscribe`.
+    pub subscriptions: Vec<(TopicFilter, Subscription)>,
+}
+
+impl Session {
+    /// Rebuilds a persistent session (disconnected, with its subscriptions, queued and
+    /// inflight messages and awaiting QoS 2 ids). `None` if it expired while the broker was
+    /// down (its record is then deleted). What expired or cannot be decoded is left out,
+    /// counted in `report`.
+    pub fn restore(
+        loaded: LoadedSession,
+        clock: &WallClock,
+        now: Instant,
+        ops: &mut Ops<'_>,
+        report: &mut Restored,
+    ) -> Option<Restoring> {
+        let rec = loaded.record;
+        let client_id: Arc<str> = loaded.client_id.as_str().into();
+        let disconnected_at =
+            (rec.disconnected_at_ms).map_or(now, |ms| clock.from_unix_ms(ms, now));
+        let gone = now.saturating_duration_since(disconnected_at);
+        if rec.expiry_secs != u32::MAX && gone >= Duration::from_secs(u64::from(rec.expiry_secs)) {
+            ops.push(|_| Op::DeleteSession(client_id));
+            report.expired_sessions += 1;
+            return None;
+        }
+        let protocol = match rec.protocol {
+            3 => ProtocolVersion::V31,
+            4 => ProtocolVersion::V311,
+            _ => ProtocolVersion::V5,
+        };
+        let session = Arc::new(Session::new(client_id, protocol));
+        let mut subscriptions = Vec::with_capacity(rec.subscriptions.len());
+        {
+            let mut s = session.lock();
+            s.st.persisted = true;
+            s.st.expiry_secs = rec.expiry_secs;
+            s.st.disconnected_at = Some(disconnected_at);
+            s.st.will = rec
+                .will
+                .as_ref()
+                .and_then(|w| restore_will(&w.packet, w.delay_secs, clock, now));
+            for sub in &rec.subscriptions {
+                let Ok(filter) = TopicFilter::try_from_str(&sub.filter) else {
+                    report.skipped += 1;
+                    continue;
+                };
+                let options = options_from_byte(sub.options);
+                let sub = Subscription {
+                    options,
+                    id: sub.id,
+                };
+                s.st.subscriptions.insert(filter.clone(), sub.clone());
+                subscriptions.push((filter, sub));
+            }
+            for (seq, m) in loaded.messages {
+                s.restore_message(seq, &m, clock, now, ops, report);
+            }
+            for pid in loaded.awaiting {
+                s.st.awaiting_rel.insert(pid, now);
+            }
+            // Offline until its client connects.
+            s.st.inflight.release_index();
+        }
+        Some(Restoring {
+            session,
+            subscriptions,
+        })
+    }
+}
+
+fn restore_will(
+    packet: &[u8],
+    delay_secs: u32,
+    clock: &WallClock,
+    now: Instant,
+) -> Option<Box<PendingWill>> {
+    let rec = MessageRecord {
+        packet: packet.to_vec(),
+        expires_at_ms: None,
+        phase: MessagePhase::Queued,
+        packet_id: 0,
+    };
+    let (msg, qos, retain, _) = decode_message(&rec, clock, now)?;
+    let will = Will {
+        topic: msg.topic,
+        payload: msg.payload,
+        qos,
+        retain,
+        properties: msg.properties,
+    };
+    Some(Box::new(PendingWill { will, delay_secs }))
+}
+
+impl Locked<'_> {
+    /// Puts a stored message back in the queue or the inflight window.
+    fn restore_message(
+        &mut self,
+        seq: u64,
+        m: &MessageRecord,
+        clock: &WallClock,
+        now: Instant,
+        ops: &mut Ops<'_>,
+        report: &mut Restored,
+    ) {
+        self.st.next_seq = self.st.next_seq.max(seq.saturating_add(1));
+        let Some((msg, qos, retain, sub_ids)) = decode_message(m, clock, now) else {
+            report.skipped += 1;
+            return;
+        };
+        if m.phase == MessagePhase::Queued && msg.is_expired(now) {
+            let id = self.client_id().clone();
+            ops.push(|_| Op::DeleteMessage(id, seq));
+            report.expired_messages += 1;
+            return;
+        }
+        let delivery = Delivery {
+            msg: Arc::new(msg),
+            qos,
+            retain,
+            sub_ids,
+            share: None,
+            seq,
+        };
+        report.messages += 1;
+        // Packet ids are unique in a window; a record breaking that (a damaged store) is sent
+        // again as a new message rather than confuse the acks.
+        let queued = m.phase == MessagePhase::Queued
+            || m.packet_id == 0
+            || self.st.inflight.contains(m.packet_id);
+        if queued {
+            self.push_queued(delivery);
+            return;
+        }
+        let next = self
+            .st
+            .next_packet_id
+            .max(m.packet_id.wrapping_add(1))
+            .max(1);
+        self.st.next_packet_id = next;
+        self.st.inflight.push_back(Inflight {
+            packet_id: m.packet_id,
+            delivery,
+            phase: if m.phase == MessagePhase::Released {
+                Phase::Released
+            } else {
+                Phase::Published
+            },
+        });
+    }
+}
+
+/// The subscription options byte as MQTT 5 encodes it.
+pub(super) fn options_byte(o: &SubscriptionOptions) -> u8 {
+    o.qos.as_u8()
+        | (u8::from(o.no_local) << 2)
+        | (u8::from(o.retain_as_published) << 3)
+        | ((o.retain_handling as u8) << 4)
+}
+
+/// Subscription options from the MQTT 5 options byte.
+fn options_from_byte(b: u8) -> SubscriptionOptions {
+    use starling_proto::RetainHandling as RH;
+    SubscriptionOptions {
+        qos: QoS::from_u8(b & 0x03).unwrap_or(QoS::AtMostOnce),
+        no_local: b & 0x04 != 0,
+        retain_as_published: b & 0x08 != 0,
+        retain_handling: match (b >> 4) & 0x03 {
+            0 => RH::SendAtSubscribe,
+            1 => RH::SendIfNew,
+            _ => RH::DoNotSend,
+        },
+    }
+}
