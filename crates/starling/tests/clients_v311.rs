@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::rumqtt::WAIT;
 use common::rumqtt::v311::Client;
-use common::start_server;
+use common::{panic_message, panic_message_at_once, start_server};
 use rumqttc::{LastWill, MqttOptions, Packet, QoS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,6 +325,106 @@ async fn unacknowledged_messages_are_resent_with_dup() {
     assert_eq!(
         (again2.pkid, &again2.payload[..], again2.dup),
         (second.pkid, &b"two"[..], true)
+    );
+    server.shutdown().await;
+}
+
+/// A client whose connection the broker has closed (another client took its session over),
+/// with the error already seen.
+async fn dead_client(addr: SocketAddr, id: &str) -> Client {
+    let (mut c, _) = Client::connect(addr, id, true, None).await;
+    let (_other, _) = Client::connect(addr, id, true, None).await;
+    assert!(
+        c.wait_closed(WAIT).await,
+        "taken over connection not closed"
+    );
+    c
+}
+
+/// The helpers fail on a dead connection rather than pass or wait out their bound: the broker
+/// closes it (a takeover), or the event loop ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helpers_fail_on_a_dead_connection() {
+    let server = start_server(|_| {}).await;
+    let addr = server.addr;
+    // On a live connection, no_publish passes.
+    let (mut c, _) = Client::connect(addr, "victim", true, None).await;
+    c.no_publish(Duration::from_millis(100)).await;
+    // The broker closes the connection during the wait.
+    let (msg, _) = tokio::join!(
+        panic_message(async move { c.no_publish(Duration::from_secs(3)).await }),
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Client::connect(addr, "victim", true, None).await
+        },
+    );
+    assert!(
+        msg.contains("connection error while checking that no PUBLISH arrives"),
+        "{msg}"
+    );
+    // The broker closed it before the wait, the error still unread.
+    let (mut c, _) = Client::connect(addr, "victim-2", true, None).await;
+    let (_other, _) = Client::connect(addr, "victim-2", true, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let msg =
+        panic_message_at_once(async move { c.no_publish(Duration::from_millis(300)).await }).await;
+    assert!(
+        msg.contains("connection error while checking that no PUBLISH arrives"),
+        "{msg}"
+    );
+    // The error already seen: every helper fails at once.
+    let mut c = dead_client(addr, "dead-1").await;
+    let msg =
+        panic_message_at_once(async move { c.no_publish(Duration::from_millis(300)).await }).await;
+    assert!(
+        msg.contains("checking that no PUBLISH arrives on a dead connection"),
+        "{msg}"
+    );
+    let mut c = dead_client(addr, "dead-2").await;
+    let msg = panic_message_at_once(async move {
+        let _ = c.next().await;
+    })
+    .await;
+    assert!(
+        msg.contains("waiting for a packet on a dead connection"),
+        "{msg}"
+    );
+    let mut c = dead_client(addr, "dead-3").await;
+    let msg = panic_message_at_once(async move {
+        c.publish().await;
+    })
+    .await;
+    assert!(
+        msg.contains("waiting for a packet on a dead connection"),
+        "{msg}"
+    );
+    let mut c = dead_client(addr, "dead-4").await;
+    let msg = panic_message_at_once(async move { c.subscribe("x", QoS::AtMostOnce).await }).await;
+    assert!(msg.contains("SUBSCRIBE on a dead connection"), "{msg}");
+    let c = dead_client(addr, "dead-5").await;
+    let msg = panic_message_at_once(async move { c.disconnect().await }).await;
+    assert!(msg.contains("DISCONNECT on a dead connection"), "{msg}");
+    let c = dead_client(addr, "dead-6").await;
+    let msg = panic_message_at_once(async move { c.kill() }).await;
+    assert!(msg.contains("kill on a dead connection"), "{msg}");
+    // The event loop ends without an error.
+    let (mut c, _) = Client::connect(addr, "aborted-1", true, None).await;
+    c.abort_event_loop();
+    let msg =
+        panic_message_at_once(async move { c.no_publish(Duration::from_millis(300)).await }).await;
+    assert!(
+        msg.contains("event loop ended while checking that no PUBLISH arrives"),
+        "{msg}"
+    );
+    let (mut c, _) = Client::connect(addr, "aborted-2", true, None).await;
+    c.abort_event_loop();
+    let msg = panic_message_at_once(async move {
+        let _ = c.next().await;
+    })
+    .await;
+    assert!(
+        msg.contains("event loop ended without an error while waiting for a packet"),
+        "{msg}"
     );
     server.shutdown().await;
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::rumqtt::v5::{Client, options};
 use common::rumqtt::v311;
-use common::{TestServer, start_server_config};
+use common::{TestServer, panic_message, panic_message_at_once, start_server_config};
 use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
@@ -600,4 +600,60 @@ async fn a_message_dropped_for_size_defines_no_topic_alias() {
     assert_eq!((&p.topic[..], &p.payload[..]), (&b""[..], &b"small 2"[..]));
     assert_eq!(p.properties.and_then(|p| p.topic_alias), Some(1));
     server.shutdown().await;
+}
+
+/// The helpers fail on a dead connection rather than pass or wait out their bound: here the
+/// server shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helpers_fail_on_a_dead_connection() {
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let mut c = Client::plain(addr, "waiting").await;
+    c.sub("t/#", QoS::AtLeastOnce).await;
+    // On a live connection, no_publish passes.
+    c.no_publish(Duration::from_millis(100)).await;
+    let mut a = Client::plain(addr, "a").await;
+    let mut b = Client::plain(addr, "b").await;
+    let mut d = Client::plain(addr, "d").await;
+    let e = Client::plain(addr, "e").await;
+    // The server shuts down during the wait.
+    let (msg, ()) = tokio::join!(
+        panic_message(async move { c.no_publish(Duration::from_secs(3)).await }),
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            server.shutdown().await;
+        },
+    );
+    assert!(
+        msg.contains("connection error while checking that no PUBLISH arrives"),
+        "{msg}"
+    );
+    // The others' connections went before their checks, the errors still unread.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let msg =
+        panic_message_at_once(async move { a.no_publish(Duration::from_millis(300)).await }).await;
+    assert!(
+        msg.contains("connection error while checking that no PUBLISH arrives"),
+        "{msg}"
+    );
+    let msg = panic_message_at_once(async move {
+        b.publish().await;
+    })
+    .await;
+    assert!(
+        msg.contains("connection error while waiting for PUBLISH"),
+        "{msg}"
+    );
+    // next reports the error once, then fails.
+    assert!(d.next().await.is_err());
+    let msg = panic_message_at_once(async move {
+        let _ = d.next().await;
+    })
+    .await;
+    assert!(
+        msg.contains("waiting for a packet on a dead connection"),
+        "{msg}"
+    );
+    let msg = panic_message_at_once(async move { e.disconnect().await }).await;
+    assert!(msg.contains("DISCONNECT not queued"), "{msg}");
 }

@@ -130,6 +130,35 @@ pub(crate) fn broker_panics() -> usize {
     PANICS_OUTSIDE_TESTS.load(Ordering::SeqCst)
 }
 
+/// Runs `f` as a task and returns the message it panics with; panics if `f` completes.
+pub(crate) async fn panic_message<T: Send + 'static>(
+    f: impl Future<Output = T> + Send + 'static,
+) -> String {
+    let err = match tokio::spawn(f).await {
+        Ok(_) => panic!("expected a panic, but the future completed"),
+        Err(e) => e,
+    };
+    assert!(err.is_panic(), "{err}");
+    let payload = err.into_panic();
+    if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else {
+        "(a panic without a message)".to_owned()
+    }
+}
+
+/// Like [`panic_message`], and `f` must panic within a second: a check on a dead connection
+/// fails at once rather than waiting out its bound.
+pub(crate) async fn panic_message_at_once<T: Send + 'static>(
+    f: impl Future<Output = T> + Send + 'static,
+) -> String {
+    timeout(Duration::from_secs(1), panic_message(f))
+        .await
+        .expect("no panic within a second")
+}
+
 // ---------------------------------------------------------------------------------------------
 // Raw client
 

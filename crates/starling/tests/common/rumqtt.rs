@@ -248,6 +248,12 @@ impl<V: Version> Client<V> {
         true
     }
 
+    /// Ends the event loop (closing the socket without DISCONNECT) but keeps the client, to
+    /// show what the helpers do on a dead connection.
+    pub(crate) fn abort_event_loop(&self) {
+        self.task.abort();
+    }
+
     /// Closes the socket without DISCONNECT (the event loop task is aborted). Panics if the
     /// connection is already gone.
     pub(crate) fn kill(mut self) {
