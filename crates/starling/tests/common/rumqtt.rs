@@ -9,7 +9,6 @@
 //! connection proves nothing.
 
 use std::fmt::{Debug, Display};
-use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
