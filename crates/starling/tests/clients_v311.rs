@@ -9,130 +9,25 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnAck, Event, LastWill, MqttOptions, Packet, Publish, QoS};
-use starling::config::Config;
-use starling::server::Server;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio::time::timeout;
-
-const WAIT: Duration = Duration::from_secs(5);
-
-/// A broker on 127.0.0.1:0 with its store in a fresh temporary directory (kept alive by the
-/// returned guard).
-async fn start(tweak: impl FnOnce(&mut Config)) -> (Server, u16, tempfile::TempDir) {
-    let data = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        data_dir: data.path().to_path_buf(),
-        ..Config::default()
-    };
-    config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
-    tweak(&mut config);
-    let server = Server::start(&config).await.unwrap();
-    let port = server.local_addrs()[0].port();
-    (server, port, data)
-}
-
-/// A rumqttc client whose event loop runs in a task and forwards incoming packets.
-struct Client {
-    client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<Result<Packet, String>>,
-    task: JoinHandle<()>,
-}
-
-impl Client {
-    async fn connect(port: u16, id: &str, clean: bool, will: Option<LastWill>) -> (Self, ConnAck) {
-        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_clean_session(clean);
-        opts.set_keep_alive(Duration::from_secs(30));
-        if let Some(w) = will {
-            opts.set_last_will(w);
-        }
-        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(p)) => {
-                        if tx.send(Ok(p)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Event::Outgoing(_)) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                        return;
-                    }
-                }
-            }
-        });
-        let mut c = Self { client, rx, task };
-        let ack = match c.next().await {
-            Ok(Packet::ConnAck(a)) => a,
-            other => panic!("expected CONNACK, got {other:?}"),
-        };
-        (c, ack)
-    }
-
-    async fn next(&mut self) -> Result<Packet, String> {
-        timeout(WAIT, self.rx.recv())
-            .await
-            .expect("timed out waiting for a packet")
-            .expect("event loop ended")
-    }
-
-    /// The next PUBLISH, skipping acks.
-    async fn publish(&mut self) -> Publish {
-        loop {
-            match self.next().await {
-                Ok(Packet::Publish(p)) => return p,
-                Ok(_) => {}
-                Err(e) => panic!("connection error while waiting for PUBLISH: {e}"),
-            }
-        }
-    }
-
-    /// Asserts no PUBLISH arrives within `d`.
-    async fn no_publish(&mut self, d: Duration) {
-        let deadline = tokio::time::Instant::now() + d;
-        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-            if let Ok(Packet::Publish(p)) = p {
-                panic!("unexpected PUBLISH on {}: {:?}", p.topic, p.payload);
-            }
-        }
-    }
-
-    async fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.client.subscribe(filter, qos).await.unwrap();
-        loop {
-            if let Ok(Packet::SubAck(_)) = self.next().await {
-                return;
-            }
-        }
-    }
-
-    /// Closes the socket without DISCONNECT.
-    fn kill(self) {
-        self.task.abort();
-    }
-
-    async fn disconnect(mut self) {
-        self.client.disconnect().await.unwrap();
-        // The event loop ends once DISCONNECT is written.
-        let _ = timeout(WAIT, async { while self.rx.recv().await.is_some() {} }).await;
-    }
-}
+use common::rumqtt::WAIT;
+use common::rumqtt::v311::Client;
+use common::{panic_message, panic_message_at_once, start_server};
+use rumqttc::{LastWill, MqttOptions, Packet, QoS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos_0_1_2_round_trip_and_downgrade() {
-    let (server, port, _data) = start(|_| {}).await;
-    let (mut sub, ack) = Client::connect(port, "sub", true, None).await;
+    let server = start_server(|_| {}).await;
+    let addr = server.addr;
+    let (mut sub, ack) = Client::connect(addr, "sub", true, None).await;
     assert!(!ack.session_present);
     sub.subscribe("t/+", QoS::ExactlyOnce).await;
     sub.subscribe("low/#", QoS::AtMostOnce).await;
-    let (pub_, _) = Client::connect(port, "pub", true, None).await;
+    let (pub_, _) = Client::connect(addr, "pub", true, None).await;
     for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
         .into_iter()
         .enumerate()
@@ -159,17 +54,18 @@ async fn qos_0_1_2_round_trip_and_downgrade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcards_dollar_topics_and_unsubscribe() {
-    let (server, port, _data) = start(|c| c.limits.sys_interval_secs = 1).await;
-    let (mut all, _) = Client::connect(port, "all", true, None).await;
+    let server = start_server(|l| l.sys_interval_secs = 1).await;
+    let addr = server.addr;
+    let (mut all, _) = Client::connect(addr, "all", true, None).await;
     all.subscribe("#", QoS::AtMostOnce).await;
-    let (mut sys, _) = Client::connect(port, "sys", true, None).await;
+    let (mut sys, _) = Client::connect(addr, "sys", true, None).await;
     sys.subscribe("$SYS/broker/uptime", QoS::AtMostOnce).await;
     let p = sys.publish().await;
     assert_eq!(p.topic, "$SYS/broker/uptime");
     assert!(String::from_utf8_lossy(&p.payload).ends_with(" seconds"));
-    let (mut plus, _) = Client::connect(port, "plus", true, None).await;
+    let (mut plus, _) = Client::connect(addr, "plus", true, None).await;
     plus.subscribe("a/+/c", QoS::AtMostOnce).await;
-    let (pub_, _) = Client::connect(port, "pub", true, None).await;
+    let (pub_, _) = Client::connect(addr, "pub", true, None).await;
     pub_.client
         .publish("a/b/c", QoS::AtMostOnce, false, "1")
         .await
@@ -200,8 +96,9 @@ async fn wildcards_dollar_topics_and_unsubscribe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_set_replace_clear() {
     // No `$SYS` tree, so the retained count is only this test's.
-    let (server, port, _data) = start(|c| c.limits.sys_interval_secs = 0).await;
-    let (pub_, _) = Client::connect(port, "pub", true, None).await;
+    let server = start_server(|l| l.sys_interval_secs = 0).await;
+    let addr = server.addr;
+    let (pub_, _) = Client::connect(addr, "pub", true, None).await;
     pub_.client
         .publish("r/1", QoS::AtLeastOnce, true, "first")
         .await
@@ -215,7 +112,7 @@ async fn retained_set_replace_clear() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (mut sub, _) = Client::connect(port, "sub", true, None).await;
+    let (mut sub, _) = Client::connect(addr, "sub", true, None).await;
     sub.subscribe("r/1", QoS::AtLeastOnce).await;
     let p = sub.publish().await;
     assert_eq!((&p.payload[..], p.retain), (&b"second"[..], true));
@@ -233,7 +130,7 @@ async fn retained_set_replace_clear() {
         .unwrap();
     let _ = sub.publish().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (mut late, _) = Client::connect(port, "late", true, None).await;
+    let (mut late, _) = Client::connect(addr, "late", true, None).await;
     late.subscribe("r/#", QoS::AtLeastOnce).await;
     let p = late.publish().await;
     assert_eq!((p.topic.as_str(), &p.payload[..]), ("r/2", &b"other"[..]));
@@ -244,12 +141,13 @@ async fn retained_set_replace_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_session_queues_and_resumes() {
-    let (server, port, _data) = start(|_| {}).await;
-    let (mut sub, ack) = Client::connect(port, "durable", false, None).await;
+    let server = start_server(|_| {}).await;
+    let addr = server.addr;
+    let (mut sub, ack) = Client::connect(addr, "durable", false, None).await;
     assert!(!ack.session_present);
     sub.subscribe("q/#", QoS::AtLeastOnce).await;
     sub.disconnect().await;
-    let (pub_, _) = Client::connect(port, "pub", true, None).await;
+    let (pub_, _) = Client::connect(addr, "pub", true, None).await;
     for i in 0..5 {
         pub_.client
             .publish("q/x", QoS::AtLeastOnce, false, format!("{i}"))
@@ -262,7 +160,7 @@ async fn persistent_session_queues_and_resumes() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (mut sub, ack) = Client::connect(port, "durable", false, None).await;
+    let (mut sub, ack) = Client::connect(addr, "durable", false, None).await;
     assert!(ack.session_present);
     for i in 0..5 {
         let p = sub.publish().await;
@@ -272,19 +170,20 @@ async fn persistent_session_queues_and_resumes() {
     sub.no_publish(Duration::from_millis(300)).await;
     sub.disconnect().await;
     // A clean session discards it all.
-    let (sub, ack) = Client::connect(port, "durable", true, None).await;
+    let (sub, ack) = Client::connect(addr, "durable", true, None).await;
     assert!(!ack.session_present);
     // A clean session is never resumed, even if its connection is still open (MQTT-3.1.2-6).
     sub.disconnect().await;
-    let (_, ack) = Client::connect(port, "durable", false, None).await;
+    let (_, ack) = Client::connect(addr, "durable", false, None).await;
     assert!(!ack.session_present);
     server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_on_abnormal_close_only() {
-    let (server, port, _data) = start(|_| {}).await;
-    let (mut watcher, _) = Client::connect(port, "watcher", true, None).await;
+    let server = start_server(|_| {}).await;
+    let addr = server.addr;
+    let (mut watcher, _) = Client::connect(addr, "watcher", true, None).await;
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
     let will = |n: &str| {
         Some(LastWill::new(
@@ -294,10 +193,10 @@ async fn will_on_abnormal_close_only() {
             false,
         ))
     };
-    let (polite, _) = Client::connect(port, "polite", true, will("polite")).await;
+    let (polite, _) = Client::connect(addr, "polite", true, will("polite")).await;
     polite.disconnect().await;
     watcher.no_publish(Duration::from_millis(300)).await;
-    let (rude, _) = Client::connect(port, "rude", true, will("rude")).await;
+    let (rude, _) = Client::connect(addr, "rude", true, will("rude")).await;
     rude.kill();
     let p = watcher.publish().await;
     assert_eq!(
@@ -309,32 +208,26 @@ async fn will_on_abnormal_close_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_closes_the_old_connection() {
-    let (server, port, _data) = start(|_| {}).await;
-    let (mut first, _) = Client::connect(port, "same", true, None).await;
-    let (mut second, _) = Client::connect(port, "same", true, None).await;
+    let server = start_server(|_| {}).await;
+    let addr = server.addr;
+    let (mut first, _) = Client::connect(addr, "same", true, None).await;
+    let (mut second, _) = Client::connect(addr, "same", true, None).await;
     // The first connection is closed by the broker.
-    let closed = timeout(WAIT, async {
-        loop {
-            match first.rx.recv().await {
-                Some(Err(_)) | None => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "old connection not closed");
+    let closed = first.wait_closed(WAIT).await;
+    assert!(closed, "old connection not closed");
     second.subscribe("still/works", QoS::AtMostOnce).await;
     server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscription_spreads_messages() {
-    let (server, port, _data) = start(|_| {}).await;
-    let (mut a, _) = Client::connect(port, "a", true, None).await;
-    let (mut b, _) = Client::connect(port, "b", true, None).await;
+    let server = start_server(|_| {}).await;
+    let addr = server.addr;
+    let (mut a, _) = Client::connect(addr, "a", true, None).await;
+    let (mut b, _) = Client::connect(addr, "b", true, None).await;
     a.subscribe("$share/g/jobs/+", QoS::AtLeastOnce).await;
     b.subscribe("$share/g/jobs/+", QoS::AtLeastOnce).await;
-    let (pub_, _) = Client::connect(port, "pub", true, None).await;
+    let (pub_, _) = Client::connect(addr, "pub", true, None).await;
     for i in 0..20 {
         pub_.client
             .publish(format!("jobs/{i}"), QoS::AtLeastOnce, false, "x")
@@ -357,10 +250,11 @@ async fn shared_subscription_spreads_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_rate_limit_slows_without_disconnecting() {
-    let (server, port, _data) = start(|c| c.limits.max_publish_rate = 100).await;
-    let (mut sub, _) = Client::connect(port, "sub", true, None).await;
+    let server = start_server(|l| l.max_publish_rate = 100).await;
+    let addr = server.addr;
+    let (mut sub, _) = Client::connect(addr, "sub", true, None).await;
     sub.subscribe("rate", QoS::AtLeastOnce).await;
-    let (mut pub_, _) = Client::connect(port, "pub", true, None).await;
+    let (mut pub_, _) = Client::connect(addr, "pub", true, None).await;
     let started = std::time::Instant::now();
     for i in 0..250u32 {
         pub_.client
@@ -391,26 +285,18 @@ async fn publish_rate_limit_slows_without_disconnecting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_messages_are_resent_with_dup() {
-    let (server, port, _data) = start(|_| {}).await;
-    let connect = |port| async move {
-        let mut opts = MqttOptions::new("lazy", "127.0.0.1", port);
+    let server = start_server(|_| {}).await;
+    let addr = server.addr;
+    let connect = |addr: SocketAddr| {
+        let mut opts = MqttOptions::new("lazy", addr.ip().to_string(), addr.port());
         opts.set_clean_session(false);
         opts.set_manual_acks(true);
-        let (client, mut eventloop) = AsyncClient::new(opts, 100);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            while let Ok(ev) = eventloop.poll().await {
-                if let Event::Incoming(p) = ev {
-                    let _ = tx.send(Ok(p));
-                }
-            }
-        });
-        Client { client, rx, task }
+        Client::start(opts)
     };
-    let mut lazy = connect(port).await;
+    let mut lazy = connect(addr);
     assert!(matches!(lazy.next().await, Ok(Packet::ConnAck(_))));
     lazy.subscribe("redo/#", QoS::ExactlyOnce).await;
-    let (pub_, _) = Client::connect(port, "pub", true, None).await;
+    let (pub_, _) = Client::connect(addr, "pub", true, None).await;
     pub_.client
         .publish("redo/1", QoS::AtLeastOnce, false, "one")
         .await
@@ -425,7 +311,7 @@ async fn unacknowledged_messages_are_resent_with_dup() {
     // Never acknowledged; the connection drops.
     lazy.kill();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut lazy = connect(port).await;
+    let mut lazy = connect(addr);
     match lazy.next().await {
         Ok(Packet::ConnAck(a)) => assert!(a.session_present),
         other => panic!("{other:?}"),
@@ -439,6 +325,106 @@ async fn unacknowledged_messages_are_resent_with_dup() {
     assert_eq!(
         (again2.pkid, &again2.payload[..], again2.dup),
         (second.pkid, &b"two"[..], true)
+    );
+    server.shutdown().await;
+}
+
+/// A client whose connection the broker has closed (another client took its session over),
+/// with the error already seen.
+async fn dead_client(addr: SocketAddr, id: &str) -> Client {
+    let (mut c, _) = Client::connect(addr, id, true, None).await;
+    let (_other, _) = Client::connect(addr, id, true, None).await;
+    assert!(
+        c.wait_closed(WAIT).await,
+        "taken over connection not closed"
+    );
+    c
+}
+
+/// The helpers fail on a dead connection rather than pass or wait out their bound: the broker
+/// closes it (a takeover), or the event loop ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helpers_fail_on_a_dead_connection() {
+    let server = start_server(|_| {}).await;
+    let addr = server.addr;
+    // On a live connection, no_publish passes.
+    let (mut c, _) = Client::connect(addr, "victim", true, None).await;
+    c.no_publish(Duration::from_millis(100)).await;
+    // The broker closes the connection during the wait.
+    let (msg, _) = tokio::join!(
+        panic_message(async move { c.no_publish(Duration::from_secs(3)).await }),
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Client::connect(addr, "victim", true, None).await
+        },
+    );
+    assert!(
+        msg.contains("connection error while checking that no PUBLISH arrives"),
+        "{msg}"
+    );
+    // The broker closed it before the wait, the error still unread.
+    let (mut c, _) = Client::connect(addr, "victim-2", true, None).await;
+    let (_other, _) = Client::connect(addr, "victim-2", true, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let msg =
+        panic_message_at_once(async move { c.no_publish(Duration::from_millis(300)).await }).await;
+    assert!(
+        msg.contains("connection error while checking that no PUBLISH arrives"),
+        "{msg}"
+    );
+    // The error already seen: every helper fails at once.
+    let mut c = dead_client(addr, "dead-1").await;
+    let msg =
+        panic_message_at_once(async move { c.no_publish(Duration::from_millis(300)).await }).await;
+    assert!(
+        msg.contains("checking that no PUBLISH arrives on a dead connection"),
+        "{msg}"
+    );
+    let mut c = dead_client(addr, "dead-2").await;
+    let msg = panic_message_at_once(async move {
+        let _ = c.next().await;
+    })
+    .await;
+    assert!(
+        msg.contains("waiting for a packet on a dead connection"),
+        "{msg}"
+    );
+    let mut c = dead_client(addr, "dead-3").await;
+    let msg = panic_message_at_once(async move {
+        c.publish().await;
+    })
+    .await;
+    assert!(
+        msg.contains("waiting for a packet on a dead connection"),
+        "{msg}"
+    );
+    let mut c = dead_client(addr, "dead-4").await;
+    let msg = panic_message_at_once(async move { c.subscribe("x", QoS::AtMostOnce).await }).await;
+    assert!(msg.contains("SUBSCRIBE on a dead connection"), "{msg}");
+    let c = dead_client(addr, "dead-5").await;
+    let msg = panic_message_at_once(async move { c.disconnect().await }).await;
+    assert!(msg.contains("DISCONNECT on a dead connection"), "{msg}");
+    let c = dead_client(addr, "dead-6").await;
+    let msg = panic_message_at_once(async move { c.kill() }).await;
+    assert!(msg.contains("kill on a dead connection"), "{msg}");
+    // The event loop ends without an error.
+    let (mut c, _) = Client::connect(addr, "aborted-1", true, None).await;
+    c.abort_event_loop();
+    let msg =
+        panic_message_at_once(async move { c.no_publish(Duration::from_millis(300)).await }).await;
+    assert!(
+        msg.contains("event loop ended while checking that no PUBLISH arrives"),
+        "{msg}"
+    );
+    let (mut c, _) = Client::connect(addr, "aborted-2", true, None).await;
+    c.abort_event_loop();
+    let msg = panic_message_at_once(async move {
+        let _ = c.next().await;
+    })
+    .await;
+    assert!(
+        msg.contains("event loop ended without an error while waiting for a packet"),
+        "{msg}"
     );
     server.shutdown().await;
 }

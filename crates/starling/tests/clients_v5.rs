@@ -10,146 +10,42 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::rumqtt::v5::{Client, options};
+use common::rumqtt::v311;
+use common::{TestServer, panic_message, panic_message_at_once, start_server_config};
+use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, LastWillProperties, Packet,
-    PubAckReason, Publish, PublishProperties, RetainForwardRule, SubscribeProperties,
+    ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, LastWillProperties, Packet,
+    PubAckReason, PublishProperties, RetainForwardRule,
 };
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use starling::config::Config;
-use starling::server::Server;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio::time::timeout;
 
-const WAIT: Duration = Duration::from_secs(5);
-
-/// A broker on 127.0.0.1:0 with its store in a fresh temporary directory (kept alive by the
-/// returned guard).
-async fn start(tweak: impl FnOnce(&mut Config)) -> (Server, u16, tempfile::TempDir) {
-    let data = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        data_dir: data.path().to_path_buf(),
-        ..Config::default()
-    };
-    config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
-    config.limits.sys_interval_secs = 0;
-    tweak(&mut config);
-    let server = Server::start(&config).await.unwrap();
-    let port = server.local_addrs()[0].port();
-    (server, port, data)
-}
-
-struct Client {
-    client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<Result<Packet, String>>,
-    task: JoinHandle<()>,
-}
-
-impl Client {
-    async fn connect(port: u16, id: &str, tweak: impl FnOnce(&mut MqttOptions)) -> (Self, ConnAck) {
-        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30));
-        tweak(&mut opts);
-        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(p)) => {
-                        if tx.send(Ok(p)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Event::Outgoing(_)) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("{e:?}")));
-                        return;
-                    }
-                }
-            }
-        });
-        let mut c = Self { client, rx, task };
-        let ack = match c.next().await {
-            Ok(Packet::ConnAck(a)) => a,
-            other => panic!("expected CONNACK, got {other:?}"),
-        };
-        (c, ack)
-    }
-
-    async fn plain(port: u16, id: &str) -> Self {
-        Self::connect(port, id, |_| {}).await.0
-    }
-
-    async fn next(&mut self) -> Result<Packet, String> {
-        timeout(WAIT, self.rx.recv())
-            .await
-            .expect("timed out waiting for a packet")
-            .expect("event loop ended")
-    }
-
-    async fn publish(&mut self) -> Publish {
-        loop {
-            match self.next().await {
-                Ok(Packet::Publish(p)) => return p,
-                Ok(_) => {}
-                Err(e) => panic!("connection error while waiting for PUBLISH: {e}"),
-            }
-        }
-    }
-
-    async fn no_publish(&mut self, d: Duration) {
-        let deadline = tokio::time::Instant::now() + d;
-        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-            if let Ok(Packet::Publish(p)) = p {
-                panic!("unexpected PUBLISH: {p:?}");
-            }
-        }
-    }
-
-    async fn subscribe(&mut self, filter: Filter, id: Option<usize>) {
-        let props = SubscribeProperties {
-            id,
-            user_properties: vec![],
-        };
-        self.client
-            .subscribe_many_with_properties(vec![filter], props)
-            .await
-            .unwrap();
-        loop {
-            if let Ok(Packet::SubAck(_)) = self.next().await {
-                return;
-            }
-        }
-    }
-
-    async fn sub(&mut self, path: &str, qos: QoS) {
-        self.subscribe(Filter::new(path, qos), None).await;
-    }
-
-    fn kill(self) {
-        self.task.abort();
-    }
-
-    async fn disconnect(mut self) {
-        self.client.disconnect().await.unwrap();
-        let _ = timeout(WAIT, async { while self.rx.recv().await.is_some() {} }).await;
-    }
+/// A broker on 127.0.0.1:0 without the `$SYS` tree, adjusted by `tweak`.
+async fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    start_server_config(|config| {
+        config.limits.sys_interval_secs = 0;
+        tweak(config);
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connack_advertises_limits() {
-    let (server, port, _data) = start(|c| {
+    let server = start(|c| {
         c.limits.receive_maximum = 77;
         c.limits.topic_alias_maximum = 9;
         c.limits.max_packet_size = 100_000;
         c.limits.max_keep_alive = 20;
     })
     .await;
-    let (_c, ack) = Client::connect(port, "c", |_| {}).await;
+    let addr = server.addr;
+    let (_c, ack) = Client::connect(addr, "c", |_| {}).await;
     assert_eq!(ack.code, ConnectReturnCode::Success);
     let p = ack.properties.unwrap();
     assert_eq!(p.receive_max, Some(77));
@@ -162,13 +58,14 @@ async fn connack_advertises_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_identifiers_and_overlap() {
-    let (server, port, _data) = start(|_| {}).await;
-    let mut sub = Client::plain(port, "sub").await;
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let mut sub = Client::plain(addr, "sub").await;
     sub.subscribe(Filter::new("s/+", QoS::AtMostOnce), Some(11))
         .await;
     sub.subscribe(Filter::new("s/#", QoS::AtLeastOnce), Some(22))
         .await;
-    let publisher = Client::plain(port, "pub").await;
+    let publisher = Client::plain(addr, "pub").await;
     publisher
         .client
         .publish("s/x", QoS::AtLeastOnce, false, "hi")
@@ -186,10 +83,11 @@ async fn subscription_identifiers_and_overlap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn properties_are_forwarded_unchanged() {
-    let (server, port, _data) = start(|_| {}).await;
-    let mut sub = Client::plain(port, "sub").await;
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let mut sub = Client::plain(addr, "sub").await;
     sub.sub("req/#", QoS::AtLeastOnce).await;
-    let publisher = Client::plain(port, "pub").await;
+    let publisher = Client::plain(addr, "pub").await;
     let props = PublishProperties {
         payload_format_indicator: Some(1),
         message_expiry_interval: Some(100),
@@ -230,8 +128,9 @@ async fn properties_are_forwarded_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_local_retain_as_published_and_retain_handling() {
-    let (server, port, _data) = start(|_| {}).await;
-    let mut me = Client::plain(port, "me").await;
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let mut me = Client::plain(addr, "me").await;
     let mut f = Filter::new("nl/#", QoS::AtMostOnce);
     f.nolocal = true;
     me.subscribe(f, None).await;
@@ -240,7 +139,7 @@ async fn no_local_retain_as_published_and_retain_handling() {
         .await
         .unwrap();
     me.no_publish(Duration::from_millis(200)).await;
-    let other = Client::plain(port, "other").await;
+    let other = Client::plain(addr, "other").await;
     other
         .client
         .publish("nl/2", QoS::AtMostOnce, false, "theirs")
@@ -258,7 +157,7 @@ async fn no_local_retain_as_published_and_retain_handling() {
     let mut f = Filter::new("keep/#", QoS::AtLeastOnce);
     f.retain_forward_rule = RetainForwardRule::Never;
     f.preserve_retain = true;
-    let mut rap = Client::plain(port, "rap").await;
+    let mut rap = Client::plain(addr, "rap").await;
     rap.subscribe(f, None).await;
     rap.no_publish(Duration::from_millis(200)).await;
     other
@@ -271,7 +170,7 @@ async fn no_local_retain_as_published_and_retain_handling() {
     // Retain handling 1: only when the subscription is new.
     let mut f = Filter::new("keep/#", QoS::AtLeastOnce);
     f.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
-    let mut newer = Client::plain(port, "newer").await;
+    let mut newer = Client::plain(addr, "newer").await;
     newer.subscribe(f.clone(), None).await;
     assert_eq!(&newer.publish().await.payload[..], b"again");
     newer.subscribe(f, None).await;
@@ -281,8 +180,9 @@ async fn no_local_retain_as_published_and_retain_handling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puback_says_no_matching_subscribers() {
-    let (server, port, _data) = start(|_| {}).await;
-    let mut c = Client::plain(port, "c").await;
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let mut c = Client::plain(addr, "c").await;
     c.client
         .publish("nobody/home", QoS::AtLeastOnce, false, "x")
         .await
@@ -298,39 +198,41 @@ async fn puback_says_no_matching_subscribers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_expiry_keeps_then_drops_the_session() {
-    let (server, port, _data) = start(|_| {}).await;
+    let server = start(|_| {}).await;
+    let addr = server.addr;
     let with_expiry = |secs: u32| {
         move |o: &mut MqttOptions| {
             o.set_clean_start(false);
             o.set_session_expiry_interval(Some(secs));
         }
     };
-    let (mut sub, ack) = Client::connect(port, "s", with_expiry(2)).await;
+    let (mut sub, ack) = Client::connect(addr, "s", with_expiry(2)).await;
     assert!(!ack.session_present);
     sub.sub("exp/#", QoS::AtLeastOnce).await;
     sub.disconnect().await;
-    let publisher = Client::plain(port, "pub").await;
+    let publisher = Client::plain(addr, "pub").await;
     publisher
         .client
         .publish("exp/1", QoS::AtLeastOnce, false, "queued")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (mut sub, ack) = Client::connect(port, "s", with_expiry(1)).await;
+    let (mut sub, ack) = Client::connect(addr, "s", with_expiry(1)).await;
     assert!(ack.session_present);
     assert_eq!(&sub.publish().await.payload[..], b"queued");
     sub.disconnect().await;
     // After the 1 s expiry (checked every second), the session is gone.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (_sub, ack) = Client::connect(port, "s", with_expiry(1)).await;
+    let (_sub, ack) = Client::connect(addr, "s", with_expiry(1)).await;
     assert!(!ack.session_present);
     server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_delay_and_disconnect_with_will() {
-    let (server, port, _data) = start(|_| {}).await;
-    let mut watcher = Client::plain(port, "watcher").await;
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let mut watcher = Client::plain(addr, "watcher").await;
     watcher.sub("w/#", QoS::AtLeastOnce).await;
     let will = |topic: &str, delay: u32| {
         let props = LastWillProperties {
@@ -345,7 +247,7 @@ async fn will_delay_and_disconnect_with_will() {
         LastWill::new(topic, "bye", QoS::AtLeastOnce, false, Some(props))
     };
     // Delayed will: not at once, but after the delay (the session expiry is longer).
-    let (c, _) = Client::connect(port, "delayed", |o| {
+    let (c, _) = Client::connect(addr, "delayed", |o| {
         o.set_last_will(will("w/delayed", 1));
         o.set_session_expiry_interval(Some(60));
     })
@@ -359,14 +261,14 @@ async fn will_delay_and_disconnect_with_will() {
         "will sent before its delay"
     );
     // Resumed within the delay: no will.
-    let (c, _) = Client::connect(port, "resumed", |o| {
+    let (c, _) = Client::connect(addr, "resumed", |o| {
         o.set_last_will(will("w/resumed", 2));
         o.set_session_expiry_interval(Some(60));
     })
     .await;
     c.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (c, ack) = Client::connect(port, "resumed", |o| {
+    let (c, ack) = Client::connect(addr, "resumed", |o| {
         o.set_clean_start(false);
         o.set_session_expiry_interval(Some(60));
     })
@@ -379,14 +281,15 @@ async fn will_delay_and_disconnect_with_will() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_member_loss_hands_messages_over() {
-    let (server, port, _data) = start(|_| {}).await;
+    let server = start(|_| {}).await;
+    let addr = server.addr;
     // `a` takes messages but never acknowledges them.
-    let (mut a, _) = Client::connect(port, "a", |o| {
+    let (mut a, _) = Client::connect(addr, "a", |o| {
         o.set_manual_acks(true);
     })
     .await;
     a.sub("$share/g/work", QoS::AtLeastOnce).await;
-    let publisher = Client::plain(port, "pub").await;
+    let publisher = Client::plain(addr, "pub").await;
     for i in 0..4 {
         publisher
             .client
@@ -397,7 +300,7 @@ async fn shared_member_loss_hands_messages_over() {
     for _ in 0..4 {
         a.publish().await;
     }
-    let mut b = Client::plain(port, "b").await;
+    let mut b = Client::plain(addr, "b").await;
     b.sub("$share/g/work", QoS::AtLeastOnce).await;
     a.kill();
     let mut got: Vec<String> = Vec::new();
@@ -411,14 +314,15 @@ async fn shared_member_loss_hands_messages_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_sends_server_shutting_down() {
-    let (server, port, _data) = start(|_| {}).await;
-    let mut c = Client::plain(port, "c").await;
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let mut c = Client::plain(addr, "c").await;
     let shutdown = tokio::spawn(server.shutdown());
     // rumqttc reports a server DISCONNECT as the error that ends its event loop.
     let ended = loop {
         match c.next().await {
             Ok(_) => {}
-            Err(e) => break e,
+            Err(e) => break format!("{e:?}"),
         }
     };
     let expected = format!("{:?}", DisconnectReasonCode::ServerShuttingDown);
@@ -431,29 +335,14 @@ async fn shutdown_sends_server_shutting_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v311_and_v5_interoperate() {
-    let (server, port, _data) = start(|_| {}).await;
-    let mut v5 = Client::plain(port, "five").await;
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let mut v5 = Client::plain(addr, "five").await;
     v5.sub("x/#", QoS::AtLeastOnce).await;
-    let mut opts = rumqttc::MqttOptions::new("three", "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (v3, mut v3_loop) = rumqttc::AsyncClient::new(opts, 100);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(ev) = v3_loop.poll().await {
-            if let rumqttc::Event::Incoming(p) = ev {
-                let _ = tx.send(p);
-            }
-        }
-    });
-    v3.subscribe("x/#", rumqttc::QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    loop {
-        if let rumqttc::Packet::SubAck(_) = timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
-            break;
-        }
-    }
-    v3.publish("x/from3", rumqttc::QoS::AtLeastOnce, false, "three")
+    let (mut v3, _) = v311::Client::connect(addr, "three", true, None).await;
+    v3.subscribe("x/#", rumqttc::QoS::AtLeastOnce).await;
+    v3.client
+        .publish("x/from3", rumqttc::QoS::AtLeastOnce, false, "three")
         .await
         .unwrap();
     let p = v5.publish().await;
@@ -471,9 +360,8 @@ async fn v311_and_v5_interoperate() {
         .await
         .unwrap();
     let got = loop {
-        if let rumqttc::Packet::Publish(p) = timeout(WAIT, rx.recv()).await.unwrap().unwrap()
-            && p.topic == "x/from5"
-        {
+        let p = v3.publish().await;
+        if p.topic == "x/from5" {
             break p;
         }
     };
@@ -483,13 +371,14 @@ async fn v311_and_v5_interoperate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_aliases_both_ways() {
-    let (server, port, _data) = start(|_| {}).await;
-    let (mut sub, _) = Client::connect(port, "sub", |o| {
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let (mut sub, _) = Client::connect(addr, "sub", |o| {
         o.set_topic_alias_max(Some(2));
     })
     .await;
     sub.sub("al/#", QoS::AtMostOnce).await;
-    let (publisher, ack) = Client::connect(port, "pub", |_| {}).await;
+    let (publisher, ack) = Client::connect(addr, "pub", |_| {}).await;
     assert!(ack.properties.unwrap().topic_alias_max.unwrap_or(0) >= 1);
     // Inbound: the topic once with alias 1, then the alias alone.
     let with_alias = |alias| PublishProperties {
@@ -552,9 +441,9 @@ async fn topic_aliases_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_information_and_redirection() {
-    let (server, port, _data) =
-        start(|c| c.mqtt.response_information_prefix = "replies/".into()).await;
-    let (_c, ack) = Client::connect(port, "asker", |o| {
+    let server = start(|c| c.mqtt.response_information_prefix = "replies/".into()).await;
+    let addr = server.addr;
+    let (_c, ack) = Client::connect(addr, "asker", |o| {
         o.set_request_response_info(Some(1));
     })
     .await;
@@ -562,16 +451,14 @@ async fn response_information_and_redirection() {
         ack.properties.unwrap().response_information.as_deref(),
         Some("replies/asker")
     );
-    let (_c, ack) = Client::connect(port, "quiet", |_| {}).await;
+    let (_c, ack) = Client::connect(addr, "quiet", |_| {}).await;
     assert_eq!(ack.properties.unwrap().response_information, None);
     server.shutdown().await;
 
-    let (server, port, _data2) =
-        start(|c| c.mqtt.server_reference = Some("other.example:1883".into())).await;
-    let mut opts = MqttOptions::new("moved", "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (_client, mut eventloop) = AsyncClient::new(opts, 10);
-    let err = timeout(WAIT, eventloop.poll()).await.unwrap().unwrap_err();
+    let server = start(|c| c.mqtt.server_reference = Some("other.example:1883".into())).await;
+    let addr = server.addr;
+    let mut moved = Client::start(options(addr, "moved"));
+    let err = moved.next().await.unwrap_err();
     let text = format!("{err:?}");
     assert!(text.contains("UseAnotherServer"), "{text}");
     server.shutdown().await;
@@ -579,9 +466,10 @@ async fn response_information_and_redirection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reason_strings_follow_request_problem_information() {
-    let (server, port, _data) = start(|_| {}).await;
+    let server = start(|_| {}).await;
+    let addr = server.addr;
     for (rpi, expect_string) in [(None, true), (Some(0), false)] {
-        let (mut c, _) = Client::connect(port, "rpi", |o| {
+        let (mut c, _) = Client::connect(addr, "rpi", |o| {
             o.set_request_problem_info(rpi);
         })
         .await;
@@ -614,15 +502,16 @@ async fn reason_strings_follow_request_problem_information() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_messages_are_dropped_and_counted() {
-    let (server, port, _data) = start(|_| {}).await;
+    let server = start(|_| {}).await;
+    let addr = server.addr;
     let persistent = |o: &mut MqttOptions| {
         o.set_clean_start(false);
         o.set_session_expiry_interval(Some(60));
     };
-    let (mut sub, _) = Client::connect(port, "offline", persistent).await;
+    let (mut sub, _) = Client::connect(addr, "offline", persistent).await;
     sub.sub("exp/#", QoS::AtLeastOnce).await;
     sub.disconnect().await;
-    let publisher = Client::plain(port, "pub").await;
+    let publisher = Client::plain(addr, "pub").await;
     let expiring = |secs| PublishProperties {
         message_expiry_interval: Some(secs),
         ..Default::default()
@@ -638,7 +527,7 @@ async fn expired_messages_are_dropped_and_counted() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let (mut sub, ack) = Client::connect(port, "offline", persistent).await;
+    let (mut sub, ack) = Client::connect(addr, "offline", persistent).await;
     assert!(ack.session_present);
     let p = sub.publish().await;
     assert_eq!(&p.payload[..], b"long");
@@ -652,14 +541,15 @@ async fn expired_messages_are_dropped_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clients_receive_maximum_is_respected() {
-    let (server, port, _data) = start(|_| {}).await;
-    let (mut sub, _) = Client::connect(port, "rm-sub", |o| {
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let (mut sub, _) = Client::connect(addr, "rm-sub", |o| {
         o.set_receive_maximum(Some(2));
         o.set_manual_acks(true);
     })
     .await;
     sub.sub("rm/#", QoS::AtLeastOnce).await;
-    let publisher = Client::plain(port, "rm-pub").await;
+    let publisher = Client::plain(addr, "rm-pub").await;
     for i in 0..5 {
         publisher
             .client
@@ -682,14 +572,15 @@ async fn the_clients_receive_maximum_is_respected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_dropped_for_size_defines_no_topic_alias() {
-    let (server, port, _data) = start(|_| {}).await;
-    let (mut sub, _) = Client::connect(port, "mps-sub", |o| {
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let (mut sub, _) = Client::connect(addr, "mps-sub", |o| {
         o.set_topic_alias_max(Some(2));
         o.set_max_packet_size(Some(200));
     })
     .await;
     sub.sub("mps/#", QoS::AtLeastOnce).await;
-    let publisher = Client::plain(port, "mps-pub").await;
+    let publisher = Client::plain(addr, "mps-pub").await;
     for payload in [vec![b'x'; 1000], b"small 1".to_vec(), b"small 2".to_vec()] {
         publisher
             .client
@@ -709,4 +600,60 @@ async fn a_message_dropped_for_size_defines_no_topic_alias() {
     assert_eq!((&p.topic[..], &p.payload[..]), (&b""[..], &b"small 2"[..]));
     assert_eq!(p.properties.and_then(|p| p.topic_alias), Some(1));
     server.shutdown().await;
+}
+
+/// The helpers fail on a dead connection rather than pass or wait out their bound: here the
+/// server shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helpers_fail_on_a_dead_connection() {
+    let server = start(|_| {}).await;
+    let addr = server.addr;
+    let mut c = Client::plain(addr, "waiting").await;
+    c.sub("t/#", QoS::AtLeastOnce).await;
+    // On a live connection, no_publish passes.
+    c.no_publish(Duration::from_millis(100)).await;
+    let mut a = Client::plain(addr, "a").await;
+    let mut b = Client::plain(addr, "b").await;
+    let mut d = Client::plain(addr, "d").await;
+    let e = Client::plain(addr, "e").await;
+    // The server shuts down during the wait.
+    let (msg, ()) = tokio::join!(
+        panic_message(async move { c.no_publish(Duration::from_secs(3)).await }),
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            server.shutdown().await;
+        },
+    );
+    assert!(
+        msg.contains("connection error while checking that no PUBLISH arrives"),
+        "{msg}"
+    );
+    // The others' connections went before their checks, the errors still unread.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let msg =
+        panic_message_at_once(async move { a.no_publish(Duration::from_millis(300)).await }).await;
+    assert!(
+        msg.contains("connection error while checking that no PUBLISH arrives"),
+        "{msg}"
+    );
+    let msg = panic_message_at_once(async move {
+        b.publish().await;
+    })
+    .await;
+    assert!(
+        msg.contains("connection error while waiting for PUBLISH"),
+        "{msg}"
+    );
+    // next reports the error once, then fails.
+    assert!(d.next().await.is_err());
+    let msg = panic_message_at_once(async move {
+        let _ = d.next().await;
+    })
+    .await;
+    assert!(
+        msg.contains("waiting for a packet on a dead connection"),
+        "{msg}"
+    );
+    let msg = panic_message_at_once(async move { e.disconnect().await }).await;
+    assert!(msg.contains("DISCONNECT not queued"), "{msg}");
 }

@@ -1102,64 +1102,7 @@ fn reauthentication_that_fails_as_someone_else_or_too_slow_is_refused() {
 // ---------------------------------------------------------------------------------------------
 // rumqttc
 
-mod rumqttc_client {
-    use super::*;
-    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet as RPacket};
-    use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
-    use tokio::sync::mpsc;
-
-    pub(super) fn options(port: u16, id: &str) -> MqttOptions {
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(30));
-        o
-    }
-
-    /// Polls the event loop on a task; incoming packets (or the error that ended it) come out
-    /// of the channel.
-    pub(super) fn run(
-        opts: MqttOptions,
-    ) -> (
-        AsyncClient,
-        mpsc::UnboundedReceiver<Result<RPacket, ConnectionError>>,
-    ) {
-        let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(opts, 100);
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(p)) => {
-                        if tx.send(Ok(p)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Event::Outgoing(_)) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                }
-            }
-        });
-        (client, rx)
-    }
-
-    pub(super) async fn next(
-        rx: &mut mpsc::UnboundedReceiver<Result<RPacket, ConnectionError>>,
-    ) -> Result<RPacket, ConnectionError> {
-        tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .expect("rumqttc event in time")
-            .expect("event loop running")
-    }
-
-    pub(super) fn refused(r: Result<RPacket, ConnectionError>) -> ConnectReturnCode {
-        match r {
-            Err(ConnectionError::ConnectionRefused(code)) => code,
-            other => panic!("expected a refused connection, got {other:?}"),
-        }
-    }
-}
-
+use common::rumqtt::v5::{Client, options};
 use rumqttc::v5::mqttbytes::QoS as Q;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as Code, Packet as P};
 
@@ -1245,7 +1188,7 @@ async fn scram_through_relay(
 ) {
     let client_first = scram.client_first();
     let (port, relay) = scram_relay(broker, scram).await;
-    let mut o = rumqttc_client::options(port, id);
+    let mut o = options(SocketAddr::from(([127, 0, 0, 1], port)), id);
     o.set_authentication_method(Some(SCRAM.into()));
     o.set_authentication_data(Some(Bytes::from(client_first)));
     (o, relay)
@@ -1256,8 +1199,8 @@ async fn rumqttc_logs_in_with_scram_and_uses_the_session() {
     let f = fixture(|_| {}).await;
     let scram = ScramClient::new(ALICE.0, ALICE.1);
     let (opts, relay) = scram_through_relay(f.server.addr, "rumqttc-scram", scram).await;
-    let (client, mut rx) = rumqttc_client::run(opts);
-    match rumqttc_client::next(&mut rx).await {
+    let mut c = Client::start(opts);
+    match c.next().await {
         Ok(P::ConnAck(ack)) => {
             assert_eq!(ack.code, Code::Success);
             let props = ack.properties.unwrap();
@@ -1266,20 +1209,20 @@ async fn rumqttc_logs_in_with_scram_and_uses_the_session() {
         }
         other => panic!("expected CONNACK, got {other:?}"),
     }
-    client.subscribe("alice/#", Q::AtLeastOnce).await.unwrap();
-    client
+    c.client.subscribe("alice/#", Q::AtLeastOnce).await.unwrap();
+    c.client
         .publish("alice/r", Q::AtLeastOnce, false, "via rumqttc")
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         assert!(tokio::time::Instant::now() < deadline, "no message back");
-        if let Ok(P::Publish(p)) = rumqttc_client::next(&mut rx).await {
+        if let Ok(P::Publish(p)) = c.next().await {
             assert_eq!(&p.payload[..], b"via rumqttc");
             break;
         }
     }
-    client.disconnect().await.unwrap();
+    c.disconnect().await;
     assert_eq!(relay.await.unwrap(), Some(true), "server signature checked");
     f.server.shutdown().await;
 }
@@ -1289,11 +1232,8 @@ async fn rumqttc_scram_with_a_wrong_password_is_refused_0x86() {
     let f = fixture(|_| {}).await;
     let scram = ScramClient::new(ALICE.0, "Wonderland");
     let (opts, relay) = scram_through_relay(f.server.addr, "rumqttc-wrong", scram).await;
-    let (_client, mut rx) = rumqttc_client::run(opts);
-    assert_eq!(
-        rumqttc_client::refused(rumqttc_client::next(&mut rx).await),
-        Code::BadUserNamePassword
-    );
+    let mut c = Client::start(opts);
+    assert_eq!(c.expect_refused().await, Code::BadUserNamePassword);
     assert_eq!(relay.await.unwrap(), None);
     f.server.shutdown().await;
 }
@@ -1301,35 +1241,29 @@ async fn rumqttc_scram_with_a_wrong_password_is_refused_0x86() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rumqttc_unknown_method_is_refused_0x8c() {
     let f = fixture(|_| {}).await;
-    let mut opts = rumqttc_client::options(f.server.addr.port(), "rumqttc-8c");
+    let mut opts = options(f.server.addr, "rumqttc-8c");
     opts.set_authentication_method(Some("OAUTH2-JWT".into()));
     opts.set_authentication_data(Some(Bytes::from_static(b"token")));
-    let (_client, mut rx) = rumqttc_client::run(opts);
-    assert_eq!(
-        rumqttc_client::refused(rumqttc_client::next(&mut rx).await),
-        Code::BadAuthenticationMethod
-    );
+    let mut c = Client::start(opts);
+    assert_eq!(c.expect_refused().await, Code::BadAuthenticationMethod);
     f.server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rumqttc_plain_password_against_a_scram_entry() {
     let f = fixture(|_| {}).await;
-    let mut opts = rumqttc_client::options(f.server.addr.port(), "rumqttc-plain");
+    let mut opts = options(f.server.addr, "rumqttc-plain");
     opts.set_credentials(CAROL.0, CAROL.1);
-    let (client, mut rx) = rumqttc_client::run(opts);
-    match rumqttc_client::next(&mut rx).await {
+    let mut c = Client::start(opts);
+    match c.next().await {
         Ok(P::ConnAck(ack)) => assert_eq!(ack.code, Code::Success),
         other => panic!("expected CONNACK, got {other:?}"),
     }
-    client.disconnect().await.unwrap();
-    let mut opts = rumqttc_client::options(f.server.addr.port(), "rumqttc-plain-2");
+    c.disconnect().await;
+    let mut opts = options(f.server.addr, "rumqttc-plain-2");
     opts.set_credentials(CAROL.0, "carol's passwort");
-    let (_client, mut rx) = rumqttc_client::run(opts);
-    assert_eq!(
-        rumqttc_client::refused(rumqttc_client::next(&mut rx).await),
-        Code::BadUserNamePassword
-    );
+    let mut c = Client::start(opts);
+    assert_eq!(c.expect_refused().await, Code::BadUserNamePassword);
     f.server.shutdown().await;
 }
 

@@ -1,7 +1,8 @@
 //! Helpers shared by the black-box tests: an in-process server on an ephemeral port, a raw
 //! MQTT client over TCP built on the codec (valid packets via `starling_proto::encode`, any
 //! bytes via `send_raw`), a probe client that proves the broker still routes messages, and
-//! byte-level builders for hand-made (malformed) packets.
+//! byte-level builders for hand-made (malformed) packets. The `rumqttc` clients are in
+//! [`rumqtt`].
 //!
 //! Every wait is bounded: a helper that does not get what it expects in time panics.
 
@@ -30,6 +31,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
+pub(crate) mod rumqtt;
+
 /// Default bound for waiting on something the broker should do promptly.
 pub(crate) const WAIT: Duration = Duration::from_secs(3);
 
@@ -48,9 +51,14 @@ pub(crate) struct TestServer {
 
 /// Starts a server with default limits, adjusted by `tune`.
 pub(crate) async fn start_server(tune: impl FnOnce(&mut Limits)) -> TestServer {
+    start_server_config(|config| tune(&mut config.limits)).await
+}
+
+/// Starts a server with the default config on 127.0.0.1:0, adjusted by `tweak`.
+pub(crate) async fn start_server_config(tweak: impl FnOnce(&mut Config)) -> TestServer {
     let mut config = Config::default();
     config.listeners[0].bind = SocketAddr::from(([127, 0, 0, 1], 0));
-    tune(&mut config.limits);
+    tweak(&mut config);
     start_server_with(&config).await
 }
 
@@ -120,6 +128,35 @@ pub(crate) fn install_panic_counter() {
 /// Panics seen so far outside test code (see [`install_panic_counter`]).
 pub(crate) fn broker_panics() -> usize {
     PANICS_OUTSIDE_TESTS.load(Ordering::SeqCst)
+}
+
+/// Runs `f` as a task and returns the message it panics with; panics if `f` completes.
+pub(crate) async fn panic_message<T: Send + 'static>(
+    f: impl Future<Output = T> + Send + 'static,
+) -> String {
+    let err = match tokio::spawn(f).await {
+        Ok(_) => panic!("expected a panic, but the future completed"),
+        Err(e) => e,
+    };
+    assert!(err.is_panic(), "{err}");
+    let payload = err.into_panic();
+    if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else {
+        "(a panic without a message)".to_owned()
+    }
+}
+
+/// Like [`panic_message`], and `f` must panic within a second: a check on a dead connection
+/// fails at once rather than waiting out its bound.
+pub(crate) async fn panic_message_at_once<T: Send + 'static>(
+    f: impl Future<Output = T> + Send + 'static,
+) -> String {
+    timeout(Duration::from_secs(1), panic_message(f))
+        .await
+        .expect("no panic within a second")
 }
 
 // ---------------------------------------------------------------------------------------------
