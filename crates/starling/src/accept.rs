@@ -23,9 +23,10 @@ use crate::listener::ListenerRuntime;
 const ACCEPT_SLACK: usize = 64;
 
 /// How many global connection permits there are: `max_connections` and the slack, at most
-/// `Semaphore::MAX_PERMITS` and a count `acquire_many` can ask for.
+/// `Semaphore::MAX_PERMITS` and a count `acquire_many` can ask for (so any `max_connections`,
+/// validated or not, gives a count).
 pub(crate) fn permit_count(max_connections: usize) -> u32 {
-    u32::try_from(max_connections + ACCEPT_SLACK)
+    u32::try_from(max_connections.saturating_add(ACCEPT_SLACK))
         .unwrap_or(u32::MAX)
         .min(u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX))
 }
@@ -131,8 +132,9 @@ async fn handle(
 ) {
     let _ = stream.set_nodelay(true);
     let opened = Instant::now();
+    // Any duration is safe here: past the clock's range, tokio's timeout never fires.
     let handshake_time = Duration::from_secs(broker.limits.connect_timeout_secs);
-    let max_packet = broker.limits.max_packet_size as usize;
+    let max_packet = usize::try_from(broker.limits.max_packet_size).unwrap_or(usize::MAX);
     let mut info = PeerInfo {
         addr: Some(peer),
         certificate_identity: None,

@@ -16,7 +16,7 @@ use starling_broker::ListenerAccess;
 use tokio::sync::Semaphore;
 use tracing::warn;
 
-use crate::config::{Config, ListenerConfig, Protocol, is_loopback};
+use crate::config::{Config, ListenerConfig, Protocol, bounds, is_loopback};
 use crate::reload::Reloadable;
 use crate::tls::TlsListener;
 
@@ -152,8 +152,18 @@ fn listener_runtime(
         }),
         tls,
         ws_path: l.ws_path().to_owned(),
-        permits: l.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+        permits: l.max_connections.map(listener_permits),
     })
+}
+
+// Every valid listener cap is a count a semaphore can hold.
+const _: () = assert!(bounds::LISTENER_CONNECTIONS.max <= Semaphore::MAX_PERMITS as u64);
+
+/// The semaphore of a listener's own connection cap. A config built in code, without
+/// validation, may ask for more than a semaphore can count: it gets the most there is
+/// rather than a panic.
+fn listener_permits(max_connections: usize) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)))
 }
 
 /// The listener's enhanced authentication methods, over its password file (config validation

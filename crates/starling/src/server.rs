@@ -102,7 +102,9 @@ impl Server {
         let limiter = Arc::new(AddressLimiter::new(config.security.clone(), Instant::now()));
         let stop = Arc::new(Stop::default());
         let permit_count = permit_count(config.limits.max_connections);
-        let permits = Arc::new(Semaphore::new(permit_count as usize));
+        let permits = Arc::new(Semaphore::new(
+            usize::try_from(permit_count).unwrap_or(Semaphore::MAX_PERMITS),
+        ));
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
         for (l, rt) in config.listeners.iter().zip(runtimes) {
