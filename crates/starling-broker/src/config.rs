@@ -1,5 +1,6 @@
-//! Broker limits and timers: every bound the core enforces, with its default. The binary fills
-//! this from the `[limits]` and `[mqtt]` tables of the config file.
+//! Broker limits and timers: every bound the core enforces, with its default and the range
+//! of values it accepts ([`Bound`], [`bounds`]). The binary fills this from the `[limits]` and
+//! `[mqtt]` tables of the config file.
 
 use serde::Deserialize;
 
@@ -97,24 +98,235 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Checks relations between fields; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_packet_size < 64 {
-            return Err("max_packet_size must be at least 64".into());
+    /// Every numeric key with its value and its bound, in declaration order.
+    pub fn bounded(&self) -> [(&'static str, u64, Bound); 19] {
+        use bounds::*;
+        [
+            ("max_packet_size", self.max_packet_size.into(), PACKET_SIZE),
+            (
+                "max_connect_packet_size",
+                self.max_connect_packet_size.into(),
+                PACKET_SIZE,
+            ),
+            (
+                "max_topic_levels",
+                wide(self.max_topic_levels),
+                TOPIC_LEVELS,
+            ),
+            (
+                "max_user_properties",
+                wide(self.max_user_properties),
+                USER_PROPERTIES,
+            ),
+            (
+                "max_subscriptions_per_client",
+                wide(self.max_subscriptions_per_client),
+                SUBSCRIPTIONS,
+            ),
+            (
+                "max_queued_messages",
+                wide(self.max_queued_messages),
+                QUEUED_MESSAGES,
+            ),
+            (
+                "max_queued_bytes",
+                wide(self.max_queued_bytes),
+                QUEUED_BYTES,
+            ),
+            ("max_inflight", self.max_inflight.into(), INFLIGHT),
+            ("receive_maximum", self.receive_maximum.into(), INFLIGHT),
+            (
+                "topic_alias_maximum",
+                self.topic_alias_maximum.into(),
+                TOPIC_ALIASES,
+            ),
+            (
+                "max_retained_messages",
+                wide(self.max_retained_messages),
+                RETAINED_MESSAGES,
+            ),
+            ("max_connections", wide(self.max_connections), CONNECTIONS),
+            ("max_keep_alive", self.max_keep_alive.into(), KEEP_ALIVE),
+            (
+                "connect_timeout_secs",
+                self.connect_timeout_secs,
+                CONNECT_TIMEOUT_SECS,
+            ),
+            (
+                "max_session_expiry_secs",
+                self.max_session_expiry_secs.into(),
+                SESSION_EXPIRY_SECS,
+            ),
+            (
+                "v3_session_expiry_secs",
+                self.v3_session_expiry_secs.into(),
+                SESSION_EXPIRY_SECS,
+            ),
+            (
+                "awaiting_rel_timeout_secs",
+                self.awaiting_rel_timeout_secs,
+                AWAITING_REL_TIMEOUT_SECS,
+            ),
+            (
+                "max_publish_rate",
+                self.max_publish_rate.into(),
+                PUBLISH_RATE,
+            ),
+            (
+                "sys_interval_secs",
+                self.sys_interval_secs,
+                SYS_INTERVAL_SECS,
+            ),
+        ]
+    }
+
+    /// Checks every numeric key against its bound; the error names the first key out of
+    /// bounds.
+    pub fn validate(&self) -> Result<(), OutOfBounds> {
+        self.bounded()
+            .into_iter()
+            .try_for_each(|(key, value, bound)| bound.check(key, value))
+    }
+}
+
+/// A count as `u64` (exact wherever `usize` is at most 64 bits; saturates otherwise, which a
+/// bound then refuses).
+fn wide(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// The accepted range of a numeric config key, inclusive at both ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bound {
+    /// Smallest accepted value.
+    pub min: u64,
+    /// Largest accepted value.
+    pub max: u64,
+    /// What the largest value is, in words (shown beside it when a value is refused).
+    pub max_is: &'static str,
+}
+
+impl Bound {
+    /// `min..=max`; `max_is` says what `max` is.
+    pub const fn new(min: u64, max: u64, max_is: &'static str) -> Self {
+        Self { min, max, max_is }
+    }
+
+    /// Whether `value` of `key` is within the bound; the error names the key.
+    pub fn check(&self, key: &'static str, value: u64) -> Result<(), OutOfBounds> {
+        if value < self.min {
+            return Err(OutOfBounds::TooSmall {
+                key,
+                min: self.min,
+                value,
+            });
         }
-        if self.max_inflight == 0 {
-            return Err("max_inflight must be at least 1".into());
-        }
-        if self.receive_maximum == 0 {
-            return Err("receive_maximum must be at least 1".into());
-        }
-        if self.max_queued_messages == 0 {
-            return Err("max_queued_messages must be at least 1".into());
-        }
-        if self.max_topic_levels == 0 || self.max_topic_levels > 1024 {
-            return Err("max_topic_levels must be between 1 and 1024".into());
+        if value > self.max {
+            return Err(OutOfBounds::TooLarge {
+                key,
+                max: self.max,
+                max_is: self.max_is,
+                value,
+            });
         }
         Ok(())
+    }
+}
+
+/// A config value outside its [`Bound`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OutOfBounds {
+    /// Below the bound's minimum.
+    #[error("{key}: must be at least {min}, got {value}")]
+    TooSmall {
+        /// The key, without its table.
+        key: &'static str,
+        /// The smallest accepted value.
+        min: u64,
+        /// The value given.
+        value: u64,
+    },
+    /// Above the bound's maximum.
+    #[error("{key}: must be at most {max} ({max_is}), got {value}")]
+    TooLarge {
+        /// The key, without its table.
+        key: &'static str,
+        /// The largest accepted value.
+        max: u64,
+        /// What the largest value is, in words.
+        max_is: &'static str,
+        /// The value given.
+        value: u64,
+    },
+}
+
+/// The bounds of the `[limits]` keys. Sizes and counts stop where memory or the protocol
+/// would; timers stop where a longer one would only hide a mistake.
+pub mod bounds {
+    use super::Bound;
+
+    /// `max_packet_size`, `max_connect_packet_size`: the largest remaining length MQTT can
+    /// encode; below 64 bytes not even an ordinary CONNECT fits.
+    pub const PACKET_SIZE: Bound = Bound::new(64, 268_435_455, "the largest MQTT packet");
+    /// `max_topic_levels`.
+    pub const TOPIC_LEVELS: Bound = Bound::new(1, 1024, "1024 levels");
+    /// `max_user_properties` (0: no user properties accepted).
+    pub const USER_PROPERTIES: Bound = Bound::new(0, 65_535, "65535 properties");
+    /// `max_subscriptions_per_client` (0: no subscriptions accepted).
+    pub const SUBSCRIPTIONS: Bound = Bound::new(0, 10_000_000, "ten million");
+    /// `max_queued_messages`.
+    pub const QUEUED_MESSAGES: Bound = Bound::new(1, 10_000_000, "ten million");
+    /// `max_queued_bytes`.
+    pub const QUEUED_BYTES: Bound = Bound::new(1, 1 << 40, "1 TiB");
+    /// `max_inflight`, `receive_maximum`: MQTT's largest Receive Maximum.
+    pub const INFLIGHT: Bound = Bound::new(1, 65_535, "MQTT's largest Receive Maximum");
+    /// `topic_alias_maximum` (0: no topic aliases accepted).
+    pub const TOPIC_ALIASES: Bound = Bound::new(0, 65_535, "MQTT's largest Topic Alias Maximum");
+    /// `max_retained_messages` (0: no retained messages stored).
+    pub const RETAINED_MESSAGES: Bound = Bound::new(0, 100_000_000, "a hundred million");
+    /// `max_connections`, and a listener's `max_connections`.
+    pub const CONNECTIONS: Bound = Bound::new(1, 100_000_000, "a hundred million");
+    /// `max_keep_alive`: MQTT's largest keep-alive (0 would refuse every 3.x client that
+    /// asks for one).
+    pub const KEEP_ALIVE: Bound = Bound::new(1, 65_535, "MQTT's largest keep-alive");
+    /// `connect_timeout_secs`.
+    pub const CONNECT_TIMEOUT_SECS: Bound = Bound::new(1, 3600, "one hour");
+    /// `max_session_expiry_secs`, `v3_session_expiry_secs`: MQTT's largest Session Expiry
+    /// Interval, which means never.
+    pub const SESSION_EXPIRY_SECS: Bound =
+        Bound::new(0, u32::MAX as u64, "MQTT's largest Session Expiry Interval");
+    /// `awaiting_rel_timeout_secs`.
+    pub const AWAITING_REL_TIMEOUT_SECS: Bound = Bound::new(1, 31_536_000, "one year");
+    /// `max_publish_rate`, publishes per second (0: unlimited).
+    pub const PUBLISH_RATE: Bound = Bound::new(0, 10_000_000, "ten million per second");
+    /// `sys_interval_secs` (0: no `$SYS` tree).
+    pub const SYS_INTERVAL_SECS: Bound = Bound::new(0, 86_400, "one day");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_within_bounds() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn out_of_bounds_names_the_key() {
+        let mut l = Limits {
+            connect_timeout_secs: u64::MAX,
+            ..Limits::default()
+        };
+        assert_eq!(
+            l.validate().unwrap_err().to_string(),
+            "connect_timeout_secs: must be at most 3600 (one hour), got 18446744073709551615"
+        );
+        l.connect_timeout_secs = 0;
+        assert_eq!(
+            l.validate().unwrap_err().to_string(),
+            "connect_timeout_secs: must be at least 1, got 0"
+        );
     }
 }
 

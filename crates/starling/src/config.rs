@@ -1,13 +1,15 @@
 //! The config file (TOML): listeners (transport, TLS, authentication and ACL per listener),
 //! abuse limits, limits and timers, logging. Every key is optional; an unknown key, a wrong
 //! type or an invalid value is an error naming the file and the key, and the broker does not
-//! start.
+//! start. Every number has a bound ([`bounds`] here, `starling_broker::config::bounds` for
+//! `[limits]`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+use starling_broker::config::{Bound, OutOfBounds};
 use starling_broker::{Features, Limits};
 
 /// The whole config file.
@@ -253,8 +255,10 @@ impl ListenerConfig {
             (Some(_), false) => bail!("{}: only for protocol \"ws\" or \"wss\"", key("path")),
             _ => {}
         }
-        if self.max_connections == Some(0) {
-            bail!("{}: must be at least 1", key("max_connections"));
+        if let Some(n) = self.max_connections {
+            bounds::LISTENER_CONNECTIONS
+                .check("max_connections", wide(n))
+                .map_err(|e| anyhow::anyhow!("listener[{i}].{e}"))?;
         }
         for (n, m) in self.auth_methods.iter().enumerate() {
             if !AUTH_METHODS.contains(&m.as_str()) {
@@ -315,6 +319,93 @@ pub struct SecurityConfig {
     pub max_tracked_addresses: usize,
 }
 
+impl SecurityConfig {
+    /// Every numeric key with its value and its bound.
+    pub fn bounded(&self) -> [(&'static str, u64, Bound); 5] {
+        [
+            (
+                "max_connection_rate",
+                self.max_connection_rate.into(),
+                bounds::CONNECTION_RATE,
+            ),
+            (
+                "flapping_max_connects",
+                self.flapping_max_connects.into(),
+                bounds::FLAPPING_MAX_CONNECTS,
+            ),
+            (
+                "flapping_window_secs",
+                self.flapping_window_secs,
+                bounds::FLAPPING_WINDOW_SECS,
+            ),
+            ("ban_secs", self.ban_secs, bounds::BAN_SECS),
+            (
+                "max_tracked_addresses",
+                wide(self.max_tracked_addresses),
+                bounds::TRACKED_ADDRESSES,
+            ),
+        ]
+    }
+}
+
+impl StorageConfig {
+    /// Every numeric key with its value and its bound.
+    pub fn bounded(&self) -> [(&'static str, u64, Bound); 2] {
+        [
+            (
+                "commit_interval_ms",
+                self.commit_interval_ms,
+                bounds::COMMIT_INTERVAL_MS,
+            ),
+            (
+                "max_uncommitted_mib",
+                self.max_uncommitted_mib,
+                bounds::MAX_UNCOMMITTED_MIB,
+            ),
+        ]
+    }
+}
+
+/// The bounds of the `[security]` and `[storage]` keys and of a listener's `max_connections`
+/// (those of `[limits]` are in `starling_broker::config::bounds`).
+pub mod bounds {
+    use starling_broker::config::Bound;
+
+    /// `security.max_connection_rate`, connections per second (0: unlimited).
+    pub const CONNECTION_RATE: Bound = Bound::new(0, 1_000_000, "a million per second");
+    /// `security.flapping_max_connects` (0: no bans).
+    pub const FLAPPING_MAX_CONNECTS: Bound = Bound::new(0, 1_000_000, "a million");
+    /// `security.flapping_window_secs`.
+    pub const FLAPPING_WINDOW_SECS: Bound = Bound::new(1, 86_400, "one day");
+    /// `security.ban_secs` (to ban no one, set `flapping_max_connects = 0`).
+    pub const BAN_SECS: Bound = Bound::new(1, 31_536_000, "one year");
+    /// `security.max_tracked_addresses`.
+    pub const TRACKED_ADDRESSES: Bound = Bound::new(1, 10_000_000, "ten million");
+    /// `storage.commit_interval_ms`.
+    pub const COMMIT_INTERVAL_MS: Bound = Bound::new(1, 3_600_000, "one hour");
+    /// `storage.max_uncommitted_mib`.
+    pub const MAX_UNCOMMITTED_MIB: Bound = Bound::new(1, 1 << 20, "1 TiB");
+    /// A listener's `max_connections`: as `limits.max_connections` (well within what a
+    /// semaphore can count).
+    pub const LISTENER_CONNECTIONS: Bound = starling_broker::config::bounds::CONNECTIONS;
+}
+
+/// A count as `u64` (exact wherever `usize` is at most 64 bits; saturates otherwise, which a
+/// bound then refuses).
+fn wide(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// Checks every `(key, value, bound)` of the table `table`; the error names `table.key`.
+fn check_table<const N: usize>(
+    table: &str,
+    keys: [(&'static str, u64, Bound); N],
+) -> anyhow::Result<()> {
+    keys.into_iter()
+        .try_for_each(|(key, value, bound)| bound.check(key, value))
+        .map_err(|e: OutOfBounds| anyhow::anyhow!("{table}.{e}"))
+}
+
 impl Default for SecurityConfig {
     fn default() -> Self {
         Self {
@@ -367,15 +458,11 @@ impl Config {
         for (i, l) in self.listeners.iter().enumerate() {
             l.validate(i)?;
         }
-        if self.security.flapping_max_connects > 0 && self.security.flapping_window_secs == 0 {
-            bail!("security.flapping_window_secs: must be at least 1");
-        }
+        check_table("security", self.security.bounded())?;
         self.limits
             .validate()
             .map_err(|e| anyhow::anyhow!("limits.{e}"))?;
-        if !(1..=1 << 20).contains(&self.storage.max_uncommitted_mib) {
-            bail!("storage.max_uncommitted_mib: must be between 1 and 1048576");
-        }
+        check_table("storage", self.storage.bounded())?;
         Ok(())
     }
 }
@@ -551,5 +638,132 @@ mod tests {
             Config::parse("[[listener]]\nbind = \"127.0.0.1:1\"\nprotocol = \"quic\"").unwrap_err()
         );
         assert!(e.contains("listener[0].protocol"), "{e}");
+    }
+
+    /// Every bounded key: `(table, key, min, max)`, written out rather than read from the
+    /// bounds so that a changed bound shows up here.
+    const BOUNDED: &[(&str, &str, u64, u64)] = &[
+        ("limits", "max_packet_size", 64, 268_435_455),
+        ("limits", "max_connect_packet_size", 64, 268_435_455),
+        ("limits", "max_topic_levels", 1, 1024),
+        ("limits", "max_user_properties", 0, 65_535),
+        ("limits", "max_subscriptions_per_client", 0, 10_000_000),
+        ("limits", "max_queued_messages", 1, 10_000_000),
+        ("limits", "max_queued_bytes", 1, 1 << 40),
+        ("limits", "max_inflight", 1, 65_535),
+        ("limits", "receive_maximum", 1, 65_535),
+        ("limits", "topic_alias_maximum", 0, 65_535),
+        ("limits", "max_retained_messages", 0, 100_000_000),
+        ("limits", "max_connections", 1, 100_000_000),
+        ("limits", "max_keep_alive", 1, 65_535),
+        ("limits", "connect_timeout_secs", 1, 3600),
+        ("limits", "max_session_expiry_secs", 0, 4_294_967_295),
+        ("limits", "v3_session_expiry_secs", 0, 4_294_967_295),
+        ("limits", "awaiting_rel_timeout_secs", 1, 31_536_000),
+        ("limits", "max_publish_rate", 0, 10_000_000),
+        ("limits", "sys_interval_secs", 0, 86_400),
+        ("security", "max_connection_rate", 0, 1_000_000),
+        ("security", "flapping_max_connects", 0, 1_000_000),
+        ("security", "flapping_window_secs", 1, 86_400),
+        ("security", "ban_secs", 1, 31_536_000),
+        ("security", "max_tracked_addresses", 1, 10_000_000),
+        ("storage", "commit_interval_ms", 1, 3_600_000),
+        ("storage", "max_uncommitted_mib", 1, 1 << 20),
+        ("listener", "max_connections", 1, 100_000_000),
+    ];
+
+    fn with_key(table: &str, key: &str, value: u64) -> String {
+        match table {
+            "listener" => format!("[[listener]]\nbind = \"127.0.0.1:1\"\n{key} = {value}\n"),
+            _ => format!("[{table}]\n{key} = {value}\n"),
+        }
+    }
+
+    #[test]
+    fn every_bounded_key_is_checked_at_its_bounds() {
+        for &(table, key, min, max) in BOUNDED {
+            let named = match table {
+                "listener" => format!("listener[0].{key}"),
+                _ => format!("{table}.{key}"),
+            };
+            for ok in [min, max] {
+                let text = with_key(table, key, ok);
+                if let Err(e) = Config::parse(&text) {
+                    panic!("{named} = {ok} refused: {e:#}");
+                }
+            }
+            let mut refused = vec![max + 1];
+            if min > 0 {
+                refused.push(min - 1);
+            }
+            for bad in refused {
+                let e = format!(
+                    "{:#}",
+                    Config::parse(&with_key(table, key, bad)).unwrap_err()
+                );
+                // Beyond the field's type, the parser refuses it, quoting the line.
+                let beyond_type = e.contains(&format!("{key} = {bad}"));
+                assert!(e.contains(&named) || beyond_type, "{named} = {bad}: {e}");
+                if !beyond_type {
+                    assert!(e.contains(&format!("got {bad}")), "{named} = {bad}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_bounds_table_covers_every_bounded_key() {
+        let c = Config::default();
+        let tables = [
+            ("limits", c.limits.bounded().map(|(k, ..)| k).to_vec()),
+            ("security", c.security.bounded().map(|(k, ..)| k).to_vec()),
+            ("storage", c.storage.bounded().map(|(k, ..)| k).to_vec()),
+            ("listener", vec!["max_connections"]),
+        ];
+        let mut n = 0;
+        for (table, keys) in tables {
+            for key in keys {
+                n += 1;
+                assert!(
+                    BOUNDED.iter().any(|&(t, k, ..)| t == table && k == key),
+                    "{table}.{key} has no case in BOUNDED"
+                );
+            }
+        }
+        assert_eq!(n, BOUNDED.len());
+    }
+
+    #[test]
+    fn the_readme_lists_every_bound() {
+        let readme = include_str!("../../../README.md");
+        for &(table, key, min, max) in BOUNDED {
+            let row = format!("| `{table}.{key}` | {min} ..= {max} |");
+            assert!(readme.contains(&row), "README.md has no row {row}");
+        }
+    }
+
+    #[test]
+    fn the_largest_integers_are_refused_naming_the_key() {
+        let e = Config::parse("[security]\nban_secs = 18446744073709551615").unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "security.ban_secs: must be at most 31536000 (one year), got 18446744073709551615"
+        );
+        let e = Config::parse("[limits]\nconnect_timeout_secs = 18446744073709551615").unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "limits.connect_timeout_secs: must be at most 3600 (one hour), got \
+             18446744073709551615"
+        );
+        let e = format!(
+            "{:#}",
+            Config::parse("[storage]\ncommit_interval_ms = 18446744073709551615").unwrap_err()
+        );
+        assert!(e.contains("storage.commit_interval_ms"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::parse("[security]\nban_secs = 18446744073709551616").unwrap_err()
+        );
+        assert!(e.contains("ban_secs"), "{e}");
     }
 }

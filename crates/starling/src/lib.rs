@@ -13,10 +13,13 @@
     )
 )]
 
+mod accept;
 pub mod config;
 pub mod connection;
 pub mod limiter;
+mod listener;
 pub mod passwd;
+mod reload;
 pub mod server;
 pub mod storage;
 pub mod tls;

@@ -5,6 +5,9 @@
 //!
 //! Memory is bounded by `max_tracked_addresses`: idle entries are pruned (at most once a
 //! second); when the table is still full, new addresses go unlimited until room frees up.
+//!
+//! No time here is computed by adding a configured duration to an instant: a ban is kept as
+//! when it started and compared by elapsed time, so no `ban_secs` can overflow a clock.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -33,7 +36,8 @@ struct Entry {
     refilled: Instant,
     window_start: Instant,
     count: u32,
-    banned_until: Option<Instant>,
+    /// When the current ban started; it lasts `ban_secs` from then.
+    banned_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -43,10 +47,15 @@ struct Table {
     warned_full: bool,
 }
 
+/// How often idle entries may be pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
 /// Connection rate limits and bans by client address.
 #[derive(Debug)]
 pub struct AddressLimiter {
     config: SecurityConfig,
+    /// `ban_secs`.
+    ban: Duration,
     table: Mutex<Table>,
 }
 
@@ -54,6 +63,7 @@ impl AddressLimiter {
     /// A limiter with `config`'s limits.
     pub fn new(config: SecurityConfig, now: Instant) -> Self {
         Self {
+            ban: Duration::from_secs(config.ban_secs),
             config,
             table: Mutex::new(Table {
                 entries: HashMap::new(),
@@ -63,8 +73,45 @@ impl AddressLimiter {
         }
     }
 
+    /// Whether a ban that started at `since` still holds at `now`.
+    fn banned(&self, since: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(since) < self.ban
+    }
+
     fn disabled(&self) -> bool {
         self.config.max_connection_rate == 0 && self.config.flapping_max_connects == 0
+    }
+
+    /// Whether `ip` is, or can be, tracked: at the bound, idle entries are pruned (at most
+    /// once a second) and a full table is reported once.
+    fn has_room(&self, table: &mut Table, ip: IpAddr, now: Instant, window: Duration) -> bool {
+        let max = self.config.max_tracked_addresses;
+        if table.entries.contains_key(&ip) || table.entries.len() < max {
+            return true;
+        }
+        if now >= table.next_prune {
+            // An instant a second from now always exists in practice; if it did not, pruning
+            // would merely be tried again on the next check.
+            table.next_prune = now.checked_add(PRUNE_EVERY).unwrap_or(now);
+            let idle = window.max(PRUNE_EVERY);
+            table.entries.retain(|_, e| {
+                e.banned_since.is_some_and(|t| self.banned(t, now))
+                    || now.saturating_duration_since(e.window_start) < idle
+                    || now.saturating_duration_since(e.refilled) < PRUNE_EVERY
+            });
+        }
+        if table.entries.len() >= max {
+            if !table.warned_full {
+                table.warned_full = true;
+                warn!(
+                    max,
+                    "address table full: new addresses are not rate limited until entries age out"
+                );
+            }
+            return false;
+        }
+        table.warned_full = false;
+        true
     }
 
     /// Records a new connection from `ip` and says whether to serve it; refusals are counted
@@ -80,27 +127,8 @@ impl AddressLimiter {
         let c = &self.config;
         let window = Duration::from_secs(c.flapping_window_secs);
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if !table.entries.contains_key(&ip) && table.entries.len() >= c.max_tracked_addresses {
-            if now >= table.next_prune {
-                table.next_prune = now + Duration::from_secs(1);
-                let idle = window.max(Duration::from_secs(1));
-                table.entries.retain(|_, e| {
-                    e.banned_until.is_some_and(|t| t > now)
-                        || now.saturating_duration_since(e.window_start) < idle
-                        || now.saturating_duration_since(e.refilled) < Duration::from_secs(1)
-                });
-            }
-            if table.entries.len() >= c.max_tracked_addresses {
-                if !table.warned_full {
-                    table.warned_full = true;
-                    warn!(
-                        max = c.max_tracked_addresses,
-                        "address table full: new addresses are not rate limited until entries age out"
-                    );
-                }
-                return Verdict::Allow;
-            }
-            table.warned_full = false;
+        if !self.has_room(&mut table, ip, now, window) {
+            return Verdict::Allow;
         }
         let rate = f64::from(c.max_connection_rate);
         let e = table.entries.entry(ip).or_insert(Entry {
@@ -108,14 +136,14 @@ impl AddressLimiter {
             refilled: now,
             window_start: now,
             count: 0,
-            banned_until: None,
+            banned_since: None,
         });
-        if let Some(until) = e.banned_until {
-            if now < until {
+        if let Some(since) = e.banned_since {
+            if self.banned(since, now) {
                 metrics.connections_banned.inc();
                 return Verdict::Banned;
             }
-            e.banned_until = None;
+            e.banned_since = None;
             e.window_start = now;
             e.count = 0;
         }
@@ -126,7 +154,7 @@ impl AddressLimiter {
             }
             e.count = e.count.saturating_add(1);
             if e.count > c.flapping_max_connects {
-                e.banned_until = Some(now + Duration::from_secs(c.ban_secs));
+                e.banned_since = Some(now);
                 metrics.addresses_banned.inc();
                 metrics.connections_banned.inc();
                 info!(
@@ -200,6 +228,20 @@ mod tests {
         let after = t0 + Duration::from_secs(301);
         assert_eq!(l.check(ip, after, &m), Verdict::Allow);
         assert_eq!(m.connections_banned.get(), 2);
+    }
+
+    #[test]
+    fn the_longest_ban_does_not_overflow_the_clock() {
+        let t0 = Instant::now();
+        let m = Metrics::default();
+        let mut cfg = config(0, 1);
+        cfg.ban_secs = u64::MAX;
+        let l = AddressLimiter::new(cfg, t0);
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(l.check(ip, t0, &m), Verdict::Allow);
+        assert_eq!(l.check(ip, t0, &m), Verdict::Banned);
+        let much_later = t0 + Duration::from_secs(10 * 365 * 24 * 3600);
+        assert_eq!(l.check(ip, much_later, &m), Verdict::Banned);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use starling_broker::{Broker, Wake};
 use starling_store::{RedbStore, Snapshot, Store};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Durability};
+use crate::config::{Config, Durability, bounds};
 
 /// How long the committer waits for work before checking for shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
@@ -92,8 +92,14 @@ pub fn open(config: &Config) -> anyhow::Result<Option<Opened>> {
         signal,
         snapshot,
         mode: config.storage.durability,
-        interval: Duration::from_millis(config.storage.commit_interval_ms),
+        interval: commit_interval(config.storage.commit_interval_ms),
     }))
+}
+
+/// The `periodic` commit interval. The committer adds it to the clock, so a value beyond the
+/// bound (possible only in a config built in code, without validation) is taken as the bound.
+fn commit_interval(ms: u64) -> Duration {
+    Duration::from_millis(ms.min(bounds::COMMIT_INTERVAL_MS.max))
 }
 
 fn uncommitted_limit(mib: u64) -> usize {
@@ -127,7 +133,7 @@ pub fn with_store(
 fn unix_ms_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The committer thread; joined at shutdown after the journal is closed.
@@ -164,7 +170,7 @@ pub fn attach(broker: Broker, opened: Opened) -> anyhow::Result<(Arc<Broker>, Co
         expired_sessions = restored.expired_sessions,
         expired_messages = restored.expired_messages,
         skipped = restored.skipped,
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "state restored"
     );
     let broker = Arc::new(broker);
