@@ -30,6 +30,11 @@ impl TokenBucket {
         self.updated = now;
     }
 
+    /// When the bucket was last refilled (its last use).
+    pub fn updated(&self) -> Instant {
+        self.updated
+    }
+
     /// Takes a token if there is one (after refilling); false if the bucket is empty.
     pub fn try_take(&mut self, now: Instant) -> bool {
         self.refill(now);

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use starling_broker::Metrics;
+use starling_broker::bucket::TokenBucket;
 use tracing::{info, warn};
 
 use crate::config::{SecurityConfig, is_loopback};
@@ -32,8 +33,8 @@ pub enum Verdict {
 
 #[derive(Debug)]
 struct Entry {
-    tokens: f64,
-    refilled: Instant,
+    /// The connection rate (`max_connection_rate`).
+    bucket: TokenBucket,
     window_start: Instant,
     count: u32,
     /// When the current ban started; it lasts `ban_secs` from then.
@@ -97,7 +98,7 @@ impl AddressLimiter {
             table.entries.retain(|_, e| {
                 e.banned_since.is_some_and(|t| self.banned(t, now))
                     || now.saturating_duration_since(e.window_start) < idle
-                    || now.saturating_duration_since(e.refilled) < PRUNE_EVERY
+                    || now.saturating_duration_since(e.bucket.updated()) < PRUNE_EVERY
             });
         }
         if table.entries.len() >= max {
@@ -130,10 +131,8 @@ impl AddressLimiter {
         if !self.has_room(&mut table, ip, now, window) {
             return Verdict::Allow;
         }
-        let rate = f64::from(c.max_connection_rate);
         let e = table.entries.entry(ip).or_insert(Entry {
-            tokens: rate,
-            refilled: now,
+            bucket: TokenBucket::full(c.max_connection_rate, now),
             window_start: now,
             count: 0,
             banned_since: None,
@@ -167,15 +166,9 @@ impl AddressLimiter {
                 return Verdict::Banned;
             }
         }
-        if c.max_connection_rate > 0 {
-            let elapsed = now.saturating_duration_since(e.refilled).as_secs_f64();
-            e.tokens = (e.tokens + elapsed * rate).min(rate);
-            e.refilled = now;
-            if e.tokens < 1.0 {
-                metrics.connections_rate_limited.inc();
-                return Verdict::RateLimited;
-            }
-            e.tokens -= 1.0;
+        if c.max_connection_rate > 0 && !e.bucket.try_take(now) {
+            metrics.connections_rate_limited.inc();
+            return Verdict::RateLimited;
         }
         Verdict::Allow
     }
