@@ -1,0 +1,444 @@
+//! An in-memory harness: a broker and any number of clients on one simulated clock, with no
+//! sockets, threads or sleeps. Clients talk to their `Connection` through byte buffers (the
+//! codec on both sides), time moves only when a test says so, and an optional in-memory store
+//! is committed by the harness itself, so a test can hold commits back, fail them, or crash
+//! the broker and restart it over the same store.
+//!
+//! `settle` runs everything that is ready until nothing changes: commits, input the broker is
+//! willing to read, and output. `advance` moves the clock, firing each connection's timeouts
+//! and the broker's once-a-second tick at their exact times. Every loop is bounded: a harness
+//! that does not settle fails the test.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use starling_broker::persist::{Journal, Persistence, WallClock};
+use starling_broker::wake::Flag;
+use starling_broker::{Broker, Close, Connection, Features, Limits};
+use starling_proto::{
+    Connect, DecodeLimits, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS, Subscribe,
+    SubscriptionOptions, TopicFilter, TopicName,
+};
+use starling_store::{MemoryStore, Store};
+
+/// Most rounds `settle` runs before it declares the system stuck.
+const SETTLE_ROUNDS: usize = 10_000;
+
+/// Wall-clock time of the simulation's start, for store records.
+const EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// How a simulated broker keeps its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// No store.
+    Memory,
+    /// A store; acknowledgements wait for commits.
+    Sync,
+    /// A store; acknowledgements do not wait.
+    Periodic,
+}
+
+/// One client: its connection, the bytes between it and the broker, and what it received.
+#[derive(Debug)]
+pub struct Client {
+    conn: Connection,
+    flag: Arc<Flag>,
+    version: ProtocolVersion,
+    /// Bytes the client sent that the broker has not read yet.
+    to_broker: BytesMut,
+    /// Bytes the broker sent that the client has not decoded yet.
+    to_client: BytesMut,
+    /// Packets received, oldest first.
+    pub received: VecDeque<Packet>,
+    /// The transport is gone (either side closed it).
+    pub gone: bool,
+}
+
+/// A handle to a client of the simulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct C(usize);
+
+/// The simulation.
+#[derive(Debug)]
+pub struct Sim {
+    start: Instant,
+    /// The simulated time.
+    pub now: Instant,
+    pub broker: Arc<Broker>,
+    limits: Limits,
+    durability: Durability,
+    store: Option<Arc<MemoryStore>>,
+    journal: Option<Arc<Journal>>,
+    /// While true, the harness does not commit (a slow disk).
+    pub hold_commits: bool,
+    /// The journal's bound in bytes.
+    journal_limit: usize,
+    next_tick: Instant,
+    clients: Vec<Client>,
+}
+
+impl Sim {
+    /// A broker without a store.
+    pub fn new(limits: Limits) -> Self {
+        Self::with(limits, Durability::Memory)
+    }
+
+    /// A broker with the given durability (an in-memory store unless `Memory`).
+    pub fn with(limits: Limits, durability: Durability) -> Self {
+        let start = Instant::now();
+        let store = (durability != Durability::Memory).then(|| Arc::new(MemoryStore::new()));
+        let mut sim = Self {
+            start,
+            now: start,
+            broker: Arc::new(Broker::new(limits.clone(), start)),
+            limits,
+            durability,
+            store,
+            journal: None,
+            hold_commits: false,
+            journal_limit: 64 << 20,
+            next_tick: start,
+            clients: Vec::new(),
+        };
+        sim.boot();
+        sim
+    }
+
+    /// A broker with a store whose journal holds at most `limit` bytes of changes.
+    pub fn with_journal_limit(limits: Limits, durability: Durability, limit: usize) -> Self {
+        let mut sim = Self::with(limits, durability);
+        sim.journal_limit = limit;
+        sim.crash_and_restart();
+        sim
+    }
+
+    /// Builds the broker over the store (restoring what it holds), as a start does.
+    fn boot(&mut self) {
+        let mut broker = Broker::with_features(self.limits.clone(), Features::default(), self.now);
+        if let Some(store) = &self.store {
+            let journal = Arc::new(Journal::new(
+                self.durability == Durability::Sync,
+                self.journal_limit,
+                Flag::new(),
+            ));
+            let elapsed = self.now.duration_since(self.start).as_millis() as u64;
+            let clock = WallClock::new(self.now, EPOCH_MS + elapsed);
+            broker = broker.with_persistence(Persistence {
+                journal: journal.clone(),
+                clock,
+            });
+            let snapshot = store.load(false).expect("the store loads");
+            broker.restore(snapshot, self.now);
+            self.journal = Some(journal);
+        }
+        self.broker = Arc::new(broker);
+        self.next_tick = self.now;
+        self.settle();
+    }
+
+    /// The store, if there is one.
+    pub fn store(&self) -> Option<&Arc<MemoryStore>> {
+        self.store.as_ref()
+    }
+
+    /// The broker crashes (nothing that was not committed survives, no client is told) and
+    /// starts again over the same store.
+    pub fn crash_and_restart(&mut self) {
+        for c in &mut self.clients {
+            c.gone = true;
+        }
+        self.journal = None;
+        self.boot();
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Clients
+
+    /// Opens a connection and sends `connect` on it. The CONNACK (or refusal) is in the
+    /// client's `received` after this returns.
+    pub fn connect(&mut self, connect: Connect) -> C {
+        let flag = Flag::new();
+        let client = Client {
+            conn: Connection::new(flag.clone(), None, self.now),
+            flag,
+            version: connect.protocol,
+            to_broker: BytesMut::new(),
+            to_client: BytesMut::new(),
+            received: VecDeque::new(),
+            gone: false,
+        };
+        self.clients.push(client);
+        let c = C(self.clients.len() - 1);
+        self.send(c, Packet::Connect(Box::new(connect)));
+        c
+    }
+
+    /// Opens a connection that sends nothing.
+    pub fn connect_silent(&mut self) -> C {
+        let flag = Flag::new();
+        self.clients.push(Client {
+            conn: Connection::new(flag.clone(), None, self.now),
+            flag,
+            version: ProtocolVersion::V311,
+            to_broker: BytesMut::new(),
+            to_client: BytesMut::new(),
+            received: VecDeque::new(),
+            gone: false,
+        });
+        C(self.clients.len() - 1)
+    }
+
+    /// Sends a packet from a client (encoded at its protocol level), then settles.
+    pub fn send(&mut self, c: C, packet: Packet) {
+        self.send_raw(c, &encode(&packet, self.clients[c.0].version));
+    }
+
+    /// Sends bytes from a client, then settles.
+    pub fn send_raw(&mut self, c: C, bytes: &[u8]) {
+        let client = &mut self.clients[c.0];
+        assert!(!client.gone, "client {c:?} sends on a closed connection");
+        client.to_broker.extend_from_slice(bytes);
+        self.settle();
+    }
+
+    /// The client's network connection drops (no DISCONNECT).
+    pub fn drop_connection(&mut self, c: C) {
+        let client = &mut self.clients[c.0];
+        if !client.gone {
+            client.conn.handle_connection_lost(&self.broker, self.now);
+            client.gone = true;
+        }
+        self.settle();
+    }
+
+    /// Takes the oldest packet the client has received, if any.
+    pub fn take_one(&mut self, c: C) -> Option<Packet> {
+        self.clients[c.0].received.pop_front()
+    }
+
+    /// Takes every packet the client has received so far.
+    pub fn take(&mut self, c: C) -> Vec<Packet> {
+        self.clients[c.0].received.drain(..).collect()
+    }
+
+    /// The client's connection is closed, and why (the broker's reason), if the broker closed it.
+    pub fn closed(&self, c: C) -> Option<&Close> {
+        self.clients[c.0].conn.close_reason()
+    }
+
+    /// Whether the transport of `c` is gone.
+    pub fn is_gone(&self, c: C) -> bool {
+        self.clients[c.0].gone
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Running
+
+    /// Runs everything that is ready until nothing changes: commits (unless held), input the
+    /// broker is willing to read, output, and closes.
+    pub fn settle(&mut self) {
+        for _ in 0..SETTLE_ROUNDS {
+            let mut progressed = self.commit();
+            for i in 0..self.clients.len() {
+                progressed |= self.step_client(i);
+            }
+            if !progressed {
+                return;
+            }
+        }
+        panic!("the simulation did not settle in {SETTLE_ROUNDS} rounds");
+    }
+
+    /// Commits what the journal holds, as the committer thread would. True if it did.
+    fn commit(&mut self) -> bool {
+        if self.hold_commits {
+            return false;
+        }
+        let (Some(journal), Some(store)) = (&self.journal, &self.store) else {
+            return false;
+        };
+        let Some((ops, upto)) = journal.take_batch() else {
+            return false;
+        };
+        let ops = starling_store::compact(ops);
+        let ok = store.apply(&ops, true).is_ok();
+        journal.finish(upto, ok);
+        true
+    }
+
+    fn step_client(&mut self, i: usize) -> bool {
+        let broker = self.broker.clone();
+        let now = self.now;
+        let client = &mut self.clients[i];
+        if client.gone {
+            return false;
+        }
+        let mut progressed = false;
+        if !client.to_broker.is_empty() && client.conn.wants_input(&broker, now) {
+            let before = client.to_broker.len();
+            client
+                .conn
+                .handle_input(&broker, now, &mut client.to_broker);
+            progressed |= client.to_broker.len() != before;
+        }
+        client.flag.take();
+        let mut out = BytesMut::new();
+        client.conn.poll_transmit(&broker, now, &mut out);
+        if !out.is_empty() {
+            progressed = true;
+            client.to_client.extend_from_slice(&out);
+            let limits = DecodeLimits {
+                max_packet_size: u32::MAX,
+                ..DecodeLimits::default()
+            };
+            while let Some(p) =
+                starling_proto::decode(&mut client.to_client, client.version, &limits)
+                    .expect("the broker sends well-formed packets")
+            {
+                client.received.push_back(p);
+            }
+        }
+        if client.conn.is_closed() {
+            client.gone = true;
+            progressed = true;
+        }
+        progressed
+    }
+
+    /// Moves the clock forward by `d`, firing timeouts and the broker's tick (once a second)
+    /// at their exact times, settling after each.
+    pub fn advance(&mut self, d: Duration) {
+        let target = self.now + d;
+        loop {
+            let next_timeout = self
+                .clients
+                .iter()
+                .filter(|c| !c.gone)
+                .filter_map(|c| c.conn.poll_timeout(&self.broker))
+                .min();
+            let next = [Some(target), next_timeout, Some(self.next_tick)]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t >= self.now)
+                .min()
+                .unwrap_or(target)
+                .min(target);
+            self.now = next;
+            let broker = self.broker.clone();
+            for c in self.clients.iter_mut().filter(|c| !c.gone) {
+                if c.conn.poll_timeout(&broker).is_some_and(|t| t <= next) {
+                    c.conn.handle_timeout(&broker, next);
+                }
+            }
+            if self.next_tick <= next {
+                broker.tick(next);
+                self.next_tick = next + Duration::from_secs(1);
+            }
+            self.settle();
+            if next >= target {
+                return;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packets
+
+/// Encodes a packet as a client at `version` would send it.
+pub fn encode(packet: &Packet, version: ProtocolVersion) -> Bytes {
+    let mut buf = BytesMut::new();
+    starling_proto::encode(packet, version, &mut buf).expect("encodable");
+    buf.freeze()
+}
+
+/// A CONNECT with clean start, keep-alive 60 and nothing else.
+pub fn connect(version: ProtocolVersion, client_id: &str) -> Connect {
+    Connect {
+        protocol: version,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: client_id.to_owned(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }
+}
+
+/// A CONNECT for a persistent session: clean start off, and for v5 a session expiry.
+pub fn persistent(version: ProtocolVersion, client_id: &str, expiry_secs: u32) -> Connect {
+    let mut c = connect(version, client_id);
+    c.clean_start = false;
+    if version.is_v5() {
+        c.properties.session_expiry_interval = Some(expiry_secs);
+    }
+    c
+}
+
+/// A PUBLISH without properties.
+pub fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &[u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: TopicName::try_from_str(topic).expect("valid topic"),
+        packet_id: if qos == QoS::AtMostOnce { 0 } else { packet_id },
+        properties: Properties::default(),
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+/// A SUBSCRIBE with one filter.
+pub fn subscribe(packet_id: u16, filter: &str, qos: QoS) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id,
+        filters: vec![(
+            TopicFilter::try_from_str(filter).expect("valid filter"),
+            SubscriptionOptions {
+                qos,
+                ..SubscriptionOptions::default()
+            },
+        )],
+        properties: Properties::default(),
+    })
+}
+
+/// PUBACK / PUBREC / PUBREL / PUBCOMP.
+pub fn puback(packet_id: u16) -> Packet {
+    Packet::PubAck(PubAck::new(packet_id))
+}
+
+pub fn pubrec(packet_id: u16) -> Packet {
+    Packet::PubRec(PubAck::new(packet_id))
+}
+
+pub fn pubrel(packet_id: u16) -> Packet {
+    Packet::PubRel(PubAck::new(packet_id))
+}
+
+pub fn pubcomp(packet_id: u16) -> Packet {
+    Packet::PubComp(PubAck::new(packet_id))
+}
+
+/// The PUBLISH packets among `packets`.
+pub fn publishes(packets: &[Packet]) -> Vec<&Publish> {
+    packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}

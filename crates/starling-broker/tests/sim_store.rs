@@ -1,0 +1,163 @@
+//! Persistence on the simulated clock: acknowledgements that wait for the store, failed
+//! commits, pauses at the journal's bound, and crashes with restarts over the same store.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod sim;
+
+use sim::*;
+use starling_broker::Limits;
+use starling_proto::{Packet, ProtocolVersion, QoS, ReasonCode};
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const V311: ProtocolVersion = ProtocolVersion::V311;
+
+fn connected(sim: &mut Sim, connect: starling_proto::Connect) -> (C, bool) {
+    let c = sim.connect(connect);
+    match sim.take_one(c) {
+        Some(Packet::ConnAck(ack)) if ack.reason == ReasonCode::Success => (c, ack.session_present),
+        other => panic!("expected CONNACK 0x00, got {other:?}"),
+    }
+}
+
+#[test]
+fn acknowledgements_wait_for_the_commit_of_what_they_acknowledge() {
+    let mut sim = Sim::with(Limits::default(), Durability::Sync);
+    let (s, _) = connected(&mut sim, persistent(V5, "s", 600));
+    sim.send(s, subscribe(1, "t", QoS::AtLeastOnce));
+    assert!(matches!(&sim.take(s)[..], [Packet::SubAck(_)]));
+    sim.drop_connection(s);
+    let (p, _) = connected(&mut sim, connect(V5, "p"));
+    sim.hold_commits = true;
+    sim.send(p, publish("t", QoS::AtLeastOnce, 1, b"a"));
+    sim.send(p, publish("t", QoS::AtMostOnce, 0, b"b"));
+    sim.send(p, Packet::PingReq);
+    // The PUBACK waits for the commit; PINGRESP acknowledges no stored state and does not.
+    assert_eq!(sim.take(p), [Packet::PingResp]);
+    sim.hold_commits = false;
+    sim.settle();
+    match &sim.take(p)[..] {
+        [Packet::PubAck(a)] => assert_eq!(a.reason, ReasonCode::Success),
+        other => panic!("expected the PUBACK, got {other:?}"),
+    }
+    // It is on disk: it survives a crash.
+    sim.crash_and_restart();
+    let (s, present) = connected(&mut sim, persistent(V5, "s", 600));
+    assert!(present);
+    let got = sim.take(s);
+    assert_eq!(&publishes(&got)[0].payload[..], b"a");
+}
+
+#[test]
+fn a_failed_commit_is_never_acknowledged_as_a_success() {
+    let mut sim = Sim::with(Limits::default(), Durability::Sync);
+    let (s, _) = connected(&mut sim, persistent(V5, "s", 600));
+    sim.send(s, subscribe(1, "t", QoS::AtLeastOnce));
+    sim.take(s);
+    let (p5, _) = connected(&mut sim, connect(V5, "p5"));
+    let (p3, _) = connected(&mut sim, connect(V311, "p3"));
+    sim.store().unwrap().fail_after(0);
+    sim.send(p5, publish("t", QoS::AtLeastOnce, 1, b"x"));
+    match &sim.take(p5)[..] {
+        [Packet::PubAck(a)] => assert_eq!(a.reason, ReasonCode::UnspecifiedError),
+        other => panic!("expected PUBACK 0x80, got {other:?}"),
+    }
+    // A 3.1.1 client cannot be told: it is disconnected, so it sends again.
+    sim.send(p3, publish("t", QoS::AtLeastOnce, 1, b"y"));
+    assert!(sim.take(p3).is_empty(), "no PUBACK");
+    assert!(sim.is_gone(p3));
+    assert_eq!(sim.broker.metrics.store_failures_answered.get(), 2);
+}
+
+#[test]
+fn a_store_at_its_bound_pauses_the_clients_that_feed_it_and_no_others() {
+    let limits = Limits::default();
+    let mut sim = Sim::with_journal_limit(limits, Durability::Periodic, 16 * 1024);
+    let (flood, _) = connected(&mut sim, connect(V5, "flood"));
+    let (other, _) = connected(&mut sim, connect(V5, "other"));
+    sim.hold_commits = true;
+    // Twenty reads of ten retained QoS 0 publishes (the bound is checked between reads).
+    for chunk in 0..20u16 {
+        let mut bytes = Vec::new();
+        for i in chunk * 10..chunk * 10 + 10 {
+            let mut msg = publish(&format!("r/{i}"), QoS::AtMostOnce, 0, &[0; 200]);
+            if let Packet::Publish(p) = &mut msg {
+                p.retain = true;
+            }
+            bytes.extend_from_slice(&encode(&msg, V5));
+        }
+        sim.send_raw(flood, &bytes);
+    }
+    sim.send(flood, Packet::PingReq);
+    let stored = sim.broker.retained_count();
+    assert!(stored < 200, "reading paused at the bound ({stored} read)");
+    assert!(sim.broker.metrics.store_paused.get() >= 1);
+    // A client that journals nothing is still served.
+    sim.send(other, Packet::PingReq);
+    assert_eq!(sim.take(other), [Packet::PingResp]);
+    // The store catches up: the rest is read and stored, nothing dropped.
+    sim.hold_commits = false;
+    sim.settle();
+    assert_eq!(sim.broker.retained_count(), 200);
+    assert_eq!(sim.take(flood), [Packet::PingResp]);
+    assert_eq!(sim.store().unwrap().retained_count("r/"), 200);
+}
+
+#[test]
+fn qos2_is_exactly_once_across_a_crash_between_pubrec_and_pubrel() {
+    let mut sim = Sim::with(Limits::default(), Durability::Sync);
+    let (s, _) = connected(&mut sim, persistent(V311, "s", 0));
+    sim.send(s, subscribe(1, "t", QoS::ExactlyOnce));
+    sim.take(s);
+    let (p, _) = connected(&mut sim, persistent(V311, "p", 0));
+    sim.send(p, publish("t", QoS::ExactlyOnce, 7, b"once"));
+    assert!(matches!(&sim.take(p)[..], [Packet::PubRec(r)] if r.packet_id == 7));
+    sim.crash_and_restart();
+    // The publisher resends (DUP) after the crash: acknowledged, not routed again.
+    let (p, present) = connected(&mut sim, persistent(V311, "p", 0));
+    assert!(present);
+    let mut again = publish("t", QoS::ExactlyOnce, 7, b"once");
+    if let Packet::Publish(x) = &mut again {
+        x.dup = true;
+    }
+    sim.send(p, again);
+    assert!(matches!(&sim.take(p)[..], [Packet::PubRec(r)] if r.packet_id == 7));
+    sim.send(p, pubrel(7));
+    assert!(matches!(&sim.take(p)[..], [Packet::PubComp(r)] if r.reason == ReasonCode::Success));
+    let (s, _) = connected(&mut sim, persistent(V311, "s", 0));
+    let got = sim.take(s);
+    assert_eq!(publishes(&got).len(), 1, "delivered once: {got:?}");
+}
+
+#[test]
+fn a_refused_qos2_message_does_not_leave_its_id_awaiting_release_in_the_store() {
+    let mut sim = Sim::with(Limits::default(), Durability::Sync);
+    let (p, _) = connected(&mut sim, persistent(V5, "p", 600));
+    let (s, _) = connected(&mut sim, connect(V5, "s"));
+    sim.send(s, subscribe(1, "t", QoS::ExactlyOnce));
+    sim.take(s);
+    // Refused (a client may not publish to $SYS): PUBREC with an error ends the flow.
+    sim.send(p, publish("$SYS/x", QoS::ExactlyOnce, 3, b"no"));
+    match &sim.take(p)[..] {
+        [Packet::PubRec(r)] => assert_eq!(r.reason, ReasonCode::NotAuthorized),
+        other => panic!("expected PUBREC 0x87, got {other:?}"),
+    }
+    sim.crash_and_restart();
+    // After the restart the client reuses id 3 for a new message: it must be routed.
+    let (p, _) = connected(&mut sim, persistent(V5, "p", 600));
+    let (s, _) = connected(&mut sim, connect(V5, "s"));
+    sim.send(s, subscribe(1, "t", QoS::ExactlyOnce));
+    sim.take(s);
+    sim.send(p, publish("t", QoS::ExactlyOnce, 3, b"new"));
+    assert!(matches!(&sim.take(p)[..], [Packet::PubRec(r)] if r.reason == ReasonCode::Success));
+    assert_eq!(
+        publishes(&sim.take(s)).len(),
+        1,
+        "routed, not taken for a resend"
+    );
+}
