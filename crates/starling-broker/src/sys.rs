@@ -96,88 +96,21 @@ impl SysState {
 
 /// The `$SYS` messages for one refresh.
 pub fn messages(b: &Broker, disconnected: u64, loads: &Loads, now: Instant) -> Vec<Message> {
-    let m = &b.metrics;
-    let connected = m.clients_connected.get();
-    let mut items: Vec<(String, String)> = vec![
-        ("version".into(), b.version().to_string()),
+    let mut items = vec![
+        ("version".to_string(), b.version().to_string()),
         (
-            "uptime".into(),
+            "uptime".to_string(),
             format!(
                 "{} seconds",
                 now.saturating_duration_since(b.started()).as_secs()
             ),
         ),
-        ("clients/connected".into(), connected.to_string()),
-        ("clients/active".into(), connected.to_string()),
-        ("clients/disconnected".into(), disconnected.to_string()),
-        ("clients/inactive".into(), disconnected.to_string()),
-        (
-            "clients/total".into(),
-            (connected + disconnected).to_string(),
-        ),
-        (
-            "clients/maximum".into(),
-            m.clients_maximum.get().to_string(),
-        ),
-        (
-            "clients/expired".into(),
-            m.sessions_expired.get().to_string(),
-        ),
-        (
-            "messages/received".into(),
-            m.messages_received.get().to_string(),
-        ),
-        ("messages/sent".into(), m.messages_sent.get().to_string()),
-        (
-            "publish/messages/received".into(),
-            m.publish_received.get().to_string(),
-        ),
-        (
-            "publish/messages/sent".into(),
-            m.publish_sent.get().to_string(),
-        ),
-        (
-            "publish/messages/dropped".into(),
-            m.publish_dropped.get().to_string(),
-        ),
-        ("bytes/received".into(), m.bytes_received.get().to_string()),
-        ("bytes/sent".into(), m.bytes_sent.get().to_string()),
-        (
-            "subscriptions/count".into(),
-            b.subscription_count().to_string(),
-        ),
-        (
-            "shared_subscriptions/count".into(),
-            b.shared_subscription_count().to_string(),
-        ),
-        (
-            "retained messages/count".into(),
-            b.retained_count().to_string(),
-        ),
-        (
-            "security/auth/refused".into(),
-            m.auth_refused.get().to_string(),
-        ),
-        ("security/acl/denied".into(), m.acl_denied.get().to_string()),
-        ("store/commits".into(), m.store_commits.get().to_string()),
-        (
-            "store/commit_failures".into(),
-            m.store_commit_failures.get().to_string(),
-        ),
-        ("store/paused".into(), m.store_paused.get().to_string()),
-        (
-            "security/connections/rate_limited".into(),
-            m.connections_rate_limited.get().to_string(),
-        ),
-        (
-            "security/connections/banned".into(),
-            m.connections_banned.get().to_string(),
-        ),
-        (
-            "security/addresses/banned".into(),
-            m.addresses_banned.get().to_string(),
-        ),
     ];
+    items.extend(
+        counters(b, disconnected)
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value.to_string())),
+    );
     for (name, load) in &loads.entries {
         for (avg, window) in load.avg.iter().zip(["1min", "5min", "15min"]) {
             items.push((format!("load/{name}/{window}"), format!("{avg:.2}")));
@@ -190,4 +123,43 @@ pub fn messages(b: &Broker, disconnected: u64, loads: &Loads, now: Instant) -> V
             Some(Message::internal(topic, Bytes::from(value), true))
         })
         .collect()
+}
+
+/// Every counter `$SYS` reports, by its name under `$SYS/broker/`.
+fn counters(b: &Broker, disconnected: u64) -> Vec<(&'static str, u64)> {
+    let m = &b.metrics;
+    let connected = m.clients_connected.get();
+    vec![
+        ("clients/connected", connected),
+        ("clients/active", connected),
+        ("clients/disconnected", disconnected),
+        ("clients/inactive", disconnected),
+        ("clients/total", connected + disconnected),
+        ("clients/maximum", m.clients_maximum.get()),
+        ("clients/expired", m.sessions_expired.get()),
+        ("messages/received", m.messages_received.get()),
+        ("messages/sent", m.messages_sent.get()),
+        ("publish/messages/received", m.publish_received.get()),
+        ("publish/messages/sent", m.publish_sent.get()),
+        ("publish/messages/dropped", m.publish_dropped.get()),
+        ("bytes/received", m.bytes_received.get()),
+        ("bytes/sent", m.bytes_sent.get()),
+        ("subscriptions/count", b.subscription_count() as u64),
+        (
+            "shared_subscriptions/count",
+            b.shared_subscription_count() as u64,
+        ),
+        ("retained messages/count", b.retained_count() as u64),
+        ("security/auth/refused", m.auth_refused.get()),
+        ("security/acl/denied", m.acl_denied.get()),
+        ("store/commits", m.store_commits.get()),
+        ("store/commit_failures", m.store_commit_failures.get()),
+        ("store/paused", m.store_paused.get()),
+        (
+            "security/connections/rate_limited",
+            m.connections_rate_limited.get(),
+        ),
+        ("security/connections/banned", m.connections_banned.get()),
+        ("security/addresses/banned", m.addresses_banned.get()),
+    ]
 }

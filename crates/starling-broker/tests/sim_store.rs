@@ -161,3 +161,34 @@ fn a_refused_qos2_message_does_not_leave_its_id_awaiting_release_in_the_store() 
         "routed, not taken for a resend"
     );
 }
+
+#[test]
+fn a_client_the_broker_is_not_reading_is_not_held_to_its_keep_alive() {
+    let mut sim = Sim::with_journal_limit(Limits::default(), Durability::Periodic, 4 * 1024);
+    let mut c = connect(V5, "flood");
+    c.keep_alive = 1;
+    let (flood, _) = connected(&mut sim, c);
+    sim.hold_commits = true;
+    for i in 0..10u16 {
+        let mut msg = publish(&format!("r/{i}"), QoS::AtMostOnce, 0, &[0; 1000]);
+        if let Packet::Publish(p) = &mut msg {
+            p.retain = true;
+        }
+        sim.send(flood, msg);
+    }
+    assert!(
+        sim.broker.metrics.store_paused.get() >= 1,
+        "paused at the bound"
+    );
+    // Far beyond 1.5 x the keep-alive: its PINGREQs would sit unread, so no timeout.
+    sim.advance(std::time::Duration::from_secs(10));
+    assert!(!sim.is_gone(flood));
+    sim.hold_commits = false;
+    sim.settle();
+    sim.send(flood, Packet::PingReq);
+    assert_eq!(sim.take(flood), [Packet::PingResp]);
+    assert_eq!(sim.store().unwrap().retained_count("r/"), 10);
+    // Reading again, the keep-alive applies again.
+    sim.advance(std::time::Duration::from_millis(1_500));
+    assert!(sim.is_gone(flood));
+}

@@ -191,8 +191,8 @@ where
                 let deadline = g
                     .conn
                     .poll_timeout(broker)
-                    .map(tokio::time::Instant::from_std)
-                    .unwrap_or_else(far);
+                    .map(tokio::time::Instant::from_std);
+                let deadline = deadline.unwrap_or_else(far);
                 if timer.deadline() != deadline {
                     timer.as_mut().reset(deadline);
                 }
@@ -212,34 +212,16 @@ where
                     tokio::select! {
                         biased;
                         () = &mut stopped => Turn::Stop,
-                        r = write_or_flush(&mut wr, &mut wbuf), if !wbuf.is_empty() || unflushed => match r {
-                            Ok(Some(0)) | Err(_) => Turn::Lost,
-                            Ok(Some(n)) => {
-                                broker.metrics.bytes_sent.add(n as u64);
-                                unflushed = options.flush;
-                                if wbuf.is_empty() {
-                                    wbuf = BytesMut::new();
-                                }
-                                Turn::Go
-                            }
-                            Ok(None) => {
-                                unflushed = false;
-                                Turn::Go
-                            }
-                        },
+                        r = write_or_flush(&mut wr, &mut wbuf), if !wbuf.is_empty() || unflushed => {
+                            written(r, &mut wbuf, &mut unflushed, options.flush, broker)
+                        }
                         r = rd.read_buf(&mut rbuf), if can_read => match r {
                             Ok(0) | Err(_) => Turn::Lost,
                             Ok(n) => {
                                 broker.metrics.bytes_received.add(n as u64);
                                 busy = n >= room;
-                                let conn = &mut g.conn;
-                                if block_for_connect && !conn.is_active() {
-                                    tokio::task::block_in_place(|| {
-                                        conn.handle_input(broker, Instant::now(), &mut rbuf);
-                                    });
-                                } else {
-                                    conn.handle_input(broker, Instant::now(), &mut rbuf);
-                                }
+                                let slow = block_for_connect && !g.conn.is_active();
+                                handle_read(&mut g.conn, broker, &mut rbuf, slow);
                                 Turn::Go
                             }
                         },
@@ -257,39 +239,97 @@ where
                         }
                     }
                 };
-                match turn {
-                    Turn::Go => {}
-                    Turn::Stop => g.conn.handle_shutdown(broker, Instant::now()),
-                    Turn::Lost => g.conn.handle_connection_lost(broker, Instant::now()),
-                }
-                if rbuf.is_empty() && rbuf.capacity() > 0 {
-                    // Release the read buffer while nothing is pending (payloads still referenced by
-                    // queued messages keep their own part alive).
-                    rbuf = BytesMut::new();
-                }
-                if wbuf.len() < OUTPUT_HIGH_WATER {
-                    g.conn.poll_transmit(broker, Instant::now(), &mut wbuf);
-                }
-                if g.conn.is_closed() {
+                if end_turn(&mut g.conn, broker, turn, &mut rbuf, &mut wbuf) {
                     break wbuf;
                 }
             }
         };
         // What the connection still owes the client (CONNACK refusal, DISCONNECT).
-        let broker = &*g.broker;
-        g.conn.poll_transmit(broker, Instant::now(), &mut wbuf);
-        if !wbuf.is_empty()
-            && let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, wr.write_all(&wbuf)).await
-        {
-            broker.metrics.bytes_sent.add(wbuf.len() as u64);
-        }
-        if options.flush {
-            let _ = tokio::time::timeout(FINAL_FLUSH, wr.flush()).await;
-        }
-        let _ = tokio::time::timeout(FINAL_FLUSH, wr.shutdown()).await;
+        g.conn.poll_transmit(&g.broker, Instant::now(), &mut wbuf);
+        close_transport(&mut wr, &wbuf, options.flush, &g.broker).await;
         drop(g);
         drop(permits);
     }
+}
+
+/// Writes the last bytes (bounded by `FINAL_FLUSH`), flushes and shuts the write side down.
+async fn close_transport<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    wbuf: &[u8],
+    flush: bool,
+    broker: &Broker,
+) {
+    if !wbuf.is_empty()
+        && let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, wr.write_all(wbuf)).await
+    {
+        broker.metrics.bytes_sent.add(wbuf.len() as u64);
+    }
+    if flush {
+        let _ = tokio::time::timeout(FINAL_FLUSH, wr.flush()).await;
+    }
+    let _ = tokio::time::timeout(FINAL_FLUSH, wr.shutdown()).await;
+}
+
+/// After a write or flush: what it means for the connection, and the buffer's upkeep.
+fn written(
+    r: std::io::Result<Option<usize>>,
+    wbuf: &mut BytesMut,
+    unflushed: &mut bool,
+    flush: bool,
+    broker: &Broker,
+) -> Turn {
+    match r {
+        Ok(Some(0)) | Err(_) => Turn::Lost,
+        Ok(Some(n)) => {
+            broker.metrics.bytes_sent.add(n as u64);
+            *unflushed = flush;
+            if wbuf.is_empty() {
+                // Release the write buffer once it is all written.
+                *wbuf = BytesMut::new();
+            }
+            Turn::Go
+        }
+        Ok(None) => {
+            *unflushed = false;
+            Turn::Go
+        }
+    }
+}
+
+/// Hands what was read to the connection; a CONNECT that may be slow to check (password
+/// hashing) runs in `block_in_place` so other connections on this worker are not held up.
+fn handle_read(conn: &mut Connection, broker: &Broker, rbuf: &mut BytesMut, slow: bool) {
+    if slow {
+        tokio::task::block_in_place(|| conn.handle_input(broker, Instant::now(), rbuf));
+    } else {
+        conn.handle_input(broker, Instant::now(), rbuf);
+    }
+}
+
+/// The end of a turn of the connection loop: stop or loss reach the connection, the read
+/// buffer is released while empty, and the connection's output is taken while there is room.
+/// True once the connection is closed.
+fn end_turn(
+    conn: &mut Connection,
+    broker: &Broker,
+    turn: Turn,
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+) -> bool {
+    match turn {
+        Turn::Go => {}
+        Turn::Stop => conn.handle_shutdown(broker, Instant::now()),
+        Turn::Lost => conn.handle_connection_lost(broker, Instant::now()),
+    }
+    if rbuf.is_empty() && rbuf.capacity() > 0 {
+        // Release the read buffer while nothing is pending (payloads still referenced by
+        // queued messages keep their own part alive).
+        *rbuf = BytesMut::new();
+    }
+    if wbuf.len() < OUTPUT_HIGH_WATER {
+        conn.poll_transmit(broker, Instant::now(), wbuf);
+    }
+    conn.is_closed()
 }
 
 /// Makes room in the read buffer for the rest of the packet being received, at once when its

@@ -255,29 +255,24 @@ async fn publish_rate_limit_slows_without_disconnecting() {
     let (mut sub, _) = Client::connect(addr, "sub", true, None).await;
     sub.subscribe("rate", QoS::AtLeastOnce).await;
     let (mut pub_, _) = Client::connect(addr, "pub", true, None).await;
-    let started = std::time::Instant::now();
-    for i in 0..250u32 {
+    for i in 0..150u32 {
         pub_.client
             .publish("rate", QoS::AtLeastOnce, false, i.to_be_bytes().to_vec())
             .await
             .unwrap();
     }
     let mut acks = 0;
-    while acks < 250 {
+    while acks < 150 {
         match pub_.next().await {
             Ok(Packet::PubAck(_)) => acks += 1,
             Ok(_) => {}
             Err(e) => panic!("publisher disconnected: {e}"),
         }
     }
-    // 250 publishes at 100/s with a one-second burst cannot finish in under ~1.5 s.
-    assert!(
-        started.elapsed() >= Duration::from_millis(1400),
-        "{:?}",
-        started.elapsed()
-    );
+    // The pace itself is tested on the simulated clock (starling-broker sim_sessions.rs);
+    // here: a real client is slowed by TCP, not disconnected, and loses nothing.
     assert!(server.broker().metrics.rate_limited.get() > 0);
-    for i in 0..250u32 {
+    for i in 0..150u32 {
         assert_eq!(&sub.publish().await.payload[..], i.to_be_bytes());
     }
     server.shutdown().await;

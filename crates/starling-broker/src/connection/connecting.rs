@@ -9,9 +9,10 @@ use std::time::Duration;
 use starling_proto::{ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
 use tracing::info;
 
-use super::active::Active;
+use super::active::{Active, RateLimit};
 use super::{Close, Cx, State, closed, enhanced};
-use crate::broker::{ConnectRequest, Ending};
+use crate::broker::{Attached, ConnectRequest, Ending};
+use crate::bucket::TokenBucket;
 use crate::config::Limits;
 use crate::session::PendingWill;
 
@@ -230,44 +231,9 @@ pub(super) fn accept(
             "client id claimed concurrently, try again",
         );
     };
-    let m = &broker.metrics;
-    m.clients_connected.inc();
-    m.connections_total.inc();
-    if m.clients_connected.get() > m.clients_maximum.get() {
-        m.clients_maximum.set(m.clients_connected.get());
-    }
-    let rate = limits.max_publish_rate;
-    let mut active = Box::new(Active {
-        session: attached.session,
-        epoch: attached.epoch,
-        client_id: negotiated.client_id.clone(),
-        username,
-        version,
-        keep_alive: (negotiated.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(negotiated.keep_alive) * 1500)),
-        window: terms.window,
-        max_packet_out: c
-            .properties
-            .maximum_packet_size
-            .map_or(usize::MAX, |m| m as usize),
-        aliases: None,
-        alias_out_max: if v5 {
-            c.properties.topic_alias_maximum.unwrap_or(0)
-        } else {
-            0
-        },
-        connect_expiry_zero: v5 && terms.requested_expiry == 0,
-        problem_info: c.properties.request_problem_information != Some(0),
-        ending: Ending::Abnormal,
-        enhanced: enhanced.as_ref().map(enhanced::Accepted::session),
-        rate: (rate > 0).then(|| {
-            Box::new(super::active::RateLimit {
-                bucket: crate::bucket::TokenBucket::full(rate, cx.now),
-                paused_until: None,
-            })
-        }),
-        held: None,
-    });
+    count_connected(&broker.metrics);
+    let mut active = activate(cx, &c, &negotiated, username, &terms, &attached);
+    active.enhanced = enhanced.as_ref().map(enhanced::Accepted::session);
     let properties = if v5 {
         connack_properties(cx, &c, &negotiated, &terms, enhanced)
     } else {
@@ -292,6 +258,55 @@ pub(super) fn accept(
         active.resend_inflight(cx);
     }
     State::Active(active)
+}
+
+fn count_connected(m: &crate::metrics::Metrics) {
+    m.clients_connected.inc();
+    m.connections_total.inc();
+    if m.clients_connected.get() > m.clients_maximum.get() {
+        m.clients_maximum.set(m.clients_connected.get());
+    }
+}
+
+/// The `Active` state of an accepted CONNECT.
+fn activate(
+    cx: &Cx<'_>,
+    c: &Connect,
+    negotiated: &Negotiated,
+    username: Option<Arc<str>>,
+    terms: &Terms,
+    attached: &Attached,
+) -> Box<Active> {
+    let v5 = c.protocol.is_v5();
+    let rate = cx.broker.limits.max_publish_rate;
+    let keep_alive = u64::from(negotiated.keep_alive);
+    Box::new(Active {
+        session: attached.session.clone(),
+        epoch: attached.epoch,
+        client_id: negotiated.client_id.clone(),
+        username,
+        version: c.protocol,
+        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive * 1500)),
+        window: terms.window,
+        max_packet_out: (c.properties.maximum_packet_size).map_or(usize::MAX, |m| m as usize),
+        aliases: None,
+        alias_out_max: if v5 {
+            c.properties.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        },
+        connect_expiry_zero: v5 && terms.requested_expiry == 0,
+        problem_info: c.properties.request_problem_information != Some(0),
+        ending: Ending::Abnormal,
+        enhanced: None,
+        rate: (rate > 0).then(|| {
+            Box::new(RateLimit {
+                bucket: TokenBucket::full(rate, cx.now),
+                paused_until: None,
+            })
+        }),
+        held: None,
+    })
 }
 
 /// CONNACK's properties for a v5 client.
