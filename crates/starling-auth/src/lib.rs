@@ -26,16 +26,6 @@
 //! Files are parsed strictly: a missing, empty or malformed password file, and a missing or
 //! malformed ACL file, is an error naming the file and the line, never a silent allow-all.
 
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 pub mod acl;
 pub mod cert;
 pub mod enhanced;

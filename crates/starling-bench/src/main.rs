@@ -4,16 +4,6 @@
 //! Runs one scenario against one broker and prints one JSON line. Everything runs on one
 //! thread (a current-thread tokio runtime): the generator is meant to be pinned to one core.
 
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 mod client;
 mod forwarder;
 mod hist;

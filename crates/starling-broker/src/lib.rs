@@ -9,16 +9,6 @@
 //! [`RouteTable`] (filter to subscribers, local and remote), [`RetainStore`] and [`Forwarder`]
 //! (a message for another node); a single node uses the local implementations.
 
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 pub mod broker;
 pub mod bucket;
 pub mod config;

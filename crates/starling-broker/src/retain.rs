@@ -48,22 +48,6 @@ pub struct RetainTree {
 
 impl RetainStore for RetainTree {
     fn set(&self, msg: Arc<Message>, max: usize) -> RetainOutcome {
-        RetainTree::set(self, msg, max)
-    }
-
-    fn matching(&self, filter: &[u8], now: Instant) -> Vec<Arc<Message>> {
-        RetainTree::matching(self, filter, now)
-    }
-
-    fn count(&self) -> usize {
-        RetainTree::count(self)
-    }
-}
-
-impl RetainTree {
-    /// Sets, replaces or clears the retained message of `msg.topic`. A new topic is refused
-    /// once `max` messages are stored.
-    pub fn set(&self, msg: Arc<Message>, max: usize) -> RetainOutcome {
         use std::sync::atomic::Ordering::Relaxed;
         let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
         if msg.payload.is_empty() {
@@ -109,14 +93,12 @@ impl RetainTree {
         RetainOutcome::Stored
     }
 
-    /// Number of retained messages.
-    pub fn count(&self) -> usize {
+    fn count(&self) -> usize {
         self.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Every unexpired retained message matching `filter` (an unshared filter), in no
-    /// particular order. Iterative: a deep tree or filter cannot exhaust the stack.
-    pub fn matching(&self, filter: &[u8], now: Instant) -> Vec<Arc<Message>> {
+    /// In no particular order. Iterative: a deep tree or filter cannot exhaust the stack.
+    fn matching(&self, filter: &[u8], now: Instant) -> Vec<Arc<Message>> {
         let root = self.root.read().unwrap_or_else(|p| p.into_inner());
         let levels: Vec<&[u8]> = filter.split(|&b| b == b'/').collect();
         let mut out = Vec::new();

@@ -30,6 +30,17 @@ pub struct Subscriber {
     pub id: Option<u32>,
 }
 
+impl Subscriber {
+    /// `session`'s subscription as the session remembers it.
+    pub fn new(session: &Arc<Session>, sub: &crate::session::Subscription) -> Self {
+        Self {
+            session: session.clone(),
+            options: sub.options,
+            id: sub.id,
+        }
+    }
+}
+
 /// A shared-subscription group at one filter: members take turns.
 #[derive(Debug)]
 struct Group {
@@ -73,14 +84,8 @@ pub enum Target<'a> {
 /// change. Implementations must let publishers match concurrently and must not call back
 /// into the broker while matching.
 pub trait RouteTable: Send + Sync + fmt::Debug {
-    /// Adds or replaces `session`'s subscription to `filter`. Returns true if it existed.
-    fn subscribe(
-        &self,
-        filter: &TopicFilter,
-        session: &Arc<Session>,
-        options: SubscriptionOptions,
-        id: Option<u32>,
-    ) -> bool;
+    /// Adds or replaces `sub.session`'s subscription to `filter`. Returns true if it existed.
+    fn subscribe(&self, filter: &TopicFilter, sub: Subscriber) -> bool;
     /// Removes `session`'s subscription to `filter`. Returns true if it existed.
     fn unsubscribe(&self, filter: &TopicFilter, session: &Arc<Session>) -> bool;
     /// Hands every subscription matching `topic` to `f` at once. `f` must not subscribe or
@@ -90,34 +95,6 @@ pub trait RouteTable: Send + Sync + fmt::Debug {
     fn count(&self) -> usize;
     /// Number of shared subscriptions.
     fn shared_count(&self) -> usize;
-}
-
-impl RouteTable for Router {
-    fn subscribe(
-        &self,
-        filter: &TopicFilter,
-        session: &Arc<Session>,
-        options: SubscriptionOptions,
-        id: Option<u32>,
-    ) -> bool {
-        Router::subscribe(self, filter, session, options, id)
-    }
-
-    fn unsubscribe(&self, filter: &TopicFilter, session: &Arc<Session>) -> bool {
-        Router::unsubscribe(self, filter, session)
-    }
-
-    fn route(&self, topic: &[u8], f: &mut dyn FnMut(&[Target<'_>])) {
-        self.with_matches(topic, |targets| f(targets));
-    }
-
-    fn count(&self) -> usize {
-        Router::count(self)
-    }
-
-    fn shared_count(&self) -> usize {
-        Router::shared_count(self)
-    }
 }
 
 /// The single-node subscription index.
@@ -132,15 +109,8 @@ fn levels(filter: &[u8]) -> impl Iterator<Item = &[u8]> {
     filter.split(|&b| b == b'/')
 }
 
-impl Router {
-    /// Adds or replaces `session`'s subscription to `filter`. Returns true if it existed.
-    pub fn subscribe(
-        &self,
-        filter: &TopicFilter,
-        session: &Arc<Session>,
-        options: SubscriptionOptions,
-        id: Option<u32>,
-    ) -> bool {
+impl RouteTable for Router {
+    fn subscribe(&self, filter: &TopicFilter, sub: Subscriber) -> bool {
         let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
         let mut node = &mut *root;
         for level in levels(filter.match_filter()) {
@@ -150,11 +120,6 @@ impl Router {
                 _ => node.children.entry(level.into()).or_default(),
             };
         }
-        let sub = Subscriber {
-            session: session.clone(),
-            options,
-            id,
-        };
         let list = match filter.share_group() {
             None => &mut node.subscribers,
             Some(group) => {
@@ -179,7 +144,10 @@ impl Router {
                 }
             }
         };
-        if let Some(existing) = list.iter_mut().find(|s| Arc::ptr_eq(&s.session, session)) {
+        if let Some(existing) = list
+            .iter_mut()
+            .find(|s| Arc::ptr_eq(&s.session, &sub.session))
+        {
             *existing = sub;
             return true;
         }
@@ -191,8 +159,7 @@ impl Router {
         false
     }
 
-    /// Removes `session`'s subscription to `filter`. Returns true if it existed.
-    pub fn unsubscribe(&self, filter: &TopicFilter, session: &Arc<Session>) -> bool {
+    fn unsubscribe(&self, filter: &TopicFilter, session: &Arc<Session>) -> bool {
         let mut root = self.root.write().unwrap_or_else(|p| p.into_inner());
         let levels: Vec<&[u8]> = levels(filter.match_filter()).collect();
         let removed = remove_at(&mut root, &levels, filter.share_group(), session);
@@ -205,16 +172,20 @@ impl Router {
         removed
     }
 
-    /// Number of subscriptions (shared ones included).
-    pub fn count(&self) -> usize {
+    fn count(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// Number of shared subscriptions.
-    pub fn shared_count(&self) -> usize {
+    fn shared_count(&self) -> usize {
         self.shared_count.load(Ordering::Relaxed)
     }
 
+    fn route(&self, topic: &[u8], f: &mut dyn FnMut(&[Target<'_>])) {
+        self.with_matches(topic, |targets| f(targets));
+    }
+}
+
+impl Router {
     /// Calls `f` for every subscription matching `topic`. Runs under the read lock: `f` must
     /// not subscribe or unsubscribe.
     pub fn for_each_match(&self, topic: &[u8], mut f: impl FnMut(Target<'_>)) {
@@ -373,6 +344,14 @@ mod tests {
         Arc::new(Session::new(id.into(), ProtocolVersion::V5))
     }
 
+    fn sub(session: &Arc<Session>, id: Option<u32>) -> Subscriber {
+        Subscriber {
+            session: session.clone(),
+            options: Default::default(),
+            id,
+        }
+    }
+
     fn filter(s: &str) -> TopicFilter {
         TopicFilter::try_from_str(s).unwrap()
     }
@@ -398,11 +377,11 @@ mod tests {
             session("d"),
             session("e"),
         );
-        r.subscribe(&filter("x/y"), &a, Default::default(), None);
-        r.subscribe(&filter("x/+"), &b, Default::default(), None);
-        r.subscribe(&filter("x/#"), &c, Default::default(), None);
-        r.subscribe(&filter("#"), &d, Default::default(), None);
-        r.subscribe(&filter("$SYS/#"), &e, Default::default(), None);
+        r.subscribe(&filter("x/y"), sub(&a, None));
+        r.subscribe(&filter("x/+"), sub(&b, None));
+        r.subscribe(&filter("x/#"), sub(&c, None));
+        r.subscribe(&filter("#"), sub(&d, None));
+        r.subscribe(&filter("$SYS/#"), sub(&e, None));
         assert_eq!(matches(&r, "x/y"), ["a", "b", "c", "d"]);
         assert_eq!(matches(&r, "x"), ["c", "d"]);
         assert_eq!(matches(&r, "x/y/z"), ["c", "d"]);
@@ -414,8 +393,8 @@ mod tests {
     fn resubscribe_replaces_and_unsubscribe_prunes() {
         let r = Router::default();
         let a = session("a");
-        assert!(!r.subscribe(&filter("x/+/z"), &a, Default::default(), None));
-        assert!(r.subscribe(&filter("x/+/z"), &a, Default::default(), Some(7)));
+        assert!(!r.subscribe(&filter("x/+/z"), sub(&a, None)));
+        assert!(r.subscribe(&filter("x/+/z"), sub(&a, Some(7))));
         assert_eq!(r.count(), 1);
         let mut ids = Vec::new();
         r.for_each_match(b"x/y/z", |t| {
@@ -434,9 +413,9 @@ mod tests {
     fn shared_groups() {
         let r = Router::default();
         let (a, b) = (session("a"), session("b"));
-        r.subscribe(&filter("$share/g/t/#"), &a, Default::default(), None);
-        r.subscribe(&filter("$share/g/t/#"), &b, Default::default(), None);
-        r.subscribe(&filter("$share/h/t/#"), &b, Default::default(), None);
+        r.subscribe(&filter("$share/g/t/#"), sub(&a, None));
+        r.subscribe(&filter("$share/g/t/#"), sub(&b, None));
+        r.subscribe(&filter("$share/h/t/#"), sub(&b, None));
         assert_eq!(matches(&r, "t/1"), ["g:2", "h:1"]);
         assert_eq!(r.shared_count(), 3);
         r.unsubscribe(&filter("$share/g/t/#"), &a);
@@ -448,7 +427,7 @@ mod tests {
         let r = Router::default();
         let a = session("a");
         let deep = "a/".repeat(5000) + "b";
-        r.subscribe(&filter(&deep), &a, Default::default(), None);
+        r.subscribe(&filter(&deep), sub(&a, None));
         assert_eq!(matches(&r, &deep), ["a"]);
         assert!(r.unsubscribe(&filter(&deep), &a));
     }

@@ -4,16 +4,6 @@
 //!
 //! Sans-IO: no sockets, no async runtime, no clock. Bytes go in, packets come out, and back.
 
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 pub mod codec;
 pub mod error;
 pub mod packet;

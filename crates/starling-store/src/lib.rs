@@ -6,16 +6,6 @@
 //! The broker core never sees which store it has: it emits [`Op`]s, and a committer applies
 //! them in batches (group commit).
 
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 pub mod memory;
 pub mod record;
 pub mod redb_store;

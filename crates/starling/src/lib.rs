@@ -3,16 +3,6 @@
 //! shutdown, on tokio. The `starling` binary is a thin command line over this library, and black-box
 //! tests start a [`server::Server`] on port 0 with it.
 
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 mod accept;
 pub mod config;
 pub mod connection;

@@ -2,16 +2,6 @@
 //! and runs the server until SIGINT or SIGTERM (SIGHUP reloads password files, ACL files and
 //! certificates). `starling passwd` manages password files.
 
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

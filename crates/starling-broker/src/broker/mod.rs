@@ -23,7 +23,7 @@ use crate::forward::{Forwarder, NoPeers};
 use crate::metrics::Metrics;
 use crate::persist::{Ops, Persistence};
 use crate::retain::{RetainStore, RetainTree};
-use crate::router::{RouteTable, Router};
+use crate::router::{RouteTable, Router, Subscriber};
 use crate::session::{Ctx, Session, Subscription};
 use crate::sys::SysState;
 
@@ -210,7 +210,7 @@ impl Broker {
         sub: Subscription,
     ) -> bool {
         let routes = &self.seams.routes;
-        let existed = routes.subscribe(filter, session, sub.options, sub.id);
+        let existed = routes.subscribe(filter, Subscriber::new(session, &sub));
         if !session.lock().insert_subscription(filter.clone(), sub) {
             routes.unsubscribe(filter, session);
         }

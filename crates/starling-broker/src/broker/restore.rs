@@ -8,6 +8,7 @@ use starling_store::Op;
 
 use super::Broker;
 use crate::persist::decode_message;
+use crate::router::Subscriber;
 use crate::session::Session;
 
 /// What [`Broker::restore`] brought back.
@@ -44,7 +45,7 @@ impl Broker {
                 continue;
             };
             for (filter, sub) in &r.subscriptions {
-                (self.seams.routes).subscribe(filter, &r.session, sub.options, sub.id);
+                (self.seams.routes).subscribe(filter, Subscriber::new(&r.session, sub));
             }
             // The store has one record per client id, so nothing is there to compare with.
             if self.seams.registry.claim(&r.session, None).is_some() {

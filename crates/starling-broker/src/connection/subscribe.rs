@@ -26,16 +26,14 @@ impl Active {
             let reason = self.subscribe_one(cx, &filter, options, sub_id, &mut retained);
             reasons.push(reason);
         }
-        let broker = cx.broker;
-        let mut ops = broker.ops();
-        self.session.lock().save_subscriptions(&mut ops);
-        let ticket = self.persisted(cx, &mut ops);
         let suback = Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reasons,
             properties: Properties::default(),
         });
-        self.send_ack(cx, suback, ticket);
+        self.store_subscriptions_then(cx, suback);
+        let broker = cx.broker;
+        let mut ops = broker.ops();
         let ctx = broker.ctx();
         for d in retained {
             self.session.deliver(d, &ctx, &mut ops);
@@ -106,14 +104,20 @@ impl Active {
                 }
             })
             .collect();
-        let mut ops = broker.ops();
-        self.session.lock().save_subscriptions(&mut ops);
-        let ticket = self.persisted(cx, &mut ops);
         let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reasons,
             properties: Properties::default(),
         });
-        self.send_ack(cx, unsuback, ticket);
+        self.store_subscriptions_then(cx, unsuback);
+    }
+
+    /// Stores a persistent session's subscriptions, then sends `ack` (SUBACK, UNSUBACK) once
+    /// they are stored.
+    fn store_subscriptions_then(&mut self, cx: &mut Cx<'_>, ack: Packet) {
+        let mut ops = cx.broker.ops();
+        self.session.lock().save_subscriptions(&mut ops);
+        let ticket = self.persisted(cx, &mut ops);
+        self.send_ack(cx, ack, ticket);
     }
 }

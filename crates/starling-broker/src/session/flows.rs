@@ -180,26 +180,13 @@ impl Locked<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-    use starling_proto::{ProtocolVersion, TopicName};
+    use starling_proto::ProtocolVersion;
 
     use super::*;
-    use crate::message::Message;
     use crate::session::Session;
 
     fn delivery(qos: QoS) -> Delivery {
-        let topic = TopicName::try_from_str("t").unwrap();
-        let msg = Message::internal(topic, Bytes::from_static(b"x"), false);
-        Delivery {
-            msg: Arc::new(msg),
-            qos,
-            retain: false,
-            sub_ids: Vec::new(),
-            share: None,
-            seq: 0,
-        }
+        crate::session::test_delivery(qos, b'x')
     }
 
     #[test]

@@ -504,3 +504,19 @@ impl Locked<'_> {
         });
     }
 }
+
+/// A delivery of a one-byte message on topic `t`, for the session's unit tests.
+#[cfg(test)]
+fn test_delivery(qos: starling_proto::QoS, byte: u8) -> Delivery {
+    let topic = starling_proto::TopicName::try_from_str("t").unwrap();
+    let payload = bytes::Bytes::from(vec![byte]);
+    let msg = crate::message::Message::internal(topic, payload, false);
+    Delivery {
+        msg: Arc::new(msg),
+        qos,
+        retain: false,
+        sub_ids: Vec::new(),
+        share: None,
+        seq: 0,
+    }
+}

@@ -116,29 +116,14 @@ fn count_drop(metrics: &Metrics) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-    use starling_proto::{ProtocolVersion, TopicName};
+    use starling_proto::ProtocolVersion;
 
     use super::*;
     use crate::config::Limits;
-    use crate::message::Message;
     use crate::session::{Session, Terms};
     use crate::wake::Flag;
 
-    fn delivery(qos: QoS, n: u8) -> Delivery {
-        let topic = TopicName::try_from_str("t").unwrap();
-        let msg = Message::internal(topic, Bytes::from(vec![n]), false);
-        Delivery {
-            msg: Arc::new(msg),
-            qos,
-            retain: false,
-            sub_ids: Vec::new(),
-            share: None,
-            seq: 0,
-        }
-    }
+    use crate::session::test_delivery as delivery;
 
     /// A session owned by a connection (so QoS 0 is queued).
     fn online() -> Session {
@@ -251,17 +236,10 @@ mod tests {
         let d = st.next_delivery(1).unwrap();
         assert_eq!(d.msg.payload[0], 2, "QoS 0 passes a full window");
         assert!(st.next_delivery(1).is_none());
-        enqueue_locked(&mut st, delivery(QoS::AtLeastOnce, 3));
+        drop(st);
+        enqueue(&s, &l, &m, delivery(QoS::AtLeastOnce, 3));
+        let mut st = s.lock();
         assert!(st.next_delivery(1).is_none(), "the window is full");
         assert!(st.next_delivery(2).is_some());
-    }
-
-    fn enqueue_locked(st: &mut Locked<'_>, d: Delivery) {
-        let (m, l) = (Metrics::default(), Limits::default());
-        let ctx = Ctx {
-            limits: &l,
-            metrics: &m,
-        };
-        assert!(st.enqueue(d, &ctx, &mut Ops::new(None)));
     }
 }

@@ -230,6 +230,31 @@ impl RawClient {
         self.next_id
     }
 
+    /// Publishes at QoS 1 and waits for its PUBACK; returns its reason and the messages that
+    /// arrived meanwhile (each acknowledged).
+    pub(crate) async fn publish_qos1(
+        &mut self,
+        topic: &str,
+        payload: &str,
+    ) -> (ReasonCode, Vec<Publish>) {
+        let pid = self.next_packet_id();
+        let publish = publish_packet(topic, QoS::AtLeastOnce, pid, payload.as_bytes());
+        self.send(&publish).await;
+        let mut got = Vec::new();
+        loop {
+            match self.expect_packet(WAIT).await {
+                Packet::PubAck(a) if a.packet_id == pid => return (a.reason, got),
+                Packet::Publish(p) => {
+                    if p.qos != QoS::AtMostOnce {
+                        self.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
+                    }
+                    got.push(p);
+                }
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        }
+    }
+
     /// Encodes and sends one packet; panics if it cannot be written.
     pub(crate) async fn send(&mut self, packet: &Packet) {
         let mut buf = BytesMut::new();

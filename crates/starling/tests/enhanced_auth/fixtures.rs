@@ -171,32 +171,17 @@ pub(crate) async fn subscribe(c: &mut RawClient, filter: &str) -> ReasonCode {
 }
 
 /// Publishes QoS 1 and returns the PUBACK reason, acknowledging any message that arrives
-/// meanwhile (returned too).
+/// meanwhile (their payloads are returned too).
 pub(crate) async fn publish(
     c: &mut RawClient,
     topic: &str,
     payload: &str,
 ) -> (ReasonCode, Vec<String>) {
-    let pid = c.next_packet_id();
-    c.send(&publish_packet(
-        topic,
-        QoS::AtLeastOnce,
-        pid,
-        payload.as_bytes(),
-    ))
-    .await;
-    let mut got = Vec::new();
-    loop {
-        match c.expect_packet(WAIT).await {
-            Packet::PubAck(a) if a.packet_id == pid => return (a.reason, got),
-            Packet::Publish(p) => {
-                got.push(String::from_utf8(p.payload.to_vec()).unwrap());
-                c.send(&Packet::PubAck(starling_proto::PubAck::new(p.packet_id)))
-                    .await;
-            }
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
+    let (reason, got) = c.publish_qos1(topic, payload).await;
+    let payloads = got
+        .iter()
+        .map(|p| String::from_utf8(p.payload.to_vec()).unwrap());
+    (reason, payloads.collect())
 }
 
 /// The next PUBLISH's payload.

@@ -16,18 +16,6 @@
     clippy::indexing_slicing
 )]
 
-#[path = "../common/mod.rs"]
-mod common;
-
-mod at_connect;
-mod bounds;
-mod fixtures;
-mod in_memory;
-mod passwd;
-mod reauth;
-mod scram_client;
-mod with_rumqttc;
-
 use fixtures::*;
 use scram_client::*;
 
@@ -59,3 +47,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 const SCRAM: &str = "SCRAM-SHA-256";
 const V5: ProtocolVersion = ProtocolVersion::V5;
+
+// The tests, by topic.
+mod at_connect;
+mod bounds;
+#[path = "../common/mod.rs"]
+mod common;
+mod fixtures;
+mod in_memory;
+mod passwd;
+mod reauth;
+mod scram_client;
+mod with_rumqttc;

@@ -10,14 +10,6 @@
     clippy::indexing_slicing
 )]
 
-#[path = "../common/mod.rs"]
-mod common;
-
-mod flows;
-mod framing;
-mod garbage;
-mod topics;
-
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -81,3 +73,11 @@ fn qos2_publish(packet_id: u16, dup: bool, topic: &str, payload: &'static [u8]) 
         payload: Bytes::from_static(payload),
     })
 }
+
+// The tests, by topic.
+#[path = "../common/mod.rs"]
+mod common;
+mod flows;
+mod framing;
+mod garbage;
+mod topics;

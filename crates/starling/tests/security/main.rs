@@ -10,16 +10,6 @@
     clippy::indexing_slicing
 )]
 
-#[path = "../common/mod.rs"]
-mod common;
-
-mod acl;
-mod limits;
-mod passwd;
-mod passwords;
-mod tls;
-mod websocket;
-
 use tls::*;
 
 use std::net::SocketAddr;
@@ -171,25 +161,7 @@ async fn suback(c: &mut RawClient, filter: &str) -> ReasonCode {
 
 /// Publishes at QoS 1 and returns the PUBACK reason.
 async fn puback(c: &mut RawClient, topic: &str, payload: &str) -> ReasonCode {
-    let pid = c.next_packet_id();
-    c.send(&publish_packet(
-        topic,
-        QoS::AtLeastOnce,
-        pid,
-        payload.as_bytes(),
-    ))
-    .await;
-    loop {
-        match c.expect_packet(WAIT).await {
-            Packet::PubAck(a) if a.packet_id == pid => return a.reason,
-            Packet::Publish(p) => {
-                if p.qos != QoS::AtMostOnce {
-                    c.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
-                }
-            }
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
+    c.publish_qos1(topic, payload).await.0
 }
 
 /// Topics and payloads of the messages received within `within` (acknowledging them).
@@ -223,3 +195,13 @@ fn encode(packets: &[Packet], version: ProtocolVersion) -> Vec<u8> {
     }
     buf.to_vec()
 }
+
+// The tests, by topic.
+mod acl;
+#[path = "../common/mod.rs"]
+mod common;
+mod limits;
+mod passwd;
+mod passwords;
+mod tls;
+mod websocket;

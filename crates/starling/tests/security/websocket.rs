@@ -103,12 +103,21 @@ async fn websocket_plain() {
 }
 
 async fn assert_serving_ws(addr: SocketAddr) {
+    ws_connected(addr, "/mqtt", "probe").await;
+}
+
+/// A v5 client connected over WebSocket at `path` (CONNACK received), and its read buffer.
+async fn ws_connected(
+    addr: SocketAddr,
+    path: &str,
+    id: &str,
+) -> (tokio_tungstenite::WebSocketStream<TcpStream>, BytesMut) {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut ws = ws_connect(tcp, &format!("ws://{addr}/mqtt"), Some("mqtt"))
+    let mut ws = ws_connect(tcp, &format!("ws://{addr}{path}"), Some("mqtt"))
         .await
         .unwrap();
     ws.send(Message::binary(encode(
-        &[Packet::Connect(Box::new(connect_packet(V5, "probe")))],
+        &[Packet::Connect(Box::new(connect_packet(V5, id)))],
         V5,
     )))
     .await
@@ -118,6 +127,7 @@ async fn assert_serving_ws(addr: SocketAddr) {
         ws_recv(&mut ws, &mut rbuf).await,
         Some(Packet::ConnAck(_))
     ));
+    (ws, rbuf)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,21 +138,7 @@ async fn websocket_frames_are_limited_to_the_maximum_packet_size() {
     config.listeners = vec![l];
     config.limits.max_packet_size = 4096;
     let s = start_server_with(&config).await;
-    let tcp = TcpStream::connect(s.addr).await.unwrap();
-    let mut ws = ws_connect(tcp, &format!("ws://{}/custom", s.addr), Some("mqtt"))
-        .await
-        .unwrap();
-    ws.send(Message::binary(encode(
-        &[Packet::Connect(Box::new(connect_packet(V5, "big")))],
-        V5,
-    )))
-    .await
-    .unwrap();
-    let mut rbuf = BytesMut::new();
-    assert!(matches!(
-        ws_recv(&mut ws, &mut rbuf).await,
-        Some(Packet::ConnAck(_))
-    ));
+    let (mut ws, mut rbuf) = ws_connected(s.addr, "/custom", "big").await;
     let _ = ws.send(Message::binary(vec![0u8; 8192])).await;
     assert!(ws_recv(&mut ws, &mut rbuf).await.is_none());
     s.shutdown().await;
