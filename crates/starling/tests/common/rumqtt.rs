@@ -293,11 +293,66 @@ impl<V: Version> Client<V> {
     }
 }
 
+/// The [`Version`] of one of rumqttc's type families, and its `options`: rumqttc's 3.1.1 types
+/// and its v5 types have the same shape under other paths, so one text serves both (the
+/// names resolve in the module that uses it).
+macro_rules! rumqttc_version {
+    ($name:ident) => {
+        impl Version for $name {
+            type Options = MqttOptions;
+            type AsyncClient = AsyncClient;
+            type EventLoop = EventLoop;
+            type Packet = Packet;
+            type ConnAck = ConnAck;
+            type Publish = Publish;
+            type Error = ConnectionError;
+
+            fn new_client(opts: MqttOptions, cap: usize) -> (AsyncClient, EventLoop) {
+                AsyncClient::new(opts, cap)
+            }
+
+            async fn poll(eventloop: &mut EventLoop) -> Result<Event<Packet>, ConnectionError> {
+                Ok(match eventloop.poll().await? {
+                    RumqttcEvent::Incoming(p) => Event::Incoming(p),
+                    RumqttcEvent::Outgoing(Outgoing::Disconnect) => Event::SentDisconnect,
+                    RumqttcEvent::Outgoing(_) => Event::Outgoing,
+                })
+            }
+
+            async fn send_disconnect(client: &AsyncClient) -> Result<(), String> {
+                client.disconnect().await.map_err(|e| e.to_string())
+            }
+
+            fn connack(packet: Packet) -> Result<ConnAck, Packet> {
+                match packet {
+                    Packet::ConnAck(a) => Ok(a),
+                    other => Err(other),
+                }
+            }
+
+            fn publish(packet: Packet) -> Result<Publish, Packet> {
+                match packet {
+                    Packet::Publish(p) => Ok(p),
+                    other => Err(other),
+                }
+            }
+        }
+
+        /// Options for client `id` of the broker at `addr`, keep-alive 30 s.
+        pub(crate) fn options(addr: SocketAddr, id: &str) -> MqttOptions {
+            let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+            opts.set_keep_alive(Duration::from_secs(30));
+            opts
+        }
+    };
+}
+
 /// MQTT 3.1.1: rumqttc's top-level types.
 pub(crate) mod v311 {
     use std::net::SocketAddr;
     use std::time::Duration;
 
+    use rumqttc::Event as RumqttcEvent;
     use rumqttc::{
         AsyncClient, ConnAck, ConnectionError, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
         Publish, QoS,
@@ -311,52 +366,7 @@ pub(crate) mod v311 {
     /// A 3.1.1 client.
     pub(crate) type Client = super::Client<V311>;
 
-    impl Version for V311 {
-        type Options = MqttOptions;
-        type AsyncClient = AsyncClient;
-        type EventLoop = EventLoop;
-        type Packet = Packet;
-        type ConnAck = ConnAck;
-        type Publish = Publish;
-        type Error = ConnectionError;
-
-        fn new_client(opts: MqttOptions, cap: usize) -> (AsyncClient, EventLoop) {
-            AsyncClient::new(opts, cap)
-        }
-
-        async fn poll(eventloop: &mut EventLoop) -> Result<Event<Packet>, ConnectionError> {
-            Ok(match eventloop.poll().await? {
-                rumqttc::Event::Incoming(p) => Event::Incoming(p),
-                rumqttc::Event::Outgoing(Outgoing::Disconnect) => Event::SentDisconnect,
-                rumqttc::Event::Outgoing(_) => Event::Outgoing,
-            })
-        }
-
-        async fn send_disconnect(client: &AsyncClient) -> Result<(), String> {
-            client.disconnect().await.map_err(|e| e.to_string())
-        }
-
-        fn connack(packet: Packet) -> Result<ConnAck, Packet> {
-            match packet {
-                Packet::ConnAck(a) => Ok(a),
-                other => Err(other),
-            }
-        }
-
-        fn publish(packet: Packet) -> Result<Publish, Packet> {
-            match packet {
-                Packet::Publish(p) => Ok(p),
-                other => Err(other),
-            }
-        }
-    }
-
-    /// Options for client `id` of the broker at `addr`, keep-alive 30 s.
-    pub(crate) fn options(addr: SocketAddr, id: &str) -> MqttOptions {
-        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts
-    }
+    rumqttc_version!(V311);
 
     impl Client {
         /// Connects and waits for the CONNACK.
@@ -393,6 +403,7 @@ pub(crate) mod v5 {
     use std::time::Duration;
 
     use rumqttc::Outgoing;
+    use rumqttc::v5::Event as RumqttcEvent;
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::mqttbytes::v5::{
         ConnAck, ConnectReturnCode, Filter, Packet, Publish, SubscribeProperties,
@@ -407,52 +418,7 @@ pub(crate) mod v5 {
     /// A v5 client.
     pub(crate) type Client = super::Client<V5>;
 
-    impl Version for V5 {
-        type Options = MqttOptions;
-        type AsyncClient = AsyncClient;
-        type EventLoop = EventLoop;
-        type Packet = Packet;
-        type ConnAck = ConnAck;
-        type Publish = Publish;
-        type Error = ConnectionError;
-
-        fn new_client(opts: MqttOptions, cap: usize) -> (AsyncClient, EventLoop) {
-            AsyncClient::new(opts, cap)
-        }
-
-        async fn poll(eventloop: &mut EventLoop) -> Result<Event<Packet>, ConnectionError> {
-            Ok(match eventloop.poll().await? {
-                rumqttc::v5::Event::Incoming(p) => Event::Incoming(p),
-                rumqttc::v5::Event::Outgoing(Outgoing::Disconnect) => Event::SentDisconnect,
-                rumqttc::v5::Event::Outgoing(_) => Event::Outgoing,
-            })
-        }
-
-        async fn send_disconnect(client: &AsyncClient) -> Result<(), String> {
-            client.disconnect().await.map_err(|e| e.to_string())
-        }
-
-        fn connack(packet: Packet) -> Result<ConnAck, Packet> {
-            match packet {
-                Packet::ConnAck(a) => Ok(a),
-                other => Err(other),
-            }
-        }
-
-        fn publish(packet: Packet) -> Result<Publish, Packet> {
-            match packet {
-                Packet::Publish(p) => Ok(p),
-                other => Err(other),
-            }
-        }
-    }
-
-    /// Options for client `id` of the broker at `addr`, keep-alive 30 s.
-    pub(crate) fn options(addr: SocketAddr, id: &str) -> MqttOptions {
-        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts
-    }
+    rumqttc_version!(V5);
 
     impl Client {
         /// Connects with [`options`] adjusted by `tweak` and waits for the CONNACK.

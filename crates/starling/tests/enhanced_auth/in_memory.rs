@@ -137,6 +137,25 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// Goes on with the exchange `steps` times (each answered with AUTH 0x18), then once more:
+    /// that one is over the bound and refused with 0x87.
+    fn continue_until_refused(&mut self, steps: u32) {
+        for _ in 0..steps {
+            self.auth(ReasonCode::ContinueAuthentication, b"again")
+                .unwrap();
+            assert_eq!(
+                auth_reason(&self.output()),
+                Some(ReasonCode::ContinueAuthentication)
+            );
+        }
+        let closing = self
+            .auth(ReasonCode::ContinueAuthentication, b"again")
+            .unwrap_err();
+        assert_eq!(closing.reason, ReasonCode::NotAuthorized);
+    }
+}
+
 fn auth_reason(packets: &[Packet]) -> Option<ReasonCode> {
     match packets {
         [Packet::Auth(a)] => Some(a.reason),
@@ -152,18 +171,7 @@ fn exchange_is_bounded_in_steps() {
         auth_reason(&m.output()),
         Some(ReasonCode::ContinueAuthentication)
     );
-    for _ in 0..MAX_AUTH_STEPS {
-        m.auth(ReasonCode::ContinueAuthentication, b"again")
-            .unwrap();
-        assert_eq!(
-            auth_reason(&m.output()),
-            Some(ReasonCode::ContinueAuthentication)
-        );
-    }
-    let closing = m
-        .auth(ReasonCode::ContinueAuthentication, b"again")
-        .unwrap_err();
-    assert_eq!(closing.reason, ReasonCode::NotAuthorized);
+    m.continue_until_refused(MAX_AUTH_STEPS);
     match &m.output()[..] {
         [Packet::ConnAck(ack)] => assert_eq!(ack.reason, ReasonCode::NotAuthorized),
         other => panic!("expected CONNACK 0x87, got {other:?}"),
@@ -223,18 +231,7 @@ fn reauthentication_in_memory() {
     // Bounded in steps: the 0x19 and the 0x18s together.
     m.auth(ReasonCode::ReAuthenticate, b"hello").unwrap();
     m.output();
-    for _ in 1..MAX_AUTH_STEPS {
-        m.auth(ReasonCode::ContinueAuthentication, b"again")
-            .unwrap();
-        assert_eq!(
-            auth_reason(&m.output()),
-            Some(ReasonCode::ContinueAuthentication)
-        );
-    }
-    let closing = m
-        .auth(ReasonCode::ContinueAuthentication, b"again")
-        .unwrap_err();
-    assert_eq!(closing.reason, ReasonCode::NotAuthorized);
+    m.continue_until_refused(MAX_AUTH_STEPS - 1);
     match &m.output()[..] {
         [Packet::Disconnect(d)] => assert_eq!(d.reason, ReasonCode::NotAuthorized),
         other => panic!("expected DISCONNECT 0x87, got {other:?}"),
