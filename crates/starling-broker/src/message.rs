@@ -39,7 +39,7 @@ impl Message {
             expires_at = v
                 .message_expiry_interval
                 .take()
-                .map(|s| now + Duration::from_secs(u64::from(s)));
+                .and_then(|s| now.checked_add(Duration::from_secs(u64::from(s))));
         }
         let properties = if publish.properties.is_empty() {
             Properties::default()

@@ -337,13 +337,17 @@ impl WallClock {
 
     /// The `Instant` of a wall-clock time, as seen from `now`; times before the process
     /// started map to `now` minus the difference, or `now` if that is not representable.
-    pub fn from_unix_ms(&self, ms: u64, now: Instant) -> Instant {
+    /// `None` for a future time the clock cannot represent (a damaged record can say
+    /// anything): whatever it bounds never comes.
+    pub fn from_unix_ms(&self, ms: u64, now: Instant) -> Option<Instant> {
         let now_ms = self.to_unix_ms(now);
         if ms >= now_ms {
-            now + Duration::from_millis(ms - now_ms)
+            now.checked_add(Duration::from_millis(ms - now_ms))
         } else {
-            now.checked_sub(Duration::from_millis(now_ms - ms))
-                .unwrap_or(now)
+            Some(
+                now.checked_sub(Duration::from_millis(now_ms - ms))
+                    .unwrap_or(now),
+            )
         }
     }
 }
@@ -443,7 +447,7 @@ pub fn decode_message(
     let sub_ids = std::mem::take(&mut p.properties.subscription_identifiers);
     let (qos, retain) = (p.qos, p.retain);
     let mut msg = Message::from_publish(p, None, now);
-    msg.expires_at = rec.expires_at_ms.map(|ms| clock.from_unix_ms(ms, now));
+    msg.expires_at = rec.expires_at_ms.and_then(|ms| clock.from_unix_ms(ms, now));
     Some((msg, qos, retain, sub_ids))
 }
 
@@ -579,16 +583,28 @@ mod tests {
     }
 
     #[test]
+    fn a_time_beyond_the_clock_from_a_damaged_record_never_comes() {
+        let now = Instant::now();
+        let c = WallClock::new(now, 1_000_000);
+        // Far future, or (where the clock cannot say it) never: not a panic either way.
+        assert!(c.from_unix_ms(u64::MAX, now).is_none_or(|t| t > now));
+        assert_eq!(
+            c.from_unix_ms(0, now),
+            Some(now - Duration::from_secs(1000))
+        );
+    }
+
+    #[test]
     fn wall_clock_round_trip() {
         let now = Instant::now();
         let c = WallClock::new(now, 1_000_000);
         let later = now + Duration::from_millis(1500);
         assert_eq!(c.to_unix_ms(later), 1_001_500);
-        let back = c.from_unix_ms(1_001_500, now);
+        let back = c.from_unix_ms(1_001_500, now).unwrap();
         assert_eq!(back.duration_since(now), Duration::from_millis(1500));
         assert_eq!(
             c.from_unix_ms(1_009_000, now + Duration::from_secs(10)),
-            now + Duration::from_secs(9)
+            Some(now + Duration::from_secs(9))
         );
     }
 }

@@ -35,8 +35,9 @@ impl Session {
     ) -> Option<Restoring> {
         let rec = loaded.record;
         let client_id: Arc<str> = loaded.client_id.as_str().into();
-        let disconnected_at =
-            (rec.disconnected_at_ms).map_or(now, |ms| clock.from_unix_ms(ms, now));
+        let disconnected_at = (rec.disconnected_at_ms)
+            .and_then(|ms| clock.from_unix_ms(ms, now))
+            .unwrap_or(now);
         let gone = now.saturating_duration_since(disconnected_at);
         if rec.expiry_secs != u32::MAX && gone >= Duration::from_secs(u64::from(rec.expiry_secs)) {
             ops.push(|_| Op::DeleteSession(client_id));
