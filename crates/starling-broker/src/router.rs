@@ -58,7 +58,26 @@ struct Node {
     groups: Vec<Group>,
 }
 
+/// Dropping a node takes its subtree apart with a stack instead of recursion: a chain as deep as
+/// a filter may be goes in one removal (see `prune`).
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut stack = Vec::new();
+        self.take_children(&mut stack);
+        while let Some(mut node) = stack.pop() {
+            // Childless once taken apart, so its own drop goes no deeper.
+            node.take_children(&mut stack);
+        }
+    }
+}
+
 impl Node {
+    fn take_children(&mut self, into: &mut Vec<Node>) {
+        into.extend(self.children.drain().map(|(_, c)| c));
+        into.extend(self.plus.take().map(|n| *n));
+        into.extend(self.hash.take().map(|n| *n));
+    }
+
     fn is_empty(&self) -> bool {
         self.children.is_empty()
             && self.plus.is_none()
@@ -308,31 +327,57 @@ fn remove_from(list: &mut Vec<Subscriber>, session: &Arc<Session>) -> bool {
     }
 }
 
-/// Removes empty nodes along `levels`, deepest first.
+/// Removes the nodes along `levels` that are empty, in one walk down and one removal: below
+/// the deepest node on the path that holds something besides the path itself, every node is
+/// empty once the leaf is, so removing that node's child drops the whole chain. Linear in the
+/// filter's depth.
 fn prune(root: &mut Node, levels: &[&[u8]]) {
-    for depth in (0..levels.len()).rev() {
-        let Some((last, path)) = levels.get(..=depth).and_then(|p| p.split_last()) else {
-            return;
-        };
-        let Some(node) = descend(root, path) else {
-            return;
-        };
-        let empty = match *last {
-            b"+" => node.plus.as_ref().is_some_and(|n| n.is_empty()),
-            b"#" => node.hash.as_ref().is_some_and(|n| n.is_empty()),
-            other => node.children.get(other).is_some_and(Node::is_empty),
-        };
-        if !empty {
-            return;
+    let mut keep = 0;
+    let mut node: &Node = root;
+    for (depth, level) in levels.iter().enumerate() {
+        if holds_more_than(node, level) {
+            keep = depth;
         }
-        match *last {
-            b"+" => node.plus = None,
-            b"#" => node.hash = None,
-            other => {
-                node.children.remove(other);
-            }
+        let Some(next) = child(node, level) else {
+            return;
+        };
+        node = next;
+    }
+    if !node.is_empty() {
+        return;
+    }
+    let (Some(path), Some(level)) = (levels.get(..keep), levels.get(keep)) else {
+        return;
+    };
+    let Some(parent) = descend(root, path) else {
+        return;
+    };
+    match *level {
+        b"+" => parent.plus = None,
+        b"#" => parent.hash = None,
+        other => {
+            parent.children.remove(other);
         }
     }
+}
+
+/// The child of `node` for one filter level.
+fn child<'a>(node: &'a Node, level: &[u8]) -> Option<&'a Node> {
+    match level {
+        b"+" => node.plus.as_deref(),
+        b"#" => node.hash.as_deref(),
+        other => node.children.get(other),
+    }
+}
+
+/// Whether `node` holds anything besides its child for `level`.
+fn holds_more_than(node: &Node, level: &[u8]) -> bool {
+    let children = node.children.len() - usize::from(!matches!(level, b"+" | b"#"));
+    !node.subscribers.is_empty()
+        || !node.groups.is_empty()
+        || children > 0
+        || (node.plus.is_some() && level != b"+")
+        || (node.hash.is_some() && level != b"#")
 }
 
 #[cfg(test)]
@@ -420,6 +465,21 @@ mod tests {
         assert_eq!(r.shared_count(), 3);
         r.unsubscribe(&filter("$share/g/t/#"), &a);
         assert_eq!(matches(&r, "t/1"), ["g:1", "h:1"]);
+    }
+
+    #[test]
+    fn pruning_keeps_what_other_subscriptions_need() {
+        let r = Router::default();
+        let (a, b) = (session("a"), session("b"));
+        r.subscribe(&filter("x/y/z/w"), sub(&a, None));
+        r.subscribe(&filter("x/y"), sub(&b, None));
+        r.subscribe(&filter("x/+/q"), sub(&b, None));
+        assert!(r.unsubscribe(&filter("x/y/z/w"), &a));
+        assert_eq!(matches(&r, "x/y"), ["b"]);
+        assert_eq!(matches(&r, "x/k/q"), ["b"]);
+        assert!(r.unsubscribe(&filter("x/+/q"), &b));
+        assert!(r.unsubscribe(&filter("x/y"), &b));
+        assert!(r.root.read().unwrap().is_empty(), "everything pruned");
     }
 
     #[test]
