@@ -16,19 +16,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use sim::*;
 use starling_broker::Limits;
-use starling_proto::{ConnAck, Packet, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
+use starling_proto::{Packet, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const V311: ProtocolVersion = ProtocolVersion::V311;
-
-/// A client connected with `connect`, its CONNACK taken (what came after it stays).
-fn connected(sim: &mut Sim, connect: starling_proto::Connect) -> (C, ConnAck) {
-    let c = sim.connect(connect);
-    match sim.take_one(c) {
-        Some(Packet::ConnAck(ack)) if ack.reason == ReasonCode::Success => (c, ack),
-        other => panic!("expected CONNACK 0x00 first, got {other:?}"),
-    }
-}
 
 fn will(topic: &str, delay_secs: Option<u32>) -> Will {
     let mut w = Will {
@@ -45,13 +36,13 @@ fn will(topic: &str, delay_secs: Option<u32>) -> Will {
 #[test]
 fn keep_alive_closes_at_one_and_a_half_times_the_interval() {
     let mut sim = Sim::new(Limits::default());
-    let (watcher, _) = connected(&mut sim, connect(V5, "watcher"));
+    let (watcher, _) = sim.connected(connect(V5, "watcher"));
     sim.send(watcher, subscribe(1, "will/#", QoS::AtMostOnce));
     sim.take(watcher);
     let mut c = connect(V5, "ka");
     c.keep_alive = 10;
     c.will = Some(will("will/ka", None));
-    let (ka, _) = connected(&mut sim, c);
+    let (ka, _) = sim.connected(c);
     // PINGREQ at 14 s resets the timer.
     sim.advance(Duration::from_secs(14));
     sim.send(ka, Packet::PingReq);
@@ -95,13 +86,13 @@ fn a_connection_without_connect_is_closed_at_the_connect_timeout() {
 #[test]
 fn a_delayed_will_waits_for_its_delay_and_a_resume_cancels_it() {
     let mut sim = Sim::new(Limits::default());
-    let (watcher, _) = connected(&mut sim, connect(V5, "watcher"));
+    let (watcher, _) = sim.connected(connect(V5, "watcher"));
     sim.send(watcher, subscribe(1, "w/#", QoS::AtMostOnce));
     sim.take(watcher);
 
     let mut c = persistent(V5, "delayed", 60);
     c.will = Some(will("w/delayed", Some(5)));
-    let (delayed, _) = connected(&mut sim, c);
+    let (delayed, _) = sim.connected(c);
     sim.drop_connection(delayed);
     sim.advance(Duration::from_millis(4_999));
     assert!(publishes(&sim.take(watcher)).is_empty(), "before the delay");
@@ -118,10 +109,10 @@ fn a_delayed_will_waits_for_its_delay_and_a_resume_cancels_it() {
     // Resumed within the delay: no will.
     let mut c = persistent(V5, "resumed", 60);
     c.will = Some(will("w/resumed", Some(5)));
-    let (resumed, _) = connected(&mut sim, c);
+    let (resumed, _) = sim.connected(c);
     sim.drop_connection(resumed);
     sim.advance(Duration::from_secs(3));
-    let (_again, ack) = connected(&mut sim, persistent(V5, "resumed", 60));
+    let (_again, ack) = sim.connected(persistent(V5, "resumed", 60));
     assert!(ack.session_present);
     sim.advance(Duration::from_secs(10));
     assert!(
@@ -132,7 +123,7 @@ fn a_delayed_will_waits_for_its_delay_and_a_resume_cancels_it() {
     // A session that expires before the will delay: the will goes out when it ends.
     let mut c = persistent(V5, "short", 2);
     c.will = Some(will("w/short", Some(30)));
-    let (short, _) = connected(&mut sim, c);
+    let (short, _) = sim.connected(c);
     sim.drop_connection(short);
     sim.advance(Duration::from_secs(3));
     let got = sim.take(watcher);
@@ -142,18 +133,18 @@ fn a_delayed_will_waits_for_its_delay_and_a_resume_cancels_it() {
 #[test]
 fn disconnect_with_will_sends_it_and_a_normal_disconnect_does_not() {
     let mut sim = Sim::new(Limits::default());
-    let (watcher, _) = connected(&mut sim, connect(V5, "watcher"));
+    let (watcher, _) = sim.connected(connect(V5, "watcher"));
     sim.send(watcher, subscribe(1, "w/#", QoS::AtMostOnce));
     let mut c = connect(V5, "a");
     c.will = Some(will("w/a", None));
-    let (a, _) = connected(&mut sim, c);
+    let (a, _) = sim.connected(c);
     sim.send(
         a,
         Packet::Disconnect(starling_proto::Disconnect::new(ReasonCode::Success)),
     );
     let mut c = connect(V5, "b");
     c.will = Some(will("w/b", None));
-    let (b, _) = connected(&mut sim, c);
+    let (b, _) = sim.connected(c);
     let with_will = starling_proto::Disconnect::new(ReasonCode::DisconnectWithWill);
     sim.send(b, Packet::Disconnect(with_will));
     let got = sim.take(watcher);
@@ -173,17 +164,17 @@ fn disconnect_with_will_sends_it_and_a_normal_disconnect_does_not() {
 #[test]
 fn a_session_lasts_its_expiry_interval_and_no_longer() {
     let mut sim = Sim::new(Limits::default());
-    let (s, ack) = connected(&mut sim, persistent(V5, "s", 10));
+    let (s, ack) = sim.connected(persistent(V5, "s", 10));
     assert!(!ack.session_present);
     sim.send(s, subscribe(1, "exp/#", QoS::AtLeastOnce));
     sim.send(
         s,
         Packet::Disconnect(starling_proto::Disconnect::new(ReasonCode::Success)),
     );
-    let (p, _) = connected(&mut sim, connect(V5, "pub"));
+    let (p, _) = sim.connected(connect(V5, "pub"));
     sim.send(p, publish("exp/1", QoS::AtLeastOnce, 1, b"queued"));
     sim.advance(Duration::from_secs(9));
-    let (s, ack) = connected(&mut sim, persistent(V5, "s", 10));
+    let (s, ack) = sim.connected(persistent(V5, "s", 10));
     assert!(ack.session_present, "within the expiry");
     let got = sim.take(s);
     assert_eq!(&publishes(&got)[0].payload[..], b"queued");
@@ -197,7 +188,7 @@ fn a_session_lasts_its_expiry_interval_and_no_longer() {
         "expired (only pub's session is left)"
     );
     assert_eq!(sim.broker.metrics.sessions_expired.get(), 1);
-    let (_s, ack) = connected(&mut sim, persistent(V5, "s", 10));
+    let (_s, ack) = sim.connected(persistent(V5, "s", 10));
     assert!(!ack.session_present);
     assert_eq!(
         sim.broker.subscription_count(),
@@ -209,10 +200,10 @@ fn a_session_lasts_its_expiry_interval_and_no_longer() {
 #[test]
 fn queued_messages_expire_and_the_rest_of_the_interval_is_sent_on() {
     let mut sim = Sim::new(Limits::default());
-    let (s, _) = connected(&mut sim, persistent(V5, "offline", 600));
+    let (s, _) = sim.connected(persistent(V5, "offline", 600));
     sim.send(s, subscribe(1, "exp/#", QoS::AtLeastOnce));
     sim.drop_connection(s);
-    let (p, _) = connected(&mut sim, connect(V5, "pub"));
+    let (p, _) = sim.connected(connect(V5, "pub"));
     for (i, (topic, secs)) in [("exp/short", 5), ("exp/long", 60)].into_iter().enumerate() {
         let mut msg = publish(topic, QoS::AtLeastOnce, i as u16 + 1, b"m");
         if let Packet::Publish(p) = &mut msg {
@@ -221,7 +212,7 @@ fn queued_messages_expire_and_the_rest_of_the_interval_is_sent_on() {
         sim.send(p, msg);
     }
     sim.advance(Duration::from_secs(7));
-    let (s, _) = connected(&mut sim, persistent(V5, "offline", 600));
+    let (s, _) = sim.connected(persistent(V5, "offline", 600));
     let got = sim.take(s);
     let p = publishes(&got);
     assert_eq!(p.len(), 1, "{got:?}");
@@ -233,10 +224,10 @@ fn queued_messages_expire_and_the_rest_of_the_interval_is_sent_on() {
 #[test]
 fn a_takeover_closes_the_old_connection_and_resumes_the_session() {
     let mut sim = Sim::new(Limits::default());
-    let (old, _) = connected(&mut sim, persistent(V5, "same", 60));
+    let (old, _) = sim.connected(persistent(V5, "same", 60));
     sim.send(old, subscribe(1, "t", QoS::AtLeastOnce));
     sim.take(old);
-    let (new, ack) = connected(&mut sim, persistent(V5, "same", 60));
+    let (new, ack) = sim.connected(persistent(V5, "same", 60));
     assert!(ack.session_present);
     assert!(sim.is_gone(old));
     match &sim.take(old)[..] {
@@ -244,11 +235,11 @@ fn a_takeover_closes_the_old_connection_and_resumes_the_session() {
         other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
     }
     // The subscription moved with the session.
-    let (p, _) = connected(&mut sim, connect(V5, "p"));
+    let (p, _) = sim.connected(connect(V5, "p"));
     sim.send(p, publish("t", QoS::AtMostOnce, 0, b"x"));
     assert_eq!(publishes(&sim.take(new)).len(), 1);
     // Clean start ends the old session: its subscription is gone.
-    let (clean, ack) = connected(&mut sim, connect(V5, "same"));
+    let (clean, ack) = sim.connected(connect(V5, "same"));
     assert!(!ack.session_present);
     assert!(sim.is_gone(new));
     sim.send(p, publish("t", QoS::AtMostOnce, 0, b"y"));
@@ -259,10 +250,10 @@ fn a_takeover_closes_the_old_connection_and_resumes_the_session() {
 #[test]
 fn unacknowledged_messages_are_resent_on_resume_in_order() {
     let mut sim = Sim::new(Limits::default());
-    let (s, _) = connected(&mut sim, persistent(V311, "s", 0));
+    let (s, _) = sim.connected(persistent(V311, "s", 0));
     sim.send(s, subscribe(1, "t", QoS::ExactlyOnce));
     sim.take(s);
-    let (p, _) = connected(&mut sim, connect(V311, "p"));
+    let (p, _) = sim.connected(connect(V311, "p"));
     sim.send(p, publish("t", QoS::AtLeastOnce, 1, b"one"));
     sim.send(p, publish("t", QoS::ExactlyOnce, 2, b"two"));
     sim.send(p, pubrel(2));
@@ -276,7 +267,7 @@ fn unacknowledged_messages_are_resent_on_resume_in_order() {
     sim.send(s, pubrec(first[1]));
     assert!(matches!(&sim.take(s)[..], [Packet::PubRel(r)] if r.packet_id == first[1]));
     sim.drop_connection(s);
-    let (s, ack) = connected(&mut sim, persistent(V311, "s", 0));
+    let (s, ack) = sim.connected(persistent(V311, "s", 0));
     assert!(ack.session_present);
     let got = sim.take(s);
     match &got[..] {
@@ -292,9 +283,9 @@ fn unacknowledged_messages_are_resent_on_resume_in_order() {
 #[test]
 fn a_resent_message_larger_than_the_new_maximum_packet_size_is_dropped() {
     let mut sim = Sim::new(Limits::default());
-    let (s, _) = connected(&mut sim, persistent(V5, "s", 60));
+    let (s, _) = sim.connected(persistent(V5, "s", 60));
     sim.send(s, subscribe(1, "t", QoS::AtLeastOnce));
-    let (p, _) = connected(&mut sim, connect(V5, "p"));
+    let (p, _) = sim.connected(connect(V5, "p"));
     sim.send(p, publish("t", QoS::AtLeastOnce, 1, &[7; 500]));
     sim.send(p, publish("t", QoS::AtLeastOnce, 2, b"small"));
     sim.take(s);
@@ -302,7 +293,7 @@ fn a_resent_message_larger_than_the_new_maximum_packet_size_is_dropped() {
     // The client comes back accepting packets of at most 100 bytes.
     let mut c = persistent(V5, "s", 60);
     c.properties.maximum_packet_size = Some(100);
-    let (s, _) = connected(&mut sim, c);
+    let (s, _) = sim.connected(c);
     let got = sim.take(s);
     let p = publishes(&got);
     assert_eq!(p.len(), 1, "{got:?}");
@@ -311,7 +302,7 @@ fn a_resent_message_larger_than_the_new_maximum_packet_size_is_dropped() {
     assert_eq!(sim.broker.metrics.dropped_too_large.get(), 1);
     // It was discarded as delivered: not sent again on the next resume either.
     sim.drop_connection(s);
-    let (s, _) = connected(&mut sim, persistent(V5, "s", 60));
+    let (s, _) = sim.connected(persistent(V5, "s", 60));
     assert_eq!(publishes(&sim.take(s)).len(), 1);
 }
 
@@ -320,10 +311,10 @@ fn the_clients_receive_maximum_bounds_what_is_in_flight() {
     let mut sim = Sim::new(Limits::default());
     let mut c = connect(V5, "s");
     c.properties.receive_maximum = Some(2);
-    let (s, _) = connected(&mut sim, c);
+    let (s, _) = sim.connected(c);
     sim.send(s, subscribe(1, "t", QoS::AtLeastOnce));
     sim.take(s);
-    let (p, _) = connected(&mut sim, connect(V5, "p"));
+    let (p, _) = sim.connected(connect(V5, "p"));
     for i in 1..=5u16 {
         sim.send(p, publish("t", QoS::AtLeastOnce, i, &[i as u8]));
     }
@@ -353,10 +344,10 @@ fn the_publish_rate_pauses_reading_instead_of_disconnecting() {
         ..Limits::default()
     };
     let mut sim = Sim::new(limits);
-    let (s, _) = connected(&mut sim, connect(V5, "s"));
+    let (s, _) = sim.connected(connect(V5, "s"));
     sim.send(s, subscribe(1, "r", QoS::AtMostOnce));
     sim.take(s);
-    let (p, _) = connected(&mut sim, connect(V5, "p"));
+    let (p, _) = sim.connected(connect(V5, "p"));
     let mut burst = Vec::new();
     for i in 0..30u8 {
         burst.extend_from_slice(&encode(&publish("r", QoS::AtMostOnce, 0, &[i]), V5));

@@ -41,6 +41,9 @@ pub struct Attached {
     pub session_present: bool,
     /// The epoch of the connection's claim: it owns the session while the session says so.
     pub epoch: u64,
+    /// The journal ticket of what the connect changed in the store: CONNACK shows it to the
+    /// client, so in durability `sync` it waits for this.
+    pub ticket: Option<u64>,
 }
 
 /// How a connection ended, for will and expiry handling.
@@ -85,10 +88,11 @@ impl Broker {
                 session,
                 session_present: present,
                 epoch,
+                ticket: None,
             });
             break;
         }
-        let attached = attached?;
+        let mut attached = attached?;
         let terms = Terms {
             protocol: req.protocol,
             expiry_secs: req.expiry_secs,
@@ -100,7 +104,7 @@ impl Broker {
             .session
             .lock()
             .attach(attached.epoch, waker, terms, &mut ops);
-        self.persist(&mut ops);
+        attached.ticket = self.persist(&mut ops);
         if let Some(w) = will {
             self.publish_will(w, now);
         }

@@ -97,11 +97,6 @@ impl Active {
         ControlFlow::Continue(())
     }
 
-    /// Encodes `packet` at this connection's protocol level.
-    pub(super) fn send(&self, cx: &mut Cx<'_>, packet: &Packet) {
-        cx.link.send(&cx.broker.metrics, self.version, packet);
-    }
-
     /// A protocol violation: DISCONNECT 0x82 (v5), counted, close.
     pub(super) fn protocol_error(&self, cx: &mut Cx<'_>, detail: &str) -> Flow {
         cx.broker.metrics.protocol_errors.inc();
@@ -128,7 +123,7 @@ impl Active {
         if !fits {
             d.properties.reason_string = None;
         }
-        self.send(cx, &Packet::Disconnect(d));
+        self.send_now(cx, &Packet::Disconnect(d));
     }
 
     /// The client's DISCONNECT: a normal close (the will is dropped unless the reason is
@@ -210,11 +205,12 @@ impl Active {
         self.fail(cx, ReasonCode::KeepAliveTimeout, "keep-alive timeout")
     }
 
-    /// What `poll_transmit` does for an active connection: acknowledgements whose commit
-    /// finished, then queued deliveries (within `room` bytes).
+    /// What `poll_transmit` does for an active connection: queued deliveries (within `room`
+    /// bytes), then what waited for commits that have finished (and, for what still waits, a
+    /// wake-up at its commit).
     pub(super) fn transmit(&mut self, cx: &mut Cx<'_>, room: usize) -> Flow {
-        self.release_held(cx)?;
-        self.pump(cx, room)
+        self.pump(cx, room)?;
+        self.release_held(cx)
     }
 
     /// Detaches the session (will, expiry and shared hand-over per `ending`, or per what the

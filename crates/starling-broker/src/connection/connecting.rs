@@ -244,7 +244,9 @@ pub(super) fn accept(
         reason: ReasonCode::Success,
         properties,
     });
-    active.send(cx, &connack);
+    // Shown to the client only once the session it reports is stored.
+    active.journaled(attached.ticket);
+    active.send_ack(cx, connack, attached.ticket);
     info!(
         client_id = %negotiated.client_id,
         peer = %cx.link.peer(),

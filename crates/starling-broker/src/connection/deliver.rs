@@ -22,6 +22,10 @@ impl Active {
         let broker = cx.broker;
         let session = self.session.clone();
         let mut ops = broker.ops();
+        let from = cx.link.out.len();
+        // A QoS 2 message's packet id must be stored before the client sees it, or after a
+        // crash it would come again under another id and be delivered twice.
+        let mut shows_stored_id = false;
         let mut st = session.lock();
         if !st.is_owned_by(self.epoch) {
             drop(st);
@@ -34,12 +38,16 @@ impl Active {
                 break;
             };
             match self.send_delivery(cx, &d, || st.allocate_packet_id()) {
-                Some(packet_id) => st.sent(d, packet_id, &mut ops),
+                Some(packet_id) => {
+                    shows_stored_id |= d.qos == QoS::ExactlyOnce && d.seq != 0;
+                    st.sent(d, packet_id, &mut ops);
+                }
                 None => st.discard(d, &mut ops),
             }
         }
         drop(st);
-        self.persisted(cx, &mut ops);
+        let ticket = self.persisted(cx, &mut ops);
+        self.deliveries_from(cx, from, ticket, shows_stored_id);
         ControlFlow::Continue(())
     }
 
@@ -100,6 +108,7 @@ impl Active {
     pub(super) fn resend_inflight(&mut self, cx: &mut Cx<'_>) {
         let metrics = &cx.broker.metrics;
         let mut ops = cx.broker.ops();
+        let from = cx.link.out.len();
         let mut st = self.session.lock();
         let mut too_large = Vec::new();
         for f in st.inflight() {
@@ -126,6 +135,10 @@ impl Active {
         }
         drop(st);
         self.persisted(cx, &mut ops);
+        // What is resent shows state an earlier connection stored (a packet id, a PUBREC):
+        // once everything journaled so far is committed.
+        let ticket = Self::everything_so_far(cx);
+        self.deliveries_from(cx, from, ticket, true);
     }
 }
 

@@ -1,11 +1,14 @@
-//! "Persist, then acknowledge", written once: acknowledgements (PUBACK, PUBREC, PUBREL,
-//! PUBCOMP, SUBACK, UNSUBACK) held in order until the store has committed what they
-//! acknowledge (durability `sync`), their release (a failed commit is never acknowledged as
-//! a success), and pausing a client that feeds a store at its bound.
+//! "Persist, then show it to the client", written once. In durability `sync` nothing the client
+//! could act on goes out before the state it reflects is committed: acknowledgements (PUBACK,
+//! PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK), CONNACK (a session started, resumed or ended),
+//! a QoS 2 PUBLISH of a persistent session (its packet id), and what a resumed session
+//! resends. They wait here, in order, with the ticket of what they reflect; a failed commit is
+//! never presented as a success. Also: pausing a client that feeds a store at its bound.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 
+use bytes::Bytes;
 use starling_proto::{Packet, ReasonCode};
 
 use super::active::Active;
@@ -22,7 +25,10 @@ pub const HELD_LIMIT: usize = 1024;
 /// up), and its last journaled op (what a pause at the journal's bound waits for).
 #[derive(Debug)]
 pub(super) struct HeldAcks {
-    queue: VecDeque<(u64, Packet)>,
+    queue: VecDeque<(u64, Held)>,
+    /// How many of `queue` are deliveries: while any waits, later deliveries wait behind them
+    /// (messages of one QoS leave in the order they were queued).
+    deliveries: usize,
     /// The journal's memo of the commit this connection waits for (`Journal::notify_when_done`).
     commit_generation: u64,
     /// Ticket of the last op this connection's work journaled (0: none).
@@ -32,7 +38,82 @@ pub(super) struct HeldAcks {
     pause_generation: u64,
 }
 
+/// Output waiting for a commit.
+#[derive(Debug)]
+enum Held {
+    /// A packet to encode when released.
+    Packet(Packet),
+    /// Deliveries already encoded (PUBLISH, or PUBREL resent on resume).
+    Deliveries(Bytes),
+}
+
 impl Active {
+    /// Sends a packet that acknowledges no stored state (PINGRESP, AUTH): at once, unless
+    /// CONNACK itself still waits (nothing may go before it).
+    pub(super) fn send(&mut self, cx: &mut Cx<'_>, packet: &Packet) {
+        let connack_waits = self.held.as_ref().is_some_and(|h| connack_first(h));
+        if connack_waits {
+            self.hold(0, Held::Packet(packet.clone()));
+        } else {
+            self.send_now(cx, packet);
+        }
+    }
+
+    /// Encodes `packet` into the output now, whatever waits (DISCONNECT, released packets).
+    pub(super) fn send_now(&self, cx: &mut Cx<'_>, packet: &Packet) {
+        cx.link.send(&cx.broker.metrics, self.version, packet);
+    }
+
+    /// Whether durability `sync` makes output wait for commits.
+    fn holds_output(cx: &Cx<'_>) -> bool {
+        cx.broker
+            .persistence()
+            .is_some_and(|p| p.journal.hold_acks())
+    }
+
+    /// The ticket of everything journaled so far: what a connection waits for when it cannot
+    /// know the ticket of the state it shows (set by an earlier connection of the session).
+    pub(super) fn everything_so_far(cx: &Cx<'_>) -> Option<u64> {
+        cx.broker.persistence().map(|p| p.journal.last_ticket())
+    }
+
+    /// Deliveries encoded at `from..` of the output: sent now, or held (with `ticket`, or
+    /// behind deliveries already held) so that they leave only once what they reflect is
+    /// committed. `must_wait`: they show state the client could act on (a QoS 2 packet id, a
+    /// resend).
+    pub(super) fn deliveries_from(
+        &mut self,
+        cx: &mut Cx<'_>,
+        from: usize,
+        ticket: Option<u64>,
+        must_wait: bool,
+    ) {
+        if cx.link.out.len() <= from || !Self::holds_output(cx) {
+            return;
+        }
+        let behind = self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.deliveries > 0 || connack_first(h));
+        let pending = ticket.is_some_and(|t| {
+            cx.broker
+                .persistence()
+                .is_some_and(|p| p.journal.status(t) != TicketStatus::Durable)
+        });
+        if behind || (must_wait && pending) {
+            let bytes = cx.link.out.split_off(from).freeze();
+            self.hold(ticket.unwrap_or(0), Held::Deliveries(bytes));
+        }
+    }
+
+    fn hold(&mut self, ticket: u64, item: Held) {
+        let held = self.held_acks();
+        if matches!(item, Held::Deliveries(_)) {
+            held.deliveries += 1;
+        }
+        held.queue.push_back((ticket, item));
+    }
+
     /// Sends an acknowledgement, or holds it (in order) until journal `ticket` is durable.
     pub(super) fn send_ack(&mut self, cx: &mut Cx<'_>, packet: Packet, ticket: Option<u64>) {
         let hold = match cx.broker.persistence() {
@@ -44,11 +125,9 @@ impl Active {
             _ => false,
         };
         if hold {
-            self.held_acks()
-                .queue
-                .push_back((ticket.unwrap_or(0), packet));
+            self.hold(ticket.unwrap_or(0), Held::Packet(packet));
         } else {
-            self.send(cx, &packet);
+            self.send_now(cx, &packet);
         }
     }
 
@@ -61,6 +140,7 @@ impl Active {
         self.held.get_or_insert_with(|| {
             Box::new(HeldAcks {
                 queue: VecDeque::new(),
+                deliveries: 0,
                 commit_generation: u64::MAX,
                 last_journaled: 0,
                 pause_generation: u64::MAX,
@@ -137,8 +217,22 @@ impl Active {
             if status == TicketStatus::Pending {
                 break;
             }
-            let Some((_, mut packet)) = held.queue.pop_front() else {
+            let Some((_, item)) = held.queue.pop_front() else {
                 break;
+            };
+            let mut packet = match item {
+                Held::Deliveries(bytes) => {
+                    held.deliveries = held.deliveries.saturating_sub(1);
+                    if status == TicketStatus::Failed {
+                        // What they show is not stored: the client must not see them.
+                        cx.broker.metrics.store_failures_answered.inc();
+                        let reason = ReasonCode::UnspecifiedError;
+                        return ControlFlow::Break(Close::new(reason, "store commit failed"));
+                    }
+                    cx.link.out.extend_from_slice(&bytes);
+                    continue;
+                }
+                Held::Packet(packet) => packet,
             };
             if status == TicketStatus::Failed {
                 cx.broker.metrics.store_failures_answered.inc();
@@ -153,7 +247,7 @@ impl Active {
                     return ControlFlow::Break(Close::new(reason, "store commit failed"));
                 }
             }
-            self.send(cx, &packet);
+            self.send_now(cx, &packet);
         }
         ControlFlow::Continue(())
     }
@@ -198,4 +292,12 @@ impl Active {
             held.last_journaled = held.last_journaled.max(t);
         }
     }
+}
+
+/// Whether CONNACK is the first thing waiting (then nothing may overtake it).
+fn connack_first(held: &HeldAcks) -> bool {
+    matches!(
+        held.queue.front(),
+        Some((_, Held::Packet(Packet::ConnAck(_))))
+    )
 }

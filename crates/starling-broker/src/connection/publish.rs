@@ -31,8 +31,11 @@ impl Active {
             match received {
                 Qos2Receive::New => {}
                 Qos2Receive::Duplicate => {
-                    // A resend of a message already received: acknowledge, do not route again.
-                    self.send_ack(cx, Packet::PubRec(PubAck::new(pid)), None);
+                    // A resend of a message already received: acknowledge, do not route again;
+                    // once the original is stored (whose ticket an earlier connection may
+                    // have had).
+                    let ticket = Self::everything_so_far(cx);
+                    self.send_ack(cx, Packet::PubRec(PubAck::new(pid)), ticket);
                     return ControlFlow::Continue(());
                 }
                 Qos2Receive::Full => {
