@@ -16,10 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sim::*;
 use starling_broker::Limits;
-use starling_proto::{Packet, ProtocolVersion, QoS, ReasonCode, TopicName, Will};
-
-const V5: ProtocolVersion = ProtocolVersion::V5;
-const V311: ProtocolVersion = ProtocolVersion::V311;
+use starling_proto::{Packet, QoS, ReasonCode, TopicName, Will};
 
 fn will(topic: &str, delay_secs: Option<u32>) -> Will {
     let mut w = Will {

@@ -12,10 +12,7 @@ mod sim;
 
 use sim::*;
 use starling_broker::Limits;
-use starling_proto::{Packet, ProtocolVersion, QoS, ReasonCode};
-
-const V5: ProtocolVersion = ProtocolVersion::V5;
-const V311: ProtocolVersion = ProtocolVersion::V311;
+use starling_proto::{Packet, QoS, ReasonCode};
 
 /// Connects and takes the CONNACK; returns Session Present.
 fn connected(sim: &mut Sim, connect: starling_proto::Connect) -> (C, bool) {

@@ -246,6 +246,54 @@ pub struct PubAck {
     pub properties: Properties,
 }
 
+impl Connect {
+    /// A CONNECT at `protocol` for `client_id` with clean start, a keep-alive of 60 s and
+    /// nothing else (no will, no credentials, no properties).
+    pub fn new(protocol: ProtocolVersion, client_id: impl Into<String>) -> Self {
+        Self {
+            protocol,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        }
+    }
+}
+
+impl Publish {
+    /// A PUBLISH of `payload` to `topic` at `qos` without properties; `packet_id` is used at
+    /// QoS 1 and 2 only (it is 0 at QoS 0).
+    pub fn new(topic: TopicName, qos: QoS, packet_id: u16, payload: Bytes) -> Self {
+        Self {
+            dup: false,
+            qos,
+            retain: false,
+            topic,
+            packet_id: if qos == QoS::AtMostOnce { 0 } else { packet_id },
+            properties: Properties::default(),
+            payload,
+        }
+    }
+}
+
+impl Subscribe {
+    /// A SUBSCRIBE to one filter at `qos` with the other options at their defaults.
+    pub fn one(packet_id: u16, filter: TopicFilter, qos: QoS) -> Self {
+        let options = SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        Self {
+            packet_id,
+            filters: vec![(filter, options)],
+            properties: Properties::default(),
+        }
+    }
+}
+
 impl PubAck {
     /// A successful acknowledgement with no properties.
     pub fn new(packet_id: u16) -> Self {

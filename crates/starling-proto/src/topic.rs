@@ -111,6 +111,49 @@ fn split_share(bytes: &[u8]) -> Option<Result<ShareParts<'_>, TopicError>> {
     Some(Ok((group, filter)))
 }
 
+/// What a topic name and a topic filter have in common: validated UTF-8 bytes, made from a
+/// string, read as bytes or as `&str` (a filter's bytes include a `$share/{group}/` prefix).
+macro_rules! validated_bytes {
+    ($name:ident) => {
+        impl $name {
+            /// Validates a string (no level limit beyond the length limit).
+            pub fn try_from_str(s: &str) -> Result<Self, TopicError> {
+                Self::new(Bytes::copy_from_slice(s.as_bytes()), usize::MAX)
+            }
+
+            /// The bytes.
+            pub fn as_bytes(&self) -> &[u8] {
+                &self.0
+            }
+
+            /// The shared bytes.
+            pub fn as_shared(&self) -> &Bytes {
+                &self.0
+            }
+
+            /// As `&str`: the bytes were validated as UTF-8 when made.
+            pub fn as_str(&self) -> &str {
+                std::str::from_utf8(&self.0).unwrap_or_default()
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.as_str())
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+validated_bytes!(TopicName);
+validated_bytes!(TopicFilter);
+
 /// A validated topic name. May be empty only when made by [`TopicName::empty`], for an MQTT 5
 /// PUBLISH whose topic is carried by a topic alias.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -123,11 +166,6 @@ impl TopicName {
         Ok(Self(bytes))
     }
 
-    /// Validates a string as a topic name (no level limit beyond the length limit).
-    pub fn try_from_str(s: &str) -> Result<Self, TopicError> {
-        Self::new(Bytes::copy_from_slice(s.as_bytes()), usize::MAX)
-    }
-
     /// The empty topic name of a PUBLISH that uses a topic alias.
     pub fn empty() -> Self {
         Self(Bytes::new())
@@ -136,21 +174,6 @@ impl TopicName {
     /// True for the empty name.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    /// The bytes of the name.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// The shared bytes of the name.
-    pub fn as_shared(&self) -> &Bytes {
-        &self.0
-    }
-
-    /// The name as `&str`. The name was validated as UTF-8 when made.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// Length in bytes.
@@ -165,18 +188,6 @@ impl TopicName {
     }
 }
 
-impl std::fmt::Debug for TopicName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TopicName({:?})", self.as_str())
-    }
-}
-
-impl std::fmt::Display for TopicName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A validated topic filter, possibly a shared subscription `$share/{group}/{filter}`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicFilter(Bytes);
@@ -186,26 +197,6 @@ impl TopicFilter {
     pub fn new(bytes: Bytes, max_levels: usize) -> Result<Self, TopicError> {
         validate_topic_filter(&bytes, max_levels)?;
         Ok(Self(bytes))
-    }
-
-    /// Validates a string as a topic filter (no level limit beyond the length limit).
-    pub fn try_from_str(s: &str) -> Result<Self, TopicError> {
-        Self::new(Bytes::copy_from_slice(s.as_bytes()), usize::MAX)
-    }
-
-    /// The bytes of the filter, `$share/{group}/` prefix included.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// The shared bytes of the filter.
-    pub fn as_shared(&self) -> &Bytes {
-        &self.0
-    }
-
-    /// The filter as `&str`. The filter was validated as UTF-8 when made.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// The share group name, for a `$share/{group}/{filter}` subscription.
@@ -232,18 +223,6 @@ impl TopicFilter {
     /// Whether this filter matches `topic` (spec 4.7), `$share` prefix ignored.
     pub fn matches(&self, topic: &TopicName) -> bool {
         filter_matches(self.match_filter(), topic.as_bytes())
-    }
-}
-
-impl std::fmt::Debug for TopicFilter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TopicFilter({:?})", self.as_str())
-    }
-}
-
-impl std::fmt::Display for TopicFilter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

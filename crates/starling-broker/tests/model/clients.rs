@@ -26,39 +26,33 @@ impl World {
         panic!("the clients did not quiesce\n{}", self.trace());
     }
 
+    /// The publisher's outgoing message a PUBACK (QoS 1) or PUBREC (QoS 2) answers: one it
+    /// waits for, acknowledged with success.
+    fn awaited(&self, client: usize, a: &starling_proto::PubAck, qos: QoS) -> usize {
+        let name = NAMES[client];
+        let found = (self.pubs[client].inflight.iter())
+            .position(|o| o.pid == a.packet_id && o.qos == qos && !o.released);
+        let Some(i) = found else {
+            panic!(
+                "{name} got {a:?}, which it did not wait for\n{}",
+                self.trace()
+            );
+        };
+        assert!(!a.reason.is_error(), "{name} got {a:?}\n{}", self.trace());
+        i
+    }
+
     pub(crate) fn on_packet(&mut self, client: usize, packet: Packet) {
         let name = NAMES[client];
         match (is_publisher(client), packet) {
             (true, Packet::PubAck(a)) => {
-                let found = self.pubs[client]
-                    .inflight
-                    .iter()
-                    .position(|o| o.pid == a.packet_id && o.qos == QoS::AtLeastOnce && !o.released);
-                let Some(i) = found else {
-                    panic!(
-                        "{name} got PUBACK {} it did not wait for\n{}",
-                        a.packet_id,
-                        self.trace()
-                    );
-                };
-                assert!(!a.reason.is_error(), "{name} got {a:?}\n{}", self.trace());
+                let i = self.awaited(client, &a, QoS::AtLeastOnce);
                 let o = self.pubs[client].inflight.remove(i);
                 let owed = self.owed_by(client, &o);
                 self.owed.extend(owed);
             }
             (true, Packet::PubRec(a)) => {
-                let found = self.pubs[client]
-                    .inflight
-                    .iter()
-                    .position(|o| o.pid == a.packet_id && o.qos == QoS::ExactlyOnce && !o.released);
-                let Some(i) = found else {
-                    panic!(
-                        "{name} got PUBREC {} it did not wait for\n{}",
-                        a.packet_id,
-                        self.trace()
-                    );
-                };
-                assert!(!a.reason.is_error(), "{name} got {a:?}\n{}", self.trace());
+                let i = self.awaited(client, &a, QoS::ExactlyOnce);
                 self.pubs[client].inflight[i].released = true;
                 let o = &self.pubs[client].inflight[i];
                 let owed = self.owed_by(client, o);

@@ -28,10 +28,14 @@ use starling_broker::persist::{Journal, Persistence, WallClock};
 use starling_broker::wake::Flag;
 use starling_broker::{Broker, Close, Connection, Features, Limits};
 use starling_proto::{
-    Connect, DecodeLimits, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS, Subscribe,
-    SubscriptionOptions, TopicFilter, TopicName,
+    Connect, DecodeLimits, Packet, ProtocolVersion, PubAck, Publish, QoS, Subscribe, TopicFilter,
+    TopicName,
 };
 use starling_store::{MemoryStore, Store};
+
+/// The protocol levels, for short.
+pub const V5: ProtocolVersion = ProtocolVersion::V5;
+pub const V311: ProtocolVersion = ProtocolVersion::V311;
 
 /// Most rounds `settle` runs before it declares the system stuck.
 const SETTLE_ROUNDS: usize = 10_000;
@@ -393,16 +397,7 @@ pub fn encode(packet: &Packet, version: ProtocolVersion) -> Bytes {
 
 /// A CONNECT with clean start, keep-alive 60 and nothing else.
 pub fn connect(version: ProtocolVersion, client_id: &str) -> Connect {
-    Connect {
-        protocol: version,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: client_id.to_owned(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties::default(),
-    }
+    Connect::new(version, client_id)
 }
 
 /// A CONNECT for a persistent session: clean start off, and for v5 a session expiry.
@@ -417,30 +412,15 @@ pub fn persistent(version: ProtocolVersion, client_id: &str, expiry_secs: u32) -
 
 /// A PUBLISH without properties.
 pub fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &[u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: TopicName::try_from_str(topic).expect("valid topic"),
-        packet_id: if qos == QoS::AtMostOnce { 0 } else { packet_id },
-        properties: Properties::default(),
-        payload: Bytes::copy_from_slice(payload),
-    })
+    let topic = TopicName::try_from_str(topic).expect("valid topic");
+    let payload = Bytes::copy_from_slice(payload);
+    Packet::Publish(Publish::new(topic, qos, packet_id, payload))
 }
 
 /// A SUBSCRIBE with one filter.
 pub fn subscribe(packet_id: u16, filter: &str, qos: QoS) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id,
-        filters: vec![(
-            TopicFilter::try_from_str(filter).expect("valid filter"),
-            SubscriptionOptions {
-                qos,
-                ..SubscriptionOptions::default()
-            },
-        )],
-        properties: Properties::default(),
-    })
+    let filter = TopicFilter::try_from_str(filter).expect("valid filter");
+    Packet::Subscribe(Subscribe::one(packet_id, filter, qos))
 }
 
 /// PUBACK / PUBREC / PUBREL / PUBCOMP.

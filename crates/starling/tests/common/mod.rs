@@ -24,8 +24,8 @@ use starling::config::Config;
 use starling::server::Server;
 use starling_broker::{Broker, Limits};
 use starling_proto::{
-    ConnAck, Connect, DecodeLimits, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS,
-    ReasonCode, Subscribe, SubscriptionOptions, TopicFilter, TopicName,
+    ConnAck, Connect, DecodeLimits, Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode,
+    Subscribe, TopicFilter, TopicName,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -488,44 +488,20 @@ pub(crate) async fn assert_serving(addr: SocketAddr) {
 
 /// A clean-start CONNECT, keep-alive 60 s, no will or credentials.
 pub(crate) fn connect_packet(version: ProtocolVersion, client_id: &str) -> Connect {
-    Connect {
-        protocol: version,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: client_id.to_owned(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties::default(),
-    }
+    Connect::new(version, client_id)
 }
 
 /// A PUBLISH without properties (`packet_id` is ignored at QoS 0).
 pub(crate) fn publish_packet(topic: &str, qos: QoS, packet_id: u16, payload: &[u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: TopicName::try_from_str(topic).expect("valid topic"),
-        packet_id: if qos == QoS::AtMostOnce { 0 } else { packet_id },
-        properties: Properties::default(),
-        payload: Bytes::copy_from_slice(payload),
-    })
+    let topic = TopicName::try_from_str(topic).expect("valid topic");
+    let payload = Bytes::copy_from_slice(payload);
+    Packet::Publish(Publish::new(topic, qos, packet_id, payload))
 }
 
 /// A SUBSCRIBE with one filter.
 pub(crate) fn subscribe_packet(packet_id: u16, filter: &str, qos: QoS) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id,
-        filters: vec![(
-            TopicFilter::try_from_str(filter).expect("valid filter"),
-            SubscriptionOptions {
-                qos,
-                ..SubscriptionOptions::default()
-            },
-        )],
-        properties: Properties::default(),
-    })
+    let filter = TopicFilter::try_from_str(filter).expect("valid filter");
+    Packet::Subscribe(Subscribe::one(packet_id, filter, qos))
 }
 
 // ---------------------------------------------------------------------------------------------
