@@ -333,3 +333,41 @@ fn pubrec_for_a_resent_qos2_message_waits_for_the_original() {
         "the message survived the crash"
     );
 }
+
+/// Deliveries that wait for a stuck store are bounded by the output's mark: the rest stays in
+/// the session's queue, under its own bound and drop policy.
+#[test]
+fn deliveries_waiting_for_a_stuck_store_are_bounded() {
+    let limits = Limits {
+        max_queued_messages: 100,
+        ..Limits::default()
+    };
+    let mut sim = Sim::with(limits, Durability::Sync);
+    let (s, _) = connected(&mut sim, persistent(V5, "s", 600));
+    sim.send(s, subscribe(1, "t", QoS::ExactlyOnce));
+    sim.take(s);
+    let (p, _) = connected(&mut sim, connect(V5, "p"));
+    sim.hold_commits = true;
+    // A QoS 2 delivery waits for its packet id to be stored; the QoS 0 flood queues behind it.
+    sim.send(p, publish("t", QoS::ExactlyOnce, 1, b"first"));
+    for _ in 0..500 {
+        sim.send(p, publish("t", QoS::AtMostOnce, 0, &[0; 1000]));
+    }
+    assert!(sim.take(s).is_empty());
+    let dropped = sim.broker.metrics.dropped_queue_full.get();
+    assert!(
+        dropped > 300,
+        "the session queue took the overflow ({dropped} dropped)"
+    );
+    sim.hold_commits = false;
+    sim.settle();
+    let got = sim.take(s);
+    let n = publishes(&got).len();
+    // The queue, plus what fits under the output's mark (and the one that crosses it).
+    let mark = starling_broker::connection::OUTPUT_HIGH_WATER / 1000 + 1;
+    assert!(
+        n <= 1 + 100 + mark,
+        "no more than the queue and one output's worth: {n}"
+    );
+    assert_eq!(&publishes(&got)[0].payload[..], b"first", "in order");
+}

@@ -209,6 +209,7 @@ impl Active {
     /// bytes), then what waited for commits that have finished (and, for what still waits, a
     /// wake-up at its commit).
     pub(super) fn transmit(&mut self, cx: &mut Cx<'_>, room: usize) -> Flow {
+        let room = room.saturating_sub(self.held_delivery_bytes());
         self.pump(cx, room)?;
         self.release_held(cx)
     }

@@ -29,6 +29,9 @@ pub(super) struct HeldAcks {
     /// How many of `queue` are deliveries: while any waits, later deliveries wait behind them
     /// (messages of one QoS leave in the order they were queued).
     deliveries: usize,
+    /// Their bytes: counted against the output's mark, so that a stuck store stops moving
+    /// messages out of the session's (bounded) queue instead of piling them up here.
+    delivery_bytes: usize,
     /// The journal's memo of the commit this connection waits for (`Journal::notify_when_done`).
     commit_generation: u64,
     /// Ticket of the last op this connection's work journaled (0: none).
@@ -108,10 +111,16 @@ impl Active {
 
     fn hold(&mut self, ticket: u64, item: Held) {
         let held = self.held_acks();
-        if matches!(item, Held::Deliveries(_)) {
+        if let Held::Deliveries(bytes) = &item {
             held.deliveries += 1;
+            held.delivery_bytes += bytes.len();
         }
         held.queue.push_back((ticket, item));
+    }
+
+    /// Bytes of deliveries waiting for commits.
+    pub(super) fn held_delivery_bytes(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.delivery_bytes)
     }
 
     /// Sends an acknowledgement, or holds it (in order) until journal `ticket` is durable.
@@ -141,6 +150,7 @@ impl Active {
             Box::new(HeldAcks {
                 queue: VecDeque::new(),
                 deliveries: 0,
+                delivery_bytes: 0,
                 commit_generation: u64::MAX,
                 last_journaled: 0,
                 pause_generation: u64::MAX,
@@ -223,6 +233,7 @@ impl Active {
             let mut packet = match item {
                 Held::Deliveries(bytes) => {
                     held.deliveries = held.deliveries.saturating_sub(1);
+                    held.delivery_bytes = held.delivery_bytes.saturating_sub(bytes.len());
                     if status == TicketStatus::Failed {
                         // What they show is not stored: the client must not see them.
                         cx.broker.metrics.store_failures_answered.inc();
