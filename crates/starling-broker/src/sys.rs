@@ -45,10 +45,15 @@ pub struct SysState {
     loads: Loads,
 }
 
+impl Default for SysState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl SysState {
-    /// Starts the clock.
-    pub fn new(now: Instant) -> Self {
-        let _ = now;
+    /// Nothing published yet: the first tick publishes.
+    pub fn new() -> Self {
         Self {
             last: None,
             loads: Loads {

@@ -456,3 +456,32 @@ async fn a_stuck_store_pauses_the_clients_that_feed_it() {
     assert_eq!(store.retained_count("r/"), COUNT);
     server.shutdown().await;
 }
+
+/// A connection task that ends without its connection having closed (here the runtime is
+/// dropped with the task in it, as an abort at shutdown would) releases its session through
+/// its guard, and the event is counted: the session is not left owned forever.
+#[test]
+fn a_connection_task_dropped_mid_flight_releases_its_session() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (server, client) = runtime.block_on(async {
+        let mut config = Config::default();
+        config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
+        config.storage.durability = Durability::Memory;
+        let server = common::start_server_with(&config).await;
+        let mut connect = connect_packet(ProtocolVersion::V5, "held");
+        connect.clean_start = false;
+        connect.properties.session_expiry_interval = Some(600);
+        let (client, _) = RawClient::connect_with(server.addr, connect).await;
+        (server, client)
+    });
+    let broker = server.broker().clone();
+    let online = |b: &starling_broker::Broker| b.sessions_snapshot().iter().any(|s| s.is_online());
+    assert!(online(&broker));
+    drop(runtime);
+    assert_eq!(broker.metrics.connection_tasks_aborted.get(), 1);
+    assert!(!online(&broker), "the guard released the session");
+    assert_eq!(broker.session_count(), 1, "kept for its expiry");
+    assert_eq!(broker.metrics.clients_connected.get(), 0);
+    drop(client);
+    drop(server);
+}

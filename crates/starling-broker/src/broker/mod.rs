@@ -23,7 +23,7 @@ use crate::forward::{Forwarder, NoPeers};
 use crate::metrics::Metrics;
 use crate::persist::{Ops, Persistence};
 use crate::retain::{RetainStore, RetainTree};
-use crate::router::{RouteTable, Router, Subscriber};
+use crate::router::{Routes, Subscriber};
 use crate::session::{Ctx, Session, Subscription};
 use crate::sys::SysState;
 
@@ -43,7 +43,7 @@ pub struct Seams {
     /// Client id to session.
     pub registry: Box<dyn Registry>,
     /// Filter to subscribers.
-    pub routes: Box<dyn RouteTable>,
+    pub routes: Routes,
     /// Retained messages.
     pub retained: Box<dyn RetainStore>,
     /// Messages for other nodes.
@@ -54,7 +54,7 @@ impl Default for Seams {
     fn default() -> Self {
         Self {
             registry: Box::<LocalRegistry>::default(),
-            routes: Box::<Router>::default(),
+            routes: Routes::default(),
             retained: Box::<RetainTree>::default(),
             forwarder: Box::new(NoPeers),
         }
@@ -106,7 +106,7 @@ impl Broker {
             next_assigned_id: AtomicU64::new(1),
             started: now,
             version: format!("starling {}", env!("CARGO_PKG_VERSION")),
-            sys: Mutex::new(SysState::new(now)),
+            sys: Mutex::new(SysState::new()),
             persist: None,
             id_prefix: "starling-".into(),
         }
@@ -177,12 +177,12 @@ impl Broker {
 
     /// Number of subscriptions (shared ones included).
     pub fn subscription_count(&self) -> usize {
-        self.seams.routes.count()
+        self.seams.routes.table().count()
     }
 
     /// Number of shared subscriptions.
     pub fn shared_subscription_count(&self) -> usize {
-        self.seams.routes.shared_count()
+        self.seams.routes.table().shared_count()
     }
 
     /// Number of retained messages.
@@ -209,7 +209,7 @@ impl Broker {
         filter: &TopicFilter,
         sub: Subscription,
     ) -> bool {
-        let routes = &self.seams.routes;
+        let routes = self.seams.routes.table();
         let existed = routes.subscribe(filter, Subscriber::new(session, &sub));
         if !session.lock().insert_subscription(filter.clone(), sub) {
             routes.unsubscribe(filter, session);
@@ -221,7 +221,7 @@ impl Broker {
     /// Returns whether it existed.
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &TopicFilter) -> bool {
         let had = session.lock().remove_subscription(filter);
-        self.seams.routes.unsubscribe(filter, session);
+        self.seams.routes.table().unsubscribe(filter, session);
         had
     }
 }

@@ -45,7 +45,8 @@ impl Broker {
                 continue;
             };
             for (filter, sub) in &r.subscriptions {
-                (self.seams.routes).subscribe(filter, Subscriber::new(&r.session, sub));
+                let routes = self.seams.routes.table();
+                routes.subscribe(filter, Subscriber::new(&r.session, sub));
             }
             // The store has one record per client id, so nothing is there to compare with.
             if self.seams.registry.claim(&r.session, None).is_some() {

@@ -40,7 +40,7 @@ impl Broker {
         let mut remote: Vec<NodeId> = Vec::new();
         self.seams
             .routes
-            .route(msg.topic.as_bytes(), &mut |targets| {
+            .route(msg.topic.as_bytes(), |targets: &[Target<'_>]| {
                 let mut deliver = |session: &Session, d: Delivery| {
                     reached += usize::from(session.deliver(d, &ctx, ops));
                 };
@@ -135,7 +135,7 @@ impl Broker {
         let mut target = None;
         self.seams
             .routes
-            .route(d.msg.topic.as_bytes(), &mut |targets| {
+            .route(d.msg.topic.as_bytes(), |targets: &[Target<'_>]| {
                 for t in targets {
                     if let Target::Shared(members, k, next) = t
                         && target.is_none()

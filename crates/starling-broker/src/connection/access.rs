@@ -232,7 +232,7 @@ impl Cx<'_> {
 
 fn client<'a>(a: &'a Active) -> Client<'a> {
     Client {
-        client_id: &a.client_id,
+        client_id: a.client_id(),
         username: a.username.as_deref(),
     }
 }

@@ -23,16 +23,16 @@ pub(super) struct Active {
     /// The epoch of this connection's claim on the session: it owns the session while the
     /// session says so (`Locked::is_owned_by`).
     pub(super) epoch: u64,
-    pub(super) client_id: Arc<str>,
     /// Authenticated username (`None`: anonymous), for authorization.
     pub(super) username: Option<Arc<str>>,
     pub(super) version: ProtocolVersion,
-    /// Keep-alive enforced: 1.5x the negotiated value; `None` when disabled.
-    pub(super) keep_alive: Option<Duration>,
-    /// Most QoS 1/2 messages out to the client at once.
-    pub(super) window: usize,
+    /// Keep-alive enforced, milliseconds: 1.5x the negotiated value; 0 when disabled. (Every
+    /// idle connection holds its `Active`: fields are as small as their ranges allow.)
+    pub(super) keep_alive_ms: u32,
+    /// Most QoS 1/2 messages out to the client at once (at most a Receive Maximum).
+    pub(super) window: u16,
     /// The client's Maximum Packet Size.
-    pub(super) max_packet_out: usize,
+    pub(super) max_packet_out: u32,
     /// Topic aliases both ways, allocated when the first one is used (most clients use none,
     /// and every idle connection holds its `Active`).
     pub(super) aliases: Option<Box<Aliases>>,
@@ -74,6 +74,16 @@ pub(super) struct RateLimit {
 impl Active {
     pub(super) fn version(&self) -> ProtocolVersion {
         self.version
+    }
+
+    /// The keep-alive enforced, if any.
+    fn keep_alive(&self) -> Option<Duration> {
+        (self.keep_alive_ms > 0).then(|| Duration::from_millis(u64::from(self.keep_alive_ms)))
+    }
+
+    /// The client's id.
+    pub(super) fn client_id(&self) -> &Arc<str> {
+        self.session.client_id()
     }
 
     /// Handles one packet from the client.
@@ -119,7 +129,7 @@ impl Active {
         let mut d = Disconnect::new(reason);
         d.properties.reason_string = Some(detail.to_string());
         let fits = starling_proto::encoded_len(&Packet::Disconnect(d.clone()), self.version)
-            .is_ok_and(|len| len <= self.max_packet_out);
+            .is_ok_and(|len| len <= self.max_packet_out as usize);
         if !fits {
             d.properties.reason_string = None;
         }
@@ -169,7 +179,9 @@ impl Active {
 
     /// The earliest of the keep-alive, re-authentication and rate-pause deadlines.
     pub(super) fn poll_timeout(&self, link: &Link) -> Option<std::time::Instant> {
-        let keep_alive = self.keep_alive.and_then(|k| deadline(link.last_packet, k));
+        let keep_alive = self
+            .keep_alive()
+            .and_then(|k| deadline(link.last_packet, k));
         let rate = self.rate.as_ref().and_then(|r| r.paused_until);
         [keep_alive, self.reauth_deadline(), rate]
             .into_iter()
@@ -188,7 +200,7 @@ impl Active {
         }
         self.check_reauth_timeout(cx)?;
         let Some(expires) = self
-            .keep_alive
+            .keep_alive()
             .and_then(|k| deadline(cx.link.last_packet, k))
         else {
             return ControlFlow::Continue(());
@@ -222,7 +234,7 @@ impl Active {
             .disconnect(&self.session, self.epoch, ending, cx.now);
         cx.broker.metrics.clients_connected.dec();
         info!(
-            client_id = %self.client_id,
+            client_id = %self.session.client_id(),
             peer = %cx.link.peer(),
             protocol = self.version.level(),
             reason = %close.reason,

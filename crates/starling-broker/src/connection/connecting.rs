@@ -4,7 +4,6 @@
 //! sends CONNACK; resends what a resumed session had in flight.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use starling_proto::{ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
 use tracing::info;
@@ -163,7 +162,7 @@ fn check_server(cx: &mut Cx<'_>, c: &Connect) -> Option<State> {
 struct Terms {
     requested_expiry: u32,
     expiry_secs: u32,
-    window: usize,
+    window: u16,
 }
 
 fn terms(c: &Connect, limits: &Limits) -> Terms {
@@ -186,7 +185,7 @@ fn terms(c: &Connect, limits: &Limits) -> Terms {
     Terms {
         requested_expiry,
         expiry_secs,
-        window: usize::from(receive_maximum.min(limits.max_inflight)).max(1),
+        window: receive_maximum.min(limits.max_inflight).max(1),
     }
 }
 
@@ -281,16 +280,15 @@ fn activate(
 ) -> Box<Active> {
     let v5 = c.protocol.is_v5();
     let rate = cx.broker.limits.max_publish_rate;
-    let keep_alive = u64::from(negotiated.keep_alive);
     Box::new(Active {
         session: attached.session.clone(),
         epoch: attached.epoch,
-        client_id: negotiated.client_id.clone(),
         username,
         version: c.protocol,
-        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive * 1500)),
+        // At most 65,535 x 1,500.
+        keep_alive_ms: u32::from(negotiated.keep_alive).saturating_mul(1500),
         window: terms.window,
-        max_packet_out: (c.properties.maximum_packet_size).map_or(usize::MAX, |m| m as usize),
+        max_packet_out: c.properties.maximum_packet_size.unwrap_or(u32::MAX),
         aliases: None,
         alias_out_max: if v5 {
             c.properties.topic_alias_maximum.unwrap_or(0)

@@ -34,7 +34,7 @@ impl Active {
             return ControlFlow::Break(Close::new(reason, "session taken over"));
         }
         while cx.link.out.len() < room {
-            let Some(d) = st.next_delivery(self.window) else {
+            let Some(d) = st.next_delivery(usize::from(self.window)) else {
                 break;
             };
             match self.send_delivery(cx, &d, || st.allocate_packet_id()) {
@@ -77,7 +77,7 @@ impl Active {
         };
         let alias = outbound_alias(self, &d.msg.topic);
         let out = &mut cx.link.out;
-        let max = self.max_packet_out;
+        let max = self.max_packet_out as usize;
         match encode_delivery(out, self.version, d, packet_id, false, alias, cx.now, max) {
             Ok(true) => {
                 if let Some((alias, false)) = alias {
@@ -115,7 +115,8 @@ impl Active {
             match f.phase {
                 Phase::Published => {
                     // Aliases belong to the old connection: the topic is sent in full.
-                    let (out, d, max) = (&mut cx.link.out, &f.delivery, self.max_packet_out);
+                    let (out, d, max) =
+                        (&mut cx.link.out, &f.delivery, self.max_packet_out as usize);
                     let pid = f.packet_id;
                     match encode_delivery(out, self.version, d, pid, true, None, cx.now, max) {
                         Ok(true) => metrics.publish_sent.inc(),

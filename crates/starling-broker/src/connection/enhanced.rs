@@ -257,7 +257,7 @@ impl Active {
             ReauthOutcome::Send(packet) => self.send(cx, &packet),
             ReauthOutcome::Done(packet) => {
                 self.send(cx, &packet);
-                info!(client_id = %self.client_id, peer = %cx.link.peer(), "client re-authenticated");
+                info!(client_id = %self.client_id(), peer = %cx.link.peer(), "client re-authenticated");
             }
             ReauthOutcome::Refused(reason, detail) => {
                 cx.broker.metrics.auth_refused.inc();
@@ -281,7 +281,7 @@ impl Active {
             (ReasonCode::ReAuthenticate, None) => {
                 let mut exchange = session.method.exchange();
                 let info = ExchangeInfo {
-                    client_id: &self.client_id,
+                    client_id: self.session.client_id(),
                     username: self.username.as_deref(),
                     reauthentication: true,
                     peer: cx.link.peer,

@@ -119,7 +119,7 @@ impl Active {
             broker.metrics.acl_denied.inc();
             return ReasonCode::NotAuthorized;
         }
-        let publisher = Some(self.client_id.clone());
+        let publisher = Some(self.client_id().clone());
         let msg = Arc::new(Message::from_publish(p, publisher, cx.now));
         let routed = broker.publish(msg, ops);
         if routed.retained == Some(RetainOutcome::Full) {

@@ -80,20 +80,13 @@ pub struct PendingWill {
     pub delay_secs: u32,
 }
 
-/// Who owns a session: the epoch of the registry claim its connection made, and how to wake
-/// that connection.
-#[derive(Debug)]
-struct Owner {
-    epoch: u64,
-    waker: Waker,
-}
-
 /// The mutable part of a session; see [`Locked`] for what may change it.
 #[derive(Debug)]
 pub struct SessionState {
-    /// The connection that owns the session now; `None` while disconnected.
-    owner: Option<Owner>,
-    /// Epoch of the latest claim that took this session (an older claim must not take it back).
+    /// How to wake the connection that owns the session now; `None` while disconnected.
+    owner: Option<Waker>,
+    /// Epoch of the latest claim that took this session: the owner's, while there is one (an
+    /// older claim must not take it back).
     claimed: u64,
     /// Protocol level of the connection that owns (or last owned) the session.
     protocol: ProtocolVersion,
@@ -241,13 +234,13 @@ impl Session {
             return false;
         }
         let accepted = s.enqueue(delivery, ctx, ops);
-        if accepted && let Some(o) = &s.st.owner {
+        if accepted && let Some(waker) = &s.st.owner {
             // Done under the lock so the waker need not be cloned. Waking only on
             // the first message into an empty queue would be enough for progress (the
             // connection pumps again whenever its window or output frees up) and saves ~10%
             // in fan-out, but then a subscriber whose window is full runs only when its socket
             // is read, and under a flood it got a fifth of its former share of messages.
-            o.waker.wake();
+            waker.wake();
         }
         accepted
     }
@@ -262,7 +255,7 @@ impl Locked<'_> {
     /// Whether the connection that claimed `epoch` still owns the session (false once
     /// another connection took it over or it was discarded).
     pub fn is_owned_by(&self, epoch: u64) -> bool {
-        !self.st.ended && self.st.owner.as_ref().is_some_and(|o| o.epoch == epoch)
+        !self.st.ended && self.st.owner.is_some() && self.st.claimed == epoch
     }
 
     /// Whether the session can still be resumed: not discarded, and with a non-zero expiry
@@ -294,9 +287,9 @@ impl Locked<'_> {
 
     /// Records which connection owns the session (`None`: disconnected) and wakes the
     /// previous owner, which then finds it no longer owns it.
-    fn set_owner(&mut self, owner: Option<Owner>) {
+    fn set_owner(&mut self, owner: Option<Waker>) {
         if let Some(old) = self.st.owner.take() {
-            old.waker.wake();
+            old.wake();
         }
         if owner.is_none() {
             self.st.inflight.release_index();
@@ -314,7 +307,7 @@ impl Locked<'_> {
             return false;
         }
         self.st.claimed = epoch;
-        self.set_owner(Some(Owner { epoch, waker }));
+        self.set_owner(Some(waker));
         self.st.will = terms.will.map(Box::new);
         self.st.protocol = terms.protocol;
         self.st.expiry_secs = terms.expiry_secs;

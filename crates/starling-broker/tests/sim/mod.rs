@@ -131,6 +131,27 @@ impl Sim {
         sim
     }
 
+    /// A simulation of a broker made by the caller (its own seams, no store).
+    pub fn on(broker: Broker) -> Self {
+        let start = Instant::now();
+        let limits = broker.limits.clone();
+        let mut sim = Self {
+            start,
+            now: start,
+            broker: Arc::new(broker),
+            limits,
+            durability: Durability::Memory,
+            store: None,
+            journal: None,
+            hold_commits: false,
+            journal_limit: 64 << 20,
+            next_tick: start,
+            clients: Vec::new(),
+        };
+        sim.settle();
+        sim
+    }
+
     /// Builds the broker over the store (restoring what it holds), as a start does.
     fn boot(&mut self) {
         let mut broker = Broker::with_features(self.limits.clone(), Features::default(), self.now);
