@@ -134,6 +134,10 @@ impl Drop for Guard {
 enum Turn {
     /// Go on.
     Go,
+    /// Bytes were read.
+    Read,
+    /// The timer fired.
+    Timer,
     /// The broker is shutting down.
     Stop,
     /// The transport is gone (closed by the peer or an I/O error).
@@ -186,6 +190,8 @@ where
             tokio::pin!(timer);
             // The last read filled the room it had: more is probably waiting.
             let mut busy = false;
+            // The time after the last wait (one clock read a turn).
+            let mut now = Instant::now();
 
             loop {
                 let broker = &*g.broker;
@@ -201,7 +207,7 @@ where
                 let room_to_write = wbuf.len() < OUTPUT_HIGH_WATER;
                 // One answer per wait (the committer changes it concurrently); when paused for
                 // the store, the journal wakes this connection at the commit it waits for.
-                let can_read = room_to_write && g.conn.wants_input(broker, Instant::now());
+                let can_read = room_to_write && g.conn.wants_input(broker, now);
                 if can_read {
                     reserve_read(&mut rbuf, broker, busy);
                 }
@@ -221,9 +227,7 @@ where
                             Ok(n) => {
                                 broker.metrics.bytes_received.add(n as u64);
                                 busy = n >= room;
-                                let slow = block_for_connect && !g.conn.is_active();
-                                handle_read(&mut g.conn, broker, &mut rbuf, slow);
-                                Turn::Go
+                                Turn::Read
                             }
                         },
                         // New deliveries, a takeover, or a finished commit.
@@ -231,16 +235,15 @@ where
                             woken.set(waker.0.notified());
                             Turn::Go
                         }
-                        _ = &mut timer => {
-                            let now = Instant::now();
-                            g.conn.handle_timeout(broker, now);
-                            // Packets left in the buffer by a publish-rate pause that just ended.
-                            g.conn.handle_input(broker, now, &mut rbuf);
-                            Turn::Go
-                        }
+                        _ = &mut timer => Turn::Timer,
                     }
                 };
-                if end_turn(&mut g.conn, broker, turn, &mut rbuf, &mut wbuf) {
+                now = Instant::now();
+                if let Turn::Read = turn {
+                    let slow = block_for_connect && !g.conn.is_active();
+                    handle_read(&mut g.conn, broker, now, &mut rbuf, slow);
+                }
+                if end_turn(&mut g.conn, broker, now, turn, &mut rbuf, &mut wbuf) {
                     break wbuf;
                 }
             }
@@ -291,11 +294,17 @@ fn written(
 
 /// Hands what was read to the connection; a CONNECT that may be slow to check (password
 /// hashing) runs in `block_in_place` so other connections on this worker are not held up.
-fn handle_read(conn: &mut Connection, broker: &Broker, rbuf: &mut BytesMut, slow: bool) {
+fn handle_read(
+    conn: &mut Connection,
+    broker: &Broker,
+    now: Instant,
+    rbuf: &mut BytesMut,
+    slow: bool,
+) {
     if slow {
-        tokio::task::block_in_place(|| conn.handle_input(broker, Instant::now(), rbuf));
+        tokio::task::block_in_place(|| conn.handle_input(broker, now, rbuf));
     } else {
-        conn.handle_input(broker, Instant::now(), rbuf);
+        conn.handle_input(broker, now, rbuf);
     }
 }
 
@@ -305,14 +314,20 @@ fn handle_read(conn: &mut Connection, broker: &Broker, rbuf: &mut BytesMut, slow
 fn end_turn(
     conn: &mut Connection,
     broker: &Broker,
+    now: Instant,
     turn: Turn,
     rbuf: &mut BytesMut,
     wbuf: &mut BytesMut,
 ) -> bool {
     match turn {
-        Turn::Go => {}
-        Turn::Stop => conn.handle_shutdown(broker, Instant::now()),
-        Turn::Lost => conn.handle_connection_lost(broker, Instant::now()),
+        Turn::Go | Turn::Read => {}
+        Turn::Timer => {
+            conn.handle_timeout(broker, now);
+            // Packets left in the buffer by a publish-rate pause that just ended.
+            conn.handle_input(broker, now, rbuf);
+        }
+        Turn::Stop => conn.handle_shutdown(broker, now),
+        Turn::Lost => conn.handle_connection_lost(broker, now),
     }
     if rbuf.is_empty() && rbuf.capacity() > 0 {
         // Release the read buffer while nothing is pending (payloads still referenced by
@@ -320,7 +335,7 @@ fn end_turn(
         *rbuf = BytesMut::new();
     }
     if wbuf.len() < OUTPUT_HIGH_WATER {
-        conn.poll_transmit(broker, Instant::now(), wbuf);
+        conn.poll_transmit(broker, now, wbuf);
     }
     conn.is_closed()
 }

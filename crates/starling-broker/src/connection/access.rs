@@ -281,6 +281,7 @@ pub(super) fn may_subscribe(access: Option<&ConnAccess>, a: &Active, filter: &To
 }
 
 /// May the client receive a message published to `topic`? Asked at delivery time.
+#[inline]
 pub(super) fn may_read(access: Option<&mut ConnAccess>, a: &Active, topic: &TopicName) -> bool {
     ask(
         access,

@@ -85,6 +85,7 @@ impl Locked<'_> {
 
     /// The next delivery to send, if the window allows: a QoS 0 message always, a QoS 1/2
     /// message while fewer than `window` are in flight.
+    #[inline]
     pub fn next_delivery(&mut self, window: usize) -> Option<Delivery> {
         let front = self.st.queue.front()?;
         if front.qos != QoS::AtMostOnce && self.st.inflight.len() >= window {
