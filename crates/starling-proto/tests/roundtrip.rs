@@ -357,9 +357,10 @@ fn others(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         reason(ReasonContext::ConnAck, version),
         properties(PropertyContext::ConnAck, version),
     )
-        .prop_map(|(session_present, reason, properties)| {
+        .prop_map(move |(session_present, reason, properties)| {
             Packet::ConnAck(ConnAck {
-                session_present,
+                // MQTT 3.1 has no Session Present bit: it is never encoded at that level.
+                session_present: session_present && version != ProtocolVersion::V31,
                 reason,
                 properties,
             })

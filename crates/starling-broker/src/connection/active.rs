@@ -90,10 +90,10 @@ impl Active {
     pub(super) fn on_packet(&mut self, cx: &mut Cx<'_>, packet: Packet) -> Flow {
         match packet {
             Packet::Publish(p) => return self.on_publish(cx, p),
-            Packet::PubAck(a) => self.on_puback(cx, a.packet_id),
-            Packet::PubRec(a) => self.on_pubrec(cx, a),
+            Packet::PubAck(a) => return self.on_puback(cx, a.packet_id),
+            Packet::PubRec(a) => return self.on_pubrec(cx, a),
             Packet::PubRel(a) => self.on_pubrel(cx, a.packet_id),
-            Packet::PubComp(a) => self.on_pubcomp(cx, a.packet_id),
+            Packet::PubComp(a) => return self.on_pubcomp(cx, a.packet_id),
             Packet::Subscribe(s) => return self.on_subscribe(cx, s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(cx, u),
             Packet::PingReq => self.send(cx, &Packet::PingResp),

@@ -5,14 +5,14 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use starling_proto::{Packet, PubAck, Publish, QoS, ReasonCode};
+use starling_proto::{Packet, PubAck, Publish, QoS, ReasonCode, TopicName};
 
 use super::active::Active;
 use super::{Cx, Flow, access};
 use crate::message::Message;
 use crate::persist::Ops;
 use crate::retain::RetainOutcome;
-use crate::session::{PubRec, Qos2Receive};
+use crate::session::{Ack, PubRec, Qos2Receive};
 
 impl Active {
     pub(super) fn on_publish(&mut self, cx: &mut Cx<'_>, mut p: Publish) -> Flow {
@@ -73,8 +73,12 @@ impl Active {
         ControlFlow::Continue(())
     }
 
-    /// Replaces an inbound topic alias by its topic, or records a new one (v5).
+    /// Replaces an inbound topic alias by its topic, or records a new one (v5). A client's
+    /// PUBLISH may not carry a Subscription Identifier (MQTT-3.3.4-6).
     fn resolve_alias(&mut self, cx: &mut Cx<'_>, p: &mut Publish) -> Flow {
+        if !p.properties.subscription_identifiers.is_empty() {
+            return self.protocol_error(cx, "subscription identifier in a client's PUBLISH");
+        }
         if self.version.is_v5()
             && let Some(alias) = p.properties.topic_alias
         {
@@ -111,7 +115,7 @@ impl Active {
         {
             return ReasonCode::PayloadFormatInvalid;
         }
-        if p.topic.as_bytes().starts_with(b"$SYS") {
+        if p.topic.as_bytes().starts_with(b"$SYS") && !self.own_bridge_state(&p.topic) {
             return ReasonCode::NotAuthorized;
         }
         if !access::may_publish(cx.link.access.as_mut(), self, &p.topic) {
@@ -131,6 +135,18 @@ impl Active {
         }
     }
 
+    /// Whether `topic` is `$SYS/broker/connection/{this client's id}/state`, where a broker
+    /// bridging in publishes its bridge's state (and sets it as its will): the one `$SYS`
+    /// topic a client may publish to.
+    pub(super) fn own_bridge_state(&self, topic: &TopicName) -> bool {
+        let id = self.client_id().as_bytes();
+        topic
+            .as_bytes()
+            .strip_prefix(b"$SYS/broker/connection/")
+            .and_then(|rest| rest.strip_prefix(id))
+            .is_some_and(|rest| rest == b"/state")
+    }
+
     /// A PUBACK/PUBREC; failures carry a Reason String when the client allows it.
     fn ack_with_reason(&self, pid: u16, reason: ReasonCode) -> PubAck {
         let mut ack = PubAck::with_reason(pid, reason);
@@ -148,13 +164,27 @@ impl Active {
         ack
     }
 
-    pub(super) fn on_puback(&mut self, cx: &mut Cx<'_>, pid: u16) {
+    pub(super) fn on_puback(&mut self, cx: &mut Cx<'_>, pid: u16) -> Flow {
         let mut ops = cx.broker.ops();
-        self.session.lock().puback(pid, &mut ops);
+        let ack = self.session.lock().puback(pid, &mut ops);
         self.persisted(cx, &mut ops);
+        self.check_ack(
+            cx,
+            ack == Ack::WrongKind,
+            "PUBACK for a message that is not QoS 1",
+        )
     }
 
-    pub(super) fn on_pubrec(&mut self, cx: &mut Cx<'_>, ack: PubAck) {
+    /// An acknowledgement of the wrong kind for its message: a protocol error (DISCONNECT
+    /// 0x82, or a 3.x close); the session keeps the message for the reconnect.
+    fn check_ack(&self, cx: &mut Cx<'_>, wrong: bool, detail: &str) -> Flow {
+        if wrong {
+            return self.protocol_error(cx, detail);
+        }
+        ControlFlow::Continue(())
+    }
+
+    pub(super) fn on_pubrec(&mut self, cx: &mut Cx<'_>, ack: PubAck) -> Flow {
         let pid = ack.packet_id;
         let mut ops = cx.broker.ops();
         let refused = ack.reason.is_error();
@@ -163,17 +193,23 @@ impl Active {
         let reason = match outcome {
             PubRec::Released => ReasonCode::Success,
             PubRec::Unknown => ReasonCode::PacketIdentifierNotFound,
-            PubRec::Ended => return,
+            PubRec::Ended => return ControlFlow::Continue(()),
+            PubRec::WrongKind => {
+                return self.protocol_error(cx, "PUBREC for a message that is not QoS 2");
+            }
         };
         // PUBREL only once the phase is stored: after a restart the broker must not send the
         // PUBLISH again for a message the client already has.
         self.send_ack(cx, Packet::PubRel(PubAck::with_reason(pid, reason)), ticket);
+        ControlFlow::Continue(())
     }
 
-    pub(super) fn on_pubcomp(&mut self, cx: &mut Cx<'_>, pid: u16) {
+    pub(super) fn on_pubcomp(&mut self, cx: &mut Cx<'_>, pid: u16) -> Flow {
         let mut ops = cx.broker.ops();
-        self.session.lock().pubcomp(pid, &mut ops);
+        let ack = self.session.lock().pubcomp(pid, &mut ops);
         self.persisted(cx, &mut ops);
+        let detail = "PUBCOMP for a message whose PUBREL was not sent";
+        self.check_ack(cx, ack == Ack::WrongKind, detail)
     }
 
     pub(super) fn on_pubrel(&mut self, cx: &mut Cx<'_>, pid: u16) {

@@ -22,6 +22,17 @@ pub enum Qos2Receive {
     Full,
 }
 
+/// What a PUBACK or PUBCOMP did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// The message's flow is complete.
+    Done,
+    /// No message in flight has that packet id (ignored: a late duplicate).
+    Unknown,
+    /// The message with that id waits for another acknowledgement: a protocol error.
+    WrongKind,
+}
+
 /// What a PUBREC did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PubRec {
@@ -31,6 +42,8 @@ pub enum PubRec {
     Unknown,
     /// The client refused the message (error reason): the flow ends, no PUBREL.
     Ended,
+    /// The message with that id is QoS 1: a protocol error.
+    WrongKind,
 }
 
 impl Locked<'_> {
@@ -47,6 +60,7 @@ impl Locked<'_> {
 
     /// A delivery was sent with `packet_id`: a QoS 1/2 one enters the inflight window (its
     /// record, if stored, moves to the published phase).
+    #[inline]
     pub fn sent(&mut self, d: Delivery, packet_id: u16, ops: &mut Ops<'_>) {
         if d.qos == QoS::AtMostOnce {
             return;
@@ -77,21 +91,31 @@ impl Locked<'_> {
         }
     }
 
-    /// PUBACK: completes a QoS 1 message. Unknown ids (or another phase) are ignored.
-    pub fn puback(&mut self, packet_id: u16, ops: &mut Ops<'_>) {
-        let expected =
-            |f: &Inflight| f.phase == Phase::Published && f.delivery.qos == QoS::AtLeastOnce;
-        if self.inflight_matches(packet_id, expected) {
+    /// PUBACK: completes a QoS 1 message. An unknown id is ignored (a late duplicate); a
+    /// PUBACK for a QoS 2 message is the wrong acknowledgement, and changes nothing.
+    pub fn puback(&mut self, packet_id: u16, ops: &mut Ops<'_>) -> Ack {
+        let check = self.inflight_kind(packet_id, |f| f.delivery.qos == QoS::AtLeastOnce);
+        if check == Ack::Done {
             self.forget_inflight(packet_id, ops);
         }
+        check
     }
 
     /// PUBREC: a QoS 2 message moves to the released phase. A PUBREC with an error reason
-    /// (`refused`) ends the flow instead.
+    /// (`refused`) ends the flow instead. A PUBREC for a QoS 1 message is the wrong
+    /// acknowledgement, and changes nothing.
     pub fn pubrec(&mut self, packet_id: u16, refused: bool, ops: &mut Ops<'_>) -> PubRec {
         let Some(i) = self.st.inflight.position(packet_id) else {
             return PubRec::Unknown;
         };
+        if self
+            .st
+            .inflight
+            .get(i)
+            .is_some_and(|f| f.delivery.qos != QoS::ExactlyOnce)
+        {
+            return PubRec::WrongKind;
+        }
         if refused {
             self.forget_inflight(packet_id, ops);
             return PubRec::Ended;
@@ -111,17 +135,25 @@ impl Locked<'_> {
         }
     }
 
-    /// PUBCOMP: completes a QoS 2 message in the released phase.
-    pub fn pubcomp(&mut self, packet_id: u16, ops: &mut Ops<'_>) {
-        if self.inflight_matches(packet_id, |f| f.phase == Phase::Released) {
+    /// PUBCOMP: completes a QoS 2 message in the released phase. An unknown id is ignored;
+    /// a PUBCOMP before PUBREL was sent, or for a QoS 1 message, is the wrong
+    /// acknowledgement, and changes nothing.
+    pub fn pubcomp(&mut self, packet_id: u16, ops: &mut Ops<'_>) -> Ack {
+        let check = self.inflight_kind(packet_id, |f| f.phase == Phase::Released);
+        if check == Ack::Done {
             self.forget_inflight(packet_id, ops);
         }
+        check
     }
 
-    fn inflight_matches(&self, packet_id: u16, expected: impl Fn(&Inflight) -> bool) -> bool {
+    /// Whether the inflight message with `packet_id` is what an acknowledgement expects.
+    fn inflight_kind(&self, packet_id: u16, expected: impl Fn(&Inflight) -> bool) -> Ack {
         let i = self.st.inflight.position(packet_id);
-        i.and_then(|i| self.st.inflight.get(i))
-            .is_some_and(expected)
+        match i.and_then(|i| self.st.inflight.get(i)) {
+            None => Ack::Unknown,
+            Some(f) if expected(f) => Ack::Done,
+            Some(_) => Ack::WrongKind,
+        }
     }
 
     /// An inbound QoS 2 PUBLISH with `packet_id`: remembered until its PUBREL (stored in a
@@ -208,20 +240,20 @@ mod tests {
         st.sent(delivery(QoS::AtLeastOnce), 1, &mut ops);
         st.sent(delivery(QoS::ExactlyOnce), 2, &mut ops);
         st.sent(delivery(QoS::ExactlyOnce), 3, &mut ops);
-        st.pubcomp(2, &mut ops);
-        assert_eq!(st.inflight().count(), 3, "PUBCOMP before PUBREC is ignored");
-        st.puback(2, &mut ops);
         assert_eq!(
-            st.inflight().count(),
-            3,
-            "PUBACK for a QoS 2 message is ignored"
+            st.pubcomp(2, &mut ops),
+            Ack::WrongKind,
+            "PUBCOMP before PUBREL"
         );
+        assert_eq!(st.puback(2, &mut ops), Ack::WrongKind, "PUBACK for QoS 2");
         assert_eq!(
             st.pubrec(1, false, &mut ops),
-            PubRec::Unknown,
+            PubRec::WrongKind,
             "PUBREC for QoS 1"
         );
-        st.puback(1, &mut ops);
+        assert_eq!(st.inflight().count(), 3, "none of those changed anything");
+        assert_eq!(st.puback(1, &mut ops), Ack::Done);
+        assert_eq!(st.puback(1, &mut ops), Ack::Unknown, "a late duplicate");
         assert_eq!(st.pubrec(2, false, &mut ops), PubRec::Released);
         assert_eq!(
             st.pubrec(3, true, &mut ops),
@@ -231,7 +263,7 @@ mod tests {
         assert_eq!(st.pubrec(9, false, &mut ops), PubRec::Unknown);
         let phases: Vec<_> = st.inflight().map(|f| (f.packet_id, f.phase)).collect();
         assert_eq!(phases, [(2, Phase::Released)]);
-        st.pubcomp(2, &mut ops);
+        assert_eq!(st.pubcomp(2, &mut ops), Ack::Done);
         assert_eq!(st.inflight().count(), 0);
     }
 

@@ -29,7 +29,7 @@ mod flows;
 mod queue;
 mod restore;
 mod window;
-pub use flows::{PubRec, Qos2Receive};
+pub use flows::{Ack, PubRec, Qos2Receive};
 pub use restore::Restoring;
 pub use window::Window;
 

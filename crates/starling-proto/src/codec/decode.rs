@@ -64,7 +64,7 @@ pub fn decode(
     let mut r = Reader::new(bytes);
     let flags = first & 0x0F;
     let packet = match packet_type {
-        PacketType::Connect => Packet::Connect(Box::new(connect(&mut r, limits)?)),
+        PacketType::Connect => Packet::Connect(Box::new(connect(&mut r, flags, limits)?)),
         PacketType::ConnAck => Packet::ConnAck(connack(&mut r, version, limits)?),
         PacketType::Publish => Packet::Publish(publish(&mut r, flags, version, limits)?),
         PacketType::PubAck => {
@@ -125,7 +125,9 @@ fn packet_type(first: u8, version: ProtocolVersion) -> Result<PacketType, Decode
         _ => 0,
     };
     let flags = first & 0x0F;
-    if flags != expected {
+    // MQTT 3.1 did not require CONNECT's flag bits to be zero: checked once the CONNECT says
+    // which level it is (`connect`).
+    if flags != expected && packet_type != T::Connect {
         return Err(DecodeError::InvalidHeaderFlags { packet_type, flags });
     }
     Ok(packet_type)
@@ -165,7 +167,14 @@ fn topic_filter(r: &mut Reader, limits: &DecodeLimits) -> Result<TopicFilter, De
     TopicFilter::new(r.binary()?, limits.max_topic_levels).map_err(topic_error)
 }
 
-fn connect(r: &mut Reader, limits: &DecodeLimits) -> Result<Connect, DecodeError> {
+/// CONNECT. `header_flags` are the fixed header's low bits: 0 for 3.1.1 and 5
+/// (MQTT-2.1.3-1), anything for 3.1, whose brokers ignored them, as they ignored the reserved
+/// connect flag.
+fn connect(
+    r: &mut Reader,
+    header_flags: u8,
+    limits: &DecodeLimits,
+) -> Result<Connect, DecodeError> {
     let name = r.binary()?;
     let level = r.u8()?;
     let protocol = match (name.as_ref(), level) {
@@ -175,8 +184,15 @@ fn connect(r: &mut Reader, limits: &DecodeLimits) -> Result<Connect, DecodeError
         (b"MQIsdp" | b"MQTT", _) => return Err(DecodeError::UnsupportedProtocolLevel(level)),
         _ => return Err(DecodeError::UnknownProtocolName),
     };
+    let strict = protocol != ProtocolVersion::V31;
+    if strict && header_flags != 0 {
+        return Err(DecodeError::InvalidHeaderFlags {
+            packet_type: PacketType::Connect,
+            flags: header_flags,
+        });
+    }
     let flags = r.u8()?;
-    if flags & 0x01 != 0 {
+    if strict && flags & 0x01 != 0 {
         return Err(DecodeError::ConnectReservedFlag);
     }
     let will_flag = flags & 0x04 != 0;

@@ -385,7 +385,10 @@ fn write_connack(
     version: ProtocolVersion,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    buf.put_u8(u8::from(c.session_present));
+    // In MQTT 3.1 the acknowledge flags are all reserved: no Session Present.
+    buf.put_u8(u8::from(
+        c.session_present && version != ProtocolVersion::V31,
+    ));
     if version.is_v5() {
         buf.put_u8(c.reason.as_u8());
         write_props(buf, &c.properties, version)

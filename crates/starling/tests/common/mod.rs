@@ -357,6 +357,21 @@ impl RawClient {
         }
     }
 
+    /// Reads until at least `n` raw bytes have come (within [`WAIT`]) and takes them all,
+    /// undecoded (for answers whose exact bytes matter on an open connection).
+    pub(crate) async fn read_raw(&mut self, n: usize) -> Vec<u8> {
+        let deadline = Instant::now() + WAIT;
+        while self.rbuf.len() < n {
+            self.rbuf.reserve(4096);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)).await {
+                Err(_) => panic!("{n} bytes not received in time: {:02X?}", &self.rbuf[..]),
+                Ok(Ok(0)) | Ok(Err(_)) => panic!("closed after {:02X?}", &self.rbuf[..]),
+                Ok(Ok(_)) => {}
+            }
+        }
+        self.rbuf.split().to_vec()
+    }
+
     /// Expects the connection to close within [`WAIT`] without the broker sending anything.
     pub(crate) async fn expect_closed_silently(&mut self) {
         let got = self.expect_closed(WAIT).await;

@@ -77,6 +77,7 @@ fn qos2_publish(packet_id: u16, dup: bool, topic: &str, payload: &'static [u8]) 
 // The tests, by topic.
 #[path = "../common/mod.rs"]
 mod common;
+mod edges;
 mod flows;
 mod framing;
 mod garbage;
