@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::rumqtt::WAIT;
 use common::rumqtt::v311::Client;
-use common::{panic_message, panic_message_at_once, start_server};
+use common::{eventually, panic_message, panic_message_at_once, start_server};
 use rumqttc::{LastWill, MqttOptions, Packet, QoS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +111,10 @@ async fn retained_set_replace_clear() {
         .publish("r/2", QoS::AtMostOnce, true, "other")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("both topics are retained", || {
+        server.broker().retained_count() == 2
+    })
+    .await;
     let (mut sub, _) = Client::connect(addr, "sub", true, None).await;
     sub.subscribe("r/1", QoS::AtLeastOnce).await;
     let p = sub.publish().await;
@@ -129,7 +132,7 @@ async fn retained_set_replace_clear() {
         .await
         .unwrap();
     let _ = sub.publish().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("r/1 is cleared", || server.broker().retained_count() == 1).await;
     let (mut late, _) = Client::connect(addr, "late", true, None).await;
     late.subscribe("r/#", QoS::AtLeastOnce).await;
     let p = late.publish().await;
@@ -147,19 +150,23 @@ async fn persistent_session_queues_and_resumes() {
     assert!(!ack.session_present);
     sub.subscribe("q/#", QoS::AtLeastOnce).await;
     sub.disconnect().await;
-    let (pub_, _) = Client::connect(addr, "pub", true, None).await;
+    let (mut pub_, _) = Client::connect(addr, "pub", true, None).await;
+    // QoS 0 is not queued for an offline session.
+    pub_.client
+        .publish("q/x", QoS::AtMostOnce, false, "zero")
+        .await
+        .unwrap();
     for i in 0..5 {
         pub_.client
             .publish("q/x", QoS::AtLeastOnce, false, format!("{i}"))
             .await
             .unwrap();
     }
-    // QoS 0 is not queued for an offline session.
-    pub_.client
-        .publish("q/x", QoS::AtMostOnce, false, "zero")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One connection's packets are handled in order: with the fifth PUBACK all six are routed.
+    for _ in 0..5 {
+        pub_.expect("PUBACK", |p| matches!(p, Packet::PubAck(_)).then_some(()))
+            .await;
+    }
     let (mut sub, ack) = Client::connect(addr, "durable", false, None).await;
     assert!(ack.session_present);
     for i in 0..5 {
@@ -305,7 +312,10 @@ async fn unacknowledged_messages_are_resent_with_dup() {
     assert!(!first.dup && !second.dup);
     // Never acknowledged; the connection drops.
     lazy.kill();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the broker sees the connection drop", || {
+        server.broker().metrics.clients_connected.get() == 1
+    })
+    .await;
     let mut lazy = connect(addr);
     match lazy.next().await {
         Ok(Packet::ConnAck(a)) => assert!(a.session_present),

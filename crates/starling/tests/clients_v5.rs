@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::rumqtt::v5::{Client, options};
 use common::rumqtt::v311;
-use common::{TestServer, panic_message, panic_message_at_once, start_server_config};
+use common::{TestServer, eventually, panic_message, panic_message_at_once, start_server_config};
 use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
@@ -152,7 +152,10 @@ async fn no_local_retain_as_published_and_retain_handling() {
         .publish("keep/1", QoS::AtLeastOnce, true, "kept")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("keep/1 is retained", || {
+        server.broker().retained_count() == 1
+    })
+    .await;
     // Retain handling 2: nothing at subscribe time; Retain As Published keeps the flag live.
     let mut f = Filter::new("keep/#", QoS::AtLeastOnce);
     f.retain_forward_rule = RetainForwardRule::Never;
@@ -213,13 +216,16 @@ async fn session_expiry_keeps_the_session() {
     assert!(!ack.session_present);
     sub.sub("exp/#", QoS::AtLeastOnce).await;
     sub.disconnect().await;
-    let publisher = Client::plain(addr, "pub").await;
+    let mut publisher = Client::plain(addr, "pub").await;
     publisher
         .client
         .publish("exp/1", QoS::AtLeastOnce, false, "queued")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Acknowledged once routed, so queued for the absent session.
+    publisher
+        .expect("PUBACK", |p| matches!(p, Packet::PubAck(_)).then_some(()))
+        .await;
     let (mut sub, ack) = Client::connect(addr, "s", with_expiry(1)).await;
     assert!(ack.session_present);
     assert_eq!(&sub.publish().await.payload[..], b"queued");

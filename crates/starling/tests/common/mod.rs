@@ -498,6 +498,17 @@ pub(crate) async fn assert_serving(addr: SocketAddr) {
     Probe::new(addr).await.check().await;
 }
 
+/// Waits until `done` holds, checking every few milliseconds; panics naming `what` if it
+/// still does not after [`WAIT`]. For a broker-side effect of a client's request that has no
+/// answer of its own (a QoS 0 publish, a dropped socket), instead of a fixed pause.
+pub(crate) async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Packets
 
