@@ -24,10 +24,14 @@ pub struct Limits {
     pub max_packet_size: u32,
     /// Largest packet accepted before CONNECT has been processed.
     pub max_connect_packet_size: u32,
-    /// Most levels in a topic name or filter; more: DISCONNECT 0x83 (v5) and close.
+    /// Most levels in a topic name or filter; more: DISCONNECT 0x97 (v5) and close, or on
+    /// CONNECT (the will topic) CONNACK 0x97 (v5) / 0x03 (3.x).
     pub max_topic_levels: usize,
-    /// Most user properties in one packet; more: protocol error.
+    /// Most user properties in one property list; more: as `max_topic_levels`.
     pub max_user_properties: usize,
+    /// Accept control characters (U+0001..U+001F, U+007F..U+009F) in client ids, user names,
+    /// topic names and filters; refused by default as a malformed packet (v5 reason 0x81).
+    pub allow_control_characters: bool,
     /// Most subscriptions per session; more: SUBACK 0x97 (v5) / 0x80 (v3).
     pub max_subscriptions_per_client: usize,
     /// Most messages queued per session (not yet sent); full: QoS 0 dropped first, then
@@ -74,8 +78,9 @@ impl Default for Limits {
         Self {
             max_packet_size: 1024 * 1024,
             max_connect_packet_size: 64 * 1024,
-            max_topic_levels: 128,
-            max_user_properties: 64,
+            max_topic_levels: 1024,
+            max_user_properties: 65_535,
+            allow_control_characters: false,
             max_subscriptions_per_client: 1000,
             max_queued_messages: 1000,
             max_queued_bytes: 64 * 1024 * 1024,

@@ -78,6 +78,9 @@ pub struct Metrics {
     pub protocol_errors: Counter,
     /// Connections refused because `max_connections` was reached.
     pub connections_refused: Counter,
+    /// CONNECTs refused with a CONNACK because they exceed a limit: `max_connect_packet_size`,
+    /// `max_user_properties` or `max_topic_levels` (the will topic).
+    pub connect_limits_exceeded: Counter,
     /// Subscriptions refused because of `max_subscriptions_per_client`.
     pub subscriptions_refused: Counter,
     /// Retained messages refused because of `max_retained_messages`.

@@ -166,5 +166,6 @@ fn counters(b: &Broker, disconnected: u64) -> Vec<(&'static str, u64)> {
         ),
         ("security/connections/banned", m.connections_banned.get()),
         ("security/addresses/banned", m.addresses_banned.get()),
+        ("connections/over_limits", m.connect_limits_exceeded.get()),
     ]
 }

@@ -1,6 +1,6 @@
 //! Codec errors, and the one place that maps each to the reason code the broker answers with.
 
-use crate::packet::PacketType;
+use crate::packet::{PacketType, ProtocolVersion};
 use crate::property::PropertyId;
 use crate::reason::ReasonCode;
 use crate::topic::TopicError;
@@ -52,6 +52,10 @@ pub enum DecodeError {
     /// A string contains U+0000 (MQTT-1.5.4-2).
     #[error("string contains U+0000")]
     NullCharacter,
+    /// A control character (U+0001..U+001F, U+007F..U+009F) in a client id, user name, topic
+    /// name or filter, where the receiver's limits refuse them.
+    #[error("control character in a client id, user name or topic")]
+    ControlCharacter,
     /// A topic name or filter is invalid.
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
@@ -137,10 +141,36 @@ impl DecodeError {
             | E::InvalidSubscriptionQoS
             | E::ConnectReservedFlag
             | E::InvalidPacketType(_) => ReasonCode::ProtocolError,
-            E::TooManyUserProperties(_) => ReasonCode::ImplementationSpecificError,
-            E::Topic(TopicError::TooManyLevels(_)) => ReasonCode::ImplementationSpecificError,
+            // A count limit the receiver set: "an implementation or administrative imposed
+            // limit has been exceeded".
+            E::TooManyUserProperties(_) | E::Topic(TopicError::TooManyLevels(_)) => {
+                ReasonCode::QuotaExceeded
+            }
             _ => ReasonCode::MalformedPacket,
         }
+    }
+
+    /// The reason code of the CONNACK that refuses a CONNECT of `version` failing with this
+    /// error, or `None` to close without CONNACK. A limit the receiver set (packet size, user
+    /// properties, topic levels) is answered in every version (3.x: the nearest return code,
+    /// see [`ReasonCode::to_v3_connack`]); a control character with Malformed Packet in MQTT 5
+    /// (spec 4.13.1 allows a CONNACK before closing), while 3.x has no code for it.
+    pub fn connect_refusal(&self, version: ProtocolVersion) -> Option<ReasonCode> {
+        match self {
+            Self::ControlCharacter if version.is_v5() => Some(ReasonCode::MalformedPacket),
+            e if e.is_limit() => Some(e.reason_code()),
+            _ => None,
+        }
+    }
+
+    /// True for a limit the receiver set rather than a breach of the specification.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            Self::PacketTooLarge { .. }
+                | Self::TooManyUserProperties(_)
+                | Self::Topic(TopicError::TooManyLevels(_))
+        )
     }
 
     /// The MQTT 3.1 / 3.1.1 CONNACK return code for this error, where the spec names one

@@ -12,8 +12,8 @@ pub mod reason;
 pub mod topic;
 
 pub use codec::{
-    DecodeLimits, PublishParts, decode, encode, encode_publish_header, encode_publish_parts,
-    encoded_len, packet_len, publish_len,
+    DecodeLimits, PublishParts, connect_version, decode, encode, encode_publish_header,
+    encode_publish_parts, encoded_len, packet_len, publish_len,
 };
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;

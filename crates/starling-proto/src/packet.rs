@@ -167,6 +167,25 @@ impl Packet {
             Self::Auth(_) => PacketType::Auth,
         }
     }
+
+    /// The packet's properties, if its type has any.
+    pub fn properties_mut(&mut self) -> Option<&mut Properties> {
+        match self {
+            Self::Connect(c) => Some(&mut c.properties),
+            Self::ConnAck(c) => Some(&mut c.properties),
+            Self::Publish(p) => Some(&mut p.properties),
+            Self::PubAck(a) | Self::PubRec(a) | Self::PubRel(a) | Self::PubComp(a) => {
+                Some(&mut a.properties)
+            }
+            Self::Subscribe(s) => Some(&mut s.properties),
+            Self::SubAck(s) => Some(&mut s.properties),
+            Self::Unsubscribe(u) => Some(&mut u.properties),
+            Self::UnsubAck(u) => Some(&mut u.properties),
+            Self::Disconnect(d) => Some(&mut d.properties),
+            Self::Auth(a) => Some(&mut a.properties),
+            Self::PingReq | Self::PingResp => None,
+        }
+    }
 }
 
 /// CONNECT (spec 3.1).

@@ -298,7 +298,8 @@ impl ReasonCode {
             | R::UseAnotherServer
             | R::ServerMoved
             | R::ConnectionRateExceeded
-            | R::QuotaExceeded => 0x03,
+            | R::QuotaExceeded
+            | R::PacketTooLarge => 0x03,
             R::BadUserNameOrPassword | R::BadAuthenticationMethod => 0x04,
             _ => 0x05,
         }

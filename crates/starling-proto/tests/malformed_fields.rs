@@ -429,3 +429,91 @@ fn no_local_on_shared_subscription() {
     ok(&sub(b"a", 0x05), V5);
     assert_err(&sub(b"$share/g/a", 0x05), V5, DecodeError::NoLocalOnShared);
 }
+
+// ---- control characters and CONNECT refusals ----------------------------------------------
+
+/// Builds a packet around one string field.
+type Build = dyn Fn(&[u8]) -> Vec<u8>;
+
+#[test]
+fn control_characters_in_names_are_refused_unless_allowed() {
+    let allow = DecodeLimits {
+        allow_control_characters: true,
+        ..DecodeLimits::default()
+    };
+    // C0, DEL and C1 (U+0085, two bytes) are refused; a plain non-ASCII letter is not.
+    for (bad, good) in [
+        (&b"a\x1bb"[..], &b"ab"[..]),
+        (b"a\x7f", b"a"),
+        (b"a\xc2\x85", b"a\xc3\xa9"),
+    ] {
+        let client_id = |id: &[u8]| connect(4, 0x02, &s(id));
+        let username = |u: &[u8]| connect(4, 0x82, &cat(&[&s(b"id"), &s(u)]));
+        let publish = |t: &[u8]| pkt(0x30, &cat(&[&s(t), b"x"]));
+        let subscribe = |f: &[u8]| pkt(0x82, &cat(&[&[0, 1], &s(f), &[1]]));
+        let unsubscribe = |f: &[u8]| pkt(0xA2, &cat(&[&[0, 1], &s(f)]));
+        let builders: [&Build; 5] = [&client_id, &username, &publish, &subscribe, &unsubscribe];
+        for build in builders {
+            assert_only(
+                &build(good),
+                &build(bad),
+                V311,
+                DecodeError::ControlCharacter,
+            );
+            assert!(try_decode(&build(bad), V311, &allow).unwrap().is_some());
+        }
+    }
+    assert_eq!(
+        DecodeError::ControlCharacter.reason_code(),
+        ReasonCode::MalformedPacket
+    );
+}
+
+#[test]
+fn connect_version_reads_the_protocol_before_the_packet_is_whole() {
+    let v5 = connect_v5(&[]);
+    assert_eq!(connect_version(&v5), Some(V5));
+    // Only the fixed header and the protocol name and level need to have arrived.
+    assert_eq!(connect_version(&v5[..9]), Some(V5));
+    assert_eq!(connect_version(&v5[..8]), None);
+    assert_eq!(connect_version(&connect(4, 2, &s(b"id"))), Some(V311));
+    assert_eq!(connect_version(&connect(3, 2, &s(b"id"))), Some(V31));
+    assert_eq!(connect_version(&with_level(6)), None);
+    assert_eq!(connect_version(&pkt(0x30, &cat(&[&s(b"a"), b"x"]))), None);
+}
+
+#[test]
+fn limits_in_a_connect_are_refused_with_a_reason() {
+    let too_large = DecodeError::PacketTooLarge { size: 10, max: 5 };
+    let levels = DecodeError::Topic(TopicError::TooManyLevels(4));
+    for (e, v5, v3) in [
+        (
+            &too_large,
+            ReasonCode::PacketTooLarge,
+            ReasonCode::PacketTooLarge,
+        ),
+        (
+            &DecodeError::TooManyUserProperties(2),
+            ReasonCode::QuotaExceeded,
+            ReasonCode::QuotaExceeded,
+        ),
+        (
+            &levels,
+            ReasonCode::QuotaExceeded,
+            ReasonCode::QuotaExceeded,
+        ),
+    ] {
+        assert!(e.is_limit());
+        assert_eq!(e.connect_refusal(V5), Some(v5));
+        assert_eq!(e.connect_refusal(V311), Some(v3));
+    }
+    // A breach of the specification closes without CONNACK, but for MQTT 5's malformed
+    // control characters, which the receiver chose to refuse.
+    assert_eq!(
+        DecodeError::ControlCharacter.connect_refusal(V5),
+        Some(ReasonCode::MalformedPacket)
+    );
+    assert_eq!(DecodeError::ControlCharacter.connect_refusal(V311), None);
+    assert_eq!(DecodeError::ZeroPacketId.connect_refusal(V5), None);
+    assert!(!DecodeError::ZeroPacketId.is_limit());
+}

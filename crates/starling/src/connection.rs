@@ -1,7 +1,8 @@
 //! The connection task: owns one client byte stream (TCP, TLS, WebSocket), reads in large
 //! chunks and decodes every whole packet per read, feeds them to the sans-IO [`Connection`],
 //! and writes its output in as few syscalls as possible. Also the only place keep-alive timers
-//! and shutdown meet the socket.
+//! and shutdown meet the socket, and where a socket the broker closed lingers so that its last
+//! answer reaches the client.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use starling_broker::connection::OUTPUT_HIGH_WATER;
 use starling_broker::{Broker, Connection, ListenerAccess, PeerInfo, Wake};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Duration;
@@ -20,6 +21,40 @@ use tracing::warn;
 const READ_CHUNK: usize = 16 * 1024;
 /// Time allowed to flush the last packets (CONNACK refusal, DISCONNECT) before closing.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
+/// After the broker closes a connection, how long and how much of the client's input is read
+/// and discarded before the socket is closed (see [`Lingering`]).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 << 20;
+/// Most sockets lingering at once; beyond it a closed connection's socket closes at once.
+const MAX_LINGERING: usize = 1024;
+
+/// Sockets lingering after the broker closed their connection, process-wide. Closing a socket
+/// whose client is still writing makes the kernel answer with a reset, and the reset discards
+/// what the client has not yet read: the CONNACK refusal or DISCONNECT that says why. So the
+/// write side is shut down, and what still arrives is read and thrown away until the client
+/// closes, for at most [`LINGER`] and [`LINGER_BYTES`], for at most [`MAX_LINGERING`] sockets
+/// at once: it cannot be used to hold sockets open.
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_LINGERING`] places, given back when dropped.
+struct Lingering;
+
+impl Lingering {
+    fn claim() -> Option<Self> {
+        LINGERING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_LINGERING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self)
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        LINGERING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A connection task's wake-up: the core calls [`Wake::wake`] (new deliveries, a takeover, a
 /// finished commit) and the task waits on the `Notify`, which keeps one permit so a wake-up
@@ -169,7 +204,7 @@ where
     let mut g = Guard { conn, broker };
     async move {
         // The loop's state is scoped so that the final flush below does not keep it.
-        let mut wbuf = {
+        let (mut wbuf, by_broker) = {
             // Both waits live as long as the loop (`select!` keeps only a reference to each).
             let woken = waker.0.notified();
             tokio::pin!(woken);
@@ -243,8 +278,10 @@ where
                     let slow = block_for_connect && !g.conn.is_active();
                     handle_read(&mut g.conn, broker, now, &mut rbuf, slow);
                 }
+                // Neither the transport gone nor the broker stopping: the connection ended.
+                let by_broker = matches!(turn, Turn::Go | Turn::Read | Turn::Timer);
                 if end_turn(&mut g.conn, broker, now, turn, &mut rbuf, &mut wbuf) {
-                    break wbuf;
+                    break (wbuf, by_broker);
                 }
             }
         };
@@ -263,6 +300,22 @@ where
         let _ = tokio::time::timeout(FINAL_FLUSH, wr.shutdown()).await;
         drop(g);
         drop(permits);
+        if by_broker && let Some(_place) = Lingering::claim() {
+            let deadline = tokio::time::Instant::now() + LINGER;
+            let mut sink = BytesMut::with_capacity(READ_CHUNK / 4);
+            let mut left = LINGER_BYTES;
+            while left > 0 {
+                sink.clear();
+                let read = tokio::select! {
+                    () = stop.wait() => break,
+                    r = tokio::time::timeout_at(deadline, rd.read_buf(&mut sink)) => r,
+                };
+                match read {
+                    Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                    _ => break,
+                }
+            }
+        }
     }
 }
 

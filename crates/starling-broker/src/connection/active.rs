@@ -124,15 +124,10 @@ impl Active {
         if !self.version.is_v5() {
             return;
         }
-        // A Reason String is allowed on DISCONNECT whatever Request Problem Information says,
-        // but never if it would make the packet larger than the client accepts.
+        // A Reason String is allowed on DISCONNECT whatever Request Problem Information says
+        // (`send_now` leaves it out if the client would not accept the packet with it).
         let mut d = Disconnect::new(reason);
         d.properties.reason_string = Some(detail.to_string());
-        let fits = starling_proto::encoded_len(&Packet::Disconnect(d.clone()), self.version)
-            .is_ok_and(|len| len <= self.max_packet_out as usize);
-        if !fits {
-            d.properties.reason_string = None;
-        }
         self.send_now(cx, &Packet::Disconnect(d));
     }
 

@@ -62,9 +62,12 @@ impl Active {
         }
     }
 
-    /// Encodes `packet` into the output now, whatever waits (DISCONNECT, released packets).
+    /// Encodes `packet` into the output now, whatever waits (DISCONNECT, released packets),
+    /// within the client's Maximum Packet Size (see `Link::send_within`).
     pub(super) fn send_now(&self, cx: &mut Cx<'_>, packet: &Packet) {
-        cx.link.send(&cx.broker.metrics, self.version, packet);
+        let max = self.max_packet_out;
+        cx.link
+            .send_within(&cx.broker.metrics, self.version, packet, max);
     }
 
     /// Whether durability `sync` makes output wait for commits.

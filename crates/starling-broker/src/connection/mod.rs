@@ -110,6 +110,9 @@ struct Link {
     last_packet: Instant,
     /// The listener's authentication and authorization; `None`: everything allowed.
     access: Option<access::ConnAccess>,
+    /// An answer did not fit the client's Maximum Packet Size even without its optional
+    /// properties: it was not sent, and the connection closes.
+    unsendable: bool,
 }
 
 impl Link {
@@ -119,10 +122,53 @@ impl Link {
 
     /// Encodes `packet` into the output, counted in `messages_sent`.
     fn send(&mut self, metrics: &Metrics, version: ProtocolVersion, packet: &Packet) {
+        if self.encode(version, packet) {
+            metrics.messages_sent.inc();
+        }
+    }
+
+    /// Like [`Link::send`] for a client that accepts packets of at most `max` bytes: a packet
+    /// too large goes without its Reason String and User Properties, which the spec lets the
+    /// sender leave out to fit (MQTT-3.2.2-19, -20 and the like for every answer); if it is
+    /// still too large it is not sent and `unsendable` is set.
+    fn send_within(
+        &mut self,
+        metrics: &Metrics,
+        version: ProtocolVersion,
+        packet: &Packet,
+        max: u32,
+    ) {
+        let max = max as usize;
+        let from = self.out.len();
+        if !self.encode(version, packet) {
+            return;
+        }
+        if self.out.len() - from > max {
+            self.out.truncate(from);
+            let mut slim = packet.clone();
+            if let Some(v) = slim.properties_mut().and_then(Properties::values_mut) {
+                v.reason_string = None;
+                v.user_properties.clear();
+            }
+            if !self.encode(version, &slim) {
+                return;
+            }
+            if self.out.len() - from > max {
+                self.out.truncate(from);
+                self.unsendable = true;
+                return;
+            }
+        }
+        metrics.messages_sent.inc();
+    }
+
+    /// Encodes `packet` into the output; false (logged) if it cannot be encoded.
+    fn encode(&mut self, version: ProtocolVersion, packet: &Packet) -> bool {
         match starling_proto::encode(packet, version, &mut self.out) {
-            Ok(()) => metrics.messages_sent.inc(),
+            Ok(()) => true,
             Err(e) => {
                 warn!(peer = %self.peer(), error = %e, "could not encode {:?}", packet.packet_type());
+                false
             }
         }
     }
@@ -198,6 +244,7 @@ impl Connection {
                 opened_at: now,
                 last_packet: now,
                 access: None,
+                unsendable: false,
             },
             state: State::Connecting,
         }
@@ -241,6 +288,7 @@ impl Connection {
             },
             max_topic_levels: l.max_topic_levels,
             max_user_properties: l.max_user_properties,
+            allow_control_characters: l.allow_control_characters,
         }
     }
 
@@ -259,10 +307,13 @@ impl Connection {
                 State::Connecting | State::Authenticating(_) => {}
             }
             let limits = self.decode_limits(broker);
+            // Before CONNECT: the version the client speaks, to refuse it in that version.
+            let connecting = matches!(self.state, State::Connecting);
+            let version = connecting.then(|| starling_proto::connect_version(buf));
             match starling_proto::decode(buf, self.version(), &limits) {
                 Ok(Some(packet)) => self.handle_packet(broker, now, packet),
                 Ok(None) => return,
-                Err(e) => return self.handle_decode_error(broker, now, &e),
+                Err(e) => return self.handle_decode_error(broker, now, &e, version.flatten()),
             }
         }
     }
@@ -292,10 +343,33 @@ impl Connection {
                 };
             }
         }
+        self.close_if_unsendable(broker, now);
     }
 
-    /// Bytes that cannot be decoded: answered as the spec says, then closed.
-    fn handle_decode_error(&mut self, broker: &Broker, now: Instant, err: &DecodeError) {
+    /// Closes the connection if an answer could not be sent within the client's Maximum
+    /// Packet Size (nothing more is sent: a DISCONNECT could be what did not fit, or come
+    /// before the CONNACK that did not).
+    fn close_if_unsendable(&mut self, broker: &Broker, now: Instant) {
+        if std::mem::take(&mut self.link.unsendable) {
+            let detail = "an answer exceeds the client's Maximum Packet Size";
+            self.close(
+                broker,
+                now,
+                Close::new(ReasonCode::PacketTooLarge, detail),
+                None,
+            );
+        }
+    }
+
+    /// Bytes that cannot be decoded: answered as the spec says, then closed. `connect` is the
+    /// protocol version of a CONNECT that could not be decoded, if its header got that far.
+    fn handle_decode_error(
+        &mut self,
+        broker: &Broker,
+        now: Instant,
+        err: &DecodeError,
+        connect: Option<ProtocolVersion>,
+    ) {
         broker.metrics.protocol_errors.inc();
         let reason = err.reason_code();
         let close = Close::new(reason, err.to_string());
@@ -311,6 +385,13 @@ impl Connection {
                     // client version can read), then close.
                     let reason = ReasonCode::from_v3_connack(code).unwrap_or(reason);
                     let version = ProtocolVersion::V311;
+                    cx.refuse_connect(version, reason, Properties::default(), &close.detail);
+                } else if let Some(version) = connect
+                    && let Some(reason) = err.connect_refusal(version)
+                {
+                    if err.is_limit() {
+                        broker.metrics.connect_limits_exceeded.inc();
+                    }
                     cx.refuse_connect(version, reason, Properties::default(), &close.detail);
                 }
             }
@@ -348,7 +429,7 @@ impl Connection {
         let close = match &mut self.state {
             State::Active(a) => match a.on_timeout(&mut cx) {
                 ControlFlow::Break(close) => close,
-                ControlFlow::Continue(()) => return,
+                ControlFlow::Continue(()) => return self.close_if_unsendable(broker, now),
             },
             State::Closed(_) => return,
             State::Connecting | State::Authenticating(_) => {
@@ -400,6 +481,7 @@ impl Connection {
             if let ControlFlow::Break(close) = a.transmit(&mut cx, room) {
                 self.close(broker, now, close, None);
             }
+            self.close_if_unsendable(broker, now);
         }
         let out = &mut self.link.out;
         if out.is_empty() {

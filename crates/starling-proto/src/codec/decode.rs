@@ -7,7 +7,7 @@ use bytes::{Buf, BytesMut};
 use super::properties;
 use super::reader::Reader;
 use super::varint::{self, VarInt};
-use super::{DecodeLimits, topic_error};
+use super::{DecodeLimits, check_controls, topic_error};
 use crate::error::DecodeError;
 use crate::packet::{
     Auth, ConnAck, Connect, Disconnect, Packet, PacketType, ProtocolVersion, PubAck, Publish, QoS,
@@ -24,6 +24,28 @@ use crate::topic::{TopicFilter, TopicName};
 pub fn packet_len(buf: &[u8]) -> Option<usize> {
     match varint::parse(buf.get(1..)?) {
         Ok(VarInt::Done(value, len)) => Some(1 + len + value as usize),
+        _ => None,
+    }
+}
+
+/// The protocol version of the CONNECT at the front of `buf`, read from the start of its
+/// variable header alone: the packet may be incomplete, too large or malformed further on.
+/// `None` if `buf` does not start with a CONNECT naming a supported protocol that far. Lets
+/// a receiver answer a CONNECT it refuses in the client's own protocol version.
+pub fn connect_version(buf: &[u8]) -> Option<ProtocolVersion> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let VarInt::Done(_, len_len) = varint::parse(buf.get(1..)?).ok()? else {
+        return None;
+    };
+    let rest = buf.get(1 + len_len..)?;
+    let name_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+    let name = rest.get(2..2 + name_len)?;
+    match (name, *rest.get(2 + name_len)?) {
+        (b"MQIsdp", 3) => Some(ProtocolVersion::V31),
+        (b"MQTT", 4) => Some(ProtocolVersion::V311),
+        (b"MQTT", 5) => Some(ProtocolVersion::V5),
         _ => None,
     }
 }
@@ -160,11 +182,22 @@ fn props(
 }
 
 fn topic_name(bytes: bytes::Bytes, limits: &DecodeLimits) -> Result<TopicName, DecodeError> {
-    TopicName::new(bytes, limits.max_topic_levels).map_err(topic_error)
+    let name = TopicName::new(bytes, limits.max_topic_levels).map_err(topic_error)?;
+    check_controls(name.as_bytes(), limits)?;
+    Ok(name)
 }
 
 fn topic_filter(r: &mut Reader, limits: &DecodeLimits) -> Result<TopicFilter, DecodeError> {
-    TopicFilter::new(r.binary()?, limits.max_topic_levels).map_err(topic_error)
+    let filter = TopicFilter::new(r.binary()?, limits.max_topic_levels).map_err(topic_error)?;
+    check_controls(filter.as_bytes(), limits)?;
+    Ok(filter)
+}
+
+/// A client id or user name: a UTF-8 string without control characters unless allowed.
+fn name_string(r: &mut Reader, limits: &DecodeLimits) -> Result<String, DecodeError> {
+    let s = r.string()?;
+    check_controls(s.as_bytes(), limits)?;
+    Ok(s)
 }
 
 /// CONNECT. `header_flags` are the fixed header's low bits: 0 for 3.1.1 and 5
@@ -209,7 +242,7 @@ fn connect(
     }
     let keep_alive = r.u16()?;
     let properties = props(r, protocol, PropertyContext::Connect, limits)?;
-    let client_id = r.string()?;
+    let client_id = name_string(r, limits)?;
     let will = if will_flag {
         let properties = props(r, protocol, PropertyContext::Will, limits)?;
         let topic = topic_name(r.binary()?, limits)?;
@@ -225,7 +258,7 @@ fn connect(
         None
     };
     let username = if has_username {
-        Some(r.string()?)
+        Some(name_string(r, limits)?)
     } else {
         None
     };

@@ -11,7 +11,7 @@ mod properties;
 mod reader;
 mod varint;
 
-pub use decode::{decode, packet_len};
+pub use decode::{connect_version, decode, packet_len};
 pub use encode::{
     PublishParts, encode, encode_publish_header, encode_publish_parts, encoded_len, publish_len,
 };
@@ -33,6 +33,10 @@ pub struct DecodeLimits {
     pub max_topic_levels: usize,
     /// Most user properties one property list may carry.
     pub max_user_properties: usize,
+    /// Accept the control characters U+0001..U+001F and U+007F..U+009F in client ids, user
+    /// names, topic names and topic filters. The specification lets a receiver treat them as
+    /// malformed (spec 1.5.4); refused by default, they cannot inject into logs or terminals.
+    pub allow_control_characters: bool,
 }
 
 impl Default for DecodeLimits {
@@ -41,8 +45,35 @@ impl Default for DecodeLimits {
             max_packet_size: MAX_PACKET_SIZE,
             max_topic_levels: 128,
             max_user_properties: 128,
+            allow_control_characters: false,
         }
     }
+}
+
+/// True if `s` (valid UTF-8) holds a C0 control (U+0001..U+001F), DEL (U+007F) or a C1
+/// control (U+0080..U+009F, encoded as 0xC2 0x80..0x9F). U+0000 is refused on its own.
+pub(crate) fn has_control_character(s: &[u8]) -> bool {
+    let mut bytes = s.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            0x01..=0x1F | 0x7F => return true,
+            0xC2 => {
+                if matches!(bytes.next(), Some(0x80..=0x9F)) {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Fails with [`DecodeError::ControlCharacter`] if `s` holds one and `limits` refuse them.
+pub(crate) fn check_controls(s: &[u8], limits: &DecodeLimits) -> Result<(), DecodeError> {
+    if !limits.allow_control_characters && has_control_character(s) {
+        return Err(DecodeError::ControlCharacter);
+    }
+    Ok(())
 }
 
 /// Topic validation errors that are really string errors are reported as such, so every

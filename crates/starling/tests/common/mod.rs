@@ -284,7 +284,11 @@ impl RawClient {
 
     /// A packet already buffered, without reading the socket.
     pub(crate) fn try_decode(&mut self) -> Option<Packet> {
-        let limits = DecodeLimits::default();
+        // Whatever the broker sends, control characters included when it lets them through.
+        let limits = DecodeLimits {
+            allow_control_characters: true,
+            ..DecodeLimits::default()
+        };
         match starling_proto::decode(&mut self.rbuf, self.version, &limits) {
             Ok(p) => p,
             Err(e) => panic!("broker sent bytes that do not decode: {e}"),

@@ -225,3 +225,69 @@ async fn resent_messages_respect_the_new_maximum_packet_size() {
     still_serving(&server, &mut probe).await;
     server.shutdown().await;
 }
+
+/// A v5 CONNECT from a client that accepts packets of at most `max` bytes.
+fn tiny(id: &str, max: u32) -> starling_proto::Connect {
+    let mut c = connect_packet(V5, id);
+    c.properties.maximum_packet_size = Some(max);
+    c
+}
+
+/// A client's Maximum Packet Size covers every answer (MQTT-3.1.2-24): one that would exceed
+/// it goes without its Reason String and User Properties (MQTT-3.2.2-19, -20 and the like);
+/// one that still does not fit is not sent, and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_maximum_packet_size_bounds_every_answer() {
+    let (server, mut probe) = setup(|_| {}).await;
+    // CONNACK here: Receive Maximum, Maximum Packet Size, Topic Alias Maximum: 16 bytes.
+    let (mut c, _) = RawClient::connect_with(server.addr, tiny("tiny", 16)).await;
+    // A refused publish: PUBACK 0x87, which carries a Reason String when there is room.
+    c.send(&publish_packet("$SYS/x", QoS::AtLeastOnce, 1, b"x"))
+        .await;
+    let raw = c.read_raw(4).await;
+    assert!(raw.len() <= 16, "{raw:02X?}");
+    let ack = starling_proto::decode(
+        &mut BytesMut::from(&raw[..]),
+        V5,
+        &starling_proto::DecodeLimits::default(),
+    );
+    match ack {
+        Ok(Some(Packet::PubAck(a))) => {
+            assert_eq!(a.reason, ReasonCode::NotAuthorized);
+            assert!(a.properties.is_empty(), "{a:?}");
+        }
+        other => panic!("expected a bare PUBACK 0x87, got {other:?} from {raw:02X?}"),
+    }
+    // The same with room for it keeps the Reason String.
+    let (mut roomy, _) = RawClient::connect_with(server.addr, tiny("roomy", 1024)).await;
+    roomy
+        .send(&publish_packet("$SYS/x", QoS::AtLeastOnce, 1, b"x"))
+        .await;
+    match roomy.expect_packet(WAIT).await {
+        Packet::PubAck(a) => assert!(a.properties.reason_string.is_some(), "{a:?}"),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    // A SUBACK for 20 filters (25 bytes) cannot be made to fit: not sent, closed.
+    let filters = (0..20)
+        .map(|i| {
+            (
+                starling_proto::TopicFilter::try_from_str(&format!("f/{i}")).unwrap(),
+                starling_proto::SubscriptionOptions::default(),
+            )
+        })
+        .collect();
+    c.send(&Packet::Subscribe(starling_proto::Subscribe {
+        packet_id: 2,
+        filters,
+        properties: Properties::default(),
+    }))
+    .await;
+    c.expect_closed_silently().await;
+    // A CONNACK that cannot fit: closed without one.
+    let mut c = RawClient::open(server.addr).await;
+    c.version = V5;
+    c.send(&Packet::Connect(Box::new(tiny("tinier", 15)))).await;
+    c.expect_closed_silently().await;
+    still_serving(&server, &mut probe).await;
+    server.shutdown().await;
+}

@@ -81,4 +81,5 @@ mod edges;
 mod flows;
 mod framing;
 mod garbage;
+mod refusals;
 mod topics;
