@@ -1,6 +1,6 @@
 //! How the core asks the I/O layer to run a connection again: a [`Wake`] handle per
-//! connection, called when its session has new deliveries, when another connection takes the
-//! session over, or when a commit it waits for has finished.
+//! connection, called when its session has new deliveries, when another connection asks for
+//! the session or takes it over, or when a commit it waits for has finished.
 //!
 //! The core never blocks and never owns a task: the I/O layer implements [`Wake`] with
 //! whatever it runs connections on (a tokio `Notify` in the server, a flag in the in-memory
@@ -40,5 +40,36 @@ impl Flag {
 impl Wake for Flag {
     fn wake(&self) {
         self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A [`Wake`] that remembers it fired and passes the wake-up on to the waker it wraps: for a
+/// connection that waits for one particular event (a session handed over to it) among the
+/// wake-ups its task gets for other reasons.
+#[derive(Debug)]
+pub struct Relay {
+    fired: std::sync::atomic::AtomicBool,
+    to: Waker,
+}
+
+impl Relay {
+    /// A relay to `to`, not fired.
+    pub fn new(to: Waker) -> Arc<Self> {
+        Arc::new(Self {
+            fired: std::sync::atomic::AtomicBool::new(false),
+            to,
+        })
+    }
+
+    /// Whether it fired (it stays fired).
+    pub fn fired(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Wake for Relay {
+    fn wake(&self) {
+        self.fired.store(true, std::sync::atomic::Ordering::Release);
+        self.to.wake();
     }
 }

@@ -244,6 +244,108 @@ fn a_takeover_closes_the_old_connection_and_resumes_the_session() {
     assert_eq!(sim.broker.subscription_count(), 0);
 }
 
+/// A DISCONNECT the old connection has received but not yet read (its task had not run) is
+/// handled before a new connection for the same client id takes the session: the session it
+/// ended is not resumed, and the will it cancelled is not sent.
+#[test]
+fn a_disconnect_already_received_is_handled_before_the_takeover() {
+    let mut sim = Sim::new(Limits::default());
+    let (watcher, _) = sim.connected(connect(V5, "watcher"));
+    sim.send(watcher, subscribe(1, "will/#", QoS::AtMostOnce));
+    sim.take(watcher);
+
+    // v5: expiry 60 at CONNECT, 0 in DISCONNECT.
+    let mut c = persistent(V5, "same", 60);
+    c.will = Some(will("will/v5", None));
+    let (old, _) = sim.connected(c);
+    sim.send(old, subscribe(1, "t", QoS::AtLeastOnce));
+    sim.take(old);
+    sim.stall(old);
+    let mut bye = starling_proto::Disconnect::new(ReasonCode::Success);
+    bye.properties.session_expiry_interval = Some(0);
+    sim.send(old, Packet::Disconnect(bye));
+    assert!(!sim.is_gone(old), "the DISCONNECT is not read yet");
+    let (_new, ack) = sim.connected(persistent(V5, "same", 60));
+    assert!(
+        !ack.session_present,
+        "the session ended with the DISCONNECT"
+    );
+    assert_eq!(sim.closed(old).unwrap().reason, ReasonCode::Success);
+    assert!(
+        sim.take(old).is_empty(),
+        "no DISCONNECT 0x8E to a client that left"
+    );
+    assert_eq!(sim.broker.subscription_count(), 1, "only the watcher's");
+
+    // 3.1.1: a clean session's will, cancelled by DISCONNECT, is not sent by the takeover.
+    let mut c = connect(V311, "same311");
+    c.will = Some(will("will/v311", None));
+    let (old, _) = sim.connected(c);
+    sim.stall(old);
+    sim.send(
+        old,
+        Packet::Disconnect(starling_proto::Disconnect::new(ReasonCode::Success)),
+    );
+    let (_new, ack) = sim.connected(connect(V311, "same311"));
+    assert!(!ack.session_present);
+    assert!(sim.is_gone(old));
+    assert!(
+        publishes(&sim.take(watcher)).is_empty(),
+        "no will after a DISCONNECT"
+    );
+
+    // Without a DISCONNECT the takeover is as before: 0x8E, and the session resumed.
+    let (old, _) = sim.connected(persistent(V5, "again", 60));
+    sim.stall(old);
+    let (_new, ack) = sim.connected(persistent(V5, "again", 60));
+    assert!(ack.session_present);
+    match &sim.take(old)[..] {
+        [Packet::Disconnect(d)] => assert_eq!(d.reason, ReasonCode::SessionTakenOver),
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+}
+
+/// An owner whose task does not run cannot hold a new connection back: after half a second
+/// the session is taken over without it, and what the new client sent after CONNECT is
+/// handled then, in order.
+#[test]
+fn an_owner_that_does_not_hand_over_is_taken_over_after_the_wait() {
+    let mut sim = Sim::new(Limits::default());
+    let (old, _) = sim.connected(persistent(V5, "stuck", 60));
+    sim.send(old, subscribe(1, "a", QoS::AtLeastOnce));
+    sim.take(old);
+    sim.freeze(old);
+    let new = sim.connect(persistent(V5, "stuck", 60));
+    sim.send(new, subscribe(2, "b", QoS::AtLeastOnce));
+    assert!(sim.take(new).is_empty(), "waiting for the handover");
+    sim.advance(Duration::from_millis(499));
+    assert!(sim.take(new).is_empty(), "still waiting");
+    sim.advance(Duration::from_millis(1));
+    match &sim.take(new)[..] {
+        [Packet::ConnAck(ack), Packet::SubAck(sub)] => {
+            assert!(ack.session_present);
+            assert_eq!(sub.packet_id, 2);
+        }
+        other => panic!("expected CONNACK then SUBACK, got {other:?}"),
+    }
+    assert_eq!(sim.broker.subscription_count(), 2, "a from before, b now");
+
+    // Two new connections at once: the first stops waiting when the second comes, and the
+    // later claim wins, as without a handover.
+    let first = sim.connect(persistent(V5, "stuck", 60));
+    let second = sim.connect(persistent(V5, "stuck", 60));
+    let got = sim.take(first);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a), Packet::Disconnect(d)]
+            if a.session_present && d.reason == ReasonCode::SessionTakenOver),
+        "{got:?}"
+    );
+    match sim.take_one(second) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
 #[test]
 fn unacknowledged_messages_are_resent_on_resume_in_order() {
     let mut sim = Sim::new(Limits::default());

@@ -27,6 +27,9 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 << 20;
 /// Most sockets lingering at once; beyond it a closed connection's socket closes at once.
 const MAX_LINGERING: usize = 1024;
+/// How long a connection asked to hand its session over to a new connection for the same
+/// client id keeps reading first, for bytes the reactor has not reported yet.
+const HANDOVER_READ_WAIT: Duration = Duration::from_millis(10);
 
 /// Sockets lingering after the broker closed their connection, process-wide. Closing a socket
 /// whose client is still writing makes the kernel answer with a reset, and the reset discards
@@ -227,6 +230,8 @@ where
             let mut busy = false;
             // The time after the last wait (one clock read a turn).
             let mut now = Instant::now();
+            // A new connection for the client id asked for the session (see below).
+            let mut handing_over = false;
 
             loop {
                 let broker = &*g.broker;
@@ -234,7 +239,10 @@ where
                     .conn
                     .poll_timeout(broker)
                     .map(tokio::time::Instant::from_std);
-                let deadline = deadline.unwrap_or_else(far);
+                let mut deadline = deadline.unwrap_or_else(far);
+                if handing_over {
+                    deadline = deadline.min(timer.deadline());
+                }
                 if timer.deadline() != deadline {
                     timer.as_mut().reset(deadline);
                 }
@@ -274,7 +282,8 @@ where
                     }
                 };
                 now = Instant::now();
-                if let Turn::Read = turn {
+                let was_read = matches!(turn, Turn::Read);
+                if was_read {
                     let slow = block_for_connect && !g.conn.is_active();
                     handle_read(&mut g.conn, broker, now, &mut rbuf, slow);
                 }
@@ -282,6 +291,27 @@ where
                 let by_broker = matches!(turn, Turn::Go | Turn::Read | Turn::Timer);
                 if end_turn(&mut g.conn, broker, now, turn, &mut rbuf, &mut wbuf) {
                     break (wbuf, by_broker);
+                }
+                // A new connection for this client id waits for the session: what the client
+                // already sent (a DISCONNECT, maybe) is read first. Handed over after a read
+                // that left nothing waiting, or after HANDOVER_READ_WAIT (tokio reads a socket
+                // once its reactor has seen it readable, which can lag behind bytes that have
+                // arrived), or at once if the client is not being read.
+                // While it reads, the timer holds that deadline (or an earlier one).
+                if !g.conn.hand_over_asked() {
+                    handing_over = false;
+                } else if handing_over {
+                    let due = tokio::time::Instant::from_std(now) >= timer.deadline();
+                    if (was_read && !busy) || due || !can_read {
+                        g.conn.handle_hand_over();
+                        handing_over = false;
+                    }
+                } else {
+                    handing_over = true;
+                    let by = tokio::time::Instant::from_std(now + HANDOVER_READ_WAIT);
+                    if by < timer.deadline() {
+                        timer.as_mut().reset(by);
+                    }
                 }
             }
         };
@@ -372,6 +402,8 @@ fn end_turn(
     rbuf: &mut BytesMut,
     wbuf: &mut BytesMut,
 ) -> bool {
+    // Input that came after CONNECT waits in the buffer while the session is handed over.
+    let waiting = conn.is_waiting();
     match turn {
         Turn::Go | Turn::Read => {}
         Turn::Timer => {
@@ -388,6 +420,10 @@ fn end_turn(
         *rbuf = BytesMut::new();
     }
     if wbuf.len() < OUTPUT_HIGH_WATER {
+        conn.poll_transmit(broker, now, wbuf);
+    }
+    if waiting && !conn.is_waiting() && !rbuf.is_empty() {
+        conn.handle_input(broker, now, rbuf);
         conn.poll_transmit(broker, now, wbuf);
     }
     conn.is_closed()

@@ -46,6 +46,18 @@ pub struct Attached {
     pub ticket: Option<u64>,
 }
 
+/// What came of a claim on a client id.
+#[derive(Debug)]
+pub enum Claim {
+    /// The connection got the session.
+    Attached(Attached),
+    /// Another connection owns the session: it was asked to hand it over once it has read
+    /// what its client already sent; the handover waker fires then (or when the owner goes).
+    Waiting,
+    /// Other claims for the same client id kept changing it (server busy).
+    Busy,
+}
+
 /// How a connection ended, for will and expiry handling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
@@ -63,8 +75,26 @@ impl Broker {
     /// Gives the connection woken by `waker` the session of `req.client_id`: resumes it, or
     /// starts a new one. An existing session that is not resumed ends now (its will goes out);
     /// an existing owner is woken and finds it no longer owns the session (it closes with
-    /// 0x8E). `None` if other claims for the same client id kept changing it (server busy).
-    pub fn connect(&self, waker: Waker, req: ConnectRequest, now: Instant) -> Option<Attached> {
+    /// 0x8E).
+    ///
+    /// With a `handover` waker and a connection owning the session, nothing is claimed yet:
+    /// the owner is asked to read what its client has already sent first (a DISCONNECT
+    /// there may end the session, and then the new connection must not resume it), and
+    /// `handover` fires once it has, or once it has gone. The caller then claims again without
+    /// one (also if it does not fire in time: the owner's task may be stuck).
+    pub fn connect(
+        &self,
+        waker: Waker,
+        req: ConnectRequest,
+        now: Instant,
+        handover: Option<Waker>,
+    ) -> Claim {
+        if let Some(successor) = handover
+            && let Some(current) = self.seams.registry.get(&req.client_id)
+            && current.lock().ask_to_hand_over(successor)
+        {
+            return Claim::Waiting;
+        }
         let mut ops = self.ops();
         let mut will = None;
         let mut attached = None;
@@ -92,7 +122,9 @@ impl Broker {
             });
             break;
         }
-        let mut attached = attached?;
+        let Some(mut attached) = attached else {
+            return Claim::Busy;
+        };
         let terms = Terms {
             protocol: req.protocol,
             expiry_secs: req.expiry_secs,
@@ -108,7 +140,7 @@ impl Broker {
         if let Some(w) = will {
             self.publish_will(w, now);
         }
-        Some(attached)
+        Claim::Attached(attached)
     }
 
     /// Ends a session a claim replaced in the registry; returns its will, to publish.

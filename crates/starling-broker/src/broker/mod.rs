@@ -32,7 +32,7 @@ mod registry;
 mod restore;
 mod route;
 
-pub use lifecycle::{Attached, ConnectRequest, Ending};
+pub use lifecycle::{Attached, Claim, ConnectRequest, Ending};
 pub use registry::{LocalRegistry, Registry};
 pub use restore::Restored;
 pub use route::Routed;

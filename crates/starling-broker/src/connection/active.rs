@@ -51,6 +51,9 @@ pub(super) struct Active {
     /// What the connection waits for from the store; allocated on first use, so idle
     /// connections and the other durability modes do not carry it.
     pub(super) held: Option<Box<held::HeldAcks>>,
+    /// A new connection for the client id waits for this one to hand the session over
+    /// (`handover.rs`): the I/O layer reads what the client already sent, then says so.
+    pub(super) hand_over_asked: bool,
 }
 
 /// A connection's topic aliases.

@@ -1,7 +1,8 @@
 //! The `Connecting` state: the first packet must be CONNECT. Negotiates the protocol level,
 //! client id, keep-alive, limits and session expiry; refuses with the right CONNACK;
-//! authenticates (or starts an enhanced authentication exchange); attaches the session and
-//! sends CONNACK; resends what a resumed session had in flight.
+//! authenticates (or starts an enhanced authentication exchange); claims the session (waiting
+//! for its current owner to hand it over, `handover.rs`), attaches it and sends CONNACK;
+//! resends what a resumed session had in flight.
 
 use std::sync::Arc;
 
@@ -9,11 +10,12 @@ use starling_proto::{ConnAck, Connect, Packet, Properties, ProtocolVersion, Reas
 use tracing::info;
 
 use super::active::{Active, RateLimit};
-use super::{Close, Cx, State, closed, enhanced};
-use crate::broker::{Attached, ConnectRequest, Ending};
+use super::{Close, Cx, State, closed, enhanced, handover};
+use crate::broker::{Attached, Claim, ConnectRequest, Ending};
 use crate::bucket::TokenBucket;
 use crate::config::Limits;
 use crate::session::PendingWill;
+use crate::wake::{Relay, Waker};
 
 /// What CONNECT negotiated before authentication.
 #[derive(Debug)]
@@ -189,10 +191,19 @@ fn terms(c: &Connect, limits: &Limits) -> Terms {
     }
 }
 
+/// An authenticated CONNECT, ready to get its session.
+#[derive(Debug)]
+pub(super) struct Accepted {
+    /// The CONNECT, in the box it was decoded into (unboxing it would only copy it).
+    pub(super) connect: Box<Connect>,
+    pub(super) negotiated: Negotiated,
+    pub(super) username: Option<Arc<str>>,
+    pub(super) enhanced: Option<enhanced::Accepted>,
+}
+
 /// Attaches the session of an authenticated CONNECT and sends CONNACK 0x00 (with the
-/// enhanced authentication method and its final data, if one was used). The CONNECT stays
-/// in the box it was decoded into: unboxing it would only copy it.
-#[allow(clippy::boxed_local)]
+/// enhanced authentication method and its final data, if one was used), or waits for the
+/// connection that owns the session to hand it over (see `handover.rs`).
 pub(super) fn accept(
     cx: &mut Cx<'_>,
     c: Box<Connect>,
@@ -200,41 +211,83 @@ pub(super) fn accept(
     username: Option<Arc<str>>,
     enhanced: Option<enhanced::Accepted>,
 ) -> State {
+    let accepted = Accepted {
+        connect: c,
+        negotiated,
+        username,
+        enhanced,
+    };
+    let relay = Relay::new(cx.link.waker.clone());
+    match claim(cx, accepted, Some(relay.clone())) {
+        Ok(state) => state,
+        Err(accepted) => State::Waiting(Box::new(handover::Waiting::new(cx, accepted, relay))),
+    }
+}
+
+/// Claims the session for an authenticated CONNECT: the `Active` state with CONNACK sent, or
+/// a refusal; `Err` (with the CONNECT back) if the owner was asked to hand the session over
+/// to `handover` first.
+pub(super) fn claim(
+    cx: &mut Cx<'_>,
+    accepted: Accepted,
+    handover: Option<Arc<Relay>>,
+) -> Result<State, Accepted> {
     let broker = cx.broker;
     let limits = &broker.limits;
+    let c = &accepted.connect;
     let version = c.protocol;
-    let v5 = version.is_v5();
-    let terms = terms(&c, limits);
+    let terms = terms(c, limits);
     let will = c.will.clone().map(|w| PendingWill {
         delay_secs: w.properties.will_delay_interval.unwrap_or(0),
         will: w,
     });
     let request = ConnectRequest {
-        client_id: negotiated.client_id.clone(),
+        client_id: accepted.negotiated.client_id.clone(),
         clean_start: c.clean_start,
         protocol: version,
         expiry_secs: terms.expiry_secs,
         will,
     };
-    let Some(attached) = broker.connect(cx.link.waker.clone(), request, cx.now) else {
-        // Other connections kept claiming this client id meanwhile.
-        let reason = if v5 {
-            ReasonCode::ServerBusy
-        } else {
-            ReasonCode::ServerUnavailable
-        };
-        return refuse(
-            cx,
-            version,
-            reason,
-            "client id claimed concurrently, try again",
-        );
+    let handover = handover.map(|r| r as Waker);
+    let attached = match broker.connect(cx.link.waker.clone(), request, cx.now, handover) {
+        Claim::Attached(attached) => attached,
+        Claim::Waiting => return Err(accepted),
+        Claim::Busy => return Ok(busy(cx, version)),
     };
+    Ok(attach(cx, accepted, &terms, attached))
+}
+
+/// Refuses a CONNECT whose client id other connections kept claiming meanwhile.
+pub(super) fn busy(cx: &mut Cx<'_>, version: ProtocolVersion) -> State {
+    let reason = if version.is_v5() {
+        ReasonCode::ServerBusy
+    } else {
+        ReasonCode::ServerUnavailable
+    };
+    refuse(
+        cx,
+        version,
+        reason,
+        "client id claimed concurrently, try again",
+    )
+}
+
+/// The session is attached: CONNACK, and what a resumed session had in flight.
+fn attach(cx: &mut Cx<'_>, accepted: Accepted, terms: &Terms, attached: Attached) -> State {
+    let Accepted {
+        connect: c,
+        negotiated,
+        username,
+        enhanced,
+    } = accepted;
+    let broker = cx.broker;
+    let version = c.protocol;
+    let v5 = version.is_v5();
     count_connected(&broker.metrics);
-    let mut active = activate(cx, &c, &negotiated, username, &terms, &attached);
+    let mut active = activate(cx, &c, &negotiated, username, terms, &attached);
     active.enhanced = enhanced.as_ref().map(enhanced::Accepted::session);
     let properties = if v5 {
-        connack_properties(cx, &c, &negotiated, &terms, enhanced)
+        connack_properties(cx, &c, &negotiated, terms, enhanced)
     } else {
         Properties::default()
     };
@@ -306,6 +359,7 @@ fn activate(
             })
         }),
         held: None,
+        hand_over_asked: false,
     })
 }
 

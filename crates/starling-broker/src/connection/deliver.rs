@@ -17,7 +17,8 @@ use crate::session::Phase;
 
 impl Active {
     /// Moves queued messages into the output, as far as the inflight window and `room`
-    /// bytes allow. Detects a takeover (answered with DISCONNECT 0x8E for v5).
+    /// bytes allow. Detects a takeover (answered with DISCONNECT 0x8E for v5) and a request
+    /// to hand the session over.
     pub(super) fn pump(&mut self, cx: &mut Cx<'_>, room: usize) -> Flow {
         let broker = cx.broker;
         let session = self.session.clone();
@@ -33,6 +34,7 @@ impl Active {
             self.send_disconnect(cx, reason, "session taken over");
             return ControlFlow::Break(Close::new(reason, "session taken over"));
         }
+        self.hand_over_asked |= st.hand_over_asked();
         while cx.link.out.len() < room {
             let Some(d) = st.next_delivery(usize::from(self.window)) else {
                 break;

@@ -4,17 +4,21 @@
 //! ```text
 //!              CONNECT accepted            DISCONNECT, protocol error, keep-alive, takeover,
 //!  Connecting ─────────────────▶ Active ─────────────────────────────────────────────▶ Closed
-//!      │                           ▲      shutdown, or the transport lost
-//!      │ CONNECT names an          │ exchange succeeds
-//!      ▼ authentication method     │
-//!  Authenticating ─────────────────┘      (a refusal or failure goes to Closed from any state)
+//!      │      │                  ▲ ▲      shutdown, or the transport lost
+//!      │      │ another          │ │ handed over,
+//!      │      │ connection owns  │ │ or waited long enough
+//!      │      └─▶ the session ───┼─┴─ Waiting
+//!      │ CONNECT names an        │
+//!      ▼ authentication method   │ exchange succeeds (and, as above, may wait)
+//!  Authenticating ───────────────┘        (a refusal or failure goes to Closed from any state)
 //! ```
 //!
 //! Each state is its own type and handles only what can reach it: `Connecting` takes the
-//! CONNECT (`connecting.rs`), `Authenticating` the AUTH exchange (`enhanced.rs`), `Active`
-//! everything after CONNACK (`active.rs`, with the QoS flows in `publish.rs`, held
-//! acknowledgements in `held.rs`, SUBSCRIBE in `subscribe.rs`, outbound delivery in
-//! `deliver.rs`). The [`Connection`] dispatches once on its state.
+//! CONNECT (`connecting.rs`), `Authenticating` the AUTH exchange (`enhanced.rs`), `Waiting`
+//! the session's handover from its current owner (`handover.rs`), `Active` everything after
+//! CONNACK (`active.rs`, with the QoS flows in `publish.rs`, held acknowledgements in
+//! `held.rs`, SUBSCRIBE in `subscribe.rs`, outbound delivery in `deliver.rs`). The
+//! [`Connection`] dispatches once on its state.
 //!
 //! The I/O layer drives it with inputs and takes outputs as values:
 //! - `handle_input` (bytes read: decodes every whole packet), `handle_packet`,
@@ -22,7 +26,9 @@
 //! - `poll_transmit` (bytes to write: answers, acknowledgements whose commit finished, queued
 //!   deliveries within the inflight window), `poll_timeout` (when to call `handle_timeout`),
 //!   `wants_input` (whether to read the client now), `is_closed` (flush what is left, then
-//!   close the transport).
+//!   close the transport);
+//! - `hand_over_asked` / `handle_hand_over`: another connection wants the session, and the
+//!   I/O layer has read what the client already sent.
 //!
 //! The current time comes in as an argument; the broker core ([`Broker`]) is passed in, not
 //! held. When the session has new deliveries, is taken over, or a commit it waits for
@@ -47,6 +53,7 @@ mod active;
 mod connecting;
 mod deliver;
 mod enhanced;
+mod handover;
 mod held;
 mod publish;
 mod subscribe;
@@ -210,6 +217,8 @@ enum State {
     Connecting,
     /// CONNECT named an enhanced authentication method: AUTH packets until CONNACK.
     Authenticating(Box<enhanced::Authenticating>),
+    /// CONNECT accepted; the connection that owns its session is handing it over.
+    Waiting(Box<handover::Waiting>),
     /// CONNECT accepted: the session is attached.
     Active(Box<active::Active>),
     /// Done: flush the output and close the transport.
@@ -274,6 +283,7 @@ impl Connection {
         match &self.state {
             State::Active(a) => a.version(),
             State::Authenticating(_) => ProtocolVersion::V5,
+            State::Waiting(w) => w.version(),
             State::Connecting | State::Closed(_) => ProtocolVersion::V311,
         }
     }
@@ -298,7 +308,8 @@ impl Connection {
     pub fn handle_input(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut) {
         loop {
             match &mut self.state {
-                State::Closed(_) => return,
+                // Left for the session's new owner to read once it is active.
+                State::Closed(_) | State::Waiting(_) => return,
                 State::Active(a) => {
                     if a.throttled(broker, now) {
                         return;
@@ -334,6 +345,9 @@ impl Connection {
                 }
             }
             State::Closed(_) => {}
+            State::Waiting(_) => {
+                debug!(peer = %self.link.peer(), "{:?} before CONNACK ignored", packet.packet_type());
+            }
             State::Connecting | State::Authenticating(_) => {
                 let state = std::mem::replace(&mut self.state, State::Connecting);
                 self.state = match state {
@@ -400,27 +414,36 @@ impl Connection {
                 cx.refuse_connect(v5, reason, Properties::default(), &close.detail);
             }
             State::Active(a) => a.send_disconnect(&mut cx, reason, &close.detail),
+            // Nothing is decoded while waiting; closed without an answer if it ever were.
+            State::Waiting(_) => {}
             State::Closed(_) => return,
         }
         self.close(broker, now, close, None);
     }
 
     /// When [`Connection::handle_timeout`] must next be called: the CONNECT timeout, the
-    /// keep-alive, a re-authentication's deadline, or the end of a publish-rate pause.
+    /// keep-alive, a re-authentication's deadline, the end of a publish-rate pause, or the
+    /// end of the wait for a session's handover.
     pub fn poll_timeout(&self, broker: &Broker) -> Option<Instant> {
         match &self.state {
             State::Connecting | State::Authenticating(_) => {
                 let limit = Duration::from_secs(broker.limits.connect_timeout_secs);
                 deadline(self.link.opened_at, limit)
             }
+            State::Waiting(w) => w.poll_timeout(),
             State::Active(a) => a.poll_timeout(&self.link),
             State::Closed(_) => None,
         }
     }
 
     /// Enforces the CONNECT timeout, keep-alive (1.5x, spec 3.1.2.10) and re-authentication
-    /// deadline, and ends a publish-rate pause that is over.
+    /// deadline, ends a publish-rate pause that is over, and claims a session whose owner did
+    /// not hand it over in time.
     pub fn handle_timeout(&mut self, broker: &Broker, now: Instant) {
+        if matches!(&self.state, State::Waiting(w) if w.is_over(now)) {
+            self.end_wait(broker, now);
+            return self.close_if_unsendable(broker, now);
+        }
         let mut cx = Cx {
             broker,
             link: &mut self.link,
@@ -431,7 +454,7 @@ impl Connection {
                 ControlFlow::Break(close) => close,
                 ControlFlow::Continue(()) => return self.close_if_unsendable(broker, now),
             },
-            State::Closed(_) => return,
+            State::Closed(_) | State::Waiting(_) => return,
             State::Connecting | State::Authenticating(_) => {
                 let limit = Duration::from_secs(broker.limits.connect_timeout_secs);
                 if deadline(self.link.opened_at, limit).is_none_or(|d| now < d) {
@@ -450,8 +473,9 @@ impl Connection {
     /// Whether the I/O layer should read from the client now. False while the client's
     /// publish rate pauses it (until `poll_timeout`), while too many acknowledgements wait
     /// for the store, or while the store is behind and this client feeds it; in the last two
-    /// cases the waker fires once reading may go on. Ask once per wait: the committer changes
-    /// the answer concurrently.
+    /// cases the waker fires once reading may go on. False too while the connection waits for
+    /// its session's handover (what the client sent after CONNECT is read once it is active).
+    /// Ask once per wait: the committer changes the answer concurrently.
     pub fn wants_input(&mut self, broker: &Broker, now: Instant) -> bool {
         let mut cx = Cx {
             broker,
@@ -461,16 +485,56 @@ impl Connection {
         match &mut self.state {
             State::Active(a) => a.wants_input(&mut cx),
             State::Connecting | State::Authenticating(_) => true,
-            State::Closed(_) => false,
+            State::Waiting(_) | State::Closed(_) => false,
         }
+    }
+
+    /// Whether the connection waits for its session's handover. Input left in the buffer
+    /// while it waited is for `handle_input` once it no longer does.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.state, State::Waiting(_))
+    }
+
+    /// Whether a new connection for this client id waits for this one to hand the session
+    /// over (noticed by `poll_transmit`). The I/O layer then reads what the client has
+    /// already sent, without waiting for more, passes it to `handle_input`, and calls
+    /// [`Connection::handle_hand_over`].
+    pub fn hand_over_asked(&self) -> bool {
+        matches!(&self.state, State::Active(a) if a.hand_over_asked)
+    }
+
+    /// What the client had sent is read (a DISCONNECT among it has closed the connection): a
+    /// connection that still owns its session lets the waiting one take it over.
+    pub fn handle_hand_over(&mut self) {
+        if let State::Active(a) = &mut self.state {
+            a.hand_over();
+        }
+    }
+
+    /// Leaves `Waiting`: claims the session, taking it over from whoever owns it now.
+    fn end_wait(&mut self, broker: &Broker, now: Instant) {
+        let state = std::mem::replace(&mut self.state, State::Connecting);
+        let State::Waiting(w) = state else {
+            self.state = state;
+            return;
+        };
+        let mut cx = Cx {
+            broker,
+            link: &mut self.link,
+            now,
+        };
+        self.state = w.claim(&mut cx);
     }
 
     /// Appends what there is to send to `buf`: answers to what the client sent,
     /// acknowledgements whose commit finished, then queued deliveries within the inflight
     /// window until `buf` holds [`OUTPUT_HIGH_WATER`] bytes. Call it whenever the waker fires
     /// and after every input while `buf` is below the mark. Detects a takeover (closing with
-    /// DISCONNECT 0x8E for v5).
+    /// DISCONNECT 0x8E for v5), and a handover the connection waited for (sending CONNACK).
     pub fn poll_transmit(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut) {
+        if matches!(&self.state, State::Waiting(w) if w.is_over(now)) {
+            self.end_wait(broker, now);
+        }
         let mut cx = Cx {
             broker,
             link: &mut self.link,
@@ -530,7 +594,7 @@ impl Connection {
                 };
                 a.end(&mut cx, &close, ending);
             }
-            State::Connecting | State::Authenticating(_) => {
+            State::Connecting | State::Authenticating(_) | State::Waiting(_) => {
                 debug!(peer = %self.link.peer(), reason = %close.reason, "connection closed before CONNACK: {}", close.detail);
             }
             State::Closed(done) => {

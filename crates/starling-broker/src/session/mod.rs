@@ -85,6 +85,11 @@ pub struct PendingWill {
 pub struct SessionState {
     /// How to wake the connection that owns the session now; `None` while disconnected.
     owner: Option<Waker>,
+    /// A new connection for the same client id waiting for the owner to read what its client
+    /// already sent before the session is taken over (see `Broker::connect`); woken when the
+    /// owner hands the session over or lets go of it. One at a time: a later one replaces it,
+    /// and the one replaced is woken to take the session without waiting.
+    successor: Option<Waker>,
     /// Epoch of the latest claim that took this session: the owner's, while there is one (an
     /// older claim must not take it back).
     claimed: u64,
@@ -188,6 +193,7 @@ impl Session {
             client_id,
             state: Mutex::new(SessionState {
                 owner: None,
+                successor: None,
                 claimed: 0,
                 protocol,
                 subscriptions: HashMap::new(),
@@ -285,11 +291,47 @@ impl Locked<'_> {
         self.st.queue.len()
     }
 
+    /// Asks the connection that owns the session to hand it over to `successor` once it has
+    /// read what its client already sent (a DISCONNECT among it changes what the successor
+    /// gets). False if no connection owns the session: take it now.
+    pub fn ask_to_hand_over(&mut self, successor: Waker) -> bool {
+        if self.st.ended {
+            return false;
+        }
+        let Some(owner) = &self.st.owner else {
+            return false;
+        };
+        owner.wake();
+        if let Some(earlier) = self.st.successor.replace(successor) {
+            earlier.wake();
+        }
+        true
+    }
+
+    /// Whether a new connection waits for the owner to hand the session over.
+    pub fn hand_over_asked(&self) -> bool {
+        self.st.successor.is_some()
+    }
+
+    /// The connection that claimed `epoch` has read what its client sent and still owns the
+    /// session: the waiting successor is woken to take it over.
+    pub fn hand_over(&mut self, epoch: u64) {
+        if self.is_owned_by(epoch)
+            && let Some(successor) = self.st.successor.take()
+        {
+            successor.wake();
+        }
+    }
+
     /// Records which connection owns the session (`None`: disconnected) and wakes the
-    /// previous owner, which then finds it no longer owns it.
+    /// previous owner, which then finds it no longer owns it, and a waiting successor, which
+    /// can now claim it.
     fn set_owner(&mut self, owner: Option<Waker>) {
         if let Some(old) = self.st.owner.take() {
             old.wake();
+        }
+        if let Some(successor) = self.st.successor.take() {
+            successor.wake();
         }
         if owner.is_none() {
             self.st.inflight.release_index();

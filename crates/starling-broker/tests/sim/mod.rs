@@ -68,6 +68,11 @@ pub struct Client {
     pub received: VecDeque<Packet>,
     /// The transport is gone (either side closed it).
     pub gone: bool,
+    /// The connection's task is slow to read: what the client sends is read only when the
+    /// connection is asked to hand its session over (see `stall`).
+    stalled: bool,
+    /// The connection's task does not run at all (see `freeze`).
+    frozen: bool,
     /// Something happened that the I/O layer answers with `poll_transmit` (input, a timeout,
     /// the last poll filled the output to its mark); the waker is the other reason.
     poll: bool,
@@ -206,6 +211,8 @@ impl Sim {
             to_client: BytesMut::new(),
             received: VecDeque::new(),
             gone: false,
+            stalled: false,
+            frozen: false,
             poll: true,
         };
         self.clients.push(client);
@@ -237,6 +244,8 @@ impl Sim {
             to_client: BytesMut::new(),
             received: VecDeque::new(),
             gone: false,
+            stalled: false,
+            frozen: false,
             poll: true,
         });
         C(self.clients.len() - 1)
@@ -253,6 +262,18 @@ impl Sim {
         assert!(!client.gone, "client {c:?} sends on a closed connection");
         client.to_broker.extend_from_slice(bytes);
         self.settle();
+    }
+
+    /// From now on what `c` sends stays unread, as in a socket buffer whose task has not run
+    /// yet, until the connection is asked to hand its session over (which reads it).
+    pub fn stall(&mut self, c: C) {
+        self.clients[c.0].stalled = true;
+    }
+
+    /// From now on the task of `c` does not run at all: nothing is read, written or handed
+    /// over (a task stuck behind a client that stopped reading).
+    pub fn freeze(&mut self, c: C) {
+        self.clients[c.0].frozen = true;
     }
 
     /// The client's network connection drops (no DISCONNECT).
@@ -324,11 +345,12 @@ impl Sim {
         let broker = self.broker.clone();
         let now = self.now;
         let client = &mut self.clients[i];
-        if client.gone {
+        if client.gone || client.frozen {
             return false;
         }
         let mut progressed = false;
-        if !client.to_broker.is_empty() && client.conn.wants_input(&broker, now) {
+        if !client.to_broker.is_empty() && !client.stalled && client.conn.wants_input(&broker, now)
+        {
             let before = client.to_broker.len();
             client
                 .conn
@@ -343,9 +365,28 @@ impl Sim {
             return progressed;
         }
         let mut out = BytesMut::new();
+        // Input that came after CONNECT while the session was being handed over.
+        let waiting = client.conn.is_waiting();
         client.conn.poll_transmit(&broker, now, &mut out);
+        if client.conn.hand_over_asked() {
+            // As the server's task does: what the client already sent is read first.
+            if !client.to_broker.is_empty() && client.conn.wants_input(&broker, now) {
+                client
+                    .conn
+                    .handle_input(&broker, now, &mut client.to_broker);
+            }
+            client.conn.handle_hand_over();
+            client.conn.poll_transmit(&broker, now, &mut out);
+            // The waiting connection was woken: another round.
+            progressed = true;
+        }
+        if waiting && !client.conn.is_waiting() {
+            // Claimed (its CONNACK may wait for a commit), and the owner woken.
+            client.poll = true;
+            progressed = true;
+        }
         // A full output is written, and then the task polls again.
-        client.poll = out.len() >= OUTPUT_HIGH_WATER;
+        client.poll |= out.len() >= OUTPUT_HIGH_WATER;
         if !out.is_empty() {
             progressed = true;
             client.to_client.extend_from_slice(&out);
@@ -375,7 +416,7 @@ impl Sim {
             let next_timeout = self
                 .clients
                 .iter()
-                .filter(|c| !c.gone)
+                .filter(|c| !c.gone && !c.frozen)
                 .filter_map(|c| c.conn.poll_timeout(&self.broker))
                 .min();
             let next = [Some(target), next_timeout, Some(self.next_tick)]
@@ -387,7 +428,7 @@ impl Sim {
                 .min(target);
             self.now = next;
             let broker = self.broker.clone();
-            for c in self.clients.iter_mut().filter(|c| !c.gone) {
+            for c in self.clients.iter_mut().filter(|c| !c.gone && !c.frozen) {
                 if c.conn.poll_timeout(&broker).is_some_and(|t| t <= next) {
                     c.conn.handle_timeout(&broker, next);
                     // After a timer the task also handles input a rate pause left unread.

@@ -291,3 +291,44 @@ async fn a_tiny_maximum_packet_size_bounds_every_answer() {
     still_serving(&server, &mut probe).await;
     server.shutdown().await;
 }
+
+/// A client that sends DISCONNECT with Session Expiry Interval 0 and at once connects again
+/// on another socket gets a new session (Session Present 0), never the one it ended: the old
+/// connection reads the DISCONNECT it has already received before the session is handed
+/// over. The new socket is opened first so that both packets arrive together and the new
+/// CONNECT is often handled before the old connection's task has run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_right_after_disconnect_does_not_resume_the_ended_session() {
+    let (server, mut probe) = setup(|_| {}).await;
+    let persistent = || {
+        let mut c = connect_packet(V5, "quick-reconnect");
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(300);
+        c
+    };
+    let (mut old, _) = RawClient::connect_with(server.addr, persistent()).await;
+    let mut bye = Disconnect::new(ReasonCode::Success);
+    bye.properties.session_expiry_interval = Some(0);
+    for round in 0..50 {
+        old.subscribe("quick/#", QoS::AtLeastOnce).await;
+        let mut new = RawClient::open(server.addr).await;
+        new.version = V5;
+        old.send(&Packet::Disconnect(bye.clone())).await;
+        new.send(&Packet::Connect(Box::new(persistent()))).await;
+        match new.expect_packet(WAIT).await {
+            Packet::ConnAck(ack) => {
+                assert_eq!(ack.reason, ReasonCode::Success);
+                assert!(
+                    !ack.session_present,
+                    "round {round}: the session ended by DISCONNECT was resumed"
+                );
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        // The old connection was closed by its DISCONNECT, not taken over.
+        assert!(old.expect_closed(WAIT).await.is_empty());
+        old = new;
+    }
+    still_serving(&server, &mut probe).await;
+    server.shutdown().await;
+}

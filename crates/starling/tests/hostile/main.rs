@@ -18,8 +18,8 @@ use common::{
     publish_packet, raw_publish, raw_subscribe, start_server, varint, vm_hwm_bytes, vm_rss_bytes,
 };
 use starling_proto::{
-    ConnAck, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, SubAck,
-    TopicName,
+    ConnAck, Disconnect, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS, ReasonCode,
+    SubAck, TopicName,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
