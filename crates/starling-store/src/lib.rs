@@ -1,11 +1,13 @@
 //! Starling's durable state: what must survive a restart (persistent sessions with their
 //! subscriptions, queued and inflight messages, inbound QoS 2 ids awaiting PUBREL, retained
 //! messages, delayed wills), as records behind one small [`Store`] trait, with an in-memory
-//! implementation (for tests, with fault injection) and an embedded durable one on redb.
+//! implementation (for tests, with fault injection), an embedded durable one on redb, and a
+//! redb backend that fails on command (`faulty`) for tests of a failing disk.
 //!
 //! The broker core never sees which store it has: it emits [`Op`]s, and a committer applies
 //! them in batches (group commit).
 
+pub mod faulty;
 pub mod memory;
 pub mod record;
 pub mod redb_store;
@@ -23,12 +25,27 @@ pub enum StoreError {
     /// The data is damaged.
     #[error("store is damaged: {0}")]
     Corrupt(String),
-    /// The storage engine or the disk failed (full disk, I/O error).
+    /// The disk (or the quota) is full.
+    #[error("store disk full: {0}")]
+    Full(String),
+    /// The storage engine or the disk failed (I/O error, read-only filesystem, a failed
+    /// fsync, or an earlier such failure the engine will not go past until reopened).
     #[error("store I/O failed: {0}")]
     Io(String),
     /// A fault injected by a test.
     #[error("injected fault: {0}")]
     Injected(&'static str),
+    /// A full disk injected by a test.
+    #[error("injected fault: disk full")]
+    InjectedFull,
+}
+
+impl StoreError {
+    /// Whether the failure is a full disk (clients are told "quota exceeded", and it clears
+    /// once space is freed) rather than another fault.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::Full(_) | Self::InjectedFull)
+    }
 }
 
 /// A session's client identifier in ops: shared with the session, so journaling an op does not
@@ -112,8 +129,36 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Applies `ops` atomically, in order. With `durable`, they are on disk when this returns
     /// (one fsync for the whole batch); without, they are written but may be lost by a crash
-    /// until a later durable apply.
+    /// until a later durable apply. After an error the batch may or may not be on disk (a
+    /// failed fsync does not say what reached it): the caller must not count on either.
     fn apply(&self, ops: &[Op], durable: bool) -> Result<(), StoreError>;
+
+    /// Closes and opens the store again after a failure: an engine that has seen an I/O
+    /// error may refuse everything until then (redb does), and recovers what is on disk when
+    /// it opens. Stores without such state do nothing.
+    fn reopen(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Checks that the store takes a durable write now, writing as little as it can.
+    fn probe(&self) -> Result<(), StoreError> {
+        self.apply(&[], true)
+    }
+}
+
+/// Whether a failed batch's `op` is still to be applied once the store is back: deletions
+/// and phase changes, which free space and which no client waits for. Applied before
+/// anything later they stay in order (sequence numbers are never reused), and applying them
+/// when what they name was never stored does nothing.
+pub fn carried_over(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::DeleteSession(_)
+            | Op::DeleteMessage(..)
+            | Op::SetPhase(..)
+            | Op::DeleteAwaiting(..)
+            | Op::DeleteRetained(_)
+    )
 }
 
 /// Removes from a batch the work that cancels out before it is committed: a message stored and

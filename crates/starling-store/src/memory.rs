@@ -21,6 +21,8 @@ pub struct MemoryStore {
     state: Mutex<State>,
     /// Applies left before every apply fails (`usize::MAX`: never).
     fail_after: AtomicUsize,
+    /// Failures are a full disk rather than an I/O error.
+    full: std::sync::atomic::AtomicBool,
     /// Number of successful applies.
     applied: AtomicUsize,
     /// While true, applies wait (a disk that has stopped answering).
@@ -37,9 +39,21 @@ impl MemoryStore {
         }
     }
 
-    /// Makes every apply after the next `n` fail, as a full disk would.
+    /// Makes every apply after the next `n` fail with an I/O error.
     pub fn fail_after(&self, n: usize) {
+        self.full.store(false, Ordering::SeqCst);
         self.fail_after.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes every apply after the next `n` fail as on a full disk.
+    pub fn fill_after(&self, n: usize) {
+        self.full.store(true, Ordering::SeqCst);
+        self.fail_after.store(n, Ordering::SeqCst);
+    }
+
+    /// Applies succeed again (space was freed, the disk came back).
+    pub fn heal(&self) {
+        self.fail_after.store(usize::MAX, Ordering::SeqCst);
     }
 
     /// Number of successful applies so far.
@@ -154,6 +168,9 @@ impl Store for MemoryStore {
         }
         let left = self.fail_after.load(Ordering::SeqCst);
         if left == 0 {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(StoreError::InjectedFull);
+            }
             return Err(StoreError::Injected("commit failed"));
         }
         if left != usize::MAX {

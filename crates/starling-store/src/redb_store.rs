@@ -1,10 +1,19 @@
 //! The embedded durable store on redb: a copy-on-write B-tree file, crash-safe, where a
 //! transaction committed with `Durability::Immediate` is on disk when `commit` returns. One
 //! transaction per batch of ops gives group commit: one fsync for every message in the batch.
+//!
+//! After an I/O error redb refuses every later transaction until the database is closed and
+//! opened again, which recovers what is on disk: [`Store::reopen`] does that, and errors are
+//! told apart (a full disk, or anything else) so the broker can answer clients accordingly.
 
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    CommitError, Database, DatabaseError, Durability, ReadableDatabase, ReadableTable,
+    StorageBackend, StorageError, TableDefinition, TableError, TransactionError,
+};
 
 use crate::record::RECORD_FORMAT;
 use crate::{LoadedSession, MessageRecord, Op, SessionRecord, Snapshot, Store, StoreError};
@@ -18,15 +27,90 @@ const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 /// Version of the table layout; bumped when it changes incompatibly.
 const LAYOUT_VERSION: u64 = 1;
 
+/// Opens the database (again): the file, or a backend a test supplies.
+type Opener = dyn Fn() -> Result<Database, DatabaseError> + Send + Sync;
+
 /// The redb store: one file, `starling.redb`, in the data directory.
-#[derive(Debug)]
 pub struct RedbStore {
-    db: Database,
+    /// `None` while closed after a failure and not yet reopened.
+    db: Mutex<Option<Database>>,
     path: PathBuf,
+    open: Arc<Opener>,
 }
 
-fn io(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(format!("{what}: {e}"))
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The storage failure inside one of redb's error types, if that is what it is.
+trait Engine: std::fmt::Display {
+    fn storage(&self) -> Option<&StorageError>;
+}
+
+impl Engine for StorageError {
+    fn storage(&self) -> Option<&StorageError> {
+        Some(self)
+    }
+}
+
+macro_rules! engine_errors {
+    ($($t:ty),*) => {$(
+        impl Engine for $t {
+            fn storage(&self) -> Option<&StorageError> {
+                match self {
+                    Self::Storage(s) => Some(s),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+engine_errors!(TransactionError, CommitError, TableError, DatabaseError);
+
+impl Engine for std::io::Error {
+    fn storage(&self) -> Option<&StorageError> {
+        None
+    }
+}
+
+impl Engine for redb::SetDurabilityError {
+    fn storage(&self) -> Option<&StorageError> {
+        None
+    }
+}
+
+/// A full disk or quota, as the OS reports it.
+fn is_full(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge
+    )
+}
+
+fn io(what: &str, e: impl Engine) -> StoreError {
+    let full = match e.storage() {
+        Some(StorageError::Io(err)) => is_full(err.kind()),
+        _ => false,
+    };
+    let msg = format!("{what}: {e}");
+    if full {
+        StoreError::Full(msg)
+    } else {
+        StoreError::Io(msg)
+    }
+}
+
+fn os(what: &str, e: &std::io::Error) -> StoreError {
+    let msg = format!("{what}: {e}");
+    if is_full(e.kind()) {
+        StoreError::Full(msg)
+    } else {
+        StoreError::Io(msg)
+    }
 }
 
 impl RedbStore {
@@ -34,16 +118,32 @@ impl RedbStore {
     /// damaged file, with an error naming the file.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| io(&format!("cannot create {}", dir.display()), e))?;
+            .map_err(|e| os(&format!("cannot create {}", dir.display()), &e))?;
         let path = dir.join("starling.redb");
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(msg)) => {
-                StoreError::Corrupt(format!("{}: {msg}", path.display()))
-            }
-            other => io(&format!("cannot open {}", path.display()), other),
-        })?;
-        let store = Self { db, path };
-        store.check_layout()?;
+        let file = path.clone();
+        Self::with_opener(path, Arc::new(move || Database::create(&file)))
+    }
+
+    /// Opens the store on a storage backend (a test's, which can fail on command) that
+    /// `make` creates afresh for each (re)open; `path` is only for messages.
+    pub fn open_with_backend<B: StorageBackend>(
+        path: PathBuf,
+        make: impl Fn() -> std::io::Result<B> + Send + Sync + 'static,
+    ) -> Result<Self, StoreError> {
+        let open = move || {
+            let backend = make().map_err(|e| DatabaseError::Storage(StorageError::Io(e)))?;
+            Database::builder().create_with_backend(backend)
+        };
+        Self::with_opener(path, Arc::new(open))
+    }
+
+    fn with_opener(path: PathBuf, open: Arc<Opener>) -> Result<Self, StoreError> {
+        let store = Self {
+            db: Mutex::new(None),
+            path,
+            open,
+        };
+        store.reopen()?;
         Ok(store)
     }
 
@@ -52,8 +152,19 @@ impl RedbStore {
         &self.path
     }
 
-    fn check_layout(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| io("begin", e))?;
+    fn lock(&self) -> MutexGuard<'_, Option<Database>> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open database, or an error saying it is closed (a reopen failed).
+    fn db<'a>(guard: &'a MutexGuard<'_, Option<Database>>) -> Result<&'a Database, StoreError> {
+        guard
+            .as_ref()
+            .ok_or_else(|| StoreError::Io("the store is closed after a failure".into()))
+    }
+
+    fn check_layout(db: &Database) -> Result<(), StoreError> {
+        let txn = db.begin_write().map_err(|e| io("begin", e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| io("meta", e))?;
             let found = meta
@@ -104,8 +215,41 @@ fn keep<T>(
 }
 
 impl Store for RedbStore {
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        // Closed first: redb will not open a file this process still has open.
+        drop(guard.take());
+        let db = (self.open)().map_err(|e| match e {
+            DatabaseError::Storage(StorageError::Corrupted(msg)) => {
+                StoreError::Corrupt(format!("{}: {msg}", self.path.display()))
+            }
+            other => io(&format!("cannot open {}", self.path.display()), other),
+        })?;
+        Self::check_layout(&db)?;
+        *guard = Some(db);
+        Ok(())
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        let guard = self.lock();
+        let db = Self::db(&guard)?;
+        let txn = db.begin_write().map_err(|e| io("begin", e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| io("meta", e))?;
+            let n = meta
+                .get("probes")
+                .map_err(|e| io("meta", e))?
+                .map_or(0, |v| v.value());
+            meta.insert("probes", n.wrapping_add(1))
+                .map_err(|e| io("meta", e))?;
+        }
+        txn.commit().map_err(|e| io("commit", e))
+    }
+
     fn load(&self, recover: bool) -> Result<Snapshot, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| io("begin read", e))?;
+        let guard = self.lock();
+        let db = Self::db(&guard)?;
+        let txn = db.begin_read().map_err(|e| io("begin read", e))?;
         let sessions_t = txn.open_table(SESSIONS).map_err(|e| io("sessions", e))?;
         let messages_t = txn.open_table(MESSAGES).map_err(|e| io("messages", e))?;
         let awaiting_t = txn
@@ -172,7 +316,9 @@ impl Store for RedbStore {
     }
 
     fn apply(&self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| io("begin", e))?;
+        let guard = self.lock();
+        let db = Self::db(&guard)?;
+        let mut txn = db.begin_write().map_err(|e| io("begin", e))?;
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -321,7 +467,8 @@ mod tests {
         let s = RedbStore::open(dir.path()).unwrap();
         assert_eq!(s.load(false).unwrap().sessions.len(), 1);
         {
-            let txn = s.db.begin_write().unwrap();
+            let guard = s.lock();
+            let txn = guard.as_ref().unwrap().begin_write().unwrap();
             txn.open_table(META)
                 .unwrap()
                 .insert("layout", LAYOUT_VERSION + 1)
@@ -342,7 +489,8 @@ mod tests {
         s.apply(&[Op::PutSession("ok".into(), session(5))], true)
             .unwrap();
         {
-            let txn = s.db.begin_write().unwrap();
+            let guard = s.lock();
+            let txn = guard.as_ref().unwrap().begin_write().unwrap();
             txn.open_table(SESSIONS)
                 .unwrap()
                 .insert("bad", &[RECORD_FORMAT, 1, 2][..])
