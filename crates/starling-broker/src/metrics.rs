@@ -100,6 +100,13 @@ pub struct Metrics {
     /// Times a connection stopped reading its client until a commit finished, because the
     /// journal was at its bound (`storage.max_uncommitted_mib`).
     pub store_paused: Counter,
+    /// 1 while the store commits, 0 while it is failing (full disk, I/O error) and being
+    /// retried; set by the committer.
+    pub store_available: Counter,
+    /// Store batches refused without being tried, because the store was failing.
+    pub store_batches_refused: Counter,
+    /// Times the store went from failing to available again without a restart.
+    pub store_recoveries: Counter,
     /// CONNECTs refused by authentication (bad credentials, anonymous not allowed, will
     /// topic not authorized).
     pub auth_refused: Counter,

@@ -41,6 +41,16 @@ pub enum TicketStatus {
     Durable,
     /// Its batch failed to commit: whatever waited on it must not be acknowledged.
     Failed,
+    /// Its batch was refused because the disk is full: as `Failed`, and clients are told
+    /// "quota exceeded" where they can be.
+    Full,
+}
+
+impl TicketStatus {
+    /// Whether its batch did not commit (failed or refused).
+    pub fn is_failed(self) -> bool {
+        matches!(self, Self::Failed | Self::Full)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -77,8 +87,13 @@ pub struct Journal {
     committer: Waker,
     /// Highest ticket whose batch finished (committed or failed).
     done: AtomicU64,
+    /// Highest ticket known to be covered by a successful commit: a committed batch's last
+    /// ticket, or, once a commit that carried over the deletions and phase changes of refused
+    /// batches succeeds, every ticket finished by then.
+    committed: AtomicU64,
     waiters: Mutex<Waiters>,
-    failed: Mutex<VecDeque<(u64, u64)>>,
+    /// Ticket ranges whose batch did not commit, and whether the disk was full.
+    failed: Mutex<VecDeque<(u64, u64, bool)>>,
     hold_acks: bool,
     /// Bound on `Pending::bytes`, see the module documentation.
     limit: usize,
@@ -98,6 +113,7 @@ impl Journal {
             pending: Mutex::new(Pending::default()),
             committer,
             done: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
             waiters: Mutex::new(Waiters::default()),
             failed: Mutex::new(VecDeque::new()),
             hold_acks,
@@ -180,6 +196,14 @@ impl Journal {
         false
     }
 
+    /// True once closed (the broker is stopping), drained or not.
+    pub fn is_closed(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed
+    }
+
     /// True once closed and drained.
     pub fn is_finished(&self) -> bool {
         let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,16 +222,47 @@ impl Journal {
     /// Reports that every ticket up to `upto` was committed (`ok`) or failed, and wakes the
     /// connections waiting for it.
     pub fn finish(&self, upto: u64, ok: bool) {
-        if !ok {
-            let from = self.done.load(Ordering::Acquire) + 1;
-            let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-            if f.len() == FAILED_RANGES {
-                f.pop_front();
-            }
-            f.push_back((from, upto));
+        self.end_batch(upto, (!ok).then_some(false));
+    }
+
+    /// Reports that the batch up to `upto` did not commit, `full` if because the disk is
+    /// full, and wakes the connections waiting for it.
+    pub fn refuse(&self, upto: u64, full: bool) {
+        self.end_batch(upto, Some(full));
+    }
+
+    /// The committer applied, in a commit that succeeded, the deletions and phase changes it
+    /// had carried over from refused batches: what those batches' acknowledgements of that
+    /// kind (a delivery's packet id, PUBREL, PUBCOMP) waited for is now stored.
+    pub fn carried_committed(&self) {
+        let done = self.done.load(Ordering::Acquire);
+        self.committed.fetch_max(done, Ordering::AcqRel);
+        self.wake_waiters();
+    }
+
+    /// Whether a successful commit covers `ticket` (see [`Journal::carried_committed`]).
+    pub fn committed_through(&self, ticket: u64) -> bool {
+        self.committed.load(Ordering::Acquire) >= ticket
+    }
+
+    /// Wakes `waker` when a successful commit covers `ticket`: at once if one does, else at
+    /// the next batch's end or carried-over commit, when it asks again (listed once per
+    /// commit, with the caller's memo as in `notify_when_done`).
+    pub fn notify_when_committed(&self, ticket: u64, waker: &Waker, registered: &mut u64) {
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // Read under the lock `carried_committed` takes after raising `committed`.
+        if self.committed_through(ticket) {
+            drop(w);
+            waker.wake();
+            return;
         }
-        self.done.store(upto, Ordering::Release);
-        self.batch_bytes.store(0, Ordering::Relaxed);
+        if *registered != w.generation {
+            *registered = w.generation;
+            w.list.push(waker.clone());
+        }
+    }
+
+    fn wake_waiters(&self) {
         let list = {
             let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
             w.generation += 1;
@@ -216,6 +271,23 @@ impl Journal {
         for waker in list {
             waker.wake();
         }
+    }
+
+    /// `failed`: `None` if committed, else whether the disk was full.
+    fn end_batch(&self, upto: u64, failed: Option<bool>) {
+        if let Some(full) = failed {
+            let from = self.done.load(Ordering::Acquire) + 1;
+            let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            if f.len() == FAILED_RANGES {
+                f.pop_front();
+            }
+            f.push_back((from, upto, full));
+        } else {
+            self.committed.fetch_max(upto, Ordering::AcqRel);
+        }
+        self.done.store(upto, Ordering::Release);
+        self.batch_bytes.store(0, Ordering::Relaxed);
+        self.wake_waiters();
     }
 
     /// Wakes `waker` when `ticket` is done: at the end of the next commit, or at once if it
@@ -250,10 +322,10 @@ impl Journal {
             return TicketStatus::Pending;
         }
         let f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        if f.iter().any(|&(a, b)| a <= ticket && ticket <= b) {
-            TicketStatus::Failed
-        } else {
-            TicketStatus::Durable
+        match f.iter().find(|&&(a, b, _)| a <= ticket && ticket <= b) {
+            Some(&(_, _, true)) => TicketStatus::Full,
+            Some(_) => TicketStatus::Failed,
+            None => TicketStatus::Durable,
         }
     }
 }

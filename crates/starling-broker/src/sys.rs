@@ -160,6 +160,9 @@ fn counters(b: &Broker, disconnected: u64) -> Vec<(&'static str, u64)> {
         ("store/commits", m.store_commits.get()),
         ("store/commit_failures", m.store_commit_failures.get()),
         ("store/paused", m.store_paused.get()),
+        ("store/available", m.store_available.get()),
+        ("store/batches_refused", m.store_batches_refused.get()),
+        ("store/recoveries", m.store_recoveries.get()),
         (
             "security/connections/rate_limited",
             m.connections_rate_limited.get(),

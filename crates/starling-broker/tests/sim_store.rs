@@ -371,3 +371,59 @@ fn deliveries_waiting_for_a_stuck_store_are_bounded() {
     );
     assert_eq!(&publishes(&got)[0].payload[..], b"first", "in order");
 }
+
+/// While the store fails, what a persistent subscriber may only see once a phase change is
+/// stored (here a PUBREL: the Released phase) waits instead of costing it its connection;
+/// once a commit goes through again it goes out, and the flow goes on with ids stored.
+#[test]
+fn a_failing_store_holds_what_waits_for_a_phase_without_dropping_the_subscriber() {
+    let mut sim = Sim::with(Limits::default(), Durability::Sync);
+    let mut c = persistent(V5, "s", 600);
+    c.properties.receive_maximum = Some(1);
+    let (s, _) = connected(&mut sim, c);
+    sim.send(s, subscribe(1, "t", QoS::ExactlyOnce));
+    sim.take(s);
+    let (p, _) = connected(&mut sim, connect(V5, "p"));
+    sim.send(p, publish("t", QoS::ExactlyOnce, 1, b"one"));
+    sim.send(p, pubrel(1));
+    sim.send(p, publish("t", QoS::ExactlyOnce, 2, b"two"));
+    sim.send(p, pubrel(2));
+    sim.take(p);
+    let got = sim.take(s);
+    let first = publishes(&got);
+    assert_eq!(first.len(), 1, "a window of one: {got:?}");
+    let id = first[0].packet_id;
+    // The disk fills: the Released phase cannot be stored, so PUBREL waits.
+    sim.store().unwrap().fill_after(0);
+    sim.send(s, pubrec(id));
+    assert!(sim.take(s).is_empty(), "PUBREL before its phase is stored");
+    assert!(
+        !sim.is_gone(s),
+        "the subscriber is not dropped for the store"
+    );
+    // Space comes back: the next commit (a retained message here) carries the phase over.
+    sim.store().unwrap().heal();
+    let mut retained = publish("r", QoS::AtMostOnce, 0, b"r");
+    if let Packet::Publish(p) = &mut retained {
+        p.retain = true;
+    }
+    sim.send(p, retained);
+    assert_eq!(sim.take(s), [pubrel(id)]);
+    // The flow goes on: the second message follows PUBCOMP, and is stored under its id.
+    sim.send(s, pubcomp(id));
+    let got = sim.take(s);
+    let second = publishes(&got);
+    assert_eq!(second.len(), 1, "{got:?}");
+    assert_eq!(&second[0].payload[..], b"two");
+    let id2 = second[0].packet_id;
+    sim.crash_and_restart();
+    let (s, present) = connected(&mut sim, persistent(V5, "s", 600));
+    assert!(present);
+    let again = sim.take(s);
+    let again = publishes(&again);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(
+        (&again[0].payload[..], again[0].packet_id),
+        (&b"two"[..], id2)
+    );
+}

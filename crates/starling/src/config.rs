@@ -48,6 +48,21 @@ pub enum Durability {
     Memory,
 }
 
+/// What the broker does with durable work while the store cannot commit (a full disk, an I/O
+/// error), until it recovers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreUnavailable {
+    /// Refuse it at once: QoS 1/2 PUBLISH gets 0x97 Quota exceeded (full disk) or 0x80 (other
+    /// failures); a 3.x publisher, which cannot be told, is disconnected unacknowledged.
+    #[default]
+    Refuse,
+    /// Hold it until the store is back: acknowledgements wait (durability `sync`), and once
+    /// the uncommitted bound is reached the clients that feed the store are not read
+    /// (backpressure); nothing is refused.
+    Block,
+}
+
 /// The `[storage]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -62,6 +77,8 @@ pub struct StorageConfig {
     pub max_uncommitted_mib: u64,
     /// Start even if some records are damaged, leaving them out (each is logged).
     pub recover: bool,
+    /// While the store cannot commit: refuse durable work, or hold it.
+    pub on_store_unavailable: OnStoreUnavailable,
 }
 
 impl Default for StorageConfig {
@@ -71,6 +88,7 @@ impl Default for StorageConfig {
             commit_interval_ms: 100,
             max_uncommitted_mib: 64,
             recover: false,
+            on_store_unavailable: OnStoreUnavailable::Refuse,
         }
     }
 }

@@ -1,6 +1,17 @@
 //! Opening the store, restoring the broker from it, and the committer: a thread that takes
 //! the journal's ops in batches and commits each batch in one transaction (group commit), so
 //! one fsync serves every message that arrived while the previous commit ran.
+//!
+//! The committer also owns the store's health. When a commit fails (a full disk, an I/O
+//! error, a failed fsync, a read-only remount) the store is *unavailable*: what that batch
+//! held is never acknowledged, and the committer reopens the store and tries again after a
+//! backoff (100 ms doubling to 5 s) until a commit succeeds. Meanwhile `on_store_unavailable`
+//! decides what happens to new durable work: `refuse` answers it at once (0x97 for a full
+//! disk, else 0x80; 3.x publishers are disconnected), `block` holds it (acknowledgements wait,
+//! and clients that feed the store stop being read at the uncommitted bound). Deletions and
+//! phase changes of refused batches are carried into the next commit, so space is freed and
+//! delivered messages are not restored by a later restart. Each change of state is logged
+//! once, with its cause.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -9,13 +20,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use starling_broker::persist::{Journal, Persistence, WallClock};
 use starling_broker::{Broker, Wake};
-use starling_store::{RedbStore, Snapshot, Store};
+use starling_store::{Op, RedbStore, Snapshot, Store, StoreError};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Durability, bounds};
+use crate::config::{Config, Durability, OnStoreUnavailable, bounds};
 
 /// How long the committer waits for work before checking for shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// The first wait before an unavailable store is tried again; it doubles up to
+/// [`RETRY_MAX`], the longest a store that has come back stays unused.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Most ops carried over from refused batches (deletions and phase changes). Beyond it the
+/// oldest are dropped: the store then keeps records the broker has deleted, which a restart
+/// delivers again (never loses).
+const MAX_CARRIED: usize = 1 << 20;
 
 /// How the journal wakes the committer thread: a flag and a condition variable. The flag
 /// keeps a wake-up that arrives while the committer is busy, so none is lost.
@@ -62,6 +81,7 @@ pub struct Opened {
     snapshot: Snapshot,
     mode: Durability,
     interval: Duration,
+    on_unavailable: OnStoreUnavailable,
 }
 
 /// Opens the store in the data directory, per the durability mode (`None` for `memory`).
@@ -93,6 +113,7 @@ pub fn open(config: &Config) -> anyhow::Result<Option<Opened>> {
         snapshot,
         mode: config.storage.durability,
         interval: commit_interval(config.storage.commit_interval_ms),
+        on_unavailable: config.storage.on_store_unavailable,
     }))
 }
 
@@ -114,6 +135,23 @@ pub fn with_store(
     recover: bool,
     max_uncommitted: usize,
 ) -> anyhow::Result<Opened> {
+    with_store_and(
+        store,
+        mode,
+        recover,
+        max_uncommitted,
+        OnStoreUnavailable::Refuse,
+    )
+}
+
+/// [`with_store`], choosing what happens to durable work while the store is unavailable.
+pub fn with_store_and(
+    store: Arc<dyn Store>,
+    mode: Durability,
+    recover: bool,
+    max_uncommitted: usize,
+    on_unavailable: OnStoreUnavailable,
+) -> anyhow::Result<Opened> {
     let snapshot = store.load(recover)?;
     let signal = Arc::new(CommitSignal::default());
     Ok(Opened {
@@ -127,6 +165,7 @@ pub fn with_store(
         snapshot,
         mode,
         interval: Duration::from_millis(100),
+        on_unavailable,
     })
 }
 
@@ -178,12 +217,25 @@ pub fn attach(broker: Broker, opened: Opened) -> anyhow::Result<(Arc<Broker>, Co
     let store = opened.store;
     let signal = opened.signal;
     let (mode, interval) = (opened.mode, opened.interval);
+    let on_unavailable = opened.on_unavailable;
+    broker.metrics.store_available.set(1);
     let thread = std::thread::Builder::new()
         .name("starling-commit".into())
         .spawn({
             let journal = journal.clone();
             let broker = broker.clone();
-            move || commit_loop(&*store, &journal, &signal, &broker, mode, interval)
+            move || {
+                let mut c = Commits {
+                    store: &*store,
+                    journal: &journal,
+                    broker: &broker,
+                    on_unavailable,
+                    carried: Vec::new(),
+                    failing: None,
+                    held: None,
+                };
+                c.run(&signal, mode, interval);
+            }
         })
         .context("cannot start the committer thread")?;
     Ok((
@@ -195,45 +247,252 @@ pub fn attach(broker: Broker, opened: Opened) -> anyhow::Result<(Arc<Broker>, Co
     ))
 }
 
-fn commit_loop(
-    store: &dyn Store,
-    journal: &Journal,
-    signal: &CommitSignal,
-    broker: &Broker,
-    mode: Durability,
-    interval: Duration,
-) {
-    let m = &broker.metrics;
-    loop {
-        if mode == Durability::Periodic {
-            // The interval, or less once the journal holds half its bound (or is closed).
-            // (`commit_interval_ms` is bounded by the config; saturate all the same.)
-            let now = Instant::now();
-            let deadline = now.checked_add(interval).unwrap_or(now + IDLE_WAIT);
-            while !journal.arm_early_commit() && Instant::now() < deadline {
-                signal.wait_until(deadline);
+/// The store is unavailable: since when, why, and when to try again.
+#[derive(Debug)]
+struct Failing {
+    since: Instant,
+    /// The last failure was a full disk.
+    full: bool,
+    /// Attempts since it became unavailable.
+    attempts: u32,
+    next_try: Instant,
+    /// Batches refused without being tried meanwhile.
+    refused: u64,
+}
+
+impl Failing {
+    fn backoff(attempts: u32) -> Duration {
+        RETRY_FIRST
+            .saturating_mul(1 << attempts.min(16))
+            .min(RETRY_MAX)
+    }
+}
+
+/// The committer's state.
+struct Commits<'a> {
+    store: &'a dyn Store,
+    journal: &'a Journal,
+    broker: &'a Broker,
+    on_unavailable: OnStoreUnavailable,
+    /// Deletions and phase changes of refused batches, applied before the next commit.
+    carried: Vec<Op>,
+    /// `Some` while the store is unavailable.
+    failing: Option<Failing>,
+    /// With `block`: the batch that failed, tried again until it commits.
+    held: Option<(Vec<Op>, u64)>,
+}
+
+impl Commits<'_> {
+    fn run(&mut self, signal: &CommitSignal, mode: Durability, interval: Duration) {
+        loop {
+            if self.failing.is_some() {
+                if self.unavailable_turn(signal) {
+                    return;
+                }
+                continue;
             }
-        }
-        match journal.take_batch() {
-            Some((ops, upto)) => {
-                // A message sent and acknowledged before this commit never reaches the disk.
-                let ops = starling_store::compact(ops);
-                match store.apply(&ops, true) {
-                    Ok(()) => {
-                        m.store_commits.inc();
-                        m.store_ops.add(ops.len() as u64);
-                        journal.finish(upto, true);
-                    }
-                    Err(e) => {
-                        m.store_commit_failures.inc();
-                        error!(ops = ops.len(), error = %e, "store commit failed; what it held is not acknowledged");
-                        journal.finish(upto, false);
-                    }
+            if mode == Durability::Periodic {
+                // The interval, or less once the journal holds half its bound (or is
+                // closed). (`commit_interval_ms` is bounded by the config; saturate all the
+                // same.)
+                let now = Instant::now();
+                let deadline = now.checked_add(interval).unwrap_or(now + IDLE_WAIT);
+                while !self.journal.arm_early_commit() && Instant::now() < deadline {
+                    signal.wait_until(deadline);
                 }
             }
-            None if journal.is_finished() => return,
-            // Armed by `take_batch`: the next push (or closing) wakes this wait.
-            None => signal.wait_until(Instant::now() + IDLE_WAIT),
+            match self.journal.take_batch() {
+                // A message sent and acknowledged before this commit never reaches the disk.
+                Some((ops, upto)) => self.commit_batch(starling_store::compact(ops), upto),
+                None if self.journal.is_finished() => return,
+                // Armed by `take_batch`: the next push (or closing) wakes this wait.
+                None => signal.wait_until(Instant::now() + IDLE_WAIT),
+            }
         }
+    }
+
+    /// Commits a batch (after what was carried over); on failure the store becomes
+    /// unavailable and the batch is refused or held.
+    fn commit_batch(&mut self, ops: Vec<Op>, upto: u64) {
+        match self.commit(&ops) {
+            Ok(()) => {
+                let m = &self.broker.metrics;
+                m.store_commits.inc();
+                m.store_ops.add(ops.len() as u64);
+                // Marked available before the acknowledgements it releases go out.
+                self.recovered();
+                self.journal.finish(upto, true);
+            }
+            Err(e) => {
+                self.failed(&e);
+                self.set_aside(ops, upto, e.is_full());
+            }
+        }
+    }
+
+    /// Applies the carried-over ops and `ops` in one durable transaction.
+    fn commit(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        if self.carried.is_empty() {
+            return self.store.apply(ops, true);
+        }
+        let carried = self.carried.len();
+        self.carried.extend_from_slice(ops);
+        let r = self.store.apply(&self.carried, true);
+        match r {
+            Ok(()) => {
+                self.carried.clear();
+                // What waited on the carried changes (a QoS 2 delivery's packet id, PUBREL,
+                // PUBCOMP) may go out now.
+                self.journal.carried_committed();
+            }
+            Err(_) => self.carried.truncate(carried),
+        }
+        r
+    }
+
+    /// A batch that did not commit: refused to its clients (its deletions carried over), or,
+    /// with `block`, held to be tried again.
+    fn set_aside(&mut self, ops: Vec<Op>, upto: u64, full: bool) {
+        match self.on_unavailable {
+            OnStoreUnavailable::Block if self.held.is_none() => self.held = Some((ops, upto)),
+            _ => {
+                self.carry(&ops);
+                self.journal.refuse(upto, full);
+            }
+        }
+    }
+
+    fn carry(&mut self, ops: &[Op]) {
+        self.carried.extend(
+            ops.iter()
+                .filter(|op| starling_store::carried_over(op))
+                .cloned(),
+        );
+        if self.carried.len() > MAX_CARRIED {
+            let excess = self.carried.len() - MAX_CARRIED;
+            self.carried.drain(..excess);
+            warn!(
+                dropped = excess,
+                "store unavailable for long: deletions it could not take are forgotten; a restart may deliver those messages again"
+            );
+        }
+    }
+
+    /// A commit (or retry) failed: the store is, or stays, unavailable.
+    fn failed(&mut self, e: &StoreError) {
+        let m = &self.broker.metrics;
+        m.store_commit_failures.inc();
+        let now = Instant::now();
+        match &mut self.failing {
+            Some(f) => {
+                f.attempts = f.attempts.saturating_add(1);
+                f.full = e.is_full();
+                f.next_try = now + Failing::backoff(f.attempts);
+            }
+            None => {
+                m.store_available.set(0);
+                let action = match self.on_unavailable {
+                    OnStoreUnavailable::Refuse => "refusing durable work",
+                    OnStoreUnavailable::Block => "holding durable work",
+                };
+                error!(
+                    error = %e,
+                    "store unavailable: {action} until it recovers (retried every {} s at most)",
+                    RETRY_MAX.as_secs()
+                );
+                self.failing = Some(Failing {
+                    since: now,
+                    full: e.is_full(),
+                    attempts: 0,
+                    next_try: now + Failing::backoff(0),
+                    refused: 0,
+                });
+            }
+        }
+    }
+
+    /// A commit succeeded: if the store was unavailable, it is back.
+    fn recovered(&mut self) {
+        if let Some(f) = self.failing.take() {
+            let m = &self.broker.metrics;
+            m.store_available.set(1);
+            m.store_recoveries.inc();
+            info!(
+                unavailable_ms = u64::try_from(f.since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                attempts = f.attempts + 1,
+                refused_batches = f.refused,
+                "store available again"
+            );
+        }
+    }
+
+    /// One turn while the store is unavailable: refuses (or leaves waiting) what comes in
+    /// until the next try, then reopens the store and tries the held batch, the next batch
+    /// or a probe. True when the committer is done (closed, and nothing is left to try).
+    fn unavailable_turn(&mut self, signal: &CommitSignal) -> bool {
+        let Some(f) = &mut self.failing else {
+            return false;
+        };
+        let closing = self.journal.is_closed();
+        if Instant::now() < f.next_try && !closing {
+            if self.on_unavailable == OnStoreUnavailable::Refuse
+                && let Some((ops, upto)) = self.journal.take_batch()
+            {
+                f.refused += 1;
+                let full = f.full;
+                self.broker.metrics.store_batches_refused.inc();
+                self.carry(&starling_store::compact(ops));
+                self.journal.refuse(upto, full);
+                return false;
+            }
+            let next_try = f.next_try;
+            signal.wait_until(next_try);
+            return false;
+        }
+        // Closed and failing: one last try, then whatever is left is refused.
+        let last = closing;
+        if let Err(e) = self.store.reopen() {
+            self.failed(&e);
+            return last && self.give_up();
+        }
+        if let Some((ops, upto)) = self.held.take() {
+            match self.commit(&ops) {
+                Ok(()) => {
+                    self.recovered();
+                    self.journal.finish(upto, true);
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    self.held = Some((ops, upto));
+                    return last && self.give_up();
+                }
+            }
+            return false;
+        }
+        match self.journal.take_batch() {
+            Some((ops, upto)) => self.commit_batch(starling_store::compact(ops), upto),
+            None => match if self.carried.is_empty() {
+                self.store.probe()
+            } else {
+                self.commit(&[])
+            } {
+                Ok(()) => self.recovered(),
+                Err(e) => self.failed(&e),
+            },
+        }
+        last && self.failing.is_some() && self.give_up()
+    }
+
+    /// Shutting down with the store unavailable: what is held and waiting is refused.
+    fn give_up(&mut self) -> bool {
+        let full = self.failing.as_ref().is_some_and(|f| f.full);
+        if let Some((_, upto)) = self.held.take() {
+            self.journal.refuse(upto, full);
+        }
+        while let Some((_, upto)) = self.journal.take_batch() {
+            self.journal.refuse(upto, full);
+        }
+        warn!("stopping with the store unavailable: what was not committed is lost");
+        true
     }
 }

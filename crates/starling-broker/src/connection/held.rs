@@ -214,21 +214,38 @@ impl Active {
         };
         let flow = self.release_from(cx, &mut held, journal);
         if let Some(&(ticket, _)) = held.queue.front() {
-            journal.notify_when_done(ticket, &cx.link.waker, &mut held.commit_generation);
+            let waker = &cx.link.waker;
+            if journal.status(ticket).is_failed() {
+                // Waits for the carried-over changes to be committed (see `release_from`).
+                journal.notify_when_committed(ticket, waker, &mut held.commit_generation);
+            } else {
+                journal.notify_when_done(ticket, waker, &mut held.commit_generation);
+            }
         }
         self.held = Some(held);
         flow
     }
 
     fn release_from(&mut self, cx: &mut Cx<'_>, held: &mut HeldAcks, journal: &Journal) -> Flow {
-        while let Some(&(ticket, _)) = held.queue.front() {
-            let status = if ticket == 0 {
+        while let Some((ticket, front)) = held.queue.front() {
+            let ticket = *ticket;
+            let mut status = if ticket == 0 {
                 TicketStatus::Durable
             } else {
                 journal.status(ticket)
             };
             if status == TicketStatus::Pending {
                 break;
+            }
+            if status.is_failed() && shows_carried_state(front) {
+                // What it shows (a delivery's packet id, a Released phase, a forgotten QoS 2
+                // id) is a change the committer carries over from a refused batch into its
+                // next successful commit: it waits for that instead of failing. The client is
+                // not dropped for a store that is down; it waits until the store is back.
+                if !journal.committed_through(ticket) {
+                    break;
+                }
+                status = TicketStatus::Durable;
             }
             let Some((_, item)) = held.queue.pop_front() else {
                 break;
@@ -237,18 +254,12 @@ impl Active {
                 Held::Deliveries(bytes) => {
                     held.deliveries = held.deliveries.saturating_sub(1);
                     held.delivery_bytes = held.delivery_bytes.saturating_sub(bytes.len());
-                    if status == TicketStatus::Failed {
-                        // What they show is not stored: the client must not see them.
-                        cx.broker.metrics.store_failures_answered.inc();
-                        let reason = ReasonCode::UnspecifiedError;
-                        return ControlFlow::Break(Close::new(reason, "store commit failed"));
-                    }
                     cx.link.out.extend_from_slice(&bytes);
                     continue;
                 }
                 Held::Packet(packet) => packet,
             };
-            if status == TicketStatus::Failed {
+            if status.is_failed() {
                 cx.broker.metrics.store_failures_answered.inc();
                 if let Packet::PubRec(a) = &packet {
                     // The client may reuse the id for a new message.
@@ -256,7 +267,7 @@ impl Active {
                     self.session.lock().refuse_qos2(a.packet_id, &mut ops);
                     self.persisted(cx, &mut ops);
                 }
-                if !self.answer_failure(&mut packet) {
+                if !self.answer_failure(&mut packet, status == TicketStatus::Full) {
                     let reason = ReasonCode::UnspecifiedError;
                     return ControlFlow::Break(Close::new(reason, "store commit failed"));
                 }
@@ -266,24 +277,32 @@ impl Active {
         ControlFlow::Continue(())
     }
 
-    /// Turns a held acknowledgement whose commit failed into a failure answer; false when
-    /// the client cannot be told (3.x PUBACK/PUBREC/UNSUBACK, any PUBREL/PUBCOMP).
-    fn answer_failure(&self, packet: &mut Packet) -> bool {
+    /// Turns a held acknowledgement whose commit failed into a failure answer (0x97 Quota
+    /// exceeded if the disk is `full`, else 0x80); false when the client cannot be told (3.x
+    /// PUBACK/PUBREC/UNSUBACK, any PUBREL/PUBCOMP).
+    fn answer_failure(&self, packet: &mut Packet, full: bool) -> bool {
         let v5 = self.version.is_v5();
+        let (reason, why) = if full {
+            (ReasonCode::QuotaExceeded, "the broker's disk is full")
+        } else {
+            (ReasonCode::UnspecifiedError, "could not store the message")
+        };
         match packet {
             Packet::PubAck(a) | Packet::PubRec(a) if v5 => {
-                a.reason = ReasonCode::UnspecifiedError;
-                a.properties.reason_string = Some("could not store the message".into());
+                a.reason = reason;
+                a.properties.reason_string = Some(why.into());
             }
             Packet::SubAck(s) => {
-                s.reasons
-                    .iter_mut()
-                    .for_each(|r| *r = ReasonCode::UnspecifiedError);
+                // 3.1.1 has one failure code (0x80) for SUBACK.
+                let reason = if v5 {
+                    reason
+                } else {
+                    ReasonCode::UnspecifiedError
+                };
+                s.reasons.iter_mut().for_each(|r| *r = reason);
             }
             Packet::UnsubAck(u) if v5 => {
-                u.reasons
-                    .iter_mut()
-                    .for_each(|r| *r = ReasonCode::UnspecifiedError);
+                u.reasons.iter_mut().for_each(|r| *r = reason);
             }
             _ => return false,
         }
@@ -305,6 +324,17 @@ impl Active {
             let held = self.held_acks();
             held.last_journaled = held.last_journaled.max(t);
         }
+    }
+}
+
+/// Whether what `held` shows the client depends only on changes the committer carries over
+/// from a refused batch (`starling_store::carried_over`): phase changes and deletions.
+fn shows_carried_state(held: &Held) -> bool {
+    match held {
+        // A QoS 2 delivery's packet id (or PUBRELs resent on resume): phase changes.
+        Held::Deliveries(_) => true,
+        // The Released phase; the forgotten inbound id.
+        Held::Packet(p) => matches!(p, Packet::PubRel(_) | Packet::PubComp(_)),
     }
 }
 

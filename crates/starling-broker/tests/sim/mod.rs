@@ -97,6 +97,9 @@ pub struct Sim {
     pub hold_commits: bool,
     /// The journal's bound in bytes.
     journal_limit: usize,
+    /// Deletions and phase changes of failed batches, committed with the next one (as the
+    /// server's committer does).
+    carried: Vec<starling_store::Op>,
     next_tick: Instant,
     clients: Vec<Client>,
 }
@@ -121,6 +124,7 @@ impl Sim {
             journal: None,
             hold_commits: false,
             journal_limit: 64 << 20,
+            carried: Vec::new(),
             next_tick: start,
             clients: Vec::new(),
         };
@@ -150,6 +154,7 @@ impl Sim {
             journal: None,
             hold_commits: false,
             journal_limit: 64 << 20,
+            carried: Vec::new(),
             next_tick: start,
             clients: Vec::new(),
         };
@@ -336,8 +341,23 @@ impl Sim {
             return false;
         };
         let ops = starling_store::compact(ops);
-        let ok = store.apply(&ops, true).is_ok();
-        journal.finish(upto, ok);
+        let carried = self.carried.len();
+        self.carried.extend(ops);
+        match store.apply(&self.carried, true) {
+            Ok(()) => {
+                self.carried.clear();
+                if carried > 0 {
+                    journal.carried_committed();
+                }
+                journal.finish(upto, true);
+            }
+            Err(e) => {
+                let failed = self.carried.split_off(carried);
+                self.carried
+                    .extend(failed.into_iter().filter(starling_store::carried_over));
+                journal.refuse(upto, e.is_full());
+            }
+        }
         true
     }
 
