@@ -47,6 +47,19 @@ def wait_for(pred: Callable[[], Any], timeout: float = TIMEOUT, interval: float 
         time.sleep(interval)
 
 
+def refused_publish(c, topic):
+    """Publishes QoS 1 on paho client `c` (a helpers.Client) to a topic the broker refuses;
+    returns the PUBACK's (reason code, properties)."""
+    info = c.c.publish(topic, b"x", qos=1)
+    info.wait_for_publish(TIMEOUT)
+
+    def ack():
+        with c._lock:
+            return next(((rc, p) for mid, rc, p in c.publish_acks if mid == info.mid), None)
+
+    return wait_for(ack, what="PUBACK")
+
+
 def props(packet_type: int, **values) -> Properties:
     p = Properties(packet_type)
     for k, v in values.items():

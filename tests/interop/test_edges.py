@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 
 from conftest import HOST, free_port
-from helpers import QUIET, TIMEOUT, V311, V5, props, unique_id, wait_for
+from helpers import QUIET, TIMEOUT, V311, V5, props, refused_publish, unique_id, wait_for
 
 
 MQTTv31 = mqtt.MQTTv31
@@ -194,15 +194,6 @@ def test_the_default_limits_let_a_large_connect_through(client):
 # --- a tiny Maximum Packet Size -------------------------------------------------------------
 
 
-def refused_publish(c, topic):
-    info = c.c.publish(topic, b"x", qos=1)
-    info.wait_for_publish(TIMEOUT)
-
-    def ack():
-        with c._lock:
-            return next(((rc, p) for mid, rc, p in c.publish_acks if mid == info.mid), None)
-
-    return wait_for(ack, what="PUBACK")
 
 
 @pytest.mark.starling_only

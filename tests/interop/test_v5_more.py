@@ -23,7 +23,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 
 from conftest import BrokerProcess, reference_broker
-from helpers import QUIET, TIMEOUT, V5, V311, props, publish_props, unique_id, wait_for
+from helpers import QUIET, TIMEOUT, V5, V311, props, publish_props, refused_publish, unique_id, wait_for
 
 
 def connect_props(**values):
@@ -227,16 +227,6 @@ def test_server_redirection_server_moved(client):
 # --- reason strings and Request Problem Information -----------------------------------------
 
 
-def refused_publish(c, topic):
-    """Publishes QoS 1 to a topic the broker refuses; returns (reason code, properties)."""
-    info = c.c.publish(topic, b"x", qos=1)
-    info.wait_for_publish(TIMEOUT)
-
-    def ack():
-        with c._lock:
-            return next(((rc, p) for mid, rc, p in c.publish_acks if mid == info.mid), None)
-
-    return wait_for(ack, what="PUBACK")
 
 
 @pytest.mark.starling_only

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{RawClient, Recv, connect_packet, publish_packet};
+use common::{RawClient, Recv, connect_packet, publish_packet, qos0_round_trip};
 use starling::config::{Config, Durability};
 use starling::server::Server;
 use starling_proto::{Packet, ProtocolVersion, PubAck, QoS, ReasonCode};
@@ -309,19 +309,6 @@ async fn qos2_flows_survive_a_restart_in_the_middle() {
     sub.expect_silence(Duration::from_millis(500)).await;
 }
 
-/// A new client subscribes and gets its own QoS 0 publish back: nothing it does needs the
-/// store.
-async fn plain_round_trip(addr: SocketAddr, client_id: &str) {
-    let (mut c, _) = RawClient::connect(addr, ProtocolVersion::V5, client_id).await;
-    c.subscribe("plain", QoS::AtMostOnce).await;
-    c.send(&publish_packet("plain", QoS::AtMostOnce, 0, b"ok"))
-        .await;
-    assert!(matches!(
-        c.expect_packet(Duration::from_secs(5)).await,
-        Packet::Publish(_)
-    ));
-}
-
 /// In-process broker on a store whose commits fail after `ok` successful ones.
 async fn failing_broker(ok: usize) -> (Server, SocketAddr, Arc<MemoryStore>) {
     let store = Arc::new(MemoryStore::new());
@@ -374,7 +361,7 @@ async fn a_failed_commit_is_never_acknowledged() {
     assert!(m.store_commit_failures.get() >= 1);
     assert!(m.store_commit_failures.get() + m.store_batches_refused.get() >= 2);
     // The broker keeps serving: a publish that needs no store write still works.
-    plain_round_trip(addr, "c").await;
+    qos0_round_trip(addr, "c").await;
     server.shutdown().await;
 }
 
@@ -435,7 +422,7 @@ async fn a_stuck_store_pauses_the_clients_that_feed_it() {
     assert!(kept < COUNT / 2, "{kept} of {COUNT} read past the bound");
 
     // A client that journals nothing is served meanwhile.
-    plain_round_trip(addr, "other").await;
+    qos0_round_trip(addr, "other").await;
 
     // The disk answers again: the flood goes on and every message reaches the store.
     store.resume();

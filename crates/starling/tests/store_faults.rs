@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{RawClient, Recv, connect_packet, eventually, publish_packet};
+use common::{RawClient, Recv, connect_packet, eventually, publish_packet, qos0_round_trip};
 use starling::config::{Config, Durability, OnStoreUnavailable};
 use starling::server::Server;
 use starling_proto::{Packet, ProtocolVersion, PubAck, QoS, ReasonCode};
@@ -46,12 +46,17 @@ async fn broker(on_unavailable: OnStoreUnavailable) -> (Server, SocketAddr, Arc<
     (server, addr, store)
 }
 
-/// A persistent v5 subscriber to `topic/#` at QoS 1, left offline, its session committed.
-async fn offline_subscriber(addr: SocketAddr, store: &MemoryStore, topic: &str) {
+/// The CONNECT of the persistent v5 subscriber the tests queue messages for.
+fn subscriber_connect() -> starling_proto::Connect {
     let mut c = connect_packet(V5, "offline-sub");
     c.clean_start = false;
     c.properties.session_expiry_interval = Some(600);
-    let (mut sub, _) = RawClient::connect_with(addr, c).await;
+    c
+}
+
+/// A persistent v5 subscriber to `topic/#` at QoS 1, left offline, its session committed.
+async fn offline_subscriber(addr: SocketAddr, store: &MemoryStore, topic: &str) {
+    let (mut sub, _) = RawClient::connect_with(addr, subscriber_connect()).await;
     sub.subscribe(&format!("{topic}/#"), QoS::AtLeastOnce).await;
     sub.send(&Packet::Disconnect(starling_proto::Disconnect::new(
         ReasonCode::Success,
@@ -86,10 +91,7 @@ async fn publish(p: &mut RawClient, topic: &str, n: u32) -> ReasonCode {
 
 /// The subscriber comes back and takes every message queued for it; their numbers.
 async fn drain_subscriber(addr: SocketAddr) -> BTreeSet<u32> {
-    let mut c = connect_packet(V5, "offline-sub");
-    c.clean_start = false;
-    c.properties.session_expiry_interval = Some(600);
-    let (mut sub, ack) = RawClient::connect_with(addr, c).await;
+    let (mut sub, ack) = RawClient::connect_with(addr, subscriber_connect()).await;
     assert!(ack.session_present);
     let mut got = BTreeSet::new();
     loop {
@@ -103,18 +105,6 @@ async fn drain_subscriber(addr: SocketAddr) -> BTreeSet<u32> {
             Recv::Closed => panic!("subscriber closed"),
         }
     }
-}
-
-/// A client that needs nothing stored still gets its QoS 0 message back.
-async fn qos0_round_trip(addr: SocketAddr, client_id: &str) {
-    let (mut c, _) = RawClient::connect(addr, V5, client_id).await;
-    c.subscribe("plain", QoS::AtMostOnce).await;
-    c.send(&publish_packet("plain", QoS::AtMostOnce, 0, b"ok"))
-        .await;
-    assert!(matches!(
-        c.expect_packet(Duration::from_secs(5)).await,
-        Packet::Publish(_)
-    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,21 +290,20 @@ async fn broker_on_disk(
     (server, addr)
 }
 
+/// Message `n` of the filling flood: 4 KB at QoS 1 on `fill/<n>`, numbered in its payload.
+fn fill_message(n: u32) -> Packet {
+    let mut payload = n.to_be_bytes().to_vec();
+    payload.resize(4096, 0x5A);
+    let pid = (n % 60_000 + 1) as u16;
+    publish_packet(&format!("fill/{n}"), QoS::AtLeastOnce, pid, &payload)
+}
+
 /// Publishes 4 KB QoS 1 messages numbered from `n` until one is not acknowledged; returns
 /// the numbers acknowledged, the refusal's reason, and the next number.
 async fn fill(p: &mut RawClient, mut n: u32) -> (Vec<u32>, ReasonCode, u32) {
     let mut acked = Vec::new();
     loop {
-        let pid = (n % 60_000 + 1) as u16;
-        let mut payload = n.to_be_bytes().to_vec();
-        payload.resize(4096, 0x5A);
-        p.send(&publish_packet(
-            &format!("fill/{n}"),
-            QoS::AtLeastOnce,
-            pid,
-            &payload,
-        ))
-        .await;
+        p.send(&fill_message(n)).await;
         let reason = match p.expect_packet(Duration::from_secs(10)).await {
             Packet::PubAck(a) => a.reason,
             other => panic!("expected PUBACK, got {other:?}"),
@@ -341,10 +330,7 @@ async fn a_full_filesystem_is_refused_then_recovered_when_grown() {
         return;
     };
     let (server, addr) = broker_on_disk(fs.path(), OnStoreUnavailable::Refuse).await;
-    let mut c = connect_packet(V5, "offline-sub");
-    c.clean_start = false;
-    c.properties.session_expiry_interval = Some(600);
-    let (mut sub, _) = RawClient::connect_with(addr, c).await;
+    let (mut sub, _) = RawClient::connect_with(addr, subscriber_connect()).await;
     sub.subscribe("fill/#", QoS::AtLeastOnce).await;
     sub.send(&Packet::Disconnect(starling_proto::Disconnect::new(
         ReasonCode::Success,
@@ -390,10 +376,7 @@ async fn a_full_filesystem_is_refused_then_recovered_when_grown() {
 
     // A restart on the same directory: clean, with the subscriber's session.
     let (server, addr) = broker_on_disk(fs.path(), OnStoreUnavailable::Refuse).await;
-    let mut c = connect_packet(V5, "offline-sub");
-    c.clean_start = false;
-    c.properties.session_expiry_interval = Some(600);
-    let (_sub, ack) = RawClient::connect_with(addr, c).await;
+    let (_sub, ack) = RawClient::connect_with(addr, subscriber_connect()).await;
     assert!(ack.session_present);
     server.shutdown().await;
 }
@@ -406,26 +389,14 @@ async fn block_waits_for_a_full_filesystem_to_be_grown() {
         return;
     };
     let (server, addr) = broker_on_disk(fs.path(), OnStoreUnavailable::Block).await;
-    let mut c = connect_packet(V5, "offline-sub");
-    c.clean_start = false;
-    c.properties.session_expiry_interval = Some(600);
-    let (mut sub, _) = RawClient::connect_with(addr, c).await;
+    let (mut sub, _) = RawClient::connect_with(addr, subscriber_connect()).await;
     sub.subscribe("fill/#", QoS::AtLeastOnce).await;
     drop(sub);
     let (mut p, _) = RawClient::connect(addr, V5, "filler").await;
     // Until the disk is full every PUBLISH is acknowledged; then one is not answered.
     let mut n = 0u32;
     loop {
-        let pid = (n % 60_000 + 1) as u16;
-        let mut payload = n.to_be_bytes().to_vec();
-        payload.resize(4096, 0x5A);
-        p.send(&publish_packet(
-            &format!("fill/{n}"),
-            QoS::AtLeastOnce,
-            pid,
-            &payload,
-        ))
-        .await;
+        p.send(&fill_message(n)).await;
         n += 1;
         match p.recv(Duration::from_secs(2)).await {
             Recv::Packet(Packet::PubAck(a)) => assert_eq!(a.reason, ReasonCode::Success),

@@ -502,6 +502,16 @@ pub(crate) async fn assert_serving(addr: SocketAddr) {
     Probe::new(addr).await.check().await;
 }
 
+/// A new v5 client subscribes at QoS 0 and gets its own QoS 0 publish back: nothing it does
+/// needs the store, so it works while the store does not.
+pub(crate) async fn qos0_round_trip(addr: SocketAddr, client_id: &str) {
+    let (mut c, _) = RawClient::connect(addr, ProtocolVersion::V5, client_id).await;
+    c.subscribe("plain", QoS::AtMostOnce).await;
+    c.send(&publish_packet("plain", QoS::AtMostOnce, 0, b"ok"))
+        .await;
+    assert!(matches!(c.expect_packet(WAIT).await, Packet::Publish(_)));
+}
+
 /// Waits until `done` holds, checking every few milliseconds; panics naming `what` if it
 /// still does not after [`WAIT`]. For a broker-side effect of a client's request that has no
 /// answer of its own (a QoS 0 publish, a dropped socket), instead of a fixed pause.
