@@ -107,6 +107,12 @@ pub struct Metrics {
     pub store_batches_refused: Counter,
     /// Times the store went from failing to available again without a restart.
     pub store_recoveries: Counter,
+    /// Bytes free on the store's filesystem at the last check (with `min_free_bytes` set).
+    pub store_free_bytes: Counter,
+    /// 1 while free space is below `min_free_bytes` (new QoS 1/2 messages are refused).
+    pub store_low_space: Counter,
+    /// QoS 1/2 PUBLISHes refused because the store was low on space.
+    pub publishes_refused_low_space: Counter,
     /// CONNECTs refused by authentication (bad credentials, anonymous not allowed, will
     /// topic not authorized).
     pub auth_refused: Counter,

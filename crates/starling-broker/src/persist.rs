@@ -101,6 +101,8 @@ pub struct Journal {
     bytes: AtomicUsize,
     /// Weight of the batch the committer has taken and not finished: still in memory.
     batch_bytes: AtomicUsize,
+    /// Free space is below the store's limit: new QoS 1/2 messages are refused.
+    low_space: std::sync::atomic::AtomicBool,
 }
 
 impl Journal {
@@ -120,6 +122,7 @@ impl Journal {
             limit: limit.max(1),
             bytes: AtomicUsize::new(0),
             batch_bytes: AtomicUsize::new(0),
+            low_space: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -194,6 +197,17 @@ impl Journal {
         }
         p.wake_at = Some(early);
         false
+    }
+
+    /// The committer says whether free space is below the store's limit.
+    pub fn set_low_on_space(&self, low: bool) {
+        self.low_space.store(low, Ordering::Relaxed);
+    }
+
+    /// Whether free space is below the store's limit: new QoS 1/2 messages are refused at
+    /// once, before anything is journaled.
+    pub fn low_on_space(&self) -> bool {
+        self.low_space.load(Ordering::Relaxed)
     }
 
     /// True once closed (the broker is stopping), drained or not.

@@ -163,6 +163,12 @@ fn counters(b: &Broker, disconnected: u64) -> Vec<(&'static str, u64)> {
         ("store/available", m.store_available.get()),
         ("store/batches_refused", m.store_batches_refused.get()),
         ("store/recoveries", m.store_recoveries.get()),
+        ("store/free_bytes", m.store_free_bytes.get()),
+        ("store/low_space", m.store_low_space.get()),
+        (
+            "store/low_space_refused",
+            m.publishes_refused_low_space.get(),
+        ),
         (
             "security/connections/rate_limited",
             m.connections_rate_limited.get(),

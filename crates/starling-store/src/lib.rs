@@ -144,6 +144,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn probe(&self) -> Result<(), StoreError> {
         self.apply(&[], true)
     }
+
+    /// Bytes free for the store on its filesystem, if it lives on one.
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Gives space freed inside the store back to its filesystem (redb's file only grows
+    /// otherwise). True if it shrank.
+    fn compact(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// Whether a failed batch's `op` is still to be applied once the store is back: deletions

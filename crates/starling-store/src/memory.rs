@@ -23,6 +23,8 @@ pub struct MemoryStore {
     fail_after: AtomicUsize,
     /// Failures are a full disk rather than an I/O error.
     full: std::sync::atomic::AtomicBool,
+    /// What `free_bytes` reports (`u64::MAX`: nothing, the store is not on a disk).
+    free: std::sync::atomic::AtomicU64,
     /// Number of successful applies.
     applied: AtomicUsize,
     /// While true, applies wait (a disk that has stopped answering).
@@ -35,6 +37,7 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self {
             fail_after: AtomicUsize::new(usize::MAX),
+            free: std::sync::atomic::AtomicU64::new(u64::MAX),
             ..Self::default()
         }
     }
@@ -49,6 +52,11 @@ impl MemoryStore {
     pub fn fill_after(&self, n: usize) {
         self.full.store(true, Ordering::SeqCst);
         self.fail_after.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes `free_bytes` report `bytes` (`None`: nothing).
+    pub fn set_free_bytes(&self, bytes: Option<u64>) {
+        self.free.store(bytes.unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// Applies succeed again (space was freed, the disk came back).
@@ -154,6 +162,11 @@ impl Store for MemoryStore {
             retained,
             skipped: Vec::new(),
         })
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        let free = self.free.load(Ordering::SeqCst);
+        (free != u64::MAX).then_some(free)
     }
 
     fn apply(&self, ops: &[Op], _durable: bool) -> Result<(), StoreError> {

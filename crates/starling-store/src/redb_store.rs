@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{
-    CommitError, Database, DatabaseError, Durability, ReadableDatabase, ReadableTable,
-    StorageBackend, StorageError, TableDefinition, TableError, TransactionError,
+    CommitError, CompactionError, Database, DatabaseError, Durability, ReadableDatabase,
+    ReadableTable, StorageBackend, StorageError, TableDefinition, TableError, TransactionError,
 };
 
 use crate::record::RECORD_FORMAT;
@@ -69,7 +69,13 @@ macro_rules! engine_errors {
         }
     )*};
 }
-engine_errors!(TransactionError, CommitError, TableError, DatabaseError);
+engine_errors!(
+    TransactionError,
+    CommitError,
+    TableError,
+    DatabaseError,
+    CompactionError
+);
 
 impl Engine for std::io::Error {
     fn storage(&self) -> Option<&StorageError> {
@@ -244,6 +250,20 @@ impl Store for RedbStore {
                 .map_err(|e| io("meta", e))?;
         }
         txn.commit().map_err(|e| io("commit", e))
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        let dir = self.path.parent()?;
+        let s = rustix::fs::statvfs(dir).ok()?;
+        Some(s.f_bavail.saturating_mul(s.f_frsize))
+    }
+
+    fn compact(&self) -> Result<bool, StoreError> {
+        let mut guard = self.lock();
+        let Some(db) = guard.as_mut() else {
+            return Ok(false);
+        };
+        db.compact().map_err(|e| io("compact", e))
     }
 
     fn load(&self, recover: bool) -> Result<Snapshot, StoreError> {

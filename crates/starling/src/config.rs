@@ -79,6 +79,10 @@ pub struct StorageConfig {
     pub recover: bool,
     /// While the store cannot commit: refuse durable work, or hold it.
     pub on_store_unavailable: OnStoreUnavailable,
+    /// Below this many free bytes on the data directory's filesystem the store is treated as
+    /// full before it is: new durable work is refused (or held) while acknowledgements and
+    /// deletions, which free space, still commit; above a quarter more it resumes. 0: off.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -89,6 +93,7 @@ impl Default for StorageConfig {
             max_uncommitted_mib: 64,
             recover: false,
             on_store_unavailable: OnStoreUnavailable::Refuse,
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -368,7 +373,7 @@ impl SecurityConfig {
 
 impl StorageConfig {
     /// Every numeric key with its value and its bound.
-    pub fn bounded(&self) -> [(&'static str, u64, Bound); 2] {
+    pub fn bounded(&self) -> [(&'static str, u64, Bound); 3] {
         [
             (
                 "commit_interval_ms",
@@ -379,6 +384,11 @@ impl StorageConfig {
                 "max_uncommitted_mib",
                 self.max_uncommitted_mib,
                 bounds::MAX_UNCOMMITTED_MIB,
+            ),
+            (
+                "min_free_bytes",
+                self.min_free_bytes,
+                bounds::MIN_FREE_BYTES,
             ),
         ]
     }
@@ -403,6 +413,8 @@ pub mod bounds {
     pub const COMMIT_INTERVAL_MS: Bound = Bound::new(1, 3_600_000, "one hour");
     /// `storage.max_uncommitted_mib`.
     pub const MAX_UNCOMMITTED_MIB: Bound = Bound::new(1, 1 << 20, "1 TiB");
+    /// `storage.min_free_bytes` (0: no limit).
+    pub const MIN_FREE_BYTES: Bound = Bound::new(0, 1 << 50, "1 PiB");
     /// A listener's `max_connections`: as `limits.max_connections` (well within what a
     /// semaphore can count).
     pub const LISTENER_CONNECTIONS: Bound = starling_broker::config::bounds::CONNECTIONS;
@@ -687,6 +699,7 @@ mod tests {
         ("security", "max_tracked_addresses", 1, 10_000_000),
         ("storage", "commit_interval_ms", 1, 3_600_000),
         ("storage", "max_uncommitted_mib", 1, 1 << 20),
+        ("storage", "min_free_bytes", 0, 1 << 50),
         ("listener", "max_connections", 1, 100_000_000),
     ];
 

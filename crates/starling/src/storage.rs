@@ -35,6 +35,10 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// oldest are dropped: the store then keeps records the broker has deleted, which a restart
 /// delivers again (never loses).
 const MAX_CARRIED: usize = 1 << 20;
+/// How often free space is checked (`storage.min_free_bytes`), and how often a store low on
+/// space is compacted to give back to the filesystem what deliveries freed inside it.
+const SPACE_CHECK: Duration = Duration::from_millis(100);
+const COMPACT_EVERY: Duration = Duration::from_secs(2);
 
 /// How the journal wakes the committer thread: a flag and a condition variable. The flag
 /// keeps a wake-up that arrives while the committer is busy, so none is lost.
@@ -82,6 +86,15 @@ pub struct Opened {
     mode: Durability,
     interval: Duration,
     on_unavailable: OnStoreUnavailable,
+    min_free: u64,
+}
+
+impl Opened {
+    /// Sets the free-space limit (`storage.min_free_bytes`; 0: off).
+    pub fn with_min_free_bytes(mut self, bytes: u64) -> Self {
+        self.min_free = bytes;
+        self
+    }
 }
 
 /// Opens the store in the data directory, per the durability mode (`None` for `memory`).
@@ -114,6 +127,7 @@ pub fn open(config: &Config) -> anyhow::Result<Option<Opened>> {
         mode: config.storage.durability,
         interval: commit_interval(config.storage.commit_interval_ms),
         on_unavailable: config.storage.on_store_unavailable,
+        min_free: config.storage.min_free_bytes,
     }))
 }
 
@@ -166,6 +180,7 @@ pub fn with_store_and(
         mode,
         interval: Duration::from_millis(100),
         on_unavailable,
+        min_free: 0,
     })
 }
 
@@ -218,6 +233,7 @@ pub fn attach(broker: Broker, opened: Opened) -> anyhow::Result<(Arc<Broker>, Co
     let signal = opened.signal;
     let (mode, interval) = (opened.mode, opened.interval);
     let on_unavailable = opened.on_unavailable;
+    let min_free = opened.min_free;
     broker.metrics.store_available.set(1);
     let thread = std::thread::Builder::new()
         .name("starling-commit".into())
@@ -233,6 +249,7 @@ pub fn attach(broker: Broker, opened: Opened) -> anyhow::Result<(Arc<Broker>, Co
                     carried: Vec::new(),
                     failing: None,
                     held: None,
+                    space: Space::new(min_free),
                 };
                 c.run(&signal, mode, interval);
             }
@@ -268,6 +285,30 @@ impl Failing {
     }
 }
 
+/// The free-space limit and what was last seen of it.
+#[derive(Debug)]
+struct Space {
+    /// `storage.min_free_bytes` (0: off).
+    min: u64,
+    /// A store low on space takes durable work again above this.
+    resume: u64,
+    checked: Option<Instant>,
+    low: bool,
+    compacted: Option<Instant>,
+}
+
+impl Space {
+    fn new(min: u64) -> Self {
+        Self {
+            min,
+            resume: min.saturating_add(min / 4),
+            checked: None,
+            low: false,
+            compacted: None,
+        }
+    }
+}
+
 /// The committer's state.
 struct Commits<'a> {
     store: &'a dyn Store,
@@ -280,11 +321,13 @@ struct Commits<'a> {
     failing: Option<Failing>,
     /// With `block`: the batch that failed, tried again until it commits.
     held: Option<(Vec<Op>, u64)>,
+    space: Space,
 }
 
 impl Commits<'_> {
     fn run(&mut self, signal: &CommitSignal, mode: Durability, interval: Duration) {
         loop {
+            self.watch_space();
             if self.failing.is_some() {
                 if self.unavailable_turn(signal) {
                     return;
@@ -374,6 +417,73 @@ impl Commits<'_> {
             warn!(
                 dropped = excess,
                 "store unavailable for long: deletions it could not take are forgotten; a restart may deliver those messages again"
+            );
+        }
+    }
+
+    /// Whether free space is below the limit (above it again only past `resume`). Checked at
+    /// most every [`SPACE_CHECK`]; while low, the store is compacted every
+    /// [`COMPACT_EVERY`] so that what deliveries freed inside it counts on the filesystem.
+    fn low_on_space(&mut self) -> bool {
+        if self.space.min == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        if self
+            .space
+            .checked
+            .is_some_and(|t| now.duration_since(t) < SPACE_CHECK)
+        {
+            return self.space.low;
+        }
+        self.space.checked = Some(now);
+        let Some(mut free) = self.store.free_bytes() else {
+            return false;
+        };
+        let compact_due = self
+            .space
+            .compacted
+            .is_none_or(|t| now.duration_since(t) >= COMPACT_EVERY);
+        if self.space.low && free < self.space.resume && compact_due {
+            self.space.compacted = Some(now);
+            if matches!(self.store.compact(), Ok(true)) {
+                free = self.store.free_bytes().unwrap_or(free);
+            }
+        }
+        self.broker.metrics.store_free_bytes.set(free);
+        let threshold = if self.space.low {
+            self.space.resume
+        } else {
+            self.space.min
+        };
+        self.space.low = free < threshold;
+        self.space.low
+    }
+
+    /// Checks free space against the limit and tells the broker when that changes: below it
+    /// the broker refuses new QoS 1/2 messages at once (`Journal::set_low_on_space`), and
+    /// everything else, acknowledgements and deletions included, still commits.
+    fn watch_space(&mut self) {
+        let was = self.space.low;
+        let low = self.low_on_space();
+        if low == was {
+            return;
+        }
+        let m = &self.broker.metrics;
+        m.store_low_space.set(u64::from(low));
+        self.journal.set_low_on_space(low);
+        let free = m.store_free_bytes.get();
+        if low {
+            warn!(
+                free_bytes = free,
+                min_free_bytes = self.space.min,
+                "store low on space: refusing new QoS 1/2 messages until {} bytes are free",
+                self.space.resume
+            );
+        } else {
+            info!(
+                free_bytes = free,
+                "store has space again: taking QoS 1/2 messages"
             );
         }
     }

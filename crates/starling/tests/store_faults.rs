@@ -273,15 +273,18 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The broker on the redb store in `dir`, with queues large enough that the disk fills first.
+/// The broker on the redb store in `dir`, with queues large enough that the disk fills first,
+/// and `min_free_bytes` as given.
 async fn broker_on_disk(
     dir: &std::path::Path,
     on_unavailable: OnStoreUnavailable,
+    min_free_bytes: u64,
 ) -> (Server, SocketAddr) {
     let mut config = Config::default();
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
     config.data_dir = dir.to_path_buf();
     config.storage.on_store_unavailable = on_unavailable;
+    config.storage.min_free_bytes = min_free_bytes;
     config.limits.max_queued_messages = 1_000_000;
     config.limits.max_queued_bytes = 1 << 30;
     let opened = starling::storage::open(&config).unwrap();
@@ -329,7 +332,7 @@ async fn a_full_filesystem_is_refused_then_recovered_when_grown() {
     let Some(fs) = Tmpfs::mount(8) else {
         return;
     };
-    let (server, addr) = broker_on_disk(fs.path(), OnStoreUnavailable::Refuse).await;
+    let (server, addr) = broker_on_disk(fs.path(), OnStoreUnavailable::Refuse, 0).await;
     let (mut sub, _) = RawClient::connect_with(addr, subscriber_connect()).await;
     sub.subscribe("fill/#", QoS::AtLeastOnce).await;
     sub.send(&Packet::Disconnect(starling_proto::Disconnect::new(
@@ -375,7 +378,7 @@ async fn a_full_filesystem_is_refused_then_recovered_when_grown() {
     server.shutdown().await;
 
     // A restart on the same directory: clean, with the subscriber's session.
-    let (server, addr) = broker_on_disk(fs.path(), OnStoreUnavailable::Refuse).await;
+    let (server, addr) = broker_on_disk(fs.path(), OnStoreUnavailable::Refuse, 0).await;
     let (_sub, ack) = RawClient::connect_with(addr, subscriber_connect()).await;
     assert!(ack.session_present);
     server.shutdown().await;
@@ -388,7 +391,7 @@ async fn block_waits_for_a_full_filesystem_to_be_grown() {
     let Some(fs) = Tmpfs::mount(8) else {
         return;
     };
-    let (server, addr) = broker_on_disk(fs.path(), OnStoreUnavailable::Block).await;
+    let (server, addr) = broker_on_disk(fs.path(), OnStoreUnavailable::Block, 0).await;
     let (mut sub, _) = RawClient::connect_with(addr, subscriber_connect()).await;
     sub.subscribe("fill/#", QoS::AtLeastOnce).await;
     drop(sub);
@@ -412,5 +415,134 @@ async fn block_waits_for_a_full_filesystem_to_be_grown() {
         other => panic!("expected the held PUBACK, got {other:?}"),
     }
     assert_eq!(server.broker().metrics.store_batches_refused.get(), 0);
+    server.shutdown().await;
+}
+
+/// With a free-space limit the store never fills: QoS 1 is refused with 0x97 while some
+/// megabytes are still free, so the subscriber's acknowledgements (deletions) still commit;
+/// once it has taken its messages, the store gives the space back and QoS 1 is acknowledged
+/// again, with nobody touching the filesystem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_space_limit_refuses_before_the_disk_is_full_and_resumes_by_itself() {
+    let Some(fs) = Tmpfs::mount(16) else {
+        return;
+    };
+    const MIN: u64 = 6 << 20;
+    let (server, addr) = broker_on_disk(fs.path(), OnStoreUnavailable::Refuse, MIN).await;
+    let broker = server.broker().clone();
+    let metrics = &broker.metrics;
+    let (mut sub, _) = RawClient::connect_with(addr, subscriber_connect()).await;
+    sub.subscribe("fill/#", QoS::AtLeastOnce).await;
+    drop(sub);
+    let (mut p, _) = RawClient::connect(addr, V5, "filler").await;
+    let (mut acked, reason, mut n) = fill(&mut p, 0).await;
+    assert_eq!(reason, ReasonCode::QuotaExceeded);
+    let free = metrics.store_free_bytes.get();
+    assert!(
+        free < MIN && free > MIN / 2,
+        "refused with {free} bytes free"
+    );
+    assert_eq!(
+        metrics.store_commit_failures.get(),
+        0,
+        "the disk never filled"
+    );
+    assert!(metrics.publishes_refused_low_space.get() > 0);
+    assert_eq!(metrics.store_low_space.get(), 1);
+    // The subscriber takes everything: its acknowledgements commit although space is low.
+    let got = drain_subscriber(addr).await;
+    let acked_set: BTreeSet<u32> = acked.iter().copied().collect();
+    assert!(acked_set.is_subset(&got));
+    // Compacted, the store has space again; QoS 1 is acknowledged again by itself.
+    let drained = Instant::now();
+    loop {
+        let r = publish(&mut p, "fill", n).await;
+        n += 1;
+        if r == ReasonCode::Success {
+            acked.push(n - 1);
+            break;
+        }
+        assert_eq!(r, ReasonCode::QuotaExceeded);
+        assert!(
+            drained.elapsed() < Duration::from_secs(15),
+            "space not given back: {} bytes free",
+            metrics.store_free_bytes.get()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "tmpfs 16 MB, min_free_bytes 6 MiB: {} messages acknowledged, refused with {free} bytes \
+         still free; acknowledged again {} ms after the subscriber drained its queue",
+        acked.len() - 1,
+        drained.elapsed().as_millis()
+    );
+    assert_eq!(metrics.store_available.get(), 1);
+    server.shutdown().await;
+}
+
+/// Below `min_free_bytes` new QoS 1/2 messages are refused at once (0x97 with a reason, a 3.x
+/// publisher disconnected), while QoS 0, connects and acknowledgements go on; above it again
+/// they are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_on_space_refuses_new_messages_and_nothing_else() {
+    let store = Arc::new(MemoryStore::new());
+    store.set_free_bytes(Some(1 << 30));
+    let mut config = Config::default();
+    config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
+    let opened = starling::storage::with_store(store.clone(), Durability::Sync, false, 64 << 20)
+        .unwrap()
+        .with_min_free_bytes(100 << 20);
+    let server = Server::start_with(&config, Some(opened)).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let metrics = &server.broker().metrics;
+    offline_subscriber(addr, &store, "low").await;
+    let (mut p, _) = RawClient::connect(addr, V5, "publisher").await;
+    assert_eq!(publish(&mut p, "low", 0).await, ReasonCode::Success);
+
+    store.set_free_bytes(Some(10 << 20));
+    eventually("the broker sees the space is low", || {
+        metrics.store_low_space.get() == 1
+    })
+    .await;
+    p.send(&publish_packet(
+        "low/1",
+        QoS::AtLeastOnce,
+        9,
+        &1u32.to_be_bytes(),
+    ))
+    .await;
+    match p.expect_packet(Duration::from_secs(5)).await {
+        Packet::PubAck(a) => {
+            assert_eq!(a.reason, ReasonCode::QuotaExceeded);
+            let why = a.properties.reason_string.clone().unwrap_or_default();
+            assert!(why.contains("low on space"), "{why}");
+        }
+        other => panic!("expected PUBACK 0x97, got {other:?}"),
+    }
+    let (mut p3, _) = RawClient::connect(addr, ProtocolVersion::V311, "p311").await;
+    p3.send(&publish_packet(
+        "low/2",
+        QoS::AtLeastOnce,
+        1,
+        &2u32.to_be_bytes(),
+    ))
+    .await;
+    let got = p3.expect_closed(Duration::from_secs(5)).await;
+    assert!(
+        got.iter().all(|p| !matches!(p, Packet::PubAck(_))),
+        "{got:?}"
+    );
+    qos0_round_trip(addr, "plain").await;
+    // The subscriber connects and takes its message: session changes and deletions commit.
+    assert_eq!(drain_subscriber(addr).await, BTreeSet::from([0]));
+    assert_eq!(metrics.store_available.get(), 1, "the store itself is fine");
+
+    store.set_free_bytes(Some(200 << 20));
+    eventually("the broker sees space again", || {
+        metrics.store_low_space.get() == 0
+    })
+    .await;
+    assert_eq!(publish(&mut p, "low", 3).await, ReasonCode::Success);
+    assert_eq!(metrics.publishes_refused_low_space.get(), 2);
     server.shutdown().await;
 }

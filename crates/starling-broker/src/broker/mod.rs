@@ -124,6 +124,13 @@ impl Broker {
         self.persist.as_ref()
     }
 
+    /// Whether the store is low on space (`min_free_bytes`): new QoS 1/2 messages are refused.
+    pub fn store_low_on_space(&self) -> bool {
+        self.persist
+            .as_ref()
+            .is_some_and(|p| p.journal.low_on_space())
+    }
+
     /// An empty list of store operations for this broker's store (records nothing without
     /// one). Fill it through session methods, then hand it to [`Broker::persist`].
     pub fn ops(&self) -> Ops<'_> {

@@ -45,7 +45,23 @@ impl Active {
                 }
             }
         }
-        let reason = self.route(cx, p, &mut ops);
+        let low_space = qos != QoS::AtMostOnce && broker.store_low_on_space();
+        let reason = if low_space {
+            // Not routed: the store is near full and takes no new messages (what frees space
+            // still commits). 3.x cannot be told: closed, unacknowledged, so it resends.
+            broker.metrics.publishes_refused_low_space.inc();
+            if !self.version.is_v5() {
+                if qos == QoS::ExactlyOnce {
+                    self.session.lock().refuse_qos2(pid, &mut ops);
+                    self.persisted(cx, &mut ops);
+                }
+                let reason = ReasonCode::QuotaExceeded;
+                return self.fail(cx, reason, "the broker's disk is low on space");
+            }
+            ReasonCode::QuotaExceeded
+        } else {
+            self.route(cx, p, &mut ops)
+        };
         let reason = if self.version.is_v5() {
             reason
         } else {
@@ -62,11 +78,11 @@ impl Active {
             }
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                let ack = self.ack_with_reason(pid, reason);
+                let ack = self.ack_with_reason(pid, reason, low_space);
                 self.send_ack(cx, Packet::PubAck(ack), ticket);
             }
             QoS::ExactlyOnce => {
-                let ack = self.ack_with_reason(pid, reason);
+                let ack = self.ack_with_reason(pid, reason, low_space);
                 self.send_ack(cx, Packet::PubRec(ack), ticket);
             }
         }
@@ -148,13 +164,14 @@ impl Active {
     }
 
     /// A PUBACK/PUBREC; failures carry a Reason String when the client allows it.
-    fn ack_with_reason(&self, pid: u16, reason: ReasonCode) -> PubAck {
+    fn ack_with_reason(&self, pid: u16, reason: ReasonCode, low_space: bool) -> PubAck {
         let mut ack = PubAck::with_reason(pid, reason);
         if self.problem_info && reason.is_error() {
             ack.properties.reason_string = Some(
                 match reason {
                     ReasonCode::PayloadFormatInvalid => "payload is not valid UTF-8",
                     ReasonCode::NotAuthorized => "not authorized to publish to this topic",
+                    ReasonCode::QuotaExceeded if low_space => "the broker's disk is low on space",
                     ReasonCode::QuotaExceeded => "retained message store is full",
                     _ => "publish refused",
                 }
