@@ -66,8 +66,17 @@ struct Pending {
     wake_at: Option<usize>,
 }
 
-/// Most failed ranges remembered; older failures are long resolved by then.
+/// Most failed ranges remembered (adjacent ones merge, so an outage is one range). A ticket
+/// at or below a forgotten range that is in no remembered one reads as failed: answering a
+/// failure for what was stored is safe, the reverse is not.
 const FAILED_RANGES: usize = 256;
+
+/// Batches that did not commit, by ticket range.
+#[derive(Debug, Default)]
+struct Failed {
+    ranges: VecDeque<(u64, u64, bool)>,
+    forgotten_upto: u64,
+}
 
 /// Connections to wake when the next commit finishes.
 #[derive(Debug, Default)]
@@ -92,8 +101,9 @@ pub struct Journal {
     /// batches succeeds, every ticket finished by then.
     committed: AtomicU64,
     waiters: Mutex<Waiters>,
-    /// Ticket ranges whose batch did not commit, and whether the disk was full.
-    failed: Mutex<VecDeque<(u64, u64, bool)>>,
+    /// Ticket ranges whose batch did not commit, and whether the disk was full; and the
+    /// highest ticket of a range forgotten to keep the list bounded.
+    failed: Mutex<Failed>,
     hold_acks: bool,
     /// Bound on `Pending::bytes`, see the module documentation.
     limit: usize,
@@ -117,7 +127,7 @@ impl Journal {
             done: AtomicU64::new(0),
             committed: AtomicU64::new(0),
             waiters: Mutex::new(Waiters::default()),
-            failed: Mutex::new(VecDeque::new()),
+            failed: Mutex::new(Failed::default()),
             hold_acks,
             limit: limit.max(1),
             bytes: AtomicUsize::new(0),
@@ -292,10 +302,18 @@ impl Journal {
         if let Some(full) = failed {
             let from = self.done.load(Ordering::Acquire) + 1;
             let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-            if f.len() == FAILED_RANGES {
-                f.pop_front();
+            match f.ranges.back_mut() {
+                // Consecutive refusals of one kind: one range for the whole outage.
+                Some((_, end, was_full)) if *end + 1 == from && *was_full == full => *end = upto,
+                _ => {
+                    if f.ranges.len() == FAILED_RANGES
+                        && let Some((_, end, _)) = f.ranges.pop_front()
+                    {
+                        f.forgotten_upto = f.forgotten_upto.max(end);
+                    }
+                    f.ranges.push_back((from, upto, full));
+                }
             }
-            f.push_back((from, upto, full));
         } else {
             self.committed.fetch_max(upto, Ordering::AcqRel);
         }
@@ -336,9 +354,14 @@ impl Journal {
             return TicketStatus::Pending;
         }
         let f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        match f.iter().find(|&&(a, b, _)| a <= ticket && ticket <= b) {
+        match f
+            .ranges
+            .iter()
+            .find(|&&(a, b, _)| a <= ticket && ticket <= b)
+        {
             Some(&(_, _, true)) => TicketStatus::Full,
             Some(_) => TicketStatus::Failed,
+            None if ticket <= f.forgotten_upto => TicketStatus::Failed,
             None => TicketStatus::Durable,
         }
     }
@@ -546,6 +569,57 @@ mod tests {
     fn journal(hold_acks: bool, limit: usize) -> (Journal, Arc<Flag>) {
         let committer = Flag::new();
         (Journal::new(hold_acks, limit, committer.clone()), committer)
+    }
+
+    /// An outage of many refused batches is one range, and a ticket in a range forgotten to
+    /// keep the list bounded never reads as durable.
+    #[test]
+    fn refused_tickets_stay_refused() {
+        let (j, _) = journal(true, usize::MAX);
+        let refuse = |full: bool| {
+            let t = j.push(Op::DeleteRetained("a".into()));
+            let (_, upto) = j.take_batch().unwrap();
+            j.refuse(upto, full);
+            t
+        };
+        let first = refuse(true);
+        for _ in 0..1000 {
+            refuse(true);
+        }
+        assert_eq!(
+            j.failed.lock().unwrap().ranges.len(),
+            1,
+            "one outage, one range"
+        );
+        assert_eq!(j.status(first), TicketStatus::Full);
+        // Alternating commits and refusals make separate ranges; the oldest are forgotten.
+        let committed = j.push(Op::DeleteRetained("b".into()));
+        let (_, upto) = j.take_batch().unwrap();
+        j.finish(upto, true);
+        let early = refuse(false);
+        for _ in 0..(FAILED_RANGES * 2) {
+            let t = j.push(Op::DeleteRetained("c".into()));
+            let (_, upto) = j.take_batch().unwrap();
+            j.finish(upto, true);
+            assert_eq!(j.status(t), TicketStatus::Durable);
+            refuse(false);
+        }
+        assert_eq!(j.failed.lock().unwrap().ranges.len(), FAILED_RANGES);
+        assert_eq!(
+            j.status(first),
+            TicketStatus::Failed,
+            "forgotten, not durable"
+        );
+        assert_eq!(
+            j.status(early),
+            TicketStatus::Failed,
+            "forgotten, not durable"
+        );
+        assert_ne!(
+            j.status(committed),
+            TicketStatus::Durable,
+            "too old to tell"
+        );
     }
 
     #[test]

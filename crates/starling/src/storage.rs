@@ -31,9 +31,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// [`RETRY_MAX`], the longest a store that has come back stays unused.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// Most ops carried over from refused batches (deletions and phase changes). Beyond it the
-/// oldest are dropped: the store then keeps records the broker has deleted, which a restart
-/// delivers again (never loses).
+/// Most ops carried over from refused batches (deletions and phase changes). At the bound
+/// `refuse` stops taking batches until the store is back: new work stays in the journal,
+/// whose own bound then pauses the clients that feed it (as `block` does).
 const MAX_CARRIED: usize = 1 << 20;
 /// How often free space is checked (`storage.min_free_bytes`), and how often a store low on
 /// space is compacted to give back to the filesystem what deliveries freed inside it.
@@ -411,14 +411,6 @@ impl Commits<'_> {
                 .filter(|op| starling_store::carried_over(op))
                 .cloned(),
         );
-        if self.carried.len() > MAX_CARRIED {
-            let excess = self.carried.len() - MAX_CARRIED;
-            self.carried.drain(..excess);
-            warn!(
-                dropped = excess,
-                "store unavailable for long: deletions it could not take are forgotten; a restart may deliver those messages again"
-            );
-        }
     }
 
     /// Whether free space is below the limit (above it again only past `resume`). Checked at
@@ -524,6 +516,10 @@ impl Commits<'_> {
     /// A commit succeeded: if the store was unavailable, it is back.
     fn recovered(&mut self) {
         if let Some(f) = self.failing.take() {
+            // Every commit applies what was carried over first, so nothing is left of it:
+            // what waited on it (PUBREL, PUBCOMP, a delivery's packet id) may go out, also
+            // when the store came back through a probe with nothing carried.
+            self.journal.carried_committed();
             let m = &self.broker.metrics;
             m.store_available.set(1);
             m.store_recoveries.inc();
@@ -546,6 +542,7 @@ impl Commits<'_> {
         let closing = self.journal.is_closed();
         if Instant::now() < f.next_try && !closing {
             if self.on_unavailable == OnStoreUnavailable::Refuse
+                && self.carried.len() < MAX_CARRIED
                 && let Some((ops, upto)) = self.journal.take_batch()
             {
                 f.refused += 1;
@@ -562,6 +559,13 @@ impl Commits<'_> {
         // Closed and failing: one last try, then whatever is left is refused.
         let last = closing;
         if let Err(e) = self.store.reopen() {
+            self.failed(&e);
+            return last && self.give_up();
+        }
+        // What frees space first, on its own: on a full disk the next batch may not fit.
+        if !self.carried.is_empty()
+            && let Err(e) = self.commit(&[])
+        {
             self.failed(&e);
             return last && self.give_up();
         }

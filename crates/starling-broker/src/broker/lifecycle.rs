@@ -97,6 +97,7 @@ impl Broker {
         }
         let mut ops = self.ops();
         let mut will = None;
+        let mut replaced = None;
         let mut attached = None;
         for _ in 0..CLAIM_ATTEMPTS {
             let registry = &self.seams.registry;
@@ -113,6 +114,7 @@ impl Broker {
             };
             if let Some(old) = current.filter(|old| !Arc::ptr_eq(old, &session)) {
                 will = self.end_replaced(&old, &mut ops);
+                replaced = Some(old);
             }
             attached = Some(Attached {
                 session,
@@ -137,6 +139,11 @@ impl Broker {
             .lock()
             .attach(attached.epoch, waker, terms, &mut ops);
         attached.ticket = self.persist(&mut ops);
+        // Anyone else waiting for either session claims it after this claim is journaled.
+        attached.session.lock().wake_successor();
+        if let Some(old) = replaced {
+            old.lock().wake_successor();
+        }
         if let Some(w) = will {
             self.publish_will(w, now);
         }
@@ -173,6 +180,8 @@ impl Broker {
         if detached.end {
             self.end_session(session, now);
         }
+        // A new connection waiting for the session claims it now that this is journaled.
+        session.lock().wake_successor();
         for d in detached.shared {
             self.redistribute(d, session);
         }
@@ -188,6 +197,7 @@ impl Broker {
         self.persist(&mut ops);
         self.unroute(session, &ended.filters);
         self.seams.registry.release(session);
+        session.lock().wake_successor();
         if let Some(w) = ended.will {
             self.publish_will(w, now);
         }

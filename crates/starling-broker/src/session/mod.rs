@@ -323,15 +323,21 @@ impl Locked<'_> {
         }
     }
 
+    /// Wakes a connection waiting for this session's handover: the owner let go of it (or
+    /// another claim took it). Called once what that changed is journaled, so that the
+    /// successor's own changes to the session are stored after it.
+    pub fn wake_successor(&mut self) {
+        if let Some(successor) = self.st.successor.take() {
+            successor.wake();
+        }
+    }
+
     /// Records which connection owns the session (`None`: disconnected) and wakes the
-    /// previous owner, which then finds it no longer owns it, and a waiting successor, which
-    /// can now claim it.
+    /// previous owner, which then finds it no longer owns it. (A waiting successor is woken
+    /// by the caller, with `wake_successor`, after it has journaled the change.)
     fn set_owner(&mut self, owner: Option<Waker>) {
         if let Some(old) = self.st.owner.take() {
             old.wake();
-        }
-        if let Some(successor) = self.st.successor.take() {
-            successor.wake();
         }
         if owner.is_none() {
             self.st.inflight.release_index();
