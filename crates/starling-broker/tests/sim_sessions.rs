@@ -460,3 +460,30 @@ fn the_publish_rate_pauses_reading_instead_of_disconnecting() {
     assert!(!sim.is_gone(p));
     assert!(sim.broker.metrics.rate_limited.get() >= 2);
 }
+
+/// An owner paused by its publish rate has packets read but not handled; a DISCONNECT among
+/// them still comes before the takeover.
+#[test]
+fn a_disconnect_behind_a_publish_rate_pause_comes_before_the_takeover() {
+    let limits = Limits {
+        max_publish_rate: 2,
+        ..Limits::default()
+    };
+    let mut sim = Sim::new(limits);
+    let (old, _) = sim.connected(persistent(V5, "paused", 60));
+    let mut bytes = Vec::new();
+    for i in 0..5u8 {
+        bytes.extend_from_slice(&encode(&publish("r", QoS::AtMostOnce, 0, &[i]), V5));
+    }
+    let mut bye = starling_proto::Disconnect::new(ReasonCode::Success);
+    bye.properties.session_expiry_interval = Some(0);
+    bytes.extend_from_slice(&encode(&Packet::Disconnect(bye), V5));
+    sim.send_raw(old, &bytes);
+    assert!(!sim.is_gone(old), "paused before the DISCONNECT");
+    let (_new, ack) = sim.connected(persistent(V5, "paused", 60));
+    assert!(
+        !ack.session_present,
+        "the session ended with the DISCONNECT"
+    );
+    assert_eq!(sim.closed(old).unwrap().reason, ReasonCode::Success);
+}

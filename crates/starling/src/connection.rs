@@ -303,8 +303,13 @@ where
                 } else if handing_over {
                     let due = tokio::time::Instant::from_std(now) >= timer.deadline();
                     if (was_read && !busy) || due || !can_read {
-                        g.conn.handle_hand_over();
+                        // Packets a pause left in the buffer are handled first: a DISCONNECT
+                        // there may close the connection, and then the loop ends here.
+                        g.conn.handle_hand_over(broker, now, &mut rbuf);
                         handing_over = false;
+                        if end_turn(&mut g.conn, broker, now, Turn::Go, &mut rbuf, &mut wbuf) {
+                            break (wbuf, true);
+                        }
                     }
                 } else {
                     handing_over = true;

@@ -306,12 +306,17 @@ impl Connection {
     /// a partial packet in place. Stops early when the client's publish rate says to wait
     /// (`wants_input` is then false until `poll_timeout`) or when the connection closes.
     pub fn handle_input(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut) {
+        self.input(broker, now, buf, true);
+    }
+
+    /// `handle_input`, pausing for the publish rate only if `throttle`.
+    fn input(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut, throttle: bool) {
         loop {
             match &mut self.state {
                 // Left for the session's new owner to read once it is active.
                 State::Closed(_) | State::Waiting(_) => return,
                 State::Active(a) => {
-                    if a.throttled(broker, now) {
+                    if throttle && a.throttled(broker, now) {
                         return;
                     }
                 }
@@ -503,9 +508,15 @@ impl Connection {
         matches!(&self.state, State::Active(a) if a.hand_over_asked)
     }
 
-    /// What the client had sent is read (a DISCONNECT among it has closed the connection): a
-    /// connection that still owns its session lets the waiting one take it over.
-    pub fn handle_hand_over(&mut self) {
+    /// What the client had sent is read: `buf` holds what was read and not yet handled (a
+    /// publish-rate pause leaves packets there), which is handled now whatever the pause, so
+    /// that a DISCONNECT among it counts. A connection that still owns its session then lets
+    /// the waiting one take it over.
+    pub fn handle_hand_over(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut) {
+        if !matches!(self.state, State::Active(_)) {
+            return;
+        }
+        self.input(broker, now, buf, false);
         if let State::Active(a) = &mut self.state {
             a.hand_over();
         }

@@ -389,13 +389,10 @@ impl Sim {
         let waiting = client.conn.is_waiting();
         client.conn.poll_transmit(&broker, now, &mut out);
         if client.conn.hand_over_asked() {
-            // As the server's task does: what the client already sent is read first.
-            if !client.to_broker.is_empty() && client.conn.wants_input(&broker, now) {
-                client
-                    .conn
-                    .handle_input(&broker, now, &mut client.to_broker);
-            }
-            client.conn.handle_hand_over();
+            // As the server's task does: what the client already sent is handled first.
+            client
+                .conn
+                .handle_hand_over(&broker, now, &mut client.to_broker);
             client.conn.poll_transmit(&broker, now, &mut out);
             // The waiting connection was woken: another round.
             progressed = true;
