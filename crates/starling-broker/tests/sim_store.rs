@@ -427,3 +427,40 @@ fn a_failing_store_holds_what_waits_for_a_phase_without_dropping_the_subscriber(
         (&b"two"[..], id2)
     );
 }
+
+/// A CONNECT whose session cannot be stored gets a CONNACK that says so (v5 0x97 for a full
+/// disk, 3.x 0x03) and is closed, its will not sent; once the store takes writes, it connects.
+#[test]
+fn a_connect_whose_session_cannot_be_stored_is_refused_with_the_reason() {
+    let mut sim = Sim::with(Limits::default(), Durability::Sync);
+    let (watcher, _) = connected(&mut sim, connect(V5, "watcher"));
+    sim.send(watcher, subscribe(1, "will/#", QoS::AtMostOnce));
+    sim.take(watcher);
+    sim.store().unwrap().fill_after(0);
+    let mut c = persistent(V5, "s", 600);
+    c.will = Some(starling_proto::Will {
+        topic: starling_proto::TopicName::try_from_str("will/s").unwrap(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let s = sim.connect(c);
+    match &sim.take(s)[..] {
+        [Packet::ConnAck(a)] => {
+            assert_eq!(a.reason, ReasonCode::QuotaExceeded);
+            assert!(!a.session_present);
+        }
+        other => panic!("expected CONNACK 0x97, got {other:?}"),
+    }
+    assert!(sim.is_gone(s));
+    let s3 = sim.connect(persistent(V311, "s3", 0));
+    match &sim.take(s3)[..] {
+        [Packet::ConnAck(a)] => assert_eq!(a.reason, ReasonCode::ServerUnavailable),
+        other => panic!("expected CONNACK 0x03, got {other:?}"),
+    }
+    assert!(sim.is_gone(s3));
+    assert!(publishes(&sim.take(watcher)).is_empty(), "no will");
+    sim.store().unwrap().heal();
+    let (_s, _) = connected(&mut sim, persistent(V5, "s", 600));
+}

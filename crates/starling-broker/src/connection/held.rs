@@ -9,11 +9,11 @@ use std::collections::VecDeque;
 use std::ops::ControlFlow;
 
 use bytes::Bytes;
-use starling_proto::{Packet, ReasonCode};
+use starling_proto::{Packet, Properties, ReasonCode};
 
 use super::active::Active;
 use super::{Close, Cx, Flow};
-use crate::broker::Broker;
+use crate::broker::{Broker, Ending};
 use crate::persist::{Journal, Ops, TicketStatus};
 
 /// Held acknowledgements at which reading from the client pauses.
@@ -261,6 +261,22 @@ impl Active {
             };
             if status.is_failed() {
                 cx.broker.metrics.store_failures_answered.inc();
+                if let Packet::ConnAck(c) = &mut packet {
+                    // The session it would report is not stored: refused (v5 0x97 for a full
+                    // disk, else 0x80; 3.x 0x03) and closed, will and all, as if it had not
+                    // connected.
+                    c.reason = match (self.version.is_v5(), status == TicketStatus::Full) {
+                        (true, true) => ReasonCode::QuotaExceeded,
+                        (true, false) => ReasonCode::UnspecifiedError,
+                        (false, _) => ReasonCode::ServerUnavailable,
+                    };
+                    c.session_present = false;
+                    c.properties = Properties::default();
+                    let reason = c.reason;
+                    self.send_now(cx, &packet);
+                    self.ending = Ending::Normal;
+                    return ControlFlow::Break(Close::new(reason, "could not store the session"));
+                }
                 if let Packet::PubRec(a) = &packet {
                     // The client may reuse the id for a new message.
                     let mut ops = cx.broker.ops();
