@@ -127,7 +127,14 @@ impl RedbStore {
             .map_err(|e| os(&format!("cannot create {}", dir.display()), &e))?;
         let path = dir.join("starling.redb");
         let file = path.clone();
-        Self::with_opener(path, Arc::new(move || Database::create(&file)))
+        let store = Self::with_opener(path, Arc::new(move || Database::create(&file)))?;
+        // Reopened after a failure, the file must be there: a missing one (the filesystem
+        // unmounted, the file deleted) is an error, not a new empty store.
+        let file = store.path.clone();
+        Ok(Self {
+            open: Arc::new(move || Database::open(&file)),
+            ..store
+        })
     }
 
     /// Opens the store on a storage backend (a test's, which can fail on command) that
@@ -522,6 +529,25 @@ mod tests {
         let snap = s.load(true).unwrap();
         assert_eq!(snap.sessions.len(), 1);
         assert_eq!(snap.skipped.len(), 1);
+    }
+
+    /// A store reopened after a failure whose file has gone (an unmounted filesystem) fails
+    /// rather than starting empty; with the file back, it reopens with what it held.
+    #[test]
+    fn reopening_never_creates_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        s.apply(&[Op::PutSession("kept".into(), session(5))], true)
+            .unwrap();
+        let file = dir.path().join("starling.redb");
+        let aside = dir.path().join("aside.redb");
+        drop(s.lock().take());
+        std::fs::rename(&file, &aside).unwrap();
+        assert!(s.reopen().is_err());
+        assert!(!file.exists(), "no new file");
+        std::fs::rename(&aside, &file).unwrap();
+        s.reopen().unwrap();
+        assert_eq!(s.load(false).unwrap().sessions.len(), 1);
     }
 
     #[test]

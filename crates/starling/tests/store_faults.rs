@@ -546,3 +546,161 @@ async fn low_on_space_refuses_new_messages_and_nothing_else() {
     assert_eq!(metrics.publishes_refused_low_space.get(), 2);
     server.shutdown().await;
 }
+
+/// An ext4 filesystem in a file, on a loop device, mounted with `errors=remount-ro`, that the
+/// test can make the kernel remount read-only (as it does on a disk error); unmounted when
+/// dropped. `None` (skipped, saying why) where that cannot be done.
+struct Ext4 {
+    dir: tempfile::TempDir,
+    image: std::path::PathBuf,
+}
+
+impl Ext4 {
+    fn mount(mib: u32) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let image = std::env::temp_dir().join(format!("starling-ext4-{}.img", std::process::id()));
+        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ok = std::fs::File::create(&image)
+            .and_then(|f| f.set_len(u64::from(mib) << 20))
+            .is_ok()
+            && run(
+                "mkfs.ext4",
+                &["-q".as_ref(), "-F".as_ref(), image.as_os_str()],
+            );
+        let fs = Self { dir, image };
+        if !ok || !fs.mount_again() {
+            eprintln!(
+                "SKIPPED: cannot make and loop-mount an ext4 filesystem here (needs mkfs.ext4 \
+                 and root); a read-only filesystem is still covered by the failing backend in \
+                 starling-store/tests/faults.rs"
+            );
+            return None;
+        }
+        Some(fs)
+    }
+
+    fn mount_again(&self) -> bool {
+        std::process::Command::new("mount")
+            .args(["-o", "loop,errors=remount-ro"])
+            .arg(&self.image)
+            .arg(self.dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The kernel's loop device name for the mount (`loop0`).
+    fn device(&self) -> String {
+        let out = std::process::Command::new("findmnt")
+            .args(["-n", "-o", "SOURCE"])
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        let source = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        source.rsplit('/').next().unwrap_or_default().to_string()
+    }
+
+    /// A filesystem error: the kernel remounts it read-only, files open for writing or not.
+    fn fail(&self) {
+        let trigger = format!("/sys/fs/ext4/{}/trigger_fs_error", self.device());
+        std::fs::write(&trigger, "1").unwrap();
+    }
+
+    /// What an operator does after it: unmount (once the broker has let go of the file),
+    /// check the filesystem, mount it again. True when done within the time given.
+    async fn repair(&self, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        loop {
+            let unmounted = std::process::Command::new("umount")
+                .arg(self.dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if unmounted {
+                break;
+            }
+            if Instant::now() > until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = std::process::Command::new("e2fsck")
+            .args(["-f", "-y"])
+            .arg(&self.image)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        self.mount_again()
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// The kernel remounts the store's filesystem read-only after an error: QoS 1 is refused with
+/// 0x80, the broker lets go of the file, the operator repairs and remounts the filesystem,
+/// and QoS 1 is acknowledged again without a restart, with nothing acknowledged lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_remount_is_refused_then_recovered_after_a_repair() {
+    let Some(fs) = Ext4::mount(64) else {
+        return;
+    };
+    let (server, addr) = broker_on_disk(fs.path(), OnStoreUnavailable::Refuse, 0).await;
+    let (mut sub, _) = RawClient::connect_with(addr, subscriber_connect()).await;
+    sub.subscribe("ro/#", QoS::AtLeastOnce).await;
+    drop(sub);
+    let (mut p, _) = RawClient::connect(addr, V5, "publisher").await;
+    let mut acked = BTreeSet::new();
+    for n in 0..5 {
+        assert_eq!(publish(&mut p, "ro", n).await, ReasonCode::Success);
+        acked.insert(n);
+    }
+    fs.fail();
+    let mut n = 5;
+    assert_eq!(publish(&mut p, "ro", n).await, ReasonCode::UnspecifiedError);
+    n += 1;
+    qos0_round_trip(addr, "plain").await;
+    let failed = Instant::now();
+    assert!(
+        fs.repair(RECOVERY_BOUND).await,
+        "the filesystem could not be unmounted"
+    );
+    let repaired = Instant::now();
+    loop {
+        let r = publish(&mut p, "ro", n).await;
+        n += 1;
+        if r == ReasonCode::Success {
+            acked.insert(n - 1);
+            break;
+        }
+        assert!(repaired.elapsed() < RECOVERY_BOUND, "not recovered in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "ext4 remounted read-only: PUBACK 0x80; unmounted, checked and mounted again {} ms \
+         later; QoS 1 acknowledged again {} ms after that",
+        (repaired - failed).as_millis(),
+        repaired.elapsed().as_millis()
+    );
+    let got = drain_subscriber(addr).await;
+    assert!(acked.is_subset(&got), "lost {:?}", acked.difference(&got));
+    server.shutdown().await;
+}
