@@ -24,6 +24,9 @@ const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mess
 const AWAITING: TableDefinition<(&str, u16), ()> = TableDefinition::new("awaiting_rel");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 
+/// The store's cache unless configured (`[storage] cache_mib`).
+pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
+
 /// Version of the table layout; bumped when it changes incompatibly.
 const LAYOUT_VERSION: u64 = 1;
 
@@ -120,19 +123,31 @@ fn os(what: &str, e: &std::io::Error) -> StoreError {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store in `dir`. Refuses a store written by a newer layout, and a
-    /// damaged file, with an error naming the file.
+    /// Opens (or creates) the store in `dir` with a cache of [`DEFAULT_CACHE_BYTES`]. Refuses
+    /// a store written by a newer layout, and a damaged file, with an error naming the file.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`RedbStore::open`] with a cache of `cache_bytes` (pages read and written; redb's own
+    /// default, 1 GiB, is most of a busy broker's memory).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| os(&format!("cannot create {}", dir.display()), &e))?;
         let path = dir.join("starling.redb");
         let file = path.clone();
-        let store = Self::with_opener(path, Arc::new(move || Database::create(&file)))?;
+        let create = move || {
+            Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(&file)
+        };
+        let store = Self::with_opener(path, Arc::new(create))?;
         // Reopened after a failure, the file must be there: a missing one (the filesystem
         // unmounted, the file deleted) is an error, not a new empty store.
         let file = store.path.clone();
+        let reopen = move || Database::builder().set_cache_size(cache_bytes).open(&file);
         Ok(Self {
-            open: Arc::new(move || Database::open(&file)),
+            open: Arc::new(reopen),
             ..store
         })
     }

@@ -83,6 +83,8 @@ pub struct StorageConfig {
     /// full before it is: new durable work is refused (or held) while acknowledgements and
     /// deletions, which free space, still commit; above a quarter more it resumes. 0: off.
     pub min_free_bytes: u64,
+    /// The store's page cache, MiB: the memory it may keep of the file.
+    pub cache_mib: u64,
 }
 
 impl Default for StorageConfig {
@@ -94,6 +96,7 @@ impl Default for StorageConfig {
             recover: false,
             on_store_unavailable: OnStoreUnavailable::Refuse,
             min_free_bytes: 64 << 20,
+            cache_mib: 32,
         }
     }
 }
@@ -373,7 +376,7 @@ impl SecurityConfig {
 
 impl StorageConfig {
     /// Every numeric key with its value and its bound.
-    pub fn bounded(&self) -> [(&'static str, u64, Bound); 3] {
+    pub fn bounded(&self) -> [(&'static str, u64, Bound); 4] {
         [
             (
                 "commit_interval_ms",
@@ -390,6 +393,7 @@ impl StorageConfig {
                 self.min_free_bytes,
                 bounds::MIN_FREE_BYTES,
             ),
+            ("cache_mib", self.cache_mib, bounds::CACHE_MIB),
         ]
     }
 }
@@ -415,6 +419,8 @@ pub mod bounds {
     pub const MAX_UNCOMMITTED_MIB: Bound = Bound::new(1, 1 << 20, "1 TiB");
     /// `storage.min_free_bytes` (0: no limit).
     pub const MIN_FREE_BYTES: Bound = Bound::new(0, 1 << 50, "1 PiB");
+    /// `storage.cache_mib`.
+    pub const CACHE_MIB: Bound = Bound::new(1, 1 << 20, "1 TiB");
     /// A listener's `max_connections`: as `limits.max_connections` (well within what a
     /// semaphore can count).
     pub const LISTENER_CONNECTIONS: Bound = starling_broker::config::bounds::CONNECTIONS;

@@ -103,7 +103,9 @@ pub fn open(config: &Config) -> anyhow::Result<Option<Opened>> {
     if config.storage.durability == Durability::Memory {
         return Ok(None);
     }
-    let store = RedbStore::open(&config.data_dir)
+    let cache =
+        usize::try_from(config.storage.cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    let store = RedbStore::open_with_cache(&config.data_dir, cache)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let snapshot = store.load(config.storage.recover).with_context(|| {
         format!(

@@ -202,6 +202,7 @@ const BOUNDED: &[(&str, &str, u64, u64)] = &[
     ("storage", "commit_interval_ms", 1, 3_600_000),
     ("storage", "max_uncommitted_mib", 1, 1 << 20),
     ("storage", "min_free_bytes", 0, 1 << 50),
+    ("storage", "cache_mib", 1, 1 << 20),
     ("listener", "max_connections", 1, 100_000_000),
 ];
 
