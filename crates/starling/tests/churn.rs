@@ -307,7 +307,7 @@ async fn the_steady_stream_survives_churn() {
         total > expected / 2,
         "the steady stream ran: {total} of about {expected} messages"
     );
-    assert!(count > 500, "{count} churn episodes");
+    assert!(count > 200, "{count} churn episodes");
     assert_eq!(broker_panics(), panics_before, "no panic in the broker");
     assert_serving(addr).await;
     // Bounded memory: the whole test process (broker, store cache and every client).
