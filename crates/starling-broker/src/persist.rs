@@ -273,17 +273,26 @@ impl Journal {
     /// the next batch's end or carried-over commit, when it asks again (listed once per
     /// commit, with the caller's memo as in `notify_when_done`).
     pub fn notify_when_committed(&self, ticket: u64, waker: &Waker, registered: &mut u64) {
+        self.notify_when(|| self.committed_through(ticket), waker, registered);
+    }
+
+    /// Wakes `waker` at once if `reached` holds, else lists it for the next batch's end (once
+    /// per commit, with the caller's memo). `reached` is read under the lock that `finish` and
+    /// `carried_committed` take after advancing `done` and `committed`: either it sees the
+    /// new value, or they see this entry. Returns whether it was newly listed.
+    fn notify_when(&self, reached: impl Fn() -> bool, waker: &Waker, registered: &mut u64) -> bool {
         let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        // Read under the lock `carried_committed` takes after raising `committed`.
-        if self.committed_through(ticket) {
+        if reached() {
             drop(w);
             waker.wake();
-            return;
+            return false;
         }
-        if *registered != w.generation {
-            *registered = w.generation;
-            w.list.push(waker.clone());
+        if *registered == w.generation {
+            return false;
         }
+        *registered = w.generation;
+        w.list.push(waker.clone());
+        true
     }
 
     fn wake_waiters(&self) {
@@ -327,20 +336,7 @@ impl Journal {
     /// listed once per commit however often it asks.
     /// Returns whether it was newly listed.
     pub fn notify_when_done(&self, ticket: u64, waker: &Waker, registered: &mut u64) -> bool {
-        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        // Checked under the lock `finish` takes after advancing `done`: either this sees the
-        // new value, or `finish` sees this entry.
-        if self.done.load(Ordering::Acquire) >= ticket {
-            drop(w);
-            waker.wake();
-            return false;
-        }
-        if *registered == w.generation {
-            return false;
-        }
-        *registered = w.generation;
-        w.list.push(waker.clone());
-        true
+        self.notify_when(|| self.is_done(ticket), waker, registered)
     }
 
     /// Whether the batch holding `ticket` has finished (committed or failed).

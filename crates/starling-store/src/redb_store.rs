@@ -101,21 +101,20 @@ fn is_full(kind: ErrorKind) -> bool {
 }
 
 fn io(what: &str, e: impl Engine) -> StoreError {
-    let full = match e.storage() {
-        Some(StorageError::Io(err)) => is_full(err.kind()),
-        _ => false,
+    let kind = match e.storage() {
+        Some(StorageError::Io(err)) => Some(err.kind()),
+        _ => None,
     };
-    let msg = format!("{what}: {e}");
-    if full {
-        StoreError::Full(msg)
-    } else {
-        StoreError::Io(msg)
-    }
+    failure(format!("{what}: {e}"), kind)
 }
 
 fn os(what: &str, e: &std::io::Error) -> StoreError {
-    let msg = format!("{what}: {e}");
-    if is_full(e.kind()) {
+    failure(format!("{what}: {e}"), Some(e.kind()))
+}
+
+/// A full disk, or another I/O failure, as the OS's error kind says.
+fn failure(msg: String, kind: Option<ErrorKind>) -> StoreError {
+    if kind.is_some_and(is_full) {
         StoreError::Full(msg)
     } else {
         StoreError::Io(msg)

@@ -95,6 +95,12 @@ impl Opened {
         self.min_free = bytes;
         self
     }
+
+    /// Sets what happens to durable work while the store is unavailable.
+    pub fn with_on_store_unavailable(mut self, on_unavailable: OnStoreUnavailable) -> Self {
+        self.on_unavailable = on_unavailable;
+        self
+    }
 }
 
 /// Opens the store in the data directory, per the durability mode (`None` for `memory`).
@@ -151,23 +157,6 @@ pub fn with_store(
     recover: bool,
     max_uncommitted: usize,
 ) -> anyhow::Result<Opened> {
-    with_store_and(
-        store,
-        mode,
-        recover,
-        max_uncommitted,
-        OnStoreUnavailable::Refuse,
-    )
-}
-
-/// [`with_store`], choosing what happens to durable work while the store is unavailable.
-pub fn with_store_and(
-    store: Arc<dyn Store>,
-    mode: Durability,
-    recover: bool,
-    max_uncommitted: usize,
-    on_unavailable: OnStoreUnavailable,
-) -> anyhow::Result<Opened> {
     let snapshot = store.load(recover)?;
     let signal = Arc::new(CommitSignal::default());
     Ok(Opened {
@@ -181,7 +170,7 @@ pub fn with_store_and(
         snapshot,
         mode,
         interval: Duration::from_millis(100),
-        on_unavailable,
+        on_unavailable: OnStoreUnavailable::Refuse,
         min_free: 0,
     })
 }

@@ -33,14 +33,9 @@ async fn broker(on_unavailable: OnStoreUnavailable) -> (Server, SocketAddr, Arc<
     let store = Arc::new(MemoryStore::new());
     let mut config = Config::default();
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
-    let opened = starling::storage::with_store_and(
-        store.clone(),
-        Durability::Sync,
-        false,
-        64 << 20,
-        on_unavailable,
-    )
-    .unwrap();
+    let opened = starling::storage::with_store(store.clone(), Durability::Sync, false, 64 << 20)
+        .unwrap()
+        .with_on_store_unavailable(on_unavailable);
     let server = Server::start_with(&config, Some(opened)).await.unwrap();
     let addr = server.local_addrs()[0];
     (server, addr, store)

@@ -114,11 +114,24 @@ impl Sim {
     pub fn with(limits: Limits, durability: Durability) -> Self {
         let start = Instant::now();
         let store = (durability != Durability::Memory).then(|| Arc::new(MemoryStore::new()));
-        let mut sim = Self {
+        let broker = Broker::new(limits, start);
+        let mut sim = Self::unstarted(broker, durability, store, start);
+        sim.boot();
+        sim
+    }
+
+    /// The simulation around `broker`, before anything has run.
+    fn unstarted(
+        broker: Broker,
+        durability: Durability,
+        store: Option<Arc<MemoryStore>>,
+        start: Instant,
+    ) -> Self {
+        Self {
             start,
             now: start,
-            broker: Arc::new(Broker::new(limits.clone(), start)),
-            limits,
+            limits: broker.limits.clone(),
+            broker: Arc::new(broker),
             durability,
             store,
             journal: None,
@@ -127,9 +140,7 @@ impl Sim {
             carried: Vec::new(),
             next_tick: start,
             clients: Vec::new(),
-        };
-        sim.boot();
-        sim
+        }
     }
 
     /// A broker with a store whose journal holds at most `limit` bytes of changes.
@@ -142,22 +153,7 @@ impl Sim {
 
     /// A simulation of a broker made by the caller (its own seams, no store).
     pub fn on(broker: Broker) -> Self {
-        let start = Instant::now();
-        let limits = broker.limits.clone();
-        let mut sim = Self {
-            start,
-            now: start,
-            broker: Arc::new(broker),
-            limits,
-            durability: Durability::Memory,
-            store: None,
-            journal: None,
-            hold_commits: false,
-            journal_limit: 64 << 20,
-            carried: Vec::new(),
-            next_tick: start,
-            clients: Vec::new(),
-        };
+        let mut sim = Self::unstarted(broker, Durability::Memory, None, Instant::now());
         sim.settle();
         sim
     }
