@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::{
-    RawClient, Recv, assert_serving, broker_panics, connect_packet, publish_packet, start_server,
-    subscribe_packet, vm_rss_bytes,
+    RawClient, Recv, XorShift, assert_serving, broker_panics, connect_packet, publish_packet,
+    start_server, subscribe_packet, vm_rss_bytes,
 };
 use starling_proto::{Packet, ProtocolVersion, PubAck, QoS};
 use tokio::task::JoinSet;
@@ -35,30 +35,9 @@ const RUN: Duration = Duration::from_secs(20);
 const STEADY_PAIRS: u32 = 5;
 /// Messages per second per steady publisher.
 const STEADY_RATE: u64 = 100;
-const CLIENT_IDS: u64 = 400;
+const CLIENT_IDS: usize = 400;
 /// Most churn episodes at once (each ends within about 6 s).
 const MAX_EPISODES: usize = 200;
-
-/// xorshift64*: the churn is seeded.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 fn encode(p: &Packet, version: ProtocolVersion) -> BytesMut {
     let mut b = BytesMut::new();
@@ -157,7 +136,7 @@ async fn read_for(c: &mut RawClient, d: Duration) -> bool {
 }
 
 /// One churn episode, chosen by `rng`; ends within about 6 s whatever the broker does.
-async fn episode(addr: SocketAddr, mut rng: Rng) {
+async fn episode(addr: SocketAddr, mut rng: XorShift) {
     let id = format!("churn-{}", rng.below(CLIENT_IDS));
     let version = if rng.chance(50) {
         ProtocolVersion::V5
@@ -186,8 +165,8 @@ async fn episode(addr: SocketAddr, mut rng: Rng) {
         read_for(&mut c, Duration::from_millis(500)).await;
         return;
     }
-    let filter = ["churn/#", "churn/+/x", "$SYS/#"][rng.below(3) as usize];
-    let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][rng.below(3) as usize];
+    let filter = ["churn/#", "churn/+/x", "$SYS/#"][rng.below(3)];
+    let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][rng.below(3)];
     if c.send_raw(&encode(&subscribe_packet(1, filter, qos), version))
         .await
         .is_err()
@@ -199,14 +178,13 @@ async fn episode(addr: SocketAddr, mut rng: Rng) {
         0..=3 => {
             let mut bytes = BytesMut::new();
             for k in 0..1 + rng.below(200) {
-                let qos =
-                    [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][rng.below(3) as usize];
+                let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][rng.below(3)];
                 let pid = if qos == QoS::AtMostOnce {
                     0
                 } else {
                     (k + 1) as u16
                 };
-                let len = rng.below(2048) as usize;
+                let len = rng.below(2048);
                 let mut p = publish_packet(
                     &format!("churn/{}/x", rng.below(200)),
                     qos,
@@ -229,11 +207,11 @@ async fn episode(addr: SocketAddr, mut rng: Rng) {
         4 | 5 => tokio::time::sleep(Duration::from_secs(5)).await,
         // Closes abruptly after a moment.
         6 => {
-            read_for(&mut c, Duration::from_millis(rng.below(500))).await;
+            read_for(&mut c, Duration::from_millis(rng.below(500) as u64)).await;
         }
         // A well-behaved client: reads a while, then DISCONNECT.
         _ => {
-            if read_for(&mut c, Duration::from_millis(200 + rng.below(2000))).await {
+            if read_for(&mut c, Duration::from_millis(200 + rng.below(2000) as u64)).await {
                 let bye = Packet::Disconnect(starling_proto::Disconnect::new(
                     starling_proto::ReasonCode::Success,
                 ));
@@ -263,7 +241,7 @@ async fn the_steady_stream_survives_churn() {
     }
 
     // The churn: an episode every 25 ms, at most MAX_EPISODES at once.
-    let mut rng = Rng(0x5EED_CAFE_F00D_0001);
+    let mut rng = XorShift::new(0x5EED_CAFE_F00D_0001);
     let mut episodes = JoinSet::new();
     let started = Instant::now();
     let mut count = 0u64;
@@ -272,8 +250,8 @@ async fn the_steady_stream_survives_churn() {
             episodes.join_next().await;
         }
         // Each episode gets its own generator, seeded from the run's.
-        let seed = rng.next() | 1;
-        episodes.spawn(episode(addr, Rng(seed)));
+        let seed = rng.next();
+        episodes.spawn(episode(addr, XorShift::new(seed)));
         count += 1;
         tokio::time::sleep(Duration::from_millis(25)).await;
         while let Some(done) = episodes.try_join_next() {

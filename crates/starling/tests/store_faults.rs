@@ -84,6 +84,34 @@ async fn publish(p: &mut RawClient, topic: &str, n: u32) -> ReasonCode {
     }
 }
 
+/// Publishes QoS 1 messages numbered from `n` on (advancing it) until one is acknowledged,
+/// which must happen within `bound`; every refusal before it must be `refused`, if given.
+/// Returns the number acknowledged.
+async fn until_acknowledged(
+    p: &mut RawClient,
+    topic: &str,
+    n: &mut u32,
+    refused: Option<ReasonCode>,
+    bound: Duration,
+) -> u32 {
+    let since = Instant::now();
+    loop {
+        let reason = publish(p, topic, *n).await;
+        *n += 1;
+        if reason == ReasonCode::Success {
+            return *n - 1;
+        }
+        if let Some(expected) = refused {
+            assert_eq!(reason, expected);
+        }
+        assert!(
+            since.elapsed() < bound,
+            "not acknowledged again in {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The subscriber comes back and takes every message queued for it; their numbers.
 async fn drain_subscriber(addr: SocketAddr) -> BTreeSet<u32> {
     let (mut sub, ack) = RawClient::connect_with(addr, subscriber_connect()).await;
@@ -137,19 +165,8 @@ async fn a_full_disk_is_refused_with_quota_exceeded_and_recovers_without_a_resta
 
     // Space comes back: QoS 1 is acknowledged again within the retry bound, no restart.
     store.heal();
-    let healed = Instant::now();
-    loop {
-        let reason = publish(&mut p, "d", n).await;
-        if reason == ReasonCode::Success {
-            acked.insert(n);
-            n += 1;
-            break;
-        }
-        assert_eq!(reason, ReasonCode::QuotaExceeded);
-        assert!(healed.elapsed() < RECOVERY_BOUND, "not recovered in time");
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let quota = Some(ReasonCode::QuotaExceeded);
+    acked.insert(until_acknowledged(&mut p, "d", &mut n, quota, RECOVERY_BOUND).await);
     for _ in 0..5 {
         assert_eq!(publish(&mut p, "d", n).await, ReasonCode::Success);
         acked.insert(n);
@@ -176,13 +193,7 @@ async fn an_io_error_is_refused_with_0x80_and_recovers() {
     store.fail_after(0);
     assert_eq!(publish(&mut p, "e", 0).await, ReasonCode::UnspecifiedError);
     store.heal();
-    let healed = Instant::now();
-    let mut n = 1;
-    while publish(&mut p, "e", n).await != ReasonCode::Success {
-        assert!(healed.elapsed() < RECOVERY_BOUND, "not recovered in time");
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let n = until_acknowledged(&mut p, "e", &mut 1, None, RECOVERY_BOUND).await;
     assert!(drain_subscriber(addr).await.contains(&n));
     server.shutdown().await;
 }
@@ -348,16 +359,7 @@ async fn a_full_filesystem_is_refused_then_recovered_when_grown() {
 
     fs.remount("size=64m");
     let grown = Instant::now();
-    loop {
-        let r = publish(&mut p, "fill", n).await;
-        n += 1;
-        if r == ReasonCode::Success {
-            acked.push(n - 1);
-            break;
-        }
-        assert!(grown.elapsed() < RECOVERY_BOUND, "not recovered in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    acked.push(until_acknowledged(&mut p, "fill", &mut n, None, RECOVERY_BOUND).await);
     let recovery = grown.elapsed();
 
     eprintln!(
@@ -450,21 +452,9 @@ async fn a_free_space_limit_refuses_before_the_disk_is_full_and_resumes_by_itsel
     assert!(acked_set.is_subset(&got));
     // Compacted, the store has space again; QoS 1 is acknowledged again by itself.
     let drained = Instant::now();
-    loop {
-        let r = publish(&mut p, "fill", n).await;
-        n += 1;
-        if r == ReasonCode::Success {
-            acked.push(n - 1);
-            break;
-        }
-        assert_eq!(r, ReasonCode::QuotaExceeded);
-        assert!(
-            drained.elapsed() < Duration::from_secs(15),
-            "space not given back: {} bytes free",
-            metrics.store_free_bytes.get()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let quota = Some(ReasonCode::QuotaExceeded);
+    let bound = Duration::from_secs(15);
+    acked.push(until_acknowledged(&mut p, "fill", &mut n, quota, bound).await);
     eprintln!(
         "tmpfs 16 MB, min_free_bytes 6 MiB: {} messages acknowledged, refused with {free} bytes \
          still free; acknowledged again {} ms after the subscriber drained its queue",
@@ -679,16 +669,7 @@ async fn a_read_only_remount_is_refused_then_recovered_after_a_repair() {
         "the filesystem could not be unmounted"
     );
     let repaired = Instant::now();
-    loop {
-        let r = publish(&mut p, "ro", n).await;
-        n += 1;
-        if r == ReasonCode::Success {
-            acked.insert(n - 1);
-            break;
-        }
-        assert!(repaired.elapsed() < RECOVERY_BOUND, "not recovered in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    acked.insert(until_acknowledged(&mut p, "ro", &mut n, None, RECOVERY_BOUND).await);
     eprintln!(
         "ext4 remounted read-only: PUBACK 0x80; unmounted, checked and mounted again {} ms \
          later; QoS 1 acknowledged again {} ms after that",

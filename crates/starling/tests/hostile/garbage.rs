@@ -2,33 +2,6 @@
 
 use super::*;
 
-/// xorshift64: deterministic bytes without a dependency.
-#[derive(Debug)]
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 /// Seed `seed`'s stream: even seeds pure noise; odd seeds a run of packets with random type
 /// bytes, a correct remaining length and a random body, so the body decoders see it.
 fn garbage(seed: u64) -> Vec<u8> {

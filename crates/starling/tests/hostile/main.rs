@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::{
-    Probe, RawClient, Recv, TestServer, WAIT, assert_serving, broker_panics, connect_packet, frame,
-    publish_packet, raw_publish, raw_subscribe, start_server, varint, vm_hwm_bytes, vm_rss_bytes,
+    Probe, RawClient, Recv, TestServer, WAIT, XorShift, assert_serving, broker_panics,
+    connect_packet, frame, publish_packet, raw_publish, raw_subscribe, start_server, varint,
+    vm_hwm_bytes, vm_rss_bytes,
 };
 use starling_proto::{
     ConnAck, Disconnect, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS, ReasonCode,
