@@ -398,6 +398,16 @@ impl RawClient {
         }
     }
 
+    /// Expects the close that answers a protocol violation: v5 a DISCONNECT with `reason`
+    /// first, 3.x (which has no DISCONNECT from the server) nothing before it.
+    pub(crate) async fn expect_violation_close(&mut self, reason: ReasonCode) {
+        if self.version.is_v5() {
+            self.expect_disconnect(reason).await;
+        } else {
+            self.expect_closed_silently().await;
+        }
+    }
+
     /// Expects nothing at all (no packet, no close) for `within`.
     pub(crate) async fn expect_silence(&mut self, within: Duration) {
         match self.recv(within).await {

@@ -77,11 +77,7 @@ async fn acknowledgements_of_the_wrong_kind_are_protocol_errors() {
                 _ => Packet::PubComp(PubAck::new(two)),
             };
             c.send(&ack).await;
-            if version.is_v5() {
-                c.expect_disconnect(ReasonCode::ProtocolError).await;
-            } else {
-                c.expect_closed_silently().await;
-            }
+            c.expect_violation_close(ReasonCode::ProtocolError).await;
             let mut connect = connect_packet(version, &id);
             connect.clean_start = false;
             if version.is_v5() {

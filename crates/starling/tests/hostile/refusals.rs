@@ -171,11 +171,7 @@ async fn control_characters_in_topics_are_malformed() {
             for bytes in packets {
                 let (mut c, _) = RawClient::connect(server.addr, version, "ctl").await;
                 c.send_raw(&bytes).await.unwrap();
-                if version.is_v5() {
-                    c.expect_disconnect(ReasonCode::MalformedPacket).await;
-                } else {
-                    c.expect_closed_silently().await;
-                }
+                c.expect_violation_close(ReasonCode::MalformedPacket).await;
             }
         }
     }
