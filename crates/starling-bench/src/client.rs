@@ -33,6 +33,7 @@ pub(crate) struct PacketReader<R> {
     buf: BytesMut,
     chunk: usize,
     limits: DecodeLimits,
+    version: ProtocolVersion,
 }
 
 impl<R: AsyncRead + Unpin> PacketReader<R> {
@@ -42,6 +43,15 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             buf: BytesMut::new(),
             chunk,
             limits: DecodeLimits::default(),
+            version: VERSION,
+        }
+    }
+
+    /// The same for a client of another protocol version.
+    pub(crate) fn with_version(rd: R, chunk: usize, version: ProtocolVersion) -> Self {
+        Self {
+            version,
+            ..Self::new(rd, chunk)
         }
     }
 
@@ -67,7 +77,7 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     /// The same without converting the result: hot loops match on it in place, since a
     /// `Packet` is a few hundred bytes and every move of it is a copy.
     pub(crate) fn decode_raw(&mut self) -> Result<Option<Packet>, DecodeError> {
-        decode(&mut self.buf, VERSION, &self.limits)
+        decode(&mut self.buf, self.version, &self.limits)
     }
 
     /// Reads until a packet arrives; errors at end of stream.

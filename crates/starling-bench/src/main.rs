@@ -4,10 +4,12 @@
 //! Runs one scenario against one broker and prints one JSON line. Everything runs on one
 //! thread (a current-thread tokio runtime): the generator is meant to be pinned to one core.
 
+mod churn;
 mod client;
 mod forwarder;
 mod hist;
 mod load;
+mod mixed;
 mod procstat;
 mod special;
 
@@ -61,6 +63,9 @@ enum Scenario {
     Retained,
     /// 1 MiB payloads, 10 to 10, QoS 1: MB/s.
     Large,
+    /// A steady QoS 1 stream (10 to 10, 1,000 msg/s each) while clients churn around it:
+    /// its latency, delivery ratio, the broker's CPU and RSS over time.
+    Mixed,
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,6 +132,33 @@ struct RunArgs {
     /// what is queued and in flight for them.
     #[arg(long)]
     persistent: bool,
+    /// mixed: churn episodes started per second.
+    #[arg(long, default_value_t = 40.0)]
+    episodes_per_s: f64,
+    /// mixed: most churn episodes at once.
+    #[arg(long, default_value_t = 400)]
+    max_episodes: usize,
+    /// mixed: size of the churn's pool of client ids.
+    #[arg(long, default_value_t = 400)]
+    client_ids: usize,
+    /// mixed: percent of churn episodes speaking MQTT 5.0 (the rest 3.1.1).
+    #[arg(long, default_value_t = 50)]
+    v5_percent: usize,
+    /// mixed: percent of churn episodes with a persistent session.
+    #[arg(long, default_value_t = 40)]
+    persistent_percent: usize,
+    /// mixed: the filters churn clients subscribe to, comma-separated.
+    #[arg(long, default_value = "churn/#,churn/+/x,$SYS/#")]
+    churn_filters: String,
+    /// mixed: largest payload of the churn's bursts, bytes.
+    #[arg(long, default_value_t = 2048)]
+    churn_max_payload: usize,
+    /// mixed: seed of the churn.
+    #[arg(long, default_value_t = 0x5EED_CAFE_F00D_0001)]
+    seed: u64,
+    /// mixed: seconds the steady stream goes on after the churn stops, for the last RSS sample.
+    #[arg(long, default_value_t = 0)]
+    cooldown: u64,
 }
 
 fn main() -> Result<()> {
@@ -190,6 +222,31 @@ async fn run(a: &RunArgs) -> Result<String> {
             )
             .await?
         }
+        Scenario::Mixed => {
+            mixed::run(mixed::MixedSpec {
+                addr: addr.clone(),
+                pairs: a.publishers.unwrap_or(10),
+                rate: a.rate.unwrap_or(1000.0),
+                payload: a.payload.unwrap_or(64),
+                inflight: a.inflight.unwrap_or(64),
+                episodes_per_s: a.episodes_per_s,
+                max_episodes: a.max_episodes,
+                churn: churn::ChurnSpec {
+                    addr,
+                    ids: a.client_ids,
+                    v5_percent: a.v5_percent,
+                    persistent_percent: a.persistent_percent,
+                    filters: a.churn_filters.split(',').map(str::to_owned).collect(),
+                    max_payload: a.churn_max_payload,
+                },
+                seed: a.seed,
+                warmup: a.warmup,
+                duration: a.duration,
+                cooldown: a.cooldown,
+                broker_pid: a.broker_pid,
+            })
+            .await?
+        }
         s => {
             let spec = load_spec(s, a, addr, qos);
             head.insert("qos".into(), json!(spec.qos.as_u8()));
@@ -220,7 +277,7 @@ fn load_spec(s: Scenario, a: &RunArgs, addr: String, qos: Option<QoS>) -> LoadSp
         Scenario::FanOutQos1 => (Topology::FanOut, 1, 100, q1, 64, 1000, 1000, None),
         Scenario::Latency => (Topology::P2p, 10, 10, q1, 64, 64, 1000, Some(10_000.0)),
         Scenario::Large => (Topology::P2p, 10, 10, q1, 1 << 20, 4, 4, None),
-        Scenario::P2pQos0 | Scenario::Connections | Scenario::Retained => {
+        Scenario::P2pQos0 | Scenario::Connections | Scenario::Retained | Scenario::Mixed => {
             (Topology::P2p, 10, 10, q0, 64, 64, 1000, None)
         }
     };

@@ -62,6 +62,24 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Bytes the process caused to be written to storage (`write_bytes` of `/proc/<pid>/io`):
+    /// what a durable broker writes to its store, page cache flushes included.
+    pub(crate) fn write_bytes(&self) -> Result<u64> {
+        let path = format!("{}/io", self.dir);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("write_bytes:"))
+            .ok_or_else(|| anyhow!("{path}: no write_bytes"))?;
+        line.split_whitespace()
+            .nth(1)
+            .ok_or_else(|| anyhow!("{path}: bad write_bytes line"))?
+            .parse()
+            .with_context(|| format!("{path}: write_bytes"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +89,6 @@ mod tests {
         let p = Proc::this();
         assert!(p.cpu_s().unwrap() >= 0.0);
         assert!(p.rss_kb().unwrap() > 0);
+        p.write_bytes().unwrap();
     }
 }

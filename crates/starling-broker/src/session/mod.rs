@@ -103,6 +103,8 @@ pub struct SessionState {
     queue: VecDeque<Delivery>,
     /// Payload bytes in `queue`.
     queued_bytes: usize,
+    /// QoS 0 messages in `queue`: a full queue looks for one to drop only when there is one.
+    queued_qos0: usize,
     /// Outbound QoS 1/2 messages sent and not yet fully acknowledged, in send order. Bounded by
     /// the connection's window (client Receive Maximum, `max_inflight`).
     inflight: Window,
@@ -199,6 +201,7 @@ impl Session {
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
                 queued_bytes: 0,
+                queued_qos0: 0,
                 inflight: Window::default(),
                 next_packet_id: 1,
                 awaiting_rel: HashMap::new(),
@@ -444,6 +447,7 @@ impl Locked<'_> {
         self.st.subscriptions.clear();
         self.st.queue.clear();
         self.st.queued_bytes = 0;
+        self.st.queued_qos0 = 0;
         self.st.inflight.clear();
         self.st.awaiting_rel.clear();
         self.save(ops);

@@ -32,7 +32,12 @@ impl Locked<'_> {
                 || (!s.st.queue.is_empty() && s.st.queued_bytes + cost > limits.max_queued_bytes)
         };
         while full(self) {
-            let victim = match self.st.queue.iter().position(|d| d.qos == QoS::AtMostOnce) {
+            // The oldest QoS 0 message, if any (a scan only when there is one to find).
+            let qos0 = match self.st.queued_qos0 {
+                0 => None,
+                _ => self.st.queue.iter().position(|d| d.qos == QoS::AtMostOnce),
+            };
+            let victim = match qos0 {
                 Some(i) => i,
                 None if delivery.qos == QoS::AtMostOnce => {
                     count_drop(metrics);
@@ -48,6 +53,7 @@ impl Locked<'_> {
             };
             if let Some(mut old) = self.st.queue.remove(victim) {
                 self.st.queued_bytes -= old.msg.cost();
+                self.st.queued_qos0 -= usize::from(old.qos == QoS::AtMostOnce);
                 count_drop(metrics);
                 self.forget_record(&mut old, ops);
             }
@@ -74,12 +80,14 @@ impl Locked<'_> {
     pub(super) fn pop_queued(&mut self) -> Option<Delivery> {
         let d = self.st.queue.pop_front()?;
         self.st.queued_bytes -= d.msg.cost();
+        self.st.queued_qos0 -= usize::from(d.qos == QoS::AtMostOnce);
         Some(d)
     }
 
     /// Appends a delivery to the queue without the limits (it was in the queue before).
     pub(super) fn push_queued(&mut self, d: Delivery) {
         self.st.queued_bytes += d.msg.cost();
+        self.st.queued_qos0 += usize::from(d.qos == QoS::AtMostOnce);
         self.st.queue.push_back(d);
     }
 
@@ -184,6 +192,33 @@ mod tests {
         assert_eq!(payloads(&s), [3, 4, 6]);
         assert_eq!(m.publish_dropped.get(), 3);
         assert_eq!(m.dropped_queue_full.get(), 3);
+        assert_eq!(s.lock().st.queued_qos0, 0);
+    }
+
+    #[test]
+    fn the_qos0_count_follows_the_queue() {
+        let m = Metrics::default();
+        let l = limits(3, QueueFullPolicy::DropOldest);
+        let s = online();
+        assert!(enqueue(&s, &l, &m, delivery(QoS::AtLeastOnce, 1)));
+        assert!(enqueue(&s, &l, &m, delivery(QoS::AtLeastOnce, 2)));
+        assert!(enqueue(&s, &l, &m, delivery(QoS::AtMostOnce, 3)));
+        assert_eq!(s.lock().st.queued_qos0, 1);
+        // Full, its only QoS 0 message at the back: that one goes, not the oldest.
+        assert!(enqueue(&s, &l, &m, delivery(QoS::AtLeastOnce, 4)));
+        assert_eq!(payloads(&s), [1, 2, 4]);
+        assert_eq!(s.lock().st.queued_qos0, 0);
+        // Full of QoS 1: a new QoS 0 message is the one dropped.
+        assert!(!enqueue(&s, &l, &m, delivery(QoS::AtMostOnce, 5)));
+        assert_eq!(s.lock().st.queued_qos0, 0);
+        let mut st = s.lock();
+        st.pop_queued();
+        drop(st);
+        assert!(enqueue(&s, &l, &m, delivery(QoS::AtMostOnce, 6)));
+        assert_eq!(s.lock().st.queued_qos0, 1);
+        let mut st = s.lock();
+        while st.next_delivery(10).is_some() {}
+        assert_eq!((st.queued(), st.st.queued_qos0), (0, 0));
     }
 
     #[test]

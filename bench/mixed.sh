@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Mixed load: a steady QoS 1 stream (10 publishers to 10 subscribers, 1,000 msg/s each, 64 B,
+# clean sessions) while a seeded churn generator drives other clients around it (40 connection
+# episodes a second from 400 client ids, 3.1.1 and 5.0, 40 % persistent sessions, wildcard and
+# $SYS/# subscriptions, bursts of QoS 0/1/2 messages up to 2 KB, stalls, abrupt closes,
+# garbage). Starling (durability sync and memory), mosquitto and rumqttd, each with its
+# defaults, get the same traffic in the same run, interleaved over rounds.
+#
+#   bench/mixed.sh [--rounds N] [--duration S] [--warmup S] [--cooldown S]
+#                  [--brokers starling-sync,starling-memory,mosquitto,rumqttd] [--out FILE]
+#
+# Each run: a fresh broker pinned to core 0, the generator (`starling-bench --scenario mixed`)
+# pinned to core 1, both at SCHED_RR priority 1 when allowed (as in compare.sh). One JSON line
+# per run goes to --out (default: a temporary file, named at the end); bench/mixed-report.py
+# turns the lines into the table of RESULTS.md.
+#
+# rumqttd: its MQTT 5 listener is separate and incomplete, and it has no $SYS, so its churn
+# speaks 3.1.1 only and subscribes to the two churn filters (noted in the results).
+# Traffic goes to 127.0.0.1 only.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+ROUNDS=3
+DURATION=60
+WARMUP=5
+COOLDOWN=0
+BROKERS=starling-sync,starling-memory,mosquitto,rumqttd
+OUT=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) ROUNDS="$2"; shift ;;
+        --duration) DURATION="$2"; shift ;;
+        --warmup) WARMUP="$2"; shift ;;
+        --cooldown) COOLDOWN="$2"; shift ;;
+        --brokers) BROKERS="$2"; shift ;;
+        --out) OUT="$2"; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+RUMQTTD_VERSION=0.20.0
+TOOLS="$ROOT/bench/.tools"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+if [[ ",$BROKERS," == *",mosquitto,"* ]] && ! command -v mosquitto >/dev/null 2>&1 \
+    && [ ! -x /usr/sbin/mosquitto ]; then
+    log "installing mosquitto"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mosquitto
+fi
+MOSQUITTO=$(command -v mosquitto 2>/dev/null || echo /usr/sbin/mosquitto)
+if [[ ",$BROKERS," == *",rumqttd,"* ]] && [ ! -x "$TOOLS/bin/rumqttd" ]; then
+    log "installing rumqttd $RUMQTTD_VERSION"
+    cargo install rumqttd --version "$RUMQTTD_VERSION" --no-default-features --root "$TOOLS"
+fi
+cargo build --release -q -p starling -p starling-bench
+
+WORK=$(mktemp -d /tmp/starling-mixed.XXXXXX)
+[ -n "$OUT" ] || OUT="$WORK/mixed.jsonl"
+BROKER_PID=
+cleanup() {
+    [ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+PRIO=(chrt -r 1)
+"${PRIO[@]}" true 2>/dev/null || PRIO=()
+ulimit -n "$(ulimit -Hn)"
+PORT=23000
+
+start_broker() { # name port dir
+    local name=$1 port=$2 dir=$3
+    mkdir -p "$dir"
+    case "$name" in
+        starling-sync|starling-memory)
+            # Defaults, but for the durability mode and quieter logs.
+            printf 'log_level = "warn"\n[storage]\ndurability = "%s"\n' "${name#starling-}" \
+                > "$dir/starling.toml"
+            taskset -c 0 "${PRIO[@]}" "$TARGET/release/starling" serve \
+                --config "$dir/starling.toml" --bind "127.0.0.1:$port" --data-dir "$dir/data" \
+                > "$dir/broker.log" 2>&1 & ;;
+        mosquitto)
+            # Defaults (persistence off), anonymous clients on this port.
+            printf 'listener %s 127.0.0.1\nallow_anonymous true\nlog_dest none\n' "$port" \
+                > "$dir/mosquitto.conf"
+            taskset -c 0 "${PRIO[@]}" "$MOSQUITTO" -c "$dir/mosquitto.conf" \
+                > "$dir/broker.log" 2>&1 & ;;
+        rumqttd)
+            cat > "$dir/rumqttd.toml" <<EOF
+id = 0
+[router]
+id = 0
+max_connections = 10010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$port"
+next_connection_delay_ms = 1
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+    dynamic_filters = true
+EOF
+            taskset -c 0 "${PRIO[@]}" "$TOOLS/bin/rumqttd" -q -c "$dir/rumqttd.toml" \
+                > "$dir/broker.log" 2>&1 & ;;
+        *) echo "unknown broker $name" >&2; exit 2 ;;
+    esac
+    BROKER_PID=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "$name did not start:"; cat "$dir/broker.log" >&2
+    return 1
+}
+
+IFS=, read -r -a LIST <<< "$BROKERS"
+n=${#LIST[@]}
+for round in $(seq "$ROUNDS"); do
+    for k in $(seq 0 $((n - 1))); do
+        # Rotated by one each round, so no broker always runs first.
+        name=${LIST[$(((k + round - 1) % n))]}
+        PORT=$((PORT + 1))
+        dir="$WORK/$name-$round"
+        log "round $round: $name"
+        start_broker "$name" "$PORT" "$dir" || continue
+        extra=()
+        [ "$name" = rumqttd ] && extra=(--v5-percent 0 --churn-filters 'churn/#,churn/+/x')
+        if line=$(RUST_BACKTRACE=0 taskset -c 1 "${PRIO[@]}" "$TARGET/release/starling-bench" \
+            --scenario mixed --port "$PORT" --label "$name" --round "$round" \
+            --broker-pid "$BROKER_PID" --warmup "$WARMUP" --duration "$DURATION" \
+            --cooldown "$COOLDOWN" "${extra[@]}" 2> "$dir/gen.log"); then
+            if [ -d "$dir/data" ]; then
+                store=$(du -sb "$dir/data" | cut -f1)
+                line="${line%\}},\"store_bytes_at_end\":$store}"
+            fi
+            echo "$line" >> "$OUT"
+        else
+            log "  failed: $(tail -c 300 "$dir/gen.log")"
+        fi
+        kill "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+        BROKER_PID=
+        rm -rf "$dir/data"
+    done
+done
+python3 bench/mixed-report.py "$OUT"
+log "results: $OUT (command: bench/mixed.sh --rounds $ROUNDS --duration $DURATION --warmup $WARMUP --cooldown $COOLDOWN --brokers $BROKERS)"
