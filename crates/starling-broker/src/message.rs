@@ -3,6 +3,7 @@
 //! which QoS and with which subscription identifiers it goes out.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +27,38 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for No Local; `None` for broker-made messages.
     pub publisher: Option<Arc<str>>,
+    /// Names the payload in the store, where the records of every persistent session the
+    /// message is queued for share one copy of it.
+    pub store_key: StoreKey,
+}
+
+/// A number that names one message's payload for as long as the process runs: taken from a
+/// process-wide counter the first time the message is stored, never given to another message
+/// (an address would be reused once the message is freed, while the store may still hold
+/// records under it).
+#[derive(Debug, Default)]
+pub struct StoreKey(AtomicU64);
+
+/// The next [`StoreKey`]; 0 means "none yet".
+static NEXT_STORE_KEY: AtomicU64 = AtomicU64::new(1);
+
+impl StoreKey {
+    /// The key, taken now if the message has none yet.
+    pub fn get(&self) -> u64 {
+        let k = self.0.load(Ordering::Relaxed);
+        if k != 0 {
+            return k;
+        }
+        let new = NEXT_STORE_KEY.fetch_add(1, Ordering::Relaxed);
+        match self
+            .0
+            .compare_exchange(0, new, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => new,
+            // Another thread named it first.
+            Err(k) => k,
+        }
+    }
 }
 
 impl Message {
@@ -54,6 +87,7 @@ impl Message {
             properties,
             expires_at,
             publisher,
+            store_key: StoreKey::default(),
         }
     }
 
@@ -67,6 +101,7 @@ impl Message {
             properties: Properties::default(),
             expires_at: None,
             publisher: None,
+            store_key: StoreKey::default(),
         }
     }
 

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use starling_proto::{Packet, ProtocolVersion, Publish, QoS};
-use starling_store::{MessagePhase, MessageRecord, Op};
+use starling_store::{MessagePhase, MessageRecord, Op, SharedPayload};
 
 use crate::message::{Delivery, Message};
 use crate::wake::Waker;
@@ -468,6 +468,18 @@ pub struct Persistence {
 
 /// Encodes a message as the MQTT 5 PUBLISH a record keeps.
 pub fn encode_message(msg: &Message, qos: QoS, retain: bool, sub_ids: &[u32]) -> Vec<u8> {
+    encode_record_publish(msg, qos, retain, sub_ids, false)
+}
+
+/// The PUBLISH of a record; `header_only`: without the payload's bytes (which follow it when
+/// the record is read back).
+fn encode_record_publish(
+    msg: &Message,
+    qos: QoS,
+    retain: bool,
+    sub_ids: &[u32],
+    header_only: bool,
+) -> Vec<u8> {
     let mut properties = msg.properties.clone();
     if !sub_ids.is_empty() {
         // Written only when there are some: a write would allocate the property values.
@@ -482,6 +494,12 @@ pub fn encode_message(msg: &Message, qos: QoS, retain: bool, sub_ids: &[u32]) ->
         properties,
         payload: msg.payload.clone(),
     };
+    if header_only {
+        let mut buf = BytesMut::new();
+        // As below: a message that was decoded can be encoded again.
+        let _ = starling_proto::encode_publish_header(&publish, ProtocolVersion::V5, &mut buf);
+        return Vec::from(buf);
+    }
     let packet = Packet::Publish(publish);
     // One allocation of the exact size, handed over as the record's Vec without a copy.
     let len = starling_proto::encoded_len(&packet, ProtocolVersion::V5).unwrap_or(0);
@@ -506,6 +524,7 @@ pub fn encode_will(will: &starling_proto::Will) -> Vec<u8> {
         properties,
         expires_at: None,
         publisher: None,
+        store_key: crate::message::StoreKey::default(),
     };
     encode_message(&msg, will.qos, will.retain, &[])
 }
@@ -514,11 +533,17 @@ pub fn encode_will(will: &starling_proto::Will) -> Vec<u8> {
 pub fn retained_record(msg: &Message, clock: &WallClock) -> MessageRecord {
     MessageRecord {
         packet: encode_message(msg, msg.qos, true, &[]),
+        payload: None,
         expires_at_ms: msg.expires_at.map(|t| clock.to_unix_ms(t)),
         phase: MessagePhase::Queued,
         packet_id: 0,
     }
 }
+
+/// Payloads of at least this many bytes are stored once, shared by the records of every
+/// session a message is queued for; smaller ones are written into each record (a reference
+/// costs about as much).
+pub const SHARED_PAYLOAD_MIN: usize = 64;
 
 /// The record of a delivery queued or inflight for a session.
 pub fn delivery_record(
@@ -527,8 +552,15 @@ pub fn delivery_record(
     packet_id: u16,
     clock: &WallClock,
 ) -> MessageRecord {
+    // A payload worth sharing is kept apart: the store writes it once for every session the
+    // message is queued for.
+    let shared = d.msg.payload.len() >= SHARED_PAYLOAD_MIN;
     MessageRecord {
-        packet: encode_message(&d.msg, d.qos, d.retain, &d.sub_ids),
+        packet: encode_record_publish(&d.msg, d.qos, d.retain, &d.sub_ids, shared),
+        payload: shared.then(|| SharedPayload {
+            key: d.msg.store_key.get(),
+            bytes: d.msg.payload.clone(),
+        }),
         expires_at_ms: d.msg.expires_at.map(|t| clock.to_unix_ms(t)),
         phase,
         packet_id,
@@ -542,7 +574,7 @@ pub fn decode_message(
     clock: &WallClock,
     now: Instant,
 ) -> Option<(Message, QoS, bool, Vec<u32>)> {
-    let mut buf = BytesMut::from(Bytes::from(rec.packet.clone()));
+    let mut buf = BytesMut::from(Bytes::from(rec.whole_packet()));
     let limits = starling_proto::DecodeLimits::default();
     let Ok(Some(Packet::Publish(mut p))) =
         starling_proto::decode(&mut buf, ProtocolVersion::V5, &limits)
@@ -565,6 +597,59 @@ mod tests {
     fn journal(hold_acks: bool, limit: usize) -> (Journal, Arc<Flag>) {
         let committer = Flag::new();
         (Journal::new(hold_acks, limit, committer.clone()), committer)
+    }
+
+    /// A large payload is kept apart under the message's store key, the same for every
+    /// delivery of the message and never another message's; read back, the record gives the
+    /// message whole.
+    #[test]
+    fn large_payloads_are_shared_and_read_back_whole() {
+        let now = Instant::now();
+        let clock = WallClock::new(now, 1_700_000_000_000);
+        let publish = |payload: Vec<u8>| Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: starling_proto::TopicName::try_from_str("a/b").unwrap(),
+            packet_id: 1,
+            properties: Default::default(),
+            payload: payload.into(),
+        };
+        let delivery = |msg: &Arc<Message>, sub_ids: Vec<u32>| Delivery {
+            msg: msg.clone(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids,
+            share: None,
+            seq: 0,
+        };
+        let big = Arc::new(Message::from_publish(publish(vec![9; 500]), None, now));
+        let other = Arc::new(Message::from_publish(publish(vec![9; 500]), None, now));
+        let small = Arc::new(Message::from_publish(publish(vec![1; 10]), None, now));
+        let r1 = delivery_record(&delivery(&big, vec![]), MessagePhase::Queued, 0, &clock);
+        let r2 = delivery_record(&delivery(&big, vec![7]), MessagePhase::Queued, 0, &clock);
+        let r3 = delivery_record(&delivery(&other, vec![]), MessagePhase::Queued, 0, &clock);
+        let (p1, p2, p3) = (
+            r1.payload.as_ref().unwrap(),
+            r2.payload.as_ref().unwrap(),
+            r3.payload.as_ref().unwrap(),
+        );
+        assert_eq!(p1.key, p2.key, "one message, one key");
+        assert_ne!(p1.key, p3.key, "another message, another key");
+        assert!(r1.packet.len() < 20, "the record holds the header only");
+        let (msg, qos, _, sub_ids) = decode_message(&r2, &clock, now).unwrap();
+        assert_eq!(
+            (msg.payload.as_ref(), qos, sub_ids),
+            (&[9u8; 500][..], QoS::AtLeastOnce, vec![7])
+        );
+        // Written whole (as a store without shared payloads does), it reads the same.
+        let whole = MessageRecord::decode(&r2.encode()).unwrap();
+        assert_eq!(
+            decode_message(&whole, &clock, now).unwrap().0.payload,
+            msg.payload
+        );
+        let r4 = delivery_record(&delivery(&small, vec![]), MessagePhase::Queued, 0, &clock);
+        assert!(r4.payload.is_none(), "small payloads stay in the record");
     }
 
     /// An outage of many refused batches is one range, and a ticket in a range forgotten to

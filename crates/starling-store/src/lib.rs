@@ -7,13 +7,16 @@
 //! The broker core never sees which store it has: it emits [`Op`]s, and a committer applies
 //! them in batches (group commit).
 
+mod bodies;
 pub mod faulty;
 pub mod memory;
 pub mod record;
 pub mod redb_store;
 
 pub use memory::MemoryStore;
-pub use record::{MessagePhase, MessageRecord, SessionRecord, SubscriptionRecord, WillRecord};
+pub use record::{
+    MessagePhase, MessageRecord, SessionRecord, SharedPayload, SubscriptionRecord, WillRecord,
+};
 pub use redb_store::RedbStore;
 
 /// Why the store failed.
@@ -89,7 +92,9 @@ impl Op {
                         .sum::<usize>()
                         + r.will.as_ref().map_or(0, |w| w.packet.len())
                 }
-                Op::PutMessage(_, _, m) => m.packet.len(),
+                Op::PutMessage(_, _, m) => {
+                    m.packet.len() + m.payload.as_ref().map_or(0, |p| p.bytes.len())
+                }
                 Op::PutRetained(t, m) => t.len() + m.packet.len(),
                 Op::DeleteRetained(t) => t.len(),
                 _ => 0,
@@ -264,6 +269,7 @@ mod compact_tests {
     fn rec(n: u8) -> MessageRecord {
         MessageRecord {
             packet: vec![n],
+            payload: None,
             expires_at_ms: None,
             phase: MessagePhase::Queued,
             packet_id: 0,

@@ -5,8 +5,9 @@
 
 use crate::StoreError;
 
-/// Format byte of every record this version writes.
-pub const RECORD_FORMAT: u8 = 1;
+/// Format byte of every record this version writes. Format 2 added the reference to a shared
+/// payload at the end of a message record; format 1 records are still read.
+pub const RECORD_FORMAT: u8 = 2;
 
 /// A subscription of a persistent session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,12 +55,48 @@ pub enum MessagePhase {
     Released,
 }
 
+/// A payload that the records of many queues share: a store keeps it once, however many
+/// sessions a message was queued for, instead of a copy per session (the writes of a message
+/// to offline subscribers would otherwise grow with their number).
+#[derive(Clone)]
+pub struct SharedPayload {
+    /// Names the payload while it is in memory: records put with the same key and length
+    /// carry the same bytes. The broker uses the address of the payload's buffer, which is
+    /// unique while the message lives; a store may answer a load with keys of its own.
+    pub key: u64,
+    /// The bytes.
+    pub bytes: bytes::Bytes,
+}
+
+impl PartialEq for SharedPayload {
+    /// Two shared payloads are equal when their bytes are: the key is only a name.
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for SharedPayload {}
+
+impl std::fmt::Debug for SharedPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SharedPayload({:#x}, {} bytes)",
+            self.key,
+            self.bytes.len()
+        )
+    }
+}
+
 /// A message: queued or inflight for a session, or retained.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageRecord {
     /// The message as an MQTT 5 PUBLISH packet (for a session: at the QoS and RETAIN it is
-    /// delivered with, subscription identifiers included).
+    /// delivered with, subscription identifiers included); with `payload`, only its beginning,
+    /// the payload's bytes being the rest.
     pub packet: Vec<u8>,
+    /// The payload, kept apart to be shared by the records of every queue it is in.
+    pub payload: Option<SharedPayload>,
     /// Expiry (Unix milliseconds), if the message has one.
     pub expires_at_ms: Option<u64>,
     /// Phase of the QoS flow.
@@ -102,12 +139,12 @@ impl Writer {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+struct Reader<'a>(&'a [u8], u8);
 
 impl<'a> Reader<'a> {
     fn new(b: &'a [u8], what: &'static str) -> Result<Self, StoreError> {
         match b.split_first() {
-            Some((&RECORD_FORMAT, rest)) => Ok(Self(rest)),
+            Some((&v, rest)) if (1..=RECORD_FORMAT).contains(&v) => Ok(Self(rest, v)),
             Some((&v, _)) if v > RECORD_FORMAT => Err(StoreError::NewerFormat(u32::from(v))),
             _ => Err(StoreError::Corrupt(format!("{what}: bad format byte"))),
         }
@@ -228,10 +265,23 @@ impl SessionRecord {
 }
 
 impl MessageRecord {
-    /// Encodes the record.
+    /// Encodes the record whole: a shared payload is written into it.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_stored(None)
+    }
+
+    /// Encodes the record; with `body`, its shared payload is not written but referred to by
+    /// that number (the store keeps the bytes under it, once for every record that refers to
+    /// it).
+    pub fn encode_stored(&self, body: Option<u64>) -> Vec<u8> {
         let mut w = Writer::new();
-        w.bytes(&self.packet);
+        match (&self.payload, body) {
+            (Some(p), None) => {
+                let whole = [self.packet.as_slice(), &p.bytes].concat();
+                w.bytes(&whole);
+            }
+            _ => w.bytes(&self.packet),
+        }
         w.opt_u64(self.expires_at_ms);
         w.u8(match self.phase {
             MessagePhase::Queued => 0,
@@ -239,11 +289,24 @@ impl MessageRecord {
             MessagePhase::Released => 2,
         });
         w.u16(self.packet_id);
+        w.opt_u64(body);
         w.0
     }
 
-    /// Decodes a record written by [`MessageRecord::encode`].
+    /// Decodes a record written whole by [`MessageRecord::encode`]; one that refers to a
+    /// shared payload is an error here.
     pub fn decode(b: &[u8]) -> Result<Self, StoreError> {
+        match Self::decode_stored(b)? {
+            (m, None) => Ok(m),
+            (_, Some(_)) => Err(StoreError::Corrupt(
+                "message refers to a shared payload".into(),
+            )),
+        }
+    }
+
+    /// Decodes a record written by [`MessageRecord::encode_stored`]: the record, without its
+    /// shared payload, and the number of that payload if it has one.
+    pub fn decode_stored(b: &[u8]) -> Result<(Self, Option<u64>), StoreError> {
         let mut r = Reader::new(b, "message")?;
         let packet = r.bytes()?.to_vec();
         let expires_at_ms = r.opt_u64()?;
@@ -254,13 +317,24 @@ impl MessageRecord {
             _ => return Err(StoreError::Corrupt("bad message phase".into())),
         };
         let packet_id = r.u16()?;
+        let body = if r.1 >= 2 { r.opt_u64()? } else { None };
         r.end()?;
-        Ok(Self {
+        let m = Self {
             packet,
+            payload: None,
             expires_at_ms,
             phase,
             packet_id,
-        })
+        };
+        Ok((m, body))
+    }
+
+    /// The whole PUBLISH packet: the record's packet followed by its shared payload.
+    pub fn whole_packet(&self) -> Vec<u8> {
+        match &self.payload {
+            Some(p) => [self.packet.as_slice(), &p.bytes].concat(),
+            None => self.packet.clone(),
+        }
     }
 }
 
@@ -298,11 +372,42 @@ mod tests {
         assert_eq!(SessionRecord::decode(&s.encode()).unwrap(), s);
         let m = MessageRecord {
             packet: vec![1, 2, 3],
+            payload: None,
             expires_at_ms: None,
             phase: MessagePhase::Released,
             packet_id: 42,
         };
         assert_eq!(MessageRecord::decode(&m.encode()).unwrap(), m);
+        // A shared payload: referred to by number, or written into the record.
+        let shared = MessageRecord {
+            payload: Some(SharedPayload {
+                key: 0x1000,
+                bytes: bytes::Bytes::from_static(b"xyz"),
+            }),
+            expires_at_ms: Some(9),
+            ..m.clone()
+        };
+        let (back, body) = MessageRecord::decode_stored(&shared.encode_stored(Some(7))).unwrap();
+        assert_eq!(body, Some(7));
+        assert_eq!(
+            (back.packet.as_slice(), back.payload),
+            (&[1u8, 2, 3][..], None)
+        );
+        assert!(MessageRecord::decode(&shared.encode_stored(Some(7))).is_err());
+        let whole = MessageRecord::decode(&shared.encode()).unwrap();
+        assert_eq!(whole.packet, b"\x01\x02\x03xyz");
+        assert_eq!(whole.whole_packet(), shared.whole_packet());
+    }
+
+    #[test]
+    fn format_1_records_are_read() {
+        // bytes(packet) | expiry none | phase Published | packet id 5, no payload reference.
+        let old = [1, 0, 0, 0, 2, 0xAA, 0xBB, 0, 1, 0, 5];
+        let (m, body) = MessageRecord::decode_stored(&old).unwrap();
+        assert_eq!(
+            (m.packet, m.phase, m.packet_id, body),
+            (vec![0xAA, 0xBB], MessagePhase::Published, 5, None)
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use redb::{
     ReadableTable, StorageBackend, StorageError, TableDefinition, TableError, TransactionError,
 };
 
+use crate::bodies::{BODIES, BodyIndex, attach, body_of};
 use crate::record::RECORD_FORMAT;
 use crate::{LoadedSession, MessageRecord, Op, SessionRecord, Snapshot, Store, StoreError};
 
@@ -27,8 +28,9 @@ const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 /// The store's cache unless configured (`[storage] cache_mib`).
 pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
-/// Version of the table layout; bumped when it changes incompatibly.
-const LAYOUT_VERSION: u64 = 1;
+/// Version of the table layout; bumped when it changes incompatibly. 2 added the `bodies`
+/// table (shared payloads); a layout 1 file is upgraded when opened.
+const LAYOUT_VERSION: u64 = 2;
 
 /// Opens the database (again): the file, or a backend a test supplies.
 type Opener = dyn Fn() -> Result<Database, DatabaseError> + Send + Sync;
@@ -37,6 +39,9 @@ type Opener = dyn Fn() -> Result<Database, DatabaseError> + Send + Sync;
 pub struct RedbStore {
     /// `None` while closed after a failure and not yet reopened.
     db: Mutex<Option<Database>>,
+    /// References to shared payloads; `None` until built from the file (after opening, or
+    /// after a failed transaction). Locked after `db`.
+    bodies: Mutex<Option<BodyIndex>>,
     path: PathBuf,
     open: Arc<Opener>,
 }
@@ -167,6 +172,7 @@ impl RedbStore {
     fn with_opener(path: PathBuf, open: Arc<Opener>) -> Result<Self, StoreError> {
         let store = Self {
             db: Mutex::new(None),
+            bodies: Mutex::new(None),
             path,
             open,
         };
@@ -181,6 +187,10 @@ impl RedbStore {
 
     fn lock(&self) -> MutexGuard<'_, Option<Database>> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index(&self) -> MutexGuard<'_, Option<BodyIndex>> {
+        self.bodies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The open database, or an error saying it is closed (a reopen failed).
@@ -204,8 +214,10 @@ impl RedbStore {
                         u32::try_from(v).unwrap_or(u32::MAX),
                     ));
                 }
-                Some(_) => {}
-                None => {
+                Some(LAYOUT_VERSION) => {}
+                // A new file, or one of layout 1 (which this version reads): from now on
+                // written as this layout, which older versions refuse to open.
+                Some(_) | None => {
                     meta.insert("layout", LAYOUT_VERSION)
                         .map_err(|e| io("meta", e))?;
                     meta.insert("record_format", u64::from(RECORD_FORMAT))
@@ -218,6 +230,7 @@ impl RedbStore {
             txn.open_table(AWAITING)
                 .map_err(|e| io("awaiting_rel", e))?;
             txn.open_table(RETAINED).map_err(|e| io("retained", e))?;
+            txn.open_table(BODIES).map_err(|e| io("bodies", e))?;
         }
         txn.commit().map_err(|e| io("commit", e))
     }
@@ -254,6 +267,7 @@ impl Store for RedbStore {
         })?;
         Self::check_layout(&db)?;
         *guard = Some(db);
+        *self.index() = None;
         Ok(())
     }
 
@@ -297,6 +311,7 @@ impl Store for RedbStore {
             .open_table(AWAITING)
             .map_err(|e| io("awaiting_rel", e))?;
         let retained_t = txn.open_table(RETAINED).map_err(|e| io("retained", e))?;
+        let bodies_t = txn.open_table(BODIES).map_err(|e| io("bodies", e))?;
         let mut snap = Snapshot::default();
         for entry in sessions_t.iter().map_err(|e| io("sessions", e))? {
             let (k, v) = entry.map_err(|e| io("sessions", e))?;
@@ -317,8 +332,12 @@ impl Store for RedbStore {
             for entry in range {
                 let (k, v) = entry.map_err(|e| io("messages", e))?;
                 let seq = k.value().1;
+                let decoded = MessageRecord::decode_stored(v.value()).and_then(|(mut m, body)| {
+                    attach(&mut m, body, &bodies_t)?;
+                    Ok(m)
+                });
                 if let Some(m) = keep(
-                    MessageRecord::decode(v.value()),
+                    decoded,
                     || format!("message {seq} of {client_id:?}"),
                     recover,
                     &mut snap.skipped,
@@ -359,6 +378,8 @@ impl Store for RedbStore {
     fn apply(&self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
         let guard = self.lock();
         let db = Self::db(&guard)?;
+        let mut index_slot = self.index();
+        let pending;
         let mut txn = db.begin_write().map_err(|e| io("begin", e))?;
         txn.set_durability(if durable {
             Durability::Immediate
@@ -373,33 +394,59 @@ impl Store for RedbStore {
                 .open_table(AWAITING)
                 .map_err(|e| io("awaiting_rel", e))?;
             let mut retained = txn.open_table(RETAINED).map_err(|e| io("retained", e))?;
+            let mut bodies = txn.open_table(BODIES).map_err(|e| io("bodies", e))?;
+            // Taken out while the transaction runs: if it fails, the counts it changed are
+            // void, and the index is built again from the file next time.
+            let mut index = match index_slot.take() {
+                Some(index) => index,
+                None => BodyIndex::build(&messages, &mut bodies).map_err(|e| io("bodies", e))?,
+            };
             for op in ops {
                 let r = match op {
                     Op::PutSession(id, r) => {
                         sessions.insert(&**id, r.encode().as_slice()).map(drop)
                     }
-                    Op::DeleteSession(id) => sessions
-                        .remove(&**id)
-                        .map(drop)
-                        .and_then(|()| {
-                            messages.retain_in((&**id, 0u64)..=(&**id, u64::MAX), |_, _| false)
-                        })
-                        .and_then(|()| {
-                            awaiting.retain_in((&**id, 0u16)..=(&**id, u16::MAX), |_, _| false)
-                        }),
-                    Op::PutMessage(id, seq, m) => messages
-                        .insert((&**id, *seq), m.encode().as_slice())
-                        .map(drop),
-                    Op::DeleteMessage(id, seq) => messages.remove((&**id, *seq)).map(drop),
+                    Op::DeleteSession(id) => sessions.remove(&**id).map(drop).and_then(|()| {
+                        let mut gone = Vec::new();
+                        messages.retain_in((&**id, 0u64)..=(&**id, u64::MAX), |_, v| {
+                            gone.extend(body_of(v));
+                            false
+                        })?;
+                        for body in gone {
+                            index.release(body, &mut bodies)?;
+                        }
+                        awaiting.retain_in((&**id, 0u16)..=(&**id, u16::MAX), |_, _| false)
+                    }),
+                    Op::PutMessage(id, seq, m) => (|| {
+                        let body = match &m.payload {
+                            Some(p) => Some(index.put(p, &mut bodies)?),
+                            None => None,
+                        };
+                        let record = m.encode_stored(body);
+                        let old = messages.insert((&**id, *seq), record.as_slice())?;
+                        if let Some(old) = old.and_then(|v| body_of(v.value())) {
+                            index.release(old, &mut bodies)?;
+                        }
+                        Ok(())
+                    })(),
+                    Op::DeleteMessage(id, seq) => {
+                        let old = messages.remove((&**id, *seq));
+                        match old.map(|v| v.and_then(|v| body_of(v.value()))) {
+                            Ok(Some(body)) => index.release(body, &mut bodies),
+                            Ok(None) => Ok(()),
+                            Err(e) => Err(e),
+                        }
+                    }
                     Op::SetPhase(id, seq, phase, pid) => {
                         let key = (&**id, *seq);
                         let current = messages.get(key).map(|v| v.map(|g| g.value().to_vec()));
                         match current {
-                            Ok(Some(bytes)) => match MessageRecord::decode(&bytes) {
-                                Ok(mut m) => {
+                            Ok(Some(bytes)) => match MessageRecord::decode_stored(&bytes) {
+                                Ok((mut m, body)) => {
                                     m.phase = *phase;
                                     m.packet_id = *pid;
-                                    messages.insert(key, m.encode().as_slice()).map(drop)
+                                    let record = m.encode_stored(body);
+                                    messages.insert(key, record.as_slice()).map(drop)
                                 }
                                 // A damaged record is left for load to report.
                                 Err(_) => Ok(()),
@@ -417,8 +464,11 @@ impl Store for RedbStore {
                 };
                 r.map_err(|e| io("write", e))?;
             }
+            pending = index;
         }
-        txn.commit().map_err(|e| io("commit", e))
+        txn.commit().map_err(|e| io("commit", e))?;
+        *index_slot = Some(pending);
+        Ok(())
     }
 }
 
@@ -426,10 +476,12 @@ impl Store for RedbStore {
 mod tests {
     use super::*;
     use crate::{MemoryStore, MessagePhase, SubscriptionRecord};
+    use redb::ReadableTableMetadata;
 
     fn msg(n: u8) -> MessageRecord {
         MessageRecord {
             packet: vec![n; 3],
+            payload: None,
             expires_at_ms: Some(u64::from(n)),
             phase: MessagePhase::Queued,
             packet_id: 0,
@@ -451,6 +503,66 @@ mod tests {
     }
 
     /// The redb store and the in-memory reference give the same snapshot for the same ops.
+    fn bodies_in_file(s: &RedbStore) -> u64 {
+        let g = s.lock();
+        let txn = RedbStore::db(&g).unwrap().begin_read().unwrap();
+        txn.open_table(BODIES).unwrap().len().unwrap()
+    }
+
+    #[test]
+    fn a_shared_payload_is_written_once_and_deleted_with_its_last_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let m = MemoryStore::new();
+        let shared = |n: u8| MessageRecord {
+            payload: Some(crate::SharedPayload {
+                key: 0x10,
+                bytes: vec![7u8; 1000].into(),
+            }),
+            ..msg(n)
+        };
+        let batches = [
+            vec![
+                Op::PutSession("a".into(), session(10)),
+                Op::PutSession("b".into(), session(10)),
+                Op::PutMessage("a".into(), 1, shared(1)),
+                Op::PutMessage("b".into(), 1, shared(2)),
+                Op::PutMessage("a".into(), 2, shared(3)),
+            ],
+            vec![
+                Op::DeleteMessage("a".into(), 1),
+                Op::SetPhase("a".into(), 2, MessagePhase::Published, 5),
+            ],
+        ];
+        for b in &batches {
+            s.apply(b, true).unwrap();
+            m.apply(b, true).unwrap();
+        }
+        assert_eq!(bodies_in_file(&s), 1, "one body for three records");
+        let loaded = s.load(false).unwrap();
+        assert_eq!(loaded, m.load(false).unwrap());
+        let a = &loaded.sessions[0].messages[0].1;
+        assert_eq!(a.whole_packet(), [vec![3u8; 3], vec![7u8; 1000]].concat());
+        assert_eq!(a.phase, MessagePhase::Published);
+        // Reopened: the counts are built again from the file; the same key now writes a
+        // body of its own.
+        s.reopen().unwrap();
+        s.apply(&[Op::PutMessage("b".into(), 2, shared(4))], true)
+            .unwrap();
+        assert_eq!(bodies_in_file(&s), 2);
+        s.apply(&[Op::DeleteSession("a".into())], true).unwrap();
+        assert_eq!(
+            bodies_in_file(&s),
+            2,
+            "b's first message still needs the first body"
+        );
+        s.apply(&[Op::DeleteMessage("b".into(), 1)], true).unwrap();
+        assert_eq!(bodies_in_file(&s), 1);
+        s.apply(&[Op::DeleteSession("b".into())], true).unwrap();
+        assert_eq!(bodies_in_file(&s), 0);
+        assert!(s.index().as_ref().is_some_and(|i| i.len() == 0));
+    }
+
     #[test]
     fn matches_the_memory_store() {
         let dir = tempfile::tempdir().unwrap();

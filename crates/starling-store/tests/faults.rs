@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use starling_store::faulty::{Faults, FaultyBackend};
 use starling_store::{
-    MemoryStore, MessagePhase, MessageRecord, Op, SessionRecord, Snapshot, Store,
+    MemoryStore, MessagePhase, MessageRecord, Op, SessionRecord, SharedPayload, Snapshot, Store,
 };
 
 /// A small deterministic generator (xorshift64*), so a failing seed can be replayed.
@@ -49,10 +49,25 @@ fn message(rng: &mut Rng) -> MessageRecord {
     let len = 100 + rng.below(6000) as usize;
     MessageRecord {
         packet: vec![(rng.next() & 0xFF) as u8; len],
+        payload: None,
         expires_at_ms: None,
         phase: MessagePhase::Queued,
         packet_id: 0,
     }
+}
+
+/// A session's message, half of them with a payload shared with other records (one of four,
+/// each key always naming the same bytes).
+fn queued(rng: &mut Rng) -> MessageRecord {
+    let mut m = message(rng);
+    if rng.below(2) == 0 {
+        let k = rng.below(4);
+        m.payload = Some(SharedPayload {
+            key: 0x1000 + k,
+            bytes: vec![k as u8 + 1; 50 + 3000 * k as usize].into(),
+        });
+    }
+    m
 }
 
 fn op(rng: &mut Rng) -> Op {
@@ -69,7 +84,7 @@ fn op(rng: &mut Rng) -> Op {
                 will: None,
             },
         ),
-        1..=4 => Op::PutMessage(id, seq, message(rng)),
+        1..=4 => Op::PutMessage(id, seq, queued(rng)),
         5 => Op::DeleteMessage(id, seq),
         6 => Op::SetPhase(id, seq, MessagePhase::Published, 1 + rng.below(100) as u16),
         7 => Op::PutRetained(format!("t/{}", rng.below(10)), message(rng)),

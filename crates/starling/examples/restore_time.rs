@@ -55,6 +55,7 @@ fn main() -> anyhow::Result<()> {
                 seq,
                 MessageRecord {
                     packet: packet.clone(),
+                    payload: None,
                     expires_at_ms: None,
                     phase: MessagePhase::Queued,
                     packet_id: 0,

@@ -97,6 +97,7 @@ fn restore_will(
 ) -> Option<Box<PendingWill>> {
     let rec = MessageRecord {
         packet: packet.to_vec(),
+        payload: None,
         expires_at_ms: None,
         phase: MessagePhase::Queued,
         packet_id: 0,
