@@ -43,7 +43,7 @@ def main(path):
         cpu = median([r["broker_cpu_util"] for r in rs])
         rss = median([r["broker_rss_mib"]["max"] for r in rs])
         written = median([r["broker_written_mib"] for r in rs])
-        eps = median([r["churn"]["episodes_measured"] / r["measured_s"] for r in rs])
+        eps = median([r["churn"]["episodes_per_s"] for r in rs])
         print(f"| {name} | {len(rs)} | {fmt(lat('p50'), 2)} / {fmt(lat('p99'), 2)} / "
               f"{fmt(lat('p999'), 2)} | {ratio:.4f} | {lost} | {fmt(cpu, 2)} | {fmt(rss)} | "
               f"{fmt(written)} | {fmt(eps)} |")

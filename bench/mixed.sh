@@ -8,11 +8,18 @@
 #
 #   bench/mixed.sh [--rounds N] [--duration S] [--warmup S] [--cooldown S]
 #                  [--brokers starling-sync,starling-memory,mosquitto,rumqttd] [--out FILE]
+#                  [--before PATH]   (another starling binary: brokers starling-sync-before and
+#                                     starling-memory-before run it)
 #
-# Each run: a fresh broker pinned to core 0, the generator (`starling-bench --scenario mixed`)
-# pinned to core 1, both at SCHED_RR priority 1 when allowed (as in compare.sh). One JSON line
-# per run goes to --out (default: a temporary file, named at the end); bench/mixed-report.py
-# turns the lines into the table of RESULTS.md.
+# Each run: a fresh broker pinned to core 0 at normal priority; on core 1 the churn
+# (`starling-bench --scenario churn`) at normal priority and the steady stream
+# (`starling-bench --scenario mixed --episodes-per-s 0`, which measures) at SCHED_RR priority 1
+# when allowed, so that its clients never wait behind the churn's. The broker is not given a
+# real-time priority: under SCHED_RR a thread keeps the core for up to 100 ms before another of
+# the same priority runs, which would make a broker with a committer thread wait behind it in
+# a way no production scheduler does. One JSON line per run goes to --out (default: a
+# temporary file, named at the end); bench/mixed-report.py turns the lines into the table of
+# RESULTS.md.
 #
 # rumqttd: its MQTT 5 listener is separate and incomplete, and it has no $SYS, so its churn
 # speaks 3.1.1 only and subscribes to the two churn filters (noted in the results).
@@ -27,6 +34,8 @@ WARMUP=5
 COOLDOWN=0
 BROKERS=starling-sync,starling-memory,mosquitto,rumqttd
 OUT=
+# A Starling binary to compare with (brokers starling-sync-before, starling-memory-before).
+BEFORE=
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS="$2"; shift ;;
@@ -34,6 +43,7 @@ while [ $# -gt 0 ]; do
         --warmup) WARMUP="$2"; shift ;;
         --cooldown) COOLDOWN="$2"; shift ;;
         --brokers) BROKERS="$2"; shift ;;
+        --before) BEFORE="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -75,18 +85,20 @@ start_broker() { # name port dir
     local name=$1 port=$2 dir=$3
     mkdir -p "$dir"
     case "$name" in
-        starling-sync|starling-memory)
+        starling-sync*|starling-memory*)
             # Defaults, but for the durability mode and quieter logs.
-            printf 'log_level = "warn"\n[storage]\ndurability = "%s"\n' "${name#starling-}" \
+            local mode=${name#starling-} bin="$TARGET/release/starling"
+            [ "${name%-before}" != "$name" ] && bin=$BEFORE
+            printf 'log_level = "warn"\n[storage]\ndurability = "%s"\n' "${mode%-before}" \
                 > "$dir/starling.toml"
-            taskset -c 0 "${PRIO[@]}" "$TARGET/release/starling" serve \
+            taskset -c 0 "$bin" serve \
                 --config "$dir/starling.toml" --bind "127.0.0.1:$port" --data-dir "$dir/data" \
                 > "$dir/broker.log" 2>&1 & ;;
         mosquitto)
             # Defaults (persistence off), anonymous clients on this port.
             printf 'listener %s 127.0.0.1\nallow_anonymous true\nlog_dest none\n' "$port" \
                 > "$dir/mosquitto.conf"
-            taskset -c 0 "${PRIO[@]}" "$MOSQUITTO" -c "$dir/mosquitto.conf" \
+            taskset -c 0 "$MOSQUITTO" -c "$dir/mosquitto.conf" \
                 > "$dir/broker.log" 2>&1 & ;;
         rumqttd)
             cat > "$dir/rumqttd.toml" <<EOF
@@ -107,7 +119,7 @@ next_connection_delay_ms = 1
     max_inflight_count = 100
     dynamic_filters = true
 EOF
-            taskset -c 0 "${PRIO[@]}" "$TOOLS/bin/rumqttd" -q -c "$dir/rumqttd.toml" \
+            taskset -c 0 "$TOOLS/bin/rumqttd" -q -c "$dir/rumqttd.toml" \
                 > "$dir/broker.log" 2>&1 & ;;
         *) echo "unknown broker $name" >&2; exit 2 ;;
     esac
@@ -133,17 +145,24 @@ for round in $(seq "$ROUNDS"); do
         start_broker "$name" "$PORT" "$dir" || continue
         extra=()
         [ "$name" = rumqttd ] && extra=(--v5-percent 0 --churn-filters 'churn/#,churn/+/x')
+        common=(--port "$PORT" --warmup "$WARMUP" --duration "$DURATION" "${extra[@]}")
+        RUST_BACKTRACE=0 taskset -c 1 "$TARGET/release/starling-bench" --scenario churn \
+            "${common[@]}" > "$dir/churn.json" 2> "$dir/churn.log" &
+        churn_pid=$!
         if line=$(RUST_BACKTRACE=0 taskset -c 1 "${PRIO[@]}" "$TARGET/release/starling-bench" \
-            --scenario mixed --port "$PORT" --label "$name" --round "$round" \
-            --broker-pid "$BROKER_PID" --warmup "$WARMUP" --duration "$DURATION" \
-            --cooldown "$COOLDOWN" "${extra[@]}" 2> "$dir/gen.log"); then
-            if [ -d "$dir/data" ]; then
-                store=$(du -sb "$dir/data" | cut -f1)
-                line="${line%\}},\"store_bytes_at_end\":$store}"
-            fi
+            --scenario mixed --episodes-per-s 0 --label "$name" --round "$round" \
+            --broker-pid "$BROKER_PID" --cooldown "$COOLDOWN" "${common[@]}" \
+            2> "$dir/gen.log") && wait "$churn_pid"; then
+            store=null
+            [ -d "$dir/data" ] && store=$(du -sb "$dir/data" | cut -f1)
+            line=$(python3 -c 'import json,sys
+d=json.loads(sys.argv[1]); c=json.load(open(sys.argv[2]))["churn"]
+c["episodes_per_s"]=round(c["episodes"]/float(sys.argv[4]),1)
+d["churn"]=c; d["store_bytes_at_end"]=json.loads(sys.argv[3]); print(json.dumps(d))' \
+                "$line" "$dir/churn.json" "$store" "$((WARMUP + DURATION))")
             echo "$line" >> "$OUT"
         else
-            log "  failed: $(tail -c 300 "$dir/gen.log")"
+            log "  failed: $(tail -c 300 "$dir/gen.log" "$dir/churn.log")"
         fi
         kill "$BROKER_PID" 2>/dev/null || true
         wait "$BROKER_PID" 2>/dev/null || true
@@ -152,4 +171,4 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 python3 bench/mixed-report.py "$OUT"
-log "results: $OUT (command: bench/mixed.sh --rounds $ROUNDS --duration $DURATION --warmup $WARMUP --cooldown $COOLDOWN --brokers $BROKERS)"
+log "results: $OUT (command: bench/mixed.sh --rounds $ROUNDS --duration $DURATION --warmup $WARMUP --cooldown $COOLDOWN --brokers $BROKERS${BEFORE:+ --before $BEFORE})"

@@ -90,6 +90,7 @@ pub(crate) struct ChurnStats {
     pub(crate) failed: AtomicU64,
     pub(crate) published: AtomicU64,
     pub(crate) received: AtomicU64,
+    pub(crate) finished: AtomicU64,
 }
 
 impl ChurnStats {
@@ -114,6 +115,7 @@ pub(crate) async fn episode(spec: Rc<ChurnSpec>, stats: Arc<ChurnStats>, mut rng
         Ok(Ok(())) => {}
         Ok(Err(_)) | Err(_) => bump(&stats.failed, 1),
     }
+    bump(&stats.finished, 1);
 }
 
 struct Conn {

@@ -66,6 +66,9 @@ enum Scenario {
     /// A steady QoS 1 stream (10 to 10, 1,000 msg/s each) while clients churn around it:
     /// its latency, delivery ratio, the broker's CPU and RSS over time.
     Mixed,
+    /// Only the churn of `mixed`, to run as a process of its own beside `mixed
+    /// --episodes-per-s 0` (bench/mixed.sh does, at a lower priority).
+    Churn,
 }
 
 #[derive(Debug, clap::Args)]
@@ -222,8 +225,8 @@ async fn run(a: &RunArgs) -> Result<String> {
             )
             .await?
         }
-        Scenario::Mixed => {
-            mixed::run(mixed::MixedSpec {
+        Scenario::Mixed | Scenario::Churn => {
+            let spec = mixed::MixedSpec {
                 addr: addr.clone(),
                 pairs: a.publishers.unwrap_or(10),
                 rate: a.rate.unwrap_or(1000.0),
@@ -244,8 +247,12 @@ async fn run(a: &RunArgs) -> Result<String> {
                 duration: a.duration,
                 cooldown: a.cooldown,
                 broker_pid: a.broker_pid,
-            })
-            .await?
+            };
+            if a.scenario == Scenario::Churn {
+                mixed::churn_only(spec).await?
+            } else {
+                mixed::run(spec).await?
+            }
         }
         s => {
             let spec = load_spec(s, a, addr, qos);
@@ -277,9 +284,11 @@ fn load_spec(s: Scenario, a: &RunArgs, addr: String, qos: Option<QoS>) -> LoadSp
         Scenario::FanOutQos1 => (Topology::FanOut, 1, 100, q1, 64, 1000, 1000, None),
         Scenario::Latency => (Topology::P2p, 10, 10, q1, 64, 64, 1000, Some(10_000.0)),
         Scenario::Large => (Topology::P2p, 10, 10, q1, 1 << 20, 4, 4, None),
-        Scenario::P2pQos0 | Scenario::Connections | Scenario::Retained | Scenario::Mixed => {
-            (Topology::P2p, 10, 10, q0, 64, 64, 1000, None)
-        }
+        Scenario::P2pQos0
+        | Scenario::Connections
+        | Scenario::Retained
+        | Scenario::Mixed
+        | Scenario::Churn => (Topology::P2p, 10, 10, q0, 64, 64, 1000, None),
     };
     LoadSpec {
         addr,

@@ -141,9 +141,11 @@ pub(crate) async fn run(spec: MixedSpec) -> Result<Map<String, Value>> {
     // asleep, is scheduled first when it wakes); and a sample of the broker once a second.
     let stats = Arc::new(ChurnStats::default());
     let churn_on = Arc::new(AtomicBool::new(true));
-    let churn_thread = {
+    let churn_thread = if spec.episodes_per_s <= 0.0 {
+        None
+    } else {
         let (spec, stats, on) = (spec.clone(), stats.clone(), churn_on.clone());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("churn".into())
             .spawn(move || -> Result<()> {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -153,7 +155,8 @@ pub(crate) async fn run(spec: MixedSpec) -> Result<Map<String, Value>> {
                 tokio::task::LocalSet::new().block_on(&rt, churn(spec, stats, on));
                 Ok(())
             })
-            .context("churn thread")?
+            .context("churn thread")?;
+        Some(thread)
     };
     let broker = spec.broker_pid.map(Proc::pid);
     let me = Proc::this();
@@ -194,10 +197,12 @@ pub(crate) async fn run(spec: MixedSpec) -> Result<Map<String, Value>> {
     }
 
     // The churn's last episodes end within their time limit.
-    tokio::task::spawn_blocking(move || churn_thread.join())
-        .await
-        .map_err(|_| anyhow!("churn thread lost"))?
-        .map_err(|_| anyhow!("churn thread panicked"))??;
+    if let Some(thread) = churn_thread {
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|_| anyhow!("churn thread lost"))?
+            .map_err(|_| anyhow!("churn thread panicked"))??;
+    }
 
     // Stop publishing; wait for what was sent to be acknowledged and delivered.
     steady.stop.set(true);
@@ -308,6 +313,36 @@ pub(crate) async fn run(spec: MixedSpec) -> Result<Map<String, Value>> {
             json!(errors.iter().take(5).collect::<Vec<_>>()),
         );
     }
+    Ok(m)
+}
+
+/// Only the churn, for `warmup + duration` seconds, then until its episodes have ended: run as
+/// a process of its own beside a steady-only run (`--episodes-per-s 0`), the two can be given
+/// different priorities, so that the steady stream's clients never wait for the churn's.
+pub(crate) async fn churn_only(spec: MixedSpec) -> Result<Map<String, Value>> {
+    let stats = Arc::new(ChurnStats::default());
+    let on = Arc::new(AtomicBool::new(true));
+    tokio::task::spawn_local(churn(spec.clone(), stats.clone(), on.clone()));
+    tokio::time::sleep(Duration::from_secs(spec.warmup + spec.duration)).await;
+    on.store(false, Ordering::Relaxed);
+    let until = Instant::now() + Duration::from_secs(20);
+    while ChurnStats::get(&stats.finished) < ChurnStats::get(&stats.started)
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut m = Map::new();
+    m.insert(
+        "churn".into(),
+        json!({
+            "episodes": ChurnStats::get(&stats.started),
+            "connected": ChurnStats::get(&stats.connected),
+            "refused": ChurnStats::get(&stats.refused),
+            "failed": ChurnStats::get(&stats.failed),
+            "published": ChurnStats::get(&stats.published),
+            "received": ChurnStats::get(&stats.received),
+        }),
+    );
     Ok(m)
 }
 
