@@ -496,8 +496,10 @@ fn encode_record_publish(
     };
     if header_only {
         let mut buf = BytesMut::new();
-        // As below: a message that was decoded can be encoded again.
-        let _ = starling_proto::encode_publish_header(&publish, ProtocolVersion::V5, &mut buf);
+        // Empty if it cannot be encoded (then the caller does not share the payload).
+        if starling_proto::encode_publish_header(&publish, ProtocolVersion::V5, &mut buf).is_err() {
+            return Vec::new();
+        }
         return Vec::from(buf);
     }
     let packet = Packet::Publish(publish);
@@ -554,9 +556,19 @@ pub fn delivery_record(
 ) -> MessageRecord {
     // A payload worth sharing is kept apart: the store writes it once for every session the
     // message is queued for.
-    let shared = d.msg.payload.len() >= SHARED_PAYLOAD_MIN;
+    let mut shared = d.msg.payload.len() >= SHARED_PAYLOAD_MIN;
+    let mut packet = Vec::new();
+    if shared {
+        packet = encode_record_publish(&d.msg, d.qos, d.retain, &d.sub_ids, true);
+        // A header that cannot be encoded: written whole instead, which fails the same way
+        // and leaves the record empty (skipped on load), never a payload without its header.
+        shared = !packet.is_empty();
+    }
+    if !shared {
+        packet = encode_record_publish(&d.msg, d.qos, d.retain, &d.sub_ids, false);
+    }
     MessageRecord {
-        packet: encode_record_publish(&d.msg, d.qos, d.retain, &d.sub_ids, shared),
+        packet,
         payload: shared.then(|| SharedPayload {
             key: d.msg.store_key.get(),
             bytes: d.msg.payload.clone(),
@@ -581,6 +593,10 @@ pub fn decode_message(
     else {
         return None;
     };
+    if !buf.is_empty() {
+        // More than one packet's worth: not a record this code wrote.
+        return None;
+    }
     let sub_ids = std::mem::take(&mut p.properties.subscription_identifiers);
     let (qos, retain) = (p.qos, p.retain);
     let mut msg = Message::from_publish(p, None, now);
@@ -650,6 +666,18 @@ mod tests {
         );
         let r4 = delivery_record(&delivery(&small, vec![]), MessagePhase::Queued, 0, &clock);
         assert!(r4.payload.is_none(), "small payloads stay in the record");
+        // A record whose header is missing or has bytes after its packet is refused.
+        let headless = MessageRecord {
+            packet: Vec::new(),
+            ..r2.clone()
+        };
+        assert!(decode_message(&headless, &clock, now).is_none());
+        let longer = MessageRecord {
+            packet: [r2.whole_packet(), vec![0]].concat(),
+            payload: None,
+            ..r2.clone()
+        };
+        assert!(decode_message(&longer, &clock, now).is_none());
     }
 
     /// An outage of many refused batches is one range, and a ticket in a range forgotten to

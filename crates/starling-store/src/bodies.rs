@@ -42,6 +42,9 @@ impl BodyIndex {
             // A damaged record refers to nothing; load reports it.
             if let Ok((_, Some(body))) = MessageRecord::decode_stored(v.value()) {
                 index.refs.entry(body).or_insert((0, None)).0 += 1;
+                // Past every number a record names, even one whose body is missing (damage
+                // load reports): a new body never takes it.
+                index.next = index.next.max(body.saturating_add(1));
             }
         }
         let mut orphans = Vec::new();

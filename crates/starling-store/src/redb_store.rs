@@ -502,6 +502,41 @@ mod tests {
         }
     }
 
+    /// A record naming a body that is missing (damage) stays damaged: a new body never takes
+    /// its number.
+    #[test]
+    fn a_missing_body_number_is_never_given_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        s.apply(&[Op::PutSession("a".into(), session(10))], true)
+            .unwrap();
+        {
+            let g = s.lock();
+            let txn = RedbStore::db(&g).unwrap().begin_write().unwrap();
+            {
+                let mut t = txn.open_table(MESSAGES).unwrap();
+                t.insert(("a", 1u64), msg(1).encode_stored(Some(5)).as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        s.reopen().unwrap();
+        let shared = MessageRecord {
+            payload: Some(crate::SharedPayload {
+                key: 1,
+                bytes: vec![1u8; 100].into(),
+            }),
+            ..msg(2)
+        };
+        s.apply(&[Op::PutMessage("a".into(), 2, shared)], true)
+            .unwrap();
+        let err = s.load(false).unwrap_err();
+        assert!(err.to_string().contains("payload 5"), "{err}");
+        let snap = s.load(true).unwrap();
+        assert_eq!(snap.skipped.len(), 1);
+        assert_eq!(snap.sessions[0].messages.len(), 1);
+    }
+
     /// The redb store and the in-memory reference give the same snapshot for the same ops.
     fn bodies_in_file(s: &RedbStore) -> u64 {
         let g = s.lock();
