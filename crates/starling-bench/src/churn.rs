@@ -16,14 +16,14 @@ use anyhow::{Context, Result, bail};
 use bytes::{Bytes, BytesMut};
 use starling_proto::{
     Connect, Disconnect, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS, ReasonCode,
-    Subscribe, SubscriptionOptions, TopicFilter, TopicName, encode,
+    TopicName, encode,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::Instant;
 
-use crate::client::PacketReader;
+use crate::client::{PacketReader, subscribe_packet};
 
 /// A small, fast, seeded generator (xorshift64*): the same seed gives the same churn.
 #[derive(Debug, Clone)]
@@ -96,6 +96,22 @@ pub(crate) struct ChurnStats {
 impl ChurnStats {
     pub(crate) fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+
+    /// The counters as the `churn` object of a JSON line.
+    pub(crate) fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        for (name, c) in [
+            ("episodes", &self.started),
+            ("connected", &self.connected),
+            ("refused", &self.refused),
+            ("failed", &self.failed),
+            ("published", &self.published),
+            ("received", &self.received),
+        ] {
+            m.insert(name.into(), Self::get(c).into());
+        }
+        m
     }
 }
 
@@ -228,18 +244,7 @@ async fn run_episode(spec: &ChurnSpec, stats: &ChurnStats, rng: &mut Rng) -> Res
         .get(rng.below(spec.filters.len()))
         .map_or("churn/#", String::as_str);
     let qos = rng.qos();
-    let filter = TopicFilter::try_from_str(filter).map_err(|e| anyhow::anyhow!("{e}"))?;
-    c.queue(&Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        filters: vec![(
-            filter,
-            SubscriptionOptions {
-                qos,
-                ..SubscriptionOptions::default()
-            },
-        )],
-        properties: Properties::default(),
-    }))?;
+    c.queue(&subscribe_packet(filter, qos)?)?;
     c.flush().await?;
     match rng.below(10) {
         // A burst of up to 200 messages of up to 2 KB on 200 topics, 5 % retained.

@@ -157,22 +157,26 @@ impl Client {
 
     /// Sends SUBSCRIBE for `filter` (packet id 1) without waiting.
     pub(crate) async fn send_subscribe(&mut self, filter: &str, qos: QoS) -> Result<()> {
-        let filter = TopicFilter::try_from_str(filter).map_err(|e| anyhow!("{filter}: {e}"))?;
-        let sub = Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters: vec![(
-                filter,
-                SubscriptionOptions {
-                    qos,
-                    ..SubscriptionOptions::default()
-                },
-            )],
-            properties: Properties::default(),
-        });
         let mut out = BytesMut::new();
-        encode(&sub, VERSION, &mut out)?;
+        encode(&subscribe_packet(filter, qos)?, VERSION, &mut out)?;
         self.wr.write_all(&out).await.context("send SUBSCRIBE")
     }
+}
+
+/// A SUBSCRIBE (packet id 1) for one filter at `qos`.
+pub(crate) fn subscribe_packet(filter: &str, qos: QoS) -> Result<Packet> {
+    let filter = TopicFilter::try_from_str(filter).map_err(|e| anyhow!("{filter}: {e}"))?;
+    Ok(Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        filters: vec![(
+            filter,
+            SubscriptionOptions {
+                qos,
+                ..SubscriptionOptions::default()
+            },
+        )],
+        properties: Properties::default(),
+    }))
 }
 
 /// Errors unless every code grants a QoS.

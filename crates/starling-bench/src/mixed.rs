@@ -273,18 +273,9 @@ pub(crate) async fn run(spec: MixedSpec) -> Result<Map<String, Value>> {
             },
         }),
     );
-    m.insert(
-        "churn".into(),
-        json!({
-            "episodes": ChurnStats::get(&stats.started),
-            "episodes_measured": end.4 - begin.4,
-            "connected": ChurnStats::get(&stats.connected),
-            "refused": ChurnStats::get(&stats.refused),
-            "failed": ChurnStats::get(&stats.failed),
-            "published": ChurnStats::get(&stats.published),
-            "received": ChurnStats::get(&stats.received),
-        }),
-    );
+    let mut churn = stats.to_json();
+    churn.insert("episodes_measured".into(), json!(end.4 - begin.4));
+    m.insert("churn".into(), Value::Object(churn));
     m.insert(
         "broker_cpu_util".into(),
         json!(broker_cpu.map(|c| round(c / wall, 3))),
@@ -332,17 +323,7 @@ pub(crate) async fn churn_only(spec: MixedSpec) -> Result<Map<String, Value>> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut m = Map::new();
-    m.insert(
-        "churn".into(),
-        json!({
-            "episodes": ChurnStats::get(&stats.started),
-            "connected": ChurnStats::get(&stats.connected),
-            "refused": ChurnStats::get(&stats.refused),
-            "failed": ChurnStats::get(&stats.failed),
-            "published": ChurnStats::get(&stats.published),
-            "received": ChurnStats::get(&stats.received),
-        }),
-    );
+    m.insert("churn".into(), Value::Object(stats.to_json()));
     Ok(m)
 }
 

@@ -48,35 +48,28 @@ impl Proc {
 
     /// Resident set size in KiB.
     pub(crate) fn rss_kb(&self) -> Result<u64> {
-        let path = format!("{}/status", self.dir);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .ok_or_else(|| anyhow!("{path}: no VmRSS"))?;
-        line.split_whitespace()
-            .nth(1)
-            .ok_or_else(|| anyhow!("{path}: bad VmRSS line"))?
-            .parse()
-            .with_context(|| format!("{path}: VmRSS"))
+        self.field("status", "VmRSS:")
     }
-}
 
-impl Proc {
     /// Bytes the process caused to be written to storage (`write_bytes` of `/proc/<pid>/io`):
     /// what a durable broker writes to its store, page cache flushes included.
     pub(crate) fn write_bytes(&self) -> Result<u64> {
-        let path = format!("{}/io", self.dir);
+        self.field("io", "write_bytes:")
+    }
+
+    /// The number after `key` on its line of `/proc/<pid>/<file>`.
+    fn field(&self, file: &str, key: &str) -> Result<u64> {
+        let path = format!("{}/{file}", self.dir);
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         let line = text
             .lines()
-            .find(|l| l.starts_with("write_bytes:"))
-            .ok_or_else(|| anyhow!("{path}: no write_bytes"))?;
+            .find(|l| l.starts_with(key))
+            .ok_or_else(|| anyhow!("{path}: no {key}"))?;
         line.split_whitespace()
             .nth(1)
-            .ok_or_else(|| anyhow!("{path}: bad write_bytes line"))?
+            .ok_or_else(|| anyhow!("{path}: bad {key} line"))?
             .parse()
-            .with_context(|| format!("{path}: write_bytes"))
+            .with_context(|| format!("{path}: {key}"))
     }
 }
 
