@@ -2,11 +2,11 @@
 //! of values it accepts ([`Bound`], [`bounds`]). The binary fills this from the `[limits]` and
 //! `[mqtt]` tables of the config file.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What happens when a session's message queue is full and QoS 0 messages have already been
 /// dropped to make room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum QueueFullPolicy {
     /// Drop the oldest queued message to make room for the new one.
@@ -17,7 +17,7 @@ pub enum QueueFullPolicy {
 }
 
 /// Limits and timers of the broker core. Every field has a bound and a documented reaction.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest packet accepted from a client (advertised in v5 CONNACK); larger: 0x95 and close.
@@ -336,7 +336,7 @@ mod tests {
 }
 
 /// MQTT 5 features that are switched or shaped by configuration (the `[mqtt]` table).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Features {
     /// Prefix of the Response Information returned to v5 clients that ask for it (Request

@@ -9,6 +9,7 @@
 //! [`RouteTable`] (filter to subscribers, local and remote), [`RetainStore`] and [`Forwarder`]
 //! (a message for another node); a single node uses the local implementations.
 
+pub mod bans;
 pub mod broker;
 pub mod bucket;
 pub mod config;

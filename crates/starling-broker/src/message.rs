@@ -27,6 +27,9 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for No Local; `None` for broker-made messages.
     pub publisher: Option<Arc<str>>,
+    /// When the broker received it (`None` for messages it made or restored): the start of
+    /// the publish-to-deliver latency.
+    pub received: Option<Instant>,
     /// Names the payload in the store, where the records of every persistent session the
     /// message is queued for share one copy of it.
     pub store_key: StoreKey,
@@ -87,6 +90,7 @@ impl Message {
             properties,
             expires_at,
             publisher,
+            received: Some(now),
             store_key: StoreKey::default(),
         }
     }
@@ -101,6 +105,7 @@ impl Message {
             properties: Properties::default(),
             expires_at: None,
             publisher: None,
+            received: None,
             store_key: StoreKey::default(),
         }
     }

@@ -1,5 +1,5 @@
-//! Broker-wide counters: lock-free atomics bumped on the hot path, read by `$SYS` and the
-//! metrics endpoint.
+//! Broker-wide counters and histograms: lock-free atomics bumped on the hot path, read by
+//! `$SYS` and the metrics endpoint. Nothing here allocates or locks after start.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,8 +40,173 @@ impl Counter {
     }
 }
 
-/// Every counter the broker keeps. Names follow mosquitto's `$SYS` tree where one exists.
+/// A histogram over fixed bucket bounds (integers in the unit the caller chose), lock-free:
+/// an observation is two relaxed atomic additions. The count is the sum of the buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds, ascending; observations above the last go to the last bucket (+Inf).
+    bounds: &'static [u64],
+    /// One per bound, and one for +Inf.
+    buckets: Box<[Counter]>,
+    sum: Counter,
+}
+
+impl Histogram {
+    /// A histogram with these upper bounds (ascending).
+    pub fn new(bounds: &'static [u64]) -> Self {
+        Self {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| Counter::default()).collect(),
+            sum: Counter::default(),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, v: u64) {
+        let i = self.bounds.partition_point(|&b| b < v);
+        if let Some(b) = self.buckets.get(i) {
+            b.inc();
+        }
+        self.sum.add(v);
+    }
+
+    /// The upper bounds (the +Inf bucket is implied).
+    pub fn bounds(&self) -> &'static [u64] {
+        self.bounds
+    }
+
+    /// Observations per bucket (not cumulative), the +Inf bucket last, and their sum.
+    pub fn snapshot(&self) -> (Vec<u64>, u64) {
+        (
+            self.buckets.iter().map(Counter::get).collect(),
+            self.sum.get(),
+        )
+    }
+}
+
+/// Bounds of latency histograms, microseconds: 50 µs to 10 s.
+pub const LATENCY_US: &[u64] = &[
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000,
+];
+/// Bounds of the store's batch size histogram, operations.
+pub const BATCH_OPS: &[u64] = &[1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 10_000];
+
+/// How a client authenticated (or tried to), for the per-method counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// No username, no certificate.
+    Anonymous,
+    /// Username and password (password file).
+    Password,
+    /// TLS client certificate.
+    Certificate,
+    /// MQTT 5 enhanced authentication (SCRAM).
+    Enhanced,
+}
+
+impl AuthMethod {
+    /// Every method, in index order.
+    pub const ALL: [AuthMethod; 4] = [
+        Self::Anonymous,
+        Self::Password,
+        Self::Certificate,
+        Self::Enhanced,
+    ];
+
+    /// Its name as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Anonymous => "anonymous",
+            Self::Password => "password",
+            Self::Certificate => "certificate",
+            Self::Enhanced => "enhanced",
+        }
+    }
+}
+
+/// Counters per authentication method.
 #[derive(Debug, Default)]
+pub struct ByMethod([Counter; 4]);
+
+impl ByMethod {
+    /// The counter of `m`.
+    pub fn of(&self, m: AuthMethod) -> &Counter {
+        let [a, p, c, e] = &self.0;
+        match m {
+            AuthMethod::Anonymous => a,
+            AuthMethod::Password => p,
+            AuthMethod::Certificate => c,
+            AuthMethod::Enhanced => e,
+        }
+    }
+}
+
+/// Counters per QoS (0, 1, 2).
+#[derive(Debug, Default)]
+pub struct ByQos(pub [Counter; 3]);
+
+impl ByQos {
+    /// The counter of QoS `qos`.
+    pub fn of(&self, qos: starling_proto::QoS) -> &Counter {
+        let [q0, q1, q2] = &self.0;
+        match qos {
+            starling_proto::QoS::AtMostOnce => q0,
+            starling_proto::QoS::AtLeastOnce => q1,
+            starling_proto::QoS::ExactlyOnce => q2,
+        }
+    }
+}
+
+/// Counters per protocol level: 3.1, 3.1.1, 5.0.
+#[derive(Debug, Default)]
+pub struct ByProtocol(pub [Counter; 3]);
+
+impl ByProtocol {
+    /// The counter of `v`.
+    pub fn of(&self, v: starling_proto::ProtocolVersion) -> &Counter {
+        use starling_proto::ProtocolVersion as V;
+        let [v31, v311, v5] = &self.0;
+        match v {
+            V::V31 => v31,
+            V::V311 => v311,
+            V::V5 => v5,
+        }
+    }
+
+    /// The label of index `i`.
+    pub fn label(i: usize) -> &'static str {
+        ["3.1", "3.1.1", "5.0"].get(i).copied().unwrap_or("")
+    }
+}
+
+/// Counters per reason code (one per possible byte value; most stay 0).
+#[derive(Debug)]
+pub struct ByReason(Box<[Counter]>);
+
+impl Default for ByReason {
+    fn default() -> Self {
+        Self((0..256).map(|_| Counter::default()).collect())
+    }
+}
+
+impl ByReason {
+    /// The counter of `reason`.
+    pub fn of(&self, reason: starling_proto::ReasonCode) -> Option<&Counter> {
+        self.0.get(usize::from(reason as u8))
+    }
+
+    /// Every non-zero counter, by reason code byte.
+    pub fn nonzero(&self) -> impl Iterator<Item = (u8, u64)> + '_ {
+        (0u8..=255).zip(self.0.iter()).filter_map(|(r, c)| {
+            let v = c.get();
+            (v > 0).then_some((r, v))
+        })
+    }
+}
+
+/// Every counter the broker keeps. Names follow mosquitto's `$SYS` tree where one exists.
+#[derive(Debug)]
 pub struct Metrics {
     /// Clients connected now.
     pub clients_connected: Counter,
@@ -124,4 +289,95 @@ pub struct Metrics {
     pub addresses_banned: Counter,
     /// Connections closed at accept because their address was banned.
     pub connections_banned: Counter,
+    /// PUBLISH packets received, by QoS.
+    pub publish_received_by_qos: ByQos,
+    /// Payload bytes of the PUBLISH packets received, by QoS.
+    pub payload_received_by_qos: ByQos,
+    /// PUBLISH packets sent, by QoS (as delivered).
+    pub publish_sent_by_qos: ByQos,
+    /// Payload bytes of the PUBLISH packets sent, by QoS.
+    pub payload_sent_by_qos: ByQos,
+    /// Messages published that reached no subscriber.
+    pub dropped_no_subscriber: Counter,
+    /// CONNECTs refused with a CONNACK, by its reason code.
+    pub connects_refused_by_reason: ByReason,
+    /// Clients that authenticated, by method.
+    pub auth_succeeded: ByMethod,
+    /// Clients refused by authentication, by the method they tried.
+    pub auth_failed: ByMethod,
+    /// Clients connected now, by protocol level.
+    pub connected_by_protocol: ByProtocol,
+    /// CONNECTs accepted since start, by protocol level.
+    pub connects_by_protocol: ByProtocol,
+    /// Clients disconnected by an operator (admin API).
+    pub clients_kicked: Counter,
+    /// CONNECTs refused because the client id, username or address was banned by an operator.
+    pub connects_banned: Counter,
+    /// From a PUBLISH being received to its delivery being written for a subscriber,
+    /// microseconds (broker-made and restored messages are not counted).
+    pub deliver_latency_us: Histogram,
+    /// How long a store commit took, microseconds.
+    pub store_commit_us: Histogram,
+    /// Operations per store commit.
+    pub store_batch_ops: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            clients_connected: Counter::default(),
+            clients_maximum: Counter::default(),
+            connections_total: Counter::default(),
+            sessions_expired: Counter::default(),
+            messages_received: Counter::default(),
+            messages_sent: Counter::default(),
+            publish_received: Counter::default(),
+            publish_sent: Counter::default(),
+            publish_dropped: Counter::default(),
+            dropped_queue_full: Counter::default(),
+            dropped_expired: Counter::default(),
+            dropped_too_large: Counter::default(),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            connection_tasks_aborted: Counter::default(),
+            protocol_errors: Counter::default(),
+            connections_refused: Counter::default(),
+            connect_limits_exceeded: Counter::default(),
+            subscriptions_refused: Counter::default(),
+            retained_refused: Counter::default(),
+            receive_maximum_exceeded: Counter::default(),
+            rate_limited: Counter::default(),
+            store_commits: Counter::default(),
+            store_ops: Counter::default(),
+            store_commit_failures: Counter::default(),
+            store_failures_answered: Counter::default(),
+            store_paused: Counter::default(),
+            store_available: Counter::default(),
+            store_batches_refused: Counter::default(),
+            store_recoveries: Counter::default(),
+            store_free_bytes: Counter::default(),
+            store_low_space: Counter::default(),
+            publishes_refused_low_space: Counter::default(),
+            auth_refused: Counter::default(),
+            acl_denied: Counter::default(),
+            connections_rate_limited: Counter::default(),
+            addresses_banned: Counter::default(),
+            connections_banned: Counter::default(),
+            publish_received_by_qos: ByQos::default(),
+            payload_received_by_qos: ByQos::default(),
+            publish_sent_by_qos: ByQos::default(),
+            payload_sent_by_qos: ByQos::default(),
+            dropped_no_subscriber: Counter::default(),
+            connects_refused_by_reason: ByReason::default(),
+            auth_succeeded: ByMethod::default(),
+            auth_failed: ByMethod::default(),
+            connected_by_protocol: ByProtocol::default(),
+            connects_by_protocol: ByProtocol::default(),
+            clients_kicked: Counter::default(),
+            connects_banned: Counter::default(),
+            deliver_latency_us: Histogram::new(LATENCY_US),
+            store_commit_us: Histogram::new(LATENCY_US),
+            store_batch_ops: Histogram::new(BATCH_OPS),
+        }
+    }
 }

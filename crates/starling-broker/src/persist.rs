@@ -526,6 +526,7 @@ pub fn encode_will(will: &starling_proto::Will) -> Vec<u8> {
         properties,
         expires_at: None,
         publisher: None,
+        received: None,
         store_key: crate::message::StoreKey::default(),
     };
     encode_message(&msg, will.qos, will.retain, &[])

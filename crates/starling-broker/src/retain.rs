@@ -37,6 +37,8 @@ pub trait RetainStore: Send + Sync + fmt::Debug {
     fn matching(&self, filter: &[u8], now: Instant) -> Vec<Arc<Message>>;
     /// Number of retained messages.
     fn count(&self) -> usize;
+    /// Payload bytes of the retained messages.
+    fn bytes(&self) -> usize;
 }
 
 /// The single-node retained-message store: a trie over topic levels.
@@ -44,6 +46,7 @@ pub trait RetainStore: Send + Sync + fmt::Debug {
 pub struct RetainTree {
     root: RwLock<Node>,
     count: std::sync::atomic::AtomicUsize,
+    bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl RetainStore for RetainTree {
@@ -60,8 +63,9 @@ impl RetainStore for RetainTree {
                     None => return RetainOutcome::Cleared,
                 }
             }
-            if node.message.take().is_some() {
+            if let Some(old) = node.message.take() {
                 self.count.fetch_sub(1, Relaxed);
+                self.bytes.fetch_sub(old.payload.len(), Relaxed);
             }
             return RetainOutcome::Cleared;
         }
@@ -86,7 +90,10 @@ impl RetainStore for RetainTree {
         for level in msg.topic.as_bytes().split(|&b| b == b'/') {
             node = node.children.entry(level.into()).or_default();
         }
-        node.message = Some(msg);
+        self.bytes.fetch_add(msg.payload.len(), Relaxed);
+        if let Some(old) = node.message.replace(msg) {
+            self.bytes.fetch_sub(old.payload.len(), Relaxed);
+        }
         if is_new {
             self.count.fetch_add(1, Relaxed);
         }
@@ -95,6 +102,10 @@ impl RetainStore for RetainTree {
 
     fn count(&self) -> usize {
         self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn bytes(&self) -> usize {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// In no particular order. Iterative: a deep tree or filter cannot exhaust the stack.

@@ -11,7 +11,7 @@ use starling_broker::{Broker, PeerInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Protocol;
 use crate::connection::{Client, Stop, StreamOptions};
@@ -46,7 +46,14 @@ pub(crate) async fn accept_loop(
             () = stop.wait() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    match limiter.check(peer.ip(), Instant::now(), &broker.metrics) {
+                    let now = Instant::now();
+                    if broker.bans.address_banned(peer.ip(), now) {
+                        broker.metrics.connections_banned.inc();
+                        info!(%peer, "connection refused at accept: address banned by an operator");
+                        drop(stream);
+                        continue;
+                    }
+                    match limiter.check(peer.ip(), now, &broker.metrics) {
                         Verdict::Allow => {}
                         verdict => {
                             debug!(%peer, ?verdict, "connection refused at accept");

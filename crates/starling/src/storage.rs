@@ -348,11 +348,15 @@ impl Commits<'_> {
     /// Commits a batch (after what was carried over); on failure the store becomes
     /// unavailable and the batch is refused or held.
     fn commit_batch(&mut self, ops: Vec<Op>, upto: u64) {
+        let started = Instant::now();
         match self.commit(&ops) {
             Ok(()) => {
                 let m = &self.broker.metrics;
                 m.store_commits.inc();
                 m.store_ops.add(ops.len() as u64);
+                let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                m.store_commit_us.observe(took);
+                m.store_batch_ops.observe(ops.len() as u64);
                 // Marked available before the acknowledgements it releases go out.
                 self.recovered();
                 self.journal.finish(upto, true);

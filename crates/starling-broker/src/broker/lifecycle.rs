@@ -10,7 +10,7 @@ use starling_proto::{ProtocolVersion, Will};
 use super::Broker;
 use crate::message::Message;
 use crate::persist::Ops;
-use crate::session::{PendingWill, Session, Terms};
+use crate::session::{ClientInfo, PendingWill, Session, Terms};
 use crate::wake::Waker;
 
 /// Most times a CONNECT looks again at its client id because another claim changed it in the
@@ -30,6 +30,8 @@ pub struct ConnectRequest {
     pub expiry_secs: u32,
     /// The will, with its delay.
     pub will: Option<PendingWill>,
+    /// About the connection, for the admin API.
+    pub info: Option<Arc<ClientInfo>>,
 }
 
 /// The session a connection got.
@@ -131,6 +133,7 @@ impl Broker {
             protocol: req.protocol,
             expiry_secs: req.expiry_secs,
             will: req.will,
+            info: req.info,
         };
         // False only if a later claim already took the session: the connection then finds
         // itself taken over at once.
@@ -189,7 +192,7 @@ impl Broker {
 
     /// Removes a session for good: its state, subscriptions and registry entry; its pending
     /// will goes out.
-    fn end_session(&self, session: &Arc<Session>, now: Instant) {
+    pub(super) fn end_session(&self, session: &Arc<Session>, now: Instant) {
         let mut ops = self.ops();
         let Some(ended) = session.lock().end(&mut ops) else {
             return;
@@ -238,6 +241,7 @@ impl Broker {
             }
         }
         self.persist(&mut ops);
+        self.bans.prune(now);
         for w in wills {
             self.publish_will(w, now);
         }

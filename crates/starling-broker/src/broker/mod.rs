@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use starling_proto::TopicFilter;
 
+use crate::bans::Bans;
 use crate::config::{Features, Limits};
 use crate::forward::{Forwarder, NoPeers};
 use crate::metrics::Metrics;
@@ -27,11 +28,13 @@ use crate::router::{Routes, Subscriber};
 use crate::session::{Ctx, Session, Subscription};
 use crate::sys::SysState;
 
+mod admin;
 mod lifecycle;
 mod registry;
 mod restore;
 mod route;
 
+pub use admin::{AdminError, Page};
 pub use lifecycle::{Attached, Claim, ConnectRequest, Ending};
 pub use registry::{LocalRegistry, Registry};
 pub use restore::Restored;
@@ -70,6 +73,8 @@ pub struct Broker {
     pub features: Features,
     /// Counters.
     pub metrics: Metrics,
+    /// Bans set by an operator.
+    pub bans: Bans,
     seams: Seams,
     /// Source of assigned client ids.
     next_assigned_id: AtomicU64,
@@ -102,6 +107,7 @@ impl Broker {
             limits,
             features,
             metrics: Metrics::default(),
+            bans: Bans::default(),
             seams,
             next_assigned_id: AtomicU64::new(1),
             started: now,
@@ -195,6 +201,11 @@ impl Broker {
     /// Number of retained messages.
     pub fn retained_count(&self) -> usize {
         self.seams.retained.count()
+    }
+
+    /// Payload bytes of the retained messages.
+    pub fn retained_bytes(&self) -> usize {
+        self.seams.retained.bytes()
     }
 
     /// The retained messages matching `filter` (an unshared filter), unexpired.

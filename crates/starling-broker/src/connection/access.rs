@@ -12,6 +12,7 @@ use starling_proto::{Connect, ProtocolVersion, ReasonCode, TopicFilter, TopicNam
 
 use super::active::Active;
 use super::{Close, Connection, Cx};
+use crate::metrics::AuthMethod;
 
 /// How a listener checks its clients.
 #[derive(Clone, Debug)]
@@ -203,7 +204,9 @@ impl Cx<'_> {
         reason: ReasonCode,
         detail: &str,
     ) -> Close {
-        self.broker.metrics.auth_refused.inc();
+        let m = &self.broker.metrics;
+        m.auth_refused.inc();
+        m.auth_failed.of(self.auth_method(c)).inc();
         let listener = self
             .link
             .access
@@ -216,6 +219,24 @@ impl Cx<'_> {
             c.username.as_deref().unwrap_or(""),
         );
         self.refuse_connect(version, reason, Default::default(), &detail)
+    }
+
+    /// How `c` authenticates (or tries to), for the per-method counters.
+    pub(super) fn auth_method(&self, c: &Connect) -> AuthMethod {
+        let certificate = self
+            .link
+            .access
+            .as_ref()
+            .is_some_and(|a| a.certificate_identity().is_some());
+        if c.properties.authentication_method.is_some() {
+            AuthMethod::Enhanced
+        } else if c.password.is_some() {
+            AuthMethod::Password
+        } else if certificate {
+            AuthMethod::Certificate
+        } else {
+            AuthMethod::Anonymous
+        }
     }
 
     /// The enhanced authentication method named `name`, if this listener offers it.

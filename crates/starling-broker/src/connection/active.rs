@@ -54,6 +54,9 @@ pub(super) struct Active {
     /// A new connection for the client id waits for this one to hand the session over
     /// (`handover.rs`): the I/O layer reads what the client already sent, then says so.
     pub(super) hand_over_asked: bool,
+    /// ACL denials of this connection logged so far; after [`DENIALS_LOGGED`] they are
+    /// counted only (a client looping on a forbidden topic does not flood the log).
+    pub(super) denials_logged: u8,
 }
 
 /// A connection's topic aliases.
@@ -74,7 +77,31 @@ pub(super) struct RateLimit {
     pub(super) paused_until: Option<std::time::Instant>,
 }
 
+/// How many ACL denials of one connection are logged.
+pub(super) const DENIALS_LOGGED: u8 = 10;
+
 impl Active {
+    /// Logs an ACL denial of a publish or subscribe (the first [`DENIALS_LOGGED`] of the
+    /// connection; all are counted in `acl_denied`).
+    pub(super) fn log_denial(&mut self, cx: &Cx<'_>, what: &str, topic: &str) {
+        if self.denials_logged >= DENIALS_LOGGED {
+            return;
+        }
+        self.denials_logged += 1;
+        let last = if self.denials_logged == DENIALS_LOGGED {
+            " (further denials of this connection are counted, not logged)"
+        } else {
+            ""
+        };
+        info!(
+            client_id = %self.session.client_id(),
+            username = self.username.as_deref().unwrap_or(""),
+            peer = %cx.link.peer(),
+            %topic,
+            "{what} denied by the ACL{last}"
+        );
+    }
+
     pub(super) fn version(&self) -> ProtocolVersion {
         self.version
     }
@@ -231,8 +258,14 @@ impl Active {
         cx.broker
             .disconnect(&self.session, self.epoch, ending, cx.now);
         cx.broker.metrics.clients_connected.dec();
+        cx.broker
+            .metrics
+            .connected_by_protocol
+            .of(self.version)
+            .dec();
         info!(
             client_id = %self.session.client_id(),
+            username = self.username.as_deref().unwrap_or(""),
             peer = %cx.link.peer(),
             protocol = self.version.level(),
             reason = %close.reason,

@@ -14,7 +14,7 @@ use super::{Close, Cx, State, closed, enhanced, handover};
 use crate::broker::{Attached, Claim, ConnectRequest, Ending};
 use crate::bucket::TokenBucket;
 use crate::config::Limits;
-use crate::session::PendingWill;
+use crate::session::{ClientInfo, PendingWill};
 use crate::wake::{Relay, Waker};
 
 /// What CONNECT negotiated before authentication.
@@ -211,6 +211,23 @@ pub(super) fn accept(
     username: Option<Arc<str>>,
     enhanced: Option<enhanced::Accepted>,
 ) -> State {
+    if let Some(kind) =
+        (cx.broker.bans).connect_banned(&negotiated.client_id, username.as_deref(), cx.now)
+    {
+        cx.broker.metrics.connects_banned.inc();
+        let detail = format!(
+            "{} banned (client id {:?}, username {:?})",
+            kind.name(),
+            &*negotiated.client_id,
+            username.as_deref().unwrap_or("")
+        );
+        let reason = if c.protocol.is_v5() {
+            ReasonCode::Banned
+        } else {
+            ReasonCode::NotAuthorized
+        };
+        return refuse(cx, c.protocol, reason, &detail);
+    }
     let accepted = Accepted {
         connect: c,
         negotiated,
@@ -247,6 +264,17 @@ pub(super) fn claim(
         protocol: version,
         expiry_secs: terms.expiry_secs,
         will,
+        info: Some(Arc::new(ClientInfo {
+            peer: cx.link.peer,
+            listener: cx
+                .link
+                .access
+                .as_ref()
+                .map_or_else(|| Arc::from(""), |a| a.listener.name.clone()),
+            username: accepted.username.clone(),
+            keep_alive: accepted.negotiated.keep_alive,
+            connected_at: cx.now,
+        })),
     };
     let handover = handover.map(|r| r as Waker);
     let attached = match broker.connect(cx.link.waker.clone(), request, cx.now, handover) {
@@ -283,7 +311,8 @@ fn attach(cx: &mut Cx<'_>, accepted: Accepted, terms: &Terms, attached: Attached
     let broker = cx.broker;
     let version = c.protocol;
     let v5 = version.is_v5();
-    count_connected(&broker.metrics);
+    count_connected(&broker.metrics, version);
+    broker.metrics.auth_succeeded.of(cx.auth_method(&c)).inc();
     let mut active = activate(cx, &c, &negotiated, username, terms, &attached);
     active.enhanced = enhanced.as_ref().map(enhanced::Accepted::session);
     let properties = if v5 {
@@ -301,6 +330,7 @@ fn attach(cx: &mut Cx<'_>, accepted: Accepted, terms: &Terms, attached: Attached
     active.send_ack(cx, connack, attached.ticket);
     info!(
         client_id = %negotiated.client_id,
+        username = active.username.as_deref().unwrap_or(""),
         peer = %cx.link.peer(),
         protocol = version.level(),
         clean_start = c.clean_start,
@@ -314,8 +344,10 @@ fn attach(cx: &mut Cx<'_>, accepted: Accepted, terms: &Terms, attached: Attached
     State::Active(active)
 }
 
-fn count_connected(m: &crate::metrics::Metrics) {
+fn count_connected(m: &crate::metrics::Metrics, version: ProtocolVersion) {
     m.clients_connected.inc();
+    m.connected_by_protocol.of(version).inc();
+    m.connects_by_protocol.of(version).inc();
     m.connections_total.inc();
     if m.clients_connected.get() > m.clients_maximum.get() {
         m.clients_maximum.set(m.clients_connected.get());
@@ -360,6 +392,7 @@ fn activate(
         }),
         held: None,
         hand_over_asked: false,
+        denials_logged: 0,
     })
 }
 

@@ -34,6 +34,13 @@ impl Active {
             self.send_disconnect(cx, reason, "session taken over");
             return ControlFlow::Break(Close::new(reason, "session taken over"));
         }
+        if st.kicked() {
+            drop(st);
+            cx.broker.metrics.clients_kicked.inc();
+            let reason = ReasonCode::AdministrativeAction;
+            self.send_disconnect(cx, reason, "disconnected by an operator");
+            return ControlFlow::Break(Close::new(reason, "disconnected by an operator"));
+        }
         self.hand_over_asked |= st.hand_over_asked();
         while cx.link.out.len() < room {
             let Some(d) = st.next_delivery(usize::from(self.window)) else {
@@ -100,6 +107,16 @@ impl Active {
         }
         metrics.publish_sent.inc();
         metrics.messages_sent.inc();
+        metrics.publish_sent_by_qos.of(d.qos).inc();
+        metrics
+            .payload_sent_by_qos
+            .of(d.qos)
+            .add(d.msg.payload.len() as u64);
+        if let Some(received) = d.msg.received {
+            let waited = cx.now.saturating_duration_since(received);
+            (metrics.deliver_latency_us)
+                .observe(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
+        }
         Some(packet_id)
     }
 

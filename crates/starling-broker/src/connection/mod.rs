@@ -205,6 +205,9 @@ impl Cx<'_> {
             properties,
         });
         self.link.send(&self.broker.metrics, version, &connack);
+        if let Some(c) = self.broker.metrics.connects_refused_by_reason.of(reason) {
+            c.inc();
+        }
         tracing::info!(peer = %self.link.peer(), protocol = version.level(), %reason, "connection refused: {detail}");
         Close::new(reason, detail)
     }

@@ -17,7 +17,12 @@ use crate::session::{Ack, PubRec, Qos2Receive};
 impl Active {
     pub(super) fn on_publish(&mut self, cx: &mut Cx<'_>, mut p: Publish) -> Flow {
         let broker = cx.broker;
-        broker.metrics.publish_received.inc();
+        let m = &broker.metrics;
+        m.publish_received.inc();
+        m.publish_received_by_qos.of(p.qos).inc();
+        m.payload_received_by_qos
+            .of(p.qos)
+            .add(p.payload.len() as u64);
         if let Some(rate) = &mut self.rate {
             rate.bucket.take(cx.now);
         }
@@ -137,11 +142,15 @@ impl Active {
         if !access::may_publish(cx.link.access.as_mut(), self, &p.topic) {
             // 3.x: acknowledged as usual and dropped (the spec allows nothing else).
             broker.metrics.acl_denied.inc();
+            self.log_denial(cx, "publish", p.topic.as_str());
             return ReasonCode::NotAuthorized;
         }
         let publisher = Some(self.client_id().clone());
         let msg = Arc::new(Message::from_publish(p, publisher, cx.now));
         let routed = broker.publish(msg, ops);
+        if routed.reached + routed.forwarded == 0 {
+            broker.metrics.dropped_no_subscriber.inc();
+        }
         if routed.retained == Some(RetainOutcome::Full) {
             ReasonCode::QuotaExceeded
         } else if routed.reached + routed.forwarded == 0 && !retain && qos != QoS::AtMostOnce {

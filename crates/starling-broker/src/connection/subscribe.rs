@@ -55,6 +55,7 @@ impl Active {
         let broker = cx.broker;
         if !access::may_subscribe(cx.link.access.as_ref(), self, filter) {
             broker.metrics.acl_denied.inc();
+            self.log_denial(cx, "subscription", filter.as_str());
             return ReasonCode::NotAuthorized;
         }
         let (exists, count) = {

@@ -11,6 +11,7 @@
 //! `flows.rs`, rebuilding from the store in `restore.rs`.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -80,11 +81,32 @@ pub struct PendingWill {
     pub delay_secs: u32,
 }
 
+/// What the admin API shows of the connection that owns a session: set when it attaches,
+/// dropped when it detaches. One allocation per connected session, shared strings.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+    /// The listener it came through (`""` without one).
+    pub listener: Arc<str>,
+    /// The authenticated username.
+    pub username: Option<Arc<str>>,
+    /// Keep Alive in effect, seconds.
+    pub keep_alive: u16,
+    /// When the connection attached.
+    pub connected_at: Instant,
+}
+
 /// The mutable part of a session; see [`Locked`] for what may change it.
 #[derive(Debug)]
 pub struct SessionState {
     /// How to wake the connection that owns the session now; `None` while disconnected.
     owner: Option<Waker>,
+    /// About that connection, for the admin API; `None` while disconnected.
+    owner_info: Option<Arc<ClientInfo>>,
+    /// An operator asked for the owner to be disconnected (admin API): it closes with
+    /// DISCONNECT 0x98 at its next wake-up. Cleared when a connection attaches.
+    kicked: bool,
     /// A new connection for the same client id waiting for the owner to read what its client
     /// already sent before the session is taken over (see `Broker::connect`); woken when the
     /// owner hands the session over or lets go of it. One at a time: a later one replaces it,
@@ -153,6 +175,8 @@ pub struct Terms {
     pub expiry_secs: u32,
     /// The will, with its delay.
     pub will: Option<PendingWill>,
+    /// About the connection, for the admin API.
+    pub info: Option<Arc<ClientInfo>>,
 }
 
 /// What ending a session leaves for the registry to finish: the filters to remove from the
@@ -195,6 +219,8 @@ impl Session {
             client_id,
             state: Mutex::new(SessionState {
                 owner: None,
+                owner_info: None,
+                kicked: false,
                 successor: None,
                 claimed: 0,
                 protocol,
@@ -294,6 +320,55 @@ impl Locked<'_> {
         self.st.queue.len()
     }
 
+    /// Outbound messages sent and not yet fully acknowledged.
+    pub fn inflight_count(&self) -> usize {
+        self.st.inflight.len()
+    }
+
+    /// Every subscription, by full filter.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&TopicFilter, &Subscription)> {
+        self.st.subscriptions.iter()
+    }
+
+    /// About the connection that owns the session; `None` while disconnected.
+    pub fn client_info(&self) -> Option<&Arc<ClientInfo>> {
+        self.st.owner_info.as_ref()
+    }
+
+    /// Protocol level of the connection that owns (or last owned) the session.
+    pub fn protocol(&self) -> ProtocolVersion {
+        self.st.protocol
+    }
+
+    /// Session Expiry Interval, seconds (`u32::MAX`: never).
+    pub fn expiry_secs(&self) -> u32 {
+        self.st.expiry_secs
+    }
+
+    /// When the session's connection ended; `None` while connected.
+    pub fn disconnected_at(&self) -> Option<Instant> {
+        self.st.disconnected_at
+    }
+
+    /// Asks the connection that owns the session to close with DISCONNECT 0x98
+    /// (administrative action); it does at its next wake-up, now. False if no connection
+    /// owns it.
+    pub fn kick(&mut self) -> bool {
+        if self.st.owner.is_none() {
+            return false;
+        }
+        self.st.kicked = true;
+        if let Some(owner) = &self.st.owner {
+            owner.wake();
+        }
+        true
+    }
+
+    /// Whether an operator asked for the owner to be disconnected.
+    pub fn kicked(&self) -> bool {
+        self.st.kicked
+    }
+
     /// Asks the connection that owns the session to hand it over to `successor` once it has
     /// read what its client already sent (a DISCONNECT among it changes what the successor
     /// gets). False if no connection owns the session: take it now.
@@ -344,6 +419,7 @@ impl Locked<'_> {
         }
         if owner.is_none() {
             self.st.inflight.release_index();
+            self.st.owner_info = None;
         }
         self.st.owner = owner;
         let online = self.st.owner.is_some();
@@ -359,6 +435,8 @@ impl Locked<'_> {
         }
         self.st.claimed = epoch;
         self.set_owner(Some(waker));
+        self.st.owner_info = terms.info;
+        self.st.kicked = false;
         self.st.will = terms.will.map(Box::new);
         self.st.protocol = terms.protocol;
         self.st.expiry_secs = terms.expiry_secs;

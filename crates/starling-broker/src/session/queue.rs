@@ -141,6 +141,7 @@ mod tests {
             protocol: ProtocolVersion::V5,
             expiry_secs: 0,
             will: None,
+            info: None,
         };
         assert!(s.lock().attach(1, Flag::new(), terms, &mut Ops::new(None)));
         s
