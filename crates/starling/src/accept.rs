@@ -78,6 +78,7 @@ pub(crate) async fn accept_loop(
                         None => None,
                     };
                     let permits = (permit, listener_permit);
+                    rt.accepted.inc();
                     // Detached: the global permit each holds is how shutdown waits for them.
                     if rt.protocol == Protocol::Tcp {
                         tokio::spawn(tcp_connection(stream, peer, &rt, &broker, &stop, permits));

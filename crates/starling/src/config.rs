@@ -8,12 +8,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use starling_broker::config::{Bound, OutOfBounds};
 use starling_broker::{Features, Limits};
 
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where the broker keeps its data.
@@ -31,10 +31,25 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Connection rate limit and reconnect-loop bans.
     pub security: SecurityConfig,
+    /// The HTTP listener: metrics, health checks, admin API, dashboard.
+    pub http: HttpConfig,
+    /// Log lines as `text` (default) or `json`.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// How durable acknowledged messages are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// A QoS 1/2 message is acknowledged once committed to disk (group commit: one fsync for
@@ -50,7 +65,7 @@ pub enum Durability {
 
 /// What the broker does with durable work while the store cannot commit (a full disk, an I/O
 /// error), until it recovers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnStoreUnavailable {
     /// Refuse it at once: QoS 1/2 PUBLISH gets 0x97 Quota exceeded (full disk) or 0x80 (other
@@ -64,7 +79,7 @@ pub enum OnStoreUnavailable {
 }
 
 /// The `[storage]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Durability mode.
@@ -138,7 +153,7 @@ impl std::fmt::Display for Protocol {
 }
 
 /// Which part of a client certificate becomes the username.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdentityField {
     /// The subject's Common Name (mosquitto's `use_identity_as_username`).
@@ -148,7 +163,7 @@ pub enum IdentityField {
 }
 
 /// One listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Address and port to bind, e.g. `127.0.0.1:1883` or `[::]:1883`.
@@ -324,7 +339,7 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 }
 
 /// `[security]`: limits on how fast one address may connect.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     /// New connections per second from one address (burst: the same number); more are
@@ -468,6 +483,8 @@ impl Default for Config {
             mqtt: Features::default(),
             storage: StorageConfig::default(),
             security: SecurityConfig::default(),
+            http: HttpConfig::default(),
+            log_format: LogFormat::default(),
         }
     }
 }
@@ -499,9 +516,14 @@ impl Config {
             .validate()
             .map_err(|e| anyhow::anyhow!("limits.{e}"))?;
         check_table("storage", self.storage.bounded())?;
+        check_table("http", self.http.bounded())?;
+        self.http.validate()?;
         Ok(())
     }
 }
+
+pub mod http;
+pub use http::HttpConfig;
 
 #[cfg(test)]
 mod tests;

@@ -6,8 +6,10 @@
 mod accept;
 pub mod config;
 pub mod connection;
+pub mod http;
 pub mod limiter;
 mod listener;
+pub mod logging;
 pub mod passwd;
 mod reload;
 pub mod server;

@@ -13,6 +13,7 @@ use starling_auth::{
     StandardAuthenticator,
 };
 use starling_broker::ListenerAccess;
+use starling_broker::metrics::Counter;
 use tokio::sync::Semaphore;
 use tracing::warn;
 
@@ -34,12 +35,19 @@ pub(crate) struct ListenerRuntime {
     pub(crate) slow_connect: bool,
     /// This listener's own connection cap, if set.
     pub(crate) permits: Option<Arc<Semaphore>>,
+    /// Connections accepted since start.
+    pub(crate) accepted: Arc<Counter>,
 }
 
 /// Every listener's loaded files and certificates, ready to serve.
 pub(crate) struct Listeners {
     pub(crate) runtimes: Vec<Arc<ListenerRuntime>>,
     pub(crate) reloadable: Reloadable,
+    /// The HTTP listener's basic auth users (`[http] password_file`).
+    pub(crate) http_passwords: Option<Arc<PasswordAuthenticator>>,
+    /// The ACL of the first listener that has one: what the admin API checks a publish
+    /// made on a user's behalf against.
+    pub(crate) first_acl: Option<Arc<AclAuthorizer>>,
 }
 
 impl Listeners {
@@ -56,11 +64,26 @@ impl Listeners {
                 &mut reloadable,
             )?));
         }
+        let first_acl = config
+            .listeners
+            .iter()
+            .find_map(|l| l.acl_file.as_ref())
+            .and_then(|p| files.acls.get(p).cloned());
+        let http_passwords = match &config.http.password_file {
+            Some(p) if config.http.enabled => Some(
+                files
+                    .passwords(p)
+                    .with_context(|| format!("http.password_file {}", p.display()))?,
+            ),
+            _ => None,
+        };
         reloadable.passwords = files.passwords.into_values().collect();
         reloadable.acls = files.acls.into_values().collect();
         Ok(Self {
             runtimes,
             reloadable,
+            http_passwords,
+            first_acl,
         })
     }
 }
@@ -153,6 +176,7 @@ fn listener_runtime(
         tls,
         ws_path: l.ws_path().to_owned(),
         permits: l.max_connections.map(listener_permits),
+        accepted: Arc::default(),
     })
 }
 

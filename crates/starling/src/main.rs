@@ -1,6 +1,7 @@
 //! `starling`: the MQTT broker binary. Parses the command line and config, sets up logging,
 //! and runs the server until SIGINT or SIGTERM (SIGHUP reloads password files, ACL files and
-//! certificates). `starling passwd` manages password files.
+//! certificates). `starling passwd` manages password files, `starling apikey` the HTTP API's
+//! keys.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ enum Command {
     Serve(ServeArgs),
     /// Manage a password file (mosquitto_passwd's flags: -c, -b, -D).
     Passwd(starling::passwd::PasswdArgs),
+    /// Manage the HTTP API's keys (create, list, delete).
+    Apikey(starling::http::apikey::ApiKeyArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -36,6 +39,10 @@ struct ServeArgs {
     /// Address of the first listener, overriding the config file (e.g. 0.0.0.0:1883).
     #[arg(short, long, value_name = "ADDR:PORT")]
     bind: Option<SocketAddr>,
+    /// Address of the HTTP listener (metrics, health, admin API, dashboard), overriding the
+    /// config file (default 127.0.0.1:18080).
+    #[arg(long, value_name = "ADDR:PORT")]
+    http_bind: Option<SocketAddr>,
     /// Data directory, overriding the config file (default ./starling-data).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -49,6 +56,7 @@ fn main() -> anyhow::Result<()> {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         Some(Command::Passwd(args)) => return starling::passwd::run(args),
+        Some(Command::Apikey(args)) => return starling::http::apikey::run(args),
         None => ServeArgs::default(),
     };
     let mut config = match &args.config {
@@ -60,13 +68,16 @@ fn main() -> anyhow::Result<()> {
     {
         first.bind = bind;
     }
+    if let Some(bind) = args.http_bind {
+        config.http.bind = bind;
+    }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
     if args.recover {
         config.storage.recover = true;
     }
-    init_logging(&config.log_level)?;
+    starling::logging::init(&config.log_level, config.log_format)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
 
@@ -75,18 +86,6 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(server::run(config, shutdown_signal()))
-}
-
-fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .with_context(|| format!("invalid log_level {filter:?}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -21,10 +21,19 @@ impl Reloadable {
     /// Reads every password file, ACL file and TLS certificate again. Whatever fails to load
     /// keeps its previous contents; the errors are logged and returned.
     pub(crate) fn reload(&self) -> Vec<anyhow::Error> {
+        self.reload_report().1
+    }
+
+    /// Like [`Reloadable::reload`], also naming what was reloaded.
+    pub(crate) fn reload_report(&self) -> (Vec<String>, Vec<anyhow::Error>) {
+        let mut reloaded = Vec::new();
         let mut errors = Vec::new();
         for p in &self.passwords {
             match p.reload() {
-                Ok(n) => info!(path = %p.path().display(), users = n, "password file reloaded"),
+                Ok(n) => {
+                    info!(path = %p.path().display(), users = n, "password file reloaded");
+                    reloaded.push(format!("password file {} ({n} users)", p.path().display()));
+                }
                 Err(e) => {
                     warn!("password file not reloaded, keeping the previous one: {e}");
                     errors.push(e.into());
@@ -33,7 +42,10 @@ impl Reloadable {
         }
         for a in &self.acls {
             match a.reload() {
-                Ok(n) => info!(path = %a.path().display(), rules = n, "ACL file reloaded"),
+                Ok(n) => {
+                    info!(path = %a.path().display(), rules = n, "ACL file reloaded");
+                    reloaded.push(format!("ACL file {} ({n} rules)", a.path().display()));
+                }
                 Err(e) => {
                     warn!("ACL file not reloaded, keeping the previous rules: {e}");
                     errors.push(e.into());
@@ -42,13 +54,16 @@ impl Reloadable {
         }
         for (addr, t) in &self.tls {
             match t.reload() {
-                Ok(()) => info!(listener = %addr, "TLS certificates reloaded"),
+                Ok(()) => {
+                    info!(listener = %addr, "TLS certificates reloaded");
+                    reloaded.push(format!("TLS certificates of {addr}"));
+                }
                 Err(e) => {
                     warn!(listener = %addr, "TLS certificates not reloaded, keeping the previous ones: {e:#}");
                     errors.push(e);
                 }
             }
         }
-        errors
+        (reloaded, errors)
     }
 }

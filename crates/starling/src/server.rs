@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use starling_broker::Broker;
@@ -17,6 +18,7 @@ use tracing::{info, warn};
 use crate::accept::{accept_loop, permit_count};
 use crate::config::Config;
 use crate::connection::Stop;
+use crate::http::{self, AppState, ListenerStatus};
 use crate::limiter::AddressLimiter;
 use crate::listener::{ListenerRuntime, Listeners};
 use crate::reload::Reloadable;
@@ -39,7 +41,11 @@ pub struct Server {
     permit_count: u32,
     /// Commits journaled changes; flushed at shutdown.
     committer: Option<storage::Committer>,
-    reloadable: Reloadable,
+    reloadable: Arc<Reloadable>,
+    /// The HTTP listener's address, when it runs.
+    http_addr: Option<SocketAddr>,
+    /// Cleared when shutdown begins (`/readyz`).
+    ready: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -70,7 +76,13 @@ impl Server {
         let Listeners {
             runtimes,
             reloadable,
+            http_passwords,
+            first_acl,
         } = listeners;
+        let extras = Extras {
+            http_passwords,
+            first_acl,
+        };
         let broker =
             Broker::with_features(config.limits.clone(), config.mqtt.clone(), Instant::now());
         let (broker, committer) = match opened {
@@ -80,7 +92,7 @@ impl Server {
             }
             None => (Arc::new(broker), None),
         };
-        match Self::serve(config, runtimes, broker, reloadable, committer).await {
+        match Self::serve(config, runtimes, broker, reloadable, committer, extras).await {
             Ok(s) => Ok(s),
             Err((e, committer)) => {
                 // Nothing was served: stop the committer cleanly before reporting.
@@ -98,7 +110,9 @@ impl Server {
         broker: Arc<Broker>,
         reloadable: Reloadable,
         committer: Option<storage::Committer>,
+        extras: Extras,
     ) -> Result<Self, (anyhow::Error, Option<storage::Committer>)> {
+        let reloadable = Arc::new(reloadable);
         let limiter = Arc::new(AddressLimiter::new(config.security.clone(), Instant::now()));
         let stop = Arc::new(Stop::default());
         let permit_count = permit_count(config.limits.max_connections);
@@ -107,6 +121,7 @@ impl Server {
         ));
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
+        let mut statuses = Vec::new();
         for (l, rt) in config.listeners.iter().zip(runtimes) {
             let listener = match TcpListener::bind(l.bind).await {
                 Ok(listener) => listener,
@@ -119,6 +134,12 @@ impl Server {
             let addr = listener.local_addr().unwrap_or(l.bind);
             info!(%addr, protocol = %l.protocol, "listening");
             addrs.push(addr);
+            statuses.push(ListenerStatus {
+                name: rt.access.name.clone(),
+                protocol: l.protocol.clone(),
+                addr,
+                accepted: rt.accepted.clone(),
+            });
             tasks.spawn(accept_loop(
                 listener,
                 addr,
@@ -130,6 +151,38 @@ impl Server {
             ));
         }
         tasks.spawn(tick_loop(broker.clone(), stop.clone()));
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut http_addr = None;
+        if config.http.enabled {
+            let acl = extras
+                .first_acl
+                .map(|a| a as Arc<dyn starling_auth::Authorizer>);
+            let started = AppState::new(
+                config,
+                broker.clone(),
+                statuses,
+                reloadable.clone(),
+                acl,
+                extras.http_passwords,
+                ready.clone(),
+            );
+            let bound = match started {
+                Ok(state) => http::bind(&config.http, Arc::new(state), stop.clone()).await,
+                Err(e) => Err(e),
+            };
+            match bound {
+                Ok((addr, serve)) => {
+                    http_addr = Some(addr);
+                    tasks.spawn(serve);
+                }
+                Err(e) => {
+                    stop.stop();
+                    while tasks.join_next().await.is_some() {}
+                    return Err((e, committer));
+                }
+            }
+        }
+        ready.store(true, Ordering::Release);
         Ok(Self {
             broker,
             addrs,
@@ -139,7 +192,14 @@ impl Server {
             permit_count,
             committer,
             reloadable,
+            http_addr,
+            ready,
         })
+    }
+
+    /// The HTTP listener's address (useful with port 0), when it runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The bound addresses, in listener order (useful with port 0).
@@ -163,6 +223,7 @@ impl Server {
     /// connection tasks, at most `SHUTDOWN_GRACE`.
     pub async fn shutdown(mut self) {
         info!("shutting down");
+        self.ready.store(false, Ordering::Release);
         self.stop.stop();
         let all_done = async {
             while self.tasks.join_next().await.is_some() {}
@@ -183,6 +244,12 @@ impl Server {
         }
         info!("stopped");
     }
+}
+
+/// What the listeners' files gave the HTTP listener.
+struct Extras {
+    http_passwords: Option<Arc<starling_auth::PasswordAuthenticator>>,
+    first_acl: Option<Arc<starling_auth::AclAuthorizer>>,
 }
 
 /// Runs the broker until `stop` resolves, then shuts it down.

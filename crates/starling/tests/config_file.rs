@@ -34,6 +34,7 @@ fn serve_with(dir: &Path, config: &str) -> (ExitStatus, String, String) {
     let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_starling"))
         .arg("serve")
+        .args(["--http-bind", "127.0.0.1:0"])
         .arg("--config")
         .arg(&path)
         .arg("--data-dir")

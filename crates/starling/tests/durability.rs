@@ -53,7 +53,14 @@ impl Broker {
         let config = dir.join("starling.toml");
         std::fs::write(&config, "[limits]\nmax_queued_messages = 20000\n").unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_starling"))
-            .args(["serve", "--bind", &addr.to_string(), "--config"])
+            .args([
+                "serve",
+                "--bind",
+                &addr.to_string(),
+                "--http-bind",
+                "127.0.0.1:0",
+            ])
+            .arg("--config")
             .arg(&config)
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -314,6 +321,7 @@ async fn failing_broker(ok: usize) -> (Server, SocketAddr, Arc<MemoryStore>) {
     let store = Arc::new(MemoryStore::new());
     store.fail_after(ok);
     let mut config = Config::default();
+    config.http.bind = ([127, 0, 0, 1], 0).into();
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
     let opened =
         starling::storage::with_store(store.clone(), Durability::Sync, false, 64 << 20).unwrap();
@@ -376,6 +384,7 @@ async fn a_stuck_store_pauses_the_clients_that_feed_it() {
     const BOUND: usize = 256 << 10;
     let store = Arc::new(MemoryStore::new());
     let mut config = Config::default();
+    config.http.bind = ([127, 0, 0, 1], 0).into();
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
     let opened =
         starling::storage::with_store(store.clone(), Durability::Periodic, false, BOUND).unwrap();
@@ -456,6 +465,8 @@ fn a_connection_task_dropped_mid_flight_releases_its_session() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (server, client) = runtime.block_on(async {
         let mut config = Config::default();
+        config.http.bind = ([127, 0, 0, 1], 0).into();
+        config.http.bind = ([127, 0, 0, 1], 0).into();
         config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
         config.storage.durability = Durability::Memory;
         let server = common::start_server_with(&config).await;

@@ -32,6 +32,7 @@ const RECOVERY_BOUND: Duration = Duration::from_secs(8);
 async fn broker(on_unavailable: OnStoreUnavailable) -> (Server, SocketAddr, Arc<MemoryStore>) {
     let store = Arc::new(MemoryStore::new());
     let mut config = Config::default();
+    config.http.bind = ([127, 0, 0, 1], 0).into();
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
     let opened = starling::storage::with_store(store.clone(), Durability::Sync, false, 64 << 20)
         .unwrap()
@@ -287,6 +288,7 @@ async fn broker_on_disk(
     min_free_bytes: u64,
 ) -> (Server, SocketAddr) {
     let mut config = Config::default();
+    config.http.bind = ([127, 0, 0, 1], 0).into();
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
     config.data_dir = dir.to_path_buf();
     config.storage.on_store_unavailable = on_unavailable;
@@ -473,6 +475,7 @@ async fn low_on_space_refuses_new_messages_and_nothing_else() {
     let store = Arc::new(MemoryStore::new());
     store.set_free_bytes(Some(1 << 30));
     let mut config = Config::default();
+    config.http.bind = ([127, 0, 0, 1], 0).into();
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
     let opened = starling::storage::with_store(store.clone(), Durability::Sync, false, 64 << 20)
         .unwrap()

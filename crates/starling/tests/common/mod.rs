@@ -57,6 +57,7 @@ pub(crate) async fn start_server(tune: impl FnOnce(&mut Limits)) -> TestServer {
 /// Starts a server with the default config on 127.0.0.1:0, adjusted by `tweak`.
 pub(crate) async fn start_server_config(tweak: impl FnOnce(&mut Config)) -> TestServer {
     let mut config = Config::default();
+    config.http.bind = ([127, 0, 0, 1], 0).into();
     config.listeners[0].bind = SocketAddr::from(([127, 0, 0, 1], 0));
     tweak(&mut config);
     start_server_with(&config).await
@@ -88,6 +89,16 @@ impl TestServer {
     /// errors, if any.
     pub(crate) fn reload(&self) -> Vec<anyhow::Error> {
         self.server.reload()
+    }
+
+    /// The HTTP listener's address, if it runs.
+    pub(crate) fn http_addr(&self) -> Option<SocketAddr> {
+        self.server.http_addr()
+    }
+
+    /// The HTTP listener's address.
+    pub(crate) fn http(&self) -> SocketAddr {
+        self.server.http_addr().expect("the HTTP listener runs")
     }
 
     /// Every bound address, in listener order.

@@ -52,6 +52,7 @@ pub(crate) async fn fixture(tune: impl FnOnce(&mut Config)) -> Fixture {
         ..Config::default()
     };
     config.limits.sys_interval_secs = 0;
+    config.http.bind = ([127, 0, 0, 1], 0).into();
     tune(&mut config);
     let server = common::start_server_with(&config).await;
     Fixture {

@@ -37,6 +37,7 @@ async fn passwd_writes_scram_entries_the_broker_uses() {
         ..Config::default()
     };
     config.limits.sys_interval_secs = 0;
+    config.http.bind = ([127, 0, 0, 1], 0).into();
     let server = common::start_server_with(&config).await;
     scram_login(server.addr, "dora", ("dora", "explorer")).await;
     let (_, ack, _) = scram_connect(server.addr, "dora-2", ("dora", "Explorer")).await;

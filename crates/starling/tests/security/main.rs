@@ -103,6 +103,7 @@ fn config_with(listeners: Vec<ListenerConfig>) -> Config {
         ..Config::default()
     };
     config.storage.durability = starling::config::Durability::Memory;
+    config.http.bind = ([127, 0, 0, 1], 0).into();
     config
 }
 

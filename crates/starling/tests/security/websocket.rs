@@ -133,6 +133,7 @@ async fn ws_connected(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_frames_are_limited_to_the_maximum_packet_size() {
     let mut config = Config::default();
+    config.http.bind = ([127, 0, 0, 1], 0).into();
     let mut l = listener("ws");
     l.path = Some("/custom".into());
     config.listeners = vec![l];

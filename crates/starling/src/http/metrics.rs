@@ -1,0 +1,459 @@
+//! `GET /metrics`: the broker's counters in the OpenMetrics text format (which Prometheus
+//! scrapes), encoded by `prometheus-client` from a collector that reads the broker's atomics
+//! at each scrape: nothing on the publish path changes when metrics are on, and several
+//! brokers in one process (tests) each have their own.
+//!
+//! Names start with `starling_`; counters end in `_total` (the encoder adds it), values are
+//! in base units (seconds, bytes). Gauges that need a walk over the sessions (inflight and
+//! queued messages, connections per listener, offline sessions) cost one pass per scrape.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use starling_broker::metrics::{AuthMethod, ByProtocol, ByQos, Histogram};
+
+use super::AppState;
+
+/// The OpenMetrics content type.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Renders every metric.
+pub(super) async fn render(State(state): State<Arc<AppState>>) -> Response {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(BrokerCollector(state)));
+    let mut out = String::with_capacity(16 * 1024);
+    match prometheus_client::encoding::text::encode(&mut out, &registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], out).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response(),
+    }
+}
+
+#[derive(Debug)]
+struct BrokerCollector(Arc<AppState>);
+
+/// Figures that need a walk over the sessions.
+#[derive(Default)]
+struct SessionWalk {
+    offline: u64,
+    inflight: u64,
+    queued: u64,
+    by_listener: BTreeMap<String, u64>,
+}
+
+fn walk(state: &AppState) -> SessionWalk {
+    let mut w = SessionWalk::default();
+    for l in &state.listeners {
+        w.by_listener.insert(l.name.to_string(), 0);
+    }
+    for s in state.broker.sessions_snapshot() {
+        let st = s.lock();
+        w.inflight += st.inflight_count() as u64;
+        w.queued += st.queued() as u64;
+        match st.client_info() {
+            Some(info) => *w.by_listener.entry(info.listener.to_string()).or_default() += 1,
+            None => w.offline += 1,
+        }
+    }
+    w
+}
+
+type Enc<'a> = DescriptorEncoder<'a>;
+type Res = Result<(), std::fmt::Error>;
+
+fn counter(e: &mut Enc<'_>, name: &str, help: &str, v: u64) -> Res {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(e: &mut Enc<'_>, name: &str, help: &str, v: u64) -> Res {
+    let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    g.encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// One metric with a series per label value.
+fn family<'v>(
+    e: &mut Enc<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    label: &str,
+    series: impl IntoIterator<Item = (&'v str, u64)>,
+) -> Res {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for (value, v) in series {
+        let labels = [(label, value)];
+        let s = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(v).encode(s)?,
+            _ => ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(s)?,
+        }
+    }
+    Ok(())
+}
+
+fn by_qos(q: &ByQos) -> [(&'static str, u64); 3] {
+    [
+        ("0", q.0[0].get()),
+        ("1", q.0[1].get()),
+        ("2", q.0[2].get()),
+    ]
+}
+
+fn by_protocol(p: &ByProtocol) -> Vec<(&'static str, u64)> {
+    p.0.iter()
+        .enumerate()
+        .map(|(i, c)| (ByProtocol::label(i), c.get()))
+        .collect()
+}
+
+/// A histogram kept in integer `unit`s, exposed divided by `scale` (microseconds as seconds:
+/// 1e6; counts: 1).
+fn histogram(e: &mut Enc<'_>, name: &str, help: &str, h: &Histogram, scale: f64) -> Res {
+    let (counts, sum) = h.snapshot();
+    let mut buckets: Vec<(f64, u64)> = h
+        .bounds()
+        .iter()
+        .map(|&b| b as f64 / scale)
+        .chain(std::iter::once(f64::MAX))
+        .zip(counts.iter().copied())
+        .collect();
+    buckets.truncate(h.bounds().len() + 1);
+    let count = counts.iter().sum();
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        sum as f64 / scale,
+        count,
+        &buckets,
+        None,
+    )
+}
+
+impl Collector for BrokerCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Res {
+        let state = &self.0;
+        let b = &state.broker;
+        let m = &b.metrics;
+        let e = &mut e;
+        {
+            let mut info = e.encode_descriptor(
+                "starling_build",
+                "Version of the running broker",
+                None,
+                MetricType::Info,
+            )?;
+            info.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        }
+        let uptime = Instant::now().saturating_duration_since(b.started());
+        gauge(
+            e,
+            "starling_uptime_seconds",
+            "Seconds since the broker started",
+            uptime.as_secs(),
+        )?;
+
+        // Connections and sessions.
+        let w = walk(state);
+        family(
+            e,
+            "starling_connections",
+            "Clients connected now, by listener",
+            MetricType::Gauge,
+            "listener",
+            w.by_listener.iter().map(|(k, v)| (k.as_str(), *v)),
+        )?;
+        family(
+            e,
+            "starling_connections_accepted",
+            "TCP connections accepted, by listener",
+            MetricType::Counter,
+            "listener",
+            state.listeners.iter().map(|l| (&*l.name, l.accepted.get())),
+        )?;
+        family(
+            e,
+            "starling_clients_connected",
+            "Clients connected now, by protocol version",
+            MetricType::Gauge,
+            "protocol",
+            by_protocol(&m.connected_by_protocol),
+        )?;
+        family(
+            e,
+            "starling_connects",
+            "CONNECTs accepted, by protocol version",
+            MetricType::Counter,
+            "protocol",
+            by_protocol(&m.connects_by_protocol),
+        )?;
+        let refused: Vec<(String, u64)> = m
+            .connects_refused_by_reason
+            .nonzero()
+            .map(|(r, v)| (format!("0x{r:02X}"), v))
+            .collect();
+        family(
+            e,
+            "starling_connects_refused",
+            "CONNECTs refused with a CONNACK, by reason code",
+            MetricType::Counter,
+            "reason",
+            refused.iter().map(|(k, v)| (k.as_str(), *v)),
+        )?;
+        family(
+            e,
+            "starling_connections_closed_at_accept",
+            "Connections closed at accept, by cause",
+            MetricType::Counter,
+            "cause",
+            [
+                ("max_connections", m.connections_refused.get()),
+                ("rate_limited", m.connections_rate_limited.get()),
+                ("banned", m.connections_banned.get()),
+            ],
+        )?;
+        let connected = m.clients_connected.get();
+        family(
+            e,
+            "starling_sessions",
+            "Sessions, by state",
+            MetricType::Gauge,
+            "state",
+            [("connected", connected), ("offline", w.offline)],
+        )?;
+        counter(
+            e,
+            "starling_sessions_expired",
+            "Sessions that expired",
+            m.sessions_expired.get(),
+        )?;
+        counter(
+            e,
+            "starling_clients_kicked",
+            "Clients disconnected by an operator",
+            m.clients_kicked.get(),
+        )?;
+        counter(
+            e,
+            "starling_protocol_errors",
+            "Connections closed for a protocol violation or malformed packet",
+            m.protocol_errors.get(),
+        )?;
+
+        // Messages.
+        family(
+            e,
+            "starling_messages_received",
+            "PUBLISH packets received, by QoS",
+            MetricType::Counter,
+            "qos",
+            by_qos(&m.publish_received_by_qos),
+        )?;
+        family(
+            e,
+            "starling_messages_received_bytes",
+            "Payload bytes received in PUBLISH packets, by QoS",
+            MetricType::Counter,
+            "qos",
+            by_qos(&m.payload_received_by_qos),
+        )?;
+        family(
+            e,
+            "starling_messages_sent",
+            "PUBLISH packets sent, by QoS",
+            MetricType::Counter,
+            "qos",
+            by_qos(&m.publish_sent_by_qos),
+        )?;
+        family(
+            e,
+            "starling_messages_sent_bytes",
+            "Payload bytes sent in PUBLISH packets, by QoS",
+            MetricType::Counter,
+            "qos",
+            by_qos(&m.payload_sent_by_qos),
+        )?;
+        family(
+            e,
+            "starling_messages_dropped",
+            "Messages dropped, by reason (acl_denied also counts refused subscriptions)",
+            MetricType::Counter,
+            "reason",
+            [
+                ("queue_full", m.dropped_queue_full.get()),
+                ("expired", m.dropped_expired.get()),
+                ("too_large", m.dropped_too_large.get()),
+                ("no_subscriber", m.dropped_no_subscriber.get()),
+                ("acl_denied", m.acl_denied.get()),
+                ("store_low_space", m.publishes_refused_low_space.get()),
+            ],
+        )?;
+        counter(
+            e,
+            "starling_publish_rate_limited",
+            "Times a client's reading was paused by the publish rate limit (nothing is dropped)",
+            m.rate_limited.get(),
+        )?;
+        gauge(
+            e,
+            "starling_messages_inflight",
+            "Outbound QoS 1/2 messages awaiting acknowledgement",
+            w.inflight,
+        )?;
+        gauge(
+            e,
+            "starling_messages_queued",
+            "Messages queued for sessions",
+            w.queued,
+        )?;
+        family(
+            e,
+            "starling_packets",
+            "MQTT packets, by direction",
+            MetricType::Counter,
+            "direction",
+            [
+                ("received", m.messages_received.get()),
+                ("sent", m.messages_sent.get()),
+            ],
+        )?;
+        family(
+            e,
+            "starling_network_bytes",
+            "Bytes on the wire, by direction",
+            MetricType::Counter,
+            "direction",
+            [
+                ("received", m.bytes_received.get()),
+                ("sent", m.bytes_sent.get()),
+            ],
+        )?;
+        histogram(
+            e,
+            "starling_deliver_latency_seconds",
+            "From a PUBLISH received to its delivery written for a subscriber",
+            &m.deliver_latency_us,
+            1e6,
+        )?;
+
+        // Subscriptions and retained messages.
+        gauge(
+            e,
+            "starling_subscriptions",
+            "Subscriptions (shared ones included)",
+            b.subscription_count() as u64,
+        )?;
+        gauge(
+            e,
+            "starling_shared_subscriptions",
+            "Shared subscriptions",
+            b.shared_subscription_count() as u64,
+        )?;
+        gauge(
+            e,
+            "starling_retained_messages",
+            "Retained messages",
+            b.retained_count() as u64,
+        )?;
+        gauge(
+            e,
+            "starling_retained_bytes",
+            "Payload bytes of the retained messages",
+            b.retained_bytes() as u64,
+        )?;
+
+        // Authentication, authorisation, bans.
+        {
+            let mut f = e.encode_descriptor(
+                "starling_auth",
+                "Authentication outcomes, by method",
+                None,
+                MetricType::Counter,
+            )?;
+            for method in AuthMethod::ALL {
+                for (result, c) in [
+                    ("success", m.auth_succeeded.of(method)),
+                    ("failure", m.auth_failed.of(method)),
+                ] {
+                    let labels = [("method", method.label()), ("result", result)];
+                    ConstCounter::new(c.get()).encode(f.encode_family(&labels)?)?;
+                }
+            }
+        }
+        counter(
+            e,
+            "starling_acl_denied",
+            "Publishes, subscriptions and deliveries refused by the ACL",
+            m.acl_denied.get(),
+        )?;
+        gauge(
+            e,
+            "starling_bans",
+            "Bans set by an operator",
+            b.bans.len() as u64,
+        )?;
+        counter(
+            e,
+            "starling_connects_banned",
+            "CONNECTs refused because of an operator's ban",
+            m.connects_banned.get(),
+        )?;
+        counter(
+            e,
+            "starling_addresses_banned",
+            "Addresses banned for reconnecting in a loop",
+            m.addresses_banned.get(),
+        )?;
+        counter(
+            e,
+            "starling_http_requests_refused",
+            "HTTP requests refused for their credentials or role",
+            state.http_refused.get(),
+        )?;
+
+        // The store.
+        if b.persistence().is_some() {
+            gauge(
+                e,
+                "starling_store_available",
+                "1 while the store commits, 0 while it fails",
+                m.store_available.get(),
+            )?;
+            counter(
+                e,
+                "starling_store_commits",
+                "Store batches committed",
+                m.store_commits.get(),
+            )?;
+            counter(
+                e,
+                "starling_store_commit_failures",
+                "Store batches that failed to commit",
+                m.store_commit_failures.get(),
+            )?;
+            histogram(
+                e,
+                "starling_store_commit_duration_seconds",
+                "Time to commit one batch",
+                &m.store_commit_us,
+                1e6,
+            )?;
+            histogram(
+                e,
+                "starling_store_batch_operations",
+                "Operations per committed batch",
+                &m.store_batch_ops,
+                1.0,
+            )?;
+        }
+        Ok(())
+    }
+}
