@@ -3,6 +3,7 @@
 # Idempotent: anything already present is left alone.
 #   - mosquitto-clients (mosquitto_pub / mosquitto_sub) for the interop tests
 #   - mosquitto, used only as a reference broker to validate the interop suite
+#   - chromium and chromium-driver, for the dashboard's browser test (Selenium)
 #   - a virtualenv at .venv with the packages of tests/interop/requirements.txt
 set -euo pipefail
 
@@ -49,7 +50,7 @@ apt_install() {
 }
 
 # --- Debian packages --------------------------------------------------------
-apt_install mosquitto-clients mosquitto openssl
+apt_install mosquitto-clients mosquitto openssl chromium chromium-driver
 
 # The tests start their own mosquitto instances on free ports, with their own
 # config files; the packaged system service (if any) is never used.

@@ -81,8 +81,14 @@ class BrokerProcess:
         self.log_path = workdir / "broker.log"
         self.host = HOST
         self.port: int | None = None
+        # The HTTP listener (metrics, admin API); Starling only.
+        self.http_port = free_port()
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{HOST}:{self.http_port}"
 
     @property
     def address(self) -> tuple[str, int]:
@@ -105,6 +111,8 @@ class BrokerProcess:
                 f"{HOST}:{port}",
                 "--data-dir",
                 str(self.data_dir),
+                "--http-bind",
+                f"{HOST}:{self.http_port}",
             ]
             if self.config is not None:
                 path = self.workdir / "starling.toml"
