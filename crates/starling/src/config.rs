@@ -499,14 +499,59 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        config.validate()?;
+        Self::parse_with_env(text, &env::Overrides::none())
+    }
+
+    /// Reads a config file (or starts from the defaults without one), applies the
+    /// environment overrides (see [`env`]) and validates the result.
+    pub fn load_with_env(path: Option<&Path>, overrides: &env::Overrides) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Self::parse_with_env("", overrides)
+                .context("invalid configuration from the environment");
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse_with_env(&text, overrides)
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses config text, applies the environment overrides and validates the result. Every
+    /// error names the key (`listener[1].bind: ...`), and the variable when one set it.
+    pub fn parse_with_env(text: &str, overrides: &env::Overrides) -> anyhow::Result<Self> {
+        let config: Config = env::from_text(text)?;
+        if overrides.is_empty() {
+            config.validate()?;
+            return Ok(config);
+        }
+        // A tree holds integers as i64: a larger one, which the config refuses anyway, is
+        // reported as the validation reports it.
+        let tree: toml::Table = match env::from_text(text) {
+            Ok(tree) => tree,
+            Err(e) => {
+                config.validate()?;
+                return Err(e.into());
+            }
+        };
+        let defaults = toml::Table::try_from(Config::default())
+            .map_err(|e| anyhow::anyhow!("cannot serialize the default config: {e}"))?;
+        let (config, applied): (Config, _) = env::apply(&tree, &defaults, overrides)?;
+        if let Err(e) = config.validate() {
+            let message = format!("{e:#}");
+            if let Some(a) = applied.iter().find(|a| {
+                message
+                    .strip_prefix(a.key.as_str())
+                    .is_some_and(|rest| rest.starts_with(':'))
+            }) {
+                return Err(e.context(format!("set by environment variable {}", a.var)));
+            }
+            return Err(e);
+        }
         Ok(config)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         if self.listeners.is_empty() {
-            bail!("at least one [[listener]] is required");
+            bail!("listener: at least one [[listener]] is required");
         }
         for (i, l) in self.listeners.iter().enumerate() {
             l.validate(i)?;
@@ -522,6 +567,7 @@ impl Config {
     }
 }
 
+pub mod env;
 pub mod http;
 pub use http::HttpConfig;
 

@@ -4,15 +4,21 @@
 //! tests start a [`server::Server`] on port 0 with it.
 
 mod accept;
+pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod health;
 pub mod http;
+pub mod import;
 pub mod limiter;
 mod listener;
 pub mod logging;
+pub mod notify;
 pub mod passwd;
 mod reload;
 pub mod server;
+pub mod signals;
 pub mod storage;
 pub mod tls;
+pub mod version;
 pub mod ws;

@@ -2,7 +2,9 @@
 //! and starts one accept loop each (`accept.rs`) and the housekeeping tick; reloads password
 //! files, ACL files and certificates on request (SIGHUP, `reload.rs`); and shuts everything
 //! down on SIGINT/SIGTERM: stop accepting, tell connected clients (v5: DISCONNECT 0x8B), wait
-//! for the connection tasks, then return.
+//! for the connection tasks (at most `SHUTDOWN_GRACE`), commit what the store still holds,
+//! then return (`signals.rs` bounds the whole and ends the process on a second signal). `run`
+//! also keeps the service manager informed (`notify.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use crate::connection::Stop;
 use crate::http::{self, AppState, ListenerStatus};
 use crate::limiter::AddressLimiter;
 use crate::listener::{ListenerRuntime, Listeners};
+use crate::notify::Notifier;
 use crate::reload::Reloadable;
 use crate::storage;
 
@@ -207,6 +210,16 @@ impl Server {
         &self.addrs
     }
 
+    /// One line for the service manager's status: what is listening where.
+    pub fn status(&self) -> String {
+        let mqtt: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        let mut s = format!("ready: MQTT on {}", mqtt.join(", "));
+        if let Some(h) = self.http_addr {
+            s.push_str(&format!("; HTTP on {h}"));
+        }
+        s
+    }
+
     /// The broker core.
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
@@ -252,12 +265,24 @@ struct Extras {
     first_acl: Option<Arc<starling_auth::AclAuthorizer>>,
 }
 
-/// Runs the broker until `stop` resolves, then shuts it down.
+/// Runs the broker until `stop` resolves, then shuts it down. Tells the service manager
+/// (`$NOTIFY_SOCKET`, see `notify.rs`) `READY=1` once the store is restored and every
+/// listener is open (when `/readyz` turns ready), `RELOADING=1` and `READY=1` around each
+/// SIGHUP reload, `STOPPING=1` when shutdown begins, and `WATCHDOG=1` at half of
+/// `$WATCHDOG_USEC` until the shutdown has finished.
 pub async fn run(
     config: Config,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    info!(version = crate::version::LONG_VERSION, "starting");
+    let notifier = Arc::new(Notifier::from_env().unwrap_or_else(|e| {
+        warn!("{e}; the service manager will not be told when the broker is ready");
+        Notifier::disabled()
+    }));
     let server = Server::start(&config).await?;
+    let status = server.status();
+    notified(notifier.ready(&status));
+    let watchdog = spawn_watchdog(&notifier);
     {
         let reload_on_hup = async {
             #[cfg(unix)]
@@ -267,7 +292,9 @@ pub async fn run(
                     Ok(mut hup) => {
                         while hup.recv().await.is_some() {
                             info!("SIGHUP: reloading password files, ACL files and certificates");
+                            notified(notifier.reloading());
                             server.reload();
+                            notified(notifier.ready(&status));
                         }
                     }
                     Err(e) => warn!("cannot listen for SIGHUP: {e}"),
@@ -280,8 +307,38 @@ pub async fn run(
             () = reload_on_hup => {}
         }
     }
+    notified(notifier.stopping());
     server.shutdown().await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     Ok(())
+}
+
+/// Logs a failed notification; the broker serves on regardless.
+fn notified(r: Result<(), crate::notify::NotifyError>) {
+    if let Err(e) = r {
+        warn!("{e}");
+    }
+}
+
+/// Sends `WATCHDOG=1` at half of `$WATCHDOG_USEC`, when the service manager asked for it,
+/// from a task the caller aborts once the shutdown has finished.
+fn spawn_watchdog(notifier: &Arc<Notifier>) -> Option<tokio::task::JoinHandle<()>> {
+    if !notifier.is_enabled() {
+        return None;
+    }
+    let every = crate::notify::watchdog_interval_from_env()?;
+    info!("watchdog: WATCHDOG=1 every {every:?}");
+    let notifier = notifier.clone();
+    Some(tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            notified(notifier.watchdog());
+        }
+    }))
 }
 
 async fn tick_loop(broker: Arc<Broker>, stop: Arc<Stop>) {

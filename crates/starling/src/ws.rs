@@ -62,11 +62,7 @@ where
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
         .await
         .map_err(ws_to_io)?;
-    Ok(WsStream {
-        inner: ws,
-        pending: Bytes::new(),
-        eof: false,
-    })
+    Ok(WsStream::new(ws))
 }
 
 fn error_response(status: StatusCode, body: &str) -> ErrorResponse {
@@ -94,6 +90,17 @@ pub struct WsStream<S> {
     pending: Bytes,
     /// The peer closed the WebSocket.
     eof: bool,
+}
+
+impl<S> WsStream<S> {
+    /// Wraps a WebSocket whose handshake is done (either side: the client commands use it too).
+    pub fn new(inner: WebSocketStream<S>) -> Self {
+        Self {
+            inner,
+            pending: Bytes::new(),
+            eof: false,
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {

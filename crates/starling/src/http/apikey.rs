@@ -309,12 +309,10 @@ enum ApiKeyCommand {
 pub fn run(args: ApiKeyArgs) -> anyhow::Result<()> {
     let path = match (&args.file, &args.config) {
         (Some(f), _) => f.clone(),
-        (None, Some(c)) => {
-            let config = Config::load(c)?;
-            config.http.api_keys_path(&config.data_dir)
-        }
-        (None, None) => {
-            let config = Config::default();
+        (None, config) => {
+            // The broker's view: the file (or the defaults) with the STARLING_* overrides.
+            let overrides = crate::config::env::Overrides::from_env()?;
+            let config = Config::load_with_env(config.as_deref(), &overrides)?;
             config.http.api_keys_path(&config.data_dir)
         }
     };

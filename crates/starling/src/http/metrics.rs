@@ -151,7 +151,10 @@ impl Collector for BrokerCollector {
                 None,
                 MetricType::Info,
             )?;
-            info.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+            info.encode_info(&[
+                ("version", crate::version::VERSION),
+                ("commit", crate::version::COMMIT),
+            ])?;
         }
         let uptime = Instant::now().saturating_duration_since(b.started());
         gauge(
