@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HOST, free_port, port_accepts
-from helpers import QUIET, TIMEOUT, V311, Client
+from helpers import QUIET, TIMEOUT, V311, Client, MosquittoSub
 
 pytestmark = pytest.mark.starling_only
 
@@ -255,4 +255,82 @@ def test_the_imported_config_accepts_the_same_users_and_enforces_the_same_acls(t
         raise
     finally:
         for b in brokers:
+            b.stop()
+
+
+def test_an_imported_bridge_forwards_to_a_real_mosquitto(tmp_path):
+    """A mosquitto.conf with a listener and a bridge (`topic sensors/# out 1 "" site-1/`) to a
+    second, real mosquitto: Starling, run with the imported config, forwards what is published
+    to it on sensors/x to the remote as site-1/sensors/x."""
+    mosquitto = tool("mosquitto")
+    mosquitto_pub = tool("mosquitto_pub")
+    tool("mosquitto_sub")
+    starling = os.environ.get("STARLING_BIN")
+    if not starling:
+        pytest.fail("set STARLING_BIN to the starling binary")
+
+    remote_port = free_port()
+    remote_lines = [
+        f"listener {remote_port} {HOST}",
+        "allow_anonymous true",
+        "persistence false",
+        "log_dest stderr",
+    ]
+    if os.geteuid() == 0:
+        remote_lines.append("user root")
+    remote_conf = tmp_path / "remote.conf"
+    remote_conf.write_text("\n".join(remote_lines) + "\n")
+
+    starling_port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text("\n".join([
+        f"listener {starling_port} {HOST}",
+        "allow_anonymous true",
+        "connection site-1",
+        f"address {HOST}:{remote_port}",
+        'topic sensors/# out 1 "" site-1/',
+    ]) + "\n")
+    imported = tmp_path / "starling.toml"
+    run = subprocess.run([starling, "import-mosquitto", str(conf), "-o", str(imported)],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    text = imported.read_text()
+    assert "[[bridge]]" in text and 'name = "site-1"' in text, text
+    # mosquitto's default protocol, written explicitly (Starling's own is MQTT 5).
+    assert 'protocol = "mqttv311"' in text, text
+    assert 'remote_prefix = "site-1/"' in text and "local_prefix" not in text, text
+    # mosquitto's bridge notifications are listed as not carried over.
+    assert "$SYS/broker/connection/" in run.stderr, run.stderr
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STARLING_")}
+    brokers = []
+    sub = None
+    try:
+        brokers.append(Process("remote", [mosquitto, "-c", str(remote_conf)], remote_port, tmp_path))
+        sub = MosquittoSub((HOST, remote_port), "-t", "site-1/#", "-q", "1")
+        sub.wait_subscribed()
+        brokers.append(Process("starling", [
+            starling, "serve", "--config", str(imported),
+            "--http-bind", f"{HOST}:0", "--data-dir", str(tmp_path / "starling-data"),
+        ], starling_port, tmp_path, env=env))
+        # The bridge is connected once the remote has seen its client id (<hostname>.site-1).
+        deadline = time.monotonic() + 15
+        while ".site-1" not in brokers[0].log():
+            assert time.monotonic() < deadline, f"the bridge did not connect:\n{brokers[0].log()}"
+            time.sleep(0.05)
+        subprocess.run([mosquitto_pub, "-h", HOST, "-p", str(starling_port), "-q", "1",
+                        "-t", "sensors/x", "-m", "hello"], check=True, capture_output=True, timeout=30)
+        got = sub.wait_messages(1, timeout=10)
+        assert [(m.topic, m.payload) for m in got] == [("site-1/sensors/x", b"hello")], got
+        assert got[0].qos == 1
+    except BaseException:
+        for b in brokers:
+            print(f"--- {b.name} log ---\n{b.log()}")
+        if sub is not None:
+            print("--- mosquitto_sub ---\n" + "\n".join(sub.lines))
+        raise
+    finally:
+        if sub is not None:
+            sub.close()
+        for b in reversed(brokers):
             b.stop()

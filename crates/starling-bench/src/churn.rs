@@ -222,6 +222,7 @@ async fn run_episode(spec: &ChurnSpec, stats: &ChurnStats, rng: &mut Rng) -> Res
         username: None,
         password: None,
         properties,
+        bridge: false,
     })))?;
     if rng.chance(5) {
         // Garbage right after CONNECT: the broker closes this one; nobody else may notice.

@@ -134,6 +134,7 @@ impl Client {
             username: None,
             password: None,
             properties: Properties::default(),
+            bridge: false,
         }));
         let mut out = BytesMut::new();
         encode(&connect, VERSION, &mut out)?;

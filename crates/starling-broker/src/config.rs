@@ -4,6 +4,17 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Queue bounds of one session, replacing `max_queued_messages` and `max_queued_bytes` of
+/// [`Limits`] for the clients of a listener that sets them (a bridge holds more while its
+/// remote is away).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueBounds {
+    /// Messages queued at most.
+    pub messages: usize,
+    /// Bytes queued at most.
+    pub bytes: usize,
+}
+
 /// What happens when a session's message queue is full and QoS 0 messages have already been
 /// dropped to make room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default)]

@@ -39,6 +39,7 @@ fn connect(protocol: ProtocolVersion) -> Packet {
         username: Some("user".into()),
         password: Some(Bytes::from_static(b"secret")),
         properties,
+        bridge: false,
     }))
 }
 

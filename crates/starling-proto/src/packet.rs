@@ -207,6 +207,9 @@ pub struct Connect {
     pub password: Option<Bytes>,
     /// CONNECT properties (MQTT 5).
     pub properties: Properties,
+    /// MQTT 3.x: the client is a bridge and says so with the top bit of the protocol level
+    /// (mosquitto's `try_private`); the broker then does not send it its own messages back.
+    pub bridge: bool,
 }
 
 /// The last will carried in CONNECT.
@@ -278,6 +281,7 @@ impl Connect {
             username: None,
             password: None,
             properties: Properties::default(),
+            bridge: false,
         }
     }
 }

@@ -204,6 +204,8 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                     username,
                     password,
                     properties,
+                    // The 3.x bridge bit round-trips too (some of the time).
+                    bridge: !version.is_v5() && keep_alive % 2 == 0,
                 }))
             },
         )

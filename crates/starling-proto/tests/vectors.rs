@@ -54,6 +54,7 @@ fn connect(protocol: ProtocolVersion) -> Connect {
         username: None,
         password: None,
         properties: Properties::default(),
+        bridge: false,
     }
 }
 
@@ -107,6 +108,7 @@ fn connect_v311_will_username_password() {
         username: Some("u".into()),
         password: Some(Bytes::from_static(b"p")),
         properties: Properties::default(),
+        bridge: false,
     };
     check(bytes, V311, Packet::Connect(Box::new(c)));
 }
@@ -132,6 +134,7 @@ fn connect_v5_will_properties_and_password_alone() {
         username: None,
         password: Some(Bytes::from_static(b"p")),
         properties: Properties::default(),
+        bridge: false,
     };
     check(bytes, V5, Packet::Connect(Box::new(c)));
 }

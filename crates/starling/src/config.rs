@@ -35,6 +35,9 @@ pub struct Config {
     pub http: HttpConfig,
     /// Log lines as `text` (default) or `json`.
     pub log_format: LogFormat,
+    /// Bridges to other brokers; `[[bridge]]` tables.
+    #[serde(rename = "bridge", skip_serializing_if = "Vec::is_empty")]
+    pub bridges: Vec<bridge::BridgeConfig>,
 }
 
 /// How log lines are written.
@@ -485,6 +488,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             http: HttpConfig::default(),
             log_format: LogFormat::default(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -563,10 +567,12 @@ impl Config {
         check_table("storage", self.storage.bounded())?;
         check_table("http", self.http.bounded())?;
         self.http.validate()?;
+        bridge::validate_all(&self.bridges)?;
         Ok(())
     }
 }
 
+pub mod bridge;
 pub mod env;
 pub mod http;
 pub use http::HttpConfig;

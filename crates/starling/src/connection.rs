@@ -484,6 +484,8 @@ mod tests {
             }),
             authorizer: None,
             enhanced: Vec::new(),
+            session_queue: None,
+            internal: false,
         });
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
         let client = Client::new(peer, Instant::now(), access, PeerInfo::default());

@@ -172,6 +172,8 @@ fn listener_runtime(
             }),
             authorizer,
             enhanced,
+            session_queue: None,
+            internal: false,
         }),
         tls,
         ws_path: l.ws_path().to_owned(),

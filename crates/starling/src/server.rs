@@ -154,6 +154,17 @@ impl Server {
             ));
         }
         tasks.spawn(tick_loop(broker.clone(), stop.clone()));
+        let mut bridges = Vec::new();
+        for b in &config.bridges {
+            let stats = crate::bridge::BridgeStats::new(&b.name);
+            bridges.push(stats.clone());
+            tasks.spawn(crate::bridge::run(
+                b.clone(),
+                broker.clone(),
+                stop.clone(),
+                stats,
+            ));
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let mut http_addr = None;
         if config.http.enabled {
@@ -170,7 +181,10 @@ impl Server {
                 ready.clone(),
             );
             let bound = match started {
-                Ok(state) => http::bind(&config.http, Arc::new(state), stop.clone()).await,
+                Ok(mut state) => {
+                    state.bridges = bridges;
+                    http::bind(&config.http, Arc::new(state), stop.clone()).await
+                }
                 Err(e) => Err(e),
             };
             match bound {

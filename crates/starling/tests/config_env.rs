@@ -247,7 +247,8 @@ fn import_mosquitto_writes_a_config_check_config_accepts() {
     std::fs::write(
         &conf,
         "listener 1883 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 5\n\
-         connection cloud\naddress example.com\n",
+         connection cloud\naddress example.com\ntopic sensors/# out 1 \"\" site-1/\n\
+         start_type lazy\n",
     )
     .unwrap();
     let out_path = dir.path().join("starling.toml");
@@ -259,12 +260,9 @@ fn import_mosquitto_writes_a_config_check_config_accepts() {
     let out = run(c);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    // The bridge is carried over; what it cannot carry is named with its line.
     assert!(
-        stderr.contains("mosquitto.conf:4: `connection cloud`: not carried over: bridges are not implemented yet"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("mosquitto.conf:5: `address example.com`"),
+        stderr.contains("mosquitto.conf:7: `start_type lazy`"),
         "{stderr}"
     );
     let (ok, stdout, stderr) = check_config(&out_path, &[]);
@@ -272,6 +270,10 @@ fn import_mosquitto_writes_a_config_check_config_accepts() {
     assert!(stdout.ends_with(": OK\n"));
     let toml = std::fs::read_to_string(&out_path).unwrap();
     assert!(toml.contains("max_inflight = 5"), "{toml}");
+    assert!(
+        toml.contains("[[bridge]]") && toml.contains("remote_prefix = \"site-1/\""),
+        "{toml}"
+    );
 
     // Without -o: the TOML on standard output.
     let mut c = starling();

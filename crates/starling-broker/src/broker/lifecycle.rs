@@ -32,6 +32,8 @@ pub struct ConnectRequest {
     pub will: Option<PendingWill>,
     /// About the connection, for the admin API.
     pub info: Option<Arc<ClientInfo>>,
+    /// Queue bounds replacing the broker's (from the listener).
+    pub queue_bounds: Option<crate::config::QueueBounds>,
 }
 
 /// The session a connection got.
@@ -134,6 +136,7 @@ impl Broker {
             expiry_secs: req.expiry_secs,
             will: req.will,
             info: req.info,
+            queue_bounds: req.queue_bounds,
         };
         // False only if a later claim already took the session: the connection then finds
         // itself taken over at once.

@@ -26,6 +26,12 @@ pub struct ListenerAccess {
     /// MQTT 5 enhanced authentication methods offered; a CONNECT naming one of them is
     /// authenticated by it instead of `authenticator`.
     pub enhanced: Vec<Arc<dyn EnhancedAuth>>,
+    /// Queue bounds for the sessions of this listener's clients, replacing `[limits]`'s;
+    /// `None`: the broker's.
+    pub session_queue: Option<crate::config::QueueBounds>,
+    /// The broker's own connections (a bridge's local side): they alone may use client ids
+    /// starting with `$bridge/`.
+    pub internal: bool,
 }
 
 /// What the transport knows about a connection's peer.

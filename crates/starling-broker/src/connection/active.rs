@@ -14,12 +14,14 @@ use tracing::info;
 use super::{Close, Cx, Flow, Link, deadline, enhanced, held};
 use crate::broker::{Broker, Ending};
 use crate::bucket::TokenBucket;
-use crate::session::Session;
+use crate::session::{ClientInfo, Session};
 
 /// A connection after CONNACK.
 #[derive(Debug)]
 pub(super) struct Active {
     pub(super) session: Arc<Session>,
+    /// About the connection (its counters), as the admin API shows it.
+    pub(super) info: Option<Arc<ClientInfo>>,
     /// The epoch of this connection's claim on the session: it owns the session while the
     /// session says so (`Locked::is_owned_by`).
     pub(super) epoch: u64,
@@ -42,6 +44,9 @@ pub(super) struct Active {
     pub(super) problem_info: bool,
     /// CONNECT's Session Expiry Interval was 0 (DISCONNECT may then not set one).
     pub(super) connect_expiry_zero: bool,
+    /// An MQTT 3.x bridge that said so in CONNECT (its subscriptions get No Local and
+    /// Retain As Published).
+    pub(super) bridge: bool,
     /// What to do with the will when the connection ends.
     pub(super) ending: Ending,
     /// The enhanced authentication method of this connection (re-authentication), if any.

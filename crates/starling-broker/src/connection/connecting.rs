@@ -68,6 +68,9 @@ fn on_connect(cx: &mut Cx<'_>, c: Box<Connect>) -> State {
     }
 }
 
+/// Client ids starting with this belong to the broker's own connections (bridges).
+const RESERVED_PREFIX: &str = "$bridge/";
+
 /// Client id, keep-alive and the authentication properties; `Err` once refused.
 fn negotiate(cx: &mut Cx<'_>, c: &Connect) -> Result<Negotiated, State> {
     let version = c.protocol;
@@ -88,6 +91,23 @@ fn negotiate(cx: &mut Cx<'_>, c: &Connect) -> Result<Negotiated, State> {
     } else {
         c.client_id.as_str().into()
     };
+    // `$bridge/...` names the sessions of the broker's own bridges: a client from a listener
+    // may not take one over.
+    if client_id.starts_with(RESERVED_PREFIX)
+        && cx
+            .link
+            .access
+            .as_ref()
+            .is_some_and(|a| !a.listener.internal)
+    {
+        let reason = ReasonCode::ClientIdentifierNotValid;
+        return Err(refuse(
+            cx,
+            version,
+            reason,
+            "client id reserved for bridges",
+        ));
+    }
 
     let max_ka = cx.broker.limits.max_keep_alive;
     let mut server_keep_alive = None;
@@ -274,7 +294,13 @@ pub(super) fn claim(
             username: accepted.username.clone(),
             keep_alive: accepted.negotiated.keep_alive,
             connected_at: cx.now,
+            counters: Default::default(),
         })),
+        queue_bounds: cx
+            .link
+            .access
+            .as_ref()
+            .and_then(|a| a.listener.session_queue),
     };
     let handover = handover.map(|r| r as Waker);
     let attached = match broker.connect(cx.link.waker.clone(), request, cx.now, handover) {
@@ -365,8 +391,10 @@ fn activate(
 ) -> Box<Active> {
     let v5 = c.protocol.is_v5();
     let rate = cx.broker.limits.max_publish_rate;
+    let info = attached.session.lock().client_info().cloned();
     Box::new(Active {
         session: attached.session.clone(),
+        info,
         epoch: attached.epoch,
         username,
         version: c.protocol,
@@ -381,6 +409,7 @@ fn activate(
             0
         },
         connect_expiry_zero: v5 && terms.requested_expiry == 0,
+        bridge: c.bridge && !v5,
         problem_info: c.properties.request_problem_information != Some(0),
         ending: Ending::Abnormal,
         enhanced: None,

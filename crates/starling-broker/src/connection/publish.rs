@@ -23,6 +23,9 @@ impl Active {
         m.payload_received_by_qos
             .of(p.qos)
             .add(p.payload.len() as u64);
+        if let Some(info) = &self.info {
+            info.counters.received(p.payload.len());
+        }
         if let Some(rate) = &mut self.rate {
             rate.bucket.take(cx.now);
         }

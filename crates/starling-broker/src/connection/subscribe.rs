@@ -22,7 +22,13 @@ impl Active {
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut reasons = Vec::with_capacity(s.filters.len().min(64));
         let mut retained = Vec::new();
-        for (filter, options) in s.filters {
+        for (filter, mut options) in s.filters {
+            if self.bridge {
+                // A 3.x bridge that announced itself (mosquitto's try_private): its own
+                // messages are not sent back to it, and retained flags go as published.
+                options.no_local = true;
+                options.retain_as_published = true;
+            }
             let reason = self.subscribe_one(cx, &filter, options, sub_id, &mut retained);
             reasons.push(reason);
         }

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,60 @@ pub struct ClientInfo {
     pub keep_alive: u16,
     /// When the connection attached.
     pub connected_at: Instant,
+    /// What the connection sent and received.
+    pub counters: ClientCounters,
+}
+
+/// Messages and payload bytes of one connection, both ways. Written only by the connection's
+/// own task (a load and a store, no read-modify-write), read by the admin API.
+#[derive(Debug, Default)]
+pub struct ClientCounters {
+    received: AtomicU64,
+    received_bytes: AtomicU64,
+    sent: AtomicU64,
+    sent_bytes: AtomicU64,
+}
+
+/// Adds to a counter that only one task writes.
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+impl Clone for ClientCounters {
+    fn clone(&self) -> Self {
+        let (received, received_bytes, sent, sent_bytes) = self.get();
+        Self {
+            received: AtomicU64::new(received),
+            received_bytes: AtomicU64::new(received_bytes),
+            sent: AtomicU64::new(sent),
+            sent_bytes: AtomicU64::new(sent_bytes),
+        }
+    }
+}
+
+impl ClientCounters {
+    /// A PUBLISH of `bytes` payload bytes received from the client.
+    pub fn received(&self, bytes: usize) {
+        bump(&self.received, 1);
+        bump(&self.received_bytes, bytes as u64);
+    }
+
+    /// A PUBLISH of `bytes` payload bytes sent to the client.
+    pub fn sent(&self, bytes: usize) {
+        bump(&self.sent, 1);
+        bump(&self.sent_bytes, bytes as u64);
+    }
+
+    /// (messages received, bytes received, messages sent, bytes sent).
+    pub fn get(&self) -> (u64, u64, u64, u64) {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (
+            r(&self.received),
+            r(&self.received_bytes),
+            r(&self.sent),
+            r(&self.sent_bytes),
+        )
+    }
 }
 
 /// The mutable part of a session; see [`Locked`] for what may change it.
@@ -104,6 +158,8 @@ pub struct SessionState {
     owner: Option<Waker>,
     /// About that connection, for the admin API; `None` while disconnected.
     owner_info: Option<Arc<ClientInfo>>,
+    /// Queue bounds replacing the broker's, for this session (boxed: rare).
+    queue_bounds: Option<Box<crate::config::QueueBounds>>,
     /// An operator asked for the owner to be disconnected (admin API): it closes with
     /// DISCONNECT 0x98 at its next wake-up. Cleared when a connection attaches.
     kicked: bool,
@@ -177,6 +233,8 @@ pub struct Terms {
     pub will: Option<PendingWill>,
     /// About the connection, for the admin API.
     pub info: Option<Arc<ClientInfo>>,
+    /// Queue bounds replacing the broker's (from the listener).
+    pub queue_bounds: Option<crate::config::QueueBounds>,
 }
 
 /// What ending a session leaves for the registry to finish: the filters to remove from the
@@ -220,6 +278,7 @@ impl Session {
             state: Mutex::new(SessionState {
                 owner: None,
                 owner_info: None,
+                queue_bounds: None,
                 kicked: false,
                 successor: None,
                 claimed: 0,
@@ -436,6 +495,7 @@ impl Locked<'_> {
         self.st.claimed = epoch;
         self.set_owner(Some(waker));
         self.st.owner_info = terms.info;
+        self.st.queue_bounds = terms.queue_bounds.map(Box::new);
         self.st.kicked = false;
         self.st.will = terms.will.map(Box::new);
         self.st.protocol = terms.protocol;

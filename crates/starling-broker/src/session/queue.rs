@@ -27,9 +27,13 @@ impl Locked<'_> {
             return false;
         }
         let cost = delivery.msg.cost();
+        let (max_messages, max_bytes) = match self.st.queue_bounds.as_deref() {
+            Some(b) => (b.messages, b.bytes),
+            None => (limits.max_queued_messages, limits.max_queued_bytes),
+        };
         let full = |s: &Self| {
-            s.st.queue.len() >= limits.max_queued_messages
-                || (!s.st.queue.is_empty() && s.st.queued_bytes + cost > limits.max_queued_bytes)
+            s.st.queue.len() >= max_messages
+                || (!s.st.queue.is_empty() && s.st.queued_bytes + cost > max_bytes)
         };
         while full(self) {
             // The oldest QoS 0 message, if any (a scan only when there is one to find).
@@ -142,6 +146,7 @@ mod tests {
             expiry_secs: 0,
             will: None,
             info: None,
+            queue_bounds: None,
         };
         assert!(s.lock().attach(1, Flag::new(), terms, &mut Ops::new(None)));
         s

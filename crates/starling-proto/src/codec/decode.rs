@@ -42,7 +42,14 @@ pub fn connect_version(buf: &[u8]) -> Option<ProtocolVersion> {
     let rest = buf.get(1 + len_len..)?;
     let name_len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
     let name = rest.get(2..2 + name_len)?;
-    match (name, *rest.get(2 + name_len)?) {
+    let level = *rest.get(2 + name_len)?;
+    // A bridge's 3.x level carries the top bit.
+    let level = if matches!(level, 0x83 | 0x84) {
+        level & 0x7F
+    } else {
+        level
+    };
+    match (name, level) {
         (b"MQIsdp", 3) => Some(ProtocolVersion::V31),
         (b"MQTT", 4) => Some(ProtocolVersion::V311),
         (b"MQTT", 5) => Some(ProtocolVersion::V5),
@@ -209,12 +216,15 @@ fn connect(
     limits: &DecodeLimits,
 ) -> Result<Connect, DecodeError> {
     let name = r.binary()?;
-    let level = r.u8()?;
+    let raw_level = r.u8()?;
+    // mosquitto's bridges set the top bit in 3.x (`try_private`).
+    let bridge = raw_level & 0x80 != 0 && matches!(raw_level & 0x7F, 3 | 4);
+    let level = if bridge { raw_level & 0x7F } else { raw_level };
     let protocol = match (name.as_ref(), level) {
         (b"MQIsdp", 3) => ProtocolVersion::V31,
         (b"MQTT", 4) => ProtocolVersion::V311,
         (b"MQTT", 5) => ProtocolVersion::V5,
-        (b"MQIsdp" | b"MQTT", _) => return Err(DecodeError::UnsupportedProtocolLevel(level)),
+        (b"MQIsdp" | b"MQTT", _) => return Err(DecodeError::UnsupportedProtocolLevel(raw_level)),
         _ => return Err(DecodeError::UnknownProtocolName),
     };
     let strict = protocol != ProtocolVersion::V31;
@@ -277,6 +287,7 @@ fn connect(
         username,
         password,
         properties,
+        bridge,
     })
 }
 

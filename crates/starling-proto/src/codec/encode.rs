@@ -351,7 +351,12 @@ fn write_body(
 fn write_connect(c: &Connect, buf: &mut BytesMut) -> Result<(), EncodeError> {
     let version = c.protocol;
     put_field(buf, version.protocol_name().as_bytes())?;
-    buf.put_u8(version.level());
+    let bridge = if c.bridge && version != ProtocolVersion::V5 {
+        0x80
+    } else {
+        0
+    };
+    buf.put_u8(version.level() | bridge);
     let mut flags = u8::from(c.clean_start) << 1;
     if let Some(will) = &c.will {
         flags |= 0x04 | (will.qos.as_u8() << 3) | (u8::from(will.retain) << 5);

@@ -76,6 +76,10 @@ pub struct Client {
     aliases: HashMap<u16, starling_proto::TopicName>,
     /// QoS 2 messages received and not yet released.
     incoming_qos2: HashSet<u16>,
+    /// The caller acknowledges the broker's QoS 1 and 2 PUBLISHes ([`Self::ack`]).
+    manual_ack: bool,
+    /// The broker's Receive Maximum: QoS 1 and 2 PUBLISHes it takes at once.
+    pub receive_maximum: u16,
 }
 
 impl std::fmt::Debug for Client {
@@ -95,6 +99,19 @@ impl Client {
         connect: Connect,
         debug: bool,
         timeout: Duration,
+    ) -> Result<(Self, ConnAck), ClientError> {
+        Self::connect_as(stream, connect, debug, timeout, false).await
+    }
+
+    /// Like [`Self::connect`]; with `bridge`, an MQTT 3.x CONNECT announces a bridge the way
+    /// mosquitto's `try_private` does (protocol level | 0x80), so that a broker that knows the
+    /// convention does not send the bridge's own messages back to it.
+    pub async fn connect_as(
+        stream: Box<dyn Stream>,
+        connect: Connect,
+        debug: bool,
+        timeout: Duration,
+        bridge: bool,
     ) -> Result<(Self, ConnAck), ClientError> {
         let version = connect.protocol;
         let keep_alive =
@@ -118,7 +135,11 @@ impl Client {
             client_id,
             aliases: HashMap::new(),
             incoming_qos2: HashSet::new(),
+            manual_ack: false,
+            receive_maximum: u16::MAX,
         };
+        let mut connect = connect;
+        connect.bridge = bridge && version != ProtocolVersion::V5;
         client.send(&Packet::Connect(Box::new(connect))).await?;
         let deadline = Instant::now() + timeout;
         let ack = match client.read_packet(Some(deadline)).await? {
@@ -139,10 +160,39 @@ impl Client {
         if let Some(id) = &ack.properties.assigned_client_identifier {
             client.client_id = id.clone();
         }
+        if let Some(max) = ack.properties.receive_maximum {
+            client.receive_maximum = max;
+        }
         if let Some(ka) = ack.properties.server_keep_alive {
             client.keep_alive = (ka > 0).then(|| Duration::from_secs(ka.into()));
         }
         Ok((client, ack))
+    }
+
+    /// Leaves acknowledging the broker's QoS 1 and 2 PUBLISHes to the caller: a message is
+    /// answered only when [`Self::ack`] is called for it (a bridge answers once the message is
+    /// safe elsewhere).
+    pub fn set_manual_ack(&mut self) {
+        self.manual_ack = true;
+    }
+
+    /// Acknowledges a PUBLISH received in manual mode: PUBACK at QoS 1, PUBREC at QoS 2 (the
+    /// PUBREL that follows is answered by the client).
+    pub async fn ack(&mut self, packet_id: u16, qos: QoS) -> Result<(), ClientError> {
+        let ack = PubAck {
+            packet_id,
+            reason: ReasonCode::Success,
+            properties: Properties::default(),
+        };
+        match qos {
+            QoS::AtMostOnce => return Ok(()),
+            QoS::AtLeastOnce => self.queue(&Packet::PubAck(ack))?,
+            QoS::ExactlyOnce => {
+                self.incoming_qos2.insert(packet_id);
+                self.queue(&Packet::PubRec(ack))?;
+            }
+        }
+        self.flush_pending().await
     }
 
     /// A fresh non-zero packet identifier.
@@ -271,6 +321,14 @@ impl Client {
             reason: ReasonCode::Success,
             properties: Properties::default(),
         };
+        if self.manual_ack && p.qos != QoS::AtMostOnce {
+            if p.qos == QoS::ExactlyOnce && self.incoming_qos2.contains(&p.packet_id) {
+                // Already taken and acknowledged: the PUBREC went missing.
+                self.queue(&Packet::PubRec(ack))?;
+                return Ok(None);
+            }
+            return Ok(Some(p));
+        }
         match p.qos {
             QoS::AtMostOnce => Ok(Some(p)),
             QoS::AtLeastOnce => {

@@ -79,6 +79,8 @@ enum CtlCommand {
     },
     /// Listeners and their connections.
     Listeners,
+    /// Bridges to other brokers and what they carried.
+    Bridges,
     /// A snapshot of the broker's counters.
     Stats,
     /// The running configuration, secrets redacted.
@@ -706,6 +708,32 @@ async fn execute(args: &CtlArgs) -> Result<(), CtlError> {
                         "state",
                         "connections",
                         "accepted",
+                    ],
+                    &items,
+                );
+            }
+            Ok(())
+        }
+        CtlCommand::Bridges => {
+            let v = api.call("GET", "/bridges", None).await?;
+            if args.json {
+                println!("{v}");
+            } else {
+                let items = v
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                print_table(
+                    &[
+                        "name",
+                        "connected",
+                        "messages_out",
+                        "messages_in",
+                        "pending",
+                        "queued",
+                        "reconnects",
+                        "dropped",
                     ],
                     &items,
                 );

@@ -58,8 +58,9 @@ pub async fn open(ep: &Endpoint, opts: &ConnectOpts) -> Result<Box<dyn Stream>, 
     };
     let stream: Box<dyn Stream> = if ep.scheme.tls() {
         let config = client_config(opts)?;
-        let name = ServerName::try_from(ep.host.clone())
-            .map_err(|_| NetError::TlsSetup(format!("invalid server name \"{}\"", ep.host)))?;
+        let host = ep.tls_name.clone().unwrap_or_else(|| ep.host.clone());
+        let name = ServerName::try_from(host.clone())
+            .map_err(|_| NetError::TlsSetup(format!("invalid server name \"{host}\"")))?;
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, stream)
             .await

@@ -173,6 +173,8 @@ pub struct Endpoint {
     pub password: Option<String>,
     /// Topic given in an mqtt:// URL.
     pub url_topic: Option<String>,
+    /// The name the server's certificate must carry, when not `host`.
+    pub tls_name: Option<String>,
 }
 
 /// `-D` properties, by the packet they go into.
@@ -213,6 +215,7 @@ impl ConnectOpts {
             username: None,
             password: None,
             url_topic: None,
+            tls_name: None,
         };
         let mut port = self.port;
         if let Some(url) = &self.url {

@@ -47,20 +47,21 @@ struct SessionWalk {
     offline: u64,
     inflight: u64,
     queued: u64,
-    by_listener: BTreeMap<String, u64>,
+    by_listener: BTreeMap<Arc<str>, u64>,
 }
 
 fn walk(state: &AppState) -> SessionWalk {
     let mut w = SessionWalk::default();
     for l in &state.listeners {
-        w.by_listener.insert(l.name.to_string(), 0);
+        w.by_listener.insert(l.name.clone(), 0);
     }
     for s in state.broker.sessions_snapshot() {
         let st = s.lock();
         w.inflight += st.inflight_count() as u64;
         w.queued += st.queued() as u64;
         match st.client_info() {
-            Some(info) => *w.by_listener.entry(info.listener.to_string()).or_default() += 1,
+            // An `Arc` clone, not a copy of the name: this runs once per session per scrape.
+            Some(info) => *w.by_listener.entry(info.listener.clone()).or_default() += 1,
             None => w.offline += 1,
         }
     }
@@ -172,7 +173,7 @@ impl Collector for BrokerCollector {
             "Clients connected now, by listener",
             MetricType::Gauge,
             "listener",
-            w.by_listener.iter().map(|(k, v)| (k.as_str(), *v)),
+            w.by_listener.iter().map(|(k, v)| (&**k, *v)),
         )?;
         family(
             e,
@@ -421,6 +422,91 @@ impl Collector for BrokerCollector {
             "HTTP requests refused for their credentials or role",
             state.http_refused.get(),
         )?;
+
+        // Bridges.
+        if !state.bridges.is_empty() {
+            let each = |f: &dyn Fn(&crate::bridge::BridgeStats) -> u64| {
+                state
+                    .bridges
+                    .iter()
+                    .map(|s| (s.name.as_str(), f(s)))
+                    .collect::<Vec<_>>()
+            };
+            use std::sync::atomic::Ordering::Relaxed;
+            type Series<'a> = Vec<(&'a str, u64)>;
+            let families: [(&str, &str, MetricType, Series<'_>); 8] = [
+                (
+                    "starling_bridge_connected",
+                    "1 while the bridge is connected to its remote",
+                    MetricType::Gauge,
+                    each(&|s| u64::from(s.connected.load(Relaxed))),
+                ),
+                (
+                    "starling_bridge_messages_out",
+                    "Messages the bridge sent to its remote (acknowledged at QoS 1 and 2)",
+                    MetricType::Counter,
+                    each(&|s| s.out_messages.load(Relaxed)),
+                ),
+                (
+                    "starling_bridge_bytes_out",
+                    "Payload bytes of those",
+                    MetricType::Counter,
+                    each(&|s| s.out_bytes.load(Relaxed)),
+                ),
+                (
+                    "starling_bridge_messages_in",
+                    "Messages the bridge received from its remote and published here",
+                    MetricType::Counter,
+                    each(&|s| s.in_messages.load(Relaxed)),
+                ),
+                (
+                    "starling_bridge_bytes_in",
+                    "Payload bytes of those",
+                    MetricType::Counter,
+                    each(&|s| s.in_bytes.load(Relaxed)),
+                ),
+                (
+                    "starling_bridge_reconnects",
+                    "Connections to the remote after the first",
+                    MetricType::Counter,
+                    each(&|s| s.reconnects.load(Relaxed)),
+                ),
+                (
+                    "starling_bridge_dropped",
+                    "Messages the remote refused, or that matched no topic line",
+                    MetricType::Counter,
+                    each(&|s| s.dropped.load(Relaxed)),
+                ),
+                (
+                    "starling_bridge_pending",
+                    "Messages handed to the bridge and not yet acknowledged by the remote (more wait in its session queue)",
+                    MetricType::Gauge,
+                    each(&|s| s.pending.load(Relaxed)),
+                ),
+            ];
+            for (name, help, kind, series) in families {
+                family(e, name, help, kind, "bridge", series)?;
+            }
+            let queued: Vec<(&str, u64)> = state
+                .bridges
+                .iter()
+                .map(|s| {
+                    let session = b.session(&crate::bridge::local_client_id(&s.name));
+                    (
+                        s.name.as_str(),
+                        session.map_or(0, |x| x.lock().queued() as u64),
+                    )
+                })
+                .collect();
+            family(
+                e,
+                "starling_bridge_queued",
+                "Messages waiting in the bridge's session for their turn (while the remote is away)",
+                MetricType::Gauge,
+                "bridge",
+                queued,
+            )?;
+        }
 
         // The store.
         if b.persistence().is_some() {

@@ -86,6 +86,8 @@ pub struct AppState {
     pub started: Instant,
     /// Requests refused for their credentials or role.
     pub http_refused: Counter,
+    /// The bridges, in config order (set by the server after construction).
+    pub bridges: Vec<Arc<crate::bridge::BridgeStats>>,
     /// Slots for requests served at once.
     requests: Semaphore,
     request_timeout: Duration,
@@ -122,6 +124,7 @@ impl AppState {
             started_wall: SystemTime::now() - started.elapsed(),
             started,
             http_refused: Counter::default(),
+            bridges: Vec::new(),
             requests: Semaphore::new(h.max_concurrent_requests.max(1)),
             request_timeout: Duration::from_millis(h.request_timeout_ms),
         })

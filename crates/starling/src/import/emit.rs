@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::map::{Plan, Setting, Val};
+use super::map::{Plan, PlannedBridge, Setting, Val};
 
 /// The TOML text of `plan`, imported from `source`.
 pub fn toml(plan: &Plan, source: &Path) -> String {
@@ -31,6 +31,21 @@ pub fn toml(plan: &Plan, source: &Path) -> String {
             settings(&mut out, table);
         }
     }
+    for b in &plan.bridges {
+        out.push_str(&bridge(b));
+    }
+    out
+}
+
+/// One `[[bridge]]` table with its `[[bridge.topic]]` tables.
+pub fn bridge(b: &PlannedBridge) -> String {
+    let mut out = String::new();
+    let _ = write!(out, "\n# {}\n[[bridge]]\n", b.origin);
+    settings(&mut out, &b.settings);
+    for t in &b.topics {
+        out.push_str("[[bridge.topic]]\n");
+        settings(&mut out, t);
+    }
     out
 }
 
@@ -40,6 +55,9 @@ fn settings(out: &mut String, settings: &[Setting]) {
             Val::Str(v) => toml::Value::String(v.clone()).to_string(),
             Val::Int(n) => n.to_string(),
             Val::Bool(b) => b.to_string(),
+            Val::List(v) => {
+                toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect()).to_string()
+            }
         };
         let _ = match &s.from {
             Some(loc) => writeln!(out, "{} = {value}  # {loc}", s.key),

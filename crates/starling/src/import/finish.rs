@@ -78,6 +78,7 @@ impl State {
                 self.carry_listener(l)?;
             }
         }
+        self.finish_bridges()?;
         if self.plan.listeners.is_empty() {
             return Err(ImportError::NoListener);
         }

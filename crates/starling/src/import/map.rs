@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::bridge::Bridge;
 use super::conf::{Directive, Item, Loc};
 use super::{Finding, FindingKind, ImportError};
 
@@ -18,6 +19,8 @@ pub enum Val {
     Str(String),
     /// An integer.
     Int(i64),
+    /// A list of strings.
+    List(Vec<String>),
     /// A boolean.
     Bool(bool),
 }
@@ -42,6 +45,17 @@ pub struct PlannedListener {
     pub settings: Vec<Setting>,
 }
 
+/// One `[[bridge]]` of the generated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedBridge {
+    /// What it comes from, for a comment (`connection cloud at mosquitto.conf:20`).
+    pub origin: String,
+    /// Its keys, `name` first.
+    pub settings: Vec<Setting>,
+    /// Its `[[bridge.topic]]` tables.
+    pub topics: Vec<Vec<Setting>>,
+}
+
 /// The generated config, before it is written.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
@@ -53,6 +67,8 @@ pub struct Plan {
     pub limits: Vec<Setting>,
     /// `[storage]`.
     pub storage: Vec<Setting>,
+    /// The bridges.
+    pub bridges: Vec<PlannedBridge>,
 }
 
 /// A value with the directive that set it.
@@ -97,33 +113,6 @@ pub(super) struct Listener {
     pub(super) touched: bool,
 }
 
-/// Directives of bridge blocks (after `connection`).
-const BRIDGE: &[&str] = &[
-    "address",
-    "addresses",
-    "cleansession",
-    "clientid",
-    "idle_timeout",
-    "keepalive_interval",
-    "local_cleansession",
-    "local_clientid",
-    "local_password",
-    "local_username",
-    "notification_topic",
-    "notifications",
-    "notifications_local_only",
-    "remote_clientid",
-    "remote_password",
-    "remote_username",
-    "restart_timeout",
-    "round_robin",
-    "start_type",
-    "threshold",
-    "topic",
-    "try_private",
-];
-
-const NO_BRIDGES: &str = "bridges are not implemented yet";
 const NO_PLUGINS: &str = "Starling does not load mosquitto plugins; access the plugin granted or \
                           denied is not carried over";
 
@@ -137,8 +126,11 @@ pub(super) struct State {
     /// The listener options apply to (`None`: the default listener).
     pub(super) current: Option<usize>,
     /// The includer's current listener and bridge, while an included file is read.
-    pub(super) stack: Vec<(Option<usize>, Option<String>)>,
-    pub(super) bridge: Option<String>,
+    pub(super) stack: Vec<(Option<usize>, Option<usize>)>,
+    /// The bridges, in order.
+    pub(super) bridges: Vec<Bridge>,
+    /// The bridge bridge options apply to (index in `bridges`).
+    pub(super) bridge: Option<usize>,
     /// No `listener`, `port` or `bind_address`: mosquitto listens on localhost only.
     pub(super) local_only: bool,
     /// The main config file, for findings about the config as a whole.
@@ -157,6 +149,7 @@ pub fn plan(items: &[Item], main: &Path) -> Result<(Plan, Vec<Finding>), ImportE
         default: Listener::default(),
         current: None,
         stack: Vec::new(),
+        bridges: Vec::new(),
         bridge: None,
         local_only: true,
         main: Loc {
@@ -184,7 +177,7 @@ pub fn plan(items: &[Item], main: &Path) -> Result<(Plan, Vec<Finding>), ImportE
     s.finish()
 }
 
-fn parse_bool(d: &Directive) -> Result<bool, ImportError> {
+pub(super) fn parse_bool(d: &Directive) -> Result<bool, ImportError> {
     match d.value.as_str() {
         "true" => Ok(true),
         "false" => Ok(false),
@@ -192,7 +185,7 @@ fn parse_bool(d: &Directive) -> Result<bool, ImportError> {
     }
 }
 
-fn parse_int(d: &Directive) -> Result<i64, ImportError> {
+pub(super) fn parse_int(d: &Directive) -> Result<i64, ImportError> {
     d.value
         .split_whitespace()
         .next()
@@ -200,7 +193,7 @@ fn parse_int(d: &Directive) -> Result<i64, ImportError> {
         .ok_or_else(|| invalid(d, "expected an integer"))
 }
 
-fn invalid(d: &Directive, reason: &str) -> ImportError {
+pub(super) fn invalid(d: &Directive, reason: &str) -> ImportError {
     ImportError::Invalid {
         loc: d.loc.clone(),
         directive: d.text(),
@@ -208,7 +201,7 @@ fn invalid(d: &Directive, reason: &str) -> ImportError {
     }
 }
 
-fn string(d: &Directive) -> Result<At<String>, ImportError> {
+pub(super) fn string(d: &Directive) -> Result<At<String>, ImportError> {
     if d.value.is_empty() {
         return Err(invalid(d, "expected a value"));
     }
@@ -308,18 +301,8 @@ impl State {
 
     fn directive(&mut self, d: &Directive) -> Result<(), ImportError> {
         let name = d.name.as_str();
-        if name == "connection" {
-            self.bridge = Some(d.value.clone());
-            self.skip(d, NO_BRIDGES);
-            return Ok(());
-        }
-        if BRIDGE.contains(&name) || name.starts_with("bridge_") {
-            let reason = match &self.bridge {
-                Some(b) => format!("bridge {b}: {NO_BRIDGES}"),
-                None => format!("a bridge option outside a bridge (`connection`); {NO_BRIDGES}"),
-            };
-            self.skip(d, reason);
-            return Ok(());
+        if let Some(result) = self.bridge_directive(d) {
+            return result;
         }
         match name {
             // Security, global or per listener.

@@ -10,8 +10,11 @@
 //! Where Starling cannot do what a listener's directives ask (a mount point, a revocation
 //! list, TLS-PSK, an interface binding, a Unix socket) the listener is left out rather than
 //! opened with less protection; settings that only tune (cipher lists, log formats) are
-//! listed and dropped.
+//! listed and dropped. Bridges (`connection` and the directives after it) become
+//! `[[bridge]]` tables; one Starling would have to run with less protection (TLS-PSK, OCSP
+//! required) or would refuse is left out, with the reason.
 
+mod bridge;
 pub mod conf;
 pub mod emit;
 mod finish;
@@ -163,9 +166,11 @@ pub fn run(args: &ImportArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             writeln!(
                 stderr,
-                "wrote {} ({} listener(s), {} directive(s) not carried over exactly)",
+                "wrote {} ({} listener(s), {} bridge(s), {} directive(s) not carried over \
+                 exactly)",
                 path.display(),
                 imported.config.listeners.len(),
+                imported.config.bridges.len(),
                 imported.findings.len()
             )?;
         }

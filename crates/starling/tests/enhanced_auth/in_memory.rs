@@ -61,6 +61,8 @@ impl Machine {
             }),
             authorizer: None,
             enhanced: vec![Arc::new(TestMethod)],
+            session_queue: None,
+            internal: false,
         };
         let conn = Connection::new(starling_broker::wake::Flag::new(), None, now)
             .with_access(Arc::new(access), PeerInfo::default());

@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use starling_proto::{Packet, ProtocolVersion, QoS, ReasonCode};
 
-use super::common::{RawClient, WAIT, connect_packet, subscribe_packet};
+use super::common::{RawClient, WAIT, connect_packet, publish_packet, subscribe_packet};
 use super::{Auth, open_http};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -15,7 +15,7 @@ const V5: ProtocolVersion = ProtocolVersion::V5;
 #[tokio::test]
 async fn clients_are_listed_filtered_inspected_and_kicked() {
     let h = open_http(|_| {}).await;
-    let (_a, _) = RawClient::connect(h.server.addr, V5, "dev-a").await;
+    let (mut a, _) = RawClient::connect(h.server.addr, V5, "dev-a").await;
     let (mut b, _) = RawClient::connect(h.server.addr, ProtocolVersion::V311, "dev-b").await;
     let (_c, _) = RawClient::connect(h.server.addr, V5, "app-1").await;
     b.send(&subscribe_packet(7, "x/#", QoS::AtLeastOnce)).await;
@@ -45,6 +45,27 @@ async fn clients_are_listed_filtered_inspected_and_kicked() {
     let local = h.get("/api/v1/clients?address=127.0.0.1&limit=2").await;
     assert_eq!(local["items"].as_array().unwrap().len(), 2);
     assert_eq!(local["next"], "dev-a");
+
+    // Counters: dev-b publishes two messages and receives one from dev-a.
+    b.send(&publish_packet("y", QoS::AtMostOnce, 0, b"12345"))
+        .await;
+    b.send(&publish_packet("y", QoS::AtMostOnce, 0, b"678"))
+        .await;
+    a.send(&publish_packet("x/1", QoS::AtMostOnce, 0, b"hello!"))
+        .await;
+    assert!(matches!(b.expect_packet(WAIT).await, Packet::Publish(_)));
+    let mut counters = Value::Null;
+    for _ in 0..100 {
+        counters = h.get("/api/v1/clients/dev-b").await["counters"].clone();
+        if counters["messages_received"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        counters,
+        json!({ "messages_received": 2, "bytes_received": 8, "messages_sent": 1, "bytes_sent": 6 })
+    );
 
     let one = h.get("/api/v1/clients/dev-b").await;
     assert_eq!(one["protocol"], "3.1.1");

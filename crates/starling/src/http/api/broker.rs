@@ -158,6 +158,32 @@ pub(super) async fn listeners(State(state): St) -> Json<Value> {
     Json(json!({ "items": items }))
 }
 
+pub(super) async fn bridges(State(state): St) -> Json<Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let items: Vec<Value> = state
+        .bridges
+        .iter()
+        .map(|s| {
+            let session = state
+                .broker
+                .session(&crate::bridge::local_client_id(&s.name));
+            json!({
+                "name": s.name,
+                "connected": s.connected.load(Relaxed),
+                "messages_out": s.out_messages.load(Relaxed),
+                "bytes_out": s.out_bytes.load(Relaxed),
+                "messages_in": s.in_messages.load(Relaxed),
+                "bytes_in": s.in_bytes.load(Relaxed),
+                "reconnects": s.reconnects.load(Relaxed),
+                "dropped": s.dropped.load(Relaxed),
+                "pending": s.pending.load(Relaxed),
+                "queued": session.map_or(0, |x| x.lock().queued()),
+            })
+        })
+        .collect();
+    Json(json!({ "items": items }))
+}
+
 pub(super) async fn stats(State(state): St) -> Json<Value> {
     let b = &state.broker;
     let m = &b.metrics;

@@ -27,7 +27,8 @@ use tracing::info;
 use super::{AppState, Identity};
 use crate::http::error::ApiError;
 use broker::{
-    add_ban, config, get_log_level, list_bans, listeners, reload, remove_ban, set_log_level, stats,
+    add_ban, bridges, config, get_log_level, list_bans, listeners, reload, remove_ban,
+    set_log_level, stats,
 };
 use messages::{delete_retained, get_retained, list_retained, publish};
 
@@ -66,6 +67,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/banned", get(list_bans).post(add_ban))
         .route("/banned/{kind}/{value}", delete(remove_ban))
         .route("/listeners", get(listeners))
+        .route("/bridges", get(bridges))
         .route("/stats", get(stats))
         .route("/config", get(config))
         .route("/reload", post(reload))
@@ -136,6 +138,17 @@ fn session_json(state: &AppState, s: &Session, detail: bool) -> Value {
             &mut v,
             "connected_at_ms",
             json!(state.unix_ms(i.connected_at)),
+        );
+        let (received, received_bytes, sent, sent_bytes) = i.counters.get();
+        set(
+            &mut v,
+            "counters",
+            json!({
+                "messages_received": received,
+                "bytes_received": received_bytes,
+                "messages_sent": sent,
+                "bytes_sent": sent_bytes,
+            }),
         );
     }
     if let Some(at) = st.disconnected_at() {
