@@ -181,6 +181,26 @@ def wait_bridged(local_port: int, remote_port: int) -> None:
         probe.close()
 
 
+def bridge_state(port: int, name: str = "cloud") -> bytes:
+    """The retained `$SYS/broker/bridge/<name>/state`."""
+    res = subprocess.run([tool("mosquitto_sub"), "-h", HOST, "-p", str(port), "-t",
+                          f"$SYS/broker/bridge/{name}/state", "-C", "1", "-W", "3"],
+                         capture_output=True, timeout=15)
+    assert res.returncode == 0, res
+    return res.stdout.strip()
+
+
+def wait_state(port: int, want: bytes) -> None:
+    deadline = time.monotonic() + 15
+    got = b""
+    while time.monotonic() < deadline:
+        got = bridge_state(port)
+        if got == want:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"bridge state {got!r}, expected {want!r}")
+
+
 def check_visible(s: BrokerProcess) -> None:
     import urllib.request
 
@@ -201,6 +221,7 @@ def check_visible(s: BrokerProcess) -> None:
     assert res.returncode == 0, res
     row = res.stdout.decode().splitlines()[1].split()
     assert row[:2] == ["cloud", "true"], res.stdout
+    assert bridge_state(s.port) == b"1"
     # Nobody from a listener may take the bridge's local session over.
     res = subprocess.run([tool("mosquitto_sub"), "-h", HOST, "-p", str(s.port), "-i", "$bridge/cloud",
                           "-t", "x", "-W", "2"], capture_output=True, timeout=15)
@@ -265,8 +286,11 @@ def test_remote_stopped_while_10000_qos1_messages_flow_out(tmp_path, remote):
         # Stop the remote while messages flow, then bring it back.
         col.wait(500, timeout=20)
         remote.stop()
-        time.sleep(1.5)
+        # The bridge says it is down, then up again.
+        wait_state(s.port, b"0")
+        time.sleep(0.5)
         remote.start()
+        wait_state(s.port, b"1")
         assert pub.wait(timeout=60) == 0, pub.stderr.read() if pub.stderr else ""
         got = col.wait(10_000, timeout=60)
         payloads = {int(m[1]) for m in got}

@@ -139,7 +139,10 @@ impl Active {
         {
             return ReasonCode::PayloadFormatInvalid;
         }
-        if p.topic.as_bytes().starts_with(b"$SYS") && !self.own_bridge_state(&p.topic) {
+        if p.topic.as_bytes().starts_with(b"$SYS")
+            && !self.own_bridge_state(&p.topic)
+            && !self.own_bridge_sys(cx, &p.topic)
+        {
             return ReasonCode::NotAuthorized;
         }
         if !access::may_publish(cx.link.access.as_mut(), self, &p.topic) {
@@ -173,6 +176,21 @@ impl Active {
             .strip_prefix(b"$SYS/broker/connection/")
             .and_then(|rest| rest.strip_prefix(id))
             .is_some_and(|rest| rest == b"/state")
+    }
+
+    /// Whether `topic` is under `$SYS/broker/bridge/{name}/` and this is that bridge's own
+    /// local connection (internal, client id `$bridge/{name}`): where it reports its state.
+    fn own_bridge_sys(&self, cx: &Cx<'_>, topic: &TopicName) -> bool {
+        let internal = cx.link.access.as_ref().is_some_and(|a| a.listener.internal);
+        let Some(name) = self.client_id().strip_prefix("$bridge/") else {
+            return false;
+        };
+        internal
+            && topic
+                .as_str()
+                .strip_prefix("$SYS/broker/bridge/")
+                .and_then(|rest| rest.strip_prefix(name))
+                .is_some_and(|rest| rest.starts_with('/'))
     }
 
     /// A PUBACK/PUBREC; failures carry a Reason String when the client allows it.

@@ -16,7 +16,7 @@ use starling_broker::config::QueueBounds;
 use starling_broker::{Broker, ListenerAccess, PeerInfo};
 use starling_proto::{
     Connect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
-    Subscribe, SubscriptionOptions, TopicFilter,
+    Subscribe, SubscriptionOptions, TopicFilter, TopicName,
 };
 use tracing::{info, warn};
 
@@ -217,8 +217,14 @@ impl Bridge {
             }
             self.connected_before = true;
             self.stats.connected.store(true, Ordering::Relaxed);
+            if let Err(e) = self.report_state(local, true).await {
+                return Exit::LocalLost(e);
+            }
             let lost = self.session(local, &mut remote, stop).await;
             self.stats.connected.store(false, Ordering::Relaxed);
+            if !matches!(lost, Lost::Local(_)) {
+                let _ = self.report_state(local, false).await;
+            }
             // Sent again on the next connection; the remote resends what it did not get
             // acknowledged (its session is persistent unless clean_start).
             for o in &mut self.out {
@@ -236,6 +242,23 @@ impl Bridge {
                 }
             }
         }
+    }
+
+    /// Publishes, retained, `$SYS/broker/bridge/<name>/state`: "1" while connected to the
+    /// remote, "0" otherwise (mosquitto's values for its bridges' state).
+    async fn report_state(&self, local: &mut Client, connected: bool) -> Result<(), ClientError> {
+        let topic = format!("$SYS/broker/bridge/{}/state", self.cfg.name);
+        let Ok(topic) = TopicName::try_from_str(&topic) else {
+            return Ok(());
+        };
+        let payload = Bytes::from_static(if connected { b"1" } else { b"0" });
+        let publish = Publish::new(topic, QoS::AtMostOnce, 0, payload);
+        local
+            .send(&Packet::Publish(Publish {
+                retain: true,
+                ..publish
+            }))
+            .await
     }
 
     /// The delay before the next connection attempt: none for the first, then doubling from
