@@ -493,6 +493,18 @@ impl<'a> Api<'a> {
         Ok(())
     }
 
+    /// A listing without paging (`{"items": [...]}`), as a table or JSON.
+    async fn table(&self, path: &str, columns: &[&str]) -> Result<(), CtlError> {
+        let v = self.call("GET", path, None).await?;
+        if self.args.json {
+            println!("{v}");
+        } else {
+            let items = v.get("items").and_then(Value::as_array);
+            print_table(columns, items.map_or(&[][..], Vec::as_slice));
+        }
+        Ok(())
+    }
+
     fn show(&self, v: &Value) {
         if self.args.json {
             println!("{v}");
@@ -641,20 +653,11 @@ async fn execute(args: &CtlArgs) -> Result<(), CtlError> {
         },
         CtlCommand::Bans(b) => match b {
             Bans::List => {
-                let v = api.call("GET", "/banned", None).await?;
-                if args.json {
-                    println!("{v}");
-                } else {
-                    let items = v
-                        .get("items")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default();
-                    print_table(
-                        &["kind", "value", "reason", "since_ms", "expires_ms"],
-                        &items,
-                    );
-                }
+                api.table(
+                    "/banned",
+                    &["kind", "value", "reason", "since_ms", "expires_ms"],
+                )
+                .await?;
                 Ok(())
             }
             Bans::Add {
@@ -691,53 +694,35 @@ async fn execute(args: &CtlArgs) -> Result<(), CtlError> {
             Ok(())
         }
         CtlCommand::Listeners => {
-            let v = api.call("GET", "/listeners", None).await?;
-            if args.json {
-                println!("{v}");
-            } else {
-                let items = v
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                print_table(
-                    &[
-                        "name",
-                        "protocol",
-                        "address",
-                        "state",
-                        "connections",
-                        "accepted",
-                    ],
-                    &items,
-                );
-            }
+            api.table(
+                "/listeners",
+                &[
+                    "name",
+                    "protocol",
+                    "address",
+                    "state",
+                    "connections",
+                    "accepted",
+                ],
+            )
+            .await?;
             Ok(())
         }
         CtlCommand::Bridges => {
-            let v = api.call("GET", "/bridges", None).await?;
-            if args.json {
-                println!("{v}");
-            } else {
-                let items = v
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                print_table(
-                    &[
-                        "name",
-                        "connected",
-                        "messages_out",
-                        "messages_in",
-                        "pending",
-                        "queued",
-                        "reconnects",
-                        "dropped",
-                    ],
-                    &items,
-                );
-            }
+            api.table(
+                "/bridges",
+                &[
+                    "name",
+                    "connected",
+                    "messages_out",
+                    "messages_in",
+                    "pending",
+                    "queued",
+                    "reconnects",
+                    "dropped",
+                ],
+            )
+            .await?;
             Ok(())
         }
         CtlCommand::Stats => {

@@ -30,7 +30,7 @@ pub(crate) fn block_on<F: std::future::Future>(future: F) -> std::io::Result<F::
 use std::time::Duration;
 
 use client::{Client, ClientError};
-use opts::{ConnectOpts, Endpoint, PacketProperties};
+use opts::{ConnectOpts, PacketProperties};
 use starling_proto::{ProtocolVersion, ReasonCode};
 
 /// How long the broker has to answer CONNECT.
@@ -55,16 +55,22 @@ pub(crate) fn exit_for(e: &ClientError) -> i32 {
 }
 
 /// Opens the transport and connects; on failure prints what mosquitto's tools print and
-/// returns their exit status (1 for a socket error, the CONNACK code for a refusal).
+/// returns their exit status (1 for bad flags or a socket error, the CONNACK code for a
+/// refusal). Also returns the `-D` properties, for the packets that follow.
 pub(crate) async fn open_session(
     conn: &ConnectOpts,
-    ep: &Endpoint,
     version: ProtocolVersion,
-    client_id: String,
-    props: &PacketProperties,
-) -> Result<Client, i32> {
+) -> Result<(Client, PacketProperties), i32> {
+    let (ep, props) = match (conn.endpoint(), conn.packet_properties()) {
+        (Ok(ep), Ok(props)) => (ep, props),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return Err(1);
+        }
+    };
+    let (ep, props) = (&ep, &props);
     let connect = conn
-        .connect_packet(version, client_id, ep, props)
+        .connect_packet(version, conn.client_id(""), ep, props)
         .map_err(|e| {
             eprintln!("{e}");
             1
@@ -84,7 +90,7 @@ pub(crate) async fn open_session(
         error(conn.quiet, text);
         return Err(code);
     }
-    Ok(client)
+    Ok((client, props.clone()))
 }
 
 /// Resolves on SIGINT or SIGTERM (the client commands end cleanly on either).

@@ -214,14 +214,7 @@ impl Publisher {
 async fn publish(args: PubArgs, source: Source, topic: TopicName) -> i32 {
     let conn = &args.conn;
     let version = conn.version_or(ProtocolVersion::V311);
-    let (ep, props) = match (conn.endpoint(), conn.packet_properties()) {
-        (Ok(ep), Ok(props)) => (ep, props),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
-    let client = match open_session(conn, &ep, version, conn.client_id(""), &props).await {
+    let (client, props) = match open_session(conn, version).await {
         Ok(c) => c,
         Err(code) => return code,
     };

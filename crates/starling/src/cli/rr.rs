@@ -146,21 +146,13 @@ enum Outcome {
 
 async fn request(args: RrArgs, plan: Plan) -> i32 {
     let conn = &args.conn;
-    let (ep, props) = match (conn.endpoint(), conn.packet_properties()) {
-        (Ok(ep), Ok(props)) => (ep, props),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
     let deadline = args
         .timeout
         .map(|s| Instant::now() + Duration::from_secs(s.into()));
-    let mut client =
-        match open_session(conn, &ep, ProtocolVersion::V5, conn.client_id(""), &props).await {
-            Ok(c) => c,
-            Err(code) => return code,
-        };
+    let (mut client, props) = match open_session(conn, ProtocolVersion::V5).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let mut publish_props = props.publish.clone();
     publish_props.response_topic = Some(plan.response.as_str().to_string());
     let qos = QoS::from_u8(args.qos).unwrap_or(QoS::AtMostOnce);

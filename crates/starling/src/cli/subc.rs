@@ -254,18 +254,11 @@ enum Stop {
 async fn subscribe(args: SubArgs, plan: Plan) -> i32 {
     let conn = &args.conn;
     let version = conn.version_or(ProtocolVersion::V311);
-    let (ep, props) = match (conn.endpoint(), conn.packet_properties()) {
-        (Ok(ep), Ok(props)) => (ep, props),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
     // mosquitto_sub's -W alarm starts before the connection is made.
     let deadline = args
         .timeout
         .map(|s| Instant::now() + Duration::from_secs(s.into()));
-    let client = match open_session(conn, &ep, version, conn.client_id(""), &props).await {
+    let (client, props) = match open_session(conn, version).await {
         Ok(c) => c,
         Err(code) => return code,
     };
