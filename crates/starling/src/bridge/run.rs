@@ -408,14 +408,18 @@ impl Bridge {
         if let Err(e) = self.send_out(local, remote).await {
             return e.into();
         }
+        // Messages from the remote awaiting the local broker's acknowledgement: at most its
+        // Receive Maximum; at that bound the remote is not read until acknowledgements come.
+        let most_incoming = usize::from(local.receive_maximum);
         loop {
+            let room = self.incoming.len() < most_incoming;
             let handled = tokio::select! {
                 () = stop.wait() => return Lost::Stopped,
                 ev = local.next_event(None) => match ev {
                     Ok(ev) => self.on_local(ev, local, Some(&mut *remote)).await,
                     Err(e) => Err(Side::Local(e)),
                 },
-                ev = remote.next_event(None) => match ev {
+                ev = remote.next_event(None), if room => match ev {
                     Ok(ev) => self.on_remote(ev, local, remote).await,
                     Err(e) => Err(Side::Remote(e)),
                 },
