@@ -5,6 +5,8 @@
 #   - mosquitto, used only as a reference broker to validate the interop suite
 #   - chromium and chromium-driver, for the dashboard's browser test (Selenium)
 #   - a virtualenv at .venv with the packages of tests/interop/requirements.txt
+#     (paho-mqtt, pytest, prometheus-client, selenium, and PyJWT with cryptography for
+#     the JWT tests)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -102,3 +104,4 @@ fi
 
 log "ok: $(mosquitto_pub --help 2>/dev/null | sed -n 2p || true)"
 log "ok: $("$VENV/bin/python" -c 'import paho.mqtt, pytest; print("paho-mqtt", paho.mqtt.__version__, "pytest", pytest.__version__)')"
+log "ok: $("$VENV/bin/python" -c 'import jwt, cryptography; print("PyJWT", jwt.__version__, "cryptography", cryptography.__version__)')"

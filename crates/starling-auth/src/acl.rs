@@ -46,7 +46,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{AuthError, ParseError};
-use crate::{Authorizer, Client};
+use crate::{Action, Answer, Authorizer, Client};
 
 use trie::{Flags, Tries};
 
@@ -299,6 +299,23 @@ impl AclFile {
         Ok(acl)
     }
 
+    /// Rules given as data rather than as a file (a token's ACL claim, a backend's answer):
+    /// each is a `pattern` line, so `%c` and `%u` work as in the file. The semantics are the
+    /// file's: deny wins, and what no rule grants is refused. Errors name the rule (from 1).
+    pub fn from_patterns<'a>(
+        rules: impl IntoIterator<Item = (Access, &'a str)>,
+    ) -> Result<Self, ParseError> {
+        let mut acl = Self::default();
+        for (i, (access, topic)) in rules.into_iter().enumerate() {
+            acl.patterns.push(Rule {
+                access,
+                levels: parse_topic(topic, true, i + 1)?,
+            });
+        }
+        acl.tries = Tries::build(&acl.anonymous, &acl.users, &acl.patterns);
+        Ok(acl)
+    }
+
     /// Reads and parses an ACL file; errors name the file and the line.
     pub fn load(path: &Path) -> Result<Self, AuthError> {
         let text = std::fs::read_to_string(path).map_err(|source| AuthError::Io {
@@ -316,6 +333,18 @@ impl AclFile {
         self.anonymous.len()
             + self.patterns.len()
             + self.users.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// Whether `client` may do `action` on `topic` (a filter for [`Action::Subscribe`]).
+    pub fn allows(&self, client: &Client<'_>, action: Action, topic: &str) -> bool {
+        self.check(
+            client,
+            match action {
+                Action::Publish => Check::Publish(topic),
+                Action::Subscribe => Check::Subscribe(topic),
+                Action::Read => Check::Read(topic),
+            },
+        )
     }
 
     /// Whether `client` may do `what`.
@@ -378,11 +407,11 @@ impl AclFile {
 }
 
 impl Authorizer for AclFile {
-    fn can_publish(&self, client: &Client<'_>, topic: &str) -> bool {
-        self.check(client, Check::Publish(topic))
+    fn can_publish(&self, client: &Client<'_>, topic: &str) -> Answer<bool> {
+        Answer::Now(self.check(client, Check::Publish(topic)))
     }
-    fn can_subscribe(&self, client: &Client<'_>, filter: &str) -> bool {
-        self.check(client, Check::Subscribe(filter))
+    fn can_subscribe(&self, client: &Client<'_>, filter: &str) -> Answer<bool> {
+        Answer::Now(self.check(client, Check::Subscribe(filter)))
     }
     fn can_read(&self, client: &Client<'_>, topic: &str) -> bool {
         self.check(client, Check::Read(topic))
@@ -440,9 +469,9 @@ pattern readwrite clients/%c/%u
         let a = acl();
         let c = anon("c1");
         assert!(a.can_read(&c, "public/x"));
-        assert!(a.can_subscribe(&c, "public/#"));
-        assert!(!a.can_publish(&c, "public/x"));
-        assert!(a.can_publish(&c, "public/anon-inbox"));
+        assert!(a.allows(&c, Action::Subscribe, "public/#"));
+        assert!(!a.allows(&c, Action::Publish, "public/x"));
+        assert!(a.allows(&c, Action::Publish, "public/anon-inbox"));
         assert!(!a.can_read(&c, "alice/x"));
         // Users do not get the anonymous rules.
         assert!(!a.can_read(&user("c2", "alice"), "public/x"));
@@ -452,21 +481,21 @@ pattern readwrite clients/%c/%u
     fn user_rules_and_deny_wins() {
         let a = acl();
         let c = user("c", "alice");
-        assert!(a.can_publish(&c, "alice/x/y"));
+        assert!(a.allows(&c, Action::Publish, "alice/x/y"));
         assert!(a.can_read(&c, "alice"));
         assert!(!a.can_read(&c, "alice/secret"));
-        assert!(!a.can_publish(&c, "alice/secret"));
+        assert!(!a.allows(&c, Action::Publish, "alice/secret"));
         assert!(
-            a.can_subscribe(&c, "alice/#"),
+            a.allows(&c, Action::Subscribe, "alice/#"),
             "overlapping deny: checked on delivery"
         );
-        assert!(!a.can_subscribe(&c, "alice/secret"));
+        assert!(!a.allows(&c, Action::Subscribe, "alice/secret"));
         assert!(a.can_read(&c, "shared/x/status"));
-        assert!(!a.can_publish(&c, "shared/x/status"));
+        assert!(!a.allows(&c, Action::Publish, "shared/x/status"));
         assert!(a.can_read(&c, "with space/in topic"));
         // bob: `deny #` beats his write rule.
         let b = user("c", "bob");
-        assert!(!a.can_publish(&b, "bob/out"));
+        assert!(!a.allows(&b, Action::Publish, "bob/out"));
         // An unknown user has only the patterns.
         let z = user("zed", "zed");
         assert!(!a.can_read(&z, "public/x"));
@@ -478,10 +507,10 @@ pattern readwrite clients/%c/%u
         let a = AclFile::parse("topic read a/#\ntopic read b/+\ntopic read c/+/d\n").unwrap();
         let c = anon("x");
         for ok in ["a/#", "a/+/b", "a", "a/b/c", "b/x", "b/+", "c/x/d", "c/+/d"] {
-            assert!(a.can_subscribe(&c, ok), "{ok}");
+            assert!(a.allows(&c, Action::Subscribe, ok), "{ok}");
         }
         for no in ["#", "+/x", "b/#", "b/x/y", "c/#", "c/+/+", "c/+", "+"] {
-            assert!(!a.can_subscribe(&c, no), "{no}");
+            assert!(!a.allows(&c, Action::Subscribe, no), "{no}");
         }
     }
 
@@ -489,15 +518,15 @@ pattern readwrite clients/%c/%u
     fn patterns_substitute_whole_levels_only() {
         let a = acl();
         let c = user("dev1", "alice");
-        assert!(a.can_publish(&c, "devices/dev1/telemetry"));
-        assert!(!a.can_publish(&c, "devices/dev2/telemetry"));
+        assert!(a.allows(&c, Action::Publish, "devices/dev1/telemetry"));
+        assert!(!a.allows(&c, Action::Publish, "devices/dev2/telemetry"));
         assert!(a.can_read(&c, "users/alice/x"));
         assert!(!a.can_read(&c, "users/bob/x"));
-        assert!(a.can_publish(&c, "clients/dev1/alice"));
+        assert!(a.allows(&c, Action::Publish, "clients/dev1/alice"));
         // Anonymous clients do not get %u patterns, but do get %c ones.
         let an = anon("dev1");
-        assert!(a.can_publish(&an, "devices/dev1/telemetry"));
-        assert!(!a.can_publish(&an, "clients/dev1/"));
+        assert!(a.allows(&an, Action::Publish, "devices/dev1/telemetry"));
+        assert!(!a.allows(&an, Action::Publish, "clients/dev1/"));
         let e = AclFile::parse("pattern read dev-%c/x").unwrap_err();
         assert!(e.message.contains("whole"), "{e}");
         // In a plain topic line %c is just text.
@@ -511,21 +540,27 @@ pattern readwrite clients/%c/%u
         let a = acl();
         for id in ["+", "#", "a/+", "+/#"] {
             let c = user(id, "alice");
-            assert!(!a.can_publish(&c, "devices/x/telemetry"), "{id}");
-            assert!(!a.can_subscribe(&c, "devices/+/telemetry"), "{id}");
-            assert!(!a.can_subscribe(&c, "devices/#"), "{id}");
+            assert!(
+                !a.allows(&c, Action::Publish, "devices/x/telemetry"),
+                "{id}"
+            );
+            assert!(
+                !a.allows(&c, Action::Subscribe, "devices/+/telemetry"),
+                "{id}"
+            );
+            assert!(!a.allows(&c, Action::Subscribe, "devices/#"), "{id}");
             assert!(!a.can_read(&c, "clients/x/alice"), "{id}");
         }
         for name in ["+", "#"] {
             let c = user("dev", name);
             assert!(!a.can_read(&c, "users/bob/x"), "{name}");
-            assert!(!a.can_subscribe(&c, "users/+/x"), "{name}");
-            assert!(!a.can_subscribe(&c, "users/#"), "{name}");
+            assert!(!a.allows(&c, Action::Subscribe, "users/+/x"), "{name}");
+            assert!(!a.allows(&c, Action::Subscribe, "users/#"), "{name}");
         }
         // A slash spans levels but matches only literally.
         let c = user("a/b", "alice");
-        assert!(a.can_publish(&c, "devices/a/b/telemetry"));
-        assert!(!a.can_publish(&c, "devices/a/telemetry"));
+        assert!(a.allows(&c, Action::Publish, "devices/a/b/telemetry"));
+        assert!(!a.allows(&c, Action::Publish, "devices/a/telemetry"));
     }
 
     #[test]
@@ -535,9 +570,9 @@ pattern readwrite clients/%c/%u
         assert!(a.can_read(&c, "a/b"));
         assert!(!a.can_read(&c, "$internal/x"));
         assert!(a.can_read(&c, "$SYS/broker/uptime"));
-        assert!(!a.can_subscribe(&c, "$SYS/#"));
-        assert!(a.can_subscribe(&c, "$SYS/broker/#"));
-        assert!(a.can_subscribe(&c, "#"));
+        assert!(!a.allows(&c, Action::Subscribe, "$SYS/#"));
+        assert!(a.allows(&c, Action::Subscribe, "$SYS/broker/#"));
+        assert!(a.allows(&c, Action::Subscribe, "#"));
     }
 
     #[test]
@@ -546,8 +581,8 @@ pattern readwrite clients/%c/%u
         assert_eq!(a.rule_count(), 0);
         let c = user("c", "u");
         assert!(!a.can_read(&c, "a"));
-        assert!(!a.can_publish(&c, "a"));
-        assert!(!a.can_subscribe(&c, "#"));
+        assert!(!a.allows(&c, Action::Publish, "a"));
+        assert!(!a.allows(&c, Action::Subscribe, "#"));
         assert!(!a.can_read(&anon("c"), "a"));
     }
 
@@ -574,6 +609,6 @@ pattern readwrite clients/%c/%u
     fn one_word_is_a_readwrite_topic() {
         let a = AclFile::parse("topic a/b\n").unwrap();
         assert!(a.can_read(&anon("x"), "a/b"));
-        assert!(a.can_publish(&anon("x"), "a/b"));
+        assert!(a.allows(&anon("x"), Action::Publish, "a/b"));
     }
 }

@@ -44,6 +44,12 @@ pub enum AuthStep {
         username: String,
         /// Final data for the client (e.g. SCRAM's server signature).
         data: Option<Vec<u8>>,
+        /// Rules for this session alone, as [`crate::Grant::acl`]; replaced by the next
+        /// successful re-authentication's.
+        acl: Option<std::sync::Arc<crate::AclFile>>,
+        /// How long the credentials stay valid, as [`crate::Grant::valid_for`]; a
+        /// re-authentication sets it anew (a fresh token extends the connection).
+        valid_for: Option<std::time::Duration>,
     },
     /// Refused: CONNACK (or, for a re-authentication, DISCONNECT) 0x86 or 0x87, then close.
     Fail(DenyReason),
@@ -54,7 +60,7 @@ impl fmt::Debug for AuthStep {
         // Authentication data is not for logs.
         match self {
             Self::Continue(d) => write!(f, "Continue({} bytes)", d.len()),
-            Self::Success { username, data } => write!(
+            Self::Success { username, data, .. } => write!(
                 f,
                 "Success {{ username: {username:?}, data: {} bytes }}",
                 data.as_ref().map_or(0, Vec::len)

@@ -14,7 +14,10 @@ use arc_swap::ArcSwap;
 use crate::acl::{AclFile, Check};
 use crate::error::AuthError;
 use crate::password::PasswordFile;
-use crate::{AuthDecision, Authenticator, Authorizer, Client, ConnectInfo, DenyReason};
+use crate::{
+    AclBackend, Action, Answer, AuthBackend, AuthChain, AuthDecision, Authenticator, Authorizer,
+    Client, ConnectInfo, DenyReason, Grant, Verdict,
+};
 
 /// A password file, reloadable.
 #[derive(Debug)]
@@ -109,17 +112,84 @@ impl AclAuthorizer {
 }
 
 impl Authorizer for AclAuthorizer {
-    fn can_publish(&self, client: &Client<'_>, topic: &str) -> bool {
-        self.acl.load().check(client, Check::Publish(topic))
+    fn can_publish(&self, client: &Client<'_>, topic: &str) -> Answer<bool> {
+        Answer::Now(self.acl.load().check(client, Check::Publish(topic)))
     }
-    fn can_subscribe(&self, client: &Client<'_>, filter: &str) -> bool {
-        self.acl.load().check(client, Check::Subscribe(filter))
+    fn can_subscribe(&self, client: &Client<'_>, filter: &str) -> Answer<bool> {
+        Answer::Now(self.acl.load().check(client, Check::Subscribe(filter)))
     }
     fn can_read(&self, client: &Client<'_>, topic: &str) -> bool {
         self.acl.load().check(client, Check::Read(topic))
     }
     fn generation(&self) -> Option<u64> {
         Some(self.generation.load(Ordering::Acquire))
+    }
+}
+
+/// In a chain the file decides every question it is asked (what no rule grants is refused),
+/// so backends after it are never reached.
+impl AclBackend for AclAuthorizer {
+    fn kind(&self) -> &'static str {
+        "acl_file"
+    }
+    fn check(&self, client: &Client<'_>, action: Action, topic: &str) -> Answer<Option<bool>> {
+        Answer::Now(Some(self.acl.load().allows(client, action, topic)))
+    }
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::Acquire))
+    }
+}
+
+/// The password file in a chain: a user it holds is allowed with the right password and
+/// refused (0x86) with a wrong or missing one; a user it does not hold, or a client without
+/// a username, is not its client. Every answer costs one hash, so the answer does not tell
+/// whether a user exists.
+impl AuthBackend for PasswordAuthenticator {
+    fn kind(&self) -> &'static str {
+        "password_file"
+    }
+    fn authenticate(&self, info: &ConnectInfo<'_>) -> Answer<Verdict> {
+        Answer::Now(self.verdict(info))
+    }
+}
+
+impl PasswordAuthenticator {
+    fn verdict(&self, info: &ConnectInfo<'_>) -> Verdict {
+        let Some(user) = info.username else {
+            return Verdict::Pass;
+        };
+        let file = self.file.load();
+        // One hash either way: the answer's timing does not tell whether the user exists.
+        let right = file.verify(user, info.password.unwrap_or_default()) && info.password.is_some();
+        if right {
+            Verdict::Allow(Grant::user(Some(user.to_owned())))
+        } else if file.hash(user).is_some() {
+            Verdict::Deny(DenyReason::BadUserNameOrPassword)
+        } else {
+            Verdict::Pass
+        }
+    }
+}
+
+/// The identity of a verified TLS client certificate as the username. `required`: a client
+/// without one is refused (0x87), as with mosquitto's `use_identity_as_username`; otherwise
+/// it is not this backend's client.
+#[derive(Clone, Copy, Debug)]
+pub struct CertificateBackend {
+    /// Refuse clients without a certificate identity.
+    pub required: bool,
+}
+
+impl AuthBackend for CertificateBackend {
+    fn kind(&self) -> &'static str {
+        "certificate"
+    }
+    fn authenticate(&self, info: &ConnectInfo<'_>) -> Answer<Verdict> {
+        Answer::Now(match info.certificate_identity {
+            Some(id) => Verdict::Allow(Grant::user(Some(id.to_owned()))),
+            None if self.required => Verdict::Deny(DenyReason::NotAuthorized),
+            None => Verdict::Pass,
+        })
     }
 }
 
@@ -143,36 +213,38 @@ pub struct StandardAuthenticator {
 }
 
 impl Authenticator for StandardAuthenticator {
-    fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthDecision {
-        if self.identity_as_username {
-            return match info.certificate_identity {
-                Some(id) => AuthDecision::Allow {
-                    username: Some(id.to_owned()),
-                },
-                None => AuthDecision::Deny(DenyReason::NotAuthorized),
-            };
-        }
-        match (info.username, &self.passwords) {
-            (Some(user), Some(passwords)) => {
-                let password = info.password.unwrap_or_default();
-                if info.password.is_some() && passwords.verify(user, password) {
-                    AuthDecision::Allow {
-                        username: Some(user.to_owned()),
-                    }
-                } else {
-                    if info.password.is_none() {
-                        // Same cost as a wrong password.
-                        let _ = passwords.verify("", b"");
-                    }
-                    AuthDecision::Deny(DenyReason::BadUserNameOrPassword)
-                }
+    fn authenticate(&self, info: &ConnectInfo<'_>) -> Answer<AuthDecision> {
+        let verdict = if self.identity_as_username {
+            CertificateBackend { required: true }.verdict_now(info)
+        } else {
+            self.passwords
+                .as_ref()
+                .map_or(Verdict::Pass, |p| p.verdict(info))
+        };
+        let verdict = match verdict {
+            Verdict::Pass => {
+                // The chain's rule for a client nobody claimed, with the same backends.
+                let backends: Vec<Arc<dyn AuthBackend>> = match &self.passwords {
+                    Some(p) => vec![p.clone()],
+                    None => Vec::new(),
+                };
+                AuthChain::new(backends, self.allow_anonymous).last_word(info)
             }
-            (Some(user), None) if self.allow_anonymous => AuthDecision::Allow {
-                username: Some(user.to_owned()),
-            },
-            (Some(_), None) => AuthDecision::Deny(DenyReason::BadUserNameOrPassword),
-            (None, _) if self.allow_anonymous => AuthDecision::Allow { username: None },
-            (None, _) => AuthDecision::Deny(DenyReason::NotAuthorized),
+            v => v,
+        };
+        Answer::Now(match verdict {
+            Verdict::Allow(g) => AuthDecision::Allow(g),
+            Verdict::Deny(r) => AuthDecision::Deny(r),
+            Verdict::Pass => AuthDecision::Deny(DenyReason::NotAuthorized),
+        })
+    }
+}
+
+impl CertificateBackend {
+    fn verdict_now(self, info: &ConnectInfo<'_>) -> Verdict {
+        match self.authenticate(info) {
+            Answer::Now(v) => v,
+            Answer::Later(_) => Verdict::Deny(DenyReason::NotAuthorized),
         }
     }
 }
@@ -190,6 +262,15 @@ mod tests {
             peer: None,
             listener: "test",
             certificate_identity: None,
+        }
+    }
+
+    impl StandardAuthenticator {
+        fn auth(&self, info: &ConnectInfo<'_>) -> AuthDecision {
+            match self.authenticate(info) {
+                Answer::Now(d) => d,
+                Answer::Later(_) => panic!("the files answer at once"),
+            }
         }
     }
 
@@ -222,20 +303,18 @@ mod tests {
             passwords: Some(passwords.clone()),
             identity_as_username: false,
         };
-        let allow = |u: &str| AuthDecision::Allow {
-            username: Some(u.to_owned()),
-        };
+        let allow = |u: &str| AuthDecision::Allow(Grant::user(Some(u.to_owned())));
         let bad = AuthDecision::Deny(DenyReason::BadUserNameOrPassword);
         let not = AuthDecision::Deny(DenyReason::NotAuthorized);
         assert_eq!(
-            closed.authenticate(&info(Some("alice"), Some(b"pw"))),
+            closed.auth(&info(Some("alice"), Some(b"pw"))),
             allow("alice")
         );
-        assert_eq!(closed.authenticate(&info(Some("alice"), Some(b"no"))), bad);
-        assert_eq!(closed.authenticate(&info(Some("alice"), None)), bad);
-        assert_eq!(closed.authenticate(&info(Some("bob"), Some(b"pw"))), bad);
-        assert_eq!(closed.authenticate(&info(None, None)), not);
-        assert_eq!(closed.authenticate(&info(None, Some(b"pw"))), not);
+        assert_eq!(closed.auth(&info(Some("alice"), Some(b"no"))), bad);
+        assert_eq!(closed.auth(&info(Some("alice"), None)), bad);
+        assert_eq!(closed.auth(&info(Some("bob"), Some(b"pw"))), bad);
+        assert_eq!(closed.auth(&info(None, None)), not);
+        assert_eq!(closed.auth(&info(None, Some(b"pw"))), not);
 
         let open = StandardAuthenticator {
             allow_anonymous: true,
@@ -243,18 +322,18 @@ mod tests {
             identity_as_username: false,
         };
         assert_eq!(
-            open.authenticate(&info(None, None)),
-            AuthDecision::Allow { username: None }
+            open.auth(&info(None, None)),
+            AuthDecision::Allow(Grant::default())
         );
-        assert_eq!(open.authenticate(&info(Some("alice"), Some(b"no"))), bad);
+        assert_eq!(open.auth(&info(Some("alice"), Some(b"no"))), bad);
 
         let no_file = StandardAuthenticator {
             allow_anonymous: false,
             passwords: None,
             identity_as_username: false,
         };
-        assert_eq!(no_file.authenticate(&info(Some("x"), Some(b"y"))), bad);
-        assert_eq!(no_file.authenticate(&info(None, None)), not);
+        assert_eq!(no_file.auth(&info(Some("x"), Some(b"y"))), bad);
+        assert_eq!(no_file.auth(&info(None, None)), not);
 
         let cert = StandardAuthenticator {
             allow_anonymous: false,
@@ -262,9 +341,9 @@ mod tests {
             identity_as_username: true,
         };
         let mut i = info(Some("ignored"), None);
-        assert_eq!(cert.authenticate(&i), not);
+        assert_eq!(cert.auth(&i), not);
         i.certificate_identity = Some("device-7");
-        assert_eq!(cert.authenticate(&i), allow("device-7"));
+        assert_eq!(cert.auth(&i), allow("device-7"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -293,17 +372,21 @@ mod tests {
             username: None,
         };
         assert!(z.can_read(&c, "a/b"));
-        let g0 = z.generation();
+        let g0 = Authorizer::generation(&z);
         std::fs::write(&acl, "topic read b/#\n").unwrap();
         assert_eq!(z.reload().unwrap(), 1);
         assert!(!z.can_read(&c, "a/b"));
-        let g1 = z.generation();
+        let g1 = Authorizer::generation(&z);
         assert_ne!(g0, g1, "a reload changes the generation");
         std::fs::write(&acl, "topic raed c\n").unwrap();
         let e = z.reload().unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
         assert!(z.can_read(&c, "b/x"), "old rules still in force");
-        assert_eq!(z.generation(), g1, "a failed reload changes nothing");
+        assert_eq!(
+            Authorizer::generation(&z),
+            g1,
+            "a failed reload changes nothing"
+        );
         std::fs::remove_file(&acl).unwrap();
         assert!(z.reload().is_err());
         assert!(z.can_read(&c, "b/x"));

@@ -1,7 +1,8 @@
 //! Authentication and authorization for Starling.
 //!
 //! The broker asks two questions, each behind a trait so that other sources (an HTTP service,
-//! JWTs, plugins) can answer them later without touching the broker core:
+//! JWTs, plugins) can answer them without touching the broker core; [`chain`] orders several
+//! such sources per listener:
 //!
 //! - [`Authenticator`]: may this client connect, and under which username? Asked once per
 //!   CONNECT with the client id, the credentials, the peer address, the listener and the
@@ -28,9 +29,11 @@
 
 pub mod acl;
 pub mod cert;
+pub mod chain;
 pub mod enhanced;
 mod error;
 pub mod file;
+pub mod jwt;
 pub mod password;
 pub mod scram;
 
@@ -38,9 +41,13 @@ use std::fmt;
 use std::net::SocketAddr;
 
 pub use acl::AclFile;
+pub use chain::{
+    AclBackend, AclChain, Action, Answer, AuthBackend, AuthChain, AuthObserver, Grant, OwnedClient,
+    OwnedConnectInfo, Pending, Verdict,
+};
 pub use enhanced::{AuthExchange, AuthStep, EnhancedAuth, ExchangeInfo};
 pub use error::{AuthError, ParseError};
-pub use file::{AclAuthorizer, PasswordAuthenticator, StandardAuthenticator};
+pub use file::{AclAuthorizer, CertificateBackend, PasswordAuthenticator, StandardAuthenticator};
 pub use password::PasswordFile;
 pub use scram::ScramSha256;
 
@@ -74,23 +81,20 @@ pub enum DenyReason {
 /// An [`Authenticator`]'s answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthDecision {
-    /// The client may connect. `username` is the identity the broker uses from now on (for
-    /// ACLs and logs): the CONNECT User Name, or the certificate identity, or `None` for an
-    /// anonymous client.
-    Allow {
-        /// Authenticated username.
-        username: Option<String>,
-    },
+    /// The client may connect, with what the [`Grant`] says: the identity the broker uses
+    /// from now on (the CONNECT User Name, the certificate identity, a token's subject, or
+    /// `None` for an anonymous client), rules for its session, how long it stays valid.
+    Allow(Grant),
     /// The client is refused.
     Deny(DenyReason),
 }
 
-/// Decides whether a client may connect. Called once per CONNECT, synchronously, on the
-/// connection's task; implementations that are slow by design (password hashing) are
-/// expected to be bounded by the caller's connection rate limits.
+/// Decides whether a client may connect. Called once per CONNECT on the connection's task;
+/// an answer that needs I/O comes [`Answer::Later`]. Implementations that are slow by design
+/// (password hashing) are expected to be bounded by the caller's connection rate limits.
 pub trait Authenticator: Send + Sync + fmt::Debug {
     /// Checks a connecting client.
-    fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthDecision;
+    fn authenticate(&self, info: &ConnectInfo<'_>) -> Answer<AuthDecision>;
 }
 
 /// The client an [`Authorizer`] decides for.
@@ -103,13 +107,15 @@ pub struct Client<'a> {
 }
 
 /// Decides what a connected client may do. Called on the hot path (every publish and every
-/// delivery), so implementations must be cheap and must not block.
+/// delivery), so implementations must be cheap and must not block: an answer that needs I/O
+/// comes [`Answer::Later`] (publish and subscribe only; the connection holds the packet until
+/// it comes).
 pub trait Authorizer: Send + Sync + fmt::Debug {
     /// May `client` publish to `topic` (a topic name, no wildcards)?
-    fn can_publish(&self, client: &Client<'_>, topic: &str) -> bool;
+    fn can_publish(&self, client: &Client<'_>, topic: &str) -> Answer<bool>;
     /// May `client` subscribe to `filter`? For a shared subscription this is the filter
     /// without its `$share/{group}/` prefix.
-    fn can_subscribe(&self, client: &Client<'_>, filter: &str) -> bool;
+    fn can_subscribe(&self, client: &Client<'_>, filter: &str) -> Answer<bool>;
     /// May `client` receive a message published to `topic`? Checked when each message,
     /// retained ones included, is delivered, so revoking read access stops delivery at once.
     fn can_read(&self, client: &Client<'_>, topic: &str) -> bool;
@@ -128,11 +134,11 @@ pub trait Authorizer: Send + Sync + fmt::Debug {
 pub struct AllowAll;
 
 impl Authorizer for AllowAll {
-    fn can_publish(&self, _: &Client<'_>, _: &str) -> bool {
-        true
+    fn can_publish(&self, _: &Client<'_>, _: &str) -> Answer<bool> {
+        Answer::Now(true)
     }
-    fn can_subscribe(&self, _: &Client<'_>, _: &str) -> bool {
-        true
+    fn can_subscribe(&self, _: &Client<'_>, _: &str) -> Answer<bool> {
+        Answer::Now(true)
     }
     fn can_read(&self, _: &Client<'_>, _: &str) -> bool {
         true

@@ -369,6 +369,8 @@ impl ScramExchange {
         AuthStep::Success {
             username: p.username.clone(),
             data: Some(format!("v={}", B64.encode(server_signature)).into_bytes()),
+            acl: None,
+            valid_for: None,
         }
     }
 
@@ -574,6 +576,8 @@ mod tests {
             AuthStep::Success {
                 username: "user".into(),
                 data: Some(SERVER_FINAL.as_bytes().to_vec()),
+                acl: None,
+                valid_for: None,
             }
         );
         // Nothing after the end.

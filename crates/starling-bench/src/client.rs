@@ -93,6 +93,10 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     }
 }
 
+/// The User Name and Password every client of a run sends (`--username`, `--password`: a
+/// token, for the authentication benchmarks); set once before the first connection.
+pub(crate) static CREDENTIALS: OnceLock<(Option<String>, Option<bytes::Bytes>)> = OnceLock::new();
+
 /// A connected client: the decoding read half and the write half.
 #[derive(Debug)]
 pub(crate) struct Client {
@@ -125,14 +129,15 @@ impl Client {
             .with_context(|| format!("connect to {addr}"))?;
         stream.set_nodelay(true).context("TCP_NODELAY")?;
         let (rd, mut wr) = stream.into_split();
+        let (username, password) = CREDENTIALS.get().cloned().unwrap_or_default();
         let connect = Packet::Connect(Box::new(Connect {
             protocol: VERSION,
             clean_start: clean,
             keep_alive,
             client_id,
             will: None,
-            username: None,
-            password: None,
+            username,
+            password,
             properties: Properties::default(),
             bridge: false,
         }));

@@ -162,6 +162,12 @@ struct RunArgs {
     /// mixed: seconds the steady stream goes on after the churn stops, for the last RSS sample.
     #[arg(long, default_value_t = 0)]
     cooldown: u64,
+    /// The User Name every client sends.
+    #[arg(long)]
+    username: Option<String>,
+    /// The Password every client sends (e.g. a JWT).
+    #[arg(long)]
+    password: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -185,6 +191,11 @@ fn main() -> Result<()> {
 
 async fn run(a: &RunArgs) -> Result<String> {
     let addr = format!("{}:{}", a.host, a.port);
+    let credentials = (
+        a.username.clone(),
+        a.password.clone().map(bytes::Bytes::from),
+    );
+    let _ = client::CREDENTIALS.set(credentials);
     let qos = match a.qos {
         None => None,
         Some(0) => Some(QoS::AtMostOnce),

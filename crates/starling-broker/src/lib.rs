@@ -26,7 +26,7 @@ pub mod wake;
 
 pub use broker::{Broker, Registry, Seams};
 pub use config::{Features, Limits, QueueFullPolicy};
-pub use connection::{Close, Connection, ListenerAccess, PeerInfo};
+pub use connection::{CheckAnswer, Close, Connection, ListenerAccess, PeerInfo};
 pub use forward::{Forwarder, NodeId};
 pub use metrics::Metrics;
 pub use retain::RetainStore;

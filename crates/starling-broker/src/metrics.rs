@@ -283,6 +283,8 @@ pub struct Metrics {
     pub auth_refused: Counter,
     /// Publishes, subscriptions and deliveries refused by the authorizer (ACL).
     pub acl_denied: Counter,
+    /// Connections closed because their credentials expired (a token's `exp`).
+    pub credentials_expired: Counter,
     /// Connections closed at accept by the per-address connection rate limit.
     pub connections_rate_limited: Counter,
     /// Addresses banned for reconnecting in a tight loop.
@@ -360,6 +362,7 @@ impl Default for Metrics {
             publishes_refused_low_space: Counter::default(),
             auth_refused: Counter::default(),
             acl_denied: Counter::default(),
+            credentials_expired: Counter::default(),
             connections_rate_limited: Counter::default(),
             addresses_banned: Counter::default(),
             connections_banned: Counter::default(),

@@ -157,6 +157,7 @@ fn counters(b: &Broker, disconnected: u64) -> Vec<(&'static str, u64)> {
         ("retained messages/count", b.retained_count() as u64),
         ("security/auth/refused", m.auth_refused.get()),
         ("security/acl/denied", m.acl_denied.get()),
+        ("security/auth/expired", m.credentials_expired.get()),
         ("store/commits", m.store_commits.get()),
         ("store/commit_failures", m.store_commit_failures.get()),
         ("store/paused", m.store_paused.get()),

@@ -1,6 +1,7 @@
 //! Starling's durable state: what must survive a restart (persistent sessions with their
 //! subscriptions, queued and inflight messages, inbound QoS 2 ids awaiting PUBREL, retained
-//! messages, delayed wills), as records behind one small [`Store`] trait, with an in-memory
+//! messages, delayed wills, and small named settings such as the dynamic security document),
+//! as records behind one small [`Store`] trait, with an in-memory
 //! implementation (for tests, with fault injection), an embedded durable one on redb, and a
 //! redb backend that fails on command (`faulty`) for tests of a failing disk.
 //!
@@ -76,6 +77,11 @@ pub enum Op {
     PutRetained(String, MessageRecord),
     /// Clear the retained message of a topic.
     DeleteRetained(String),
+    /// Set a named setting: a small document the server keeps across restarts (the dynamic
+    /// security document). The store does not look inside the value.
+    PutSetting(String, Vec<u8>),
+    /// Remove a named setting.
+    DeleteSetting(String),
 }
 
 impl Op {
@@ -97,6 +103,8 @@ impl Op {
                 }
                 Op::PutRetained(t, m) => t.len() + m.packet.len(),
                 Op::DeleteRetained(t) => t.len(),
+                Op::PutSetting(k, v) => k.len() + v.len(),
+                Op::DeleteSetting(k) => k.len(),
                 _ => 0,
             }
     }
@@ -122,6 +130,8 @@ pub struct Snapshot {
     pub sessions: Vec<LoadedSession>,
     /// Retained messages by topic.
     pub retained: Vec<(String, MessageRecord)>,
+    /// Named settings ([`Op::PutSetting`]), by name.
+    pub settings: Vec<(String, Vec<u8>)>,
     /// Damaged records skipped while recovering (empty unless loading with `recover`).
     pub skipped: Vec<String>,
 }

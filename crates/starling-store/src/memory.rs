@@ -13,6 +13,7 @@ struct State {
     messages: BTreeMap<(String, u64), MessageRecord>,
     awaiting: BTreeMap<(String, u16), ()>,
     retained: BTreeMap<String, MessageRecord>,
+    settings: BTreeMap<String, Vec<u8>>,
 }
 
 /// An in-memory store. Applying is atomic: a failed apply changes nothing.
@@ -128,6 +129,12 @@ fn apply_one(st: &mut State, op: &Op) {
         Op::DeleteRetained(t) => {
             st.retained.remove(t);
         }
+        Op::PutSetting(k, v) => {
+            st.settings.insert(k.clone(), v.clone());
+        }
+        Op::DeleteSetting(k) => {
+            st.settings.remove(k);
+        }
     }
 }
 
@@ -157,9 +164,15 @@ impl Store for MemoryStore {
             .iter()
             .map(|(t, m)| (t.clone(), m.clone()))
             .collect();
+        let settings = st
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Ok(Snapshot {
             sessions,
             retained,
+            settings,
             skipped: Vec::new(),
         })
     }

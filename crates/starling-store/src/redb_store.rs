@@ -24,6 +24,9 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const AWAITING: TableDefinition<(&str, u16), ()> = TableDefinition::new("awaiting_rel");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// Named settings (`Op::PutSetting`). Added within layout 2: a file without it gets it when
+/// opened, and an older version, which does not know the table, leaves it alone.
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 
 /// The store's cache unless configured (`[storage] cache_mib`).
 pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
@@ -231,6 +234,7 @@ impl RedbStore {
                 .map_err(|e| io("awaiting_rel", e))?;
             txn.open_table(RETAINED).map_err(|e| io("retained", e))?;
             txn.open_table(BODIES).map_err(|e| io("bodies", e))?;
+            txn.open_table(SETTINGS).map_err(|e| io("settings", e))?;
         }
         txn.commit().map_err(|e| io("commit", e))
     }
@@ -312,6 +316,7 @@ impl Store for RedbStore {
             .map_err(|e| io("awaiting_rel", e))?;
         let retained_t = txn.open_table(RETAINED).map_err(|e| io("retained", e))?;
         let bodies_t = txn.open_table(BODIES).map_err(|e| io("bodies", e))?;
+        let settings_t = txn.open_table(SETTINGS).map_err(|e| io("settings", e))?;
         let mut snap = Snapshot::default();
         for entry in sessions_t.iter().map_err(|e| io("sessions", e))? {
             let (k, v) = entry.map_err(|e| io("sessions", e))?;
@@ -372,6 +377,11 @@ impl Store for RedbStore {
                 snap.retained.push((topic, m));
             }
         }
+        for entry in settings_t.iter().map_err(|e| io("settings", e))? {
+            let (k, v) = entry.map_err(|e| io("settings", e))?;
+            snap.settings
+                .push((k.value().to_string(), v.value().to_vec()));
+        }
         Ok(snap)
     }
 
@@ -395,6 +405,7 @@ impl Store for RedbStore {
                 .map_err(|e| io("awaiting_rel", e))?;
             let mut retained = txn.open_table(RETAINED).map_err(|e| io("retained", e))?;
             let mut bodies = txn.open_table(BODIES).map_err(|e| io("bodies", e))?;
+            let mut settings = txn.open_table(SETTINGS).map_err(|e| io("settings", e))?;
             // Taken out while the transaction runs: if it fails, the counts it changed are
             // void, and the index is built again from the file next time.
             let mut index = match index_slot.take() {
@@ -461,6 +472,8 @@ impl Store for RedbStore {
                         retained.insert(t.as_str(), m.encode().as_slice()).map(drop)
                     }
                     Op::DeleteRetained(t) => retained.remove(t.as_str()).map(drop),
+                    Op::PutSetting(k, v) => settings.insert(k.as_str(), v.as_slice()).map(drop),
+                    Op::DeleteSetting(k) => settings.remove(k.as_str()).map(drop),
                 };
                 r.map_err(|e| io("write", e))?;
             }
@@ -621,6 +634,13 @@ mod tests {
                 Op::PutRetained("r/2".into(), msg(6)),
                 Op::DeleteRetained("r/1".into()),
                 Op::DeleteSession("ab".into()),
+                Op::PutSetting("a".into(), b"1".to_vec()),
+                Op::PutSetting("b".into(), b"2".to_vec()),
+            ],
+            vec![
+                Op::PutSetting("a".into(), b"3".to_vec()),
+                Op::DeleteSetting("b".into()),
+                Op::DeleteSetting("never-set".into()),
             ],
         ];
         for b in &batches {
@@ -642,6 +662,7 @@ mod tests {
         assert_eq!(got.sessions[0].messages[0].1.phase, MessagePhase::Released);
         assert_eq!(got.sessions[0].messages[0].1.packet_id, 9);
         assert_eq!(got.retained.len(), 1);
+        assert_eq!(got.settings, [("a".to_string(), b"3".to_vec())]);
     }
 
     #[test]
@@ -649,11 +670,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = RedbStore::open(dir.path()).unwrap();
-            s.apply(&[Op::PutSession("c".into(), session(5))], true)
-                .unwrap();
+            s.apply(
+                &[
+                    Op::PutSession("c".into(), session(5)),
+                    Op::PutSetting("doc".into(), b"{}".to_vec()),
+                ],
+                true,
+            )
+            .unwrap();
         }
         let s = RedbStore::open(dir.path()).unwrap();
-        assert_eq!(s.load(false).unwrap().sessions.len(), 1);
+        let loaded = s.load(false).unwrap();
+        assert_eq!(loaded.sessions.len(), 1);
+        assert_eq!(loaded.settings, [("doc".to_string(), b"{}".to_vec())]);
         {
             let guard = s.lock();
             let txn = guard.as_ref().unwrap().begin_write().unwrap();

@@ -38,6 +38,8 @@ pub struct Config {
     /// Bridges to other brokers; `[[bridge]]` tables.
     #[serde(rename = "bridge", skip_serializing_if = "Vec::is_empty")]
     pub bridges: Vec<bridge::BridgeConfig>,
+    /// Authentication and authorization backends for the listeners' chains.
+    pub auth: auth::AuthConfig,
 }
 
 /// How log lines are written.
@@ -197,14 +199,56 @@ pub struct ListenerConfig {
     pub use_identity_as_username: Option<IdentityField>,
     /// WebSocket: the HTTP path clients connect to (default `/mqtt`).
     pub path: Option<String>,
-    /// MQTT 5 enhanced authentication methods offered (`"SCRAM-SHA-256"`), checked against
-    /// this listener's `password_file`. A client naming another method gets CONNACK 0x8C.
+    /// MQTT 5 enhanced authentication methods offered: `"SCRAM-SHA-256"` (checked against
+    /// this listener's `password_file`) and `"JWT"` (a token checked by `[auth.jwt]`, which
+    /// also lets a client re-authenticate with a fresh token before its token expires). A
+    /// client naming another method gets CONNACK 0x8C.
     #[serde(default)]
     pub auth_methods: Vec<String>,
+    /// The authentication chain: backends asked in order ([`AUTH_BACKENDS`]); the first
+    /// definite answer wins, and a client none of them claims gets the anonymous rules.
+    /// Default: `["certificate"]` with `use_identity_as_username`, else `["password_file"]`
+    /// with a password file, else none.
+    pub auth: Option<Vec<String>>,
+    /// The authorization chain, asked after any rules the authentication granted the session
+    /// ([`ACL_BACKENDS`]). Default: `["acl_file"]` with an ACL file, else none (everything
+    /// allowed).
+    pub acl: Option<Vec<String>>,
+    /// What the authorization chain answers when every backend passes: `"deny"` (default)
+    /// or `"allow"`.
+    pub acl_no_match: Option<NoMatch>,
 }
 
+/// The answer of an authorization chain whose backends all passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NoMatch {
+    /// Refused (the default: fail closed).
+    #[default]
+    Deny,
+    /// Allowed.
+    Allow,
+}
+
+/// Backends an authentication chain (`auth`) may list.
+pub const AUTH_BACKENDS: &[&str] = &[
+    "password_file",
+    "certificate",
+    "jwt",
+    "http",
+    "introspection",
+    "dynamic",
+    "scram",
+];
+
+/// Backends an authorization chain (`acl`) may list.
+pub const ACL_BACKENDS: &[&str] = &["acl_file", "http", "dynamic"];
+
 /// Enhanced authentication methods the broker implements.
-pub const AUTH_METHODS: &[&str] = &[starling_auth::scram::METHOD];
+pub const AUTH_METHODS: &[&str] = &[
+    starling_auth::scram::METHOD,
+    crate::authn::jwt_method::METHOD,
+];
 
 fn default_protocol() -> String {
     "tcp".into()
@@ -227,6 +271,9 @@ impl ListenerConfig {
             use_identity_as_username: None,
             path: None,
             auth_methods: Vec::new(),
+            auth: None,
+            acl: None,
+            acl_no_match: None,
         }
     }
 
@@ -320,10 +367,62 @@ impl ListenerConfig {
                 bail!("{}: {m:?} is listed twice", key("auth_methods"));
             }
         }
-        if !self.auth_methods.is_empty() && self.password_file.is_none() {
+        for (list, known, chain) in [
+            ("auth", AUTH_BACKENDS, &self.auth),
+            ("acl", ACL_BACKENDS, &self.acl),
+        ] {
+            for (n, b) in chain.iter().flatten().enumerate() {
+                if !known.contains(&b.as_str()) {
+                    bail!(
+                        "{}: unknown backend {b:?} (known: {})",
+                        key(list),
+                        known
+                            .iter()
+                            .map(|m| format!("{m:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                if chain.iter().flatten().take(n).any(|x| x == b) {
+                    bail!("{}: {b:?} is listed twice", key(list));
+                }
+            }
+        }
+        let lists = |list: &Option<Vec<String>>, b: &str| list.iter().flatten().any(|x| x == b);
+        if lists(&self.auth, "password_file") && self.password_file.is_none() {
             bail!(
-                "{}: the authentication methods check users against the password_file, which \
-                 this listener does not have",
+                "{}: the chain lists \"password_file\", which this listener does not have",
+                key("password_file")
+            );
+        }
+        if lists(&self.auth, "scram") && self.password_file.is_none() {
+            bail!(
+                "{}: \"scram\" checks users against the password_file, which this listener \
+                 does not have",
+                key("password_file")
+            );
+        }
+        if lists(&self.auth, "certificate") && self.use_identity_as_username.is_none() {
+            bail!(
+                "{}: the chain lists \"certificate\", which takes the username from the field \
+                 this key names (\"cn\" or \"subject\")",
+                key("use_identity_as_username")
+            );
+        }
+        if lists(&self.acl, "acl_file") && self.acl_file.is_none() {
+            bail!(
+                "{}: the chain lists \"acl_file\", which this listener does not have",
+                key("acl_file")
+            );
+        }
+        let scram = self
+            .auth_methods
+            .iter()
+            .any(|m| m == starling_auth::scram::METHOD);
+        if scram && self.password_file.is_none() {
+            bail!(
+                "{}: SCRAM-SHA-256 checks users against the password_file, which this \
+                 listener does not have",
                 key("password_file")
             );
         }
@@ -489,6 +588,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             log_format: LogFormat::default(),
             bridges: Vec::new(),
+            auth: auth::AuthConfig::default(),
         }
     }
 }
@@ -568,10 +668,12 @@ impl Config {
         check_table("http", self.http.bounded())?;
         self.http.validate()?;
         bridge::validate_all(&self.bridges)?;
+        self.auth.validate(&self.listeners)?;
         Ok(())
     }
 }
 
+pub mod auth;
 pub mod bridge;
 pub mod env;
 pub mod http;

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use starling_auth::Pending;
 use starling_broker::connection::OUTPUT_HIGH_WATER;
-use starling_broker::{Broker, Connection, ListenerAccess, PeerInfo, Wake};
+use starling_broker::{Broker, CheckAnswer, Connection, ListenerAccess, PeerInfo, Wake};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -180,6 +181,9 @@ enum Turn {
     Stop,
     /// The transport is gone (closed by the peer or an I/O error).
     Lost,
+    /// A check a packet waited for was answered (boxed: every idle connection's task holds
+    /// room for its largest `Turn`).
+    Checked(Box<CheckAnswer>),
 }
 
 /// Serves one client, whose stream is split into `rd` and `wr`, until it disconnects, breaks
@@ -232,6 +236,10 @@ where
             let mut now = Instant::now();
             // A new connection for the client id asked for the session (see below).
             let mut handing_over = false;
+            // The check a parked packet waits for (an HTTP service's answer, say): run here,
+            // beside everything else, and bounded by the backend's own timeout; the
+            // connection reads nothing from the client meanwhile.
+            let mut check: Option<Pending<Box<CheckAnswer>>> = None;
 
             loop {
                 let broker = &*g.broker;
@@ -278,6 +286,10 @@ where
                             woken.set(waker.0.notified());
                             Turn::Go
                         }
+                        answer = std::future::poll_fn(|cx| poll_check(&mut check, cx)), if check.is_some() => {
+                            check = None;
+                            Turn::Checked(answer)
+                        }
                         _ = &mut timer => Turn::Timer,
                     }
                 };
@@ -289,8 +301,12 @@ where
                 }
                 // Neither the transport gone nor the broker stopping: the connection ended.
                 let by_broker = matches!(turn, Turn::Go | Turn::Read | Turn::Timer);
+                let by_broker = by_broker || matches!(turn, Turn::Checked(_));
                 if end_turn(&mut g.conn, broker, now, turn, &mut rbuf, &mut wbuf) {
                     break (wbuf, by_broker);
+                }
+                if check.is_none() {
+                    check = g.conn.take_check().map(boxed_answer);
                 }
                 // A new connection for this client id waits for the session: what the client
                 // already sent (a DISCONNECT, maybe) is read first. Handed over after a read
@@ -418,6 +434,11 @@ fn end_turn(
         }
         Turn::Stop => conn.handle_shutdown(broker, now),
         Turn::Lost => conn.handle_connection_lost(broker, now),
+        Turn::Checked(answer) => {
+            conn.handle_check(broker, now, *answer);
+            // What the client sent after the parked packet, unless it parked again.
+            conn.handle_input(broker, now, rbuf);
+        }
     }
     if rbuf.is_empty() && rbuf.capacity() > 0 {
         // Release the read buffer while nothing is pending (payloads still referenced by
@@ -451,6 +472,23 @@ fn reserve_read(rbuf: &mut BytesMut, broker: &Broker, busy: bool) {
     if rbuf.capacity() - rbuf.len() < wanted {
         rbuf.reserve(missing.max(READ_CHUNK));
     }
+}
+
+/// Polls the check in `check`, if any (none: never ready). Cancel-safe: the future stays in
+/// `check` between polls.
+fn poll_check(
+    check: &mut Option<Pending<Box<CheckAnswer>>>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Box<CheckAnswer>> {
+    match check {
+        Some(f) => f.as_mut().poll(cx),
+        None => std::task::Poll::Pending,
+    }
+}
+
+/// A check's future whose answer comes boxed (see [`Turn::Checked`]).
+fn boxed_answer(f: Pending<CheckAnswer>) -> Pending<Box<CheckAnswer>> {
+    Box::pin(async move { Box::new(f.await) })
 }
 
 /// Writes some of `wbuf`, or, once it is empty, flushes the writer. Either step is

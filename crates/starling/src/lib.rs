@@ -4,6 +4,7 @@
 //! tests start a [`server::Server`] on port 0 with it.
 
 mod accept;
+pub mod authn;
 pub mod bridge;
 pub mod cli;
 pub mod config;

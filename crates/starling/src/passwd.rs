@@ -150,7 +150,7 @@ pub fn apply(path: &Path, user: &str, change: Change) -> anyhow::Result<()> {
 }
 
 /// The password from the terminal (twice, not echoed) or one line of standard input.
-fn read_password() -> anyhow::Result<String> {
+pub(crate) fn read_password() -> anyhow::Result<String> {
     if std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password("Password: ").context("cannot read password")?;
         let second =

@@ -57,9 +57,18 @@ impl Server {
     /// listener, if anything cannot be opened, loaded or bound.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         // Listener files first: a broken password file is reported before the store is opened.
-        let listeners = Listeners::load(config)?;
+        let stop = Arc::new(Stop::default());
+        let listeners = Self::load_listeners(config, &stop)?;
         let opened = storage::open(config)?;
-        Self::launch(config, listeners, opened).await
+        Self::launch(config, listeners, opened, stop).await
+    }
+
+    /// The `[auth]` backends (their background tasks end with `stop`) and every listener.
+    fn load_listeners(config: &Config, stop: &Arc<Stop>) -> anyhow::Result<Listeners> {
+        let backends = crate::authn::Backends::build(config, Some(stop))?;
+        let mut listeners = Listeners::load(config, &backends, &Arc::default())?;
+        listeners.backends = backends;
+        Ok(listeners)
     }
 
     /// Like [`Server::start`] on an already-open store (`None`: in memory).
@@ -67,27 +76,47 @@ impl Server {
         config: &Config,
         opened: Option<storage::Opened>,
     ) -> anyhow::Result<Self> {
-        let listeners = Listeners::load(config)?;
-        Self::launch(config, listeners, opened).await
+        let stop = Arc::new(Stop::default());
+        let listeners = Self::load_listeners(config, &stop)?;
+        Self::launch(config, listeners, opened, stop).await
     }
 
     async fn launch(
         config: &Config,
         listeners: Listeners,
         opened: Option<storage::Opened>,
+        stop: Arc<Stop>,
     ) -> anyhow::Result<Self> {
         let Listeners {
             runtimes,
             reloadable,
             http_passwords,
             first_acl,
+            auth_counters,
+            backends,
         } = listeners;
         let extras = Extras {
             http_passwords,
             first_acl,
+            auth_counters,
+            backends,
+            stop,
         };
+        // A name drawn at each start: what bridges between brokers use to stop loops.
+        let node_id = format!(
+            "{:016x}",
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+        );
         let broker =
-            Broker::with_features(config.limits.clone(), config.mqtt.clone(), Instant::now());
+            Broker::with_features(config.limits.clone(), config.mqtt.clone(), Instant::now())
+                .with_node_id(node_id);
+        // Dynamic security's document, as the store holds it, before anything is served.
+        if let Some(d) = &extras.backends.dynamic {
+            let stored = opened
+                .as_ref()
+                .and_then(|o| o.setting(crate::authn::dynamic::SETTING_KEY));
+            d.restore(stored)?;
+        }
         let (broker, committer) = match opened {
             Some(o) => {
                 let (b, c) = storage::attach(broker, o)?;
@@ -117,7 +146,7 @@ impl Server {
     ) -> Result<Self, (anyhow::Error, Option<storage::Committer>)> {
         let reloadable = Arc::new(reloadable);
         let limiter = Arc::new(AddressLimiter::new(config.security.clone(), Instant::now()));
-        let stop = Arc::new(Stop::default());
+        let stop = extras.stop.clone();
         let permit_count = permit_count(config.limits.max_connections);
         let permits = Arc::new(Semaphore::new(
             usize::try_from(permit_count).unwrap_or(Semaphore::MAX_PERMITS),
@@ -183,6 +212,9 @@ impl Server {
             let bound = match started {
                 Ok(mut state) => {
                     state.bridges = bridges;
+                    state.auth_counters = extras.auth_counters;
+                    state.dynsec = extras.backends.dynamic.clone();
+                    state.auth_backends = extras.backends;
                     http::bind(&config.http, Arc::new(state), stop.clone()).await
                 }
                 Err(e) => Err(e),
@@ -273,10 +305,14 @@ impl Server {
     }
 }
 
-/// What the listeners' files gave the HTTP listener.
+/// What the listeners' files gave the HTTP listener, and the stop signal the `[auth]`
+/// backends' tasks already wait on.
 struct Extras {
     http_passwords: Option<Arc<starling_auth::PasswordAuthenticator>>,
     first_acl: Option<Arc<starling_auth::AclAuthorizer>>,
+    auth_counters: Arc<crate::authn::AuthCounters>,
+    backends: crate::authn::Backends,
+    stop: Arc<Stop>,
 }
 
 /// Runs the broker until `stop` resolves, then shuts it down. Tells the service manager

@@ -101,6 +101,16 @@ impl Opened {
         self.on_unavailable = on_unavailable;
         self
     }
+
+    /// The value of the named setting (`Op::PutSetting`) as the store held it when opened:
+    /// what the server reads before the broker is restored (the dynamic security document).
+    pub fn setting(&self, key: &str) -> Option<&[u8]> {
+        self.snapshot
+            .settings
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
 }
 
 /// Opens the store in the data directory, per the durability mode (`None` for `memory`).

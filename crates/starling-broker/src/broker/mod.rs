@@ -88,6 +88,9 @@ pub struct Broker {
     persist: Option<Persistence>,
     /// Prefix of assigned client ids, unique per broker start.
     id_prefix: String,
+    /// This broker's name among brokers joined by bridges: told in CONNACK to a client that
+    /// announces itself as a Starling bridge, which uses it to stop loops. Empty: not told.
+    node_id: String,
 }
 
 impl Broker {
@@ -115,7 +118,21 @@ impl Broker {
             sys: Mutex::new(SysState::new()),
             persist: None,
             id_prefix: "starling-".into(),
+            node_id: String::new(),
         }
+    }
+
+    /// Names this broker for bridges' loop detection (see [`Broker::node_id`]).
+    pub fn with_node_id(mut self, id: String) -> Self {
+        self.node_id = id;
+        self
+    }
+
+    /// This broker's name among brokers joined by bridges (empty: none). A message that
+    /// crossed a bridge carries the names of the brokers it came through in the
+    /// `starling-via` user property; a bridge does not take it to a broker named there.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// Makes every persistent-state change go through `p`'s journal.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use starling_proto::{Disconnect, Packet, ProtocolVersion, ReasonCode, TopicName};
 use tracing::info;
 
-use super::{Close, Cx, Flow, Link, deadline, enhanced, held};
+use super::{Close, Cx, Flow, Link, access, deadline, enhanced, held};
 use crate::broker::{Broker, Ending};
 use crate::bucket::TokenBucket;
 use crate::session::{ClientInfo, Session};
@@ -213,7 +213,8 @@ impl Active {
             .keep_alive()
             .and_then(|k| deadline(link.last_packet, k));
         let rate = self.rate.as_ref().and_then(|r| r.paused_until);
-        [keep_alive, self.reauth_deadline(), rate]
+        let credentials = access::credentials_end(link);
+        [keep_alive, self.reauth_deadline(), rate, credentials]
             .into_iter()
             .flatten()
             .min()
@@ -229,6 +230,15 @@ impl Active {
             rate.paused_until = None;
         }
         self.check_reauth_timeout(cx)?;
+        if access::credentials_end(cx.link).is_some_and(|end| now >= end) {
+            // MQTT 5: DISCONNECT 0xA0 (Maximum connect time); 3.x: closed.
+            cx.broker.metrics.credentials_expired.inc();
+            return self.fail(
+                cx,
+                ReasonCode::MaximumConnectTime,
+                "credentials expired (re-authenticate before the token's exp)",
+            );
+        }
         let Some(expires) = self
             .keep_alive()
             .and_then(|k| deadline(cx.link.last_packet, k))
@@ -238,9 +248,10 @@ impl Active {
         if now < expires {
             return ControlFlow::Continue(());
         }
-        if self.reading_held_back(cx.broker) {
-            // The broker is not reading this client (the store is behind, or too many
-            // acknowledgements wait), so its PINGREQs sit unread: not the client's silence.
+        if self.reading_held_back(cx.broker) || access::checking(cx.link) {
+            // The broker is not reading this client (the store is behind, too many
+            // acknowledgements wait, or a packet waits for an ACL answer), so its PINGREQs
+            // sit unread: not the client's silence.
             cx.link.last_packet = now;
             return ControlFlow::Continue(());
         }

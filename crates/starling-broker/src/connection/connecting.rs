@@ -9,6 +9,7 @@ use std::sync::Arc;
 use starling_proto::{ConnAck, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
 use tracing::info;
 
+use super::access::Halt;
 use super::active::{Active, RateLimit};
 use super::{Close, Cx, State, closed, enhanced, handover};
 use crate::broker::{Attached, Claim, ConnectRequest, Ending};
@@ -64,7 +65,13 @@ fn on_connect(cx: &mut Cx<'_>, c: Box<Connect>) -> State {
     }
     match cx.authenticate(&c, &negotiated.client_id) {
         Ok(username) => accept(cx, c, negotiated, username, None),
-        Err(close) => closed(close),
+        Err(Halt::Refused(close)) => closed(close),
+        Err(Halt::Parked) => {
+            // Handled again from the start once the answer is in: nothing above has an
+            // effect that a second pass would repeat (an assigned client id is drawn anew).
+            cx.park(Packet::Connect(c));
+            State::Connecting
+        }
     }
 }
 
@@ -453,5 +460,19 @@ fn connack_properties(
     if let Some(e) = enhanced {
         e.add_to(&mut props);
     }
+    // A Starling bridge asks for this broker's name (its loop guard).
+    let node = broker.node_id();
+    if !node.is_empty()
+        && (c.properties.user_properties)
+            .iter()
+            .any(|(k, _)| k == BRIDGE_PROPERTY)
+    {
+        (props.user_properties).push((NODE_PROPERTY.to_owned(), node.to_owned()));
+    }
     props
 }
+
+/// User property of a CONNECT from a Starling bridge (value: the bridging broker's name).
+pub const BRIDGE_PROPERTY: &str = "starling-bridge";
+/// User property of the CONNACK answering it: this broker's name.
+pub const NODE_PROPERTY: &str = "starling-node";

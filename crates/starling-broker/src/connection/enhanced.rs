@@ -20,10 +20,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use starling_auth::{AuthExchange, AuthStep, DenyReason, EnhancedAuth, ExchangeInfo};
+use starling_auth::{AuthExchange, AuthStep, DenyReason, EnhancedAuth, ExchangeInfo, Grant};
 use starling_proto::{Auth, Connect, Packet, Properties, ProtocolVersion, ReasonCode};
 use tracing::info;
 
+use super::access::Halt;
 use super::active::Active;
 use super::connecting::{self, Negotiated};
 use super::{Close, Cx, Flow, State, closed};
@@ -143,20 +144,35 @@ impl Authenticating {
                     .send(&cx.broker.metrics, ProtocolVersion::V5, &packet);
                 State::Authenticating(self)
             }
-            AuthStep::Success { username, data } => {
+            AuthStep::Success {
+                username,
+                data,
+                acl,
+                valid_for,
+            } => {
                 let Self {
                     connect,
                     negotiated,
                     method,
                     ..
                 } = *self;
+                cx.keep_grant(Grant {
+                    username: None,
+                    acl,
+                    valid_for,
+                });
                 let username = Some(Arc::from(username));
-                match cx.admit(&connect, &negotiated.client_id, username) {
+                match cx.admit(&connect, &negotiated.client_id, username, false) {
                     Ok(username) => {
                         let accepted = Accepted { method, data };
                         connecting::accept(cx, connect, negotiated, username, Some(accepted))
                     }
-                    Err(close) => closed(close),
+                    Err(Halt::Refused(close)) => closed(close),
+                    // `admit` refuses rather than park here.
+                    Err(Halt::Parked) => closed(Close::new(
+                        ReasonCode::NotAuthorized,
+                        "will topic check could not be answered",
+                    )),
                 }
             }
             AuthStep::Fail(reason) => {
@@ -232,9 +248,20 @@ impl Active {
                 let reason = ReasonCode::ContinueAuthentication;
                 ReauthOutcome::Send(auth_packet(reason, method, Some(d)))
             }
-            AuthStep::Success { username, data } => {
+            AuthStep::Success {
+                username,
+                data,
+                acl,
+                valid_for,
+            } => {
                 session.reauth = None;
                 if self.username.as_deref() == Some(username.as_str()) {
+                    // The new credentials' rules and end replace the old ones.
+                    cx.keep_grant(Grant {
+                        username: None,
+                        acl,
+                        valid_for,
+                    });
                     ReauthOutcome::Done(auth_packet(ReasonCode::Success, method, data))
                 } else {
                     let detail = "re-authenticated as another user";

@@ -28,7 +28,9 @@
 //!   `wants_input` (whether to read the client now), `is_closed` (flush what is left, then
 //!   close the transport);
 //! - `hand_over_asked` / `handle_hand_over`: another connection wants the session, and the
-//!   I/O layer has read what the client already sent.
+//!   I/O layer has read what the client already sent;
+//! - `take_check` / `handle_check`: a packet waits for an authentication or authorization
+//!   answer that comes later (`access.rs`); the I/O layer runs the check and brings it back.
 //!
 //! The current time comes in as an argument; the broker core ([`Broker`]) is passed in, not
 //! held. When the session has new deliveries, is taken over, or a commit it waits for
@@ -58,7 +60,8 @@ mod held;
 mod publish;
 mod subscribe;
 
-pub use access::{ListenerAccess, PeerInfo};
+pub use access::{CheckAnswer, ListenerAccess, PeerInfo};
+pub use connecting::{BRIDGE_PROPERTY, NODE_PROPERTY};
 pub use enhanced::MAX_AUTH_STEPS;
 pub use held::HELD_LIMIT;
 
@@ -315,6 +318,10 @@ impl Connection {
     /// `handle_input`, pausing for the publish rate only if `throttle`.
     fn input(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut, throttle: bool) {
         loop {
+            if self.is_checking() {
+                // The rest waits for the parked packet's answer (`handle_check`).
+                return;
+            }
             match &mut self.state {
                 // Left for the session's new owner to read once it is active.
                 State::Closed(_) | State::Waiting(_) => return,
@@ -341,6 +348,11 @@ impl Connection {
     pub fn handle_packet(&mut self, broker: &Broker, now: Instant, packet: Packet) {
         broker.metrics.messages_received.inc();
         self.link.last_packet = now;
+        self.dispatch(broker, now, packet);
+    }
+
+    /// Handles a packet in the current state (again, for one parked for a check).
+    fn dispatch(&mut self, broker: &Broker, now: Instant, packet: Packet) {
         let mut cx = Cx {
             broker,
             link: &mut self.link,
@@ -485,6 +497,9 @@ impl Connection {
     /// its session's handover (what the client sent after CONNECT is read once it is active).
     /// Ask once per wait: the committer changes the answer concurrently.
     pub fn wants_input(&mut self, broker: &Broker, now: Instant) -> bool {
+        if self.is_checking() {
+            return false;
+        }
         let mut cx = Cx {
             broker,
             link: &mut self.link,

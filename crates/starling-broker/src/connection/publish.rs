@@ -16,6 +16,16 @@ use crate::session::{Ack, PubRec, Qos2Receive};
 
 impl Active {
     pub(super) fn on_publish(&mut self, cx: &mut Cx<'_>, mut p: Publish) -> Flow {
+        self.resolve_alias(cx, &mut p)?;
+        // Authorized first, before anything happens: a check answered later parks the
+        // PUBLISH (its alias already resolved), and it is handled again from here.
+        let allowed = match access::may_publish(cx.link.access.as_mut(), self, &p.topic) {
+            access::Asked::Now(allowed) => allowed,
+            access::Asked::Parked => {
+                cx.park(Packet::Publish(p));
+                return ControlFlow::Continue(());
+            }
+        };
         let broker = cx.broker;
         let m = &broker.metrics;
         m.publish_received.inc();
@@ -29,7 +39,6 @@ impl Active {
         if let Some(rate) = &mut self.rate {
             rate.bucket.take(cx.now);
         }
-        self.resolve_alias(cx, &mut p)?;
         let pid = p.packet_id;
         let qos = p.qos;
         let mut ops = broker.ops();
@@ -68,7 +77,7 @@ impl Active {
             }
             ReasonCode::QuotaExceeded
         } else {
-            self.route(cx, p, &mut ops)
+            self.route(cx, p, allowed, &mut ops)
         };
         let reason = if self.version.is_v5() {
             reason
@@ -128,9 +137,15 @@ impl Active {
         ControlFlow::Continue(())
     }
 
-    /// Checks and routes a publish (what it stores goes into `ops`): the reason code for its
-    /// acknowledgement.
-    fn route(&mut self, cx: &mut Cx<'_>, p: Publish, ops: &mut Ops<'_>) -> ReasonCode {
+    /// Checks and routes a publish (what it stores goes into `ops`; `allowed`: the ACL's
+    /// answer): the reason code for its acknowledgement.
+    fn route(
+        &mut self,
+        cx: &mut Cx<'_>,
+        p: Publish,
+        allowed: bool,
+        ops: &mut Ops<'_>,
+    ) -> ReasonCode {
         let broker = cx.broker;
         let (qos, retain) = (p.qos, p.retain);
         if self.version.is_v5()
@@ -145,7 +160,7 @@ impl Active {
         {
             return ReasonCode::NotAuthorized;
         }
-        if !access::may_publish(cx.link.access.as_mut(), self, &p.topic) {
+        if !allowed {
             // 3.x: acknowledged as usual and dropped (the spec allows nothing else).
             broker.metrics.acl_denied.inc();
             self.log_denial(cx, "publish", p.topic.as_str());

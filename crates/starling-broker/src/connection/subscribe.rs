@@ -20,16 +20,34 @@ impl Active {
             return self.protocol_error(cx, "more than one subscription identifier");
         }
         let sub_id = s.properties.subscription_identifiers.first().copied();
+        // Every filter is authorized before anything is subscribed: a check answered later
+        // parks the SUBSCRIBE, which is then handled again from here.
+        let mut allowed = Vec::with_capacity(s.filters.len().min(64));
+        for (filter, _) in &s.filters {
+            match access::may_subscribe(cx.link.access.as_mut(), self, filter) {
+                access::Asked::Now(a) => allowed.push(a),
+                access::Asked::Parked => {
+                    cx.park(Packet::Subscribe(s));
+                    return ControlFlow::Continue(());
+                }
+            }
+        }
         let mut reasons = Vec::with_capacity(s.filters.len().min(64));
         let mut retained = Vec::new();
-        for (filter, mut options) in s.filters {
+        for ((filter, mut options), allowed) in s.filters.into_iter().zip(allowed) {
             if self.bridge {
                 // A 3.x bridge that announced itself (mosquitto's try_private): its own
                 // messages are not sent back to it, and retained flags go as published.
                 options.no_local = true;
                 options.retain_as_published = true;
             }
-            let reason = self.subscribe_one(cx, &filter, options, sub_id, &mut retained);
+            let reason = if allowed {
+                self.subscribe_one(cx, &filter, options, sub_id, &mut retained)
+            } else {
+                cx.broker.metrics.acl_denied.inc();
+                self.log_denial(cx, "subscription", filter.as_str());
+                ReasonCode::NotAuthorized
+            };
             reasons.push(reason);
         }
         let suback = Packet::SubAck(SubAck {
@@ -48,7 +66,7 @@ impl Active {
         ControlFlow::Continue(())
     }
 
-    /// One filter of a SUBSCRIBE: its SUBACK reason code. The retained messages it should get
+    /// One authorized filter of a SUBSCRIBE: its SUBACK reason code. The retained messages it should get
     /// are added to `retained`.
     fn subscribe_one(
         &mut self,
@@ -59,11 +77,6 @@ impl Active {
         retained: &mut Vec<Delivery>,
     ) -> ReasonCode {
         let broker = cx.broker;
-        if !access::may_subscribe(cx.link.access.as_ref(), self, filter) {
-            broker.metrics.acl_denied.inc();
-            self.log_denial(cx, "subscription", filter.as_str());
-            return ReasonCode::NotAuthorized;
-        }
         let (exists, count) = {
             let st = self.session.lock();
             (st.has_subscription(filter), st.subscription_count())

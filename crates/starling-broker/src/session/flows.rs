@@ -179,6 +179,13 @@ impl Locked<'_> {
         Qos2Receive::New
     }
 
+    /// The packet ids of inbound QoS 2 messages awaiting PUBREL. A bridge reads its own local
+    /// session's: ids it mirrors from a remote that lost its session would otherwise be taken
+    /// for resends of messages already received.
+    pub fn awaiting_release(&self) -> impl Iterator<Item = u16> + '_ {
+        self.st.awaiting_rel.keys().copied()
+    }
+
     /// PUBREL: forgets an inbound QoS 2 id (true if it was known; PUBCOMP 0x92 otherwise).
     pub fn pubrel(&mut self, packet_id: u16, ops: &mut Ops<'_>) -> bool {
         let known = self.st.awaiting_rel.remove(&packet_id).is_some();

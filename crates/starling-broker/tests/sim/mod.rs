@@ -76,6 +76,17 @@ pub struct Client {
     /// Something happened that the I/O layer answers with `poll_transmit` (input, a timeout,
     /// the last poll filled the output to its mark); the waker is the other reason.
     poll: bool,
+    /// The check a parked packet waits for, taken from the connection (see `resolve_check`).
+    check: Option<Outstanding>,
+}
+
+/// A check's future, held for the test to resolve.
+struct Outstanding(starling_auth::Pending<starling_broker::CheckAnswer>);
+
+impl std::fmt::Debug for Outstanding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outstanding(..)")
+    }
 }
 
 /// A handle to a client of the simulation.
@@ -215,11 +226,55 @@ impl Sim {
             stalled: false,
             frozen: false,
             poll: true,
+            check: None,
         };
         self.clients.push(client);
         let c = C(self.clients.len() - 1);
         self.send(c, Packet::Connect(Box::new(connect)));
         c
+    }
+
+    /// As `connect`, on a listener with `access` (its authentication and authorization).
+    pub fn connect_to(
+        &mut self,
+        access: Arc<starling_broker::ListenerAccess>,
+        connect: Connect,
+    ) -> C {
+        let c = self.connect_silent();
+        let client = &mut self.clients[c.0];
+        let conn = std::mem::replace(
+            &mut client.conn,
+            Connection::new(client.flag.clone(), None, self.now),
+        );
+        client.conn = conn.with_access(access, starling_broker::PeerInfo::default());
+        client.version = connect.protocol;
+        self.send(c, Packet::Connect(Box::new(connect)));
+        c
+    }
+
+    /// Whether a packet of `c` waits for a check answered later.
+    pub fn is_checking(&self, c: C) -> bool {
+        self.clients[c.0].check.is_some()
+    }
+
+    /// Runs the check `c` waits for, as the server's task does, once its future can finish
+    /// (tests decide when: the future must be ready when this is called), then settles.
+    pub fn resolve_check(&mut self, c: C) {
+        let broker = self.broker.clone();
+        let now = self.now;
+        let client = &mut self.clients[c.0];
+        let Outstanding(mut future) = client.check.take().expect("no check outstanding");
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let std::task::Poll::Ready(answer) = future.as_mut().poll(&mut cx) else {
+            panic!("the check's future is not ready");
+        };
+        client.conn.handle_check(&broker, now, answer);
+        client
+            .conn
+            .handle_input(&broker, now, &mut client.to_broker);
+        client.poll = true;
+        self.settle();
     }
 
     /// Connects with `connect` and takes the CONNACK, which must accept it (what came after
@@ -248,6 +303,7 @@ impl Sim {
             stalled: false,
             frozen: false,
             poll: true,
+            check: None,
         });
         C(self.clients.len() - 1)
     }
@@ -373,6 +429,12 @@ impl Sim {
                 .handle_input(&broker, now, &mut client.to_broker);
             progressed |= client.to_broker.len() != before;
             client.poll |= progressed;
+        }
+        if client.check.is_none()
+            && let Some(check) = client.conn.take_check()
+        {
+            client.check = Some(Outstanding(check));
+            progressed = true;
         }
         // Like the server's connection task, the harness polls for output only after an event:
         // a wake-up the core forgot to give shows as output that never comes.

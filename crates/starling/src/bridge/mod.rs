@@ -7,14 +7,22 @@
 //! to the local broker only once the remote has acknowledged it, so until then it stays in the
 //! session's store (inflight, or queued while the remote is away) and is sent again after a
 //! reconnect or a restart. A message coming in is acknowledged to the remote only once the
-//! local broker has acknowledged it, that is stored it. The local subscriptions use No Local, so
-//! what came in over the bridge never goes back out over it; MQTT 5 remotes get No Local too.
+//! local broker has acknowledged it, that is stored it. At QoS 2 the two flows are chained
+//! step by step under mirrored packet ids (`flows.rs`), so that what one side resends the other
+//! side's session recognises: exactly once. The local subscriptions use No Local, so what came
+//! in over the bridge never goes back out over it; MQTT 5 remotes get No Local too.
+//!
+//! An operator stops and starts a bridge through its [`Switch`] (the admin API): stopped, the
+//! remote connection is closed and not reopened, while the local session keeps queueing.
 
+mod flows;
 mod run;
 mod topics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::watch;
 
 pub use run::run;
 pub use topics::Routes;
@@ -24,11 +32,13 @@ pub fn local_client_id(name: &str) -> String {
     format!("$bridge/{name}")
 }
 
-/// What a bridge has done, for logs, metrics and the admin API.
+/// What a bridge has done, for logs, metrics and the admin API, and its on/off switch.
 #[derive(Debug, Default)]
 pub struct BridgeStats {
     /// The bridge's name.
     pub name: String,
+    /// Whether an operator lets it connect to the remote.
+    pub switch: Switch,
     /// Connected to the remote now.
     pub connected: AtomicBool,
     /// Messages and payload bytes sent to the remote (acknowledged, at QoS 1 and 2).
@@ -58,5 +68,45 @@ impl BridgeStats {
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// An operator's on/off switch for one bridge (on at start; not stored, so a restart turns it
+/// back on). One `watch` value: reading it is a load, and the bridge's task waits on changes.
+#[derive(Debug)]
+pub struct Switch(watch::Sender<bool>);
+
+impl Default for Switch {
+    fn default() -> Self {
+        Self(watch::Sender::new(true))
+    }
+}
+
+impl Switch {
+    /// On: the bridge connects to its remote.
+    pub fn is_on(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Turns it on or off; whether that changed anything.
+    pub fn set(&self, on: bool) -> bool {
+        self.0.send_if_modified(|v| {
+            let changed = *v != on;
+            *v = on;
+            changed
+        })
+    }
+
+    /// What the bridge's task waits on.
+    pub(crate) fn watch(&self) -> watch::Receiver<bool> {
+        self.0.subscribe()
+    }
+}
+
+/// Waits until `switch` is `on` (now, if it is). A switch whose sender is gone never changes
+/// again: then this waits forever, and the caller's other branches decide.
+async fn switched(switch: &mut watch::Receiver<bool>, on: bool) {
+    if switch.wait_for(|v| *v == on).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

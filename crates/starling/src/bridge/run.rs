@@ -1,9 +1,15 @@
 //! The task of one bridge: the local connection (in memory, persistent session, No Local
 //! subscriptions), the remote connection (reconnected with exponential backoff and jitter,
-//! trying each address in turn), and the messages between them, each acknowledged on one side
-//! only once the other side has acknowledged it.
+//! trying each address in turn; closed, and left closed, while an operator has the bridge
+//! stopped), and the packets between them, which `flows.rs` decides.
+//!
+//! Packet ids are mirrored across the bridge, so the bridge's own SUBSCRIBE ids must not take
+//! one a message may use on the same connection: towards the remote a SUBSCRIBE takes an id
+//! no message of the local session is in flight under (a message the local broker then gives
+//! that id waits for the SUBACK); towards the local broker it takes an id the local session
+//! does not await a PUBREL for, and what comes from the remote before its SUBACK waits.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,14 +19,18 @@ use bytes::Bytes;
 use rand_core::RngCore;
 use starling_auth::StandardAuthenticator;
 use starling_broker::config::QueueBounds;
+use starling_broker::connection::{BRIDGE_PROPERTY, NODE_PROPERTY};
+use starling_broker::session::Locked;
 use starling_broker::{Broker, ListenerAccess, PeerInfo};
 use starling_proto::{
-    Connect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
-    Subscribe, SubscriptionOptions, TopicFilter, TopicName,
+    ConnAck, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+    RetainHandling, SubAck, Subscribe, SubscriptionOptions, TopicFilter, TopicName,
 };
+use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{BridgeStats, Routes};
+use super::flows::{Flows, Send, free_id};
+use super::{BridgeStats, Routes, switched};
 use crate::cli::client::{Client, ClientError, Event};
 use crate::cli::net;
 use crate::cli::opts::{ConnectOpts, Endpoint, Scheme};
@@ -30,6 +40,9 @@ use crate::connection::{Stop, StreamOptions};
 /// QoS 1 and 2 messages the local broker hands the bridge at once (its Receive Maximum),
 /// and the most the remote gets at once: what waits beyond stays in the local session.
 const WINDOW: u16 = 64;
+/// QoS 1 and 2 messages a 3.x remote gets at once unless `max_inflight` says otherwise (see
+/// `BridgeConfig::max_inflight`).
+const WINDOW_3X: u16 = 20;
 /// Bytes buffered each way on the in-memory local connection; when full, the writer waits.
 const PIPE: usize = 256 * 1024;
 /// How long one connection attempt to the remote may take.
@@ -37,16 +50,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Wait before reopening the local connection after it ended (only at shutdown or after a
 /// protocol error, which the broker logs).
 const LOCAL_RETRY: Duration = Duration::from_secs(1);
-
-/// A local message on its way out.
-#[derive(Debug)]
-struct Out {
-    local_id: u16,
-    local_qos: QoS,
-    publish: Publish,
-    /// The packet id at the remote, once sent on the current connection.
-    remote_id: Option<u16>,
-}
 
 /// Why serving stopped.
 enum Exit {
@@ -57,26 +60,30 @@ enum Exit {
 /// Runs a bridge until the broker stops.
 pub async fn run(cfg: BridgeConfig, broker: Arc<Broker>, stop: Arc<Stop>, stats: Arc<BridgeStats>) {
     let routes = Routes::new(&cfg.topics);
+    let mut switch = stats.switch.watch();
     let mut b = Bridge {
         remote_id: cfg.remote_client_id(),
+        name: Arc::from(cfg.name.as_str()),
         cfg,
         routes,
         stats,
-        out: VecDeque::new(),
-        incoming: HashMap::new(),
+        broker,
         attempt: 0,
         connected_before: false,
+        attempt_now: false,
+        clean_once: false,
+        next_local_subscribe: 0,
     };
     loop {
         let local = tokio::select! {
-            l = b.open_local(&broker, &stop) => l,
+            l = b.open_local(&stop) => l,
             () = stop.wait() => return,
         };
         let exit = match local {
             Ok(mut local) => {
-                let exit = b.serve(&mut local, &stop).await;
+                let exit = b.serve(&mut local, &stop, &mut switch).await;
                 if let Exit::Stopped = exit {
-                    let _ = local.disconnect(Properties::default()).await;
+                    let _ = local.client.disconnect(Properties::default()).await;
                     return;
                 }
                 exit
@@ -86,8 +93,7 @@ pub async fn run(cfg: BridgeConfig, broker: Arc<Broker>, stop: Arc<Stop>, stats:
         if let Exit::LocalLost(e) = exit {
             warn!(bridge = %b.cfg.name, error = %e, "local side of the bridge lost; reopening");
         }
-        // What the local broker handed over and the remote did not acknowledge comes again.
-        b.out.clear();
+        // What the local broker handed over and the remote did not finish comes again.
         b.stats.pending.store(0, Ordering::Relaxed);
         tokio::select! {
             () = tokio::time::sleep(LOCAL_RETRY) => {}
@@ -98,25 +104,39 @@ pub async fn run(cfg: BridgeConfig, broker: Arc<Broker>, stop: Arc<Stop>, stats:
 
 struct Bridge {
     cfg: BridgeConfig,
+    name: Arc<str>,
     remote_id: String,
     routes: Routes,
     stats: Arc<BridgeStats>,
-    /// Delivered by the local broker, not yet acknowledged by the remote; at most `WINDOW`.
-    out: VecDeque<Out>,
-    /// Messages from the remote published locally: local packet id -> (remote id, QoS).
-    incoming: HashMap<u16, (u16, QoS)>,
+    broker: Arc<Broker>,
     attempt: u32,
     connected_before: bool,
+    /// Connect without waiting for the backoff (an operator just started the bridge, or the
+    /// remote is to resend what the bridge left unanswered).
+    attempt_now: bool,
+    /// End the remote session before the next connection (with a clean start of its own):
+    /// the local session was new, so the local broker's packet ids start afresh, and a remote
+    /// session that still holds ids of an earlier one would take new messages under them for
+    /// resends and drop them.
+    clean_once: bool,
+    next_local_subscribe: u16,
+}
+
+/// The local connection and what waits on its SUBSCRIBE.
+struct Local {
+    client: Client,
+    /// The id of the SUBSCRIBE awaiting its SUBACK.
+    subscribing: Option<u16>,
+    /// Events from the remote read before that SUBACK, handled after it in order (a PUBLISH
+    /// from the remote could carry the SUBSCRIBE's id). At most `flows::IN_WAITING`: the
+    /// remote is not read beyond.
+    held: VecDeque<Event>,
 }
 
 impl Bridge {
     /// The local connection: in memory, served like any client's, as `$bridge/<name>` with a
     /// session that never expires.
-    async fn open_local(
-        &self,
-        broker: &Arc<Broker>,
-        stop: &Arc<Stop>,
-    ) -> Result<Client, ClientError> {
+    async fn open_local(&mut self, stop: &Arc<Stop>) -> Result<Local, ClientError> {
         let (ours, theirs) = tokio::io::duplex(PIPE);
         let access = Arc::new(ListenerAccess {
             name: Arc::from(format!("bridge {}", self.cfg.name)),
@@ -145,7 +165,7 @@ impl Bridge {
             rd,
             wr,
             client,
-            broker.clone(),
+            self.broker.clone(),
             options,
             stop.clone(),
             (),
@@ -155,7 +175,7 @@ impl Bridge {
         connect.keep_alive = 0;
         connect.properties.session_expiry_interval = Some(u32::MAX);
         connect.properties.receive_maximum = Some(WINDOW);
-        let (mut local, ack) =
+        let (mut client, ack) =
             Client::connect(Box::new(ours), connect, false, CONNECT_TIMEOUT).await?;
         if ack.reason != ReasonCode::Success {
             return Err(ClientError::Protocol(format!(
@@ -163,43 +183,61 @@ impl Bridge {
                 crate::cli::strings::reason(ack.reason)
             )));
         }
-        local.set_manual_ack();
+        if !ack.session_present && !self.cfg.clean_start {
+            info!(bridge = %self.cfg.name,
+                "the bridge's local session is new: the remote session starts clean once");
+            self.clean_once = true;
+        }
+        client.set_manual_flows();
         let filters = self.routes.local_filters();
+        let mut subscribing = None;
         if !filters.is_empty() {
-            let id = local.next_packet_id();
-            local
+            let awaiting: HashSet<u16> = self.local_session(|s| s.awaiting_release().collect());
+            let id = free_id(&mut self.next_local_subscribe, |id| awaiting.contains(&id));
+            client
                 .send(&Packet::Subscribe(subscribe(id, filters, true)))
                 .await?;
+            subscribing = Some(id);
         }
-        Ok(local)
+        Ok(Local {
+            client,
+            subscribing,
+            held: VecDeque::new(),
+        })
     }
 
-    /// Serves the local connection, connecting and reconnecting the remote, until the local
-    /// side ends or the broker stops.
-    async fn serve(&mut self, local: &mut Client, stop: &Stop) -> Exit {
+    /// Reads the bridge's local session (an empty answer if it is gone).
+    fn local_session<T: Default>(&self, read: impl FnOnce(&Locked<'_>) -> T) -> T {
+        self.broker
+            .session(&super::local_client_id(&self.cfg.name))
+            .map(|s| read(&s.lock()))
+            .unwrap_or_default()
+    }
+
+    /// Serves the local connection, connecting and reconnecting the remote while the switch
+    /// is on, until the local side ends or the broker stops.
+    async fn serve(
+        &mut self,
+        local: &mut Local,
+        stop: &Stop,
+        switch: &mut watch::Receiver<bool>,
+    ) -> Exit {
+        let local_max = usize::from(local.client.receive_maximum);
+        let mut flows = Flows::new(
+            self.name.clone(),
+            self.routes.clone(),
+            self.stats.clone(),
+            local_max,
+        )
+        .with_own_node(self.broker.node_id());
         loop {
-            // Connect, servicing the local side meanwhile.
-            let remote = loop {
-                let delay = self.backoff();
-                let wake = tokio::time::Instant::now() + delay;
-                loop {
-                    tokio::select! {
-                        () = stop.wait() => return Exit::Stopped,
-                        ev = local.next_event(Some(wake)) => match ev {
-                            Ok(Event::Timeout) => break,
-                            Ok(ev) => {
-                                if let Err(Side::Local(e) | Side::Remote(e)) =
-                                    self.on_local(ev, local, None).await
-                                {
-                                    return Exit::LocalLost(e);
-                                }
-                            }
-                            Err(e) => return Exit::LocalLost(e),
-                        },
-                    }
+            let (mut remote, ack) = loop {
+                if let Err(exit) = self.wait_to_connect(local, &mut flows, stop, switch).await {
+                    return exit;
                 }
                 let attempt = tokio::select! {
                     () = stop.wait() => return Exit::Stopped,
+                    () = switched(switch, false) => continue,
                     r = self.connect_remote() => r,
                 };
                 match attempt {
@@ -210,31 +248,49 @@ impl Bridge {
                     }
                 }
             };
-            let mut remote = remote;
             self.attempt = 0;
+            self.clean_once = false;
             if self.connected_before {
                 BridgeStats::add(&self.stats.reconnects, 1);
             }
             self.connected_before = true;
-            self.stats.connected.store(true, Ordering::Relaxed);
-            if let Err(e) = self.report_state(local, true).await {
-                return Exit::LocalLost(e);
-            }
-            let lost = self.session(local, &mut remote, stop).await;
+            let lost = match self
+                .start_session(local, &mut remote, &mut flows, &ack)
+                .await
+            {
+                Ok(()) => {
+                    self.stats.connected.store(true, Ordering::Relaxed);
+                    match self.report_state(local, true).await {
+                        Ok(()) => {
+                            self.session(local, &mut remote, &mut flows, stop, switch)
+                                .await
+                        }
+                        Err(e) => Lost::Local(e),
+                    }
+                }
+                Err(e) => e.into(),
+            };
             self.stats.connected.store(false, Ordering::Relaxed);
-            if !matches!(lost, Lost::Local(_)) {
+            flows.remote_lost();
+            // The remote resends what it did not get answered; those were read on its watch.
+            local.held.clear();
+            if !matches!(lost, Lost::Local(_) | Lost::Resend) {
                 let _ = self.report_state(local, false).await;
             }
-            // Sent again on the next connection; the remote resends what it did not get
-            // acknowledged (its session is persistent unless clean_start).
-            for o in &mut self.out {
-                o.remote_id = None;
-            }
-            self.incoming.clear();
             match lost {
                 Lost::Stopped => {
                     let _ = remote.disconnect(Properties::default()).await;
                     return Exit::Stopped;
+                }
+                Lost::Switched => {
+                    info!(bridge = %self.cfg.name, "bridge stopped: disconnected from the remote");
+                    let _ = remote.disconnect(Properties::default()).await;
+                }
+                Lost::Resend => {
+                    info!(bridge = %self.cfg.name,
+                        "the remote sent more than the bridge takes at once; reconnecting for the rest");
+                    let _ = remote.disconnect(Properties::default()).await;
+                    self.attempt_now = true;
                 }
                 Lost::Local(e) => return Exit::LocalLost(e),
                 Lost::Remote(e) => {
@@ -244,9 +300,104 @@ impl Bridge {
         }
     }
 
+    /// Waits until the switch is on and the backoff has passed, serving the local side
+    /// meanwhile (what it hands over waits for the remote).
+    async fn wait_to_connect(
+        &mut self,
+        local: &mut Local,
+        flows: &mut Flows,
+        stop: &Stop,
+        switch: &mut watch::Receiver<bool>,
+    ) -> Result<(), Exit> {
+        loop {
+            let on = *switch.borrow_and_update();
+            let wake = if on {
+                let delay = if std::mem::take(&mut self.attempt_now) {
+                    Duration::ZERO
+                } else {
+                    self.backoff()
+                };
+                Some(tokio::time::Instant::now() + delay)
+            } else {
+                None
+            };
+            loop {
+                let reads = flows.reads_local();
+                tokio::select! {
+                    () = stop.wait() => return Err(Exit::Stopped),
+                    () = switched(switch, !on) => {
+                        if !on {
+                            info!(bridge = %self.cfg.name, "bridge started");
+                            self.attempt = 0;
+                            self.attempt_now = true;
+                        }
+                        break;
+                    }
+                    () = sleep_until(wake) => return Ok(()),
+                    ev = local.client.next_event(None), if reads => {
+                        let handled = match ev {
+                            Ok(ev) => self.on_local(ev, local, flows, None).await,
+                            Err(e) => Err(Side::Local(e)),
+                        };
+                        if let Err(Side::Local(e) | Side::Remote(e)) = handled {
+                            return Err(Exit::LocalLost(e));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribes at the remote (under an id no message of the local session is in flight
+    /// under) and hands the connection to `flows`, which resends what the remote has not
+    /// answered.
+    async fn start_session(
+        &mut self,
+        local: &mut Local,
+        remote: &mut Client,
+        flows: &mut Flows,
+        ack: &ConnAck,
+    ) -> Result<(), Side> {
+        let filters = self.routes.remote_filters();
+        let mut subscribing = None;
+        if !filters.is_empty() {
+            let inflight: HashSet<u16> =
+                self.local_session(|s| s.inflight().map(|f| f.packet_id).collect());
+            let id = flows.remote_subscribe_id(|id| inflight.contains(&id));
+            let v5 = remote.version == ProtocolVersion::V5;
+            let sub = subscribe(id, filters, v5);
+            remote
+                .send(&Packet::Subscribe(sub))
+                .await
+                .map_err(Side::Remote)?;
+            subscribing = Some(id);
+        }
+        let awaiting: Vec<u16> = if ack.session_present {
+            Vec::new()
+        } else {
+            self.local_session(|s| s.awaiting_release().collect())
+        };
+        let window = match (remote.version, self.cfg.max_inflight) {
+            (ProtocolVersion::V5, configured) => {
+                (remote.receive_maximum).min(configured.unwrap_or(WINDOW))
+            }
+            // 3.x cannot say how much it takes.
+            (_, configured) => configured.unwrap_or(WINDOW_3X),
+        };
+        let window = usize::from(window.min(WINDOW));
+        // A Starling remote names itself in CONNACK when asked (the loop guard).
+        let node = (ack.properties.user_properties)
+            .iter()
+            .find(|(k, _)| k == NODE_PROPERTY)
+            .map(|(_, v)| v.clone());
+        flows.set_remote_node(node);
+        flows.remote_connected(window, ack.session_present, subscribing, awaiting);
+        execute(flows, &mut local.client, Some(remote)).await
+    }
+
     /// Publishes, retained, `$SYS/broker/bridge/<name>/state`: "1" while connected to the
     /// remote, "0" otherwise (mosquitto's values for its bridges' state).
-    async fn report_state(&self, local: &mut Client, connected: bool) -> Result<(), ClientError> {
+    async fn report_state(&self, local: &mut Local, connected: bool) -> Result<(), ClientError> {
         let topic = format!("$SYS/broker/bridge/{}/state", self.cfg.name);
         let Ok(topic) = TopicName::try_from_str(&topic) else {
             return Ok(());
@@ -254,6 +405,7 @@ impl Bridge {
         let payload = Bytes::from_static(if connected { b"1" } else { b"0" });
         let publish = Publish::new(topic, QoS::AtMostOnce, 0, payload);
         local
+            .client
             .send(&Packet::Publish(Publish {
                 retain: true,
                 ..publish
@@ -275,12 +427,13 @@ impl Bridge {
         Duration::from_millis(ms / 2 + jitter)
     }
 
-    async fn connect_remote(&self) -> Result<Client, String> {
+    async fn connect_remote(&self) -> Result<(Client, ConnAck), String> {
         let mut last = String::from("no address");
         for address in &self.cfg.address {
             match tokio::time::timeout(CONNECT_TIMEOUT, self.connect_to(address)).await {
                 Ok(Ok(c)) => {
-                    info!(bridge = %self.cfg.name, %address, "bridge connected");
+                    info!(bridge = %self.cfg.name, %address, session_present = c.1.session_present,
+                        "bridge connected");
                     return Ok(c);
                 }
                 Ok(Err(e)) => last = format!("{address}: {e}"),
@@ -295,7 +448,7 @@ impl Bridge {
         Err(last)
     }
 
-    async fn connect_to(&self, address: &str) -> Result<Client, String> {
+    async fn connect_to(&self, address: &str) -> Result<(Client, ConnAck), String> {
         let (host, port) = address
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse().ok()?)))
@@ -325,8 +478,6 @@ impl Bridge {
             url_topic: None,
             tls_name: self.cfg.server_name.clone(),
         };
-        let opts = self.tls_opts();
-        let stream = net::open(&ep, &opts).await.map_err(|e| e.to_string())?;
         let version = match self.cfg.protocol {
             BridgeProtocol::Mqttv5 => ProtocolVersion::V5,
             BridgeProtocol::Mqttv311 => ProtocolVersion::V311,
@@ -342,8 +493,42 @@ impl Bridge {
                 connect.properties.session_expiry_interval = Some(u32::MAX);
             }
             connect.properties.receive_maximum = Some(WINDOW);
+            // Asks a Starling remote for its name, and tells it this one's (loop guard).
+            let own = self.broker.node_id();
+            if !own.is_empty() {
+                (connect.properties.user_properties)
+                    .push((BRIDGE_PROPERTY.to_owned(), own.to_owned()));
+            }
         }
-        let (mut remote, ack) = Client::connect_as(
+        if self.clean_once && !self.cfg.clean_start {
+            // The old session is ended by a connection of its own, and the bridge's persistent
+            // one begins with the next, without clean start: 3.x has no expiry to keep a clean
+            // session past its connection, and mosquitto stores (across its restarts) only
+            // sessions begun without clean start, whatever their expiry.
+            let mut wipe = connect.clone();
+            wipe.clean_start = true;
+            wipe.properties.session_expiry_interval = None;
+            let (mut c, _) = self.open_remote(&ep, wipe).await?;
+            c.disconnect(Properties::default())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let (mut remote, ack) = self.open_remote(&ep, connect).await?;
+        remote.set_manual_flows();
+        Ok((remote, ack))
+    }
+
+    /// One connection to the remote, accepted.
+    async fn open_remote(
+        &self,
+        ep: &Endpoint,
+        connect: Connect,
+    ) -> Result<(Client, ConnAck), String> {
+        let version = connect.protocol;
+        let stream = net::open(ep, &self.tls_opts())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (remote, ack) = Client::connect_as(
             stream,
             connect,
             false,
@@ -355,17 +540,7 @@ impl Bridge {
         if ack.reason != ReasonCode::Success {
             return Err(crate::cli::strings::connack_refusal(version, ack.reason).0);
         }
-        remote.set_manual_ack();
-        let filters = self.routes.remote_filters();
-        if !filters.is_empty() {
-            let id = remote.next_packet_id();
-            let sub = subscribe(id, filters, version == ProtocolVersion::V5);
-            remote
-                .send(&Packet::Subscribe(sub))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(remote)
+        Ok((remote, ack))
     }
 
     /// The TLS settings of the remote connection, in the client commands' terms.
@@ -403,29 +578,40 @@ impl Bridge {
         }
     }
 
-    /// One remote connection: messages both ways until either side ends or the broker stops.
-    async fn session(&mut self, local: &mut Client, remote: &mut Client, stop: &Stop) -> Lost {
-        if let Err(e) = self.send_out(local, remote).await {
-            return e.into();
-        }
-        // Messages from the remote awaiting the local broker's acknowledgement: at most its
-        // Receive Maximum; at that bound the remote is not read until acknowledgements come.
-        let most_incoming = usize::from(local.receive_maximum);
+    /// One remote connection: messages both ways until either side ends, the bridge is
+    /// stopped or the broker stops.
+    async fn session(
+        &mut self,
+        local: &mut Local,
+        remote: &mut Client,
+        flows: &mut Flows,
+        stop: &Stop,
+        switch: &mut watch::Receiver<bool>,
+    ) -> Lost {
         loop {
-            let room = self.incoming.len() < most_incoming;
+            let reads_remote = flows.reads_remote(local.held.len());
+            let reads_local = flows.reads_local();
             let handled = tokio::select! {
                 () = stop.wait() => return Lost::Stopped,
-                ev = local.next_event(None) => match ev {
-                    Ok(ev) => self.on_local(ev, local, Some(&mut *remote)).await,
+                () = switched(switch, false) => return Lost::Switched,
+                ev = local.client.next_event(None), if reads_local => match ev {
+                    Ok(ev) => self.on_local(ev, local, flows, Some(&mut *remote)).await,
                     Err(e) => Err(Side::Local(e)),
                 },
-                ev = remote.next_event(None), if room => match ev {
-                    Ok(ev) => self.on_remote(ev, local, remote).await,
+                ev = remote.next_event(None), if reads_remote => match ev {
+                    Ok(ev) if local.subscribing.is_some() => {
+                        local.held.push_back(ev);
+                        Ok(())
+                    }
+                    Ok(ev) => self.on_remote(ev, local, flows, remote).await,
                     Err(e) => Err(Side::Remote(e)),
                 },
             };
             if let Err(e) = handled {
                 return e.into();
+            }
+            if flows.wants_resend() {
+                return Lost::Resend;
             }
         }
     }
@@ -434,44 +620,23 @@ impl Bridge {
     async fn on_local(
         &mut self,
         ev: Event,
-        local: &mut Client,
-        remote: Option<&mut Client>,
+        local: &mut Local,
+        flows: &mut Flows,
+        mut remote: Option<&mut Client>,
     ) -> Result<(), Side> {
         match ev {
-            Event::Message(p) => {
-                let Some((topic, qos)) = self.routes.outbound(&p.topic, p.qos) else {
-                    // A subscription left from an older configuration.
-                    BridgeStats::add(&self.stats.dropped, 1);
-                    return local.ack(p.packet_id, p.qos).await.map_err(Side::Local);
-                };
-                let publish = Publish {
-                    dup: false,
-                    qos,
-                    retain: p.retain,
-                    topic,
-                    packet_id: 0,
-                    properties: forwarded(&p.properties),
-                    payload: p.payload,
-                };
-                self.out.push_back(Out {
-                    local_id: p.packet_id,
-                    local_qos: p.qos,
-                    publish,
-                    remote_id: None,
-                });
-                self.stats
-                    .pending
-                    .store(self.out.len() as u64, Ordering::Relaxed);
-                if let Some(remote) = remote {
-                    self.send_out(local, remote).await?;
-                }
-            }
-            Event::Acked(local_id, _) => {
-                // A message from the remote is stored here: acknowledge it there.
-                if let (Some((remote_id, qos)), Some(remote)) =
-                    (self.incoming.remove(&local_id), remote)
-                {
-                    remote.ack(remote_id, qos).await.map_err(Side::Remote)?;
+            Event::Message(p) => flows.local_publish(p),
+            Event::Acked(id, reason) => flows.local_acked(id, reason),
+            Event::Received(id, reason) => flows.local_received(id, reason),
+            Event::Released(id) => flows.local_released(id),
+            Event::Packet(Packet::SubAck(ack)) if local.subscribing == Some(ack.packet_id) => {
+                local.subscribing = None;
+                self.log_refusals("local", &ack, &self.routes.local_filters());
+                // What the remote sent meanwhile, in order.
+                while let Some(ev) = local.held.pop_front() {
+                    if let Some(remote) = remote.as_deref_mut() {
+                        self.on_remote(ev, local, flows, remote).await?;
+                    }
                 }
             }
             Event::Packet(Packet::Disconnect(d)) => {
@@ -482,67 +647,26 @@ impl Bridge {
             }
             Event::Packet(_) | Event::Timeout => {}
         }
-        Ok(())
+        execute(flows, &mut local.client, remote).await
     }
 
     /// An event of the remote connection.
     async fn on_remote(
         &mut self,
         ev: Event,
-        local: &mut Client,
+        local: &mut Local,
+        flows: &mut Flows,
         remote: &mut Client,
     ) -> Result<(), Side> {
         match ev {
-            Event::Message(p) => {
-                let Some((topic, qos)) = self.routes.inbound(&p.topic, p.qos) else {
-                    BridgeStats::add(&self.stats.dropped, 1);
-                    return remote.ack(p.packet_id, p.qos).await.map_err(Side::Remote);
-                };
-                BridgeStats::add(&self.stats.in_messages, 1);
-                BridgeStats::add(&self.stats.in_bytes, p.payload.len() as u64);
-                let local_id = if qos == QoS::AtMostOnce {
-                    0
-                } else {
-                    local.next_packet_id()
-                };
-                let publish = Publish {
-                    dup: false,
-                    qos,
-                    retain: p.retain,
-                    topic,
-                    packet_id: local_id,
-                    properties: forwarded(&p.properties),
-                    payload: p.payload,
-                };
-                local
-                    .send(&Packet::Publish(publish))
-                    .await
-                    .map_err(Side::Local)?;
-                if qos == QoS::AtMostOnce {
-                    remote.ack(p.packet_id, p.qos).await.map_err(Side::Remote)?;
-                } else {
-                    self.incoming.insert(local_id, (p.packet_id, p.qos));
+            Event::Message(p) => flows.remote_publish(p),
+            Event::Acked(id, reason) => flows.remote_acked(id, reason),
+            Event::Received(id, reason) => flows.remote_received(id, reason),
+            Event::Released(id) => flows.remote_released(id),
+            Event::Packet(Packet::SubAck(ack)) => {
+                if flows.remote_subscribed(ack.packet_id) {
+                    self.log_refusals("remote", &ack, &self.routes.remote_filters());
                 }
-            }
-            Event::Acked(remote_id, reason) => {
-                let Some(i) = self.out.iter().position(|o| o.remote_id == Some(remote_id)) else {
-                    return Ok(());
-                };
-                if let Some(o) = self.out.remove(i) {
-                    if reason.as_u8() >= 0x80 {
-                        BridgeStats::add(&self.stats.dropped, 1);
-                        warn!(bridge = %self.cfg.name, topic = %o.publish.topic.as_str(),
-                            reason = %crate::cli::strings::reason(reason),
-                            "the remote refused a message");
-                    } else {
-                        self.count_out(&o);
-                    }
-                    local
-                        .ack(o.local_id, o.local_qos)
-                        .await
-                        .map_err(Side::Local)?;
-                }
-                self.send_out(local, remote).await?;
             }
             Event::Packet(Packet::Disconnect(d)) => {
                 return Err(Side::Remote(ClientError::Protocol(format!(
@@ -552,60 +676,82 @@ impl Bridge {
             }
             Event::Packet(_) | Event::Timeout => {}
         }
-        Ok(())
+        execute(flows, &mut local.client, Some(remote)).await
     }
 
-    /// Sends what is waiting, as far as the remote's window allows; a message going at QoS 0
-    /// is done once written, and acknowledged locally at once.
-    async fn send_out(&mut self, local: &mut Client, remote: &mut Client) -> Result<(), Side> {
-        let window = usize::from(remote.receive_maximum.min(WINDOW));
-        let mut inflight = self.out.iter().filter(|o| o.remote_id.is_some()).count();
-        let mut i = 0;
-        while let Some(o) = self.out.get_mut(i) {
-            if o.remote_id.is_some() {
-                i += 1;
-                continue;
+    /// Logs each filter a SUBACK refused: messages on it will not cross the bridge.
+    fn log_refusals(&self, side: &str, ack: &SubAck, filters: &[(TopicFilter, QoS)]) {
+        for (i, reason) in ack.reasons.iter().enumerate() {
+            if reason.as_u8() >= 0x80 {
+                let filter = filters.get(i).map_or("?", |(f, _)| f.as_str());
+                warn!(bridge = %self.cfg.name, side, filter,
+                    reason = %crate::cli::strings::reason(*reason),
+                    "a subscription of the bridge was refused");
             }
-            if o.publish.qos == QoS::AtMostOnce {
-                remote
-                    .send(&Packet::Publish(o.publish.clone()))
-                    .await
-                    .map_err(Side::Remote)?;
-                if let Some(o) = self.out.remove(i) {
-                    self.count_out(&o);
-                    local
-                        .ack(o.local_id, o.local_qos)
-                        .await
-                        .map_err(Side::Local)?;
-                }
-                continue;
-            }
-            if inflight >= window {
-                break;
-            }
-            let id = remote.next_packet_id();
-            o.publish.packet_id = id;
-            o.remote_id = Some(id);
-            let p = Packet::Publish(o.publish.clone());
-            remote.send(&p).await.map_err(Side::Remote)?;
-            inflight += 1;
-            i += 1;
         }
-        Ok(())
     }
+}
 
-    fn count_out(&self, o: &Out) {
-        BridgeStats::add(&self.stats.out_messages, 1);
-        BridgeStats::add(&self.stats.out_bytes, o.publish.payload.len() as u64);
-        self.stats
-            .pending
-            .store(self.out.len() as u64, Ordering::Relaxed);
+/// Sends what `flows` decided, in order, each run of packets for one side in one write.
+async fn execute(
+    flows: &mut Flows,
+    local: &mut Client,
+    mut remote: Option<&mut Client>,
+) -> Result<(), Side> {
+    let sends = flows.take_sends();
+    let mut run: Vec<Packet> = Vec::new();
+    let mut run_is_local = true;
+    for s in sends {
+        let (is_local, p) = match s {
+            Send::Local(p) => (true, p),
+            Send::Remote(p) => (false, p),
+        };
+        if is_local != run_is_local && !run.is_empty() {
+            write(&mut run, run_is_local, local, remote.as_deref_mut()).await?;
+        }
+        run_is_local = is_local;
+        run.push(p);
+    }
+    write(&mut run, run_is_local, local, remote).await
+}
+
+async fn write(
+    run: &mut Vec<Packet>,
+    to_local: bool,
+    local: &mut Client,
+    remote: Option<&mut Client>,
+) -> Result<(), Side> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    let r = if to_local {
+        local.send_all(run).await.map_err(Side::Local)
+    } else if let Some(remote) = remote {
+        remote.send_all(run).await.map_err(Side::Remote)
+    } else {
+        // `Flows` sends nothing to a remote it knows is away.
+        Ok(())
+    };
+    run.clear();
+    r
+}
+
+/// Sleeps until `at`, or forever without it.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
 /// Why a remote connection ended.
 enum Lost {
     Stopped,
+    /// An operator stopped the bridge.
+    Switched,
+    /// The remote sent messages the bridge left unanswered (`Flows::wants_resend`): a new
+    /// connection makes it resend them.
+    Resend,
     Local(ClientError),
     Remote(ClientError),
 }
@@ -652,13 +798,4 @@ fn subscribe(packet_id: u16, filters: Vec<(TopicFilter, QoS)>, v5: bool) -> Subs
             .collect(),
         properties: Properties::default(),
     }
-}
-
-/// The properties a message keeps across the bridge (not its topic alias or subscription
-/// identifiers, which belong to one connection).
-fn forwarded(p: &Properties) -> Properties {
-    let mut v = (**p).clone();
-    v.topic_alias = None;
-    v.subscription_identifiers.clear();
-    v.into()
 }

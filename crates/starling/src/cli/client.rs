@@ -1,9 +1,11 @@
-//! The MQTT client behind the client commands, on the broker's own codec: CONNECT and
-//! CONNACK, packet identifiers, keep-alive pings, both QoS flows (answering PUBACK, PUBREC and
-//! PUBCOMP to the broker's PUBLISHes, delivering a QoS 2 message once; sending PUBREL for its
-//! own), the broker's topic aliases, and `-d` debug lines. One task drives it: the caller asks
-//! for the next [`Event`] with a deadline; every await point is cancel-safe, so the caller
-//! may race it against stdin or a signal.
+//! The MQTT client behind the client commands and the bridges, on the broker's own codec:
+//! CONNECT and CONNACK, packet identifiers, keep-alive pings, both QoS flows (answering PUBACK,
+//! PUBREC and PUBCOMP to the broker's PUBLISHes, delivering a QoS 2 message once; sending
+//! PUBREL for its own), the broker's topic aliases, and `-d` debug lines. In manual mode
+//! ([`Client::set_manual_flows`], a bridge's) none of those answers is automatic: every
+//! PUBLISH, PUBREC and PUBREL is an [`Event`] and the caller answers it. One task drives it:
+//! the caller asks for the next [`Event`] with a deadline; every await point is cancel-safe, so
+//! the caller may race it against stdin or a signal.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -48,10 +50,17 @@ pub enum ClientError {
 /// Something the caller should see.
 #[derive(Debug)]
 pub enum Event {
-    /// A message from the broker (already acknowledged as its QoS requires).
+    /// A message from the broker (already acknowledged as its QoS requires, except in manual
+    /// mode).
     Message(Publish),
-    /// One of our QoS 1 or 2 publishes finished, with the broker's reason code.
+    /// One of our QoS 1 or 2 publishes finished (PUBACK, PUBCOMP, or a PUBREC with an error
+    /// reason outside manual mode), with the broker's reason code.
     Acked(u16, ReasonCode),
+    /// Manual mode: PUBREC for one of our QoS 2 publishes, with its reason code; the caller
+    /// sends the PUBREL (or, after an error reason, nothing).
+    Received(u16, ReasonCode),
+    /// Manual mode: PUBREL for a QoS 2 message from the broker; the caller sends the PUBCOMP.
+    Released(u16),
     /// SUBACK, UNSUBACK, DISCONNECT or AUTH.
     Packet(Packet),
     /// The deadline passed.
@@ -76,8 +85,8 @@ pub struct Client {
     aliases: HashMap<u16, starling_proto::TopicName>,
     /// QoS 2 messages received and not yet released.
     incoming_qos2: HashSet<u16>,
-    /// The caller acknowledges the broker's QoS 1 and 2 PUBLISHes ([`Self::ack`]).
-    manual_ack: bool,
+    /// The caller answers every step of the QoS 1 and 2 flows ([`Self::set_manual_flows`]).
+    manual: bool,
     /// The broker's Receive Maximum: QoS 1 and 2 PUBLISHes it takes at once.
     pub receive_maximum: u16,
 }
@@ -135,7 +144,7 @@ impl Client {
             client_id,
             aliases: HashMap::new(),
             incoming_qos2: HashSet::new(),
-            manual_ack: false,
+            manual: false,
             receive_maximum: u16::MAX,
         };
         let mut connect = connect;
@@ -169,30 +178,13 @@ impl Client {
         Ok((client, ack))
     }
 
-    /// Leaves acknowledging the broker's QoS 1 and 2 PUBLISHes to the caller: a message is
-    /// answered only when [`Self::ack`] is called for it (a bridge answers once the message is
-    /// safe elsewhere).
-    pub fn set_manual_ack(&mut self) {
-        self.manual_ack = true;
-    }
-
-    /// Acknowledges a PUBLISH received in manual mode: PUBACK at QoS 1, PUBREC at QoS 2 (the
-    /// PUBREL that follows is answered by the client).
-    pub async fn ack(&mut self, packet_id: u16, qos: QoS) -> Result<(), ClientError> {
-        let ack = PubAck {
-            packet_id,
-            reason: ReasonCode::Success,
-            properties: Properties::default(),
-        };
-        match qos {
-            QoS::AtMostOnce => return Ok(()),
-            QoS::AtLeastOnce => self.queue(&Packet::PubAck(ack))?,
-            QoS::ExactlyOnce => {
-                self.incoming_qos2.insert(packet_id);
-                self.queue(&Packet::PubRec(ack))?;
-            }
-        }
-        self.flush_pending().await
+    /// Leaves every answer of the QoS flows to the caller: a QoS 1 or 2 PUBLISH from the broker
+    /// is an [`Event::Message`] whatever its packet id (duplicates included), a PUBREC an
+    /// [`Event::Received`] and a PUBREL an [`Event::Released`], and the caller sends the PUBACK,
+    /// PUBREC, PUBREL and PUBCOMP ([`Self::send_all`]). A bridge chains the flows of its two
+    /// connections this way, so that each step on one side follows the same step on the other.
+    pub fn set_manual_flows(&mut self) {
+        self.manual = true;
     }
 
     /// A fresh non-zero packet identifier.
@@ -204,6 +196,14 @@ impl Client {
     /// Encodes and writes one packet.
     pub async fn send(&mut self, packet: &Packet) -> Result<(), ClientError> {
         self.queue(packet)?;
+        self.flush_pending().await
+    }
+
+    /// Encodes packets and writes them together (one flush for all of them).
+    pub async fn send_all(&mut self, packets: &[Packet]) -> Result<(), ClientError> {
+        for p in packets {
+            self.queue(p)?;
+        }
         self.flush_pending().await
     }
 
@@ -265,6 +265,10 @@ impl Client {
                 Packet::PubAck(a) | Packet::PubComp(a) => {
                     return Ok(Event::Acked(a.packet_id, a.reason));
                 }
+                Packet::PubRec(a) if self.manual => {
+                    return Ok(Event::Received(a.packet_id, a.reason));
+                }
+                Packet::PubRel(a) if self.manual => return Ok(Event::Released(a.packet_id)),
                 Packet::PubRec(a) => {
                     if a.reason.as_u8() >= 0x80 {
                         return Ok(Event::Acked(a.packet_id, a.reason));
@@ -300,7 +304,8 @@ impl Client {
         }
     }
 
-    /// Acknowledges a PUBLISH from the broker; `None` for a QoS 2 duplicate.
+    /// Acknowledges a PUBLISH from the broker (except in manual mode); `None` for a QoS 2
+    /// duplicate.
     fn incoming(&mut self, mut p: Publish) -> Result<Option<Publish>, ClientError> {
         if let Some(alias) = p.properties.topic_alias {
             if p.topic.is_empty() {
@@ -316,19 +321,14 @@ impl Client {
                 self.aliases.insert(alias, p.topic.clone());
             }
         }
+        if self.manual {
+            return Ok(Some(p));
+        }
         let ack = PubAck {
             packet_id: p.packet_id,
             reason: ReasonCode::Success,
             properties: Properties::default(),
         };
-        if self.manual_ack && p.qos != QoS::AtMostOnce {
-            if p.qos == QoS::ExactlyOnce && self.incoming_qos2.contains(&p.packet_id) {
-                // Already taken and acknowledged: the PUBREC went missing.
-                self.queue(&Packet::PubRec(ack))?;
-                return Ok(None);
-            }
-            return Ok(Some(p));
-        }
         match p.qos {
             QoS::AtMostOnce => Ok(Some(p)),
             QoS::AtLeastOnce => {

@@ -1,8 +1,9 @@
 //! `starling ctl`: the admin API (`/api/v1`) from the terminal. Clients, sessions,
-//! subscriptions, retained messages, bans, listeners, stats, the running config, reload and
-//! the log level; a table by default, the API's JSON with `--json`. Credentials: an API key
-//! (`--api-key` or `$STARLING_API_KEY`) or a user of the broker's password file (`-u`/`-P`);
-//! `https://` URLs are verified against `--cafile` or the system's CAs.
+//! subscriptions, retained messages, bans, listeners, bridges (and stopping and starting
+//! one), stats, the running config, reload and the log level; a table by default, the API's
+//! JSON with `--json`. Credentials: an API key (`--api-key` or `$STARLING_API_KEY`) or a
+//! user of the broker's password file (`-u`/`-P`); `https://` URLs are verified against
+//! `--cafile` or the system's CAs.
 
 use std::time::Duration;
 
@@ -14,6 +15,10 @@ use hyper::Request;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+
+// A child of this module (so that it shares the private HTTP client), in a file of its own.
+#[path = "dynsec.rs"]
+mod dynsec;
 
 /// How long one request may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -81,6 +86,9 @@ enum CtlCommand {
     Listeners,
     /// Bridges to other brokers and what they carried.
     Bridges,
+    /// Stop or start a bridge.
+    #[command(subcommand)]
+    Bridge(Bridge),
     /// A snapshot of the broker's counters.
     Stats,
     /// The running configuration, secrets redacted.
@@ -92,6 +100,9 @@ enum CtlCommand {
         /// The new level.
         level: Option<String>,
     },
+    /// Dynamic security: clients, groups, roles and API keys managed at run time.
+    #[command(subcommand)]
+    Dynsec(dynsec::Dynsec),
 }
 
 /// Paging shared by the listings.
@@ -241,6 +252,21 @@ enum Bans {
     },
 }
 
+#[derive(Debug, Clone, Subcommand)]
+enum Bridge {
+    /// Disconnect a bridge from its remote and keep it disconnected (its local session keeps
+    /// queueing what it would send, within its queue bounds).
+    Stop {
+        /// The bridge's name.
+        name: String,
+    },
+    /// Connect a stopped bridge again, at once.
+    Start {
+        /// The bridge's name.
+        name: String,
+    },
+}
+
 /// Why a ctl command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -269,6 +295,9 @@ pub enum CtlError {
     /// The request did not finish in time.
     #[error("no answer within {} s", REQUEST_TIMEOUT.as_secs())]
     Timeout,
+    /// Reading input (a password) failed.
+    #[error("{0}")]
+    Input(String),
 }
 
 /// Runs `starling ctl`; returns the exit status (0, or 1 with the error on stderr).
@@ -714,6 +743,7 @@ async fn execute(args: &CtlArgs) -> Result<(), CtlError> {
                 &[
                     "name",
                     "connected",
+                    "state",
                     "messages_out",
                     "messages_in",
                     "pending",
@@ -723,6 +753,16 @@ async fn execute(args: &CtlArgs) -> Result<(), CtlError> {
                 ],
             )
             .await?;
+            Ok(())
+        }
+        CtlCommand::Bridge(b) => {
+            let (name, action, done) = match b {
+                Bridge::Stop { name } => (name, "stop", "stopped"),
+                Bridge::Start { name } => (name, "start", "started"),
+            };
+            let path = format!("/bridges/{}/{action}", enc(name));
+            api.call("POST", &path, None).await?;
+            api.done(&format!("{done} bridge {name}"));
             Ok(())
         }
         CtlCommand::Stats => {
@@ -751,6 +791,7 @@ async fn execute(args: &CtlArgs) -> Result<(), CtlError> {
             api.show(&v);
             Ok(())
         }
+        CtlCommand::Dynsec(d) => dynsec::run(&api, d).await,
     }
 }
 

@@ -198,7 +198,7 @@ impl Publisher {
                 return Err(ClientError::Closed);
             }
             Event::Timeout => return Ok(false),
-            Event::Message(_) | Event::Packet(_) => {}
+            Event::Message(_) | Event::Packet(_) | Event::Received(..) | Event::Released(_) => {}
         }
         Ok(true)
     }

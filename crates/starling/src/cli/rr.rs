@@ -234,7 +234,11 @@ async fn exchange(
                     strings::reason(d.reason)
                 )));
             }
-            Event::Message(_) | Event::Acked(..) | Event::Packet(_) => {}
+            Event::Message(_)
+            | Event::Acked(..)
+            | Event::Packet(_)
+            | Event::Received(..)
+            | Event::Released(_) => {}
         }
     }
 }

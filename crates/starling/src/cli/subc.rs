@@ -367,7 +367,7 @@ impl Session<'_> {
                         return Ok(stop);
                     }
                 }
-                Event::Acked(..) | Event::Packet(_) => {}
+                Event::Acked(..) | Event::Packet(_) | Event::Received(..) | Event::Released(_) => {}
             }
         }
     }

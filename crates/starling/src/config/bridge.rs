@@ -1,9 +1,10 @@
 //! `[[bridge]]` tables: connections to other brokers, with mosquitto's topic remapping
 //! (`[[bridge.topic]]`: pattern, direction, QoS, local and remote prefixes). Checked at start:
-//! an unknown key or direction, a topic that cannot be mapped, prefixes that would send a
-//! message straight back where it came from, or missing TLS files refuse the config with the
-//! key named.
+//! an unknown key or direction, a topic that cannot be mapped, topic lines whose prefixes make
+//! a loop (what one line sends out another takes back in under another local topic, which a
+//! line sends out again), or missing TLS files refuse the config with the keys named.
 
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::path::PathBuf;
 
 use anyhow::bail;
@@ -112,7 +113,9 @@ pub struct BridgeConfig {
     #[serde(default)]
     pub insecure: bool,
     /// Clean start at the remote (default false: a persistent remote session, so that what
-    /// comes in while the bridge is away waits there).
+    /// comes in while the bridge is away waits there, and what either side resends after a
+    /// failure is recognised: QoS 2 exactly once). Without it the bridge still starts clean
+    /// once when its own local session is new (its packet ids start afresh).
     #[serde(default)]
     pub clean_start: bool,
     /// Keep-alive with the remote, seconds.
@@ -135,6 +138,12 @@ pub struct BridgeConfig {
     /// 3.x, so that it does not send our own messages back; MQTT 5 uses No Local instead.
     #[serde(default = "default_true")]
     pub try_private: bool,
+    /// QoS 1 and 2 messages unanswered at the remote at once, at most (1 to 64). Default 64,
+    /// or less when an MQTT 5 remote's Receive Maximum says so; 20 with MQTT 3.x, which has no
+    /// way to say: mosquitto's default `max_inflight_messages`, beyond which mosquitto drops a
+    /// QoS 2 message with a PUBREC that 3.x cannot tell from a success.
+    #[serde(default)]
+    pub max_inflight: Option<u16>,
     /// Topics.
     #[serde(default, rename = "topic")]
     pub topics: Vec<BridgeTopic>,
@@ -244,6 +253,9 @@ impl BridgeConfig {
         if self.queue_max_bytes < 1024 || self.queue_max_bytes > 64 << 30 {
             bail!("{at}.queue_max_bytes: 1 KiB to 64 GiB");
         }
+        if self.max_inflight.is_some_and(|n| n == 0 || n > 64) {
+            bail!("{at}.max_inflight: 1 to 64");
+        }
         if self.topics.is_empty() {
             bail!("{at}.topic: at least one [[bridge.topic]]");
         }
@@ -273,8 +285,244 @@ impl BridgeConfig {
                 bail!("{at}.pattern: empty only with both prefixes (the topic is the prefix)");
             }
         }
+        self.check_loops(&at)
+    }
+
+    /// Refuses lines that would send a message back and forth through the bridge's own
+    /// remapping: a local message that an `out` line sends as remote topic R, which an `in`
+    /// line takes back as a different local topic, which an `out` line sends again. No Local
+    /// (MQTT 5, or mosquitto's bridge flag for 3.x) keeps the remote from echoing what the
+    /// bridge published, but not every remote honours it (a 3.x broker that ignores the flag,
+    /// `try_private = false`), and retained messages come back on a new subscription whatever
+    /// it says; an echo that lands on the topic it left from is the plain echo, but one that
+    /// lands elsewhere in what the bridge sends is a copy under a new name, which only No
+    /// Local on the bridge's own local subscription keeps from going round again with one
+    /// more prefix each time. So the mapping itself must not close that circle. Lines are taken
+    /// one pair at a time, as if each were the first to match: precise for the usual lines,
+    /// which do not overlap on one side.
+    fn check_loops(&self, at: &str) -> anyhow::Result<()> {
+        let out: Vec<(usize, &BridgeTopic, Lang)> = (self.topics.iter().enumerate())
+            .filter(|(_, t)| t.direction.out())
+            .map(|(j, t)| (j, t, Lang::of(&format!("{}{}", t.local_prefix, t.pattern))))
+            .collect();
+        let inbound: Vec<(usize, &BridgeTopic, Lang)> = (self.topics.iter().enumerate())
+            .filter(|(_, t)| t.direction.inbound())
+            .map(|(k, t)| (k, t, Lang::of(&format!("{}{}", t.remote_prefix, t.pattern))))
+            .collect();
+        let sent_out: Vec<&Lang> = out.iter().map(|(_, _, l)| l).collect();
+        let alphabet = alphabet(&self.topics);
+        for (j, o, local) in &out {
+            for (k, i, remote) in &inbound {
+                // The remote topic of a message sent out by `o` is remote_prefix(o) + x. For
+                // `i` to take it back, one remote prefix must begin the other; the local topic
+                // it comes back as is then local_prefix(i) + what follows remote_prefix(i).
+                let (a, b, c) = if let Some(d) = o.remote_prefix.strip_prefix(&i.remote_prefix) {
+                    (
+                        o.local_prefix.clone(),
+                        o.remote_prefix.clone(),
+                        format!("{}{d}", i.local_prefix),
+                    )
+                } else if let Some(e) = i.remote_prefix.strip_prefix(&o.remote_prefix) {
+                    (
+                        format!("{}{e}", o.local_prefix),
+                        i.remote_prefix.clone(),
+                        i.local_prefix.clone(),
+                    )
+                } else {
+                    continue;
+                };
+                // The same local topic back: the plain echo, not a loop.
+                if a == c {
+                    continue;
+                }
+                let Some(x) = common_suffix(&alphabet, [(&a, local), (&b, remote)], &c, &sent_out)
+                else {
+                    continue;
+                };
+                let x = String::from_utf8_lossy(&x);
+                bail!(
+                    "{at}.topic[{j}] and {at}.topic[{k}]: a loop: the local topic {:?} goes out \
+                     as {:?}, comes back in as {:?} and goes out again; narrow the patterns or \
+                     prefixes so that the `in` line does not take what the `out` line sends",
+                    format!("{a}{x}"),
+                    format!("{b}{x}"),
+                    format!("{c}{x}")
+                );
+            }
+        }
         Ok(())
     }
+}
+
+/// The topics a topic filter matches, as a small automaton over the bytes of a topic:
+/// `+` is any bytes but `/`; `#` alone anything; a trailing `/#` nothing (the parent level),
+/// or `/` and then anything. (The `$` rule, that wildcards do not match a first level
+/// starting with `$`, is left out: it only makes the check refuse a little more.)
+#[derive(Debug)]
+struct Lang {
+    toks: Vec<Tok>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tok {
+    Byte(u8),
+    /// `+`.
+    Level,
+    /// `#` as the whole filter.
+    Rest,
+    /// `/#` after a level.
+    Tail,
+}
+
+/// The state after a trailing `/#` has read its `/`: anything follows.
+const ANY: usize = usize::MAX;
+
+/// A set of automaton states.
+type States = BTreeSet<usize>;
+
+impl Lang {
+    fn of(filter: &str) -> Self {
+        let mut toks = Vec::new();
+        for (n, level) in filter.split('/').enumerate() {
+            match level {
+                "#" if n > 0 => toks.push(Tok::Tail),
+                "#" => toks.push(Tok::Rest),
+                _ => {
+                    if n > 0 {
+                        toks.push(Tok::Byte(b'/'));
+                    }
+                    if level == "+" {
+                        toks.push(Tok::Level);
+                    } else {
+                        toks.extend(level.bytes().map(Tok::Byte));
+                    }
+                }
+            }
+        }
+        Self { toks }
+    }
+
+    /// Adds the states reachable without reading (wildcards may match nothing).
+    fn close(&self, states: &mut States) {
+        let mut stack: Vec<usize> = states.iter().copied().collect();
+        while let Some(s) = stack.pop() {
+            if let Some(Tok::Level | Tok::Rest | Tok::Tail) = self.toks.get(s)
+                && states.insert(s + 1)
+            {
+                stack.push(s + 1);
+            }
+        }
+    }
+
+    /// The states after reading `bytes` from the start.
+    fn after(&self, bytes: &[u8]) -> States {
+        let mut states = States::from([0]);
+        self.close(&mut states);
+        for &b in bytes {
+            states = self.step(&states, b);
+        }
+        states
+    }
+
+    fn step(&self, states: &States, b: u8) -> States {
+        let mut next = States::new();
+        for &s in states {
+            match self.toks.get(s) {
+                _ if s == ANY => {
+                    next.insert(ANY);
+                }
+                Some(Tok::Byte(c)) if *c == b => {
+                    next.insert(s + 1);
+                }
+                Some(Tok::Level) if b != b'/' => {
+                    next.insert(s);
+                }
+                Some(Tok::Rest) => {
+                    next.insert(s);
+                }
+                Some(Tok::Tail) if b == b'/' => {
+                    next.insert(ANY);
+                }
+                _ => {}
+            }
+        }
+        self.close(&mut next);
+        next
+    }
+
+    fn accepts(&self, states: &States) -> bool {
+        states.contains(&self.toks.len()) || states.contains(&ANY)
+    }
+}
+
+/// The bytes that tell topics apart for these lines: one byte none of them uses (standing for
+/// all the others, and tried first so that examples read like topics), every byte of their
+/// prefixes and patterns, and `/`.
+fn alphabet(topics: &[BridgeTopic]) -> Vec<u8> {
+    let mut used: BTreeSet<u8> = (topics.iter())
+        .flat_map(|t| [&t.pattern, &t.local_prefix, &t.remote_prefix])
+        .flat_map(|s| s.bytes())
+        .filter(|b| !matches!(b, b'+' | b'#'))
+        .collect();
+    used.insert(b'/');
+    let other = (b'x'..=b'z')
+        .chain(b'a'..=b'w')
+        .chain(b'0'..=b'9')
+        .find(|b| !used.contains(b));
+    other.into_iter().chain(used).collect()
+}
+
+/// Product states searched per pair of lines at most (ordinary lines need a few dozen).
+const LOOP_SEARCH_MAX: usize = 100_000;
+
+/// The shortest `x` for which, for each `(prefix, lang)` of `each`, `prefix + x` is a topic
+/// `lang` matches, and `c + x` is one some lang of `any` matches; `None` if there is none.
+fn common_suffix(
+    alphabet: &[u8],
+    each: [(&str, &Lang); 2],
+    c: &str,
+    any: &[&Lang],
+) -> Option<Vec<u8>> {
+    type Product = ([States; 2], Vec<States>);
+    let first: Product = (
+        each.map(|(p, l)| l.after(p.as_bytes())),
+        any.iter().map(|l| l.after(c.as_bytes())).collect(),
+    );
+    let alive =
+        |p: &Product| p.0.iter().all(|s| !s.is_empty()) && p.1.iter().any(|s| !s.is_empty());
+    let accepted = |p: &Product, x: &[u8]| {
+        // Topics are never empty.
+        let topics = [each[0].0, each[1].0, c];
+        topics.iter().all(|t| !t.is_empty() || !x.is_empty())
+            && each.iter().zip(&p.0).all(|((_, l), s)| l.accepts(s))
+            && any.iter().zip(&p.1).any(|(l, s)| l.accepts(s))
+    };
+    if !alive(&first) {
+        return None;
+    }
+    // Keyed with whether `x` is empty: the state `x = ""` stands at may be one a longer `x`
+    // reaches too, and only that one may make a valid topic of an empty prefix.
+    let mut seen: HashSet<(Product, bool)> = HashSet::from([(first.clone(), false)]);
+    let mut queue: VecDeque<(Product, Vec<u8>)> = VecDeque::from([(first, Vec::new())]);
+    while let Some((p, x)) = queue.pop_front() {
+        if accepted(&p, &x) {
+            return Some(x);
+        }
+        for &b in alphabet {
+            let next: Product = (
+                [each[0].1.step(&p.0[0], b), each[1].1.step(&p.0[1], b)],
+                any.iter().zip(&p.1).map(|(l, s)| l.step(s, b)).collect(),
+            );
+            if !alive(&next) || seen.len() >= LOOP_SEARCH_MAX || !seen.insert((next.clone(), true))
+            {
+                continue;
+            }
+            let mut y = x.clone();
+            y.push(b);
+            queue.push_back((next, y));
+        }
+    }
+    None
 }
 
 /// Checks every bridge and that their names differ.
@@ -357,6 +605,10 @@ remote_prefix = "site-1/"
                 "reconnect_min_secs = 0\n[[bridge.topic]]\npattern = \"a\"\n",
                 "reconnect",
             ),
+            (
+                "max_inflight = 65\n[[bridge.topic]]\npattern = \"a\"\n",
+                "bridge[0].max_inflight",
+            ),
         ];
         for (extra, key) in cases {
             let e = parse(&format!("{base}{extra}")).unwrap_err().to_string();
@@ -377,5 +629,96 @@ remote_prefix = "site-1/"
                 .to_string()
                 .contains("used twice")
         );
+    }
+
+    /// A topic line: `(pattern, direction, local_prefix, remote_prefix)`.
+    type Line<'a> = (&'a str, &'a str, &'a str, &'a str);
+
+    /// A bridge with these topic lines.
+    fn lines(lines: &[Line<'_>]) -> anyhow::Result<Vec<BridgeConfig>> {
+        let mut t = String::from("[[bridge]]\nname = \"x\"\naddress = \"h:1\"\n");
+        for (pattern, direction, local, remote) in lines {
+            t.push_str(&format!(
+                "[[bridge.topic]]\npattern = {pattern:?}\ndirection = {direction:?}\n\
+                 local_prefix = {local:?}\nremote_prefix = {remote:?}\n"
+            ));
+        }
+        parse(&t)
+    }
+
+    #[test]
+    fn usual_lines_are_no_loop() {
+        let fine: &[&[Line<'_>]] = &[
+            // A two-way line, with or without prefixes: what comes back is the same topic.
+            &[("#", "both", "", "")],
+            &[("data/#", "both", "site/", "hq/")],
+            // Site and cloud: sensors up, commands down, under the site's prefix.
+            &[
+                ("sensors/#", "out", "", "site-1/"),
+                ("commands/#", "in", "local/", "site-1/"),
+            ],
+            // Everything from the cloud under cloud/, only sensors sent up.
+            &[
+                ("sensors/#", "both", "", "site-1/"),
+                ("#", "in", "cloud/", ""),
+            ],
+            // The test suite's lines.
+            &[
+                ("sensors/#", "out", "", "site-1/"),
+                ("cmd/#", "in", "local/", "site-1/"),
+                ("both/#", "both", "", ""),
+            ],
+            // Re-imported under a new name, but nothing sends that name out again.
+            &[
+                ("sensors/#", "out", "", "site-1/"),
+                ("site-1/sensors/#", "in", "", ""),
+            ],
+            // Remote prefixes apart: nothing one line sends the other takes.
+            &[("x/#", "both", "", "r1/"), ("x/#", "both", "", "r2/")],
+            // A prefix that is the whole topic.
+            &[("", "out", "a/b", "c/d"), ("", "in", "e/f", "c/d")],
+        ];
+        for l in fine {
+            assert!(lines(l).is_ok(), "{l:?}: {:?}", lines(l).err());
+        }
+    }
+
+    #[test]
+    fn lines_that_loop_are_refused_naming_both() {
+        let refused: &[(&[Line<'_>], &str)] = &[
+            // Everything up under site-1/, everything down under cloud/: site-1/x comes back
+            // as cloud/site-1/x, goes up as site-1/cloud/site-1/x, and so on.
+            (
+                &[("#", "out", "", "site-1/"), ("#", "in", "cloud/", "")],
+                "bridge[0].topic[0] and bridge[0].topic[1]: a loop: the local topic",
+            ),
+            // Two two-way lines whose remote spaces overlap with different prefixes.
+            (
+                &[("sensors/#", "both", "", "site-1/"), ("#", "both", "", "")],
+                "bridge[0].topic[0] and bridge[0].topic[1]",
+            ),
+            // The remote prefix of the `in` line is longer: the overlap is one level down.
+            (
+                &[("+/#", "out", "l/", "r/"), ("#", "in", "l/x/", "r/a/")],
+                "\"l/a/\" goes out as \"r/a/\", comes back in as \"l/x/\"",
+            ),
+        ];
+        for (l, want) in refused {
+            let e = lines(l).unwrap_err().to_string();
+            assert!(e.contains(want), "{l:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn filter_languages_follow_mqtt_matching() {
+        let accepts = |f: &str, t: &str| {
+            let l = Lang::of(f);
+            l.accepts(&l.after(t.as_bytes()))
+        };
+        assert!(accepts("a/#", "a") && accepts("a/#", "a/b/c") && !accepts("a/#", "ab"));
+        assert!(
+            accepts("a/+/c", "a/b/c") && accepts("a/+/c", "a//c") && !accepts("a/+/c", "a/b/d/c")
+        );
+        assert!(accepts("#", "x/y") && accepts("pre/fix", "pre/fix") && !accepts("+", "a/b"));
     }
 }

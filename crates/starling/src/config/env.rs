@@ -474,7 +474,9 @@ pub struct CheckConfigArgs {
 pub fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
     let overrides = Overrides::from_env()?;
     let config = super::Config::load_with_env(Some(&args.file), &overrides)?;
-    crate::listener::Listeners::load(&config)
+    // The `[auth]` backends are loaded (key files read) without starting their tasks.
+    crate::authn::Backends::build(&config, None)
+        .and_then(|b| crate::listener::Listeners::load(&config, &b, &Default::default()))
         .map_err(|e| e.context(format!("config file {}", args.file.display())))?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}: OK", args.file.display())?;

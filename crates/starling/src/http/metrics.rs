@@ -41,6 +41,87 @@ pub(super) async fn render(State(state): State<Arc<AppState>>) -> Response {
 #[derive(Debug)]
 struct BrokerCollector(Arc<AppState>);
 
+/// The `[auth]` backends' own counters: JWT denials by reason and key-set fetches, the HTTP
+/// and introspection services' requests, answers, errors and cache.
+fn auth_backends(e: &mut Enc<'_>, b: &crate::authn::Backends) -> Res {
+    if let Some(j) = &b.jwt {
+        let s = j.stats().snapshot();
+        counter(e, "starling_jwt_verified", "Tokens verified", s.verified)?;
+        family(
+            e,
+            "starling_jwt_denied",
+            "Tokens refused, by reason",
+            MetricType::Counter,
+            "reason",
+            starling_auth::jwt::JwtReason::ALL
+                .iter()
+                .map(|r| (r.as_str(), s.denied.get(r.index()).copied().unwrap_or(0))),
+        )?;
+        counter(e, "starling_jwks_fetches", "JWKS fetches", s.jwks_fetches)?;
+        counter(
+            e,
+            "starling_jwks_fetch_failures",
+            "JWKS fetches that failed",
+            s.jwks_fetch_failures,
+        )?;
+        gauge(e, "starling_jwks_keys", "Keys in the JWKS now", s.jwks_keys)?;
+    }
+    for (backend, stats) in [
+        ("http", &b.http_stats),
+        ("introspection", &b.introspection_stats),
+    ] {
+        let Some(stats) = stats else {
+            continue;
+        };
+        let s = stats.snapshot();
+        let requests = format!("starling_auth_{backend}_requests");
+        let cache = format!("starling_auth_{backend}_cache");
+        {
+            let mut m = e.encode_descriptor(
+                &requests,
+                "Requests to the service, by outcome",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, v) in [
+                ("allowed", s.allowed),
+                ("denied", s.denied),
+                ("ignored", s.ignored),
+                ("timeout", s.errors_timeout),
+                ("bad_status", s.errors_status),
+                ("connect_error", s.errors_connect),
+                ("bad_body", s.errors_body),
+            ] {
+                ConstCounter::new(v).encode(m.encode_family(&[("result", result)])?)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                &cache,
+                "Answers looked up in the cache",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, v) in [("hit", s.cache_hits), ("miss", s.cache_misses)] {
+                ConstCounter::new(v).encode(m.encode_family(&[("result", result)])?)?;
+            }
+        }
+        gauge(
+            e,
+            &format!("starling_auth_{backend}_in_flight"),
+            "Requests waiting for the service now",
+            s.in_flight,
+        )?;
+        counter(
+            e,
+            &format!("starling_auth_{backend}_request_microseconds"),
+            "Time the answered requests took, in microseconds",
+            s.latency_us_sum,
+        )?;
+    }
+    Ok(())
+}
+
 /// Figures that need a walk over the sessions.
 #[derive(Default)]
 struct SessionWalk {
@@ -422,6 +503,28 @@ impl Collector for BrokerCollector {
             "HTTP requests refused for their credentials or role",
             state.http_refused.get(),
         )?;
+        counter(
+            e,
+            "starling_credentials_expired",
+            "Connections closed because their credentials expired (a token's exp)",
+            m.credentials_expired.get(),
+        )?;
+        {
+            let mut f = e.encode_descriptor(
+                "starling_auth_backend_answers",
+                "Answers of the authentication chains' backends (backend \"none\": nobody claimed the client and the anonymous rules answered)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (backend, result, n) in state.auth_counters.snapshot() {
+                if n == 0 && backend == "other" {
+                    continue;
+                }
+                let labels = [("backend", backend), ("result", result)];
+                ConstCounter::new(n).encode(f.encode_family(&labels)?)?;
+            }
+        }
+        auth_backends(e, &state.auth_backends)?;
 
         // Bridges.
         if !state.bridges.is_empty() {

@@ -88,6 +88,13 @@ pub struct AppState {
     pub http_refused: Counter,
     /// The bridges, in config order (set by the server after construction).
     pub bridges: Vec<Arc<crate::bridge::BridgeStats>>,
+    /// What the authentication chains' backends answered (set by the server).
+    pub auth_counters: Arc<crate::authn::AuthCounters>,
+    /// The `[auth]` backends, for their counters (set by the server).
+    pub auth_backends: crate::authn::Backends,
+    /// Dynamic security, when `[auth.dynamic]` enables it (set by the server): what
+    /// `/api/v1/dynsec` manages.
+    pub dynsec: Option<Arc<crate::authn::dynamic::DynamicSecurity>>,
     /// Slots for requests served at once.
     requests: Semaphore,
     request_timeout: Duration,
@@ -125,6 +132,9 @@ impl AppState {
             started,
             http_refused: Counter::default(),
             bridges: Vec::new(),
+            auth_counters: Arc::default(),
+            auth_backends: crate::authn::Backends::default(),
+            dynsec: None,
             requests: Semaphore::new(h.max_concurrent_requests.max(1)),
             request_timeout: Duration::from_millis(h.request_timeout_ms),
         })

@@ -29,6 +29,8 @@ impl AuthExchange for TestExchange {
             AuthStep::Success {
                 username: String::from_utf8(name.to_vec()).unwrap(),
                 data: Some(b"welcome".to_vec()),
+                acl: None,
+                valid_for: None,
             }
         } else if data == b"fail" {
             AuthStep::Fail(DenyReason::BadUserNameOrPassword)

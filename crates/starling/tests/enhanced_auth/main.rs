@@ -55,6 +55,7 @@ mod bounds;
 mod common;
 mod fixtures;
 mod in_memory;
+mod jwt;
 mod passwd;
 mod reauth;
 mod scram_client;

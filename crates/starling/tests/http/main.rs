@@ -1,7 +1,8 @@
 //! The HTTP listener, black box over real HTTP (reqwest) with real MQTT clients beside it:
 //! health checks, credentials (API keys, basic auth, roles, fail closed), every admin
 //! endpoint with good and bad requests, paging through 10,000 connected clients, and the
-//! logs (JSON lines, the level changed at runtime), and `starling ctl` over all of it.
+//! logs (JSON lines, the level changed at runtime), `starling ctl` over all of it, and dynamic
+//! security (`dynsec.rs`).
 
 #![allow(
     clippy::unwrap_used,
@@ -14,6 +15,7 @@ mod api;
 #[path = "../common/mod.rs"]
 mod common;
 mod ctl;
+mod dynsec;
 mod logs;
 mod paging;
 mod process;

@@ -1,4 +1,5 @@
-//! Bans, listeners, statistics, the running configuration, reload and the log level.
+//! Bans, listeners, bridges (and stopping and starting them), statistics, the running
+//! configuration, reload and the log level.
 
 use std::time::{Duration, Instant};
 
@@ -158,30 +159,77 @@ pub(super) async fn listeners(State(state): St) -> Json<Value> {
     Json(json!({ "items": items }))
 }
 
-pub(super) async fn bridges(State(state): St) -> Json<Value> {
+/// One bridge as the API shows it.
+fn bridge_json(state: &AppState, s: &crate::bridge::BridgeStats) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
+    let session = state
+        .broker
+        .session(&crate::bridge::local_client_id(&s.name));
+    let connected = s.connected.load(Relaxed);
+    let enabled = s.switch.is_on();
+    json!({
+        "name": s.name,
+        "enabled": enabled,
+        "state": match (enabled, connected) {
+            (_, true) => "connected",
+            (true, false) => "connecting",
+            (false, false) => "stopped",
+        },
+        "connected": connected,
+        "messages_out": s.out_messages.load(Relaxed),
+        "bytes_out": s.out_bytes.load(Relaxed),
+        "messages_in": s.in_messages.load(Relaxed),
+        "bytes_in": s.in_bytes.load(Relaxed),
+        "reconnects": s.reconnects.load(Relaxed),
+        "dropped": s.dropped.load(Relaxed),
+        "pending": s.pending.load(Relaxed),
+        "queued": session.map_or(0, |x| x.lock().queued()),
+    })
+}
+
+pub(super) async fn bridges(State(state): St) -> Json<Value> {
     let items: Vec<Value> = state
         .bridges
         .iter()
-        .map(|s| {
-            let session = state
-                .broker
-                .session(&crate::bridge::local_client_id(&s.name));
-            json!({
-                "name": s.name,
-                "connected": s.connected.load(Relaxed),
-                "messages_out": s.out_messages.load(Relaxed),
-                "bytes_out": s.out_bytes.load(Relaxed),
-                "messages_in": s.in_messages.load(Relaxed),
-                "bytes_in": s.in_bytes.load(Relaxed),
-                "reconnects": s.reconnects.load(Relaxed),
-                "dropped": s.dropped.load(Relaxed),
-                "pending": s.pending.load(Relaxed),
-                "queued": session.map_or(0, |x| x.lock().queued()),
-            })
-        })
+        .map(|s| bridge_json(&state, s))
         .collect();
     Json(json!({ "items": items }))
+}
+
+pub(super) async fn stop_bridge(
+    state: St,
+    who: axum::Extension<Identity>,
+    name: Path<String>,
+) -> ApiResult<Json<Value>> {
+    switch_bridge(state, who, name, false)
+}
+
+pub(super) async fn start_bridge(
+    state: St,
+    who: axum::Extension<Identity>,
+    name: Path<String>,
+) -> ApiResult<Json<Value>> {
+    switch_bridge(state, who, name, true)
+}
+
+/// Turns a bridge on or off (its task connects or disconnects at once); the bridge as
+/// `GET /bridges` shows it. Switching to the state it is in changes nothing.
+fn switch_bridge(
+    State(state): St,
+    who: axum::Extension<Identity>,
+    Path(name): Path<String>,
+    on: bool,
+) -> ApiResult<Json<Value>> {
+    let s = state
+        .bridges
+        .iter()
+        .find(|b| b.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no bridge named {name:?}")))?;
+    if s.switch.set(on) {
+        let what = if on { "started" } else { "stopped" };
+        info!(bridge = %name, by = %who.name, "bridge {what} by an operator");
+    }
+    Ok(Json(bridge_json(&state, s)))
 }
 
 pub(super) async fn stats(State(state): St) -> Json<Value> {

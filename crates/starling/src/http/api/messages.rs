@@ -171,7 +171,11 @@ pub(super) async fn publish(
             client_id: "",
             username: Some(user),
         };
-        if acl.is_some_and(|a| !a.can_publish(&client, topic.as_str())) {
+        let allowed = match acl {
+            Some(a) => a.can_publish(&client, topic.as_str()).resolve().await,
+            None => true,
+        };
+        if !allowed {
             state.broker.metrics.acl_denied.inc();
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -5,6 +5,7 @@
 //! refused changes nothing.
 
 mod broker;
+mod dynamic;
 mod messages;
 
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use super::{AppState, Identity};
 use crate::http::error::ApiError;
 use broker::{
     add_ban, bridges, config, get_log_level, list_bans, listeners, reload, remove_ban,
-    set_log_level, stats,
+    set_log_level, start_bridge, stats, stop_bridge,
 };
 use messages::{delete_retained, get_retained, list_retained, publish};
 
@@ -68,10 +69,13 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/banned/{kind}/{value}", delete(remove_ban))
         .route("/listeners", get(listeners))
         .route("/bridges", get(bridges))
+        .route("/bridges/{name}/stop", post(stop_bridge))
+        .route("/bridges/{name}/start", post(start_bridge))
         .route("/stats", get(stats))
         .route("/config", get(config))
         .route("/reload", post(reload))
         .route("/log-level", get(get_log_level).put(set_log_level))
+        .merge(dynamic::routes())
 }
 
 async fn openapi() -> Response {
