@@ -339,12 +339,15 @@ impl Cx<'_> {
             if let Some(state) = &mut access.state {
                 state.session_acl = None;
                 state.expires_at = None;
+                // Answers from the session's rules no longer hold.
+                state.memos = Memos::default();
             }
             return;
         }
         let now = self.now;
         let state = access.state.get_or_insert_default();
         state.session_acl = grant.acl;
+        state.memos = Memos::default();
         // A validity too far to represent never ends.
         state.expires_at = grant.valid_for.and_then(|d| now.checked_add(d));
     }
@@ -482,11 +485,39 @@ fn client<'a>(a: &'a Active) -> Client<'a> {
     }
 }
 
+/// The memo's generation for answers from a session's own rules: they are fixed while the
+/// session has them, and `keep_grant` clears the memos whenever they change.
+const SESSION_RULES: u64 = u64::MAX;
+
+/// The answer of the session's own rules, if it has any (through the memo for publish and
+/// read: a token's rules walk their tries once per topic, not once per message).
+fn session_rules(
+    state: &mut AccessState,
+    client: &Client<'_>,
+    action: Action,
+    topic: &str,
+) -> Option<bool> {
+    let acl = state.session_acl.as_ref()?;
+    let memo = match action {
+        Action::Publish => &mut state.memos.publish,
+        Action::Read => &mut state.memos.read,
+        Action::Subscribe => return Some(acl.allows(client, action, topic)),
+    };
+    if let Some(allowed) = memo.get(SESSION_RULES, topic) {
+        return Some(allowed);
+    }
+    let allowed = acl.allows(client, action, topic);
+    memo.put(SESSION_RULES, topic, allowed);
+    Some(allowed)
+}
+
 /// `client` may do `action` on `topic`: the session's own rules if it has any, else the
 /// listener's authorizer (through the memo for publish and read), else allowed.
 fn check(access: &mut ConnAccess, client: &Client<'_>, action: Action, topic: &str) -> Asked<bool> {
-    if let Some(acl) = access.state.as_ref().and_then(|s| s.session_acl.as_ref()) {
-        return Asked::Now(acl.allows(client, action, topic));
+    if let Some(allowed) =
+        (access.state.as_deref_mut()).and_then(|state| session_rules(state, client, action, topic))
+    {
+        return Asked::Now(allowed);
     }
     let listener = access.listener.clone();
     let Some(z) = listener.authorizer.as_deref() else {
@@ -565,8 +596,10 @@ pub(super) fn may_read(access: Option<&mut ConnAccess>, a: &Active, topic: &Topi
         Some(access) => {
             let client = client(a);
             let topic = topic.as_str();
-            if let Some(acl) = access.state.as_ref().and_then(|s| s.session_acl.as_ref()) {
-                return acl.allows(&client, Action::Read, topic);
+            if let Some(allowed) = (access.state.as_deref_mut())
+                .and_then(|state| session_rules(state, &client, Action::Read, topic))
+            {
+                return allowed;
             }
             let Some(z) = access.listener.authorizer.clone() else {
                 return true;
