@@ -80,7 +80,7 @@ use starling_broker::config::Bound;
 use tracing::debug;
 
 use super::remote::{
-    self, Cache, ClientSettings, Failure, Key, KeyBuilder, Remote, Reply, bounds, bump, unix_now,
+    self, Cache, ClientSettings, Failure, Key, KeyBuilder, Remote, Reply, bump, unix_now,
 };
 pub use super::remote::{HttpAuthStats, HttpAuthStatsSnapshot, OnError};
 
@@ -180,29 +180,13 @@ impl fmt::Debug for HttpAuthConfig {
 impl HttpAuthConfig {
     /// Every numeric key with its value and its bound.
     pub fn bounded(&self) -> [(&'static str, u64, Bound); 5] {
-        [
-            ("timeout_ms", self.timeout_ms, bounds::TIMEOUT_MS),
-            (
-                "max_connections",
-                remote::wide(self.max_connections),
-                bounds::MAX_CONNECTIONS,
-            ),
-            (
-                "cache_ttl_secs",
-                self.cache_ttl_secs,
-                bounds::CACHE_TTL_SECS,
-            ),
-            (
-                "cache_max_entries",
-                remote::wide(self.cache_max_entries),
-                bounds::CACHE_MAX_ENTRIES,
-            ),
-            (
-                "deny_cache_ttl_secs",
-                self.deny_cache_ttl_secs,
-                bounds::CACHE_TTL_SECS,
-            ),
-        ]
+        remote::bounded(
+            self.timeout_ms,
+            self.max_connections,
+            self.cache_ttl_secs,
+            self.cache_max_entries,
+            self.deny_cache_ttl_secs,
+        )
     }
 
     /// Checks the table as `[auth.http]`; errors name `auth.http.<key>`.

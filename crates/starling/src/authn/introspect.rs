@@ -45,7 +45,7 @@ use starling_auth::{Answer, AuthBackend, ConnectInfo, DenyReason, Grant, Verdict
 use starling_broker::config::Bound;
 
 use super::remote::{
-    self, Cache, ClientSettings, Failure, KeyBuilder, Remote, Reply, bounds, bump, unix_now,
+    self, Cache, ClientSettings, Failure, KeyBuilder, Remote, Reply, bump, unix_now,
 };
 pub use super::remote::{HttpAuthStats, HttpAuthStatsSnapshot, OnError};
 
@@ -154,29 +154,13 @@ impl fmt::Debug for IntrospectionConfig {
 impl IntrospectionConfig {
     /// Every numeric key with its value and its bound.
     pub fn bounded(&self) -> [(&'static str, u64, Bound); 5] {
-        [
-            ("timeout_ms", self.timeout_ms, bounds::TIMEOUT_MS),
-            (
-                "max_connections",
-                remote::wide(self.max_connections),
-                bounds::MAX_CONNECTIONS,
-            ),
-            (
-                "cache_ttl_secs",
-                self.cache_ttl_secs,
-                bounds::CACHE_TTL_SECS,
-            ),
-            (
-                "cache_max_entries",
-                remote::wide(self.cache_max_entries),
-                bounds::CACHE_MAX_ENTRIES,
-            ),
-            (
-                "deny_cache_ttl_secs",
-                self.deny_cache_ttl_secs,
-                bounds::CACHE_TTL_SECS,
-            ),
-        ]
+        remote::bounded(
+            self.timeout_ms,
+            self.max_connections,
+            self.cache_ttl_secs,
+            self.cache_max_entries,
+            self.deny_cache_ttl_secs,
+        )
     }
 
     /// Checks the table as `[auth.introspection]`; errors name `auth.introspection.<key>`.

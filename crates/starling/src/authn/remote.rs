@@ -562,6 +562,36 @@ impl<V: Clone> Cache<V> {
     }
 }
 
+/// The numeric keys both remote backends have (`[auth.http]`, `[auth.introspection]`), with
+/// their values and bounds, for [`check_bounds`].
+pub(crate) fn bounded(
+    timeout_ms: u64,
+    max_connections: usize,
+    cache_ttl_secs: u64,
+    cache_max_entries: usize,
+    deny_cache_ttl_secs: u64,
+) -> [(&'static str, u64, Bound); 5] {
+    [
+        ("timeout_ms", timeout_ms, bounds::TIMEOUT_MS),
+        (
+            "max_connections",
+            wide(max_connections),
+            bounds::MAX_CONNECTIONS,
+        ),
+        ("cache_ttl_secs", cache_ttl_secs, bounds::CACHE_TTL_SECS),
+        (
+            "cache_max_entries",
+            wide(cache_max_entries),
+            bounds::CACHE_MAX_ENTRIES,
+        ),
+        (
+            "deny_cache_ttl_secs",
+            deny_cache_ttl_secs,
+            bounds::CACHE_TTL_SECS,
+        ),
+    ]
+}
+
 /// Checks `(key, value, bound)` triples; errors name `prefix.key`.
 pub(crate) fn check_bounds<const N: usize>(
     prefix: &str,

@@ -436,24 +436,10 @@ impl Document {
         field: &str,
         refs: &[GroupRef],
     ) -> Result<(), DynsecError> {
-        if refs.len() > MAX_GROUPS_PER_CLIENT {
-            return Err(too_many(field, MAX_GROUPS_PER_CLIENT));
-        }
-        for (i, g) in refs.iter().enumerate() {
-            if !self.groups.contains_key(&g.name) {
-                return Err(invalid(
-                    format!("{field}[{i}].name"),
-                    format!("no group {:?}", g.name),
-                ));
-            }
-            if refs.iter().take(i).any(|o| o.name == g.name) {
-                return Err(invalid(
-                    format!("{field}[{i}].name"),
-                    format!("group {:?} is listed twice", g.name),
-                ));
-            }
-        }
-        Ok(())
+        let names = refs.iter().map(|g| g.name.as_str());
+        check_refs(field, "group", names, MAX_GROUPS_PER_CLIENT, |n| {
+            self.groups.contains_key(n)
+        })
     }
 
     /// Checks a group's fields and that its roles exist.
@@ -467,24 +453,10 @@ impl Document {
     }
 
     pub(super) fn check_role_refs(&self, field: &str, refs: &[RoleRef]) -> Result<(), DynsecError> {
-        if refs.len() > MAX_ROLES_PER_ENTRY {
-            return Err(too_many(field, MAX_ROLES_PER_ENTRY));
-        }
-        for (i, r) in refs.iter().enumerate() {
-            if !self.roles.contains_key(&r.name) {
-                return Err(invalid(
-                    format!("{field}[{i}].name"),
-                    format!("no role {:?}", r.name),
-                ));
-            }
-            if refs.iter().take(i).any(|o| o.name == r.name) {
-                return Err(invalid(
-                    format!("{field}[{i}].name"),
-                    format!("role {:?} is listed twice", r.name),
-                ));
-            }
-        }
-        Ok(())
+        let names = refs.iter().map(|r| r.name.as_str());
+        check_refs(field, "role", names, MAX_ROLES_PER_ENTRY, |n| {
+            self.roles.contains_key(n)
+        })
     }
 
     /// The client `username`, or 404.
@@ -676,6 +648,35 @@ pub fn check_role(field: &str, r: &RoleEntry) -> Result<(), DynsecError> {
                     rule.action.as_str(),
                     rule.filter
                 ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a list of references (to groups or roles, `what`): at most `max`, each naming
+/// something that `exists`, none twice. Errors name `field[i].name`.
+fn check_refs<'a>(
+    field: &str,
+    what: &str,
+    names: impl ExactSizeIterator<Item = &'a str> + Clone,
+    max: usize,
+    exists: impl Fn(&str) -> bool,
+) -> Result<(), DynsecError> {
+    if names.len() > max {
+        return Err(too_many(field, max));
+    }
+    for (i, name) in names.clone().enumerate() {
+        if !exists(name) {
+            return Err(invalid(
+                format!("{field}[{i}].name"),
+                format!("no {what} {name:?}"),
+            ));
+        }
+        if names.clone().take(i).any(|o| o == name) {
+            return Err(invalid(
+                format!("{field}[{i}].name"),
+                format!("{what} {name:?} is listed twice"),
             ));
         }
     }

@@ -17,7 +17,7 @@ use starling_broker::Broker;
 use tracing::info;
 
 use super::{
-    NameAndPriority, PageQuery, Secret, client_view, credentials, dynsec, journal, page,
+    NameAndPriority, PageQuery, Secret, client_view, credentials, dynsec, edit, journal, page,
     page_query, parse, present,
 };
 use crate::authn::dynamic::Document;
@@ -150,7 +150,8 @@ pub(super) async fn create_client(
     who: Extension<Identity>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let d = dynsec(&state)?;
+    // Enabled before the body is read (and a password hashed).
+    dynsec(&state)?;
     let n: NewClient = parse(&body)?;
     let entry = ClientEntry {
         password_hash: credentials(n.password, n.password_hash).await?,
@@ -162,12 +163,7 @@ pub(super) async fn create_client(
         disabled: n.disabled,
     };
     let view = client_view(&n.username, &entry);
-    d.change(
-        journal(&state),
-        |doc| doc.create_client(&n.username, entry),
-        || {},
-    )
-    .await?;
+    edit(&state, |doc| doc.create_client(&n.username, entry)).await?;
     info!(username = %n.username, by = %who.name, "dynamic security: client created");
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -258,18 +254,14 @@ pub(super) async fn add_client_role(
     Path(username): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let d = dynsec(&state)?;
+    // Enabled before the body is read (and a password hashed).
+    dynsec(&state)?;
     let n: NameAndPriority = parse(&body)?;
     let role = RoleRef {
         name: n.name.clone(),
         priority: n.priority,
     };
-    d.change(
-        journal(&state),
-        |doc| doc.add_client_role(&username, role),
-        || {},
-    )
-    .await?;
+    edit(&state, |doc| doc.add_client_role(&username, role)).await?;
     info!(%username, role = %n.name, by = %who.name, "dynamic security: role given to a client");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -279,13 +271,7 @@ pub(super) async fn remove_client_role(
     who: Extension<Identity>,
     Path((username, role)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let d = dynsec(&state)?;
-    d.change(
-        journal(&state),
-        |doc| doc.remove_client_role(&username, &role),
-        || {},
-    )
-    .await?;
+    edit(&state, |doc| doc.remove_client_role(&username, &role)).await?;
     info!(%username, %role, by = %who.name, "dynamic security: role taken from a client");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -296,18 +282,14 @@ pub(super) async fn add_client_group(
     Path(username): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let d = dynsec(&state)?;
+    // Enabled before the body is read (and a password hashed).
+    dynsec(&state)?;
     let n: NameAndPriority = parse(&body)?;
     let group = GroupRef {
         name: n.name.clone(),
         priority: n.priority,
     };
-    d.change(
-        journal(&state),
-        |doc| doc.add_client_group(&username, group),
-        || {},
-    )
-    .await?;
+    edit(&state, |doc| doc.add_client_group(&username, group)).await?;
     info!(%username, group = %n.name, by = %who.name, "dynamic security: client added to a group");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -317,13 +299,7 @@ pub(super) async fn remove_client_group(
     who: Extension<Identity>,
     Path((username, group)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let d = dynsec(&state)?;
-    d.change(
-        journal(&state),
-        |doc| doc.remove_client_group(&username, &group),
-        || {},
-    )
-    .await?;
+    edit(&state, |doc| doc.remove_client_group(&username, &group)).await?;
     info!(%username, %group, by = %who.name, "dynamic security: client removed from a group");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::{
-    NameAndPriority, PageQuery, dynsec, group_view, journal, page, page_query, parse, present,
+    NameAndPriority, PageQuery, dynsec, edit, group_view, journal, page, page_query, parse, present,
 };
 use crate::authn::dynamic::Document;
 use crate::authn::dynamic::model::{GroupEntry, RoleRef};
@@ -54,7 +54,8 @@ pub(super) async fn create_group(
     who: Extension<Identity>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let d = dynsec(&state)?;
+    // Enabled before the body is read (and a password hashed).
+    dynsec(&state)?;
     let n: NewGroup = parse(&body)?;
     let entry = GroupEntry {
         text_name: n.text_name,
@@ -67,12 +68,7 @@ pub(super) async fn create_group(
         "text_description": entry.text_description,
         "roles": entry.roles,
     });
-    d.change(
-        journal(&state),
-        |doc| doc.create_group(&n.name, entry),
-        || {},
-    )
-    .await?;
+    edit(&state, |doc| doc.create_group(&n.name, entry)).await?;
     info!(group = %n.name, by = %who.name, "dynamic security: group created");
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -124,9 +120,7 @@ pub(super) async fn delete_group(
     who: Extension<Identity>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let d = dynsec(&state)?;
-    d.change(journal(&state), |doc| doc.delete_group(&name), || {})
-        .await?;
+    edit(&state, |doc| doc.delete_group(&name)).await?;
     info!(group = %name, by = %who.name, "dynamic security: group deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -137,18 +131,14 @@ pub(super) async fn add_group_role(
     Path(group): Path<String>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let d = dynsec(&state)?;
+    // Enabled before the body is read (and a password hashed).
+    dynsec(&state)?;
     let n: NameAndPriority = parse(&body)?;
     let role = RoleRef {
         name: n.name.clone(),
         priority: n.priority,
     };
-    d.change(
-        journal(&state),
-        |doc| doc.add_group_role(&group, role),
-        || {},
-    )
-    .await?;
+    edit(&state, |doc| doc.add_group_role(&group, role)).await?;
     info!(%group, role = %n.name, by = %who.name, "dynamic security: role given to a group");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -158,13 +148,7 @@ pub(super) async fn remove_group_role(
     who: Extension<Identity>,
     Path((group, role)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let d = dynsec(&state)?;
-    d.change(
-        journal(&state),
-        |doc| doc.remove_group_role(&group, &role),
-        || {},
-    )
-    .await?;
+    edit(&state, |doc| doc.remove_group_role(&group, &role)).await?;
     info!(%group, %role, by = %who.name, "dynamic security: role taken from a group");
     Ok(StatusCode::NO_CONTENT)
 }

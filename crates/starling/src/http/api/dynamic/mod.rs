@@ -136,6 +136,18 @@ fn journal(state: &AppState) -> Option<Arc<Journal>> {
     state.broker.persistence().map(|p| p.journal.clone())
 }
 
+/// Makes `edit` to the document and waits for it to be committed, with nothing to do once
+/// it applies (most changes: those that disconnect clients pass their own follow-up).
+async fn edit(
+    state: &AppState,
+    edit: impl FnOnce(
+        &mut crate::authn::dynamic::model::Document,
+    ) -> Result<(), crate::authn::dynamic::DynsecError>,
+) -> ApiResult<()> {
+    dynsec(state)?.change(journal(state), edit, || {}).await?;
+    Ok(())
+}
+
 /// A JSON body, with errors naming the field (`roles[0].priority: invalid type ...`).
 fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     let de = &mut serde_json::Deserializer::from_slice(body);

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tracing::info;
 
-use super::{PageQuery, dynsec, journal, page, page_query, parse, present, role_view};
+use super::{PageQuery, dynsec, edit, journal, page, page_query, parse, present, role_view};
 use crate::authn::dynamic::model::{RoleEntry, Rule, check_role};
 use crate::authn::dynamic::{Document, RuleAction};
 use crate::http::Identity;
@@ -49,7 +49,8 @@ pub(super) async fn create_role(
     who: Extension<Identity>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let d = dynsec(&state)?;
+    // Enabled before the body is read (and a password hashed).
+    dynsec(&state)?;
     let n: NewRole = parse(&body)?;
     let entry = RoleEntry {
         text_name: n.text_name,
@@ -57,12 +58,7 @@ pub(super) async fn create_role(
         rules: n.rules,
     };
     let view = role_view(&n.name, &entry);
-    d.change(
-        journal(&state),
-        |doc| doc.create_role(&n.name, entry),
-        || {},
-    )
-    .await?;
+    edit(&state, |doc| doc.create_role(&n.name, entry)).await?;
     info!(role = %n.name, by = %who.name, "dynamic security: role created");
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -112,9 +108,7 @@ pub(super) async fn delete_role(
     who: Extension<Identity>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let d = dynsec(&state)?;
-    d.change(journal(&state), |doc| doc.delete_role(&name), || {})
-        .await?;
+    edit(&state, |doc| doc.delete_role(&name)).await?;
     info!(role = %name, by = %who.name, "dynamic security: role deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -159,7 +153,6 @@ pub(super) async fn remove_rule(
     Path(role): Path<String>,
     q: Result<Query<RuleKey>, QueryRejection>,
 ) -> ApiResult<StatusCode> {
-    let d = dynsec(&state)?;
     let Query(k) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let action = RuleAction::parse(&k.action).ok_or_else(|| {
         ApiError::bad_request(format!(
@@ -167,12 +160,7 @@ pub(super) async fn remove_rule(
             k.action
         ))
     })?;
-    d.change(
-        journal(&state),
-        |doc| doc.remove_rule(&role, action, &k.filter),
-        || {},
-    )
-    .await?;
+    edit(&state, |doc| doc.remove_rule(&role, action, &k.filter)).await?;
     info!(%role, action = %k.action, filter = %k.filter, by = %who.name, "dynamic security: rule removed");
     Ok(StatusCode::NO_CONTENT)
 }
