@@ -232,6 +232,10 @@ pub struct Metrics {
     pub dropped_expired: Counter,
     /// Of `publish_dropped`: because it exceeded the receiver's maximum packet size.
     pub dropped_too_large: Counter,
+    /// Of `publish_dropped`: dropped by a plugin's hook.
+    pub dropped_by_hook: Counter,
+    /// CONNECTs, subscription and unsubscription filters refused by a plugin's hook.
+    pub hook_refused: Counter,
     /// Bytes read from clients.
     pub bytes_received: Counter,
     /// Bytes written to clients.
@@ -339,6 +343,8 @@ impl Default for Metrics {
             dropped_queue_full: Counter::default(),
             dropped_expired: Counter::default(),
             dropped_too_large: Counter::default(),
+            dropped_by_hook: Counter::default(),
+            hook_refused: Counter::default(),
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
             connection_tasks_aborted: Counter::default(),

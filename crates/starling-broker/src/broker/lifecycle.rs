@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use starling_proto::{ProtocolVersion, Will};
 
 use super::Broker;
+use crate::hook::{Event, SessionActions, SessionChange, SessionEvent};
 use crate::message::Message;
 use crate::persist::Ops;
 use crate::session::{ClientInfo, PendingWill, Session, Terms};
@@ -251,6 +252,14 @@ impl Broker {
         for s in expired {
             self.metrics.sessions_expired.inc();
             self.end_session(&s, now);
+            if self.hooks.wants(Event::Session) {
+                let e = SessionEvent {
+                    client_id: s.client_id(),
+                    client: None,
+                    change: SessionChange::Expired,
+                };
+                self.hooks.session(&e, &mut SessionActions::default());
+            }
         }
         let due = {
             let mut sys = self.sys.lock().unwrap_or_else(|p| p.into_inner());

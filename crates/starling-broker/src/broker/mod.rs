@@ -21,6 +21,7 @@ use starling_proto::TopicFilter;
 use crate::bans::Bans;
 use crate::config::{Features, Limits};
 use crate::forward::{Forwarder, NoPeers};
+use crate::hook::Hooks;
 use crate::metrics::Metrics;
 use crate::persist::{Ops, Persistence};
 use crate::retain::{RetainStore, RetainTree};
@@ -84,6 +85,8 @@ pub struct Broker {
     version: String,
     /// `$SYS` bookkeeping.
     sys: Mutex<SysState>,
+    /// Plugins' hooks, in order; empty by default.
+    hooks: Hooks,
     /// Journal and clock when a store is configured (durability `sync` or `periodic`).
     persist: Option<Persistence>,
     /// Prefix of assigned client ids, unique per broker start.
@@ -116,6 +119,7 @@ impl Broker {
             started: now,
             version: format!("starling {}", env!("CARGO_PKG_VERSION")),
             sys: Mutex::new(SysState::new()),
+            hooks: Hooks::default(),
             persist: None,
             id_prefix: "starling-".into(),
             node_id: String::new(),
@@ -133,6 +137,18 @@ impl Broker {
     /// `starling-via` user property; a bridge does not take it to a broker named there.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Calls `hooks` at their events (see [`crate::hook`]).
+    pub fn with_hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// The plugins' hooks.
+    #[inline]
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
     }
 
     /// Makes every persistent-state change go through `p`'s journal.
@@ -176,6 +192,7 @@ impl Broker {
         Ctx {
             limits: &self.limits,
             metrics: &self.metrics,
+            hooks: &self.hooks,
         }
     }
 

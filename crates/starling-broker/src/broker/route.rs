@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use starling_proto::Publish;
 
 use starling_store::Op;
 
@@ -103,6 +106,24 @@ impl Broker {
             forwarded: remote.len(),
             retained,
         }
+    }
+
+    /// Routes a message made outside any client (a plugin's delayed publish, for one) as
+    /// the broker's own: no publisher, no authorization, no hooks. Persists what it stored
+    /// and returns the journal ticket of that (`None`: nothing stored), which
+    /// [`Broker::is_committed`] tells about.
+    pub fn publish_message(&self, publish: Publish, now: Instant) -> (Routed, Option<u64>) {
+        let msg = Arc::new(Message::from_publish(publish, None, now));
+        let mut ops = self.ops();
+        let routed = self.publish(msg, &mut ops);
+        (routed, self.persist(&mut ops))
+    }
+
+    /// Whether everything journaled up to `ticket` is in the store (always, without one).
+    pub fn is_committed(&self, ticket: u64) -> bool {
+        self.persist
+            .as_ref()
+            .is_none_or(|p| p.journal.committed_through(ticket))
     }
 
     /// Routes a message the broker made itself (a will, `$SYS`) and persists what it stored.

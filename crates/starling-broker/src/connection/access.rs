@@ -85,13 +85,17 @@ pub enum CheckAnswer {
     Auth(AuthDecision),
     /// An authorization's answer.
     Allowed(bool),
+    /// A hook's decision.
+    Hook(super::hooked::HookAnswer),
 }
 
 /// What a check asked: answers are found again by it when the packet is handled again.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum CheckKey {
+pub(super) enum CheckKey {
     Auth,
     Acl(Action, Box<str>),
+    /// The hook at this index in the broker's list, at this point of the packet.
+    Hook(usize, super::hooked::HookAt),
 }
 
 /// A parked packet and its checks.
@@ -125,13 +129,28 @@ pub(super) enum Asked<T> {
 }
 
 impl ConnAccess {
+    /// `listener`'s checks, nothing asked yet.
+    pub(super) fn new(listener: Arc<ListenerAccess>) -> Self {
+        Self {
+            listener,
+            state: None,
+        }
+    }
+
+    /// Forgets the parked packet's checks (the packet cannot wait for them).
+    pub(super) fn drop_checks(&mut self) {
+        if let Some(state) = &mut self.state {
+            state.checks = None;
+        }
+    }
+
     fn certificate_identity(&self) -> Option<&str> {
         self.state.as_ref()?.certificate_identity.as_deref()
     }
 
     /// The answer to `key`: one given earlier for the parked packet, or `ask`'s. A later
     /// answer parks: its future waits in the state for the I/O layer.
-    fn consult(
+    pub(super) fn consult(
         &mut self,
         key: CheckKey,
         ask: impl FnOnce() -> Answer<CheckAnswer>,
@@ -314,7 +333,9 @@ impl Cx<'_> {
         });
         let decision = match asked {
             Asked::Now(CheckAnswer::Auth(d)) => d,
-            Asked::Now(CheckAnswer::Allowed(_)) => AuthDecision::Deny(DenyReason::NotAuthorized),
+            Asked::Now(CheckAnswer::Allowed(_) | CheckAnswer::Hook(_)) => {
+                AuthDecision::Deny(DenyReason::NotAuthorized)
+            }
             Asked::Parked => return Err(Halt::Parked),
         };
         match decision {
@@ -374,10 +395,7 @@ impl Cx<'_> {
                     Asked::Parked if may_wait => return Err(Halt::Parked),
                     Asked::Parked => {
                         // Nothing to park: the exchange's last step cannot be repeated.
-                        if let Some(checks) = (access.state.as_mut()).and_then(|s| s.checks.take())
-                        {
-                            drop(checks);
-                        }
+                        access.drop_checks();
                         false
                     }
                 }
@@ -553,7 +571,7 @@ fn check(access: &mut ConnAccess, client: &Client<'_>, action: Action, topic: &s
     let key = CheckKey::Acl(action, topic.into());
     match access.consult(key, || ask().map(CheckAnswer::Allowed)) {
         Asked::Now(CheckAnswer::Allowed(allowed)) => Asked::Now(allowed),
-        Asked::Now(CheckAnswer::Auth(_)) => Asked::Now(false),
+        Asked::Now(CheckAnswer::Auth(_) | CheckAnswer::Hook(_)) => Asked::Now(false),
         Asked::Parked => Asked::Parked,
     }
 }

@@ -271,6 +271,7 @@ impl Active {
     /// client's DISCONNECT said), counts and logs the end of the connection.
     pub(super) fn end(&self, cx: &mut Cx<'_>, close: &Close, ending: Option<Ending>) {
         let ending = ending.unwrap_or(self.ending);
+        self.disconnected_event(cx, close.reason, &close.detail);
         cx.broker
             .disconnect(&self.session, self.epoch, ending, cx.now);
         cx.broker.metrics.clients_connected.dec();

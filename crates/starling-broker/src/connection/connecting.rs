@@ -255,6 +255,18 @@ pub(super) fn accept(
         };
         return refuse(cx, c.protocol, reason, &detail);
     }
+    // The plugins' hooks last; a later answer parks the CONNECT (not at the end of an
+    // enhanced authentication exchange, which cannot be repeated).
+    let may_wait = enhanced.is_none();
+    let (id, keep_alive) = (negotiated.client_id.clone(), negotiated.keep_alive);
+    match cx.connect_hooks(&c, &id, username.as_deref(), keep_alive, may_wait) {
+        Ok(()) => {}
+        Err(Halt::Refused(close)) => return closed(close),
+        Err(Halt::Parked) => {
+            cx.park(Packet::Connect(c));
+            return State::Connecting;
+        }
+    }
     let accepted = Accepted {
         connect: c,
         negotiated,
@@ -374,6 +386,7 @@ fn attach(cx: &mut Cx<'_>, accepted: Accepted, terms: &Terms, attached: Attached
     if attached.session_present {
         active.resend_inflight(cx);
     }
+    active.session_started(cx, attached.session_present);
     State::Active(active)
 }
 

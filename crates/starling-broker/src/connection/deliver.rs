@@ -12,6 +12,7 @@ use tracing::debug;
 
 use super::active::Active;
 use super::{Close, Cx, Flow, access};
+use crate::hook::DropReason;
 use crate::message::Delivery;
 use crate::session::Phase;
 
@@ -30,6 +31,7 @@ impl Active {
         let mut st = session.lock();
         if !st.is_owned_by(self.epoch) {
             drop(st);
+            self.taken_over_event(cx);
             let reason = ReasonCode::SessionTakenOver;
             self.send_disconnect(cx, reason, "session taken over");
             return ControlFlow::Break(Close::new(reason, "session taken over"));
@@ -47,11 +49,15 @@ impl Active {
                 break;
             };
             match self.send_delivery(cx, &d, || st.allocate_packet_id()) {
-                Some(packet_id) => {
+                Ok(packet_id) => {
+                    self.delivered_event(cx, &d, packet_id);
                     shows_stored_id |= d.qos == QoS::ExactlyOnce && d.seq != 0;
                     st.sent(d, packet_id, &mut ops);
                 }
-                None => st.discard(d, &mut ops),
+                Err(reason) => {
+                    self.dropped_event(cx, &d, reason);
+                    st.discard(d, &mut ops);
+                }
             }
         }
         drop(st);
@@ -61,23 +67,23 @@ impl Active {
     }
 
     /// Encodes one delivery into the output; the packet id it was sent with (0 for QoS 0),
-    /// or `None` if it is not sent: expired, refused by the ACL, or too large for the client
+    /// or why it is not sent: expired, refused by the ACL, or too large for the client
     /// (spec 3.1.2.11.4). Each is counted.
     fn send_delivery(
         &mut self,
         cx: &mut Cx<'_>,
         d: &Delivery,
         allocate: impl FnOnce() -> u16,
-    ) -> Option<u16> {
+    ) -> Result<u16, DropReason> {
         let metrics = &cx.broker.metrics;
         if d.msg.is_expired(cx.now) {
             metrics.publish_dropped.inc();
             metrics.dropped_expired.inc();
-            return None;
+            return Err(DropReason::Expired);
         }
         if !access::may_read(cx.link.access.as_mut(), self, &d.msg.topic) {
             metrics.acl_denied.inc();
-            return None;
+            return Err(DropReason::NotAuthorized);
         }
         let packet_id = if d.qos == QoS::AtMostOnce {
             0
@@ -97,12 +103,12 @@ impl Active {
             Ok(false) => {
                 metrics.publish_dropped.inc();
                 metrics.dropped_too_large.inc();
-                return None;
+                return Err(DropReason::TooLarge);
             }
             Err(e) => {
                 debug!(error = %e, "dropping unencodable message");
                 metrics.publish_dropped.inc();
-                return None;
+                return Err(DropReason::TooLarge);
             }
         }
         metrics.publish_sent.inc();
@@ -120,7 +126,7 @@ impl Active {
             (metrics.deliver_latency_us)
                 .observe(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
         }
-        Some(packet_id)
+        Ok(packet_id)
     }
 
     /// Resends, in order, every unacknowledged outbound message of a resumed session: PUBLISH

@@ -57,6 +57,7 @@ mod deliver;
 mod enhanced;
 mod handover;
 mod held;
+mod hooked;
 mod publish;
 mod subscribe;
 
@@ -64,6 +65,7 @@ pub use access::{CheckAnswer, ListenerAccess, PeerInfo};
 pub use connecting::{BRIDGE_PROPERTY, NODE_PROPERTY};
 pub use enhanced::MAX_AUTH_STEPS;
 pub use held::HELD_LIMIT;
+pub use hooked::HookAnswer;
 
 /// `poll_transmit` stops adding queued deliveries once the caller's buffer holds this many
 /// bytes; the I/O layer writes them out and polls again. Bounds the per-connection write

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use starling_proto::{Packet, PubAck, Publish, QoS, ReasonCode, TopicName};
 
 use super::active::Active;
+use super::hooked::Published;
 use super::{Cx, Flow, access};
+use crate::hook::{self, DropReason, Event};
 use crate::message::Message;
 use crate::persist::Ops;
 use crate::retain::RetainOutcome;
@@ -26,21 +28,34 @@ impl Active {
                 return ControlFlow::Continue(());
             }
         };
+        // Counted as received as the client sent it; the acknowledgement flow is that of
+        // its QoS whatever a hook makes of it.
+        let (pid, qos, size) = (p.packet_id, p.qos, p.payload.len());
+        // Then the hooks (on a new message: a QoS 2 resend was seen by them already), which
+        // may change, drop or take it, and may park it the same way.
+        let (p, stopped) = if allowed
+            && cx.broker.hooks().wants(Event::Publish)
+            && !(qos == QoS::ExactlyOnce && self.session.lock().is_awaiting_release(pid))
+        {
+            match self.publish_hooks(cx, p) {
+                Published::Route(p) => (Some(p), None),
+                Published::Stopped(reason) => (None, Some(reason)),
+                Published::Parked => return ControlFlow::Continue(()),
+            }
+        } else {
+            (Some(p), None)
+        };
         let broker = cx.broker;
         let m = &broker.metrics;
         m.publish_received.inc();
-        m.publish_received_by_qos.of(p.qos).inc();
-        m.payload_received_by_qos
-            .of(p.qos)
-            .add(p.payload.len() as u64);
+        m.publish_received_by_qos.of(qos).inc();
+        m.payload_received_by_qos.of(qos).add(size as u64);
         if let Some(info) = &self.info {
-            info.counters.received(p.payload.len());
+            info.counters.received(size);
         }
         if let Some(rate) = &mut self.rate {
             rate.bucket.take(cx.now);
         }
-        let pid = p.packet_id;
-        let qos = p.qos;
         let mut ops = broker.ops();
         if qos == QoS::ExactlyOnce {
             let max = usize::from(broker.limits.receive_maximum);
@@ -77,7 +92,10 @@ impl Active {
             }
             ReasonCode::QuotaExceeded
         } else {
-            self.route(cx, p, allowed, &mut ops)
+            match (p, stopped) {
+                (Some(p), _) => self.route(cx, p, allowed, &mut ops),
+                (None, reason) => reason.unwrap_or(ReasonCode::Success),
+            }
         };
         let reason = if self.version.is_v5() {
             reason
@@ -164,13 +182,24 @@ impl Active {
             // 3.x: acknowledged as usual and dropped (the spec allows nothing else).
             broker.metrics.acl_denied.inc();
             self.log_denial(cx, "publish", p.topic.as_str());
+            if broker.hooks().wants(Event::Dropped) {
+                let msg = Message::from_publish(p, None, cx.now);
+                let e = hook::drop_event(Some(self.client_id()), &msg, DropReason::NotAuthorized);
+                broker.hooks().dropped(&e);
+            }
             return ReasonCode::NotAuthorized;
         }
         let publisher = Some(self.client_id().clone());
         let msg = Arc::new(Message::from_publish(p, publisher, cx.now));
+        // Kept for the hooks only if one wants to hear of a drop.
+        let kept = broker.hooks().wants(Event::Dropped).then(|| msg.clone());
         let routed = broker.publish(msg, ops);
         if routed.reached + routed.forwarded == 0 {
             broker.metrics.dropped_no_subscriber.inc();
+            if let Some(msg) = kept.filter(|_| !retain) {
+                let e = hook::drop_event(Some(self.client_id()), &msg, DropReason::NoSubscriber);
+                broker.hooks().dropped(&e);
+            }
         }
         if routed.retained == Some(RetainOutcome::Full) {
             ReasonCode::QuotaExceeded
@@ -230,6 +259,9 @@ impl Active {
         let mut ops = cx.broker.ops();
         let ack = self.session.lock().puback(pid, &mut ops);
         self.persisted(cx, &mut ops);
+        if ack == Ack::Done {
+            self.acked_event(cx, pid, QoS::AtLeastOnce);
+        }
         self.check_ack(
             cx,
             ack == Ack::WrongKind,
@@ -269,6 +301,9 @@ impl Active {
     pub(super) fn on_pubcomp(&mut self, cx: &mut Cx<'_>, pid: u16) -> Flow {
         let mut ops = cx.broker.ops();
         let ack = self.session.lock().pubcomp(pid, &mut ops);
+        if ack == Ack::Done {
+            self.acked_event(cx, pid, QoS::ExactlyOnce);
+        }
         self.persisted(cx, &mut ops);
         let detail = "PUBCOMP for a message whose PUBREL was not sent";
         self.check_ack(cx, ack == Ack::WrongKind, detail)

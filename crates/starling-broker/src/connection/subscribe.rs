@@ -11,6 +11,7 @@ use starling_proto::{
 
 use super::active::Active;
 use super::{Cx, Flow, access};
+use crate::hook::Event;
 use crate::message::Delivery;
 use crate::session::Subscription;
 
@@ -32,9 +33,33 @@ impl Active {
                 }
             }
         }
-        let mut reasons = Vec::with_capacity(s.filters.len().min(64));
+        // Then the hooks, which may change or refuse each allowed filter (and may park the
+        // SUBSCRIBE the same way).
+        let hooked = if cx.broker.hooks().wants(Event::Subscribe) {
+            match self.subscribe_hooks(cx, &s.filters, &allowed) {
+                Some(hooked) => Some(hooked),
+                None => {
+                    cx.park(Packet::Subscribe(s));
+                    return ControlFlow::Continue(());
+                }
+            }
+        } else {
+            None
+        };
+        let filters: Vec<Result<(TopicFilter, SubscriptionOptions), ReasonCode>> = match hooked {
+            Some(hooked) => hooked,
+            None => s.filters.into_iter().map(Ok).collect(),
+        };
+        let mut reasons = Vec::with_capacity(filters.len().min(64));
         let mut retained = Vec::new();
-        for ((filter, mut options), allowed) in s.filters.into_iter().zip(allowed) {
+        for (one, allowed) in filters.into_iter().zip(allowed) {
+            let (filter, mut options) = match one {
+                Ok(one) => one,
+                Err(reason) => {
+                    reasons.push(reason);
+                    continue;
+                }
+            };
             if self.bridge {
                 // A 3.x bridge that announced itself (mosquitto's try_private): its own
                 // messages are not sent back to it, and retained flags go as published.
@@ -68,7 +93,7 @@ impl Active {
 
     /// One authorized filter of a SUBSCRIBE: its SUBACK reason code. The retained messages it should get
     /// are added to `retained`.
-    fn subscribe_one(
+    pub(super) fn subscribe_one(
         &mut self,
         cx: &mut Cx<'_>,
         filter: &TopicFilter,
@@ -112,16 +137,25 @@ impl Active {
     }
 
     pub(super) fn on_unsubscribe(&mut self, cx: &mut Cx<'_>, u: Unsubscribe) {
-        let broker = cx.broker;
-        let reasons = u
-            .filters
-            .iter()
-            .map(|f| {
-                if broker.unsubscribe(&self.session, f) {
-                    ReasonCode::Success
-                } else {
-                    ReasonCode::NoSubscriptionExisted
+        let filters: Vec<Result<TopicFilter, ReasonCode>> =
+            if cx.broker.hooks().wants(Event::Unsubscribe) {
+                match self.unsubscribe_hooks(cx, &u.filters) {
+                    Some(hooked) => hooked,
+                    None => {
+                        cx.park(Packet::Unsubscribe(u));
+                        return;
+                    }
                 }
+            } else {
+                u.filters.into_iter().map(Ok).collect()
+            };
+        let broker = cx.broker;
+        let reasons = filters
+            .iter()
+            .map(|f| match f {
+                Ok(f) if broker.unsubscribe(&self.session, f) => ReasonCode::Success,
+                Ok(_) => ReasonCode::NoSubscriptionExisted,
+                Err(reason) => *reason,
             })
             .collect();
         let unsuback = Packet::UnsubAck(UnsubAck {

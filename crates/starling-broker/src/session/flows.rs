@@ -179,6 +179,12 @@ impl Locked<'_> {
         Qos2Receive::New
     }
 
+    /// Whether the inbound QoS 2 message `packet_id` was received and awaits PUBREL (a
+    /// PUBLISH under it now is a resend).
+    pub fn is_awaiting_release(&self, packet_id: u16) -> bool {
+        self.st.awaiting_rel.contains_key(&packet_id)
+    }
+
     /// The packet ids of inbound QoS 2 messages awaiting PUBREL. A bridge reads its own local
     /// session's: ids it mirrors from a remote that lost its session would otherwise be taken
     /// for resends of messages already received.

@@ -41,6 +41,8 @@ pub struct Ctx<'a> {
     pub limits: &'a Limits,
     /// Drop counters.
     pub metrics: &'a Metrics,
+    /// Hooks told of drops.
+    pub hooks: &'a crate::hook::Hooks,
 }
 
 /// A subscription as the session remembers it.

@@ -7,8 +7,8 @@ use starling_store::{MessagePhase, Op};
 
 use super::{Ctx, Locked};
 use crate::config::QueueFullPolicy;
+use crate::hook::{self, DropReason, Event};
 use crate::message::Delivery;
-use crate::metrics::Metrics;
 use crate::persist::{Ops, delivery_record};
 
 impl Locked<'_> {
@@ -21,7 +21,7 @@ impl Locked<'_> {
     ///
     /// In a persistent session a QoS 1/2 delivery is also stored (and a dropped one deleted).
     pub fn enqueue(&mut self, mut delivery: Delivery, ctx: &Ctx<'_>, ops: &mut Ops<'_>) -> bool {
-        let (limits, metrics) = (ctx.limits, ctx.metrics);
+        let limits = ctx.limits;
         if self.st.owner.is_none() && delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline
         {
             return false;
@@ -44,13 +44,13 @@ impl Locked<'_> {
             let victim = match qos0 {
                 Some(i) => i,
                 None if delivery.qos == QoS::AtMostOnce => {
-                    count_drop(metrics);
+                    count_drop(ctx, self.client_id(), &delivery);
                     return false;
                 }
                 None => match limits.queue_full_policy {
                     QueueFullPolicy::DropOldest => 0,
                     QueueFullPolicy::RefuseNewest => {
-                        count_drop(metrics);
+                        count_drop(ctx, self.client_id(), &delivery);
                         return false;
                     }
                 },
@@ -58,7 +58,7 @@ impl Locked<'_> {
             if let Some(mut old) = self.st.queue.remove(victim) {
                 self.st.queued_bytes -= old.msg.cost();
                 self.st.queued_qos0 -= usize::from(old.qos == QoS::AtMostOnce);
-                count_drop(metrics);
+                count_drop(ctx, self.client_id(), &old);
                 self.forget_record(&mut old, ops);
             }
         }
@@ -122,9 +122,14 @@ impl Locked<'_> {
     }
 }
 
-fn count_drop(metrics: &Metrics) {
-    metrics.publish_dropped.inc();
-    metrics.dropped_queue_full.inc();
+/// Counts a delivery dropped from (or refused by) a full queue, and tells the hooks.
+fn count_drop(ctx: &Ctx<'_>, client_id: &str, d: &Delivery) {
+    ctx.metrics.publish_dropped.inc();
+    ctx.metrics.dropped_queue_full.inc();
+    if ctx.hooks.wants(Event::Dropped) {
+        let e = hook::drop_event(Some(client_id), &d.msg, DropReason::QueueFull);
+        ctx.hooks.dropped(&e);
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +138,7 @@ mod tests {
 
     use super::*;
     use crate::config::Limits;
+    use crate::metrics::Metrics;
     use crate::session::{Session, Terms};
     use crate::wake::Flag;
 
@@ -173,9 +179,11 @@ mod tests {
     }
 
     fn enqueue(s: &Session, l: &Limits, m: &Metrics, d: Delivery) -> bool {
+        let hooks = crate::hook::Hooks::default();
         let ctx = Ctx {
             limits: l,
             metrics: m,
+            hooks: &hooks,
         };
         s.lock().enqueue(d, &ctx, &mut Ops::new(None))
     }
