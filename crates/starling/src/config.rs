@@ -40,6 +40,9 @@ pub struct Config {
     pub bridges: Vec<bridge::BridgeConfig>,
     /// Authentication and authorization backends for the listeners' chains.
     pub auth: auth::AuthConfig,
+    /// Plugins, in the order their hooks run; `[[plugin]]` tables (see `crate::plugin`).
+    #[serde(rename = "plugin", skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<toml::Table>,
 }
 
 /// How log lines are written.
@@ -589,6 +592,7 @@ impl Default for Config {
             log_format: LogFormat::default(),
             bridges: Vec::new(),
             auth: auth::AuthConfig::default(),
+            plugins: Vec::new(),
         }
     }
 }
@@ -669,6 +673,7 @@ impl Config {
         self.http.validate()?;
         bridge::validate_all(&self.bridges)?;
         self.auth.validate(&self.listeners)?;
+        crate::plugin::validate(&self.plugins)?;
         Ok(())
     }
 }

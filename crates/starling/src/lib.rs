@@ -17,6 +17,7 @@ mod listener;
 pub mod logging;
 pub mod notify;
 pub mod passwd;
+pub mod plugin;
 mod reload;
 pub mod server;
 pub mod signals;

@@ -101,15 +101,21 @@ impl Server {
             auth_counters,
             backends,
             stop,
+            plugins: crate::plugin::Plugins::default(),
+            plugin_tasks: Vec::new(),
         };
         // A name drawn at each start: what bridges between brokers use to stop loops.
         let node_id = format!(
             "{:016x}",
             rand_core::RngCore::next_u64(&mut rand_core::OsRng)
         );
+        // Plugins' hooks are part of the broker; their tasks start once it exists.
+        let data_dir = opened.as_ref().map(|_| config.data_dir.as_path());
+        let mut plugins = crate::plugin::Plugins::build(&config.plugins, data_dir)?;
         let broker =
             Broker::with_features(config.limits.clone(), config.mqtt.clone(), Instant::now())
-                .with_node_id(node_id);
+                .with_node_id(node_id)
+                .with_hooks(plugins.hooks.clone());
         // Dynamic security's document, as the store holds it, before anything is served.
         if let Some(d) = &extras.backends.dynamic {
             let stored = opened
@@ -124,6 +130,9 @@ impl Server {
             }
             None => (Arc::new(broker), None),
         };
+        let mut extras = extras;
+        extras.plugin_tasks = plugins.start(&broker, &extras.stop);
+        extras.plugins = plugins;
         match Self::serve(config, runtimes, broker, reloadable, committer, extras).await {
             Ok(s) => Ok(s),
             Err((e, committer)) => {
@@ -183,6 +192,9 @@ impl Server {
             ));
         }
         tasks.spawn(tick_loop(broker.clone(), stop.clone()));
+        for t in extras.plugin_tasks {
+            tasks.spawn(t);
+        }
         let mut bridges = Vec::new();
         for b in &config.bridges {
             let stats = crate::bridge::BridgeStats::new(&b.name);
@@ -215,6 +227,8 @@ impl Server {
                     state.auth_counters = extras.auth_counters;
                     state.dynsec = extras.backends.dynamic.clone();
                     state.auth_backends = extras.backends;
+                    state.plugins = extras.plugins.stats.clone();
+                    state.webhooks = extras.plugins.webhooks.clone();
                     http::bind(&config.http, Arc::new(state), stop.clone()).await
                 }
                 Err(e) => Err(e),
@@ -313,6 +327,9 @@ struct Extras {
     auth_counters: Arc<crate::authn::AuthCounters>,
     backends: crate::authn::Backends,
     stop: Arc<Stop>,
+    /// The plugins (their counters, for `/metrics`) and their tasks, to run.
+    plugins: crate::plugin::Plugins,
+    plugin_tasks: Vec<crate::plugin::BoxFuture>,
 }
 
 /// Runs the broker until `stop` resolves, then shuts it down. Tells the service manager

@@ -379,6 +379,7 @@ impl Collector for BrokerCollector {
                 ("no_subscriber", m.dropped_no_subscriber.get()),
                 ("acl_denied", m.acl_denied.get()),
                 ("store_low_space", m.publishes_refused_low_space.get()),
+                ("plugin", m.dropped_by_hook.get()),
             ],
         )?;
         counter(
@@ -611,6 +612,14 @@ impl Collector for BrokerCollector {
             )?;
         }
 
+        counter(
+            e,
+            "starling_plugin_refusals",
+            "CONNECTs and subscription filters refused by a plugin",
+            m.hook_refused.get(),
+        )?;
+        plugins(e, state)?;
+
         // The store.
         if b.persistence().is_some() {
             gauge(
@@ -648,4 +657,79 @@ impl Collector for BrokerCollector {
         }
         Ok(())
     }
+}
+
+/// Per-plugin and per-webhook-target counters (labels bounded by the config).
+fn plugins(e: &mut Enc<'_>, state: &AppState) -> Res {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !state.plugins.is_empty() {
+        let each = |f: &dyn Fn(&crate::plugin::PluginStats) -> u64| -> Vec<(&str, u64)> {
+            (state.plugins.iter())
+                .map(|s| (s.name.as_str(), f(s)))
+                .collect()
+        };
+        let families = [
+            (
+                "starling_plugin_calls",
+                "Decisions asked of the plugin",
+                each(&|s| s.calls.load(Relaxed)),
+            ),
+            (
+                "starling_plugin_timeouts",
+                "Decisions the plugin did not give within its timeout_ms (its on_failure decided)",
+                each(&|s| s.timeouts.load(Relaxed)),
+            ),
+            (
+                "starling_plugin_failures",
+                "Decisions and events the plugin failed on",
+                each(&|s| s.failures.load(Relaxed)),
+            ),
+        ];
+        for (name, help, series) in families {
+            family(e, name, help, MetricType::Counter, "plugin", series)?;
+        }
+    }
+    if !state.webhooks.is_empty() {
+        let each = |f: &dyn Fn(&crate::plugin::webhook::TargetStats) -> u64| -> Vec<(&str, u64)> {
+            (state.webhooks.iter())
+                .map(|s| (s.name.as_str(), f(s)))
+                .collect()
+        };
+        let families = [
+            (
+                "starling_webhook_events_queued",
+                "Events queued for the webhook target",
+                MetricType::Counter,
+                each(&|s| s.queued.load(Relaxed)),
+            ),
+            (
+                "starling_webhook_events_sent",
+                "Events the target acknowledged (2xx)",
+                MetricType::Counter,
+                each(&|s| s.sent.load(Relaxed)),
+            ),
+            (
+                "starling_webhook_events_dropped",
+                "Events dropped: the queue was full (oldest first) or every try of their POST failed",
+                MetricType::Counter,
+                each(&|s| s.dropped.load(Relaxed)),
+            ),
+            (
+                "starling_webhook_posts_failed",
+                "POSTs that failed (each try)",
+                MetricType::Counter,
+                each(&|s| s.failed_posts.load(Relaxed)),
+            ),
+            (
+                "starling_webhook_events_waiting",
+                "Events waiting in the target's queue",
+                MetricType::Gauge,
+                each(&|s| s.waiting.load(Relaxed)),
+            ),
+        ];
+        for (name, help, kind, series) in families {
+            family(e, name, help, kind, "plugin", series)?;
+        }
+    }
+    Ok(())
 }

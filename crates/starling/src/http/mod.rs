@@ -88,6 +88,10 @@ pub struct AppState {
     pub http_refused: Counter,
     /// The bridges, in config order (set by the server after construction).
     pub bridges: Vec<Arc<crate::bridge::BridgeStats>>,
+    /// The plugins' counters, in config order (set by the server).
+    pub plugins: Vec<Arc<crate::plugin::PluginStats>>,
+    /// The webhook targets' counters (set by the server).
+    pub webhooks: Vec<Arc<crate::plugin::webhook::TargetStats>>,
     /// What the authentication chains' backends answered (set by the server).
     pub auth_counters: Arc<crate::authn::AuthCounters>,
     /// The `[auth]` backends, for their counters (set by the server).
@@ -132,6 +136,8 @@ impl AppState {
             started,
             http_refused: Counter::default(),
             bridges: Vec::new(),
+            plugins: Vec::new(),
+            webhooks: Vec::new(),
             auth_counters: Arc::default(),
             auth_backends: crate::authn::Backends::default(),
             dynsec: None,
