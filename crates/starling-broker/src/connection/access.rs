@@ -172,6 +172,30 @@ impl ConnAccess {
         }
     }
 
+    /// An answer kept for the parked packet under a key `which` picks, if any.
+    pub(super) fn recall(
+        &self,
+        which: impl Fn(&CheckKey) -> bool,
+    ) -> Option<&(CheckKey, CheckAnswer)> {
+        let checks = self.state.as_ref()?.checks.as_ref()?;
+        checks.answers.iter().find(|(k, _)| which(k))
+    }
+
+    /// Keeps `answer` under `key` for the packet being parked, replacing those whose keys
+    /// `replaces` picks: what the packet's earlier steps came to, so that handling it again
+    /// does not repeat them.
+    pub(super) fn remember(
+        &mut self,
+        key: CheckKey,
+        answer: CheckAnswer,
+        replaces: impl Fn(&CheckKey) -> bool,
+    ) {
+        let state = self.state.get_or_insert_default();
+        let checks = state.checks.get_or_insert_default();
+        checks.answers.retain(|(k, _)| !replaces(k));
+        checks.answers.push((key, answer));
+    }
+
     /// Whether a packet waits for a check's answer.
     fn is_checking(&self) -> bool {
         (self.state.as_ref())

@@ -40,6 +40,41 @@ pub(crate) enum HookAt {
     Subscribe(usize),
     /// The filter at this position of the UNSUBSCRIBE.
     Unsubscribe(usize),
+    /// What the hooks before the one that parked the packet came to at this point (the
+    /// key's index is that hook's; `usize::MAX`: all of them). Kept only when a packet
+    /// parks, so that handling it again neither asks them twice nor needs their answers.
+    Progress(&'static str, usize),
+}
+
+/// The progress point of CONNECT, PUBLISH, and of each filter.
+const CONNECT: HookAt = HookAt::Progress("connect", 0);
+const PUBLISH: HookAt = HookAt::Progress("publish", 0);
+
+fn filter_point(event: Event, n: usize) -> HookAt {
+    match event {
+        Event::Subscribe => HookAt::Progress("subscribe", n),
+        _ => HookAt::Progress("unsubscribe", n),
+    }
+}
+
+/// Where the hooks of `at` stand for the parked packet: the index of the first hook to ask,
+/// and what the ones before it came to.
+fn progress(link: &Link, at: HookAt) -> Option<(usize, HookAnswer)> {
+    let access = link.access.as_ref()?;
+    match access.recall(|k| matches!(k, CheckKey::Hook(_, a) if *a == at))? {
+        (CheckKey::Hook(i, _), CheckAnswer::Hook(a)) => Some((*i, a.clone())),
+        _ => None,
+    }
+}
+
+/// Keeps where the hooks of `at` stand: hook `index` is the next to ask.
+fn save_progress(link: &mut Link, at: HookAt, index: usize, answer: HookAnswer) {
+    // One progress per point: the newest.
+    access(link).remember(
+        CheckKey::Hook(index, at),
+        CheckAnswer::Hook(answer),
+        |k| matches!(k, CheckKey::Hook(_, a) if *a == at),
+    );
 }
 
 /// What the publish hooks made of a PUBLISH.
@@ -100,6 +135,22 @@ fn ask(
     }
 }
 
+/// Keeps the results of the filters the hooks finished before one parked the packet.
+fn finished(
+    link: &mut Link,
+    event: Event,
+    out: &[Result<(TopicFilter, SubscriptionOptions), ReasonCode>],
+) {
+    for (n, result) in out.iter().enumerate() {
+        let verdict = match result {
+            Ok((f, o)) => FilterVerdict::Change(f.clone(), *o),
+            Err(reason) => FilterVerdict::Refuse(*reason),
+        };
+        let answer = HookAnswer::Filter(verdict);
+        save_progress(link, filter_point(event, n), usize::MAX, answer);
+    }
+}
+
 impl Cx<'_> {
     /// The connect hooks for an authenticated CONNECT. `Err(Refused)` once the refusal is in
     /// the output; `Err(Parked)` when a hook answers later and `may_wait` (the last step of
@@ -129,7 +180,11 @@ impl Cx<'_> {
             clean_start: c.clean_start,
             keep_alive,
         };
+        let start = progress(self.link, CONNECT).map_or(0, |(i, _)| i);
         for (i, h) in hooks.wanting(Event::Connect) {
+            if i < start {
+                continue;
+            }
             let answer = ask(self.link, i, HookAt::Connect, || {
                 h.on_connect(&e).map(HookAnswer::Connect)
             });
@@ -138,7 +193,11 @@ impl Cx<'_> {
                     (reason, format!("refused by hook {}", h.name()))
                 }
                 Asked::Now(_) => continue,
-                Asked::Parked if may_wait => return Err(Halt::Parked),
+                Asked::Parked if may_wait => {
+                    let accept = HookAnswer::Connect(ConnectVerdict::Accept);
+                    save_progress(self.link, CONNECT, i, accept);
+                    return Err(Halt::Parked);
+                }
                 Asked::Parked => {
                     access(self.link).drop_checks();
                     let detail = format!("hook {} cannot answer at once here", h.name());
@@ -172,8 +231,14 @@ impl Active {
         let hooks = cx.broker.hooks();
         let listener = listener_name(cx.link);
         let original = p.clone();
-        let mut p = p;
+        let (start, mut p) = match progress(cx.link, PUBLISH) {
+            Some((i, HookAnswer::Publish(PublishVerdict::Change(so_far)))) => (i, *so_far),
+            _ => (0, p),
+        };
         for (i, h) in hooks.wanting(Event::Publish) {
+            if i < start {
+                continue;
+            }
             let client = self.client_ref(cx.link, &listener);
             let answer = ask(cx.link, i, HookAt::Publish, || {
                 h.on_publish(&client, &p).map(HookAnswer::Publish)
@@ -206,6 +271,8 @@ impl Active {
                 },
                 Asked::Now(_) => {}
                 Asked::Parked => {
+                    let so_far = HookAnswer::Publish(PublishVerdict::Change(Box::new(p)));
+                    save_progress(cx.link, PUBLISH, i, so_far);
                     cx.park(starling_proto::Packet::Publish(original));
                     return Published::Parked;
                 }
@@ -227,10 +294,15 @@ impl Active {
         let mut out = Vec::with_capacity(filters.len());
         for (n, ((filter, options), go)) in filters.iter().zip(allowed).enumerate() {
             let one = (filter.clone(), *options);
-            out.push(match go {
-                true => self.filter_chain(cx, Event::Subscribe, n, one)?,
-                false => Ok(one),
-            });
+            let result = match go {
+                true => self.filter_chain(cx, Event::Subscribe, n, one),
+                false => Some(Ok(one)),
+            };
+            let Some(result) = result else {
+                finished(cx.link, Event::Subscribe, &out);
+                return None;
+            };
+            out.push(result);
         }
         Some(out)
     }
@@ -245,12 +317,13 @@ impl Active {
         let mut out = Vec::with_capacity(filters.len());
         for (n, filter) in filters.iter().enumerate() {
             let one = (filter.clone(), SubscriptionOptions::default());
-            out.push(
-                self.filter_chain(cx, Event::Unsubscribe, n, one)?
-                    .map(|(f, _)| f),
-            );
+            let Some(result) = self.filter_chain(cx, Event::Unsubscribe, n, one) else {
+                finished(cx.link, Event::Unsubscribe, &out);
+                return None;
+            };
+            out.push(result);
         }
-        Some(out)
+        Some(out.into_iter().map(|r| r.map(|(f, _)| f)).collect())
     }
 
     /// One filter through the hooks of `event` (the `n`th of its packet).
@@ -263,7 +336,24 @@ impl Active {
     ) -> Option<Result<(TopicFilter, SubscriptionOptions), ReasonCode>> {
         let hooks = cx.broker.hooks();
         let listener = listener_name(cx.link);
+        let point = filter_point(event, n);
+        let start = match progress(cx.link, point) {
+            Some((_, HookAnswer::Filter(FilterVerdict::Refuse(reason)))) => {
+                return Some(Err(reason));
+            }
+            Some((i, HookAnswer::Filter(FilterVerdict::Change(f, o)))) => {
+                (filter, options) = (f, o);
+                i
+            }
+            _ => 0,
+        };
+        if start == usize::MAX {
+            return Some(Ok((filter, options)));
+        }
         for (i, h) in hooks.wanting(event) {
+            if i < start {
+                continue;
+            }
             let client = self.client_ref(cx.link, &listener);
             let answer = if event == Event::Subscribe {
                 ask(cx.link, i, HookAt::Subscribe(n), || {
@@ -285,7 +375,11 @@ impl Active {
                     return Some(Err(reason));
                 }
                 Asked::Now(_) => {}
-                Asked::Parked => return None,
+                Asked::Parked => {
+                    let so_far = HookAnswer::Filter(FilterVerdict::Change(filter, options));
+                    save_progress(cx.link, point, i, so_far);
+                    return None;
+                }
             }
         }
         Some(Ok((filter, options)))
