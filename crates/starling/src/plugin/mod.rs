@@ -12,8 +12,8 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -208,16 +208,72 @@ pub(crate) fn de<T: serde::de::DeserializeOwned>(table: toml::Table) -> anyhow::
 }
 
 /// A plugin kind's builder: its settings (validated) and context to the built plugin.
-type Builder = fn(toml::Table, &PluginCtx) -> anyhow::Result<Built>;
+pub type Builder = fn(toml::Table, &PluginCtx) -> anyhow::Result<Built>;
+/// A plugin kind's settings check, without building anything that runs.
+pub type Checker = fn(toml::Table) -> anyhow::Result<()>;
 
-fn builder(kind: &str) -> Option<Builder> {
-    Some(match kind {
-        "topic_rewrite" => rewrite::build,
-        "auto_subscribe" => auto_subscribe::build,
-        "delayed" => delayed::build,
-        "webhook" => webhook::build,
-        _ => return None,
-    })
+/// A plugin kind compiled into the program: what `kind = "{name}"` builds.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    /// The `kind` value that selects it.
+    pub name: &'static str,
+    /// Checks the section's own settings (config check, start).
+    pub check: Checker,
+    /// Builds the plugin.
+    pub build: Builder,
+}
+
+/// The kinds that come with Starling.
+const BUILT_IN: [Kind; 4] = [
+    Kind {
+        name: "topic_rewrite",
+        check: rewrite::check,
+        build: rewrite::build,
+    },
+    Kind {
+        name: "auto_subscribe",
+        check: auto_subscribe::check,
+        build: auto_subscribe::build,
+    },
+    Kind {
+        name: "delayed",
+        check: delayed::check,
+        build: delayed::build,
+    },
+    Kind {
+        name: "webhook",
+        check: webhook::check,
+        build: webhook::build,
+    },
+];
+
+/// Kinds added by a program that embeds Starling ([`register`]).
+static REGISTERED: Mutex<Vec<Kind>> = Mutex::new(Vec::new());
+
+/// Adds a plugin kind written in Rust to this program (before the server starts): a
+/// `[[plugin]]` section with `kind = "{kind.name}"` then builds it. A kind registered twice,
+/// or named like a built-in one, replaces the earlier one.
+pub fn register(kind: Kind) {
+    let mut kinds = REGISTERED.lock().unwrap_or_else(|p| p.into_inner());
+    kinds.retain(|k| k.name != kind.name);
+    kinds.push(kind);
+}
+
+/// The kind named `name`: a registered one first, then a built-in one.
+fn kind(name: &str) -> Option<Kind> {
+    let registered = REGISTERED.lock().unwrap_or_else(|p| p.into_inner());
+    (registered.iter().chain(BUILT_IN.iter()))
+        .find(|k| k.name == name)
+        .copied()
+}
+
+/// Every kind's name, for error messages.
+fn kind_names() -> String {
+    let registered = REGISTERED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut names: Vec<&str> = BUILT_IN.iter().map(|k| k.name).collect();
+    names.extend(registered.iter().map(|k| k.name));
+    names.dedup();
+    names.join(", ")
 }
 
 /// Checks every `[[plugin]]` section without building anything that runs (config check).
@@ -225,24 +281,18 @@ pub fn validate(tables: &[toml::Table]) -> anyhow::Result<()> {
     let mut names = std::collections::HashSet::new();
     for (i, table) in tables.iter().enumerate() {
         let (common, own) = split(i, table)?;
-        let Some(_) = builder(&common.kind) else {
+        let Some(kind) = kind(&common.kind) else {
             bail!(
-                "plugin[{i}].kind: unknown plugin kind {:?} (topic_rewrite, auto_subscribe, delayed, webhook)",
-                common.kind
+                "plugin[{i}].kind: unknown plugin kind {:?} (one of {})",
+                common.kind,
+                kind_names()
             );
         };
         let name = common.name.clone().unwrap_or_else(|| common.kind.clone());
         if !names.insert(name.clone()) {
             bail!("plugin[{i}].name: two plugins are named {name:?} (give each its own `name`)");
         }
-        let check = match common.kind.as_str() {
-            "topic_rewrite" => rewrite::check(own),
-            "auto_subscribe" => auto_subscribe::check(own),
-            "delayed" => delayed::check(own),
-            "webhook" => webhook::check(own),
-            _ => Ok(()),
-        };
-        check.with_context(|| format!("plugin[{i}] ({name})"))?;
+        (kind.check)(own).with_context(|| format!("plugin[{i}] ({name})"))?;
     }
     Ok(())
 }
@@ -268,10 +318,10 @@ impl Plugins {
                 stats: stats.clone(),
                 data_dir: data_dir.map(Path::to_path_buf),
             };
-            let Some(build) = builder(&common.kind) else {
+            let Some(kind) = kind(&common.kind) else {
                 bail!("plugin[{i}].kind: unknown plugin kind {:?}", common.kind);
             };
-            let built = build(own, &ctx).with_context(|| format!("plugin[{i}] ({name})"))?;
+            let built = (kind.build)(own, &ctx).with_context(|| format!("plugin[{i}] ({name})"))?;
             plugins.webhooks.extend(built.webhook);
             hooks.push(Arc::new(Guarded {
                 inner: built.hook,
