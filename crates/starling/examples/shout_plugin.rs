@@ -1,6 +1,8 @@
 //! A plugin written in Rust, compiled into a broker of your own: kind `shout` upper-cases
 //! the payload of every message published under its `prefix`, refuses clients whose id
-//! starts with `blocked-`, and counts the messages delivered to subscribers.
+//! starts with `blocked-`, and counts the messages delivered to subscribers. It also
+//! authenticates (user `shouter`, password `LOUD`) and authorizes (nobody publishes under
+//! `{prefix}secret`) for listeners that put `plugin:shout` in their `auth` and `acl` chains.
 //!
 //! ```text
 //! cargo run -p starling --example shout_plugin -- starling.toml
@@ -12,6 +14,11 @@
 //! [[plugin]]
 //! kind = "shout"
 //! prefix = "loud/"
+//!
+//! [[listener]]
+//! bind = "127.0.0.1:1883"
+//! auth = ["plugin:shout"]          # optional: the plugin's authentication
+//! acl = ["plugin:shout"]           # optional: the plugin's authorization
 //! ```
 //!
 //! Everything else in the file is Starling's own config; without a file the broker runs
@@ -23,6 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Deserialize;
 use starling::config::Config;
 use starling::plugin::{Built, Kind, PluginCtx};
+use starling_auth::{
+    AclBackend, Action, AuthBackend, Client, ConnectInfo, DenyReason, Grant, Verdict,
+};
 use starling_broker::hook::{
     Answer, ClientRef, ConnectEvent, ConnectVerdict, DeliveryEvent, Event, Events, Hook,
     PublishVerdict,
@@ -88,12 +98,51 @@ fn check(own: toml::Table) -> anyhow::Result<()> {
     settings(own).map(|_| ())
 }
 
+/// The plugin's authentication: one user of its own; anyone else is left to the rest of
+/// the listener's chain.
+#[derive(Debug)]
+struct ShoutAuth;
+
+impl AuthBackend for ShoutAuth {
+    fn kind(&self) -> &'static str {
+        "plugin"
+    }
+
+    fn authenticate(&self, info: &ConnectInfo<'_>) -> Answer<Verdict> {
+        Answer::Now(match (info.username, info.password) {
+            (Some("shouter"), Some(b"LOUD")) => Verdict::Allow(Grant::user(Some("shouter".into()))),
+            (Some("shouter"), _) => Verdict::Deny(DenyReason::BadUserNameOrPassword),
+            _ => Verdict::Pass,
+        })
+    }
+}
+
+/// The plugin's authorization: nobody publishes under `{prefix}secret`; it has no opinion
+/// on anything else.
+#[derive(Debug)]
+struct ShoutAcl {
+    secret: String,
+}
+
+impl AclBackend for ShoutAcl {
+    fn kind(&self) -> &'static str {
+        "plugin"
+    }
+
+    fn check(&self, _client: &Client<'_>, action: Action, topic: &str) -> Answer<Option<bool>> {
+        let refused = action == Action::Publish && topic.starts_with(&self.secret);
+        Answer::Now(refused.then_some(false))
+    }
+}
+
 fn build(own: toml::Table, _ctx: &PluginCtx) -> anyhow::Result<Built> {
     let s = settings(own)?;
     Ok(Built {
-        hook: Arc::new(Shout { prefix: s.prefix }),
-        tasks: Vec::new(),
-        webhook: None,
+        auth: Some(Arc::new(ShoutAuth)),
+        acl: Some(Arc::new(ShoutAcl {
+            secret: format!("{}secret", s.prefix),
+        })),
+        ..Built::hook(Arc::new(Shout { prefix: s.prefix }))
     })
 }
 

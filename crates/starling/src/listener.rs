@@ -257,11 +257,19 @@ fn auth_chain(
                     chain.password_file |= other == "dynamic";
                     chain.backends.push(b.clone());
                 }
-                None => anyhow::bail!("auth: {other:?} needs an [auth.{other}] section"),
+                None => anyhow::bail!("auth: {other:?} {}", missing(other)),
             },
         }
     }
     Ok(chain)
+}
+
+/// What a backend name the chain cannot find needs.
+fn missing(name: &str) -> String {
+    match name.strip_prefix("plugin:") {
+        Some(p) => format!("needs a [[plugin]] named {p:?} that authenticates or authorizes"),
+        None => format!("needs an [auth.{name}] section"),
+    }
 }
 
 /// The `acl` chain, or the ACL file alone (`None`: everything allowed).
@@ -282,7 +290,7 @@ fn acl_chain(
             },
             other => match backends.acl.get(other) {
                 Some(b) => chain.push(b.clone()),
-                None => anyhow::bail!("acl: {other:?} needs an [auth.{other}] section"),
+                None => anyhow::bail!("acl: {other:?} {}", missing(other)),
             },
         }
     }

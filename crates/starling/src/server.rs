@@ -58,17 +58,25 @@ impl Server {
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         // Listener files first: a broken password file is reported before the store is opened.
         let stop = Arc::new(Stop::default());
-        let listeners = Self::load_listeners(config, &stop)?;
+        let (listeners, plugins) = Self::load_listeners(config, &stop)?;
         let opened = storage::open(config)?;
-        Self::launch(config, listeners, opened, stop).await
+        Self::launch(config, listeners, plugins, opened, stop).await
     }
 
-    /// The `[auth]` backends (their background tasks end with `stop`) and every listener.
-    fn load_listeners(config: &Config, stop: &Arc<Stop>) -> anyhow::Result<Listeners> {
-        let backends = crate::authn::Backends::build(config, Some(stop))?;
+    /// The plugins, the `[auth]` backends (their background tasks end with `stop`; plugins
+    /// that authenticate or authorize among them) and every listener.
+    fn load_listeners(
+        config: &Config,
+        stop: &Arc<Stop>,
+    ) -> anyhow::Result<(Listeners, crate::plugin::Plugins)> {
+        let data_dir = (config.storage.durability != crate::config::Durability::Memory)
+            .then_some(config.data_dir.as_path());
+        let plugins = crate::plugin::Plugins::build(&config.plugins, data_dir)?;
+        let mut backends = crate::authn::Backends::build(config, Some(stop))?;
+        backends.add_plugins(&plugins);
         let mut listeners = Listeners::load(config, &backends, &Arc::default())?;
         listeners.backends = backends;
-        Ok(listeners)
+        Ok((listeners, plugins))
     }
 
     /// Like [`Server::start`] on an already-open store (`None`: in memory).
@@ -77,13 +85,14 @@ impl Server {
         opened: Option<storage::Opened>,
     ) -> anyhow::Result<Self> {
         let stop = Arc::new(Stop::default());
-        let listeners = Self::load_listeners(config, &stop)?;
-        Self::launch(config, listeners, opened, stop).await
+        let (listeners, plugins) = Self::load_listeners(config, &stop)?;
+        Self::launch(config, listeners, plugins, opened, stop).await
     }
 
     async fn launch(
         config: &Config,
         listeners: Listeners,
+        mut plugins: crate::plugin::Plugins,
         opened: Option<storage::Opened>,
         stop: Arc<Stop>,
     ) -> anyhow::Result<Self> {
@@ -110,8 +119,6 @@ impl Server {
             rand_core::RngCore::next_u64(&mut rand_core::OsRng)
         );
         // Plugins' hooks are part of the broker; their tasks start once it exists.
-        let data_dir = opened.as_ref().map(|_| config.data_dir.as_path());
-        let mut plugins = crate::plugin::Plugins::build(&config.plugins, data_dir)?;
         let broker =
             Broker::with_features(config.limits.clone(), config.mqtt.clone(), Instant::now())
                 .with_node_id(node_id)

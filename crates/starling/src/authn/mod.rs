@@ -20,10 +20,11 @@ use starling_auth::{AclBackend, AuthBackend, AuthObserver, Verdict};
 /// by every listener that lists them, with their counters for `/metrics`.
 #[derive(Debug, Default, Clone)]
 pub struct Backends {
-    /// Authentication backends (`jwt`, `http`, `introspection`, `dynamic`).
-    pub auth: HashMap<&'static str, Arc<dyn AuthBackend>>,
-    /// Authorization backends (`http`, `dynamic`).
-    pub acl: HashMap<&'static str, Arc<dyn AclBackend>>,
+    /// Authentication backends (`jwt`, `http`, `introspection`, `dynamic`, and
+    /// `plugin:{name}` for each plugin that authenticates).
+    pub auth: HashMap<String, Arc<dyn AuthBackend>>,
+    /// Authorization backends (`http`, `dynamic`, `plugin:{name}`).
+    pub acl: HashMap<String, Arc<dyn AclBackend>>,
     /// The JWT backend, for its enhanced-authentication method and counters.
     pub jwt: Option<Arc<jwt::JwtBackend>>,
     /// The HTTP backend's counters.
@@ -46,32 +47,42 @@ impl Backends {
         let a = &config.auth;
         if let Some(cfg) = &a.jwt {
             let j = jwt::JwtBackend::build_at(cfg, "auth.jwt", stop.cloned())?;
-            b.auth.insert("jwt", j.clone());
+            b.auth.insert("jwt".into(), j.clone());
             b.jwt = Some(j);
         }
         if let Some(cfg) = &a.http {
             let h = http::HttpBackend::build(cfg)?;
             b.http_stats = Some(h.stats());
             if h.authenticates() {
-                b.auth.insert("http", h.clone());
+                b.auth.insert("http".into(), h.clone());
             }
             if h.authorizes() {
-                b.acl.insert("http", h);
+                b.acl.insert("http".into(), h);
             }
         }
         if let Some(cfg) = &a.introspection {
             let i = introspect::IntrospectionBackend::build(cfg)?;
             b.introspection_stats = Some(i.stats());
-            b.auth.insert("introspection", i);
+            b.auth.insert("introspection".into(), i);
         }
         if let Some(cfg) = &a.dynamic {
             // Reads and checks `init_file`, so `check-config` does too.
             let d = dynamic::DynamicSecurity::build(cfg)?;
-            b.auth.insert("dynamic", d.clone());
-            b.acl.insert("dynamic", d.clone());
+            b.auth.insert("dynamic".into(), d.clone());
+            b.acl.insert("dynamic".into(), d.clone());
             b.dynamic = Some(d);
         }
         Ok(b)
+    }
+
+    /// Adds the authentication and authorization backends of plugins, as `plugin:{name}`.
+    pub fn add_plugins(&mut self, plugins: &crate::plugin::Plugins) {
+        for (name, auth) in &plugins.auth {
+            self.auth.insert(format!("plugin:{name}"), auth.clone());
+        }
+        for (name, acl) in &plugins.acl {
+            self.acl.insert(format!("plugin:{name}"), acl.clone());
+        }
     }
 }
 

@@ -474,8 +474,14 @@ pub struct CheckConfigArgs {
 pub fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
     let overrides = Overrides::from_env()?;
     let config = super::Config::load_with_env(Some(&args.file), &overrides)?;
-    // The `[auth]` backends are loaded (key files read) without starting their tasks.
-    crate::authn::Backends::build(&config, None)
+    // The plugins (nothing written) and the `[auth]` backends are loaded (key files read)
+    // without starting their tasks.
+    crate::plugin::Plugins::build(&config.plugins, None)
+        .and_then(|p| {
+            let mut b = crate::authn::Backends::build(&config, None)?;
+            b.add_plugins(&p);
+            Ok(b)
+        })
         .and_then(|b| crate::listener::Listeners::load(&config, &b, &Default::default()))
         .map_err(|e| e.context(format!("config file {}", args.file.display())))?;
     let mut stdout = std::io::stdout().lock();

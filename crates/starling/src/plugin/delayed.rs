@@ -111,15 +111,16 @@ pub fn build(own: toml::Table, ctx: &PluginCtx) -> anyhow::Result<Built> {
     });
     let task = shared.clone();
     Ok(Built {
-        hook: Arc::new(Delayed(shared)),
         tasks: vec![Box::new(move |broker, stop| -> BoxFuture {
             Box::pin(release(task, broker, stop))
         })],
-        webhook: None,
+        ..Built::hook(Arc::new(Delayed(shared)))
     })
 }
 
 fn open(dir: &Path) -> anyhow::Result<Database> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join("delayed.redb");
     let db = Database::create(&path)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+use starling_auth::{AclBackend, AuthBackend};
 use starling_broker::Broker;
 use starling_broker::hook::{
     AckEvent, Answer, ClientRef, ConnectEvent, ConnectVerdict, DeliveryEvent, DisconnectEvent,
@@ -126,6 +127,23 @@ pub struct Built {
     pub tasks: Vec<Task>,
     /// A webhook target's counters.
     pub webhook: Option<Arc<webhook::TargetStats>>,
+    /// An authentication backend: listeners name it `plugin:{name}` in their `auth` chain.
+    pub auth: Option<Arc<dyn AuthBackend>>,
+    /// An authorization backend: listeners name it `plugin:{name}` in their `acl` chain.
+    pub acl: Option<Arc<dyn AclBackend>>,
+}
+
+impl Built {
+    /// A plugin that is a hook and nothing else.
+    pub fn hook(hook: Arc<dyn Hook>) -> Self {
+        Self {
+            hook,
+            tasks: Vec::new(),
+            webhook: None,
+            auth: None,
+            acl: None,
+        }
+    }
 }
 
 impl fmt::Debug for Built {
@@ -146,6 +164,10 @@ pub struct Plugins {
     pub stats: Vec<Arc<PluginStats>>,
     /// Webhook targets' counters, for `/metrics`.
     pub webhooks: Vec<Arc<webhook::TargetStats>>,
+    /// Plugins' authentication backends, by plugin name.
+    pub auth: Vec<(String, Arc<dyn AuthBackend>)>,
+    /// Plugins' authorization backends, by plugin name.
+    pub acl: Vec<(String, Arc<dyn AclBackend>)>,
     /// Background tasks, started by [`Plugins::start`].
     tasks: Vec<Task>,
 }
@@ -323,6 +345,8 @@ impl Plugins {
             };
             let built = (kind.build)(own, &ctx).with_context(|| format!("plugin[{i}] ({name})"))?;
             plugins.webhooks.extend(built.webhook);
+            plugins.auth.extend(built.auth.map(|a| (name.clone(), a)));
+            plugins.acl.extend(built.acl.map(|a| (name.clone(), a)));
             hooks.push(Arc::new(Guarded {
                 inner: built.hook,
                 ctx,

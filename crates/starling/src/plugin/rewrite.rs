@@ -197,11 +197,10 @@ pub fn check(own: toml::Table) -> anyhow::Result<()> {
 
 /// Builds the plugin.
 pub fn build(own: toml::Table, ctx: &PluginCtx) -> anyhow::Result<Built> {
-    Ok(Built {
-        hook: Arc::new(TopicRewrite::new(rules(own)?, ctx.stats.clone())),
-        tasks: Vec::new(),
-        webhook: None,
-    })
+    Ok(Built::hook(Arc::new(TopicRewrite::new(
+        rules(own)?,
+        ctx.stats.clone(),
+    ))))
 }
 
 /// The hook.

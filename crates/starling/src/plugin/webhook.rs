@@ -200,11 +200,11 @@ pub fn build(own: toml::Table, ctx: &PluginCtx) -> anyhow::Result<Built> {
     });
     let task = shared.clone();
     Ok(Built {
-        hook: Arc::new(Webhook(shared)),
         tasks: vec![Box::new(move |_broker: Arc<Broker>, stop| -> BoxFuture {
             Box::pin(send_loop(task, client, stop))
         })],
         webhook: Some(stats),
+        ..Built::hook(Arc::new(Webhook(shared)))
     })
 }
 
