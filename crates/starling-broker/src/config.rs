@@ -192,7 +192,7 @@ impl Default for Limits {
 
 impl Limits {
     /// Every numeric key with its value and its bound, in declaration order.
-    pub fn bounded(&self) -> [(&'static str, u64, Bound); 22] {
+    pub fn bounded(&self) -> [(&'static str, u64, Bound); 21] {
         use bounds::*;
         [
             ("max_packet_size", self.max_packet_size.into(), PACKET_SIZE),
@@ -235,11 +235,6 @@ impl Limits {
                 "max_queued_bytes_per_subscription",
                 wide(self.max_queued_bytes_per_subscription),
                 QUEUED_BYTES,
-            ),
-            (
-                "queue_priority",
-                wide(self.queue_priority.len()),
-                QUEUE_PRIORITIES,
             ),
             ("max_inflight", self.max_inflight.into(), INFLIGHT),
             ("receive_maximum", self.receive_maximum.into(), INFLIGHT),
@@ -306,12 +301,14 @@ impl Limits {
             .unwrap_or(0)
     }
 
-    /// Checks every numeric key against its bound; the error names the first key out of
-    /// bounds.
+    /// Checks every numeric key against its bound, and the number of `queue_priority`
+    /// entries; the error names the first key out of bounds.
     pub fn validate(&self) -> Result<(), OutOfBounds> {
         self.bounded()
             .into_iter()
-            .try_for_each(|(key, value, bound)| bound.check(key, value))
+            .try_for_each(|(key, value, bound)| bound.check(key, value))?;
+        let priorities = wide(self.queue_priority.len());
+        bounds::QUEUE_PRIORITIES.check("queue_priority", priorities)
     }
 }
 
