@@ -265,3 +265,45 @@ fn priorities_change_what_is_dropped_and_what_comes_first() {
     assert_eq!(run(&[], &data_then_alarm), ["d0", "d1", "a0"]);
     assert_eq!(run(&prio, &data_then_alarm), ["a0", "d0", "d1"]);
 }
+
+/// A connected subscriber that is slow (a window of one, acknowledging one message at a
+/// time) catches up in turns too: the quiet filter's messages are not behind the flood's.
+#[test]
+fn a_slow_subscriber_catches_up_in_turns() {
+    let mut sim = Sim::new(per_subscription());
+    let mut c = persistent(V5, "s", 600);
+    c.properties.receive_maximum = Some(1);
+    let (s, _) = sim.connected(c);
+    sim.send(s, subscribe(1, "flood/#", QoS::AtLeastOnce));
+    sim.send(s, subscribe(2, "quiet/#", QoS::AtLeastOnce));
+    assert_eq!(sim.take(s).len(), 2);
+    let (p, _) = sim.connected(connect(V5, "p"));
+    let mut id = 0;
+    let mut send = |sim: &mut Sim, topic: &str, payload: String| {
+        id += 1;
+        sim.send(p, publish(topic, QoS::AtLeastOnce, id, payload.as_bytes()));
+    };
+    for n in 0..40 {
+        send(&mut sim, "flood/a", format!("f{n}"));
+    }
+    for n in 0..3 {
+        send(&mut sim, "quiet/a", format!("q{n}"));
+    }
+    assert_eq!(
+        sim.broker.session("s").unwrap().lock().queued(),
+        42,
+        "one in flight"
+    );
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let packets = sim.take(s);
+        let Some(p) = publishes(&packets).first().map(|p| (*p).clone()) else {
+            break;
+        };
+        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        sim.send(s, puback(p.packet_id));
+    }
+    assert_eq!(of(&got, "f"), names("f", 0..40));
+    assert_eq!(of(&got, "q"), names("q", 0..3));
+    assert_eq!(&got[..6], ["f0", "q0", "f1", "q1", "f2", "q2"]);
+}
