@@ -186,11 +186,15 @@ impl Locked<'_> {
     }
 
     /// The filter of the subscription whose buffer a delivery counts against: a shared
-    /// subscription's own; otherwise, of the session's plain subscriptions that match the
-    /// topic (and whose No Local does not exclude it), the filter first in byte order.
-    /// `None` if none matches (the session unsubscribed meanwhile).
+    /// subscription's own (while the session has it); otherwise, of the session's plain
+    /// subscriptions that match the topic (and whose No Local does not exclude it), the
+    /// filter first in byte order. `None` if none matches (the session unsubscribed
+    /// meanwhile). Only filters the session subscribes to name a buffer, so the buffers stay
+    /// as many as the subscriptions (plus one).
     fn buffer_filter(&self, d: &Delivery) -> Option<TopicFilter> {
-        if let Some(share) = &d.share {
+        if let Some(share) = &d.share
+            && self.st.subscriptions.contains_key(&share.filter)
+        {
             return Some(share.filter.clone());
         }
         let me = Some(&**self.client_id());
@@ -588,7 +592,7 @@ mod tests {
     #[test]
     fn the_plain_queue_moves_into_buffers_and_shared_messages_come_out() {
         let m = Metrics::default();
-        let s = subscribed(&["a", "b"]);
+        let s = subscribed(&["a", "b", "$share/g/a"]);
         let plain = Limits::default();
         for (t, n) in [("a", 1), ("a", 2), ("b", 3)] {
             enqueue(&s, &plain, &m, on(t, QoS::AtLeastOnce, n));
@@ -605,11 +609,19 @@ mod tests {
         assert_eq!(s.lock().queue_buffers().len(), 3);
         let taken = s.lock().take_queued_shared();
         assert_eq!(taken.len(), 1);
+        // A shared subscription the session no longer has names no buffer.
+        let mut gone = on("a", QoS::AtLeastOnce, 5);
+        gone.share = Some(std::sync::Arc::new(crate::message::ShareKey {
+            group: "h".into(),
+            filter: TopicFilter::try_from_str("$share/h/a").unwrap(),
+        }));
+        enqueue(&s, &l, &m, gone);
+        assert_eq!(s.lock().queue_buffers().len(), 3);
         assert!(
             s.lock()
                 .remove_subscription(&TopicFilter::try_from_str("b").unwrap())
         );
-        assert_eq!(drain(&s), [1, 3, 2]);
+        assert_eq!(drain(&s), [1, 3, 2, 5]);
         assert_eq!(
             s.lock().queue_buffers().len(),
             2,
