@@ -27,6 +27,67 @@ pub enum QueueFullPolicy {
     RefuseNewest,
 }
 
+/// Which buffer a session's undelivered messages wait in (`[limits] queue_scope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueScope {
+    /// One queue per session, bounded by `max_queued_messages` and `max_queued_bytes`.
+    #[default]
+    Session,
+    /// One buffer per subscription of a session, bounded by
+    /// `max_queued_messages_per_subscription` and `max_queued_bytes_per_subscription`; the
+    /// session's bounds still cap the total.
+    Subscription,
+}
+
+/// A queue priority for the messages whose topic a filter matches
+/// (`[[limits.queue_priority]]`): when a buffer is full, lower priorities are dropped first;
+/// when draining, higher priorities go first.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "RawPriority", into = "RawPriority")]
+pub struct QueuePriority {
+    /// The topic filter (no `$share/`).
+    pub filter: starling_proto::TopicFilter,
+    /// The priority, 0 (that of every other message) to 255.
+    pub priority: u8,
+}
+
+/// `[[limits.queue_priority]]` as written in the file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawPriority {
+    filter: String,
+    priority: u8,
+}
+
+impl TryFrom<RawPriority> for QueuePriority {
+    type Error = String;
+
+    fn try_from(raw: RawPriority) -> Result<Self, String> {
+        let filter = starling_proto::TopicFilter::try_from_str(&raw.filter)
+            .map_err(|e| format!("queue_priority filter {:?}: {e}", raw.filter))?;
+        if filter.share_group().is_some() {
+            return Err(format!(
+                "queue_priority filter {:?}: a priority applies to topics, not to a shared group",
+                raw.filter
+            ));
+        }
+        Ok(Self {
+            filter,
+            priority: raw.priority,
+        })
+    }
+}
+
+impl From<QueuePriority> for RawPriority {
+    fn from(p: QueuePriority) -> Self {
+        Self {
+            filter: p.filter.as_str().to_owned(),
+            priority: p.priority,
+        }
+    }
+}
+
 /// Limits and timers of the broker core. Every field has a bound and a documented reaction.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -52,6 +113,18 @@ pub struct Limits {
     pub max_queued_bytes: usize,
     /// What to drop when the queue is full.
     pub queue_full_policy: QueueFullPolicy,
+    /// One queue per session (the default) or one buffer per subscription.
+    pub queue_scope: QueueScope,
+    /// With `queue_scope = "subscription"`: most messages in one subscription's buffer; full:
+    /// lower priorities first, then `queue_full_policy` within that buffer. Counted.
+    pub max_queued_messages_per_subscription: usize,
+    /// With `queue_scope = "subscription"`: most payload bytes in one subscription's buffer;
+    /// same reaction.
+    pub max_queued_bytes_per_subscription: usize,
+    /// Priorities by topic filter (at most `bounds::QUEUE_PRIORITIES` entries); a message
+    /// takes the highest of the filters its topic matches, 0 if none. Empty: no priorities,
+    /// and the session scope costs nothing more than a plain queue.
+    pub queue_priority: Vec<QueuePriority>,
     /// Queue QoS 0 messages for disconnected persistent sessions (the spec allows either).
     pub queue_qos0_offline: bool,
     /// Most unacknowledged QoS 1/2 messages the broker has out to one client (v3 clients;
@@ -96,6 +169,10 @@ impl Default for Limits {
             max_queued_messages: 1000,
             max_queued_bytes: 64 * 1024 * 1024,
             queue_full_policy: QueueFullPolicy::DropOldest,
+            queue_scope: QueueScope::Session,
+            max_queued_messages_per_subscription: 5000,
+            max_queued_bytes_per_subscription: 16 * 1024 * 1024,
+            queue_priority: Vec::new(),
             queue_qos0_offline: false,
             max_inflight: 64,
             receive_maximum: 128,
@@ -115,7 +192,7 @@ impl Default for Limits {
 
 impl Limits {
     /// Every numeric key with its value and its bound, in declaration order.
-    pub fn bounded(&self) -> [(&'static str, u64, Bound); 19] {
+    pub fn bounded(&self) -> [(&'static str, u64, Bound); 21] {
         use bounds::*;
         [
             ("max_packet_size", self.max_packet_size.into(), PACKET_SIZE),
@@ -147,6 +224,16 @@ impl Limits {
             (
                 "max_queued_bytes",
                 wide(self.max_queued_bytes),
+                QUEUED_BYTES,
+            ),
+            (
+                "max_queued_messages_per_subscription",
+                wide(self.max_queued_messages_per_subscription),
+                QUEUED_MESSAGES,
+            ),
+            (
+                "max_queued_bytes_per_subscription",
+                wide(self.max_queued_bytes_per_subscription),
                 QUEUED_BYTES,
             ),
             ("max_inflight", self.max_inflight.into(), INFLIGHT),
@@ -196,12 +283,32 @@ impl Limits {
         ]
     }
 
-    /// Checks every numeric key against its bound; the error names the first key out of
-    /// bounds.
+    /// Whether sessions queue in buffers (per subscription, or with priorities) rather than
+    /// in one plain queue.
+    #[inline]
+    pub fn buffered_queue(&self) -> bool {
+        self.queue_scope == QueueScope::Subscription || !self.queue_priority.is_empty()
+    }
+
+    /// The queue priority of a message on `topic`: the highest of the `queue_priority`
+    /// filters it matches, 0 if none.
+    pub fn priority_of(&self, topic: &starling_proto::TopicName) -> u8 {
+        self.queue_priority
+            .iter()
+            .filter(|p| p.filter.matches(topic))
+            .map(|p| p.priority)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Checks every numeric key against its bound, and the number of `queue_priority`
+    /// entries; the error names the first key out of bounds.
     pub fn validate(&self) -> Result<(), OutOfBounds> {
         self.bounded()
             .into_iter()
-            .try_for_each(|(key, value, bound)| bound.check(key, value))
+            .try_for_each(|(key, value, bound)| bound.check(key, value))?;
+        let priorities = wide(self.queue_priority.len());
+        bounds::QUEUE_PRIORITIES.check("queue_priority", priorities)
     }
 }
 
@@ -294,6 +401,8 @@ pub mod bounds {
     pub const QUEUED_MESSAGES: Bound = Bound::new(1, 10_000_000, "ten million");
     /// `max_queued_bytes`.
     pub const QUEUED_BYTES: Bound = Bound::new(1, 1 << 40, "1 TiB");
+    /// Entries of `queue_priority` (each costs a filter match per message queued).
+    pub const QUEUE_PRIORITIES: Bound = Bound::new(0, 64, "64 filters");
     /// `max_inflight`, `receive_maximum`: MQTT's largest Receive Maximum.
     pub const INFLIGHT: Bound = Bound::new(1, 65_535, "MQTT's largest Receive Maximum");
     /// `topic_alias_maximum` (0: no topic aliases accepted).

@@ -26,7 +26,7 @@ pub mod sys;
 pub mod wake;
 
 pub use broker::{Broker, Registry, Seams};
-pub use config::{Features, Limits, QueueFullPolicy};
+pub use config::{Features, Limits, QueueFullPolicy, QueuePriority, QueueScope};
 pub use connection::{CheckAnswer, Close, Connection, ListenerAccess, PeerInfo};
 pub use forward::{Forwarder, NodeId};
 pub use hook::{Hook, Hooks};

@@ -226,8 +226,12 @@ pub struct Metrics {
     pub publish_sent: Counter,
     /// Messages dropped: queue full, expired, too large for the receiver, or refused.
     pub publish_dropped: Counter,
-    /// Of `publish_dropped`: because a session queue was full.
+    /// Of `publish_dropped`: because a session queue was full (with buffers per
+    /// subscription: the session's total).
     pub dropped_queue_full: Counter,
+    /// Of `publish_dropped`: because one subscription's buffer was full
+    /// (`queue_scope = "subscription"`).
+    pub dropped_subscription_full: Counter,
     /// Of `publish_dropped`: because the message expired while waiting.
     pub dropped_expired: Counter,
     /// Of `publish_dropped`: because it exceeded the receiver's maximum packet size.
@@ -341,6 +345,7 @@ impl Default for Metrics {
             publish_sent: Counter::default(),
             publish_dropped: Counter::default(),
             dropped_queue_full: Counter::default(),
+            dropped_subscription_full: Counter::default(),
             dropped_expired: Counter::default(),
             dropped_too_large: Counter::default(),
             dropped_by_hook: Counter::default(),

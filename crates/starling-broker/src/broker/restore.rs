@@ -48,6 +48,9 @@ impl Broker {
                 let routes = self.seams.routes.table();
                 routes.subscribe(filter, Subscriber::new(&r.session, sub));
             }
+            // Into buffers per subscription, if the limits ask for them (the store keeps no
+            // buffer: a message goes back to the one its topic matches now).
+            r.session.lock().arrange_queue(&self.limits);
             // The store has one record per client id, so nothing is there to compare with.
             if self.seams.registry.claim(&r.session, None).is_some() {
                 report.sessions += 1;

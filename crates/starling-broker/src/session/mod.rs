@@ -26,10 +26,12 @@ use crate::metrics::Metrics;
 use crate::persist::Ops;
 use crate::wake::Waker;
 
+mod buffers;
 mod flows;
 mod queue;
 mod restore;
 mod window;
+pub use buffers::BufferView;
 pub use flows::{Ack, PubRec, Qos2Receive};
 pub use restore::Restoring;
 pub use window::Window;
@@ -185,6 +187,10 @@ pub struct SessionState {
     queued_bytes: usize,
     /// QoS 0 messages in `queue`: a full queue looks for one to drop only when there is one.
     queued_qos0: usize,
+    /// Buffers per subscription and priority, replacing `queue` when the limits ask for them
+    /// (`Limits::buffered_queue`; boxed: `None` otherwise). Bounded per buffer and in total;
+    /// see `Locked::enqueue` for what happens when full.
+    buffers: Option<Box<buffers::Buffers>>,
     /// Outbound QoS 1/2 messages sent and not yet fully acknowledged, in send order. Bounded by
     /// the connection's window (client Receive Maximum, `max_inflight`).
     inflight: Window,
@@ -289,6 +295,7 @@ impl Session {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 queued_qos0: 0,
+                buffers: None,
                 inflight: Window::default(),
                 next_packet_id: 1,
                 awaiting_rel: HashMap::new(),
@@ -378,7 +385,7 @@ impl Locked<'_> {
 
     /// Messages queued and not yet sent.
     pub fn queued(&self) -> usize {
-        self.st.queue.len()
+        self.st.queue.len() + self.st.buffers.as_ref().map_or(0, |b| b.len())
     }
 
     /// Outbound messages sent and not yet fully acknowledged.
@@ -549,18 +556,7 @@ impl Locked<'_> {
     /// Takes the queued and unacknowledged messages that came through shared
     /// subscriptions, deleting their records (another member takes them over).
     fn take_shared(&mut self, ops: &mut Ops<'_>) -> Vec<Delivery> {
-        let mut shared = Vec::new();
-        let mut keep = VecDeque::with_capacity(self.st.queue.len());
-        while let Some(d) = self.pop_queued() {
-            if d.share.is_some() {
-                shared.push(d);
-            } else {
-                keep.push_back(d);
-            }
-        }
-        for d in keep {
-            self.push_queued(d);
-        }
+        let mut shared = self.take_queued_shared();
         let taken = self
             .st
             .inflight
@@ -588,6 +584,7 @@ impl Locked<'_> {
         self.st.queue.clear();
         self.st.queued_bytes = 0;
         self.st.queued_qos0 = 0;
+        self.st.buffers = None;
         self.st.inflight.clear();
         self.st.awaiting_rel.clear();
         self.save(ops);
@@ -637,6 +634,9 @@ impl Locked<'_> {
 
     /// Removes `filter`; true if it was there. Only `Broker::unsubscribe` calls this.
     pub fn remove_subscription(&mut self, filter: &TopicFilter) -> bool {
+        if let Some(b) = self.st.buffers.as_deref_mut() {
+            b.orphan(filter);
+        }
         self.st.subscriptions.remove(filter).is_some()
     }
 

@@ -1,15 +1,27 @@
 //! A session's queue of messages not yet sent: bounded in messages and bytes, with what
 //! happens when it is full, and the store records of queued QoS 1/2 messages in persistent
-//! sessions.
+//! sessions. With `queue_scope = "session"` and no priorities it is one plain FIFO; otherwise
+//! the messages wait in buffers per subscription and priority (`buffers.rs`), and this file
+//! decides which buffer a message goes to and what is dropped when one is full.
 
-use starling_proto::QoS;
+use starling_proto::{QoS, TopicFilter};
 use starling_store::{MessagePhase, Op};
 
+use super::buffers::{BufferView, Buffers};
 use super::{Ctx, Locked};
-use crate::config::QueueFullPolicy;
+use crate::config::{Limits, QueueFullPolicy, QueueScope};
 use crate::hook::{self, DropReason, Event};
 use crate::message::Delivery;
 use crate::persist::{Ops, delivery_record};
+
+/// Which bound a drop was made at, for the counters.
+#[derive(Clone, Copy)]
+enum Full {
+    /// The session's `max_queued_messages` / `max_queued_bytes`.
+    Session,
+    /// One subscription's buffer.
+    Subscription,
+}
 
 impl Locked<'_> {
     /// Adds a delivery to the queue, within the limits.
@@ -20,17 +32,19 @@ impl Locked<'_> {
     /// new message. Every drop is counted in `publish_dropped` and `dropped_queue_full`.
     ///
     /// In a persistent session a QoS 1/2 delivery is also stored (and a dropped one deleted).
+    ///
+    /// With buffers (`queue_scope = "subscription"` or priorities) see `enqueue_buffered`.
     pub fn enqueue(&mut self, mut delivery: Delivery, ctx: &Ctx<'_>, ops: &mut Ops<'_>) -> bool {
         let limits = ctx.limits;
         if self.st.owner.is_none() && delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline
         {
             return false;
         }
+        if limits.buffered_queue() {
+            return self.enqueue_buffered(delivery, ctx, ops);
+        }
         let cost = delivery.msg.cost();
-        let (max_messages, max_bytes) = match self.st.queue_bounds.as_deref() {
-            Some(b) => (b.messages, b.bytes),
-            None => (limits.max_queued_messages, limits.max_queued_bytes),
-        };
+        let (max_messages, max_bytes) = self.session_bounds(limits);
         let full = |s: &Self| {
             s.st.queue.len() >= max_messages
                 || (!s.st.queue.is_empty() && s.st.queued_bytes + cost > max_bytes)
@@ -44,13 +58,13 @@ impl Locked<'_> {
             let victim = match qos0 {
                 Some(i) => i,
                 None if delivery.qos == QoS::AtMostOnce => {
-                    count_drop(ctx, self.client_id(), &delivery);
+                    count_drop(ctx, self.client_id(), &delivery, Full::Session);
                     return false;
                 }
                 None => match limits.queue_full_policy {
                     QueueFullPolicy::DropOldest => 0,
                     QueueFullPolicy::RefuseNewest => {
-                        count_drop(ctx, self.client_id(), &delivery);
+                        count_drop(ctx, self.client_id(), &delivery, Full::Session);
                         return false;
                     }
                 },
@@ -58,10 +72,25 @@ impl Locked<'_> {
             if let Some(mut old) = self.st.queue.remove(victim) {
                 self.st.queued_bytes -= old.msg.cost();
                 self.st.queued_qos0 -= usize::from(old.qos == QoS::AtMostOnce);
-                count_drop(ctx, self.client_id(), &old);
+                count_drop(ctx, self.client_id(), &old, Full::Session);
                 self.forget_record(&mut old, ops);
             }
         }
+        self.store_queued(&mut delivery, ops);
+        self.push_queued(delivery);
+        true
+    }
+
+    /// The session's queue bounds: the listener's, or `[limits]`'s.
+    fn session_bounds(&self, limits: &Limits) -> (usize, usize) {
+        match self.st.queue_bounds.as_deref() {
+            Some(b) => (b.messages, b.bytes),
+            None => (limits.max_queued_messages, limits.max_queued_bytes),
+        }
+    }
+
+    /// Stores a QoS 1/2 delivery queued in a persistent session.
+    fn store_queued(&mut self, delivery: &mut Delivery, ops: &mut Ops<'_>) {
         if self.st.persisted
             && self.st.expiry_secs > 0
             && delivery.qos != QoS::AtMostOnce
@@ -76,8 +105,155 @@ impl Locked<'_> {
                 Op::PutMessage(id, d.seq, record)
             });
         }
-        self.push_queued(delivery);
-        true
+    }
+
+    /// Adds a delivery to its buffer: that of the subscription it came through (one copy for
+    /// overlapping subscriptions: the buffer of the matching filter that sorts first in byte
+    /// order; a shared subscription's own), or the session's only buffer with the session
+    /// scope. First the buffer's own bound: its lowest priority goes first (the oldest of
+    /// it), a new message of a lower priority than everything there is dropped itself, and
+    /// among equals the policy decides (drop the oldest or refuse the new one), whatever the
+    /// QoS. Then the session's bounds cap the total the same way, taking from the fullest
+    /// buffer of the lowest priority, so a flood on one subscription does not evict the few
+    /// messages of a quiet one. Every drop is counted, by bound and in its buffer.
+    fn enqueue_buffered(
+        &mut self,
+        mut delivery: Delivery,
+        ctx: &Ctx<'_>,
+        ops: &mut Ops<'_>,
+    ) -> bool {
+        let limits = ctx.limits;
+        self.arrange_queue(limits);
+        let per_sub = limits.queue_scope == QueueScope::Subscription;
+        let (max_messages, max_bytes) = self.session_bounds(limits);
+        let (sub_messages, sub_bytes) = match per_sub {
+            true => (
+                limits.max_queued_messages_per_subscription,
+                limits.max_queued_bytes_per_subscription,
+            ),
+            false => (usize::MAX, usize::MAX),
+        };
+        let filter = per_sub.then(|| self.buffer_filter(&delivery)).flatten();
+        let priority = limits.priority_of(&delivery.msg.topic);
+        let cost = delivery.msg.cost();
+        // Taken out while messages are dropped (which needs `self`), put back below.
+        let mut bufs = self.st.buffers.take().unwrap_or_default();
+        let i = bufs.index(filter.as_ref());
+        let gives = |lowest: u8| match limits.queue_full_policy {
+            QueueFullPolicy::DropOldest => lowest <= priority,
+            QueueFullPolicy::RefuseNewest => lowest < priority,
+        };
+        let mut accepted = true;
+        while bufs
+            .get(i)
+            .is_some_and(|b| b.is_full(sub_messages, sub_bytes, cost))
+        {
+            bufs.count_drop(i);
+            match bufs.lowest_priority(i) {
+                Some(lowest) if gives(lowest) => {
+                    if let Some(mut old) = bufs.pop_lowest(i) {
+                        count_drop(ctx, self.client_id(), &old, Full::Subscription);
+                        self.forget_record(&mut old, ops);
+                    }
+                }
+                _ => {
+                    count_drop(ctx, self.client_id(), &delivery, Full::Subscription);
+                    accepted = false;
+                    break;
+                }
+            }
+        }
+        while accepted && bufs.is_full(max_messages, max_bytes, cost) {
+            match bufs.fullest_lowest() {
+                Some((j, lowest)) if gives(lowest) => {
+                    bufs.count_drop(j);
+                    if let Some(mut old) = bufs.pop_lowest(j) {
+                        count_drop(ctx, self.client_id(), &old, Full::Session);
+                        self.forget_record(&mut old, ops);
+                    }
+                }
+                _ => {
+                    bufs.count_drop(i);
+                    count_drop(ctx, self.client_id(), &delivery, Full::Session);
+                    accepted = false;
+                }
+            }
+        }
+        if accepted {
+            self.store_queued(&mut delivery, ops);
+            bufs.push(i, priority, delivery);
+        }
+        self.st.buffers = Some(bufs);
+        accepted
+    }
+
+    /// The filter of the subscription whose buffer a delivery counts against: a shared
+    /// subscription's own (while the session has it); otherwise, of the session's plain
+    /// subscriptions that match the topic (and whose No Local does not exclude it), the
+    /// filter first in byte order. `None` if none matches (the session unsubscribed
+    /// meanwhile). Only filters the session subscribes to name a buffer, so the buffers stay
+    /// as many as the subscriptions (plus one).
+    fn buffer_filter(&self, d: &Delivery) -> Option<TopicFilter> {
+        if let Some(share) = &d.share
+            && self.st.subscriptions.contains_key(&share.filter)
+        {
+            return Some(share.filter.clone());
+        }
+        let me = Some(&**self.client_id());
+        let own = d.msg.publisher.as_deref() == me;
+        (self.st.subscriptions.iter())
+            .filter(|(f, s)| {
+                !(own && s.options.no_local) && f.share_group().is_none() && f.matches(&d.msg.topic)
+            })
+            .map(|(f, _)| f)
+            .min_by(|a, b| a.as_bytes().cmp(b.as_bytes()))
+            .cloned()
+    }
+
+    /// Moves what the plain queue holds into buffers when `limits` asks for buffers (at
+    /// restore, and before the first buffered enqueue), each to the buffer it would go to
+    /// now, in order and without bounds (it was queued before).
+    pub fn arrange_queue(&mut self, limits: &Limits) {
+        if !limits.buffered_queue() || self.st.buffers.is_some() {
+            return;
+        }
+        let per_sub = limits.queue_scope == QueueScope::Subscription;
+        let mut bufs = Box::<Buffers>::default();
+        while let Some(d) = self.pop_queued() {
+            let filter = per_sub.then(|| self.buffer_filter(&d)).flatten();
+            let i = bufs.index(filter.as_ref());
+            bufs.push(i, limits.priority_of(&d.msg.topic), d);
+        }
+        self.st.buffers = Some(bufs);
+    }
+
+    /// The buffers per subscription as the admin API shows them; empty with the plain
+    /// queue (`queue_scope = "session"` and no priorities).
+    pub fn queue_buffers(&self) -> Vec<BufferView> {
+        self.st
+            .buffers
+            .as_deref()
+            .map_or_else(Vec::new, Buffers::views)
+    }
+
+    /// Takes every queued delivery that came through a shared subscription, in order.
+    pub(super) fn take_queued_shared(&mut self) -> Vec<Delivery> {
+        if let Some(b) = self.st.buffers.as_deref_mut() {
+            return b.extract(|d| d.share.is_some());
+        }
+        let mut shared = Vec::new();
+        let mut keep = std::collections::VecDeque::with_capacity(self.st.queue.len());
+        while let Some(d) = self.pop_queued() {
+            if d.share.is_some() {
+                shared.push(d);
+            } else {
+                keep.push_back(d);
+            }
+        }
+        for d in keep {
+            self.push_queued(d);
+        }
+        shared
     }
 
     /// Takes the oldest queued delivery.
@@ -99,6 +275,12 @@ impl Locked<'_> {
     /// message while fewer than `window` are in flight.
     #[inline]
     pub fn next_delivery(&mut self, window: usize) -> Option<Delivery> {
+        let st = &mut *self.st;
+        if let Some(b) = st.buffers.as_deref_mut()
+            && !b.is_empty()
+        {
+            return b.next(st.inflight.len() >= window);
+        }
         let front = self.st.queue.front()?;
         if front.qos != QoS::AtMostOnce && self.st.inflight.len() >= window {
             return None;
@@ -122,10 +304,15 @@ impl Locked<'_> {
     }
 }
 
-/// Counts a delivery dropped from (or refused by) a full queue, and tells the hooks.
-fn count_drop(ctx: &Ctx<'_>, client_id: &str, d: &Delivery) {
-    ctx.metrics.publish_dropped.inc();
-    ctx.metrics.dropped_queue_full.inc();
+/// Counts a delivery dropped from (or refused by) a full queue or buffer, and tells the
+/// hooks.
+fn count_drop(ctx: &Ctx<'_>, client_id: &str, d: &Delivery, at: Full) {
+    let metrics = ctx.metrics;
+    metrics.publish_dropped.inc();
+    match at {
+        Full::Session => metrics.dropped_queue_full.inc(),
+        Full::Subscription => metrics.dropped_subscription_full.inc(),
+    }
     if ctx.hooks.wants(Event::Dropped) {
         let e = hook::drop_event(Some(client_id), &d.msg, DropReason::QueueFull);
         ctx.hooks.dropped(&e);
@@ -291,5 +478,166 @@ mod tests {
         let mut st = s.lock();
         assert!(st.next_delivery(1).is_none(), "the window is full");
         assert!(st.next_delivery(2).is_some());
+    }
+
+    fn on(topic: &str, qos: QoS, byte: u8) -> Delivery {
+        let mut d = delivery(qos, byte);
+        let topic = starling_proto::TopicName::try_from_str(topic).unwrap();
+        let msg = crate::message::Message::internal(topic, d.msg.payload.clone(), false);
+        d.msg = std::sync::Arc::new(msg);
+        d
+    }
+
+    fn subscribed(filters: &[&str]) -> Session {
+        let s = online();
+        for f in filters {
+            let sub = crate::session::Subscription {
+                options: starling_proto::SubscriptionOptions::default(),
+                id: None,
+            };
+            s.lock()
+                .insert_subscription(TopicFilter::try_from_str(f).unwrap(), sub);
+        }
+        s
+    }
+
+    fn per_subscription(per_sub: usize, total: usize) -> Limits {
+        Limits {
+            queue_scope: QueueScope::Subscription,
+            max_queued_messages_per_subscription: per_sub,
+            max_queued_messages: total,
+            ..Limits::default()
+        }
+    }
+
+    fn drain(s: &Session) -> Vec<u8> {
+        let mut st = s.lock();
+        std::iter::from_fn(|| st.next_delivery(usize::MAX))
+            .map(|d| d.msg.payload[0])
+            .collect()
+    }
+
+    #[test]
+    fn a_flood_on_one_subscription_keeps_its_newest_and_spares_the_other() {
+        let m = Metrics::default();
+        let l = per_subscription(3, 100);
+        let s = subscribed(&["flood/#", "quiet/#"]);
+        assert!(enqueue(&s, &l, &m, on("quiet/a", QoS::AtLeastOnce, 100)));
+        for n in 0..10 {
+            assert!(enqueue(&s, &l, &m, on("flood/x", QoS::AtMostOnce, n)));
+        }
+        assert!(enqueue(&s, &l, &m, on("quiet/a", QoS::ExactlyOnce, 101)));
+        assert_eq!(s.lock().queued(), 5);
+        assert_eq!(m.dropped_subscription_full.get(), 7);
+        assert_eq!(
+            (m.dropped_queue_full.get(), m.publish_dropped.get()),
+            (0, 7)
+        );
+        let views = s.lock().queue_buffers();
+        let flood = views
+            .iter()
+            .find(|v| v.filter.as_ref().unwrap().as_str() == "flood/#");
+        assert_eq!(flood.map(|v| (v.queued, v.dropped)), Some((3, 7)));
+        // Turns: quiet first (it was there first), then flood, and so on.
+        assert_eq!(drain(&s), [100, 7, 101, 8, 9]);
+    }
+
+    #[test]
+    fn the_session_total_takes_from_the_fullest_buffer() {
+        let m = Metrics::default();
+        let l = per_subscription(10, 4);
+        let s = subscribed(&["a", "b"]);
+        enqueue(&s, &l, &m, on("b", QoS::AtLeastOnce, 50));
+        for n in 0..6 {
+            assert!(enqueue(&s, &l, &m, on("a", QoS::AtLeastOnce, n)));
+        }
+        assert_eq!(m.dropped_queue_full.get(), 3);
+        assert_eq!(drain(&s), [50, 3, 4, 5]);
+        // Refuse the newest: the total stays as it is.
+        let l = Limits {
+            queue_full_policy: QueueFullPolicy::RefuseNewest,
+            ..per_subscription(2, 100)
+        };
+        for n in 0..4 {
+            enqueue(&s, &l, &m, on("a", QoS::AtLeastOnce, n));
+        }
+        assert_eq!(drain(&s), [0, 1]);
+    }
+
+    #[test]
+    fn priorities_decide_what_is_dropped_and_what_goes_first() {
+        let m = Metrics::default();
+        let l = Limits {
+            queue_priority: vec![crate::config::QueuePriority {
+                filter: TopicFilter::try_from_str("alarms/#").unwrap(),
+                priority: 10,
+            }],
+            ..per_subscription(3, 100)
+        };
+        let s = subscribed(&["#"]);
+        enqueue(&s, &l, &m, on("alarms/1", QoS::AtLeastOnce, 1));
+        for n in 10..15 {
+            enqueue(&s, &l, &m, on("data", QoS::AtLeastOnce, n));
+        }
+        enqueue(&s, &l, &m, on("alarms/2", QoS::AtLeastOnce, 2));
+        enqueue(&s, &l, &m, on("alarms/3", QoS::AtLeastOnce, 3));
+        // Full of alarms: ordinary data is refused, a new alarm displaces the oldest.
+        assert!(!enqueue(&s, &l, &m, on("data", QoS::AtLeastOnce, 16)));
+        assert!(enqueue(&s, &l, &m, on("alarms/4", QoS::AtLeastOnce, 4)));
+        assert_eq!(drain(&s), [2, 3, 4]);
+        enqueue(&s, &l, &m, on("data", QoS::AtLeastOnce, 20));
+        enqueue(&s, &l, &m, on("alarms/5", QoS::AtLeastOnce, 5));
+        assert_eq!(drain(&s), [5, 20], "the alarm goes first");
+        // With the session scope, priorities use one buffer under the session's bounds.
+        let l = Limits {
+            queue_scope: QueueScope::Session,
+            max_queued_messages: 2,
+            ..l
+        };
+        let s = subscribed(&["#"]);
+        enqueue(&s, &l, &m, on("alarms/1", QoS::AtLeastOnce, 1));
+        enqueue(&s, &l, &m, on("data", QoS::AtLeastOnce, 10));
+        enqueue(&s, &l, &m, on("alarms/2", QoS::AtLeastOnce, 2));
+        assert_eq!(drain(&s), [1, 2]);
+    }
+
+    #[test]
+    fn the_plain_queue_moves_into_buffers_and_shared_messages_come_out() {
+        let m = Metrics::default();
+        let s = subscribed(&["a", "b", "$share/g/a"]);
+        let plain = Limits::default();
+        for (t, n) in [("a", 1), ("a", 2), ("b", 3)] {
+            enqueue(&s, &plain, &m, on(t, QoS::AtLeastOnce, n));
+        }
+        let l = per_subscription(10, 10);
+        s.lock().arrange_queue(&l);
+        assert_eq!(s.lock().queue_buffers().len(), 2);
+        let mut shared = on("a", QoS::AtLeastOnce, 4);
+        shared.share = Some(std::sync::Arc::new(crate::message::ShareKey {
+            group: "g".into(),
+            filter: TopicFilter::try_from_str("$share/g/a").unwrap(),
+        }));
+        enqueue(&s, &l, &m, shared);
+        assert_eq!(s.lock().queue_buffers().len(), 3);
+        let taken = s.lock().take_queued_shared();
+        assert_eq!(taken.len(), 1);
+        // A shared subscription the session no longer has names no buffer.
+        let mut gone = on("a", QoS::AtLeastOnce, 5);
+        gone.share = Some(std::sync::Arc::new(crate::message::ShareKey {
+            group: "h".into(),
+            filter: TopicFilter::try_from_str("$share/h/a").unwrap(),
+        }));
+        enqueue(&s, &l, &m, gone);
+        assert_eq!(s.lock().queue_buffers().len(), 3);
+        assert!(
+            s.lock()
+                .remove_subscription(&TopicFilter::try_from_str("b").unwrap())
+        );
+        assert_eq!(drain(&s), [1, 3, 2, 5]);
+        assert_eq!(
+            s.lock().queue_buffers().len(),
+            2,
+            "b's buffer went once drained"
+        );
     }
 }

@@ -182,6 +182,13 @@ const BOUNDED: &[(&str, &str, u64, u64)] = &[
     ("limits", "max_subscriptions_per_client", 0, 10_000_000),
     ("limits", "max_queued_messages", 1, 10_000_000),
     ("limits", "max_queued_bytes", 1, 1 << 40),
+    (
+        "limits",
+        "max_queued_messages_per_subscription",
+        1,
+        10_000_000,
+    ),
+    ("limits", "max_queued_bytes_per_subscription", 1, 1 << 40),
     ("limits", "max_inflight", 1, 65_535),
     ("limits", "receive_maximum", 1, 65_535),
     ("limits", "topic_alias_maximum", 0, 65_535),
@@ -299,4 +306,65 @@ fn the_largest_integers_are_refused_naming_the_key() {
         Config::parse("[security]\nban_secs = 18446744073709551616").unwrap_err()
     );
     assert!(e.contains("ban_secs"), "{e}");
+}
+
+#[test]
+fn queue_scope_and_priorities() {
+    let c = Config::parse("").unwrap();
+    assert_eq!(c.limits.queue_scope, starling_broker::QueueScope::Session);
+    assert!(!c.limits.buffered_queue());
+    let c = Config::parse(
+        r#"
+        [limits]
+        queue_scope = "subscription"
+        max_queued_messages_per_subscription = 100
+        [[limits.queue_priority]]
+        filter = "alarms/#"
+        priority = 10
+        [[limits.queue_priority]]
+        filter = "alarms/fire"
+        priority = 20
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.limits.queue_scope,
+        starling_broker::QueueScope::Subscription
+    );
+    assert_eq!(c.limits.max_queued_messages_per_subscription, 100);
+    let topic = |t| starling_proto::TopicName::try_from_str(t).unwrap();
+    assert_eq!(c.limits.priority_of(&topic("alarms/fire")), 20);
+    assert_eq!(c.limits.priority_of(&topic("alarms/water")), 10);
+    assert_eq!(c.limits.priority_of(&topic("data")), 0);
+    for (bad, says) in [
+        ("queue_scope = \"client\"", "queue_scope"),
+        (
+            "[[limits.queue_priority]]\nfilter = \"a/#/b\"\npriority = 1",
+            "a/#/b",
+        ),
+        (
+            "[[limits.queue_priority]]\nfilter = \"$share/g/a\"\npriority = 1",
+            "shared",
+        ),
+        (
+            "[[limits.queue_priority]]\nfilter = \"a\"\npriority = 256",
+            "priority",
+        ),
+        (
+            "[[limits.queue_priority]]\nfilter = \"a\"\nprio = 1",
+            "prio",
+        ),
+    ] {
+        let text = format!("[limits]\n{bad}\n");
+        let e = format!("{:#}", Config::parse(&text).unwrap_err());
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    let many: String = (0..65)
+        .map(|n| format!("[[limits.queue_priority]]\nfilter = \"t/{n}\"\npriority = 1\n"))
+        .collect();
+    let e = format!("{:#}", Config::parse(&many).unwrap_err());
+    assert!(
+        e.contains("limits.queue_priority: must be at most 64"),
+        "{e}"
+    );
 }

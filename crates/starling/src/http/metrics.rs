@@ -374,6 +374,7 @@ impl Collector for BrokerCollector {
             "reason",
             [
                 ("queue_full", m.dropped_queue_full.get()),
+                ("subscription_queue_full", m.dropped_subscription_full.get()),
                 ("expired", m.dropped_expired.get()),
                 ("too_large", m.dropped_too_large.get()),
                 ("no_subscriber", m.dropped_no_subscriber.get()),

@@ -165,6 +165,19 @@ fn session_json(state: &AppState, s: &Session, detail: bool) -> Value {
             .collect();
         subs.sort_by(|a, b| filter_of(a).cmp(filter_of(b)));
         set(&mut v, "subscriptions", Value::Array(subs));
+        let mut buffers = st.queue_buffers();
+        buffers.sort_by(|a, b| a.filter.cmp(&b.filter));
+        let buffers = (buffers.iter())
+            .map(|b| {
+                json!({
+                    "filter": b.filter.as_ref().map(TopicFilter::as_str),
+                    "queued": b.queued,
+                    "bytes": b.bytes,
+                    "dropped": b.dropped,
+                })
+            })
+            .collect();
+        set(&mut v, "buffers", Value::Array(buffers));
     }
     v
 }
