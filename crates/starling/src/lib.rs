@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod health;
 pub mod http;
+mod http_client;
 pub mod import;
 pub mod limiter;
 mod listener;

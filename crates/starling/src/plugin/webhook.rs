@@ -181,7 +181,7 @@ pub struct TargetStats {
 /// Builds the plugin and its sender task.
 pub fn build(own: toml::Table, ctx: &PluginCtx) -> anyhow::Result<Built> {
     let target = target(own)?;
-    let client = crate::authn::remote::http_client(
+    let client = crate::http_client::build(
         ctx.timeout,
         2,
         target.ca_file.as_deref(),
