@@ -209,3 +209,40 @@ async fn a_client_that_moves_to_another_udp_port_keeps_its_connection() {
     mover.disconnect().await.unwrap();
     s.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_name_the_user_and_the_acl_applies() {
+    let s = start(|config, pki| {
+        let acl = pki.write("acl", "user dev7\ntopic readwrite dev7/#\n");
+        let l = &mut config.listeners[1];
+        l.ca_file = Some(pki.ca_file.clone());
+        l.require_certificate = true;
+        l.use_identity_as_username = Some(starling::config::IdentityField::Cn);
+        l.acl_file = Some(acl);
+    })
+    .await;
+    // Without a certificate: no connection.
+    let anonymous = mqtt5_client("no-cert", &s.pki).await;
+    assert!(anonymous.connect(&url(s.quic)).await.is_err());
+
+    let (cert, key) = s.pki.client_pem("dev7");
+    let dev = mqtt5::MqttClient::new("dev7-client");
+    dev.set_tls_config(Some(cert), Some(key), Some(s.pki.ca_pem.clone()))
+        .await;
+    dev.connect(&url(s.quic)).await.unwrap();
+    let (cb, mut rx) = inbox();
+    dev.subscribe_with_options("dev7/#", sub_options(QoS::AtLeastOnce), cb)
+        .await
+        .unwrap();
+    // The CN is the username the ACL names: its own topics, and nothing else.
+    dev.publish_qos1("dev7/temp", b"21".to_vec()).await.unwrap();
+    assert_eq!(next(&mut rx, SOON).await.topic, "dev7/temp");
+    assert!(
+        dev.publish_qos1("other/temp", b"21".to_vec())
+            .await
+            .is_err(),
+        "PUBACK 0x87 outside the ACL"
+    );
+    dev.disconnect().await.unwrap();
+    s.server.shutdown().await;
+}

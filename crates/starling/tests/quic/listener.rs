@@ -325,3 +325,43 @@ async fn starling_pub_and_sub_connect_over_quic() {
     assert_eq!(out.trim(), "over quic");
     s.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_clients_show_in_the_admin_api_and_the_metrics() {
+    let s = start(|config, _| {
+        config.http.enabled = true;
+        config.http.bind = ([127, 0, 0, 1], 0).into();
+    })
+    .await;
+    let (_c, _) = QuicMqtt::connect(&s, Connect::new(V5, "seen")).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", s.server.http());
+    let clients: serde_json::Value = http
+        .get(format!("{base}/api/v1/clients"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seen = &clients["items"][0];
+    assert_eq!(seen["client_id"], "seen");
+    assert_eq!(seen["listener"], "quic 127.0.0.1:0");
+    assert!(
+        seen["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{seen}"
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("starling_connections_accepted_total{listener=\"quic 127.0.0.1:0\"} 1"),
+        "{metrics}"
+    );
+    s.server.shutdown().await;
+}

@@ -30,7 +30,8 @@ use tokio::time::timeout;
 
 /// A CA and a server certificate for localhost / 127.0.0.1, in files.
 pub(crate) struct Pki {
-    _dir: TempDir,
+    dir: TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
     pub(crate) ca_file: PathBuf,
     pub(crate) ca_pem: Vec<u8>,
     pub(crate) cert_file: PathBuf,
@@ -68,8 +69,28 @@ impl Pki {
             cert_file: write("server.pem", &cert.pem()),
             key_file: write("server.key", &key.serialize_pem()),
             ca_pem: ca_pem.into_bytes(),
-            _dir: dir,
+            ca,
+            dir,
         }
+    }
+
+    /// Writes a file in the certificates' directory.
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// A client certificate with this CN, signed by the CA: PEM certificate and key.
+    pub(crate) fn client_pem(&self, cn: &str) -> (Vec<u8>, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
     }
 
     /// A QUIC listener on 127.0.0.1, port 0, with this certificate.
