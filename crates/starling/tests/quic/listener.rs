@@ -260,8 +260,17 @@ async fn shutdown_disconnects_quic_clients_and_closes_the_endpoint() {
     timeout(WAIT, c.stream.connection().closed())
         .await
         .expect("the QUIC connection closed");
-    // The UDP port is free again.
-    StdUdpSocket::bind(quic).expect("the endpoint's socket is closed");
+    // The UDP port is free again (quinn's endpoint task lets go of the socket once it has seen
+    // the endpoint closed: a moment after shutdown returns).
+    let mut bound = StdUdpSocket::bind(quic);
+    for _ in 0..100 {
+        if bound.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        bound = StdUdpSocket::bind(quic);
+    }
+    bound.expect("the endpoint's socket is closed");
 }
 
 /// Runs the `starling` binary with `args`, at most `within`; its standard output.
