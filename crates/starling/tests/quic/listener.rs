@@ -374,3 +374,49 @@ async fn quic_clients_show_in_the_admin_api_and_the_metrics() {
     );
     s.server.shutdown().await;
 }
+
+/// A quinn client with `alpn` and the test CA; its connection once the handshake is done.
+async fn raw_quinn(s: &QuicServer, alpn: &[u8]) -> Result<quinn::Connection, String> {
+    let mut tls = s.pki.client_tls();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let config = quinn::ClientConfig::new(Arc::new(crypto));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connecting = endpoint.connect_with(config, s.quic, "localhost").unwrap();
+    timeout(WAIT, connecting)
+        .await
+        .expect("handshake ends in time")
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_per_connection_alpn_mqtt_and_a_stream_within_the_connect_timeout() {
+    let s = start(|config, _| config.limits.connect_timeout_secs = 1).await;
+    // Another application protocol: no connection.
+    assert!(raw_quinn(&s, b"h3").await.is_err());
+    // One bidirectional stream, no unidirectional ones: the client gets no credit for more.
+    let (c, _) = QuicMqtt::connect(&s, Connect::new(V5, "one-stream")).await;
+    let conn = c.stream.connection();
+    assert!(
+        timeout(Duration::from_millis(300), conn.open_bi())
+            .await
+            .is_err(),
+        "a second bidirectional stream"
+    );
+    assert!(
+        timeout(Duration::from_millis(300), conn.open_uni())
+            .await
+            .is_err(),
+        "a unidirectional stream"
+    );
+    // A connection that opens no stream is closed once the CONNECT timeout has passed.
+    let idle = raw_quinn(&s, b"mqtt").await.unwrap();
+    let reason = timeout(Duration::from_secs(5), idle.closed())
+        .await
+        .expect("closed by the broker");
+    assert!(
+        matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(2)),
+        "{reason:?}"
+    );
+    s.server.shutdown().await;
+}
