@@ -420,3 +420,23 @@ async fn one_stream_per_connection_alpn_mqtt_and_a_stream_within_the_connect_tim
     );
     s.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_gives_new_quic_connections_the_new_certificate() {
+    let s = start(|_, _| {}).await;
+    let (old, _) = QuicMqtt::connect(&s, Connect::new(V5, "before")).await;
+    let next = Pki::new();
+    std::fs::copy(&next.cert_file, &s.pki.cert_file).unwrap();
+    std::fs::copy(&next.key_file, &s.pki.key_file).unwrap();
+    assert!(s.server.reload().is_empty(), "the new files load");
+    // New connections get the new certificate: a client of the old CA is refused, one of the
+    // new CA gets in; the connection from before goes on.
+    assert!(
+        QuicMqtt::open(&s).await.is_err(),
+        "the old CA no longer fits"
+    );
+    let stream = connect(s.quic, "localhost", next.client_tls(), None).await;
+    assert!(stream.is_ok(), "the new CA fits: {stream:?}");
+    assert!(old.stream.connection().close_reason().is_none());
+    s.server.shutdown().await;
+}
