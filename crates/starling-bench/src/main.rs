@@ -12,6 +12,7 @@ mod load;
 mod mixed;
 mod procstat;
 mod special;
+mod transport;
 
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ enum Command {
         #[arg(long, default_value_t = 1883)]
         port: u16,
     },
+    /// Connect rate or p2p QoS 1 over TLS or QUIC (to compare the transports).
+    Transport(transport::TransportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -180,6 +183,11 @@ fn main() -> Result<()> {
     match cli.command {
         Some(Command::Forwarder { host, port }) => {
             local.block_on(&runtime, forwarder::serve(&format!("{host}:{port}")))
+        }
+        Some(Command::Transport(args)) => {
+            let line = local.block_on(&runtime, transport::run(&args))?;
+            println!("{line}");
+            Ok(())
         }
         None => {
             let line = local.block_on(&runtime, run(&cli.run))?;

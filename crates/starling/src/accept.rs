@@ -179,8 +179,8 @@ async fn handle(
         }};
     }
     match (rt.protocol, &rt.tls) {
-        // Served by `tcp_connection`.
-        (Protocol::Tcp, _) => {}
+        // Served by `tcp_connection`; QUIC listeners have their own loop (`quic.rs`).
+        (Protocol::Tcp | Protocol::Quic, _) => {}
         // TLS and WebSocket handshake state is large; boxed, it is freed once done.
         (Protocol::Ws, _) => {
             Box::pin(async {

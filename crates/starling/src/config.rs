@@ -135,12 +135,15 @@ pub enum Protocol {
     Ws,
     /// MQTT over WebSocket over TLS.
     Wss,
+    /// MQTT over QUIC (UDP, TLS 1.3 inside): one bidirectional stream per connection.
+    Quic,
 }
 
 impl Protocol {
-    /// Whether the transport is TLS (`tls`, `wss`).
+    /// Whether the transport is TLS, and so has certificates (`tls`, `wss`, and `quic`, whose
+    /// handshake is TLS 1.3).
     pub fn is_tls(self) -> bool {
-        matches!(self, Self::Tls | Self::Wss)
+        matches!(self, Self::Tls | Self::Wss | Self::Quic)
     }
 
     /// Whether the transport is WebSocket (`ws`, `wss`).
@@ -156,6 +159,7 @@ impl std::fmt::Display for Protocol {
             Self::Tls => "tls",
             Self::Ws => "ws",
             Self::Wss => "wss",
+            Self::Quic => "quic",
         })
     }
 }
@@ -176,7 +180,7 @@ pub enum IdentityField {
 pub struct ListenerConfig {
     /// Address and port to bind, e.g. `127.0.0.1:1883` or `[::]:1883`.
     pub bind: SocketAddr,
-    /// Transport: `tcp` (default), `tls`, `ws` or `wss`.
+    /// Transport: `tcp` (default), `tls`, `ws`, `wss` or `quic` (UDP).
     #[serde(default = "default_protocol")]
     pub protocol: String,
     /// Whether clients without a username may connect. Default: true only when the listener
@@ -188,7 +192,7 @@ pub struct ListenerConfig {
     pub acl_file: Option<PathBuf>,
     /// Most clients connected through this listener (on top of `limits.max_connections`).
     pub max_connections: Option<usize>,
-    /// TLS: server certificate chain, PEM (`tls`, `wss`).
+    /// TLS: server certificate chain, PEM (`tls`, `wss`, `quic`).
     pub cert_file: Option<PathBuf>,
     /// TLS: private key, PEM.
     pub key_file: Option<PathBuf>,
@@ -220,6 +224,11 @@ pub struct ListenerConfig {
     /// What the authorization chain answers when every backend passes: `"deny"` (default)
     /// or `"allow"`.
     pub acl_no_match: Option<NoMatch>,
+    /// QUIC: accept 0-RTT data (CONNECT and the packets after it in the client's first
+    /// flight, on a resumed TLS session). Off by default: 0-RTT data can be replayed by
+    /// anyone who captured it, so a replayed PUBLISH would be delivered again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quic_0rtt: bool,
 }
 
 /// The answer of an authorization chain whose backends all passed.
@@ -277,6 +286,7 @@ impl ListenerConfig {
             auth: None,
             acl: None,
             acl_no_match: None,
+            quic_0rtt: false,
         }
     }
 
@@ -286,6 +296,7 @@ impl ListenerConfig {
             "tls" => Protocol::Tls,
             "ws" => Protocol::Ws,
             "wss" => Protocol::Wss,
+            "quic" => Protocol::Quic,
             _ => Protocol::Tcp,
         }
     }
@@ -304,9 +315,9 @@ impl ListenerConfig {
     fn validate(&self, i: usize) -> anyhow::Result<()> {
         let key = |k: &str| format!("listener[{i}].{k}");
         let protocol = match self.protocol.as_str() {
-            "tcp" | "tls" | "ws" | "wss" => self.protocol(),
+            "tcp" | "tls" | "ws" | "wss" | "quic" => self.protocol(),
             other => bail!(
-                "{}: unsupported protocol {other:?} (supported: \"tcp\", \"tls\", \"ws\", \"wss\")",
+                "{}: unsupported protocol {other:?} (supported: \"tcp\", \"tls\", \"ws\", \"wss\", \"quic\")",
                 key("protocol")
             ),
         };
@@ -340,7 +351,17 @@ impl ListenerConfig {
                 );
             }
         } else if let Some((k, _)) = tls_keys.iter().find(|(_, set)| *set) {
-            bail!("{}: only for protocol \"tls\" or \"wss\"", key(k));
+            bail!("{}: only for protocol \"tls\", \"wss\" or \"quic\"", key(k));
+        }
+        if self.quic_0rtt && protocol != Protocol::Quic {
+            bail!("{}: only for protocol \"quic\"", key("quic_0rtt"));
+        }
+        if self.quic_0rtt && self.ca_file.is_some() {
+            // 0-RTT serves the client before its certificate is verified.
+            bail!(
+                "{}: 0-RTT cannot be combined with client certificates (ca_file)",
+                key("quic_0rtt")
+            );
         }
         match (&self.path, protocol.is_websocket()) {
             (Some(p), true) if !p.starts_with('/') => {

@@ -1,4 +1,4 @@
-//! The Starling server: config file, listeners (TCP, TLS, WebSocket), authentication and
+//! The Starling server: config file, listeners (TCP, TLS, WebSocket, QUIC), authentication and
 //! ACLs per listener, per-address connection limits, the connection task, reloads and graceful
 //! shutdown, on tokio. The `starling` binary is a thin command line over this library, and black-box
 //! tests start a [`server::Server`] on port 0 with it.
@@ -19,6 +19,7 @@ pub mod logging;
 pub mod notify;
 pub mod passwd;
 pub mod plugin;
+pub mod quic;
 mod reload;
 pub mod server;
 pub mod signals;

@@ -34,6 +34,8 @@ pub(crate) struct ListenerRuntime {
     pub(crate) ws_path: String,
     /// CONNECT checks a password file (slow by design).
     pub(crate) slow_connect: bool,
+    /// QUIC: 0-RTT data accepted (`quic_0rtt`).
+    pub(crate) quic_0rtt: bool,
     /// This listener's own connection cap, if set.
     pub(crate) permits: Option<Arc<Semaphore>>,
     /// Connections accepted since start.
@@ -202,6 +204,7 @@ fn listener_runtime(
         }),
         tls,
         ws_path: l.ws_path().to_owned(),
+        quic_0rtt: l.quic_0rtt,
         permits: l.max_connections.map(listener_permits),
         accepted: Arc::default(),
     })

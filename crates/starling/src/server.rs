@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::accept::{accept_loop, permit_count};
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::connection::Stop;
 use crate::http::{self, AppState, ListenerStatus};
 use crate::limiter::AddressLimiter;
@@ -171,6 +171,30 @@ impl Server {
         let mut addrs = Vec::new();
         let mut statuses = Vec::new();
         for (l, rt) in config.listeners.iter().zip(runtimes) {
+            if rt.protocol == Protocol::Quic {
+                let listener = match crate::quic::QuicListener::bind(l.bind, &rt, &broker) {
+                    Ok(listener) => listener,
+                    Err(e) => return Err((e.context(format!("listener {}", l.bind)), committer)),
+                };
+                let addr = listener.local_addr().unwrap_or(l.bind);
+                info!(%addr, protocol = %l.protocol, "listening");
+                addrs.push(addr);
+                statuses.push(ListenerStatus {
+                    name: rt.access.name.clone(),
+                    protocol: l.protocol.clone(),
+                    addr,
+                    accepted: rt.accepted.clone(),
+                });
+                tasks.spawn(crate::quic::accept_loop(
+                    listener,
+                    rt,
+                    broker.clone(),
+                    permits.clone(),
+                    limiter.clone(),
+                    stop.clone(),
+                ));
+                continue;
+            }
             let listener = match TcpListener::bind(l.bind).await {
                 Ok(listener) => listener,
                 Err(e) => {

@@ -39,6 +39,11 @@ impl TlsListener {
         Arc::new(TlsAcceptor::from(self.config.load_full()))
     }
 
+    /// The current rustls configuration (QUIC listeners build theirs from it).
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.config.load_full()
+    }
+
     /// Reads the files again; on error the current certificates stay in use.
     pub fn reload(&self) -> anyhow::Result<()> {
         let config = server_config(&self.settings)?;

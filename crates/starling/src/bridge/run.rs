@@ -572,6 +572,7 @@ impl Bridge {
             cert: self.cfg.cert_file.clone(),
             key: self.cfg.key_file.clone(),
             insecure: self.cfg.insecure,
+            quic: false,
             tls_use_os_certs: false,
             tls_version: None,
             help: None,

@@ -1,7 +1,8 @@
 //! Opening the client commands' transport: TCP (optionally bound to a local address), a Unix
 //! socket, TLS over either (rustls: CA file or directory, the system's CAs, a client
-//! certificate, `--insecure` to skip the host name check only), and MQTT over WebSocket (`ws://`,
-//! `wss://`, subprotocol `mqtt`). Whatever the transport, the result is one byte stream.
+//! certificate, `--insecure` to skip the host name check only), MQTT over WebSocket (`ws://`,
+//! `wss://`, subprotocol `mqtt`), and MQTT over QUIC (`quic://`, `--quic`: the same TLS
+//! settings). Whatever the transport, the result is one byte stream.
 
 use std::io;
 use std::net::SocketAddr;
@@ -52,6 +53,9 @@ pub fn io_message(e: &io::Error) -> String {
 
 /// Opens the transport `ep` describes.
 pub async fn open(ep: &Endpoint, opts: &ConnectOpts) -> Result<Box<dyn Stream>, NetError> {
+    if ep.scheme == Scheme::Quic {
+        return quic(ep, opts).await;
+    }
     let stream: Box<dyn Stream> = match &ep.unix {
         Some(path) => Box::new(unix(path).await?),
         None => Box::new(tcp(ep, opts).await?),
@@ -71,8 +75,28 @@ pub async fn open(ep: &Endpoint, opts: &ConnectOpts) -> Result<Box<dyn Stream>, 
     };
     match ep.scheme {
         Scheme::Ws | Scheme::Wss => websocket(ep, stream).await,
-        Scheme::Mqtt | Scheme::Mqtts => Ok(stream),
+        Scheme::Mqtt | Scheme::Mqtts | Scheme::Quic => Ok(stream),
     }
+}
+
+/// MQTT over QUIC, to each address of the host in turn, verified as TLS would be.
+async fn quic(ep: &Endpoint, opts: &ConnectOpts) -> Result<Box<dyn Stream>, NetError> {
+    if opts.tls_version.as_deref() == Some("tlsv1.2") {
+        return Err(tls_err("QUIC needs TLS 1.3"));
+    }
+    let config = client_config(opts)?;
+    let name = ep.tls_name.clone().unwrap_or_else(|| ep.host.clone());
+    let mut last = None;
+    for addr in tokio::net::lookup_host((ep.host.as_str(), ep.port)).await? {
+        match crate::quic::client::connect(addr, &name, config.clone(), opts.bind_address).await {
+            Ok(s) => return Ok(Box::new(s)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => NetError::Handshake(e.to_string()),
+        None => io::Error::new(io::ErrorKind::NotFound, "host not found").into(),
+    })
 }
 
 #[cfg(unix)]

@@ -36,7 +36,7 @@ pub struct ConnectOpts {
     pub bind_address: Option<IpAddr>,
     /// mqtt(s)://[user[:password]@]host[:port]/topic, or ws(s)://[user[:password]@]host[:port][/path]
     /// for MQTT over WebSocket (the path is the WebSocket path, default /mqtt; give the topic
-    /// with -t).
+    /// with -t), or quic://[user[:password]@]host[:port]/topic for MQTT over QUIC.
     #[arg(short = 'L', long = "url")]
     pub url: Option<String>,
     /// Username.
@@ -105,6 +105,10 @@ pub struct ConnectOpts {
     /// Do not check that the broker's certificate names the host connected to.
     #[arg(long = "insecure")]
     pub insecure: bool,
+    /// MQTT over QUIC (UDP, default port 14567), verified as TLS is (--cafile, --capath,
+    /// --insecure, the system's CAs by default).
+    #[arg(long = "quic")]
+    pub quic: bool,
     /// Trust the operating system's CA certificates; turns TLS on.
     #[arg(long = "tls-use-os-certs")]
     pub tls_use_os_certs: bool,
@@ -145,10 +149,12 @@ pub enum Scheme {
     Ws,
     /// MQTT over WebSocket over TLS.
     Wss,
+    /// MQTT over QUIC.
+    Quic,
 }
 
 impl Scheme {
-    /// Whether TLS is used.
+    /// Whether TLS is used over a TCP stream (QUIC has its own).
     pub fn tls(self) -> bool {
         matches!(self, Self::Mqtts | Self::Wss)
     }
@@ -203,7 +209,9 @@ impl ConnectOpts {
     /// Combines `-L` with the other flags.
     pub fn endpoint(&self) -> Result<Endpoint, UsageError> {
         let mut ep = Endpoint {
-            scheme: if self.cafile.is_some() || self.capath.is_some() || self.tls_use_os_certs {
+            scheme: if self.quic {
+                Scheme::Quic
+            } else if self.cafile.is_some() || self.capath.is_some() || self.tls_use_os_certs {
                 Scheme::Mqtts
             } else {
                 Scheme::Mqtt
@@ -227,6 +235,7 @@ impl ConnectOpts {
                 "mqtts" => Scheme::Mqtts,
                 "ws" => Scheme::Ws,
                 "wss" => Scheme::Wss,
+                "quic" => Scheme::Quic,
                 _ => return Err(usage("Error: unsupported URL scheme.")),
             };
             let (authority, path) = match rest.split_once('/') {
@@ -252,7 +261,7 @@ impl ConnectOpts {
                 port = url_port;
             }
             match ep.scheme {
-                Scheme::Mqtt | Scheme::Mqtts => match path {
+                Scheme::Mqtt | Scheme::Mqtts | Scheme::Quic => match path {
                     Some(topic) if !topic.is_empty() => ep.url_topic = Some(topic.to_string()),
                     _ => {
                         return Err(usage(
@@ -272,7 +281,11 @@ impl ConnectOpts {
             Scheme::Mqtts => 8883,
             Scheme::Ws => 80,
             Scheme::Wss => 443,
+            Scheme::Quic => 14567,
         });
+        if ep.scheme == Scheme::Quic && ep.unix.is_some() {
+            return Err(usage("Error: QUIC cannot run over a Unix socket."));
+        }
         if let Some(u) = &self.username {
             ep.username = Some(u.clone());
         }
@@ -577,6 +590,12 @@ mod tests {
         assert!(parse(&["-L", "http://host/t"]).endpoint().is_err());
         let ep = parse(&["--cafile", "x"]).endpoint().unwrap();
         assert_eq!((ep.scheme, ep.port), (Scheme::Mqtts, 8883));
+        let ep = parse(&["-L", "quic://broker:9000/t"]).endpoint().unwrap();
+        assert_eq!((ep.scheme, ep.port), (Scheme::Quic, 9000));
+        assert_eq!(ep.url_topic.as_deref(), Some("t"));
+        let ep = parse(&["--quic", "--cafile", "x"]).endpoint().unwrap();
+        assert_eq!((ep.scheme, ep.port), (Scheme::Quic, 14567));
+        assert!(parse(&["--quic", "--unix", "/s"]).endpoint().is_err());
     }
 
     #[test]

@@ -240,7 +240,7 @@ fn a_refused_value_names_the_variable_and_the_key() {
     );
     let e = error(
         "[[listener]]\nbind = \"127.0.0.1:1\"\n",
-        &[("STARLING_LISTENER_0_PROTOCOL", "quic")],
+        &[("STARLING_LISTENER_0_PROTOCOL", "sctp")],
     );
     assert!(
         e.contains("STARLING_LISTENER_0_PROTOCOL") && e.contains("listener[0].protocol"),

@@ -167,9 +167,35 @@ fn errors_name_the_key() {
     assert!(e.contains("bind"), "{e}");
     let e = format!(
         "{:#}",
-        Config::parse("[[listener]]\nbind = \"127.0.0.1:1\"\nprotocol = \"quic\"").unwrap_err()
+        Config::parse("[[listener]]\nbind = \"127.0.0.1:1\"\nprotocol = \"sctp\"").unwrap_err()
     );
     assert!(e.contains("listener[0].protocol"), "{e}");
+}
+
+#[test]
+fn quic_listeners_need_certificates_and_only_they_take_quic_keys() {
+    let quic = "[[listener]]\nbind = \"127.0.0.1:1\"\nprotocol = \"quic\"\n";
+    let e = format!("{:#}", Config::parse(quic).unwrap_err());
+    assert!(
+        e.contains("listener[0].cert_file: required for protocol quic"),
+        "{e}"
+    );
+    let ok = format!("{quic}cert_file = \"c\"\nkey_file = \"k\"\nquic_0rtt = true\n");
+    let c = Config::parse(&ok).unwrap();
+    assert_eq!(c.listeners[0].protocol(), Protocol::Quic);
+    assert!(c.listeners[0].quic_0rtt);
+    let tcp = "[[listener]]\nbind = \"127.0.0.1:1\"\nquic_0rtt = true\n";
+    let e = format!("{:#}", Config::parse(tcp).unwrap_err());
+    assert!(
+        e.contains("listener[0].quic_0rtt: only for protocol \"quic\""),
+        "{e}"
+    );
+    let certs = format!("{ok}ca_file = \"ca\"\n");
+    let e = format!("{:#}", Config::parse(&certs).unwrap_err());
+    assert!(
+        e.contains("cannot be combined with client certificates"),
+        "{e}"
+    );
 }
 
 /// Every bounded key: `(table, key, min, max)`, written out rather than read from the

@@ -259,7 +259,7 @@ impl Collector for BrokerCollector {
         family(
             e,
             "starling_connections_accepted",
-            "TCP connections accepted, by listener",
+            "Connections accepted, by listener (TCP, TLS, WebSocket, QUIC)",
             MetricType::Counter,
             "listener",
             state.listeners.iter().map(|l| (&*l.name, l.accepted.get())),
