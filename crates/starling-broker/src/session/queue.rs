@@ -628,4 +628,21 @@ mod tests {
             "b's buffer went once drained"
         );
     }
+
+    #[test]
+    fn a_buffers_bytes_bound() {
+        let m = Metrics::default();
+        let l = Limits {
+            max_queued_bytes_per_subscription: 4,
+            ..per_subscription(100, 100)
+        };
+        let s = subscribed(&["a", "b"]);
+        for n in 0..10 {
+            assert!(enqueue(&s, &l, &m, on("a", QoS::AtLeastOnce, n)));
+        }
+        enqueue(&s, &l, &m, on("b", QoS::AtLeastOnce, 20));
+        // Each costs 2 bytes (topic + payload): two fit in a's buffer.
+        assert_eq!(drain(&s), [8, 20, 9]);
+        assert_eq!(m.dropped_subscription_full.get(), 8);
+    }
 }
