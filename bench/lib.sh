@@ -2,6 +2,7 @@
 # `--rounds N` parsing, the release build, a work directory removed on exit (with any broker
 # still running from it), SCHED_RR when allowed, and waiting for a port to accept.
 # Usage: . bench/lib.sh NAME "$@"   -> sets ROUNDS, BIN, WORK, RT
+# BENCH_BIN=DIR takes the binaries from DIR instead of building them.
 ROUNDS=3
 _name=$1
 shift
@@ -12,8 +13,12 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-cargo build --release -q -p starling -p starling-bench
-BIN=target/release
+if [ -n "${BENCH_BIN:-}" ]; then
+    BIN=$BENCH_BIN
+else
+    cargo build --release -q -p starling -p starling-bench
+    BIN=target/release
+fi
 WORK=$(mktemp -d "/tmp/starling-$_name.XXXXXX")
 trap 'pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 RT="chrt -r 1"

@@ -113,6 +113,17 @@ impl Server {
             plugins: crate::plugin::Plugins::default(),
             plugin_tasks: Vec::new(),
         };
+        let l = &config.limits;
+        if l.queue_scope == starling_broker::QueueScope::Subscription
+            && l.max_queued_messages < l.max_queued_messages_per_subscription
+        {
+            warn!(
+                "queue_scope = \"subscription\": a session's total (max_queued_messages = {}) is \
+                 below one subscription's buffer (max_queued_messages_per_subscription = {}); \
+                 the total decides",
+                l.max_queued_messages, l.max_queued_messages_per_subscription
+            );
+        }
         // A name drawn at each start: what bridges between brokers use to stop loops.
         let node_id = format!(
             "{:016x}",

@@ -133,12 +133,12 @@ impl Locked<'_> {
             ),
             false => (usize::MAX, usize::MAX),
         };
-        let filter = per_sub.then(|| self.buffer_filter(&delivery)).flatten();
         let priority = limits.priority_of(&delivery.msg.topic);
         let cost = delivery.msg.cost();
         // Taken out while messages are dropped (which needs `self`), put back below.
         let mut bufs = self.st.buffers.take().unwrap_or_default();
-        let i = bufs.index(filter.as_ref());
+        let filter = per_sub.then(|| self.buffer_filter(&delivery)).flatten();
+        let i = bufs.index(filter);
         let gives = |lowest: u8| match limits.queue_full_policy {
             QueueFullPolicy::DropOldest => lowest <= priority,
             QueueFullPolicy::RefuseNewest => lowest < priority,
@@ -192,12 +192,13 @@ impl Locked<'_> {
     /// subscriptions that match the topic (and whose No Local does not exclude it), the
     /// filter first in byte order. `None` if none matches (the session unsubscribed
     /// meanwhile). Only filters the session subscribes to name a buffer, so the buffers stay
-    /// as many as the subscriptions (plus one).
-    fn buffer_filter(&self, d: &Delivery) -> Option<TopicFilter> {
+    /// as many as the subscriptions (plus one). Borrowed: a buffer clones its filter only
+    /// when it is made, not per message.
+    fn buffer_filter<'a>(&'a self, d: &'a Delivery) -> Option<&'a TopicFilter> {
         if let Some(share) = &d.share
             && self.st.subscriptions.contains_key(&share.filter)
         {
-            return Some(share.filter.clone());
+            return Some(&share.filter);
         }
         let me = Some(&**self.client_id());
         let own = d.msg.publisher.as_deref() == me;
@@ -207,7 +208,6 @@ impl Locked<'_> {
             })
             .map(|(f, _)| f)
             .min_by(|a, b| a.as_bytes().cmp(b.as_bytes()))
-            .cloned()
     }
 
     /// Moves what the plain queue holds into buffers when `limits` asks for buffers (at
@@ -221,7 +221,7 @@ impl Locked<'_> {
         let mut bufs = Box::<Buffers>::default();
         while let Some(d) = self.pop_queued() {
             let filter = per_sub.then(|| self.buffer_filter(&d)).flatten();
-            let i = bufs.index(filter.as_ref());
+            let i = bufs.index(filter);
             bufs.push(i, limits.priority_of(&d.msg.topic), d);
         }
         self.st.buffers = Some(bufs);
@@ -639,5 +639,22 @@ mod tests {
             2,
             "b's buffer went once drained"
         );
+    }
+
+    #[test]
+    fn a_buffers_bytes_bound() {
+        let m = Metrics::default();
+        let l = Limits {
+            max_queued_bytes_per_subscription: 4,
+            ..per_subscription(100, 100)
+        };
+        let s = subscribed(&["a", "b"]);
+        for n in 0..10 {
+            assert!(enqueue(&s, &l, &m, on("a", QoS::AtLeastOnce, n)));
+        }
+        enqueue(&s, &l, &m, on("b", QoS::AtLeastOnce, 20));
+        // Each costs 2 bytes (topic + payload): two fit in a's buffer.
+        assert_eq!(drain(&s), [8, 20, 9]);
+        assert_eq!(m.dropped_subscription_full.get(), 8);
     }
 }
