@@ -7,6 +7,7 @@
 //! also keeps the service manager informed (`notify.rs`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::accept::{accept_loop, permit_count};
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::connection::Stop;
 use crate::http::{self, AppState, ListenerStatus};
 use crate::limiter::AddressLimiter;
@@ -155,6 +156,32 @@ impl Server {
         let mut addrs = Vec::new();
         let mut statuses = Vec::new();
         for (l, rt) in config.listeners.iter().zip(runtimes) {
+            if rt.protocol == Protocol::Unix {
+                let path = PathBuf::from(l.path.clone().unwrap_or_default());
+                let listener = match crate::unix::bind(&path, l.unix_mode()) {
+                    Ok(listener) => listener,
+                    Err(e) => return Err((e, committer)),
+                };
+                info!(path = %path.display(), protocol = %l.protocol, "listening");
+                // Listener order is kept: a Unix socket has no address.
+                addrs.push(l.bind);
+                statuses.push(ListenerStatus {
+                    name: rt.access.name.clone(),
+                    protocol: l.protocol.clone(),
+                    addr: l.bind,
+                    endpoint: l.endpoint(),
+                    accepted: rt.accepted.clone(),
+                });
+                tasks.spawn(crate::unix::accept_loop(
+                    listener,
+                    path,
+                    rt,
+                    broker.clone(),
+                    permits.clone(),
+                    stop.clone(),
+                ));
+                continue;
+            }
             let listener = match TcpListener::bind(l.bind).await {
                 Ok(listener) => listener,
                 Err(e) => {
@@ -170,6 +197,7 @@ impl Server {
                 name: rt.access.name.clone(),
                 protocol: l.protocol.clone(),
                 addr,
+                endpoint: addr.to_string(),
                 accepted: rt.accepted.clone(),
             });
             tasks.spawn(accept_loop(
@@ -251,14 +279,18 @@ impl Server {
         self.http_addr
     }
 
-    /// The bound addresses, in listener order (useful with port 0).
+    /// The bound addresses, in listener order (useful with port 0); a Unix socket listener's
+    /// is `0.0.0.0:0`.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
 
     /// One line for the service manager's status: what is listening where.
     pub fn status(&self) -> String {
-        let mqtt: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        let mqtt: Vec<String> = (self.addrs.iter())
+            .filter(|a| a.port() != 0)
+            .map(ToString::to_string)
+            .collect();
         let mut s = format!("ready: MQTT on {}", mqtt.join(", "));
         if let Some(h) = self.http_addr {
             s.push_str(&format!("; HTTP on {h}"));

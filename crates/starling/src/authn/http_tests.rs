@@ -18,6 +18,7 @@ fn info<'a>(user: Option<&'a str>, pw: Option<&'a [u8]>) -> ConnectInfo<'a> {
         peer: Some(SocketAddr::from(([192, 0, 2, 7], 50_123))),
         listener: "tcp 0.0.0.0:1883",
         certificate_identity: None,
+        unix_uid: None,
     }
 }
 
