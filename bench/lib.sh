@@ -13,7 +13,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 cargo build --release -q -p starling -p starling-bench
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d "/tmp/starling-$_name.XXXXXX")
 trap 'pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 RT="chrt -r 1"
