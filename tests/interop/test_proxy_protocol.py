@@ -59,8 +59,8 @@ class Setup:
         # HAProxy wants the certificate and its key in one file.
         self.haproxy_pem = pki / "haproxy.pem"
         self.haproxy_pem.write_text(self.pki["server.pem"].read_text() + self.pki["server.key"].read_text())
-        self.b = {k: free_port() for k in ("v1", "v2", "cn", "any")}
-        self.h = {k: free_port() for k in ("v1", "v2", "ssl", "cn")}
+        self.b = {k: free_port() for k in ("v1", "v2", "cn", "any", "tls", "ws")}
+        self.h = {k: free_port() for k in ("v1", "v2", "ssl", "cn", "tls", "ws")}
         trusted = 'proxy_protocol_trusted = ["127.0.0.1/32"]'
         config = f"""
 [[listener]]
@@ -87,6 +87,20 @@ bind = "127.0.0.1:{self.b['any']}"
 proxy_protocol = "any"
 {trusted}
 proxy_protocol_timeout_ms = 500
+
+[[listener]]
+bind = "127.0.0.1:{self.b['tls']}"
+protocol = "tls"
+cert_file = "{self.pki['server.pem']}"
+key_file = "{self.pki['server.key']}"
+proxy_protocol = "v2"
+{trusted}
+
+[[listener]]
+bind = "127.0.0.1:{self.b['ws']}"
+protocol = "ws"
+proxy_protocol = "v1"
+{trusted}
 """
         d = tmp_path / "starling"
         d.mkdir()
@@ -138,6 +152,18 @@ frontend cn
     default_backend cn
 backend cn
     server starling 127.0.0.1:{b['cn']} send-proxy-v2-ssl-cn
+
+frontend tls
+    bind 127.0.0.1:{h['tls']}
+    default_backend tls
+backend tls
+    server starling 127.0.0.1:{b['tls']} send-proxy-v2
+
+frontend ws
+    bind 127.0.0.1:{h['ws']}
+    default_backend ws
+backend ws
+    server starling 127.0.0.1:{b['ws']} send-proxy
 """)
         self.haproxy_log = open(self.dir / "haproxy.log", "wb")
         self.haproxy = subprocess.Popen([haproxy_bin(), "-db", "-f", str(cfg)], stdin=subprocess.DEVNULL,
@@ -275,6 +301,23 @@ def test_haproxy_forwards_each_client_address(setup):
     for client_id, address in seen:
         assert any(client_id in line and f"peer={address}" in line for line in log.splitlines()), (
             f"no log line for {client_id} from {address}")
+
+
+def test_haproxy_in_front_of_tls_and_websocket_listeners(setup):
+    """TLS passed through HAProxy (send-proxy-v2) to a tls listener, which reads the header
+    before its own handshake; WebSocket through HAProxy (send-proxy) to a ws listener."""
+    tls = Mqtt(setup.h["tls"], bind="127.0.0.2", tls={"ca_certs": str(setup.pki["ca.pem"])})
+    try:
+        assert tls.wait_connack() == 0
+        assert setup.client_view(tls.client_id)["address"] == tls.local_address()
+    finally:
+        tls.close()
+    ws = Mqtt(setup.h["ws"], bind="127.0.0.3", transport="websockets")
+    try:
+        assert ws.wait_connack() == 0
+        assert setup.client_view(ws.client_id)["address"] == ws.local_address()
+    finally:
+        ws.close()
 
 
 def test_haproxy_ssl_cn_becomes_the_username(setup):
