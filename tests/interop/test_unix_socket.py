@@ -7,6 +7,7 @@ the file is gone after shutdown. The connecting process's uid shows in the log l
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -14,6 +15,7 @@ import stat
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -132,3 +134,38 @@ def test_stale_socket_is_replaced_and_other_files_are_not(tmp_path):
     assert r.returncode != 0
     assert "exists and is not a socket" in r.stdout + r.stderr, r.stdout + r.stderr
     assert sock.read_text() == "not a socket"
+
+
+def test_the_uid_reaches_an_http_authentication_service(tmp_path):
+    """A Unix socket listener whose clients an HTTP service authenticates: the service is
+    told the connecting process's uid (`unix_uid`) and no address, and decides on it; the
+    admin API lists the listener with its socket file."""
+    from auth_services import AuthService
+
+    sock = tmp_path / "mqtt.sock"
+    with AuthService() as svc:
+        def by_uid(req):
+            ok = req.fields.get("unix_uid") == os.getuid() and "ip" not in req.fields
+            return svc._verdict("allow" if ok else "deny")
+
+        svc.auth_answer = by_uid
+        b = BrokerProcess(tmp_path, unix_config(
+            sock, 'auth = ["http"]\nallow_anonymous = false') + f"""
+[auth.http]
+url = "{svc.auth_url}"
+cache_ttl_secs = 0
+""")
+        b.start()
+        try:
+            c, _, _ = unix_client(sock, unique_id("ux"))
+            c.disconnect()
+            c.loop_stop()
+            [req] = svc.asked("/auth")
+            assert req.fields["unix_uid"] == os.getuid()
+            assert req.fields["listener"] == f"unix {sock}"
+            with urllib.request.urlopen(b.http_url + "/api/v1/listeners", timeout=TIMEOUT) as r:
+                listeners = json.loads(r.read())["items"]
+            assert any(item["protocol"] == "unix" and item["address"] == str(sock)
+                       for item in listeners), listeners
+        finally:
+            b.stop()
