@@ -17,7 +17,7 @@ if [ -n "${BENCH_BIN:-}" ]; then
     BIN=$BENCH_BIN
 else
     cargo build --release -q -p starling -p starling-bench
-    BIN=target/release
+    BIN=${CARGO_TARGET_DIR:-target}/release
 fi
 WORK=$(mktemp -d "/tmp/starling-$_name.XXXXXX")
 trap 'pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT

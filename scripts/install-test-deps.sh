@@ -4,6 +4,7 @@
 #   - mosquitto-clients (mosquitto_pub / mosquitto_sub) for the interop tests
 #   - mosquitto, used only as a reference broker to validate the interop suite
 #   - chromium and chromium-driver, for the dashboard's browser test (Selenium)
+#   - haproxy, in front of the broker in the PROXY protocol tests (test_proxy_protocol.py)
 #   - a virtualenv at .venv with the packages of tests/interop/requirements.txt
 #     (paho-mqtt, pytest, prometheus-client, selenium, and PyJWT with cryptography for
 #     the JWT tests)
@@ -52,10 +53,10 @@ apt_install() {
 }
 
 # --- Debian packages --------------------------------------------------------
-apt_install mosquitto-clients mosquitto openssl chromium chromium-driver
+apt_install mosquitto-clients mosquitto openssl chromium chromium-driver haproxy
 
-# The tests start their own mosquitto instances on free ports, with their own
-# config files; the packaged system service (if any) is never used.
+# The tests start their own mosquitto and haproxy instances on free ports, with their own
+# config files; the packaged system services (if any) are never used.
 
 # --- Python virtualenv ------------------------------------------------------
 venv_ok() {

@@ -114,6 +114,8 @@ pub struct OwnedConnectInfo {
     pub listener: String,
     /// Identity from a verified TLS client certificate.
     pub certificate_identity: Option<String>,
+    /// The connecting process's user id (Unix socket listeners).
+    pub unix_uid: Option<u32>,
 }
 
 impl OwnedConnectInfo {
@@ -126,6 +128,7 @@ impl OwnedConnectInfo {
             peer: info.peer,
             listener: info.listener.to_owned(),
             certificate_identity: info.certificate_identity.map(str::to_owned),
+            unix_uid: info.unix_uid,
         }
     }
 
@@ -138,6 +141,7 @@ impl OwnedConnectInfo {
             peer: self.peer,
             listener: &self.listener,
             certificate_identity: self.certificate_identity.as_deref(),
+            unix_uid: self.unix_uid,
         }
     }
 }
@@ -432,6 +436,7 @@ mod tests {
             peer: None,
             listener: "test",
             certificate_identity: None,
+            unix_uid: None,
         }
     }
 

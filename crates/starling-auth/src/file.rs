@@ -262,6 +262,7 @@ mod tests {
             peer: None,
             listener: "test",
             certificate_identity: None,
+            unix_uid: None,
         }
     }
 

@@ -66,6 +66,9 @@ pub struct ConnectInfo<'a> {
     pub listener: &'a str,
     /// Identity from a verified TLS client certificate (CN or subject, as the listener says).
     pub certificate_identity: Option<&'a str>,
+    /// On a Unix socket listener, the user id of the connecting process (from the socket's
+    /// peer credentials, which the client cannot choose).
+    pub unix_uid: Option<u32>,
 }
 
 /// Why a client may not connect.

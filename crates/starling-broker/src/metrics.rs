@@ -205,6 +205,21 @@ impl ByReason {
     }
 }
 
+/// Why connections were closed over their PROXY protocol header, in the order of
+/// [`Metrics::proxy_rejected`]: none came (`missing`), it broke the specification
+/// (`malformed`), it was too long (`oversize`), it did not arrive in time (`timeout`), it
+/// came from an address not trusted to send one (`untrusted`), its version is not the
+/// listener's (`wrong_version`), or one came on a listener that expects none (`unexpected`).
+pub const PROXY_REJECT_REASONS: [&str; 7] = [
+    "missing",
+    "malformed",
+    "oversize",
+    "timeout",
+    "untrusted",
+    "wrong_version",
+    "unexpected",
+];
+
 /// Every counter the broker keeps. Names follow mosquitto's `$SYS` tree where one exists.
 #[derive(Debug)]
 pub struct Metrics {
@@ -299,6 +314,9 @@ pub struct Metrics {
     pub addresses_banned: Counter,
     /// Connections closed at accept because their address was banned.
     pub connections_banned: Counter,
+    /// Connections closed over their PROXY protocol header, by reason
+    /// ([`PROXY_REJECT_REASONS`]).
+    pub proxy_rejected: [Counter; 7],
     /// PUBLISH packets received, by QoS.
     pub publish_received_by_qos: ByQos,
     /// Payload bytes of the PUBLISH packets received, by QoS.
@@ -377,6 +395,7 @@ impl Default for Metrics {
             connections_rate_limited: Counter::default(),
             addresses_banned: Counter::default(),
             connections_banned: Counter::default(),
+            proxy_rejected: Default::default(),
             publish_received_by_qos: ByQos::default(),
             payload_received_by_qos: ByQos::default(),
             publish_sent_by_qos: ByQos::default(),

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod error;
 pub mod packet;
 pub mod property;
+pub mod proxy;
 pub mod reason;
 pub mod topic;
 

@@ -137,6 +137,8 @@ pub enum Protocol {
     Wss,
     /// MQTT over QUIC (UDP, TLS 1.3 inside): one bidirectional stream per connection.
     Quic,
+    /// MQTT over a Unix domain socket.
+    Unix,
 }
 
 impl Protocol {
@@ -160,6 +162,7 @@ impl std::fmt::Display for Protocol {
             Self::Ws => "ws",
             Self::Wss => "wss",
             Self::Quic => "quic",
+            Self::Unix => "unix",
         })
     }
 }
@@ -178,9 +181,11 @@ pub enum IdentityField {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// Address and port to bind, e.g. `127.0.0.1:1883` or `[::]:1883`.
+    /// Address and port to bind, e.g. `127.0.0.1:1883` or `[::]:1883` (required, except for
+    /// protocol `unix`, which listens on `path`).
+    #[serde(default = "transport::no_bind")]
     pub bind: SocketAddr,
-    /// Transport: `tcp` (default), `tls`, `ws`, `wss` or `quic` (UDP).
+    /// Transport: `tcp` (default), `tls`, `ws`, `wss`, `quic` (UDP) or `unix`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
     /// Whether clients without a username may connect. Default: true only when the listener
@@ -202,10 +207,26 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub require_certificate: bool,
     /// TLS: take the username from the client certificate (`"cn"` or `"subject"`); the
-    /// password file is then not consulted. Needs `require_certificate`.
+    /// password file is then not consulted. Needs `require_certificate`. Without TLS of its
+    /// own, with `proxy_protocol` `"v2"` or `"any"`: `"cn"` takes the CN of a certificate the
+    /// proxy verified (the PROXY header's SSL TLV).
     pub use_identity_as_username: Option<IdentityField>,
-    /// WebSocket: the HTTP path clients connect to (default `/mqtt`).
+    /// WebSocket: the HTTP path clients connect to (default `/mqtt`). Unix socket: the
+    /// socket file.
     pub path: Option<String>,
+    /// Unix socket: the socket file's permissions, octal (e.g. `"0660"`); default: as the
+    /// process's umask leaves them.
+    pub mode: Option<String>,
+    /// A PROXY protocol header (`"v1"`, `"v2"` or `"any"`) must come first on every
+    /// connection, from an address in `proxy_protocol_trusted`; its source address is the
+    /// client's. Default: none.
+    pub proxy_protocol: Option<transport::ProxyProtocol>,
+    /// Addresses or networks (`"10.0.0.0/8"`) of the proxies trusted to send the PROXY
+    /// header, and, on `ws` / `wss` listeners, `X-Forwarded-For` / `Forwarded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_protocol_trusted: Vec<transport::Cidr>,
+    /// How long the PROXY header may take to arrive, milliseconds (default 5000).
+    pub proxy_protocol_timeout_ms: Option<u64>,
     /// MQTT 5 enhanced authentication methods offered: `"SCRAM-SHA-256"` (checked against
     /// this listener's `password_file`) and `"JWT"` (a token checked by `[auth.jwt]`, which
     /// also lets a client re-authenticate with a fresh token before its token expires). A
@@ -282,6 +303,10 @@ impl ListenerConfig {
             require_certificate: false,
             use_identity_as_username: None,
             path: None,
+            mode: None,
+            proxy_protocol: None,
+            proxy_protocol_trusted: Vec::new(),
+            proxy_protocol_timeout_ms: None,
             auth_methods: Vec::new(),
             auth: None,
             acl: None,
@@ -297,14 +322,28 @@ impl ListenerConfig {
             "ws" => Protocol::Ws,
             "wss" => Protocol::Wss,
             "quic" => Protocol::Quic,
+            "unix" => Protocol::Unix,
             _ => Protocol::Tcp,
         }
     }
 
-    /// Whether anonymous clients may connect: as configured, else only on loopback binds.
+    /// Whether anonymous clients may connect: as configured, else only on loopback binds
+    /// and Unix sockets.
     pub fn allows_anonymous(&self) -> bool {
-        self.allow_anonymous
-            .unwrap_or_else(|| is_loopback(self.bind.ip()))
+        self.allow_anonymous.unwrap_or_else(|| self.is_local())
+    }
+
+    /// Only clients on this machine reach the listener: a loopback bind, or a Unix socket.
+    pub fn is_local(&self) -> bool {
+        self.protocol() == Protocol::Unix || is_loopback(self.bind.ip())
+    }
+
+    /// Where the listener listens, for names and logs: the address, or the socket file.
+    pub fn endpoint(&self) -> String {
+        match self.protocol() {
+            Protocol::Unix => self.path.clone().unwrap_or_default(),
+            _ => self.bind.to_string(),
+        }
     }
 
     /// The WebSocket path.
@@ -315,9 +354,9 @@ impl ListenerConfig {
     fn validate(&self, i: usize) -> anyhow::Result<()> {
         let key = |k: &str| format!("listener[{i}].{k}");
         let protocol = match self.protocol.as_str() {
-            "tcp" | "tls" | "ws" | "wss" | "quic" => self.protocol(),
+            "tcp" | "tls" | "ws" | "wss" | "quic" | "unix" => self.protocol(),
             other => bail!(
-                "{}: unsupported protocol {other:?} (supported: \"tcp\", \"tls\", \"ws\", \"wss\", \"quic\")",
+                "{}: unsupported protocol {other:?} (supported: \"tcp\", \"tls\", \"ws\", \"wss\", \"quic\", \"unix\")",
                 key("protocol")
             ),
         };
@@ -326,10 +365,6 @@ impl ListenerConfig {
             ("key_file", self.key_file.is_some()),
             ("ca_file", self.ca_file.is_some()),
             ("require_certificate", self.require_certificate),
-            (
-                "use_identity_as_username",
-                self.use_identity_as_username.is_some(),
-            ),
         ];
         if protocol.is_tls() {
             if self.cert_file.is_none() {
@@ -367,9 +402,13 @@ impl ListenerConfig {
             (Some(p), true) if !p.starts_with('/') => {
                 bail!("{}: must start with '/', got {p:?}", key("path"))
             }
-            (Some(_), false) => bail!("{}: only for protocol \"ws\" or \"wss\"", key("path")),
+            (Some(_), false) if protocol != Protocol::Unix => bail!(
+                "{}: only for protocol \"ws\", \"wss\" or \"unix\"",
+                key("path")
+            ),
             _ => {}
         }
+        self.validate_transport(i)?;
         if let Some(n) = self.max_connections {
             bounds::LISTENER_CONNECTIONS
                 .check("max_connections", wide(n))
@@ -703,7 +742,10 @@ pub mod auth;
 pub mod bridge;
 pub mod env;
 pub mod http;
+pub mod transport;
 pub use http::HttpConfig;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transport_tests;

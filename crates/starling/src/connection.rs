@@ -138,13 +138,13 @@ impl Client {
     /// A new connection from `peer`, checked by `access` (the listener's authentication and
     /// authorization) with what the transport knows about the peer.
     pub fn new(
-        peer: SocketAddr,
+        peer: Option<SocketAddr>,
         now: Instant,
         access: Arc<ListenerAccess>,
         info: PeerInfo,
     ) -> Self {
         let waker = TaskWaker::new();
-        let conn = Connection::new(waker.clone(), Some(peer), now).with_access(access, info);
+        let conn = Connection::new(waker.clone(), peer, now).with_access(access, info);
         Self { conn, waker }
     }
 }
@@ -405,6 +405,16 @@ fn handle_read(
     rbuf: &mut BytesMut,
     slow: bool,
 ) {
+    // Before CONNECT: a PROXY header on a listener that expects none. The codec would read
+    // it as a packet that may wait for more bytes: closed here at once (nothing is sent).
+    if !conn.is_active() && crate::proxy_protocol::looks_like_header(rbuf) {
+        let detail =
+            "a PROXY protocol header on a listener that expects none (proxy_protocol is off)";
+        crate::proxy_protocol::unexpected(broker, conn.peer(), detail);
+        rbuf.clear();
+        conn.handle_connection_lost(broker, now);
+        return;
+    }
     if slow {
         tokio::task::block_in_place(|| conn.handle_input(broker, now, rbuf));
     } else {
@@ -526,7 +536,7 @@ mod tests {
             internal: false,
         });
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
-        let client = Client::new(peer, Instant::now(), access, PeerInfo::default());
+        let client = Client::new(Some(peer), Instant::now(), access, PeerInfo::default());
         let task = serve(
             tokio::io::empty(),
             tokio::io::sink(),

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tracing::warn;
 
 use crate::authn::{AuthCounters, Backends};
-use crate::config::{Config, ListenerConfig, NoMatch, Protocol, bounds, is_loopback};
+use crate::config::{Config, ListenerConfig, NoMatch, Protocol, bounds};
 use crate::reload::Reloadable;
 use crate::tls::TlsListener;
 
@@ -40,6 +40,8 @@ pub(crate) struct ListenerRuntime {
     pub(crate) permits: Option<Arc<Semaphore>>,
     /// Connections accepted since start.
     pub(crate) accepted: Arc<Counter>,
+    /// The PROXY header it requires and the proxies it trusts, if any.
+    pub(crate) forwarding: Option<crate::proxy_protocol::Forwarding>,
 }
 
 /// Every listener's loaded files and certificates, ready to serve.
@@ -151,7 +153,7 @@ fn listener_runtime(
         counters,
     } = shared;
     let protocol = l.protocol();
-    let name: Arc<str> = format!("{protocol} {}", l.bind).into();
+    let name: Arc<str> = format!("{protocol} {}", l.endpoint()).into();
     let context = || format!("listener[{i}] ({name})");
     let passwords = match &l.password_file {
         Some(path) => Some(files.passwords(path).with_context(context)?),
@@ -171,7 +173,7 @@ fn listener_runtime(
     let allow_anonymous = l.allows_anonymous();
     let identity = l.use_identity_as_username.is_some();
     let chain = auth_chain(l, passwords.as_ref(), backends).with_context(context)?;
-    let loopback = is_loopback(l.bind.ip());
+    let loopback = l.is_local();
     if allow_anonymous && !loopback {
         warn!(listener = %name, "anonymous clients are allowed on a non-loopback listener (allow_anonymous = true)");
     }
@@ -207,6 +209,7 @@ fn listener_runtime(
         quic_0rtt: l.quic_0rtt,
         permits: l.max_connections.map(listener_permits),
         accepted: Arc::default(),
+        forwarding: crate::proxy_protocol::Forwarding::of(l),
     })
 }
 

@@ -7,6 +7,7 @@
 //! also keeps the service manager informed (`notify.rs`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -194,6 +195,7 @@ impl Server {
                     name: rt.access.name.clone(),
                     protocol: l.protocol.clone(),
                     addr,
+                    endpoint: addr.to_string(),
                     accepted: rt.accepted.clone(),
                 });
                 tasks.spawn(crate::quic::accept_loop(
@@ -202,6 +204,32 @@ impl Server {
                     broker.clone(),
                     permits.clone(),
                     limiter.clone(),
+                    stop.clone(),
+                ));
+                continue;
+            }
+            if rt.protocol == Protocol::Unix {
+                let path = PathBuf::from(l.path.clone().unwrap_or_default());
+                let listener = match crate::unix::bind(&path, l.unix_mode()) {
+                    Ok(listener) => listener,
+                    Err(e) => return Err((e, committer)),
+                };
+                info!(path = %path.display(), protocol = %l.protocol, "listening");
+                // Listener order is kept: a Unix socket has no address.
+                addrs.push(l.bind);
+                statuses.push(ListenerStatus {
+                    name: rt.access.name.clone(),
+                    protocol: l.protocol.clone(),
+                    addr: l.bind,
+                    endpoint: l.endpoint(),
+                    accepted: rt.accepted.clone(),
+                });
+                tasks.spawn(crate::unix::accept_loop(
+                    listener,
+                    path,
+                    rt,
+                    broker.clone(),
+                    permits.clone(),
                     stop.clone(),
                 ));
                 continue;
@@ -221,6 +249,7 @@ impl Server {
                 name: rt.access.name.clone(),
                 protocol: l.protocol.clone(),
                 addr,
+                endpoint: addr.to_string(),
                 accepted: rt.accepted.clone(),
             });
             tasks.spawn(accept_loop(
@@ -307,14 +336,18 @@ impl Server {
         self.http_addr
     }
 
-    /// The bound addresses, in listener order (useful with port 0).
+    /// The bound addresses, in listener order (useful with port 0); a Unix socket listener's
+    /// is `0.0.0.0:0`.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
 
     /// One line for the service manager's status: what is listening where.
     pub fn status(&self) -> String {
-        let mqtt: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        let mqtt: Vec<String> = (self.addrs.iter())
+            .filter(|a| a.port() != 0)
+            .map(ToString::to_string)
+            .collect();
         let mut s = format!("ready: MQTT on {}", mqtt.join(", "));
         if let Some(h) = self.http_addr {
             s.push_str(&format!("; HTTP on {h}"));

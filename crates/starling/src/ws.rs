@@ -28,6 +28,32 @@ pub async fn accept<S>(stream: S, path: &str, max_packet_size: usize) -> io::Res
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    accept_forwarded(stream, path, max_packet_size)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// The handshake request's headers that say whom a proxy forwarded the connection for
+/// (several header lines of one name are joined with `,`, as HTTP allows).
+#[derive(Debug, Default)]
+pub struct Forwarded {
+    /// `Forwarded` (RFC 7239).
+    pub forwarded: Option<String>,
+    /// `X-Forwarded-For`.
+    pub x_forwarded_for: Option<String>,
+}
+
+/// [`accept`], also giving the request's [`Forwarded`] headers (believed only from a
+/// trusted proxy: the caller decides).
+pub async fn accept_forwarded<S>(
+    stream: S,
+    path: &str,
+    max_packet_size: usize,
+) -> io::Result<(WsStream<S>, Forwarded)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut forwarded = Forwarded::default();
     let config = WebSocketConfig::default()
         .max_message_size(Some(max_packet_size))
         .max_frame_size(Some(max_packet_size))
@@ -49,6 +75,14 @@ where
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(',').map(str::trim))
             .collect();
+        let joined = |name: &str| {
+            let values: Vec<&str> = (req.headers().get_all(name).iter())
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (!values.is_empty()).then(|| values.join(","))
+        };
+        forwarded.forwarded = joined("Forwarded");
+        forwarded.x_forwarded_for = joined("X-Forwarded-For");
         let Some(chosen) = SUBPROTOCOLS.iter().find(|p| offered.contains(p)) else {
             return Err(error_response(
                 StatusCode::BAD_REQUEST,
@@ -62,7 +96,7 @@ where
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
         .await
         .map_err(ws_to_io)?;
-    Ok(WsStream::new(ws))
+    Ok((WsStream::new(ws), forwarded))
 }
 
 fn error_response(status: StatusCode, body: &str) -> ErrorResponse {

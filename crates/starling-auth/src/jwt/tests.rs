@@ -99,6 +99,7 @@ fn info<'a>(client_id: &'a str, user: Option<&'a str>, pw: Option<&'a [u8]>) -> 
         peer: None,
         listener: "test",
         certificate_identity: None,
+        unix_uid: None,
     }
 }
 

@@ -51,8 +51,11 @@ pub struct ListenerAccess {
 pub struct PeerInfo {
     /// The client's address.
     pub addr: Option<SocketAddr>,
-    /// Identity from a verified TLS client certificate (CN or subject).
+    /// Identity from a verified TLS client certificate (CN or subject), or from a proxy
+    /// that ended TLS and vouched for it (the PROXY protocol's SSL TLV).
     pub certificate_identity: Option<String>,
+    /// A Unix socket client's user id (its peer credentials).
+    pub unix_uid: Option<u32>,
 }
 
 /// The listener's checks and the peer, held by the connection.
@@ -68,6 +71,8 @@ pub(super) struct ConnAccess {
 struct AccessState {
     /// Identity from a verified TLS client certificate.
     certificate_identity: Option<Box<str>>,
+    /// A Unix socket client's user id.
+    unix_uid: Option<u32>,
     /// The last publish and read answers.
     memos: Memos,
     /// Rules the authentication granted this session; when present they decide.
@@ -146,6 +151,11 @@ impl ConnAccess {
 
     fn certificate_identity(&self) -> Option<&str> {
         self.state.as_ref()?.certificate_identity.as_deref()
+    }
+
+    /// A Unix socket client's user id.
+    pub(super) fn unix_uid(&self) -> Option<u32> {
+        self.state.as_ref()?.unix_uid
     }
 
     /// The answer to `key`: one given earlier for the parked packet, or `ask`'s. A later
@@ -298,9 +308,10 @@ impl Connection {
         self.link.peer = peer.addr.or(self.link.peer);
         self.link.access = Some(ConnAccess {
             listener,
-            state: peer.certificate_identity.map(|id| {
+            state: (peer.certificate_identity.is_some() || peer.unix_uid.is_some()).then(|| {
                 Box::new(AccessState {
-                    certificate_identity: Some(id.into_boxed_str()),
+                    certificate_identity: peer.certificate_identity.map(String::into_boxed_str),
+                    unix_uid: peer.unix_uid,
                     ..AccessState::default()
                 })
             }),
@@ -348,6 +359,7 @@ impl Cx<'_> {
             peer: self.link.peer,
             listener: &listener.name,
             certificate_identity: certificate_identity.as_deref(),
+            unix_uid: access.unix_uid(),
         };
         let asked = access.consult(CheckKey::Auth, || {
             listener

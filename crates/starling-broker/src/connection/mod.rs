@@ -94,15 +94,17 @@ impl Close {
 /// What a handler of an active connection leads to: go on, or close.
 type Flow = ControlFlow<Close>;
 
-/// A peer address for logs: the address, or `unknown`.
+/// A peer address for logs: the address, a Unix socket client's user id (`unix:uid=1000`),
+/// or `unknown`.
 #[derive(Debug, Clone, Copy)]
-struct PeerAddr(Option<SocketAddr>);
+struct PeerAddr(Option<SocketAddr>, Option<u32>);
 
 impl fmt::Display for PeerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(a) => a.fmt(f),
-            None => f.write_str("unknown"),
+        match (self.0, self.1) {
+            (Some(a), _) => a.fmt(f),
+            (None, Some(uid)) => write!(f, "unix:uid={uid}"),
+            (None, None) => f.write_str("unknown"),
         }
     }
 }
@@ -129,7 +131,8 @@ struct Link {
 
 impl Link {
     fn peer(&self) -> PeerAddr {
-        PeerAddr(self.peer)
+        let uid = self.access.as_ref().and_then(access::ConnAccess::unix_uid);
+        PeerAddr(self.peer, uid)
     }
 
     /// Encodes `packet` into the output, counted in `messages_sent`.
@@ -265,6 +268,11 @@ impl Connection {
             },
             state: State::Connecting,
         }
+    }
+
+    /// The client's address, when the transport has one.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.link.peer
     }
 
     /// True once CONNECT was accepted (and until the connection closes).

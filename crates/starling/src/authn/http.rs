@@ -354,6 +354,9 @@ fn auth_fields(info: &ConnectInfo<'_>) -> Fields {
     if let Some(c) = info.certificate_identity {
         f.push(("cert_identity", Field::Text(c.to_owned())));
     }
+    if let Some(uid) = info.unix_uid {
+        f.push(("unix_uid", Field::Number(uid.into())));
+    }
     f
 }
 
@@ -370,6 +373,12 @@ fn auth_key(info: &ConnectInfo<'_>) -> Key {
         .opt(ip.as_deref().map(str::as_bytes))
         .field(info.listener.as_bytes())
         .opt(info.certificate_identity.map(str::as_bytes))
+        .opt(
+            info.unix_uid
+                .map(u32::to_be_bytes)
+                .as_ref()
+                .map(|b| b.as_slice()),
+        )
         .finish()
 }
 

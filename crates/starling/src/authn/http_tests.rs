@@ -18,6 +18,7 @@ fn info<'a>(user: Option<&'a str>, pw: Option<&'a [u8]>) -> ConnectInfo<'a> {
         peer: Some(SocketAddr::from(([192, 0, 2, 7], 50_123))),
         listener: "tcp 0.0.0.0:1883",
         certificate_identity: None,
+        unix_uid: None,
     }
 }
 
@@ -87,6 +88,23 @@ fn an_authentication_request_carries_every_field() {
         json_body(&auth_fields(&bare)),
         json!({"clientid": "dev-1", "listener": "tcp 0.0.0.0:1883"})
     );
+    // A Unix socket client: no address, its uid instead (and a cache key of its own).
+    let unix = ConnectInfo {
+        peer: None,
+        unix_uid: Some(1000),
+        listener: "unix /run/starling/mqtt.sock",
+        ..info(Some("alice"), None)
+    };
+    assert_eq!(
+        json_body(&auth_fields(&unix)),
+        json!({"clientid": "dev-1", "username": "alice", "listener": "unix /run/starling/mqtt.sock",
+               "unix_uid": 1000})
+    );
+    let other_uid = ConnectInfo {
+        unix_uid: Some(1001),
+        ..unix
+    };
+    assert_ne!(auth_key(&unix), auth_key(&other_uid));
 }
 
 #[test]

@@ -23,6 +23,7 @@ fn info<'a>(client_id: &'a str, password: &'a [u8]) -> ConnectInfo<'a> {
         peer: None,
         listener: "test",
         certificate_identity: None,
+        unix_uid: None,
     }
 }
 

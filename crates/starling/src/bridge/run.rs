@@ -155,7 +155,7 @@ impl Bridge {
         });
         let peer = SocketAddr::from(([127, 0, 0, 1], 0));
         let client =
-            crate::connection::Client::new(peer, Instant::now(), access, PeerInfo::default());
+            crate::connection::Client::new(Some(peer), Instant::now(), access, PeerInfo::default());
         let (rd, wr) = tokio::io::split(theirs);
         let options = StreamOptions {
             flush: true,

@@ -305,6 +305,17 @@ impl Collector for BrokerCollector {
                 ("banned", m.connections_banned.get()),
             ],
         )?;
+        family(
+            e,
+            "starling_proxy_protocol_rejected",
+            "Connections closed over their PROXY protocol header, by reason",
+            MetricType::Counter,
+            "reason",
+            starling_broker::metrics::PROXY_REJECT_REASONS
+                .iter()
+                .zip(&m.proxy_rejected)
+                .map(|(r, c)| (*r, c.get())),
+        )?;
         let connected = m.clients_connected.get();
         family(
             e,

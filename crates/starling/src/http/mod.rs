@@ -57,8 +57,10 @@ pub struct ListenerStatus {
     pub name: Arc<str>,
     /// Transport.
     pub protocol: String,
-    /// The bound address.
+    /// The bound address (`0.0.0.0:0` for a Unix socket).
     pub addr: SocketAddr,
+    /// Where it listens, as the admin API shows it: the bound address, or the socket file.
+    pub endpoint: String,
     /// Connections accepted since start.
     pub accepted: Arc<Counter>,
 }

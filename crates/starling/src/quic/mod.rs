@@ -335,8 +335,9 @@ async fn connection(
     let info = PeerInfo {
         addr: Some(peer),
         certificate_identity: certificate_identity(&conn, rt),
+        unix_uid: None,
     };
-    let client = Client::new(peer, opened, rt.access.clone(), info);
+    let client = Client::new(Some(peer), opened, rt.access.clone(), info);
     let options = StreamOptions {
         // quinn sends what is written without a flush.
         flush: false,

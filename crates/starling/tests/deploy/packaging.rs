@@ -112,7 +112,8 @@ fn the_debian_config_loads_and_serves_this_machine_only() {
         assert!(is_loopback(l.bind.ip()), "{}", l.bind);
     }
     assert!(is_loopback(c.http.bind.ip()));
-    // Its commented-out network listener is valid too once uncommented.
+    // Its commented-out listeners (network, Unix socket, behind a proxy) are valid too once
+    // uncommented.
     let text = std::fs::read_to_string(&path).unwrap();
     let uncommented: String = text
         .lines()
@@ -123,9 +124,20 @@ fn the_debian_config_loads_and_serves_this_machine_only() {
         .collect::<Vec<_>>()
         .join("\n");
     let c = Config::parse(&uncommented).unwrap();
-    let network = c.listeners.last().unwrap();
-    assert_eq!(network.bind.to_string(), "0.0.0.0:8883");
+    let network = (c.listeners.iter())
+        .find(|l| l.bind.to_string() == "0.0.0.0:8883")
+        .unwrap();
     assert!(!network.allows_anonymous());
+    let unix = (c.listeners.iter())
+        .find(|l| l.protocol() == starling::config::Protocol::Unix)
+        .unwrap();
+    assert_eq!(unix.unix_mode(), Some(0o660));
+    let proxied = c
+        .listeners
+        .iter()
+        .find(|l| l.proxy_protocol.is_some())
+        .unwrap();
+    assert!(!proxied.allows_anonymous());
 }
 
 #[test]

@@ -76,6 +76,7 @@ fn at(d: &DynamicSecurity, now: u64, id: &str, user: Option<&str>, password: &st
         peer: None,
         listener: "test",
         certificate_identity: None,
+        unix_uid: None,
     };
     d.state
         .load()

@@ -316,6 +316,7 @@ pub(super) fn connect(
         peer: None,
         listener: "test",
         certificate_identity: None,
+        unix_uid: None,
     };
     match d.authenticate(&info) {
         Answer::Now(v) => v,

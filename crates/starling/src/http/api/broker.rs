@@ -149,7 +149,7 @@ pub(super) async fn listeners(State(state): St) -> Json<Value> {
             json!({
                 "name": &*l.name,
                 "protocol": l.protocol,
-                "address": l.addr.to_string(),
+                "address": l.endpoint,
                 "state": if state.ready.load(std::sync::atomic::Ordering::Relaxed) { "open" } else { "closed" },
                 "connections": connected.get(&*l.name).copied().unwrap_or(0),
                 "accepted": l.accepted.get(),
