@@ -30,6 +30,7 @@ use crate::connection::Stop;
 
 pub mod auto_subscribe;
 pub mod delayed;
+pub mod grpc;
 pub mod rewrite;
 pub mod webhook;
 
@@ -216,6 +217,7 @@ fn builder(kind: &str) -> Option<Builder> {
         "auto_subscribe" => auto_subscribe::build,
         "delayed" => delayed::build,
         "webhook" => webhook::build,
+        "grpc" => grpc::build,
         _ => return None,
     })
 }
@@ -227,7 +229,7 @@ pub fn validate(tables: &[toml::Table]) -> anyhow::Result<()> {
         let (common, own) = split(i, table)?;
         let Some(_) = builder(&common.kind) else {
             bail!(
-                "plugin[{i}].kind: unknown plugin kind {:?} (topic_rewrite, auto_subscribe, delayed, webhook)",
+                "plugin[{i}].kind: unknown plugin kind {:?} (topic_rewrite, auto_subscribe, delayed, webhook, grpc)",
                 common.kind
             );
         };
@@ -240,6 +242,7 @@ pub fn validate(tables: &[toml::Table]) -> anyhow::Result<()> {
             "auto_subscribe" => auto_subscribe::check(own),
             "delayed" => delayed::check(own),
             "webhook" => webhook::check(own),
+            "grpc" => grpc::check(own),
             _ => Ok(()),
         };
         check.with_context(|| format!("plugin[{i}] ({name})"))?;
