@@ -22,9 +22,6 @@ import pytest
 from conftest import BrokerProcess, free_port
 from helpers import TIMEOUT, V5, V311, Client, unique_id, wait_for
 
-pytest.importorskip("grpc")
-pytest.importorskip("grpc_tools")
-
 pytestmark = pytest.mark.starling_only
 
 PLUGIN = Path(__file__).with_name("grpc_plugin.py")
@@ -235,7 +232,7 @@ def test_the_plugin_refuses_rewrites_drops_and_records(plugin, start_broker):
 @pytest.mark.parametrize("on_failure", ["allow", "deny"])
 def test_a_hung_plugin_is_given_up_after_its_timeout(plugin, start_broker, on_failure):
     plugin.start("hang")
-    b = start_broker(plugin, on_failure=f'"{on_failure}"')
+    b = start_broker(plugin, on_failure=f'"{on_failure}"', timeout_ms="2000")
     wait_connected(b)
     sub = Client(b.address, client_id=unique_id("sub"))
     hung = Client(b.address, client_id=unique_id("hung"))
@@ -248,9 +245,9 @@ def test_a_hung_plugin_is_given_up_after_its_timeout(plugin, start_broker, on_fa
         # Another client is served meanwhile, well before the hung call's deadline.
         assert publish_rc(other, "other/y", b"now")() == 0
         assert sub.collector.wait_one("other/y").payload == b"now"
-        assert time.monotonic() - t0 < 0.8
+        assert time.monotonic() - t0 < 1.5
         rc = hung_ack()
-        assert time.monotonic() - t0 >= 0.9, "answered before timeout_ms"
+        assert time.monotonic() - t0 >= 1.9, "answered before timeout_ms"
         if on_failure == "allow":
             assert rc == 0
             assert sub.collector.wait_one("hang/x").payload == b"late"
@@ -266,7 +263,7 @@ def test_a_hung_plugin_is_given_up_after_its_timeout(plugin, start_broker, on_fa
 def test_a_crashed_plugin_is_reconnected_when_it_is_back(plugin, start_broker):
     # Only publishes go to the plugin: with it down, clients still connect and subscribe.
     plugin.start("crash")
-    b = start_broker(plugin, on_failure='"deny"', events='["message.publish"]')
+    b = start_broker(plugin, on_failure='"deny"', events='["message.publish"]', timeout_ms="3000")
     sub = Client(b.address, client_id=unique_id("sub"))
     pub = Client(b.address, client_id=unique_id("pub"))
     try:
@@ -282,7 +279,7 @@ def test_a_crashed_plugin_is_reconnected_when_it_is_back(plugin, start_broker):
         for _ in range(3):
             t0 = time.monotonic()
             assert publish_rc(pub, "rewrite/b", b"x")() == UNSPECIFIED_ERROR
-            assert time.monotonic() - t0 < 0.9, "a missing plugin fails fast, not at timeout"
+            assert time.monotonic() - t0 < 2.0, "a missing plugin fails fast, not at timeout"
         late = Client(b.address, client_id=unique_id("late"))
         late.close()
         sub.collector.expect_none(quiet=0.2)
