@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # What plugins cost per message, in instructions: the same brokers as bench/plugins.sh
-# (STARLING_BASE: Starling before the hook seam; no plugin; a Rust plugin asked about every
+# (BASELINE: Starling before the hook seam; no plugin; a Rust plugin asked about every
 # message; a webhook sent every message), each run under callgrind while starling-bench
 # sends p2p messages at a fixed rate, counters zeroed once the broker is up. Instruction
 # counts do not depend on what else the machine is doing (unlike throughput on a shared
 # 2-core machine), so small differences show. Prints one JSON line per run: instructions
 # per message delivered.
 #
-#   STARLING_BASE=/path/to/old/starling bench/plugins-cost.sh [--rounds N]
+#   BASELINE=/path/to/old/starling bench/plugins-cost.sh [--rounds N]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . bench/lib.sh plugins-cost "$@"
@@ -16,13 +16,13 @@ python3 bench/webhook-sink.py $SINK_PORT "$WORK/sink-events" &
 SINK=$!
 wait_port $SINK_PORT
 labels="starling starling-rust starling-webhook"
-[ -n "${STARLING_BASE:-}" ] && labels="starling-base $labels"
+[ -n "${BASELINE:-}" ] && labels="starling-base $labels"
 port=27000
 run() { # label scenario
     local label=$1 scenario=$2 dir pid plugin="" bin="$BIN/starling" out ir received
     port=$((port + 1)); dir="$WORK/$label-$port"; mkdir -p "$dir/data"
     case "$label" in
-        starling-base) bin="$STARLING_BASE" ;;
+        starling-base) bin="$BASELINE" ;;
         starling-rust)
             plugin='[[plugin]]\nkind = "topic_rewrite"\n[[plugin.rule]]\naction = "publish"\nsource = "elsewhere/+/x"\ndest = "other/$1"\n' ;;
         starling-webhook)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What plugins cost on the publish path: p2p QoS 0 and QoS 1 with Starling as it was before
-# the hook seam (`starling-base`, a binary given by STARLING_BASE), Starling with no plugin
+# the hook seam (`starling-base`, a binary given by BASELINE), Starling with no plugin
 # (`starling`), with a Rust plugin asked about every message (`starling-rust`: topic_rewrite
 # with a publish rule that matches nothing, so the hook runs and passes every message), and
 # with a webhook sent every message (`starling-webhook`: events = ["message.publish"] to a
@@ -8,7 +8,7 @@
 # as bench/compare.sh, memory durability. Labels alternate within each round. Prints one
 # JSON line per run; bench/RESULTS.md quotes the medians.
 #
-#   STARLING_BASE=/path/to/old/starling bench/plugins.sh [--rounds N]
+#   BASELINE=/path/to/old/starling bench/plugins.sh [--rounds N]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . bench/lib.sh plugins "$@"
@@ -17,13 +17,13 @@ python3 bench/webhook-sink.py $SINK_PORT "$WORK/sink-events" &
 SINK=$!
 wait_port $SINK_PORT
 labels="starling starling-rust starling-webhook"
-[ -n "${STARLING_BASE:-}" ] && labels="starling-base $labels"
+[ -n "${BASELINE:-}" ] && labels="starling-base $labels"
 port=25000
 run() { # label scenario
     local label=$1 scenario=$2 dir pid plugin="" bin="$BIN/starling"
     port=$((port + 1)); dir="$WORK/$label-$port"; mkdir -p "$dir/data"
     case "$label" in
-        starling-base) bin="$STARLING_BASE" ;;
+        starling-base) bin="$BASELINE" ;;
         starling-rust)
             plugin='[[plugin]]\nkind = "topic_rewrite"\n[[plugin.rule]]\naction = "publish"\nsource = "elsewhere/+/x"\ndest = "other/$1"\n' ;;
         starling-webhook)

@@ -1,5 +1,6 @@
 //! `starling-bench`: a load generator for MQTT brokers on Starling's codec, and a trivial
-//! forwarding server to check that the generator is not the bottleneck.
+//! forwarding server to check that the generator is not the bottleneck, and a minimal gRPC
+//! plugin (passes every publish) for the broker's `grpc` plugin benchmark.
 //!
 //! Runs one scenario against one broker and prints one JSON line. Everything runs on one
 //! thread (a current-thread tokio runtime): the generator is meant to be pinned to one core.
@@ -7,6 +8,7 @@
 mod churn;
 mod client;
 mod forwarder;
+mod grpc_plugin;
 mod hist;
 mod load;
 mod mixed;
@@ -44,6 +46,13 @@ enum Command {
     },
     /// Connect rate or p2p QoS 1 over TLS or QUIC (to compare the transports).
     Transport(transport::TransportArgs),
+    /// A gRPC plugin that passes every publish at once, for a broker's `grpc` plugin section.
+    GrpcPlugin {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -188,6 +197,9 @@ fn main() -> Result<()> {
             let line = local.block_on(&runtime, transport::run(&args))?;
             println!("{line}");
             Ok(())
+        }
+        Some(Command::GrpcPlugin { host, port }) => {
+            local.block_on(&runtime, grpc_plugin::serve(&format!("{host}:{port}")))
         }
         None => {
             let line = local.block_on(&runtime, run(&cli.run))?;

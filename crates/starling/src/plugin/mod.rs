@@ -31,6 +31,7 @@ use crate::connection::Stop;
 
 pub mod auto_subscribe;
 pub mod delayed;
+pub mod grpc;
 pub mod rewrite;
 pub mod webhook;
 
@@ -246,7 +247,7 @@ pub struct Kind {
 }
 
 /// The kinds that come with Starling.
-const BUILT_IN: [Kind; 4] = [
+const BUILT_IN: [Kind; 5] = [
     Kind {
         name: "topic_rewrite",
         check: rewrite::check,
@@ -266,6 +267,11 @@ const BUILT_IN: [Kind; 4] = [
         name: "webhook",
         check: webhook::check,
         build: webhook::build,
+    },
+    Kind {
+        name: "grpc",
+        check: grpc::check,
+        build: grpc::build,
     },
 ];
 
