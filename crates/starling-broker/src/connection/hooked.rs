@@ -230,10 +230,16 @@ impl Active {
     pub(super) fn publish_hooks(&mut self, cx: &mut Cx<'_>, p: Publish) -> Published {
         let hooks = cx.broker.hooks();
         let listener = listener_name(cx.link);
-        let original = p.clone();
+        // The PUBLISH as the client sent it, kept (for a park) only once a hook changes it:
+        // until then `p` is that PUBLISH. A progress of `Pass` means "unchanged so far".
+        let mut original = None;
         let (start, mut p) = match progress(cx.link, PUBLISH) {
-            Some((i, HookAnswer::Publish(PublishVerdict::Change(so_far)))) => (i, *so_far),
-            _ => (0, p),
+            Some((i, HookAnswer::Publish(PublishVerdict::Change(so_far)))) => {
+                original = Some(p);
+                (i, *so_far)
+            }
+            Some((i, _)) => (i, p),
+            None => (0, p),
         };
         for (i, h) in hooks.wanting(Event::Publish) {
             if i < start {
@@ -246,11 +252,10 @@ impl Active {
             match answer {
                 Asked::Now(HookAnswer::Publish(v)) => match v {
                     PublishVerdict::Pass => {}
-                    PublishVerdict::Change(changed) => {
-                        let (dup, packet_id) = (p.dup, p.packet_id);
-                        p = *changed;
-                        p.dup = dup;
-                        p.packet_id = packet_id;
+                    PublishVerdict::Change(mut changed) => {
+                        (changed.dup, changed.packet_id) = (p.dup, p.packet_id);
+                        let before = std::mem::replace(&mut p, *changed);
+                        original.get_or_insert(before);
                     }
                     PublishVerdict::Drop(reason) => {
                         let m = &cx.broker.metrics;
@@ -271,9 +276,12 @@ impl Active {
                 },
                 Asked::Now(_) => {}
                 Asked::Parked => {
-                    let so_far = HookAnswer::Publish(PublishVerdict::Change(Box::new(p)));
-                    save_progress(cx.link, PUBLISH, i, so_far);
-                    cx.park(starling_proto::Packet::Publish(original));
+                    let (so_far, sent) = match original {
+                        Some(sent) => (PublishVerdict::Change(Box::new(p)), sent),
+                        None => (PublishVerdict::Pass, p),
+                    };
+                    save_progress(cx.link, PUBLISH, i, HookAnswer::Publish(so_far));
+                    cx.park(starling_proto::Packet::Publish(sent));
                     return Published::Parked;
                 }
             }
