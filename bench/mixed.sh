@@ -10,6 +10,9 @@
 #                  [--brokers starling-sync,starling-memory,mosquitto,rumqttd] [--out FILE]
 #                  [--before PATH]   (another starling binary: brokers starling-sync-before and
 #                                     starling-memory-before run it)
+#                  [--v3-expiry S]   (Starling's `limits.v3_session_expiry_secs`, mosquitto's
+#                                     `persistent_client_expiration`: 3.1.1 persistent sessions
+#                                     expire too; by default they never do, as the spec has it)
 #
 # Each run: a fresh broker pinned to core 0 at normal priority; on core 1 the churn
 # (`starling-bench --scenario churn`) at normal priority and the steady stream
@@ -36,6 +39,8 @@ BROKERS=starling-sync,starling-memory,mosquitto,rumqttd
 OUT=
 # A Starling binary to compare with (brokers starling-sync-before, starling-memory-before).
 BEFORE=
+# Expiry of 3.1.1 persistent sessions in seconds (empty: never, both brokers' default).
+V3_EXPIRY=
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS="$2"; shift ;;
@@ -44,6 +49,7 @@ while [ $# -gt 0 ]; do
         --cooldown) COOLDOWN="$2"; shift ;;
         --brokers) BROKERS="$2"; shift ;;
         --before) BEFORE="$2"; shift ;;
+        --v3-expiry) V3_EXPIRY="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -67,7 +73,13 @@ if [[ ",$BROKERS," == *",rumqttd,"* ]] && [ ! -x "$TOOLS/bin/rumqttd" ]; then
     log "installing rumqttd $RUMQTTD_VERSION"
     cargo install rumqttd --version "$RUMQTTD_VERSION" --no-default-features --root "$TOOLS"
 fi
-cargo build --release -q -p starling -p starling-bench
+# BENCH_BIN=DIR: binaries from DIR/release, not built (a long soak keeps running the
+# binaries it started with while the tree is rebuilt).
+if [ -n "${BENCH_BIN:-}" ]; then
+    TARGET=$BENCH_BIN
+else
+    cargo build --release -q -p starling -p starling-bench
+fi
 
 WORK=$(mktemp -d /tmp/starling-mixed.XXXXXX)
 [ -n "$OUT" ] || OUT="$WORK/mixed.jsonl"
@@ -91,6 +103,8 @@ start_broker() { # name port dir
             [ "${name%-before}" != "$name" ] && bin=$BEFORE
             printf 'log_level = "warn"\n[storage]\ndurability = "%s"\n' "${mode%-before}" \
                 > "$dir/starling.toml"
+            [ -n "$V3_EXPIRY" ] &&
+                printf '[limits]\nv3_session_expiry_secs = %s\n' "$V3_EXPIRY" >> "$dir/starling.toml"
             taskset -c 0 "$bin" serve \
                 --config "$dir/starling.toml" --bind "127.0.0.1:$port" --data-dir "$dir/data" \
                 > "$dir/broker.log" 2>&1 & ;;
@@ -98,6 +112,8 @@ start_broker() { # name port dir
             # Defaults (persistence off), anonymous clients on this port.
             printf 'listener %s 127.0.0.1\nallow_anonymous true\nlog_dest none\n' "$port" \
                 > "$dir/mosquitto.conf"
+            [ -n "$V3_EXPIRY" ] &&
+                printf 'persistent_client_expiration %sm\n' "$(((V3_EXPIRY + 59) / 60))" >> "$dir/mosquitto.conf"
             taskset -c 0 "$MOSQUITTO" -c "$dir/mosquitto.conf" \
                 > "$dir/broker.log" 2>&1 & ;;
         rumqttd)
@@ -171,4 +187,4 @@ d["churn"]=c; d["store_bytes_at_end"]=json.loads(sys.argv[3]); print(json.dumps(
     done
 done
 python3 bench/mixed-report.py "$OUT"
-log "results: $OUT (command: bench/mixed.sh --rounds $ROUNDS --duration $DURATION --warmup $WARMUP --cooldown $COOLDOWN --brokers $BROKERS${BEFORE:+ --before $BEFORE})"
+log "results: $OUT (command: bench/mixed.sh --rounds $ROUNDS --duration $DURATION --warmup $WARMUP --cooldown $COOLDOWN --brokers $BROKERS${BEFORE:+ --before $BEFORE}${V3_EXPIRY:+ --v3-expiry $V3_EXPIRY})"
