@@ -56,10 +56,22 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+# Ports handed out by free_port in this run: the kernel may offer a released port again, and
+# a test that asks for several (a broker with many listeners and an HTTP port) must not get
+# the same one twice.
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and not one this run has handed out before."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError("no free port that was not handed out already")
 
 
 def port_accepts(port: int) -> bool:
