@@ -3,7 +3,7 @@
 # point, pinned to core 0; the load generator (`starling-bench`) on core 1. The default run
 # takes about 20 minutes on a 2-core machine (bounded: every point has a time limit).
 #
-#   bench/scale.sh [--curves copy,payload,fanout,clients,subs,retained,startup]
+#   bench/scale.sh [--curves copy,subs,retained,startup,payload,fanout,clients]
 #                  [--brokers starling,mosquitto,rumqttd]   (peers run payload, fanout, clients)
 #                  [--clients 1000,2000,5000,10000,max]    (max: the most the open-file limit allows)
 #                  [--subs 1000,10000,100000,1000000] [--kinds exact,wildcard]
@@ -34,7 +34,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 COMMAND="bench/scale.sh $*"
-CURVES=copy,payload,fanout,clients,subs,retained,startup
+CURVES=copy,subs,retained,startup,payload,fanout,clients
 BROKERS=starling,mosquitto,rumqttd
 CLIENTS=1000,2000,5000,10000,max
 SUBS=1000,10000,100000,1000000
@@ -296,64 +296,6 @@ if has "$CURVES" copy; then
     done
 fi
 
-# --- payload: MB/s from 16 B to 1 MB -----------------------------------------------------------
-if has "$CURVES" payload; then
-    IFS=, read -r -a sizes <<< "$PAYLOADS"
-    for size in "${sizes[@]}"; do
-        # At most about 4 MiB undelivered per publisher, and at least 4 messages.
-        window=$(( 4194304 / size )); [ "$window" -gt 1000 ] && window=1000
-        [ "$window" -lt 4 ] && window=4
-        for broker in "${PEERS[@]}"; do
-            log "payload: $size B on $broker"
-            point "$broker" "{\"curve\":\"payload\",\"point\":$size}" --scenario p2p-qos0 \
-                --payload "$size" --window "$window" --warmup 1 --duration "$DURATION" \
-                --min-broker-util 0.9
-        done
-    done
-fi
-
-# --- fanout: 1 .. 10,000 subscribers of one topic ----------------------------------------------
-if has "$CURVES" fanout; then
-    IFS=, read -r -a counts <<< "$FANOUT"
-    for n in "${counts[@]}"; do
-        # About 100,000 deliveries outstanding at most (10 .. 1,000 messages).
-        window=$(( 100000 / n )); [ "$window" -gt 1000 ] && window=1000
-        [ "$window" -lt 10 ] && window=10
-        for broker in "${PEERS[@]}"; do
-            log "fanout: 1 to $n on $broker"
-            point "$broker" "{\"curve\":\"fanout\",\"point\":$n}" --scenario fan-out-qos0 \
-                --subscribers "$n" --window "$window" --warmup 1 --duration "$DURATION" \
-                --min-broker-util 0.9
-        done
-    done
-fi
-
-# --- clients: up to the open-file limit --------------------------------------------------------
-if has "$CURVES" clients; then
-    reason="the open-file limit of $NOFILE (hard; each client needs a descriptor in the broker and one in the generator)"
-    [ "$MAX_CLIENTS" -ge 100000 ] && reason="100,000 is the largest point of the curve"
-    echo "{\"curve\":\"clients-limit\",\"nofile\":$NOFILE,\"max_clients\":$MAX_CLIENTS,\"reason\":\"$reason\"}" >> "$OUT"
-    log "clients: at most $MAX_CLIENTS: $reason"
-    IFS=, read -r -a counts <<< "$CLIENTS"
-    for n in "${counts[@]}"; do
-        [ "$n" = max ] && n=$MAX_CLIENTS
-        if [ "$n" -gt "$MAX_CLIENTS" ]; then
-            log "clients: $n is above the limit, skipped"
-            echo "{\"curve\":\"clients\",\"point\":$n,\"skipped\":\"above $MAX_CLIENTS, $reason\",\"qualifies\":false}" >> "$OUT"
-            continue
-        fi
-        # One source address has 28,000 ports (ip_local_port_range): beyond 25,000 clients,
-        # several, 127.0.0.1 .. 127.0.0.N.
-        sources=$(( n / 25000 + 1 ))
-        for broker in "${PEERS[@]}"; do
-            log "clients: $n on $broker"
-            point "$broker" "{\"curve\":\"clients\",\"point\":$n}" scale clients \
-                --clients "$n" --sources "$sources" --warmup 2 --duration $((DURATION * 2)) \
-                --fast-duration "$DURATION"
-        done
-    done
-fi
-
 # --- subs: publish and SUBSCRIBE cost against the number of subscriptions ----------------------
 if has "$CURVES" subs; then
     IFS=, read -r -a counts <<< "$SUBS"
@@ -416,6 +358,64 @@ if has "$CURVES" startup; then
         fail "$fields" "$dir/broker.log"
     fi
     rm -rf "$dir"
+fi
+
+# --- payload: MB/s from 16 B to 1 MB -----------------------------------------------------------
+if has "$CURVES" payload; then
+    IFS=, read -r -a sizes <<< "$PAYLOADS"
+    for size in "${sizes[@]}"; do
+        # At most about 4 MiB undelivered per publisher, and at least 4 messages.
+        window=$(( 4194304 / size )); [ "$window" -gt 1000 ] && window=1000
+        [ "$window" -lt 4 ] && window=4
+        for broker in "${PEERS[@]}"; do
+            log "payload: $size B on $broker"
+            point "$broker" "{\"curve\":\"payload\",\"point\":$size}" --scenario p2p-qos0 \
+                --payload "$size" --window "$window" --warmup 1 --duration "$DURATION" \
+                --min-broker-util 0.9
+        done
+    done
+fi
+
+# --- fanout: 1 .. 10,000 subscribers of one topic ----------------------------------------------
+if has "$CURVES" fanout; then
+    IFS=, read -r -a counts <<< "$FANOUT"
+    for n in "${counts[@]}"; do
+        # About 100,000 deliveries outstanding at most (10 .. 1,000 messages).
+        window=$(( 100000 / n )); [ "$window" -gt 1000 ] && window=1000
+        [ "$window" -lt 10 ] && window=10
+        for broker in "${PEERS[@]}"; do
+            log "fanout: 1 to $n on $broker"
+            point "$broker" "{\"curve\":\"fanout\",\"point\":$n}" --scenario fan-out-qos0 \
+                --subscribers "$n" --window "$window" --warmup 1 --duration "$DURATION" \
+                --min-broker-util 0.9
+        done
+    done
+fi
+
+# --- clients: up to the open-file limit --------------------------------------------------------
+if has "$CURVES" clients; then
+    reason="the open-file limit of $NOFILE (hard; each client needs a descriptor in the broker and one in the generator)"
+    [ "$MAX_CLIENTS" -ge 100000 ] && reason="100,000 is the largest point of the curve"
+    echo "{\"curve\":\"clients-limit\",\"nofile\":$NOFILE,\"max_clients\":$MAX_CLIENTS,\"reason\":\"$reason\"}" >> "$OUT"
+    log "clients: at most $MAX_CLIENTS: $reason"
+    IFS=, read -r -a counts <<< "$CLIENTS"
+    for n in "${counts[@]}"; do
+        [ "$n" = max ] && n=$MAX_CLIENTS
+        if [ "$n" -gt "$MAX_CLIENTS" ]; then
+            log "clients: $n is above the limit, skipped"
+            echo "{\"curve\":\"clients\",\"point\":$n,\"skipped\":\"above $MAX_CLIENTS, $reason\",\"qualifies\":false}" >> "$OUT"
+            continue
+        fi
+        # One source address has 28,000 ports (ip_local_port_range): beyond 25,000 clients,
+        # several, 127.0.0.1 .. 127.0.0.N.
+        sources=$(( n / 25000 + 1 ))
+        for broker in "${PEERS[@]}"; do
+            log "clients: $n on $broker"
+            point "$broker" "{\"curve\":\"clients\",\"point\":$n}" scale clients \
+                --clients "$n" --sources "$sources" --warmup 2 --duration $((DURATION * 2)) \
+                --fast-duration "$DURATION"
+        done
+    done
 fi
 
 ELAPSED=$(( $(date +%s) - START ))
