@@ -236,7 +236,8 @@ def report_fanout(lines, plots):
     for b in brokers:
         pts = series(fan, b, lambda d: d["point"],
                      lambda d: 1 / d["msgs_per_broker_cpu_s"] if d.get("msgs_per_broker_cpu_s") else None)
-        out.append("- " + growth_text(pts, f"{b}, broker CPU per delivery against subscribers"))
+        out.append("- " + growth_text(pts, f"{b}, broker CPU per delivery against subscribers")
+                   + "; " + growth_text([p for p in pts if p[0] >= 100], "from 100 on"))
     panels = [
         ("deliveries/s", "subscribers",
          [(b, series(fan, b, lambda d: d["point"], lambda d: d.get("rate_median_per_s")), STYLE[b]) for b in brokers],
