@@ -1,6 +1,7 @@
 //! A minimal MQTT 3.1.1 client on Starling's codec: connect, subscribe, and a reader that
 //! decodes every whole packet of a read. The scenarios drive the sockets themselves.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -11,8 +12,8 @@ use starling_proto::{
     Subscribe, SubscriptionOptions, TopicFilter, decode, encode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Every client of the load generator speaks MQTT 3.1.1, which all three brokers implement
 /// fully.
@@ -124,9 +125,24 @@ impl Client {
         chunk: usize,
         clean: bool,
     ) -> Result<Self> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connect to {addr}"))?;
+        Self::connect_from(addr, None, client_id, keep_alive, chunk, clean).await
+    }
+
+    /// Like [`Client::connect_with`], from the source address `source` when given (any free
+    /// port of it): several 127.0.0.x sources give more ports than one.
+    pub(crate) async fn connect_from(
+        addr: &str,
+        source: Option<IpAddr>,
+        client_id: String,
+        keep_alive: u16,
+        chunk: usize,
+        clean: bool,
+    ) -> Result<Self> {
+        let stream = match source {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => connect_bound(addr, ip).await,
+        }
+        .with_context(|| format!("connect to {addr}"))?;
         stream.set_nodelay(true).context("TCP_NODELAY")?;
         let (rd, mut wr) = stream.into_split();
         let (username, password) = CREDENTIALS.get().cloned().unwrap_or_default();
@@ -171,18 +187,49 @@ impl Client {
 
 /// A SUBSCRIBE (packet id 1) for one filter at `qos`.
 pub(crate) fn subscribe_packet(filter: &str, qos: QoS) -> Result<Packet> {
-    let filter = TopicFilter::try_from_str(filter).map_err(|e| anyhow!("{filter}: {e}"))?;
+    subscribe_many_packet(1, &[filter], qos)
+}
+
+/// A SUBSCRIBE with packet id `packet_id` for every filter of `filters` at `qos`.
+pub(crate) fn subscribe_many_packet<S: AsRef<str>>(
+    packet_id: u16,
+    filters: &[S],
+    qos: QoS,
+) -> Result<Packet> {
+    let options = SubscriptionOptions {
+        qos,
+        ..SubscriptionOptions::default()
+    };
+    let filters = filters
+        .iter()
+        .map(|f| {
+            let f = f.as_ref();
+            TopicFilter::try_from_str(f)
+                .map(|t| (t, options))
+                .map_err(|e| anyhow!("{f}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        filters: vec![(
-            filter,
-            SubscriptionOptions {
-                qos,
-                ..SubscriptionOptions::default()
-            },
-        )],
+        packet_id,
+        filters,
         properties: Properties::default(),
     }))
+}
+
+/// A TCP connection to `addr` from `source` (port chosen by the kernel).
+async fn connect_bound(addr: &str, source: IpAddr) -> std::io::Result<TcpStream> {
+    let to = tokio::net::lookup_host(addr)
+        .await?
+        .find(|a| a.is_ipv4() == source.is_ipv4())
+        .ok_or_else(|| std::io::Error::other(format!("{addr}: no address of {source}'s family")))?;
+    let socket = if source.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(to).await
 }
 
 /// Errors unless every code grants a QoS.

@@ -13,6 +13,9 @@ mod hist;
 mod load;
 mod mixed;
 mod procstat;
+mod scale;
+mod scale_flow;
+mod scale_store;
 mod special;
 mod transport;
 
@@ -46,6 +49,9 @@ enum Command {
     },
     /// Connect rate or p2p QoS 1 over TLS or QUIC (to compare the transports).
     Transport(transport::TransportArgs),
+    /// One point of a scale curve (bench/scale.sh): clients, subscriptions, retained
+    /// messages, a full store, the loopback copy limit.
+    Scale(scale::ScaleArgs),
     /// A gRPC plugin that passes every publish at once, for a broker's `grpc` plugin section.
     GrpcPlugin {
         #[arg(long, default_value = "127.0.0.1")]
@@ -196,6 +202,12 @@ fn main() -> Result<()> {
         Some(Command::Transport(args)) => {
             let line = local.block_on(&runtime, transport::run(&args))?;
             println!("{line}");
+            Ok(())
+        }
+        Some(Command::Scale(args)) => {
+            if let Some(line) = local.block_on(&runtime, scale::run(args))? {
+                println!("{line}");
+            }
             Ok(())
         }
         Some(Command::GrpcPlugin { host, port }) => {

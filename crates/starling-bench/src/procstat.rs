@@ -51,6 +51,11 @@ impl Proc {
         self.field("status", "VmRSS:")
     }
 
+    /// Peak resident set size in KiB.
+    pub(crate) fn hwm_kb(&self) -> Result<u64> {
+        self.field("status", "VmHWM:")
+    }
+
     /// Bytes the process caused to be written to storage (`write_bytes` of `/proc/<pid>/io`):
     /// what a durable broker writes to its store, page cache flushes included.
     pub(crate) fn write_bytes(&self) -> Result<u64> {

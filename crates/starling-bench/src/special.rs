@@ -126,59 +126,11 @@ pub(crate) async fn retained(
 
     // Phase 1: store.
     let store_start = Instant::now();
-    let publisher = Client::connect(addr, format!("sb{tag}-rp"), 300, 64 * 1024).await?;
-    let acked = Rc::new(Cell::new(0u64));
-    let notify = Rc::new(Notify::new());
-    let reader = {
-        let (acked, notify) = (acked.clone(), notify.clone());
-        let mut rd = publisher.rd;
-        tokio::task::spawn_local(async move {
-            loop {
-                if !rd.fill().await? {
-                    bail!("broker closed the retained publisher");
-                }
-                while let Some(p) = rd.decode()? {
-                    if let Packet::PubAck(_) = p {
-                        acked.set(acked.get() + 1);
-                    }
-                }
-                notify.notify_one();
-            }
-        })
-    };
-    let mut wr = publisher.wr;
-    let body = Bytes::from(vec![b'r'; payload]);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut sent = 0u64;
-    let total = count as u64;
-    while sent < total {
-        let room = (window as u64).saturating_sub(sent - acked.get());
-        if room == 0 {
-            wait(&notify, deadline, &reader).await?;
-            continue;
-        }
-        for _ in 0..room.min(256).min(total - sent) {
-            let topic = format!("bench/retained/{}/{}", sent / 1000, sent % 1000);
-            let publish = Publish {
-                dup: false,
-                qos: QoS::AtLeastOnce,
-                retain: true,
-                topic: TopicName::try_from_str(&topic).map_err(|e| anyhow!("{topic}: {e}"))?,
-                packet_id: (sent % 65535 + 1) as u16,
-                properties: Properties::default(),
-                payload: body.clone(),
-            };
-            encode(&Packet::Publish(publish), crate::client::VERSION, &mut buf)?;
-            sent += 1;
-        }
-        wr.write_all(&buf).await.context("publish retained")?;
-        buf.clear();
-    }
-    while acked.get() < total {
-        wait(&notify, deadline, &reader).await?;
-    }
+    let topic = |k| format!("bench/retained/{}/{}", k / 1000, k % 1000);
+    let id = format!("sb{tag}-rp");
+    publish_acked(addr, &id, count, payload, window, true, deadline, topic).await?;
     let store_s = store_start.elapsed().as_secs_f64();
-    reader.abort();
+    let total = count as u64;
 
     // Phase 2: one subscriber to everything.
     let cpu_before = broker.as_ref().map(Proc::cpu_s).transpose()?;
@@ -238,6 +190,76 @@ pub(crate) async fn retained(
     Ok(m)
 }
 
+/// Publishes `count` messages of `payload` bytes (QoS 1, `window` unacknowledged at most,
+/// retained or not) on the topics `topic(0)`, `topic(1)`, ... from one client named
+/// `client_id`, and returns once the broker has acknowledged them all.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn publish_acked(
+    addr: &str,
+    client_id: &str,
+    count: usize,
+    payload: usize,
+    window: usize,
+    retain: bool,
+    deadline: Instant,
+    topic: impl Fn(u64) -> String,
+) -> Result<()> {
+    let publisher = Client::connect(addr, client_id.to_owned(), 300, 64 * 1024).await?;
+    let acked = Rc::new(Cell::new(0u64));
+    let notify = Rc::new(Notify::new());
+    let reader = {
+        let (acked, notify) = (acked.clone(), notify.clone());
+        let mut rd = publisher.rd;
+        let client_id = client_id.to_owned();
+        tokio::task::spawn_local(async move {
+            loop {
+                if !rd.fill().await? {
+                    bail!("broker closed the publisher {client_id}");
+                }
+                while let Some(p) = rd.decode()? {
+                    if let Packet::PubAck(_) = p {
+                        acked.set(acked.get() + 1);
+                    }
+                }
+                notify.notify_one();
+            }
+        })
+    };
+    let mut wr = publisher.wr;
+    let body = Bytes::from(vec![b'r'; payload]);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut sent = 0u64;
+    let total = count as u64;
+    while sent < total {
+        let room = (window as u64).saturating_sub(sent - acked.get());
+        if room == 0 {
+            wait(&notify, deadline, &reader).await?;
+            continue;
+        }
+        for _ in 0..room.min(256).min(total - sent) {
+            let topic = topic(sent);
+            let publish = Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain,
+                topic: TopicName::try_from_str(&topic).map_err(|e| anyhow!("{topic}: {e}"))?,
+                packet_id: (sent % 65535 + 1) as u16,
+                properties: Properties::default(),
+                payload: body.clone(),
+            };
+            encode(&Packet::Publish(publish), crate::client::VERSION, &mut buf)?;
+            sent += 1;
+        }
+        wr.write_all(&buf).await.context("publish")?;
+        buf.clear();
+    }
+    while acked.get() < total {
+        wait(&notify, deadline, &reader).await?;
+    }
+    reader.abort();
+    Ok(())
+}
+
 /// Waits for a wake-up from the ack reader, failing when it has ended or at the deadline.
 async fn wait(
     notify: &Notify,
@@ -245,9 +267,9 @@ async fn wait(
     reader: &tokio::task::JoinHandle<Result<()>>,
 ) -> Result<()> {
     if reader.is_finished() {
-        bail!("the retained publisher's connection ended");
+        bail!("a publisher's connection ended");
     }
     tokio::time::timeout_at(deadline.into(), notify.notified())
         .await
-        .map_err(|_| anyhow!("timed out storing retained messages"))
+        .map_err(|_| anyhow!("timed out waiting for PUBACKs"))
 }
