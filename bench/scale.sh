@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Scale curves (issue 23): how the broker's cost grows with the work. One fresh broker per
 # point, pinned to core 0; the load generator (`starling-bench`) on core 1. The default run
-# takes about 20 minutes on a 2-core machine (bounded: every point has a time limit).
+# takes about 15 minutes on a 2-core machine, plus the build (855 s on 3 December 2026;
+# bounded: every point has a time limit).
 #
 #   bench/scale.sh [--curves copy,subs,retained,startup,payload,fanout,clients]
 #                  [--brokers starling,mosquitto,rumqttd]   (peers run payload, fanout, clients)
