@@ -17,7 +17,7 @@ pub(crate) fn build(
     ca_file: Option<&Path>,
     ca_key: &str,
 ) -> anyhow::Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder()
+    let b = reqwest::Client::builder()
         .use_rustls_tls()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -26,19 +26,32 @@ pub(crate) fn build(
         .pool_max_idle_per_host(max_idle)
         .pool_idle_timeout(Duration::from_secs(60))
         .user_agent(concat!("starling/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("{ca_key}: cannot read {}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("{ca_key}: invalid PEM certificate in {}", path.display()))?;
-        if certs.is_empty() {
-            bail!("{ca_key}: no certificate in {}", path.display());
-        }
-        // A private CA is the only one trusted: the service's certificate must chain to it.
-        b = b.tls_built_in_root_certs(false);
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
+    trust_only(b, ca_file, ca_key)?
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+/// `b` trusting only the certificates of `ca_file` (a private CA: the service's certificate
+/// must chain to it) when given, else unchanged (the system's roots). `ca_key` names
+/// `ca_file` in errors.
+pub(crate) fn trust_only(
+    mut b: reqwest::ClientBuilder,
+    ca_file: Option<&Path>,
+    ca_key: &str,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    let Some(path) = ca_file else {
+        return Ok(b);
+    };
+    let pem =
+        std::fs::read(path).with_context(|| format!("{ca_key}: cannot read {}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("{ca_key}: invalid PEM certificate in {}", path.display()))?;
+    if certs.is_empty() {
+        bail!("{ca_key}: no certificate in {}", path.display());
     }
-    b.build().context("cannot build the HTTP client")
+    b = b.tls_built_in_root_certs(false);
+    for c in certs {
+        b = b.add_root_certificate(c);
+    }
+    Ok(b)
 }

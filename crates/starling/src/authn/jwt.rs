@@ -577,7 +577,7 @@ impl AuthBackend for JwtBackend {
 /// The HTTPS client of the key server: rustls with ring, the system's roots or only
 /// `ca_file`'s, bounded in time, no proxy, redirects only to https.
 fn http_client(ca_file: Option<&Path>, ca_key: &str) -> anyhow::Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder()
+    let b = reqwest::Client::builder()
         .use_rustls_tls()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::custom(|attempt| {
@@ -592,21 +592,9 @@ fn http_client(ca_file: Option<&Path>, ca_key: &str) -> anyhow::Result<reqwest::
         .connect_timeout(JWKS_TIMEOUT)
         .timeout(JWKS_TIMEOUT)
         .user_agent(concat!("starling/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("{ca_key}: cannot read {}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("{ca_key}: invalid PEM certificate in {}", path.display()))?;
-        if certs.is_empty() {
-            bail!("{ca_key}: no certificate in {}", path.display());
-        }
-        // A private CA is the only one trusted: the key server's certificate must chain to it.
-        b = b.tls_built_in_root_certs(false);
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
-    }
-    b.build().context("cannot build the HTTPS client")
+    crate::http_client::trust_only(b, ca_file, ca_key)?
+        .build()
+        .context("cannot build the HTTPS client")
 }
 
 /// A JWKS URL, its client, and the fetches: one task fetches, connections ask it to.
