@@ -26,6 +26,7 @@ pub mod server;
 pub mod signals;
 pub mod storage;
 pub mod tls;
+mod trim;
 mod unix;
 pub mod version;
 pub mod ws;

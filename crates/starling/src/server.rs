@@ -486,10 +486,18 @@ fn spawn_watchdog(notifier: &Arc<Notifier>) -> Option<tokio::task::JoinHandle<()
 async fn tick_loop(broker: Arc<Broker>, stop: Arc<Stop>) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trimmed = Instant::now();
     loop {
         tokio::select! {
             () = stop.wait() => break,
-            _ = interval.tick() => broker.tick(Instant::now()),
+            _ = interval.tick() => {
+                let now = Instant::now();
+                broker.tick(now);
+                if now.duration_since(trimmed) >= crate::trim::TRIM_EVERY {
+                    crate::trim::release_free_memory();
+                    trimmed = now;
+                }
+            }
         }
     }
 }
