@@ -33,14 +33,14 @@ pub(crate) type WriteResult<T> = Result<T, redb::StorageError>;
 impl BodyIndex {
     /// Builds the index from the records of `messages`, deleting bodies none refers to.
     pub(crate) fn build(
-        messages: &Table<'_, (&str, u64), &[u8]>,
+        messages: &Table<'_, (u64, u64), &[u8]>,
         bodies: &mut Table<'_, u64, &[u8]>,
     ) -> WriteResult<Self> {
         let mut index = Self::default();
         for entry in messages.iter()? {
             let (_, v) = entry?;
             // A damaged record refers to nothing; load reports it.
-            if let Ok((_, Some(body))) = MessageRecord::decode_stored(v.value()) {
+            if let Ok(Some(body)) = MessageRecord::stored_body(v.value()) {
                 index.refs.entry(body).or_insert((0, None)).0 += 1;
                 // Past every number a record names, even one whose body is missing (damage
                 // load reports): a new body never takes it.
@@ -112,9 +112,7 @@ impl BodyIndex {
 
 /// The body a stored message record refers to, if any.
 pub(crate) fn body_of(record: &[u8]) -> Option<u64> {
-    MessageRecord::decode_stored(record)
-        .ok()
-        .and_then(|(_, b)| b)
+    MessageRecord::stored_body(record).ok().flatten()
 }
 
 /// Fills in the shared payload of a loaded record from `bodies`; a missing body is damage.

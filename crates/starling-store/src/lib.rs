@@ -9,8 +9,10 @@
 //! them in batches (group commit).
 
 mod bodies;
+mod deletes;
 pub mod faulty;
 pub mod memory;
+mod numbers;
 pub mod record;
 pub mod redb_store;
 

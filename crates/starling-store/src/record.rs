@@ -329,6 +329,17 @@ impl MessageRecord {
         Ok((m, body))
     }
 
+    /// The shared payload a record written by [`MessageRecord::encode_stored`] refers to,
+    /// read without decoding (or copying) the rest: what deleting a record needs.
+    pub fn stored_body(b: &[u8]) -> Result<Option<u64>, StoreError> {
+        let mut r = Reader::new(b, "message")?;
+        r.bytes()?;
+        r.opt_u64()?;
+        r.u8()?;
+        r.u16()?;
+        if r.1 >= 2 { r.opt_u64() } else { Ok(None) }
+    }
+
     /// The whole PUBLISH packet: the record's packet followed by its shared payload.
     pub fn whole_packet(&self) -> Vec<u8> {
         match &self.payload {

@@ -16,12 +16,13 @@ use redb::{
 };
 
 use crate::bodies::{BODIES, BodyIndex, attach, body_of};
+use crate::deletes::{Doomed, Tables};
+use crate::numbers::{MESSAGES, NUMBERS, Numbers, upgrade_from_client_ids};
 use crate::record::RECORD_FORMAT;
 use crate::{LoadedSession, MessageRecord, Op, SessionRecord, Snapshot, Store, StoreError};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const AWAITING: TableDefinition<(&str, u16), ()> = TableDefinition::new("awaiting_rel");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 /// Named settings (`Op::PutSetting`). Added within layout 2: a file without it gets it when
@@ -32,8 +33,9 @@ const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
 /// Version of the table layout; bumped when it changes incompatibly. 2 added the `bodies`
-/// table (shared payloads); a layout 1 file is upgraded when opened.
-const LAYOUT_VERSION: u64 = 2;
+/// table (shared payloads); 3 keys messages by session number (`numbers.rs`). A file of an
+/// older layout is upgraded when opened.
+const LAYOUT_VERSION: u64 = 3;
 
 /// Opens the database (again): the file, or a backend a test supplies.
 type Opener = dyn Fn() -> Result<Database, DatabaseError> + Send + Sync;
@@ -42,11 +44,18 @@ type Opener = dyn Fn() -> Result<Database, DatabaseError> + Send + Sync;
 pub struct RedbStore {
     /// `None` while closed after a failure and not yet reopened.
     db: Mutex<Option<Database>>,
-    /// References to shared payloads; `None` until built from the file (after opening, or
-    /// after a failed transaction). Locked after `db`.
-    bodies: Mutex<Option<BodyIndex>>,
+    /// References to shared payloads and session numbers; `None` until built from the file
+    /// (after opening, or after a failed transaction). Locked after `db`.
+    bodies: Mutex<Option<Indexes>>,
     path: PathBuf,
     open: Arc<Opener>,
+}
+
+/// What the store keeps in memory about the file, built from it.
+#[derive(Debug)]
+struct Indexes {
+    bodies: BodyIndex,
+    numbers: Numbers,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -192,7 +201,7 @@ impl RedbStore {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn index(&self) -> MutexGuard<'_, Option<BodyIndex>> {
+    fn index(&self) -> MutexGuard<'_, Option<Indexes>> {
         self.bodies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -218,8 +227,8 @@ impl RedbStore {
                     ));
                 }
                 Some(LAYOUT_VERSION) => {}
-                // A new file, or one of layout 1 (which this version reads): from now on
-                // written as this layout, which older versions refuse to open.
+                // A new file, or one of layout 1 or 2 (which this version upgrades): from now
+                // on written as this layout, which older versions refuse to open.
                 Some(_) | None => {
                     meta.insert("layout", LAYOUT_VERSION)
                         .map_err(|e| io("meta", e))?;
@@ -230,12 +239,15 @@ impl RedbStore {
             // Create every table so a read transaction finds them.
             txn.open_table(SESSIONS).map_err(|e| io("sessions", e))?;
             txn.open_table(MESSAGES).map_err(|e| io("messages", e))?;
+            txn.open_table(NUMBERS)
+                .map_err(|e| io("session_numbers", e))?;
             txn.open_table(AWAITING)
                 .map_err(|e| io("awaiting_rel", e))?;
             txn.open_table(RETAINED).map_err(|e| io("retained", e))?;
             txn.open_table(BODIES).map_err(|e| io("bodies", e))?;
             txn.open_table(SETTINGS).map_err(|e| io("settings", e))?;
         }
+        upgrade_from_client_ids(&txn).map_err(|e| io("upgrading the messages table", e))?;
         txn.commit().map_err(|e| io("commit", e))
     }
 }
@@ -311,6 +323,11 @@ impl Store for RedbStore {
         let txn = db.begin_read().map_err(|e| io("begin read", e))?;
         let sessions_t = txn.open_table(SESSIONS).map_err(|e| io("sessions", e))?;
         let messages_t = txn.open_table(MESSAGES).map_err(|e| io("messages", e))?;
+        let numbers = Numbers::build(
+            &txn.open_table(NUMBERS)
+                .map_err(|e| io("session_numbers", e))?,
+        )
+        .map_err(|e| io("session_numbers", e))?;
         let awaiting_t = txn
             .open_table(AWAITING)
             .map_err(|e| io("awaiting_rel", e))?;
@@ -331,8 +348,10 @@ impl Store for RedbStore {
                 continue;
             };
             let mut messages = Vec::new();
+            // A session that never stored a message has no number.
+            let n = numbers.get(&client_id).unwrap_or(u64::MAX);
             let range = messages_t
-                .range((client_id.as_str(), 0u64)..=(client_id.as_str(), u64::MAX))
+                .range((n, 0u64)..=(n, u64::MAX))
                 .map_err(|e| io("messages", e))?;
             for entry in range {
                 let (k, v) = entry.map_err(|e| io("messages", e))?;
@@ -406,12 +425,23 @@ impl Store for RedbStore {
             let mut retained = txn.open_table(RETAINED).map_err(|e| io("retained", e))?;
             let mut bodies = txn.open_table(BODIES).map_err(|e| io("bodies", e))?;
             let mut settings = txn.open_table(SETTINGS).map_err(|e| io("settings", e))?;
-            // Taken out while the transaction runs: if it fails, the counts it changed are
-            // void, and the index is built again from the file next time.
-            let mut index = match index_slot.take() {
-                Some(index) => index,
-                None => BodyIndex::build(&messages, &mut bodies).map_err(|e| io("bodies", e))?,
+            let mut numbers_t = txn
+                .open_table(NUMBERS)
+                .map_err(|e| io("session_numbers", e))?;
+            // Taken out while the transaction runs: if it fails, the counts and numbers it
+            // changed are void, and the indexes are built again from the file next time.
+            let Indexes {
+                bodies: mut index,
+                mut numbers,
+            } = match index_slot.take() {
+                Some(indexes) => indexes,
+                None => Indexes {
+                    bodies: BodyIndex::build(&messages, &mut bodies)
+                        .map_err(|e| io("bodies", e))?,
+                    numbers: Numbers::build(&numbers_t).map_err(|e| io("session_numbers", e))?,
+                },
             };
+            let mut doomed = Doomed::default();
             for op in ops {
                 let r = match op {
                     Op::PutSession(id, r) => {
@@ -419,10 +449,14 @@ impl Store for RedbStore {
                     }
                     Op::DeleteSession(id) => sessions.remove(&**id).map(drop).and_then(|()| {
                         let mut gone = Vec::new();
-                        messages.retain_in((&**id, 0u64)..=(&**id, u64::MAX), |_, v| {
-                            gone.extend(body_of(v));
-                            false
-                        })?;
+                        if let Some(n) = numbers.remove(id, &mut numbers_t)? {
+                            // The scan below deletes what was gathered too.
+                            doomed.forget(n);
+                            messages.retain_in((n, 0u64)..=(n, u64::MAX), |_, v| {
+                                gone.extend(body_of(v));
+                                false
+                            })?;
+                        }
                         for body in gone {
                             index.release(body, &mut bodies)?;
                         }
@@ -434,22 +468,34 @@ impl Store for RedbStore {
                             None => None,
                         };
                         let record = m.encode_stored(body);
-                        let old = messages.insert((&**id, *seq), record.as_slice())?;
+                        let n = numbers.get_or_assign(id, &mut numbers_t)?;
+                        if doomed.contains(n, *seq) {
+                            let mut t = Tables {
+                                messages: &mut messages,
+                                bodies: &mut bodies,
+                                index: &mut index,
+                            };
+                            doomed.flush(n, &mut t)?;
+                        }
+                        let old = messages.insert((n, *seq), record.as_slice())?;
                         if let Some(old) = old.and_then(|v| body_of(v.value())) {
                             index.release(old, &mut bodies)?;
                         }
                         Ok(())
                     })(),
                     Op::DeleteMessage(id, seq) => {
-                        let old = messages.remove((&**id, *seq));
-                        match old.map(|v| v.and_then(|v| body_of(v.value()))) {
-                            Ok(Some(body)) => index.release(body, &mut bodies),
-                            Ok(None) => Ok(()),
-                            Err(e) => Err(e),
+                        if let Some(n) = numbers.get(id) {
+                            doomed.add(n, *seq);
                         }
+                        continue;
                     }
                     Op::SetPhase(id, seq, phase, pid) => {
-                        let key = (&**id, *seq);
+                        let Some(n) = numbers.get(id) else { continue };
+                        if doomed.contains(n, *seq) {
+                            // Deleted later in this batch: the change would find nothing.
+                            continue;
+                        }
+                        let key = (n, *seq);
                         let current = messages.get(key).map(|v| v.map(|g| g.value().to_vec()));
                         match current {
                             Ok(Some(bytes)) => match MessageRecord::decode_stored(&bytes) {
@@ -477,7 +523,16 @@ impl Store for RedbStore {
                 };
                 r.map_err(|e| io("write", e))?;
             }
-            pending = index;
+            let mut t = Tables {
+                messages: &mut messages,
+                bodies: &mut bodies,
+                index: &mut index,
+            };
+            doomed.flush_all(&mut t).map_err(|e| io("write", e))?;
+            pending = Indexes {
+                bodies: index,
+                numbers,
+            };
         }
         txn.commit().map_err(|e| io("commit", e))?;
         *index_slot = Some(pending);
@@ -486,265 +541,4 @@ impl Store for RedbStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{MemoryStore, MessagePhase, SubscriptionRecord};
-    use redb::ReadableTableMetadata;
-
-    fn msg(n: u8) -> MessageRecord {
-        MessageRecord {
-            packet: vec![n; 3],
-            payload: None,
-            expires_at_ms: Some(u64::from(n)),
-            phase: MessagePhase::Queued,
-            packet_id: 0,
-        }
-    }
-
-    fn session(expiry: u32) -> SessionRecord {
-        SessionRecord {
-            protocol: 4,
-            expiry_secs: expiry,
-            disconnected_at_ms: None,
-            subscriptions: vec![SubscriptionRecord {
-                filter: "t/#".into(),
-                options: 1,
-                id: None,
-            }],
-            will: None,
-        }
-    }
-
-    /// A record naming a body that is missing (damage) stays damaged: a new body never takes
-    /// its number.
-    #[test]
-    fn a_missing_body_number_is_never_given_out_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = RedbStore::open(dir.path()).unwrap();
-        s.apply(&[Op::PutSession("a".into(), session(10))], true)
-            .unwrap();
-        {
-            let g = s.lock();
-            let txn = RedbStore::db(&g).unwrap().begin_write().unwrap();
-            {
-                let mut t = txn.open_table(MESSAGES).unwrap();
-                t.insert(("a", 1u64), msg(1).encode_stored(Some(5)).as_slice())
-                    .unwrap();
-            }
-            txn.commit().unwrap();
-        }
-        s.reopen().unwrap();
-        let shared = MessageRecord {
-            payload: Some(crate::SharedPayload {
-                key: 1,
-                bytes: vec![1u8; 100].into(),
-            }),
-            ..msg(2)
-        };
-        s.apply(&[Op::PutMessage("a".into(), 2, shared)], true)
-            .unwrap();
-        let err = s.load(false).unwrap_err();
-        assert!(err.to_string().contains("payload 5"), "{err}");
-        let snap = s.load(true).unwrap();
-        assert_eq!(snap.skipped.len(), 1);
-        assert_eq!(snap.sessions[0].messages.len(), 1);
-    }
-
-    /// The redb store and the in-memory reference give the same snapshot for the same ops.
-    fn bodies_in_file(s: &RedbStore) -> u64 {
-        let g = s.lock();
-        let txn = RedbStore::db(&g).unwrap().begin_read().unwrap();
-        txn.open_table(BODIES).unwrap().len().unwrap()
-    }
-
-    #[test]
-    fn a_shared_payload_is_written_once_and_deleted_with_its_last_reference() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = RedbStore::open(dir.path()).unwrap();
-        let m = MemoryStore::new();
-        let shared = |n: u8| MessageRecord {
-            payload: Some(crate::SharedPayload {
-                key: 0x10,
-                bytes: vec![7u8; 1000].into(),
-            }),
-            ..msg(n)
-        };
-        let batches = [
-            vec![
-                Op::PutSession("a".into(), session(10)),
-                Op::PutSession("b".into(), session(10)),
-                Op::PutMessage("a".into(), 1, shared(1)),
-                Op::PutMessage("b".into(), 1, shared(2)),
-                Op::PutMessage("a".into(), 2, shared(3)),
-            ],
-            vec![
-                Op::DeleteMessage("a".into(), 1),
-                Op::SetPhase("a".into(), 2, MessagePhase::Published, 5),
-            ],
-        ];
-        for b in &batches {
-            s.apply(b, true).unwrap();
-            m.apply(b, true).unwrap();
-        }
-        assert_eq!(bodies_in_file(&s), 1, "one body for three records");
-        let loaded = s.load(false).unwrap();
-        assert_eq!(loaded, m.load(false).unwrap());
-        let a = &loaded.sessions[0].messages[0].1;
-        assert_eq!(a.whole_packet(), [vec![3u8; 3], vec![7u8; 1000]].concat());
-        assert_eq!(a.phase, MessagePhase::Published);
-        // Reopened: the counts are built again from the file; the same key now writes a
-        // body of its own.
-        s.reopen().unwrap();
-        s.apply(&[Op::PutMessage("b".into(), 2, shared(4))], true)
-            .unwrap();
-        assert_eq!(bodies_in_file(&s), 2);
-        s.apply(&[Op::DeleteSession("a".into())], true).unwrap();
-        assert_eq!(
-            bodies_in_file(&s),
-            2,
-            "b's first message still needs the first body"
-        );
-        s.apply(&[Op::DeleteMessage("b".into(), 1)], true).unwrap();
-        assert_eq!(bodies_in_file(&s), 1);
-        s.apply(&[Op::DeleteSession("b".into())], true).unwrap();
-        assert_eq!(bodies_in_file(&s), 0);
-        assert!(s.index().as_ref().is_some_and(|i| i.len() == 0));
-    }
-
-    #[test]
-    fn matches_the_memory_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let redb = RedbStore::open(dir.path()).unwrap();
-        let mem = MemoryStore::new();
-        let batches = vec![
-            vec![
-                Op::PutSession("a".into(), session(10)),
-                Op::PutSession("ab".into(), session(20)),
-                Op::PutMessage("a".into(), 1, msg(1)),
-                Op::PutMessage("a".into(), 2, msg(2)),
-                Op::PutMessage("ab".into(), 1, msg(9)),
-                Op::PutAwaiting("a".into(), 7),
-                Op::PutRetained("r/1".into(), msg(5)),
-            ],
-            vec![
-                Op::SetPhase("a".into(), 2, MessagePhase::Released, 9),
-                Op::SetPhase("a".into(), 99, MessagePhase::Released, 9),
-                Op::DeleteMessage("a".into(), 1),
-                Op::PutMessage("a".into(), 3, msg(3)),
-                Op::PutRetained("r/2".into(), msg(6)),
-                Op::DeleteRetained("r/1".into()),
-                Op::DeleteSession("ab".into()),
-                Op::PutSetting("a".into(), b"1".to_vec()),
-                Op::PutSetting("b".into(), b"2".to_vec()),
-            ],
-            vec![
-                Op::PutSetting("a".into(), b"3".to_vec()),
-                Op::DeleteSetting("b".into()),
-                Op::DeleteSetting("never-set".into()),
-            ],
-        ];
-        for b in &batches {
-            redb.apply(b, true).unwrap();
-            mem.apply(b, true).unwrap();
-        }
-        let got = redb.load(false).unwrap();
-        assert_eq!(got, mem.load(false).unwrap());
-        assert_eq!(got.sessions.len(), 1);
-        assert_eq!(
-            got.sessions[0]
-                .messages
-                .iter()
-                .map(|(s, _)| *s)
-                .collect::<Vec<_>>(),
-            [2, 3]
-        );
-        assert_eq!(got.sessions[0].awaiting, [7]);
-        assert_eq!(got.sessions[0].messages[0].1.phase, MessagePhase::Released);
-        assert_eq!(got.sessions[0].messages[0].1.packet_id, 9);
-        assert_eq!(got.retained.len(), 1);
-        assert_eq!(got.settings, [("a".to_string(), b"3".to_vec())]);
-    }
-
-    #[test]
-    fn survives_reopen_and_refuses_newer_layout() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = RedbStore::open(dir.path()).unwrap();
-            s.apply(
-                &[
-                    Op::PutSession("c".into(), session(5)),
-                    Op::PutSetting("doc".into(), b"{}".to_vec()),
-                ],
-                true,
-            )
-            .unwrap();
-        }
-        let s = RedbStore::open(dir.path()).unwrap();
-        let loaded = s.load(false).unwrap();
-        assert_eq!(loaded.sessions.len(), 1);
-        assert_eq!(loaded.settings, [("doc".to_string(), b"{}".to_vec())]);
-        {
-            let guard = s.lock();
-            let txn = guard.as_ref().unwrap().begin_write().unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert("layout", LAYOUT_VERSION + 1)
-                .unwrap();
-            txn.commit().unwrap();
-        }
-        drop(s);
-        assert!(matches!(
-            RedbStore::open(dir.path()),
-            Err(StoreError::NewerFormat(_))
-        ));
-    }
-
-    #[test]
-    fn damaged_records_refused_unless_recovering() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = RedbStore::open(dir.path()).unwrap();
-        s.apply(&[Op::PutSession("ok".into(), session(5))], true)
-            .unwrap();
-        {
-            let guard = s.lock();
-            let txn = guard.as_ref().unwrap().begin_write().unwrap();
-            txn.open_table(SESSIONS)
-                .unwrap()
-                .insert("bad", &[RECORD_FORMAT, 1, 2][..])
-                .unwrap();
-            txn.commit().unwrap();
-        }
-        let err = s.load(false).unwrap_err();
-        assert!(err.to_string().contains("\"bad\""), "{err}");
-        let snap = s.load(true).unwrap();
-        assert_eq!(snap.sessions.len(), 1);
-        assert_eq!(snap.skipped.len(), 1);
-    }
-
-    /// A store reopened after a failure whose file has gone (an unmounted filesystem) fails
-    /// rather than starting empty; with the file back, it reopens with what it held.
-    #[test]
-    fn reopening_never_creates_an_empty_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = RedbStore::open(dir.path()).unwrap();
-        s.apply(&[Op::PutSession("kept".into(), session(5))], true)
-            .unwrap();
-        let file = dir.path().join("starling.redb");
-        let aside = dir.path().join("aside.redb");
-        drop(s.lock().take());
-        std::fs::rename(&file, &aside).unwrap();
-        assert!(s.reopen().is_err());
-        assert!(!file.exists(), "no new file");
-        std::fs::rename(&aside, &file).unwrap();
-        s.reopen().unwrap();
-        assert_eq!(s.load(false).unwrap().sessions.len(), 1);
-    }
-
-    #[test]
-    fn garbage_file_is_refused_with_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("starling.redb"), vec![0x5A; 8192]).unwrap();
-        let err = RedbStore::open(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("starling.redb"), "{err}");
-    }
-}
+mod tests;
