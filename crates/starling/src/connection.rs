@@ -334,13 +334,6 @@ where
                         timer.as_mut().reset(by);
                     }
                 }
-                // A read that filled the buffer (a burst, a flood: more is waiting) ends this
-                // connection's turn: the other connections run before its next read, so what
-                // they wait behind it is one read's worth of routing, not a whole burst's
-                // (tokio would let a task read on until its budget of 128 reads, megabytes).
-                if was_read && busy {
-                    tokio::task::yield_now().await;
-                }
             }
         };
         // What the connection still owes the client (CONNACK refusal, DISCONNECT).
