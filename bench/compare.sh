@@ -23,6 +23,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+. bench/peers.sh
 
 ROUNDS=3
 WARMUP=3
@@ -156,26 +157,7 @@ EOF
             # count: the retained scenario needs it above 100,000.
             local outgoing=1000
             [ "$scenario" = retained ] && outgoing=200000
-            cat > "$dir/rumqttd.toml" <<EOF
-id = 0
-
-[router]
-id = 0
-max_connections = 100000
-max_outgoing_packet_count = $outgoing
-max_segment_size = 104857600
-max_segment_count = 10
-
-[v4.1]
-name = "v4-1"
-listen = "127.0.0.1:$port"
-next_connection_delay_ms = 0
-    [v4.1.connections]
-    connection_timeout_ms = 60000
-    max_payload_size = 4194304
-    max_inflight_count = 1000
-    dynamic_filters = true
-EOF
+            rumqttd_toml "$port" 100000 "$outgoing" > "$dir/rumqttd.toml"
             echo "$dir/rumqttd.toml" ;;
     esac
 }

@@ -34,6 +34,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+. bench/peers.sh
 COMMAND="bench/scale.sh $*"
 CURVES=copy,subs,retained,startup,payload,fanout,clients
 BROKERS=starling,mosquitto,rumqttd
@@ -177,26 +178,7 @@ max_connections -1
 EOF
             ;;
         rumqttd)
-            cat > "$dir/rumqttd.toml" <<EOF
-id = 0
-
-[router]
-id = 0
-max_connections = 1000000
-max_outgoing_packet_count = 1000
-max_segment_size = 104857600
-max_segment_count = 10
-
-[v4.1]
-name = "v4-1"
-listen = "127.0.0.1:$port"
-next_connection_delay_ms = 0
-    [v4.1.connections]
-    connection_timeout_ms = 60000
-    max_payload_size = 4194304
-    max_inflight_count = 1000
-    dynamic_filters = true
-EOF
+            rumqttd_toml "$port" 1000000 1000 > "$dir/rumqttd.toml"
             ;;
     esac
 }
