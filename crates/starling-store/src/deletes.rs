@@ -96,10 +96,7 @@ fn delete(n: u64, seqs: &BTreeSet<u64>, t: &mut Tables<'_, '_>) -> WriteResult<(
 
 #[cfg(test)]
 mod tests {
-    use crate::{
-        MemoryStore, MessagePhase, MessageRecord, Op, RedbStore, SessionRecord, SharedPayload,
-        Store,
-    };
+    use crate::{MemoryStore, MessagePhase, MessageRecord, Op, RedbStore, SharedPayload, Store};
 
     /// A small deterministic generator (xorshift), so a failure names its seed.
     struct Rng(u64);
@@ -121,16 +118,7 @@ mod tests {
             _ => next_seq[c].saturating_sub(rng.below(12)),
         };
         match rng.below(20) {
-            0 => Op::PutSession(
-                id,
-                SessionRecord {
-                    protocol: 5,
-                    expiry_secs: 60,
-                    disconnected_at_ms: None,
-                    subscriptions: vec![],
-                    will: None,
-                },
-            ),
+            0 => Op::PutSession(id, crate::fixtures::session()),
             1 => Op::DeleteSession(id),
             2..=8 => {
                 next_seq[c] += 1;

@@ -274,13 +274,15 @@ impl std::hash::Hasher for Mix {
     }
 }
 
+/// Records for the tests of this crate.
 #[cfg(test)]
-mod compact_tests {
-    use super::*;
+mod fixtures {
+    use crate::{MessagePhase, MessageRecord, SessionRecord};
 
-    fn rec(n: u8) -> MessageRecord {
+    /// A queued message record holding `packet`, with no shared payload or expiry.
+    pub(crate) fn queued(packet: Vec<u8>) -> MessageRecord {
         MessageRecord {
-            packet: vec![n],
+            packet,
             payload: None,
             expires_at_ms: None,
             phase: MessagePhase::Queued,
@@ -288,14 +290,26 @@ mod compact_tests {
         }
     }
 
-    fn session() -> SessionRecord {
+    /// A 5.0 session record with a 60 s expiry and nothing else.
+    pub(crate) fn session() -> SessionRecord {
         SessionRecord {
-            protocol: 4,
+            protocol: 5,
             expiry_secs: 60,
             disconnected_at_ms: None,
             subscriptions: vec![],
             will: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod compact_tests {
+    use super::*;
+
+    use crate::fixtures::{queued, session};
+
+    fn rec(n: u8) -> MessageRecord {
+        queued(vec![n])
     }
 
     /// Compacting never changes what a store holds after the batch.

@@ -124,27 +124,13 @@ fn table_error(e: redb::TableError) -> redb::StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MessagePhase, MessageRecord, Op, RedbStore, SessionRecord, Store};
+    use crate::{MessagePhase, MessageRecord, Op, RedbStore, Store};
     use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
-    fn msg(n: u8) -> MessageRecord {
-        MessageRecord {
-            packet: vec![n; 3],
-            payload: None,
-            expires_at_ms: None,
-            phase: MessagePhase::Queued,
-            packet_id: 0,
-        }
-    }
+    use crate::fixtures::{queued, session};
 
-    fn session() -> SessionRecord {
-        SessionRecord {
-            protocol: 5,
-            expiry_secs: 60,
-            disconnected_at_ms: None,
-            subscriptions: vec![],
-            will: None,
-        }
+    fn msg(n: u8) -> MessageRecord {
+        queued(vec![n; 3])
     }
 
     /// A file of layout 2 (messages keyed by client id) opens with every message in place,
