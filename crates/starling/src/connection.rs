@@ -177,6 +177,8 @@ enum Turn {
     Read,
     /// The timer fired.
     Timer,
+    /// Other tasks ran after this connection gave way: the rest of what was read is next.
+    Resume,
     /// The broker is shutting down.
     Stop,
     /// The transport is gone (closed by the peer or an I/O error).
@@ -232,6 +234,9 @@ where
             tokio::pin!(timer);
             // The last read filled the room it had: more is probably waiting.
             let mut busy = false;
+            // The connection gave way (`Connection::gives_way`): this turn ends without
+            // reading, and the next handles what is left in `rbuf`.
+            let mut yielding = false;
             // The time after the last wait (one clock read a turn).
             let mut now = Instant::now();
             // A new connection for the client id asked for the session (see below).
@@ -258,12 +263,10 @@ where
                 let room_to_write = wbuf.len() < OUTPUT_HIGH_WATER;
                 // One answer per wait (the committer changes it concurrently); when paused for
                 // the store, the journal wakes this connection at the commit it waits for.
-                let can_read = room_to_write && g.conn.wants_input(broker, now);
+                let can_read = room_to_write && !yielding && g.conn.wants_input(broker, now);
                 if can_read {
                     reserve_read(&mut rbuf, broker, busy);
                 }
-                // An empty buffer gets 64 bytes of room from `BytesMut::chunk_mut` when read into.
-                let room = (rbuf.capacity() - rbuf.len()).max(64);
                 let turn = if stopped_early {
                     Turn::Stop
                 } else {
@@ -273,11 +276,15 @@ where
                         r = write_or_flush(&mut wr, &mut wbuf), if !wbuf.is_empty() || unflushed => {
                             written(r, &mut wbuf, &mut unflushed, options.flush, broker)
                         }
+                        // The rest of a burst after the others had their turn.
+                        () = std::future::poll_fn(|cx| give_way(&mut yielding, cx)), if yielding => Turn::Resume,
                         r = rd.read_buf(&mut rbuf), if can_read => match r {
                             Ok(0) | Err(_) => Turn::Lost,
                             Ok(n) => {
                                 broker.metrics.bytes_received.add(n as u64);
-                                busy = n >= room;
+                                // The read filled the room it had (an empty buffer is given
+                                // some by `BytesMut::chunk_mut`).
+                                busy = rbuf.len() == rbuf.capacity();
                                 Turn::Read
                             }
                         },
@@ -300,11 +307,12 @@ where
                     handle_read(&mut g.conn, broker, now, &mut rbuf, slow);
                 }
                 // Neither the transport gone nor the broker stopping: the connection ended.
-                let by_broker = matches!(turn, Turn::Go | Turn::Read | Turn::Timer);
+                let by_broker = matches!(turn, Turn::Go | Turn::Read | Turn::Timer | Turn::Resume);
                 let by_broker = by_broker || matches!(turn, Turn::Checked(_));
                 if end_turn(&mut g.conn, broker, now, turn, &mut rbuf, &mut wbuf) {
                     break (wbuf, by_broker);
                 }
+                yielding = g.conn.gives_way();
                 if check.is_none() {
                     check = g.conn.take_check().map(boxed_answer);
                 }
@@ -367,6 +375,17 @@ where
                 }
             }
         }
+    }
+}
+
+/// Pending once (waking itself at once), then ready: the task's turn ends, and it is polled
+/// again after the other tasks ready to run.
+fn give_way(yielding: &mut bool, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    if std::mem::take(yielding) {
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    } else {
+        std::task::Poll::Ready(())
     }
 }
 
@@ -442,6 +461,7 @@ fn end_turn(
             // Packets left in the buffer by a publish-rate pause that just ended.
             conn.handle_input(broker, now, rbuf);
         }
+        Turn::Resume => conn.handle_input(broker, now, rbuf),
         Turn::Stop => conn.handle_shutdown(broker, now),
         Turn::Lost => conn.handle_connection_lost(broker, now),
         Turn::Checked(answer) => {

@@ -442,6 +442,8 @@ fn activate(
         held: None,
         hand_over_asked: false,
         denials_logged: 0,
+        routed: 0,
+        gave_way: false,
     })
 }
 

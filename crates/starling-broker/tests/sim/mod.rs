@@ -321,6 +321,24 @@ impl Sim {
         self.settle();
     }
 
+    /// Bytes from a client that wait, unread, for the next `step` or `settle` (several
+    /// clients' input arriving together).
+    pub fn queue_raw(&mut self, c: C, bytes: &[u8]) {
+        let client = &mut self.clients[c.0];
+        assert!(!client.gone, "client {c:?} sends on a closed connection");
+        client.to_broker.extend_from_slice(bytes);
+    }
+
+    /// One round of `settle`: a commit, then each client's turn (its input, then its output)
+    /// once, in the order they connected. True if anything moved.
+    pub fn step(&mut self) -> bool {
+        let mut progressed = self.commit();
+        for i in 0..self.clients.len() {
+            progressed |= self.step_client(i);
+        }
+        progressed
+    }
+
     /// From now on what `c` sends stays unread, as in a socket buffer whose task has not run
     /// yet, until the connection is asked to hand its session over (which reads it).
     pub fn stall(&mut self, c: C) {
@@ -370,11 +388,7 @@ impl Sim {
     /// broker is willing to read, output, and closes.
     pub fn settle(&mut self) {
         for _ in 0..SETTLE_ROUNDS {
-            let mut progressed = self.commit();
-            for i in 0..self.clients.len() {
-                progressed |= self.step_client(i);
-            }
-            if !progressed {
+            if !self.step() {
                 return;
             }
         }
