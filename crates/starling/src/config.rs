@@ -86,6 +86,20 @@ pub enum OnStoreUnavailable {
     Block,
 }
 
+/// The scheduling priority of the thread that writes to the store, beside the threads that
+/// serve clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitPriority {
+    /// The lowest (nice 19): clients' messages never wait behind a commit for a core; commits
+    /// take the time the client threads leave.
+    #[default]
+    Low,
+    /// The broker's own: commits share the cores equally with the client threads (for a host
+    /// whose cores other processes keep busy, where `low` would leave commits little time).
+    Normal,
+}
+
 /// The `[storage]` table.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -108,6 +122,8 @@ pub struct StorageConfig {
     pub min_free_bytes: u64,
     /// The store's page cache, MiB: the memory it may keep of the file.
     pub cache_mib: u64,
+    /// The committer thread's scheduling priority.
+    pub commit_priority: CommitPriority,
 }
 
 impl Default for StorageConfig {
@@ -120,6 +136,7 @@ impl Default for StorageConfig {
             on_store_unavailable: OnStoreUnavailable::Refuse,
             min_free_bytes: 64 << 20,
             cache_mib: 32,
+            commit_priority: CommitPriority::Low,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod notify;
 pub mod passwd;
 pub mod plugin;
+mod priority;
 mod proxy_protocol;
 pub mod quic;
 mod reload;

@@ -23,7 +23,7 @@ use starling_broker::{Broker, Wake};
 use starling_store::{Op, RedbStore, Snapshot, Store, StoreError};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, Durability, OnStoreUnavailable, bounds};
+use crate::config::{CommitPriority, Config, Durability, OnStoreUnavailable, bounds};
 
 /// How long the committer waits for work before checking for shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
@@ -87,6 +87,7 @@ pub struct Opened {
     interval: Duration,
     on_unavailable: OnStoreUnavailable,
     min_free: u64,
+    priority: CommitPriority,
 }
 
 impl Opened {
@@ -146,6 +147,7 @@ pub fn open(config: &Config) -> anyhow::Result<Option<Opened>> {
         interval: commit_interval(config.storage.commit_interval_ms),
         on_unavailable: config.storage.on_store_unavailable,
         min_free: config.storage.min_free_bytes,
+        priority: config.storage.commit_priority,
     }))
 }
 
@@ -182,6 +184,7 @@ pub fn with_store(
         interval: Duration::from_millis(100),
         on_unavailable: OnStoreUnavailable::Refuse,
         min_free: 0,
+        priority: CommitPriority::default(),
     })
 }
 
@@ -235,6 +238,7 @@ pub fn attach(broker: Broker, opened: Opened) -> anyhow::Result<(Arc<Broker>, Co
     let (mode, interval) = (opened.mode, opened.interval);
     let on_unavailable = opened.on_unavailable;
     let min_free = opened.min_free;
+    let priority = opened.priority;
     broker.metrics.store_available.set(1);
     let thread = std::thread::Builder::new()
         .name("starling-commit".into())
@@ -242,6 +246,7 @@ pub fn attach(broker: Broker, opened: Opened) -> anyhow::Result<(Arc<Broker>, Co
             let journal = journal.clone();
             let broker = broker.clone();
             move || {
+                crate::priority::set_commit_priority(priority);
                 let mut c = Commits {
                     store: &*store,
                     journal: &journal,

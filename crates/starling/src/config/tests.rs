@@ -30,6 +30,7 @@ fn full_file() {
         [storage]
         durability = "periodic"
         commit_interval_ms = 50
+        commit_priority = "normal"
         "#,
     )
     .unwrap();
@@ -49,6 +50,20 @@ fn full_file() {
         Config::parse("[storage]\ndurability = \"fast\"").unwrap_err()
     );
     assert!(e.contains("durability"), "{e}");
+    assert_eq!(c.storage.commit_priority, CommitPriority::Normal);
+    assert_eq!(
+        Config::default().storage.commit_priority,
+        CommitPriority::Low
+    );
+    let e = format!(
+        "{:#}",
+        Config::parse(
+            "[storage]
+commit_priority = \"idle\""
+        )
+        .unwrap_err()
+    );
+    assert!(e.contains("commit_priority"), "{e}");
     assert_eq!(
         c.limits.queue_full_policy,
         starling_broker::QueueFullPolicy::RefuseNewest

@@ -1,0 +1,84 @@
+//! The scheduling priority of the committer thread (`[storage] commit_priority`). The thread
+//! that writes to the store and the threads that serve clients share the machine's cores; at
+//! `low` the committer runs at the lowest nice value, so that a client's message never waits
+//! behind a commit for a core (the kernel preempts the committer when a client thread wakes),
+//! while commits still get the time the client threads leave (`bench/RESULTS.md`, "Mixed
+//! load", for the measurement).
+
+use tracing::warn;
+
+use crate::config::CommitPriority;
+
+/// The nice value of the committer at `low`: the lowest priority a normal thread can have.
+const LOW_NICE: i32 = 19;
+
+/// Sets the calling thread's priority; a failure is logged, and the thread runs on at the
+/// priority it had.
+pub(crate) fn set_commit_priority(priority: CommitPriority) {
+    match priority {
+        CommitPriority::Normal => {}
+        CommitPriority::Low => {
+            if let Err(e) = lower_this_thread(LOW_NICE) {
+                warn!(error = %e, "cannot lower the committer thread's priority; it runs at the broker's");
+            }
+        }
+    }
+}
+
+/// Sets the nice value of the calling thread only (on Linux, `setpriority` with `PRIO_PROCESS`
+/// and id 0 applies to the calling thread, not to the whole process). Raising the nice value
+/// needs no privilege. Elsewhere: nothing.
+#[allow(unsafe_code)]
+fn lower_this_thread(nice: i32) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `setpriority` takes plain integers and touches no memory of ours.
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+    Ok(())
+}
+
+#[cfg(test)]
+#[cfg(target_os = "linux")]
+mod tests {
+    use super::*;
+
+    /// The nice value of a thread, from `/proc/thread-self/stat` (field 19).
+    fn nice_of_this_thread() -> Option<i32> {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+        // The command name, in parentheses, may hold spaces: fields are counted after it.
+        let rest = stat.get(stat.rfind(')')? + 2..)?;
+        rest.split_whitespace().nth(16)?.parse().ok()
+    }
+
+    #[test]
+    fn low_lowers_only_the_calling_thread() {
+        let before = nice_of_this_thread().unwrap_or_default();
+        let lowered = std::thread::spawn(|| {
+            set_commit_priority(CommitPriority::Low);
+            nice_of_this_thread()
+        })
+        .join()
+        .ok()
+        .flatten();
+        assert_eq!(lowered, Some(LOW_NICE));
+        assert_eq!(
+            nice_of_this_thread(),
+            Some(before),
+            "the other threads keep theirs"
+        );
+        let normal = std::thread::spawn(|| {
+            set_commit_priority(CommitPriority::Normal);
+            nice_of_this_thread()
+        })
+        .join()
+        .ok()
+        .flatten();
+        assert_eq!(normal, Some(before));
+    }
+}
