@@ -56,29 +56,26 @@ mod tests {
         rest.split_whitespace().nth(16)?.parse().ok()
     }
 
-    #[test]
-    fn low_lowers_only_the_calling_thread() {
-        let before = nice_of_this_thread().unwrap_or_default();
-        let lowered = std::thread::spawn(|| {
-            set_commit_priority(CommitPriority::Low);
+    /// The nice value a new thread has after `set_commit_priority(priority)`.
+    fn nice_after(priority: CommitPriority) -> Option<i32> {
+        std::thread::spawn(move || {
+            set_commit_priority(priority);
             nice_of_this_thread()
         })
         .join()
         .ok()
-        .flatten();
-        assert_eq!(lowered, Some(LOW_NICE));
+        .flatten()
+    }
+
+    #[test]
+    fn low_lowers_only_the_calling_thread() {
+        let before = nice_of_this_thread().unwrap_or_default();
+        assert_eq!(nice_after(CommitPriority::Low), Some(LOW_NICE));
         assert_eq!(
             nice_of_this_thread(),
             Some(before),
             "the other threads keep theirs"
         );
-        let normal = std::thread::spawn(|| {
-            set_commit_priority(CommitPriority::Normal);
-            nice_of_this_thread()
-        })
-        .join()
-        .ok()
-        .flatten();
-        assert_eq!(normal, Some(before));
+        assert_eq!(nice_after(CommitPriority::Normal), Some(before));
     }
 }
