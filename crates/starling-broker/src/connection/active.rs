@@ -62,11 +62,9 @@ pub(super) struct Active {
     /// ACL denials of this connection logged so far; after [`DENIALS_LOGGED`] they are
     /// counted only (a client looping on a forbidden topic does not flood the log).
     pub(super) denials_logged: u8,
-    /// Deliveries this connection's publishes made since it last gave way
-    /// ([`super::TURN_DELIVERIES`]).
+    /// Deliveries this connection's publishes made since it last gave way; at
+    /// [`super::TURN_DELIVERIES`] input stops until the next `handle_input`.
     pub(super) routed: u32,
-    /// The last `handle_input` stopped because `routed` reached its bound.
-    pub(super) gave_way: bool,
 }
 
 /// A connection's topic aliases.

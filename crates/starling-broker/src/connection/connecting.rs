@@ -443,7 +443,6 @@ fn activate(
         hand_over_asked: false,
         denials_logged: 0,
         routed: 0,
-        gave_way: false,
     })
 }
 

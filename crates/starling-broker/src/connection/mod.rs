@@ -281,11 +281,12 @@ impl Connection {
         self.link.peer
     }
 
-    /// True when the last `handle_input` stopped early because this connection's publishes
-    /// made [`TURN_DELIVERIES`] deliveries: the I/O layer lets other connections run, then
-    /// calls `handle_input` again with what is left in the buffer before it reads more.
+    /// True when this connection's publishes have made [`TURN_DELIVERIES`] deliveries in its
+    /// turn, so that `handle_input` handled no more: the I/O layer lets other connections run,
+    /// then calls `handle_input` again (a new turn) with what is left in the buffer before it
+    /// reads more.
     pub fn gives_way(&self) -> bool {
-        matches!(&self.state, State::Active(a) if a.gave_way)
+        matches!(&self.state, State::Active(a) if a.routed >= TURN_DELIVERIES)
     }
 
     /// True once CONNECT was accepted (and until the connection closes).
@@ -336,8 +337,11 @@ impl Connection {
     /// (`wants_input` is then false until `poll_timeout`), when the connection closes, or
     /// when its publishes have made a turn's worth of deliveries (`gives_way`).
     pub fn handle_input(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut) {
-        if let State::Active(a) = &mut self.state {
-            a.gave_way = false;
+        // A connection that gave way starts a new turn.
+        if let State::Active(a) = &mut self.state
+            && a.routed >= TURN_DELIVERIES
+        {
+            a.routed = 0;
         }
         self.input(broker, now, buf, true);
     }
@@ -356,8 +360,6 @@ impl Connection {
                     if throttle && a.routed >= TURN_DELIVERIES {
                         // The rest after the others had their turn (a single message's
                         // fan-out is never split).
-                        a.routed = 0;
-                        a.gave_way = true;
                         return;
                     }
                     if throttle && a.throttled(broker, now) {

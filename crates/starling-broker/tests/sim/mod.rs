@@ -315,9 +315,7 @@ impl Sim {
 
     /// Sends bytes from a client, then settles.
     pub fn send_raw(&mut self, c: C, bytes: &[u8]) {
-        let client = &mut self.clients[c.0];
-        assert!(!client.gone, "client {c:?} sends on a closed connection");
-        client.to_broker.extend_from_slice(bytes);
+        self.queue_raw(c, bytes);
         self.settle();
     }
 
