@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Turns the JSON lines of bench/mixed.sh into a Markdown table: per broker, the median over
 rounds of the steady stream's latency percentiles, its delivery ratio (worst round), the
-broker's CPU, its largest RSS, and what it wrote to storage.
+broker's CPU, its largest RSS, what it wrote to storage, and the load generator's own CPU for
+the same traffic: a machine reading for the run (about 0.15 of a core when the host is quiet;
+when it is loud, every process needs more CPU for the same work and every tail grows).
 
     python3 bench/mixed-report.py mixed.jsonl
 """
@@ -33,8 +35,8 @@ def main(path):
                 order.append(name)
             runs.setdefault(name, []).append(d)
     print("| broker | rounds | steady p50 / p99 / p99.9 (ms) | delivery ratio (worst) | lost "
-          "| broker CPU | RSS max (MB) | written (MiB) | churn episodes/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| broker CPU | RSS max (MB) | written (MiB) | churn episodes/s | generator CPU |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in order:
         rs = runs[name]
         lat = lambda q: median([r["steady"]["latency_ms"][q] for r in rs])
@@ -44,9 +46,10 @@ def main(path):
         rss = median([r["broker_rss_mib"]["max"] for r in rs])
         written = median([r["broker_written_mib"] for r in rs])
         eps = median([r["churn"]["episodes_per_s"] for r in rs])
+        gen = median([r.get("gen_cpu_util") for r in rs])
         print(f"| {name} | {len(rs)} | {fmt(lat('p50'), 2)} / {fmt(lat('p99'), 2)} / "
               f"{fmt(lat('p999'), 2)} | {ratio:.4f} | {lost} | {fmt(cpu, 2)} | {fmt(rss)} | "
-              f"{fmt(written)} | {fmt(eps)} |")
+              f"{fmt(written)} | {fmt(eps)} | {fmt(gen, 2)} |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ mod deletes;
 pub mod faulty;
 pub mod memory;
 mod numbers;
+mod pace;
 pub mod record;
 pub mod redb_store;
 

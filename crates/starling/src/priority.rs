@@ -1,9 +1,12 @@
 //! The scheduling priority of the committer thread (`[storage] commit_priority`). The thread
 //! that writes to the store and the threads that serve clients share the machine's cores; at
-//! `low` the committer runs at the lowest nice value, so that a client's message never waits
-//! behind a commit for a core (the kernel preempts the committer when a client thread wakes),
-//! while commits still get the time the client threads leave (`bench/RESULTS.md`, "Mixed
-//! load", for the measurement).
+//! `low` the committer runs at the lowest nice value and its transactions give the core back
+//! every few dozen operations, so that a client's message does not wait behind a commit for a
+//! core, while commits still get the time the client threads leave. Both are needed: the
+//! kernel preempts the committer when a client thread wakes, but a client thread that lost the
+//! core to it at a timer tick (the scheduler's fair share) gets it back only at the next tick,
+//! 4 ms later at 250 Hz, unless the committer yields first (`bench/RESULTS.md`, "Mixed load",
+//! for the measurements).
 
 use tracing::warn;
 
@@ -11,6 +14,19 @@ use crate::config::CommitPriority;
 
 /// The nice value of the committer at `low`: the lowest priority a normal thread can have.
 const LOW_NICE: i32 = 19;
+
+/// Operations of a transaction between two yields of the committer at `low` (about a tenth of
+/// a millisecond of work): a client thread that lost the core to it at a timer tick gets it
+/// back within that, not at the next tick.
+const LOW_YIELD_EVERY: usize = 64;
+
+/// How often the committer's transactions give the core back (`RedbStore::set_yield_every`).
+pub(crate) fn yield_every(priority: CommitPriority) -> usize {
+    match priority {
+        CommitPriority::Normal => 0,
+        CommitPriority::Low => LOW_YIELD_EVERY,
+    }
+}
 
 /// Sets the calling thread's priority; a failure is logged, and the thread runs on at the
 /// priority it had.

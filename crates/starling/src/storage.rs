@@ -122,8 +122,9 @@ pub fn open(config: &Config) -> anyhow::Result<Option<Opened>> {
     }
     let cache =
         usize::try_from(config.storage.cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-    let store = RedbStore::open_with_cache(&config.data_dir, cache)
+    let mut store = RedbStore::open_with_cache(&config.data_dir, cache)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    store.set_yield_every(crate::priority::yield_every(config.storage.commit_priority));
     let snapshot = store.load(config.storage.recover).with_context(|| {
         format!(
             "cannot load {} (set storage.recover = true, or pass --recover, to start with what is readable)",
