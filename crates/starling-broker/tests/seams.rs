@@ -107,14 +107,8 @@ fn messages_for_other_nodes_go_to_the_forwarder_once_per_node() {
         }),
     );
     sim.send(p, publish("remote/c", QoS::AtLeastOnce, 3, b"z"));
-    let acks: Vec<ReasonCode> = sim
-        .take(p)
-        .into_iter()
-        .filter_map(|p| match p {
-            Packet::PubAck(a) => Some(a.reason),
-            _ => None,
-        })
-        .collect();
+    let packets = sim.take(p);
+    let acks: Vec<ReasonCode> = pubacks(&packets).iter().map(|a| a.reason).collect();
     assert_eq!(
         acks,
         [ReasonCode::Success; 3],

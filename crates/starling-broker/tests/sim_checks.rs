@@ -258,13 +258,10 @@ fn rules_granted_to_the_session_decide_its_publishes_and_reads() {
     assert_eq!(connack(&sim.take(c)), ReasonCode::Success);
     sim.send(c, publish("devices/d1/up", QoS::AtLeastOnce, 1, b"x"));
     sim.send(c, publish("devices/d2/up", QoS::AtLeastOnce, 2, b"x"));
-    let reasons: Vec<_> = sim
-        .take(c)
-        .into_iter()
-        .filter_map(|p| match p {
-            Packet::PubAck(a) => Some((a.packet_id, a.reason)),
-            _ => None,
-        })
+    let packets = sim.take(c);
+    let reasons: Vec<_> = pubacks(&packets)
+        .iter()
+        .map(|a| (a.packet_id, a.reason))
         .collect();
     assert_eq!(
         reasons,

@@ -14,7 +14,7 @@ mod sim;
 use sim::*;
 use starling_broker::Limits;
 use starling_broker::connection::TURN_DELIVERIES;
-use starling_proto::{Packet, QoS};
+use starling_proto::QoS;
 
 /// Subscribers of the burst's topic.
 const FAN_OUT: usize = 40;
@@ -102,14 +102,8 @@ fn every_message_of_a_qos1_burst_is_acknowledged_in_order() {
     let (mut sim, subscribers, _, flooder, _) = setup(QoS::AtLeastOnce);
     sim.queue_raw(flooder, &burst(QoS::AtLeastOnce));
     sim.settle();
-    let acks: Vec<u16> = sim
-        .take(flooder)
-        .into_iter()
-        .filter_map(|p| match p {
-            Packet::PubAck(a) => Some(a.packet_id),
-            _ => None,
-        })
-        .collect();
+    let packets = sim.take(flooder);
+    let acks: Vec<u16> = pubacks(&packets).iter().map(|a| a.packet_id).collect();
     let expected: Vec<u16> = (1..=u16::try_from(BURST).unwrap()).collect();
     assert_eq!(acks, expected);
     // Each subscriber has a window of inflight messages: acknowledged as they come.

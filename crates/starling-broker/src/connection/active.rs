@@ -89,6 +89,12 @@ pub(super) struct RateLimit {
 pub(super) const DENIALS_LOGGED: u8 = 10;
 
 impl Active {
+    /// Whether this connection's publishes have made a turn's worth of deliveries
+    /// ([`super::TURN_DELIVERIES`]) since it last gave way.
+    pub(super) fn turn_spent(&self) -> bool {
+        self.routed >= super::TURN_DELIVERIES
+    }
+
     /// Logs an ACL denial of a publish or subscribe (the first [`DENIALS_LOGGED`] of the
     /// connection; all are counted in `acl_denied`).
     pub(super) fn log_denial(&mut self, cx: &Cx<'_>, what: &str, topic: &str) {

@@ -286,7 +286,7 @@ impl Connection {
     /// then calls `handle_input` again (a new turn) with what is left in the buffer before it
     /// reads more.
     pub fn gives_way(&self) -> bool {
-        matches!(&self.state, State::Active(a) if a.routed >= TURN_DELIVERIES)
+        matches!(&self.state, State::Active(a) if a.turn_spent())
     }
 
     /// True once CONNECT was accepted (and until the connection closes).
@@ -339,7 +339,7 @@ impl Connection {
     pub fn handle_input(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut) {
         // A connection that gave way starts a new turn.
         if let State::Active(a) = &mut self.state
-            && a.routed >= TURN_DELIVERIES
+            && a.turn_spent()
         {
             a.routed = 0;
         }
@@ -357,7 +357,7 @@ impl Connection {
                 // Left for the session's new owner to read once it is active.
                 State::Closed(_) | State::Waiting(_) => return,
                 State::Active(a) => {
-                    if throttle && a.routed >= TURN_DELIVERIES {
+                    if throttle && a.turn_spent() {
                         // The rest after the others had their turn (a single message's
                         // fan-out is never split).
                         return;

@@ -599,3 +599,14 @@ pub fn publishes(packets: &[Packet]) -> Vec<&Publish> {
         })
         .collect()
 }
+
+/// The PUBACK packets among `packets`.
+pub fn pubacks(packets: &[Packet]) -> Vec<&PubAck> {
+    packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::PubAck(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
