@@ -11,21 +11,26 @@ use std::collections::HashMap;
 
 use redb::{ReadableTable, Table, TableDefinition};
 
+use crate::mix::BuildMix;
 use crate::{MessageRecord, SharedPayload, StoreError};
 
 pub(crate) const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 
-/// References to the bodies in the file.
+/// References to the bodies in the file. Keyed by numbers and addresses no client chooses,
+/// hence the cheap hash.
 #[derive(Debug, Default)]
 pub(crate) struct BodyIndex {
     /// Bodies written since the index was built, by the caller's key and length: a record put
     /// with the same key and length refers to the same body.
-    by_key: HashMap<(u64, usize), u64>,
+    by_key: HashMap<(u64, usize), u64, BuildMix>,
     /// Records referring to each body, and the key it was written under (if since the build).
-    refs: HashMap<u64, (u32, Option<(u64, usize)>)>,
+    refs: HashMap<u64, Refs, BuildMix>,
     /// Number of the next body.
     next: u64,
 }
+
+/// Records referring to a body, and the key it was written under (if since the build).
+type Refs = (u32, Option<(u64, usize)>);
 
 /// A write error of redb, as the caller maps it.
 pub(crate) type WriteResult<T> = Result<T, redb::StorageError>;

@@ -14,11 +14,12 @@ use std::collections::{BTreeSet, HashMap};
 use redb::Table;
 
 use crate::bodies::{BodyIndex, WriteResult, body_of};
+use crate::mix::BuildMix;
 use crate::pace::Pace;
 
 /// Sequences to delete, by session number.
 #[derive(Debug, Default)]
-pub(crate) struct Doomed(HashMap<u64, BTreeSet<u64>>);
+pub(crate) struct Doomed(HashMap<u64, BTreeSet<u64>, BuildMix>);
 
 /// The tables and index a deletion changes.
 pub(crate) struct Tables<'a, 't> {

@@ -108,8 +108,12 @@ pub struct MessageRecord {
 struct Writer(Vec<u8>);
 
 impl Writer {
-    fn new() -> Self {
-        Self(vec![RECORD_FORMAT])
+    /// A record of about `size` bytes (sized once: a record holds a whole packet, which
+    /// growing by doubling would copy several times).
+    fn with_capacity(size: usize) -> Self {
+        let mut v = Vec::with_capacity(size.saturating_add(1));
+        v.push(RECORD_FORMAT);
+        Self(v)
     }
     fn u8(&mut self, v: u8) {
         self.0.push(v);
@@ -201,7 +205,7 @@ impl<'a> Reader<'a> {
 impl SessionRecord {
     /// Encodes the record.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
+        let mut w = Writer::with_capacity(64);
         w.u8(self.protocol);
         w.u32(self.expiry_secs);
         w.opt_u64(self.disconnected_at_ms);
@@ -274,14 +278,28 @@ impl MessageRecord {
     /// that number (the store keeps the bytes under it, once for every record that refers to
     /// it).
     pub fn encode_stored(&self, body: Option<u64>) -> Vec<u8> {
-        let mut w = Writer::new();
+        // The packet's length, the trailer (expiry, phase, packet id, body: at most 22 bytes).
+        const FRAME: usize = 4 + 22;
         match (&self.payload, body) {
             (Some(p), None) => {
-                let whole = [self.packet.as_slice(), &p.bytes].concat();
-                w.bytes(&whole);
+                let len = self.packet.len().saturating_add(p.bytes.len());
+                let mut w = Writer::with_capacity(len.saturating_add(FRAME));
+                // Lengths are u32, as in `Writer::bytes`.
+                w.u32(u32::try_from(len).unwrap_or(u32::MAX));
+                w.0.extend_from_slice(&self.packet);
+                w.0.extend_from_slice(&p.bytes);
+                self.trailer(w, body)
             }
-            _ => w.bytes(&self.packet),
+            _ => {
+                let mut w = Writer::with_capacity(self.packet.len().saturating_add(FRAME));
+                w.bytes(&self.packet);
+                self.trailer(w, body)
+            }
         }
+    }
+
+    /// Ends a record after its packet.
+    fn trailer(&self, mut w: Writer, body: Option<u64>) -> Vec<u8> {
         w.opt_u64(self.expires_at_ms);
         w.u8(match self.phase {
             MessagePhase::Queued => 0,
