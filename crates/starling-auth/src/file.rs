@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::acl::{AclFile, Check};
 use crate::error::AuthError;
+use crate::hashing::HashPool;
 use crate::password::PasswordFile;
 use crate::{
     AclBackend, Action, Answer, AuthBackend, AuthChain, AuthDecision, Authenticator, Authorizer,
@@ -148,26 +149,33 @@ impl AuthBackend for PasswordAuthenticator {
     fn kind(&self) -> &'static str {
         "password_file"
     }
+    /// The hash runs on the shared [`HashPool`]: the answer comes later, or at once "busy"
+    /// when the pool's queue is full.
     fn authenticate(&self, info: &ConnectInfo<'_>) -> Answer<Verdict> {
-        Answer::Now(self.verdict(info))
+        let Some(user) = info.username else {
+            return Answer::Now(Verdict::Pass);
+        };
+        let file = self.file.load_full();
+        let user = user.to_owned();
+        let password = info.password.map(<[u8]>::to_vec);
+        let check = move || verdict(&file, &user, password.as_deref());
+        match HashPool::shared().run(check, Verdict::Deny(DenyReason::Busy)) {
+            Some(later) => Answer::Later(later),
+            None => Answer::Now(Verdict::Deny(DenyReason::Busy)),
+        }
     }
 }
 
-impl PasswordAuthenticator {
-    fn verdict(&self, info: &ConnectInfo<'_>) -> Verdict {
-        let Some(user) = info.username else {
-            return Verdict::Pass;
-        };
-        let file = self.file.load();
-        // One hash either way: the answer's timing does not tell whether the user exists.
-        let right = file.verify(user, info.password.unwrap_or_default()) && info.password.is_some();
-        if right {
-            Verdict::Allow(Grant::user(Some(user.to_owned())))
-        } else if file.hash(user).is_some() {
-            Verdict::Deny(DenyReason::BadUserNameOrPassword)
-        } else {
-            Verdict::Pass
-        }
+/// The password file's verdict on `user` with `password`: one hash either way, so that the
+/// answer's timing does not tell whether the user exists.
+fn verdict(file: &PasswordFile, user: &str, password: Option<&[u8]>) -> Verdict {
+    let right = file.verify(user, password.unwrap_or_default()) && password.is_some();
+    if right {
+        Verdict::Allow(Grant::user(Some(user.to_owned())))
+    } else if file.hash(user).is_some() {
+        Verdict::Deny(DenyReason::BadUserNameOrPassword)
+    } else {
+        Verdict::Pass
     }
 }
 
@@ -214,28 +222,31 @@ pub struct StandardAuthenticator {
 
 impl Authenticator for StandardAuthenticator {
     fn authenticate(&self, info: &ConnectInfo<'_>) -> Answer<AuthDecision> {
+        // The chain's rule for a client nobody claims, with the same backends (cheap, so
+        // decided now, before a password check that may answer later).
+        let backends: Vec<Arc<dyn AuthBackend>> = match &self.passwords {
+            Some(p) => vec![p.clone()],
+            None => Vec::new(),
+        };
+        let unclaimed = AuthChain::new(backends, self.allow_anonymous).last_word(info);
         let verdict = if self.identity_as_username {
-            CertificateBackend { required: true }.verdict_now(info)
+            Answer::Now(CertificateBackend { required: true }.verdict_now(info))
         } else {
-            self.passwords
-                .as_ref()
-                .map_or(Verdict::Pass, |p| p.verdict(info))
-        };
-        let verdict = match verdict {
-            Verdict::Pass => {
-                // The chain's rule for a client nobody claimed, with the same backends.
-                let backends: Vec<Arc<dyn AuthBackend>> = match &self.passwords {
-                    Some(p) => vec![p.clone()],
-                    None => Vec::new(),
-                };
-                AuthChain::new(backends, self.allow_anonymous).last_word(info)
+            match &self.passwords {
+                Some(p) => p.authenticate(info),
+                None => Answer::Now(Verdict::Pass),
             }
-            v => v,
         };
-        Answer::Now(match verdict {
-            Verdict::Allow(g) => AuthDecision::Allow(g),
-            Verdict::Deny(r) => AuthDecision::Deny(r),
-            Verdict::Pass => AuthDecision::Deny(DenyReason::NotAuthorized),
+        verdict.map(move |v| {
+            let v = match v {
+                Verdict::Pass => unclaimed,
+                v => v,
+            };
+            match v {
+                Verdict::Allow(g) => AuthDecision::Allow(g),
+                Verdict::Deny(r) => AuthDecision::Deny(r),
+                Verdict::Pass => AuthDecision::Deny(DenyReason::NotAuthorized),
+            }
         })
     }
 }
@@ -270,7 +281,7 @@ mod tests {
         fn auth(&self, info: &ConnectInfo<'_>) -> AuthDecision {
             match self.authenticate(info) {
                 Answer::Now(d) => d,
-                Answer::Later(_) => panic!("the files answer at once"),
+                Answer::Later(f) => crate::hashing::block_on(f),
             }
         }
     }
@@ -307,6 +318,16 @@ mod tests {
         let allow = |u: &str| AuthDecision::Allow(Grant::user(Some(u.to_owned())));
         let bad = AuthDecision::Deny(DenyReason::BadUserNameOrPassword);
         let not = AuthDecision::Deny(DenyReason::NotAuthorized);
+        // A password is checked on the hashing pool, not on the caller's thread; a client
+        // without a username needs no hash.
+        assert!(matches!(
+            closed.authenticate(&info(Some("alice"), Some(b"pw"))),
+            Answer::Later(_)
+        ));
+        assert!(matches!(
+            closed.authenticate(&info(None, None)),
+            Answer::Now(_)
+        ));
         assert_eq!(
             closed.auth(&info(Some("alice"), Some(b"pw"))),
             allow("alice")

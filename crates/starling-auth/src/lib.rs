@@ -33,6 +33,7 @@ pub mod chain;
 pub mod enhanced;
 mod error;
 pub mod file;
+pub mod hashing;
 pub mod jwt;
 pub mod password;
 pub mod scram;
@@ -48,6 +49,7 @@ pub use chain::{
 pub use enhanced::{AuthExchange, AuthStep, EnhancedAuth, ExchangeInfo};
 pub use error::{AuthError, ParseError};
 pub use file::{AclAuthorizer, CertificateBackend, PasswordAuthenticator, StandardAuthenticator};
+pub use hashing::HashPool;
 pub use password::PasswordFile;
 pub use scram::ScramSha256;
 
@@ -79,6 +81,9 @@ pub enum DenyReason {
     /// Anonymous where anonymous is not allowed, or no usable identity: v5 CONNACK 0x87,
     /// 3.1.1 return code 5.
     NotAuthorized,
+    /// The check could not be made now (the password hashing queue is full): v5 CONNACK
+    /// 0x89 Server busy, 3.1.1 return code 3 (Server unavailable). The client may try again.
+    Busy,
 }
 
 /// An [`Authenticator`]'s answer.
@@ -93,8 +98,8 @@ pub enum AuthDecision {
 }
 
 /// Decides whether a client may connect. Called once per CONNECT on the connection's task;
-/// an answer that needs I/O comes [`Answer::Later`]. Implementations that are slow by design
-/// (password hashing) are expected to be bounded by the caller's connection rate limits.
+/// an answer that needs I/O, or slow work such as a password hash, comes [`Answer::Later`]
+/// (hashes run on the [`HashPool`]), so that the connection's thread keeps serving others.
 pub trait Authenticator: Send + Sync + fmt::Debug {
     /// Checks a connecting client.
     fn authenticate(&self, info: &ConnectInfo<'_>) -> Answer<AuthDecision>;

@@ -152,6 +152,23 @@ fn a_refusal_that_comes_later_refuses_the_connect() {
 }
 
 #[test]
+fn a_check_that_could_not_be_made_is_server_busy() {
+    // The password hashing queue was full: the client may come back.
+    for (version, code, note) in [
+        (V5, ReasonCode::ServerBusy, "v5 0x89"),
+        (V311, ReasonCode::ServerUnavailable, "3.1.1 return code 3"),
+    ] {
+        let mut sim = Sim::new(Limits::default());
+        let auth = Arc::new(LaterAuth::default());
+        let c = sim.connect_to(listener(auth.clone(), None), connect(version, "dev"));
+        *auth.answer.lock().unwrap() = Some(AuthDecision::Deny(DenyReason::Busy));
+        sim.resolve_check(c);
+        assert_eq!(connack(&sim.take(c)), code, "{note}");
+        assert!(sim.is_gone(c));
+    }
+}
+
+#[test]
 fn a_connect_still_waiting_at_the_connect_timeout_is_closed() {
     let mut sim = Sim::new(Limits {
         connect_timeout_secs: 5,

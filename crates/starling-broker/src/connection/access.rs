@@ -451,7 +451,8 @@ impl Cx<'_> {
     }
 
     /// Refuses a client that failed authentication (v5 0x86 / 0x87, 3.x return code 4 / 5),
-    /// counted and logged; the CONNACK is in the output.
+    /// or whose check could not be made now (v5 0x89, 3.x return code 3), counted and
+    /// logged; the CONNACK is in the output.
     pub(super) fn refuse_authentication(
         &mut self,
         c: &Connect,
@@ -464,6 +465,10 @@ impl Cx<'_> {
                 "bad user name or password",
             ),
             DenyReason::NotAuthorized => (ReasonCode::NotAuthorized, "not authorized"),
+            DenyReason::Busy => (
+                ReasonCode::ServerBusy,
+                "server busy: password checks queued at their bound",
+            ),
         };
         self.refuse_auth_with(c, client_id, reason, detail)
     }

@@ -271,13 +271,21 @@ impl Active {
             AuthStep::Fail(reason) => {
                 session.reauth = None;
                 // DISCONNECT has no 0x86 (spec 3.14.2.1): a failed re-authentication is 0x87.
-                let detail = match reason {
-                    DenyReason::BadUserNameOrPassword => {
-                        "re-authentication failed: bad user name or password"
-                    }
-                    DenyReason::NotAuthorized => "re-authentication failed: not authorized",
+                let (code, detail) = match reason {
+                    DenyReason::BadUserNameOrPassword => (
+                        ReasonCode::NotAuthorized,
+                        "re-authentication failed: bad user name or password",
+                    ),
+                    DenyReason::NotAuthorized => (
+                        ReasonCode::NotAuthorized,
+                        "re-authentication failed: not authorized",
+                    ),
+                    DenyReason::Busy => (
+                        ReasonCode::ServerBusy,
+                        "re-authentication not checked: server busy",
+                    ),
                 };
-                ReauthOutcome::Refused(ReasonCode::NotAuthorized, detail)
+                ReauthOutcome::Refused(code, detail)
             }
         };
         match outcome {

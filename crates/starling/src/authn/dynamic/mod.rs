@@ -32,7 +32,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use starling_auth::{
-    AclBackend, Action, Answer, AuthBackend, Client, ConnectInfo, DenyReason, Grant, Verdict,
+    AclBackend, Action, Answer, AuthBackend, Client, ConnectInfo, DenyReason, Grant, HashPool,
+    Verdict,
 };
 use starling_broker::persist::Journal;
 use tokio::sync::Mutex;
@@ -244,27 +245,34 @@ impl AuthBackend for DynamicSecurity {
         if user.key {
             return Answer::Now(Verdict::Deny(DenyReason::BadUserNameOrPassword));
         }
-        if let Some(hash) = &user.hash {
-            let ok = info.password.is_some_and(|p| hash.verify(p));
-            if !ok {
-                return Answer::Now(Verdict::Deny(DenyReason::BadUserNameOrPassword));
-            }
-        }
-        if user.disabled {
-            return Answer::Now(Verdict::Deny(DenyReason::NotAuthorized));
-        }
-        if user
-            .client_id
-            .as_deref()
-            .is_some_and(|id| id != info.client_id)
+        // The answer once the password (if this backend holds one) is right.
+        let after = if user.disabled
+            || user
+                .client_id
+                .as_deref()
+                .is_some_and(|id| id != info.client_id)
         {
-            return Answer::Now(Verdict::Deny(DenyReason::NotAuthorized));
-        }
-        if user.hash.is_none() {
+            Verdict::Deny(DenyReason::NotAuthorized)
+        } else if user.hash.is_none() {
             // Authorized here, authenticated elsewhere (a certificate, a token).
-            return Answer::Now(Verdict::Pass);
+            Verdict::Pass
+        } else {
+            Verdict::Allow(Grant::user(Some(username.to_owned())))
+        };
+        let Some(hash) = user.hash.clone() else {
+            return Answer::Now(after);
+        };
+        // The hash runs on the hashing pool, off the connection's thread.
+        let password = info.password.map(<[u8]>::to_vec);
+        let check = move || match password.is_some_and(|p| hash.verify(&p)) {
+            true => after,
+            false => Verdict::Deny(DenyReason::BadUserNameOrPassword),
+        };
+        let busy = Verdict::Deny(DenyReason::Busy);
+        match HashPool::shared().run(check, busy.clone()) {
+            Some(later) => Answer::Later(later),
+            None => Answer::Now(busy),
         }
-        Answer::Now(Verdict::Allow(Grant::user(Some(username.to_owned()))))
     }
 }
 

@@ -320,7 +320,11 @@ pub(super) fn connect(
     };
     match d.authenticate(&info) {
         Answer::Now(v) => v,
-        Answer::Later(_) => panic!("dynamic security answers at once"),
+        // A password hash, answered by the hashing pool.
+        Answer::Later(f) => tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f),
     }
 }
 
