@@ -150,12 +150,18 @@ impl AuthBackend for PasswordAuthenticator {
         "password_file"
     }
     /// The hash runs on the shared [`HashPool`]: the answer comes later, or at once "busy"
-    /// when the pool's queue is full.
+    /// when the pool's queue is full. A cheap hash ([`PasswordHash::is_cheap`]) is checked
+    /// at once.
+    ///
+    /// [`PasswordHash::is_cheap`]: crate::password::PasswordHash::is_cheap
     fn authenticate(&self, info: &ConnectInfo<'_>) -> Answer<Verdict> {
         let Some(user) = info.username else {
             return Answer::Now(Verdict::Pass);
         };
         let file = self.file.load_full();
+        if file.hash(user).is_some_and(|h| h.is_cheap()) {
+            return Answer::Now(verdict(&file, user, info.password));
+        }
         let user = user.to_owned();
         let password = info.password.map(<[u8]>::to_vec);
         let check = move || verdict(&file, &user, password.as_deref());
@@ -318,15 +324,19 @@ mod tests {
         let allow = |u: &str| AuthDecision::Allow(Grant::user(Some(u.to_owned())));
         let bad = AuthDecision::Deny(DenyReason::BadUserNameOrPassword);
         let not = AuthDecision::Deny(DenyReason::NotAuthorized);
-        // A password is checked on the hashing pool, not on the caller's thread; a client
-        // without a username needs no hash.
+        // A cheap hash (10 iterations here) is checked at once, and so is a client without a
+        // username; an unknown user costs the dummy argon2id hash, on the hashing pool.
         assert!(matches!(
             closed.authenticate(&info(Some("alice"), Some(b"pw"))),
-            Answer::Later(_)
+            Answer::Now(_)
         ));
         assert!(matches!(
             closed.authenticate(&info(None, None)),
             Answer::Now(_)
+        ));
+        assert!(matches!(
+            closed.authenticate(&info(Some("bob"), Some(b"pw"))),
+            Answer::Later(_)
         ));
         assert_eq!(
             closed.auth(&info(Some("alice"), Some(b"pw"))),
@@ -367,6 +377,40 @@ mod tests {
         i.certificate_identity = Some("device-7");
         assert_eq!(cert.auth(&i), allow("device-7"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_slow_hash_is_checked_on_the_pool() {
+        let dir = temp("slow");
+        let path = dir.join("passwd");
+        let mut f = PasswordFile::default();
+        f.set(
+            "carol",
+            PasswordHash::new(b"pw", HashKind::Argon2id).unwrap(),
+        )
+        .unwrap();
+        f.save(&path).unwrap();
+        let std = StandardAuthenticator {
+            allow_anonymous: false,
+            passwords: Some(Arc::new(PasswordAuthenticator::load(&path).unwrap())),
+            identity_as_username: false,
+        };
+        for (pw, expected) in [
+            (
+                &b"pw"[..],
+                AuthDecision::Allow(Grant::user(Some("carol".into()))),
+            ),
+            (
+                &b"no"[..],
+                AuthDecision::Deny(DenyReason::BadUserNameOrPassword),
+            ),
+        ] {
+            match std.authenticate(&info(Some("carol"), Some(pw))) {
+                Answer::Later(f) => assert_eq!(crate::hashing::block_on(f), expected),
+                Answer::Now(d) => panic!("argon2id checked on the caller's thread: {d:?}"),
+            }
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -36,6 +36,10 @@ use crate::scram::{self, ScramCredentials};
 /// Most PBKDF2 iterations accepted in a `$7$` hash: more would stall the broker on every
 /// CONNECT (mosquitto uses 101 or 1000).
 pub const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
+
+/// PBKDF2-SHA512 iterations up to which a check is cheap (about 0.1 ms here): see
+/// [`PasswordHash::is_cheap`].
+pub const CHEAP_PBKDF2_ITERATIONS: u32 = 200;
 /// Most argon2 memory accepted in a hash, KiB (1 GiB).
 pub const MAX_ARGON2_MEMORY_KIB: u32 = 1 << 20;
 /// argon2id memory cost of new hashes, KiB.
@@ -244,6 +248,18 @@ impl PasswordHash {
             HashKind::ScramSha256 { iterations } => {
                 ScramCredentials::generate(password, iterations).map(Self::ScramSha256)
             }
+        }
+    }
+
+    /// Whether checking a password against this hash costs no more than the rest of a
+    /// CONNECT (under about 0.1 ms): a single SHA-512 (`$6$`), or PBKDF2-SHA512 with at most
+    /// [`CHEAP_PBKDF2_ITERATIONS`] (mosquitto_passwd's default is 101). Such a check is made
+    /// at once, where a thread hop would cost more than the hash.
+    pub fn is_cheap(&self) -> bool {
+        match self {
+            Self::Sha512 { .. } => true,
+            Self::Pbkdf2Sha512 { iterations, .. } => *iterations <= CHEAP_PBKDF2_ITERATIONS,
+            Self::Argon2id(_) | Self::ScramSha256(_) => false,
         }
     }
 

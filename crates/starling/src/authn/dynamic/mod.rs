@@ -262,7 +262,13 @@ impl AuthBackend for DynamicSecurity {
         let Some(hash) = user.hash.clone() else {
             return Answer::Now(after);
         };
-        // The hash runs on the hashing pool, off the connection's thread.
+        // The hash runs on the hashing pool, off the connection's thread (a cheap one now).
+        if hash.is_cheap() {
+            return Answer::Now(match info.password.is_some_and(|p| hash.verify(p)) {
+                true => after,
+                false => Verdict::Deny(DenyReason::BadUserNameOrPassword),
+            });
+        }
         let password = info.password.map(<[u8]>::to_vec);
         let check = move || match password.is_some_and(|p| hash.verify(&p)) {
             true => after,
