@@ -227,10 +227,7 @@ fn tcp_connection(
         unix_uid: None,
     };
     let client = Client::new(Some(peer), Instant::now(), rt.access.clone(), info);
-    let options = StreamOptions {
-        flush: false,
-        slow_connect: rt.slow_connect,
-    };
+    let options = StreamOptions { flush: false };
     let (rd, wr) = stream.into_split();
     crate::connection::serve(
         rd,
@@ -281,7 +278,6 @@ async fn handle(
     };
     let options = StreamOptions {
         flush: rt.protocol != Protocol::Tcp,
-        slow_connect: rt.slow_connect,
     };
     let conn = |info: PeerInfo| Client::new(info.addr, opened, rt.access.clone(), info);
     // The address a trusted proxy's WebSocket headers forward, admitted; `None`: refused.

@@ -122,9 +122,6 @@ impl Stop {
 pub struct StreamOptions {
     /// The writer buffers (TLS, WebSocket): flush after the output is written.
     pub flush: bool,
-    /// CONNECT may take long to check (password hashing): handle it with
-    /// `block_in_place` so other connections on this worker thread are not held up.
-    pub slow_connect: bool,
 }
 
 /// A connection ready to be served: the protocol machine and the waker it was made with.
@@ -221,9 +218,6 @@ where
             tokio::pin!(stopped);
             // Stopped before this connection started waiting.
             let stopped_early = stop.arm(stopped.as_mut());
-            let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread;
-            let block_for_connect = options.slow_connect && multi_thread;
             // Written but not yet flushed (buffering writers only).
             let mut unflushed = false;
             // Idle connections hold no buffer: both are allocated on demand and released when empty.
@@ -303,8 +297,7 @@ where
                 now = Instant::now();
                 let was_read = matches!(turn, Turn::Read);
                 if was_read {
-                    let slow = block_for_connect && !g.conn.is_active();
-                    handle_read(&mut g.conn, broker, now, &mut rbuf, slow);
+                    handle_read(&mut g.conn, broker, now, &mut rbuf);
                 }
                 // Neither the transport gone nor the broker stopping: the connection ended.
                 let by_broker = matches!(turn, Turn::Go | Turn::Read | Turn::Timer | Turn::Resume);
@@ -415,15 +408,9 @@ fn written(
     }
 }
 
-/// Hands what was read to the connection; a CONNECT that may be slow to check (password
-/// hashing) runs in `block_in_place` so other connections on this worker are not held up.
-fn handle_read(
-    conn: &mut Connection,
-    broker: &Broker,
-    now: Instant,
-    rbuf: &mut BytesMut,
-    slow: bool,
-) {
+/// Hands what was read to the connection. A CONNECT whose check is slow (a password hash)
+/// does not wait here: the check answers later (`starling_auth::HashPool`).
+fn handle_read(conn: &mut Connection, broker: &Broker, now: Instant, rbuf: &mut BytesMut) {
     // Before CONNECT: a PROXY header on a listener that expects none. The codec would read
     // it as a packet that may wait for more bytes: closed here at once (nothing is sent).
     if !conn.is_active() && crate::proxy_protocol::looks_like_header(rbuf) {
@@ -434,11 +421,7 @@ fn handle_read(
         conn.handle_connection_lost(broker, now);
         return;
     }
-    if slow {
-        tokio::task::block_in_place(|| conn.handle_input(broker, now, rbuf));
-    } else {
-        conn.handle_input(broker, now, rbuf);
-    }
+    conn.handle_input(broker, now, rbuf);
 }
 
 /// The end of a turn of the connection loop: stop or loss reach the connection, the read

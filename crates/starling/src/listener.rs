@@ -32,8 +32,6 @@ pub(crate) struct ListenerRuntime {
     pub(crate) tls: Option<Arc<TlsListener>>,
     /// WebSocket path (`ws`, `wss`).
     pub(crate) ws_path: String,
-    /// CONNECT checks a password file (slow by design).
-    pub(crate) slow_connect: bool,
     /// QUIC: 0-RTT data accepted (`quic_0rtt`).
     pub(crate) quic_0rtt: bool,
     /// This listener's own connection cap, if set.
@@ -193,7 +191,6 @@ fn listener_runtime(
     let authorizer = acl_chain(l, acl_file, backends).with_context(context)?;
     Ok(ListenerRuntime {
         protocol,
-        slow_connect: chain.password_file,
         access: Arc::new(ListenerAccess {
             name,
             authenticator: Arc::new(

@@ -95,7 +95,6 @@ pub(crate) async fn accept_loop(
                     let client = Client::new(None, Instant::now(), rt.access.clone(), info);
                     let options = StreamOptions {
                         flush: false,
-                        slow_connect: rt.slow_connect,
                     };
                     let (rd, wr) = stream.into_split();
                     // Detached: the global permit it holds is how shutdown waits for it.

@@ -157,10 +157,7 @@ impl Bridge {
         let client =
             crate::connection::Client::new(Some(peer), Instant::now(), access, PeerInfo::default());
         let (rd, wr) = tokio::io::split(theirs);
-        let options = StreamOptions {
-            flush: true,
-            slow_connect: false,
-        };
+        let options = StreamOptions { flush: true };
         tokio::spawn(crate::connection::serve(
             rd,
             wr,

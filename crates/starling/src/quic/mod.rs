@@ -341,7 +341,6 @@ async fn connection(
     let options = StreamOptions {
         // quinn sends what is written without a flush.
         flush: false,
-        slow_connect: rt.slow_connect,
     };
     // The task's state is larger than a TCP connection's; boxed, it is one allocation.
     Box::pin(crate::connection::serve(
