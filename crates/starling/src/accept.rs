@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use starling_broker::{Broker, PeerInfo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::config::Protocol;
@@ -118,7 +118,50 @@ pub(crate) fn admit(peer: SocketAddr, broker: &Broker, limiter: &AddressLimiter)
     }
 }
 
-type Permits = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
+/// A connection's permits: one of the global `max_connections` and, on a listener with a
+/// limit of its own, one of the listener's; given back when dropped. Every connection's task
+/// holds this: 16 bytes, where two `OwnedSemaphorePermit`s would be 32.
+#[derive(Debug)]
+pub(crate) struct Permits {
+    global: Arc<Semaphore>,
+    listener: Option<Arc<Semaphore>>,
+}
+
+impl Permits {
+    /// One permit of `global` and one of `listener`, or `None` (counted in
+    /// `connections_refused`) when either is exhausted.
+    pub(crate) fn take(
+        global: &Arc<Semaphore>,
+        listener: Option<&Arc<Semaphore>>,
+        broker: &Broker,
+    ) -> Option<Self> {
+        let Ok(permit) = global.try_acquire() else {
+            broker.metrics.connections_refused.inc();
+            return None;
+        };
+        if let Some(l) = listener {
+            let Ok(p) = l.try_acquire() else {
+                broker.metrics.connections_refused.inc();
+                return None;
+            };
+            p.forget();
+        }
+        permit.forget();
+        Some(Self {
+            global: global.clone(),
+            listener: listener.cloned(),
+        })
+    }
+}
+
+impl Drop for Permits {
+    fn drop(&mut self) {
+        self.global.add_permits(1);
+        if let Some(l) = &self.listener {
+            l.add_permits(1);
+        }
+    }
+}
 
 /// The global and the listener's connection permits, or `None` (counted) when either is
 /// exhausted.
@@ -127,21 +170,7 @@ pub(crate) fn take_permits(
     rt: &ListenerRuntime,
     broker: &Broker,
 ) -> Option<Permits> {
-    let Ok(permit) = permits.clone().try_acquire_owned() else {
-        broker.metrics.connections_refused.inc();
-        return None;
-    };
-    let listener_permit = match &rt.permits {
-        Some(p) => match p.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                broker.metrics.connections_refused.inc();
-                return None;
-            }
-        },
-        None => None,
-    };
-    Some((permit, listener_permit))
+    Permits::take(permits, rt.permits.as_ref(), broker)
 }
 
 /// A connection from a trusted proxy: its PROXY header (if the listener requires one) gives
@@ -226,18 +255,10 @@ fn tcp_connection(
         certificate_identity: identity,
         unix_uid: None,
     };
-    let client = Client::new(Some(peer), Instant::now(), rt.access.clone(), info);
+    let client = Client::new(Some(peer), Instant::now(), rt.access.clone(), info, stop);
     let options = StreamOptions { flush: false };
     let (rd, wr) = stream.into_split();
-    crate::connection::serve(
-        rd,
-        wr,
-        client,
-        broker.clone(),
-        options,
-        stop.clone(),
-        permits,
-    )
+    crate::connection::serve(rd, wr, client, broker.clone(), options, permits)
 }
 
 /// What the handshakes of a TLS or WebSocket connection need.
@@ -279,7 +300,7 @@ async fn handle(
     let options = StreamOptions {
         flush: rt.protocol != Protocol::Tcp,
     };
-    let conn = |info: PeerInfo| Client::new(info.addr, opened, rt.access.clone(), info);
+    let conn = |info: PeerInfo| Client::new(info.addr, opened, rt.access.clone(), info, &stop);
     // The address a trusted proxy's WebSocket headers forward, admitted; `None`: refused.
     let forwarded = |info: &mut PeerInfo, headers: &crate::ws::Forwarded| -> Option<()> {
         let limiter = limiter.as_deref()?;
@@ -344,7 +365,7 @@ async fn handle(
                 if limiter.is_some() && forwarded(&mut info, &headers).is_none() {
                     return;
                 }
-                run_split(ws, conn(info), &broker, options, stop).await;
+                run_split(ws, conn(info), &broker, options).await;
             })
             .await
         }
@@ -355,7 +376,7 @@ async fn handle(
                 info.certificate_identity =
                     crate::tls::peer_identity(tls_stream.get_ref().1, tls.identity_source());
                 if rt.protocol == Protocol::Tls {
-                    run_split(tls_stream, conn(info), &broker, options, stop).await;
+                    run_split(tls_stream, conn(info), &broker, options).await;
                 } else {
                     let (ws, headers) = handshake!(
                         "WebSocket",
@@ -364,7 +385,7 @@ async fn handle(
                     if limiter.is_some() && forwarded(&mut info, &headers).is_none() {
                         return;
                     }
-                    run_split(ws, conn(info), &broker, options, stop).await;
+                    run_split(ws, conn(info), &broker, options).await;
                 }
             })
             .await
@@ -373,15 +394,10 @@ async fn handle(
     }
 }
 
-async fn run_split<S>(
-    stream: S,
-    client: Client,
-    broker: &Arc<Broker>,
-    options: StreamOptions,
-    stop: Arc<Stop>,
-) where
+async fn run_split<S>(stream: S, client: Client, broker: &Arc<Broker>, options: StreamOptions)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (rd, wr) = tokio::io::split(stream);
-    crate::connection::serve(rd, wr, client, broker.clone(), options, stop, ()).await;
+    crate::connection::serve(rd, wr, client, broker.clone(), options, ()).await;
 }

@@ -30,4 +30,5 @@ pub mod tls;
 mod trim;
 mod unix;
 pub mod version;
+pub mod wakeup;
 pub mod ws;

@@ -92,7 +92,7 @@ pub(crate) async fn accept_loop(
                         certificate_identity: None,
                         unix_uid: uid,
                     };
-                    let client = Client::new(None, Instant::now(), rt.access.clone(), info);
+                    let client = Client::new(None, Instant::now(), rt.access.clone(), info, &stop);
                     let options = StreamOptions {
                         flush: false,
                     };
@@ -104,7 +104,6 @@ pub(crate) async fn accept_loop(
                         client,
                         broker.clone(),
                         options,
-                        stop.clone(),
                         permits,
                     ));
                 }

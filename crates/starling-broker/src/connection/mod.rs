@@ -597,21 +597,7 @@ impl Connection {
     /// and after every input while `buf` is below the mark. Detects a takeover (closing with
     /// DISCONNECT 0x8E for v5), and a handover the connection waited for (sending CONNACK).
     pub fn poll_transmit(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut) {
-        if matches!(&self.state, State::Waiting(w) if w.is_over(now)) {
-            self.end_wait(broker, now);
-        }
-        let mut cx = Cx {
-            broker,
-            link: &mut self.link,
-            now,
-        };
-        if let State::Active(a) = &mut self.state {
-            let room = OUTPUT_HIGH_WATER.saturating_sub(buf.len());
-            if let ControlFlow::Break(close) = a.transmit(&mut cx, room) {
-                self.close(broker, now, close, None);
-            }
-            self.close_if_unsendable(broker, now);
-        }
+        self.fill(broker, now, OUTPUT_HIGH_WATER.saturating_sub(buf.len()));
         let out = &mut self.link.out;
         if out.is_empty() {
             return;
@@ -621,6 +607,37 @@ impl Connection {
         } else {
             buf.extend_from_slice(out);
             out.clear();
+        }
+    }
+
+    /// What [`Connection::poll_transmit`] does, for an I/O layer that writes from the
+    /// connection's own output ([`Connection::output`]) instead of a buffer of its own: what
+    /// is due is added to it, deliveries while it holds less than [`OUTPUT_HIGH_WATER`].
+    pub fn transmit(&mut self, broker: &Broker, now: Instant) {
+        self.fill(broker, now, OUTPUT_HIGH_WATER);
+    }
+
+    /// The encoded packets not yet written, for the I/O layer: it writes from the front and
+    /// advances past what was written (and may release the buffer once it is empty).
+    pub fn output(&mut self) -> &mut BytesMut {
+        &mut self.link.out
+    }
+
+    /// Adds to the output what is due, deliveries while it holds less than `room` bytes.
+    fn fill(&mut self, broker: &Broker, now: Instant, room: usize) {
+        if matches!(&self.state, State::Waiting(w) if w.is_over(now)) {
+            self.end_wait(broker, now);
+        }
+        let mut cx = Cx {
+            broker,
+            link: &mut self.link,
+            now,
+        };
+        if let State::Active(a) = &mut self.state {
+            if let ControlFlow::Break(close) = a.transmit(&mut cx, room) {
+                self.close(broker, now, close, None);
+            }
+            self.close_if_unsendable(broker, now);
         }
     }
 

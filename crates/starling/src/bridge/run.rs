@@ -154,8 +154,13 @@ impl Bridge {
             internal: true,
         });
         let peer = SocketAddr::from(([127, 0, 0, 1], 0));
-        let client =
-            crate::connection::Client::new(Some(peer), Instant::now(), access, PeerInfo::default());
+        let client = crate::connection::Client::new(
+            Some(peer),
+            Instant::now(),
+            access,
+            PeerInfo::default(),
+            stop,
+        );
         let (rd, wr) = tokio::io::split(theirs);
         let options = StreamOptions { flush: true };
         tokio::spawn(crate::connection::serve(
@@ -164,7 +169,6 @@ impl Bridge {
             client,
             self.broker.clone(),
             options,
-            stop.clone(),
             (),
         ));
         let mut connect = Connect::new(ProtocolVersion::V5, super::local_client_id(&self.cfg.name));

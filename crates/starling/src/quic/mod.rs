@@ -18,7 +18,6 @@ use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, IdleTimeout, Incoming, TransportConfig, VarInt};
 use rustls_pki_types::CertificateDer;
 use starling_broker::{Broker, PeerInfo};
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
 use crate::connection::{Client, Stop, StreamOptions};
@@ -229,7 +228,7 @@ fn admit(
     incoming: &Incoming,
     shared: &Shared,
     permits: &Arc<tokio::sync::Semaphore>,
-) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
+) -> Option<crate::accept::Permits> {
     let peer = incoming.remote_address();
     let broker = &shared.broker;
     if broker.bans.address_banned(peer.ip(), Instant::now()) {
@@ -237,21 +236,7 @@ fn admit(
         info!(%peer, "QUIC connection refused: address banned by an operator");
         return None;
     }
-    let Ok(permit) = permits.clone().try_acquire_owned() else {
-        broker.metrics.connections_refused.inc();
-        return None;
-    };
-    let listener_permit = match &shared.rt.permits {
-        Some(p) => match p.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                broker.metrics.connections_refused.inc();
-                return None;
-            }
-        },
-        None => None,
-    };
-    Some((permit, listener_permit))
+    crate::accept::Permits::take(permits, shared.rt.permits.as_ref(), broker)
 }
 
 /// One QUIC connection: the handshake and the wait for the MQTT stream (together bounded by
@@ -261,7 +246,7 @@ async fn connection(
     incoming: Incoming,
     config: Arc<quinn::ServerConfig>,
     shared: Arc<Shared>,
-    permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+    permits: crate::accept::Permits,
 ) {
     let Shared {
         rt,
@@ -337,7 +322,7 @@ async fn connection(
         certificate_identity: certificate_identity(&conn, rt),
         unix_uid: None,
     };
-    let client = Client::new(Some(peer), opened, rt.access.clone(), info);
+    let client = Client::new(Some(peer), opened, rt.access.clone(), info, stop);
     let options = StreamOptions {
         // quinn sends what is written without a flush.
         flush: false,
@@ -349,7 +334,6 @@ async fn connection(
         client,
         broker.clone(),
         options,
-        stop.clone(),
         permits,
     ))
     .await;

@@ -129,6 +129,36 @@ async fn silent_after_connect_hits_keep_alive() {
     server.shutdown().await;
 }
 
+/// A keep-alive deadline far enough away is left to the broker-wide deadline wheel, which
+/// wakes the connection shortly before it: a PINGREQ moves the deadline later without the
+/// connection being closed at the first one, and the later deadline is still enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_moved_later_is_enforced_at_the_later_deadline() {
+    let (server, mut probe) = setup(|_| {}).await;
+    let mut connect = connect_packet(V5, "keepalive-moved");
+    connect.keep_alive = 2;
+    let (mut c, _) = RawClient::connect_with(server.addr, connect).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    c.send(&Packet::PingReq).await;
+    assert!(matches!(c.expect_packet(WAIT).await, Packet::PingResp));
+    // The first deadline (3 s after CONNECT) passes; the one the PINGREQ set is 3 s after it.
+    let pinged = Instant::now();
+    // Still open 2 s on (the first deadline has passed), then closed within WAIT.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    c.expect_disconnect(ReasonCode::KeepAliveTimeout).await;
+    let elapsed = pinged.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(3000),
+        "disconnected before the moved deadline: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(4500),
+        "too late: {elapsed:?}"
+    );
+    still_serving(&server, &mut probe).await;
+    server.shutdown().await;
+}
+
 /// A v5 subscriber that declares a small Maximum Packet Size is never sent a larger packet;
 /// the message is discarded for it (MQTT-3.1.2-24, -25) and later ones still arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

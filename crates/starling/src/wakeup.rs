@@ -1,0 +1,419 @@
+//! How connection tasks are woken, with as little as possible held by each idle one: the
+//! task's [`TaskWaker`] (the core's wake-ups, the stop, a near deadline), the broker-wide
+//! [`Stop`] with the registry of live connection tasks it wakes, and the deadline wheel.
+//!
+//! An idle connection waits for three things besides its socket: the core (new deliveries, a
+//! takeover, a finished commit), the stop, and its next deadline (keep-alive, the CONNECT
+//! timeout). A tokio `Notified` for each signal and a `Sleep` for the deadline would be some
+//! 240 bytes kept inside every idle connection's task. Instead the core and the stop both set
+//! the task's one flag and wake it through one stored waker, and a deadline more than
+//! [`NEAR`] away is left to the wheel: one entry per task, in a table shared by all of them,
+//! which wakes the task shortly before the deadline. Only then does the task arm a precise
+//! timer of its own. What a deadline means is not decided here: the connection task asks the
+//! sans-IO connection (`poll_timeout`) on every turn.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use atomic_waker::AtomicWaker;
+use slab::Slab;
+use starling_broker::Wake;
+use tokio::sync::Notify;
+
+/// A deadline at most this far away gets the task's own timer; a later one goes to the wheel.
+pub const NEAR: Duration = Duration::from_secs(1);
+/// The wheel's resolution: it wakes a task between `NEAR + TICK` and `NEAR` before its
+/// deadline, so that the tasks whose deadlines fall within one tick are woken together.
+const TICK_MS: u64 = 250;
+const NEAR_MS: u64 = 1_000;
+/// No deadline, or no wheel entry.
+const NONE: u64 = u64::MAX;
+
+/// A connection task's wake-up. The core calls [`Wake::wake`] (new deliveries, a takeover, a
+/// finished commit), and so do the stop and the wheel; the task polls [`TaskWaker::poll_woken`].
+/// The flag keeps a wake-up that comes while the task is busy, so none is lost.
+#[derive(Debug)]
+pub struct TaskWaker {
+    /// The registry this task is in (kept here, in the waker's allocation, not in every idle
+    /// connection's task).
+    stop: Arc<Stop>,
+    woken: AtomicBool,
+    task: AtomicWaker,
+    /// The task's far deadline, in milliseconds since the wheel's epoch ([`NONE`]: none).
+    /// Written by the task without the lock, read by the wheel: a stale read only wakes the
+    /// task early, and a deadline that moves earlier is re-filed under the lock.
+    due: AtomicU64,
+    /// The tick of this task's entry in the wheel ([`NONE`]: none). Changed only under the
+    /// registry's lock; read without it by the task, which re-checks under the lock.
+    filed: AtomicU64,
+    /// The task's key in the stop's registry ([`UNREGISTERED`]: none).
+    key: AtomicU32,
+}
+
+/// The key of a task not in the registry.
+const UNREGISTERED: u32 = u32::MAX;
+
+impl TaskWaker {
+    /// A new waker for a connection task, registered with `stop` (which wakes it) until
+    /// [`TaskWaker::unregister`]; to hand to `Connection::new` (as a `Waker`) and to the
+    /// task. The task must check [`TaskWaker::is_stopping`] after this: a stop before it did
+    /// not wake the task.
+    pub fn new(stop: &Arc<Stop>) -> Arc<Self> {
+        let w = Arc::new(Self {
+            stop: stop.clone(),
+            woken: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+            due: AtomicU64::new(NONE),
+            filed: AtomicU64::new(NONE),
+            key: AtomicU32::new(UNREGISTERED),
+        });
+        stop.register(&w);
+        w
+    }
+
+    /// The stop this task is registered with.
+    pub fn stop(&self) -> &Arc<Stop> {
+        &self.stop
+    }
+
+    /// Whether the broker is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_stopping()
+    }
+
+    /// Takes the task out of the stop's registry and its deadline out of the wheel: the
+    /// task has ended.
+    pub fn unregister(&self) {
+        self.stop.unregister(self);
+    }
+
+    /// Files the task's deadline: see [`Stop::file`].
+    pub fn file(&self, deadline: Option<Instant>, now: Instant) -> bool {
+        self.stop.file(self, deadline, now)
+    }
+
+    /// Ready once woken since the last ready poll (clearing the flag); registers the task
+    /// either way.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.task.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Registers the task without taking a wake-up (it stays for a later
+    /// [`TaskWaker::poll_woken`]): a task that cannot take new work now can still be stopped.
+    pub fn register(&self, cx: &mut Context<'_>) {
+        self.task.register(cx.waker());
+    }
+}
+
+impl Wake for TaskWaker {
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// The broker-wide stop signal, set once at shutdown, and the connection tasks it must
+/// reach. Other tasks wait on [`Stop::wait`]; a connection task registers its
+/// [`TaskWaker`] ([`Stop::register`]), is woken by [`Stop::stop`], and checks
+/// [`Stop::is_stopping`] on every turn. The registry also keeps the deadline wheel.
+#[derive(Debug)]
+pub struct Stop {
+    stopping: AtomicBool,
+    notify: Notify,
+    /// Time zero of the wheel's millisecond ticks.
+    epoch: Instant,
+    tasks: Mutex<Tasks>,
+    /// Wakes the wheel's task when an entry earlier than every other is filed.
+    ticker: Notify,
+    /// The wheel's task was spawned (on the first filing, on the runtime that made it).
+    ticking: AtomicBool,
+}
+
+/// The live connection tasks and their wheel entries: one entry at most per task, so the
+/// wheel is as large as the number of tasks with a far deadline, never larger.
+#[derive(Debug, Default)]
+struct Tasks {
+    live: Slab<Weak<TaskWaker>>,
+    /// (tick in ms since the epoch, task's key in `live`).
+    wheel: BTreeSet<(u64, usize)>,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Self {
+            stopping: AtomicBool::new(false),
+            notify: Notify::new(),
+            epoch: Instant::now(),
+            tasks: Mutex::new(Tasks::default()),
+            ticker: Notify::new(),
+            ticking: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Stop {
+    /// Tells everything waiting (and everything that starts waiting later) to stop, and
+    /// wakes every registered connection task.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        self.ticker.notify_one();
+        let wakers: Vec<_> = self
+            .lock()
+            .live
+            .iter()
+            .filter_map(|(_, w)| w.upgrade())
+            .collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Whether [`Stop::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`Stop::stop`] is called (at once if it was).
+    pub async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a `stop` after this wakes `notified`.
+        notified.as_mut().enable();
+        if !self.is_stopping() {
+            notified.await;
+        }
+    }
+
+    /// Registers a connection task, to be woken by [`Stop::stop`], until
+    /// [`Stop::unregister`].
+    fn register(&self, waker: &Arc<TaskWaker>) {
+        let mut tasks = self.lock();
+        let entry = tasks.live.vacant_entry();
+        // More than 4 billion tasks at once: this one is not registered (not reached: every
+        // task holds a connection permit).
+        let Ok(key) = u32::try_from(entry.key()) else {
+            return;
+        };
+        entry.insert(Arc::downgrade(waker));
+        waker.key.store(key, Ordering::Release);
+    }
+
+    /// Forgets a task, and its wheel entry.
+    fn unregister(&self, waker: &TaskWaker) {
+        let key = waker.key.swap(UNREGISTERED, Ordering::AcqRel);
+        if key == UNREGISTERED {
+            return;
+        }
+        let key = key as usize;
+        let mut tasks = self.lock();
+        let filed = waker.filed.swap(NONE, Ordering::AcqRel);
+        if filed != NONE {
+            tasks.wheel.remove(&(filed, key));
+        }
+        tasks.live.try_remove(key);
+    }
+
+    /// The task has no deadline, or one of at most [`NEAR`] (it keeps a
+    /// timer of its own for that): `false`. Otherwise its deadline is filed in the wheel,
+    /// which wakes it at most `NEAR` plus a tick before it, and `true`. Without the lock
+    /// unless the deadline moved earlier than its entry (or it had none).
+    fn file(self: &Arc<Self>, waker: &TaskWaker, deadline: Option<Instant>, now: Instant) -> bool {
+        let key = waker.key.load(Ordering::Acquire);
+        let Some(deadline) = deadline.filter(|_| key != UNREGISTERED) else {
+            waker.due.store(NONE, Ordering::Release);
+            return false;
+        };
+        let key = key as usize;
+        let due = self.ms(deadline);
+        let tick = tick_of(due);
+        if tick <= self.ms(now) {
+            return false;
+        }
+        waker.due.store(due, Ordering::Release);
+        if waker.filed.load(Ordering::Acquire) <= tick {
+            // An entry at or before this tick: the wheel re-files it when it comes.
+            return true;
+        }
+        let earliest = {
+            let mut tasks = self.lock();
+            let filed = waker.filed.load(Ordering::Acquire);
+            if filed <= tick {
+                return true;
+            }
+            if filed != NONE {
+                tasks.wheel.remove(&(filed, key));
+            }
+            let earliest = tasks.wheel.first().is_none_or(|&(t, _)| tick < t);
+            tasks.wheel.insert((tick, key));
+            waker.filed.store(tick, Ordering::Release);
+            earliest
+        };
+        if !self.ticking.swap(true, Ordering::AcqRel) {
+            tokio::spawn(tick_loop(self.clone()));
+        } else if earliest {
+            self.ticker.notify_one();
+        }
+        true
+    }
+
+    /// Wakes the tasks whose deadlines are near, files again those whose deadlines moved
+    /// later, and says when the next entry is due.
+    fn turn(&self, now: Instant) -> Option<Instant> {
+        let now_ms = self.ms(now);
+        let mut near = Vec::new();
+        let next = {
+            let mut tasks = self.lock();
+            while let Some(&(tick, key)) = tasks.wheel.first() {
+                if tick > now_ms {
+                    break;
+                }
+                tasks.wheel.pop_first();
+                let Some(w) = tasks.live.get(key).and_then(Weak::upgrade) else {
+                    continue;
+                };
+                let due = w.due.load(Ordering::Acquire);
+                let again = if due == NONE { NONE } else { tick_of(due) };
+                if again <= now_ms || again == NONE {
+                    w.filed.store(NONE, Ordering::Release);
+                    if again != NONE {
+                        near.push(w);
+                    }
+                } else {
+                    tasks.wheel.insert((again, key));
+                    w.filed.store(again, Ordering::Release);
+                }
+            }
+            tasks
+                .wheel
+                .first()
+                .map(|&(t, _)| self.epoch + Duration::from_millis(t))
+        };
+        for w in near {
+            w.wake();
+        }
+        next
+    }
+
+    /// Milliseconds from the epoch to `t` (0 before it).
+    fn ms(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tasks> {
+        // Nothing under this lock can panic half-way (slab and B-tree operations only).
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The wheel's tick for a deadline `due` (ms): `NEAR` before it, rounded down to a tick.
+fn tick_of(due: u64) -> u64 {
+    due.saturating_sub(NEAR_MS) / TICK_MS * TICK_MS
+}
+
+/// The wheel's task: sleeps until the first entry's tick (or a new earlier one), wakes the
+/// tasks it is due for; ends at the stop.
+async fn tick_loop(stop: Arc<Stop>) {
+    let far = Duration::from_secs(3600);
+    loop {
+        if stop.is_stopping() {
+            return;
+        }
+        let now = Instant::now();
+        let next = stop.turn(now).unwrap_or(now + far);
+        tokio::select! {
+            () = stop.ticker.notified() => {}
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wake_up_is_kept_until_taken_and_taken_once() {
+        let w = TaskWaker::new(&Arc::new(Stop::default()));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(w.poll_woken(&mut cx).is_pending());
+        w.wake();
+        w.wake();
+        assert!(w.poll_woken(&mut cx).is_ready());
+        assert!(w.poll_woken(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn a_near_deadline_is_not_filed() {
+        let stop = Arc::new(Stop::default());
+        let w = TaskWaker::new(&stop);
+        let now = Instant::now();
+        assert!(!w.file(None, now));
+        assert!(!w.file(Some(now + Duration::from_millis(900)), now));
+        assert_eq!(w.filed.load(Ordering::Acquire), NONE);
+        assert!(stop.lock().wheel.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_wheel_wakes_a_task_shortly_before_its_deadline_and_no_sooner() {
+        let stop = Arc::new(Stop::default());
+        let w = TaskWaker::new(&stop);
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(30);
+        assert!(w.file(Some(deadline), start));
+        // Moving the deadline later takes no lock and leaves the entry where it is.
+        let later = start + Duration::from_secs(60);
+        assert!(w.file(Some(later), start));
+        assert_eq!(stop.lock().wheel.len(), 1);
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        // At the first entry's tick the wheel files it again for the later deadline.
+        assert_eq!(
+            stop.turn(start + Duration::from_secs(29)),
+            Some(stop.epoch + Duration::from_millis(tick_of(stop.ms(later))))
+        );
+        assert!(w.poll_woken(cx).is_pending());
+        // Just before its tick: nothing; at it: woken, entry gone.
+        let tick = stop.epoch + Duration::from_millis(tick_of(stop.ms(later)));
+        assert!(later - tick >= NEAR && later - tick <= NEAR + Duration::from_millis(TICK_MS));
+        assert!(stop.turn(tick - Duration::from_millis(1)).is_some());
+        assert!(w.poll_woken(cx).is_pending());
+        assert_eq!(stop.turn(tick), None);
+        assert!(w.poll_woken(cx).is_ready());
+        assert_eq!(w.filed.load(Ordering::Acquire), NONE);
+        // Moving a deadline earlier re-files it under the lock: still one entry.
+        assert!(w.file(Some(start + Duration::from_secs(90)), start));
+        assert!(w.file(Some(start + Duration::from_secs(20)), start));
+        assert_eq!(stop.lock().wheel.len(), 1);
+        w.unregister();
+        assert!(stop.lock().wheel.is_empty());
+        assert!(stop.lock().live.is_empty());
+    }
+
+    #[tokio::test]
+    async fn stop_wakes_every_registered_task() {
+        let stop = Arc::new(Stop::default());
+        let a = TaskWaker::new(&stop);
+        let b = TaskWaker::new(&stop);
+        a.unregister();
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        stop.stop();
+        assert!(stop.is_stopping());
+        assert!(a.poll_woken(cx).is_pending(), "unregistered: not woken");
+        assert!(b.poll_woken(cx).is_ready());
+        // Waiting after the stop returns at once.
+        tokio::time::timeout(Duration::from_secs(5), stop.wait())
+            .await
+            .unwrap();
+    }
+}
