@@ -13,7 +13,7 @@ use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use starling_auth::Pending;
 use starling_broker::connection::OUTPUT_HIGH_WATER;
 use starling_broker::{Broker, CheckAnswer, Connection, ListenerAccess, PeerInfo};
@@ -26,7 +26,7 @@ pub use crate::wakeup::{Stop, TaskWaker};
 /// How much to read at once; the buffer grows to hold one whole packet if it must.
 const READ_CHUNK: usize = 16 * 1024;
 /// The first read of a connection whose read buffer is empty, on the stack.
-const FIRST_READ: usize = 2048;
+const FIRST_READ: usize = READ_CHUNK;
 /// Time allowed to flush the last packets (CONNACK refusal, DISCONNECT) before closing.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// After the broker closes a connection, how long and how much of the client's input is read
@@ -374,8 +374,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<R, W> {
         if out.is_empty() {
             return Pin::new(&mut self.wr).poll_flush(cx).map_ok(|()| None);
         }
-        let n = ready!(Pin::new(&mut self.wr).poll_write(cx, out))?;
-        out.advance(n);
+        // `write_buf` writes vectored where the stream can (one `writev`).
+        let n = ready!(pin!(self.wr.write_buf(out)).poll(cx))?;
         Poll::Ready(Ok(Some(n)))
     }
 

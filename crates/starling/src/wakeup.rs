@@ -95,10 +95,15 @@ impl TaskWaker {
         self.stop.file(self, deadline, now)
     }
 
-    /// Ready once woken since the last ready poll (clearing the flag); registers the task
-    /// either way.
+    /// Ready once woken since the last ready poll (clearing the flag). The task is registered
+    /// only when it was not woken: while it works through a wake-up, later ones only set the
+    /// flag (its next poll takes them) instead of scheduling it again.
     pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
         self.task.register(cx.waker());
+        // A wake-up between the check and the registration found no waker to call.
         if self.woken.swap(false, Ordering::AcqRel) {
             Poll::Ready(())
         } else {
