@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use starling_auth::PasswordAuthenticator;
+use starling_auth::{HashPool, PasswordAuthenticator};
 use tracing::warn;
 
 use super::AppState;
@@ -49,6 +49,8 @@ enum Refusal {
     Missing,
     /// Credentials that are wrong, malformed, or of a user without a role.
     Invalid(&'static str),
+    /// The password hashing threads' queue is full: the check could not be made now.
+    Busy,
 }
 
 impl HttpAuth {
@@ -101,11 +103,15 @@ impl HttpAuth {
                 return Err(Refusal::Invalid("basic auth is not configured"));
             };
             let (user, password) = (user.to_owned(), password.to_owned());
-            // Password hashes are slow by design: off the async threads.
+            // Password hashes are slow by design: on the hashing threads MQTT logins use, behind
+            // the same bounded queue (each argon2id check holds 46 MiB while it runs).
             let name = user.clone();
-            let ok = tokio::task::spawn_blocking(move || basic.verify(&user, password.as_bytes()))
-                .await
-                .unwrap_or(false);
+            let check =
+                HashPool::shared().run(move || basic.verify(&user, password.as_bytes()), false);
+            let Some(check) = check else {
+                return Err(Refusal::Busy);
+            };
+            let ok = check.await;
             return if ok {
                 Ok(Identity { name, role })
             } else {
@@ -144,11 +150,25 @@ pub(super) async fn require(
             req.extensions_mut().insert(id);
             next.run(req).await
         }
+        Err(Refusal::Busy) => {
+            state.http_refused.inc();
+            warn!(%peer, %path, "HTTP request refused: password checks are queued to the limit");
+            let mut r = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many password checks at once; try again",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
         Err(refusal) => {
             state.http_refused.inc();
             let why = match refusal {
                 Refusal::Missing => "credentials required",
                 Refusal::Invalid(why) => why,
+                Refusal::Busy => "busy",
             };
             warn!(%peer, %path, "HTTP request refused: {why}");
             let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why.to_string())
