@@ -421,17 +421,36 @@ impl PasswordFile {
     }
 
     /// Whether `user` exists and `password` is theirs. An unknown user costs a verification
-    /// against a dummy argon2id hash, so the answer takes about as long either way.
+    /// against a decoy ([`PasswordFile::hash_or_decoy`]) whose result is thrown away, so the
+    /// answer takes about as long either way.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
         match self.hash(user) {
             Some(h) => h.verify(password),
             None => {
-                if let Some(dummy) = dummy_hash() {
-                    let _ = dummy.verify(password);
+                if let Some(decoy) = self.hash_or_decoy(user) {
+                    let _ = decoy.verify(password);
                 }
                 false
             }
         }
+    }
+
+    /// The hash stored for `user`, or for a user the file does not hold a decoy that costs
+    /// what a known user's check costs: the first user's hash (a file's users usually share
+    /// one kind and cost), or a dummy argon2id hash in a file without users. Where checks are
+    /// run (at once for a cheap hash, on the hashing threads otherwise) is decided on this
+    /// too, so that neither the cost nor the path tells whether a user exists.
+    pub fn hash_or_decoy(&self, user: &str) -> Option<&PasswordHash> {
+        self.hash(user).or_else(|| {
+            let first = self.lines.iter().find_map(|l| match l {
+                Line::User { hash, .. } => Some(hash),
+                Line::Other(_) => None,
+            });
+            match first {
+                Some(h) => Some(h),
+                None => dummy_hash(),
+            }
+        })
     }
 
     /// Adds `user` or replaces their hash (kept at the same line).
@@ -650,6 +669,30 @@ bob:$6$oQQTKdIttsONvr3W$pMe42QCMHtjj8MhsmAI0pg5j01yPh6BU08x2fODmI8AoUwPijVADsXVt
         assert!(!f.verify("carol", b"a-pw"));
         assert!(!f.verify("", b""));
         assert_eq!(f.to_text(), text);
+    }
+
+    /// An unknown user is checked against a decoy of the file's own kind and cost (so a
+    /// file of cheap hashes does not answer unknown users with a slow argon2id check), and
+    /// the decoy, another user's hash, never lets anyone in.
+    #[test]
+    fn an_unknown_user_costs_what_a_known_one_does_and_gets_nothing() {
+        let text = format!(
+            "# users\nalice:{}\nbob:{}\n",
+            pbkdf2_hash(b"a-pw", b"salt-a", 101),
+            pbkdf2_hash(b"b-pw", b"salt-b", 101)
+        );
+        let f = PasswordFile::parse(&text).unwrap();
+        let decoy = f.hash_or_decoy("carol").unwrap();
+        assert!(std::ptr::eq(decoy, f.hash("alice").unwrap()));
+        assert!(decoy.is_cheap());
+        assert!(
+            !f.verify("carol", b"a-pw"),
+            "the decoy's password is not carol's"
+        );
+        let empty = PasswordFile::parse("# nobody\n").unwrap();
+        let dummy = empty.hash_or_decoy("carol").unwrap();
+        assert!(matches!(dummy, PasswordHash::Argon2id(_)));
+        assert!(!empty.verify("carol", b""));
     }
 
     #[test]
