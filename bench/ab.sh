@@ -8,7 +8,7 @@
 # DIR holds a release build's `starling` (the after build defaults to target/release, built
 # here). Every round runs each scenario once per build, the order alternating between rounds;
 # a fresh broker each time, pinned to core 0 with the generator on core 1, both at SCHED_RR
-# priority 1 when allowed, memory durability, the limits of bench/compare.sh. Writes one JSON
+# priority 1 when allowed, the config of bench/compare.sh (bench/peers.sh). Writes one JSON
 # line per run (label `before` or `after`) to FILE (default a temporary file) and prints the
 # medians and the after/before ratio of each scenario's main figure. Traffic goes to
 # 127.0.0.1 only.
@@ -48,28 +48,14 @@ BENCH=${CARGO_TARGET_DIR:-target}/release/starling-bench
 
 WORK=$(mktemp -d /tmp/starling-ab.XXXXXX)
 trap 'pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-[ -n "$OUT" ] || OUT="$WORK/ab.jsonl"
+[ -n "$OUT" ] || OUT=$(mktemp /tmp/starling-ab-XXXXXX.jsonl)
 : > "$OUT"
 PRIO=(chrt -r 1)
 MIN_UTIL=0.90
 "${PRIO[@]}" true 2>/dev/null || { PRIO=(); MIN_UTIL=0.95; }
 
-cat > "$WORK/starling.toml" <<EOF
-log_level = "warn"
-
-[limits]
-max_packet_size = 4194304
-max_queued_messages = 1000000
-max_queued_bytes = 4294967296
-max_inflight = 1000
-max_connections = 100000
-
-[storage]
-durability = "memory"
-
-[http]
-enabled = false
-EOF
+. bench/peers.sh
+starling_toml > "$WORK/starling.toml"
 
 PORT=22000
 run() { # label dir scenario round

@@ -123,20 +123,7 @@ write_config() { # broker port scenario -> path
     mkdir -p "$dir"
     case "$broker" in
         starling)
-            cat > "$dir/starling.toml" <<EOF
-log_level = "warn"
-
-[limits]
-max_packet_size = 4194304
-max_queued_messages = 1000000
-max_queued_bytes = 4294967296
-max_inflight = 1000
-max_connections = 100000
-
-# Like the peers here: no persistence (bench/durability.sh measures the durable modes).
-[storage]
-durability = "memory"
-EOF
+            starling_toml > "$dir/starling.toml"
             echo "$dir/starling.toml" ;;
         mosquitto)
             cat > "$dir/mosquitto.conf" <<EOF

@@ -1,5 +1,24 @@
-# Peer broker configs shared by bench/compare.sh and bench/scale.sh (sourced, defines
-# functions only).
+# Broker configs shared by bench/compare.sh, bench/scale.sh and bench/ab.sh (sourced,
+# defines functions only).
+
+# starling_toml: Starling's config for the clean scenarios on stdout: no persistence (like the
+# peers; bench/durability.sh measures the durable modes), queues and windows large enough
+# that nothing is dropped at QoS 1, packets up to 4 MiB.
+starling_toml() {
+    cat <<EOF
+log_level = "warn"
+
+[limits]
+max_packet_size = 4194304
+max_queued_messages = 1000000
+max_queued_bytes = 4294967296
+max_inflight = 1000
+max_connections = 100000
+
+[storage]
+durability = "memory"
+EOF
+}
 
 # rumqttd_toml PORT MAX_CONNECTIONS OUTGOING: rumqttd's config on stdout. 127.0.0.1 only,
 # 1,000 outbound messages in flight, packets up to 4 MiB. OUTGOING is
