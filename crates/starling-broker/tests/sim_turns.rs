@@ -1,6 +1,7 @@
 //! Fairness between connections on the simulated clock: a client's burst of messages to many
 //! subscribers is routed a turn at a time (`TURN_DELIVERIES`), so that other clients' input
-//! is handled in between, and nothing of the burst is lost or reordered.
+//! is handled in between, and nothing of the burst is lost or reordered; the turns of a burst
+//! that nobody else's messages come between for `QUIET` grow (`MAX_TURN_SHIFT`).
 
 #![allow(
     clippy::unwrap_used,
@@ -13,7 +14,7 @@ mod sim;
 
 use sim::*;
 use starling_broker::Limits;
-use starling_broker::connection::TURN_DELIVERIES;
+use starling_broker::connection::{MAX_TURN_SHIFT, QUIET, TURN_DELIVERIES};
 use starling_proto::QoS;
 
 /// Subscribers of the burst's topic.
@@ -47,6 +48,8 @@ fn setup(qos: QoS) -> (Sim, Vec<C>, C, C, C) {
     sim.take(steady_sub);
     let (flooder, _) = sim.connected(connect(V5, "flooder"));
     let (steady, _) = sim.connected(connect(V5, "steady"));
+    // The broker's first tick, due at start, out of the way of `Sim::elapse`.
+    sim.advance(std::time::Duration::from_millis(1));
     (sim, subscribers, steady_sub, flooder, steady)
 }
 
@@ -122,4 +125,79 @@ fn every_message_of_a_qos1_burst_is_acknowledged_in_order() {
         let expected: Vec<u8> = (0..BURST).map(|i| i as u8).collect();
         assert_eq!(got, expected, "{c:?}");
     }
+}
+
+/// The messages of each turn of the burst, as the subscribers receive them: one `step` a
+/// round, with `between` run before each (another client's publish, say).
+fn turn_sizes(sim: &mut Sim, subscribers: &[C], mut between: impl FnMut(&mut Sim)) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut total = 0;
+    for _ in 0..BURST {
+        between(sim);
+        sim.step();
+        let got: Vec<usize> = subscribers
+            .iter()
+            .map(|&c| payloads(sim, c).len())
+            .collect();
+        assert!(
+            got.iter().all(|&n| n == got[0]),
+            "every subscriber alike: {got:?}"
+        );
+        if got[0] > 0 {
+            sizes.push(got[0]);
+        }
+        total += got[0];
+        if total == BURST {
+            return sizes;
+        }
+    }
+    panic!("the burst did not end: {sizes:?}");
+}
+
+#[test]
+fn a_burst_nobody_else_comes_between_is_routed_in_growing_turns() {
+    let (mut sim, subscribers, _, flooder, _) = setup(QoS::AtMostOnce);
+    sim.queue_raw(flooder, &burst(QoS::AtMostOnce));
+    // Each round takes the quiet period: from the second turn on, each turn's deliveries
+    // double (up to the bound), a whole message at a time.
+    let sizes = turn_sizes(&mut sim, &subscribers, |sim| sim.elapse(QUIET));
+    let mut expected = Vec::new();
+    let mut left = BURST;
+    for shift in 0.. {
+        let limit = (TURN_DELIVERIES as usize) << shift.min(MAX_TURN_SHIFT);
+        let n = limit.div_ceil(FAN_OUT).min(left);
+        expected.push(n);
+        left -= n;
+        if left == 0 {
+            break;
+        }
+    }
+    assert!(
+        expected.len() > 2,
+        "the test's burst must span several turns"
+    );
+    assert_eq!(sizes, expected);
+}
+
+#[test]
+fn a_burst_among_other_publishers_keeps_its_turns_short() {
+    let (mut sim, subscribers, steady_sub, flooder, steady) = setup(QoS::AtMostOnce);
+    sim.queue_raw(flooder, &burst(QoS::AtMostOnce));
+    let mut sent = 0;
+    let sizes = turn_sizes(&mut sim, &subscribers, |sim| {
+        sim.elapse(QUIET);
+        sim.queue_raw(
+            steady,
+            &encode(&publish("steady", QoS::AtMostOnce, 0, b"s"), V5),
+        );
+        sent += 1;
+    });
+    let turn = (TURN_DELIVERIES as usize).div_ceil(FAN_OUT);
+    let (last, full) = sizes.split_last().unwrap();
+    assert!(full.len() > 2, "the test's burst must span several turns");
+    assert!(full.iter().all(|&n| n == turn), "{sizes:?}");
+    assert!(*last <= turn);
+    // And every steady message went through on its own round.
+    sim.settle();
+    assert_eq!(payloads(&mut sim, steady_sub).len(), sent);
 }

@@ -11,11 +11,18 @@
 //! which wakes the task shortly before the deadline. Only then does the task arm a precise
 //! timer of its own. What a deadline means is not decided here: the connection task asks the
 //! sans-IO connection (`poll_timeout`) on every turn.
+//!
+//! A publisher's burst also holds back the wake-ups it makes ([`hold`]): while a connection
+//! gives way in the middle of a burst (`Connection::gives_way`), the subscribers it delivered
+//! to are not scheduled until the burst is routed (the stop keeps their wakers meanwhile).
+//! The other connections get their turns between the burst's pieces, and the burst's
+//! subscribers still take its messages in one write each, not one per piece.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
@@ -90,6 +97,20 @@ impl TaskWaker {
         self.stop.unregister(self);
     }
 
+    /// Keeps the wake-ups this task held back while it gives way in the middle of a burst,
+    /// until [`TaskWaker::release`] (or the task ends).
+    pub fn keep(&self, held: Held) {
+        self.stop.keep(self, held);
+    }
+
+    /// Makes the wake-ups this task kept: its burst is routed.
+    pub fn release(&self) {
+        let key = self.key.load(Ordering::Acquire);
+        if key != UNREGISTERED {
+            self.stop.release(key);
+        }
+    }
+
     /// Files the task's deadline: see [`Stop::file`].
     pub fn file(&self, deadline: Option<Instant>, now: Instant) -> bool {
         self.stop.file(self, deadline, now)
@@ -121,7 +142,83 @@ impl TaskWaker {
 impl Wake for TaskWaker {
     fn wake(&self) {
         self.woken.store(true, Ordering::Release);
-        self.task.wake();
+        // Inside `hold`: the task's waker is taken and kept (once: a later wake-up finds it
+        // taken), the flag already tells the task what it is for.
+        let held = HELD.with(|h| match h.try_borrow_mut().as_deref_mut() {
+            Ok(Some(held)) => {
+                held.extend(self.task.take());
+                true
+            }
+            _ => false,
+        });
+        if !held {
+            self.task.wake();
+        }
+    }
+}
+
+thread_local! {
+    /// The wake-ups held back by the [`hold`] running on this thread (`None`: none runs).
+    static HELD: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+}
+
+/// Wake-ups held back from the scheduler; dropping them wakes their tasks, so none is lost.
+#[derive(Debug, Default)]
+#[must_use = "dropping them wakes their tasks now"]
+pub struct Held(Vec<Waker>);
+
+impl Held {
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for w in self.0.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// Runs `f` (a connection's turn) with the wake-ups of [`TaskWaker`]s it makes on this thread
+/// held back: the tasks' flags are set, but the tasks are scheduled only when the returned
+/// [`Held`] is dropped. Inside another `hold`, the outer one keeps them.
+pub fn hold<R>(f: impl FnOnce() -> R) -> (R, Held) {
+    let outer = HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        let outer = h.is_some();
+        if !outer {
+            *h = Some(Vec::new());
+        }
+        outer
+    });
+    let taken = Taken { outer };
+    let r = f();
+    let held = taken.take();
+    (r, held)
+}
+
+/// Takes the wake-ups a [`hold`] kept off the thread, at its end or when it unwinds (dropped
+/// then, they are made at once).
+struct Taken {
+    /// Inside another `hold`, which takes them.
+    outer: bool,
+}
+
+impl Taken {
+    fn take(&self) -> Held {
+        if self.outer {
+            return Held::default();
+        }
+        Held(HELD.with(|h| h.borrow_mut().take()).unwrap_or_default())
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        drop(self.take());
     }
 }
 
@@ -140,6 +237,9 @@ pub struct Stop {
     ticker: Notify,
     /// The wheel's task was spawned (on the first filing, on the runtime that made it).
     ticking: AtomicBool,
+    /// Wake-ups held back by tasks that gave way in the middle of a burst, by task key:
+    /// as many entries as tasks giving way at once (few), each at most one waker per task.
+    held: Mutex<Vec<(u32, Held)>>,
 }
 
 /// The live connection tasks and their wheel entries: one entry at most per task, so the
@@ -160,6 +260,7 @@ impl Default for Stop {
             tasks: Mutex::new(Tasks::default()),
             ticker: Notify::new(),
             ticking: AtomicBool::new(false),
+            held: Mutex::new(Vec::new()),
         }
     }
 }
@@ -212,12 +313,36 @@ impl Stop {
         waker.key.store(key, Ordering::Release);
     }
 
-    /// Forgets a task, and its wheel entry.
+    /// Keeps the wake-ups a task held back until its burst is routed ([`Stop::release`]).
+    /// An unregistered task's are made at once.
+    fn keep(&self, waker: &TaskWaker, mut more: Held) {
+        let key = waker.key.load(Ordering::Acquire);
+        if key == UNREGISTERED || more.is_empty() {
+            return;
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        match held.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, h)) => h.0.append(&mut more.0),
+            None => held.push((key, more)),
+        }
+    }
+
+    /// Makes the wake-ups a task kept (outside the lock).
+    fn release(&self, key: u32) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let i = held.iter().position(|(k, _)| *k == key);
+        let taken = i.map(|i| held.swap_remove(i));
+        drop(held);
+        drop(taken);
+    }
+
+    /// Forgets a task, its wheel entry and the wake-ups it kept (made now).
     fn unregister(&self, waker: &TaskWaker) {
         let key = waker.key.swap(UNREGISTERED, Ordering::AcqRel);
         if key == UNREGISTERED {
             return;
         }
+        self.release(key);
         let key = key as usize;
         let mut tasks = self.lock();
         let filed = waker.filed.swap(NONE, Ordering::AcqRel);
@@ -357,6 +482,106 @@ mod tests {
         w.wake();
         assert!(w.poll_woken(&mut cx).is_ready());
         assert!(w.poll_woken(&mut cx).is_pending());
+    }
+
+    /// A task waker that counts the times it was woken.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Count {
+        fn get(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A registered `TaskWaker` and the count of its task's wake-ups.
+    fn registered(stop: &Arc<Stop>) -> (Arc<TaskWaker>, Arc<Count>) {
+        let w = TaskWaker::new(stop);
+        let count = Arc::new(Count::default());
+        let waker = std::task::Waker::from(count.clone());
+        assert!(w.poll_woken(&mut Context::from_waker(&waker)).is_pending());
+        (w, count)
+    }
+
+    #[test]
+    fn wake_ups_held_back_by_a_turn_are_made_when_it_lets_them_go() {
+        let stop = Arc::new(Stop::default());
+        let (a, count_a) = registered(&stop);
+        let (b, count_b) = registered(&stop);
+        let ((), held) = hold(|| {
+            a.wake();
+            a.wake();
+            b.wake();
+            // Nested: the outer turn keeps them.
+            let ((), inner) = hold(|| b.wake());
+            assert!(inner.is_empty());
+        });
+        // Flagged, not scheduled; one waker each however often they were woken.
+        assert_eq!((count_a.get(), count_b.get()), (0, 0));
+        assert_eq!(held.0.len(), 2);
+        drop(held);
+        assert_eq!((count_a.get(), count_b.get()), (1, 1));
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        assert!(a.poll_woken(cx).is_ready());
+        assert!(b.poll_woken(cx).is_ready());
+        // Outside a turn a wake-up is made at once.
+        let (c, count_c) = registered(&stop);
+        c.wake();
+        assert_eq!(count_c.get(), 1);
+    }
+
+    #[test]
+    fn wake_ups_kept_across_a_give_way_are_made_on_release_or_when_the_task_ends() {
+        let stop = Arc::new(Stop::default());
+        let (publisher, _) = registered(&stop);
+        let (sub, count) = registered(&stop);
+        let ((), held) = hold(|| sub.wake());
+        publisher.keep(held);
+        assert_eq!(count.get(), 0);
+        // A later piece of the same burst adds to what is kept.
+        let (other, other_count) = registered(&stop);
+        let ((), held) = hold(|| other.wake());
+        publisher.keep(held);
+        assert_eq!(stop.held.lock().unwrap().len(), 1);
+        publisher.release();
+        assert_eq!((count.get(), other_count.get()), (1, 1));
+        assert!(stop.held.lock().unwrap().is_empty());
+        // A task that ends while it keeps some lets them go.
+        let waker = std::task::Waker::from(count.clone());
+        assert!(sub.poll_woken(&mut Context::from_waker(&waker)).is_ready());
+        assert!(
+            sub.poll_woken(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        let ((), held) = hold(|| sub.wake());
+        publisher.keep(held);
+        publisher.unregister();
+        assert_eq!(count.get(), 2);
+        assert!(stop.held.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_turn_that_unwinds_still_makes_its_wake_ups() {
+        let stop = Arc::new(Stop::default());
+        let (a, count) = registered(&stop);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            hold(|| {
+                a.wake();
+                panic!("a bug in a turn");
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(count.get(), 1);
+        // And the thread holds nothing back afterwards.
+        let (b, count_b) = registered(&stop);
+        b.wake();
+        assert_eq!(count_b.get(), 1);
     }
 
     #[test]

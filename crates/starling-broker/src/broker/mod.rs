@@ -94,6 +94,8 @@ pub struct Broker {
     /// This broker's name among brokers joined by bridges: told in CONNACK to a client that
     /// announces itself as a Starling bridge, which uses it to stop loops. Empty: not told.
     node_id: String,
+    /// What connections giving way in a burst learn of the others (`connection/turn.rs`).
+    pub(crate) turns: crate::connection::Turns,
 }
 
 impl Broker {
@@ -123,6 +125,7 @@ impl Broker {
             persist: None,
             id_prefix: "starling-".into(),
             node_id: String::new(),
+            turns: crate::connection::Turns::new(now),
         }
     }
 

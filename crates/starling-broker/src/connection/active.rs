@@ -11,6 +11,7 @@ use std::time::Duration;
 use starling_proto::{Disconnect, Packet, ProtocolVersion, ReasonCode, TopicName};
 use tracing::info;
 
+use super::turn::Turn;
 use super::{Close, Cx, Flow, Link, access, deadline, enhanced, held};
 use crate::broker::{Broker, Ending};
 use crate::bucket::TokenBucket;
@@ -62,9 +63,9 @@ pub(super) struct Active {
     /// ACL denials of this connection logged so far; after [`DENIALS_LOGGED`] they are
     /// counted only (a client looping on a forbidden topic does not flood the log).
     pub(super) denials_logged: u8,
-    /// Deliveries this connection's publishes made since it last gave way; at
-    /// [`super::TURN_DELIVERIES`] input stops until the next `handle_input`.
-    pub(super) routed: u32,
+    /// Deliveries this connection's publishes made since it last gave way, and how many
+    /// make a turn (`turn.rs`).
+    pub(super) turn: Turn,
 }
 
 /// A connection's topic aliases.
@@ -89,12 +90,6 @@ pub(super) struct RateLimit {
 pub(super) const DENIALS_LOGGED: u8 = 10;
 
 impl Active {
-    /// Whether this connection's publishes have made a turn's worth of deliveries
-    /// ([`super::TURN_DELIVERIES`]) since it last gave way.
-    pub(super) fn turn_spent(&self) -> bool {
-        self.routed >= super::TURN_DELIVERIES
-    }
-
     /// Logs an ACL denial of a publish or subscribe (the first [`DENIALS_LOGGED`] of the
     /// connection; all are counted in `acl_denied`).
     pub(super) fn log_denial(&mut self, cx: &Cx<'_>, what: &str, topic: &str) {
@@ -278,7 +273,8 @@ impl Active {
 
     /// Detaches the session (will, expiry and shared hand-over per `ending`, or per what the
     /// client's DISCONNECT said), counts and logs the end of the connection.
-    pub(super) fn end(&self, cx: &mut Cx<'_>, close: &Close, ending: Option<Ending>) {
+    pub(super) fn end(&mut self, cx: &mut Cx<'_>, close: &Close, ending: Option<Ending>) {
+        self.turn.leave(&cx.broker.turns);
         let ending = ending.unwrap_or(self.ending);
         self.disconnected_event(cx, close.reason, &close.detail);
         cx.broker

@@ -442,7 +442,7 @@ fn activate(
         held: None,
         hand_over_asked: false,
         denials_logged: 0,
-        routed: 0,
+        turn: super::turn::Turn::new(&cx.broker.turns, cx.now),
     })
 }
 

@@ -60,23 +60,19 @@ mod held;
 mod hooked;
 mod publish;
 mod subscribe;
+mod turn;
 
 pub use access::{CheckAnswer, ListenerAccess, PeerInfo};
 pub use connecting::{BRIDGE_PROPERTY, NODE_PROPERTY};
 pub use enhanced::MAX_AUTH_STEPS;
 pub use held::HELD_LIMIT;
 pub use hooked::HookAnswer;
+pub use turn::{MAX_TURN_SHIFT, QUIET, TURN_DELIVERIES, Turns};
 
 /// `poll_transmit` stops adding queued deliveries once the caller's buffer holds this many
 /// bytes; the I/O layer writes them out and polls again. Bounds the per-connection write
 /// buffer (answers to what the client sent are always added; reading stops at this mark too).
 pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
-
-/// Deliveries a connection's publishes make before `handle_input` stops and it gives way to
-/// the other connections (`Connection::gives_way`): a client's burst of messages to many
-/// subscribers is routed in pieces of about this size (a quarter to half a millisecond of
-/// routing on one core), so that others' messages wait behind one piece, not the whole burst.
-pub const TURN_DELIVERIES: u32 = 1024;
 
 /// Why a connection closed. Whatever CONNACK or DISCONNECT the client is owed is already in
 /// the output when the connection reaches `Closed`.
@@ -281,12 +277,12 @@ impl Connection {
         self.link.peer
     }
 
-    /// True when this connection's publishes have made [`TURN_DELIVERIES`] deliveries in its
-    /// turn, so that `handle_input` handled no more: the I/O layer lets other connections run,
-    /// then calls `handle_input` again (a new turn) with what is left in the buffer before it
-    /// reads more.
+    /// True when this connection's publishes have made their turn's deliveries (see
+    /// `turn.rs`), so that `handle_input` handled no more: the I/O layer lets other
+    /// connections run, then calls `handle_input` again (a new turn) with what is left in the
+    /// buffer before it reads more.
     pub fn gives_way(&self) -> bool {
-        matches!(&self.state, State::Active(a) if a.turn_spent())
+        matches!(&self.state, State::Active(a) if a.turn.spent())
     }
 
     /// True once CONNECT was accepted (and until the connection closes).
@@ -338,12 +334,14 @@ impl Connection {
     /// when its publishes have made a turn's worth of deliveries (`gives_way`).
     pub fn handle_input(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut) {
         // A connection that gave way starts a new turn.
-        if let State::Active(a) = &mut self.state
-            && a.turn_spent()
-        {
-            a.routed = 0;
-        }
+        let before = match &mut self.state {
+            State::Active(a) => a.turn.begin(&broker.turns, now),
+            _ => 0,
+        };
         self.input(broker, now, buf, true);
+        if let State::Active(a) = &mut self.state {
+            a.turn.end(&broker.turns, now, before);
+        }
     }
 
     /// `handle_input`, pausing for the publish rate only if `throttle`.
@@ -357,7 +355,7 @@ impl Connection {
                 // Left for the session's new owner to read once it is active.
                 State::Closed(_) | State::Waiting(_) => return,
                 State::Active(a) => {
-                    if throttle && a.turn_spent() {
+                    if throttle && a.turn.spent() {
                         // The rest after the others had their turn (a single message's
                         // fan-out is never split).
                         return;
@@ -668,7 +666,7 @@ impl Connection {
     fn close(&mut self, broker: &Broker, now: Instant, close: Close, ending: Option<Ending>) {
         let state = std::mem::replace(&mut self.state, State::Connecting);
         match state {
-            State::Active(a) => {
+            State::Active(mut a) => {
                 let mut cx = Cx {
                     broker,
                     link: &mut self.link,

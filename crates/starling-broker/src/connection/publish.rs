@@ -194,9 +194,8 @@ impl Active {
         // Kept for the hooks only if one wants to hear of a drop.
         let kept = broker.hooks().wants(Event::Dropped).then(|| msg.clone());
         let routed = broker.publish(msg, ops);
-        // Counted toward this connection's turn (`TURN_DELIVERIES`).
-        let made = u32::try_from(routed.reached).unwrap_or(u32::MAX);
-        self.routed = self.routed.saturating_add(made);
+        // Counted toward this connection's turn (`turn.rs`).
+        self.turn.count(routed.reached);
         if routed.reached + routed.forwarded == 0 {
             broker.metrics.dropped_no_subscriber.inc();
             if let Some(msg) = kept.filter(|_| !retain) {
