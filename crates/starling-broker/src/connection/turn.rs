@@ -77,9 +77,10 @@ pub(super) struct Turn {
     mark: u32,
     /// Since when (`Turns::ms`) its burst has given way to nobody.
     quiet_since: u32,
-    /// When (`Turns::ms`) it last gave way: a burst goes on across reads that end between
-    /// turns, and one that has not given way for [`QUIET`] is over.
-    last_gave: u32,
+    /// When (`Turns::ms`) its deliveries last passed a multiple of [`TURN_DELIVERIES`] (or
+    /// it gave way): a burst goes on across reads while they do so at least every [`QUIET`];
+    /// after a slower stretch it is over, and the next one starts small.
+    busy_at: u32,
     /// The turn is `TURN_DELIVERIES << shift` deliveries.
     shift: u8,
     /// It gave way and is counted in `Turns::giving_way`.
@@ -93,7 +94,7 @@ impl Turn {
             routed: 0,
             mark: 0,
             quiet_since: 0,
-            last_gave: turns.ms(now).wrapping_sub(quiet_ms() + 1),
+            busy_at: turns.ms(now).wrapping_sub(quiet_ms() + 1),
             shift: 0,
             gave_way: false,
         }
@@ -113,8 +114,8 @@ impl Turn {
 
     /// At the start of `handle_input`: after giving way, a new turn of the same burst, as
     /// long as the last one, doubled once the burst has given way to nobody for [`QUIET`],
-    /// back to the start if anyone routed meanwhile. A connection that has not given way for
-    /// `QUIET` starts any burst small. Returns the deliveries counted so far, for
+    /// back to the start if anyone routed meanwhile. A connection that has routed fewer than
+    /// `TURN_DELIVERIES` in the last `QUIET` starts any burst small. Returns the deliveries counted so far, for
     /// [`Turn::end`].
     pub(super) fn begin(&mut self, turns: &Turns, now: Instant) -> u32 {
         let ms = turns.ms(now);
@@ -128,7 +129,7 @@ impl Turn {
             }
             self.routed = 0;
             self.leave(turns);
-        } else if ms.wrapping_sub(self.last_gave) > quiet_ms() {
+        } else if ms.wrapping_sub(self.busy_at) > quiet_ms() {
             self.shift = 0;
             self.quiet_since = ms;
         }
@@ -136,15 +137,16 @@ impl Turn {
     }
 
     /// At the end of `handle_input`, with what [`Turn::begin`] returned: a turn that spent
-    /// its deliveries gives way (and notes when, and where the others' count stands); one
-    /// that routed something while another connection gives way is counted for that one to
-    /// see.
+    /// its deliveries gives way (and notes where the others' count stands); one that routed
+    /// something while another connection gives way is counted for that one to see.
     pub(super) fn end(&mut self, turns: &Turns, now: Instant, before: u32) {
         if self.routed == before {
             return;
         }
+        if self.routed / TURN_DELIVERIES != before / TURN_DELIVERIES {
+            self.busy_at = turns.ms(now);
+        }
         if self.spent() {
-            self.last_gave = turns.ms(now);
             if !self.gave_way {
                 self.gave_way = true;
                 turns.giving_way.fetch_add(1, Ordering::Relaxed);
@@ -236,14 +238,18 @@ mod tests {
             burst(&mut t, &turns, start + MS * i);
         }
         assert_eq!(t.routed, 32768);
-        // The burst ends: a turn that does not spend its deliveries.
-        let at = start + Duration::from_secs(60);
-        let before = t.begin(&turns, at);
-        t.count(5);
-        t.end(&turns, at, before);
+        // The burst ends: a turn that does not spend its deliveries, then a trickle, slower
+        // than a base turn per quiet period.
+        let mut at = start + Duration::from_secs(60);
+        for _ in 0..100 {
+            let before = t.begin(&turns, at);
+            t.count(5);
+            t.end(&turns, at, before);
+            at += QUIET;
+        }
         assert!(!t.spent());
         assert_eq!(turns.giving_way.load(Ordering::Relaxed), 0);
-        // A minute later, a new burst: small again, though nobody else routed.
+        // Then a new burst: small again, though nobody else routed.
         assert_eq!(burst(&mut t, &turns, at + MS), 1024);
         assert_eq!(burst(&mut t, &turns, at + MS * 2), 1024);
     }
@@ -271,6 +277,35 @@ mod tests {
         t.end(&turns, at + MS, before);
         assert_eq!(t.routed, 16384);
         assert_eq!(burst(&mut t, &turns, at + MS * 2), 32768);
+    }
+
+    #[test]
+    fn a_fast_stream_keeps_its_long_turns_between_give_ways_further_apart_than_quiet() {
+        let start = Instant::now();
+        let turns = Turns::new(start);
+        let mut t = Turn::new(&turns, start);
+        let mut at = start;
+        for _ in 0..20 {
+            burst(&mut t, &turns, at);
+            at += MS;
+        }
+        assert_eq!(t.routed, 32768);
+        // Reads of 500 deliveries every millisecond: 66 ms from one give-way to the next, and
+        // every turn stays at the bound.
+        for _ in 0..3 {
+            let mut before = t.begin(&turns, at);
+            assert_eq!(t.routed, 0, "a new turn");
+            loop {
+                t.count(500);
+                t.end(&turns, at, before);
+                if t.spent() {
+                    break;
+                }
+                at += MS;
+                before = t.begin(&turns, at);
+            }
+            assert_eq!(t.routed, 33000);
+        }
     }
 
     #[test]
