@@ -629,9 +629,6 @@ fn boxed_answer(f: Pending<CheckAnswer>) -> Pending<Box<CheckAnswer>> {
 mod tests {
     use super::*;
 
-    /// Every idle connection holds its task: this is most of what it costs (bench scenario 6
-    /// measures the whole). tokio puts it in a cell 104 bytes larger, rounded up to 128:
-    /// at most 280 bytes keeps the cell at 384.
     /// `give_way` relies on tokio keeping the wake-up `yield_now` defers after the future is
     /// dropped: a task that gives way is polled again, after the task that was ready.
     #[test]
@@ -679,6 +676,9 @@ mod tests {
         }
     }
 
+    /// Every idle connection holds its task: this is most of what it costs (bench scenario 6
+    /// measures the whole). tokio puts it in a cell 104 bytes larger, rounded up to 128:
+    /// at most 280 bytes keeps the cell at 384.
     #[tokio::test]
     async fn the_connection_task_stays_small() {
         let broker = Arc::new(Broker::new(Default::default(), Instant::now()));

@@ -36,8 +36,8 @@ pub const MAX_TURN_SHIFT: u8 = 5;
 pub const QUIET: Duration = Duration::from_millis(10);
 
 /// [`QUIET`] in milliseconds.
-fn quiet_ms() -> u32 {
-    QUIET.as_millis() as u32
+fn quiet_ms() -> u16 {
+    QUIET.as_millis() as u16
 }
 
 /// What connections giving way learn of the others, shared by all of them (in the broker).
@@ -46,7 +46,9 @@ pub struct Turns {
     /// Connections now giving way in the middle of a burst.
     giving_way: AtomicU32,
     /// Turns that routed something, counted only while a connection gives way (so that the
-    /// usual turn costs one read of `giving_way`, not a write shared by every core).
+    /// usual turn costs one read of `giving_way`, not a write shared by every core). Compared
+    /// for equality in 16 bits (`Turn::mark`): others' turns that are a multiple of 65,536
+    /// during one give-way would pass for none.
     routed: AtomicU32,
     /// Time zero of the connections' `quiet_since`.
     epoch: Instant,
@@ -62,9 +64,16 @@ impl Turns {
         }
     }
 
-    /// `now` in milliseconds since the epoch, wrapping (compared with `wrapping_sub`).
-    fn ms(&self, now: Instant) -> u32 {
-        now.saturating_duration_since(self.epoch).as_millis() as u32
+    /// `now` in milliseconds since the epoch, in 16 bits (compared with `wrapping_sub`): a
+    /// time 65.5 s old passes for a recent one, which at worst starts a burst at the length
+    /// its last one reached. Kept small because every connection holds two.
+    fn ms(&self, now: Instant) -> u16 {
+        now.saturating_duration_since(self.epoch).as_millis() as u16
+    }
+
+    /// `routed` in the 16 bits a connection keeps of it.
+    fn routed(&self) -> u16 {
+        self.routed.load(Ordering::Relaxed) as u16
     }
 }
 
@@ -74,13 +83,13 @@ pub(super) struct Turn {
     /// Deliveries its publishes made since it last gave way.
     routed: u32,
     /// `Turns::routed` when it gave way.
-    mark: u32,
+    mark: u16,
     /// Since when (`Turns::ms`) its burst has given way to nobody.
-    quiet_since: u32,
+    quiet_since: u16,
     /// When (`Turns::ms`) its deliveries last passed a multiple of [`TURN_DELIVERIES`] (or
     /// it gave way): a burst goes on across reads while they do so at least every [`QUIET`];
     /// after a slower stretch it is over, and the next one starts small.
-    busy_at: u32,
+    busy_at: u16,
     /// The turn is `TURN_DELIVERIES << shift` deliveries.
     shift: u8,
     /// It gave way and is counted in `Turns::giving_way`.
@@ -120,7 +129,7 @@ impl Turn {
     pub(super) fn begin(&mut self, turns: &Turns, now: Instant) -> u32 {
         let ms = turns.ms(now);
         if self.spent() {
-            let others = turns.routed.load(Ordering::Relaxed) != self.mark;
+            let others = turns.routed() != self.mark;
             if others {
                 self.shift = 0;
                 self.quiet_since = ms;
@@ -151,7 +160,7 @@ impl Turn {
                 self.gave_way = true;
                 turns.giving_way.fetch_add(1, Ordering::Relaxed);
             }
-            self.mark = turns.routed.load(Ordering::Relaxed);
+            self.mark = turns.routed();
         } else if turns.giving_way.load(Ordering::Relaxed) > 0 {
             turns.routed.fetch_add(1, Ordering::Relaxed);
         }
@@ -306,6 +315,12 @@ mod tests {
             }
             assert_eq!(t.routed, 33000);
         }
+    }
+
+    #[test]
+    fn a_turn_stays_small() {
+        // Every connection holds one (in its `Active`, beside 4 bytes of its own before).
+        assert!(std::mem::size_of::<Turn>() <= 12);
     }
 
     #[test]
