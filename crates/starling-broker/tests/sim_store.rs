@@ -464,3 +464,67 @@ fn a_connect_whose_session_cannot_be_stored_is_refused_with_the_reason() {
     sim.store().unwrap().heal();
     let (_s, _) = connected(&mut sim, persistent(V5, "s", 600));
 }
+
+/// In `sync` mode a QoS 1 message delivered to every persistent subscriber and acknowledged
+/// by each before the committer takes it has nothing left to store: its PUBACK goes without
+/// waiting for a commit, and nothing of it is written. One that is still unacknowledged when
+/// the commit would come waits for the commit as before, and survives a crash; so does a
+/// retained one (the retained message itself is stored).
+#[test]
+fn a_message_acknowledged_by_its_subscribers_before_the_commit_needs_none() {
+    let mut sim = Sim::with(Limits::default(), Durability::Sync);
+    let (s, _) = connected(&mut sim, persistent(V5, "s", 600));
+    sim.send(s, subscribe(1, "t", QoS::AtLeastOnce));
+    assert!(matches!(&sim.take(s)[..], [Packet::SubAck(_)]));
+    let (p, _) = connected(&mut sim, connect(V5, "p"));
+    let applied = sim.store().unwrap().applied();
+    sim.hold_commits = true;
+
+    sim.send(p, publish("t", QoS::AtLeastOnce, 1, b"a"));
+    assert!(
+        sim.take(p).is_empty(),
+        "the subscriber has not acknowledged it yet"
+    );
+    let got = sim.take(s);
+    let id = publishes(&got)[0].packet_id;
+    sim.send(s, puback(id));
+    match &sim.take(p)[..] {
+        [Packet::PubAck(a)] => assert_eq!((a.packet_id, a.reason), (1, ReasonCode::Success)),
+        other => panic!("expected the PUBACK before any commit, got {other:?}"),
+    }
+    let journal = &sim.broker.persistence().unwrap().journal;
+    assert_eq!(journal.undone_records(), 1);
+
+    // Not acknowledged by the subscriber: the PUBACK waits for the commit.
+    sim.send(p, publish("t", QoS::AtLeastOnce, 2, b"b"));
+    assert!(!publishes(&sim.take(s)).is_empty());
+    assert!(sim.take(p).is_empty());
+    // Retained: acknowledged by the subscriber, but the retained message must be stored.
+    let mut retained = publish("t", QoS::AtLeastOnce, 3, b"r");
+    if let Packet::Publish(x) = &mut retained {
+        x.retain = true;
+    }
+    sim.send(p, retained);
+    let got = sim.take(s);
+    let id = publishes(&got)[0].packet_id;
+    sim.send(s, puback(id));
+    assert!(sim.take(p).is_empty(), "held behind the commit");
+    assert_eq!(
+        sim.store().unwrap().applied(),
+        applied,
+        "nothing committed yet"
+    );
+
+    sim.hold_commits = false;
+    sim.settle();
+    let acks = sim.take(p);
+    let ids: Vec<u16> = pubacks(&acks).iter().map(|a| a.packet_id).collect();
+    assert_eq!(ids, [2, 3], "in order, after the commit");
+    // "b" was stored; "a" never was. After a crash the session resends "b" only.
+    sim.crash_and_restart();
+    let (s, present) = connected(&mut sim, persistent(V5, "s", 600));
+    assert!(present);
+    let got = sim.take(s);
+    let payloads: Vec<&[u8]> = publishes(&got).iter().map(|m| &m.payload[..]).collect();
+    assert_eq!(payloads, [&b"b"[..]]);
+}

@@ -19,6 +19,7 @@ pub mod record;
 pub mod redb_store;
 
 pub use memory::MemoryStore;
+pub use mix::BuildMix;
 pub use record::{
     MessagePhase, MessageRecord, SessionRecord, SharedPayload, SubscriptionRecord, WillRecord,
 };

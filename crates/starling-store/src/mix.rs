@@ -1,15 +1,16 @@
-//! A cheap hash for the store's in-memory maps whose keys no client chooses: buffer
-//! addresses, sequence and body numbers the broker and the store assign. SipHash (std's
-//! default) resists keys picked to collide, which these cannot be, and costs several times
-//! as much per lookup on the committer's path. Maps keyed by client ids keep SipHash.
+//! A cheap hash for in-memory maps whose keys no client chooses: buffer addresses, sequence
+//! and body numbers the broker and the store assign (the store's maps, and the journal's
+//! index of waiting records). SipHash (std's default) resists keys picked to collide, which
+//! these cannot be, and costs several times as much per lookup on the committer's path.
+//! Maps keyed by client ids keep SipHash.
 
 /// Builds [`Mix`] hashers.
 #[derive(Clone, Copy, Default, Debug)]
-pub(crate) struct BuildMix;
+pub struct BuildMix;
 
 /// A multiplicative hash of the words written to it.
-#[derive(Default)]
-pub(crate) struct Mix(u64);
+#[derive(Default, Debug)]
+pub struct Mix(u64);
 
 impl std::hash::BuildHasher for BuildMix {
     type Hasher = Mix;

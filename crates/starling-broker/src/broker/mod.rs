@@ -190,6 +190,17 @@ impl Broker {
         Some(p.journal.push_all(ops.take()))
     }
 
+    /// As [`Broker::persist`] for a publish's ops, and whether they form a group whose
+    /// acknowledgement may go without a commit once all of it is delivered and acknowledged
+    /// ([`Journal::append`](crate::persist::Journal::append)).
+    pub fn persist_publish(&self, ops: &mut Ops<'_>) -> Option<(u64, bool)> {
+        if ops.is_empty() {
+            return None;
+        }
+        let p = self.persist.as_ref()?;
+        Some(p.journal.append(ops.take()))
+    }
+
     /// What enqueueing into a session needs.
     pub fn ctx(&self) -> Ctx<'_> {
         Ctx {

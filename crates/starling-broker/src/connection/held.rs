@@ -48,6 +48,9 @@ enum Held {
     Packet(Packet),
     /// Deliveries already encoded (PUBLISH, or PUBREL resent on resume).
     Deliveries(Bytes),
+    /// A PUBACK whose ticket is its publish's group (`Journal::append`): it may also go
+    /// once the group is absorbed, before any commit.
+    PubAck(Packet),
 }
 
 impl Active {
@@ -128,6 +131,28 @@ impl Active {
 
     /// Sends an acknowledgement, or holds it (in order) until journal `ticket` is durable.
     pub(super) fn send_ack(&mut self, cx: &mut Cx<'_>, packet: Packet, ticket: Option<u64>) {
+        self.send_or_hold(cx, packet, ticket, false);
+    }
+
+    /// Sends a QoS 1 publish's PUBACK, or holds it as `send_ack` does; `grouped`: `ticket` is
+    /// its publish's group, so it may also go once that is absorbed.
+    pub(super) fn send_puback(
+        &mut self,
+        cx: &mut Cx<'_>,
+        packet: Packet,
+        ticket: Option<u64>,
+        grouped: bool,
+    ) {
+        self.send_or_hold(cx, packet, ticket, grouped);
+    }
+
+    fn send_or_hold(
+        &mut self,
+        cx: &mut Cx<'_>,
+        packet: Packet,
+        ticket: Option<u64>,
+        grouped: bool,
+    ) {
         let hold = match cx.broker.persistence() {
             // Held even if already failed: `release_held` turns it into a failure answer.
             Some(p) if p.journal.hold_acks() => {
@@ -137,7 +162,12 @@ impl Active {
             _ => false,
         };
         if hold {
-            self.hold(ticket.unwrap_or(0), Held::Packet(packet));
+            let item = if grouped && ticket.is_some() {
+                Held::PubAck(packet)
+            } else {
+                Held::Packet(packet)
+            };
+            self.hold(ticket.unwrap_or(0), item);
         } else {
             self.send_now(cx, &packet);
         }
@@ -213,8 +243,12 @@ impl Active {
             return ControlFlow::Continue(());
         };
         let flow = self.release_from(cx, &mut held, journal);
-        if let Some(&(ticket, _)) = held.queue.front() {
-            let waker = &cx.link.waker;
+        if let Some((ticket, front)) = held.queue.front() {
+            let (ticket, waker) = (*ticket, &cx.link.waker);
+            if matches!(front, Held::PubAck(_)) && journal.watch_absorbed(ticket, waker) {
+                // Absorbed since `release_from` looked: run again.
+                waker.wake();
+            }
             if journal.status(ticket).is_failed() {
                 // Waits for the carried-over changes to be committed (see `release_from`).
                 journal.notify_when_committed(ticket, waker, &mut held.commit_generation);
@@ -235,7 +269,11 @@ impl Active {
                 journal.status(ticket)
             };
             if status == TicketStatus::Pending {
-                break;
+                if !(matches!(front, Held::PubAck(_)) && journal.take_absorbed(ticket)) {
+                    break;
+                }
+                // Nothing of its publish is left to store.
+                status = TicketStatus::Durable;
             }
             if status.is_failed() && shows_carried_state(front) {
                 // What it shows (a delivery's packet id, a Released phase, a forgotten QoS 2
@@ -257,7 +295,7 @@ impl Active {
                     cx.link.out.extend_from_slice(&bytes);
                     continue;
                 }
-                Held::Packet(packet) => packet,
+                Held::Packet(packet) | Held::PubAck(packet) => packet,
             };
             if status.is_failed() {
                 cx.broker.metrics.store_failures_answered.inc();
@@ -333,6 +371,19 @@ impl Active {
         ticket
     }
 
+    /// As `persisted`, for a publish's ops: also whether they form a group
+    /// (`Broker::persist_publish`).
+    pub(super) fn persisted_publish(
+        &mut self,
+        cx: &Cx<'_>,
+        ops: &mut Ops<'_>,
+    ) -> (Option<u64>, bool) {
+        let r = cx.broker.persist_publish(ops);
+        let ticket = r.map(|(t, _)| t);
+        self.journaled(ticket);
+        (ticket, r.is_some_and(|(_, grouped)| grouped))
+    }
+
     /// Notes that this connection's work journaled up to `ticket`: while that is not
     /// committed and the journal is at its bound, the client is not read.
     pub(super) fn journaled(&mut self, ticket: Option<u64>) {
@@ -351,6 +402,7 @@ fn shows_carried_state(held: &Held) -> bool {
         Held::Deliveries(_) => true,
         // The Released phase; the forgotten inbound id.
         Held::Packet(p) => matches!(p, Packet::PubRel(_) | Packet::PubComp(_)),
+        Held::PubAck(_) => false,
     }
 }
 

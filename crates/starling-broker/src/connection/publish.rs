@@ -106,7 +106,7 @@ impl Active {
             // Refused: the id does not await PUBREL, so the client may use it again.
             self.session.lock().refuse_qos2(pid, &mut ops);
         }
-        let ticket = self.persisted(cx, &mut ops);
+        let (ticket, grouped) = self.persisted_publish(cx, &mut ops);
         match qos {
             QoS::AtMostOnce if reason == ReasonCode::PayloadFormatInvalid => {
                 return self.fail(cx, reason, "payload is not valid UTF-8");
@@ -114,7 +114,7 @@ impl Active {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
                 let ack = self.ack_with_reason(pid, reason, low_space);
-                self.send_ack(cx, Packet::PubAck(ack), ticket);
+                self.send_puback(cx, Packet::PubAck(ack), ticket, grouped);
             }
             QoS::ExactlyOnce => {
                 let ack = self.ack_with_reason(pid, reason, low_space);

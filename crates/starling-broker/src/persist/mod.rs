@@ -21,6 +21,7 @@
 //! journals a record per persistent subscriber it reaches, so the journal can exceed the
 //! bound by up to a read buffer's worth of publishes times their fan-out; nothing is dropped.
 
+mod pending;
 mod records;
 
 use std::collections::VecDeque;
@@ -35,6 +36,7 @@ pub use records::{
 };
 
 use crate::wake::Waker;
+use pending::Pending;
 
 /// Where a ticket stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,19 +57,6 @@ impl TicketStatus {
     pub fn is_failed(self) -> bool {
         matches!(self, Self::Failed | Self::Full)
     }
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    ops: Vec<Op>,
-    /// Sum of the ops' weights.
-    bytes: usize,
-    /// Ticket of the last op pushed.
-    last: u64,
-    closed: bool,
-    /// The committer is waiting for `bytes` to reach this (only then is waking it worth its
-    /// syscall); `None` while it is not waiting.
-    wake_at: Option<usize>,
 }
 
 /// Most failed ranges remembered (adjacent ones merge, so an outage is one range). A ticket
@@ -117,6 +106,8 @@ pub struct Journal {
     batch_bytes: AtomicUsize,
     /// Free space is below the store's limit: new QoS 1/2 messages are refused.
     low_space: std::sync::atomic::AtomicBool,
+    /// `Pending::undone`, readable without the lock (a metric).
+    undone: AtomicU64,
 }
 
 impl Journal {
@@ -137,6 +128,7 @@ impl Journal {
             bytes: AtomicUsize::new(0),
             batch_bytes: AtomicUsize::new(0),
             low_space: std::sync::atomic::AtomicBool::new(false),
+            undone: AtomicU64::new(0),
         }
     }
 
@@ -158,21 +150,26 @@ impl Journal {
 
     /// Appends an op; returns its ticket.
     pub fn push(&self, op: Op) -> u64 {
-        self.push_all(std::iter::once(op))
+        self.push_all(vec![op])
     }
 
     /// Appends ops in order under one lock; returns the ticket of the last (the last ticket
-    /// so far if there are none).
-    pub fn push_all(&self, ops: impl IntoIterator<Item = Op>) -> u64 {
+    /// so far if none was appended). A deletion or phase change of a message record still
+    /// waiting in the journal is applied to it in place instead (see `pending.rs`).
+    pub fn push_all(&self, ops: Vec<Op>) -> u64 {
+        self.append(ops).0
+    }
+
+    /// As [`Journal::push_all`], and whether the ops formed a group: with held
+    /// acknowledgements, ops that are all message records, whose acknowledgement may go
+    /// without a commit once every record is deleted again before the committer takes it
+    /// ([`Journal::take_absorbed`]).
+    pub fn append(&self, ops: Vec<Op>) -> (u64, bool) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for op in ops {
-            p.bytes += op.weight();
-            p.last += 1;
-            p.ops.push(op);
-        }
+        let (t, grouped, absorbed) = p.push(ops, self.hold_acks);
         self.bytes.store(p.bytes, Ordering::Relaxed);
-        let t = p.last;
-        let wake = p.wake_at.is_some_and(|at| p.bytes >= at);
+        self.undone.store(p.undone, Ordering::Relaxed);
+        let wake = p.wake_at.is_some_and(|at| p.bytes >= at) && !p.is_empty();
         if wake {
             p.wake_at = None;
         }
@@ -180,7 +177,31 @@ impl Journal {
         if wake {
             self.committer.wake();
         }
-        t
+        for waker in absorbed {
+            waker.wake();
+        }
+        (t, grouped)
+    }
+
+    /// Whether the group whose acknowledgement waits for `ticket` (see [`Journal::append`])
+    /// has nothing left to store: each of its records was deleted (delivered and
+    /// acknowledged) before the committer took it. Answers true once: the caller sends the
+    /// acknowledgement.
+    pub fn take_absorbed(&self, ticket: u64) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.take_absorbed(ticket)
+    }
+
+    /// True if the group of `ticket` is absorbed; otherwise `waker` is woken when it is (if
+    /// it can still be; else the commit that covers it wakes whoever waits for that).
+    pub fn watch_absorbed(&self, ticket: u64, waker: &Waker) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.watch(ticket, waker)
+    }
+
+    /// Message records deleted while they waited in the journal, so never written.
+    pub fn undone_records(&self) -> u64 {
+        self.undone.load(Ordering::Relaxed)
     }
 
     /// Takes every op journaled so far, with the last ticket among them. `None` when there is
@@ -188,15 +209,14 @@ impl Journal {
     /// so it can wait for its wake-up without missing one.
     pub fn take_batch(&self) -> Option<(Vec<Op>, u64)> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if p.ops.is_empty() {
+        if p.is_empty() {
             p.wake_at = (!p.closed).then_some(0);
             return None;
         }
         p.wake_at = None;
         self.batch_bytes.store(p.bytes, Ordering::Relaxed);
-        p.bytes = 0;
         self.bytes.store(0, Ordering::Relaxed);
-        Some((std::mem::take(&mut p.ops), p.last))
+        p.take()
     }
 
     /// For the periodic committer, which waits its interval between commits: true if the
@@ -235,7 +255,7 @@ impl Journal {
     /// True once closed and drained.
     pub fn is_finished(&self) -> bool {
         let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.closed && p.ops.is_empty()
+        p.closed && p.is_empty()
     }
 
     /// No more batches will be waited for; the committer drains what is left and stops.
@@ -332,6 +352,10 @@ impl Journal {
         }
         self.done.store(upto, Ordering::Release);
         self.batch_bytes.store(0, Ordering::Relaxed);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finished(upto);
         self.wake_waiters();
     }
 

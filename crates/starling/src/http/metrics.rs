@@ -648,6 +648,12 @@ impl Collector for BrokerCollector {
             )?;
             counter(
                 e,
+                "starling_store_records_undone",
+                "Message records deleted before they were committed (delivered and acknowledged within a commit cycle), so never written",
+                b.persistence().map_or(0, |p| p.journal.undone_records()),
+            )?;
+            counter(
+                e,
                 "starling_store_commit_failures",
                 "Store batches that failed to commit",
                 m.store_commit_failures.get(),

@@ -1,0 +1,347 @@
+//! The ops waiting for the committer, and what is undone in place before it takes them. A
+//! message record stored for a session and deleted again while both ops wait (the message
+//! was delivered and acknowledged within one commit cycle) is dropped from the batch, so the
+//! committer never sees it; a phase change of a record that waits is folded into it. A QoS 1
+//! publish whose ops are only such records ("a group") needs no commit at all once every one
+//! of them is undone: nothing of it is left to store, so its PUBACK may go (`take_absorbed`), and
+//! the connection holding that PUBACK is woken when it happens (`watch`).
+//!
+//! Slots keep their positions (an undone op leaves `None`), so a ticket is always its op's
+//! position after the batch's first ticket, and an index from (session, sequence) to the slot
+//! of its record finds the record in O(1). The index holds only records of the batch not yet
+//! taken; groups live until the commit that covers them has finished.
+
+use std::collections::HashMap;
+
+use starling_store::{BuildMix, ClientId, Op};
+
+use crate::wake::Waker;
+
+/// A record waiting in a slot, and the group it belongs to (0: none).
+#[derive(Debug, Clone, Copy)]
+struct Put {
+    slot: usize,
+    group: u64,
+}
+
+/// A publish's records still waiting, and who to wake when none is left.
+#[derive(Debug)]
+struct Group {
+    live: u32,
+    waker: Option<Waker>,
+}
+
+/// The batch being gathered for the committer.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    /// Ops in ticket order; `None` where one was undone.
+    slots: Vec<Option<Op>>,
+    /// Sum of the live ops' weights.
+    pub(super) bytes: usize,
+    /// Ticket of the last op pushed.
+    pub(super) last: u64,
+    pub(super) closed: bool,
+    /// The committer is waiting for `bytes` to reach this (only then is waking it worth its
+    /// syscall); `None` while it is not waiting.
+    pub(super) wake_at: Option<usize>,
+    /// Waiting records by (address of the session's client id, sequence). Keyed by the
+    /// address of the shared id, as the core journals a session's ops with the session's own
+    /// `Arc`: addresses are unique while the slots keep those `Arc`s alive, and not chosen
+    /// by clients, so the cheap hash is safe. An op naming the client through another `Arc`
+    /// is not merged, only applied in order, which is always correct.
+    index: HashMap<(usize, u64), Put, BuildMix>,
+    /// Groups by the ticket of their last op (the ticket their PUBACK waits for).
+    groups: HashMap<u64, Group, BuildMix>,
+    /// Records undone in place since the start (a metric).
+    pub(super) undone: u64,
+}
+
+fn key(id: &ClientId, seq: u64) -> (usize, u64) {
+    (std::sync::Arc::as_ptr(id).cast::<u8>() as usize, seq)
+}
+
+impl Pending {
+    /// Whether nothing waits (not even an undone slot whose ticket must still be finished).
+    pub(super) fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Appends `ops`, undoing and folding in place what they cancel; `group`: they may form a
+    /// group (acknowledgements wait for commits). Returns the ticket of the last op appended
+    /// (the last so far if none was), whether they formed a group, and the connections to
+    /// wake because their groups were absorbed (to be woken once the lock is released).
+    pub(super) fn push(&mut self, ops: Vec<Op>, group: bool) -> (u64, bool, Vec<Waker>) {
+        let mut wake = Vec::new();
+        let grouped = group
+            && !ops.is_empty()
+            && ops.iter().all(|op| matches!(op, Op::PutMessage(..)))
+            && u32::try_from(ops.len()).is_ok();
+        let group_ticket = if grouped {
+            let t = self.last + ops.len() as u64;
+            let live = u32::try_from(ops.len()).unwrap_or(u32::MAX);
+            self.groups.insert(t, Group { live, waker: None });
+            t
+        } else {
+            0
+        };
+        for op in ops {
+            match &op {
+                Op::PutMessage(id, seq, _) => {
+                    let put = Put {
+                        slot: self.slots.len(),
+                        group: group_ticket,
+                    };
+                    self.index.insert(key(id, *seq), put);
+                }
+                Op::SetPhase(id, seq, phase, packet_id) => {
+                    if let Some(put) = self.index.get(&key(id, *seq))
+                        && let Some(Some(Op::PutMessage(_, _, rec))) = self.slots.get_mut(put.slot)
+                    {
+                        rec.phase = *phase;
+                        rec.packet_id = *packet_id;
+                        continue;
+                    }
+                }
+                Op::DeleteMessage(id, seq) => {
+                    if let Some(put) = self.index.remove(&key(id, *seq))
+                        && let Some(slot) = self.slots.get_mut(put.slot)
+                        && let Some(record) = slot.take()
+                    {
+                        self.bytes = self.bytes.saturating_sub(record.weight());
+                        self.undone += 1;
+                        if let Some(g) = self.groups.get_mut(&put.group) {
+                            g.live = g.live.saturating_sub(1);
+                            if g.live == 0
+                                && let Some(w) = g.waker.take()
+                            {
+                                wake.push(w);
+                            }
+                        }
+                        continue;
+                    }
+                }
+                Op::DeleteSession(id) => {
+                    // Its records still waiting are deleted by it anyway; later ops of a new
+                    // session under the same id must not fold into them.
+                    let slots = &self.slots;
+                    self.index.retain(|_, put| {
+                        !matches!(slots.get(put.slot), Some(Some(Op::PutMessage(c, _, _))) if **c == **id)
+                    });
+                }
+                _ => {}
+            }
+            self.bytes += op.weight();
+            self.last += 1;
+            self.slots.push(Some(op));
+        }
+        (self.last, grouped, wake)
+    }
+
+    /// Takes the batch: the ops left, in order, and the last ticket among them (undone or
+    /// not). `None` when nothing was pushed since the last take.
+    pub(super) fn take(&mut self) -> Option<(Vec<Op>, u64)> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        // Drained, not taken: the slots keep their capacity for the next batch.
+        let ops = self.slots.drain(..).flatten().collect();
+        self.index.clear();
+        // A group with a record in the batch now waits for its commit like everything else;
+        // an absorbed one stays absorbed until that commit covers its ticket.
+        self.groups.retain(|_, g| g.live == 0);
+        self.bytes = 0;
+        Some((ops, self.last))
+    }
+
+    /// A batch up to `upto` finished: its tickets answer for themselves now.
+    pub(super) fn finished(&mut self, upto: u64) {
+        if !self.groups.is_empty() {
+            self.groups.retain(|&t, _| t > upto);
+        }
+    }
+
+    /// Whether the group whose last ticket is `ticket` has nothing left to store; if so it
+    /// is forgotten (its acknowledgement goes now), so that absorbed groups do not pile up
+    /// while the committer waits.
+    pub(super) fn take_absorbed(&mut self, ticket: u64) -> bool {
+        if self.groups.get(&ticket).is_some_and(|g| g.live == 0) {
+            self.groups.remove(&ticket);
+            return true;
+        }
+        false
+    }
+
+    /// True if the group of `ticket` is absorbed already; otherwise, if it still waits,
+    /// `waker` is woken when it is.
+    pub(super) fn watch(&mut self, ticket: u64, waker: &Waker) -> bool {
+        match self.groups.get_mut(&ticket) {
+            Some(g) if g.live == 0 => true,
+            Some(g) => {
+                if g.waker
+                    .as_ref()
+                    .is_none_or(|w| !std::sync::Arc::ptr_eq(w, waker))
+                {
+                    g.waker = Some(waker.clone());
+                }
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use starling_store::{MessagePhase, MessageRecord};
+
+    use super::*;
+    use crate::wake::Flag;
+
+    fn record() -> MessageRecord {
+        MessageRecord {
+            packet: vec![1, 2, 3],
+            payload: None,
+            expires_at_ms: None,
+            phase: MessagePhase::Queued,
+            packet_id: 0,
+        }
+    }
+
+    fn put(id: &ClientId, seq: u64) -> Op {
+        Op::PutMessage(id.clone(), seq, record())
+    }
+
+    /// A record stored, sent and acknowledged before the committer takes the batch never
+    /// reaches it; its tickets are still finished by the batch.
+    #[test]
+    fn a_record_deleted_while_it_waits_is_never_taken() {
+        let a: ClientId = Arc::from("a");
+        let mut p = Pending::default();
+        let (t, grouped, _) = p.push(vec![put(&a, 1), put(&a, 2)], true);
+        assert_eq!((t, grouped), (2, true));
+        let weight = p.bytes;
+        p.push(
+            vec![Op::SetPhase(a.clone(), 1, MessagePhase::Published, 7)],
+            true,
+        );
+        p.push(vec![Op::DeleteMessage(a.clone(), 1)], true);
+        assert_eq!(p.last, 2, "folded and undone: no ticket taken");
+        assert!(p.bytes < weight, "the undone record no longer counts");
+        assert_eq!(p.undone, 1);
+        let (ops, upto) = p.take().unwrap();
+        assert_eq!(upto, 2);
+        assert!(matches!(&ops[..], [Op::PutMessage(_, 2, _)]), "{ops:?}");
+        // Once taken, a deletion is journaled as an op of its own.
+        let (t, _, _) = p.push(vec![Op::DeleteMessage(a.clone(), 2)], true);
+        assert_eq!(t, 3);
+        assert!(matches!(
+            &p.take().unwrap().0[..],
+            [Op::DeleteMessage(_, 2)]
+        ));
+    }
+
+    #[test]
+    fn a_phase_change_folds_into_its_waiting_record() {
+        let a: ClientId = Arc::from("a");
+        let mut p = Pending::default();
+        p.push(vec![put(&a, 1)], false);
+        p.push(
+            vec![Op::SetPhase(a.clone(), 1, MessagePhase::Released, 9)],
+            false,
+        );
+        let (ops, _) = p.take().unwrap();
+        let [Op::PutMessage(_, 1, rec)] = &ops[..] else {
+            panic!("{ops:?}")
+        };
+        assert_eq!((rec.phase, rec.packet_id), (MessagePhase::Released, 9));
+    }
+
+    /// A publish's PUBACK may go once every record it stored is undone, and not before; its
+    /// connection is woken when that happens.
+    #[test]
+    fn a_group_is_absorbed_when_its_last_record_is_undone() {
+        let (a, b): (ClientId, ClientId) = (Arc::from("a"), Arc::from("b"));
+        let mut p = Pending::default();
+        let (t, grouped, _) = p.push(vec![put(&a, 1), put(&b, 1)], true);
+        assert!(grouped);
+        let flag = Flag::new();
+        let waker: Waker = flag.clone();
+        assert!(!p.watch(t, &waker));
+        let (_, _, wake) = p.push(vec![Op::DeleteMessage(a.clone(), 1)], true);
+        assert!(
+            wake.is_empty() && !p.watch(t, &waker),
+            "b's record still waits"
+        );
+        let (_, _, wake) = p.push(vec![Op::DeleteMessage(b.clone(), 1)], true);
+        assert_eq!(wake.len(), 1);
+        assert!(p.watch(t, &waker));
+        // Taken (empty) and finished: the ticket answers for itself.
+        let (ops, upto) = p.take().unwrap();
+        assert!(ops.is_empty());
+        assert!(p.watch(t, &waker), "until its commit finishes");
+        p.finished(upto);
+        assert!(!p.watch(t, &waker));
+        // Claimed once, then forgotten.
+        let (t, _, _) = p.push(vec![put(&a, 2)], true);
+        p.push(vec![Op::DeleteMessage(a.clone(), 2)], true);
+        assert!(p.take_absorbed(t));
+        assert!(!p.take_absorbed(t));
+    }
+
+    #[test]
+    fn what_is_not_a_group_never_reads_as_absorbed() {
+        let a: ClientId = Arc::from("a");
+        let mut p = Pending::default();
+        // Mixed with another op (a retained message, an eviction): not a group.
+        let (t, grouped, _) = p.push(vec![put(&a, 1), Op::DeleteRetained("r".into())], true);
+        assert!(!grouped);
+        p.push(vec![Op::DeleteMessage(a.clone(), 1)], true);
+        assert!(!p.take_absorbed(t));
+        // Without held acknowledgements, no groups are kept.
+        let (t, grouped, _) = p.push(vec![put(&a, 2)], false);
+        assert!(!grouped);
+        p.push(vec![Op::DeleteMessage(a.clone(), 2)], false);
+        assert!(!p.take_absorbed(t));
+        // A record taken by the committer is no longer undone: its group waits for the commit.
+        let (t, _, _) = p.push(vec![put(&a, 3)], true);
+        p.take();
+        p.push(vec![Op::DeleteMessage(a.clone(), 3)], true);
+        assert!(!p.take_absorbed(t));
+    }
+
+    /// After a session is deleted, its id may start a new session whose sequences start
+    /// again: a deletion then must not undo a record of the old one.
+    #[test]
+    fn a_deleted_session_keeps_its_records_apart() {
+        let a: ClientId = Arc::from("a");
+        let mut p = Pending::default();
+        p.push(vec![put(&a, 1)], true);
+        p.push(vec![Op::DeleteSession(a.clone())], true);
+        p.push(vec![Op::DeleteMessage(a.clone(), 1)], true);
+        let (ops, _) = p.take().unwrap();
+        assert!(
+            matches!(
+                &ops[..],
+                [
+                    Op::PutMessage(..),
+                    Op::DeleteSession(_),
+                    Op::DeleteMessage(..)
+                ]
+            ),
+            "{ops:?}"
+        );
+    }
+
+    /// A record named through another `Arc` of the same client id is applied in order,
+    /// never merged.
+    #[test]
+    fn another_arc_of_the_same_id_is_not_merged() {
+        let (a1, a2): (ClientId, ClientId) = (Arc::from("a"), Arc::from("a"));
+        let mut p = Pending::default();
+        p.push(vec![put(&a1, 1)], true);
+        p.push(vec![Op::DeleteMessage(a2, 1)], true);
+        assert_eq!(p.take().unwrap().0.len(), 2);
+    }
+}
