@@ -17,6 +17,9 @@ use starling_store::{BuildMix, ClientId, Op};
 
 use crate::wake::Waker;
 
+/// Slots whose room is kept from one batch to the next.
+const KEEP_SLOTS: usize = 16 * 1024;
+
 /// A record waiting in a slot, and the group it belongs to (0: none).
 #[derive(Debug, Clone, Copy)]
 struct Put {
@@ -143,8 +146,12 @@ impl Pending {
         if self.slots.is_empty() {
             return None;
         }
-        // Drained, not taken: the slots keep their capacity for the next batch.
+        // Drained, not taken: the slots keep their room for the next batch (up to a bound,
+        // so that a burst's memory is given back).
         let ops = self.slots.drain(..).flatten().collect();
+        if self.slots.capacity() > KEEP_SLOTS {
+            self.slots.shrink_to(KEEP_SLOTS);
+        }
         self.index.clear();
         // A group with a record in the batch now waits for its commit like everything else;
         // an absorbed one stays absorbed until that commit covers its ticket.
