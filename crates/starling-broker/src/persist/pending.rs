@@ -3,13 +3,16 @@
 //! was delivered and acknowledged within one commit cycle) is dropped from the batch, so the
 //! committer never sees it; a phase change of a record that waits is folded into it. A QoS 1
 //! publish whose ops are only such records ("a group") needs no commit at all once every one
-//! of them is undone: nothing of it is left to store, so its PUBACK may go (`take_absorbed`), and
-//! the connection holding that PUBACK is woken when it happens (`watch`).
+//! of them is undone: nothing of it is left to store, so its PUBACK may go
+//! (`take_absorbed`), and the connection holding that PUBACK is woken when it happens
+//! (`watch`).
 //!
 //! Slots keep their positions (an undone op leaves `None`), so a ticket is always its op's
 //! position after the batch's first ticket, and an index from (session, sequence) to the slot
 //! of its record finds the record in O(1). The index holds only records of the batch not yet
-//! taken; groups live until the commit that covers them has finished.
+//! taken. A group is forgotten once its acknowledgement is released, or when its batch is
+//! taken with a record still in it (it then waits for the commit like everything else); an
+//! absorbed group nobody claimed is forgotten when the commit that covers it finishes.
 
 use std::collections::HashMap;
 
