@@ -57,19 +57,9 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
 # --- Install and build -------------------------------------------------------------------------
 
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-    log "installing mosquitto"
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mosquitto
-fi
-MOSQUITTO=$(command -v mosquitto 2>/dev/null || echo /usr/sbin/mosquitto)
-
-if [ ! -x "$RUMQTTD" ]; then
-    log "installing rumqttd $RUMQTTD_VERSION"
-    # Not --locked: the lock file of rumqttd 0.20.0 pins metrics 0.22.1, which current rustc
-    # rejects (E0521). Without TLS and WebSocket: plain TCP only, like the other two here.
-    cargo install rumqttd --version "$RUMQTTD_VERSION" --no-default-features --root "$TOOLS"
-fi
+# Not --locked: the lock file of rumqttd 0.20.0 pins metrics 0.22.1, which current rustc
+# rejects (E0521). Without TLS and WebSocket: plain TCP only, like the other two here.
+install_peers mosquitto,rumqttd "$TOOLS" "$RUMQTTD_VERSION"
 
 log "building Starling and the load generator (release)"
 cargo build --release -p starling -p starling-bench
@@ -126,17 +116,7 @@ write_config() { # broker port scenario -> path
             starling_toml > "$dir/starling.toml"
             echo "$dir/starling.toml" ;;
         mosquitto)
-            cat > "$dir/mosquitto.conf" <<EOF
-listener $port 127.0.0.1
-allow_anonymous true
-persistence false
-log_dest none
-max_inflight_messages 1000
-max_queued_messages 1000000
-max_queued_bytes 0
-max_packet_size 4194304
-max_connections -1
-EOF
+            mosquitto_conf "$port" > "$dir/mosquitto.conf"
             echo "$dir/mosquitto.conf" ;;
         rumqttd)
             # rumqttd sends a QoS 0 subscriber at most max_outgoing_packet_count messages per

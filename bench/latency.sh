@@ -37,17 +37,8 @@ RUMQTTD_VERSION=0.20.0
 TOOLS="$ROOT/bench/.tools"
 RUMQTTD="$TOOLS/bin/rumqttd"
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
-if [[ ",$SERVERS," == *",mosquitto,"* ]] && ! command -v mosquitto >/dev/null 2>&1 \
-    && [ ! -x /usr/sbin/mosquitto ]; then
-    log "installing mosquitto"
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mosquitto
-fi
-MOSQUITTO=$(command -v mosquitto 2>/dev/null || echo /usr/sbin/mosquitto)
-if [[ ",$SERVERS," == *",rumqttd,"* ]] && [ ! -x "$RUMQTTD" ]; then
-    log "installing rumqttd $RUMQTTD_VERSION"
-    cargo install rumqttd --version "$RUMQTTD_VERSION" --no-default-features --root "$TOOLS"
-fi
+. bench/peers.sh
+install_peers "$SERVERS" "$TOOLS" "$RUMQTTD_VERSION"
 cargo build --release -q -p starling -p starling-bench
 BIN=${CARGO_TARGET_DIR:-target}/release
 
@@ -58,18 +49,7 @@ trap 'pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PRIO=(chrt -r 1)
 "${PRIO[@]}" true 2>/dev/null || PRIO=()
 
-. bench/peers.sh
 starling_toml > "$WORK/starling.toml"
-cat > "$WORK/mosquitto.conf.in" <<'CONF'
-allow_anonymous true
-persistence false
-log_dest none
-max_inflight_messages 1000
-max_queued_messages 1000000
-max_queued_bytes 0
-max_packet_size 4194304
-max_connections -1
-CONF
 
 PORT=25000
 run() { # server round
@@ -87,7 +67,7 @@ run() { # server round
             taskset -c 0 "${PRIO[@]}" "$exe" serve --config "$WORK/starling.toml" \
                 --bind "127.0.0.1:$PORT" --data-dir "$dir/data" >"$dir/log" 2>&1 & ;;
         mosquitto)
-            { echo "listener $PORT 127.0.0.1"; cat "$WORK/mosquitto.conf.in"; } > "$dir/m.conf"
+            mosquitto_conf "$PORT" > "$dir/m.conf"
             taskset -c 0 "${PRIO[@]}" "$MOSQUITTO" -c "$dir/m.conf" >"$dir/log" 2>&1 & ;;
         rumqttd)
             rumqttd_toml "$PORT" 100000 1000 > "$dir/r.toml"

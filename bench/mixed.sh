@@ -62,17 +62,8 @@ TOOLS="$ROOT/bench/.tools"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
-if [[ ",$BROKERS," == *",mosquitto,"* ]] && ! command -v mosquitto >/dev/null 2>&1 \
-    && [ ! -x /usr/sbin/mosquitto ]; then
-    log "installing mosquitto"
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mosquitto
-fi
-MOSQUITTO=$(command -v mosquitto 2>/dev/null || echo /usr/sbin/mosquitto)
-if [[ ",$BROKERS," == *",rumqttd,"* ]] && [ ! -x "$TOOLS/bin/rumqttd" ]; then
-    log "installing rumqttd $RUMQTTD_VERSION"
-    cargo install rumqttd --version "$RUMQTTD_VERSION" --no-default-features --root "$TOOLS"
-fi
+. bench/peers.sh
+install_peers "$BROKERS" "$TOOLS" "$RUMQTTD_VERSION"
 # BENCH_BIN=DIR: binaries from DIR/release, not built (a long soak keeps running the
 # binaries it started with while the tree is rebuilt).
 if [ -n "${BENCH_BIN:-}" ]; then

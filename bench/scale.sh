@@ -84,16 +84,7 @@ GEN="$TARGET/release/starling-bench"
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 has() { [[ ",$1," == *",$2,"* ]]; }
 
-if has "$BROKERS" mosquitto && [ ! -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null; then
-    log "installing mosquitto"
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mosquitto
-fi
-MOSQUITTO=$(command -v mosquitto 2>/dev/null || echo /usr/sbin/mosquitto)
-if has "$BROKERS" rumqttd && [ ! -x "$TOOLS/bin/rumqttd" ]; then
-    log "installing rumqttd $RUMQTTD_VERSION"
-    cargo install rumqttd --version "$RUMQTTD_VERSION" --no-default-features --root "$TOOLS"
-fi
+install_peers "$BROKERS" "$TOOLS" "$RUMQTTD_VERSION"
 log "building Starling and the load generator (release)"
 cargo build --release -q -p starling -p starling-bench
 
@@ -165,18 +156,7 @@ EOF
                 fi
             } > "$dir/starling.toml" ;;
         mosquitto)
-            cat > "$dir/mosquitto.conf" <<EOF
-listener $port 127.0.0.1
-allow_anonymous true
-persistence false
-log_dest none
-max_inflight_messages 1000
-max_queued_messages 1000000
-max_queued_bytes 0
-max_packet_size 4194304
-max_connections -1
-EOF
-            ;;
+            mosquitto_conf "$port" > "$dir/mosquitto.conf" ;;
         rumqttd)
             rumqttd_toml "$port" 1000000 1000 > "$dir/rumqttd.toml"
             ;;
