@@ -183,11 +183,7 @@ impl Broker {
     /// and returns the ticket of the last, which an acknowledgement of them waits for
     /// ("persist, then acknowledge"). `None` when there was nothing to store.
     pub fn persist(&self, ops: &mut Ops<'_>) -> Option<u64> {
-        if ops.is_empty() {
-            return None;
-        }
-        let p = self.persist.as_ref()?;
-        Some(p.journal.push_all(ops.take()))
+        self.persist_publish(ops).map(|(ticket, _)| ticket)
     }
 
     /// As [`Broker::persist`] for a publish's ops, and whether they form a group whose

@@ -131,22 +131,12 @@ impl Active {
 
     /// Sends an acknowledgement, or holds it (in order) until journal `ticket` is durable.
     pub(super) fn send_ack(&mut self, cx: &mut Cx<'_>, packet: Packet, ticket: Option<u64>) {
-        self.send_or_hold(cx, packet, ticket, false);
+        self.send_ack_grouped(cx, packet, ticket, false);
     }
 
-    /// Sends a QoS 1 publish's PUBACK, or holds it as `send_ack` does; `grouped`: `ticket` is
-    /// its publish's group, so it may also go once that is absorbed.
-    pub(super) fn send_puback(
-        &mut self,
-        cx: &mut Cx<'_>,
-        packet: Packet,
-        ticket: Option<u64>,
-        grouped: bool,
-    ) {
-        self.send_or_hold(cx, packet, ticket, grouped);
-    }
-
-    fn send_or_hold(
+    /// As `send_ack`; `grouped`: `ticket` is the group of the publish this PUBACK answers
+    /// (`Journal::append`), so it may also go once that group is absorbed.
+    pub(super) fn send_ack_grouped(
         &mut self,
         cx: &mut Cx<'_>,
         packet: Packet,
@@ -366,9 +356,7 @@ impl Active {
     /// Hands what this connection's work changed to the store (`Broker::persist`) and notes
     /// its ticket; returns it, for an acknowledgement to wait on.
     pub(super) fn persisted(&mut self, cx: &Cx<'_>, ops: &mut Ops<'_>) -> Option<u64> {
-        let ticket = cx.broker.persist(ops);
-        self.journaled(ticket);
-        ticket
+        self.persisted_publish(cx, ops).0
     }
 
     /// As `persisted`, for a publish's ops: also whether they form a group

@@ -114,7 +114,7 @@ impl Active {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
                 let ack = self.ack_with_reason(pid, reason, low_space);
-                self.send_puback(cx, Packet::PubAck(ack), ticket, grouped);
+                self.send_ack_grouped(cx, Packet::PubAck(ack), ticket, grouped);
             }
             QoS::ExactlyOnce => {
                 let ack = self.ack_with_reason(pid, reason, low_space);

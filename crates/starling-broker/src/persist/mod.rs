@@ -106,8 +106,6 @@ pub struct Journal {
     batch_bytes: AtomicUsize,
     /// Free space is below the store's limit: new QoS 1/2 messages are refused.
     low_space: std::sync::atomic::AtomicBool,
-    /// `Pending::undone`, readable without the lock (a metric).
-    undone: AtomicU64,
 }
 
 impl Journal {
@@ -128,7 +126,6 @@ impl Journal {
             bytes: AtomicUsize::new(0),
             batch_bytes: AtomicUsize::new(0),
             low_space: std::sync::atomic::AtomicBool::new(false),
-            undone: AtomicU64::new(0),
         }
     }
 
@@ -150,25 +147,19 @@ impl Journal {
 
     /// Appends an op; returns its ticket.
     pub fn push(&self, op: Op) -> u64 {
-        self.push_all(vec![op])
+        self.append(vec![op]).0
     }
 
     /// Appends ops in order under one lock; returns the ticket of the last (the last ticket
-    /// so far if none was appended). A deletion or phase change of a message record still
-    /// waiting in the journal is applied to it in place instead (see `pending.rs`).
-    pub fn push_all(&self, ops: Vec<Op>) -> u64 {
-        self.append(ops).0
-    }
-
-    /// As [`Journal::push_all`], and whether the ops formed a group: with held
+    /// so far if none was appended), and whether the ops formed a group: with held
     /// acknowledgements, ops that are all message records, whose acknowledgement may go
     /// without a commit once every record is deleted again before the committer takes it
-    /// ([`Journal::take_absorbed`]).
+    /// ([`Journal::take_absorbed`]). A deletion or phase change of a message record still
+    /// waiting in the journal is applied to it in place instead (see `pending.rs`).
     pub fn append(&self, ops: Vec<Op>) -> (u64, bool) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let (t, grouped, absorbed) = p.push(ops, self.hold_acks);
         self.bytes.store(p.bytes, Ordering::Relaxed);
-        self.undone.store(p.undone, Ordering::Relaxed);
         let wake = p.wake_at.is_some_and(|at| p.bytes >= at) && !p.is_empty();
         if wake {
             p.wake_at = None;
@@ -201,7 +192,10 @@ impl Journal {
 
     /// Message records deleted while they waited in the journal, so never written.
     pub fn undone_records(&self) -> u64 {
-        self.undone.load(Ordering::Relaxed)
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .undone
     }
 
     /// Takes every op journaled so far, with the last ticket among them. `None` when there is
