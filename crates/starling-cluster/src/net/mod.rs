@@ -1,0 +1,294 @@
+//! How nodes reach each other. [`Dial`] opens a byte stream to a peer's address (TCP in
+//! production; the simulated network in tests), [`frame`] cuts the stream into versioned
+//! frames, [`Peers`] is openraft's view of the network (one [`Link`] per peer, one request in
+//! flight on it, each bounded by openraft's deadline), and [`serve`] answers a peer's
+//! requests on an accepted stream. A peer's input is decoded, never trusted: a frame that does
+//! not decode closes the stream.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use crate::raft::{Peer, Raft, Types, decode, encode};
+use crate::state::{Command, NodeId, Outcome};
+
+pub mod frame;
+
+use frame::Kind;
+
+/// Opens streams to peers.
+pub trait Dial: Clone + Send + Sync + fmt::Debug + 'static {
+    /// The stream it opens.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static;
+    /// Connects to `addr` (`host:port`).
+    fn dial(&self, addr: &str) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// Plain TCP, with Nagle's delay off (every frame is a whole request or reply).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpDial;
+
+impl Dial for TcpDial {
+    type Stream = tokio::net::TcpStream;
+
+    async fn dial(&self, addr: &str) -> io::Result<Self::Stream> {
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+}
+
+/// The answer to a forwarded proposal.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ProposeReply {
+    /// Committed and applied: what it did.
+    Committed(Outcome),
+    /// The receiver is not the leader; the leader it knows of, if any.
+    NotLeader(Option<(NodeId, Peer)>),
+    /// It could not be committed (no quorum in time, shutting down).
+    Failed(String),
+}
+
+/// openraft's network: a [`Link`] per peer.
+#[derive(Clone, Debug)]
+pub struct Peers<D> {
+    dial: D,
+}
+
+impl<D: Dial> Peers<D> {
+    /// Peers reached through `dial`.
+    pub fn new(dial: D) -> Self {
+        Peers { dial }
+    }
+}
+
+impl<D: Dial> RaftNetworkFactory<Types> for Peers<D> {
+    type Network = Link<D>;
+
+    async fn new_client(&mut self, target: NodeId, node: &Peer) -> Link<D> {
+        Link::new(self.dial.clone(), target, node.addr.clone())
+    }
+}
+
+/// One stream to one peer, opened when first needed and again after it fails; one request in
+/// flight at a time (openraft sends to a peer in order).
+pub struct Link<D: Dial> {
+    dial: D,
+    target: NodeId,
+    addr: String,
+    stream: Option<D::Stream>,
+    buf: Vec<u8>,
+}
+
+impl<D: Dial> fmt::Debug for Link<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("target", &self.target)
+            .field("addr", &self.addr)
+            .field("connected", &self.stream.is_some())
+            .finish()
+    }
+}
+
+/// Why a call on a [`Link`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The peer could not be connected to.
+    #[error("cannot connect to {addr}: {source}")]
+    Unreachable { addr: String, source: io::Error },
+    /// The stream failed, or the peer's reply did not come in time or did not decode.
+    #[error("talking to {addr}: {reason}")]
+    Broken { addr: String, reason: String },
+}
+
+impl<D: Dial> Link<D> {
+    /// A link to node `target` at `addr`.
+    pub fn new(dial: D, target: NodeId, addr: String) -> Self {
+        Link {
+            dial,
+            target,
+            addr,
+            stream: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends `req` as a `kind` frame and decodes the reply, within `ttl`. On any failure the
+    /// stream is dropped (a late reply must not be read as the next request's).
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        kind: Kind,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, CallError> {
+        let body = encode(req).map_err(|e| self.broken(e.to_string()))?;
+        if self.stream.is_none() {
+            let s = tokio::time::timeout(ttl, self.dial.dial(&self.addr))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+                })
+                .map_err(|source| CallError::Unreachable {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
+            self.stream = Some(s);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(self.broken("no stream".into()));
+        };
+        let buf = &mut self.buf;
+        let exchange = async {
+            frame::write(stream, kind, &body)
+                .await
+                .map_err(|e| e.to_string())?;
+            match frame::read(stream, buf).await {
+                Ok(Kind::Reply) => Ok(()),
+                Ok(other) => Err(format!("expected a reply, got {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let result = match tokio::time::timeout(ttl, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no reply within {ttl:?}")),
+        };
+        let decoded = result.and_then(|()| decode(&self.buf).map_err(|e| e.to_string()));
+        decoded.map_err(|reason| {
+            self.stream = None;
+            self.broken(reason)
+        })
+    }
+
+    fn broken(&self, reason: String) -> CallError {
+        CallError::Broken {
+            addr: self.addr.clone(),
+            reason,
+        }
+    }
+
+    async fn raft_call<Req, Resp, E>(
+        &mut self,
+        kind: Kind,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Peer, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        match self
+            .call::<Req, Result<Resp, E>>(kind, req, option.hard_ttl())
+            .await
+        {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Err(e @ CallError::Unreachable { .. }) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl<D: Dial> RaftNetwork<Types> for Link<D> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<Types>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
+        self.raft_call(Kind::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<Types>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Peer, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.raft_call(Kind::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
+        self.raft_call(Kind::Vote, &rpc, &option).await
+    }
+}
+
+/// Commits `cmd` through the local Raft instance if it leads; otherwise says who does.
+pub async fn propose_local(raft: &Raft, cmd: Command) -> ProposeReply {
+    use openraft::error::ClientWriteError;
+    match raft.client_write(cmd).await {
+        Ok(r) => ProposeReply::Committed(r.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            ProposeReply::NotLeader(f.leader_id.zip(f.leader_node))
+        }
+        Err(e) => ProposeReply::Failed(e.to_string()),
+    }
+}
+
+/// Answers a peer's requests on `stream` until it closes or sends what does not decode.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, raft: Raft) {
+    let mut body = Vec::new();
+    loop {
+        let kind = match frame::read(&mut stream, &mut body).await {
+            Ok(k) => k,
+            Err(e) => {
+                debug!(error = %e, "cluster peer stream closed");
+                return;
+            }
+        };
+        let reply = match kind {
+            Kind::AppendEntries => match decode::<AppendEntriesRequest<Types>>(&body) {
+                Ok(req) => encode(&raft.append_entries(req).await),
+                Err(e) => Err(e),
+            },
+            Kind::Vote => match decode::<VoteRequest<NodeId>>(&body) {
+                Ok(req) => encode(&raft.vote(req).await),
+                Err(e) => Err(e),
+            },
+            Kind::InstallSnapshot => match decode::<InstallSnapshotRequest<Types>>(&body) {
+                Ok(req) => encode(&raft.install_snapshot(req).await),
+                Err(e) => Err(e),
+            },
+            Kind::Propose => match decode::<Command>(&body) {
+                Ok(cmd) => encode(&propose_local(&raft, cmd).await),
+                Err(e) => Err(e),
+            },
+            Kind::Reply => {
+                debug!("cluster peer sent a reply where a request belongs; closing");
+                return;
+            }
+        };
+        let sent = match reply {
+            Ok(bytes) => frame::write(&mut stream, Kind::Reply, &bytes).await,
+            Err(e) => {
+                debug!(error = %e, ?kind, "cluster peer sent a request that does not decode; closing");
+                return;
+            }
+        };
+        if let Err(e) = sent {
+            debug!(error = %e, "cluster peer stream failed");
+            return;
+        }
+    }
+}
