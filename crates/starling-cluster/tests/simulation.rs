@@ -12,7 +12,7 @@
 //!   written, and no acknowledged write began after it was acknowledged);
 //! - after the heal every node commits again.
 //!
-//! `STARLING_SIM_SEEDS=N` runs N seeds (default 12), `STARLING_SIM_SEED=S` one seed; a seed
+//! `CLUSTER_SIM_SEEDS=N` runs N seeds (default 12), `CLUSTER_SIM_SEED=S` one seed; a seed
 //! replays the same run (`a_seed_replays_the_same_history` holds that to account).
 // Helpers outside #[test] functions panic on a broken fixture and index the fixed node and
 // topic lists by a bounded draw.
@@ -400,13 +400,13 @@ fn check(seed: u64, h: &History, states: &BTreeMap<NodeId, (Shared, u64)>, fault
 
 #[test]
 fn three_nodes_under_partitions_crashes_and_delays() {
-    let seeds: Vec<u64> = match std::env::var("STARLING_SIM_SEED") {
+    let seeds: Vec<u64> = match std::env::var("CLUSTER_SIM_SEED") {
         Ok(s) => vec![
             s.parse()
-                .unwrap_or_else(|e| panic!("STARLING_SIM_SEED: {e}")),
+                .unwrap_or_else(|e| panic!("CLUSTER_SIM_SEED: {e}")),
         ],
         Err(_) => {
-            let n = std::env::var("STARLING_SIM_SEEDS")
+            let n = std::env::var("CLUSTER_SIM_SEEDS")
                 .ok()
                 .and_then(|s| s.parse().ok());
             (1..=n.unwrap_or(12)).collect()
@@ -417,7 +417,7 @@ fn three_nodes_under_partitions_crashes_and_delays() {
     }
 }
 
-/// A seed replays: run again in a new process (as `STARLING_SIM_SEED` does), it gives the
+/// A seed replays: run again in a new process (as `CLUSTER_SIM_SEED` does), it gives the
 /// same faults at the same times and the same acknowledged history, so a failing seed can be
 /// debugged. (Within one process a later run of a seed may differ: some state of the runtime
 /// carries over between runs, so the replay is always a fresh process.)
@@ -431,7 +431,7 @@ fn a_seed_replays_the_same_history() {
                 "three_nodes_under_partitions_crashes_and_delays",
                 "--nocapture",
             ])
-            .env("STARLING_SIM_SEED", "101")
+            .env("CLUSTER_SIM_SEED", "101")
             .output()
             .unwrap_or_else(|e| panic!("replay: {e}"));
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -43,6 +43,8 @@ pub struct Config {
     /// Plugins, in the order their hooks run; `[[plugin]]` tables (see `crate::plugin`).
     #[serde(rename = "plugin", skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<toml::Table>,
+    /// This node's part in a cluster (off: a single node).
+    pub cluster: cluster::ClusterConfig,
 }
 
 /// How log lines are written.
@@ -671,6 +673,7 @@ impl Default for Config {
             bridges: Vec::new(),
             auth: auth::AuthConfig::default(),
             plugins: Vec::new(),
+            cluster: cluster::ClusterConfig::default(),
         }
     }
 }
@@ -752,12 +755,15 @@ impl Config {
         bridge::validate_all(&self.bridges)?;
         self.auth.validate(&self.listeners)?;
         crate::plugin::validate(&self.plugins)?;
+        check_table("cluster", self.cluster.bounded())?;
+        self.cluster.validate()?;
         Ok(())
     }
 }
 
 pub mod auth;
 pub mod bridge;
+pub mod cluster;
 pub mod env;
 pub mod http;
 pub mod transport;

@@ -7,6 +7,7 @@ mod accept;
 pub mod authn;
 pub mod bridge;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod health;

@@ -263,6 +263,22 @@ impl Server {
             ));
         }
         tasks.spawn(tick_loop(broker.clone(), stop.clone()));
+        let mut cluster = None;
+        if config.cluster.enabled {
+            match crate::cluster::start(config, &stop).await {
+                Ok((node, cluster_tasks)) => {
+                    for t in cluster_tasks {
+                        tasks.spawn(t);
+                    }
+                    cluster = Some(node);
+                }
+                Err(e) => {
+                    stop.stop();
+                    while tasks.join_next().await.is_some() {}
+                    return Err((e, committer));
+                }
+            }
+        }
         for t in extras.plugin_tasks {
             tasks.spawn(t);
         }
@@ -300,6 +316,7 @@ impl Server {
                     state.auth_backends = extras.backends;
                     state.plugins = extras.plugins.stats.clone();
                     state.webhooks = extras.plugins.webhooks.clone();
+                    state.cluster = cluster.clone();
                     http::bind(&config.http, Arc::new(state), stop.clone()).await
                 }
                 Err(e) => Err(e),

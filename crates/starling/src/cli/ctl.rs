@@ -103,6 +103,15 @@ enum CtlCommand {
     /// Dynamic security: clients, groups, roles and API keys managed at run time.
     #[command(subcommand)]
     Dynsec(dynsec::Dynsec),
+    /// The cluster this broker is a node of.
+    #[command(subcommand)]
+    Cluster(Cluster),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum Cluster {
+    /// This node's role, the leader, the members and their incarnations, the log's positions.
+    Status,
 }
 
 /// Paging shared by the listings.
@@ -792,6 +801,11 @@ async fn execute(args: &CtlArgs) -> Result<(), CtlError> {
             Ok(())
         }
         CtlCommand::Dynsec(d) => dynsec::run(&api, d).await,
+        CtlCommand::Cluster(Cluster::Status) => {
+            let v = api.call("GET", "/cluster", None).await?;
+            api.show(&v);
+            Ok(())
+        }
     }
 }
 

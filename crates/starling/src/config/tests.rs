@@ -251,6 +251,9 @@ const BOUNDED: &[(&str, &str, u64, u64)] = &[
     ("storage", "max_uncommitted_mib", 1, 1 << 20),
     ("storage", "min_free_bytes", 0, 1 << 50),
     ("storage", "cache_mib", 1, 1 << 20),
+    ("cluster", "heartbeat_ms", 10, 60_000),
+    ("cluster", "election_timeout_ms", 50, 600_000),
+    ("cluster", "propose_timeout_ms", 100, 600_000),
     ("listener", "max_connections", 1, 100_000_000),
 ];
 
@@ -300,6 +303,7 @@ fn the_bounds_table_covers_every_bounded_key() {
         ("limits", c.limits.bounded().map(|(k, ..)| k).to_vec()),
         ("security", c.security.bounded().map(|(k, ..)| k).to_vec()),
         ("storage", c.storage.bounded().map(|(k, ..)| k).to_vec()),
+        ("cluster", c.cluster.bounded().map(|(k, ..)| k).to_vec()),
         ("listener", vec!["max_connections"]),
     ];
     let mut n = 0;

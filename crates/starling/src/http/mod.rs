@@ -98,6 +98,8 @@ pub struct AppState {
     pub auth_counters: Arc<crate::authn::AuthCounters>,
     /// The `[auth]` backends, for their counters (set by the server).
     pub auth_backends: crate::authn::Backends,
+    /// This node of the cluster, when `[cluster]` is on (set by the server).
+    pub cluster: Option<Arc<crate::cluster::Node>>,
     /// Dynamic security, when `[auth.dynamic]` enables it (set by the server): what
     /// `/api/v1/dynsec` manages.
     pub dynsec: Option<Arc<crate::authn::dynamic::DynamicSecurity>>,
@@ -142,6 +144,7 @@ impl AppState {
             webhooks: Vec::new(),
             auth_counters: Arc::default(),
             auth_backends: crate::authn::Backends::default(),
+            cluster: None,
             dynsec: None,
             requests: Semaphore::new(h.max_concurrent_requests.max(1)),
             request_timeout: Duration::from_millis(h.request_timeout_ms),

@@ -569,6 +569,12 @@ async fn listeners_stats_config_reload_and_openapi() {
     let spec = h.get("/api/v1/openapi.json").await;
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
     assert!(spec["paths"]["/clients"].is_object());
+    assert!(spec["paths"]["/cluster"].is_object());
+    // A single node says so; tests/cluster.rs reads the answer of a cluster's nodes.
+    assert_eq!(
+        h.get("/api/v1/cluster").await,
+        serde_json::json!({ "enabled": false })
+    );
     // This process did not set logging up, and says so.
     let (s, _) = h.call(Method::GET, "/api/v1/log-level", Auth::None).await;
     assert_eq!(s, StatusCode::CONFLICT);

@@ -187,6 +187,15 @@ fn bridge_json(state: &AppState, s: &crate::bridge::BridgeStats) -> Value {
     })
 }
 
+/// The cluster as this node sees it: its role, the leader, the members and their
+/// incarnations, the log's positions; `{"enabled": false}` on a single node.
+pub(super) async fn cluster(State(state): St) -> Json<Value> {
+    match &state.cluster {
+        Some(node) => Json(crate::cluster::status(node)),
+        None => Json(json!({ "enabled": false })),
+    }
+}
+
 pub(super) async fn bridges(State(state): St) -> Json<Value> {
     let items: Vec<Value> = state
         .bridges

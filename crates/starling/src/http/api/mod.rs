@@ -28,7 +28,7 @@ use tracing::info;
 use super::{AppState, Identity};
 use crate::http::error::ApiError;
 use broker::{
-    add_ban, bridges, config, get_log_level, list_bans, listeners, reload, remove_ban,
+    add_ban, bridges, cluster, config, get_log_level, list_bans, listeners, reload, remove_ban,
     set_log_level, start_bridge, stats, stop_bridge,
 };
 use messages::{delete_retained, get_retained, list_retained, publish};
@@ -72,6 +72,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/bridges/{name}/stop", post(stop_bridge))
         .route("/bridges/{name}/start", post(start_bridge))
         .route("/stats", get(stats))
+        .route("/cluster", get(cluster))
         .route("/config", get(config))
         .route("/reload", post(reload))
         .route("/log-level", get(get_log_level).put(set_log_level))

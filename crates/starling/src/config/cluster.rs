@@ -1,0 +1,246 @@
+//! The `[cluster]` table: this node's part in a cluster (docs/cluster.md). Off by default: a
+//! broker without it is a single node.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use starling_broker::config::Bound;
+
+use super::is_loopback;
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Whether this broker is a node of a cluster.
+    pub enabled: bool,
+    /// This node's id, unique in the cluster, at least 1.
+    pub node_id: u64,
+    /// Address and port of the inter-node listener.
+    pub bind: SocketAddr,
+    /// The address the other nodes reach this one at. Default: `bind`.
+    pub advertise: Option<String>,
+    /// The cluster's initial voters, `"<node_id>@<host>:<port>"` each, this node among them.
+    /// Every node lists the same ones; the lowest id forms the cluster on its first start.
+    pub seeds: Vec<String>,
+    /// Where the cluster's log is kept. Default: `cluster` in the data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Between the leader's heartbeats, milliseconds.
+    pub heartbeat_ms: u64,
+    /// A node that hears no leader for between this and twice this stands for election,
+    /// milliseconds.
+    pub election_timeout_ms: u64,
+    /// Longest a change to the replicated state may take to commit, milliseconds.
+    pub propose_timeout_ms: u64,
+    /// Inter-node traffic is neither encrypted nor authenticated yet: a `bind` that is not a
+    /// loopback address is refused unless this is set (for a private network only).
+    pub allow_plaintext: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: 0,
+            bind: SocketAddr::from(([127, 0, 0, 1], 7946)),
+            advertise: None,
+            seeds: Vec::new(),
+            data_dir: None,
+            heartbeat_ms: 250,
+            election_timeout_ms: 1_000,
+            propose_timeout_ms: 5_000,
+            allow_plaintext: false,
+        }
+    }
+}
+
+/// One entry of `seeds`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    /// The node's id.
+    pub id: u64,
+    /// Where it listens for other nodes.
+    pub addr: String,
+}
+
+/// Parses `"<id>@<host>:<port>"`.
+pub fn parse_seed(s: &str) -> anyhow::Result<Seed> {
+    let (id, addr) = s
+        .split_once('@')
+        .with_context(|| format!("{s:?} is not <node_id>@<host>:<port>"))?;
+    let id: u64 = id
+        .parse()
+        .with_context(|| format!("{s:?}: node id {id:?} is not a number"))?;
+    if id == 0 {
+        bail!("{s:?}: node ids start at 1");
+    }
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("{s:?}: the address has no port"))?;
+    if host.is_empty() || port.parse::<u16>().ok().filter(|&p| p != 0).is_none() {
+        bail!("{s:?}: the address is not <host>:<port>");
+    }
+    Ok(Seed {
+        id,
+        addr: addr.to_owned(),
+    })
+}
+
+impl ClusterConfig {
+    /// The numbers with their bounds.
+    pub fn bounded(&self) -> [(&'static str, u64, Bound); 3] {
+        [
+            (
+                "heartbeat_ms",
+                self.heartbeat_ms,
+                Bound::new(10, 60_000, "a minute"),
+            ),
+            (
+                "election_timeout_ms",
+                self.election_timeout_ms,
+                Bound::new(50, 600_000, "ten minutes"),
+            ),
+            (
+                "propose_timeout_ms",
+                self.propose_timeout_ms,
+                Bound::new(100, 600_000, "ten minutes"),
+            ),
+        ]
+    }
+
+    /// The seeds, parsed.
+    pub fn seeds(&self) -> anyhow::Result<Vec<Seed>> {
+        self.seeds.iter().map(|s| parse_seed(s)).collect()
+    }
+
+    /// Where the cluster's log lives.
+    pub fn dir(&self, data_dir: &Path) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("cluster"))
+    }
+
+    /// The address peers dial.
+    pub fn advertised(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.bind.to_string())
+    }
+
+    pub(super) fn validate(&self) -> anyhow::Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.node_id == 0 {
+            bail!("cluster.node_id: set it to this node's id (1 or more)");
+        }
+        let seeds = self
+            .seeds()
+            .map_err(|e| anyhow::anyhow!("cluster.seeds: {e:#}"))?;
+        if seeds.is_empty() {
+            bail!("cluster.seeds: list the cluster's initial voters, this node among them");
+        }
+        let mut ids: Vec<u64> = seeds.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w.first() == w.get(1)) {
+            bail!("cluster.seeds: a node id is listed twice");
+        }
+        if !ids.contains(&self.node_id) {
+            bail!(
+                "cluster.seeds: node {} is not among them (joining a running cluster is not supported yet)",
+                self.node_id
+            );
+        }
+        if self.heartbeat_ms.saturating_mul(3) > self.election_timeout_ms {
+            bail!(
+                "cluster.election_timeout_ms: must be at least three heartbeats ({} ms)",
+                self.heartbeat_ms.saturating_mul(3)
+            );
+        }
+        if !is_loopback(self.bind.ip()) && !self.allow_plaintext {
+            bail!(
+                "cluster.bind: {} is not a loopback address, and inter-node traffic is not encrypted or authenticated yet; set allow_plaintext = true only on a private network",
+                self.bind
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_parse_or_say_what_is_wrong() {
+        let ok = parse_seed("2@127.0.0.2:7946").unwrap();
+        assert_eq!(
+            ok,
+            Seed {
+                id: 2,
+                addr: "127.0.0.2:7946".into()
+            }
+        );
+        assert_eq!(parse_seed("3@node-c.example:7946").unwrap().id, 3);
+        for (bad, says) in [
+            ("127.0.0.1:7946", "not <node_id>@"),
+            ("x@127.0.0.1:7946", "not a number"),
+            ("0@127.0.0.1:7946", "start at 1"),
+            ("1@127.0.0.1", "no port"),
+            ("1@:7946", "not <host>:<port>"),
+            ("1@h:0", "not <host>:<port>"),
+        ] {
+            let e = format!("{:#}", parse_seed(bad).unwrap_err());
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_enabled_cluster_is_checked_whole() {
+        let mut c = ClusterConfig {
+            enabled: true,
+            node_id: 1,
+            seeds: vec!["1@127.0.0.1:7946".into(), "2@127.0.0.2:7946".into()],
+            ..Default::default()
+        };
+        c.validate().unwrap();
+        let check = |c: &ClusterConfig, says: &str| {
+            let e = format!("{:#}", c.validate().unwrap_err());
+            assert!(e.contains(says), "{e}");
+        };
+        check(
+            &ClusterConfig {
+                node_id: 3,
+                ..c.clone()
+            },
+            "not among them",
+        );
+        check(
+            &ClusterConfig {
+                node_id: 0,
+                ..c.clone()
+            },
+            "cluster.node_id",
+        );
+        check(
+            &ClusterConfig {
+                seeds: vec!["1@a:1".into(), "1@b:2".into()],
+                ..c.clone()
+            },
+            "listed twice",
+        );
+        check(
+            &ClusterConfig {
+                election_timeout_ms: 500,
+                ..c.clone()
+            },
+            "three heartbeats",
+        );
+        c.bind = SocketAddr::from(([10, 0, 0, 1], 7946));
+        check(&c, "not encrypted");
+        c.allow_plaintext = true;
+        c.validate().unwrap();
+    }
+}

@@ -1,0 +1,309 @@
+//! A cluster of real `starling` processes on 127.0.0.1-3, black box: each node is started
+//! with a `[cluster]` section naming the three, and watched through its admin API
+//! (`GET /api/v1/cluster`). The nodes must elect one leader, announce their incarnations
+//! through the log, elect another leader when the leader is killed with SIGKILL, take the
+//! killed node back in a new incarnation, and come back whole after every node is killed.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A free port on `ip` (bound and released; the node binds it a moment later).
+fn free_port(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One node's addresses and files.
+struct Spec {
+    id: u64,
+    mqtt: SocketAddr,
+    http: SocketAddr,
+    dir: PathBuf,
+}
+
+/// A running node process, killed on drop.
+struct Node {
+    child: Child,
+}
+
+impl Node {
+    fn start(spec: &Spec, seeds: &str, cluster_ports: &[u16]) -> Self {
+        let ip = spec.mqtt.ip();
+        let port = cluster_ports[(spec.id - 1) as usize];
+        let config = spec.dir.join("starling.toml");
+        std::fs::create_dir_all(&spec.dir).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nenabled = true\nnode_id = {}\nbind = \"{ip}:{port}\"\nseeds = [{seeds}]\n\
+                 heartbeat_ms = 100\nelection_timeout_ms = 600\npropose_timeout_ms = 2000\n",
+                spec.id
+            ),
+        )
+        .unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(spec.dir.join("node.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_starling"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(spec.dir.join("data"))
+            .args(["--bind", &spec.mqtt.to_string()])
+            .args(["--http-bind", &spec.http.to_string()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Node { child }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cluster {
+    specs: Vec<Spec>,
+    seeds: String,
+    ports: Vec<u16>,
+    nodes: Vec<Option<Node>>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(n: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ips: Vec<Ipv4Addr> = (1..=n).map(|i| Ipv4Addr::new(127, 0, 0, i as u8)).collect();
+        let ports: Vec<u16> = ips.iter().map(|ip| free_port(*ip)).collect();
+        let seeds = ips
+            .iter()
+            .zip(&ports)
+            .enumerate()
+            .map(|(i, (ip, p))| format!("\"{}@{ip}:{p}\"", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let specs: Vec<Spec> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| Spec {
+                id: i as u64 + 1,
+                mqtt: SocketAddr::from((*ip, free_port(*ip))),
+                http: SocketAddr::from((*ip, free_port(*ip))),
+                dir: dir.path().join(format!("n{}", i + 1)),
+            })
+            .collect();
+        let nodes = specs
+            .iter()
+            .map(|s| Some(Node::start(s, &seeds, &ports)))
+            .collect();
+        Cluster {
+            specs,
+            seeds,
+            ports,
+            nodes,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap(),
+            _dir: dir,
+        }
+    }
+
+    async fn status(&self, id: u64) -> Option<Value> {
+        let url = format!(
+            "http://{}/api/v1/cluster",
+            self.specs[(id - 1) as usize].http
+        );
+        let r = self.http.get(url).send().await.ok()?;
+        r.json().await.ok()
+    }
+
+    fn kill9(&mut self, id: u64) {
+        if let Some(n) = self.nodes[(id - 1) as usize].take() {
+            n.kill9();
+        }
+    }
+
+    fn restart(&mut self, id: u64) {
+        let spec = &self.specs[(id - 1) as usize];
+        self.nodes[(id - 1) as usize] = Some(Node::start(spec, &self.seeds, &self.ports));
+    }
+
+    fn logs(&self) -> String {
+        self.specs
+            .iter()
+            .map(|s| {
+                let log = std::fs::read_to_string(s.dir.join("node.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!(
+                    "--- node {} ---\n{}",
+                    s.id,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until every node in `live` names the same leader (one of `live`) and has applied
+    /// every live node's current incarnation; returns the leader and the statuses.
+    async fn settled(&self, live: &[u64], what: &str) -> (u64, Vec<Value>) {
+        let mut last = Vec::new();
+        for _ in 0..300 {
+            let mut all = Vec::new();
+            for &id in live {
+                if let Some(v) = self.status(id).await {
+                    all.push(v);
+                }
+            }
+            if all.len() == live.len() {
+                let leaders: Vec<Option<u64>> = all.iter().map(|v| v["leader"].as_u64()).collect();
+                let announced = all.iter().all(|v| v["announced"] == true);
+                // Every node sees every live node's incarnation.
+                let agreed = all.iter().all(|v| {
+                    live.iter().all(|id| {
+                        let inc = all
+                            .iter()
+                            .find(|s| s["node_id"].as_u64() == Some(*id))
+                            .and_then(|s| s["incarnation"].as_u64());
+                        v["members"].as_array().is_some_and(|ms| {
+                            ms.iter().any(|m| {
+                                m["id"].as_u64() == Some(*id) && m["incarnation"].as_u64() == inc
+                            })
+                        })
+                    })
+                });
+                if let Some(Some(l)) = leaders.first()
+                    && leaders.iter().all(|x| *x == Some(*l))
+                    && live.contains(l)
+                    && announced
+                    && agreed
+                {
+                    return (*l, all);
+                }
+            }
+            last = all;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{what}: the cluster did not settle; last statuses {last:#?}\n{}",
+            self.logs()
+        );
+    }
+}
+
+/// Three nodes elect a leader and agree on the members; the leader is killed with SIGKILL and
+/// the other two elect another; the killed node comes back in a new incarnation and follows;
+/// then every node is killed and restarted, and the cluster forms again from its logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_survive_a_killed_leader_and_a_full_restart() {
+    let mut c = Cluster::start(3);
+    let (leader, statuses) = c.settled(&[1, 2, 3], "first start").await;
+    for s in &statuses {
+        assert_eq!(s["enabled"], true);
+        assert_eq!(s["incarnation"], 1, "{s}");
+        assert_eq!(s["members"].as_array().unwrap().len(), 3, "{s}");
+        assert!(
+            s["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["voter"] == true),
+            "{s}"
+        );
+    }
+    let leaders: Vec<_> = statuses.iter().filter(|s| s["role"] == "leader").collect();
+    assert_eq!(leaders.len(), 1, "one leader: {statuses:#?}");
+    assert_eq!(leaders[0]["node_id"].as_u64(), Some(leader));
+    let term = leaders[0]["term"].as_u64().unwrap();
+
+    c.kill9(leader);
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+    let (second, statuses) = c.settled(&rest, "after the leader was killed").await;
+    assert_ne!(second, leader);
+    assert!(
+        statuses.iter().all(|s| s["term"].as_u64().unwrap() > term),
+        "{statuses:#?}"
+    );
+
+    c.restart(leader);
+    let (_, statuses) = c
+        .settled(&[1, 2, 3], "after the killed node came back")
+        .await;
+    let back = statuses
+        .iter()
+        .find(|s| s["node_id"].as_u64() == Some(leader))
+        .unwrap();
+    assert_eq!(
+        back["incarnation"], 2,
+        "a restart is a new incarnation: {back}"
+    );
+
+    for id in [1, 2, 3] {
+        c.kill9(id);
+    }
+    for id in [1, 2, 3] {
+        c.restart(id);
+    }
+    let (_, statuses) = c.settled(&[1, 2, 3], "after a full restart").await;
+    for s in &statuses {
+        let id = s["node_id"].as_u64().unwrap();
+        let expected = if id == leader { 3 } else { 2 };
+        assert_eq!(s["incarnation"].as_u64(), Some(expected), "{s}");
+    }
+}
+
+/// A node whose `[cluster]` section is wrong does not start, and says why.
+#[test]
+fn a_broken_cluster_section_is_refused_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("starling.toml");
+    std::fs::write(
+        &config,
+        "[cluster]\nenabled = true\nnode_id = 4\nseeds = [\"1@127.0.0.1:7946\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster.seeds") && err.contains("node 4"),
+        "{err}"
+    );
+}
