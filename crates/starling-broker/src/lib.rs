@@ -25,7 +25,7 @@ pub mod session;
 pub mod sys;
 pub mod wake;
 
-pub use broker::{Broker, Registry, Seams};
+pub use broker::{Broker, Ownership, Registry, Seams};
 pub use config::{Features, Limits, QueueFullPolicy, QueuePriority, QueueScope};
 pub use connection::{CheckAnswer, Close, Connection, ListenerAccess, PeerInfo};
 pub use forward::{Forwarder, NodeId};

@@ -231,6 +231,8 @@ pub struct Metrics {
     pub connections_total: Counter,
     /// Sessions that expired.
     pub sessions_expired: Counter,
+    /// Sessions ended because their client id was claimed on another node of the cluster.
+    pub sessions_taken_over_elsewhere: Counter,
     /// Packets received.
     pub messages_received: Counter,
     /// Packets sent.
@@ -357,6 +359,7 @@ impl Default for Metrics {
             clients_maximum: Counter::default(),
             connections_total: Counter::default(),
             sessions_expired: Counter::default(),
+            sessions_taken_over_elsewhere: Counter::default(),
             messages_received: Counter::default(),
             messages_sent: Counter::default(),
             publish_received: Counter::default(),

@@ -1,6 +1,7 @@
 //! The broker on seams other than the single-node ones: a route table that knows another
 //! node's subscribers hands messages to the forwarder, once per node, and a publish that
-//! reaches only another node is still a publish with subscribers.
+//! reaches only another node is still a publish with subscribers; a cluster's ownership of
+//! client ids decides when a CONNECT gets its session.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,10 +12,12 @@
 
 mod sim;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sim::*;
-use starling_broker::broker::{LocalRegistry, Seams};
+use starling_broker::broker::{Acquire, Alone, Grant, LocalRegistry, Ownership, Seams};
 use starling_broker::forward::{Forwarder, NodeId};
 use starling_broker::message::Message;
 use starling_broker::retain::RetainTree;
@@ -78,6 +81,7 @@ fn messages_for_other_nodes_go_to_the_forwarder_once_per_node() {
         routes: Routes::Custom(Box::<TwoPeers>::default()),
         retained: Box::<RetainTree>::default(),
         forwarder: Box::new(Recorder(handed.clone())),
+        ownership: Box::new(Alone),
     };
     let now = std::time::Instant::now();
     let broker = Broker::with_seams(Limits::default(), Features::default(), seams, now);
@@ -115,4 +119,131 @@ fn messages_for_other_nodes_go_to_the_forwarder_once_per_node() {
         "no 0x10 while another node subscribes"
     );
     assert_eq!(handed.lock().unwrap().len(), 6);
+}
+
+/// A cluster's ownership decided by the test: every claim waits until the test grants or
+/// refuses it.
+#[derive(Debug, Default)]
+struct ByHand {
+    pending: Mutex<Vec<(String, Arc<Grant>)>>,
+    /// What `confirm` answers.
+    still_owner: AtomicBool,
+    released: Mutex<Vec<String>>,
+}
+
+#[derive(Debug)]
+struct Shared(Arc<ByHand>);
+
+impl Ownership for Shared {
+    fn acquire(&self, client_id: &Arc<str>, waker: starling_broker::Waker) -> Acquire {
+        let grant = Grant::new(waker);
+        let mut pending = self.0.pending.lock().unwrap();
+        pending.push((client_id.to_string(), grant.clone()));
+        Acquire::Later(grant)
+    }
+
+    fn confirm(&self, _: &str, _: u64) -> bool {
+        self.0.still_owner.load(Ordering::Relaxed)
+    }
+
+    fn released(&self, client_id: &str) {
+        self.0.released.lock().unwrap().push(client_id.into());
+    }
+}
+
+impl ByHand {
+    fn take(&self, client_id: &str) -> Arc<Grant> {
+        let mut pending = self.pending.lock().unwrap();
+        let at = pending.iter().position(|(c, _)| c == client_id).unwrap();
+        pending.remove(at).1
+    }
+}
+
+fn connack(packets: &[Packet]) -> ReasonCode {
+    match packets {
+        [Packet::ConnAck(a), ..] => a.reason,
+        other => panic!("expected a CONNACK first, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_connect_waits_for_the_cluster_to_grant_its_client_id() {
+    let hand = Arc::new(ByHand::default());
+    hand.still_owner.store(true, Ordering::Relaxed);
+    let seams = Seams {
+        ownership: Box::new(Shared(hand.clone())),
+        ..Seams::default()
+    };
+    let now = std::time::Instant::now();
+    let broker = Broker::with_seams(Limits::default(), Features::default(), seams, now);
+    let mut sim = Sim::on(broker);
+
+    // Nothing until the grant; then CONNACK, and the session is there.
+    let a = sim.connect(persistent(V5, "a", 600));
+    assert!(sim.take(a).is_empty(), "no CONNACK before the grant");
+    hand.take("a").grant(5);
+    sim.settle();
+    assert_eq!(connack(&sim.take(a)), ReasonCode::Success);
+    assert!(sim.broker.session("a").is_some());
+
+    // Refused: Server unavailable (v5 0x88; 3.1.1 return code 3), and no session.
+    let b = sim.connect(connect(V5, "b"));
+    let b3 = sim.connect(connect(V311, "b3"));
+    hand.take("b").refuse();
+    hand.take("b3").refuse();
+    sim.settle();
+    assert_eq!(connack(&sim.take(b)), ReasonCode::ServerUnavailable);
+    assert_eq!(connack(&sim.take(b3)), ReasonCode::ServerUnavailable);
+    assert!(sim.is_gone(b) && sim.is_gone(b3));
+    assert!(sim.broker.session("b").is_none());
+
+    // Never decided: refused once the wait is over.
+    let d = sim.connect(connect(V5, "d"));
+    sim.advance(Duration::from_secs(59));
+    assert!(sim.take(d).is_empty());
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(connack(&sim.take(d)), ReasonCode::ServerUnavailable);
+
+    // Another node claimed the client id: the connection is taken over, the session ends,
+    // and the client id is not released (it is the other node's).
+    assert!(sim.broker.taken_over_elsewhere("a", sim.now));
+    sim.settle();
+    let got = sim.take(a);
+    assert!(
+        matches!(&got[..], [Packet::Disconnect(x)] if x.reason == ReasonCode::SessionTakenOver),
+        "{got:?}"
+    );
+    assert!(sim.broker.session("a").is_none());
+    assert!(
+        !sim.broker.taken_over_elsewhere("a", sim.now),
+        "nothing left to end"
+    );
+    assert!(hand.released.lock().unwrap().is_empty());
+
+    // Granted, but a claim elsewhere committed before the session was attached: taken over
+    // at once.
+    hand.still_owner.store(false, Ordering::Relaxed);
+    let e = sim.connect(connect(V5, "e"));
+    hand.take("e").grant(9);
+    sim.settle();
+    let got = sim.take(e);
+    assert_eq!(connack(&got), ReasonCode::Success);
+    assert!(
+        matches!(&got[1..], [Packet::Disconnect(x)] if x.reason == ReasonCode::SessionTakenOver),
+        "{got:?}"
+    );
+    assert!(sim.broker.session("e").is_none());
+
+    // A session that ends here (expiry 0, clean DISCONNECT) releases its client id.
+    hand.still_owner.store(true, Ordering::Relaxed);
+    let f = sim.connect(connect(V5, "f"));
+    hand.take("f").grant(11);
+    sim.settle();
+    assert_eq!(connack(&sim.take(f)), ReasonCode::Success);
+    sim.send(
+        f,
+        Packet::Disconnect(starling_proto::Disconnect::new(ReasonCode::Success)),
+    );
+    sim.settle();
+    assert_eq!(*hand.released.lock().unwrap(), ["f"]);
 }

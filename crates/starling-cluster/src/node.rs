@@ -62,6 +62,8 @@ pub struct NodeConfig {
     /// Log entries kept after a snapshot is taken; a snapshot is taken every this many
     /// entries too.
     pub snapshot_every: u64,
+    /// Where applied claims are told (see [`crate::feed`]), if anywhere.
+    pub feed: Option<crate::feed::Sender>,
 }
 
 impl NodeConfig {
@@ -75,6 +77,7 @@ impl NodeConfig {
             timing: Timing::default(),
             propose_timeout: Duration::from_secs(5),
             snapshot_every: 10_000,
+            feed: None,
         }
     }
 }
@@ -154,7 +157,10 @@ impl<D: Dial> ClusterNode<D> {
                 .validate()
                 .map_err(|e| StartError::Config(e.to_string()))?,
         );
-        let machine = Machine::open(db.clone(), cfg.limits)?;
+        let mut machine = Machine::open(db.clone(), cfg.limits)?;
+        if let Some(feed) = cfg.feed.clone() {
+            machine = machine.with_feed(feed);
+        }
         let state = machine.shared();
         let raft = Raft::new(
             cfg.id,

@@ -1,20 +1,26 @@
 //! This broker as a node of a cluster (`[cluster]`, docs/cluster.md): starts the replicated
 //! core (`starling-cluster`) beside the broker, serves the other nodes on the inter-node
-//! listener, announces this node's incarnation through the log, and describes the cluster
-//! for the admin API. Every task here ends with the server's stop.
+//! listener, announces this node's incarnation through the log, claims client ids through
+//! the cluster for the broker's CONNECTs ([`ClusterOwnership`], the broker's `Ownership`
+//! seam), ends the sessions whose client id another node claimed ([`follow`]), and describes
+//! the cluster for the admin API. Every task here ends with the server's stop.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
+use starling_broker::Broker;
+use starling_broker::broker::{Acquire, Grant, Ownership};
+use starling_broker::wake::Waker;
+use starling_cluster::feed::{self, Applied, Feed, Item};
 use starling_cluster::net::{TcpDial, serve};
 use starling_cluster::raft::Peer;
-use starling_cluster::{ClusterNode, Limits, NodeConfig, Timing};
+use starling_cluster::{ClusterNode, Command, Limits, NodeConfig, Outcome, Timing};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::plugin::BoxFuture;
@@ -30,13 +36,50 @@ const MAX_PEER_STREAMS: usize = 256;
 /// How often the incarnation is proposed again until it commits.
 const ANNOUNCE_RETRY: Duration = Duration::from_millis(500);
 
+/// Claims of client ids under way at once; a CONNECT beyond it is refused as busy (v5 0x89,
+/// 3.x return code 3) at once.
+const MAX_CLAIMS: usize = 4096;
+
+/// Releases waiting to be committed; beyond it a release is dropped (logged): the client id
+/// stays this node's until a CONNECT on another node claims it, which it may at any time.
+const MAX_RELEASES: usize = 65_536;
+
+/// Applied claims waiting for the broker; beyond it the feed lags and the broker compares
+/// every session with the state instead.
+const FEED_CAPACITY: usize = 65_536;
+
+/// This node, started, and what the broker is to run on.
+pub struct Started {
+    /// The node.
+    pub node: Arc<Node>,
+    /// The broker's `Ownership` seam, until [`Started::take_ownership`].
+    ownership: Option<Box<dyn Ownership>>,
+    /// Tasks that need no broker (listener, announcement).
+    pub tasks: Vec<BoxFuture>,
+    feed: Feed,
+    releases: mpsc::Receiver<(String, u64)>,
+    granted: Granted,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The epochs of the claims this node was granted, by client id, for their release.
+type Granted = Arc<Mutex<HashMap<String, u64>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Starts this node: its Raft instance over the log in the cluster directory, the inter-node
-/// listener and the announcement of its incarnation. Returns the node and the tasks to run
-/// (each ends with `stop`).
-pub async fn start(
-    config: &Config,
-    stop: &Arc<Stop>,
-) -> anyhow::Result<(Arc<Node>, Vec<BoxFuture>)> {
+/// listener and the announcement of its incarnation; and the seam the broker claims client
+/// ids through. [`Started::attach`] then gives it the broker.
+pub async fn start(config: &Config, stop: &Arc<Stop>) -> anyhow::Result<Started> {
     let c = &config.cluster;
     let members: BTreeMap<u64, Peer> = c
         .seeds()?
@@ -61,6 +104,8 @@ pub async fn start(
         max_retained: config.limits.max_retained_messages as u64,
         max_retained_payload: config.limits.max_packet_size as u64,
     };
+    let (feed_tx, feed) = feed::channel(FEED_CAPACITY);
+    node_config.feed = Some(feed_tx);
     let listener = TcpListener::bind(c.bind)
         .await
         .with_context(|| format!("cannot bind cluster listener {}", c.bind))?;
@@ -68,11 +113,192 @@ pub async fn start(
         .await
         .context("cannot start the cluster node")?;
     info!(node = node.id(), incarnation = node.incarnation(), bind = %c.bind, "cluster listener open");
+    let (release_tx, releases) = mpsc::channel(MAX_RELEASES);
+    let granted = Granted::default();
+    let ownership = ClusterOwnership {
+        node: node.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        claims: Arc::new(Semaphore::new(MAX_CLAIMS)),
+        granted: granted.clone(),
+        releases: release_tx,
+    };
     let tasks: Vec<BoxFuture> = vec![
         Box::pin(accept_loop(listener, node.clone(), stop.clone())),
         Box::pin(announce(node.clone(), stop.clone())),
     ];
-    Ok((node, tasks))
+    Ok(Started {
+        node,
+        ownership: Some(Box::new(ownership)),
+        tasks,
+        feed,
+        releases,
+        granted,
+    })
+}
+
+impl Started {
+    /// The seam the broker claims client ids through (once).
+    pub fn take_ownership(&mut self) -> Option<Box<dyn Ownership>> {
+        self.ownership.take()
+    }
+
+    /// The tasks that need the broker: following applied claims, committing releases.
+    pub fn attach(self, broker: Arc<Broker>, stop: &Arc<Stop>) -> (Arc<Node>, Vec<BoxFuture>) {
+        let mut tasks = self.tasks;
+        tasks.push(Box::pin(follow(
+            self.feed,
+            self.node.clone(),
+            broker,
+            self.granted,
+            stop.clone(),
+        )));
+        tasks.push(Box::pin(release(
+            self.releases,
+            self.node.clone(),
+            stop.clone(),
+        )));
+        (self.node, tasks)
+    }
+}
+
+/// The broker's `Ownership` seam in a cluster: a CONNECT's client id is claimed through the
+/// cluster's log (in a task; the connection waits for its grant).
+#[derive(Debug)]
+struct ClusterOwnership {
+    node: Arc<Node>,
+    runtime: tokio::runtime::Handle,
+    claims: Arc<Semaphore>,
+    granted: Granted,
+    releases: mpsc::Sender<(String, u64)>,
+}
+
+impl Ownership for ClusterOwnership {
+    fn acquire(&self, client_id: &Arc<str>, waker: Waker) -> Acquire {
+        let Ok(permit) = self.claims.clone().try_acquire_owned() else {
+            return Acquire::Busy;
+        };
+        let grant = Grant::new(waker);
+        let (node, granted, g) = (self.node.clone(), self.granted.clone(), grant.clone());
+        let id = client_id.to_string();
+        self.runtime.spawn(async move {
+            let cmd = Command::Claim {
+                client_id: id.clone(),
+                node: node.id(),
+                incarnation: node.incarnation(),
+            };
+            match node.propose(cmd).await {
+                Ok(Outcome::Claimed { owner, previous }) => {
+                    debug!(client_id = %id, epoch = owner.epoch, ?previous, "client id claimed");
+                    lock(&granted).insert(id, owner.epoch);
+                    g.grant(owner.epoch);
+                }
+                Ok(other) => {
+                    warn!(client_id = %id, ?other, "claim refused by the cluster");
+                    g.refuse();
+                }
+                Err(e) => {
+                    warn!(client_id = %id, error = %e, "claim not committed");
+                    g.refuse();
+                }
+            }
+            drop(permit);
+        });
+        Acquire::Later(grant)
+    }
+
+    fn confirm(&self, client_id: &str, epoch: u64) -> bool {
+        // Not yet applied here (the grant came from the leader): nothing newer is known.
+        let owner = self.node.state().read().owner(client_id);
+        !owner.is_some_and(|o| o.epoch > epoch && o.node != self.node.id())
+    }
+
+    fn released(&self, client_id: &str) {
+        let epoch = lock(&self.granted).remove(client_id);
+        if let Some(epoch) = epoch
+            && self
+                .releases
+                .try_send((client_id.to_owned(), epoch))
+                .is_err()
+        {
+            debug!(
+                client_id,
+                "release queue full; the client id stays this node's until claimed elsewhere"
+            );
+        }
+    }
+}
+
+/// Ends the sessions whose client id another node claimed (their connections get DISCONNECT
+/// 0x8E), as the claims are applied here; after the feed lagged, compares every session
+/// with the state.
+async fn follow(
+    mut feed: Feed,
+    node: Arc<Node>,
+    broker: Arc<Broker>,
+    granted: Granted,
+    stop: Arc<Stop>,
+) {
+    loop {
+        let item = tokio::select! {
+            item = feed.next() => item,
+            () = stop.wait() => break,
+        };
+        match item {
+            None => break,
+            Some(Item::Applied(Applied::Claimed {
+                client_id, owner, ..
+            })) => {
+                if owner.node == node.id() {
+                    continue;
+                }
+                lock(&granted).remove(&client_id);
+                if broker.taken_over_elsewhere(&client_id, Instant::now()) {
+                    info!(
+                        client_id,
+                        node = owner.node,
+                        "session taken over by another node"
+                    );
+                }
+            }
+            Some(Item::Lagged) => {
+                let moved: Vec<String> = {
+                    let state = node.state().read();
+                    broker
+                        .client_ids()
+                        .into_iter()
+                        .filter(|c| state.owner(c).is_some_and(|o| o.node != node.id()))
+                        .map(|c| c.to_string())
+                        .collect()
+                };
+                warn!(
+                    sessions = moved.len(),
+                    "cluster feed lagged; sessions compared with the state"
+                );
+                for c in moved {
+                    lock(&granted).remove(&c);
+                    broker.taken_over_elsewhere(&c, Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// Commits the releases of client ids whose sessions ended here, one at a time; a release
+/// that fails is dropped (the client id stays this node's until claimed elsewhere).
+async fn release(mut releases: mpsc::Receiver<(String, u64)>, node: Arc<Node>, stop: Arc<Stop>) {
+    loop {
+        let next = tokio::select! {
+            next = releases.recv() => next,
+            () = stop.wait() => break,
+        };
+        let Some((client_id, epoch)) = next else {
+            break;
+        };
+        let cmd = Command::Release { client_id, epoch };
+        if let Err(e) = node.propose(cmd).await {
+            debug!(error = %e, "release not committed");
+        }
+    }
 }
 
 /// Serves the other nodes until the stop, then stops Raft.

@@ -105,7 +105,7 @@ impl Server {
             auth_counters,
             backends,
         } = listeners;
-        let extras = Extras {
+        let mut extras = Extras {
             http_passwords,
             first_acl,
             auth_counters,
@@ -113,6 +113,7 @@ impl Server {
             stop,
             plugins: crate::plugin::Plugins::default(),
             plugin_tasks: Vec::new(),
+            cluster: None,
         };
         let l = &config.limits;
         if l.queue_scope == starling_broker::QueueScope::Subscription
@@ -131,10 +132,18 @@ impl Server {
             rand_core::RngCore::next_u64(&mut rand_core::OsRng)
         );
         // Plugins' hooks are part of the broker; their tasks start once it exists.
-        let broker =
+        let mut broker =
             Broker::with_features(config.limits.clone(), config.mqtt.clone(), Instant::now())
                 .with_node_id(node_id)
                 .with_hooks(plugins.hooks.clone());
+        // A node of a cluster claims client ids through the cluster.
+        if config.cluster.enabled {
+            let mut started = crate::cluster::start(config, &extras.stop).await?;
+            if let Some(o) = started.take_ownership() {
+                broker = broker.with_ownership(o);
+            }
+            extras.cluster = Some(started);
+        }
         // Dynamic security's document, as the store holds it, before anything is served.
         if let Some(d) = &extras.backends.dynamic {
             let stored = opened
@@ -149,7 +158,6 @@ impl Server {
             }
             None => (Arc::new(broker), None),
         };
-        let mut extras = extras;
         extras.plugin_tasks = plugins.start(&broker, &extras.stop);
         extras.plugins = plugins;
         match Self::serve(config, runtimes, broker, reloadable, committer, extras).await {
@@ -264,20 +272,12 @@ impl Server {
         }
         tasks.spawn(tick_loop(broker.clone(), stop.clone()));
         let mut cluster = None;
-        if config.cluster.enabled {
-            match crate::cluster::start(config, &stop).await {
-                Ok((node, cluster_tasks)) => {
-                    for t in cluster_tasks {
-                        tasks.spawn(t);
-                    }
-                    cluster = Some(node);
-                }
-                Err(e) => {
-                    stop.stop();
-                    while tasks.join_next().await.is_some() {}
-                    return Err((e, committer));
-                }
+        if let Some(started) = extras.cluster {
+            let (node, cluster_tasks) = started.attach(broker.clone(), &stop);
+            for t in cluster_tasks {
+                tasks.spawn(t);
             }
+            cluster = Some(node);
         }
         for t in extras.plugin_tasks {
             tasks.spawn(t);
@@ -422,6 +422,8 @@ struct Extras {
     /// The plugins (their counters, for `/metrics`) and their tasks, to run.
     plugins: crate::plugin::Plugins,
     plugin_tasks: Vec<crate::plugin::BoxFuture>,
+    /// This node of the cluster, when `[cluster]` is on, until the broker exists.
+    cluster: Option<crate::cluster::Started>,
 }
 
 /// Runs the broker until `stop` resolves, then shuts it down. Tells the service manager

@@ -3,6 +3,9 @@
 //! (`GET /api/v1/cluster`). The nodes must elect one leader, announce their incarnations
 //! through the log, elect another leader when the leader is killed with SIGKILL, take the
 //! killed node back in a new incarnation, and come back whole after every node is killed.
+//! Clients (rumqttc, 3.1.1 and 5) connect to different nodes with one client id: the newer
+//! connection takes the client id over across nodes, and a node cut off from the majority
+//! refuses CONNECT as Server unavailable.
 
 #![allow(
     clippy::unwrap_used,
@@ -17,6 +20,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+
+mod common;
+
+use common::rumqtt::{v5, v311};
 
 /// A free port on `ip` (bound and released; the node binds it a moment later).
 fn free_port(ip: Ipv4Addr) -> u16 {
@@ -146,6 +153,10 @@ impl Cluster {
         );
         let r = self.http.get(url).send().await.ok()?;
         r.json().await.ok()
+    }
+
+    fn mqtt(&self, id: u64) -> SocketAddr {
+        self.specs[(id - 1) as usize].mqtt
     }
 
     fn kill9(&mut self, id: u64) {
@@ -281,6 +292,100 @@ async fn three_nodes_elect_survive_a_killed_leader_and_a_full_restart() {
         let expected = if id == leader { 3 } else { 2 };
         assert_eq!(s["incarnation"].as_u64(), Some(expected), "{s}");
     }
+}
+
+/// A client id is owned by one node at a time: a CONNECT on another node takes it over (the
+/// old connection gets DISCONNECT 0x8E, v5; 3.x: closed), the session does not follow it
+/// (Session Present 0 on the new node, and 0 again when the client comes back), and a node
+/// without a majority refuses CONNECT as Server unavailable (v5 0x88, 3.x return code 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_moves_between_nodes_and_a_minority_refuses_connect() {
+    let mut c = Cluster::start(3);
+    c.settled(&[1, 2, 3], "first start").await;
+
+    // MQTT 5, across nodes 1 and 2.
+    let mut first = v5::Client::plain(c.mqtt(1), "mover").await;
+    let (mut second, ack) = v5::Client::connect(c.mqtt(2), "mover", |o| {
+        o.set_clean_start(false);
+        o.set_connect_properties(rumqttc::v5::mqttbytes::v5::ConnectProperties {
+            session_expiry_interval: Some(600),
+            ..Default::default()
+        });
+    })
+    .await;
+    assert!(
+        !ack.session_present,
+        "node 2 has no session of node 1's client: {ack:?}"
+    );
+    let ended = loop {
+        match first.next().await {
+            Ok(_) => {}
+            Err(e) => break format!("{e:?}"),
+        }
+    };
+    assert!(ended.contains("SessionTakenOver"), "{ended}");
+    // Node 2's session was persistent; the client comes back to node 1 asking for it.
+    let (_third, ack) = v5::Client::connect(c.mqtt(1), "mover", |o| {
+        o.set_clean_start(false);
+    })
+    .await;
+    assert!(
+        !ack.session_present,
+        "the session stayed on node 2 and ended there: {ack:?}"
+    );
+    let ended = loop {
+        match second.next().await {
+            Ok(_) => {}
+            Err(e) => break format!("{e:?}"),
+        }
+    };
+    assert!(ended.contains("SessionTakenOver"), "{ended}");
+
+    // MQTT 3.1.1, across nodes 3 and 1.
+    let (mut old, _) = v311::Client::connect(c.mqtt(3), "mover3", true, None).await;
+    let (_new, _) = v311::Client::connect(c.mqtt(1), "mover3", true, None).await;
+    assert!(
+        old.wait_closed(Duration::from_secs(5)).await,
+        "the 3.1.1 connection on node 3 stays open"
+    );
+
+    let statuses = c.settled(&[1, 2, 3], "after the takeovers").await.1;
+    for s in &statuses {
+        assert!(s["client_ids_owned"].as_u64().unwrap() >= 2, "{s}");
+    }
+
+    // Node 3 alone: no majority, so no claim commits and CONNECT is refused.
+    c.kill9(1);
+    c.kill9(2);
+    let mut opts = v5::options(c.mqtt(3), "lonely");
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = rumqttc::v5::AsyncClient::new(opts, 10);
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Err(e) = events.poll().await {
+                break format!("{e:?}");
+            }
+        }
+    })
+    .await
+    .expect("node 3 answers CONNECT within its propose timeout");
+    drop(client);
+    assert!(refused.contains("ServerUnavailable"), "v5: {refused}");
+    let mut opts =
+        rumqttc::MqttOptions::new("lonely3", c.mqtt(3).ip().to_string(), c.mqtt(3).port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Err(e) = events.poll().await {
+                break format!("{e:?}");
+            }
+        }
+    })
+    .await
+    .expect("node 3 answers CONNECT within its propose timeout");
+    drop(client);
+    assert!(refused.contains("ServiceUnavailable"), "3.1.1: {refused}");
 }
 
 /// A node whose `[cluster]` section is wrong does not start, and says why.

@@ -195,11 +195,40 @@ impl Broker {
     }
 
     /// Removes a session for good: its state, subscriptions and registry entry; its pending
-    /// will goes out.
+    /// will goes out, and the cluster may release its client id.
     pub(super) fn end_session(&self, session: &Arc<Session>, now: Instant) {
+        if self.discard(session, now) {
+            self.seams.ownership.released(session.client_id());
+        }
+    }
+
+    /// A claim for `client_id` committed on another node of the cluster: the session here
+    /// ends (its connection, if any, closes with DISCONNECT 0x8E; its will goes out), and the
+    /// client id is not released (it belongs to the other node now). Whether there was one.
+    pub fn taken_over_elsewhere(&self, client_id: &str, now: Instant) -> bool {
+        match self.seams.registry.get(client_id) {
+            Some(s) => {
+                let ended = self.discard(&s, now);
+                if ended {
+                    self.metrics.sessions_taken_over_elsewhere.inc();
+                }
+                ended
+            }
+            None => false,
+        }
+    }
+
+    /// The client ids of every session on this node, connected or not.
+    pub fn client_ids(&self) -> Vec<Arc<str>> {
+        let sessions = self.seams.registry.sessions();
+        sessions.iter().map(|s| s.client_id().clone()).collect()
+    }
+
+    /// Ends `session` and publishes its will; whether it had not ended already.
+    fn discard(&self, session: &Arc<Session>, now: Instant) -> bool {
         let mut ops = self.ops();
         let Some(ended) = session.lock().end(&mut ops) else {
-            return;
+            return false;
         };
         self.persist(&mut ops);
         self.unroute(session, &ended.filters);
@@ -208,6 +237,7 @@ impl Broker {
         if let Some(w) = ended.will {
             self.publish_will(w, now);
         }
+        true
     }
 
     fn publish_will(&self, mut will: Will, now: Instant) {

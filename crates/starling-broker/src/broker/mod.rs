@@ -31,12 +31,14 @@ use crate::sys::SysState;
 
 mod admin;
 mod lifecycle;
+pub mod ownership;
 mod registry;
 mod restore;
 mod route;
 
 pub use admin::{AdminError, Page};
 pub use lifecycle::{Attached, Claim, ConnectRequest, Ending};
+pub use ownership::{Acquire, Alone, Grant, Ownership};
 pub use registry::{LocalRegistry, Registry};
 pub use restore::Restored;
 pub use route::Routed;
@@ -52,6 +54,8 @@ pub struct Seams {
     pub retained: Box<dyn RetainStore>,
     /// Messages for other nodes.
     pub forwarder: Box<dyn Forwarder>,
+    /// Who in a cluster owns each client id.
+    pub ownership: Box<dyn Ownership>,
 }
 
 impl Default for Seams {
@@ -61,6 +65,7 @@ impl Default for Seams {
             routes: Routes::default(),
             retained: Box::<RetainTree>::default(),
             forwarder: Box::new(NoPeers),
+            ownership: Box::new(Alone),
         }
     }
 }
@@ -140,6 +145,18 @@ impl Broker {
     /// `starling-via` user property; a bridge does not take it to a broker named there.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Asks `ownership` who in a cluster owns each client id (see [`ownership`]); a single
+    /// node owns them all.
+    pub fn with_ownership(mut self, ownership: Box<dyn Ownership>) -> Self {
+        self.seams.ownership = ownership;
+        self
+    }
+
+    /// Who in a cluster owns each client id.
+    pub(crate) fn ownership(&self) -> &dyn Ownership {
+        &*self.seams.ownership
     }
 
     /// Calls `hooks` at their events (see [`crate::hook`]).

@@ -12,7 +12,7 @@ use tracing::info;
 use super::access::Halt;
 use super::active::{Active, RateLimit};
 use super::{Close, Cx, State, closed, enhanced, handover};
-use crate::broker::{Attached, Claim, ConnectRequest, Ending};
+use crate::broker::{Acquire, Attached, Claim, ConnectRequest, Ending};
 use crate::bucket::TokenBucket;
 use crate::config::Limits;
 use crate::session::{ClientInfo, PendingWill};
@@ -273,20 +273,30 @@ pub(super) fn accept(
         username,
         enhanced,
     };
+    // In a cluster the client id is claimed through the cluster first.
+    let id = accepted.negotiated.client_id.clone();
+    match cx.broker.ownership().acquire(&id, cx.link.waker.clone()) {
+        Acquire::Now => {}
+        Acquire::Later(grant) => {
+            return State::Waiting(Box::new(handover::Waiting::for_grant(cx, accepted, grant)));
+        }
+        Acquire::Busy => return busy(cx, accepted.connect.protocol),
+    }
     let relay = Relay::new(cx.link.waker.clone());
-    match claim(cx, accepted, Some(relay.clone())) {
+    match claim(cx, accepted, Some(relay.clone()), 0) {
         Ok(state) => state,
-        Err(accepted) => State::Waiting(Box::new(handover::Waiting::new(cx, accepted, relay))),
+        Err(accepted) => State::Waiting(Box::new(handover::Waiting::new(cx, accepted, relay, 0))),
     }
 }
 
 /// Claims the session for an authenticated CONNECT: the `Active` state with CONNACK sent, or
 /// a refusal; `Err` (with the CONNECT back) if the owner was asked to hand the session over
-/// to `handover` first.
+/// to `handover` first. `epoch` is the cluster's grant of the client id (0: no cluster).
 pub(super) fn claim(
     cx: &mut Cx<'_>,
     accepted: Accepted,
     handover: Option<Arc<Relay>>,
+    epoch: u64,
 ) -> Result<State, Accepted> {
     let broker = cx.broker;
     let limits = &broker.limits;
@@ -327,7 +337,29 @@ pub(super) fn claim(
         Claim::Waiting => return Err(accepted),
         Claim::Busy => return Ok(busy(cx, version)),
     };
+    // A claim on another node may have committed after the grant and before this session
+    // was attached (too early for the cluster to end it): the connection then finds itself
+    // taken over at once.
+    if epoch != 0
+        && !broker
+            .ownership()
+            .confirm(&accepted.negotiated.client_id, epoch)
+    {
+        broker.taken_over_elsewhere(&accepted.negotiated.client_id, cx.now);
+    }
     Ok(attach(cx, accepted, &terms, attached))
+}
+
+/// Refuses a CONNECT whose client id the cluster did not grant this node (no majority in
+/// time): Server unavailable, so that the client tries another node.
+pub(super) fn unavailable(cx: &mut Cx<'_>, version: ProtocolVersion) -> State {
+    cx.broker.metrics.connections_refused.inc();
+    refuse(
+        cx,
+        version,
+        ReasonCode::ServerUnavailable,
+        "the cluster did not grant the client id",
+    )
 }
 
 /// Refuses a CONNECT whose client id other connections kept claiming meanwhile.

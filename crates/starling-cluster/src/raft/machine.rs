@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::log::{get_meta, put_meta};
 use super::{Entry, Peer, StorageError, Types, decode, encode};
-use crate::state::{ClusterState, Limits, NodeId, Outcome};
+use crate::feed::{Applied, Sender};
+use crate::state::{ClusterState, Command, Limits, NodeId, Outcome};
 
 /// A snapshot as kept on disk: openraft's description of it and the encoded state.
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +52,8 @@ pub struct Machine {
     db: Arc<Database>,
     /// Tells snapshots of the same log position apart (their ids must differ).
     built: u64,
+    /// Where what the node acts on is told, if anywhere.
+    feed: Option<Sender>,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -70,11 +73,18 @@ impl Machine {
             membership: StoredMembership::default(),
             db,
             built: 0,
+            feed: None,
         };
         if let Some(stored) = get_meta::<Stored>(&m.db, "snapshot")? {
             m.load(stored)?;
         }
         Ok(m)
+    }
+
+    /// Tells `feed` what the node acts on as entries are applied.
+    pub fn with_feed(mut self, feed: Sender) -> Self {
+        self.feed = Some(feed);
+        self
     }
 
     /// The state, for the node's readers.
@@ -148,7 +158,23 @@ impl RaftStateMachine<Types> for Machine {
             self.applied = Some(entry.log_id);
             out.push(match entry.payload {
                 EntryPayload::Blank => Outcome::Done,
-                EntryPayload::Normal(cmd) => state.apply(entry.log_id.index, cmd),
+                EntryPayload::Normal(cmd) => {
+                    let claimed = match (&cmd, &self.feed) {
+                        (Command::Claim { client_id, .. }, Some(_)) => Some(client_id.clone()),
+                        _ => None,
+                    };
+                    let outcome = state.apply(entry.log_id.index, cmd);
+                    if let (Some(client_id), Some(feed)) = (claimed, &self.feed)
+                        && let Outcome::Claimed { owner, previous } = &outcome
+                    {
+                        feed.send(Applied::Claimed {
+                            client_id,
+                            owner: *owner,
+                            previous: *previous,
+                        });
+                    }
+                    outcome
+                }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
                     Outcome::Done

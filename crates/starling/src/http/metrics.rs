@@ -333,6 +333,12 @@ impl Collector for BrokerCollector {
         )?;
         counter(
             e,
+            "starling_sessions_taken_over_elsewhere",
+            "Sessions ended because their client id was claimed on another node of the cluster",
+            m.sessions_taken_over_elsewhere.get(),
+        )?;
+        counter(
+            e,
             "starling_clients_kicked",
             "Clients disconnected by an operator",
             m.clients_kicked.get(),
