@@ -121,6 +121,46 @@ fn messages_for_other_nodes_go_to_the_forwarder_once_per_node() {
     assert_eq!(handed.lock().unwrap().len(), 6);
 }
 
+#[test]
+fn a_message_from_another_node_reaches_local_subscribers_only_and_is_not_retained_here() {
+    let handed = Handed::default();
+    let seams = Seams {
+        routes: Routes::Custom(Box::<TwoPeers>::default()),
+        forwarder: Box::new(Recorder(handed.clone())),
+        ..Seams::default()
+    };
+    let now = std::time::Instant::now();
+    let broker = Broker::with_seams(Limits::default(), Features::default(), seams, now);
+    let mut sim = Sim::on(broker);
+    let (local, _) = sim.connected(connect(V5, "local"));
+    sim.send(local, subscribe(1, "remote/#", QoS::AtLeastOnce));
+    sim.take(local);
+    let publish = starling_proto::Publish {
+        retain: true,
+        ..starling_proto::Publish::new(
+            starling_proto::TopicName::try_from_str("remote/x").unwrap(),
+            QoS::AtLeastOnce,
+            1,
+            bytes::Bytes::from_static(b"from node 7"),
+        )
+    };
+    let msg = Arc::new(Message::from_publish(publish, None, sim.now));
+    let routed = sim.broker.publish_from_peer(msg);
+    assert_eq!((routed.reached, routed.forwarded), (1, 0));
+    assert!(routed.retained.is_none());
+    sim.settle();
+    let got = sim.take(local);
+    assert_eq!(publishes(&got).len(), 1, "{got:?}");
+    assert!(
+        handed.lock().unwrap().is_empty(),
+        "not handed on to another node"
+    );
+    // Not retained here: a new subscriber gets nothing.
+    let (later, _) = sim.connected(connect(V5, "later"));
+    sim.send(later, subscribe(1, "remote/#", QoS::AtLeastOnce));
+    assert!(publishes(&sim.take(later)).is_empty());
+}
+
 /// A cluster's ownership decided by the test: every claim waits until the test grants or
 /// refuses it.
 #[derive(Debug, Default)]

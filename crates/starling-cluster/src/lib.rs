@@ -15,6 +15,7 @@ pub mod feed;
 pub mod net;
 pub mod node;
 pub mod raft;
+pub mod routes;
 pub mod state;
 
 pub use node::{ClusterNode, NodeConfig, ProposeError, StartError, Timing};

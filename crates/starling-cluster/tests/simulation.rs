@@ -211,7 +211,7 @@ fn run(seed: u64) -> u64 {
                 let raft = node.raft().clone();
                 tokio::spawn(async move {
                     while let Ok((stream, _)) = listener.accept().await {
-                        tokio::spawn(serve(stream, raft.clone()));
+                        tokio::spawn(serve(stream, raft.clone(), None));
                     }
                 });
                 node.announce(Duration::from_millis(200)).await;

@@ -138,9 +138,12 @@ impl Server {
                 .with_hooks(plugins.hooks.clone());
         // A node of a cluster claims client ids through the cluster.
         if config.cluster.enabled {
-            let mut started = crate::cluster::start(config, &extras.stop).await?;
-            if let Some(o) = started.take_ownership() {
-                broker = broker.with_ownership(o);
+            let mut started = crate::cluster::start(config).await?;
+            if let Some(seams) = started.take_seams() {
+                broker = broker
+                    .with_ownership(seams.ownership)
+                    .with_routes(seams.routes)
+                    .with_forwarder(seams.forwarder);
             }
             extras.cluster = Some(started);
         }
@@ -273,11 +276,11 @@ impl Server {
         tasks.spawn(tick_loop(broker.clone(), stop.clone()));
         let mut cluster = None;
         if let Some(started) = extras.cluster {
-            let (node, cluster_tasks) = started.attach(broker.clone(), &stop);
+            let (handle, cluster_tasks) = started.attach(broker.clone(), &stop);
             for t in cluster_tasks {
                 tasks.spawn(t);
             }
-            cluster = Some(node);
+            cluster = Some(Arc::new(handle));
         }
         for t in extras.plugin_tasks {
             tasks.spawn(t);

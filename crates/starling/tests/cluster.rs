@@ -5,7 +5,8 @@
 //! killed node back in a new incarnation, and come back whole after every node is killed.
 //! Clients (rumqttc, 3.1.1 and 5) connect to different nodes with one client id: the newer
 //! connection takes the client id over across nodes, and a node cut off from the majority
-//! refuses CONNECT as Server unavailable.
+//! refuses CONNECT as Server unavailable. Messages published on one node reach subscribers
+//! on the others.
 
 #![allow(
     clippy::unwrap_used,
@@ -157,6 +158,24 @@ impl Cluster {
 
     fn mqtt(&self, id: u64) -> SocketAddr {
         self.specs[(id - 1) as usize].mqtt
+    }
+
+    /// Waits until node `id` knows `n` routes of other nodes.
+    async fn routes_known(&self, id: u64, n: u64) {
+        let mut last = Value::Null;
+        for _ in 0..100 {
+            if let Some(v) = self.status(id).await {
+                if v["remote_routes"].as_u64() == Some(n) {
+                    return;
+                }
+                last = v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "node {id} does not know {n} remote routes: {last:#}\n{}",
+            self.logs()
+        );
     }
 
     fn kill9(&mut self, id: u64) {
@@ -386,6 +405,83 @@ async fn a_client_id_moves_between_nodes_and_a_minority_refuses_connect() {
     .expect("node 3 answers CONNECT within its propose timeout");
     drop(client);
     assert!(refused.contains("ServiceUnavailable"), "3.1.1: {refused}");
+}
+
+/// A publish on one node reaches the subscribers on the others (QoS 0 and 1, wildcards, 5 and
+/// 3.1.1), once per subscriber; an unsubscribe stops it; a node that restarts tells the others
+/// its filters again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_nodes_to_their_subscribers() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::Filter;
+
+    let mut c = Cluster::start(3);
+    c.settled(&[1, 2, 3], "first start").await;
+    let mut on2 = v5::Client::plain(c.mqtt(2), "sub2").await;
+    on2.subscribe(Filter::new("cross/+/t", QoS5::AtLeastOnce), None)
+        .await;
+    let (mut on3, _) = v311::Client::connect(c.mqtt(3), "sub3", true, None).await;
+    on3.subscribe("cross/#", rumqttc::QoS::AtMostOnce).await;
+    // Node 1 has no subscriber of its own; it learns two filters, one from each peer.
+    c.routes_known(1, 2).await;
+
+    let publisher = v5::Client::plain(c.mqtt(1), "pub1").await;
+    publisher
+        .client
+        .publish("cross/a/t", QoS5::AtLeastOnce, false, "one")
+        .await
+        .unwrap();
+    let got = on2.publish().await;
+    assert_eq!(
+        (&got.topic[..], &got.payload[..], got.qos),
+        (&b"cross/a/t"[..], &b"one"[..], QoS5::AtLeastOnce)
+    );
+    let got = on3.publish().await;
+    assert_eq!(
+        (&got.topic[..], &got.payload[..]),
+        ("cross/a/t", &b"one"[..])
+    );
+    on2.no_publish(Duration::from_millis(300)).await;
+
+    // Node 2's subscriber goes: node 1 forgets its filter, node 3 still gets messages.
+    on2.client.unsubscribe("cross/+/t").await.unwrap();
+    c.routes_known(1, 1).await;
+    publisher
+        .client
+        .publish("cross/b/t", QoS5::AtMostOnce, false, "two")
+        .await
+        .unwrap();
+    assert_eq!(&on3.publish().await.payload[..], b"two");
+    on2.no_publish(Duration::from_millis(300)).await;
+
+    // Node 3 restarts: its filters were this life's; a new subscriber there is told again.
+    drop(on3);
+    c.kill9(3);
+    c.restart(3);
+    c.settled(&[1, 2, 3], "after node 3 restarted").await;
+    let mut again = v5::Client::plain(c.mqtt(3), "sub3b").await;
+    again
+        .subscribe(Filter::new("cross/#", QoS5::AtMostOnce), None)
+        .await;
+    c.routes_known(1, 1).await;
+    publisher
+        .client
+        .publish("cross/c/t", QoS5::AtLeastOnce, false, "three")
+        .await
+        .unwrap();
+    let got = again.publish().await;
+    assert_eq!(
+        (&got.payload[..], got.qos),
+        (&b"three"[..], QoS5::AtMostOnce)
+    );
+    let status = c.status(1).await.unwrap();
+    let sent: u64 = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["messages_sent"].as_u64().unwrap())
+        .sum();
+    assert!(sent >= 3, "{status:#}");
 }
 
 /// A node whose `[cluster]` section is wrong does not start, and says why.

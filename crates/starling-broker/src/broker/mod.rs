@@ -154,6 +154,18 @@ impl Broker {
         self
     }
 
+    /// Routes publishes through `routes` (a cluster's table, which also names other nodes).
+    pub fn with_routes(mut self, routes: Routes) -> Self {
+        self.seams.routes = routes;
+        self
+    }
+
+    /// Hands messages for other nodes to `forwarder`.
+    pub fn with_forwarder(mut self, forwarder: Box<dyn Forwarder>) -> Self {
+        self.seams.forwarder = forwarder;
+        self
+    }
+
     /// Who in a cluster owns each client id.
     pub(crate) fn ownership(&self) -> &dyn Ownership {
         &*self.seams.ownership

@@ -36,7 +36,24 @@ impl Broker {
     /// and hands it once to each other node with subscribers. What it stores goes into `ops`
     /// (the caller persists them, then acknowledges).
     pub fn publish(&self, msg: Arc<Message>, ops: &mut Ops<'_>) -> Routed {
-        let retained = msg.retain.then(|| self.retain(&msg, ops));
+        self.route_message(msg, ops, true)
+    }
+
+    /// Routes a message another node of the cluster forwarded: to this node's subscribers
+    /// only. It is not forwarded again (the publishing node handed it to every node with
+    /// subscribers) and not stored as retained here (the publishing node did that). Persists
+    /// what it queued.
+    pub fn publish_from_peer(&self, msg: Arc<Message>) -> Routed {
+        let mut ops = self.ops();
+        let routed = self.route_message(msg, &mut ops, false);
+        self.persist(&mut ops);
+        routed
+    }
+
+    /// [`Broker::publish`]; `from_here`: the message was published on this node (its
+    /// retained copy is kept, and other nodes with subscribers are handed it).
+    fn route_message(&self, msg: Arc<Message>, ops: &mut Ops<'_>, from_here: bool) -> Routed {
+        let retained = (from_here && msg.retain).then(|| self.retain(&msg, ops));
         let ctx = self.ctx();
         let publisher = msg.publisher.as_deref();
         let mut reached = 0usize;
@@ -92,7 +109,9 @@ impl Broker {
                                 deliver(&m.session, d);
                             }
                         }
-                        Target::Remote(node) if !remote.contains(node) => remote.push(*node),
+                        Target::Remote(node) if from_here && !remote.contains(node) => {
+                            remote.push(*node)
+                        }
                         Target::Plain(_) | Target::Remote(_) => {}
                     }
                 }

@@ -25,6 +25,10 @@ pub enum Kind {
     InstallSnapshot = 3,
     /// A command for the leader to commit (from a node that is not the leader).
     Propose = 4,
+    /// A node's filters, as a snapshot or a delta ([`crate::routes::Update`]).
+    Routes = 5,
+    /// Messages for the receiver's subscribers ([`crate::net::Forward`]).
+    Forward = 6,
     /// The reply to the request before it on the same stream.
     Reply = 0x80,
 }
@@ -36,6 +40,8 @@ impl Kind {
             2 => Kind::Vote,
             3 => Kind::InstallSnapshot,
             4 => Kind::Propose,
+            5 => Kind::Routes,
+            6 => Kind::Forward,
             0x80 => Kind::Reply,
             _ => return None,
         })
@@ -118,7 +124,7 @@ mod tests {
             (&[0, 0, 0, 1, 1], "length 1"),
             (&[0x7f, 0, 0, 0, 1, 1], "length"),
             (&[0, 0, 0, 2, 9, 1], "version 9"),
-            (&[0, 0, 0, 2, 1, 7], "kind 7"),
+            (&[0, 0, 0, 2, 1, 9], "kind 9"),
         ];
         for (bytes, what) in cases {
             let mut r = bytes;

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use crate::raft::{Peer, Raft, Types, decode, encode};
+use crate::routes::{Update, UpdateReply};
 use crate::state::{Command, NodeId, Outcome};
 
 pub mod frame;
@@ -61,6 +62,25 @@ pub enum ProposeReply {
     NotLeader(Option<(NodeId, Peer)>),
     /// It could not be committed (no quorum in time, shutting down).
     Failed(String),
+}
+
+/// Messages a node hands a peer for the peer's own subscribers, each an MQTT 5 PUBLISH as
+/// encoded on the wire (the codec that reads clients' packets reads these too).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Forward {
+    /// The node that sends them.
+    pub origin: NodeId,
+    /// The encoded PUBLISH packets.
+    pub messages: Vec<Vec<u8>>,
+}
+
+/// What a node does with what its peers send beside Raft: their filters and the messages
+/// they forward. Called on the stream's task; must not block for long.
+pub trait Inbound: Send + Sync + 'static {
+    /// A peer's filters changed.
+    fn routes(&self, update: Update) -> UpdateReply;
+    /// A peer forwards messages; returns how many were taken (the rest did not decode).
+    fn forward(&self, batch: Forward) -> usize;
 }
 
 /// openraft's network: a [`Link`] per peer.
@@ -136,6 +156,11 @@ impl<D: Dial> Link<D> {
         ttl: Duration,
     ) -> Result<Resp, CallError> {
         let body = encode(req).map_err(|e| self.broken(e.to_string()))?;
+        // A stream the peer closed while it was idle (the peer restarted) is opened again
+        // before anything is sent on it, so the request is not lost in a dead socket.
+        if self.stream.as_mut().is_some_and(closed_by_peer) {
+            self.stream = None;
+        }
         if self.stream.is_none() {
             let s = tokio::time::timeout(ttl, self.dial.dial(&self.addr))
                 .await
@@ -205,6 +230,20 @@ impl<D: Dial> Link<D> {
     }
 }
 
+/// Whether an idle stream was closed by the peer (or sent what nobody asked for): a read
+/// that is ready at once. A live idle stream has nothing to read.
+fn closed_by_peer<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    let mut read = std::pin::pin!(stream.read(&mut byte));
+    matches!(
+        read.as_mut().poll(&mut Context::from_waker(Waker::noop())),
+        Poll::Ready(_)
+    )
+}
+
 impl<D: Dial> RaftNetwork<Types> for Link<D> {
     async fn append_entries(
         &mut self,
@@ -246,8 +285,14 @@ pub async fn propose_local(raft: &Raft, cmd: Command) -> ProposeReply {
     }
 }
 
-/// Answers a peer's requests on `stream` until it closes or sends what does not decode.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, raft: Raft) {
+/// Answers a peer's requests on `stream` until it closes or sends what does not decode:
+/// Raft's through `raft`, routes and forwarded messages through `inbound` (without one, such
+/// a request closes the stream).
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    raft: Raft,
+    inbound: Option<std::sync::Arc<dyn Inbound>>,
+) {
     let mut body = Vec::new();
     loop {
         let kind = match frame::read(&mut stream, &mut body).await {
@@ -274,6 +319,23 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, raft: Raft)
                 Ok(cmd) => encode(&propose_local(&raft, cmd).await),
                 Err(e) => Err(e),
             },
+            Kind::Routes | Kind::Forward if inbound.is_none() => {
+                debug!(
+                    ?kind,
+                    "cluster peer sent what this node does not take; closing"
+                );
+                return;
+            }
+            Kind::Routes => match (decode::<Update>(&body), &inbound) {
+                (Ok(update), Some(i)) => encode(&i.routes(update)),
+                (Err(e), _) => Err(e),
+                (Ok(_), None) => return,
+            },
+            Kind::Forward => match (decode::<Forward>(&body), &inbound) {
+                (Ok(batch), Some(i)) => encode(&(i.forward(batch) as u64)),
+                (Err(e), _) => Err(e),
+                (Ok(_), None) => return,
+            },
             Kind::Reply => {
                 debug!("cluster peer sent a reply where a request belongs; closing");
                 return;
@@ -290,5 +352,18 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, raft: Raft)
             debug!(error = %e, "cluster peer stream failed");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idle_stream_closed_by_the_peer_is_noticed_before_it_is_used() {
+        let (mut ours, theirs) = tokio::io::duplex(64);
+        assert!(!closed_by_peer(&mut ours), "open and idle");
+        drop(theirs);
+        assert!(closed_by_peer(&mut ours), "closed by the peer");
     }
 }

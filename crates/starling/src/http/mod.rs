@@ -99,7 +99,7 @@ pub struct AppState {
     /// The `[auth]` backends, for their counters (set by the server).
     pub auth_backends: crate::authn::Backends,
     /// This node of the cluster, when `[cluster]` is on (set by the server).
-    pub cluster: Option<Arc<crate::cluster::Node>>,
+    pub cluster: Option<Arc<crate::cluster::Handle>>,
     /// Dynamic security, when `[auth.dynamic]` enables it (set by the server): what
     /// `/api/v1/dynsec` manages.
     pub dynsec: Option<Arc<crate::authn::dynamic::DynamicSecurity>>,

@@ -1,23 +1,34 @@
 //! This broker as a node of a cluster (`[cluster]`, docs/cluster.md): starts the replicated
 //! core (`starling-cluster`) beside the broker, serves the other nodes on the inter-node
-//! listener, announces this node's incarnation through the log, claims client ids through
-//! the cluster for the broker's CONNECTs ([`ClusterOwnership`], the broker's `Ownership`
-//! seam), ends the sessions whose client id another node claimed ([`follow`]), and describes
-//! the cluster for the admin API. Every task here ends with the server's stop.
+//! listener, announces this node's incarnation through the log, and gives the broker its
+//! cluster seams: client ids claimed through the cluster (`ownership.rs`), a route table that
+//! knows the other nodes' filters and tells them its own (`routes.rs`), and a forwarder
+//! that hands messages to the nodes with subscribers (`forward.rs`). It ends the sessions
+//! whose client id another node claimed ([`follow`]) and describes the cluster for the admin
+//! API. Every task here ends with the server's stop.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+mod forward;
+mod ownership;
+mod routes;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
 use starling_broker::Broker;
-use starling_broker::broker::{Acquire, Grant, Ownership};
-use starling_broker::wake::Waker;
+use starling_broker::broker::Ownership;
+use starling_broker::forward::Forwarder;
+use starling_broker::message::Message;
+use starling_broker::router::Routes;
 use starling_cluster::feed::{self, Applied, Feed, Item};
-use starling_cluster::net::{TcpDial, serve};
+use starling_cluster::net::{Inbound, TcpDial, serve};
 use starling_cluster::raft::Peer;
-use starling_cluster::{ClusterNode, Command, Limits, NodeConfig, Outcome, Timing};
+use starling_cluster::routes::RemoteRoutes;
+use starling_cluster::{ClusterNode, Command, Limits, NodeConfig, NodeId, Timing};
+use starling_proto::DecodeLimits;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
@@ -25,12 +36,15 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::plugin::BoxFuture;
 use crate::wakeup::Stop;
+use forward::{ClusterForwarder, ClusterInbound, PeerStats};
+use ownership::{ClusterOwnership, Granted};
+use routes::{ClusterRoutes, LocalFilters};
 
 /// A node of the cluster, over TCP.
 pub type Node = ClusterNode<TcpDial>;
 
 /// Peer streams served at once; a stream beyond it is closed at accept (a node has a few
-/// peers, each with a stream or two; more means something is wrong).
+/// peers, each with a few streams; more means something is wrong).
 const MAX_PEER_STREAMS: usize = 256;
 
 /// How often the incarnation is proposed again until it commits.
@@ -48,17 +62,37 @@ const MAX_RELEASES: usize = 65_536;
 /// every session with the state instead.
 const FEED_CAPACITY: usize = 65_536;
 
-/// This node, started, and what the broker is to run on.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The broker's seams in a cluster.
+#[derive(Debug)]
+pub struct Seams {
+    /// Who owns each client id.
+    pub ownership: Box<dyn Ownership>,
+    /// The route table that also names other nodes.
+    pub routes: Routes,
+    /// Messages for other nodes.
+    pub forwarder: Box<dyn Forwarder>,
+}
+
+/// A peer's queue of messages, until its task takes it.
+type Queue = (NodeId, mpsc::Receiver<Arc<Message>>, Arc<PeerStats>);
+
+/// This node, started; [`Started::attach`] gives it the broker.
 pub struct Started {
-    /// The node.
-    pub node: Arc<Node>,
-    /// The broker's `Ownership` seam, until [`Started::take_ownership`].
-    ownership: Option<Box<dyn Ownership>>,
-    /// Tasks that need no broker (listener, announcement).
-    pub tasks: Vec<BoxFuture>,
+    node: Arc<Node>,
+    seams: Option<Seams>,
+    listener: TcpListener,
     feed: Feed,
     releases: mpsc::Receiver<(String, u64)>,
     granted: Granted,
+    remote: Arc<RwLock<RemoteRoutes>>,
+    filters: Arc<LocalFilters>,
+    peers: Vec<(NodeId, String)>,
+    queues: Vec<Queue>,
+    decode: DecodeLimits,
 }
 
 impl std::fmt::Debug for Started {
@@ -69,22 +103,31 @@ impl std::fmt::Debug for Started {
     }
 }
 
-/// The epochs of the claims this node was granted, by client id, for their release.
-type Granted = Arc<Mutex<HashMap<String, u64>>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// This node of the cluster as the server keeps it: the node, its peers' traffic counters
+/// and their routes, for the admin API.
+#[derive(Debug)]
+pub struct Handle {
+    /// The node.
+    pub node: Arc<Node>,
+    peers: Vec<(NodeId, String, Arc<PeerStats>)>,
+    remote: Arc<RwLock<RemoteRoutes>>,
 }
 
 /// Starts this node: its Raft instance over the log in the cluster directory, the inter-node
-/// listener and the announcement of its incarnation; and the seam the broker claims client
-/// ids through. [`Started::attach`] then gives it the broker.
-pub async fn start(config: &Config, stop: &Arc<Stop>) -> anyhow::Result<Started> {
+/// listener, and the seams the broker is to run on ([`Started::take_seams`]).
+pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let c = &config.cluster;
-    let members: BTreeMap<u64, Peer> = c
-        .seeds()?
-        .into_iter()
-        .map(|s| (s.id, Peer { addr: s.addr }))
+    let seeds = c.seeds()?;
+    let members: BTreeMap<u64, Peer> = seeds
+        .iter()
+        .map(|s| {
+            (
+                s.id,
+                Peer {
+                    addr: s.addr.clone(),
+                },
+            )
+        })
         .collect();
     if members.get(&c.node_id).map(|p| p.addr.as_str()) != Some(c.advertised().as_str()) {
         warn!(
@@ -93,6 +136,11 @@ pub async fn start(config: &Config, stop: &Arc<Stop>) -> anyhow::Result<Started>
             "this node's entry in cluster.seeds is not its advertised address"
         );
     }
+    let peers: Vec<(NodeId, String)> = seeds
+        .iter()
+        .filter(|s| s.id != c.node_id)
+        .map(|s| (s.id, s.addr.clone()))
+        .collect();
     let mut node_config = NodeConfig::new(c.node_id, c.dir(&config.data_dir), members);
     node_config.timing = Timing {
         heartbeat_ms: c.heartbeat_ms,
@@ -122,109 +170,102 @@ pub async fn start(config: &Config, stop: &Arc<Stop>) -> anyhow::Result<Started>
         granted: granted.clone(),
         releases: release_tx,
     };
-    let tasks: Vec<BoxFuture> = vec![
-        Box::pin(accept_loop(listener, node.clone(), stop.clone())),
-        Box::pin(announce(node.clone(), stop.clone())),
-    ];
+    let remote = Arc::new(RwLock::new(RemoteRoutes::default()));
+    let filters = Arc::new(LocalFilters::default());
+    let peer_ids: Vec<NodeId> = peers.iter().map(|p| p.0).collect();
+    let (forwarder, queues) = ClusterForwarder::new(&peer_ids);
+    let seams = Seams {
+        ownership: Box::new(ownership),
+        routes: Routes::Custom(Box::new(ClusterRoutes::new(
+            remote.clone(),
+            filters.clone(),
+        ))),
+        forwarder: Box::new(forwarder),
+    };
+    let decode = DecodeLimits {
+        max_packet_size: config.limits.max_packet_size,
+        max_topic_levels: config.limits.max_topic_levels,
+        max_user_properties: config.limits.max_user_properties,
+        allow_control_characters: true,
+    };
     Ok(Started {
         node,
-        ownership: Some(Box::new(ownership)),
-        tasks,
+        seams: Some(seams),
+        listener,
         feed,
         releases,
         granted,
+        remote,
+        filters,
+        peers,
+        queues,
+        decode,
     })
 }
 
 impl Started {
-    /// The seam the broker claims client ids through (once).
-    pub fn take_ownership(&mut self) -> Option<Box<dyn Ownership>> {
-        self.ownership.take()
+    /// The seams the broker runs on in a cluster (once).
+    pub fn take_seams(&mut self) -> Option<Seams> {
+        self.seams.take()
     }
 
-    /// The tasks that need the broker: following applied claims, committing releases.
-    pub fn attach(self, broker: Arc<Broker>, stop: &Arc<Stop>) -> (Arc<Node>, Vec<BoxFuture>) {
-        let mut tasks = self.tasks;
-        tasks.push(Box::pin(follow(
-            self.feed,
-            self.node.clone(),
-            broker,
-            self.granted,
-            stop.clone(),
-        )));
-        tasks.push(Box::pin(release(
-            self.releases,
-            self.node.clone(),
-            stop.clone(),
-        )));
-        (self.node, tasks)
-    }
-}
-
-/// The broker's `Ownership` seam in a cluster: a CONNECT's client id is claimed through the
-/// cluster's log (in a task; the connection waits for its grant).
-#[derive(Debug)]
-struct ClusterOwnership {
-    node: Arc<Node>,
-    runtime: tokio::runtime::Handle,
-    claims: Arc<Semaphore>,
-    granted: Granted,
-    releases: mpsc::Sender<(String, u64)>,
-}
-
-impl Ownership for ClusterOwnership {
-    fn acquire(&self, client_id: &Arc<str>, waker: Waker) -> Acquire {
-        let Ok(permit) = self.claims.clone().try_acquire_owned() else {
-            return Acquire::Busy;
-        };
-        let grant = Grant::new(waker);
-        let (node, granted, g) = (self.node.clone(), self.granted.clone(), grant.clone());
-        let id = client_id.to_string();
-        self.runtime.spawn(async move {
-            let cmd = Command::Claim {
-                client_id: id.clone(),
-                node: node.id(),
-                incarnation: node.incarnation(),
-            };
-            match node.propose(cmd).await {
-                Ok(Outcome::Claimed { owner, previous }) => {
-                    debug!(client_id = %id, epoch = owner.epoch, ?previous, "client id claimed");
-                    lock(&granted).insert(id, owner.epoch);
-                    g.grant(owner.epoch);
-                }
-                Ok(other) => {
-                    warn!(client_id = %id, ?other, "claim refused by the cluster");
-                    g.refuse();
-                }
-                Err(e) => {
-                    warn!(client_id = %id, error = %e, "claim not committed");
-                    g.refuse();
-                }
-            }
-            drop(permit);
+    /// Serves the peers and starts the tasks that need the broker: the listener (Raft, the
+    /// peers' routes and messages), the announcement, following applied claims, releases,
+    /// and per peer the routes it is told and the messages it is handed.
+    pub fn attach(self, broker: Arc<Broker>, stop: &Arc<Stop>) -> (Handle, Vec<BoxFuture>) {
+        let node = self.node;
+        let inbound: Arc<dyn Inbound> = Arc::new(ClusterInbound {
+            remote: self.remote.clone(),
+            broker: broker.clone(),
+            limits: self.decode,
         });
-        Acquire::Later(grant)
-    }
-
-    fn confirm(&self, client_id: &str, epoch: u64) -> bool {
-        // Not yet applied here (the grant came from the leader): nothing newer is known.
-        let owner = self.node.state().read().owner(client_id);
-        !owner.is_some_and(|o| o.epoch > epoch && o.node != self.node.id())
-    }
-
-    fn released(&self, client_id: &str) {
-        let epoch = lock(&self.granted).remove(client_id);
-        if let Some(epoch) = epoch
-            && self
-                .releases
-                .try_send((client_id.to_owned(), epoch))
-                .is_err()
-        {
-            debug!(
-                client_id,
-                "release queue full; the client id stays this node's until claimed elsewhere"
-            );
+        let mut tasks: Vec<BoxFuture> = vec![
+            Box::pin(accept_loop(
+                self.listener,
+                node.clone(),
+                inbound,
+                stop.clone(),
+            )),
+            Box::pin(announce(node.clone(), stop.clone())),
+            Box::pin(follow(
+                self.feed,
+                node.clone(),
+                broker,
+                self.granted,
+                stop.clone(),
+            )),
+            Box::pin(release(self.releases, node.clone(), stop.clone())),
+        ];
+        let mut peers = Vec::new();
+        for (id, addr) in &self.peers {
+            tasks.push(Box::pin(routes::sync(
+                *id,
+                addr.clone(),
+                node.clone(),
+                self.filters.clone(),
+                stop.clone(),
+            )));
         }
+        for (id, queue, stats) in self.queues {
+            let Some((_, addr)) = self.peers.iter().find(|p| p.0 == id) else {
+                continue;
+            };
+            peers.push((id, addr.clone(), stats.clone()));
+            tasks.push(Box::pin(forward::run(
+                node.id(),
+                id,
+                addr.clone(),
+                queue,
+                stats,
+                stop.clone(),
+            )));
+        }
+        let handle = Handle {
+            node,
+            peers,
+            remote: self.remote,
+        };
+        (handle, tasks)
     }
 }
 
@@ -302,7 +343,12 @@ async fn release(mut releases: mpsc::Receiver<(String, u64)>, node: Arc<Node>, s
 }
 
 /// Serves the other nodes until the stop, then stops Raft.
-async fn accept_loop(listener: TcpListener, node: Arc<Node>, stop: Arc<Stop>) {
+async fn accept_loop(
+    listener: TcpListener,
+    node: Arc<Node>,
+    inbound: Arc<dyn Inbound>,
+    stop: Arc<Stop>,
+) {
     let streams = Arc::new(Semaphore::new(MAX_PEER_STREAMS));
     loop {
         let accepted = tokio::select! {
@@ -324,9 +370,10 @@ async fn accept_loop(listener: TcpListener, node: Arc<Node>, stop: Arc<Stop>) {
         let _ = stream.set_nodelay(true);
         let raft = node.raft().clone();
         let stop = stop.clone();
+        let inbound = inbound.clone();
         tokio::spawn(async move {
             tokio::select! {
-                () = serve(stream, raft) => {}
+                () = serve(stream, raft, Some(inbound)) => {}
                 () = stop.wait() => {}
             }
             drop(permit);
@@ -346,7 +393,8 @@ async fn announce(node: Arc<Node>, stop: Arc<Stop>) {
 }
 
 /// The cluster as this node sees it, for `GET /api/v1/cluster`.
-pub fn status(node: &Node) -> Value {
+pub fn status(handle: &Handle) -> Value {
+    let node = &handle.node;
     let m = node.raft().metrics().borrow().clone();
     let state = node.state().read();
     let membership = m.membership_config.membership();
@@ -377,5 +425,12 @@ pub fn status(node: &Node) -> Value {
         "client_ids_owned": state.owners().count(),
         "retained_messages": retained,
         "retained_bytes": retained_bytes,
+        "peers": handle.peers.iter().map(|(id, addr, stats)| json!({
+            "id": id,
+            "addr": addr,
+            "messages_sent": stats.sent.load(Ordering::Relaxed),
+            "messages_dropped": stats.dropped.load(Ordering::Relaxed),
+        })).collect::<Vec<_>>(),
+        "remote_routes": handle.remote.read().unwrap_or_else(|p| p.into_inner()).len(),
     })
 }

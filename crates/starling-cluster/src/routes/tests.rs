@@ -1,0 +1,92 @@
+use super::*;
+
+fn snapshot(node: NodeId, incarnation: u64, filters: &[&str]) -> Update {
+    Update::Snapshot {
+        node,
+        incarnation,
+        seq: 0,
+        filters: filters.iter().map(|f| f.to_string()).collect(),
+    }
+}
+
+fn delta(node: NodeId, incarnation: u64, from: u64, added: &[&str], removed: &[&str]) -> Update {
+    Update::Delta {
+        node,
+        incarnation,
+        from,
+        to: from + 1,
+        added: added.iter().map(|f| f.to_string()).collect(),
+        removed: removed.iter().map(|f| f.to_string()).collect(),
+    }
+}
+
+fn nodes(r: &RemoteRoutes, topic: &str) -> Vec<NodeId> {
+    let mut out = Vec::new();
+    r.matching(topic, &mut out);
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn wildcards_match_as_the_spec_says_and_each_node_once() {
+    let mut r = RemoteRoutes::default();
+    r.apply(snapshot(2, 1, &["home/+/temp", "home/#", "a/b"]));
+    r.apply(snapshot(3, 1, &["#", "+/x"]));
+    r.apply(snapshot(4, 1, &["$SYS/#", "home/kitchen/temp"]));
+    assert_eq!(nodes(&r, "home/kitchen/temp"), [2, 3, 4]);
+    assert_eq!(nodes(&r, "home"), [2, 3], "a/# matches a");
+    assert_eq!(nodes(&r, "a/b"), [2, 3]);
+    assert_eq!(nodes(&r, "a/b/c"), [3]);
+    assert_eq!(nodes(&r, "q/x"), [3]);
+    // A leading wildcard never matches a `$` topic.
+    assert_eq!(nodes(&r, "$SYS/broker/load"), [4]);
+    assert_eq!(nodes(&r, "$x"), Vec::<NodeId>::new());
+    assert_eq!(r.len(), 7);
+}
+
+#[test]
+fn deltas_follow_in_order_and_a_gap_asks_for_a_snapshot() {
+    let mut r = RemoteRoutes::default();
+    assert_eq!(
+        r.apply(delta(2, 1, 0, &["a"], &[])),
+        UpdateReply::NeedSnapshot
+    );
+    assert_eq!(r.apply(snapshot(2, 1, &["a", "b/#"])), UpdateReply::Applied);
+    assert_eq!(
+        r.apply(delta(2, 1, 0, &["c"], &["a"])),
+        UpdateReply::Applied
+    );
+    assert_eq!(nodes(&r, "a"), Vec::<NodeId>::new());
+    assert_eq!(nodes(&r, "c"), [2]);
+    // A gap, and a delta of another life of the node: both need a snapshot.
+    assert_eq!(
+        r.apply(delta(2, 1, 2, &["d"], &[])),
+        UpdateReply::NeedSnapshot
+    );
+    assert_eq!(
+        r.apply(delta(2, 2, 1, &["d"], &[])),
+        UpdateReply::NeedSnapshot
+    );
+    assert_eq!(r.filters_of(2), ["b/#", "c"]);
+    // A new life replaces the old one's filters; a late snapshot of the old life is ignored.
+    r.apply(snapshot(2, 2, &["z"]));
+    r.apply(snapshot(2, 1, &["old"]));
+    assert_eq!(r.filters_of(2), ["z"]);
+    assert_eq!(nodes(&r, "b/x"), Vec::<NodeId>::new());
+    r.forget(2);
+    assert!(r.is_empty());
+    assert!(r.root.is_empty(), "the trie is pruned: {:?}", r.root);
+}
+
+#[test]
+fn removing_prunes_only_what_no_other_node_uses() {
+    let mut r = RemoteRoutes::default();
+    r.apply(snapshot(2, 1, &["a/b/c", "a/+"]));
+    r.apply(snapshot(3, 1, &["a/b/c"]));
+    r.apply(delta(2, 1, 0, &[], &["a/b/c"]));
+    assert_eq!(nodes(&r, "a/b/c"), [3]);
+    assert_eq!(nodes(&r, "a/b"), [2]);
+    r.forget(3);
+    r.forget(2);
+    assert!(r.root.is_empty());
+}

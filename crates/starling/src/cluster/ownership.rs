@@ -1,0 +1,84 @@
+//! The broker's `Ownership` seam in a cluster: a CONNECT's client id is claimed through the
+//! cluster's log in a task while the connection waits for its grant; a session that ends
+//! here has its client id released, off the CONNECT path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use starling_broker::broker::{Acquire, Grant, Ownership};
+use starling_broker::wake::Waker;
+use starling_cluster::{Command, Outcome};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, warn};
+
+use super::{Node, lock};
+
+/// The epochs of the claims this node was granted, by client id, for their release.
+pub(super) type Granted = Arc<Mutex<HashMap<String, u64>>>;
+
+/// The broker's `Ownership` seam in a cluster: a CONNECT's client id is claimed through the
+/// cluster's log (in a task; the connection waits for its grant).
+#[derive(Debug)]
+pub(super) struct ClusterOwnership {
+    pub(super) node: Arc<Node>,
+    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) claims: Arc<Semaphore>,
+    pub(super) granted: Granted,
+    pub(super) releases: mpsc::Sender<(String, u64)>,
+}
+
+impl Ownership for ClusterOwnership {
+    fn acquire(&self, client_id: &Arc<str>, waker: Waker) -> Acquire {
+        let Ok(permit) = self.claims.clone().try_acquire_owned() else {
+            return Acquire::Busy;
+        };
+        let grant = Grant::new(waker);
+        let (node, granted, g) = (self.node.clone(), self.granted.clone(), grant.clone());
+        let id = client_id.to_string();
+        self.runtime.spawn(async move {
+            let cmd = Command::Claim {
+                client_id: id.clone(),
+                node: node.id(),
+                incarnation: node.incarnation(),
+            };
+            match node.propose(cmd).await {
+                Ok(Outcome::Claimed { owner, previous }) => {
+                    debug!(client_id = %id, epoch = owner.epoch, ?previous, "client id claimed");
+                    lock(&granted).insert(id, owner.epoch);
+                    g.grant(owner.epoch);
+                }
+                Ok(other) => {
+                    warn!(client_id = %id, ?other, "claim refused by the cluster");
+                    g.refuse();
+                }
+                Err(e) => {
+                    warn!(client_id = %id, error = %e, "claim not committed");
+                    g.refuse();
+                }
+            }
+            drop(permit);
+        });
+        Acquire::Later(grant)
+    }
+
+    fn confirm(&self, client_id: &str, epoch: u64) -> bool {
+        // Not yet applied here (the grant came from the leader): nothing newer is known.
+        let owner = self.node.state().read().owner(client_id);
+        !owner.is_some_and(|o| o.epoch > epoch && o.node != self.node.id())
+    }
+
+    fn released(&self, client_id: &str) {
+        let epoch = lock(&self.granted).remove(client_id);
+        if let Some(epoch) = epoch
+            && self
+                .releases
+                .try_send((client_id.to_owned(), epoch))
+                .is_err()
+        {
+            debug!(
+                client_id,
+                "release queue full; the client id stays this node's until claimed elsewhere"
+            );
+        }
+    }
+}
