@@ -2,7 +2,8 @@
 # Runs every test of the project:
 #   1. installs the test dependencies (scripts/install-test-deps.sh),
 #   2. builds the broker binary (debug),
-#   3. cargo test --workspace (Rust unit and integration tests),
+#   3. cargo test --workspace (Rust unit and integration tests), and the cluster simulation
+#      again with tokio's scheduler seeded (24 seeds, each replayable),
 #   4. the black-box interoperability suite (tests/interop, pytest) against
 #      the binary built in step 2.
 # Exits non-zero if any step fails. Extra pytest options: PYTEST_ADDOPTS.
@@ -34,6 +35,15 @@ fi
 step "cargo test --workspace"
 if ! timeout --kill-after=30 1500 cargo test --workspace; then
     failed+=("cargo test")
+fi
+
+# The cluster simulation again, built so that turmoil seeds tokio's scheduler too: every seed
+# then replays exactly, which a_seed_replays_the_same_history checks. Its own target
+# directory, so the main build is not rebuilt with other flags.
+step "cluster simulation, deterministic (--cfg tokio_unstable)"
+if ! RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR="$TARGET_DIR/sim" CLUSTER_SIM_SEEDS=24 \
+    timeout --kill-after=30 900 cargo test -p starling-cluster --test simulation -- --include-ignored; then
+    failed+=("cluster simulation")
 fi
 
 step "interop suite (tests/interop) against $STARLING_BIN"

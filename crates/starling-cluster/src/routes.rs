@@ -6,12 +6,21 @@
 //! subscription made on one node reaches the others within a round trip.
 //!
 //! [`RemoteRoutes`] keeps them as a trie over topic levels, so matching a topic visits only
-//! the branches it can match, whatever the number of filters.
+//! the branches it can match, whatever the number of filters. [`LocalFilters`] counts this
+//! node's subscriptions per filter (a filter's first subscriber and its last going are the
+//! changes), and one [`sync`] task per peer tells the peer.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info};
 
+use crate::net::frame::Kind;
+use crate::net::{Dial, Link};
 use crate::state::NodeId;
 
 /// What a node tells a peer about its filters.
@@ -232,6 +241,198 @@ fn remove_at(level: &mut Level, names: &[&str], node: NodeId) -> bool {
         }
     }
     level.is_empty()
+}
+
+/// Filter changes kept for peers that are behind; a peer further behind gets a snapshot.
+const MAX_CHANGES: usize = 16_384;
+
+/// How long a peer may take to answer an update.
+const UPDATE_TTL: Duration = Duration::from_secs(5);
+
+/// Between attempts to reach a peer that did not answer.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How long a peer that is up to date goes without a word: then it is asked (an empty
+/// delta) whether it still has what it was told, so that a peer that restarted gets a
+/// snapshot even if nothing changes here.
+const KEEPALIVE: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The filters this node's clients subscribe to, counted, and their recent changes.
+#[derive(Debug)]
+pub struct LocalFilters {
+    inner: Mutex<Filters>,
+    /// The number of the last change.
+    seq: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Filters {
+    counts: HashMap<String, usize>,
+    seq: u64,
+    /// (number, filter, added): the last [`MAX_CHANGES`] changes.
+    changes: VecDeque<(u64, String, bool)>,
+}
+
+impl Default for LocalFilters {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            seq: watch::Sender::new(0),
+        }
+    }
+}
+
+impl LocalFilters {
+    /// One more (`add`) or one fewer local subscription to `filter`; the first and the last
+    /// are changes the peers are told.
+    pub fn change(&self, filter: &str, add: bool) {
+        let mut f = lock(&self.inner);
+        let count = f.counts.entry(filter.to_owned()).or_insert(0);
+        let first_or_last = if add {
+            *count += 1;
+            *count == 1
+        } else {
+            *count = count.saturating_sub(1);
+            *count == 0
+        };
+        if !add && *count == 0 {
+            f.counts.remove(filter);
+        }
+        if !first_or_last {
+            return;
+        }
+        f.seq += 1;
+        let seq = f.seq;
+        f.changes.push_back((seq, filter.to_owned(), add));
+        if f.changes.len() > MAX_CHANGES {
+            f.changes.pop_front();
+        }
+        drop(f);
+        self.seq.send_replace(seq);
+    }
+
+    /// Every filter now, and the number of the last change.
+    pub fn snapshot(&self) -> (u64, Vec<String>) {
+        let f = lock(&self.inner);
+        let mut filters: Vec<String> = f.counts.keys().cloned().collect();
+        filters.sort_unstable();
+        (f.seq, filters)
+    }
+
+    /// The net changes after change `from`: (last number, added, removed); `None` if they are
+    /// no longer kept (send a snapshot).
+    pub fn since(&self, from: u64) -> Option<(u64, Vec<String>, Vec<String>)> {
+        let f = lock(&self.inner);
+        if f.seq == from {
+            return Some((from, Vec::new(), Vec::new()));
+        }
+        let oldest = f.changes.front().map(|c| c.0)?;
+        if oldest > from + 1 {
+            return None;
+        }
+        // The last change of each filter decides (an add then a remove is a remove).
+        let mut last: HashMap<&str, bool> = HashMap::new();
+        for (_, filter, add) in f.changes.iter().filter(|c| c.0 > from) {
+            last.insert(filter, *add);
+        }
+        let mut added: Vec<String> = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
+        for (filter, add) in last {
+            if add {
+                added.push(filter.to_owned())
+            } else {
+                removed.push(filter.to_owned())
+            }
+        }
+        added.sort_unstable();
+        removed.sort_unstable();
+        Some((f.seq, added, removed))
+    }
+
+    /// Waits for changes after number `seen`.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.seq.subscribe()
+    }
+}
+
+/// Keeps `peer` (id and address) told of the filters of this node (`me`: id and
+/// incarnation): a snapshot first (and whenever the peer asks for one), then the changes as
+/// they come, and an empty delta every [`KEEPALIVE`] without changes. Ends when `stop`
+/// resolves.
+pub async fn sync<D: Dial>(
+    dial: D,
+    me: (NodeId, u64),
+    peer: (NodeId, String),
+    filters: Arc<LocalFilters>,
+    stop: impl Future<Output = ()>,
+) {
+    let (node, incarnation) = me;
+    let (peer, addr) = peer;
+    let mut stop = std::pin::pin!(stop);
+    let mut link = Link::new(dial, peer, addr);
+    let mut changed = filters.watch();
+    // The number of the last change the peer has, once it has a snapshot.
+    let mut told: Option<u64> = None;
+    loop {
+        // A delta (empty when nothing changed: then it asks whether the peer still has what
+        // it was told; a peer that restarted meanwhile answers with a request for a snapshot).
+        let (seq, update) = match told.and_then(|from| filters.since(from).map(|c| (from, c))) {
+            Some((from, (seq, added, removed))) => (
+                seq,
+                Update::Delta {
+                    node,
+                    incarnation,
+                    from,
+                    to: seq,
+                    added,
+                    removed,
+                },
+            ),
+            None => {
+                let (seq, list) = filters.snapshot();
+                let update = Update::Snapshot {
+                    node,
+                    incarnation,
+                    seq,
+                    filters: list,
+                };
+                (seq, update)
+            }
+        };
+        let snapshot = matches!(update, Update::Snapshot { .. });
+        match link
+            .call::<Update, UpdateReply>(Kind::Routes, &update, UPDATE_TTL)
+            .await
+        {
+            Ok(UpdateReply::Applied) => {
+                if snapshot {
+                    info!(peer, changes = seq, "routes sent to peer");
+                }
+                told = Some(seq);
+                if filters.since(seq).is_some_and(|(to, ..)| to == seq) {
+                    // Up to date: wait for a change, or ask again after a while.
+                    tokio::select! {
+                        r = changed.changed() => if r.is_err() { return },
+                        () = tokio::time::sleep(KEEPALIVE) => {}
+                        () = &mut stop => return,
+                    }
+                }
+            }
+            Ok(UpdateReply::NeedSnapshot) => told = None,
+            Err(e) => {
+                debug!(peer, error = %e, "routes not sent; retrying");
+                told = None;
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY) => {}
+                    () = &mut stop => return,
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,10 +10,16 @@
 //!   acknowledged, unless a release for it was sent);
 //! - no acknowledged retained message is lost (the final value of a topic is one that was
 //!   written, and no acknowledged write began after it was acknowledged);
-//! - after the heal every node commits again.
+//! - after the heal every node commits again;
+//! - after the heal every node knows each other node's filters exactly as that node has them
+//!   (the workload also subscribes and unsubscribes; filters are streamed between nodes as
+//!   snapshots and deltas, `routes.rs`), and nothing of a crashed node's earlier life.
 //!
-//! `CLUSTER_SIM_SEEDS=N` runs N seeds (default 12), `CLUSTER_SIM_SEED=S` one seed; a seed
-//! replays the same run (`a_seed_replays_the_same_history` holds that to account).
+//! `CLUSTER_SIM_SEEDS=N` runs N seeds (default 12), `CLUSTER_SIM_SEED=S` one seed. Built with
+//! `RUSTFLAGS="--cfg tokio_unstable"` (as scripts/test.sh runs it), turmoil also seeds tokio's
+//! own randomness (which branch of a `select!` is polled first) and a seed replays exactly
+//! (`a_seed_replays_the_same_history` holds that to account); without it the faults still
+//! follow the seed, but interleavings inside a node may differ from run to run.
 // Helpers outside #[test] functions panic on a broken fixture and index the fixed node and
 // topic lists by a bounded draw.
 #![allow(clippy::panic, clippy::indexing_slicing)]
@@ -24,9 +30,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use starling_cluster::net::{Dial, serve};
+use starling_cluster::net::{Dial, Forward, Inbound, serve};
 use starling_cluster::raft::Peer;
 use starling_cluster::raft::machine::Shared;
+use starling_cluster::routes::{LocalFilters, RemoteRoutes, Update, UpdateReply, sync};
 use starling_cluster::{
     ClusterNode, ClusterState, Command, NodeConfig, NodeId, Outcome, Owner, Retained, Timing,
 };
@@ -35,6 +42,7 @@ const NODES: [NodeId; 3] = [1, 2, 3];
 const PORT: u16 = 7000;
 const CLIENTS: [&str; 4] = ["c0", "c1", "c2", "c3"];
 const TOPICS: [&str; 3] = ["t/0", "t/1", "t/2"];
+const FILTERS: [&str; 5] = ["a/#", "a/+/c", "b", "#", "$SYS/#"];
 
 /// Faults happen until `HEAL_AT`; the workload goes on until `WORKLOAD_END`; the run ends at
 /// `END` (simulated time).
@@ -88,17 +96,54 @@ struct History {
 
 type Recorded = Arc<Mutex<History>>;
 
+/// A node's routes as the checker sees them: its own filters and what it knows of the others.
+#[derive(Clone, Debug)]
+struct Routing {
+    local: Arc<LocalFilters>,
+    remote: Arc<Mutex<RemoteRoutes>>,
+}
+
+/// Takes the peers' route updates (no messages are forwarded in this simulation).
+struct Receiver(Arc<Mutex<RemoteRoutes>>);
+
+impl Inbound for Receiver {
+    fn routes(&self, update: Update) -> UpdateReply {
+        lock(&self.0).apply(update)
+    }
+
+    fn forward(&self, _: Forward) -> usize {
+        0
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn workload(node: Arc<ClusterNode<SimDial>>, history: Recorded, mut rng: Rng) {
+async fn workload(
+    node: Arc<ClusterNode<SimDial>>,
+    history: Recorded,
+    filters: Arc<LocalFilters>,
+    mut rng: Rng,
+) {
     let id = node.id();
     let mut owned: BTreeMap<String, u64> = BTreeMap::new();
+    let mut subscribed: Vec<&str> = Vec::new();
     let mut n = 0u64;
     while turmoil::elapsed() < WORKLOAD_END {
         tokio::time::sleep(Duration::from_millis(10 + rng.below(200))).await;
         n += 1;
+        // Subscriptions come and go (a filter may be subscribed several times).
+        if rng.below(3) == 0 {
+            if !subscribed.is_empty() && rng.below(2) == 0 {
+                let f = subscribed.swap_remove(rng.below(subscribed.len() as u64) as usize);
+                filters.change(f, false);
+            } else {
+                let f = FILTERS[rng.below(FILTERS.len() as u64) as usize];
+                subscribed.push(f);
+                filters.change(f, true);
+            }
+        }
         let pick = rng.below(10);
         let acked = if pick < 6 {
             let client = CLIENTS[rng.below(CLIENTS.len() as u64) as usize].to_owned();
@@ -195,28 +240,48 @@ fn run(seed: u64) -> u64 {
         .build();
     let history: Recorded = Arc::default();
     let states: Arc<Mutex<BTreeMap<NodeId, (Shared, u64)>>> = Arc::default();
+    let routing: Arc<Mutex<BTreeMap<NodeId, Routing>>> = Arc::default();
     for id in NODES {
         let cfg = config(id, dir.path().join(host(id)), &mut rng);
         let history = history.clone();
         let states = states.clone();
+        let routing = routing.clone();
         let work_seed = rng.next();
         sim.host(host(id), move || {
             let cfg = cfg.clone();
             let history = history.clone();
             let states = states.clone();
+            let routing = routing.clone();
             async move {
                 let node = ClusterNode::start(cfg, SimDial).await?;
                 lock(&states).insert(node.id(), (node.state().clone(), node.incarnation()));
+                let r = Routing {
+                    local: Arc::default(),
+                    remote: Arc::default(),
+                };
+                lock(&routing).insert(node.id(), r.clone());
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
                 let raft = node.raft().clone();
+                let inbound: Arc<dyn Inbound> = Arc::new(Receiver(r.remote.clone()));
                 tokio::spawn(async move {
                     while let Ok((stream, _)) = listener.accept().await {
-                        tokio::spawn(serve(stream, raft.clone(), None));
+                        tokio::spawn(serve(stream, raft.clone(), Some(inbound.clone())));
                     }
                 });
+                for peer in NODES.into_iter().filter(|&p| p != node.id()) {
+                    let me = (node.id(), node.incarnation());
+                    let to = (peer, format!("{}:{PORT}", host(peer)));
+                    tokio::spawn(sync(
+                        SimDial,
+                        me,
+                        to,
+                        r.local.clone(),
+                        std::future::pending(),
+                    ));
+                }
                 node.announce(Duration::from_millis(200)).await;
                 let rng = Rng(work_seed ^ node.incarnation());
-                workload(node.clone(), history, rng).await;
+                workload(node.clone(), history, r.local.clone(), rng).await;
                 // Keep serving peers until the simulation ends.
                 std::future::pending::<()>().await;
                 Ok(())
@@ -304,6 +369,7 @@ fn run(seed: u64) -> u64 {
         h.releases_sent.len(),
     );
     check(seed, &h, &lock(&states), &faults);
+    check_routes(seed, &lock(&routing), &faults);
     digest
 }
 
@@ -398,6 +464,20 @@ fn check(seed: u64, h: &History, states: &BTreeMap<NodeId, (Shared, u64)>, fault
     }
 }
 
+/// After the heal every node knows each other node's filters exactly as that node has them.
+fn check_routes(seed: u64, routing: &BTreeMap<NodeId, Routing>, faults: &[String]) {
+    for (a, ra) in routing {
+        let (_, own) = ra.local.snapshot();
+        for (b, rb) in routing.iter().filter(|(b, _)| *b != a) {
+            let known = lock(&rb.remote).filters_of(*a);
+            assert_eq!(
+                known, own,
+                "seed {seed}: node {b} knows node {a}'s filters wrong; faults {faults:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn three_nodes_under_partitions_crashes_and_delays() {
     let seeds: Vec<u64> = match std::env::var("CLUSTER_SIM_SEED") {
@@ -422,6 +502,10 @@ fn three_nodes_under_partitions_crashes_and_delays() {
 /// debugged. (Within one process a later run of a seed may differ: some state of the runtime
 /// carries over between runs, so the replay is always a fresh process.)
 #[test]
+#[cfg_attr(
+    not(tokio_unstable),
+    ignore = "exact only with RUSTFLAGS=\"--cfg tokio_unstable\" (scripts/test.sh runs it so)"
+)]
 fn a_seed_replays_the_same_history() {
     let digest = || {
         let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));

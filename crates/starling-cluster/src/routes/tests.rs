@@ -90,3 +90,53 @@ fn removing_prunes_only_what_no_other_node_uses() {
     r.forget(2);
     assert!(r.root.is_empty());
 }
+
+#[test]
+fn local_filters_count_subscriptions_and_give_net_changes() {
+    let l = LocalFilters::default();
+    l.change("a", true);
+    l.change("a", true); // a second subscriber: not a change
+    l.change("b", true);
+    assert_eq!(l.snapshot(), (2, vec!["a".to_string(), "b".to_string()]));
+    l.change("a", false); // one subscriber left
+    l.change("b", false);
+    l.change("c", true);
+    l.change("c", false);
+    l.change("b", true);
+    // After change 2: b went and came back (net: nothing to remove, added again is harmless),
+    // c came and went.
+    let (to, added, removed) = l.since(2).unwrap();
+    assert_eq!(to, 6);
+    assert_eq!(added, ["b"]);
+    assert_eq!(removed, ["c"]);
+    assert_eq!(l.since(6), Some((6, vec![], vec![])));
+    // Applied to what a peer had at 2, the deltas give the snapshot.
+    let mut r = RemoteRoutes::default();
+    let filters = vec!["a".to_string(), "b".to_string()];
+    r.apply(Update::Snapshot {
+        node: 1,
+        incarnation: 1,
+        seq: 2,
+        filters,
+    });
+    let d = Update::Delta {
+        node: 1,
+        incarnation: 1,
+        from: 2,
+        to,
+        added,
+        removed,
+    };
+    assert_eq!(r.apply(d), UpdateReply::Applied);
+    assert_eq!(r.filters_of(1), l.snapshot().1);
+}
+
+#[test]
+fn a_peer_too_far_behind_gets_a_snapshot() {
+    let l = LocalFilters::default();
+    for i in 0..(MAX_CHANGES + 10) {
+        l.change(&format!("f/{i}"), true);
+    }
+    assert_eq!(l.since(0), None);
+    assert!(l.since((MAX_CHANGES + 5) as u64).is_some());
+}

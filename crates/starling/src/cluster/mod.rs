@@ -26,7 +26,7 @@ use starling_broker::router::Routes;
 use starling_cluster::feed::{self, Applied, Feed, Item};
 use starling_cluster::net::{Inbound, TcpDial, serve};
 use starling_cluster::raft::Peer;
-use starling_cluster::routes::RemoteRoutes;
+use starling_cluster::routes::{LocalFilters, RemoteRoutes};
 use starling_cluster::{ClusterNode, Command, Limits, NodeConfig, NodeId, Timing};
 use starling_proto::DecodeLimits;
 use tokio::net::TcpListener;
@@ -38,7 +38,7 @@ use crate::plugin::BoxFuture;
 use crate::wakeup::Stop;
 use forward::{ClusterForwarder, ClusterInbound, PeerStats};
 use ownership::{ClusterOwnership, Granted};
-use routes::{ClusterRoutes, LocalFilters};
+use routes::ClusterRoutes;
 
 /// A node of the cluster, over TCP.
 pub type Node = ClusterNode<TcpDial>;
@@ -238,12 +238,13 @@ impl Started {
         ];
         let mut peers = Vec::new();
         for (id, addr) in &self.peers {
-            tasks.push(Box::pin(routes::sync(
-                *id,
-                addr.clone(),
-                node.clone(),
+            let stop = stop.clone();
+            tasks.push(Box::pin(starling_cluster::routes::sync(
+                TcpDial,
+                (node.id(), node.incarnation()),
+                (*id, addr.clone()),
                 self.filters.clone(),
-                stop.clone(),
+                async move { stop.wait().await },
             )));
         }
         for (id, queue, stats) in self.queues {
