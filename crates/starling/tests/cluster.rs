@@ -482,6 +482,23 @@ async fn messages_cross_nodes_to_their_subscribers() {
         .map(|p| p["messages_sent"].as_u64().unwrap())
         .sum();
     assert!(sent >= 3, "{status:#}");
+    // The same numbers in the metrics; one node leads.
+    let mut leaders = 0;
+    for id in [1, 2, 3] {
+        let url = format!("http://{}/metrics", c.specs[(id - 1) as usize].http);
+        let text = c.http.get(url).send().await.unwrap().text().await.unwrap();
+        leaders += u32::from(text.contains("\nstarling_cluster_leader 1\n"));
+        assert!(text.contains("\nstarling_cluster_members 3\n"), "{text}");
+        if id == 1 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("starling_cluster_peer_messages_sent_total{peer=\"3\"}"))
+                .unwrap_or_else(|| panic!("no peer counter: {text}"));
+            let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(n >= 2, "{line}");
+        }
+    }
+    assert_eq!(leaders, 1);
 }
 
 /// A node whose `[cluster]` section is wrong does not start, and says why.

@@ -113,6 +113,53 @@ pub struct Handle {
     remote: Arc<RwLock<RemoteRoutes>>,
 }
 
+/// The cluster's numbers for the metrics.
+#[derive(Debug, Default)]
+pub struct Numbers {
+    /// Whether this node leads.
+    pub leader: bool,
+    /// The Raft term.
+    pub term: u64,
+    /// The last log index applied here.
+    pub last_applied: u64,
+    /// Members.
+    pub members: u64,
+    /// Client ids owned, in the replicated state.
+    pub owned: u64,
+    /// Filters known of the other nodes.
+    pub remote_routes: u64,
+    /// Per peer: id, messages confirmed, messages dropped.
+    pub peers: Vec<(NodeId, u64, u64)>,
+}
+
+impl Handle {
+    /// The numbers the metrics show.
+    pub fn numbers(&self) -> Numbers {
+        let m = self.node.raft().metrics().borrow().clone();
+        let owned = self.node.state().read().owners().count() as u64;
+        let remote = self.remote.read().unwrap_or_else(|p| p.into_inner());
+        Numbers {
+            leader: m.current_leader == Some(self.node.id()),
+            term: m.current_term,
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            members: m.membership_config.membership().nodes().count() as u64,
+            owned,
+            remote_routes: remote.len() as u64,
+            peers: self
+                .peers
+                .iter()
+                .map(|(id, _, s)| {
+                    (
+                        *id,
+                        s.sent.load(Ordering::Relaxed),
+                        s.dropped.load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Starts this node: its Raft instance over the log in the cluster directory, the inter-node
 /// listener, and the seams the broker is to run on ([`Started::take_seams`]).
 pub async fn start(config: &Config) -> anyhow::Result<Started> {

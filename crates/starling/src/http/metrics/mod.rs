@@ -7,6 +7,8 @@
 //! in base units (seconds, bytes). Gauges that need a walk over the sessions (inflight and
 //! queued messages, connections per listener, offline sessions) cost one pass per scrape.
 
+mod cluster;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -629,6 +631,8 @@ impl Collector for BrokerCollector {
                 queued,
             )?;
         }
+
+        cluster::cluster(e, state)?;
 
         counter(
             e,
