@@ -313,6 +313,31 @@ async fn three_nodes_elect_survive_a_killed_leader_and_a_full_restart() {
     }
 }
 
+/// The error that ends a rumqttc v5 client's connection.
+async fn end_of(client: &mut v5::Client) -> String {
+    loop {
+        if let Err(e) = client.next().await {
+            return format!("{e:?}");
+        }
+    }
+}
+
+/// The error that ends a rumqttc event loop (polled by `$events`), within the node's propose
+/// timeout and some.
+macro_rules! first_error {
+    ($events:expr) => {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Err(e) = $events.poll().await {
+                    break format!("{e:?}");
+                }
+            }
+        })
+        .await
+        .expect("the node answers CONNECT within its propose timeout")
+    };
+}
+
 /// A client id is owned by one node at a time: a CONNECT on another node takes it over (the
 /// old connection gets DISCONNECT 0x8E, v5; 3.x: closed), the session does not follow it
 /// (Session Present 0 on the new node, and 0 again when the client comes back), and a node
@@ -336,12 +361,7 @@ async fn a_client_id_moves_between_nodes_and_a_minority_refuses_connect() {
         !ack.session_present,
         "node 2 has no session of node 1's client: {ack:?}"
     );
-    let ended = loop {
-        match first.next().await {
-            Ok(_) => {}
-            Err(e) => break format!("{e:?}"),
-        }
-    };
+    let ended = end_of(&mut first).await;
     assert!(ended.contains("SessionTakenOver"), "{ended}");
     // Node 2's session was persistent; the client comes back to node 1 asking for it.
     let (_third, ack) = v5::Client::connect(c.mqtt(1), "mover", |o| {
@@ -352,12 +372,7 @@ async fn a_client_id_moves_between_nodes_and_a_minority_refuses_connect() {
         !ack.session_present,
         "the session stayed on node 2 and ended there: {ack:?}"
     );
-    let ended = loop {
-        match second.next().await {
-            Ok(_) => {}
-            Err(e) => break format!("{e:?}"),
-        }
-    };
+    let ended = end_of(&mut second).await;
     assert!(ended.contains("SessionTakenOver"), "{ended}");
 
     // MQTT 3.1.1, across nodes 3 and 1.
@@ -376,33 +391,14 @@ async fn a_client_id_moves_between_nodes_and_a_minority_refuses_connect() {
     // Node 3 alone: no majority, so no claim commits and CONNECT is refused.
     c.kill9(1);
     c.kill9(2);
-    let mut opts = v5::options(c.mqtt(3), "lonely");
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut events) = rumqttc::v5::AsyncClient::new(opts, 10);
-    let refused = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Err(e) = events.poll().await {
-                break format!("{e:?}");
-            }
-        }
-    })
-    .await
-    .expect("node 3 answers CONNECT within its propose timeout");
+    let (client, mut events) = rumqttc::v5::AsyncClient::new(v5::options(c.mqtt(3), "lonely"), 10);
+    let refused = first_error!(events);
     drop(client);
     assert!(refused.contains("ServerUnavailable"), "v5: {refused}");
-    let mut opts =
-        rumqttc::MqttOptions::new("lonely3", c.mqtt(3).ip().to_string(), c.mqtt(3).port());
-    opts.set_keep_alive(Duration::from_secs(30));
+    let (addr, port) = (c.mqtt(3).ip().to_string(), c.mqtt(3).port());
+    let opts = rumqttc::MqttOptions::new("lonely3", addr, port);
     let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
-    let refused = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Err(e) = events.poll().await {
-                break format!("{e:?}");
-            }
-        }
-    })
-    .await
-    .expect("node 3 answers CONNECT within its propose timeout");
+    let refused = first_error!(events);
     drop(client);
     assert!(refused.contains("ServiceUnavailable"), "3.1.1: {refused}");
 }
