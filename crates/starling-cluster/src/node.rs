@@ -22,6 +22,9 @@ use crate::raft::machine::{Machine, Shared};
 use crate::raft::{Peer, Raft, StorageError};
 use crate::state::{Command, Limits, NodeId, Outcome};
 
+/// Between attempts to propose while no leader can be reached.
+pub const LEADER_RETRY: Duration = Duration::from_millis(50);
+
 /// Raft's timing, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
@@ -216,21 +219,32 @@ impl<D: Dial> ClusterNode<D> {
     }
 
     /// Commits `cmd` and returns what applying it did: through the local instance if it
-    /// leads, else forwarded to the leader (once; a leader that changed meanwhile is an
-    /// error the caller may retry).
+    /// leads, else forwarded to the leader. While there is no leader, or the one known cannot
+    /// be reached (it died and an election is under way), it tries again every
+    /// [`LEADER_RETRY`], within the propose timeout; a request that may have reached the
+    /// leader is not sent twice.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
         let ttl = self.propose_timeout;
-        let attempt = async {
-            match propose_local(&self.raft, cmd.clone()).await {
-                ProposeReply::Committed(o) => Ok(o),
-                ProposeReply::Failed(e) => Err(ProposeError::Failed(e)),
-                ProposeReply::NotLeader(None) => Err(ProposeError::NoLeader),
-                ProposeReply::NotLeader(Some((leader, peer))) => {
-                    self.forward(leader, peer, &cmd, ttl).await
+        let attempts = async {
+            loop {
+                let result = match propose_local(&self.raft, cmd.clone()).await {
+                    ProposeReply::Committed(o) => Ok(o),
+                    ProposeReply::Failed(e) => Err(ProposeError::Failed(e)),
+                    ProposeReply::NotLeader(None) => Err(ProposeError::NoLeader),
+                    ProposeReply::NotLeader(Some((leader, peer))) => {
+                        self.forward(leader, peer, &cmd, ttl).await
+                    }
+                };
+                match result {
+                    Err(ProposeError::NoLeader)
+                    | Err(ProposeError::Unreachable(CallError::Unreachable { .. })) => {
+                        tokio::time::sleep(LEADER_RETRY).await;
+                    }
+                    other => return other,
                 }
             }
         };
-        tokio::time::timeout(ttl, attempt)
+        tokio::time::timeout(ttl, attempts)
             .await
             .unwrap_or(Err(ProposeError::Timeout(ttl)))
     }

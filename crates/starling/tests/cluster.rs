@@ -497,6 +497,64 @@ async fn messages_cross_nodes_to_their_subscribers() {
     assert_eq!(leaders, 1);
 }
 
+/// A node that was down while its client moved to another node does not keep the client's
+/// session when it comes back: the session its store gives back is ended, since another node
+/// owns the client id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_ends_the_session_of_a_client_that_moved() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Filter};
+
+    let mut c = Cluster::start(3);
+    c.settled(&[1, 2, 3], "first start").await;
+    let persistent = |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_clean_start(false);
+        o.set_connect_properties(ConnectProperties {
+            session_expiry_interval: Some(600),
+            ..Default::default()
+        });
+    };
+    let (mut roamer, _) = v5::Client::connect(c.mqtt(1), "roamer", persistent).await;
+    // SUBACK comes once the subscription is on disk (durability sync).
+    roamer
+        .subscribe(Filter::new("r/#", QoS5::AtLeastOnce), None)
+        .await;
+    let https: Vec<SocketAddr> = c.specs.iter().map(|s| s.http).collect();
+    let session = |id: u64| format!("http://{}/api/v1/sessions/roamer", https[(id - 1) as usize]);
+    let status = c.http.get(session(1)).send().await.unwrap().status();
+    assert_eq!(status, 200);
+    drop(roamer);
+    c.kill9(1);
+
+    let (_moved, ack) = v5::Client::connect(c.mqtt(2), "roamer", persistent).await;
+    assert!(!ack.session_present);
+    c.restart(1);
+    c.settled(&[1, 2, 3], "after node 1 came back").await;
+    let mut status = 0;
+    for _ in 0..50 {
+        status = c
+            .http
+            .get(session(1))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status,
+        404,
+        "node 1 kept the session of a client now on node 2\n{}",
+        c.logs()
+    );
+    let status = c.http.get(session(2)).send().await.unwrap().status();
+    assert_eq!(status, 200);
+}
+
 /// A node whose `[cluster]` section is wrong does not start, and says why.
 #[test]
 fn a_broken_cluster_section_is_refused_with_the_key() {

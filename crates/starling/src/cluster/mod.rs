@@ -318,8 +318,8 @@ impl Started {
 }
 
 /// Ends the sessions whose client id another node claimed (their connections get DISCONNECT
-/// 0x8E), as the claims are applied here; after the feed lagged, compares every session
-/// with the state.
+/// 0x8E), as the claims are applied here; at start and after the feed lagged, compares
+/// every session with the state.
 async fn follow(
     mut feed: Feed,
     node: Arc<Node>,
@@ -327,6 +327,15 @@ async fn follow(
     granted: Granted,
     stop: Arc<Stop>,
 ) {
+    // Sessions the store gave back at start may belong to client ids claimed elsewhere by
+    // claims older than this node's snapshot (which no event will repeat).
+    let moved = compare_all(&node, &broker, &granted);
+    if moved > 0 {
+        info!(
+            sessions = moved,
+            "restored sessions whose client id another node owns ended"
+        );
+    }
     loop {
         let item = tokio::select! {
             item = feed.next() => item,
@@ -350,26 +359,33 @@ async fn follow(
                 }
             }
             Some(Item::Lagged) => {
-                let moved: Vec<String> = {
-                    let state = node.state().read();
-                    broker
-                        .client_ids()
-                        .into_iter()
-                        .filter(|c| state.owner(c).is_some_and(|o| o.node != node.id()))
-                        .map(|c| c.to_string())
-                        .collect()
-                };
+                let moved = compare_all(&node, &broker, &granted);
                 warn!(
-                    sessions = moved.len(),
+                    sessions = moved,
                     "cluster feed lagged; sessions compared with the state"
                 );
-                for c in moved {
-                    lock(&granted).remove(&c);
-                    broker.taken_over_elsewhere(&c, Instant::now());
-                }
             }
         }
     }
+}
+
+/// Ends every session here whose client id another node owns in the state as applied;
+/// returns how many.
+fn compare_all(node: &Node, broker: &Broker, granted: &Granted) -> usize {
+    let moved: Vec<String> = {
+        let state = node.state().read();
+        broker
+            .client_ids()
+            .into_iter()
+            .filter(|c| state.owner(c).is_some_and(|o| o.node != node.id()))
+            .map(|c| c.to_string())
+            .collect()
+    };
+    for c in &moved {
+        lock(granted).remove(c);
+        broker.taken_over_elsewhere(c, Instant::now());
+    }
+    moved.len()
 }
 
 /// Commits the releases of client ids whose sessions ended here, one at a time; a release
