@@ -74,6 +74,8 @@ impl Topology {
 #[derive(Debug, Clone)]
 pub(crate) struct LoadSpec {
     pub(crate) addr: String,
+    /// Where subscribers connect, if not at `addr` (another node of a cluster).
+    pub(crate) sub_addr: Option<String>,
     pub(crate) topology: Topology,
     pub(crate) publishers: usize,
     pub(crate) subscribers: usize,
@@ -154,7 +156,7 @@ pub(crate) async fn run(spec: LoadSpec) -> Result<Map<String, Value>> {
     // Subscribers first, so that nothing published is missed.
     for j in 0..spec.subscribers {
         let mut c = Client::connect_with(
-            &spec.addr,
+            spec.sub_addr.as_deref().unwrap_or(&spec.addr),
             format!("sb{tag}-s{j}"),
             300,
             READ_CHUNK,

@@ -95,6 +95,9 @@ struct RunArgs {
     host: String,
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Subscribers connect here (`host:port`) instead: another node of a cluster.
+    #[arg(long)]
+    sub_addr: Option<String>,
     #[arg(long, value_enum, default_value = "p2p-qos0")]
     scenario: Scenario,
     /// Name of the broker, copied into the output.
@@ -299,6 +302,9 @@ async fn run(a: &RunArgs) -> Result<String> {
         }
         s => {
             let spec = load_spec(s, a, addr, qos);
+            if let Some(s) = &spec.sub_addr {
+                head.insert("sub_addr".into(), json!(s));
+            }
             head.insert("qos".into(), json!(spec.qos.as_u8()));
             head.insert("payload".into(), json!(spec.payload));
             head.insert("publishers".into(), json!(spec.publishers));
@@ -335,6 +341,7 @@ fn load_spec(s: Scenario, a: &RunArgs, addr: String, qos: Option<QoS>) -> LoadSp
     };
     LoadSpec {
         addr,
+        sub_addr: a.sub_addr.clone(),
         topology,
         publishers: a.publishers.unwrap_or(publishers),
         subscribers: a.subscribers.unwrap_or(subscribers),

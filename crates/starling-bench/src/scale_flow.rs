@@ -147,6 +147,7 @@ pub(crate) async fn clients(t: &Target, s: &ClientsSpec) -> Result<Map<String, V
     if s.fast_duration > 0 && s.fast_pairs > 0 {
         let fast = crate::load::run(LoadSpec {
             addr: t.addr(),
+            sub_addr: None,
             topology: Topology::P2p,
             publishers: s.fast_pairs,
             subscribers: s.fast_pairs,
