@@ -525,6 +525,9 @@ async fn a_restarted_node_ends_the_session_of_a_client_that_moved() {
     assert_eq!(status, 200);
     drop(roamer);
     c.kill9(1);
+    // Nodes 2 and 3 have a leader between them before the client comes (a client that came
+    // during the election would wait up to the propose timeout, or be refused and retry).
+    c.settled(&[2, 3], "after node 1 was killed").await;
 
     let (_moved, ack) = v5::Client::connect(c.mqtt(2), "roamer", persistent).await;
     assert!(!ack.session_present);
