@@ -558,6 +558,56 @@ async fn a_restarted_node_ends_the_session_of_a_client_that_moved() {
     assert_eq!(status, 200);
 }
 
+/// A message for a node that is restarting waits for it (a batch that could not be sent at
+/// all is kept for a while): published on node 1 while node 2 is down, it reaches the
+/// persistent session of node 2's subscriber once node 2 is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_for_a_restarting_node_waits_for_it() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Filter};
+
+    let mut c = Cluster::start(3);
+    c.settled(&[1, 2, 3], "first start").await;
+    let persistent = |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_clean_start(false);
+        o.set_connect_properties(ConnectProperties {
+            session_expiry_interval: Some(600),
+            ..Default::default()
+        });
+    };
+    let (mut keeper, _) = v5::Client::connect(c.mqtt(2), "keeper", persistent).await;
+    keeper
+        .subscribe(Filter::new("held/#", QoS5::AtLeastOnce), None)
+        .await;
+    drop(keeper);
+    c.routes_known(1, 1).await;
+    c.kill9(2);
+    let publisher = v5::Client::plain(c.mqtt(1), "pub-held").await;
+    publisher
+        .client
+        .publish("held/x", QoS5::AtLeastOnce, false, "while you were out")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.restart(2);
+    c.settled(&[1, 2, 3], "after node 2 came back").await;
+    let (mut keeper, ack) = v5::Client::connect(c.mqtt(2), "keeper", persistent).await;
+    assert!(ack.session_present, "node 2 kept its session: {ack:?}");
+    let got = keeper.publish().await;
+    assert_eq!(
+        (&got.topic[..], &got.payload[..]),
+        (&b"held/x"[..], &b"while you were out"[..])
+    );
+    let status = c.status(1).await.unwrap();
+    let dropped: u64 = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["messages_dropped"].as_u64().unwrap())
+        .sum();
+    assert_eq!(dropped, 0, "{status:#}");
+}
+
 /// A node whose `[cluster]` section is wrong does not start, and says why.
 #[test]
 fn a_broken_cluster_section_is_refused_with_the_key() {

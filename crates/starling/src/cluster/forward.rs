@@ -3,7 +3,9 @@
 //! queued in batches (each message an MQTT 5 PUBLISH as on the wire), one batch in flight;
 //! the peer routes them to its own subscribers ([`Inbound`]). At most once between nodes for
 //! now: the publisher's acknowledgement does not wait for the peer, a full queue drops the
-//! message, and a batch the peer did not confirm is dropped; each counted.
+//! message, and a batch the peer did not confirm is dropped; each counted. A batch that could
+//! not be sent at all (the peer cannot be reached: it is restarting) waits for it up to
+//! [`HOLD`] first.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +18,7 @@ use starling_broker::forward::Forwarder;
 use starling_broker::message::Message;
 use starling_cluster::NodeId;
 use starling_cluster::net::frame::Kind;
-use starling_cluster::net::{Forward, Inbound, Link, TcpDial};
+use starling_cluster::net::{CallError, Forward, Inbound, Link, TcpDial};
 use starling_cluster::routes::{RemoteRoutes, Update, UpdateReply};
 use starling_proto::{DecodeLimits, Packet, ProtocolVersion, Publish, QoS};
 use tokio::sync::mpsc;
@@ -35,6 +37,10 @@ const BATCH_TTL: Duration = Duration::from_secs(5);
 
 /// After a failed batch, before the next.
 const RETRY: Duration = Duration::from_millis(500);
+
+/// How long a batch waits for a peer that cannot be reached (a restart takes a second or
+/// two) before it is dropped; meanwhile the peer's queue fills, and beyond its bound drops.
+const HOLD: Duration = Duration::from_secs(10);
 
 /// Counters of the traffic with one peer.
 #[derive(Debug, Default)]
@@ -108,37 +114,49 @@ pub(super) async fn run(
     stop: Arc<Stop>,
 ) {
     let mut link = Link::new(TcpDial, peer, addr);
+    // A batch that could not be sent because the peer could not be reached, and since when.
+    let mut held: Option<(Forward, Instant)> = None;
     loop {
-        let first = tokio::select! {
-            m = queue.recv() => m,
-            () = stop.wait() => return,
-        };
-        let Some(first) = first else { return };
-        let now = Instant::now();
-        let mut messages: Vec<Vec<u8>> = encode(&first, now).into_iter().collect();
-        while messages.len() < BATCH {
-            match queue.try_recv() {
-                Ok(m) => messages.extend(encode(&m, now)),
-                Err(_) => break,
+        let (batch, since) = match held.take() {
+            Some(h) => h,
+            None => {
+                let first = tokio::select! {
+                    m = queue.recv() => m,
+                    () = stop.wait() => return,
+                };
+                let Some(first) = first else { return };
+                let now = Instant::now();
+                let mut messages: Vec<Vec<u8>> = encode(&first, now).into_iter().collect();
+                while messages.len() < BATCH {
+                    match queue.try_recv() {
+                        Ok(m) => messages.extend(encode(&m, now)),
+                        Err(_) => break,
+                    }
+                }
+                (Forward { origin, messages }, now)
             }
-        }
-        let n = messages.len() as u64;
-        let batch = Forward { origin, messages };
+        };
+        let n = batch.messages.len() as u64;
         match link
             .call::<Forward, u64>(Kind::Forward, &batch, BATCH_TTL)
             .await
         {
             Ok(_) => {
                 stats.sent.fetch_add(n, Ordering::Relaxed);
+                continue;
+            }
+            // Not sent at all: kept for the peer's return (a restart), within HOLD.
+            Err(CallError::Unreachable { .. }) if since.elapsed() < HOLD => {
+                held = Some((batch, since));
             }
             Err(e) => {
                 stats.dropped.fetch_add(n, Ordering::Relaxed);
                 warn!(peer, messages = n, error = %e, "messages for a peer dropped");
-                tokio::select! {
-                    () = tokio::time::sleep(RETRY) => {}
-                    () = stop.wait() => return,
-                }
             }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RETRY) => {}
+            () = stop.wait() => return,
         }
     }
 }
