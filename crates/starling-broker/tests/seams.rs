@@ -73,9 +73,9 @@ impl Forwarder for Recorder {
     }
 }
 
-#[test]
-fn messages_for_other_nodes_go_to_the_forwarder_once_per_node() {
-    let handed = Handed::default();
+/// A broker on the [`TwoPeers`] table that hands other nodes' messages to a [`Recorder`],
+/// with a local client subscribed to `remote/#`.
+fn with_two_peers(handed: &Handed) -> (Sim, C) {
     let seams = Seams {
         registry: Box::<LocalRegistry>::default(),
         routes: Routes::Custom(Box::<TwoPeers>::default()),
@@ -89,6 +89,13 @@ fn messages_for_other_nodes_go_to_the_forwarder_once_per_node() {
     let (local, _) = sim.connected(connect(V5, "local"));
     sim.send(local, subscribe(1, "remote/#", QoS::AtLeastOnce));
     sim.take(local);
+    (sim, local)
+}
+
+#[test]
+fn messages_for_other_nodes_go_to_the_forwarder_once_per_node() {
+    let handed = Handed::default();
+    let (mut sim, local) = with_two_peers(&handed);
     let (p, _) = sim.connected(connect(V5, "p"));
     sim.send(p, publish("remote/a", QoS::AtLeastOnce, 1, b"x"));
     assert_eq!(
@@ -124,17 +131,7 @@ fn messages_for_other_nodes_go_to_the_forwarder_once_per_node() {
 #[test]
 fn a_message_from_another_node_reaches_local_subscribers_only_and_is_not_retained_here() {
     let handed = Handed::default();
-    let seams = Seams {
-        routes: Routes::Custom(Box::<TwoPeers>::default()),
-        forwarder: Box::new(Recorder(handed.clone())),
-        ..Seams::default()
-    };
-    let now = std::time::Instant::now();
-    let broker = Broker::with_seams(Limits::default(), Features::default(), seams, now);
-    let mut sim = Sim::on(broker);
-    let (local, _) = sim.connected(connect(V5, "local"));
-    sim.send(local, subscribe(1, "remote/#", QoS::AtLeastOnce));
-    sim.take(local);
+    let (mut sim, local) = with_two_peers(&handed);
     let publish = starling_proto::Publish {
         retain: true,
         ..starling_proto::Publish::new(

@@ -147,6 +147,14 @@ impl Cluster {
         }
     }
 
+    /// Starts `n` nodes and waits until they have a leader and every incarnation announced.
+    async fn formed(n: u64) -> Self {
+        let c = Self::start(n);
+        let all: Vec<u64> = (1..=n).collect();
+        c.settled(&all, "first start").await;
+        c
+    }
+
     async fn status(&self, id: u64) -> Option<Value> {
         let url = format!(
             "http://{}/api/v1/cluster",
@@ -313,6 +321,15 @@ async fn three_nodes_elect_survive_a_killed_leader_and_a_full_restart() {
     }
 }
 
+/// A persistent v5 session: clean start 0, expiry 600 s.
+fn persistent(o: &mut rumqttc::v5::MqttOptions) {
+    o.set_clean_start(false);
+    o.set_connect_properties(rumqttc::v5::mqttbytes::v5::ConnectProperties {
+        session_expiry_interval: Some(600),
+        ..Default::default()
+    });
+}
+
 /// The error that ends a rumqttc v5 client's connection.
 async fn end_of(client: &mut v5::Client) -> String {
     loop {
@@ -344,19 +361,11 @@ macro_rules! first_error {
 /// without a majority refuses CONNECT as Server unavailable (v5 0x88, 3.x return code 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_id_moves_between_nodes_and_a_minority_refuses_connect() {
-    let mut c = Cluster::start(3);
-    c.settled(&[1, 2, 3], "first start").await;
+    let mut c = Cluster::formed(3).await;
 
     // MQTT 5, across nodes 1 and 2.
     let mut first = v5::Client::plain(c.mqtt(1), "mover").await;
-    let (mut second, ack) = v5::Client::connect(c.mqtt(2), "mover", |o| {
-        o.set_clean_start(false);
-        o.set_connect_properties(rumqttc::v5::mqttbytes::v5::ConnectProperties {
-            session_expiry_interval: Some(600),
-            ..Default::default()
-        });
-    })
-    .await;
+    let (mut second, ack) = v5::Client::connect(c.mqtt(2), "mover", persistent).await;
     assert!(
         !ack.session_present,
         "node 2 has no session of node 1's client: {ack:?}"
@@ -411,8 +420,7 @@ async fn messages_cross_nodes_to_their_subscribers() {
     use rumqttc::v5::mqttbytes::QoS as QoS5;
     use rumqttc::v5::mqttbytes::v5::Filter;
 
-    let mut c = Cluster::start(3);
-    c.settled(&[1, 2, 3], "first start").await;
+    let mut c = Cluster::formed(3).await;
     let mut on2 = v5::Client::plain(c.mqtt(2), "sub2").await;
     on2.subscribe(Filter::new("cross/+/t", QoS5::AtLeastOnce), None)
         .await;
@@ -503,17 +511,9 @@ async fn messages_cross_nodes_to_their_subscribers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_ends_the_session_of_a_client_that_moved() {
     use rumqttc::v5::mqttbytes::QoS as QoS5;
-    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Filter};
+    use rumqttc::v5::mqttbytes::v5::Filter;
 
-    let mut c = Cluster::start(3);
-    c.settled(&[1, 2, 3], "first start").await;
-    let persistent = |o: &mut rumqttc::v5::MqttOptions| {
-        o.set_clean_start(false);
-        o.set_connect_properties(ConnectProperties {
-            session_expiry_interval: Some(600),
-            ..Default::default()
-        });
-    };
+    let mut c = Cluster::formed(3).await;
     let (mut roamer, _) = v5::Client::connect(c.mqtt(1), "roamer", persistent).await;
     // SUBACK comes once the subscription is on disk (durability sync).
     roamer
@@ -564,17 +564,9 @@ async fn a_restarted_node_ends_the_session_of_a_client_that_moved() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_for_a_restarting_node_waits_for_it() {
     use rumqttc::v5::mqttbytes::QoS as QoS5;
-    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Filter};
+    use rumqttc::v5::mqttbytes::v5::Filter;
 
-    let mut c = Cluster::start(3);
-    c.settled(&[1, 2, 3], "first start").await;
-    let persistent = |o: &mut rumqttc::v5::MqttOptions| {
-        o.set_clean_start(false);
-        o.set_connect_properties(ConnectProperties {
-            session_expiry_interval: Some(600),
-            ..Default::default()
-        });
-    };
+    let mut c = Cluster::formed(3).await;
     let (mut keeper, _) = v5::Client::connect(c.mqtt(2), "keeper", persistent).await;
     keeper
         .subscribe(Filter::new("held/#", QoS5::AtLeastOnce), None)

@@ -16,6 +16,11 @@ use super::{Node, lock};
 /// The epochs of the claims this node was granted, by client id, for their release.
 pub(super) type Granted = Arc<Mutex<HashMap<String, u64>>>;
 
+/// Most epochs kept for release (one per client id this node owns); beyond it a new grant's
+/// epoch is not kept, and the client id stays this node's when its session ends, until a
+/// claim elsewhere takes it.
+const MAX_GRANTED: usize = 10_000_000;
+
 /// The broker's `Ownership` seam in a cluster: a CONNECT's client id is claimed through the
 /// cluster's log (in a task; the connection waits for its grant).
 #[derive(Debug)]
@@ -44,7 +49,11 @@ impl Ownership for ClusterOwnership {
             match node.propose(cmd).await {
                 Ok(Outcome::Claimed { owner, previous }) => {
                     debug!(client_id = %id, epoch = owner.epoch, ?previous, "client id claimed");
-                    lock(&granted).insert(id, owner.epoch);
+                    let mut epochs = lock(&granted);
+                    if epochs.len() < MAX_GRANTED || epochs.contains_key(&id) {
+                        epochs.insert(id, owner.epoch);
+                    }
+                    drop(epochs);
                     g.grant(owner.epoch);
                 }
                 Ok(other) => {
