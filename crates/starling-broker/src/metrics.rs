@@ -341,6 +341,9 @@ pub struct Metrics {
     pub connects_by_protocol: ByProtocol,
     /// Clients disconnected by an operator (admin API).
     pub clients_kicked: Counter,
+    /// Clients disconnected with 0x9C Use another server: this node lost its cluster's
+    /// majority.
+    pub clients_sent_elsewhere: Counter,
     /// CONNECTs refused because the client id, username or address was banned by an operator.
     pub connects_banned: Counter,
     /// From a PUBLISH being received to its delivery being written for a subscriber,
@@ -410,6 +413,7 @@ impl Default for Metrics {
             connected_by_protocol: ByProtocol::default(),
             connects_by_protocol: ByProtocol::default(),
             clients_kicked: Counter::default(),
+            clients_sent_elsewhere: Counter::default(),
             connects_banned: Counter::default(),
             deliver_latency_us: Histogram::new(LATENCY_US),
             store_commit_us: Histogram::new(LATENCY_US),

@@ -284,3 +284,27 @@ fn a_connect_waits_for_the_cluster_to_grant_its_client_id() {
     sim.settle();
     assert_eq!(*hand.released.lock().unwrap(), ["f"]);
 }
+
+/// A node that lost its cluster's majority sends its connected clients elsewhere: v5 gets
+/// DISCONNECT 0x9C (Use another server), 3.1.1 is closed; their sessions stay, and a client
+/// that comes back is served again.
+#[test]
+fn clients_are_sent_elsewhere_when_the_node_loses_the_majority() {
+    let mut sim = Sim::new(Limits::default());
+    let (a, _) = sim.connected(connect(V5, "a"));
+    let (b, _) = sim.connected(connect(V311, "b"));
+    assert_eq!(sim.broker.send_all_elsewhere(), 2);
+    sim.settle();
+    let got = sim.take(a);
+    assert!(
+        matches!(&got[..], [Packet::Disconnect(x)] if x.reason == ReasonCode::UseAnotherServer),
+        "{got:?}"
+    );
+    assert!(sim.closed(a).is_some());
+    assert!(sim.closed(b).is_some());
+    assert_eq!(sim.broker.metrics.clients_sent_elsewhere.get(), 2);
+    assert_eq!(sim.broker.metrics.clients_kicked.get(), 0);
+    assert_eq!(sim.broker.send_all_elsewhere(), 0, "nobody is connected");
+    let (_, ack) = sim.connected(connect(V5, "a"));
+    assert_eq!(ack.reason, ReasonCode::Success);
+}

@@ -11,6 +11,7 @@
 // them return it as it is rather than box it only to unbox it at every trait method.
 #![allow(clippy::result_large_err)]
 
+pub mod contact;
 pub mod feed;
 pub mod net;
 pub mod node;

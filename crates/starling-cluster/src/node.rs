@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tracing::{debug, info};
 
+use crate::contact::Contact;
 use crate::net::frame::Kind;
 use crate::net::{CallError, Dial, Link, Peers, ProposeReply, propose_local};
 use crate::raft::log::{RaftLog, get_meta, open, put_meta};
@@ -123,6 +124,7 @@ pub struct ClusterNode<D: Dial> {
     raft: Raft,
     state: Shared,
     dial: D,
+    contact: Arc<Contact>,
     propose_timeout: Duration,
     /// The stream to the leader that proposals are forwarded on; one forwarded proposal at a
     /// time (the next waits for the lock).
@@ -165,10 +167,11 @@ impl<D: Dial> ClusterNode<D> {
             machine = machine.with_feed(feed);
         }
         let state = machine.shared();
+        let contact = Arc::new(Contact::default());
         let raft = Raft::new(
             cfg.id,
             config,
-            Peers::new(dial.clone()),
+            Peers::new(dial.clone(), contact.clone()),
             RaftLog::new(db),
             machine,
         )
@@ -193,6 +196,7 @@ impl<D: Dial> ClusterNode<D> {
             raft,
             state,
             dial,
+            contact,
             propose_timeout: cfg.propose_timeout,
             to_leader: Mutex::new(None),
         }))
@@ -211,6 +215,28 @@ impl<D: Dial> ClusterNode<D> {
     /// The Raft instance (for serving peers, metrics and membership changes).
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// How it reaches its peers.
+    pub fn dial(&self) -> &D {
+        &self.dial
+    }
+
+    /// When each peer last answered this node (every link of the node records it).
+    pub fn contact(&self) -> &Arc<Contact> {
+        &self.contact
+    }
+
+    /// Whether this node has heard, within `lease`, from enough voters to be on the
+    /// majority's side (see [`crate::contact`]).
+    pub fn with_majority(&self, lease: Duration) -> bool {
+        let voters: Vec<NodeId> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        // Not initialized yet (no membership known): judged once it is.
+        voters.is_empty() || self.contact.with_majority(self.id, &voters, lease)
     }
 
     /// The replicated state as this node has applied it.
@@ -258,7 +284,8 @@ impl<D: Dial> ClusterNode<D> {
     ) -> Result<Outcome, ProposeError> {
         let mut slot = self.to_leader.lock().await;
         if slot.as_ref().is_none_or(|(id, _)| *id != leader) {
-            *slot = Some((leader, Link::new(self.dial.clone(), leader, peer.addr)));
+            let link = Link::new(self.dial.clone(), leader, peer.addr);
+            *slot = Some((leader, link.with_contact(self.contact.clone())));
         }
         let Some((_, link)) = slot.as_mut() else {
             return Err(ProposeError::NoLeader);

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use crate::contact::Contact;
 use crate::net::frame::Kind;
 use crate::net::{Dial, Link};
 use crate::state::NodeId;
@@ -361,19 +362,20 @@ impl LocalFilters {
 
 /// Keeps `peer` (id and address) told of the filters of this node (`me`: id and
 /// incarnation): a snapshot first (and whenever the peer asks for one), then the changes as
-/// they come, and an empty delta every [`KEEPALIVE`] without changes. Ends when `stop`
-/// resolves.
+/// they come, and an empty delta every [`KEEPALIVE`] without changes (the peer's replies
+/// are recorded in `contact`). Ends when `stop` resolves.
 pub async fn sync<D: Dial>(
     dial: D,
     me: (NodeId, u64),
     peer: (NodeId, String),
     filters: Arc<LocalFilters>,
+    contact: Arc<Contact>,
     stop: impl Future<Output = ()>,
 ) {
     let (node, incarnation) = me;
     let (peer, addr) = peer;
     let mut stop = std::pin::pin!(stop);
-    let mut link = Link::new(dial, peer, addr);
+    let mut link = Link::new(dial, peer, addr).with_contact(contact);
     let mut changed = filters.watch();
     // The number of the last change the peer has, once it has a snapshot.
     let mut told: Option<u64> = None;

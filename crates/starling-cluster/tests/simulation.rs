@@ -276,6 +276,7 @@ fn run(seed: u64) -> u64 {
                         me,
                         to,
                         r.local.clone(),
+                        node.contact().clone(),
                         std::future::pending(),
                     ));
                 }

@@ -6,7 +6,8 @@
 //! Clients (rumqttc, 3.1.1 and 5) connect to different nodes with one client id: the newer
 //! connection takes the client id over across nodes, and a node cut off from the majority
 //! refuses CONNECT as Server unavailable. Messages published on one node reach subscribers
-//! on the others.
+//! on the others. Every link between nodes goes through a fault proxy (`cluster/proxy.rs`)
+//! that cuts nodes apart and heals them.
 
 #![allow(
     clippy::unwrap_used,
@@ -23,8 +24,15 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
+#[path = "cluster/proxy.rs"]
+mod proxy;
 
 use common::rumqtt::{v5, v311};
+use proxy::FaultProxy;
+
+/// The `[cluster]` timing of the test nodes: quick elections, a short lease.
+const TIMING: &str =
+    "heartbeat_ms = 100\nelection_timeout_ms = 600\npropose_timeout_ms = 2000\nlease_ms = 3000\n";
 
 /// A free port on `ip` (bound and released; the node binds it a moment later).
 fn free_port(ip: Ipv4Addr) -> u16 {
@@ -40,6 +48,10 @@ struct Spec {
     id: u64,
     mqtt: SocketAddr,
     http: SocketAddr,
+    /// The inter-node listener.
+    bind: SocketAddr,
+    /// Where the other nodes reach it: its fault proxy.
+    advertise: SocketAddr,
     dir: PathBuf,
 }
 
@@ -49,17 +61,15 @@ struct Node {
 }
 
 impl Node {
-    fn start(spec: &Spec, seeds: &str, cluster_ports: &[u16]) -> Self {
-        let ip = spec.mqtt.ip();
-        let port = cluster_ports[(spec.id - 1) as usize];
+    fn start(spec: &Spec, seeds: &str, timing: &str) -> Self {
         let config = spec.dir.join("starling.toml");
         std::fs::create_dir_all(&spec.dir).unwrap();
         std::fs::write(
             &config,
             format!(
-                "[cluster]\nenabled = true\nnode_id = {}\nbind = \"{ip}:{port}\"\nseeds = [{seeds}]\n\
-                 heartbeat_ms = 100\nelection_timeout_ms = 600\npropose_timeout_ms = 2000\n",
-                spec.id
+                "[cluster]\nenabled = true\nnode_id = {}\nbind = \"{}\"\nadvertise = \"{}\"\n\
+                 seeds = [{seeds}]\n{timing}",
+                spec.id, spec.bind, spec.advertise
             ),
         )
         .unwrap();
@@ -102,22 +112,33 @@ impl Drop for Node {
 struct Cluster {
     specs: Vec<Spec>,
     seeds: String,
-    ports: Vec<u16>,
+    timing: String,
     nodes: Vec<Option<Node>>,
+    proxy: FaultProxy,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
+    /// Starts `n` nodes, node N on 127.0.0.N, each reached by the others through the fault
+    /// proxy.
     fn start(n: u64) -> Self {
+        Self::start_with(n, TIMING)
+    }
+
+    /// As `start`, with `timing` as the `[cluster]` timing keys.
+    fn start_with(n: u64, timing: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ips: Vec<Ipv4Addr> = (1..=n).map(|i| Ipv4Addr::new(127, 0, 0, i as u8)).collect();
-        let ports: Vec<u16> = ips.iter().map(|ip| free_port(*ip)).collect();
-        let seeds = ips
+        let binds: Vec<SocketAddr> = ips
             .iter()
-            .zip(&ports)
+            .map(|ip| SocketAddr::from((*ip, free_port(*ip))))
+            .collect();
+        let (proxy, advertised) = FaultProxy::start(&binds);
+        let seeds = advertised
+            .iter()
             .enumerate()
-            .map(|(i, (ip, p))| format!("\"{}@{ip}:{p}\"", i + 1))
+            .map(|(i, a)| format!("\"{}@{a}\"", i + 1))
             .collect::<Vec<_>>()
             .join(", ");
         let specs: Vec<Spec> = ips
@@ -127,18 +148,21 @@ impl Cluster {
                 id: i as u64 + 1,
                 mqtt: SocketAddr::from((*ip, free_port(*ip))),
                 http: SocketAddr::from((*ip, free_port(*ip))),
+                bind: binds[i],
+                advertise: advertised[i],
                 dir: dir.path().join(format!("n{}", i + 1)),
             })
             .collect();
         let nodes = specs
             .iter()
-            .map(|s| Some(Node::start(s, &seeds, &ports)))
+            .map(|s| Some(Node::start(s, &seeds, timing)))
             .collect();
         Cluster {
             specs,
             seeds,
-            ports,
+            timing: timing.to_owned(),
             nodes,
+            proxy,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -194,7 +218,7 @@ impl Cluster {
 
     fn restart(&mut self, id: u64) {
         let spec = &self.specs[(id - 1) as usize];
-        self.nodes[(id - 1) as usize] = Some(Node::start(spec, &self.seeds, &self.ports));
+        self.nodes[(id - 1) as usize] = Some(Node::start(spec, &self.seeds, &self.timing));
     }
 
     fn logs(&self) -> String {
@@ -623,4 +647,152 @@ fn a_broken_cluster_section_is_refused_with_the_key() {
         err.contains("cluster.seeds") && err.contains("node 4"),
         "{err}"
     );
+}
+
+/// Polls node `id`'s status until `pred` holds (bounded), and returns it.
+async fn status_until(c: &Cluster, id: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        if let Some(v) = c.status(id).await {
+            if pred(&v) {
+                return v;
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("node {id}: {what}; last status {last:#}\n{}", c.logs());
+}
+
+/// The value of metric `name` (a line `name value`) in node `id`'s /metrics.
+async fn metric(c: &Cluster, id: u64, name: &str) -> u64 {
+    let url = format!("http://{}/metrics", c.specs[(id - 1) as usize].http);
+    let text = c.http.get(url).send().await.unwrap().text().await.unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// A node cut off from the other two (the fault proxy closes its links and refuses new
+/// ones): once its lease runs out it sends its clients away (v5 DISCONNECT 0x9C Use another
+/// server) and refuses new CONNECTs at once (0x88 / 3.1.1 return code 3, long before its
+/// propose timeout), while the majority goes on serving, the client that moved there among
+/// them. Healed, the node catches up from the log (the session of the client that moved
+/// ends there), accepts clients again, and messages reach its subscribers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_minority_sends_its_clients_away_and_catches_up_on_heal() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::Filter;
+    use rumqttc::v5::{Event, Incoming};
+
+    // A propose timeout far above the lease: a refusal that comes soon comes from the lease.
+    let c = Cluster::start_with(
+        3,
+        "heartbeat_ms = 100\nelection_timeout_ms = 600\npropose_timeout_ms = 30000\nlease_ms = 3000\n",
+    );
+    c.settled(&[1, 2, 3], "first start").await;
+
+    // A persistent session on node 3, subscribed; its event loop is polled here.
+    let mut opts = v5::options(c.mqtt(3), "stranded");
+    persistent(&mut opts);
+    let (stranded, mut events) = rumqttc::v5::AsyncClient::new(opts, 10);
+    stranded
+        .subscribe("part/#", QoS5::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Incoming::SubAck(_)) = events.poll().await.unwrap() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK on node 3");
+    c.routes_known(1, 1).await;
+
+    c.proxy.isolate(3, &[1, 2, 3]);
+    let ended = first_error!(events);
+    assert!(
+        ended.contains("UseAnotherServer"),
+        "node 3's client is sent away: {ended}\n{}",
+        c.logs()
+    );
+    assert_eq!(
+        c.proxy.streams_between(3, 1) + c.proxy.streams_between(3, 2),
+        0
+    );
+    let s = c.status(3).await.unwrap();
+    assert_eq!(s["majority"], false, "{s:#}");
+    assert_eq!(metric(&c, 3, "starling_cluster_majority").await, 0);
+    assert_eq!(
+        metric(&c, 3, "starling_clients_sent_elsewhere_total").await,
+        1
+    );
+
+    // New clients are refused at once, long before the 30 s propose timeout.
+    let asked = std::time::Instant::now();
+    let (client, mut events) = rumqttc::v5::AsyncClient::new(v5::options(c.mqtt(3), "late"), 10);
+    let refused = first_error!(events);
+    drop(client);
+    assert!(refused.contains("ServerUnavailable"), "v5: {refused}");
+    let (addr, port) = (c.mqtt(3).ip().to_string(), c.mqtt(3).port());
+    let (client, mut events) =
+        rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("late3", addr, port), 10);
+    let refused = first_error!(events);
+    drop(client);
+    assert!(refused.contains("ServiceUnavailable"), "3.1.1: {refused}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "refused by the lease, not after the propose timeout: {:?}",
+        asked.elapsed()
+    );
+
+    // The majority serves on: the client moves to node 1 (its session stays behind on node 3).
+    c.settled(&[1, 2], "the majority after the cut").await;
+    let (mut moved, ack) = v5::Client::connect(c.mqtt(1), "stranded", persistent).await;
+    assert!(!ack.session_present, "{ack:?}");
+    moved
+        .subscribe(Filter::new("part/#", QoS5::AtLeastOnce), None)
+        .await;
+    let on2 = v5::Client::plain(c.mqtt(2), "pub2").await;
+    on2.client
+        .publish("part/during", QoS5::AtLeastOnce, false, "cut")
+        .await
+        .unwrap();
+    assert_eq!(&moved.publish().await.payload[..], b"cut");
+
+    // Healed: node 3 catches up, ends the session of the client that moved, serves again.
+    c.proxy.heal_all();
+    c.settled(&[1, 2, 3], "after the heal").await;
+    status_until(&c, 3, "majority again", |s| s["majority"] == true).await;
+    let session = format!("http://{}/api/v1/sessions/stranded", c.specs[2].http);
+    let mut code = 0;
+    for _ in 0..100 {
+        code = c.http.get(&session).send().await.unwrap().status().as_u16();
+        if code == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(code, 404, "node 3 kept the moved client's session");
+    let mut after = v5::Client::plain(c.mqtt(3), "after").await;
+    after
+        .subscribe(Filter::new("part/+", QoS5::AtLeastOnce), None)
+        .await;
+    let mut got = None;
+    for i in 0..20 {
+        on2.client
+            .publish("part/healed", QoS5::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+        if let Ok(p) = tokio::time::timeout(Duration::from_millis(500), after.publish()).await {
+            got = Some(p);
+            break;
+        }
+    }
+    let got = got.unwrap_or_else(|| panic!("node 3's subscriber got nothing\n{}", c.logs()));
+    assert_eq!(&got.topic[..], b"part/healed");
 }

@@ -218,6 +218,17 @@ impl Broker {
         }
     }
 
+    /// This node lost its cluster's majority: every connected client is disconnected (v5:
+    /// DISCONNECT 0x9C Use another server) so that it reconnects to a node that can serve
+    /// it; their sessions stay as their expiry says. Returns how many were asked to go.
+    pub fn send_all_elsewhere(&self) -> usize {
+        let sessions = self.seams.registry.sessions();
+        sessions
+            .iter()
+            .filter(|s| s.lock().kick_for(crate::session::Kick::UseAnotherServer))
+            .count()
+    }
+
     /// The client ids of every session on this node, connected or not.
     pub fn client_ids(&self) -> Vec<Arc<str>> {
         let sessions = self.seams.registry.sessions();

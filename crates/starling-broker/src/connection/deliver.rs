@@ -14,7 +14,7 @@ use super::active::Active;
 use super::{Close, Cx, Flow, access};
 use crate::hook::DropReason;
 use crate::message::Delivery;
-use crate::session::Phase;
+use crate::session::{Kick, Phase};
 
 impl Active {
     /// Moves queued messages into the output, as far as the inflight window and `room`
@@ -36,12 +36,24 @@ impl Active {
             self.send_disconnect(cx, reason, "session taken over");
             return ControlFlow::Break(Close::new(reason, "session taken over"));
         }
-        if st.kicked() {
+        if let Some(why) = st.kicked() {
             drop(st);
-            cx.broker.metrics.clients_kicked.inc();
-            let reason = ReasonCode::AdministrativeAction;
-            self.send_disconnect(cx, reason, "disconnected by an operator");
-            return ControlFlow::Break(Close::new(reason, "disconnected by an operator"));
+            let (reason, text) = match why {
+                Kick::Operator => {
+                    cx.broker.metrics.clients_kicked.inc();
+                    (
+                        ReasonCode::AdministrativeAction,
+                        "disconnected by an operator",
+                    )
+                }
+                Kick::UseAnotherServer => {
+                    cx.broker.metrics.clients_sent_elsewhere.inc();
+                    let text = "this node lost its cluster's majority; use another node";
+                    (ReasonCode::UseAnotherServer, text)
+                }
+            };
+            self.send_disconnect(cx, reason, text);
+            return ControlFlow::Break(Close::new(reason, text));
         }
         self.hand_over_asked |= st.hand_over_asked();
         while cx.link.out.len() < room {

@@ -155,6 +155,16 @@ impl ClientCounters {
     }
 }
 
+/// Why a session's connection is to be closed from outside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kick {
+    /// An operator asked (admin API): v5 DISCONNECT 0x98 Administrative action.
+    Operator,
+    /// This node lost its cluster's majority: v5 DISCONNECT 0x9C Use another server, so the
+    /// client reconnects to a node that can serve it.
+    UseAnotherServer,
+}
+
 /// The mutable part of a session; see [`Locked`] for what may change it.
 #[derive(Debug)]
 pub struct SessionState {
@@ -164,9 +174,10 @@ pub struct SessionState {
     owner_info: Option<Arc<ClientInfo>>,
     /// Queue bounds replacing the broker's, for this session (boxed: rare).
     queue_bounds: Option<Box<crate::config::QueueBounds>>,
-    /// An operator asked for the owner to be disconnected (admin API): it closes with
-    /// DISCONNECT 0x98 at its next wake-up. Cleared when a connection attaches.
-    kicked: bool,
+    /// The owner is to be disconnected, and why: an operator asked (admin API, DISCONNECT
+    /// 0x98), or this node lost its cluster's majority (0x9C, Use another server). It closes
+    /// at its next wake-up. Cleared when a connection attaches.
+    kicked: Option<Kick>,
     /// A new connection for the same client id waiting for the owner to read what its client
     /// already sent before the session is taken over (see `Broker::connect`); woken when the
     /// owner hands the session over or lets go of it. One at a time: a later one replaces it,
@@ -287,7 +298,7 @@ impl Session {
                 owner: None,
                 owner_info: None,
                 queue_bounds: None,
-                kicked: false,
+                kicked: None,
                 successor: None,
                 claimed: 0,
                 protocol,
@@ -422,18 +433,24 @@ impl Locked<'_> {
     /// (administrative action); it does at its next wake-up, now. False if no connection
     /// owns it.
     pub fn kick(&mut self) -> bool {
+        self.kick_for(Kick::Operator)
+    }
+
+    /// Asks the connection that owns the session to close, for `why`, at its next wake-up,
+    /// now. False if no connection owns it.
+    pub fn kick_for(&mut self, why: Kick) -> bool {
         if self.st.owner.is_none() {
             return false;
         }
-        self.st.kicked = true;
+        self.st.kicked = Some(why);
         if let Some(owner) = &self.st.owner {
             owner.wake();
         }
         true
     }
 
-    /// Whether an operator asked for the owner to be disconnected.
-    pub fn kicked(&self) -> bool {
+    /// Whether, and why, the owner is to be disconnected.
+    pub fn kicked(&self) -> Option<Kick> {
         self.st.kicked
     }
 
@@ -505,7 +522,7 @@ impl Locked<'_> {
         self.set_owner(Some(waker));
         self.st.owner_info = terms.info;
         self.st.queue_bounds = terms.queue_bounds.map(Box::new);
-        self.st.kicked = false;
+        self.st.kicked = None;
         self.st.will = terms.will.map(Box::new);
         self.st.protocol = terms.protocol;
         self.st.expiry_secs = terms.expiry_secs;

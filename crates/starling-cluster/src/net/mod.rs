@@ -8,6 +8,8 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+use crate::contact::Contact;
 use crate::raft::{Peer, Raft, Types, decode, encode};
 use crate::routes::{Update, UpdateReply};
 use crate::state::{Command, NodeId, Outcome};
@@ -39,15 +42,56 @@ pub trait Dial: Clone + Send + Sync + fmt::Debug + 'static {
     fn dial(&self, addr: &str) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 }
 
-/// Plain TCP, with Nagle's delay off (every frame is a whole request or reply).
+/// Plain TCP, with Nagle's delay off (every frame is a whole request or reply). With a
+/// source address, streams leave from it (the node's inter-node address), so that a peer
+/// sees each node at one address whatever route the system picks.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct TcpDial;
+pub struct TcpDial {
+    source: Option<IpAddr>,
+}
+
+impl TcpDial {
+    /// Streams leave from `ip` (none chosen if it is unspecified: `0.0.0.0`, `::`).
+    pub fn from_source(ip: IpAddr) -> Self {
+        TcpDial {
+            source: (!ip.is_unspecified()).then_some(ip),
+        }
+    }
+}
 
 impl Dial for TcpDial {
     type Stream = tokio::net::TcpStream;
 
     async fn dial(&self, addr: &str) -> io::Result<Self::Stream> {
-        let s = tokio::net::TcpStream::connect(addr).await?;
+        let s = match self.source {
+            None => tokio::net::TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let mut last = io::Error::new(
+                    io::ErrorKind::AddrNotAvailable,
+                    format!("{addr} has no address of the family of {ip}"),
+                );
+                let mut connected = None;
+                for to in tokio::net::lookup_host(addr).await? {
+                    if to.is_ipv4() != ip.is_ipv4() {
+                        continue;
+                    }
+                    let socket = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(std::net::SocketAddr::new(ip, 0))?;
+                    match socket.connect(to).await {
+                        Ok(s) => {
+                            connected = Some(s);
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                connected.ok_or(last)?
+            }
+        };
         s.set_nodelay(true)?;
         Ok(s)
     }
@@ -65,11 +109,17 @@ pub enum ProposeReply {
 }
 
 /// Messages a node hands a peer for the peer's own subscribers, each an MQTT 5 PUBLISH as
-/// encoded on the wire (the codec that reads clients' packets reads these too).
+/// encoded on the wire (the codec that reads clients' packets reads these too). A batch is
+/// numbered per sender's life (`incarnation`, `seq` from 1 up): a batch sent again because
+/// its reply was lost carries the same numbers, and the peer takes it once.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Forward {
     /// The node that sends them.
     pub origin: NodeId,
+    /// The sender's incarnation.
+    pub incarnation: u64,
+    /// The batch's number in that incarnation's stream to this peer.
+    pub seq: u64,
     /// The encoded PUBLISH packets.
     pub messages: Vec<Vec<u8>>,
 }
@@ -87,12 +137,13 @@ pub trait Inbound: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct Peers<D> {
     dial: D,
+    contact: Arc<Contact>,
 }
 
 impl<D: Dial> Peers<D> {
-    /// Peers reached through `dial`.
-    pub fn new(dial: D) -> Self {
-        Peers { dial }
+    /// Peers reached through `dial`; the replies are recorded in `contact`.
+    pub fn new(dial: D, contact: Arc<Contact>) -> Self {
+        Peers { dial, contact }
     }
 }
 
@@ -100,7 +151,7 @@ impl<D: Dial> RaftNetworkFactory<Types> for Peers<D> {
     type Network = Link<D>;
 
     async fn new_client(&mut self, target: NodeId, node: &Peer) -> Link<D> {
-        Link::new(self.dial.clone(), target, node.addr.clone())
+        Link::new(self.dial.clone(), target, node.addr.clone()).with_contact(self.contact.clone())
     }
 }
 
@@ -112,6 +163,8 @@ pub struct Link<D: Dial> {
     addr: String,
     stream: Option<D::Stream>,
     buf: Vec<u8>,
+    /// Where a reply from the peer is recorded, if anywhere.
+    contact: Option<Arc<Contact>>,
 }
 
 impl<D: Dial> fmt::Debug for Link<D> {
@@ -144,7 +197,14 @@ impl<D: Dial> Link<D> {
             addr,
             stream: None,
             buf: Vec::new(),
+            contact: None,
         }
+    }
+
+    /// Records every reply from the peer in `contact`.
+    pub fn with_contact(mut self, contact: Arc<Contact>) -> Self {
+        self.contact = Some(contact);
+        self
     }
 
     /// Sends `req` as a `kind` frame and decodes the reply, within `ttl`. On any failure the
@@ -192,6 +252,11 @@ impl<D: Dial> Link<D> {
             Err(_) => Err(format!("no reply within {ttl:?}")),
         };
         let decoded = result.and_then(|()| decode(&self.buf).map_err(|e| e.to_string()));
+        if decoded.is_ok()
+            && let Some(c) = &self.contact
+        {
+            c.heard(self.target);
+        }
         decoded.map_err(|reason| {
             self.stream = None;
             self.broken(reason)

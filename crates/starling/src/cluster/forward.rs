@@ -1,15 +1,18 @@
 //! Messages between nodes: the broker's `Forwarder` seam in a cluster hands a message to a
 //! bounded queue per peer ([`ClusterForwarder`]); one task per peer ([`run`]) sends what
 //! queued in batches (each message an MQTT 5 PUBLISH as on the wire), one batch in flight;
-//! the peer routes them to its own subscribers ([`Inbound`]). At most once between nodes for
-//! now: the publisher's acknowledgement does not wait for the peer, a full queue drops the
-//! message, and a batch the peer did not confirm is dropped; each counted. A batch that could
-//! not be sent at all (the peer cannot be reached: it is restarting) waits for it up to
-//! [`HOLD`] first.
+//! the peer routes them to its own subscribers ([`Inbound`]). A batch the peer did not
+//! confirm (it could not be reached, it is restarting, the stream broke, the reply was lost)
+//! is sent again, with the same number, until it is confirmed or [`HOLD`] has passed; the
+//! peer takes each numbered batch once ([`Taken`]), so a retry does not deliver twice. The
+//! publisher's acknowledgement does not wait for the peer, a full queue drops the message,
+//! and a batch not confirmed within [`HOLD`] is dropped; each counted. A peer that restarts
+//! forgets what it took: a batch it took just before and is sent again after its restart is
+//! delivered again (at least once across a crash of the receiver).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -18,7 +21,7 @@ use starling_broker::forward::Forwarder;
 use starling_broker::message::Message;
 use starling_cluster::NodeId;
 use starling_cluster::net::frame::Kind;
-use starling_cluster::net::{CallError, Forward, Inbound, Link, TcpDial};
+use starling_cluster::net::{Forward, Inbound, Link, TcpDial};
 use starling_cluster::routes::{RemoteRoutes, Update, UpdateReply};
 use starling_proto::{DecodeLimits, Packet, ProtocolVersion, Publish, QoS};
 use tokio::sync::mpsc;
@@ -38,9 +41,14 @@ const BATCH_TTL: Duration = Duration::from_secs(5);
 /// After a failed batch, before the next.
 const RETRY: Duration = Duration::from_millis(500);
 
-/// How long a batch waits for a peer that cannot be reached (a restart takes a second or
-/// two) before it is dropped; meanwhile the peer's queue fills, and beyond its bound drops.
+/// How long a batch is sent again to a peer that does not confirm it (a restart takes a
+/// second or two) before it is dropped; meanwhile the peer's queue fills, and beyond its
+/// bound drops.
 const HOLD: Duration = Duration::from_secs(10);
+
+/// Senders whose last batch a node remembers; a batch from a sender beyond it is taken
+/// without being remembered (peers are few; more means something is wrong).
+const MAX_ORIGINS: usize = 1024;
 
 /// Counters of the traffic with one peer.
 #[derive(Debug, Default)]
@@ -106,16 +114,19 @@ fn encode(msg: &Message, now: Instant) -> Option<Vec<u8>> {
 
 /// Sends what queues for `peer`, in batches, until the stop.
 pub(super) async fn run(
-    origin: NodeId,
+    dial: TcpDial,
+    origin: (NodeId, u64),
     peer: NodeId,
     addr: String,
     mut queue: mpsc::Receiver<Arc<Message>>,
     stats: Arc<PeerStats>,
     stop: Arc<Stop>,
 ) {
-    let mut link = Link::new(TcpDial, peer, addr);
-    // A batch that could not be sent because the peer could not be reached, and since when.
+    let mut link = Link::new(dial, peer, addr);
+    let (origin, incarnation) = origin;
+    // A batch the peer did not confirm, and since when it is tried.
     let mut held: Option<(Forward, Instant)> = None;
+    let mut seq = 0;
     loop {
         let (batch, since) = match held.take() {
             Some(h) => h,
@@ -133,7 +144,14 @@ pub(super) async fn run(
                         Err(_) => break,
                     }
                 }
-                (Forward { origin, messages }, now)
+                seq += 1;
+                let batch = Forward {
+                    origin,
+                    incarnation,
+                    seq,
+                    messages,
+                };
+                (batch, now)
             }
         };
         let n = batch.messages.len() as u64;
@@ -145,8 +163,9 @@ pub(super) async fn run(
                 stats.sent.fetch_add(n, Ordering::Relaxed);
                 continue;
             }
-            // Not sent at all: kept for the peer's return (a restart), within HOLD.
-            Err(CallError::Unreachable { .. }) if since.elapsed() < HOLD => {
+            // Sent again (same number: taken once) until HOLD has passed.
+            Err(e) if since.elapsed() < HOLD => {
+                debug!(peer, messages = n, error = %e, "batch not confirmed; sending it again");
                 held = Some((batch, since));
             }
             Err(e) => {
@@ -161,12 +180,39 @@ pub(super) async fn run(
     }
 }
 
+/// The last batch taken from each sender, by node: its incarnation and the batch's number.
+#[derive(Debug, Default)]
+pub(super) struct Taken(Mutex<HashMap<NodeId, (u64, u64)>>);
+
+impl Taken {
+    /// Whether the batch `seq` of `origin` in `incarnation` is new (to be delivered), noting
+    /// it; false for a batch taken already (sent again after its reply was lost), or sent by
+    /// an earlier life of the origin.
+    fn first_time(&self, origin: NodeId, incarnation: u64, seq: u64) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get(&origin) {
+            Some(&(inc, s)) if inc > incarnation || (inc == incarnation && seq <= s) => false,
+            Some(_) => {
+                last.insert(origin, (incarnation, seq));
+                true
+            }
+            None => {
+                if last.len() < MAX_ORIGINS {
+                    last.insert(origin, (incarnation, seq));
+                }
+                true
+            }
+        }
+    }
+}
+
 /// What this node does with its peers' routes and messages.
 #[derive(Debug)]
 pub(super) struct ClusterInbound {
     pub(super) remote: Arc<RwLock<RemoteRoutes>>,
     pub(super) broker: Arc<Broker>,
     pub(super) limits: DecodeLimits,
+    pub(super) taken: Taken,
 }
 
 impl Inbound for ClusterInbound {
@@ -176,6 +222,17 @@ impl Inbound for ClusterInbound {
     }
 
     fn forward(&self, batch: Forward) -> usize {
+        if !self
+            .taken
+            .first_time(batch.origin, batch.incarnation, batch.seq)
+        {
+            debug!(
+                origin = batch.origin,
+                seq = batch.seq,
+                "a batch taken already came again; confirmed, not delivered twice"
+            );
+            return batch.messages.len();
+        }
         let now = Instant::now();
         let mut taken = 0;
         for bytes in batch.messages {
@@ -196,5 +253,37 @@ impl Inbound for ClusterInbound {
             }
         }
         taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_taken_once_per_life_of_its_sender() {
+        let t = Taken::default();
+        assert!(t.first_time(1, 1, 1));
+        assert!(!t.first_time(1, 1, 1), "sent again after a lost reply");
+        assert!(t.first_time(1, 1, 3), "a gap: batches the sender dropped");
+        assert!(!t.first_time(1, 1, 2), "older than the last taken");
+        assert!(t.first_time(2, 1, 1), "another sender has its own numbers");
+        assert!(t.first_time(1, 2, 1), "the sender restarted");
+        assert!(
+            !t.first_time(1, 1, 9),
+            "a batch of the sender's earlier life"
+        );
+    }
+
+    #[test]
+    fn senders_beyond_the_bound_are_taken_without_being_remembered() {
+        let t = Taken::default();
+        for origin in 0..MAX_ORIGINS as u64 {
+            assert!(t.first_time(origin, 1, 1));
+        }
+        let extra = MAX_ORIGINS as u64;
+        assert!(t.first_time(extra, 1, 1));
+        assert!(t.first_time(extra, 1, 1), "not remembered: taken again");
+        assert!(!t.first_time(0, 1, 1), "the ones remembered still are");
     }
 }

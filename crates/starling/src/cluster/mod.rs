@@ -12,7 +12,7 @@ mod ownership;
 mod routes;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,9 @@ const MAX_RELEASES: usize = 65_536;
 /// every session with the state instead.
 const FEED_CAPACITY: usize = 65_536;
 
+/// How often the node judges whether it is on the majority's side.
+const MAJORITY_CHECK: Duration = Duration::from_millis(250);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -93,6 +96,24 @@ pub struct Started {
     peers: Vec<(NodeId, String)>,
     queues: Vec<Queue>,
     decode: DecodeLimits,
+    majority: Majority,
+}
+
+/// Whether this node is on the majority's side, as [`watch_majority`] last judged.
+#[derive(Clone, Debug)]
+pub(crate) struct Majority {
+    /// The lease: a node that has not heard from a majority of the voters for this long is
+    /// cut off.
+    lease: Duration,
+    /// True while cut off: CONNECTs are refused at once, clients were sent elsewhere.
+    cut_off: Arc<AtomicBool>,
+}
+
+impl Majority {
+    /// Whether the node is cut off from the majority now.
+    pub(crate) fn cut_off(&self) -> bool {
+        self.cut_off.load(Ordering::Acquire)
+    }
 }
 
 impl std::fmt::Debug for Started {
@@ -111,6 +132,7 @@ pub struct Handle {
     pub node: Arc<Node>,
     peers: Vec<(NodeId, String, Arc<PeerStats>)>,
     remote: Arc<RwLock<RemoteRoutes>>,
+    majority: Majority,
 }
 
 /// The cluster's numbers for the metrics.
@@ -118,6 +140,8 @@ pub struct Handle {
 pub struct Numbers {
     /// Whether this node leads.
     pub leader: bool,
+    /// Whether this node is on the majority's side (not cut off).
+    pub majority: bool,
     /// The Raft term.
     pub term: u64,
     /// The last log index applied here.
@@ -128,8 +152,9 @@ pub struct Numbers {
     pub owned: u64,
     /// Filters known of the other nodes.
     pub remote_routes: u64,
-    /// Per peer: id, messages confirmed, messages dropped.
-    pub peers: Vec<(NodeId, u64, u64)>,
+    /// Per peer: id, messages confirmed, messages dropped, milliseconds since it last
+    /// answered (`None`: not since this node started).
+    pub peers: Vec<(NodeId, u64, u64, Option<u64>)>,
 }
 
 impl Handle {
@@ -138,8 +163,10 @@ impl Handle {
         let m = self.node.raft().metrics().borrow().clone();
         let owned = self.node.state().read().owners().count() as u64;
         let remote = self.remote.read().unwrap_or_else(|p| p.into_inner());
+        let contact = self.node.contact();
         Numbers {
             leader: m.current_leader == Some(self.node.id()),
+            majority: !self.majority.cut_off(),
             term: m.current_term,
             last_applied: m.last_applied.map_or(0, |l| l.index),
             members: m.membership_config.membership().nodes().count() as u64,
@@ -153,6 +180,7 @@ impl Handle {
                         *id,
                         s.sent.load(Ordering::Relaxed),
                         s.dropped.load(Ordering::Relaxed),
+                        contact.since(*id).map(|d| d.as_millis() as u64),
                     )
                 })
                 .collect(),
@@ -204,13 +232,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let listener = TcpListener::bind(c.bind)
         .await
         .with_context(|| format!("cannot bind cluster listener {}", c.bind))?;
-    let node = ClusterNode::start(node_config, TcpDial)
+    let node = ClusterNode::start(node_config, TcpDial::from_source(c.bind.ip()))
         .await
         .context("cannot start the cluster node")?;
     info!(node = node.id(), incarnation = node.incarnation(), bind = %c.bind, "cluster listener open");
     let (release_tx, releases) = mpsc::channel(MAX_RELEASES);
     let granted = Granted::default();
+    let majority = Majority {
+        lease: Duration::from_millis(c.lease_ms),
+        cut_off: Arc::new(AtomicBool::new(false)),
+    };
     let ownership = ClusterOwnership {
+        majority: majority.clone(),
         node: node.clone(),
         runtime: tokio::runtime::Handle::current(),
         claims: Arc::new(Semaphore::new(MAX_CLAIMS)),
@@ -247,6 +280,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         peers,
         queues,
         decode,
+        majority,
     })
 }
 
@@ -265,6 +299,7 @@ impl Started {
             remote: self.remote.clone(),
             broker: broker.clone(),
             limits: self.decode,
+            taken: forward::Taken::default(),
         });
         let mut tasks: Vec<BoxFuture> = vec![
             Box::pin(accept_loop(
@@ -277,8 +312,14 @@ impl Started {
             Box::pin(follow(
                 self.feed,
                 node.clone(),
-                broker,
+                broker.clone(),
                 self.granted,
+                stop.clone(),
+            )),
+            Box::pin(watch_majority(
+                node.clone(),
+                broker,
+                self.majority.clone(),
                 stop.clone(),
             )),
             Box::pin(release(self.releases, node.clone(), stop.clone())),
@@ -287,10 +328,11 @@ impl Started {
         for (id, addr) in &self.peers {
             let stop = stop.clone();
             tasks.push(Box::pin(starling_cluster::routes::sync(
-                TcpDial,
+                *node.dial(),
                 (node.id(), node.incarnation()),
                 (*id, addr.clone()),
                 self.filters.clone(),
+                node.contact().clone(),
                 async move { stop.wait().await },
             )));
         }
@@ -300,7 +342,8 @@ impl Started {
             };
             peers.push((id, addr.clone(), stats.clone()));
             tasks.push(Box::pin(forward::run(
-                node.id(),
+                *node.dial(),
+                (node.id(), node.incarnation()),
                 id,
                 addr.clone(),
                 queue,
@@ -312,6 +355,7 @@ impl Started {
             node,
             peers,
             remote: self.remote,
+            majority: self.majority,
         };
         (handle, tasks)
     }
@@ -365,6 +409,53 @@ async fn follow(
                     "cluster feed lagged; sessions compared with the state"
                 );
             }
+        }
+    }
+}
+
+/// Judges every [`MAJORITY_CHECK`] whether this node has heard from a majority of the voters
+/// within the lease. Cut off, it refuses new CONNECTs at once (`ClusterOwnership`) and
+/// disconnects every client with 0x9C Use another server, again every lease while it stays
+/// cut off (a client whose claim committed just before the cut may have attached since);
+/// the sessions stay, and end when their client ids are claimed on the majority's side
+/// (applied here once the partition heals).
+async fn watch_majority(node: Arc<Node>, broker: Arc<Broker>, majority: Majority, stop: Arc<Stop>) {
+    let mut tick = tokio::time::interval(MAJORITY_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sent: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.wait() => break,
+        }
+        let with = node.with_majority(majority.lease);
+        let was_cut = majority.cut_off.swap(!with, Ordering::AcqRel);
+        if with {
+            if was_cut {
+                info!(
+                    node = node.id(),
+                    "in contact with the majority again; accepting clients"
+                );
+            }
+            last_sent = None;
+            continue;
+        }
+        if !was_cut {
+            warn!(
+                node = node.id(),
+                lease_ms = majority.lease.as_millis() as u64,
+                "no contact with a majority of the cluster within the lease; refusing new clients and sending the connected ones to other nodes"
+            );
+        }
+        if last_sent.is_none_or(|t| t.elapsed() >= majority.lease) {
+            let sent = broker.send_all_elsewhere();
+            if sent > 0 {
+                info!(
+                    clients = sent,
+                    "clients sent to other nodes (0x9C Use another server)"
+                );
+            }
+            last_sent = Some(Instant::now());
         }
     }
 }
@@ -486,6 +577,8 @@ pub fn status(handle: &Handle) -> Value {
         "last_log_index": m.last_log_index,
         "last_applied": m.last_applied.map(|l| l.index),
         "members": members,
+        "majority": !handle.majority.cut_off(),
+        "lease_ms": handle.majority.lease.as_millis() as u64,
         "client_ids_owned": state.owners().count(),
         "retained_messages": retained,
         "retained_bytes": retained_bytes,
@@ -494,6 +587,7 @@ pub fn status(handle: &Handle) -> Value {
             "addr": addr,
             "messages_sent": stats.sent.load(Ordering::Relaxed),
             "messages_dropped": stats.dropped.load(Ordering::Relaxed),
+            "last_reply_ms": node.contact().since(*id).map(|d| d.as_millis() as u64),
         })).collect::<Vec<_>>(),
         "remote_routes": handle.remote.read().unwrap_or_else(|p| p.into_inner()).len(),
     })

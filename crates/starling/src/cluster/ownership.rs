@@ -11,7 +11,7 @@ use starling_cluster::{Command, Outcome};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
-use super::{Node, lock};
+use super::{Majority, Node, lock};
 
 /// The epochs of the claims this node was granted, by client id, for their release.
 pub(super) type Granted = Arc<Mutex<HashMap<String, u64>>>;
@@ -25,6 +25,8 @@ const MAX_GRANTED: usize = 10_000_000;
 /// cluster's log (in a task; the connection waits for its grant).
 #[derive(Debug)]
 pub(super) struct ClusterOwnership {
+    /// Cut off from the majority, claims are refused at once (they could not commit).
+    pub(super) majority: Majority,
     pub(super) node: Arc<Node>,
     pub(super) runtime: tokio::runtime::Handle,
     pub(super) claims: Arc<Semaphore>,
@@ -34,6 +36,12 @@ pub(super) struct ClusterOwnership {
 
 impl Ownership for ClusterOwnership {
     fn acquire(&self, client_id: &Arc<str>, waker: Waker) -> Acquire {
+        if self.majority.cut_off() {
+            debug!(%client_id, "cut off from the majority; CONNECT refused");
+            let grant = Grant::new(waker);
+            grant.refuse();
+            return Acquire::Later(grant);
+        }
         let Ok(permit) = self.claims.clone().try_acquire_owned() else {
             return Acquire::Busy;
         };

@@ -34,6 +34,10 @@ pub struct ClusterConfig {
     pub election_timeout_ms: u64,
     /// Longest a change to the replicated state may take to commit, milliseconds.
     pub propose_timeout_ms: u64,
+    /// A node that has not heard from a majority of the voters for this long refuses new
+    /// CONNECTs at once and disconnects its clients (v5 0x9C Use another server) so that
+    /// they move to the majority, milliseconds.
+    pub lease_ms: u64,
     /// Inter-node traffic is neither encrypted nor authenticated yet: a `bind` that is not a
     /// loopback address is refused unless this is set (for a private network only).
     pub allow_plaintext: bool,
@@ -51,6 +55,7 @@ impl Default for ClusterConfig {
             heartbeat_ms: 250,
             election_timeout_ms: 1_000,
             propose_timeout_ms: 5_000,
+            lease_ms: 10_000,
             allow_plaintext: false,
         }
     }
@@ -90,7 +95,7 @@ pub fn parse_seed(s: &str) -> anyhow::Result<Seed> {
 
 impl ClusterConfig {
     /// The numbers with their bounds.
-    pub fn bounded(&self) -> [(&'static str, u64, Bound); 3] {
+    pub fn bounded(&self) -> [(&'static str, u64, Bound); 4] {
         [
             (
                 "heartbeat_ms",
@@ -106,6 +111,13 @@ impl ClusterConfig {
                 "propose_timeout_ms",
                 self.propose_timeout_ms,
                 Bound::new(100, 600_000, "ten minutes"),
+            ),
+            // Every pair of nodes talks at least every 2 s (route keepalives): a shorter
+            // lease would judge a quiet but healthy node cut off.
+            (
+                "lease_ms",
+                self.lease_ms,
+                Bound::new(3_000, 3_600_000, "an hour"),
             ),
         ]
     }

@@ -254,6 +254,7 @@ const BOUNDED: &[(&str, &str, u64, u64)] = &[
     ("cluster", "heartbeat_ms", 10, 60_000),
     ("cluster", "election_timeout_ms", 50, 600_000),
     ("cluster", "propose_timeout_ms", 100, 600_000),
+    ("cluster", "lease_ms", 3_000, 3_600_000),
     ("listener", "max_connections", 1, 100_000_000),
 ];
 

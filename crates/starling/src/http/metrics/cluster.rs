@@ -21,6 +21,12 @@ pub(super) fn cluster(e: &mut DescriptorEncoder<'_>, state: &AppState) -> Res {
     )?;
     gauge(
         e,
+        "starling_cluster_majority",
+        "1 while this node has heard from a majority of the voters within the lease (0: cut off; clients are refused and sent elsewhere)",
+        u64::from(n.majority),
+    )?;
+    gauge(
+        e,
         "starling_cluster_term",
         "The Raft term this node is in",
         n.term,
@@ -67,5 +73,17 @@ pub(super) fn cluster(e: &mut DescriptorEncoder<'_>, state: &AppState) -> Res {
         MetricType::Counter,
         "peer",
         dropped,
+    )?;
+    let heard = ids
+        .iter()
+        .zip(&n.peers)
+        .filter_map(|(id, p)| p.3.map(|ms| (id.as_str(), ms)));
+    family(
+        e,
+        "starling_cluster_peer_last_reply_ms",
+        "Milliseconds since the peer last answered a request of this node (absent: not since it started)",
+        MetricType::Gauge,
+        "peer",
+        heard,
     )
 }

@@ -347,6 +347,12 @@ impl Collector for BrokerCollector {
         )?;
         counter(
             e,
+            "starling_clients_sent_elsewhere",
+            "Clients disconnected with 0x9C Use another server because this node lost its cluster's majority",
+            m.clients_sent_elsewhere.get(),
+        )?;
+        counter(
+            e,
             "starling_protocol_errors",
             "Connections closed for a protocol violation or malformed packet",
             m.protocol_errors.get(),

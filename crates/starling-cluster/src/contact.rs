@@ -1,0 +1,103 @@
+//! Which peers this node has lately exchanged a request and its reply with, and from that
+//! whether it is on the majority's side of a partition. Every [`crate::net::Link`] of the
+//! node records a call that got its reply; every pair of nodes talks at least every two
+//! seconds (Raft's heartbeats from the leader, and each node's route keepalive to every
+//! peer, `routes::KEEPALIVE`), so a peer not heard from for a lease of several seconds is
+//! cut off from this node in at least one direction.
+//!
+//! This is what lets a node that lost the majority stop serving clients (docs/cluster.md,
+//! "Partitions") without waiting for a proposal to time out: it cannot tell a dead majority
+//! from a cut cable, and either way the clients are better served elsewhere. Decisions about
+//! the state still go through Raft only; this is a local judgement about where clients
+//! should be.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::state::NodeId;
+
+/// When each peer last answered this node.
+#[derive(Debug)]
+pub struct Contact {
+    /// When the node started: it counts as in contact with everyone for a lease after that,
+    /// so that a node is not judged cut off before it had the time to talk to anyone.
+    started: Instant,
+    heard: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl Default for Contact {
+    fn default() -> Self {
+        Contact {
+            started: Instant::now(),
+            heard: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Contact {
+    /// `peer` answered a request now.
+    pub fn heard(&self, peer: NodeId) {
+        let now = Instant::now();
+        self.lock().insert(peer, now);
+    }
+
+    /// How long ago `peer` last answered (`None`: never since this node started).
+    pub fn since(&self, peer: NodeId) -> Option<Duration> {
+        self.lock().get(&peer).map(|t| t.elapsed())
+    }
+
+    /// Whether this node (`me`) and the voters it heard from within `lease` are a majority
+    /// of `voters`. A node that is not a voter itself counts only the voters it heard.
+    /// Within a lease of the node's start, true.
+    pub fn with_majority(&self, me: NodeId, voters: &[NodeId], lease: Duration) -> bool {
+        if self.started.elapsed() < lease {
+            return true;
+        }
+        let heard = self.lock();
+        let reached = voters
+            .iter()
+            .filter(|v| **v == me || heard.get(v).is_some_and(|t| t.elapsed() < lease))
+            .count();
+        reached > voters.len() / 2
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {
+        self.heard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_is_with_the_majority_while_it_hears_enough_voters() {
+        let lease = Duration::from_secs(5);
+        let c = Contact::default();
+        // Fresh: in contact with everyone for a lease.
+        assert!(c.with_majority(1, &[1, 2, 3], lease));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!c.with_majority(1, &[1, 2, 3], lease), "heard nobody");
+        assert!(c.with_majority(1, &[1], lease), "a cluster of one");
+        c.heard(2);
+        assert!(c.with_majority(1, &[1, 2, 3], lease), "2 of 3");
+        assert!(!c.with_majority(1, &[1, 2, 3, 4, 5], lease), "2 of 5");
+        c.heard(4);
+        assert!(c.with_majority(1, &[1, 2, 3, 4, 5], lease), "3 of 5");
+        assert!(
+            !c.with_majority(9, &[1, 2, 3, 4, 5], lease),
+            "a learner counts only the voters it heard"
+        );
+        tokio::time::advance(Duration::from_secs(4)).await;
+        c.heard(3);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // 2 and 4 were heard 6 s ago; 3 was heard 2 s ago.
+        assert!(c.with_majority(1, &[1, 2, 3], lease));
+        assert!(!c.with_majority(1, &[1, 2, 3, 4, 5], lease));
+        assert_eq!(c.since(3), Some(Duration::from_secs(2)));
+        assert_eq!(c.since(7), None);
+    }
+}
