@@ -1,15 +1,18 @@
 //! Retained messages (spec 3.3.1.3): one per topic, set by a PUBLISH with RETAIN, cleared by an
 //! empty payload, handed to new subscriptions whose filter matches. [`RetainStore`] is the seam
-//! (a cluster replaces it with a replicated store); [`RetainTree`], the single-node store, keeps
-//! them in a trie over topic levels so a wildcard subscription visits only the branches it can
-//! match.
+//! (a cluster replaces it with a replicated store, whose writes commit later: a
+//! [`Replication`] the publisher's acknowledgement waits for); [`RetainTree`], the
+//! single-node store, keeps them in a trie over topic levels so a wildcard subscription
+//! visits only the branches it can match.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use crate::message::Message;
+use crate::wake::Waker;
 
 #[derive(Debug, Default)]
 struct Node {
@@ -18,7 +21,7 @@ struct Node {
 }
 
 /// What became of a retained publish.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum RetainOutcome {
     /// Stored (new topic or replacement).
     Stored,
@@ -26,6 +29,92 @@ pub enum RetainOutcome {
     Cleared,
     /// Not stored: `max_retained_messages` reached.
     Full,
+    /// Handed to a replicated store that decides later (a cluster commits it through its
+    /// log): the publisher's acknowledgement waits for the decision.
+    Pending(Arc<Replication>),
+}
+
+impl PartialEq for RetainOutcome {
+    /// Pending writes are equal only if they are the same write.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Pending(a), Self::Pending(b)) => Arc::ptr_eq(a, b),
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        }
+    }
+}
+
+impl RetainOutcome {
+    /// Whether it was refused for the store's bound.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::Full)
+    }
+}
+
+/// How a replicated write ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicated {
+    /// Committed: every node serves it.
+    Committed,
+    /// Refused by the replicated store's bounds (count or size).
+    Full,
+    /// Not committed (no majority within the cluster's timeout, too many under way): the
+    /// publisher must not be told it was kept.
+    Failed,
+}
+
+const UNDECIDED: u8 = 0;
+
+/// A retained write under way in a replicated store, decided once by whoever commits it; the
+/// connection that waits for it registers its waker ([`Replication::notify`]).
+#[derive(Debug, Default)]
+pub struct Replication {
+    state: AtomicU8,
+    waiter: Mutex<Option<Waker>>,
+}
+
+impl Replication {
+    /// An undecided write.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Decides it (once; a later decision is ignored) and wakes whoever waits.
+    pub fn decide(&self, how: Replicated) {
+        let code = match how {
+            Replicated::Committed => 1,
+            Replicated::Full => 2,
+            Replicated::Failed => 3,
+        };
+        let first = self
+            .state
+            .compare_exchange(UNDECIDED, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        let waiter = self.waiter.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if first && let Some(w) = waiter {
+            w.wake();
+        }
+    }
+
+    /// How it ended; `None` while undecided.
+    pub fn decided(&self) -> Option<Replicated> {
+        match self.state.load(Ordering::Acquire) {
+            1 => Some(Replicated::Committed),
+            2 => Some(Replicated::Full),
+            3 => Some(Replicated::Failed),
+            _ => None,
+        }
+    }
+
+    /// Wakes `waker` once it is decided; false if it is decided already (nothing registered).
+    pub fn notify(&self, waker: &Waker) -> bool {
+        let mut w = self.waiter.lock().unwrap_or_else(|p| p.into_inner());
+        if self.decided().is_some() {
+            return false;
+        }
+        *w = Some(waker.clone());
+        true
+    }
 }
 
 /// Where retained messages live: at most one per topic, bounded in number.
@@ -39,6 +128,12 @@ pub trait RetainStore: Send + Sync + fmt::Debug {
     fn count(&self) -> usize;
     /// Payload bytes of the retained messages.
     fn bytes(&self) -> usize;
+    /// Whether the retained messages live in a replicated store (a cluster's) rather than in
+    /// this node's own store: the broker then neither writes them to its store nor restores
+    /// them from it (the replica is rebuilt from the cluster's log).
+    fn replicated(&self) -> bool {
+        false
+    }
 }
 
 /// The single-node retained-message store: a trie over topic levels.

@@ -1,7 +1,8 @@
 //! The broker on seams other than the single-node ones: a route table that knows another
 //! node's subscribers hands messages to the forwarder, once per node, and a publish that
 //! reaches only another node is still a publish with subscribers; a cluster's ownership of
-//! client ids decides when a CONNECT gets its session.
+//! client ids decides when a CONNECT gets its session; a replicated retained store holds the
+//! acknowledgement of a retained publish until its copy is committed.
 
 #![allow(
     clippy::unwrap_used,
@@ -20,7 +21,7 @@ use sim::*;
 use starling_broker::broker::{Acquire, Alone, Grant, LocalRegistry, Ownership, Seams};
 use starling_broker::forward::{Forwarder, NodeId};
 use starling_broker::message::Message;
-use starling_broker::retain::RetainTree;
+use starling_broker::retain::{Replicated, Replication, RetainOutcome, RetainStore, RetainTree};
 use starling_broker::router::{RouteTable, Router, Routes, Subscriber, Target};
 use starling_broker::session::Session;
 use starling_broker::{Broker, Features, Limits};
@@ -307,4 +308,147 @@ fn clients_are_sent_elsewhere_when_the_node_loses_the_majority() {
     assert_eq!(sim.broker.send_all_elsewhere(), 0, "nobody is connected");
     let (_, ack) = sim.connected(connect(V5, "a"));
     assert_eq!(ack.reason, ReasonCode::Success);
+}
+
+/// A retained store whose writes a test commits: each `set` waits in `pending` for the test
+/// to decide it; committed, it enters the replica (`tree`) that subscriptions are served from.
+#[derive(Debug, Default)]
+struct Replica {
+    tree: RetainTree,
+    pending: Mutex<Vec<(Arc<Message>, Arc<Replication>)>>,
+}
+
+impl Replica {
+    /// Decides the oldest write under way.
+    fn decide(&self, how: Replicated) -> String {
+        let (msg, r) = self.pending.lock().unwrap().remove(0);
+        if how == Replicated::Committed {
+            self.tree.set(msg.clone(), usize::MAX);
+        }
+        r.decide(how);
+        msg.topic.as_str().to_string()
+    }
+}
+
+/// The broker's handle on the shared [`Replica`].
+#[derive(Debug)]
+struct Replicating(Arc<Replica>);
+
+impl RetainStore for Replicating {
+    fn set(&self, msg: Arc<Message>, _: usize) -> RetainOutcome {
+        let r = Replication::new();
+        self.0.pending.lock().unwrap().push((msg, r.clone()));
+        RetainOutcome::Pending(r)
+    }
+
+    fn matching(&self, filter: &[u8], now: std::time::Instant) -> Vec<Arc<Message>> {
+        self.0.tree.matching(filter, now)
+    }
+
+    fn count(&self) -> usize {
+        self.0.tree.count()
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.tree.bytes()
+    }
+
+    fn replicated(&self) -> bool {
+        true
+    }
+}
+
+fn retained_publish(topic: &str, qos: QoS, pid: u16) -> Packet {
+    let mut p = publish(topic, qos, pid, b"kept");
+    if let Packet::Publish(x) = &mut p {
+        x.retain = true;
+    }
+    p
+}
+
+/// In a cluster, the PUBACK/PUBREC of a retained publish waits until the cluster committed
+/// its retained copy, and the acknowledgements after it wait behind it (MQTT-4.6.0-2: in
+/// order); a copy the cluster's bounds refused is answered 0x97, one it could not commit
+/// 0x80 (QoS 2: the id may be used again), and a 3.1.1 client, which cannot be told, is
+/// disconnected so that it resends. Subscribers are served from the replica.
+#[test]
+fn a_retained_publish_is_acknowledged_once_the_cluster_committed_it() {
+    let replica = Arc::new(Replica::default());
+    let seams = Seams {
+        registry: Box::<LocalRegistry>::default(),
+        routes: Routes::Local(Router::default()),
+        retained: Box::new(Replicating(replica.clone())),
+        forwarder: Box::new(Recorder(Handed::default())),
+        ownership: Box::new(Alone),
+    };
+    let now = std::time::Instant::now();
+    let broker = Broker::with_seams(Limits::default(), Features::default(), seams, now);
+    let mut sim = Sim::on(broker);
+    let (p, _) = sim.connected(connect(V5, "p"));
+
+    sim.send(p, retained_publish("r/a", QoS::AtLeastOnce, 1));
+    sim.send(p, publish("plain", QoS::AtLeastOnce, 2, b"x"));
+    assert!(sim.take(p).is_empty(), "nothing before the commit");
+    assert_eq!(replica.decide(Replicated::Committed), "r/a");
+    sim.settle();
+    let got = sim.take(p);
+    let acks: Vec<(u16, ReasonCode)> = pubacks(&got)
+        .iter()
+        .map(|a| (a.packet_id, a.reason))
+        .collect();
+    assert_eq!(
+        acks,
+        [
+            (1, ReasonCode::Success),
+            (2, ReasonCode::NoMatchingSubscribers)
+        ],
+        "in order"
+    );
+
+    sim.send(p, retained_publish("r/b", QoS::AtLeastOnce, 3));
+    replica.decide(Replicated::Full);
+    sim.settle();
+    let got = sim.take(p);
+    assert_eq!(pubacks(&got)[0].reason, ReasonCode::QuotaExceeded);
+
+    sim.send(p, retained_publish("r/c", QoS::ExactlyOnce, 4));
+    replica.decide(Replicated::Failed);
+    sim.settle();
+    let got = sim.take(p);
+    assert!(
+        matches!(&got[..], [Packet::PubRec(a)] if a.packet_id == 4 && a.reason == ReasonCode::UnspecifiedError),
+        "{got:?}"
+    );
+    // The id was not kept: the same id is a new message (a new write under way).
+    sim.send(p, retained_publish("r/c", QoS::ExactlyOnce, 4));
+    assert_eq!(replica.pending.lock().unwrap().len(), 1);
+    replica.decide(Replicated::Committed);
+    sim.settle();
+    let got = sim.take(p);
+    assert!(
+        matches!(&got[..], [Packet::PubRec(a)] if a.reason == ReasonCode::Success),
+        "{got:?}"
+    );
+
+    // QoS 0 waits for nothing.
+    sim.send(p, retained_publish("r/d", QoS::AtMostOnce, 0));
+    assert!(sim.take(p).is_empty());
+    assert_eq!(replica.pending.lock().unwrap().len(), 1);
+    replica.decide(Replicated::Committed);
+
+    // A subscriber is served the committed copies from the replica.
+    let (s, _) = sim.connected(connect(V5, "s"));
+    sim.send(s, subscribe(1, "r/#", QoS::AtLeastOnce));
+    let got = sim.take(s);
+    let mut topics: Vec<&str> = publishes(&got).iter().map(|p| p.topic.as_str()).collect();
+    topics.sort_unstable();
+    assert_eq!(topics, ["r/a", "r/c", "r/d"]);
+
+    // 3.1.1 cannot be told that the copy was not committed: disconnected, unacknowledged.
+    let (q, _) = sim.connected(connect(V311, "q"));
+    sim.send(q, retained_publish("r/e", QoS::AtLeastOnce, 7));
+    replica.decide(Replicated::Failed);
+    sim.settle();
+    assert!(pubacks(&sim.take(q)).is_empty());
+    assert!(sim.closed(q).is_some());
 }

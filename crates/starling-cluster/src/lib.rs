@@ -20,4 +20,5 @@ pub mod routes;
 pub mod state;
 
 pub use node::{ClusterNode, NodeConfig, ProposeError, StartError, Timing};
+pub use raft::machine::Observer;
 pub use state::{ClusterState, Command, Limits, NodeId, Outcome, Owner, Refusal, Retained};

@@ -23,6 +23,14 @@ use crate::raft::machine::{Machine, Shared};
 use crate::raft::{Peer, Raft, StorageError};
 use crate::state::{Command, Limits, NodeId, Outcome};
 
+/// Most bytes of retained payloads in one log entry (a `RetainBatch`, or one message);
+/// `Limits::max_retained_payload` is at most this.
+pub const MAX_ENTRY_BYTES: u64 = 1024 * 1024;
+
+/// Most entries in one AppendEntries request: with entries of at most [`MAX_ENTRY_BYTES`]
+/// (plus their topics and headers), a request stays well within the 16 MiB frame bound.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 12;
+
 /// Between attempts to propose while no leader can be reached.
 pub const LEADER_RETRY: Duration = Duration::from_millis(50);
 
@@ -68,6 +76,8 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// Where applied claims are told (see [`crate::feed`]), if anywhere.
     pub feed: Option<crate::feed::Sender>,
+    /// Who is told of every change to the retained messages, if anyone.
+    pub observer: Option<Arc<dyn crate::raft::machine::Observer>>,
 }
 
 impl NodeConfig {
@@ -82,6 +92,7 @@ impl NodeConfig {
             propose_timeout: Duration::from_secs(5),
             snapshot_every: 10_000,
             feed: None,
+            observer: None,
         }
     }
 }
@@ -155,6 +166,9 @@ impl<D: Dial> ClusterNode<D> {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             max_in_snapshot_log_to_keep: cfg.snapshot_every,
             snapshot_max_chunk_size: 4 * 1024 * 1024,
+            // Entries per AppendEntries: with a retained batch at most `MAX_ENTRY_BYTES`,
+            // a request stays within the 16 MiB frame.
+            max_payload_entries: MAX_ENTRIES_PER_APPEND,
             ..Default::default()
         };
         let config = Arc::new(
@@ -165,6 +179,9 @@ impl<D: Dial> ClusterNode<D> {
         let mut machine = Machine::open(db.clone(), cfg.limits)?;
         if let Some(feed) = cfg.feed.clone() {
             machine = machine.with_feed(feed);
+        }
+        if let Some(observer) = cfg.observer.clone() {
+            machine = machine.with_observer(observer);
         }
         let state = machine.shared();
         let contact = Arc::new(Contact::default());

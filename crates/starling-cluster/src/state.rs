@@ -59,8 +59,9 @@ pub struct Retained {
     pub qos: u8,
     /// The payload (never empty: an empty payload clears).
     pub payload: Vec<u8>,
-    /// The publish's forwarded v5 properties, encoded as on the wire (usually empty).
-    pub properties: Vec<u8>,
+    /// The PUBLISH's beginning as MQTT 5 on the wire (fixed header, topic, properties), which
+    /// `payload` completes: how the node that serves it rebuilds the message.
+    pub header: Vec<u8>,
     /// When it expires, in milliseconds since the Unix epoch (from the publishing node's clock,
     /// carried in the command), if ever.
     pub expires_at_ms: Option<u64>,
@@ -84,6 +85,12 @@ pub enum Command {
     Retain { topic: String, message: Retained },
     /// Clears the retained message of `topic` (a retained publish with an empty payload).
     ClearRetained { topic: String },
+    /// Sets or clears (`None`) the retained messages of several topics, in order, each on
+    /// its own (one refused does not refuse the others): the retained publishes a node
+    /// gathered while its previous batch was committing.
+    RetainBatch {
+        changes: Vec<(String, Option<Retained>)>,
+    },
     /// Drops every retained message whose expiry is at or before `now_ms` (proposed by the
     /// leader from its clock; every replica drops the same set).
     ExpireRetained { now_ms: u64 },
@@ -125,6 +132,8 @@ pub enum Outcome {
     Released,
     /// Retained messages that expired were dropped.
     Expired { count: u64 },
+    /// What each change of a `RetainBatch` did, in order.
+    Batch(Vec<Outcome>),
     /// Nothing changed.
     Refused(Refusal),
 }
@@ -210,6 +219,15 @@ impl ClusterState {
                 }
                 Outcome::Done
             }
+            Command::RetainBatch { changes } => Outcome::Batch(
+                changes
+                    .into_iter()
+                    .map(|(topic, message)| match message {
+                        Some(message) => self.apply(index, Command::Retain { topic, message }),
+                        None => self.apply(index, Command::ClearRetained { topic }),
+                    })
+                    .collect(),
+            ),
             Command::ExpireRetained { now_ms } => {
                 let before = self.retained.len();
                 let mut freed = 0;
@@ -256,6 +274,15 @@ impl ClusterState {
     /// Number of retained messages and their payload bytes.
     pub fn retained_size(&self) -> (u64, u64) {
         (self.retained.len() as u64, self.retained_bytes)
+    }
+
+    /// The topics of the retained messages an `ExpireRetained { now_ms }` would drop.
+    pub fn expiring(&self, now_ms: u64) -> Vec<String> {
+        self.retained
+            .iter()
+            .filter(|(_, m)| m.expires_at_ms.is_some_and(|at| at <= now_ms))
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     /// The limits the state was formed with.

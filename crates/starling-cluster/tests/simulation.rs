@@ -11,6 +11,8 @@
 //! - no acknowledged retained message is lost (the final value of a topic is one that was
 //!   written, and no acknowledged write began after it was acknowledged);
 //! - after the heal every node commits again;
+//! - every node's index of the retained messages, kept from what the state machine tells it
+//!   as it applies entries and installs snapshots (`Observer`), is the replicated state's;
 //! - after the heal every node knows each other node's filters exactly as that node has them
 //!   (the workload also subscribes and unsubscribes; filters are streamed between nodes as
 //!   snapshots and deltas, `routes.rs`), and nothing of a crashed node's earlier life.
@@ -35,7 +37,8 @@ use starling_cluster::raft::Peer;
 use starling_cluster::raft::machine::Shared;
 use starling_cluster::routes::{LocalFilters, RemoteRoutes, Update, UpdateReply, sync};
 use starling_cluster::{
-    ClusterNode, ClusterState, Command, NodeConfig, NodeId, Outcome, Owner, Retained, Timing,
+    ClusterNode, ClusterState, Command, NodeConfig, NodeId, Observer, Outcome, Owner, Retained,
+    Timing,
 };
 
 const NODES: [NodeId; 3] = [1, 2, 3];
@@ -101,6 +104,28 @@ type Recorded = Arc<Mutex<History>>;
 struct Routing {
     local: Arc<LocalFilters>,
     remote: Arc<Mutex<RemoteRoutes>>,
+}
+
+/// A node's index of the retained messages (payload by topic), kept from what its state
+/// machine tells it.
+#[derive(Clone, Debug, Default)]
+struct Index(Arc<Mutex<BTreeMap<String, Vec<u8>>>>);
+
+impl Observer for Index {
+    fn retained(&self, topic: &str, message: Option<&Retained>) {
+        let mut m = lock(&self.0);
+        match message {
+            Some(r) => m.insert(topic.to_owned(), r.payload.clone()),
+            None => m.remove(topic),
+        };
+    }
+
+    fn reset(&self, state: &ClusterState) {
+        *lock(&self.0) = state
+            .all_retained()
+            .map(|(t, r)| (t.to_owned(), r.payload.clone()))
+            .collect();
+    }
 }
 
 /// Takes the peers' route updates (no messages are forwarded in this simulation).
@@ -173,27 +198,47 @@ async fn workload(
             .await
             .is_ok()
         } else {
-            let topic = TOPICS[rng.below(TOPICS.len() as u64) as usize].to_owned();
-            let payload = format!("n{id}.{}.{n}", node.incarnation()).into_bytes();
-            let message = Retained {
-                qos: 1,
-                payload: payload.clone(),
-                properties: Vec::new(),
-                expires_at_ms: None,
-            };
+            // One retained message, or a batch of two (as a node sends what gathered while
+            // its previous batch was committing).
+            let count = 1 + rng.below(2) as usize;
+            let mut changes = Vec::new();
             let sent = turmoil::elapsed();
-            let at = lock(&history).retains.len();
-            lock(&history)
-                .retains
-                .push((topic.clone(), payload, sent, None));
-            let ok = matches!(
-                node.propose(Command::Retain { topic, message }).await,
-                Ok(Outcome::Done)
-            );
-            if ok && let Some(r) = lock(&history).retains.get_mut(at) {
-                r.3 = Some(turmoil::elapsed());
+            let mut at = Vec::new();
+            for k in 0..count {
+                let topic = TOPICS[rng.below(TOPICS.len() as u64) as usize].to_owned();
+                let payload = format!("n{id}.{}.{n}.{k}", node.incarnation()).into_bytes();
+                let message = Retained {
+                    qos: 1,
+                    payload: payload.clone(),
+                    header: Vec::new(),
+                    expires_at_ms: None,
+                };
+                let mut h = lock(&history);
+                at.push(h.retains.len());
+                h.retains.push((topic.clone(), payload, sent, None));
+                changes.push((topic, Some(message)));
             }
-            ok
+            let cmd = if count == 1 {
+                let Some((topic, Some(message))) = changes.pop() else {
+                    continue;
+                };
+                Command::Retain { topic, message }
+            } else {
+                Command::RetainBatch { changes }
+            };
+            let done = match node.propose(cmd).await {
+                Ok(Outcome::Done) => vec![true],
+                Ok(Outcome::Batch(each)) => each.iter().map(|o| *o == Outcome::Done).collect(),
+                _ => Vec::new(),
+            };
+            let now = turmoil::elapsed();
+            let mut h = lock(&history);
+            for (i, ok) in at.iter().zip(&done) {
+                if *ok && let Some(r) = h.retains.get_mut(*i) {
+                    r.3 = Some(now);
+                }
+            }
+            done.contains(&true)
         };
         if acked && turmoil::elapsed() > HEAL_AT + Duration::from_secs(5) {
             *lock(&history).after_heal.entry(id).or_default() += 1;
@@ -241,14 +286,20 @@ fn run(seed: u64) -> u64 {
     let history: Recorded = Arc::default();
     let states: Arc<Mutex<BTreeMap<NodeId, (Shared, u64)>>> = Arc::default();
     let routing: Arc<Mutex<BTreeMap<NodeId, Routing>>> = Arc::default();
+    let indexes: Arc<Mutex<BTreeMap<NodeId, Index>>> = Arc::default();
     for id in NODES {
         let cfg = config(id, dir.path().join(host(id)), &mut rng);
         let history = history.clone();
         let states = states.clone();
         let routing = routing.clone();
+        let indexes = indexes.clone();
         let work_seed = rng.next();
         sim.host(host(id), move || {
-            let cfg = cfg.clone();
+            let mut cfg = cfg.clone();
+            // A new index each life of the node: it is rebuilt from the snapshot and the log.
+            let index = Index::default();
+            cfg.observer = Some(Arc::new(index.clone()));
+            lock(&indexes).insert(id, index);
             let history = history.clone();
             let states = states.clone();
             let routing = routing.clone();
@@ -370,6 +421,7 @@ fn run(seed: u64) -> u64 {
         h.releases_sent.len(),
     );
     check(seed, &h, &lock(&states), &faults);
+    check_indexes(seed, &lock(&states), &lock(&indexes), &faults);
     check_routes(seed, &lock(&routing), &faults);
     digest
 }
@@ -461,6 +513,30 @@ fn check(seed: u64, h: &History, states: &BTreeMap<NodeId, (Shared, u64)>, fault
             n > 0,
             "node {id} committed nothing after the heal: {}",
             ctx()
+        );
+    }
+}
+
+/// Every node's index of the retained messages is its replica's.
+fn check_indexes(
+    seed: u64,
+    states: &BTreeMap<NodeId, (Shared, u64)>,
+    indexes: &BTreeMap<NodeId, Index>,
+    faults: &[String],
+) {
+    for (id, (state, _)) in states {
+        let want: BTreeMap<String, Vec<u8>> = state
+            .read()
+            .all_retained()
+            .map(|(t, r)| (t.to_owned(), r.payload.clone()))
+            .collect();
+        let Some(index) = indexes.get(id) else {
+            panic!("seed {seed}: node {id} has no index");
+        };
+        assert_eq!(
+            *lock(&index.0),
+            want,
+            "seed {seed}: node {id}'s retained index is not its replica; faults {faults:?}"
         );
     }
 }

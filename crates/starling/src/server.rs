@@ -143,7 +143,8 @@ impl Server {
                 broker = broker
                     .with_ownership(seams.ownership)
                     .with_routes(seams.routes)
-                    .with_forwarder(seams.forwarder);
+                    .with_forwarder(seams.forwarder)
+                    .with_retained(seams.retained);
             }
             extras.cluster = Some(started);
         }

@@ -796,3 +796,105 @@ async fn a_cut_off_minority_sends_its_clients_away_and_catches_up_on_heal() {
     let got = got.unwrap_or_else(|| panic!("node 3's subscriber got nothing\n{}", c.logs()));
     assert_eq!(&got.topic[..], b"part/healed");
 }
+
+/// Retained messages are replicated through the cluster's log: a retained publish on one node
+/// is acknowledged once committed and is served by every node (v5 and 3.1.1 publishers and
+/// subscribers), a clear on another node clears it everywhere, and a node that was down
+/// while a retained message was set serves it once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_are_the_same_on_every_node() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+
+    async fn acked(c: &mut v5::Client) {
+        let ack = c
+            .expect("PUBACK", |p| match p {
+                Packet::PubAck(a) => Some(a),
+                _ => None,
+            })
+            .await;
+        assert_eq!(
+            ack.reason,
+            rumqttc::v5::mqttbytes::v5::PubAckReason::Success
+        );
+    }
+
+    async fn retained_on(c: &Cluster, node: u64, id: &str, filter: &str) -> Vec<(String, Vec<u8>)> {
+        let mut sub = v5::Client::plain(c.mqtt(node), id).await;
+        sub.subscribe(Filter::new(filter, QoS5::AtLeastOnce), None)
+            .await;
+        let mut got = Vec::new();
+        while let Ok(p) = tokio::time::timeout(Duration::from_millis(400), sub.publish()).await {
+            assert!(p.retain, "{p:?}");
+            got.push((
+                String::from_utf8_lossy(&p.topic).into_owned(),
+                p.payload.to_vec(),
+            ));
+        }
+        sub.client.disconnect().await.unwrap();
+        got.sort();
+        got
+    }
+
+    let mut c = Cluster::formed(3).await;
+    let mut on1 = v5::Client::plain(c.mqtt(1), "retainer1").await;
+    on1.client
+        .publish("state/a", QoS5::AtLeastOnce, true, "on")
+        .await
+        .unwrap();
+    acked(&mut on1).await;
+    for node in [1, 2, 3] {
+        assert_eq!(
+            retained_on(&c, node, &format!("r{node}"), "state/#").await,
+            [("state/a".to_owned(), b"on".to_vec())],
+            "node {node}"
+        );
+    }
+    // 3.1.1 sees it too.
+    let (mut v3, _) = v311::Client::connect(c.mqtt(3), "r3-311", true, None).await;
+    v3.subscribe("state/+", rumqttc::QoS::AtLeastOnce).await;
+    let p = v3.publish().await;
+    assert!(
+        p.retain && p.topic == "state/a" && &p.payload[..] == b"on",
+        "{p:?}"
+    );
+    v3.client.disconnect().await.unwrap();
+
+    // Cleared on node 2: gone everywhere.
+    let mut on2 = v5::Client::plain(c.mqtt(2), "retainer2").await;
+    on2.client
+        .publish("state/a", QoS5::AtLeastOnce, true, "")
+        .await
+        .unwrap();
+    acked(&mut on2).await;
+    for node in [1, 3] {
+        assert!(
+            retained_on(&c, node, &format!("c{node}"), "state/#")
+                .await
+                .is_empty()
+        );
+    }
+
+    // Set while node 3 is down: node 3 serves it once it is back. (No subscriber is left on
+    // node 3 first: node 1 would hold a live copy for it, and deliver it late.)
+    c.routes_known(1, 0).await;
+    c.kill9(3);
+    on1.client
+        .publish("state/b", QoS5::AtLeastOnce, true, "while away")
+        .await
+        .unwrap();
+    acked(&mut on1).await;
+    c.restart(3);
+    c.settled(&[1, 2, 3], "after node 3 came back").await;
+    assert_eq!(
+        retained_on(&c, 3, "back3", "#").await,
+        [("state/b".to_owned(), b"while away".to_vec())]
+    );
+    for id in [1, 2, 3] {
+        let s = status_until(&c, id, "one retained message", |s| {
+            s["retained_messages"].as_u64() == Some(1)
+        })
+        .await;
+        assert_eq!(s["retained_messages"], 1, "{s:#}");
+    }
+}

@@ -176,7 +176,11 @@ impl Broker {
         let had = !self.retained_matching(topic.as_bytes(), now).is_empty();
         let key = topic.as_str().to_string();
         let msg = Message::internal(topic, bytes::Bytes::new(), true);
-        if self.seams.retained.set(Arc::new(msg), 0) == RetainOutcome::Cleared && had {
+        if matches!(
+            self.seams.retained.set(Arc::new(msg), 0),
+            RetainOutcome::Cleared
+        ) && had
+        {
             let mut ops = self.ops();
             ops.push(|_| Op::DeleteRetained(key));
             self.persist(&mut ops);

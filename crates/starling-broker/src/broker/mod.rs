@@ -160,6 +160,13 @@ impl Broker {
         self
     }
 
+    /// Keeps retained messages in `retained` (a cluster's replicated store); set before the
+    /// store is restored.
+    pub fn with_retained(mut self, retained: Box<dyn crate::retain::RetainStore>) -> Self {
+        self.seams.retained = retained;
+        self
+    }
+
     /// Hands messages for other nodes to `forwarder`.
     pub fn with_forwarder(mut self, forwarder: Box<dyn Forwarder>) -> Self {
         self.seams.forwarder = forwarder;

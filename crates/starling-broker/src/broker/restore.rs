@@ -33,7 +33,7 @@ impl Broker {
     /// subscriptions, queued and inflight messages and awaiting QoS 2 ids), and retained
     /// messages. What expired while the broker was down is dropped (and deleted from the
     /// store). Call before any client connects.
-    pub fn restore(&self, snap: starling_store::Snapshot, now: Instant) -> Restored {
+    pub fn restore(&self, mut snap: starling_store::Snapshot, now: Instant) -> Restored {
         let mut report = Restored::default();
         let Some(p) = self.persist.as_ref() else {
             return report;
@@ -55,6 +55,16 @@ impl Broker {
             if self.seams.registry.claim(&r.session, None).is_some() {
                 report.sessions += 1;
             }
+        }
+        if self.seams.retained.replicated() && !snap.retained.is_empty() {
+            // The cluster's replica is the truth; what this store kept from before is not
+            // proposed again (it could undo newer writes of other nodes).
+            tracing::warn!(
+                count = snap.retained.len(),
+                "retained messages in this node's store are not served: the cluster's replicated ones are"
+            );
+            report.skipped += snap.retained.len();
+            snap.retained.clear();
         }
         for (topic, m) in snap.retained {
             let Some((mut msg, _, _, _)) = decode_message(&m, &clock, now) else {

@@ -19,7 +19,7 @@ use crate::router::{Subscriber, Target};
 use crate::session::Session;
 
 /// What became of a publish.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Routed {
     /// Sessions on this node that accepted a delivery.
     pub reached: usize,
@@ -157,7 +157,9 @@ impl Broker {
     fn retain(&self, msg: &Arc<Message>, ops: &mut Ops<'_>) -> RetainOutcome {
         let max = self.limits.max_retained_messages;
         let outcome = self.seams.retained.set(msg.clone(), max);
-        match outcome {
+        match &outcome {
+            // The replicated store keeps it (and counts its refusals).
+            RetainOutcome::Pending(_) => {}
             RetainOutcome::Full => self.metrics.retained_refused.inc(),
             RetainOutcome::Cleared => {
                 ops.push(|_| Op::DeleteRetained(msg.topic.as_str().to_string()));

@@ -3,7 +3,10 @@
 //! PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK), CONNACK (a session started, resumed or ended),
 //! a QoS 2 PUBLISH of a persistent session (its packet id), and what a resumed session
 //! resends. They wait here, in order, with the ticket of what they reflect; a failed commit is
-//! never presented as a success. Also: pausing a client that feeds a store at its bound.
+//! never presented as a success. In a cluster, the acknowledgement of a retained publish also
+//! waits here for the cluster to commit the retained copy (whatever the durability), and the
+//! acknowledgements after it wait behind it. Also: pausing a client that feeds a store at its
+//! bound.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -13,8 +16,11 @@ use starling_proto::{Packet, Properties, ReasonCode};
 
 use super::active::Active;
 use super::{Close, Cx, Flow};
+use std::sync::Arc;
+
 use crate::broker::{Broker, Ending};
 use crate::persist::{Journal, Ops, TicketStatus};
+use crate::retain::{Replicated, Replication};
 
 /// Held acknowledgements at which reading from the client pauses.
 pub const HELD_LIMIT: usize = 1024;
@@ -51,6 +57,9 @@ enum Held {
     /// A PUBACK whose ticket is its publish's group (`Journal::append`): it may also go
     /// once the group is absorbed, before any commit.
     PubAck(Packet),
+    /// A PUBACK/PUBREC of a retained publish whose retained copy the cluster commits: it
+    /// goes once that is decided (and its ticket is done).
+    Replicated(Arc<Replication>, Packet),
 }
 
 impl Active {
@@ -149,7 +158,8 @@ impl Active {
                 self.has_held()
                     || ticket.is_some_and(|t| p.journal.status(t) != TicketStatus::Durable)
             }
-            _ => false,
+            // Behind a replicated write's acknowledgement (acknowledgements go in order).
+            _ => self.has_held(),
         };
         if hold {
             let item = if grouped && ticket.is_some() {
@@ -161,6 +171,20 @@ impl Active {
         } else {
             self.send_now(cx, &packet);
         }
+    }
+
+    /// Holds the acknowledgement of a retained publish until the cluster has committed its
+    /// retained copy (`replication`) and its `ticket` is done; later acknowledgements wait
+    /// behind it.
+    pub(super) fn send_ack_replicated(
+        &mut self,
+        cx: &mut Cx<'_>,
+        packet: Packet,
+        ticket: Option<u64>,
+        replication: Arc<Replication>,
+    ) {
+        let ticket = ticket.filter(|_| Self::holds_output(cx)).unwrap_or(0);
+        self.hold(ticket, Held::Replicated(replication, packet));
     }
 
     /// True while acknowledgements wait for the store.
@@ -226,46 +250,65 @@ impl Active {
     /// acknowledged as a success: v5 clients get reason 0x80 (Unspecified error), 3.x clients,
     /// which have no way to hear it, are disconnected so they resend.
     pub(super) fn release_held(&mut self, cx: &mut Cx<'_>) -> Flow {
-        let Some(journal) = cx.broker.persistence().map(|p| &p.journal) else {
-            return ControlFlow::Continue(());
-        };
         let Some(mut held) = self.held.take() else {
             return ControlFlow::Continue(());
         };
+        let journal = cx.broker.persistence().map(|p| &*p.journal);
         let flow = self.release_from(cx, &mut held, journal);
         if let Some((ticket, front)) = held.queue.front() {
             let (ticket, waker) = (*ticket, &cx.link.waker);
-            if matches!(front, Held::PubAck(_)) && journal.watch_absorbed(ticket, waker) {
-                // Absorbed since `release_from` looked: run again.
-                waker.wake();
-            }
-            if journal.status(ticket).is_failed() {
-                // Waits for the carried-over changes to be committed (see `release_from`).
-                journal.notify_when_committed(ticket, waker, &mut held.commit_generation);
-            } else {
-                journal.notify_when_done(ticket, waker, &mut held.commit_generation);
+            if let Held::Replicated(r, _) = front
+                && r.decided().is_none()
+            {
+                if !r.notify(waker) {
+                    // Decided since `release_from` looked: run again.
+                    waker.wake();
+                }
+            } else if let Some(journal) = journal.filter(|_| ticket != 0) {
+                if matches!(front, Held::PubAck(_)) && journal.watch_absorbed(ticket, waker) {
+                    // Absorbed since `release_from` looked: run again.
+                    waker.wake();
+                }
+                if journal.status(ticket).is_failed() {
+                    // Waits for the carried-over changes to be committed (see `release_from`).
+                    journal.notify_when_committed(ticket, waker, &mut held.commit_generation);
+                } else {
+                    journal.notify_when_done(ticket, waker, &mut held.commit_generation);
+                }
             }
         }
         self.held = Some(held);
         flow
     }
 
-    fn release_from(&mut self, cx: &mut Cx<'_>, held: &mut HeldAcks, journal: &Journal) -> Flow {
+    fn release_from(
+        &mut self,
+        cx: &mut Cx<'_>,
+        held: &mut HeldAcks,
+        journal: Option<&Journal>,
+    ) -> Flow {
         while let Some((ticket, front)) = held.queue.front() {
             let ticket = *ticket;
-            let mut status = if ticket == 0 {
-                TicketStatus::Durable
-            } else {
-                journal.status(ticket)
-            };
-            if status == TicketStatus::Pending {
+            if let Held::Replicated(r, _) = front
+                && r.decided().is_none()
+            {
+                break;
+            }
+            let journal = journal.filter(|_| ticket != 0);
+            let mut status = journal.map_or(TicketStatus::Durable, |j| j.status(ticket));
+            if let Some(journal) = journal
+                && status == TicketStatus::Pending
+            {
                 if !(matches!(front, Held::PubAck(_)) && journal.take_absorbed(ticket)) {
                     break;
                 }
                 // Nothing of its publish is left to store.
                 status = TicketStatus::Durable;
             }
-            if status.is_failed() && shows_carried_state(front) {
+            if let Some(journal) = journal
+                && status.is_failed()
+                && shows_carried_state(front)
+            {
                 // What it shows (a delivery's packet id, a Released phase, a forgotten QoS 2
                 // id) is a change the committer carries over from a refused batch into its
                 // next successful commit: it waits for that instead of failing. The client is
@@ -285,7 +328,28 @@ impl Active {
                     cx.link.out.extend_from_slice(&bytes);
                     continue;
                 }
-                Held::Packet(packet) | Held::PubAck(packet) => packet,
+                Held::Replicated(r, mut packet) if !status.is_failed() => {
+                    match r.decided() {
+                        Some(Replicated::Committed) | None => {}
+                        Some(how) => {
+                            if !self.answer_replication(cx, &mut packet, how) {
+                                let reason = ReasonCode::UnspecifiedError;
+                                let why = "the cluster did not commit the retained message";
+                                return ControlFlow::Break(Close::new(reason, why));
+                            }
+                            if let Packet::PubRec(a) = &packet
+                                && a.reason.is_error()
+                            {
+                                // Refused: the client may reuse the id for a new message.
+                                let mut ops = cx.broker.ops();
+                                self.session.lock().refuse_qos2(a.packet_id, &mut ops);
+                                self.persisted(cx, &mut ops);
+                            }
+                        }
+                    }
+                    packet
+                }
+                Held::Packet(packet) | Held::PubAck(packet) | Held::Replicated(_, packet) => packet,
             };
             if status.is_failed() {
                 cx.broker.metrics.store_failures_answered.inc();
@@ -319,6 +383,41 @@ impl Active {
             self.send_now(cx, &packet);
         }
         ControlFlow::Continue(())
+    }
+
+    /// Turns the acknowledgement of a retained publish the cluster did not commit into a
+    /// failure answer: v5 0x97 (Quota exceeded) when the cluster's bounds refused it, 0x80
+    /// when it could not commit; false for a 3.x client that cannot be told (it is
+    /// disconnected, and resends). A refusal for the bounds is acknowledged to 3.x as a
+    /// single node's full store is.
+    fn answer_replication(&self, cx: &Cx<'_>, packet: &mut Packet, how: Replicated) -> bool {
+        let full = how == Replicated::Full;
+        if full {
+            cx.broker.metrics.retained_refused.inc();
+        }
+        if !self.version.is_v5() {
+            return full;
+        }
+        let (reason, why) = if full {
+            (
+                ReasonCode::QuotaExceeded,
+                "the cluster's retained messages are full",
+            )
+        } else {
+            (
+                ReasonCode::UnspecifiedError,
+                "the cluster did not commit the retained message",
+            )
+        };
+        if let Packet::PubAck(a) | Packet::PubRec(a) = packet
+            && !a.reason.is_error()
+        {
+            a.reason = reason;
+            if self.problem_info {
+                a.properties.reason_string = Some(why.into());
+            }
+        }
+        true
     }
 
     /// Turns a held acknowledgement whose commit failed into a failure answer (0x97 Quota
@@ -390,7 +489,7 @@ fn shows_carried_state(held: &Held) -> bool {
         Held::Deliveries(_) => true,
         // The Released phase; the forgotten inbound id.
         Held::Packet(p) => matches!(p, Packet::PubRel(_) | Packet::PubComp(_)),
-        Held::PubAck(_) => false,
+        Held::PubAck(_) | Held::Replicated(..) => false,
     }
 }
 

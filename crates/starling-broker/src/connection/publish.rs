@@ -13,7 +13,7 @@ use super::{Cx, Flow, access};
 use crate::hook::{self, DropReason, Event};
 use crate::message::Message;
 use crate::persist::Ops;
-use crate::retain::RetainOutcome;
+use crate::retain::{Replication, RetainOutcome};
 use crate::session::{Ack, PubRec, Qos2Receive};
 
 impl Active {
@@ -78,6 +78,8 @@ impl Active {
             }
         }
         let low_space = qos != QoS::AtMostOnce && broker.store_low_on_space();
+        // A retained copy a cluster commits later: the acknowledgement waits for it.
+        let mut replication = None;
         let reason = if low_space {
             // Not routed: the store is near full and takes no new messages (what frees space
             // still commits). 3.x cannot be told: closed, unacknowledged, so it resends.
@@ -93,7 +95,11 @@ impl Active {
             ReasonCode::QuotaExceeded
         } else {
             match (p, stopped) {
-                (Some(p), _) => self.route(cx, p, allowed, &mut ops),
+                (Some(p), _) => {
+                    let (reason, pending) = self.route(cx, p, allowed, &mut ops);
+                    replication = pending;
+                    reason
+                }
                 (None, reason) => reason.unwrap_or(ReasonCode::Success),
             }
         };
@@ -113,12 +119,18 @@ impl Active {
             }
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                let ack = self.ack_with_reason(pid, reason, low_space);
-                self.send_ack_grouped(cx, Packet::PubAck(ack), ticket, grouped);
+                let ack = Packet::PubAck(self.ack_with_reason(pid, reason, low_space));
+                match replication {
+                    Some(r) => self.send_ack_replicated(cx, ack, ticket, r),
+                    None => self.send_ack_grouped(cx, ack, ticket, grouped),
+                }
             }
             QoS::ExactlyOnce => {
-                let ack = self.ack_with_reason(pid, reason, low_space);
-                self.send_ack(cx, Packet::PubRec(ack), ticket);
+                let ack = Packet::PubRec(self.ack_with_reason(pid, reason, low_space));
+                match replication {
+                    Some(r) => self.send_ack_replicated(cx, ack, ticket, r),
+                    None => self.send_ack(cx, ack, ticket),
+                }
             }
         }
         ControlFlow::Continue(())
@@ -156,27 +168,28 @@ impl Active {
     }
 
     /// Checks and routes a publish (what it stores goes into `ops`; `allowed`: the ACL's
-    /// answer): the reason code for its acknowledgement.
+    /// answer): the reason code for its acknowledgement, and the replicated write of its
+    /// retained copy that the acknowledgement must wait for, if any.
     fn route(
         &mut self,
         cx: &mut Cx<'_>,
         p: Publish,
         allowed: bool,
         ops: &mut Ops<'_>,
-    ) -> ReasonCode {
+    ) -> (ReasonCode, Option<Arc<Replication>>) {
         let broker = cx.broker;
         let (qos, retain) = (p.qos, p.retain);
         if self.version.is_v5()
             && p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            return ReasonCode::PayloadFormatInvalid;
+            return (ReasonCode::PayloadFormatInvalid, None);
         }
         if p.topic.as_bytes().starts_with(b"$SYS")
             && !self.own_bridge_state(&p.topic)
             && !self.own_bridge_sys(cx, &p.topic)
         {
-            return ReasonCode::NotAuthorized;
+            return (ReasonCode::NotAuthorized, None);
         }
         if !allowed {
             // 3.x: acknowledged as usual and dropped (the spec allows nothing else).
@@ -187,7 +200,7 @@ impl Active {
                 let e = hook::drop_event(Some(self.client_id()), &msg, DropReason::NotAuthorized);
                 broker.hooks().dropped(&e);
             }
-            return ReasonCode::NotAuthorized;
+            return (ReasonCode::NotAuthorized, None);
         }
         let publisher = Some(self.client_id().clone());
         let msg = Arc::new(Message::from_publish(p, publisher, cx.now));
@@ -203,13 +216,18 @@ impl Active {
                 broker.hooks().dropped(&e);
             }
         }
-        if routed.retained == Some(RetainOutcome::Full) {
+        let reason = if routed.retained.as_ref().is_some_and(RetainOutcome::is_full) {
             ReasonCode::QuotaExceeded
         } else if routed.reached + routed.forwarded == 0 && !retain && qos != QoS::AtMostOnce {
             ReasonCode::NoMatchingSubscribers
         } else {
             ReasonCode::Success
-        }
+        };
+        let pending = match routed.retained {
+            Some(RetainOutcome::Pending(r)) => Some(r),
+            _ => None,
+        };
+        (reason, pending)
     }
 
     /// Whether `topic` is `$SYS/broker/connection/{this client's id}/state`, where a broker

@@ -165,6 +165,10 @@ pub struct Link<D: Dial> {
     buf: Vec<u8>,
     /// Where a reply from the peer is recorded, if anywhere.
     contact: Option<Arc<Contact>>,
+    /// A request was sent on `stream` and its reply not read yet: set while a call is under
+    /// way, so a call that was cancelled midway (its future dropped) leaves it set, and the
+    /// next call opens a new stream instead of reading the old reply as its own.
+    exchanging: bool,
 }
 
 impl<D: Dial> fmt::Debug for Link<D> {
@@ -198,6 +202,7 @@ impl<D: Dial> Link<D> {
             stream: None,
             buf: Vec::new(),
             contact: None,
+            exchanging: false,
         }
     }
 
@@ -218,8 +223,9 @@ impl<D: Dial> Link<D> {
         let body = encode(req).map_err(|e| self.broken(e.to_string()))?;
         // A stream the peer closed while it was idle (the peer restarted) is opened again
         // before anything is sent on it, so the request is not lost in a dead socket.
-        if self.stream.as_mut().is_some_and(closed_by_peer) {
+        if self.exchanging || self.stream.as_mut().is_some_and(closed_by_peer) {
             self.stream = None;
+            self.exchanging = false;
         }
         if self.stream.is_none() {
             let s = tokio::time::timeout(ttl, self.dial.dial(&self.addr))
@@ -237,6 +243,7 @@ impl<D: Dial> Link<D> {
             return Err(self.broken("no stream".into()));
         };
         let buf = &mut self.buf;
+        self.exchanging = true;
         let exchange = async {
             frame::write(stream, kind, &body)
                 .await
@@ -251,6 +258,7 @@ impl<D: Dial> Link<D> {
             Ok(r) => r,
             Err(_) => Err(format!("no reply within {ttl:?}")),
         };
+        self.exchanging = false;
         let decoded = result.and_then(|()| decode(&self.buf).map_err(|e| e.to_string()));
         if decoded.is_ok()
             && let Some(c) = &self.contact
@@ -423,6 +431,45 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hands out in-memory streams to a server that answers each request with its own body,
+    /// the first one late.
+    #[derive(Clone, Debug)]
+    struct Echo;
+
+    impl Dial for Echo {
+        type Stream = tokio::io::DuplexStream;
+
+        async fn dial(&self, _: &str) -> io::Result<Self::Stream> {
+            let (ours, mut theirs) = tokio::io::duplex(1024);
+            tokio::spawn(async move {
+                let mut body = Vec::new();
+                let mut first = true;
+                while frame::read(&mut theirs, &mut body).await.is_ok() {
+                    if std::mem::take(&mut first) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    if frame::write(&mut theirs, Kind::Reply, &body).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(ours)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_cancelled_midway_does_not_leave_its_reply_to_the_next() {
+        let mut link = Link::new(Echo, 2, "peer".into());
+        let ttl = Duration::from_secs(5);
+        tokio::select! {
+            _ = link.call::<u64, u64>(Kind::Propose, &1, ttl) => panic!("answered early"),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        // The first reply arrives while the second call waits: not taken for its own.
+        let got = link.call::<u64, u64>(Kind::Propose, &2, ttl).await;
+        assert_eq!(got.ok(), Some(2));
+    }
 
     #[tokio::test]
     async fn an_idle_stream_closed_by_the_peer_is_noticed_before_it_is_used() {

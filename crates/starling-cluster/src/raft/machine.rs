@@ -18,7 +18,19 @@ use serde::{Deserialize, Serialize};
 use super::log::{get_meta, put_meta};
 use super::{Entry, Peer, StorageError, Types, decode, encode};
 use crate::feed::{Applied, Sender};
-use crate::state::{ClusterState, Command, Limits, NodeId, Outcome};
+use crate::state::{ClusterState, Command, Limits, NodeId, Outcome, Retained};
+
+/// Told, as entries are applied, of every change to the retained messages, so that a node can
+/// keep its own index of them for its subscribers (a replica it serves reads from). Called
+/// with the state's write lock held: it must be quick, must not block, and must not read the
+/// node's shared state.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// The retained message of `topic` is now `message` (`None`: cleared, or expired).
+    fn retained(&self, topic: &str, message: Option<&Retained>);
+    /// The whole state was replaced (loaded from the snapshot at start, or a snapshot from
+    /// the leader installed): start again from `state`.
+    fn reset(&self, state: &ClusterState);
+}
 
 /// A snapshot as kept on disk: openraft's description of it and the encoded state.
 #[derive(Debug, Serialize, Deserialize)]
@@ -54,6 +66,8 @@ pub struct Machine {
     built: u64,
     /// Where what the node acts on is told, if anywhere.
     feed: Option<Sender>,
+    /// Who is told of the retained messages' changes, if anyone.
+    observer: Option<Arc<dyn Observer>>,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -74,6 +88,7 @@ impl Machine {
             db,
             built: 0,
             feed: None,
+            observer: None,
         };
         if let Some(stored) = get_meta::<Stored>(&m.db, "snapshot")? {
             m.load(stored)?;
@@ -84,6 +99,14 @@ impl Machine {
     /// Tells `feed` what the node acts on as entries are applied.
     pub fn with_feed(mut self, feed: Sender) -> Self {
         self.feed = Some(feed);
+        self
+    }
+
+    /// Tells `observer` of every change to the retained messages, starting with all of them
+    /// as they are now.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        observer.reset(&self.state.read());
+        self.observer = Some(observer);
         self
     }
 
@@ -163,7 +186,16 @@ impl RaftStateMachine<Types> for Machine {
                         (Command::Claim { client_id, .. }, Some(_)) => Some(client_id.clone()),
                         _ => None,
                     };
+                    let touched = self
+                        .observer
+                        .as_ref()
+                        .map(|_| retained_topics(&state, &cmd));
                     let outcome = state.apply(entry.log_id.index, cmd);
+                    if let (Some(observer), Some(topics)) = (&self.observer, touched) {
+                        for topic in topics {
+                            observer.retained(&topic, state.retained(&topic));
+                        }
+                    }
                     if let (Some(client_id), Some(feed)) = (claimed, &self.feed)
                         && let Outcome::Claimed { owner, previous } = &outcome
                     {
@@ -210,6 +242,9 @@ impl RaftStateMachine<Types> for Machine {
         let state: ClusterState = decode(&stored.data).map_err(read_err)?;
         put_meta(&self.db, "snapshot", &stored)?;
         self.state.replace(state);
+        if let Some(observer) = &self.observer {
+            observer.reset(&self.state.read());
+        }
         self.applied = stored.meta.last_log_id;
         self.membership = stored.meta.last_membership;
         Ok(())
@@ -220,5 +255,16 @@ impl RaftStateMachine<Types> for Machine {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+/// The retained topics `cmd` may change (applied to `state`): the observer is told what each
+/// holds afterwards.
+fn retained_topics(state: &ClusterState, cmd: &Command) -> Vec<String> {
+    match cmd {
+        Command::Retain { topic, .. } | Command::ClearRetained { topic } => vec![topic.clone()],
+        Command::RetainBatch { changes } => changes.iter().map(|(t, _)| t.clone()).collect(),
+        Command::ExpireRetained { now_ms } => state.expiring(*now_ms),
+        Command::Incarnate { .. } | Command::Claim { .. } | Command::Release { .. } => Vec::new(),
     }
 }

@@ -6,7 +6,7 @@ fn retained(payload: &[u8], expires_at_ms: Option<u64>) -> Retained {
     Retained {
         qos: 1,
         payload: payload.to_vec(),
-        properties: Vec::new(),
+        header: Vec::new(),
         expires_at_ms,
     }
 }
@@ -192,6 +192,48 @@ fn expiry_drops_what_is_due_by_the_time_in_the_command() {
     assert_eq!(topics, ["c"]);
 }
 
+#[test]
+fn a_batch_applies_each_change_in_order_and_refuses_each_on_its_own() {
+    let mut s = ClusterState::new(Limits {
+        max_retained: 2,
+        max_retained_payload: 4,
+    });
+    let out = s.apply(
+        1,
+        Command::RetainBatch {
+            changes: vec![
+                ("a".into(), Some(retained(b"1", None))),
+                ("b".into(), Some(retained(b"12345", None))),
+                ("b".into(), Some(retained(b"2", None))),
+                ("c".into(), Some(retained(b"3", None))),
+                ("a".into(), None),
+                ("a".into(), Some(retained(b"4", Some(50)))),
+            ],
+        },
+    );
+    assert_eq!(
+        out,
+        Outcome::Batch(vec![
+            Outcome::Done,
+            Outcome::Refused(Refusal::RetainedTooLarge),
+            Outcome::Done,
+            Outcome::Refused(Refusal::RetainedFull),
+            Outcome::Done,
+            Outcome::Done,
+        ])
+    );
+    let kept: Vec<_> = s
+        .all_retained()
+        .map(|(t, m)| (t.to_owned(), m.payload.clone()))
+        .collect();
+    assert_eq!(
+        kept,
+        [("a".into(), b"4".to_vec()), ("b".into(), b"2".to_vec())]
+    );
+    assert_eq!(s.expiring(49), Vec::<String>::new());
+    assert_eq!(s.expiring(50), ["a"]);
+}
+
 fn command() -> impl Strategy<Value = Command> {
     let client = prop::sample::select(vec!["a", "b", "c"]);
     let topic = prop::sample::select(vec!["t/1", "t/2", "t/3", "t/4"]);
@@ -215,8 +257,26 @@ fn command() -> impl Strategy<Value = Command> {
                 topic: t.into(),
                 message: retained(&p, at)
             }),
-        topic.prop_map(|t| Command::ClearRetained { topic: t.into() }),
+        topic
+            .clone()
+            .prop_map(|t| Command::ClearRetained { topic: t.into() }),
         (0..100u64).prop_map(|now_ms| Command::ExpireRetained { now_ms }),
+        prop::collection::vec(
+            (
+                topic,
+                prop::option::of((
+                    prop::collection::vec(any::<u8>(), 0..8),
+                    prop::option::of(0..100u64)
+                ))
+            ),
+            0..4
+        )
+        .prop_map(|changes| Command::RetainBatch {
+            changes: changes
+                .into_iter()
+                .map(|(t, m)| (t.to_owned(), m.map(|(p, at)| retained(&p, at))))
+                .collect()
+        }),
     ]
 }
 

@@ -9,6 +9,7 @@
 
 mod forward;
 mod ownership;
+mod retain;
 mod routes;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use starling_broker::Broker;
 use starling_broker::broker::Ownership;
 use starling_broker::forward::Forwarder;
 use starling_broker::message::Message;
+use starling_broker::retain::RetainStore;
 use starling_broker::router::Routes;
 use starling_cluster::feed::{self, Applied, Feed, Item};
 use starling_cluster::net::{Inbound, TcpDial, serve};
@@ -78,6 +80,8 @@ pub struct Seams {
     pub routes: Routes,
     /// Messages for other nodes.
     pub forwarder: Box<dyn Forwarder>,
+    /// Retained messages, replicated through the cluster's log.
+    pub retained: Box<dyn RetainStore>,
 }
 
 /// A peer's queue of messages, until its task takes it.
@@ -97,6 +101,7 @@ pub struct Started {
     queues: Vec<Queue>,
     decode: DecodeLimits,
     majority: Majority,
+    retained_writes: mpsc::Receiver<retain::Write>,
 }
 
 /// Whether this node is on the majority's side, as [`watch_majority`] last judged.
@@ -225,10 +230,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     node_config.propose_timeout = Duration::from_millis(c.propose_timeout_ms);
     node_config.limits = Limits {
         max_retained: config.limits.max_retained_messages as u64,
-        max_retained_payload: config.limits.max_packet_size as u64,
+        max_retained_payload: (config.limits.max_packet_size as u64)
+            .min(starling_cluster::node::MAX_ENTRY_BYTES),
     };
     let (feed_tx, feed) = feed::channel(FEED_CAPACITY);
     node_config.feed = Some(feed_tx);
+    let replica = Arc::new(retain::Replica::default());
+    node_config.observer = Some(replica.clone());
+    let (writes_tx, retained_writes) = mpsc::channel(retain::QUEUE);
     let listener = TcpListener::bind(c.bind)
         .await
         .with_context(|| format!("cannot bind cluster listener {}", c.bind))?;
@@ -261,6 +270,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
             filters.clone(),
         ))),
         forwarder: Box::new(forwarder),
+        retained: Box::new(retain::ClusterRetain {
+            replica,
+            writes: writes_tx,
+            local: Default::default(),
+        }),
     };
     let decode = DecodeLimits {
         max_packet_size: config.limits.max_packet_size,
@@ -281,6 +295,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         queues,
         decode,
         majority,
+        retained_writes,
     })
 }
 
@@ -323,6 +338,12 @@ impl Started {
                 stop.clone(),
             )),
             Box::pin(release(self.releases, node.clone(), stop.clone())),
+            Box::pin(retain::propose(
+                self.retained_writes,
+                node.clone(),
+                stop.clone(),
+            )),
+            Box::pin(retain::expire(node.clone(), stop.clone())),
         ];
         let mut peers = Vec::new();
         for (id, addr) in &self.peers {
