@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# Messages across the nodes of a cluster (issue 20): p2p QoS 0 and QoS 1 throughput and the
-# latency scenario (10,000 msg/s, QoS 1: p50/p99/p99.9) with the publishers on node 1 and the
-# subscribers on node 2 of a three-node cluster on 127.0.0.1-3, against one node with
-# publishers and subscribers on it, interleaved in the same run (every round runs each
-# setup once). Nothing is pinned: three broker processes and the generator share the cores,
-# so only the ratio cluster / single node in the same run means anything. Config: that of
-# bench/compare.sh (bench/peers.sh: memory durability) plus `[cluster]`. One JSON line per
-# run in FILE (default a temporary file); the medians on stdout. Traffic stays on 127.0.0.0/8.
+# Messages and client ids across the nodes of a cluster (issue 20): p2p QoS 0 and QoS 1
+# throughput and the latency scenario (10,000 msg/s, QoS 1: p50/p99/p99.9) with the
+# publishers on node 1 and the subscribers on node 2 of a three-node cluster on 127.0.0.1-3,
+# against one node with publishers and subscribers on it; then the cost of a CONNECT that
+# takes a client id over (starling-bench --scenario takeover: 16 clients, each with its own
+# client id, CONNECT again and again, MQTT 5 with clean start, alternately to node 1 and
+# node 2, each CONNECT taking the id over from the client's previous connection, which is
+# still open: connects/s and CONNECT-to-CONNACK p50/p99/p99.9), against the same on one node,
+# and on node 1 of the cluster alone (every CONNECT a commit, no move between nodes); and
+# CONNECTs of new client ids (the `connections` scenario: 5,000 held, 16 at a time) on each.
+# Interleaved in the same run: every round runs each setup once. Nothing is pinned: three
+# broker processes and the generator share the cores, so only the ratio cluster / single
+# node in the same run means anything. Config: that of bench/compare.sh (bench/peers.sh:
+# memory durability; the cluster's Raft log is a file in the work directory, written durably
+# per commit) plus `[cluster]`. One JSON line per run in FILE (default a temporary file; the
+# cluster's takeover lines carry the leader in `tag`); the medians on stdout, and what the
+# nodes logged (warnings and errors) on stderr. Traffic stays on 127.0.0.0/8.
 #
 #   bench/cluster.sh [--rounds N] [--duration S] [--out FILE]
 set -euo pipefail
@@ -21,7 +30,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS="$2"; shift ;;
         --duration) MEASURE="$2"; shift ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -92,15 +101,46 @@ start_cluster() {
     return 1
 }
 
-run() { # SETUP SCENARIO ROUND
+# The node that leads the cluster now, as node 1 sees it.
+leader() {
+    curl -fsS "http://127.0.0.1:28081/api/v1/cluster" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin).get("leader"))'
+}
+
+# What the nodes of SETUP logged (log_level "warn": every line is a warning or an error).
+report_logs() { # SETUP ROUND
+    local dirs
+    if [ "$1" = cluster ]; then dirs="n1 n2 n3"; else dirs="single"; fi
+    for d in $dirs; do
+        local f="$WORK/$d/log"
+        if [ -s "$f" ]; then
+            log "round $2: $d logged $(wc -l < "$f") lines ($(grep -c ERROR "$f" || true) errors); the last:"
+            tail -n 3 "$f" >&2
+        fi
+    done
+}
+
+run() { # SETUP SCENARIO ROUND [ARGS...]: cluster = A on node 1, B on node 2
     local args=(--scenario "$2" --label "$1" --round "$3" --duration "$MEASURE"
-        --min-broker-util 0 --max-gen-util 1)
+        --min-broker-util 0 --max-gen-util 1 "${@:4}")
     if [ "$1" = cluster ]; then
         args+=(--host 127.0.0.1 --port 21881 --sub-addr 127.0.0.2:21882)
     else
         args+=(--host 127.0.0.1 --port 21883)
     fi
     "$BIN/starling-bench" "${args[@]}" >> "$OUT"
+}
+
+takeovers() { # SETUP ROUND: across nodes 1 and 2 and on node 1 alone; on one node, once
+    if [ "$1" = cluster ]; then
+        local tag="leader=$(leader)"
+        run cluster takeover "$2" --tag "$tag" --alt-addr 127.0.0.2:21882
+        run cluster takeover "$2" --tag "$tag" --alt-addr 127.0.0.1:21881
+    else
+        run single takeover "$2"
+    fi
+    # New client ids last: the cluster releases each of them through its log when they go.
+    run "$1" connections "$2" --connections 5000 --concurrency 16
 }
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -110,17 +150,19 @@ for round in $(seq 1 "$ROUNDS"); do
         for scenario in p2p-qos0 p2p-qos1 latency; do
             run "$setup" "$scenario" "$round"
         done
+        takeovers "$setup" "$round"
         stop_all
+        report_logs "$setup" "$round"
     done
 done
 
 python3 - "$OUT" <<'EOF'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-def med(setup, scenario, get):
+def med(setup, scenario, get, where=lambda r: True):
     vals = []
     for r in runs:
-        if r["broker"] == setup and r["scenario"] == scenario:
+        if r["broker"] == setup and r["scenario"] == scenario and where(r):
             try:
                 vals.append(get(r))
             except (KeyError, TypeError):
@@ -131,13 +173,48 @@ rows = [("p2p-qos0 msg/s", "p2p-qos0", lambda r: r["rate_median_per_s"]),
         ("p2p-qos0 delivery ratio", "p2p-qos0", lambda r: r["delivery_ratio"]),
         ("p2p-qos1 delivery ratio", "p2p-qos1", lambda r: r["delivery_ratio"])]
 rows += [(f"latency {p} us", "latency", lambda r, p=p: r["latency_us"][p]) for p in ("p50", "p99", "p999")]
-print("| measure | single node | cluster (pub node 1, sub node 2) | cluster / single |")
+rows = [(label, sc, get, None) for label, sc, get in rows]
+# The p2p and latency rows' cluster column: publishers on node 1, subscribers on node 2. The
+# takeovers': node 1 <-> node 2 (`across`) or node 1 alone (`alone`); the single node's
+# column is A = B on it either way.
+across, alone = (lambda r: not r["same_node"]), (lambda r: r["same_node"])
+for name, where in (("takeover node 1 <-> node 2", across), ("takeover on node 1", alone)):
+    rows.append((f"{name}, connects/s", "takeover", lambda r: r["connect_rate_per_s"], where))
+    rows += [(f"{name}, CONNACK {p} us", "takeover", lambda r, p=p: r["latency_us"][p], where)
+             for p in ("p50", "p99", "p999")]
+    rows.append((f"{name}, old connection ended p50 us", "takeover",
+                 lambda r: r["takeover_us"]["p50"], where))
+rows.append(("new client ids (node 1), connects/s", "connections",
+             lambda r: r["connect_rate_per_s"], None))
+print("| measure | single node | cluster | cluster / single |")
 print("| --- | --- | --- | --- |")
-for label, sc, get in rows:
-    s, c = med("single", sc, get), med("cluster", sc, get)
+for label, sc, get, where in rows:
+    s, c = med("single", sc, get), med("cluster", sc, get, where or (lambda r: True))
     if s is not None and c is not None:
         ratio = f"{c / s:.2f}" if s else "-"
         fmt = (lambda v: f"{v:,.0f}") if max(s, c) >= 10 else (lambda v: f"{v:.3f}")
         print(f"| {label} | {fmt(s)} | {fmt(c)} | {ratio} |")
+# Across nodes, CONNECTs to node 1 and to node 2 apart (one of them may lead, the other
+# forwards its claims to the leader).
+for i, node in ((0, "node 1"), (1, "node 2")):
+    qs = [med("cluster", "takeover", lambda r, p=p: r["by_addr"][i]["latency_us"][p], across)
+          for p in ("p50", "p99", "p999")]
+    if None not in qs:
+        print(f"takeover node 1 <-> node 2, CONNECTs to {node}: CONNACK p50/p99/p99.9 "
+              + " / ".join(f"{q:,.0f}" for q in qs) + " us")
+# Not medians: every refusal, failure and old connection that did not end, in all rounds.
+for r in runs:
+    if r["scenario"] == "takeover":
+        ends = r.get("old_connections", {})
+        odd = {k: v for k, v in ends.items() if k != "disconnect_0x8e"}
+        if r["refused"] or r["failed"] or odd or r.get("errors"):
+            print(f"round {r.get('round')} {r['broker']} {r['addr']} -> {r['alt_addr']}: "
+                  f"refused {r['refused_codes']}, failed {r['failed']}, old connections {ends}, "
+                  f"errors {r.get('errors', [])[:2]}")
+    elif r["scenario"] == "connections" and r["failed"]:
+        print(f"round {r.get('round')} {r['broker']} connections: failed {r['failed']}, "
+              f"errors {r.get('errors', [])}")
+leaders = [r.get("tag") for r in runs if r["scenario"] == "takeover" and r["broker"] == "cluster"]
+print(f"cluster leaders during the takeover runs: {leaders[::2]}")
 print(f"({len(runs)} runs in {sys.argv[1]})")
 EOF

@@ -17,6 +17,7 @@ mod scale;
 mod scale_flow;
 mod scale_store;
 mod special;
+mod takeover;
 mod transport;
 
 use std::time::Duration;
@@ -87,6 +88,10 @@ enum Scenario {
     /// Only the churn of `mixed`, to run as a process of its own beside `mixed
     /// --episodes-per-s 0` (bench/mixed.sh does, at a lower priority).
     Churn,
+    /// `--movers` clients, each with its own client id, CONNECT (5.0, clean start) again and
+    /// again, alternately to `--host`/`--port` and `--alt-addr`, each CONNECT taking the id over
+    /// from the mover's previous connection: CONNACK latency, connects/s, refusals.
+    Takeover,
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,6 +103,13 @@ struct RunArgs {
     /// Subscribers connect here (`host:port`) instead: another node of a cluster.
     #[arg(long)]
     sub_addr: Option<String>,
+    /// takeover: every other CONNECT goes here (`host:port`; default: `--host`/`--port`, a
+    /// takeover on one node).
+    #[arg(long)]
+    alt_addr: Option<String>,
+    /// takeover: clients moving at once, each with its own client id.
+    #[arg(long, default_value_t = 16)]
+    movers: usize,
     #[arg(long, value_enum, default_value = "p2p-qos0")]
     scenario: Scenario,
     /// Name of the broker, copied into the output.
@@ -300,6 +312,16 @@ async fn run(a: &RunArgs) -> Result<String> {
                 mixed::run(spec).await?
             }
         }
+        Scenario::Takeover => {
+            takeover::run(takeover::TakeoverSpec {
+                alt_addr: a.alt_addr.clone().unwrap_or_else(|| addr.clone()),
+                addr,
+                movers: a.movers,
+                warmup: a.warmup,
+                duration: a.duration,
+            })
+            .await?
+        }
         s => {
             let spec = load_spec(s, a, addr, qos);
             if let Some(s) = &spec.sub_addr {
@@ -337,7 +359,8 @@ fn load_spec(s: Scenario, a: &RunArgs, addr: String, qos: Option<QoS>) -> LoadSp
         | Scenario::Connections
         | Scenario::Retained
         | Scenario::Mixed
-        | Scenario::Churn => (Topology::P2p, 10, 10, q0, 64, 64, 1000, None),
+        | Scenario::Churn
+        | Scenario::Takeover => (Topology::P2p, 10, 10, q0, 64, 64, 1000, None),
     };
     LoadSpec {
         addr,
