@@ -31,6 +31,9 @@ pub const MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 /// (plus their topics and headers), a request stays well within the 16 MiB frame bound.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 12;
 
+/// Streams a follower forwards proposals to the leader on, each carrying one at a time.
+pub const LINKS_TO_LEADER: usize = 8;
+
 /// Between attempts to propose while no leader can be reached.
 pub const LEADER_RETRY: Duration = Duration::from_millis(50);
 
@@ -128,6 +131,9 @@ pub enum ProposeError {
     Failed(String),
 }
 
+/// A stream to the leader (which node it reaches), once opened.
+type ToLeader<D> = Option<(NodeId, Link<D>)>;
+
 /// A running node.
 pub struct ClusterNode<D: Dial> {
     id: NodeId,
@@ -137,9 +143,12 @@ pub struct ClusterNode<D: Dial> {
     dial: D,
     contact: Arc<Contact>,
     propose_timeout: Duration,
-    /// The stream to the leader that proposals are forwarded on; one forwarded proposal at a
-    /// time (the next waits for the lock).
-    to_leader: Mutex<Option<(NodeId, Link<D>)>>,
+    /// The streams to the leader that proposals are forwarded on, one proposal at a time on
+    /// each: up to [`LINKS_TO_LEADER`] in flight (the leader answers each stream in turn and
+    /// commits what comes on several together).
+    to_leader: Vec<Mutex<ToLeader<D>>>,
+    /// Which of `to_leader` a proposal that finds them all busy waits for.
+    next_link: std::sync::atomic::AtomicUsize,
 }
 
 impl<D: Dial> std::fmt::Debug for ClusterNode<D> {
@@ -215,7 +224,8 @@ impl<D: Dial> ClusterNode<D> {
             dial,
             contact,
             propose_timeout: cfg.propose_timeout,
-            to_leader: Mutex::new(None),
+            to_leader: (0..LINKS_TO_LEADER).map(|_| Mutex::new(None)).collect(),
+            next_link: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
@@ -299,7 +309,20 @@ impl<D: Dial> ClusterNode<D> {
         cmd: &Command,
         ttl: Duration,
     ) -> Result<Outcome, ProposeError> {
-        let mut slot = self.to_leader.lock().await;
+        // A free stream if there is one; else wait for one, in turn.
+        let free = self.to_leader.iter().find_map(|m| m.try_lock().ok());
+        let mut slot = match free {
+            Some(slot) => slot,
+            None => {
+                let n = self
+                    .next_link
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(m) = self.to_leader.get(n % self.to_leader.len()) else {
+                    return Err(ProposeError::NoLeader);
+                };
+                m.lock().await
+            }
+        };
         if slot.as_ref().is_none_or(|(id, _)| *id != leader) {
             let link = Link::new(self.dial.clone(), leader, peer.addr);
             *slot = Some((leader, link.with_contact(self.contact.clone())));

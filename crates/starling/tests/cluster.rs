@@ -16,273 +16,21 @@
     clippy::indexing_slicing
 )]
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-
 mod common;
+#[macro_use]
+#[path = "cluster/harness.rs"]
+mod harness;
 #[path = "cluster/proxy.rs"]
 mod proxy;
+#[path = "cluster/regressions.rs"]
+mod regressions;
 
 use common::rumqtt::{v5, v311};
-use proxy::FaultProxy;
-
-/// The `[cluster]` timing of the test nodes: quick elections, a short lease.
-const TIMING: &str =
-    "heartbeat_ms = 100\nelection_timeout_ms = 600\npropose_timeout_ms = 2000\nlease_ms = 3000\n";
-
-/// A free port on `ip` (bound and released; the node binds it a moment later).
-fn free_port(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One node's addresses and files.
-struct Spec {
-    id: u64,
-    mqtt: SocketAddr,
-    http: SocketAddr,
-    /// The inter-node listener.
-    bind: SocketAddr,
-    /// Where the other nodes reach it: its fault proxy.
-    advertise: SocketAddr,
-    dir: PathBuf,
-}
-
-/// A running node process, killed on drop.
-struct Node {
-    child: Child,
-}
-
-impl Node {
-    fn start(spec: &Spec, seeds: &str, timing: &str) -> Self {
-        let config = spec.dir.join("starling.toml");
-        std::fs::create_dir_all(&spec.dir).unwrap();
-        std::fs::write(
-            &config,
-            format!(
-                "[cluster]\nenabled = true\nnode_id = {}\nbind = \"{}\"\nadvertise = \"{}\"\n\
-                 seeds = [{seeds}]\n{timing}",
-                spec.id, spec.bind, spec.advertise
-            ),
-        )
-        .unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(spec.dir.join("node.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_starling"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(spec.dir.join("data"))
-            .args(["--bind", &spec.mqtt.to_string()])
-            .args(["--http-bind", &spec.http.to_string()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Node { child }
-    }
-
-    /// SIGKILL: no shutdown, no flush.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Cluster {
-    specs: Vec<Spec>,
-    seeds: String,
-    timing: String,
-    nodes: Vec<Option<Node>>,
-    proxy: FaultProxy,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// Starts `n` nodes, node N on 127.0.0.N, each reached by the others through the fault
-    /// proxy.
-    fn start(n: u64) -> Self {
-        Self::start_with(n, TIMING)
-    }
-
-    /// As `start`, with `timing` as the `[cluster]` timing keys.
-    fn start_with(n: u64, timing: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ips: Vec<Ipv4Addr> = (1..=n).map(|i| Ipv4Addr::new(127, 0, 0, i as u8)).collect();
-        let binds: Vec<SocketAddr> = ips
-            .iter()
-            .map(|ip| SocketAddr::from((*ip, free_port(*ip))))
-            .collect();
-        let (proxy, advertised) = FaultProxy::start(&binds);
-        let seeds = advertised
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("\"{}@{a}\"", i + 1))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let specs: Vec<Spec> = ips
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| Spec {
-                id: i as u64 + 1,
-                mqtt: SocketAddr::from((*ip, free_port(*ip))),
-                http: SocketAddr::from((*ip, free_port(*ip))),
-                bind: binds[i],
-                advertise: advertised[i],
-                dir: dir.path().join(format!("n{}", i + 1)),
-            })
-            .collect();
-        let nodes = specs
-            .iter()
-            .map(|s| Some(Node::start(s, &seeds, timing)))
-            .collect();
-        Cluster {
-            specs,
-            seeds,
-            timing: timing.to_owned(),
-            nodes,
-            proxy,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .unwrap(),
-            _dir: dir,
-        }
-    }
-
-    /// Starts `n` nodes and waits until they have a leader and every incarnation announced.
-    async fn formed(n: u64) -> Self {
-        let c = Self::start(n);
-        let all: Vec<u64> = (1..=n).collect();
-        c.settled(&all, "first start").await;
-        c
-    }
-
-    async fn status(&self, id: u64) -> Option<Value> {
-        let url = format!(
-            "http://{}/api/v1/cluster",
-            self.specs[(id - 1) as usize].http
-        );
-        let r = self.http.get(url).send().await.ok()?;
-        r.json().await.ok()
-    }
-
-    fn mqtt(&self, id: u64) -> SocketAddr {
-        self.specs[(id - 1) as usize].mqtt
-    }
-
-    /// Waits until node `id` knows `n` routes of other nodes.
-    async fn routes_known(&self, id: u64, n: u64) {
-        let mut last = Value::Null;
-        for _ in 0..100 {
-            if let Some(v) = self.status(id).await {
-                if v["remote_routes"].as_u64() == Some(n) {
-                    return;
-                }
-                last = v;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "node {id} does not know {n} remote routes: {last:#}\n{}",
-            self.logs()
-        );
-    }
-
-    fn kill9(&mut self, id: u64) {
-        if let Some(n) = self.nodes[(id - 1) as usize].take() {
-            n.kill9();
-        }
-    }
-
-    fn restart(&mut self, id: u64) {
-        let spec = &self.specs[(id - 1) as usize];
-        self.nodes[(id - 1) as usize] = Some(Node::start(spec, &self.seeds, &self.timing));
-    }
-
-    fn logs(&self) -> String {
-        self.specs
-            .iter()
-            .map(|s| {
-                let log = std::fs::read_to_string(s.dir.join("node.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                format!(
-                    "--- node {} ---\n{}",
-                    s.id,
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Waits until every node in `live` names the same leader (one of `live`) and has applied
-    /// every live node's current incarnation; returns the leader and the statuses.
-    async fn settled(&self, live: &[u64], what: &str) -> (u64, Vec<Value>) {
-        let mut last = Vec::new();
-        for _ in 0..300 {
-            let mut all = Vec::new();
-            for &id in live {
-                if let Some(v) = self.status(id).await {
-                    all.push(v);
-                }
-            }
-            if all.len() == live.len() {
-                let leaders: Vec<Option<u64>> = all.iter().map(|v| v["leader"].as_u64()).collect();
-                let announced = all.iter().all(|v| v["announced"] == true);
-                // Every node sees every live node's incarnation.
-                let agreed = all.iter().all(|v| {
-                    live.iter().all(|id| {
-                        let inc = all
-                            .iter()
-                            .find(|s| s["node_id"].as_u64() == Some(*id))
-                            .and_then(|s| s["incarnation"].as_u64());
-                        v["members"].as_array().is_some_and(|ms| {
-                            ms.iter().any(|m| {
-                                m["id"].as_u64() == Some(*id) && m["incarnation"].as_u64() == inc
-                            })
-                        })
-                    })
-                });
-                if let Some(Some(l)) = leaders.first()
-                    && leaders.iter().all(|x| *x == Some(*l))
-                    && live.contains(l)
-                    && announced
-                    && agreed
-                {
-                    return (*l, all);
-                }
-            }
-            last = all;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "{what}: the cluster did not settle; last statuses {last:#?}\n{}",
-            self.logs()
-        );
-    }
-}
+use harness::*;
 
 /// Three nodes elect a leader and agree on the members; the leader is killed with SIGKILL and
 /// the other two elect another; the killed node comes back in a new incarnation and follows;
@@ -343,40 +91,6 @@ async fn three_nodes_elect_survive_a_killed_leader_and_a_full_restart() {
         let expected = if id == leader { 3 } else { 2 };
         assert_eq!(s["incarnation"].as_u64(), Some(expected), "{s}");
     }
-}
-
-/// A persistent v5 session: clean start 0, expiry 600 s.
-fn persistent(o: &mut rumqttc::v5::MqttOptions) {
-    o.set_clean_start(false);
-    o.set_connect_properties(rumqttc::v5::mqttbytes::v5::ConnectProperties {
-        session_expiry_interval: Some(600),
-        ..Default::default()
-    });
-}
-
-/// The error that ends a rumqttc v5 client's connection.
-async fn end_of(client: &mut v5::Client) -> String {
-    loop {
-        if let Err(e) = client.next().await {
-            return format!("{e:?}");
-        }
-    }
-}
-
-/// The error that ends a rumqttc event loop (polled by `$events`), within the node's propose
-/// timeout and some.
-macro_rules! first_error {
-    ($events:expr) => {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Err(e) = $events.poll().await {
-                    break format!("{e:?}");
-                }
-            }
-        })
-        .await
-        .expect("the node answers CONNECT within its propose timeout")
-    };
 }
 
 /// A client id is owned by one node at a time: a CONNECT on another node takes it over (the
@@ -647,32 +361,6 @@ fn a_broken_cluster_section_is_refused_with_the_key() {
         err.contains("cluster.seeds") && err.contains("node 4"),
         "{err}"
     );
-}
-
-/// Polls node `id`'s status until `pred` holds (bounded), and returns it.
-async fn status_until(c: &Cluster, id: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..200 {
-        if let Some(v) = c.status(id).await {
-            if pred(&v) {
-                return v;
-            }
-            last = v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("node {id}: {what}; last status {last:#}\n{}", c.logs());
-}
-
-/// The value of metric `name` (a line `name value`) in node `id`'s /metrics.
-async fn metric(c: &Cluster, id: u64, name: &str) -> u64 {
-    let url = format!("http://{}/metrics", c.specs[(id - 1) as usize].http);
-    let text = c.http.get(url).send().await.unwrap().text().await.unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.split(' ').next() == Some(name))
-        .unwrap_or_else(|| panic!("no {name} in {text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 /// A node cut off from the other two (the fault proxy closes its links and refuses new
