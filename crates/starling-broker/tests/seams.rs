@@ -68,9 +68,10 @@ type Handed = Arc<Mutex<Vec<(NodeId, String)>>>;
 struct Recorder(Handed);
 
 impl Forwarder for Recorder {
-    fn forward(&self, node: NodeId, msg: &Arc<Message>) {
+    fn forward(&self, node: NodeId, msg: &Arc<Message>) -> Option<Arc<Replication>> {
         let mut got = self.0.lock().unwrap();
         got.push((node, msg.topic.as_str().to_string()));
+        None
     }
 }
 

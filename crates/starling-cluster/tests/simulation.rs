@@ -136,8 +136,8 @@ impl Inbound for Receiver {
         lock(&self.0).apply(update)
     }
 
-    fn forward(&self, _: Forward) -> usize {
-        0
+    fn forward(&self, _: Forward) -> starling_cluster::net::Confirmed {
+        Box::pin(std::future::ready(0))
     }
 }
 

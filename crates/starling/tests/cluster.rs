@@ -586,3 +586,42 @@ async fn retained_messages_are_the_same_on_every_node() {
         assert_eq!(s["retained_messages"], 1, "{s:#}");
     }
 }
+
+/// With `forward_ack = "wait"` (the default), the PUBACK of a QoS 1 publish whose message
+/// goes to another node waits until that node has stored it: while the link to the
+/// subscriber's node is cut, no PUBACK; healed, the batch is sent again, stored there, the
+/// PUBACK comes, and the subscriber gets the message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos1_puback_waits_until_the_subscribers_node_stored_the_message() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason};
+
+    let c = Cluster::formed(3).await;
+    let mut sub = v5::Client::plain(c.mqtt(2), "waiter").await;
+    sub.subscribe(Filter::new("ack/#", QoS5::AtLeastOnce), None)
+        .await;
+    c.routes_known(1, 1).await;
+    let mut publisher = v5::Client::plain(c.mqtt(1), "acker").await;
+    c.proxy.cut(1, 2);
+    publisher
+        .client
+        .publish("ack/x", QoS5::AtLeastOnce, false, "held")
+        .await
+        .unwrap();
+    let puback = |p| match p {
+        Packet::PubAck(a) => Some(a),
+        _ => None,
+    };
+    let early = tokio::time::timeout(
+        Duration::from_millis(1500),
+        publisher.expect("PUBACK", puback),
+    )
+    .await;
+    assert!(early.is_err(), "PUBACK before node 2 stored it: {early:?}");
+    c.proxy.heal_all();
+    let ack = publisher.expect("PUBACK", puback).await;
+    assert_eq!(ack.reason, PubAckReason::Success);
+    let got = sub.publish().await;
+    assert_eq!(&got.payload[..], b"held");
+    sub.no_publish(Duration::from_millis(300)).await;
+}

@@ -27,6 +27,9 @@ pub struct Routed {
     pub forwarded: usize,
     /// What became of the retained copy, if RETAIN was set.
     pub retained: Option<RetainOutcome>,
+    /// What the forwarder asked the publisher's acknowledgement to wait for (the other nodes
+    /// storing the message).
+    pub awaiting: Vec<Arc<crate::retain::Replication>>,
 }
 
 impl Broker {
@@ -48,6 +51,17 @@ impl Broker {
         let routed = self.route_message(msg, &mut ops, false);
         self.persist(&mut ops);
         routed
+    }
+
+    /// Routes the messages of a batch another node forwarded, as `publish_from_peer` does,
+    /// and persists what they queued together: the journal ticket to wait for before the
+    /// batch is confirmed (`None`: nothing stored).
+    pub fn publish_batch_from_peer(&self, msgs: Vec<Arc<Message>>) -> Option<u64> {
+        let mut ops = self.ops();
+        for msg in msgs {
+            self.route_message(msg, &mut ops, false);
+        }
+        self.persist(&mut ops)
     }
 
     /// [`Broker::publish`]; `from_here`: the message was published on this node (its
@@ -117,13 +131,15 @@ impl Broker {
                 }
             });
         // Outside the route table's lock: forwarding is the forwarder's business.
-        for node in &remote {
-            self.seams.forwarder.forward(*node, &msg);
-        }
+        let awaiting = remote
+            .iter()
+            .filter_map(|node| self.seams.forwarder.forward(*node, &msg))
+            .collect();
         Routed {
             reached,
             forwarded: remote.len(),
             retained,
+            awaiting,
         }
     }
 

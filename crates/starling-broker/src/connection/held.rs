@@ -57,9 +57,10 @@ enum Held {
     /// A PUBACK whose ticket is its publish's group (`Journal::append`): it may also go
     /// once the group is absorbed, before any commit.
     PubAck(Packet),
-    /// A PUBACK/PUBREC of a retained publish whose retained copy the cluster commits: it
-    /// goes once that is decided (and its ticket is done).
-    Replicated(Arc<Replication>, Packet),
+    /// A PUBACK/PUBREC of a publish some of whose work a cluster does later (its retained
+    /// copy committed, the other nodes storing it): it goes once all of it is decided (and
+    /// its ticket is done).
+    Replicated(Vec<Arc<Replication>>, Packet),
 }
 
 impl Active {
@@ -173,15 +174,14 @@ impl Active {
         }
     }
 
-    /// Holds the acknowledgement of a retained publish until the cluster has committed its
-    /// retained copy (`replication`) and its `ticket` is done; later acknowledgements wait
-    /// behind it.
+    /// Holds the acknowledgement of a publish until the cluster's work on it (`replication`)
+    /// is decided and its `ticket` is done; later acknowledgements wait behind it.
     pub(super) fn send_ack_replicated(
         &mut self,
         cx: &mut Cx<'_>,
         packet: Packet,
         ticket: Option<u64>,
-        replication: Arc<Replication>,
+        replication: Vec<Arc<Replication>>,
     ) {
         let ticket = ticket.filter(|_| Self::holds_output(cx)).unwrap_or(0);
         self.hold(ticket, Held::Replicated(replication, packet));
@@ -257,8 +257,8 @@ impl Active {
         let flow = self.release_from(cx, &mut held, journal);
         if let Some((ticket, front)) = held.queue.front() {
             let (ticket, waker) = (*ticket, &cx.link.waker);
-            if let Held::Replicated(r, _) = front
-                && r.decided().is_none()
+            if let Held::Replicated(all, _) = front
+                && let Some(r) = all.iter().find(|r| r.decided().is_none())
             {
                 if !r.notify(waker) {
                     // Decided since `release_from` looked: run again.
@@ -289,8 +289,8 @@ impl Active {
     ) -> Flow {
         while let Some((ticket, front)) = held.queue.front() {
             let ticket = *ticket;
-            if let Held::Replicated(r, _) = front
-                && r.decided().is_none()
+            if let Held::Replicated(all, _) = front
+                && all.iter().any(|r| r.decided().is_none())
             {
                 break;
             }
@@ -328,8 +328,17 @@ impl Active {
                     cx.link.out.extend_from_slice(&bytes);
                     continue;
                 }
-                Held::Replicated(r, mut packet) if !status.is_failed() => {
-                    match r.decided() {
+                Held::Replicated(all, mut packet) if !status.is_failed() => {
+                    // The worst outcome answers (none is undecided here).
+                    let worst =
+                        all.iter()
+                            .filter_map(|r| r.decided())
+                            .max_by_key(|how| match how {
+                                Replicated::Committed => 0,
+                                Replicated::Full => 1,
+                                Replicated::Failed => 2,
+                            });
+                    match worst {
                         Some(Replicated::Committed) | None => {}
                         Some(how) => {
                             if !self.answer_replication(cx, &mut packet, how) {

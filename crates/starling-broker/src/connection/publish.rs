@@ -78,8 +78,9 @@ impl Active {
             }
         }
         let low_space = qos != QoS::AtMostOnce && broker.store_low_on_space();
-        // A retained copy a cluster commits later: the acknowledgement waits for it.
-        let mut replication = None;
+        // What a cluster does later (commit the retained copy, store the message on the other
+        // nodes): the acknowledgement waits for it.
+        let mut replication = Vec::new();
         let reason = if low_space {
             // Not routed: the store is near full and takes no new messages (what frees space
             // still commits). 3.x cannot be told: closed, unacknowledged, so it resends.
@@ -120,16 +121,18 @@ impl Active {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
                 let ack = Packet::PubAck(self.ack_with_reason(pid, reason, low_space));
-                match replication {
-                    Some(r) => self.send_ack_replicated(cx, ack, ticket, r),
-                    None => self.send_ack_grouped(cx, ack, ticket, grouped),
+                if replication.is_empty() {
+                    self.send_ack_grouped(cx, ack, ticket, grouped);
+                } else {
+                    self.send_ack_replicated(cx, ack, ticket, replication);
                 }
             }
             QoS::ExactlyOnce => {
                 let ack = Packet::PubRec(self.ack_with_reason(pid, reason, low_space));
-                match replication {
-                    Some(r) => self.send_ack_replicated(cx, ack, ticket, r),
-                    None => self.send_ack(cx, ack, ticket),
+                if replication.is_empty() {
+                    self.send_ack(cx, ack, ticket);
+                } else {
+                    self.send_ack_replicated(cx, ack, ticket, replication);
                 }
             }
         }
@@ -168,28 +171,28 @@ impl Active {
     }
 
     /// Checks and routes a publish (what it stores goes into `ops`; `allowed`: the ACL's
-    /// answer): the reason code for its acknowledgement, and the replicated write of its
-    /// retained copy that the acknowledgement must wait for, if any.
+    /// answer): the reason code for its acknowledgement, and what of a cluster's work the
+    /// acknowledgement must wait for (the retained copy's commit, the other nodes storing it).
     fn route(
         &mut self,
         cx: &mut Cx<'_>,
         p: Publish,
         allowed: bool,
         ops: &mut Ops<'_>,
-    ) -> (ReasonCode, Option<Arc<Replication>>) {
+    ) -> (ReasonCode, Vec<Arc<Replication>>) {
         let broker = cx.broker;
         let (qos, retain) = (p.qos, p.retain);
         if self.version.is_v5()
             && p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            return (ReasonCode::PayloadFormatInvalid, None);
+            return (ReasonCode::PayloadFormatInvalid, Vec::new());
         }
         if p.topic.as_bytes().starts_with(b"$SYS")
             && !self.own_bridge_state(&p.topic)
             && !self.own_bridge_sys(cx, &p.topic)
         {
-            return (ReasonCode::NotAuthorized, None);
+            return (ReasonCode::NotAuthorized, Vec::new());
         }
         if !allowed {
             // 3.x: acknowledged as usual and dropped (the spec allows nothing else).
@@ -200,7 +203,7 @@ impl Active {
                 let e = hook::drop_event(Some(self.client_id()), &msg, DropReason::NotAuthorized);
                 broker.hooks().dropped(&e);
             }
-            return (ReasonCode::NotAuthorized, None);
+            return (ReasonCode::NotAuthorized, Vec::new());
         }
         let publisher = Some(self.client_id().clone());
         let msg = Arc::new(Message::from_publish(p, publisher, cx.now));
@@ -223,10 +226,10 @@ impl Active {
         } else {
             ReasonCode::Success
         };
-        let pending = match routed.retained {
-            Some(RetainOutcome::Pending(r)) => Some(r),
-            _ => None,
-        };
+        let mut pending = routed.awaiting;
+        if let Some(RetainOutcome::Pending(r)) = routed.retained {
+            pending.push(r);
+        }
         (reason, pending)
     }
 

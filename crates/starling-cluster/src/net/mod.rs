@@ -124,13 +124,18 @@ pub struct Forward {
     pub messages: Vec<Vec<u8>>,
 }
 
+/// How many messages of a forwarded batch a node took, once it has stored them (the reply
+/// waits for it).
+pub type Confirmed = std::pin::Pin<Box<dyn Future<Output = usize> + Send>>;
+
 /// What a node does with what its peers send beside Raft: their filters and the messages
 /// they forward. Called on the stream's task; must not block for long.
 pub trait Inbound: Send + Sync + 'static {
     /// A peer's filters changed.
     fn routes(&self, update: Update) -> UpdateReply;
-    /// A peer forwards messages; returns how many were taken (the rest did not decode).
-    fn forward(&self, batch: Forward) -> usize;
+    /// A peer forwards messages: how many were taken (the rest did not decode), once they
+    /// are stored.
+    fn forward(&self, batch: Forward) -> Confirmed;
 }
 
 /// openraft's network: a [`Link`] per peer.
@@ -405,7 +410,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 (Ok(_), None) => return,
             },
             Kind::Forward => match (decode::<Forward>(&body), &inbound) {
-                (Ok(batch), Some(i)) => encode(&(i.forward(batch) as u64)),
+                (Ok(batch), Some(i)) => encode(&(i.forward(batch).await as u64)),
                 (Err(e), _) => Err(e),
                 (Ok(_), None) => return,
             },

@@ -4,11 +4,15 @@
 //! the peer routes them to its own subscribers ([`Inbound`]). A batch the peer did not
 //! confirm (it could not be reached, it is restarting, the stream broke, the reply was lost)
 //! is sent again, with the same number, until it is confirmed or [`HOLD`] has passed; the
-//! peer takes each numbered batch once ([`Taken`]), so a retry does not deliver twice. The
-//! publisher's acknowledgement does not wait for the peer, a full queue drops the message,
-//! and a batch not confirmed within [`HOLD`] is dropped; each counted. A peer that restarts
-//! forgets what it took: a batch it took just before and is sent again after its restart is
-//! delivered again (at least once across a crash of the receiver).
+//! peer takes each numbered batch once ([`Seen`]), so a retry does not deliver twice. The
+//! peer confirms a batch once what it queued for its subscribers is stored (durability
+//! `sync`: after its commit). With `forward_ack = "wait"` (the default), the publisher's
+//! PUBACK/PUBREC of a QoS 1/2 message waits for that confirmation from every node the
+//! message went to; with `"async"` it does not. A full queue drops the message, and a batch
+//! not confirmed within [`HOLD`] is dropped; each counted, and neither holds the publisher's
+//! acknowledgement further. A peer that restarts forgets what it took: a batch it took just
+//! before and is sent again after its restart is delivered again (at least once across a
+//! crash of the receiver).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,9 +23,11 @@ use bytes::BytesMut;
 use starling_broker::Broker;
 use starling_broker::forward::Forwarder;
 use starling_broker::message::Message;
+use starling_broker::retain::{Replicated, Replication};
+use starling_broker::wake::{Wake, Waker};
 use starling_cluster::NodeId;
 use starling_cluster::net::frame::Kind;
-use starling_cluster::net::{Forward, Inbound, Link, TcpDial};
+use starling_cluster::net::{Confirmed, Forward, Inbound, Link, TcpDial};
 use starling_cluster::routes::{RemoteRoutes, Update, UpdateReply};
 use starling_proto::{DecodeLimits, Packet, ProtocolVersion, Publish, QoS};
 use tokio::sync::mpsc;
@@ -34,6 +40,9 @@ pub(super) const QUEUE: usize = 65_536;
 
 /// Messages in one batch.
 const BATCH: usize = 512;
+
+/// How long a peer waits for its store before it confirms a batch anyway.
+const STORE_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a peer may take to confirm a batch.
 const BATCH_TTL: Duration = Duration::from_secs(5);
@@ -59,15 +68,21 @@ pub(super) struct PeerStats {
     pub(super) dropped: AtomicU64,
 }
 
+/// A message on its way to a peer, and the publisher's acknowledgement waiting for it.
+pub(super) type Queued = (Arc<Message>, Option<Arc<Replication>>);
+
 /// The forwarder of a node of a cluster: a bounded queue per peer.
 #[derive(Debug)]
 pub(super) struct ClusterForwarder {
-    queues: HashMap<NodeId, (mpsc::Sender<Arc<Message>>, Arc<PeerStats>)>,
+    queues: HashMap<NodeId, (mpsc::Sender<Queued>, Arc<PeerStats>)>,
+    /// Whether QoS 1/2 publishers' acknowledgements wait for the peers (`forward_ack`).
+    wait: bool,
 }
 
 impl ClusterForwarder {
-    /// Queues for `peers`; returns the forwarder and each peer's receiving end.
-    pub(super) fn new(peers: &[NodeId]) -> (Self, Vec<super::Queue>) {
+    /// Queues for `peers`; returns the forwarder and each peer's receiving end. `wait`: the
+    /// acknowledgement of a QoS 1/2 publish waits for the peers to store the message.
+    pub(super) fn new(peers: &[NodeId], wait: bool) -> (Self, Vec<super::Queue>) {
         let mut queues = HashMap::new();
         let mut ends = Vec::new();
         for &p in peers {
@@ -76,19 +91,22 @@ impl ClusterForwarder {
             queues.insert(p, (tx, stats.clone()));
             ends.push((p, rx, stats));
         }
-        (Self { queues }, ends)
+        (Self { queues, wait }, ends)
     }
 }
 
 impl Forwarder for ClusterForwarder {
-    fn forward(&self, node: NodeId, msg: &Arc<Message>) {
+    fn forward(&self, node: NodeId, msg: &Arc<Message>) -> Option<Arc<Replication>> {
         let Some((tx, stats)) = self.queues.get(&node) else {
             debug!(node, "route names a node that is not a peer; not forwarded");
-            return;
+            return None;
         };
-        if tx.try_send(msg.clone()).is_err() {
+        let wait = (self.wait && msg.qos != QoS::AtMostOnce).then(Replication::new);
+        if tx.try_send((msg.clone(), wait.clone())).is_err() {
             stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
+        wait
     }
 }
 
@@ -118,17 +136,17 @@ pub(super) async fn run(
     origin: (NodeId, u64),
     peer: NodeId,
     addr: String,
-    mut queue: mpsc::Receiver<Arc<Message>>,
+    mut queue: mpsc::Receiver<Queued>,
     stats: Arc<PeerStats>,
     stop: Arc<Stop>,
 ) {
     let mut link = Link::new(dial, peer, addr);
     let (origin, incarnation) = origin;
-    // A batch the peer did not confirm, and since when it is tried.
-    let mut held: Option<(Forward, Instant)> = None;
+    // A batch the peer did not confirm, since when it is tried, and who waits for it.
+    let mut held: Option<(Forward, Instant, Vec<Arc<Replication>>)> = None;
     let mut seq = 0;
     loop {
-        let (batch, since) = match held.take() {
+        let (batch, since, waiting) = match held.take() {
             Some(h) => h,
             None => {
                 let first = tokio::select! {
@@ -137,11 +155,14 @@ pub(super) async fn run(
                 };
                 let Some(first) = first else { return };
                 let now = Instant::now();
-                let mut messages: Vec<Vec<u8>> = encode(&first, now).into_iter().collect();
-                while messages.len() < BATCH {
-                    match queue.try_recv() {
-                        Ok(m) => messages.extend(encode(&m, now)),
-                        Err(_) => break,
+                let mut messages = Vec::new();
+                let mut waiting = Vec::new();
+                let mut next = Some(first);
+                while let Some((m, w)) = next.take() {
+                    messages.extend(encode(&m, now));
+                    waiting.extend(w);
+                    if messages.len() < BATCH {
+                        next = queue.try_recv().ok();
                     }
                 }
                 seq += 1;
@@ -151,7 +172,7 @@ pub(super) async fn run(
                     seq,
                     messages,
                 };
-                (batch, now)
+                (batch, now, waiting)
             }
         };
         let n = batch.messages.len() as u64;
@@ -161,16 +182,19 @@ pub(super) async fn run(
         {
             Ok(_) => {
                 stats.sent.fetch_add(n, Ordering::Relaxed);
+                waiting.iter().for_each(|w| w.decide(Replicated::Committed));
                 continue;
             }
             // Sent again (same number: taken once) until HOLD has passed.
             Err(e) if since.elapsed() < HOLD => {
                 debug!(peer, messages = n, error = %e, "batch not confirmed; sending it again");
-                held = Some((batch, since));
+                held = Some((batch, since, waiting));
             }
             Err(e) => {
                 stats.dropped.fetch_add(n, Ordering::Relaxed);
                 warn!(peer, messages = n, error = %e, "messages for a peer dropped");
+                // Given up on: the publishers' acknowledgements wait no longer.
+                waiting.iter().for_each(|w| w.decide(Replicated::Committed));
             }
         }
         tokio::select! {
@@ -182,9 +206,9 @@ pub(super) async fn run(
 
 /// The last batch taken from each sender, by node: its incarnation and the batch's number.
 #[derive(Debug, Default)]
-pub(super) struct Taken(Mutex<HashMap<NodeId, (u64, u64)>>);
+pub(super) struct Seen(Mutex<HashMap<NodeId, (u64, u64)>>);
 
-impl Taken {
+impl Seen {
     /// Whether the batch `seq` of `origin` in `incarnation` is new (to be delivered), noting
     /// it; false for a batch taken already (sent again after its reply was lost), or sent by
     /// an earlier life of the origin.
@@ -212,7 +236,45 @@ pub(super) struct ClusterInbound {
     pub(super) remote: Arc<RwLock<RemoteRoutes>>,
     pub(super) broker: Arc<Broker>,
     pub(super) limits: DecodeLimits,
-    pub(super) taken: Taken,
+    pub(super) seen: Seen,
+}
+
+/// Wakes a task waiting for a commit (a permit is kept if nobody waits yet).
+#[derive(Debug, Default)]
+struct CommitWake(tokio::sync::Notify);
+
+impl Wake for CommitWake {
+    fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Waits until journal `ticket` is committed, if the broker's durability makes
+/// acknowledgements wait for commits (`sync`), for at most [`STORE_WAIT`].
+async fn stored(broker: &Broker, ticket: u64) {
+    let Some(p) = broker.persistence().filter(|p| p.journal.hold_acks()) else {
+        return;
+    };
+    let wake = Arc::new(CommitWake::default());
+    let waker: Waker = wake.clone();
+    let mut memo = u64::MAX;
+    let deadline = tokio::time::Instant::now() + STORE_WAIT;
+    while !p.journal.is_done(ticket) {
+        p.journal.notify_when_done(ticket, &waker, &mut memo);
+        if p.journal.is_done(ticket) {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, wake.0.notified())
+            .await
+            .is_err()
+        {
+            warn!(
+                ticket,
+                "the store did not commit forwarded messages in time; confirmed anyway"
+            );
+            break;
+        }
+    }
 }
 
 impl Inbound for ClusterInbound {
@@ -221,9 +283,10 @@ impl Inbound for ClusterInbound {
         remote.apply(update)
     }
 
-    fn forward(&self, batch: Forward) -> usize {
+    fn forward(&self, batch: Forward) -> Confirmed {
+        let count = batch.messages.len();
         if !self
-            .taken
+            .seen
             .first_time(batch.origin, batch.incarnation, batch.seq)
         {
             debug!(
@@ -231,17 +294,15 @@ impl Inbound for ClusterInbound {
                 seq = batch.seq,
                 "a batch taken already came again; confirmed, not delivered twice"
             );
-            return batch.messages.len();
+            return Box::pin(std::future::ready(count));
         }
         let now = Instant::now();
-        let mut taken = 0;
+        let mut messages = Vec::with_capacity(count);
         for bytes in batch.messages {
             let mut buf = BytesMut::from(&bytes[..]);
             match starling_proto::decode(&mut buf, ProtocolVersion::V5, &self.limits) {
                 Ok(Some(Packet::Publish(p))) if buf.is_empty() => {
-                    let msg = Message::from_publish(p, None, now);
-                    self.broker.publish_from_peer(Arc::new(msg));
-                    taken += 1;
+                    messages.push(Arc::new(Message::from_publish(p, None, now)));
                 }
                 other => {
                     warn!(
@@ -252,7 +313,15 @@ impl Inbound for ClusterInbound {
                 }
             }
         }
-        taken
+        let taken = messages.len();
+        let ticket = self.broker.publish_batch_from_peer(messages);
+        let broker = self.broker.clone();
+        Box::pin(async move {
+            if let Some(t) = ticket {
+                stored(&broker, t).await;
+            }
+            taken
+        })
     }
 }
 
@@ -262,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_taken_once_per_life_of_its_sender() {
-        let t = Taken::default();
+        let t = Seen::default();
         assert!(t.first_time(1, 1, 1));
         assert!(!t.first_time(1, 1, 1), "sent again after a lost reply");
         assert!(t.first_time(1, 1, 3), "a gap: batches the sender dropped");
@@ -277,7 +346,7 @@ mod tests {
 
     #[test]
     fn senders_beyond_the_bound_are_taken_without_being_remembered() {
-        let t = Taken::default();
+        let t = Seen::default();
         for origin in 0..MAX_ORIGINS as u64 {
             assert!(t.first_time(origin, 1, 1));
         }

@@ -22,7 +22,6 @@ use serde_json::{Value, json};
 use starling_broker::Broker;
 use starling_broker::broker::Ownership;
 use starling_broker::forward::Forwarder;
-use starling_broker::message::Message;
 use starling_broker::retain::RetainStore;
 use starling_broker::router::Routes;
 use starling_cluster::feed::{self, Applied, Feed, Item};
@@ -85,7 +84,7 @@ pub struct Seams {
 }
 
 /// A peer's queue of messages, until its task takes it.
-type Queue = (NodeId, mpsc::Receiver<Arc<Message>>, Arc<PeerStats>);
+type Queue = (NodeId, mpsc::Receiver<forward::Queued>, Arc<PeerStats>);
 
 /// This node, started; [`Started::attach`] gives it the broker.
 pub struct Started {
@@ -262,7 +261,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let remote = Arc::new(RwLock::new(RemoteRoutes::default()));
     let filters = Arc::new(LocalFilters::default());
     let peer_ids: Vec<NodeId> = peers.iter().map(|p| p.0).collect();
-    let (forwarder, queues) = ClusterForwarder::new(&peer_ids);
+    let wait = c.forward_ack == crate::config::cluster::ForwardAck::Wait;
+    let (forwarder, queues) = ClusterForwarder::new(&peer_ids, wait);
     let seams = Seams {
         ownership: Box::new(ownership),
         routes: Routes::Custom(Box::new(ClusterRoutes::new(
@@ -314,7 +314,7 @@ impl Started {
             remote: self.remote.clone(),
             broker: broker.clone(),
             limits: self.decode,
-            taken: forward::Taken::default(),
+            seen: forward::Seen::default(),
         });
         let mut tasks: Vec<BoxFuture> = vec![
             Box::pin(accept_loop(

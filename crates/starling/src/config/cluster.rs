@@ -41,6 +41,22 @@ pub struct ClusterConfig {
     /// Inter-node traffic is neither encrypted nor authenticated yet: a `bind` that is not a
     /// loopback address is refused unless this is set (for a private network only).
     pub allow_plaintext: bool,
+    /// When a QoS 1/2 publish whose message goes to other nodes is acknowledged.
+    pub forward_ack: ForwardAck,
+}
+
+/// `forward_ack`: when the PUBACK/PUBREC of a QoS 1/2 publish goes, if other nodes have
+/// subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardAck {
+    /// Once every node the message went to has stored it (or was given up on, unreachable
+    /// for 10 s).
+    #[default]
+    Wait,
+    /// Once it is queued for them (faster; a message the publishing node acknowledged can
+    /// be lost if that node dies before sending it).
+    Async,
 }
 
 impl Default for ClusterConfig {
@@ -57,6 +73,7 @@ impl Default for ClusterConfig {
             propose_timeout_ms: 5_000,
             lease_ms: 10_000,
             allow_plaintext: false,
+            forward_ack: ForwardAck::Wait,
         }
     }
 }

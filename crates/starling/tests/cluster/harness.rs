@@ -17,13 +17,29 @@ use crate::proxy::FaultProxy;
 pub(crate) const TIMING: &str =
     "heartbeat_ms = 100\nelection_timeout_ms = 600\npropose_timeout_ms = 2000\nlease_ms = 6000\n";
 
-/// A free port on `ip` (bound and released; the node binds it a moment later).
+/// A free port on `ip`, below the kernel's ephemeral range (32768 and up): a node started
+/// seconds after its ports were picked (a restart, a node started late) must not find one
+/// taken by an outgoing connection's local port meanwhile, which the ephemeral range is for.
+/// Ports are handed out in turn from a random start, each checked free when picked.
 pub(crate) fn free_port(ip: Ipv4Addr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (RandomState::new().hash_one(std::process::id()) % u64::from(SPAN)) as u32,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip} below 32768");
 }
 
 /// One node's addresses and files.
@@ -224,10 +240,18 @@ impl Cluster {
             .iter()
             .map(|s| {
                 let log = std::fs::read_to_string(s.dir.join("node.log")).unwrap_or_default();
+                // A panic or the error the node stopped with first (what a backtrace would
+                // push out of the tail), then the tail.
+                let panic: Vec<&str> = log
+                    .lines()
+                    .skip_while(|l| !(l.contains("panicked") || l.starts_with("Error")))
+                    .take(4)
+                    .collect();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 format!(
-                    "--- node {} ---\n{}",
+                    "--- node {} ---\n{}{}",
                     s.id,
+                    panic.iter().map(|l| format!("{l}\n")).collect::<String>(),
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )
             })

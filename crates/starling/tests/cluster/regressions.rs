@@ -159,3 +159,42 @@ async fn emqx_17036_no_route_dangles_after_a_heal() {
     c.routes_known(1, 0).await;
     c.routes_known(2, 0).await;
 }
+
+/// VerneMQ #1700: QoS 1 messages were lost when a node failed. Here a publisher's PUBACK
+/// comes once the subscriber's node has stored the message (`forward_ack = "wait"`, durability
+/// `sync`): the subscriber's node killed with SIGKILL right after the last PUBACK still has
+/// every message for the persistent session when it is back, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vernemq_1700_no_acknowledged_qos1_message_is_lost_when_a_node_dies() {
+    let mut c = Cluster::formed(3).await;
+    let (mut keeper, _) = v5::Client::connect(c.mqtt(2), "keeper1700", persistent).await;
+    keeper
+        .subscribe(Filter::new("loss/#", QoS5::AtLeastOnce), None)
+        .await;
+    keeper.client.disconnect().await.unwrap();
+    c.routes_known(1, 1).await;
+    let mut publisher = v5::Client::plain(c.mqtt(1), "pub1700").await;
+    for i in 0..20 {
+        publisher
+            .client
+            .publish("loss/m", QoS5::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+        let ack = publisher
+            .expect("PUBACK", |p| match p {
+                Packet::PubAck(a) => Some(a),
+                _ => None,
+            })
+            .await;
+        assert_eq!(ack.reason, PubAckReason::Success);
+    }
+    c.kill9(2);
+    c.restart(2);
+    c.settled(&[1, 2, 3], "after node 2 came back").await;
+    let (mut keeper, ack) = v5::Client::connect(c.mqtt(2), "keeper1700", persistent).await;
+    assert!(ack.session_present);
+    for i in 0..20 {
+        let p = keeper.publish().await;
+        assert_eq!(p.payload, format!("{i}").as_bytes(), "message {i}");
+    }
+}
