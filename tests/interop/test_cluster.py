@@ -9,8 +9,7 @@ on different nodes.
 * `GET /api/v1/cluster` on every node: three members, one leader agreed by all.
 
 Not tested here: faults between nodes (crates/starling/tests/cluster.rs cuts links with a
-fault proxy); nor what is not built yet (docs/cluster.md): one delivery per shared group
-across nodes, retained messages across nodes.
+fault proxy), shared groups and retained messages across nodes (tested there too).
 
 The cluster is started once for the module. Before each test every node must agree on the
 leader and know no filter of the others (the clients of the previous test are gone); a test

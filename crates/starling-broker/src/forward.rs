@@ -18,9 +18,15 @@ pub type NodeId = u64;
 /// implementation queues the message for the node (a bounded queue, with what happens when it
 /// is full documented by the implementation) and returns.
 pub trait Forwarder: Send + Sync + fmt::Debug {
-    /// Hands `msg` to `node`, which routes it to its own subscribers; what the publisher's
-    /// acknowledgement must wait for, if anything.
-    fn forward(&self, node: NodeId, msg: &Arc<Message>) -> Option<Arc<Replication>>;
+    /// Hands `msg` to `node`, which routes it to its own subscribers and to one of its
+    /// members of each shared group in `groups` (full filters; it was picked for those);
+    /// what the publisher's acknowledgement must wait for, if anything.
+    fn forward(
+        &self,
+        node: NodeId,
+        msg: &Arc<Message>,
+        groups: &[Arc<str>],
+    ) -> Option<Arc<Replication>>;
 }
 
 /// The forwarder of a single node: there is no other node. A route table that names one
@@ -29,7 +35,12 @@ pub trait Forwarder: Send + Sync + fmt::Debug {
 pub struct NoPeers;
 
 impl Forwarder for NoPeers {
-    fn forward(&self, node: NodeId, msg: &Arc<Message>) -> Option<Arc<Replication>> {
+    fn forward(
+        &self,
+        node: NodeId,
+        msg: &Arc<Message>,
+        _: &[Arc<str>],
+    ) -> Option<Arc<Replication>> {
         warn!(node, topic = %msg.topic, "route names another node, but this broker has no peers");
         None
     }

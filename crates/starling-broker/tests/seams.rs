@@ -68,7 +68,12 @@ type Handed = Arc<Mutex<Vec<(NodeId, String)>>>;
 struct Recorder(Handed);
 
 impl Forwarder for Recorder {
-    fn forward(&self, node: NodeId, msg: &Arc<Message>) -> Option<Arc<Replication>> {
+    fn forward(
+        &self,
+        node: NodeId,
+        msg: &Arc<Message>,
+        _: &[Arc<str>],
+    ) -> Option<Arc<Replication>> {
         let mut got = self.0.lock().unwrap();
         got.push((node, msg.topic.as_str().to_string()));
         None
@@ -144,7 +149,7 @@ fn a_message_from_another_node_reaches_local_subscribers_only_and_is_not_retaine
         )
     };
     let msg = Arc::new(Message::from_publish(publish, None, sim.now));
-    let routed = sim.broker.publish_from_peer(msg);
+    let routed = sim.broker.publish_from_peer(msg, &[]);
     assert_eq!((routed.reached, routed.forwarded), (1, 0));
     assert!(routed.retained.is_none());
     sim.settle();
@@ -452,4 +457,39 @@ fn a_retained_publish_is_acknowledged_once_the_cluster_committed_it() {
     sim.settle();
     assert!(pubacks(&sim.take(q)).is_empty());
     assert!(sim.closed(q).is_some());
+}
+
+/// A message another node forwarded reaches one member of each shared group it names, and
+/// no member of the others (the publishing node picked another node for those); plain
+/// subscribers get it either way.
+#[test]
+fn a_message_from_another_node_reaches_only_the_shared_groups_it_names() {
+    let handed = Handed::default();
+    let (mut sim, local) = with_two_peers(&handed);
+    let (a, _) = sim.connected(connect(V5, "a"));
+    sim.send(a, subscribe(1, "$share/g/remote/#", QoS::AtLeastOnce));
+    let (b, _) = sim.connected(connect(V5, "b"));
+    sim.send(b, subscribe(1, "$share/h/remote/#", QoS::AtLeastOnce));
+    sim.take(a);
+    sim.take(b);
+    let msg = |body: &'static [u8]| {
+        let p = starling_proto::Publish::new(
+            starling_proto::TopicName::try_from_str("remote/y").unwrap(),
+            QoS::AtLeastOnce,
+            1,
+            bytes::Bytes::from_static(body),
+        );
+        Arc::new(Message::from_publish(p, None, sim.now))
+    };
+    let routed = sim.broker.publish_from_peer(msg(b"none"), &[]);
+    assert_eq!(routed.reached, 1, "the plain subscriber only");
+    let g: Arc<str> = Arc::from("$share/g/remote/#");
+    let routed = sim.broker.publish_from_peer(msg(b"for g"), &[g]);
+    assert_eq!(routed.reached, 2);
+    sim.settle();
+    assert_eq!(publishes(&sim.take(local)).len(), 2);
+    let got = sim.take(a);
+    let to_a: Vec<&[u8]> = publishes(&got).iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(to_a, [&b"for g"[..]]);
+    assert!(publishes(&sim.take(b)).is_empty(), "group h was not named");
 }

@@ -6,7 +6,10 @@
 //! subscription made on one node reaches the others within a round trip.
 //!
 //! [`RemoteRoutes`] keeps them as a trie over topic levels, so matching a topic visits only
-//! the branches it can match, whatever the number of filters. [`LocalFilters`] counts this
+//! the branches it can match, whatever the number of filters. A shared subscription is told
+//! by its full filter (`$share/{group}/{filter}`) and kept apart, by group, so that the
+//! publishing node can hand each matching group's message to one node of those with members
+//! ([`Matches::groups`]). [`LocalFilters`] counts this
 //! node's subscriptions per filter (a filter's first subscriber and its last going are the
 //! changes), and one [`sync`] task per peer tells the peer.
 
@@ -63,12 +66,49 @@ struct Level {
     here: BTreeSet<NodeId>,
     /// Nodes with a filter ending in `#` below this level.
     rest: BTreeSet<NodeId>,
+    /// Shared groups (by full filter) with members whose filter ends at this level, and the
+    /// nodes that have members.
+    shared_here: BTreeMap<Arc<str>, BTreeSet<NodeId>>,
+    /// The same for filters ending in `#` below this level.
+    shared_rest: BTreeMap<Arc<str>, BTreeSet<NodeId>>,
 }
 
 impl Level {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.here.is_empty() && self.rest.is_empty()
+        self.children.is_empty()
+            && self.here.is_empty()
+            && self.rest.is_empty()
+            && self.shared_here.is_empty()
+            && self.shared_rest.is_empty()
     }
+}
+
+/// What a topic matches among the other nodes' filters.
+#[derive(Debug, Default)]
+pub struct Matches {
+    /// Nodes with a plain subscription that matches, each once.
+    pub nodes: Vec<NodeId>,
+    /// Shared groups that match (by full filter, `$share/{group}/{filter}`), each with the
+    /// nodes that have members of it.
+    pub groups: BTreeMap<Arc<str>, Vec<NodeId>>,
+}
+
+impl Matches {
+    /// Whether nothing matched.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.groups.is_empty()
+    }
+}
+
+/// A filter as told: its group's full filter if it is a shared subscription, and the filter
+/// it matches topics with.
+fn parse(filter: &str) -> (Option<Arc<str>>, &str) {
+    if let Some(rest) = filter.strip_prefix("$share/")
+        && let Some((_group, matched)) = rest.split_once('/')
+    {
+        return (Some(Arc::from(filter)), matched);
+    }
+    (None, filter)
 }
 
 /// What each node knows of a peer: its incarnation, the last update applied, its filters.
@@ -155,8 +195,20 @@ impl RemoteRoutes {
         }
     }
 
-    /// Adds to `out` (once each) the nodes with a filter matching `topic`.
+    /// Adds to `out` (once each) the nodes with a plain filter matching `topic`.
     pub fn matching(&self, topic: &str, out: &mut Vec<NodeId>) {
+        let mut m = Matches::default();
+        self.matches(topic, &mut m);
+        for n in m.nodes {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+
+    /// Adds to `out` what matches `topic`: the nodes with plain subscriptions, and the
+    /// shared groups with the nodes that have members.
+    pub fn matches(&self, topic: &str, out: &mut Matches) {
         let dollar = topic.starts_with('$');
         let levels: Vec<&str> = topic.split('/').collect();
         walk(&self.root, &levels, 0, dollar, out);
@@ -181,22 +233,34 @@ impl RemoteRoutes {
     }
 }
 
-fn push(out: &mut Vec<NodeId>, nodes: &BTreeSet<NodeId>) {
+fn push(
+    out: &mut Matches,
+    nodes: &BTreeSet<NodeId>,
+    groups: &BTreeMap<Arc<str>, BTreeSet<NodeId>>,
+) {
     for n in nodes {
-        if !out.contains(n) {
-            out.push(*n);
+        if !out.nodes.contains(n) {
+            out.nodes.push(*n);
+        }
+    }
+    for (group, nodes) in groups {
+        let have = out.groups.entry(group.clone()).or_default();
+        for n in nodes {
+            if !have.contains(n) {
+                have.push(*n);
+            }
         }
     }
 }
 
-fn walk(level: &Level, topic: &[&str], at: usize, dollar: bool, out: &mut Vec<NodeId>) {
+fn walk(level: &Level, topic: &[&str], at: usize, dollar: bool, out: &mut Matches) {
     // A wildcard in the first level does not match a `$` topic (spec 4.7.2).
     let wild_ok = !(dollar && at == 0);
     if wild_ok {
-        push(out, &level.rest);
+        push(out, &level.rest, &level.shared_rest);
     }
     let Some(name) = topic.get(at) else {
-        push(out, &level.here);
+        push(out, &level.here, &level.shared_here);
         return;
     };
     if let Some(next) = level.children.get(*name) {
@@ -208,34 +272,54 @@ fn walk(level: &Level, topic: &[&str], at: usize, dollar: bool, out: &mut Vec<No
 }
 
 fn insert(root: &mut Level, filter: &str, node: NodeId) {
+    let (group, filter) = parse(filter);
     let mut level = root;
     for name in filter.split('/') {
         if name == "#" {
-            level.rest.insert(node);
+            match group {
+                Some(g) => level.shared_rest.entry(g).or_default().insert(node),
+                None => level.rest.insert(node),
+            };
             return;
         }
         level = level.children.entry(name.into()).or_default();
     }
-    level.here.insert(node);
+    match group {
+        Some(g) => level.shared_here.entry(g).or_default().insert(node),
+        None => level.here.insert(node),
+    };
 }
 
 fn remove(root: &mut Level, filter: &str, node: NodeId) {
+    let (group, filter) = parse(filter);
     let names: Vec<&str> = filter.split('/').collect();
-    remove_at(root, &names, node);
+    remove_at(root, &names, group.as_deref(), node);
+}
+
+/// Takes `node` out of `group`'s nodes in `groups`, and the group out once it has none.
+fn remove_shared(groups: &mut BTreeMap<Arc<str>, BTreeSet<NodeId>>, group: &str, node: NodeId) {
+    if let Some(nodes) = groups.get_mut(group) {
+        nodes.remove(&node);
+        if nodes.is_empty() {
+            groups.remove(group);
+        }
+    }
 }
 
 /// Removes below `level`; whether `level` is empty afterwards (and can go).
-fn remove_at(level: &mut Level, names: &[&str], node: NodeId) -> bool {
-    match names.split_first() {
-        None => {
+fn remove_at(level: &mut Level, names: &[&str], group: Option<&str>, node: NodeId) -> bool {
+    match (names.split_first(), group) {
+        (None, None) => {
             level.here.remove(&node);
         }
-        Some((&"#", _)) => {
+        (None, Some(g)) => remove_shared(&mut level.shared_here, g, node),
+        (Some((&"#", _)), None) => {
             level.rest.remove(&node);
         }
-        Some((name, rest)) => {
+        (Some((&"#", _)), Some(g)) => remove_shared(&mut level.shared_rest, g, node),
+        (Some((name, rest)), _) => {
             if let Some(child) = level.children.get_mut(*name)
-                && remove_at(child, rest, node)
+                && remove_at(child, rest, group, node)
             {
                 level.children.remove(*name);
             }

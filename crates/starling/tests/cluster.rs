@@ -625,3 +625,61 @@ async fn a_qos1_puback_waits_until_the_subscribers_node_stored_the_message() {
     assert_eq!(&got.payload[..], b"held");
     sub.no_publish(Duration::from_millis(300)).await;
 }
+
+/// A shared group with members on all three nodes gets each message once in all, not once
+/// per node: the publishing node picks, in turn, itself or one of the nodes with members.
+/// A plain subscriber on a node with a member still gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_across_nodes_gets_each_message_once() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::Filter;
+
+    let c = Cluster::formed(3).await;
+    let mut members = Vec::new();
+    for node in [1, 2, 3] {
+        let mut m = v5::Client::plain(c.mqtt(node), &format!("worker{node}")).await;
+        m.subscribe(
+            Filter::new("$share/workers/jobs/#", QoS5::AtLeastOnce),
+            None,
+        )
+        .await;
+        members.push(m);
+    }
+    let mut watcher = v5::Client::plain(c.mqtt(2), "watcher").await;
+    watcher
+        .subscribe(Filter::new("jobs/#", QoS5::AtLeastOnce), None)
+        .await;
+    // Node 1 knows node 2's group and plain filter, and node 3's group.
+    c.routes_known(1, 3).await;
+    let publisher = v5::Client::plain(c.mqtt(1), "dispatcher").await;
+    const N: usize = 30;
+    for i in 0..N {
+        publisher
+            .client
+            .publish("jobs/run", QoS5::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    let mut got: Vec<(usize, String)> = Vec::new();
+    let mut quiet = 0;
+    while quiet < 4 {
+        let mut progress = false;
+        for (k, m) in members.iter_mut().enumerate() {
+            while let Ok(p) = tokio::time::timeout(Duration::from_millis(100), m.publish()).await {
+                got.push((k, String::from_utf8_lossy(&p.payload).into_owned()));
+                progress = true;
+            }
+        }
+        quiet = if progress { 0 } else { quiet + 1 };
+    }
+    let mut payloads: Vec<String> = got.iter().map(|(_, p)| p.clone()).collect();
+    payloads.sort_by_key(|p| p.parse::<usize>().unwrap_or(usize::MAX));
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, want, "each message once in the whole group");
+    let served: std::collections::BTreeSet<usize> = got.iter().map(|(k, _)| *k).collect();
+    assert!(served.len() >= 2, "the members take turns: {got:?}");
+    for i in 0..N {
+        let p = watcher.publish().await;
+        assert_eq!(p.payload, i.to_string().as_bytes());
+    }
+}

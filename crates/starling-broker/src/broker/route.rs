@@ -18,6 +18,16 @@ use crate::retain::RetainOutcome;
 use crate::router::{Subscriber, Target};
 use crate::session::Session;
 
+/// Where a message being routed comes from.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    /// Published on this node.
+    Here,
+    /// Forwarded by another node, which picked this node for these shared groups (full
+    /// filters).
+    Peer(&'a [Arc<str>]),
+}
+
 /// What became of a publish.
 #[derive(Debug, Clone, Default)]
 pub struct Routed {
@@ -39,101 +49,117 @@ impl Broker {
     /// and hands it once to each other node with subscribers. What it stores goes into `ops`
     /// (the caller persists them, then acknowledges).
     pub fn publish(&self, msg: Arc<Message>, ops: &mut Ops<'_>) -> Routed {
-        self.route_message(msg, ops, true)
+        self.route_message(msg, ops, Origin::Here)
     }
 
     /// Routes a message another node of the cluster forwarded: to this node's subscribers
     /// only. It is not forwarded again (the publishing node handed it to every node with
-    /// subscribers) and not stored as retained here (the publishing node did that). Persists
-    /// what it queued.
-    pub fn publish_from_peer(&self, msg: Arc<Message>) -> Routed {
+    /// subscribers) and not stored as retained here (the publishing node did that). It goes
+    /// to one member of each shared group in `groups` (full filters) and of no other group:
+    /// the publishing node picked which node serves each group. Persists what it queued.
+    pub fn publish_from_peer(&self, msg: Arc<Message>, groups: &[Arc<str>]) -> Routed {
         let mut ops = self.ops();
-        let routed = self.route_message(msg, &mut ops, false);
+        let routed = self.route_message(msg, &mut ops, Origin::Peer(groups));
         self.persist(&mut ops);
         routed
     }
 
-    /// Routes the messages of a batch another node forwarded, as `publish_from_peer` does,
-    /// and persists what they queued together: the journal ticket to wait for before the
-    /// batch is confirmed (`None`: nothing stored).
-    pub fn publish_batch_from_peer(&self, msgs: Vec<Arc<Message>>) -> Option<u64> {
+    /// Routes the messages of a batch another node forwarded (each with its groups), as
+    /// `publish_from_peer` does, and persists what they queued together: the journal ticket
+    /// to wait for before the batch is confirmed (`None`: nothing stored).
+    pub fn publish_batch_from_peer(&self, msgs: Vec<(Arc<Message>, Vec<Arc<str>>)>) -> Option<u64> {
         let mut ops = self.ops();
-        for msg in msgs {
-            self.route_message(msg, &mut ops, false);
+        for (msg, groups) in msgs {
+            self.route_message(msg, &mut ops, Origin::Peer(&groups));
         }
         self.persist(&mut ops)
     }
 
-    /// [`Broker::publish`]; `from_here`: the message was published on this node (its
-    /// retained copy is kept, and other nodes with subscribers are handed it).
-    fn route_message(&self, msg: Arc<Message>, ops: &mut Ops<'_>, from_here: bool) -> Routed {
+    /// [`Broker::publish`]; `origin`: published on this node (its retained copy is kept, and
+    /// other nodes with subscribers are handed it), or forwarded by another node.
+    fn route_message(&self, msg: Arc<Message>, ops: &mut Ops<'_>, origin: Origin<'_>) -> Routed {
+        let from_here = matches!(origin, Origin::Here);
         let retained = (from_here && msg.retain).then(|| self.retain(&msg, ops));
         let ctx = self.ctx();
         let publisher = msg.publisher.as_deref();
         let mut reached = 0usize;
-        let mut remote: Vec<NodeId> = Vec::new();
-        self.seams
-            .routes
-            .route(msg.topic.as_bytes(), |targets: &[Target<'_>]| {
-                let mut deliver = |session: &Session, d: Delivery| {
-                    reached += usize::from(session.deliver(d, &ctx, ops));
-                };
-                // Plain subscriptions: one delivery per session, overlapping subscriptions merged.
-                let mut plain: Vec<&Subscriber> = targets
+        // Other nodes to hand it to, each with the shared groups it was picked for.
+        let mut remote: Vec<(NodeId, Vec<Arc<str>>)> = Vec::new();
+        let mut matches = |targets: &[Target<'_>]| {
+            let mut deliver = |session: &Session, d: Delivery| {
+                reached += usize::from(session.deliver(d, &ctx, ops));
+            };
+            // Plain subscriptions: one delivery per session, overlapping subscriptions merged.
+            let mut plain: Vec<&Subscriber> = targets
+                .iter()
+                .filter_map(|t| match t {
+                    Target::Plain(s) => Some(*s),
+                    Target::Shared(..) | Target::Remote(_) | Target::RemoteGroup(..) => None,
+                })
+                .filter(|s| !(s.options.no_local && publisher == Some(&**s.session.client_id())))
+                .collect();
+            if plain.len() > 1 {
+                // Only grouping matters (merged deliveries take every match of a session), so
+                // the unstable sort, which allocates nothing.
+                plain.sort_unstable_by_key(|s| Arc::as_ptr(&s.session) as usize);
+            }
+            let mut i = 0;
+            while let Some(first) = plain.get(i) {
+                let same = plain.get(i..).unwrap_or_default();
+                let n = same
                     .iter()
-                    .filter_map(|t| match t {
-                        Target::Plain(s) => Some(*s),
-                        Target::Shared(..) | Target::Remote(_) => None,
-                    })
-                    .filter(|s| {
-                        !(s.options.no_local && publisher == Some(&**s.session.client_id()))
-                    })
-                    .collect();
-                if plain.len() > 1 {
-                    // Only grouping matters (merged deliveries take every match of a session), so
-                    // the unstable sort, which allocates nothing.
-                    plain.sort_unstable_by_key(|s| Arc::as_ptr(&s.session) as usize);
-                }
-                let mut i = 0;
-                while let Some(first) = plain.get(i) {
-                    let same = plain.get(i..).unwrap_or_default();
-                    let n = same
-                        .iter()
-                        .take_while(|o| Arc::ptr_eq(&o.session, &first.session))
-                        .count();
-                    deliver(
-                        &first.session,
-                        merged(&msg, same.get(..n).unwrap_or_default()),
-                    );
-                    i += n.max(1);
-                }
-                for t in targets {
-                    match t {
-                        // Shared groups: one member each.
-                        Target::Shared(members, key, next) => {
-                            if let Some(m) = pick_member(members, next, None) {
-                                let d = Delivery {
-                                    msg: msg.clone(),
-                                    qos: msg.qos.min(m.options.qos),
-                                    retain: m.options.retain_as_published && msg.retain,
-                                    sub_ids: m.id.into_iter().collect(),
-                                    share: Some((*key).clone()),
-                                    seq: 0,
-                                };
-                                deliver(&m.session, d);
-                            }
+                    .take_while(|o| Arc::ptr_eq(&o.session, &first.session))
+                    .count();
+                deliver(
+                    &first.session,
+                    merged(&msg, same.get(..n).unwrap_or_default()),
+                );
+                i += n.max(1);
+            }
+            for t in targets {
+                match t {
+                    // From a peer: only the groups it picked this node for.
+                    Target::Shared(_, key, _)
+                        if matches!(origin, Origin::Peer(groups)
+                                if !groups.iter().any(|g| **g == *key.filter.as_str())) => {}
+                    // Shared groups: one member each.
+                    Target::Shared(members, key, next) => {
+                        if let Some(m) = pick_member(members, next, None) {
+                            let d = Delivery {
+                                msg: msg.clone(),
+                                qos: msg.qos.min(m.options.qos),
+                                retain: m.options.retain_as_published && msg.retain,
+                                sub_ids: m.id.into_iter().collect(),
+                                share: Some((*key).clone()),
+                                seq: 0,
+                            };
+                            deliver(&m.session, d);
                         }
-                        Target::Remote(node) if from_here && !remote.contains(node) => {
-                            remote.push(*node)
-                        }
-                        Target::Plain(_) | Target::Remote(_) => {}
                     }
+                    Target::Remote(node) if from_here => {
+                        if !remote.iter().any(|(n, _)| n == node) {
+                            remote.push((*node, Vec::new()));
+                        }
+                    }
+                    Target::RemoteGroup(node, group) if from_here => {
+                        match remote.iter_mut().find(|(n, _)| n == node) {
+                            Some((_, groups)) => groups.push((*group).clone()),
+                            None => remote.push((*node, vec![(*group).clone()])),
+                        }
+                    }
+                    Target::Plain(_) | Target::Remote(_) | Target::RemoteGroup(..) => {}
                 }
-            });
+            }
+        };
+        let topic = msg.topic.as_bytes();
+        match origin {
+            Origin::Here => self.seams.routes.route(topic, &mut matches),
+            Origin::Peer(_) => self.seams.routes.route_here(topic, &mut matches),
+        }
         // Outside the route table's lock: forwarding is the forwarder's business.
         let awaiting = remote
             .iter()
-            .filter_map(|node| self.seams.forwarder.forward(*node, &msg))
+            .filter_map(|(node, groups)| self.seams.forwarder.forward(*node, &msg, groups))
             .collect();
         Routed {
             reached,

@@ -99,6 +99,10 @@ pub enum Target<'a> {
     /// Another node of a cluster has subscribers for the topic: the message is handed to it
     /// once (see `Forwarder`), and it routes the message to them.
     Remote(NodeId),
+    /// Another node of a cluster was picked to deliver the message to one member of a shared
+    /// group (its full filter, `$share/{group}/{filter}`): the message is handed to it once,
+    /// naming the group, and it delivers to one of its members.
+    RemoteGroup(NodeId, &'a Arc<str>),
 }
 
 /// Filter to subscribers: what routing a publish asks, and what SUBSCRIBE and UNSUBSCRIBE
@@ -112,6 +116,11 @@ pub trait RouteTable: Send + Sync + fmt::Debug {
     /// Hands every subscription matching `topic` to `f` at once. `f` must not subscribe or
     /// unsubscribe (the table may hold a lock while it runs).
     fn route(&self, topic: &[u8], f: &mut dyn FnMut(&[Target<'_>]));
+    /// As `route`, but this node's subscriptions only: for a message another node forwarded
+    /// (that node matched the other nodes and picked the shared groups' deliveries).
+    fn route_here(&self, topic: &[u8], f: &mut dyn FnMut(&[Target<'_>])) {
+        self.route(topic, f);
+    }
     /// Number of subscriptions (shared ones included).
     fn count(&self) -> usize;
     /// Number of shared subscriptions.
@@ -151,6 +160,14 @@ impl Routes {
         match self {
             Self::Local(r) => r.with_matches(topic, f),
             Self::Custom(t) => t.route(topic, &mut f),
+        }
+    }
+
+    /// This node's subscriptions matching `topic` (see [`RouteTable::route_here`]).
+    pub fn route_here(&self, topic: &[u8], mut f: impl FnMut(&[Target<'_>])) {
+        match self {
+            Self::Local(r) => r.with_matches(topic, f),
+            Self::Custom(t) => t.route_here(topic, &mut f),
         }
     }
 }
@@ -449,6 +466,7 @@ mod tests {
             Target::Plain(s) => out.push(s.session.client_id().to_string()),
             Target::Shared(m, k, _) => out.push(format!("{}:{}", k.group, m.len())),
             Target::Remote(n) => out.push(format!("node {n}")),
+            Target::RemoteGroup(n, g) => out.push(format!("node {n} for {g}")),
         });
         out.sort();
         out

@@ -120,8 +120,18 @@ pub struct Forward {
     pub incarnation: u64,
     /// The batch's number in that incarnation's stream to this peer.
     pub seq: u64,
-    /// The encoded PUBLISH packets.
-    pub messages: Vec<Vec<u8>>,
+    /// The messages.
+    pub messages: Vec<Forwarded>,
+}
+
+/// One forwarded message.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// The encoded PUBLISH packet.
+    pub packet: Vec<u8>,
+    /// The shared groups (full filters) the receiver is to deliver it to one member of: the
+    /// sender picked it for those (it goes to no member of any other group there).
+    pub groups: Vec<String>,
 }
 
 /// How many messages of a forwarded batch a node took, once it has stored them (the reply

@@ -140,3 +140,40 @@ fn a_peer_too_far_behind_gets_a_snapshot() {
     assert_eq!(l.since(0), None);
     assert!(l.since((MAX_CHANGES + 5) as u64).is_some());
 }
+
+#[test]
+fn shared_groups_are_kept_apart_with_the_nodes_that_have_members() {
+    let mut r = RemoteRoutes::default();
+    r.apply(snapshot(2, 1, &["$share/g/jobs/#", "jobs/plain"]));
+    r.apply(snapshot(3, 1, &["$share/g/jobs/#", "$share/h/jobs/+"]));
+    let mut m = Matches::default();
+    r.matches("jobs/plain", &mut m);
+    m.nodes.sort_unstable();
+    assert_eq!(m.nodes, [2], "only node 2 has a plain subscription");
+    let groups: Vec<(String, Vec<NodeId>)> = m
+        .groups
+        .iter()
+        .map(|(g, n)| {
+            let mut n = n.clone();
+            n.sort_unstable();
+            (g.to_string(), n)
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("$share/g/jobs/#".to_owned(), vec![2, 3]),
+            ("$share/h/jobs/+".to_owned(), vec![3])
+        ]
+    );
+    // Shared filters are not plain routes.
+    assert_eq!(nodes(&r, "jobs/x/y"), Vec::<NodeId>::new());
+    r.apply(delta(3, 1, 0, &[], &["$share/g/jobs/#"]));
+    let mut m = Matches::default();
+    r.matches("jobs/x", &mut m);
+    assert_eq!(m.groups.get("$share/g/jobs/#").cloned(), Some(vec![2]));
+    assert_eq!(m.groups.get("$share/h/jobs/+").cloned(), Some(vec![3]));
+    r.forget(2);
+    r.forget(3);
+    assert!(r.root.is_empty(), "pruned");
+}

@@ -27,7 +27,7 @@ use starling_broker::retain::{Replicated, Replication};
 use starling_broker::wake::{Wake, Waker};
 use starling_cluster::NodeId;
 use starling_cluster::net::frame::Kind;
-use starling_cluster::net::{Confirmed, Forward, Inbound, Link, TcpDial};
+use starling_cluster::net::{Confirmed, Forward, Forwarded, Inbound, Link, TcpDial};
 use starling_cluster::routes::{RemoteRoutes, Update, UpdateReply};
 use starling_proto::{DecodeLimits, Packet, ProtocolVersion, Publish, QoS};
 use tokio::sync::mpsc;
@@ -68,8 +68,9 @@ pub(super) struct PeerStats {
     pub(super) dropped: AtomicU64,
 }
 
-/// A message on its way to a peer, and the publisher's acknowledgement waiting for it.
-pub(super) type Queued = (Arc<Message>, Option<Arc<Replication>>);
+/// A message on its way to a peer, the shared groups the peer was picked for, and the
+/// publisher's acknowledgement waiting for it.
+pub(super) type Queued = (Arc<Message>, Vec<Arc<str>>, Option<Arc<Replication>>);
 
 /// The forwarder of a node of a cluster: a bounded queue per peer.
 #[derive(Debug)]
@@ -96,13 +97,21 @@ impl ClusterForwarder {
 }
 
 impl Forwarder for ClusterForwarder {
-    fn forward(&self, node: NodeId, msg: &Arc<Message>) -> Option<Arc<Replication>> {
+    fn forward(
+        &self,
+        node: NodeId,
+        msg: &Arc<Message>,
+        groups: &[Arc<str>],
+    ) -> Option<Arc<Replication>> {
         let Some((tx, stats)) = self.queues.get(&node) else {
             debug!(node, "route names a node that is not a peer; not forwarded");
             return None;
         };
         let wait = (self.wait && msg.qos != QoS::AtMostOnce).then(Replication::new);
-        if tx.try_send((msg.clone(), wait.clone())).is_err() {
+        if tx
+            .try_send((msg.clone(), groups.to_vec(), wait.clone()))
+            .is_err()
+        {
             stats.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -158,8 +167,11 @@ pub(super) async fn run(
                 let mut messages = Vec::new();
                 let mut waiting = Vec::new();
                 let mut next = Some(first);
-                while let Some((m, w)) = next.take() {
-                    messages.extend(encode(&m, now));
+                while let Some((m, groups, w)) = next.take() {
+                    if let Some(packet) = encode(&m, now) {
+                        let groups = groups.iter().map(|g| g.to_string()).collect();
+                        messages.push(Forwarded { packet, groups });
+                    }
                     waiting.extend(w);
                     if messages.len() < BATCH {
                         next = queue.try_recv().ok();
@@ -298,11 +310,12 @@ impl Inbound for ClusterInbound {
         }
         let now = Instant::now();
         let mut messages = Vec::with_capacity(count);
-        for bytes in batch.messages {
-            let mut buf = BytesMut::from(&bytes[..]);
+        for f in batch.messages {
+            let mut buf = BytesMut::from(&f.packet[..]);
             match starling_proto::decode(&mut buf, ProtocolVersion::V5, &self.limits) {
                 Ok(Some(Packet::Publish(p))) if buf.is_empty() => {
-                    messages.push(Arc::new(Message::from_publish(p, None, now)));
+                    let groups = f.groups.into_iter().map(Arc::from).collect();
+                    messages.push((Arc::new(Message::from_publish(p, None, now)), groups));
                 }
                 other => {
                     warn!(

@@ -5,16 +5,17 @@
 //! peers are told (`LocalFilters`, read by one `sync` task per peer: a snapshot when its
 //! stream opens, deltas after; both in `starling_cluster::routes`).
 //!
-//! A shared subscription is told to the peers by the filter it matches (`$share/g/a/#` as
-//! `a/#`): a message reaches every node with a member, and each node delivers it to one of
-//! its own members. A group with members on several nodes therefore gets one delivery per
-//! node, not one in all (docs/cluster.md).
+//! A shared subscription is told to the peers by its full filter (`$share/g/a/#`): for each
+//! matching group, the publishing node picks one node among those with members (itself
+//! included), in turn, and only that node delivers to one of its members. A group with
+//! members on several nodes gets one delivery in all (docs/cluster.md).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use starling_broker::router::{RouteTable, Router, Subscriber, Target};
 use starling_broker::session::Session;
-use starling_cluster::routes::{LocalFilters, RemoteRoutes};
+use starling_cluster::routes::{LocalFilters, Matches, RemoteRoutes};
 use starling_proto::TopicFilter;
 
 /// The route table of a node of a cluster.
@@ -23,6 +24,8 @@ pub(super) struct ClusterRoutes {
     local: Router,
     remote: Arc<RwLock<RemoteRoutes>>,
     filters: Arc<LocalFilters>,
+    /// Turns taken between the nodes with members of a shared group.
+    turn: AtomicUsize,
 }
 
 impl ClusterRoutes {
@@ -32,12 +35,15 @@ impl ClusterRoutes {
             local: Router::default(),
             remote,
             filters,
+            turn: AtomicUsize::new(0),
         }
     }
 }
 
+/// What the peers are told of a filter: the filter itself (a shared one whole, with its
+/// group).
 fn told(filter: &TopicFilter) -> &str {
-    std::str::from_utf8(filter.match_filter()).unwrap_or_default()
+    filter.as_str()
 }
 
 impl RouteTable for ClusterRoutes {
@@ -58,19 +64,51 @@ impl RouteTable for ClusterRoutes {
     }
 
     fn route(&self, topic: &[u8], f: &mut dyn FnMut(&[Target<'_>])) {
-        let mut nodes = Vec::new();
+        let mut m = Matches::default();
         if let Ok(topic) = std::str::from_utf8(topic) {
             let remote = self.remote.read().unwrap_or_else(|p| p.into_inner());
-            remote.matching(topic, &mut nodes);
+            remote.matches(topic, &mut m);
         }
-        if nodes.is_empty() {
+        if m.is_empty() {
             return self.local.route(topic, f);
         }
         self.local.route(topic, &mut |local: &[Target<'_>]| {
-            let mut targets = local.to_vec();
-            targets.extend(nodes.iter().map(|n| Target::Remote(*n)));
+            let mut targets = Vec::with_capacity(local.len() + m.nodes.len() + m.groups.len());
+            // The groups with members here too: this node takes its turn among the others.
+            let mut picked: Vec<(u64, &Arc<str>)> = Vec::new();
+            for t in local {
+                if let Target::Shared(_, key, _) = t
+                    && let Some((group, nodes)) = m.groups.get_key_value(key.filter.as_str())
+                {
+                    let turn = self.turn.fetch_add(1, Ordering::Relaxed) % (nodes.len() + 1);
+                    match nodes.get(turn) {
+                        Some(node) => picked.push((*node, group)),
+                        None => targets.push(*t),
+                    }
+                    continue;
+                }
+                targets.push(*t);
+            }
+            // The groups with no member here: one of the nodes that have some.
+            for (group, nodes) in &m.groups {
+                let here = local.iter().any(
+                    |t| matches!(t, Target::Shared(_, key, _) if *key.filter.as_str() == **group),
+                );
+                if !here && !nodes.is_empty() {
+                    let turn = self.turn.fetch_add(1, Ordering::Relaxed) % nodes.len();
+                    if let Some(node) = nodes.get(turn) {
+                        picked.push((*node, group));
+                    }
+                }
+            }
+            targets.extend(m.nodes.iter().map(|n| Target::Remote(*n)));
+            targets.extend(picked.iter().map(|(n, g)| Target::RemoteGroup(*n, g)));
             f(&targets);
         });
+    }
+
+    fn route_here(&self, topic: &[u8], f: &mut dyn FnMut(&[Target<'_>])) {
+        self.local.route(topic, f);
     }
 
     fn count(&self) -> usize {
