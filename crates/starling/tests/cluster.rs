@@ -683,3 +683,78 @@ async fn a_shared_group_across_nodes_gets_each_message_once() {
         assert_eq!(p.payload, i.to_string().as_bytes());
     }
 }
+
+/// Five nodes: two killed (the leader among them), the other three elect a leader and serve
+/// (a client id claimed, a message across nodes); back, all five agree. Then nodes 4 and 5,
+/// still linked to each other, are cut off from the other three: a minority of two, they
+/// refuse CONNECT (0x88) while the three serve on; healed, all five agree again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_lose_two_and_a_cut_off_pair_is_a_minority() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::Filter;
+
+    let all = [1, 2, 3, 4, 5];
+    let mut c = Cluster::start_with(
+        5,
+        "heartbeat_ms = 100\nelection_timeout_ms = 600\npropose_timeout_ms = 2000\nlease_ms = 3000\n",
+    );
+    let (leader, statuses) = c.settled(&all, "first start").await;
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s["members"].as_array().unwrap().len() == 5)
+    );
+    let other = if leader == 1 { 2 } else { 1 };
+    c.kill9(leader);
+    c.kill9(other);
+    let live: Vec<u64> = all
+        .into_iter()
+        .filter(|&i| i != leader && i != other)
+        .collect();
+    let (second, _) = c.settled(&live, "after two nodes were killed").await;
+    assert!(live.contains(&second));
+    let mut sub = v5::Client::plain(c.mqtt(live[0]), "five-sub").await;
+    sub.subscribe(Filter::new("five/#", QoS5::AtLeastOnce), None)
+        .await;
+    c.routes_known(live[2], 1).await;
+    let publisher = v5::Client::plain(c.mqtt(live[2]), "five-pub").await;
+    publisher
+        .client
+        .publish("five/a", QoS5::AtLeastOnce, false, "three of five")
+        .await
+        .unwrap();
+    assert_eq!(&sub.publish().await.payload[..], b"three of five");
+    c.restart(leader);
+    c.restart(other);
+    c.settled(&all, "after the two came back").await;
+
+    for a in [4, 5] {
+        for b in [1, 2, 3] {
+            c.proxy.cut(a, b);
+        }
+    }
+    c.settled(&[1, 2, 3], "the majority of three").await;
+    for node in [4, 5] {
+        status_until(&c, node, "cut off", |s| s["majority"] == false).await;
+        let (client, mut events) = rumqttc::v5::AsyncClient::new(
+            v5::options(c.mqtt(node), &format!("five-late{node}")),
+            10,
+        );
+        let refused = first_error!(events);
+        drop(client);
+        assert!(
+            refused.contains("ServerUnavailable"),
+            "node {node}: {refused}"
+        );
+    }
+    let (_on3, ack) = v5::Client::connect(c.mqtt(3), "five-majority", |_| {}).await;
+    assert_eq!(
+        ack.code,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
+    );
+    c.proxy.heal_all();
+    c.settled(&all, "after the heal").await;
+    for node in [4, 5] {
+        status_until(&c, node, "with the majority", |s| s["majority"] == true).await;
+    }
+}
