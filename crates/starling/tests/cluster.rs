@@ -758,3 +758,103 @@ async fn five_nodes_lose_two_and_a_cut_off_pair_is_a_minority() {
         status_until(&c, node, "with the majority", |s| s["majority"] == true).await;
     }
 }
+
+/// A self-signed CA (`name`), and a certificate it signs for each of `nodes`, written as
+/// `ca.pem`, `node{N}.pem`, `node{N}.key` under `dir`.
+fn cluster_pki(dir: &std::path::Path, name: &str, nodes: &[u64]) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for n in nodes {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![format!("node{n}")]).unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(format!("node{n}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("node{n}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// With `ca_file`, `cert_file` and `key_file`, the nodes talk mutual TLS: they form a
+/// cluster and carry messages; a stream that does not speak TLS gets nothing; and a node whose
+/// certificate another CA signed is no peer: it stays cut off (refusing CONNECT) while the
+/// other two serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_talk_tls_and_take_only_peers_their_ca_signed() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::Filter;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = tempfile::tempdir().unwrap();
+    cluster_pki(pki.path(), "Starling test cluster CA", &[1, 2, 3]);
+    let p = pki.path().display();
+    let settings = format!(
+        "{TIMING}ca_file = \"{p}/ca.pem\"\ncert_file = \"{p}/node{{id}}.pem\"\nkey_file = \"{p}/node{{id}}.key\"\n"
+    );
+    let mut c = Cluster::start_with(3, &settings);
+    let (_, statuses) = c.settled(&[1, 2, 3], "first start over TLS").await;
+    assert!(statuses.iter().all(|s| s["tls"] == true), "{statuses:#?}");
+    let mut sub = v5::Client::plain(c.mqtt(2), "tls-sub").await;
+    sub.subscribe(Filter::new("tls/#", QoS5::AtLeastOnce), None)
+        .await;
+    c.routes_known(1, 1).await;
+    let publisher = v5::Client::plain(c.mqtt(1), "tls-pub").await;
+    publisher
+        .client
+        .publish("tls/a", QoS5::AtLeastOnce, false, "sealed")
+        .await
+        .unwrap();
+    assert_eq!(&sub.publish().await.payload[..], b"sealed");
+
+    // Plain bytes on the inter-node port: no answer, the stream is closed.
+    let mut raw = tokio::net::TcpStream::connect(c.specs[0].bind)
+        .await
+        .unwrap();
+    raw.write_all(&[0, 0, 0, 4, 1, 2, 0, 0]).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
+        .await
+        .expect("closed within the handshake timeout");
+    // Closed, or a TLS alert record (0x15) before the close: never a frame.
+    assert!(
+        matches!(read, Ok(0) | Err(_)) || buf[0] == 0x15,
+        "a plain frame got something else back: {read:?} {buf:?}"
+    );
+
+    // Node 3 comes back with a certificate of another CA: no peer takes it, nor it them.
+    c.kill9(3);
+    let rogue = tempfile::tempdir().unwrap();
+    cluster_pki(rogue.path(), "Someone else's CA", &[3]);
+    for f in ["node3.pem", "node3.key"] {
+        std::fs::copy(rogue.path().join(f), pki.path().join(f)).unwrap();
+    }
+    c.restart(3);
+    status_until(&c, 3, "cut off: no peer takes its certificate", |s| {
+        s["majority"] == false
+    })
+    .await;
+    let (client, mut events) = rumqttc::v5::AsyncClient::new(v5::options(c.mqtt(3), "rogue"), 10);
+    let refused = first_error!(events);
+    drop(client);
+    assert!(refused.contains("ServerUnavailable"), "{refused}");
+    c.settled(&[1, 2], "the two with the cluster's CA").await;
+    let (_ok, ack) = v5::Client::connect(c.mqtt(1), "still-served", |_| {}).await;
+    assert_eq!(
+        ack.code,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
+    );
+    let log = std::fs::read_to_string(c.specs[0].dir.join("node.log")).unwrap();
+    assert!(
+        log.contains("TLS handshake failed"),
+        "node 1 says why it refused node 3"
+    );
+}

@@ -27,7 +27,7 @@ use starling_broker::retain::{Replicated, Replication};
 use starling_broker::wake::{Wake, Waker};
 use starling_cluster::NodeId;
 use starling_cluster::net::frame::Kind;
-use starling_cluster::net::{Confirmed, Forward, Forwarded, Inbound, Link, TcpDial};
+use starling_cluster::net::{Confirmed, Forward, Forwarded, Inbound, Link};
 use starling_cluster::routes::{RemoteRoutes, Update, UpdateReply};
 use starling_proto::{DecodeLimits, Packet, ProtocolVersion, Publish, QoS};
 use tokio::sync::mpsc;
@@ -141,7 +141,7 @@ fn encode(msg: &Message, now: Instant) -> Option<Vec<u8>> {
 
 /// Sends what queues for `peer`, in batches, until the stop.
 pub(super) async fn run(
-    dial: TcpDial,
+    dial: super::tls::ClusterDial,
     origin: (NodeId, u64),
     peer: NodeId,
     addr: String,

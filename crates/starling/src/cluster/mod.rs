@@ -11,6 +11,7 @@ mod forward;
 mod ownership;
 mod retain;
 mod routes;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,13 +41,17 @@ use crate::wakeup::Stop;
 use forward::{ClusterForwarder, ClusterInbound, PeerStats};
 use ownership::{ClusterOwnership, Granted};
 use routes::ClusterRoutes;
+use tls::{ClusterDial, ClusterTls};
 
-/// A node of the cluster, over TCP.
-pub type Node = ClusterNode<TcpDial>;
+/// A node of the cluster, over TCP (with TLS if configured).
+pub type Node = ClusterNode<ClusterDial>;
 
 /// Peer streams served at once; a stream beyond it is closed at accept (a node has a few
 /// peers, each with a few streams; more means something is wrong).
 const MAX_PEER_STREAMS: usize = 256;
+
+/// How long a peer has to complete its TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(5);
 
 /// How often the incarnation is proposed again until it commits.
 const ANNOUNCE_RETRY: Duration = Duration::from_millis(500);
@@ -101,6 +106,7 @@ pub struct Started {
     decode: DecodeLimits,
     majority: Majority,
     retained_writes: mpsc::Receiver<retain::Write>,
+    tls: Option<Arc<ClusterTls>>,
 }
 
 /// Whether this node is on the majority's side, as [`watch_majority`] last judged.
@@ -134,6 +140,8 @@ impl std::fmt::Debug for Started {
 pub struct Handle {
     /// The node.
     pub node: Arc<Node>,
+    /// Whether inter-node streams are TLS.
+    tls: bool,
     peers: Vec<(NodeId, String, Arc<PeerStats>)>,
     remote: Arc<RwLock<RemoteRoutes>>,
     majority: Majority,
@@ -240,7 +248,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let listener = TcpListener::bind(c.bind)
         .await
         .with_context(|| format!("cannot bind cluster listener {}", c.bind))?;
-    let node = ClusterNode::start(node_config, TcpDial::from_source(c.bind.ip()))
+    let tls = ClusterTls::load(c)?;
+    let dial = ClusterDial::new(TcpDial::from_source(c.bind.ip()), tls.clone());
+    let node = ClusterNode::start(node_config, dial)
         .await
         .context("cannot start the cluster node")?;
     info!(node = node.id(), incarnation = node.incarnation(), bind = %c.bind, "cluster listener open");
@@ -296,6 +306,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         decode,
         majority,
         retained_writes,
+        tls,
     })
 }
 
@@ -310,6 +321,7 @@ impl Started {
     /// and per peer the routes it is told and the messages it is handed.
     pub fn attach(self, broker: Arc<Broker>, stop: &Arc<Stop>) -> (Handle, Vec<BoxFuture>) {
         let node = self.node;
+        let tls_on = self.tls.is_some();
         let inbound: Arc<dyn Inbound> = Arc::new(ClusterInbound {
             remote: self.remote.clone(),
             broker: broker.clone(),
@@ -319,6 +331,7 @@ impl Started {
         let mut tasks: Vec<BoxFuture> = vec![
             Box::pin(accept_loop(
                 self.listener,
+                self.tls,
                 node.clone(),
                 inbound,
                 stop.clone(),
@@ -349,7 +362,7 @@ impl Started {
         for (id, addr) in &self.peers {
             let stop = stop.clone();
             tasks.push(Box::pin(starling_cluster::routes::sync(
-                *node.dial(),
+                node.dial().clone(),
                 (node.id(), node.incarnation()),
                 (*id, addr.clone()),
                 self.filters.clone(),
@@ -363,7 +376,7 @@ impl Started {
             };
             peers.push((id, addr.clone(), stats.clone()));
             tasks.push(Box::pin(forward::run(
-                *node.dial(),
+                node.dial().clone(),
                 (node.id(), node.incarnation()),
                 id,
                 addr.clone(),
@@ -373,6 +386,7 @@ impl Started {
             )));
         }
         let handle = Handle {
+            tls: tls_on,
             node,
             peers,
             remote: self.remote,
@@ -521,6 +535,7 @@ async fn release(mut releases: mpsc::Receiver<(String, u64)>, node: Arc<Node>, s
 /// Serves the other nodes until the stop, then stops Raft.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<Arc<ClusterTls>>,
     node: Arc<Node>,
     inbound: Arc<dyn Inbound>,
     stop: Arc<Stop>,
@@ -547,9 +562,22 @@ async fn accept_loop(
         let raft = node.raft().clone();
         let stop = stop.clone();
         let inbound = inbound.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let served = async {
+                match tls {
+                    None => serve(stream, raft, Some(inbound)).await,
+                    Some(tls) => match tokio::time::timeout(HANDSHAKE, tls.accept(stream)).await {
+                        Ok(Ok(s)) => serve(s, raft, Some(inbound)).await,
+                        Ok(Err(e)) => {
+                            warn!(%peer, error = %e, "cluster peer refused: TLS handshake failed")
+                        }
+                        Err(_) => warn!(%peer, "cluster peer refused: no TLS handshake in time"),
+                    },
+                }
+            };
             tokio::select! {
-                () = serve(stream, raft, Some(inbound)) => {}
+                () = served => {}
                 () = stop.wait() => {}
             }
             drop(permit);
@@ -590,6 +618,7 @@ pub fn status(handle: &Handle) -> Value {
     json!({
         "enabled": true,
         "node_id": node.id(),
+        "tls": handle.tls,
         "incarnation": node.incarnation(),
         "announced": state.incarnation(node.id()) == Some(node.incarnation()),
         "role": format!("{:?}", m.state).to_lowercase(),

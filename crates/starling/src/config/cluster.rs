@@ -38,8 +38,16 @@ pub struct ClusterConfig {
     /// CONNECTs at once and disconnects its clients (v5 0x9C Use another server) so that
     /// they move to the majority, milliseconds.
     pub lease_ms: u64,
-    /// Inter-node traffic is neither encrypted nor authenticated yet: a `bind` that is not a
-    /// loopback address is refused unless this is set (for a private network only).
+    /// The cluster's CA (PEM): with `cert_file` and `key_file`, inter-node streams are mutual
+    /// TLS, and only nodes with a certificate this CA signed are peers.
+    pub ca_file: Option<PathBuf>,
+    /// This node's certificate chain (PEM), signed by `ca_file`'s CA.
+    pub cert_file: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Without TLS (`ca_file` and the rest) inter-node traffic is neither encrypted nor
+    /// authenticated: a `bind` that is not a loopback address is refused unless this is set
+    /// (for a private network only).
     pub allow_plaintext: bool,
     /// When a QoS 1/2 publish whose message goes to other nodes is acknowledged.
     pub forward_ack: ForwardAck,
@@ -72,6 +80,9 @@ impl Default for ClusterConfig {
             election_timeout_ms: 1_000,
             propose_timeout_ms: 5_000,
             lease_ms: 10_000,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
             allow_plaintext: false,
             forward_ack: ForwardAck::Wait,
         }
@@ -188,9 +199,16 @@ impl ClusterConfig {
                 self.heartbeat_ms.saturating_mul(3)
             );
         }
-        if !is_loopback(self.bind.ip()) && !self.allow_plaintext {
+        let tls = [&self.ca_file, &self.cert_file, &self.key_file];
+        let set = tls.iter().filter(|f| f.is_some()).count();
+        if set != 0 && set != 3 {
             bail!(
-                "cluster.bind: {} is not a loopback address, and inter-node traffic is not encrypted or authenticated yet; set allow_plaintext = true only on a private network",
+                "cluster.ca_file, cert_file and key_file: set all three (TLS between nodes), or none"
+            );
+        }
+        if set == 0 && !is_loopback(self.bind.ip()) && !self.allow_plaintext {
+            bail!(
+                "cluster.bind: {} is not a loopback address, and without ca_file, cert_file and key_file inter-node traffic is neither encrypted nor authenticated; set them (TLS between nodes), or allow_plaintext = true only on a private network",
                 self.bind
             );
         }
@@ -268,7 +286,21 @@ mod tests {
             "three heartbeats",
         );
         c.bind = SocketAddr::from(([10, 0, 0, 1], 7946));
-        check(&c, "not encrypted");
+        check(&c, "neither encrypted nor authenticated");
+        check(
+            &ClusterConfig {
+                ca_file: Some("ca.pem".into()),
+                ..c.clone()
+            },
+            "set all three",
+        );
+        let tls = ClusterConfig {
+            ca_file: Some("ca.pem".into()),
+            cert_file: Some("node.pem".into()),
+            key_file: Some("node.key".into()),
+            ..c.clone()
+        };
+        tls.validate().unwrap();
         c.allow_plaintext = true;
         c.validate().unwrap();
     }

@@ -67,8 +67,11 @@ impl Node {
             &config,
             format!(
                 "[cluster]\nenabled = true\nnode_id = {}\nbind = \"{}\"\nadvertise = \"{}\"\n\
-                 seeds = [{seeds}]\n{timing}",
-                spec.id, spec.bind, spec.advertise
+                 seeds = [{seeds}]\n{}",
+                spec.id,
+                spec.bind,
+                spec.advertise,
+                timing.replace("{id}", &spec.id.to_string())
             ),
         )
         .unwrap();
@@ -125,7 +128,8 @@ impl Cluster {
         Self::start_with(n, TIMING)
     }
 
-    /// As `start`, with `timing` as the `[cluster]` timing keys.
+    /// As `start`, with `timing` as the `[cluster]` timing keys (and any other; `{id}` in
+    /// it is each node's id).
     pub(crate) fn start_with(n: u64, timing: &str) -> Self {
         let all: Vec<u64> = (1..=n).collect();
         Self::start_some(n, timing, &all)
