@@ -119,11 +119,21 @@ struct Known {
     filters: BTreeSet<String>,
 }
 
+/// Most filters kept for one peer; beyond it a peer's new filters are not kept (counted, and
+/// logged): its subscribers of those do not get messages published elsewhere.
+pub const MAX_FILTERS_PER_NODE: usize = 1_000_000;
+
+/// Most peers whose filters are kept (a cluster has a few nodes; more means something is
+/// wrong): an update from another is not kept (counted).
+pub const MAX_NODES: usize = 256;
+
 /// Other nodes' filters, matched against topics.
 #[derive(Debug, Default)]
 pub struct RemoteRoutes {
     root: Level,
     nodes: BTreeMap<NodeId, Known>,
+    /// Filters not kept for the bounds.
+    refused: u64,
 }
 
 impl RemoteRoutes {
@@ -144,11 +154,24 @@ impl RemoteRoutes {
                     // From an earlier life of the node, late: what is known is newer.
                     return UpdateReply::Applied;
                 }
+                if !self.nodes.contains_key(&node) && self.nodes.len() >= MAX_NODES {
+                    self.refuse(node, filters.len());
+                    return UpdateReply::Applied;
+                }
                 self.forget(node);
+                let mut filters: BTreeSet<String> = filters.into_iter().collect();
+                if filters.len() > MAX_FILTERS_PER_NODE {
+                    let over: Vec<String> =
+                        filters.iter().skip(MAX_FILTERS_PER_NODE).cloned().collect();
+                    for f in &over {
+                        filters.remove(f);
+                    }
+                    self.refuse(node, over.len());
+                }
                 let known = Known {
                     incarnation,
                     seq,
-                    filters: filters.into_iter().collect(),
+                    filters,
                 };
                 for f in &known.filters {
                     insert(&mut self.root, f, node);
@@ -176,14 +199,36 @@ impl RemoteRoutes {
                         remove(&mut self.root, &f, node);
                     }
                 }
+                let mut refused = 0;
                 for f in added {
+                    if known.filters.len() >= MAX_FILTERS_PER_NODE && !known.filters.contains(&f) {
+                        refused += 1;
+                        continue;
+                    }
                     if known.filters.insert(f.clone()) {
                         insert(&mut self.root, &f, node);
                     }
                 }
+                if refused > 0 {
+                    self.refuse(node, refused);
+                }
                 UpdateReply::Applied
             }
         }
+    }
+
+    fn refuse(&mut self, node: NodeId, count: usize) {
+        self.refused += count as u64;
+        tracing::warn!(
+            node,
+            count,
+            "filters of a peer not kept: at most {MAX_FILTERS_PER_NODE} per peer and {MAX_NODES} peers"
+        );
+    }
+
+    /// Filters not kept for the bounds ([`MAX_FILTERS_PER_NODE`], [`MAX_NODES`]).
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 
     /// Forgets every filter of `node`.

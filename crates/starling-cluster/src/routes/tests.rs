@@ -177,3 +177,18 @@ fn shared_groups_are_kept_apart_with_the_nodes_that_have_members() {
     r.forget(3);
     assert!(r.root.is_empty(), "pruned");
 }
+
+#[test]
+fn a_peer_beyond_the_bound_of_peers_is_not_kept() {
+    let mut r = RemoteRoutes::default();
+    for node in 0..MAX_NODES as u64 {
+        r.apply(snapshot(node, 1, &["a"]));
+    }
+    assert_eq!(r.refused(), 0);
+    r.apply(snapshot(9_999, 1, &["a", "b"]));
+    assert_eq!(r.refused(), 2);
+    assert!(nodes(&r, "b").is_empty());
+    // A peer already known still updates.
+    r.apply(snapshot(0, 2, &["b"]));
+    assert_eq!(nodes(&r, "b"), [0]);
+}

@@ -164,6 +164,8 @@ pub struct Numbers {
     pub owned: u64,
     /// Filters known of the other nodes.
     pub remote_routes: u64,
+    /// Filters of other nodes not kept for the bounds.
+    pub remote_routes_refused: u64,
     /// Per peer: id, messages confirmed, messages dropped, milliseconds since it last
     /// answered (`None`: not since this node started).
     pub peers: Vec<(NodeId, u64, u64, Option<u64>)>,
@@ -184,6 +186,7 @@ impl Handle {
             members: m.membership_config.membership().nodes().count() as u64,
             owned,
             remote_routes: remote.len() as u64,
+            remote_routes_refused: remote.refused(),
             peers: self
                 .peers
                 .iter()
@@ -640,5 +643,6 @@ pub fn status(handle: &Handle) -> Value {
             "last_reply_ms": node.contact().since(*id).map(|d| d.as_millis() as u64),
         })).collect::<Vec<_>>(),
         "remote_routes": handle.remote.read().unwrap_or_else(|p| p.into_inner()).len(),
+        "remote_routes_refused": handle.remote.read().unwrap_or_else(|p| p.into_inner()).refused(),
     })
 }

@@ -55,6 +55,12 @@ pub(super) fn cluster(e: &mut DescriptorEncoder<'_>, state: &AppState) -> Res {
         "Filters of the other nodes' subscriptions that this node knows",
         n.remote_routes,
     )?;
+    super::counter(
+        e,
+        "starling_cluster_remote_routes_refused",
+        "Filters of other nodes not kept: beyond a million per peer, or beyond 256 peers",
+        n.remote_routes_refused,
+    )?;
     let ids: Vec<String> = n.peers.iter().map(|p| p.0.to_string()).collect();
     let sent = ids.iter().zip(&n.peers).map(|(id, p)| (id.as_str(), p.1));
     family(
