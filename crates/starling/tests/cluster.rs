@@ -858,3 +858,33 @@ async fn nodes_talk_tls_and_take_only_peers_their_ca_signed() {
         "node 1 says why it refused node 3"
     );
 }
+
+/// A session a node restored from its store after a restart still releases its client id
+/// when it ends: the node takes its claim's epoch from the replicated state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_session_releases_its_client_id_when_it_ends() {
+    let mut c = Cluster::formed(3).await;
+    let (keeper, _) = v5::Client::connect(c.mqtt(1), "restored", persistent).await;
+    keeper.client.disconnect().await.unwrap();
+    status_until(&c, 2, "the client id owned", |s| {
+        s["client_ids_owned"].as_u64() == Some(1)
+    })
+    .await;
+    c.kill9(1);
+    c.restart(1);
+    c.settled(&[1, 2, 3], "after node 1 came back").await;
+    let url = format!("http://{}/api/v1/sessions/restored", c.specs[0].http);
+    let mut code = 0;
+    for _ in 0..50 {
+        code = c.http.delete(&url).send().await.unwrap().status().as_u16();
+        if code != 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(code < 300, "the restored session was discarded: {code}");
+    status_until(&c, 2, "the client id released", |s| {
+        s["client_ids_owned"].as_u64() == Some(0)
+    })
+    .await;
+}

@@ -499,17 +499,23 @@ async fn watch_majority(node: Arc<Node>, broker: Arc<Broker>, majority: Majority
 }
 
 /// Ends every session here whose client id another node owns in the state as applied;
-/// returns how many.
+/// returns how many. The sessions this node owns (restored from its store at start) get
+/// their claim's epoch noted, so that their end releases the client id.
 fn compare_all(node: &Node, broker: &Broker, granted: &Granted) -> usize {
-    let moved: Vec<String> = {
+    let mut moved: Vec<String> = Vec::new();
+    {
         let state = node.state().read();
-        broker
-            .client_ids()
-            .into_iter()
-            .filter(|c| state.owner(c).is_some_and(|o| o.node != node.id()))
-            .map(|c| c.to_string())
-            .collect()
-    };
+        let mut epochs = lock(granted);
+        for c in broker.client_ids() {
+            match state.owner(&c) {
+                Some(o) if o.node != node.id() => moved.push(c.to_string()),
+                Some(o) if epochs.len() < ownership::MAX_GRANTED => {
+                    epochs.entry(c.to_string()).or_insert(o.epoch);
+                }
+                _ => {}
+            }
+        }
+    }
     for c in &moved {
         lock(granted).remove(c);
         broker.taken_over_elsewhere(c, Instant::now());

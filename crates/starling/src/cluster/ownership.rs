@@ -19,7 +19,7 @@ pub(super) type Granted = Arc<Mutex<HashMap<String, u64>>>;
 /// Most epochs kept for release (one per client id this node owns); beyond it a new grant's
 /// epoch is not kept, and the client id stays this node's when its session ends, until a
 /// claim elsewhere takes it.
-const MAX_GRANTED: usize = 10_000_000;
+pub(super) const MAX_GRANTED: usize = 10_000_000;
 
 /// The broker's `Ownership` seam in a cluster: a CONNECT's client id is claimed through the
 /// cluster's log (in a task; the connection waits for its grant).
@@ -47,6 +47,7 @@ impl Ownership for ClusterOwnership {
         };
         let grant = Grant::new(waker);
         let (node, granted, g) = (self.node.clone(), self.granted.clone(), grant.clone());
+        let releases = self.releases.clone();
         let id = client_id.to_string();
         self.runtime.spawn(async move {
             let cmd = Command::Claim {
@@ -59,10 +60,18 @@ impl Ownership for ClusterOwnership {
                     debug!(client_id = %id, epoch = owner.epoch, ?previous, "client id claimed");
                     let mut epochs = lock(&granted);
                     if epochs.len() < MAX_GRANTED || epochs.contains_key(&id) {
-                        epochs.insert(id, owner.epoch);
+                        epochs.insert(id.clone(), owner.epoch);
                     }
                     drop(epochs);
                     g.grant(owner.epoch);
+                    if Arc::strong_count(&g) == 1 {
+                        // The connection that asked is gone (it closed while the claim was
+                        // under way): nothing will attach, so the client id goes again.
+                        lock(&granted).remove(&id);
+                        if releases.try_send((id, owner.epoch)).is_err() {
+                            debug!("release queue full; the client id stays this node's");
+                        }
+                    }
                 }
                 Ok(other) => {
                     warn!(client_id = %id, ?other, "claim refused by the cluster");
