@@ -49,6 +49,12 @@ impl Contact {
         self.lock().get(&peer).map(|t| t.elapsed())
     }
 
+    /// Whether `peer` answered within `within` (counted as yes within `within` of this
+    /// node's start: it has not had the time to hear from anyone).
+    pub fn answered_within(&self, peer: NodeId, within: Duration) -> bool {
+        self.started.elapsed() < within || self.since(peer).is_some_and(|d| d < within)
+    }
+
     /// Whether this node (`me`) and the voters it heard from within `lease` are a majority
     /// of `voters`. A node that is not a voter itself counts only the voters it heard.
     /// Within a lease of the node's start, true.
@@ -99,5 +105,8 @@ mod tests {
         assert!(!c.with_majority(1, &[1, 2, 3, 4, 5], lease));
         assert_eq!(c.since(3), Some(Duration::from_secs(2)));
         assert_eq!(c.since(7), None);
+        assert!(c.answered_within(3, lease));
+        assert!(!c.answered_within(2, lease), "6 s ago");
+        assert!(!c.answered_within(7, lease), "never");
     }
 }

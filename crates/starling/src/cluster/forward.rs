@@ -10,7 +10,9 @@
 //! PUBACK/PUBREC of a QoS 1/2 message waits for that confirmation from every node the
 //! message went to; with `"async"` it does not. A full queue drops the message, and a batch
 //! not confirmed within [`HOLD`] is dropped; each counted, and neither holds the publisher's
-//! acknowledgement further. A peer that restarts forgets what it took: a batch it took just
+//! acknowledgement further. A peer that has answered nothing for [`HOLD`] is down: a batch
+//! is tried at most every [`RETRY`] (a probe) and not sent again, the others dropped at once
+//! and counted, until a probe is confirmed. A peer that restarts forgets what it took: a batch it took just
 //! before and is sent again after its restart is delivered again (at least once across a
 //! crash of the receiver).
 
@@ -26,6 +28,7 @@ use starling_broker::message::Message;
 use starling_broker::retain::{Replicated, Replication};
 use starling_broker::wake::{Wake, Waker};
 use starling_cluster::NodeId;
+use starling_cluster::contact::Contact;
 use starling_cluster::net::frame::Kind;
 use starling_cluster::net::{Confirmed, Forward, Forwarded, Inbound, Link};
 use starling_cluster::routes::{RemoteRoutes, Update, UpdateReply};
@@ -143,17 +146,19 @@ fn encode(msg: &Message, now: Instant) -> Option<Vec<u8>> {
 pub(super) async fn run(
     dial: super::tls::ClusterDial,
     origin: (NodeId, u64),
-    peer: NodeId,
-    addr: String,
+    (peer, addr): (NodeId, String),
+    contact: Arc<Contact>,
     mut queue: mpsc::Receiver<Queued>,
     stats: Arc<PeerStats>,
     stop: Arc<Stop>,
 ) {
-    let mut link = Link::new(dial, peer, addr);
+    let mut link = Link::new(dial, peer, addr).with_contact(contact.clone());
     let (origin, incarnation) = origin;
     // A batch the peer did not confirm, since when it is tried, and who waits for it.
     let mut held: Option<(Forward, Instant, Vec<Arc<Replication>>)> = None;
     let mut seq = 0;
+    // When a batch was last tried while the peer was down.
+    let mut last_probe: Option<Instant> = None;
     loop {
         let (batch, since, waiting) = match held.take() {
             Some(h) => h,
@@ -188,6 +193,19 @@ pub(super) async fn run(
             }
         };
         let n = batch.messages.len() as u64;
+        // A peer that has answered nothing for HOLD (route keepalives, Raft, batches: every
+        // link of the node records it) is down: a batch is tried at most every RETRY (a
+        // probe) and not sent again; the others are dropped at once, so that nothing waits on
+        // a dead node (publishers' acknowledgements among it). A node just started counts
+        // everyone as answering for a while (`Contact`).
+        let down = !contact.answered_within(peer, HOLD);
+        if down && last_probe.is_some_and(|t: Instant| t.elapsed() < RETRY) {
+            drop_batch(&stats, peer, n, &waiting, "the peer is down");
+            continue;
+        }
+        if down {
+            last_probe = Some(Instant::now());
+        }
         match link
             .call::<Forward, u64>(Kind::Forward, &batch, BATCH_TTL)
             .await
@@ -198,15 +216,13 @@ pub(super) async fn run(
                 continue;
             }
             // Sent again (same number: taken once) until HOLD has passed.
-            Err(e) if since.elapsed() < HOLD => {
+            Err(e) if !down && since.elapsed() < HOLD => {
                 debug!(peer, messages = n, error = %e, "batch not confirmed; sending it again");
                 held = Some((batch, since, waiting));
             }
             Err(e) => {
-                stats.dropped.fetch_add(n, Ordering::Relaxed);
-                warn!(peer, messages = n, error = %e, "messages for a peer dropped");
-                // Given up on: the publishers' acknowledgements wait no longer.
-                waiting.iter().for_each(|w| w.decide(Replicated::Committed));
+                drop_batch(&stats, peer, n, &waiting, &e.to_string());
+                continue;
             }
         }
         tokio::select! {
@@ -214,6 +230,13 @@ pub(super) async fn run(
             () = stop.wait() => return,
         }
     }
+}
+
+/// Drops a batch for `peer`: counted, and the publishers' acknowledgements wait no longer.
+fn drop_batch(stats: &PeerStats, peer: NodeId, n: u64, waiting: &[Arc<Replication>], why: &str) {
+    stats.dropped.fetch_add(n, Ordering::Relaxed);
+    warn!(peer, messages = n, why, "messages for a peer dropped");
+    waiting.iter().for_each(|w| w.decide(Replicated::Committed));
 }
 
 /// The last batch taken from each sender, by node: its incarnation and the batch's number.

@@ -381,8 +381,8 @@ impl Started {
             tasks.push(Box::pin(forward::run(
                 node.dial().clone(),
                 (node.id(), node.incarnation()),
-                id,
-                addr.clone(),
+                (id, addr.clone()),
+                node.contact().clone(),
                 queue,
                 stats,
                 stop.clone(),

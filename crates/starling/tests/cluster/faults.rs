@@ -342,3 +342,63 @@ async fn nodes_talk_tls_and_take_only_peers_their_ca_signed() {
         "node 1 says why it refused node 3"
     );
 }
+
+/// A node gone for good does not hold the acknowledgements of publishers whose messages its
+/// subscribers matched: once it has answered nothing for 10 s it is down, batches for it are
+/// dropped (counted) without waiting, and the PUBACKs come at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_subscribers_do_not_hold_pubacks() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+
+    let mut c = Cluster::formed(3).await;
+    let (mut sub, _) = v5::Client::connect(c.mqtt(2), "gone-sub", persistent).await;
+    sub.subscribe(Filter::new("gone/#", QoS5::AtLeastOnce), None)
+        .await;
+    c.routes_known(1, 1).await;
+    c.kill9(2);
+    let mut publisher = v5::Client::plain(c.mqtt(1), "gone-pub").await;
+    // Down once silent for 10 s.
+    let silent = |s: &serde_json::Value| {
+        s["peers"].as_array().is_some_and(|ps| {
+            ps.iter().any(|p| {
+                p["id"] == 2 && p["last_reply_ms"].as_u64().is_some_and(|ms| ms > 10_500)
+            })
+        })
+    };
+    let mut waited = 0;
+    while !c.status(1).await.is_some_and(|s| silent(&s)) {
+        assert!(waited < 300, "node 1 still hears node 2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let started = std::time::Instant::now();
+    for i in 0..50 {
+        publisher
+            .client
+            .publish("gone/m", QoS5::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    for _ in 0..50 {
+        publisher
+            .expect("PUBACK", |p| match p {
+                Packet::PubAck(a) => Some(a),
+                _ => None,
+            })
+            .await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "PUBACKs waited on a dead node: {:?}",
+        started.elapsed()
+    );
+    let s = c.status(1).await.unwrap();
+    let dropped: u64 = s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["messages_dropped"].as_u64().unwrap())
+        .sum();
+    assert_eq!(dropped, 50, "{s:#}");
+}
