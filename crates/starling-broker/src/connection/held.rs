@@ -3,21 +3,20 @@
 //! PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK), CONNACK (a session started, resumed or ended),
 //! a QoS 2 PUBLISH of a persistent session (its packet id), and what a resumed session
 //! resends. They wait here, in order, with the ticket of what they reflect; a failed commit is
-//! never presented as a success. In a cluster, the acknowledgement of a retained publish also
-//! waits here for the cluster to commit the retained copy (whatever the durability), and the
-//! acknowledgements after it wait behind it. Also: pausing a client that feeds a store at its
-//! bound.
+//! never presented as a success. In a cluster, the acknowledgement of a publish also waits
+//! here for the cluster's work on it (its retained copy committed, the other nodes storing
+//! the message), whatever the durability, and the acknowledgements after it wait behind it.
+//! Also: pausing a client that feeds a store at its bound.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use starling_proto::{Packet, Properties, ReasonCode};
 
 use super::active::Active;
 use super::{Close, Cx, Flow};
-use std::sync::Arc;
-
 use crate::broker::{Broker, Ending};
 use crate::persist::{Journal, Ops, TicketStatus};
 use crate::retain::{Replicated, Replication};
@@ -153,14 +152,15 @@ impl Active {
         ticket: Option<u64>,
         grouped: bool,
     ) {
-        let hold = match cx.broker.persistence() {
+        let (hold, ticket) = match cx.broker.persistence() {
             // Held even if already failed: `release_held` turns it into a failure answer.
             Some(p) if p.journal.hold_acks() => {
-                self.has_held()
-                    || ticket.is_some_and(|t| p.journal.status(t) != TicketStatus::Durable)
+                let pending = ticket.is_some_and(|t| p.journal.status(t) != TicketStatus::Durable);
+                (self.has_held() || pending, ticket)
             }
-            // Behind a replicated write's acknowledgement (acknowledgements go in order).
-            _ => self.has_held(),
+            // Behind a cluster's acknowledgement (acknowledgements go in order), but waiting
+            // for no commit: the durability does not make acknowledgements wait.
+            _ => (self.has_held(), None),
         };
         if hold {
             let item = if grouped && ticket.is_some() {

@@ -361,9 +361,8 @@ async fn a_dead_nodes_subscribers_do_not_hold_pubacks() {
     // Down once silent for 10 s.
     let silent = |s: &serde_json::Value| {
         s["peers"].as_array().is_some_and(|ps| {
-            ps.iter().any(|p| {
-                p["id"] == 2 && p["last_reply_ms"].as_u64().is_some_and(|ms| ms > 10_500)
-            })
+            ps.iter()
+                .any(|p| p["id"] == 2 && p["last_reply_ms"].as_u64().is_some_and(|ms| ms > 10_500))
         })
     };
     let mut waited = 0;
