@@ -145,20 +145,7 @@ impl Client {
         .with_context(|| format!("connect to {addr}"))?;
         stream.set_nodelay(true).context("TCP_NODELAY")?;
         let (rd, mut wr) = stream.into_split();
-        let (username, password) = CREDENTIALS.get().cloned().unwrap_or_default();
-        let connect = Packet::Connect(Box::new(Connect {
-            protocol: VERSION,
-            clean_start: clean,
-            keep_alive,
-            client_id,
-            will: None,
-            username,
-            password,
-            properties: Properties::default(),
-            bridge: false,
-        }));
-        let mut out = BytesMut::new();
-        encode(&connect, VERSION, &mut out)?;
+        let out = connect_packet(VERSION, client_id, clean, keep_alive)?;
         wr.write_all(&out).await.context("send CONNECT")?;
         let mut rd = PacketReader::new(rd, chunk);
         match rd.next().await? {
@@ -238,4 +225,28 @@ pub(crate) fn check_suback(reasons: &[ReasonCode]) -> Result<()> {
         Some(r) => bail!("SUBACK refused: {r:?}"),
         None => Ok(()),
     }
+}
+
+/// A CONNECT of `client_id` in `version`, with the run's credentials, encoded.
+pub(crate) fn connect_packet(
+    version: ProtocolVersion,
+    client_id: String,
+    clean: bool,
+    keep_alive: u16,
+) -> Result<BytesMut> {
+    let (username, password) = CREDENTIALS.get().cloned().unwrap_or_default();
+    let connect = Packet::Connect(Box::new(Connect {
+        protocol: version,
+        clean_start: clean,
+        keep_alive,
+        client_id,
+        will: None,
+        username,
+        password,
+        properties: Properties::default(),
+        bridge: false,
+    }));
+    let mut out = BytesMut::new();
+    encode(&connect, version, &mut out)?;
+    Ok(out)
 }

@@ -24,14 +24,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::BytesMut;
 use serde_json::{Map, Value, json};
-use starling_proto::{Connect, Packet, Properties, ProtocolVersion, ReasonCode, encode};
+use starling_proto::{Packet, ProtocolVersion, ReasonCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::client::{CREDENTIALS, PacketReader, now_ns};
+use crate::client::{PacketReader, connect_packet, now_ns};
 use crate::hist::Histogram;
 use crate::load::{median, round};
 use crate::procstat::Proc;
@@ -326,20 +325,7 @@ async fn connect(
     let stream = TcpStream::connect(addr).await.context("TCP connect")?;
     stream.set_nodelay(true).context("TCP_NODELAY")?;
     let (rd, mut wr) = stream.into_split();
-    let (username, password) = CREDENTIALS.get().cloned().unwrap_or_default();
-    let connect = Packet::Connect(Box::new(Connect {
-        protocol: VERSION,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: client_id.to_owned(),
-        will: None,
-        username,
-        password,
-        properties: Properties::default(),
-        bridge: false,
-    }));
-    let mut out = BytesMut::new();
-    encode(&connect, VERSION, &mut out)?;
+    let out = connect_packet(VERSION, client_id.to_owned(), true, 60)?;
     let sent = now_ns();
     if let Some(taken) = live
         && taken.get().is_none()
