@@ -5,7 +5,8 @@ on different nodes.
 * Messages published on one node reach the subscribers on the others (MQTT 5 and 3.1.1),
   once each, at min(publish QoS, subscription QoS), with `+` and `#` matched across nodes
   and `$` topics not matched by a leading wildcard (MQTT 4.7.2).
-* A client id connecting on another node takes the session over (DISCONNECT 0x8E).
+* A client id connecting on another node takes the session over (DISCONNECT 0x8E); a
+  persistent session moves with its client, its QoS 2 messages delivered once.
 * `GET /api/v1/cluster` on every node: three members, one leader agreed by all.
 
 Not tested here: faults between nodes (crates/starling/tests/cluster.rs cuts links with a
@@ -552,6 +553,36 @@ def test_a_v311_client_id_connecting_on_node_1_closes_its_connection_on_node_3(c
     first.wait_disconnected()
     wait_for(lambda: first.c.socket() is None, what="the old connection to close")
     assert second.c.socket() is not None
+
+
+def test_a_v311_persistent_session_moves_to_another_node_with_its_qos2_messages(cluster, client_on):
+    """A 3.1.1 client with Clean Session 0 subscribed at QoS 2 on node 1 goes away; ten QoS 2
+    messages published on node 3 wait in its session there. It comes back on node 2: CONNACK
+    Session Present 1 (MQTT-3.2.2-2), the ten exactly once each at QoS 2 (MQTT 4.3.3), and
+    what is published after the move reaches it on node 2."""
+    cid = unique_id("cl-walker")
+    topic = unique_id("cl-walk") + "/t"
+    first = client_on(1, cid, V311, clean=False)
+    assert first.subscribe(topic, 2) == [2]
+    cluster.wait_routes(3, 1)
+    first.disconnect()
+    pub = client_on(3)
+    sent = [f"m{i}".encode() for i in range(10)]
+    for payload in sent:
+        pub.publish(topic, payload, qos=2)
+
+    back = client_on(2, cid, V311, clean=False)
+    assert back.connack.session_present is True
+    back.collector.wait(10)
+    pub.publish(topic, b"after the move", qos=2)
+    back.collector.wait(11)
+    time.sleep(QUIET)  # room for a duplicate to show up
+    got = [m.payload for m in back.collector.messages]
+    assert sorted(got) == sorted(sent + [b"after the move"])
+    assert all(m.qos == 2 for m in back.collector.messages)
+    back.disconnect()
+    # A clean session ends the persistent one, so that no filter is left for the next test.
+    client_on(2, cid, V311, clean=True)
 
 
 # --- the admin API -------------------------------------------------------------------

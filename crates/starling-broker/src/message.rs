@@ -33,6 +33,42 @@ pub struct Message {
     /// Names the payload in the store, where the records of every persistent session the
     /// message is queued for share one copy of it.
     pub store_key: StoreKey,
+    /// Names the message across the nodes of a cluster (0: not forwarded): the node that
+    /// first hands it to a peer picks it, and every node it reaches keeps it, so that a
+    /// session handed over between nodes takes a message once however many ways it came.
+    pub cluster_id: ClusterId,
+}
+
+/// A message's name in a cluster; see [`Message::cluster_id`].
+#[derive(Debug, Default)]
+pub struct ClusterId(AtomicU64);
+
+impl ClusterId {
+    /// The id; 0 if it has none.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// The id, taken from `make` now if the message has none yet (`make` must not give 0).
+    pub fn get_or(&self, make: impl FnOnce() -> u64) -> u64 {
+        let id = self.get();
+        if id != 0 {
+            return id;
+        }
+        let new = make();
+        match self
+            .0
+            .compare_exchange(0, new, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => new,
+            Err(id) => id,
+        }
+    }
+
+    /// Gives it the id it was forwarded with.
+    pub fn set(&self, id: u64) {
+        self.0.store(id, Ordering::Relaxed);
+    }
 }
 
 /// A number that names one message's payload for as long as the process runs: taken from a
@@ -92,6 +128,7 @@ impl Message {
             publisher,
             received: Some(now),
             store_key: StoreKey::default(),
+            cluster_id: ClusterId::default(),
         }
     }
 
@@ -107,6 +144,7 @@ impl Message {
             publisher: None,
             received: None,
             store_key: StoreKey::default(),
+            cluster_id: ClusterId::default(),
         }
     }
 

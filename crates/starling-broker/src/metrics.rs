@@ -231,8 +231,13 @@ pub struct Metrics {
     pub connections_total: Counter,
     /// Sessions that expired.
     pub sessions_expired: Counter,
-    /// Sessions ended because their client id was claimed on another node of the cluster.
+    /// Sessions ended because their client id was claimed on another node of the cluster
+    /// that did not take them over.
     pub sessions_taken_over_elsewhere: Counter,
+    /// Sessions handed over to another node of the cluster that took their client id.
+    pub sessions_handed_over: Counter,
+    /// Sessions another node of the cluster handed over to this one.
+    pub sessions_adopted: Counter,
     /// Packets received.
     pub messages_received: Counter,
     /// Packets sent.
@@ -363,6 +368,8 @@ impl Default for Metrics {
             connections_total: Counter::default(),
             sessions_expired: Counter::default(),
             sessions_taken_over_elsewhere: Counter::default(),
+            sessions_handed_over: Counter::default(),
+            sessions_adopted: Counter::default(),
             messages_received: Counter::default(),
             messages_sent: Counter::default(),
             publish_received: Counter::default(),

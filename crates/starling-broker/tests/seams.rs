@@ -179,7 +179,7 @@ struct ByHand {
 struct Shared(Arc<ByHand>);
 
 impl Ownership for Shared {
-    fn acquire(&self, client_id: &Arc<str>, waker: starling_broker::Waker) -> Acquire {
+    fn acquire(&self, client_id: &Arc<str>, _: bool, waker: starling_broker::Waker) -> Acquire {
         let grant = Grant::new(waker);
         let mut pending = self.0.pending.lock().unwrap();
         pending.push((client_id.to_string(), grant.clone()));
@@ -492,4 +492,98 @@ fn a_message_from_another_node_reaches_only_the_shared_groups_it_names() {
     let to_a: Vec<&[u8]> = publishes(&got).iter().map(|p| &p.payload[..]).collect();
     assert_eq!(to_a, [&b"for g"[..]]);
     assert!(publishes(&sim.take(b)).is_empty(), "group h was not named");
+}
+
+/// A session moves between two nodes (two brokers here): the old node hands over its record,
+/// its inflight and queued messages; the new node adopts it, into its store too, and the
+/// client resumes it there (Session Present 1, the inflight messages again with DUP, then the
+/// queued ones). The old node's last messages for it are taken once: one that reached the
+/// new node directly (the same cluster id) is not taken again.
+#[test]
+fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
+    // The wall clock both nodes agree on (the simulation's start).
+    const UNIX_MS: u64 = 1_700_000_000_000;
+    use starling_broker::broker::HandOver;
+    use starling_broker::message::Delivery;
+    use starling_store::MessagePhase;
+
+    let mut a = Sim::with(Limits::default(), Durability::Sync);
+    let (sub, _) = a.connected(persistent(V5, "m", 600));
+    a.send(sub, subscribe(1, "t/#", QoS::AtLeastOnce));
+    a.take(sub);
+    let (p, _) = a.connected(connect(V5, "p"));
+    for i in 0..3u8 {
+        a.send(p, publish("t/x", QoS::AtLeastOnce, u16::from(i) + 1, &[i]));
+    }
+    assert_eq!(publishes(&a.take(sub)).len(), 3, "sent, not acknowledged");
+    a.drop_connection(sub);
+    for i in 3..5u8 {
+        a.send(p, publish("t/x", QoS::AtLeastOnce, u16::from(i) + 1, &[i]));
+    }
+    a.settle();
+
+    let HandOver::Taken { session, ids } = a.broker.hand_over("m", false, a.now, UNIX_MS) else {
+        panic!("no session to hand over");
+    };
+    let phases: Vec<MessagePhase> = session.messages.iter().map(|(_, m)| m.phase).collect();
+    use MessagePhase::{Published, Queued};
+    assert_eq!(phases, [Published, Published, Published, Queued, Queued]);
+    assert_eq!(ids.len(), 5);
+    assert_eq!(session.record.subscriptions.len(), 1);
+
+    // The second call takes what came meanwhile (nothing) and ends the session there.
+    let HandOver::Taken { session: rest, .. } = a.broker.hand_over("m", true, a.now, UNIX_MS)
+    else {
+        panic!("no session to finish");
+    };
+    assert!(rest.messages.is_empty());
+    assert_eq!(a.broker.metrics.sessions_handed_over.get(), 1);
+    assert!(!a.broker.client_ids().iter().any(|c| &**c == "m"));
+
+    let mut b = Sim::with(Limits::default(), Durability::Sync);
+    assert!(b.broker.adopt(session, b.now, UNIX_MS));
+    assert_eq!(b.broker.metrics.sessions_adopted.get(), 1);
+
+    // The old node's last messages: one of them also reached the new node directly.
+    let late = |id: u64, byte: u8| {
+        let mut msg = Message::internal(
+            starling_proto::TopicName::try_from_str("t/x").unwrap(),
+            bytes::Bytes::from(vec![byte]),
+            false,
+        );
+        msg.qos = QoS::AtLeastOnce;
+        msg.cluster_id.set(id);
+        Arc::new(msg)
+    };
+    b.broker.publish_from_peer(late(42, 42), &[]);
+    let clock = starling_broker::persist::WallClock::new(b.now, UNIX_MS);
+    let record = |byte: u8| {
+        let d = Delivery {
+            msg: late(0, byte),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: Vec::new(),
+            share: None,
+            seq: 0,
+        };
+        starling_broker::persist::delivery_record(&d, Queued, 0, &clock)
+    };
+    let last = vec![(record(42), 42), (record(43), 43)];
+    let taken = b.broker.adopt_messages("m", last, b.now, UNIX_MS);
+    assert_eq!(
+        taken, 1,
+        "the message that came directly is not taken again"
+    );
+
+    // All of it stored on the new node: a crash there keeps it.
+    b.settle();
+    b.crash_and_restart();
+    let (m, ack) = b.connected(persistent(V5, "m", 600));
+    assert!(ack.session_present);
+    let got = b.take(m);
+    let got = publishes(&got);
+    let payloads: Vec<u8> = got.iter().map(|p| p.payload[0]).collect();
+    assert_eq!(payloads, [0, 1, 2, 3, 4, 42, 43]);
+    assert!(got[..3].iter().all(|p| p.dup), "inflight again, with DUP");
+    assert!(got[3..].iter().all(|p| !p.dup));
 }

@@ -397,6 +397,8 @@ pub struct LocalFilters {
     inner: Mutex<Filters>,
     /// The number of the last change.
     seq: watch::Sender<u64>,
+    /// The number of the last change each peer has applied (its [`sync`] task says so).
+    told: watch::Sender<HashMap<NodeId, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -412,6 +414,7 @@ impl Default for LocalFilters {
         Self {
             inner: Mutex::default(),
             seq: watch::Sender::new(0),
+            told: watch::Sender::new(HashMap::new()),
         }
     }
 }
@@ -487,6 +490,35 @@ impl LocalFilters {
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.seq.subscribe()
     }
+
+    /// The number of the last change.
+    pub fn seq(&self) -> u64 {
+        *self.seq.borrow()
+    }
+
+    /// `peer` has applied every change up to `seq` (`None`: it has to be told again).
+    fn told(&self, peer: NodeId, seq: Option<u64>) {
+        self.told.send_modify(|t| match seq {
+            Some(seq) => {
+                t.insert(peer, seq);
+            }
+            None => {
+                t.remove(&peer);
+            }
+        });
+    }
+
+    /// Waits until each of `peers` has applied the changes up to `seq` (then a publish on
+    /// any of them reaches this node's subscribers as of that change), for at most
+    /// `within`; whether they all have.
+    pub async fn told_all(&self, peers: &[NodeId], seq: u64, within: Duration) -> bool {
+        let mut rx = self.told.subscribe();
+        let all =
+            |t: &HashMap<NodeId, u64>| peers.iter().all(|p| t.get(p).is_some_and(|&s| s >= seq));
+        tokio::time::timeout(within, rx.wait_for(all))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
 }
 
 /// Keeps `peer` (id and address) told of the filters of this node (`me`: id and
@@ -544,6 +576,7 @@ pub async fn sync<D: Dial>(
                     info!(peer, changes = seq, "routes sent to peer");
                 }
                 told = Some(seq);
+                filters.told(peer, told);
                 if filters.since(seq).is_some_and(|(to, ..)| to == seq) {
                     // Up to date: wait for a change, or ask again after a while.
                     tokio::select! {
@@ -553,10 +586,14 @@ pub async fn sync<D: Dial>(
                     }
                 }
             }
-            Ok(UpdateReply::NeedSnapshot) => told = None,
+            Ok(UpdateReply::NeedSnapshot) => {
+                told = None;
+                filters.told(peer, told);
+            }
             Err(e) => {
                 debug!(peer, error = %e, "routes not sent; retrying");
                 told = None;
+                filters.told(peer, told);
                 tokio::select! {
                     () = tokio::time::sleep(RETRY) => {}
                     () = &mut stop => return,

@@ -139,6 +139,15 @@ impl Inbound for Receiver {
     fn forward(&self, _: Forward) -> starling_cluster::net::Confirmed {
         Box::pin(std::future::ready(0))
     }
+
+    fn handover(
+        &self,
+        _: starling_cluster::net::Handover,
+    ) -> starling_cluster::net::HandoverAnswer {
+        Box::pin(std::future::ready(
+            starling_cluster::net::HandoverReply::Absent,
+        ))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -26,6 +26,8 @@ mod common;
 mod harness;
 #[path = "cluster/faults.rs"]
 mod faults;
+#[path = "cluster/moving.rs"]
+mod moving;
 #[path = "cluster/proxy.rs"]
 mod proxy;
 #[path = "cluster/regressions.rs"]
@@ -96,8 +98,9 @@ async fn three_nodes_elect_survive_a_killed_leader_and_a_full_restart() {
 }
 
 /// A client id is owned by one node at a time: a CONNECT on another node takes it over (the
-/// old connection gets DISCONNECT 0x8E, v5; 3.x: closed), the session does not follow it
-/// (Session Present 0 on the new node, and 0 again when the client comes back), and a node
+/// old connection gets DISCONNECT 0x8E, v5; 3.x: closed), a persistent session follows its
+/// client back to the first node (Session Present 1; one that started clean there is not
+/// resumed: Session Present 0), and a node
 /// without a majority refuses CONNECT as Server unavailable (v5 0x88, 3.x return code 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_id_moves_between_nodes_and_a_minority_refuses_connect() {
@@ -118,8 +121,8 @@ async fn a_client_id_moves_between_nodes_and_a_minority_refuses_connect() {
     })
     .await;
     assert!(
-        !ack.session_present,
-        "the session stayed on node 2 and ended there: {ack:?}"
+        ack.session_present,
+        "node 1 took node 2's session over: {ack:?}"
     );
     let ended = end_of(&mut second).await;
     assert!(ended.contains("SessionTakenOver"), "{ended}");

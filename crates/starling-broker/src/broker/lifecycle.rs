@@ -165,7 +165,7 @@ impl Broker {
     }
 
     /// Removes a session's subscriptions from the route table (it has already dropped them).
-    fn unroute(&self, session: &Arc<Session>, filters: &[starling_proto::TopicFilter]) {
+    pub(super) fn unroute(&self, session: &Arc<Session>, filters: &[starling_proto::TopicFilter]) {
         for f in filters {
             self.seams.routes.table().unsubscribe(f, session);
         }

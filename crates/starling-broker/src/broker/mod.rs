@@ -7,6 +7,7 @@
 //!   wills and the housekeeping tick.
 //! - `route.rs`: routing a publish, and handing shared messages over.
 //! - `restore.rs`: rebuilding from a store snapshot.
+//! - `handover.rs`: a session moving to or from another node of a cluster.
 //!
 //! Lock order, to stay deadlock-free: the registry, then the route table or retained store,
 //! then one session; a session's lock is never held while another lock is taken.
@@ -30,6 +31,7 @@ use crate::session::{Ctx, Session, Subscription};
 use crate::sys::SysState;
 
 mod admin;
+mod handover;
 mod lifecycle;
 pub mod ownership;
 mod registry;
@@ -37,6 +39,7 @@ mod restore;
 mod route;
 
 pub use admin::{AdminError, Page};
+pub use handover::HandOver;
 pub use lifecycle::{Attached, Claim, ConnectRequest, Ending};
 pub use ownership::{Acquire, Alone, Grant, Ownership};
 pub use registry::{LocalRegistry, Registry};

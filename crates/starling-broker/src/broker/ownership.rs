@@ -82,7 +82,10 @@ impl Grant {
 /// Cluster-wide ownership of client ids.
 pub trait Ownership: Send + Sync + fmt::Debug {
     /// Asks that this node own `client_id` for a new connection, whose waker is `waker`.
-    fn acquire(&self, client_id: &Arc<str>, waker: Waker) -> Acquire;
+    /// `resume`: the CONNECT asks to resume the session (Clean Start 0), which a cluster
+    /// fetches from the node that owned the client id before it grants it (see
+    /// [`crate::Broker::adopt`]).
+    fn acquire(&self, client_id: &Arc<str>, resume: bool, waker: Waker) -> Acquire;
     /// The session of `client_id` is now attached on this node under the cluster `epoch` of
     /// its grant: whether this node still owns the client id (false: a later claim elsewhere
     /// has committed since, and the session must end).
@@ -96,7 +99,7 @@ pub trait Ownership: Send + Sync + fmt::Debug {
 pub struct Alone;
 
 impl Ownership for Alone {
-    fn acquire(&self, _: &Arc<str>, _: Waker) -> Acquire {
+    fn acquire(&self, _: &Arc<str>, _: bool, _: Waker) -> Acquire {
         Acquire::Now
     }
 

@@ -275,7 +275,8 @@ pub(super) fn accept(
     };
     // In a cluster the client id is claimed through the cluster first.
     let id = accepted.negotiated.client_id.clone();
-    match cx.broker.ownership().acquire(&id, cx.link.waker.clone()) {
+    let resume = !accepted.connect.clean_start;
+    match (cx.broker.ownership()).acquire(&id, resume, cx.link.waker.clone()) {
         Acquire::Now => {}
         Acquire::Later(grant) => {
             return State::Waiting(Box::new(handover::Waiting::for_grant(cx, accepted, grant)));

@@ -51,6 +51,10 @@ impl Active {
                     let text = "this node lost its cluster's majority; use another node";
                     (ReasonCode::UseAnotherServer, text)
                 }
+                Kick::TakenOver => {
+                    self.taken_over_event(cx);
+                    (ReasonCode::SessionTakenOver, "session taken over")
+                }
             };
             self.send_disconnect(cx, reason, text);
             return ControlFlow::Break(Close::new(reason, text));

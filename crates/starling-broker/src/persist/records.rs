@@ -116,6 +116,7 @@ pub fn encode_will(will: &starling_proto::Will) -> Vec<u8> {
         publisher: None,
         received: None,
         store_key: crate::message::StoreKey::default(),
+        cluster_id: crate::message::ClusterId::default(),
     };
     encode_message(&msg, will.qos, will.retain, &[])
 }

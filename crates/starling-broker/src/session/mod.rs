@@ -8,7 +8,7 @@
 //! the [`Locked`] guard that keeps the session consistent and records the store operations it
 //! implies in the caller's [`Ops`] (the caller hands them to `Broker::persist`). Lifecycle
 //! (ownership, resume, detach, end) is here; the queue is in `queue.rs`, the QoS flows in
-//! `flows.rs`, rebuilding from the store in `restore.rs`.
+//! `flows.rs`, rebuilding from the store and handing over to another node in `restore.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -33,7 +33,7 @@ mod restore;
 mod window;
 pub use buffers::BufferView;
 pub use flows::{Ack, PubRec, Qos2Receive};
-pub use restore::Restoring;
+pub use restore::{Restoring, SeenIds, TakenMessages};
 pub use window::Window;
 
 /// What enqueueing needs from the broker: its limits and counters.
@@ -163,6 +163,9 @@ pub enum Kick {
     /// This node lost its cluster's majority: v5 DISCONNECT 0x9C Use another server, so the
     /// client reconnects to a node that can serve it.
     UseAnotherServer,
+    /// Another node of the cluster claimed the client id: v5 DISCONNECT 0x8E Session taken
+    /// over; the session stays here until the new owner takes it (see `Broker::hand_over`).
+    TakenOver,
 }
 
 /// The mutable part of a session; see [`Locked`] for what may change it.
@@ -172,8 +175,9 @@ pub struct SessionState {
     owner: Option<Waker>,
     /// About that connection, for the admin API; `None` while disconnected.
     owner_info: Option<Arc<ClientInfo>>,
-    /// Queue bounds replacing the broker's, for this session (boxed: rare).
-    queue_bounds: Option<Box<crate::config::QueueBounds>>,
+    /// What few sessions have (queue bounds of their listener, message ids remembered
+    /// during a handover), boxed together: the others pay one pointer for it.
+    rare: Option<Box<Rare>>,
     /// The owner is to be disconnected, and why: an operator asked (admin API, DISCONNECT
     /// 0x98), or this node lost its cluster's majority (0x9C, Use another server). It closes
     /// at its next wake-up. Cleared when a connection attaches.
@@ -222,6 +226,16 @@ pub struct SessionState {
     persisted: bool,
     /// Next store sequence number for a queued message.
     next_seq: u64,
+}
+
+/// See [`SessionState::rare`].
+#[derive(Debug, Default)]
+struct Rare {
+    /// Queue bounds replacing the broker's, for this session (from its listener).
+    queue_bounds: Option<crate::config::QueueBounds>,
+    /// While a session handed over from another node waits for that node's last messages:
+    /// the cluster ids of the messages delivered here meanwhile.
+    seen: Option<restore::SeenIds>,
 }
 
 /// A session shared by the registry, the route table and its connection.
@@ -297,7 +311,7 @@ impl Session {
             state: Mutex::new(SessionState {
                 owner: None,
                 owner_info: None,
-                queue_bounds: None,
+                rare: None,
                 kicked: None,
                 successor: None,
                 claimed: 0,
@@ -346,6 +360,9 @@ impl Session {
         let mut s = self.lock();
         if s.st.ended {
             return false;
+        }
+        if let Some(seen) = s.st.rare.as_deref_mut().and_then(|r| r.seen.as_mut()) {
+            seen.insert(delivery.msg.cluster_id.get());
         }
         let accepted = s.enqueue(delivery, ctx, ops);
         if accepted && let Some(waker) = &s.st.owner {
@@ -521,7 +538,16 @@ impl Locked<'_> {
         self.st.claimed = epoch;
         self.set_owner(Some(waker));
         self.st.owner_info = terms.info;
-        self.st.queue_bounds = terms.queue_bounds.map(Box::new);
+        match (terms.queue_bounds, self.st.rare.as_deref_mut()) {
+            (bounds, Some(r)) => r.queue_bounds = bounds,
+            (Some(b), None) => {
+                self.st.rare = Some(Box::new(Rare {
+                    queue_bounds: Some(b),
+                    seen: None,
+                }));
+            }
+            (None, None) => {}
+        }
         self.st.kicked = None;
         self.st.will = terms.will.map(Box::new);
         self.st.protocol = terms.protocol;
@@ -680,30 +706,31 @@ impl Locked<'_> {
             return;
         }
         self.st.persisted = true;
+        let record = &*self;
+        ops.push(|clock| Op::PutSession(id, record.record(clock)));
+    }
+
+    /// The session's record as the store keeps it: subscriptions, will, expiry.
+    pub fn record(&self, clock: &crate::persist::WallClock) -> SessionRecord {
         let st = &*self.st;
-        ops.push(|clock| {
-            Op::PutSession(
-                id,
-                SessionRecord {
-                    protocol: st.protocol.level(),
-                    expiry_secs: st.expiry_secs,
-                    disconnected_at_ms: st.disconnected_at.map(|t| clock.to_unix_ms(t)),
-                    subscriptions: st
-                        .subscriptions
-                        .iter()
-                        .map(|(f, s)| SubscriptionRecord {
-                            filter: f.as_str().to_string(),
-                            options: restore::options_byte(&s.options),
-                            id: s.id,
-                        })
-                        .collect(),
-                    will: st.will.as_ref().map(|w| WillRecord {
-                        packet: crate::persist::encode_will(&w.will),
-                        delay_secs: w.delay_secs,
-                    }),
-                },
-            )
-        });
+        SessionRecord {
+            protocol: st.protocol.level(),
+            expiry_secs: st.expiry_secs,
+            disconnected_at_ms: st.disconnected_at.map(|t| clock.to_unix_ms(t)),
+            subscriptions: st
+                .subscriptions
+                .iter()
+                .map(|(f, s)| SubscriptionRecord {
+                    filter: f.as_str().to_string(),
+                    options: restore::options_byte(&s.options),
+                    id: s.id,
+                })
+                .collect(),
+            will: st.will.as_ref().map(|w| WillRecord {
+                packet: crate::persist::encode_will(&w.will),
+                delay_secs: w.delay_secs,
+            }),
+        }
     }
 }
 

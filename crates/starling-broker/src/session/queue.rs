@@ -83,7 +83,12 @@ impl Locked<'_> {
 
     /// The session's queue bounds: the listener's, or `[limits]`'s.
     fn session_bounds(&self, limits: &Limits) -> (usize, usize) {
-        match self.st.queue_bounds.as_deref() {
+        match self
+            .st
+            .rare
+            .as_deref()
+            .and_then(|r| r.queue_bounds.as_ref())
+        {
             Some(b) => (b.messages, b.bytes),
             None => (limits.max_queued_messages, limits.max_queued_bytes),
         }

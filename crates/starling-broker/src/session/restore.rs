@@ -1,5 +1,6 @@
-//! Rebuilding a session from its store records at start-up, and the subscription options
-//! byte records keep.
+//! A session as store records: rebuilt from them at start-up (and when another node of a
+//! cluster hands a session over, `Broker::adopt`), taken out as them for such a handover
+//! (`Broker::hand_over`), and the subscription options byte records keep.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,51 @@ use starling_store::{LoadedSession, MessagePhase, MessageRecord, Op};
 use super::{Inflight, Locked, PendingWill, Phase, Session, Subscription};
 use crate::broker::Restored;
 use crate::message::Delivery;
-use crate::persist::{Ops, WallClock, decode_message};
+use crate::persist::{Ops, WallClock, decode_message, delivery_record};
+
+/// Most message ids a session adopted from another node remembers while it waits for that
+/// node's last messages; beyond it they are not remembered (such a late message may then
+/// come twice: counted in [`SeenIds::full`]).
+const MAX_SEEN_IDS: usize = 65_536;
+
+/// The cluster ids of the messages delivered to a session since it was adopted.
+#[derive(Debug, Default)]
+pub struct SeenIds {
+    ids: std::collections::HashSet<u64>,
+    /// Ids were left out for the bound.
+    pub full: bool,
+}
+
+impl SeenIds {
+    pub(super) fn insert(&mut self, id: u64) {
+        if id == 0 {
+            return;
+        }
+        if self.ids.len() >= MAX_SEEN_IDS {
+            self.full = true;
+            return;
+        }
+        self.ids.insert(id);
+    }
+
+    /// Whether a message with cluster id `id` was delivered.
+    pub fn contains(&self, id: u64) -> bool {
+        id != 0 && self.ids.contains(&id)
+    }
+}
+
+/// What a session hands over besides its record: its messages as records, numbered from 1
+/// (inflight first, in send order, then the queue), and the inbound QoS 2 ids awaiting
+/// PUBREL.
+#[derive(Debug, Default)]
+pub struct TakenMessages {
+    /// The messages, each with its whole PUBLISH in `packet` (no payload kept apart).
+    pub messages: Vec<(u64, MessageRecord)>,
+    /// Each message's cluster id (0: none), in the same order.
+    pub ids: Vec<u64>,
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub awaiting: Vec<u16>,
+}
 
 /// A session rebuilt from the store, with the subscriptions to add to the route table.
 #[derive(Debug)]
@@ -114,6 +159,65 @@ fn restore_will(
 }
 
 impl Locked<'_> {
+    /// Takes out everything the session holds for its client, as records, for another node
+    /// that took the client id over: the inflight window, the queue (or its buffers), the
+    /// inbound QoS 2 ids and the will (which the record the caller took before carries; the
+    /// new owner decides about it). The subscriptions stay, so that what arrives meanwhile
+    /// is queued here for a second call. What the session held in the store stays until the
+    /// session ends.
+    pub fn take_messages(&mut self, clock: &WallClock) -> TakenMessages {
+        let mut out = TakenMessages::default();
+        let mut seq = 0u64;
+        let mut push = |rec: MessageRecord, id: u64| {
+            seq += 1;
+            out.ids.push(id);
+            let packet = rec.whole_packet();
+            let whole = MessageRecord {
+                packet,
+                payload: None,
+                ..rec
+            };
+            out.messages.push((seq, whole));
+        };
+        for f in self.st.inflight.extract(|_| true) {
+            let phase = match f.phase {
+                Phase::Published => MessagePhase::Published,
+                Phase::Released => MessagePhase::Released,
+            };
+            let id = f.delivery.msg.cluster_id.get();
+            push(delivery_record(&f.delivery, phase, f.packet_id, clock), id);
+        }
+        let queued = match self.st.buffers.as_deref_mut() {
+            Some(b) => b.extract(|_| true),
+            None => {
+                self.st.queued_bytes = 0;
+                self.st.queued_qos0 = 0;
+                self.st.queue.drain(..).collect()
+            }
+        };
+        for d in &queued {
+            push(
+                delivery_record(d, MessagePhase::Queued, 0, clock),
+                d.msg.cluster_id.get(),
+            );
+        }
+        out.awaiting = self.st.awaiting_rel.keys().copied().collect();
+        self.st.awaiting_rel.clear();
+        self.st.will = None;
+        out
+    }
+
+    /// Starts remembering the cluster ids of the messages delivered (a session adopted from
+    /// another node, until that node's last messages for it come).
+    pub fn remember_ids(&mut self) {
+        self.st.rare.get_or_insert_with(Box::default).seen = Some(SeenIds::default());
+    }
+
+    /// Stops remembering, and gives what was remembered.
+    pub fn take_seen(&mut self) -> Option<SeenIds> {
+        self.st.rare.as_deref_mut().and_then(|r| r.seen.take())
+    }
+
     /// Puts a stored message back in the queue or the inflight window.
     fn restore_message(
         &mut self,

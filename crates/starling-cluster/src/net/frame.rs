@@ -29,6 +29,8 @@ pub enum Kind {
     Routes = 5,
     /// Messages for the receiver's subscribers ([`crate::net::Forward`]).
     Forward = 6,
+    /// A request for a session whose client id the sender now owns ([`crate::net::Handover`]).
+    Handover = 7,
     /// The reply to the request before it on the same stream.
     Reply = 0x80,
 }
@@ -42,6 +44,7 @@ impl Kind {
             4 => Kind::Propose,
             5 => Kind::Routes,
             6 => Kind::Forward,
+            7 => Kind::Handover,
             0x80 => Kind::Reply,
             _ => return None,
         })

@@ -132,7 +132,53 @@ pub struct Forwarded {
     /// The shared groups (full filters) the receiver is to deliver it to one member of: the
     /// sender picked it for those (it goes to no member of any other group there).
     pub groups: Vec<String>,
+    /// The message's name in the cluster, the same on every node it is forwarded to (see
+    /// [`Handover`]); 0: none.
+    pub id: u64,
 }
+
+/// A node that claimed a client id asks the node that owned it before for the session
+/// (docs/cluster.md, "A client moving between nodes"). The asked node answers once it has
+/// applied the claim and the session's connection there has closed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Handover {
+    /// The client id.
+    pub client_id: String,
+    /// The epoch of the asker's claim.
+    pub epoch: u64,
+    /// The asker resumes the session (Clean Start 0); otherwise the session ends there as if
+    /// discarded, its will going out.
+    pub resume: bool,
+    /// The second request: what the session queued since the first, and the session ends.
+    pub finish: bool,
+}
+
+/// The answer to a [`Handover`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum HandoverReply {
+    /// The session, as store records (encoded by the store's record format).
+    Session {
+        /// The session record.
+        record: Vec<u8>,
+        /// Its messages, numbered, each a message record.
+        messages: Vec<(u64, Vec<u8>)>,
+        /// Inbound QoS 2 ids awaiting PUBREL.
+        awaiting: Vec<u16>,
+        /// Each message's cluster id (0: none), in the order of `messages`: the asker takes
+        /// a message that already reached the session on its side only once.
+        ids: Vec<u64>,
+        /// Messages left out for the frame's bound (counted and logged by the sender).
+        left_out: u64,
+    },
+    /// There is no such session (nothing to hand over, or not resumed: it ended).
+    Absent,
+    /// The claim has not been applied on the asked node in time, or its connection did not
+    /// close: nothing was taken.
+    NotYet,
+}
+
+/// The answer to a [`Handover`], when the node has it.
+pub type HandoverAnswer = std::pin::Pin<Box<dyn Future<Output = HandoverReply> + Send>>;
 
 /// How many messages of a forwarded batch a node took, once it has stored them (the reply
 /// waits for it).
@@ -146,6 +192,8 @@ pub trait Inbound: Send + Sync + 'static {
     /// A peer forwards messages: how many were taken (the rest did not decode), once they
     /// are stored.
     fn forward(&self, batch: Forward) -> Confirmed;
+    /// A peer that claimed a client id asks for its session.
+    fn handover(&self, request: Handover) -> HandoverAnswer;
 }
 
 /// openraft's network: a [`Link`] per peer.
@@ -407,7 +455,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(cmd) => encode(&propose_local(&raft, cmd).await),
                 Err(e) => Err(e),
             },
-            Kind::Routes | Kind::Forward if inbound.is_none() => {
+            Kind::Routes | Kind::Forward | Kind::Handover if inbound.is_none() => {
                 debug!(
                     ?kind,
                     "cluster peer sent what this node does not take; closing"
@@ -421,6 +469,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             },
             Kind::Forward => match (decode::<Forward>(&body), &inbound) {
                 (Ok(batch), Some(i)) => encode(&(i.forward(batch).await as u64)),
+                (Err(e), _) => Err(e),
+                (Ok(_), None) => return,
+            },
+            Kind::Handover => match (decode::<Handover>(&body), &inbound) {
+                (Ok(req), Some(i)) => encode(&i.handover(req).await),
                 (Err(e), _) => Err(e),
                 (Ok(_), None) => return,
             },

@@ -30,7 +30,9 @@ use starling_broker::wake::{Wake, Waker};
 use starling_cluster::NodeId;
 use starling_cluster::contact::Contact;
 use starling_cluster::net::frame::Kind;
-use starling_cluster::net::{Confirmed, Forward, Forwarded, Inbound, Link};
+use starling_cluster::net::{
+    Confirmed, Forward, Forwarded, Handover, HandoverAnswer, Inbound, Link,
+};
 use starling_cluster::routes::{RemoteRoutes, Update, UpdateReply};
 use starling_proto::{DecodeLimits, Packet, ProtocolVersion, Publish, QoS};
 use tokio::sync::mpsc;
@@ -81,12 +83,49 @@ pub(super) struct ClusterForwarder {
     queues: HashMap<NodeId, (mpsc::Sender<Queued>, Arc<PeerStats>)>,
     /// Whether QoS 1/2 publishers' acknowledgements wait for the peers (`forward_ack`).
     wait: bool,
+    /// Names the messages this node forwards first ([`Message::cluster_id`]).
+    ids: Ids,
+}
+
+/// Cluster ids for the messages a node forwards first: a base drawn from the node's id and
+/// incarnation, plus a count. Two nodes' ids meet only if their bases lie within the number
+/// of messages forwarded in between, which 64-bit mixing makes as likely as guessing.
+#[derive(Debug)]
+struct Ids {
+    base: u64,
+    next: AtomicU64,
+}
+
+impl Ids {
+    fn new(node: NodeId, incarnation: u64) -> Self {
+        // splitmix64 of the pair.
+        let mut z = node
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(incarnation.rotate_left(32));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Ids {
+            base: z ^ (z >> 31),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        let id = self
+            .base
+            .wrapping_add(self.next.fetch_add(1, Ordering::Relaxed));
+        id.max(1)
+    }
 }
 
 impl ClusterForwarder {
     /// Queues for `peers`; returns the forwarder and each peer's receiving end. `wait`: the
     /// acknowledgement of a QoS 1/2 publish waits for the peers to store the message.
-    pub(super) fn new(peers: &[NodeId], wait: bool) -> (Self, Vec<super::Queue>) {
+    pub(super) fn new(
+        peers: &[NodeId],
+        wait: bool,
+        (node, incarnation): (NodeId, u64),
+    ) -> (Self, Vec<super::Queue>) {
         let mut queues = HashMap::new();
         let mut ends = Vec::new();
         for &p in peers {
@@ -95,7 +134,8 @@ impl ClusterForwarder {
             queues.insert(p, (tx, stats.clone()));
             ends.push((p, rx, stats));
         }
-        (Self { queues, wait }, ends)
+        let ids = Ids::new(node, incarnation);
+        (Self { queues, wait, ids }, ends)
     }
 }
 
@@ -110,6 +150,7 @@ impl Forwarder for ClusterForwarder {
             debug!(node, "route names a node that is not a peer; not forwarded");
             return None;
         };
+        msg.cluster_id.get_or(|| self.ids.next());
         let wait = (self.wait && msg.qos != QoS::AtMostOnce).then(Replication::new);
         if tx
             .try_send((msg.clone(), groups.to_vec(), wait.clone()))
@@ -175,7 +216,8 @@ pub(super) async fn run(
                 while let Some((m, groups, w)) = next.take() {
                     if let Some(packet) = encode(&m, now) {
                         let groups = groups.iter().map(|g| g.to_string()).collect();
-                        messages.push(Forwarded { packet, groups });
+                        let id = m.cluster_id.get();
+                        messages.push(Forwarded { packet, groups, id });
                     }
                     waiting.extend(w);
                     if messages.len() < BATCH {
@@ -269,6 +311,8 @@ impl Seen {
 #[derive(Debug)]
 pub(super) struct ClusterInbound {
     pub(super) remote: Arc<RwLock<RemoteRoutes>>,
+    /// This node, for the claims a handover waits for.
+    pub(super) node: Arc<super::Node>,
     pub(super) broker: Arc<Broker>,
     pub(super) limits: DecodeLimits,
     pub(super) seen: Seen,
@@ -338,7 +382,9 @@ impl Inbound for ClusterInbound {
             match starling_proto::decode(&mut buf, ProtocolVersion::V5, &self.limits) {
                 Ok(Some(Packet::Publish(p))) if buf.is_empty() => {
                     let groups = f.groups.into_iter().map(Arc::from).collect();
-                    messages.push((Arc::new(Message::from_publish(p, None, now)), groups));
+                    let msg = Message::from_publish(p, None, now);
+                    msg.cluster_id.set(f.id);
+                    messages.push((Arc::new(msg), groups));
                 }
                 other => {
                     warn!(
@@ -358,6 +404,14 @@ impl Inbound for ClusterInbound {
             }
             taken
         })
+    }
+
+    fn handover(&self, request: Handover) -> HandoverAnswer {
+        Box::pin(super::handover::answer(
+            self.broker.clone(),
+            self.node.clone(),
+            request,
+        ))
     }
 }
 

@@ -8,6 +8,7 @@
 //! API. Every task here ends with the server's stop.
 
 mod forward;
+mod handover;
 mod ownership;
 mod retain;
 mod routes;
@@ -107,6 +108,8 @@ pub struct Started {
     majority: Majority,
     retained_writes: mpsc::Receiver<retain::Write>,
     tls: Option<Arc<ClusterTls>>,
+    /// Takes sessions over from other nodes; given the broker once attached.
+    taker: Arc<handover::Taker>,
 }
 
 /// Whether this node is on the majority's side, as [`watch_majority`] last judged.
@@ -263,7 +266,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         lease: Duration::from_millis(c.lease_ms),
         cut_off: Arc::new(AtomicBool::new(false)),
     };
+    let filters = Arc::new(LocalFilters::default());
+    let taker = Arc::new(handover::Taker {
+        node: node.clone(),
+        broker: Default::default(),
+        addresses: peers.iter().cloned().collect(),
+        filters: filters.clone(),
+        ending: Arc::new(Semaphore::new(handover::MAX_ENDING)),
+    });
     let ownership = ClusterOwnership {
+        taker: taker.clone(),
         majority: majority.clone(),
         node: node.clone(),
         runtime: tokio::runtime::Handle::current(),
@@ -272,10 +284,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         releases: release_tx,
     };
     let remote = Arc::new(RwLock::new(RemoteRoutes::default()));
-    let filters = Arc::new(LocalFilters::default());
     let peer_ids: Vec<NodeId> = peers.iter().map(|p| p.0).collect();
     let wait = c.forward_ack == crate::config::cluster::ForwardAck::Wait;
-    let (forwarder, queues) = ClusterForwarder::new(&peer_ids, wait);
+    let (forwarder, queues) =
+        ClusterForwarder::new(&peer_ids, wait, (node.id(), node.incarnation()));
     let seams = Seams {
         ownership: Box::new(ownership),
         routes: Routes::Custom(Box::new(ClusterRoutes::new(
@@ -310,6 +322,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         majority,
         retained_writes,
         tls,
+        taker,
     })
 }
 
@@ -325,8 +338,11 @@ impl Started {
     pub fn attach(self, broker: Arc<Broker>, stop: &Arc<Stop>) -> (Handle, Vec<BoxFuture>) {
         let node = self.node;
         let tls_on = self.tls.is_some();
+        let _ = self.taker.broker.set(Arc::downgrade(&broker));
+        let lingering = handover::Lingering::default();
         let inbound: Arc<dyn Inbound> = Arc::new(ClusterInbound {
             remote: self.remote.clone(),
+            node: node.clone(),
             broker: broker.clone(),
             limits: self.decode,
             seen: forward::Seen::default(),
@@ -344,7 +360,13 @@ impl Started {
                 self.feed,
                 node.clone(),
                 broker.clone(),
-                self.granted,
+                (self.granted, lingering.clone()),
+                stop.clone(),
+            )),
+            Box::pin(handover::expire(
+                lingering,
+                node.clone(),
+                broker.clone(),
                 stop.clone(),
             )),
             Box::pin(watch_majority(
@@ -406,7 +428,7 @@ async fn follow(
     mut feed: Feed,
     node: Arc<Node>,
     broker: Arc<Broker>,
-    granted: Granted,
+    (granted, lingering): (Granted, handover::Lingering),
     stop: Arc<Stop>,
 ) {
     // Sessions the store gave back at start may belong to client ids claimed elsewhere by
@@ -432,12 +454,14 @@ async fn follow(
                     continue;
                 }
                 lock(&granted).remove(&client_id);
-                if broker.taken_over_elsewhere(&client_id, Instant::now()) {
+                // The session stays for the new owner to take (`handover.rs`).
+                if broker.moving_elsewhere(&client_id) {
                     info!(
                         client_id,
                         node = owner.node,
                         "session taken over by another node"
                     );
+                    handover::linger(&lingering, &broker, client_id, owner.epoch);
                 }
             }
             Some(Item::Lagged) => {

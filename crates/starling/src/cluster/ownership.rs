@@ -1,6 +1,7 @@
 //! The broker's `Ownership` seam in a cluster: a CONNECT's client id is claimed through the
-//! cluster's log in a task while the connection waits for its grant; a session that ends
-//! here has its client id released, off the CONNECT path.
+//! cluster's log in a task while the connection waits for its grant (and, if another node
+//! owned it, for the session from there: `handover.rs`); a session that ends here has its
+//! client id released, off the CONNECT path.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use starling_cluster::{Command, Outcome};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, warn};
 
+use super::handover::{self, Taker};
 use super::{Majority, Node, lock};
 
 /// The epochs of the claims this node was granted, by client id, for their release.
@@ -32,10 +34,12 @@ pub(super) struct ClusterOwnership {
     pub(super) claims: Arc<Semaphore>,
     pub(super) granted: Granted,
     pub(super) releases: mpsc::Sender<(String, u64)>,
+    /// Takes sessions over from the nodes that owned their client ids before.
+    pub(super) taker: Arc<Taker>,
 }
 
 impl Ownership for ClusterOwnership {
-    fn acquire(&self, client_id: &Arc<str>, waker: Waker) -> Acquire {
+    fn acquire(&self, client_id: &Arc<str>, resume: bool, waker: Waker) -> Acquire {
         if self.majority.cut_off() {
             debug!(%client_id, "cut off from the majority; CONNECT refused");
             let grant = Grant::new(waker);
@@ -48,6 +52,7 @@ impl Ownership for ClusterOwnership {
         let grant = Grant::new(waker);
         let (node, granted, g) = (self.node.clone(), self.granted.clone(), grant.clone());
         let releases = self.releases.clone();
+        let taker = self.taker.clone();
         let id = client_id.to_string();
         self.runtime.spawn(async move {
             let cmd = Command::Claim {
@@ -58,6 +63,10 @@ impl Ownership for ClusterOwnership {
             match node.propose(cmd).await {
                 Ok(Outcome::Claimed { owner, previous }) => {
                     debug!(client_id = %id, epoch = owner.epoch, ?previous, "client id claimed");
+                    // Owned by another node before: the session comes from there first.
+                    if let Some(p) = previous.filter(|p| p.node != node.id()) {
+                        handover::take(&taker, p.node, &id, owner.epoch, resume).await;
+                    }
                     let mut epochs = lock(&granted);
                     if epochs.len() < MAX_GRANTED || epochs.contains_key(&id) {
                         epochs.insert(id.clone(), owner.epoch);

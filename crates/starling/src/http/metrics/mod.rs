@@ -336,8 +336,20 @@ impl Collector for BrokerCollector {
         counter(
             e,
             "starling_sessions_taken_over_elsewhere",
-            "Sessions ended because their client id was claimed on another node of the cluster",
+            "Sessions ended because their client id was claimed on another node of the cluster that did not take them over",
             m.sessions_taken_over_elsewhere.get(),
+        )?;
+        counter(
+            e,
+            "starling_sessions_handed_over",
+            "Sessions handed over to another node of the cluster that took their client id",
+            m.sessions_handed_over.get(),
+        )?;
+        counter(
+            e,
+            "starling_sessions_adopted",
+            "Sessions another node of the cluster handed over to this one",
+            m.sessions_adopted.get(),
         )?;
         counter(
             e,

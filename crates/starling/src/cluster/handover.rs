@@ -1,0 +1,370 @@
+//! A client moving between nodes with its session (docs/cluster.md, "A client moving between
+//! nodes"). The node whose claim of a client id committed asks the node that owned it
+//! before for the session, in two steps. First, before its CONNECT is granted: the old
+//! owner waits until it has applied the claim and the old connection has closed (DISCONNECT
+//! 0x8E), then sends the session's record and messages as store records and keeps the
+//! session, still subscribed, queueing what arrives; the new owner adopts the session
+//! (subscriptions, queue, inflight window, store) and its client gets Session Present 1.
+//! Second, once every peer has applied the new owner's subscriptions (so that a publish
+//! anywhere reaches the new owner; at most [`SETTLE`]) and [`IN_FLIGHT`] after, for what was
+//! routed to the old owner before to arrive there: the old owner sends what it queued
+//! meanwhile and ends the session. A message can come both ways in between; every message
+//! that crosses nodes carries its cluster id, and the new owner takes a late message only if
+//! no message with its id reached the session directly. A CONNECT that
+//! starts clean only tells the old owner to end the session (its will goes out), off the
+//! CONNECT path. A session nobody asks for (the new owner failed) ends after [`LINGER`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use starling_broker::Broker;
+use starling_broker::broker::HandOver;
+use starling_cluster::NodeId;
+use starling_cluster::net::frame::Kind;
+use starling_cluster::net::{Handover, HandoverReply, Link};
+use starling_cluster::routes::LocalFilters;
+use starling_store::{LoadedSession, MessageRecord, SessionRecord};
+use tracing::{debug, info, warn};
+
+use super::{Node, lock};
+use crate::wakeup::Stop;
+
+/// How long the old owner waits for the claim to be applied there and for the old
+/// connection to close before it answers that it cannot hand the session over yet.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the new owner waits for the answer (the CONNECT waits with it); without one the
+/// session starts empty (Session Present 0).
+const ASK_TTL: Duration = Duration::from_secs(7);
+
+/// The longest wait, after adopting a session, for every peer to apply this node's
+/// subscriptions before the old owner is asked for what it queued meanwhile (a peer that
+/// does not answer is not waited for longer).
+pub(super) const SETTLE: Duration = Duration::from_secs(5);
+
+/// After the peers have applied the subscriptions, how long messages they routed to the old
+/// owner before have to reach it (forwarded batches take a round trip on loopback; a link
+/// retrying a batch takes longer, and a message it delivers after the old owner ended the
+/// session is lost to this client).
+pub(super) const IN_FLIGHT: Duration = Duration::from_millis(300);
+
+/// How long a session whose client id another node claimed stays for that node to take.
+pub(super) const LINGER: Duration = Duration::from_secs(30);
+
+/// Sessions lingering at once; beyond it a session another node claimed ends at once.
+pub(super) const MAX_LINGERING: usize = 65_536;
+
+/// The most message bytes one answer carries (a frame is at most 16 MiB); the messages
+/// beyond are left out, counted and logged.
+const MAX_ANSWER_BYTES: usize = 15 * 1024 * 1024;
+
+/// Sessions another node claimed, oldest first, with when they end if nobody takes them and
+/// the epoch of that claim (a later claim has its own entry).
+pub(super) type Lingering = Arc<Mutex<VecDeque<(Instant, String, u64)>>>;
+
+/// The wall clock now, in Unix milliseconds (records keep absolute times).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The old owner's side: answers a peer that claimed `req.client_id`.
+pub(super) async fn answer(broker: Arc<Broker>, node: Arc<Node>, req: Handover) -> HandoverReply {
+    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+    loop {
+        let owner = node.state().read().owner(&req.client_id);
+        match owner {
+            Some(o) if o.epoch >= req.epoch && o.node == node.id() => {
+                // Claimed back here since: nothing leaves.
+                return HandoverReply::Absent;
+            }
+            Some(o) if o.epoch >= req.epoch => break,
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            debug!(
+                client_id = req.client_id,
+                "handover asked before the claim was applied here"
+            );
+            return HandoverReply::NotYet;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if !req.resume {
+        broker.taken_over_elsewhere(&req.client_id, Instant::now());
+        return HandoverReply::Absent;
+    }
+    loop {
+        match broker.hand_over(&req.client_id, req.finish, Instant::now(), unix_ms()) {
+            HandOver::Absent => return HandoverReply::Absent,
+            HandOver::Connected if tokio::time::Instant::now() >= deadline => {
+                warn!(
+                    client_id = req.client_id,
+                    "the connection did not close in time; session not handed over"
+                );
+                return HandoverReply::NotYet;
+            }
+            HandOver::Connected => tokio::time::sleep(Duration::from_millis(2)).await,
+            HandOver::Taken { session, ids } => return encode(session, ids),
+        }
+    }
+}
+
+fn encode(loaded: LoadedSession, all_ids: Vec<u64>) -> HandoverReply {
+    let mut bytes = 0usize;
+    let mut messages = Vec::with_capacity(loaded.messages.len());
+    let mut ids = Vec::with_capacity(loaded.messages.len());
+    let mut left_out = 0u64;
+    for ((seq, m), id) in loaded.messages.iter().zip(all_ids) {
+        let body = m.encode();
+        if bytes.saturating_add(body.len()) > MAX_ANSWER_BYTES {
+            left_out += 1;
+            continue;
+        }
+        bytes += body.len();
+        messages.push((*seq, body));
+        ids.push(id);
+    }
+    if left_out > 0 {
+        warn!(
+            client_id = loaded.client_id,
+            left_out, "a handed-over session's messages exceed one frame; the rest are dropped"
+        );
+    }
+    HandoverReply::Session {
+        record: loaded.record.encode(),
+        messages,
+        awaiting: loaded.awaiting,
+        ids,
+        left_out,
+    }
+}
+
+/// A session as the old owner sent it, with its messages' cluster ids; `None` if its record
+/// does not decode (a message that does not is left out).
+fn decode(client_id: &str, reply: HandoverReply) -> Option<(LoadedSession, Vec<u64>)> {
+    let HandoverReply::Session {
+        record,
+        messages,
+        awaiting,
+        ids,
+        ..
+    } = reply
+    else {
+        return None;
+    };
+    let record = SessionRecord::decode(&record).ok()?;
+    let mut kept = Vec::with_capacity(messages.len());
+    let mut kept_ids = Vec::with_capacity(messages.len());
+    for ((seq, m), id) in messages
+        .iter()
+        .zip(ids.into_iter().chain(std::iter::repeat(0)))
+    {
+        if let Ok(m) = MessageRecord::decode(m) {
+            kept.push((*seq, m));
+            kept_ids.push(id);
+        }
+    }
+    let loaded = LoadedSession {
+        client_id: client_id.to_owned(),
+        record,
+        messages: kept,
+        awaiting,
+    };
+    Some((loaded, kept_ids))
+}
+
+async fn ask(node: &Node, to: (NodeId, &str), req: &Handover) -> Option<HandoverReply> {
+    let mut link = Link::new(node.dial().clone(), to.0, to.1.to_owned());
+    match link
+        .call::<Handover, HandoverReply>(Kind::Handover, req, ASK_TTL)
+        .await
+    {
+        Ok(reply) => Some(reply),
+        Err(e) => {
+            debug!(client_id = req.client_id, node = to.0, error = %e, "the previous owner did not answer");
+            None
+        }
+    }
+}
+
+/// Tells `from` to end the session of `req.client_id` (its will goes out), every second
+/// until it answers or [`LINGER`] has passed: the session here started without it, so
+/// nothing is to wait for it there (a node that comes back from a crash or a partition
+/// ends it at once instead of after its linger).
+fn end_later(taker: &Taker, from: (NodeId, String), mut req: Handover) {
+    let Ok(permit) = taker.ending.clone().try_acquire_owned() else {
+        return;
+    };
+    req.resume = false;
+    req.finish = true;
+    let node = taker.node.clone();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + LINGER;
+        loop {
+            match ask(&node, (from.0, &from.1), &req).await {
+                Some(HandoverReply::NotYet) | None => {}
+                Some(_) => break,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        drop(permit);
+    });
+}
+
+/// What the new owner's side needs.
+#[derive(Debug)]
+pub(super) struct Taker {
+    pub(super) node: Arc<Node>,
+    /// The broker, once attached (the seams are made before it).
+    pub(super) broker: OnceLock<Weak<Broker>>,
+    /// The peers' inter-node addresses.
+    pub(super) addresses: HashMap<NodeId, String>,
+    /// This node's filters, and which peers have applied them.
+    pub(super) filters: Arc<LocalFilters>,
+    /// Bounds the tasks telling previous owners to end sessions ([`MAX_ENDING`]).
+    pub(super) ending: Arc<tokio::sync::Semaphore>,
+}
+
+/// Most previous owners told at once to end a session that was not handed over; beyond it
+/// such a session ends after its [`LINGER`] there.
+pub(super) const MAX_ENDING: usize = 1024;
+
+/// The new owner's side, after its claim of `client_id` (under `epoch`) committed and named
+/// `from` as the previous owner: with `resume`, takes the session over before the CONNECT is
+/// granted and fetches the rest in the background (see the module's comment); without,
+/// tells `from` to end it, in the background.
+pub(super) async fn take(
+    taker: &Arc<Taker>,
+    from: NodeId,
+    client_id: &str,
+    epoch: u64,
+    resume: bool,
+) {
+    let Some(broker) = taker.broker.get().and_then(Weak::upgrade) else {
+        return;
+    };
+    let Some(addr) = taker.addresses.get(&from) else {
+        return;
+    };
+    let from = (from, addr.clone());
+    let node = taker.node.clone();
+    let mut req = Handover {
+        client_id: client_id.to_owned(),
+        epoch,
+        resume,
+        finish: !resume,
+    };
+    if !resume {
+        end_later(taker, from, req);
+        return;
+    }
+    let loaded = match ask(&node, (from.0, &from.1), &req).await {
+        Some(HandoverReply::Absent) => return,
+        Some(r @ HandoverReply::Session { .. }) => decode(client_id, r),
+        Some(HandoverReply::NotYet) | None => None,
+    };
+    let Some((loaded, _)) = loaded else {
+        warn!(
+            client_id,
+            node = from.0,
+            "the previous owner did not hand the session over; it starts empty here"
+        );
+        end_later(taker, from, req);
+        return;
+    };
+    let messages = loaded.messages.len();
+    if !broker.adopt(loaded, Instant::now(), unix_ms()) {
+        end_later(taker, from, req);
+        return;
+    }
+    info!(
+        client_id,
+        from = from.0,
+        messages,
+        "session taken over from another node"
+    );
+    req.finish = true;
+    let filters = taker.filters.clone();
+    let peers: Vec<NodeId> = taker.addresses.keys().copied().collect();
+    let seq = filters.seq();
+    tokio::spawn(async move {
+        if !filters.told_all(&peers, seq, SETTLE).await {
+            debug!(
+                client_id = req.client_id,
+                "not every peer applied this node's routes in time"
+            );
+        }
+        tokio::time::sleep(IN_FLIGHT).await;
+        let reply = ask(&node, (from.0, &from.1), &req).await;
+        let late = match reply.and_then(|r| decode(&req.client_id, r)) {
+            Some((rest, ids)) => (rest.messages.into_iter().map(|(_, m)| m))
+                .zip(ids)
+                .collect(),
+            None => Vec::new(),
+        };
+        let n = broker.adopt_messages(&req.client_id, late, Instant::now(), unix_ms());
+        debug!(
+            client_id = req.client_id,
+            messages = n,
+            "late messages of a handed-over session taken"
+        );
+    });
+}
+
+/// Ends the sessions another node claimed and nobody took within [`LINGER`] (the new owner
+/// failed, or the session was not resumed there and its end was not asked for).
+pub(super) async fn expire(
+    lingering: Lingering,
+    node: Arc<Node>,
+    broker: Arc<Broker>,
+    stop: Arc<Stop>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.wait() => return,
+        }
+        let now = Instant::now();
+        let due: Vec<(String, u64)> = {
+            let mut l = lock(&lingering);
+            let mut due = Vec::new();
+            while l.front().is_some_and(|(at, ..)| *at <= now) {
+                if let Some((_, id, epoch)) = l.pop_front() {
+                    due.push((id, epoch));
+                }
+            }
+            due
+        };
+        for (id, epoch) in due {
+            // Still the claim it lingered for (a later move has its own time).
+            let same = (node.state().read().owner(&id))
+                .is_some_and(|o| o.node != node.id() && o.epoch == epoch);
+            if same && broker.taken_over_elsewhere(&id, now) {
+                info!(
+                    client_id = id,
+                    "a session another node claimed and did not take ended"
+                );
+            }
+        }
+    }
+}
+
+/// Keeps the session of `client_id` for the node that claimed it under `epoch`; ends it at
+/// once when too many are kept.
+pub(super) fn linger(lingering: &Lingering, broker: &Broker, client_id: String, epoch: u64) {
+    let mut l = lock(lingering);
+    if l.len() >= MAX_LINGERING {
+        drop(l);
+        broker.taken_over_elsewhere(&client_id, Instant::now());
+        return;
+    }
+    l.push_back((Instant::now() + LINGER, client_id, epoch));
+}

@@ -1,0 +1,186 @@
+//! A client moving between nodes with its persistent session: the node that takes the client
+//! id over fetches the session from the node that had it (subscriptions, queued and inflight
+//! messages), answers Session Present 1, and sends what was waiting, once each; messages
+//! published during and after the move reach the client on its new node.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::QoS as QoS5;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason};
+
+use crate::common::rumqtt::v5;
+use crate::harness::*;
+
+/// Publishes `n` QoS 1 messages `walk/<i>` (payload `i`) and waits for each PUBACK.
+async fn publish_acked(p: &mut v5::Client, from: u32, to: u32) {
+    for i in from..to {
+        p.client
+            .publish(format!("walk/{i}"), QoS5::AtLeastOnce, false, i.to_string())
+            .await
+            .unwrap();
+        let ack = p
+            .expect("PUBACK", |p| match p {
+                Packet::PubAck(a) => Some(a),
+                _ => None,
+            })
+            .await;
+        assert_eq!(ack.reason, PubAckReason::Success, "message {i}");
+    }
+}
+
+/// The session of `id` as node `node`'s admin API shows it (its HTTP status).
+async fn session_status(c: &Cluster, node: u64, id: &str) -> u16 {
+    let url = format!(
+        "http://{}/api/v1/sessions/{id}",
+        c.specs[(node - 1) as usize].http
+    );
+    c.http.get(url).send().await.unwrap().status().as_u16()
+}
+
+/// A persistent session on node 1 with three messages sent and not acknowledged (inflight)
+/// and five queued while its client was away; the client comes back on node 2 with Clean
+/// Start 0 while publishers on nodes 3 and 1 go on: Session Present 1, the three again and
+/// the five, and every message published during the move, each once; then messages
+/// published after it; node 1 no longer has the session, node 2 does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_moves_with_its_messages() {
+    let c = Cluster::formed(3).await;
+    let (mut walker, _) = v5::Client::connect(c.mqtt(1), "walker", |o| {
+        persistent(o);
+        o.set_manual_acks(true);
+    })
+    .await;
+    walker
+        .subscribe(Filter::new("walk/#", QoS5::AtLeastOnce), None)
+        .await;
+    c.routes_known(3, 1).await;
+    let mut publisher = v5::Client::plain(c.mqtt(3), "walk-pub").await;
+
+    // Three reach the client and are not acknowledged; then it goes away.
+    publish_acked(&mut publisher, 0, 3).await;
+    for i in 0..3 {
+        let got = walker.publish().await;
+        assert_eq!(&got.payload[..], i.to_string().as_bytes());
+    }
+    walker.kill();
+    // Five more are queued on node 1 (each PUBACK waits for node 1 to store it).
+    publish_acked(&mut publisher, 3, 8).await;
+    assert_eq!(session_status(&c, 1, "walker").await, 200);
+
+    // While the client moves, publishers on node 3 and on node 1 (the old owner) go on:
+    // their messages reach the session on one way or the other (or both), and each must
+    // come once.
+    let streams: Vec<_> = [(3, 100), (1, 200)]
+        .into_iter()
+        .map(|(node, base)| {
+            let addr = c.mqtt(node);
+            tokio::spawn(async move {
+                let mut p = v5::Client::plain(addr, &format!("walk-pub-{node}")).await;
+                for i in base..base + 40 {
+                    publish_acked(&mut p, i, i + 1).await;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            })
+        })
+        .collect();
+    let (mut walker, ack) = v5::Client::connect(c.mqtt(2), "walker", persistent).await;
+    assert!(
+        ack.session_present,
+        "node 2 took the session from node 1: {ack:?}\n{}",
+        c.logs()
+    );
+    for s in streams {
+        s.await.unwrap();
+    }
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..88 {
+        let got = walker.publish().await;
+        *seen
+            .entry(String::from_utf8_lossy(&got.payload).into_owned())
+            .or_default() += 1;
+    }
+    let want: BTreeMap<String, u32> = (0..8)
+        .chain(100..140)
+        .chain(200..240)
+        .map(|i| (i.to_string(), 1))
+        .collect();
+    assert_eq!(seen, want, "every message once");
+    walker.no_publish(Duration::from_millis(500)).await;
+
+    // The subscription moved: node 3 now routes to node 2.
+    publish_acked(&mut publisher, 8, 10).await;
+    for i in 8..10 {
+        let got = walker.publish().await;
+        assert_eq!(&got.payload[..], i.to_string().as_bytes());
+    }
+    // Node 1 ended its copy once the second step took what it queued meanwhile.
+    let mut gone = 0;
+    for _ in 0..50 {
+        gone = session_status(&c, 1, "walker").await;
+        if gone == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gone, 404, "node 1 still has the session\n{}", c.logs());
+    assert_eq!(session_status(&c, 2, "walker").await, 200);
+    walker.no_publish(Duration::from_millis(1500)).await;
+    assert_eq!(metric(&c, 2, "starling_sessions_adopted_total").await, 1);
+    assert_eq!(
+        metric(&c, 1, "starling_sessions_handed_over_total").await,
+        1
+    );
+}
+
+/// A client that comes back on another node with Clean Start 1 gets a new session there
+/// (Session Present 0), and the old node ends its session and sends its will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_start_elsewhere_ends_the_old_session_with_its_will() {
+    use rumqttc::v5::mqttbytes::v5::LastWill;
+
+    let c = Cluster::formed(3).await;
+    let mut watcher = v5::Client::plain(c.mqtt(3), "will-watch").await;
+    watcher
+        .subscribe(Filter::new("wills/#", QoS5::AtLeastOnce), None)
+        .await;
+    c.routes_known(1, 1).await;
+    let (_old, _) = v5::Client::connect(c.mqtt(1), "leaver", |o| {
+        persistent(o);
+        o.set_last_will(LastWill::new(
+            "wills/leaver",
+            "gone",
+            QoS5::AtLeastOnce,
+            false,
+            None,
+        ));
+    })
+    .await;
+    let (_new, ack) = v5::Client::connect(c.mqtt(2), "leaver", |o| {
+        o.set_clean_start(true);
+    })
+    .await;
+    assert!(!ack.session_present);
+    let got = watcher.publish().await;
+    assert_eq!(
+        (&got.topic[..], &got.payload[..]),
+        (&b"wills/leaver"[..], &b"gone"[..])
+    );
+    let mut gone = 0;
+    for _ in 0..50 {
+        gone = session_status(&c, 1, "leaver").await;
+        if gone == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gone, 404, "node 1 still has the session\n{}", c.logs());
+    assert_eq!(
+        metric(&c, 1, "starling_sessions_taken_over_elsewhere_total").await,
+        1
+    );
+    assert_eq!(
+        metric(&c, 1, "starling_sessions_handed_over_total").await,
+        0
+    );
+}
