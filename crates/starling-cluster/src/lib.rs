@@ -13,6 +13,7 @@
 
 pub mod contact;
 pub mod feed;
+pub mod members;
 pub mod net;
 pub mod node;
 pub mod raft;

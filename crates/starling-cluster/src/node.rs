@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, info};
 
 use crate::contact::Contact;
+use crate::members::{Change, ChangeReply};
 use crate::net::frame::Kind;
 use crate::net::{CallError, Dial, Link, Peers, ProposeReply, propose_local};
 use crate::raft::log::{RaftLog, get_meta, open, put_meta};
@@ -338,6 +339,34 @@ impl<D: Dial> ClusterNode<D> {
             ProposeReply::NotLeader(_) => Err(ProposeError::NoLeader),
             ProposeReply::Failed(e) => Err(ProposeError::Failed(e)),
         }
+    }
+
+    /// Changes the members (see [`crate::members`]): on this node if it leads, else on the
+    /// leader, which answers once the change is committed (adding a voter waits for it to
+    /// catch up with the log, at most [`crate::members::CATCH_UP`]).
+    pub async fn change_members(&self, change: Change) -> Result<(), ProposeError> {
+        let ttl = crate::members::CATCH_UP + self.propose_timeout;
+        let mut leader = match crate::members::change_local(&self.raft, change.clone()).await {
+            ChangeReply::Done => return Ok(()),
+            ChangeReply::Failed(e) => return Err(ProposeError::Failed(e)),
+            ChangeReply::NotLeader(l) => l,
+        };
+        // The leader may change while the request is under way: asked again, once.
+        for _ in 0..2 {
+            let Some((id, peer)) = leader else {
+                return Err(ProposeError::NoLeader);
+            };
+            let mut link = Link::new(self.dial.clone(), id, peer.addr);
+            match link
+                .call::<Change, ChangeReply>(Kind::Members, &change, ttl)
+                .await?
+            {
+                ChangeReply::Done => return Ok(()),
+                ChangeReply::Failed(e) => return Err(ProposeError::Failed(e)),
+                ChangeReply::NotLeader(l) => leader = l,
+            }
+        }
+        Err(ProposeError::NoLeader)
     }
 
     /// Announces this node's incarnation through the log, retrying every `retry` until it is

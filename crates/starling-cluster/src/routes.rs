@@ -57,6 +57,18 @@ pub enum UpdateReply {
     /// A delta that does not follow what the peer has (a gap, another incarnation): send a
     /// snapshot.
     NeedSnapshot,
+    /// The sender is not a member as the peer's log says (it left, or has not joined yet):
+    /// nothing is kept; ask again later.
+    NotMember,
+}
+
+impl Update {
+    /// The node whose filters these are.
+    pub fn node(&self) -> NodeId {
+        match self {
+            Update::Snapshot { node, .. } | Update::Delta { node, .. } => *node,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -589,6 +601,18 @@ pub async fn sync<D: Dial>(
             Ok(UpdateReply::NeedSnapshot) => {
                 told = None;
                 filters.told(peer, told);
+            }
+            Ok(UpdateReply::NotMember) => {
+                debug!(
+                    peer,
+                    "the peer does not count this node a member yet; retrying"
+                );
+                told = None;
+                filters.told(peer, told);
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY) => {}
+                    () = &mut stop => return,
+                }
             }
             Err(e) => {
                 debug!(peer, error = %e, "routes not sent; retrying");

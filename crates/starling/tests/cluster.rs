@@ -26,6 +26,8 @@ mod common;
 mod harness;
 #[path = "cluster/faults.rs"]
 mod faults;
+#[path = "cluster/members.rs"]
+mod members;
 #[path = "cluster/moving.rs"]
 mod moving;
 #[path = "cluster/proxy.rs"]

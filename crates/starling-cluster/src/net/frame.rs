@@ -31,6 +31,8 @@ pub enum Kind {
     Forward = 6,
     /// A request for a session whose client id the sender now owns ([`crate::net::Handover`]).
     Handover = 7,
+    /// A change of the members, for the leader ([`crate::members::Change`]).
+    Members = 8,
     /// The reply to the request before it on the same stream.
     Reply = 0x80,
 }
@@ -45,6 +47,7 @@ impl Kind {
             5 => Kind::Routes,
             6 => Kind::Forward,
             7 => Kind::Handover,
+            8 => Kind::Members,
             0x80 => Kind::Reply,
             _ => return None,
         })

@@ -455,6 +455,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(cmd) => encode(&propose_local(&raft, cmd).await),
                 Err(e) => Err(e),
             },
+            Kind::Members => match decode::<crate::members::Change>(&body) {
+                Ok(change) => encode(&crate::members::change_local(&raft, change).await),
+                Err(e) => Err(e),
+            },
             Kind::Routes | Kind::Forward | Kind::Handover if inbound.is_none() => {
                 debug!(
                     ?kind,

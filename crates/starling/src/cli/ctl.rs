@@ -112,6 +112,22 @@ enum CtlCommand {
 enum Cluster {
     /// This node's role, the leader, the members and their incarnations, the log's positions.
     Status,
+    /// Add a node: a learner that gets the log and serves clients, made a voter once it has
+    /// caught up (unless --learner). Start the node first, with its own id among its seeds.
+    Join {
+        /// The node's id.
+        id: u64,
+        /// Its inter-node address, host:port.
+        addr: String,
+        /// Keep it a learner (it does not vote).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node (it stops voting and leaves); stop it afterwards.
+    Leave {
+        /// The node's id.
+        id: u64,
+    },
 }
 
 /// Paging shared by the listings.
@@ -803,6 +819,19 @@ async fn execute(args: &CtlArgs) -> Result<(), CtlError> {
         CtlCommand::Dynsec(d) => dynsec::run(&api, d).await,
         CtlCommand::Cluster(Cluster::Status) => {
             let v = api.call("GET", "/cluster", None).await?;
+            api.show(&v);
+            Ok(())
+        }
+        CtlCommand::Cluster(Cluster::Join { id, addr, learner }) => {
+            let body = json!({ "id": id, "addr": addr, "voter": !learner });
+            let v = api.call("POST", "/cluster/members", Some(body)).await?;
+            api.show(&v);
+            Ok(())
+        }
+        CtlCommand::Cluster(Cluster::Leave { id }) => {
+            let v = api
+                .call("DELETE", &format!("/cluster/members/{id}"), None)
+                .await?;
             api.show(&v);
             Ok(())
         }

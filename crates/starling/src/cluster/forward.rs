@@ -38,8 +38,6 @@ use starling_proto::{DecodeLimits, Packet, ProtocolVersion, Publish, QoS};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::wakeup::Stop;
-
 /// Messages waiting for one peer; beyond it a message for the peer is dropped and counted.
 pub(super) const QUEUE: usize = 65_536;
 
@@ -80,7 +78,8 @@ pub(super) type Queued = (Arc<Message>, Vec<Arc<str>>, Option<Arc<Replication>>)
 /// The forwarder of a node of a cluster: a bounded queue per peer.
 #[derive(Debug)]
 pub(super) struct ClusterForwarder {
-    queues: HashMap<NodeId, (mpsc::Sender<Queued>, Arc<PeerStats>)>,
+    /// The other members and their queues.
+    peers: Arc<super::peers::PeerSet>,
     /// Whether QoS 1/2 publishers' acknowledgements wait for the peers (`forward_ack`).
     wait: bool,
     /// Names the messages this node forwards first ([`Message::cluster_id`]).
@@ -119,23 +118,15 @@ impl Ids {
 }
 
 impl ClusterForwarder {
-    /// Queues for `peers`; returns the forwarder and each peer's receiving end. `wait`: the
-    /// acknowledgement of a QoS 1/2 publish waits for the peers to store the message.
+    /// Hands messages to `peers`' queues. `wait`: the acknowledgement of a QoS 1/2 publish
+    /// waits for the peers to store the message.
     pub(super) fn new(
-        peers: &[NodeId],
+        peers: Arc<super::peers::PeerSet>,
         wait: bool,
         (node, incarnation): (NodeId, u64),
-    ) -> (Self, Vec<super::Queue>) {
-        let mut queues = HashMap::new();
-        let mut ends = Vec::new();
-        for &p in peers {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            let stats = Arc::new(PeerStats::default());
-            queues.insert(p, (tx, stats.clone()));
-            ends.push((p, rx, stats));
-        }
+    ) -> Self {
         let ids = Ids::new(node, incarnation);
-        (Self { queues, wait, ids }, ends)
+        Self { peers, wait, ids }
     }
 }
 
@@ -146,19 +137,25 @@ impl Forwarder for ClusterForwarder {
         msg: &Arc<Message>,
         groups: &[Arc<str>],
     ) -> Option<Arc<Replication>> {
-        let Some((tx, stats)) = self.queues.get(&node) else {
-            debug!(node, "route names a node that is not a peer; not forwarded");
+        let queued = self.peers.with(node, |peer| {
+            msg.cluster_id.get_or(|| self.ids.next());
+            let wait = (self.wait && msg.qos != QoS::AtMostOnce).then(Replication::new);
+            if (peer.queue)
+                .try_send((msg.clone(), groups.to_vec(), wait.clone()))
+                .is_err()
+            {
+                peer.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            wait
+        });
+        let Some(wait) = queued else {
+            debug!(
+                node,
+                "route names a node that is not a member; not forwarded"
+            );
             return None;
         };
-        msg.cluster_id.get_or(|| self.ids.next());
-        let wait = (self.wait && msg.qos != QoS::AtMostOnce).then(Replication::new);
-        if tx
-            .try_send((msg.clone(), groups.to_vec(), wait.clone()))
-            .is_err()
-        {
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
         wait
     }
 }
@@ -183,7 +180,7 @@ fn encode(msg: &Message, now: Instant) -> Option<Vec<u8>> {
     Some(buf.to_vec())
 }
 
-/// Sends what queues for `peer`, in batches, until the stop.
+/// Sends what queues for `peer`, in batches, until `stop` resolves.
 pub(super) async fn run(
     dial: super::tls::ClusterDial,
     origin: (NodeId, u64),
@@ -191,8 +188,9 @@ pub(super) async fn run(
     contact: Arc<Contact>,
     mut queue: mpsc::Receiver<Queued>,
     stats: Arc<PeerStats>,
-    stop: Arc<Stop>,
+    stop: impl std::future::Future<Output = ()>,
 ) {
+    let mut stop = std::pin::pin!(stop);
     let mut link = Link::new(dial, peer, addr).with_contact(contact.clone());
     let (origin, incarnation) = origin;
     // A batch the peer did not confirm, since when it is tried, and who waits for it.
@@ -206,7 +204,7 @@ pub(super) async fn run(
             None => {
                 let first = tokio::select! {
                     m = queue.recv() => m,
-                    () = stop.wait() => return,
+                    () = &mut stop => return,
                 };
                 let Some(first) = first else { return };
                 let now = Instant::now();
@@ -269,7 +267,7 @@ pub(super) async fn run(
         }
         tokio::select! {
             () = tokio::time::sleep(RETRY) => {}
-            () = stop.wait() => return,
+            () = &mut stop => return,
         }
     }
 }
@@ -358,6 +356,17 @@ async fn stored(broker: &Broker, ticket: u64) {
 
 impl Inbound for ClusterInbound {
     fn routes(&self, update: Update) -> UpdateReply {
+        // A node that left (or has not joined) is not routed to: its filters are not kept.
+        // Before this node knows the members (it has not caught up yet) it takes everyone's.
+        let member = {
+            let m = self.node.raft().metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            membership.nodes().next().is_none() || membership.get_node(&update.node()).is_some()
+        };
+        if !member {
+            return UpdateReply::NotMember;
+        }
         let mut remote = self.remote.write().unwrap_or_else(|p| p.into_inner());
         remote.apply(update)
     }

@@ -14,7 +14,7 @@
 //! starts clean only tells the old owner to end the session (its will goes out), off the
 //! CONNECT path. A session nobody asks for (the new owner failed) ends after [`LINGER`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -223,8 +223,8 @@ pub(super) struct Taker {
     pub(super) node: Arc<Node>,
     /// The broker, once attached (the seams are made before it).
     pub(super) broker: OnceLock<Weak<Broker>>,
-    /// The peers' inter-node addresses.
-    pub(super) addresses: HashMap<NodeId, String>,
+    /// The other members.
+    pub(super) peers: Arc<super::peers::PeerSet>,
     /// This node's filters, and which peers have applied them.
     pub(super) filters: Arc<LocalFilters>,
     /// Bounds the tasks telling previous owners to end sessions ([`MAX_ENDING`]).
@@ -249,10 +249,10 @@ pub(super) async fn take(
     let Some(broker) = taker.broker.get().and_then(Weak::upgrade) else {
         return;
     };
-    let Some(addr) = taker.addresses.get(&from) else {
+    let Some(addr) = taker.peers.with(from, |p| p.addr.clone()) else {
         return;
     };
-    let from = (from, addr.clone());
+    let from = (from, addr);
     let node = taker.node.clone();
     let mut req = Handover {
         client_id: client_id.to_owned(),
@@ -291,7 +291,7 @@ pub(super) async fn take(
     );
     req.finish = true;
     let filters = taker.filters.clone();
-    let peers: Vec<NodeId> = taker.addresses.keys().copied().collect();
+    let peers: Vec<NodeId> = taker.peers.ids();
     let seq = filters.seq();
     tokio::spawn(async move {
         if !filters.told_all(&peers, seq, SETTLE).await {

@@ -10,6 +10,7 @@
 mod forward;
 mod handover;
 mod ownership;
+mod peers;
 mod retain;
 mod routes;
 mod tls;
@@ -39,8 +40,9 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::plugin::BoxFuture;
 use crate::wakeup::Stop;
-use forward::{ClusterForwarder, ClusterInbound, PeerStats};
+use forward::{ClusterForwarder, ClusterInbound};
 use ownership::{ClusterOwnership, Granted};
+use peers::PeerSet;
 use routes::ClusterRoutes;
 use tls::{ClusterDial, ClusterTls};
 
@@ -89,9 +91,6 @@ pub struct Seams {
     pub retained: Box<dyn RetainStore>,
 }
 
-/// A peer's queue of messages, until its task takes it.
-type Queue = (NodeId, mpsc::Receiver<forward::Queued>, Arc<PeerStats>);
-
 /// This node, started; [`Started::attach`] gives it the broker.
 pub struct Started {
     node: Arc<Node>,
@@ -102,8 +101,7 @@ pub struct Started {
     granted: Granted,
     remote: Arc<RwLock<RemoteRoutes>>,
     filters: Arc<LocalFilters>,
-    peers: Vec<(NodeId, String)>,
-    queues: Vec<Queue>,
+    peers: Arc<PeerSet>,
     decode: DecodeLimits,
     majority: Majority,
     retained_writes: mpsc::Receiver<retain::Write>,
@@ -145,7 +143,7 @@ pub struct Handle {
     pub node: Arc<Node>,
     /// Whether inter-node streams are TLS.
     tls: bool,
-    peers: Vec<(NodeId, String, Arc<PeerStats>)>,
+    peers: Arc<PeerSet>,
     remote: Arc<RwLock<RemoteRoutes>>,
     majority: Majority,
 }
@@ -192,6 +190,7 @@ impl Handle {
             remote_routes_refused: remote.refused(),
             peers: self
                 .peers
+                .list()
                 .iter()
                 .map(|(id, _, s)| {
                     (
@@ -267,10 +266,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         cut_off: Arc::new(AtomicBool::new(false)),
     };
     let filters = Arc::new(LocalFilters::default());
+    let peers = Arc::new(PeerSet::new(node.id(), &peers));
     let taker = Arc::new(handover::Taker {
         node: node.clone(),
         broker: Default::default(),
-        addresses: peers.iter().cloned().collect(),
+        peers: peers.clone(),
         filters: filters.clone(),
         ending: Arc::new(Semaphore::new(handover::MAX_ENDING)),
     });
@@ -284,10 +284,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         releases: release_tx,
     };
     let remote = Arc::new(RwLock::new(RemoteRoutes::default()));
-    let peer_ids: Vec<NodeId> = peers.iter().map(|p| p.0).collect();
     let wait = c.forward_ack == crate::config::cluster::ForwardAck::Wait;
-    let (forwarder, queues) =
-        ClusterForwarder::new(&peer_ids, wait, (node.id(), node.incarnation()));
+    let forwarder = ClusterForwarder::new(peers.clone(), wait, (node.id(), node.incarnation()));
     let seams = Seams {
         ownership: Box::new(ownership),
         routes: Routes::Custom(Box::new(ClusterRoutes::new(
@@ -317,7 +315,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         remote,
         filters,
         peers,
-        queues,
         decode,
         majority,
         retained_writes,
@@ -334,7 +331,8 @@ impl Started {
 
     /// Serves the peers and starts the tasks that need the broker: the listener (Raft, the
     /// peers' routes and messages), the announcement, following applied claims, releases,
-    /// and per peer the routes it is told and the messages it is handed.
+    /// and, following the members, per peer the routes it is told and the messages it is
+    /// handed (`peers.rs`).
     pub fn attach(self, broker: Arc<Broker>, stop: &Arc<Stop>) -> (Handle, Vec<BoxFuture>) {
         let node = self.node;
         let tls_on = self.tls.is_some();
@@ -383,37 +381,19 @@ impl Started {
             )),
             Box::pin(retain::expire(node.clone(), stop.clone())),
         ];
-        let mut peers = Vec::new();
-        for (id, addr) in &self.peers {
-            let stop = stop.clone();
-            tasks.push(Box::pin(starling_cluster::routes::sync(
-                node.dial().clone(),
-                (node.id(), node.incarnation()),
-                (*id, addr.clone()),
-                self.filters.clone(),
-                node.contact().clone(),
-                async move { stop.wait().await },
-            )));
-        }
-        for (id, queue, stats) in self.queues {
-            let Some((_, addr)) = self.peers.iter().find(|p| p.0 == id) else {
-                continue;
-            };
-            peers.push((id, addr.clone(), stats.clone()));
-            tasks.push(Box::pin(forward::run(
-                node.dial().clone(),
-                (node.id(), node.incarnation()),
-                (id, addr.clone()),
-                node.contact().clone(),
-                queue,
-                stats,
-                stop.clone(),
-            )));
-        }
+        tasks.push(Box::pin(peers::follow(
+            self.peers.clone(),
+            peers::Tasks {
+                node: node.clone(),
+                filters: self.filters.clone(),
+                remote: self.remote.clone(),
+                stop: stop.clone(),
+            },
+        )));
         let handle = Handle {
             tls: tls_on,
             node,
-            peers,
+            peers: self.peers,
             remote: self.remote,
             majority: self.majority,
         };
@@ -629,6 +609,15 @@ async fn announce(node: Arc<Node>, stop: Arc<Stop>) {
     }
 }
 
+/// Changes the members (`POST /api/v1/cluster/members`, `DELETE .../{id}`): on the leader,
+/// wherever it is; once committed every node's peers follow (`peers.rs`).
+pub async fn change_members(
+    handle: &Handle,
+    change: starling_cluster::members::Change,
+) -> Result<(), starling_cluster::ProposeError> {
+    handle.node.change_members(change).await
+}
+
 /// The cluster as this node sees it, for `GET /api/v1/cluster`.
 pub fn status(handle: &Handle) -> Value {
     let node = &handle.node;
@@ -665,7 +654,7 @@ pub fn status(handle: &Handle) -> Value {
         "client_ids_owned": state.owners().count(),
         "retained_messages": retained,
         "retained_bytes": retained_bytes,
-        "peers": handle.peers.iter().map(|(id, addr, stats)| json!({
+        "peers": handle.peers.list().iter().map(|(id, addr, stats)| json!({
             "id": id,
             "addr": addr,
             "messages_sent": stats.sent.load(Ordering::Relaxed),

@@ -138,6 +138,13 @@ impl Cluster {
     /// A cluster of `n` nodes of which only those in `live` are started now (the others with
     /// [`Cluster::restart`] later).
     pub(crate) fn start_some(n: u64, timing: &str, live: &[u64]) -> Self {
+        Self::start_founded(n, n, timing, live)
+    }
+
+    /// `n` nodes' addresses, of which the first `founders` are the seeds (the cluster's first
+    /// members) and those in `live` are started now; a node beyond the founders is started
+    /// with [`Cluster::start_joiner`] and joins with `starling ctl cluster join`.
+    pub(crate) fn start_founded(n: u64, founders: u64, timing: &str, live: &[u64]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ips: Vec<Ipv4Addr> = (1..=n).map(|i| Ipv4Addr::new(127, 0, 0, i as u8)).collect();
         let binds: Vec<SocketAddr> = ips
@@ -147,6 +154,7 @@ impl Cluster {
         let (proxy, advertised) = FaultProxy::start(&binds);
         let seeds = advertised
             .iter()
+            .take(founders as usize)
             .enumerate()
             .map(|(i, a)| format!("\"{}@{a}\"", i + 1))
             .collect::<Vec<_>>()
@@ -232,6 +240,14 @@ impl Cluster {
             .iter_mut()
             .flatten()
             .all(|n| n.child.try_wait().ok().flatten().is_none())
+    }
+
+    /// Starts node `id`, not among the seeds: its own seeds are the founders and itself (it
+    /// initializes nothing, and waits to be added).
+    pub(crate) fn start_joiner(&mut self, id: u64) {
+        let spec = &self.specs[(id - 1) as usize];
+        let seeds = format!("{}, \"{id}@{}\"", self.seeds, spec.advertise);
+        self.nodes[(id - 1) as usize] = Some(Node::start(spec, &seeds, &self.timing));
     }
 
     pub(crate) fn restart(&mut self, id: u64) {

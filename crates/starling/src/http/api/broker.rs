@@ -196,6 +196,89 @@ pub(super) async fn cluster(State(state): St) -> Json<Value> {
     }
 }
 
+/// A node to add to the cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewMember {
+    id: u64,
+    /// Its inter-node address (`host:port` of its `[cluster] bind`, or advertised address).
+    addr: String,
+    /// Make it a voter once it has caught up (default); false: a learner.
+    #[serde(default = "yes")]
+    voter: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn cluster_of(state: &AppState) -> ApiResult<&std::sync::Arc<crate::cluster::Handle>> {
+    state.cluster.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_cluster",
+            "this broker is not a node of a cluster",
+        )
+    })
+}
+
+/// Adds a node to the cluster (as a learner, then a voter once it has caught up with the
+/// log); answers once committed, with the cluster's status.
+pub(super) async fn add_member(
+    State(state): St,
+    who: axum::Extension<Identity>,
+    Json(m): Json<NewMember>,
+) -> ApiResult<Json<Value>> {
+    let handle = cluster_of(&state)?;
+    if m.id == 0 {
+        return Err(ApiError::bad_request("id must be at least 1"));
+    }
+    if m.addr.is_empty() || m.addr.len() > 255 || !m.addr.contains(':') {
+        return Err(ApiError::bad_request(format!(
+            "addr must be host:port, got {:?}",
+            m.addr
+        )));
+    }
+    info!(id = m.id, addr = %m.addr, voter = m.voter, by = %who.name, "cluster member added by an operator");
+    let change = starling_cluster::members::Change::Add {
+        id: m.id,
+        addr: m.addr,
+        voter: m.voter,
+    };
+    crate::cluster::change_members(handle, change)
+        .await
+        .map_err(member_error)?;
+    Ok(Json(crate::cluster::status(handle)))
+}
+
+/// Removes a node from the cluster; answers once committed, with the cluster's status.
+pub(super) async fn remove_member(
+    State(state): St,
+    who: axum::Extension<Identity>,
+    Path(id): Path<u64>,
+) -> ApiResult<Json<Value>> {
+    let handle = cluster_of(&state)?;
+    info!(id, by = %who.name, "cluster member removed by an operator");
+    let change = starling_cluster::members::Change::Remove { id };
+    crate::cluster::change_members(handle, change)
+        .await
+        .map_err(member_error)?;
+    Ok(Json(crate::cluster::status(handle)))
+}
+
+fn member_error(e: starling_cluster::ProposeError) -> ApiError {
+    match e {
+        starling_cluster::ProposeError::Failed(m) => {
+            ApiError::new(StatusCode::CONFLICT, "refused", m)
+        }
+        other => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            format!("the change was not committed: {other}"),
+        ),
+    }
+}
+
 pub(super) async fn bridges(State(state): St) -> Json<Value> {
     let items: Vec<Value> = state
         .bridges

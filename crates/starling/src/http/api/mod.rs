@@ -28,8 +28,8 @@ use tracing::info;
 use super::{AppState, Identity};
 use crate::http::error::ApiError;
 use broker::{
-    add_ban, bridges, cluster, config, get_log_level, list_bans, listeners, reload, remove_ban,
-    set_log_level, start_bridge, stats, stop_bridge,
+    add_ban, add_member, bridges, cluster, config, get_log_level, list_bans, listeners, reload,
+    remove_ban, remove_member, set_log_level, start_bridge, stats, stop_bridge,
 };
 use messages::{delete_retained, get_retained, list_retained, publish};
 
@@ -73,6 +73,8 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/bridges/{name}/start", post(start_bridge))
         .route("/stats", get(stats))
         .route("/cluster", get(cluster))
+        .route("/cluster/members", post(add_member))
+        .route("/cluster/members/{id}", delete(remove_member))
         .route("/config", get(config))
         .route("/reload", post(reload))
         .route("/log-level", get(get_log_level).put(set_log_level))
