@@ -2,7 +2,9 @@
 //! three invariants, and nothing else may change the state they cover:
 //!
 //! - **Members**: each node's latest incarnation (a node proposes a higher one every time it
-//!   starts, so whatever it said in an older life can be told apart and discarded).
+//!   starts, so whatever it said in an older life can be told apart and discarded), and
+//!   which incarnations the leader judged down (silent for `down_after_ms`; a new
+//!   incarnation, or the node answering again, ends it).
 //! - **Client-id ownership**: at most one owner per client id, and each claim gets an epoch
 //!   that no other claim of any client id ever gets (the log index of the claim). A release
 //!   applies only if its epoch is still the owner's, so a late release from a connection that
@@ -15,7 +17,7 @@
 //! the same log reaches the same state. The Raft glue (`raft/`) persists and replicates; this
 //! module decides.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +96,11 @@ pub enum Command {
     /// Drops every retained message whose expiry is at or before `now_ms` (proposed by the
     /// leader from its clock; every replica drops the same set).
     ExpireRetained { now_ms: u64 },
+    /// The leader judged `node` in `incarnation` down (it answered nothing for
+    /// `down_after_ms`): every node forgets its filters. Refused for another incarnation.
+    NodeDown { node: NodeId, incarnation: u64 },
+    /// `node` in `incarnation` answers again: no longer down.
+    NodeUp { node: NodeId, incarnation: u64 },
 }
 
 /// Why a command changed nothing.
@@ -147,9 +154,38 @@ pub struct ClusterState {
     owners: BTreeMap<String, Owner>,
     retained: BTreeMap<String, Retained>,
     retained_bytes: u64,
+    /// Nodes judged down, in their current incarnation (last, so that the layout before it
+    /// is a prefix: see [`ClusterState::from_stored`]).
+    down: BTreeSet<NodeId>,
+}
+
+/// The state as snapshots kept it before `down` ([`ClusterState::from_stored`]).
+#[derive(Deserialize)]
+struct StateWithoutDown {
+    limits: Limits,
+    incarnations: BTreeMap<NodeId, u64>,
+    owners: BTreeMap<String, Owner>,
+    retained: BTreeMap<String, Retained>,
+    retained_bytes: u64,
 }
 
 impl ClusterState {
+    /// The state from a stored snapshot: the current layout, or the one before the down
+    /// marks (nothing down then).
+    pub fn from_stored(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes::<ClusterState>(bytes).or_else(|e| {
+            let old = postcard::from_bytes::<StateWithoutDown>(bytes).map_err(|_| e)?;
+            Ok(ClusterState {
+                limits: old.limits,
+                incarnations: old.incarnations,
+                owners: old.owners,
+                retained: old.retained,
+                retained_bytes: old.retained_bytes,
+                down: BTreeSet::new(),
+            })
+        })
+    }
+
     /// An empty state with `limits`.
     pub fn new(limits: Limits) -> Self {
         ClusterState {
@@ -171,6 +207,21 @@ impl ClusterState {
                     return Outcome::Refused(Refusal::StaleIncarnation);
                 }
                 self.incarnations.insert(node, incarnation);
+                // A new life is not down.
+                self.down.remove(&node);
+                Outcome::Done
+            }
+            Command::NodeDown { node, incarnation } | Command::NodeUp { node, incarnation }
+                if self.incarnations.get(&node) != Some(&incarnation) =>
+            {
+                Outcome::Refused(Refusal::StaleIncarnation)
+            }
+            Command::NodeDown { node, .. } => {
+                self.down.insert(node);
+                Outcome::Done
+            }
+            Command::NodeUp { node, .. } => {
+                self.down.remove(&node);
                 Outcome::Done
             }
             Command::Claim {
@@ -259,6 +310,16 @@ impl ClusterState {
     /// The current incarnation of `node`, if it has announced one.
     pub fn incarnation(&self, node: NodeId) -> Option<u64> {
         self.incarnations.get(&node).copied()
+    }
+
+    /// Whether `node` is judged down (in its current incarnation).
+    pub fn is_down(&self, node: NodeId) -> bool {
+        self.down.contains(&node)
+    }
+
+    /// The nodes judged down.
+    pub fn down(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.down.iter().copied()
     }
 
     /// The retained message of `topic`.

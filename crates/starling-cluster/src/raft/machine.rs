@@ -16,7 +16,7 @@ use redb::Database;
 use serde::{Deserialize, Serialize};
 
 use super::log::{get_meta, put_meta};
-use super::{Entry, Peer, StorageError, Types, decode, encode};
+use super::{Entry, Peer, StorageError, Types, encode};
 use crate::feed::{Applied, Sender};
 use crate::state::{ClusterState, Command, Limits, NodeId, Outcome, Retained};
 
@@ -116,7 +116,7 @@ impl Machine {
     }
 
     fn load(&mut self, stored: Stored) -> Result<(), StorageError> {
-        let state: ClusterState = decode(&stored.data).map_err(read_err)?;
+        let state = ClusterState::from_stored(&stored.data).map_err(read_err)?;
         self.state.replace(state);
         self.applied = stored.meta.last_log_id;
         self.membership = stored.meta.last_membership;
@@ -239,7 +239,7 @@ impl RaftStateMachine<Types> for Machine {
             data: snapshot.into_inner(),
         };
         // Decoded before it is kept: a snapshot that cannot be read is refused, not stored.
-        let state: ClusterState = decode(&stored.data).map_err(read_err)?;
+        let state = ClusterState::from_stored(&stored.data).map_err(read_err)?;
         put_meta(&self.db, "snapshot", &stored)?;
         self.state.replace(state);
         if let Some(observer) = &self.observer {
@@ -265,6 +265,10 @@ fn retained_topics(state: &ClusterState, cmd: &Command) -> Vec<String> {
         Command::Retain { topic, .. } | Command::ClearRetained { topic } => vec![topic.clone()],
         Command::RetainBatch { changes } => changes.iter().map(|(t, _)| t.clone()).collect(),
         Command::ExpireRetained { now_ms } => state.expiring(*now_ms),
-        Command::Incarnate { .. } | Command::Claim { .. } | Command::Release { .. } => Vec::new(),
+        Command::Incarnate { .. }
+        | Command::Claim { .. }
+        | Command::Release { .. }
+        | Command::NodeDown { .. }
+        | Command::NodeUp { .. } => Vec::new(),
     }
 }

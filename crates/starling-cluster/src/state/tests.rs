@@ -261,6 +261,8 @@ fn command() -> impl Strategy<Value = Command> {
             .clone()
             .prop_map(|t| Command::ClearRetained { topic: t.into() }),
         (0..100u64).prop_map(|now_ms| Command::ExpireRetained { now_ms }),
+        (1..4u64, 1..4u64).prop_map(|(node, incarnation)| Command::NodeDown { node, incarnation }),
+        (1..4u64, 1..4u64).prop_map(|(node, incarnation)| Command::NodeUp { node, incarnation }),
         prop::collection::vec(
             (
                 topic,
@@ -308,4 +310,110 @@ proptest! {
         }
         prop_assert_eq!(postcard::to_allocvec(&a).ok(), postcard::to_allocvec(&b).ok());
     }
+}
+
+/// The leader's judgement that a node is down holds for its current incarnation only, ends
+/// when it answers again (`NodeUp`) or starts again (a new incarnation), and a snapshot
+/// written before the down marks existed is read back with nothing down.
+#[test]
+fn a_node_is_down_in_its_current_incarnation_until_it_answers_or_restarts() {
+    let mut s = ClusterState::new(Limits::default());
+    s.apply(
+        1,
+        Command::Incarnate {
+            node: 2,
+            incarnation: 1,
+        },
+    );
+    assert_eq!(
+        s.apply(
+            2,
+            Command::NodeDown {
+                node: 2,
+                incarnation: 7
+            }
+        ),
+        Outcome::Refused(Refusal::StaleIncarnation)
+    );
+    assert_eq!(
+        s.apply(
+            3,
+            Command::NodeDown {
+                node: 9,
+                incarnation: 1
+            }
+        ),
+        Outcome::Refused(Refusal::StaleIncarnation),
+        "a node never announced"
+    );
+    assert_eq!(
+        s.apply(
+            4,
+            Command::NodeDown {
+                node: 2,
+                incarnation: 1
+            }
+        ),
+        Outcome::Done
+    );
+    assert!(s.is_down(2));
+    assert_eq!(
+        s.apply(
+            5,
+            Command::NodeUp {
+                node: 2,
+                incarnation: 1
+            }
+        ),
+        Outcome::Done
+    );
+    assert!(!s.is_down(2));
+    s.apply(
+        6,
+        Command::NodeDown {
+            node: 2,
+            incarnation: 1,
+        },
+    );
+    s.apply(
+        7,
+        Command::Incarnate {
+            node: 2,
+            incarnation: 2,
+        },
+    );
+    assert!(!s.is_down(2), "a new life is not down");
+    assert_eq!(s.down().count(), 0);
+
+    // The layout before the down marks: the same fields, without the last.
+    #[derive(serde::Serialize)]
+    struct Old {
+        limits: Limits,
+        incarnations: std::collections::BTreeMap<NodeId, u64>,
+        owners: std::collections::BTreeMap<String, Owner>,
+        retained: std::collections::BTreeMap<String, Retained>,
+        retained_bytes: u64,
+    }
+    let old = Old {
+        limits: Limits::default(),
+        incarnations: [(2, 5)].into(),
+        owners: Default::default(),
+        retained: Default::default(),
+        retained_bytes: 0,
+    };
+    let bytes = postcard::to_allocvec(&old).unwrap();
+    let back = ClusterState::from_stored(&bytes).unwrap();
+    assert_eq!(back.incarnation(2), Some(5));
+    assert_eq!(back.down().count(), 0);
+    let mut now = back.clone();
+    now.apply(
+        8,
+        Command::NodeDown {
+            node: 2,
+            incarnation: 5,
+        },
+    );
+    let again = ClusterState::from_stored(&postcard::to_allocvec(&now).unwrap()).unwrap();
+    assert_eq!(again, now, "the current layout round-trips");
+    assert!(ClusterState::from_stored(&[0xff, 0xff]).is_err());
 }

@@ -35,7 +35,7 @@ use starling_cluster::net::{
 };
 use starling_cluster::routes::{RemoteRoutes, Update, UpdateReply};
 use starling_proto::{DecodeLimits, Packet, ProtocolVersion, Publish, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 /// Messages waiting for one peer; beyond it a message for the peer is dropped and counted.
@@ -56,7 +56,7 @@ const RETRY: Duration = Duration::from_millis(500);
 /// How long a batch is sent again to a peer that does not confirm it (a restart takes a
 /// second or two) before it is dropped; meanwhile the peer's queue fills, and beyond its
 /// bound drops.
-const HOLD: Duration = Duration::from_secs(10);
+pub(super) const HOLD: Duration = Duration::from_secs(10);
 
 /// Senders whose last batch a node remembers; a batch from a sender beyond it is taken
 /// without being remembered (peers are few; more means something is wrong).
@@ -279,27 +279,46 @@ fn drop_batch(stats: &PeerStats, peer: NodeId, n: u64, waiting: &[Arc<Replicatio
     waiting.iter().for_each(|w| w.decide(Replicated::Committed));
 }
 
-/// The last batch taken from each sender, by node: its incarnation and the batch's number.
+/// Where a batch taken from a sender stands: being stored (`None`), or handed to the
+/// broker, with the journal ticket of what it stored (`Some(None)`: nothing to store).
+type Progress = watch::Receiver<Option<Option<u64>>>;
+
+/// The last batch taken from each sender, by node: its incarnation, the batch's number, and
+/// where storing it stands (a copy of it sent again is confirmed only once it is stored).
 #[derive(Debug, Default)]
-pub(super) struct Seen(Mutex<HashMap<NodeId, (u64, u64)>>);
+pub(super) struct Seen(Mutex<HashMap<NodeId, (u64, u64, Progress)>>);
+
+/// What [`Seen::take`] says of a batch.
+#[derive(Debug)]
+enum Taken {
+    /// New: deliver it, then tell the sender's later copies what it stored.
+    New(watch::Sender<Option<Option<u64>>>),
+    /// The last batch taken, sent again (its reply was lost): confirm it once the first
+    /// copy is stored.
+    Again(Progress),
+    /// Older than the last taken, or from an earlier life of the sender: confirm it.
+    Old,
+}
 
 impl Seen {
     /// Whether the batch `seq` of `origin` in `incarnation` is new (to be delivered), noting
-    /// it; false for a batch taken already (sent again after its reply was lost), or sent by
-    /// an earlier life of the origin.
-    fn first_time(&self, origin: NodeId, incarnation: u64, seq: u64) -> bool {
+    /// it, or taken already (sent again after its reply was lost, or from an earlier life of
+    /// the origin).
+    fn take(&self, origin: NodeId, incarnation: u64, seq: u64) -> Taken {
         let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match last.get(&origin) {
-            Some(&(inc, s)) if inc > incarnation || (inc == incarnation && seq <= s) => false,
-            Some(_) => {
-                last.insert(origin, (incarnation, seq));
-                true
+            Some((inc, s, progress)) if *inc == incarnation && seq == *s => {
+                Taken::Again(progress.clone())
             }
-            None => {
-                if last.len() < MAX_ORIGINS {
-                    last.insert(origin, (incarnation, seq));
+            Some(&(inc, s, _)) if inc > incarnation || (inc == incarnation && seq < s) => {
+                Taken::Old
+            }
+            known => {
+                let (tx, rx) = watch::channel(None);
+                if known.is_some() || last.len() < MAX_ORIGINS {
+                    last.insert(origin, (incarnation, seq, rx));
                 }
-                true
+                Taken::New(tx)
             }
         }
     }
@@ -373,17 +392,30 @@ impl Inbound for ClusterInbound {
 
     fn forward(&self, batch: Forward) -> Confirmed {
         let count = batch.messages.len();
-        if !self
-            .seen
-            .first_time(batch.origin, batch.incarnation, batch.seq)
-        {
-            debug!(
-                origin = batch.origin,
-                seq = batch.seq,
-                "a batch taken already came again; confirmed, not delivered twice"
-            );
-            return Box::pin(std::future::ready(count));
-        }
+        let progress = match self.seen.take(batch.origin, batch.incarnation, batch.seq) {
+            Taken::New(progress) => progress,
+            Taken::Old => return Box::pin(std::future::ready(count)),
+            Taken::Again(mut first) => {
+                debug!(
+                    origin = batch.origin,
+                    seq = batch.seq,
+                    "a batch taken already came again; confirmed once stored, not delivered twice"
+                );
+                let broker = self.broker.clone();
+                return Box::pin(async move {
+                    // The first copy may still be on its way to the store.
+                    let stored_as =
+                        tokio::time::timeout(STORE_WAIT, first.wait_for(Option::is_some))
+                            .await
+                            .ok()
+                            .and_then(|r| r.ok().and_then(|t| *t));
+                    if let Some(Some(t)) = stored_as {
+                        stored(&broker, t).await;
+                    }
+                    count
+                });
+            }
+        };
         let now = Instant::now();
         let mut messages = Vec::with_capacity(count);
         for f in batch.messages {
@@ -406,6 +438,7 @@ impl Inbound for ClusterInbound {
         }
         let taken = messages.len();
         let ticket = self.broker.publish_batch_from_peer(messages);
+        progress.send_replace(Some(ticket));
         let broker = self.broker.clone();
         Box::pin(async move {
             if let Some(t) = ticket {
@@ -428,6 +461,12 @@ impl Inbound for ClusterInbound {
 mod tests {
     use super::*;
 
+    impl Seen {
+        fn first_time(&self, origin: NodeId, incarnation: u64, seq: u64) -> bool {
+            matches!(self.take(origin, incarnation, seq), Taken::New(_))
+        }
+    }
+
     #[test]
     fn a_batch_is_taken_once_per_life_of_its_sender() {
         let t = Seen::default();
@@ -441,6 +480,23 @@ mod tests {
             !t.first_time(1, 1, 9),
             "a batch of the sender's earlier life"
         );
+    }
+
+    /// A copy of the last batch that comes while the first is still being stored waits for
+    /// it: it learns the first's journal ticket only once that is handed to the broker.
+    #[tokio::test]
+    async fn a_copy_of_a_batch_being_stored_waits_for_the_first() {
+        let t = Seen::default();
+        let Taken::New(first) = t.take(1, 1, 5) else {
+            panic!("new batch")
+        };
+        let Taken::Again(mut copy) = t.take(1, 1, 5) else {
+            panic!("a copy")
+        };
+        assert!(copy.borrow().is_none(), "not stored yet");
+        first.send_replace(Some(Some(42)));
+        let got = copy.wait_for(Option::is_some).await.map(|t| *t).ok();
+        assert_eq!(got, Some(Some(Some(42))));
     }
 
     #[test]

@@ -176,15 +176,25 @@ fn decode(client_id: &str, reply: HandoverReply) -> Option<(LoadedSession, Vec<u
     Some((loaded, kept_ids))
 }
 
-async fn ask(node: &Node, to: (NodeId, &str), req: &Handover) -> Option<HandoverReply> {
-    let mut link = Link::new(node.dial().clone(), to.0, to.1.to_owned());
+/// Sends `req` to member `to` on a stream of its pool (a new one if none is idle) and
+/// returns its answer; `None` if it did not answer (or is no longer a member).
+async fn ask(taker: &Taker, to: NodeId, req: &Handover) -> Option<HandoverReply> {
+    let idle = taker.peers.with(to, |p| (p.take_link(), p.addr.clone()))?;
+    let mut link = match idle {
+        (Some(link), _) => link,
+        (None, addr) => Link::new(taker.node.dial().clone(), to, addr)
+            .with_contact(taker.node.contact().clone()),
+    };
     match link
         .call::<Handover, HandoverReply>(Kind::Handover, req, ASK_TTL)
         .await
     {
-        Ok(reply) => Some(reply),
+        Ok(reply) => {
+            taker.peers.with(to, |p| p.put_link(link));
+            Some(reply)
+        }
         Err(e) => {
-            debug!(client_id = req.client_id, node = to.0, error = %e, "the previous owner did not answer");
+            debug!(client_id = req.client_id, node = to, error = %e, "the previous owner did not answer");
             None
         }
     }
@@ -194,17 +204,17 @@ async fn ask(node: &Node, to: (NodeId, &str), req: &Handover) -> Option<Handover
 /// until it answers or [`LINGER`] has passed: the session here started without it, so
 /// nothing is to wait for it there (a node that comes back from a crash or a partition
 /// ends it at once instead of after its linger).
-fn end_later(taker: &Taker, from: (NodeId, String), mut req: Handover) {
+fn end_later(taker: &Arc<Taker>, from: NodeId, mut req: Handover) {
     let Ok(permit) = taker.ending.clone().try_acquire_owned() else {
         return;
     };
     req.resume = false;
     req.finish = true;
-    let node = taker.node.clone();
+    let taker = taker.clone();
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + LINGER;
         loop {
-            match ask(&node, (from.0, &from.1), &req).await {
+            match ask(&taker, from, &req).await {
                 Some(HandoverReply::NotYet) | None => {}
                 Some(_) => break,
             }
@@ -249,11 +259,6 @@ pub(super) async fn take(
     let Some(broker) = taker.broker.get().and_then(Weak::upgrade) else {
         return;
     };
-    let Some(addr) = taker.peers.with(from, |p| p.addr.clone()) else {
-        return;
-    };
-    let from = (from, addr);
-    let node = taker.node.clone();
     let mut req = Handover {
         client_id: client_id.to_owned(),
         epoch,
@@ -264,7 +269,7 @@ pub(super) async fn take(
         end_later(taker, from, req);
         return;
     }
-    let loaded = match ask(&node, (from.0, &from.1), &req).await {
+    let loaded = match ask(taker, from, &req).await {
         Some(HandoverReply::Absent) => return,
         Some(r @ HandoverReply::Session { .. }) => decode(client_id, r),
         Some(HandoverReply::NotYet) | None => None,
@@ -272,7 +277,7 @@ pub(super) async fn take(
     let Some((loaded, _)) = loaded else {
         warn!(
             client_id,
-            node = from.0,
+            node = from,
             "the previous owner did not hand the session over; it starts empty here"
         );
         end_later(taker, from, req);
@@ -285,11 +290,10 @@ pub(super) async fn take(
     }
     info!(
         client_id,
-        from = from.0,
-        messages,
-        "session taken over from another node"
+        from, messages, "session taken over from another node"
     );
     req.finish = true;
+    let taker = taker.clone();
     let filters = taker.filters.clone();
     let peers: Vec<NodeId> = taker.peers.ids();
     let seq = filters.seq();
@@ -301,7 +305,7 @@ pub(super) async fn take(
             );
         }
         tokio::time::sleep(IN_FLIGHT).await;
-        let reply = ask(&node, (from.0, &from.1), &req).await;
+        let reply = ask(&taker, from, &req).await;
         let late = match reply.and_then(|r| decode(&req.client_id, r)) {
             Some((rest, ids)) => (rest.messages.into_iter().map(|(_, m)| m))
                 .zip(ids)

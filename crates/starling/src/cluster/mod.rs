@@ -108,6 +108,8 @@ pub struct Started {
     tls: Option<Arc<ClusterTls>>,
     /// Takes sessions over from other nodes; given the broker once attached.
     taker: Arc<handover::Taker>,
+    /// `[cluster] down_after_ms`.
+    down_after: Duration,
 }
 
 /// Whether this node is on the majority's side, as [`watch_majority`] last judged.
@@ -291,6 +293,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         routes: Routes::Custom(Box::new(ClusterRoutes::new(
             remote.clone(),
             filters.clone(),
+            peers.clone(),
         ))),
         forwarder: Box::new(forwarder),
         retained: Box::new(retain::ClusterRetain {
@@ -320,6 +323,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         retained_writes,
         tls,
         taker,
+        down_after: Duration::from_millis(c.down_after_ms),
     })
 }
 
@@ -381,15 +385,23 @@ impl Started {
             )),
             Box::pin(retain::expire(node.clone(), stop.clone())),
         ];
-        tasks.push(Box::pin(peers::follow(
+        let peer_tasks = peers::Tasks {
+            node: node.clone(),
+            filters: self.filters.clone(),
+            remote: self.remote.clone(),
+            stop: stop.clone(),
+        };
+        tasks.push(Box::pin(peers::suspect(
             self.peers.clone(),
-            peers::Tasks {
-                node: node.clone(),
-                filters: self.filters.clone(),
-                remote: self.remote.clone(),
-                stop: stop.clone(),
-            },
+            peer_tasks.clone(),
         )));
+        tasks.push(Box::pin(peers::judge(
+            self.peers.clone(),
+            node.clone(),
+            self.down_after,
+            stop.clone(),
+        )));
+        tasks.push(Box::pin(peers::follow(self.peers.clone(), peer_tasks)));
         let handle = Handle {
             tls: tls_on,
             node,
@@ -633,6 +645,7 @@ pub fn status(handle: &Handle) -> Value {
                 "addr": peer.addr,
                 "voter": voters.contains(id),
                 "incarnation": state.incarnation(*id),
+                "down": state.is_down(*id),
             })
         })
         .collect();
@@ -660,6 +673,7 @@ pub fn status(handle: &Handle) -> Value {
             "messages_sent": stats.sent.load(Ordering::Relaxed),
             "messages_dropped": stats.dropped.load(Ordering::Relaxed),
             "last_reply_ms": node.contact().since(*id).map(|d| d.as_millis() as u64),
+            "suspected": handle.peers.is_suspect(*id),
         })).collect::<Vec<_>>(),
         "remote_routes": handle.remote.read().unwrap_or_else(|p| p.into_inner()).len(),
         "remote_routes_refused": handle.remote.read().unwrap_or_else(|p| p.into_inner()).refused(),

@@ -9,11 +9,16 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
 use starling_cluster::NodeId;
+use starling_cluster::net::Link;
 use starling_cluster::routes::{LocalFilters, RemoteRoutes};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+
+use starling_cluster::Command;
+use tracing::{debug, info, warn};
 
 use super::forward::{self, PeerStats, Queued};
+use super::tls::ClusterDial;
 use super::{Node, lock};
 use crate::wakeup::Stop;
 
@@ -30,7 +35,13 @@ pub(super) struct Peer {
     parked: Mutex<Option<mpsc::Receiver<Queued>>>,
     /// Set when it leaves: its tasks end.
     gone: watch::Sender<bool>,
+    /// Idle streams for requests to it that are not its tasks' (sessions handed over), at
+    /// most [`IDLE_LINKS`].
+    links: Mutex<Vec<Link<ClusterDial>>>,
 }
+
+/// Idle request streams kept per peer; one more is closed when it is done.
+const IDLE_LINKS: usize = 8;
 
 impl Peer {
     fn new(addr: String) -> Arc<Self> {
@@ -41,15 +52,33 @@ impl Peer {
             stats: Arc::default(),
             parked: Mutex::new(Some(rx)),
             gone: watch::Sender::new(false),
+            links: Mutex::default(),
         })
+    }
+
+    /// An idle request stream to it, if there is one.
+    pub(super) fn take_link(&self) -> Option<Link<ClusterDial>> {
+        lock(&self.links).pop()
+    }
+
+    /// A request stream done with, kept for the next request if there is room.
+    pub(super) fn put_link(&self, link: Link<ClusterDial>) {
+        let mut links = lock(&self.links);
+        if links.len() < IDLE_LINKS {
+            links.push(link);
+        }
     }
 }
 
-/// The other members, shared by the forwarder, the handover and the admin API.
+/// The other members, shared by the forwarder, the handover, the route table and the admin
+/// API.
 #[derive(Debug)]
 pub(super) struct PeerSet {
     me: NodeId,
     peers: ArcSwap<HashMap<NodeId, Arc<Peer>>>,
+    /// The members that have answered nothing for [`forward::HOLD`], as [`suspect`] last
+    /// judged: a node picking one node for a shared group skips them.
+    suspects: RwLock<Vec<NodeId>>,
 }
 
 impl PeerSet {
@@ -62,7 +91,23 @@ impl PeerSet {
         PeerSet {
             me,
             peers: ArcSwap::from_pointee(peers),
+            suspects: RwLock::default(),
         }
+    }
+
+    /// Whether `id` is suspected down (see [`suspect`]).
+    pub(super) fn is_suspect(&self, id: NodeId) -> bool {
+        let s = self.suspects.read().unwrap_or_else(|p| p.into_inner());
+        !s.is_empty() && s.contains(&id)
+    }
+
+    /// Whether any member is suspected down.
+    pub(super) fn any_suspect(&self) -> bool {
+        !self
+            .suspects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// Calls `f` with member `id`, if it is one.
@@ -154,6 +199,113 @@ fn until(stop: Arc<Stop>, peer: &Peer) -> impl std::future::Future<Output = ()> 
         tokio::select! {
             () = stop.wait() => {}
             _ = gone.wait_for(|g| *g) => {}
+        }
+    }
+}
+
+/// How often the suspects are judged again.
+const SUSPECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Judges every [`SUSPECT_EVERY`] which members have answered nothing (no reply to Raft,
+/// route keepalives or batches) for [`forward::HOLD`], or are judged down in the log: they
+/// are suspects, and a shared group's message goes to a node of the group that is not (a
+/// suspect would drop it). This node's own suspicion decides nothing about the state; the
+/// leader does, through the log: a member it has not heard from for `down_after` is judged
+/// down (`NodeDown`), and up again once it answers (`NodeUp`; a restart ends it too). Every
+/// node forgets the filters of a node judged down; it tells them again when it is back.
+pub(super) async fn suspect(set: Arc<PeerSet>, tasks: Tasks) {
+    let node = &tasks.node;
+    let mut tick = tokio::time::interval(SUSPECT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was: Vec<NodeId> = Vec::new();
+    let mut was_down: Vec<NodeId> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = tasks.stop.wait() => return,
+        }
+        let contact = node.contact();
+        let down: Vec<NodeId> = node.state().read().down().collect();
+        for id in down.iter().filter(|id| !was_down.contains(id)) {
+            let mut remote = tasks.remote.write().unwrap_or_else(|p| p.into_inner());
+            remote.forget(*id);
+            info!(
+                node = id,
+                "a member is judged down; its filters are forgotten here"
+            );
+        }
+        was_down = down;
+        let mut now: Vec<NodeId> = (set.ids().into_iter())
+            .filter(|id| !contact.answered_within(*id, forward::HOLD) || was_down.contains(id))
+            .collect();
+        now.sort_unstable();
+        if now != was {
+            info!(suspects = ?now, "members suspected down changed");
+            *set.suspects.write().unwrap_or_else(|p| p.into_inner()) = now.clone();
+            was = now;
+        }
+    }
+}
+
+/// How often the leader judges the members.
+const JUDGE_EVERY: Duration = Duration::from_secs(1);
+
+/// On the leader, every [`JUDGE_EVERY`]: commits `NodeDown` for a member silent for
+/// `down_after`, `NodeUp` for one judged down that answers again.
+pub(super) async fn judge(
+    set: Arc<PeerSet>,
+    node: Arc<Node>,
+    down_after: Duration,
+    stop: Arc<Stop>,
+) {
+    let mut tick = tokio::time::interval(JUDGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.wait() => return,
+        }
+        tokio::select! {
+            () = judge_once(&node, &set, down_after) => {}
+            () = stop.wait() => return,
+        }
+    }
+}
+
+async fn judge_once(node: &Node, set: &PeerSet, down_after: Duration) {
+    let leads = node.raft().metrics().borrow().current_leader == Some(node.id());
+    if !leads {
+        return;
+    }
+    let contact = node.contact();
+    for id in set.ids() {
+        let (incarnation, down) = {
+            let state = node.state().read();
+            (state.incarnation(id), state.is_down(id))
+        };
+        let Some(incarnation) = incarnation else {
+            continue;
+        };
+        let cmd = if !down && !contact.answered_within(id, down_after) {
+            warn!(
+                node = id,
+                incarnation, "a member answered nothing for down_after_ms; judging it down"
+            );
+            Command::NodeDown {
+                node: id,
+                incarnation,
+            }
+        } else if down && contact.answered_within(id, forward::HOLD) {
+            info!(node = id, incarnation, "a member judged down answers again");
+            Command::NodeUp {
+                node: id,
+                incarnation,
+            }
+        } else {
+            continue;
+        };
+        if let Err(e) = node.propose(cmd).await {
+            debug!(node = id, error = %e, "the judgement was not committed; tried again");
         }
     }
 }

@@ -8,7 +8,9 @@
 //! A shared subscription is told to the peers by its full filter (`$share/g/a/#`): for each
 //! matching group, the publishing node picks one node among those with members (itself
 //! included), in turn, and only that node delivers to one of its members. A group with
-//! members on several nodes gets one delivery in all (docs/cluster.md).
+//! members on several nodes gets one delivery in all (docs/cluster.md). A node suspected
+//! down (no answer for 10 s, `peers.rs`) is not picked while another node of the group is
+//! up: its members could not get the message.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -24,17 +26,24 @@ pub(super) struct ClusterRoutes {
     local: Router,
     remote: Arc<RwLock<RemoteRoutes>>,
     filters: Arc<LocalFilters>,
+    /// The other members, and which are suspected down.
+    peers: Arc<super::peers::PeerSet>,
     /// Turns taken between the nodes with members of a shared group.
     turn: AtomicUsize,
 }
 
 impl ClusterRoutes {
     /// A table over the other nodes' filters in `remote`, telling `filters` its own.
-    pub(super) fn new(remote: Arc<RwLock<RemoteRoutes>>, filters: Arc<LocalFilters>) -> Self {
+    pub(super) fn new(
+        remote: Arc<RwLock<RemoteRoutes>>,
+        filters: Arc<LocalFilters>,
+        peers: Arc<super::peers::PeerSet>,
+    ) -> Self {
         Self {
             local: Router::default(),
             remote,
             filters,
+            peers,
             turn: AtomicUsize::new(0),
         }
     }
@@ -72,6 +81,16 @@ impl RouteTable for ClusterRoutes {
         if m.is_empty() {
             return self.local.route(topic, f);
         }
+        // Suspects are not picked while another node of the group is up, or this node has
+        // members of it.
+        let suspects = !m.groups.is_empty() && self.peers.any_suspect();
+        if suspects {
+            for nodes in m.groups.values_mut() {
+                if nodes.iter().any(|n| !self.peers.is_suspect(*n)) {
+                    nodes.retain(|n| !self.peers.is_suspect(*n));
+                }
+            }
+        }
         self.local.route(topic, &mut |local: &[Target<'_>]| {
             let mut targets = Vec::with_capacity(local.len() + m.nodes.len() + m.groups.len());
             // The groups with members here too: this node takes its turn among the others.
@@ -80,7 +99,12 @@ impl RouteTable for ClusterRoutes {
                 if let Target::Shared(_, key, _) = t
                     && let Some((group, nodes)) = m.groups.get_key_value(key.filter.as_str())
                 {
-                    let turn = self.turn.fetch_add(1, Ordering::Relaxed) % (nodes.len() + 1);
+                    let all_down = suspects && nodes.iter().all(|n| self.peers.is_suspect(*n));
+                    let turn = if all_down {
+                        nodes.len()
+                    } else {
+                        self.turn.fetch_add(1, Ordering::Relaxed) % (nodes.len() + 1)
+                    };
                     match nodes.get(turn) {
                         Some(node) => picked.push((*node, group)),
                         None => targets.push(*t),

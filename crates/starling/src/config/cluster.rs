@@ -38,6 +38,10 @@ pub struct ClusterConfig {
     /// CONNECTs at once and disconnects its clients (v5 0x9C Use another server) so that
     /// they move to the majority, milliseconds.
     pub lease_ms: u64,
+    /// A member that has answered the leader nothing for this long is judged down through
+    /// the log (`NodeDown`): every node forgets its filters until it answers again or
+    /// restarts, milliseconds.
+    pub down_after_ms: u64,
     /// The cluster's CA (PEM): with `cert_file` and `key_file`, inter-node streams are mutual
     /// TLS, and only nodes with a certificate this CA signed are peers.
     pub ca_file: Option<PathBuf>,
@@ -80,6 +84,7 @@ impl Default for ClusterConfig {
             election_timeout_ms: 1_000,
             propose_timeout_ms: 5_000,
             lease_ms: 10_000,
+            down_after_ms: 30_000,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -123,7 +128,7 @@ pub fn parse_seed(s: &str) -> anyhow::Result<Seed> {
 
 impl ClusterConfig {
     /// The numbers with their bounds.
-    pub fn bounded(&self) -> [(&'static str, u64, Bound); 4] {
+    pub fn bounded(&self) -> [(&'static str, u64, Bound); 5] {
         [
             (
                 "heartbeat_ms",
@@ -146,6 +151,12 @@ impl ClusterConfig {
                 "lease_ms",
                 self.lease_ms,
                 Bound::new(3_000, 3_600_000, "an hour"),
+            ),
+            // Past the 10 s after which a silent peer is suspected (and its batches dropped).
+            (
+                "down_after_ms",
+                self.down_after_ms,
+                Bound::new(10_000, 86_400_000, "a day"),
             ),
         ]
     }

@@ -255,6 +255,7 @@ const BOUNDED: &[(&str, &str, u64, u64)] = &[
     ("cluster", "election_timeout_ms", 50, 600_000),
     ("cluster", "propose_timeout_ms", 100, 600_000),
     ("cluster", "lease_ms", 3_000, 3_600_000),
+    ("cluster", "down_after_ms", 10_000, 86_400_000),
     ("listener", "max_connections", 1, 100_000_000),
 ];
 

@@ -401,3 +401,121 @@ async fn a_dead_nodes_subscribers_do_not_hold_pubacks() {
         .sum();
     assert_eq!(dropped, 50, "{s:#}");
 }
+
+/// A shared group with a member on each of three nodes loses one node for good: once node 1
+/// suspects it (no answer for 10 s), node 1 hands each message to a member on node 1 or
+/// node 2 and none to the dead node (which could not deliver it): 30 messages, each received
+/// once. (Picked in turns among all three, a third would be lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_skips_a_dead_nodes_members() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+
+    let mut c = Cluster::formed(3).await;
+    let mut members = Vec::new();
+    for node in [1, 2, 3] {
+        let mut m = v5::Client::plain(c.mqtt(node), &format!("sg{node}")).await;
+        m.subscribe(Filter::new("$share/w/dead/#", QoS5::AtLeastOnce), None)
+            .await;
+        members.push(m);
+    }
+    c.routes_known(1, 2).await;
+    drop(members.pop());
+    c.kill9(3);
+    let suspected = |s: &serde_json::Value| {
+        s["peers"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["id"] == 3 && p["suspected"] == true))
+    };
+    let mut waited = 0;
+    while !c.status(1).await.is_some_and(|s| suspected(&s)) {
+        assert!(waited < 300, "node 1 does not suspect node 3\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let mut publisher = v5::Client::plain(c.mqtt(1), "sg-pub").await;
+    const N: usize = 30;
+    for i in 0..N {
+        publisher
+            .client
+            .publish("dead/job", QoS5::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+        publisher
+            .expect("PUBACK", |p| match p {
+                Packet::PubAck(a) => Some(a),
+                _ => None,
+            })
+            .await;
+    }
+    let mut got: Vec<usize> = Vec::new();
+    let mut quiet = 0;
+    while quiet < 4 {
+        let mut progress = false;
+        for m in members.iter_mut() {
+            while let Ok(p) = tokio::time::timeout(Duration::from_millis(100), m.publish()).await {
+                got.push(String::from_utf8_lossy(&p.payload).parse().unwrap());
+                progress = true;
+            }
+        }
+        quiet = if progress { 0 } else { quiet + 1 };
+    }
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "each message once, none lost"
+    );
+}
+
+/// A member silent past `down_after_ms` is judged down through the log: every node shows it
+/// down and forgets its filters (nothing is forwarded to it); restarted (a new incarnation)
+/// it is up again, tells its filters again, and its persistent subscriber gets a message
+/// published after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_member_is_judged_down_and_comes_back_up() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::Filter;
+
+    let timing = format!("{TIMING}down_after_ms = 11000\n");
+    let mut c = Cluster::start_with(3, &timing);
+    c.settled(&[1, 2, 3], "first start").await;
+    let (mut sub, _) = v5::Client::connect(c.mqtt(3), "down-sub", persistent).await;
+    sub.subscribe(Filter::new("down/#", QoS5::AtLeastOnce), None)
+        .await;
+    drop(sub);
+    c.routes_known(1, 1).await;
+    c.kill9(3);
+    let down = |s: &serde_json::Value| {
+        s["members"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|m| m["id"] == 3 && m["down"] == true))
+    };
+    for id in [1, 2] {
+        let mut waited = 0;
+        while !c.status(id).await.is_some_and(|s| down(&s)) {
+            assert!(
+                waited < 300,
+                "node {id} does not show node 3 down\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += 1;
+        }
+        c.routes_known(id, 0).await;
+    }
+
+    c.restart(3);
+    c.settled(&[1, 2, 3], "after node 3 came back").await;
+    status_until(&c, 1, "node 3 up again", |s| !down(s)).await;
+    c.routes_known(1, 1).await;
+    let publisher = v5::Client::plain(c.mqtt(1), "down-pub").await;
+    publisher
+        .client
+        .publish("down/x", QoS5::AtLeastOnce, false, "back")
+        .await
+        .unwrap();
+    let (mut sub, ack) = v5::Client::connect(c.mqtt(3), "down-sub", persistent).await;
+    assert!(ack.session_present);
+    assert_eq!(&sub.publish().await.payload[..], b"back");
+}
