@@ -7,8 +7,10 @@
 # client id, CONNECT again and again, MQTT 5 with clean start, alternately to node 1 and
 # node 2, each CONNECT taking the id over from the client's previous connection, which is
 # still open: connects/s and CONNECT-to-CONNACK p50/p99/p99.9), against the same on one node,
-# and on node 1 of the cluster alone (every CONNECT a commit, no move between nodes); and
-# CONNECTs of new client ids (the `connections` scenario: 5,000 held, 16 at a time) on each.
+# and on node 1 of the cluster alone (every CONNECT a commit, no move between nodes); the same
+# with persistent sessions (Clean Start 0, expiry 300 s: the session moves with its client,
+# fetched from the node that had it); and CONNECTs of new client ids (the `connections`
+# scenario: 5,000 held, 16 at a time) on each. --takeovers-only: the takeovers alone.
 # Interleaved in the same run: every round runs each setup once. Nothing is pinned: three
 # broker processes and the generator share the cores, so only the ratio cluster / single
 # node in the same run means anything. Config: that of bench/compare.sh (bench/peers.sh:
@@ -17,7 +19,7 @@
 # cluster's takeover lines carry the leader in `tag`); the medians on stdout, and what the
 # nodes logged (warnings and errors) on stderr. Traffic stays on 127.0.0.0/8.
 #
-#   bench/cluster.sh [--rounds N] [--duration S] [--out FILE]
+#   bench/cluster.sh [--rounds N] [--duration S] [--out FILE] [--takeovers-only]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,12 +27,14 @@ cd "$ROOT"
 ROUNDS=3
 MEASURE=10
 OUT=""
+TAKEOVERS_ONLY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS="$2"; shift ;;
         --duration) MEASURE="$2"; shift ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --takeovers-only) TAKEOVERS_ONLY=1 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -136,9 +140,13 @@ takeovers() { # SETUP ROUND: across nodes 1 and 2 and on node 1 alone; on one no
         local tag="leader=$(leader)"
         run cluster takeover "$2" --tag "$tag" --alt-addr 127.0.0.2:21882
         run cluster takeover "$2" --tag "$tag" --alt-addr 127.0.0.1:21881
+        run cluster takeover "$2" --tag "$tag" --alt-addr 127.0.0.2:21882 --persistent
+        run cluster takeover "$2" --tag "$tag" --alt-addr 127.0.0.1:21881 --persistent
     else
         run single takeover "$2"
+        run single takeover "$2" --persistent
     fi
+    [ "$TAKEOVERS_ONLY" -eq 1 ] && return 0
     # New client ids last: the cluster releases each of them through its log when they go.
     run "$1" connections "$2" --connections 5000 --concurrency 16
 }
@@ -147,9 +155,11 @@ for round in $(seq 1 "$ROUNDS"); do
     for setup in single cluster; do
         log "round $round: $setup"
         if [ "$setup" = single ]; then start_single; else start_cluster; fi
-        for scenario in p2p-qos0 p2p-qos1 latency; do
-            run "$setup" "$scenario" "$round"
-        done
+        if [ "$TAKEOVERS_ONLY" -eq 0 ]; then
+            for scenario in p2p-qos0 p2p-qos1 latency; do
+                run "$setup" "$scenario" "$round"
+            done
+        fi
         takeovers "$setup" "$round"
         stop_all
         report_logs "$setup" "$round"
@@ -173,23 +183,35 @@ rows = [("p2p-qos0 msg/s", "p2p-qos0", lambda r: r["rate_median_per_s"]),
         ("p2p-qos0 delivery ratio", "p2p-qos0", lambda r: r["delivery_ratio"]),
         ("p2p-qos1 delivery ratio", "p2p-qos1", lambda r: r["delivery_ratio"])]
 rows += [(f"latency {p} us", "latency", lambda r, p=p: r["latency_us"][p]) for p in ("p50", "p99", "p999")]
-rows = [(label, sc, get, None) for label, sc, get in rows]
+rows = [(label, sc, get, None, None) for label, sc, get in rows]
 # The p2p and latency rows' cluster column: publishers on node 1, subscribers on node 2. The
 # takeovers': node 1 <-> node 2 (`across`) or node 1 alone (`alone`); the single node's
 # column is A = B on it either way.
+def both(a, b):
+    return lambda r: a(r) and b(r)
 across, alone = (lambda r: not r["same_node"]), (lambda r: r["same_node"])
-for name, where in (("takeover node 1 <-> node 2", across), ("takeover on node 1", alone)):
-    rows.append((f"{name}, connects/s", "takeover", lambda r: r["connect_rate_per_s"], where))
-    rows += [(f"{name}, CONNACK {p} us", "takeover", lambda r, p=p: r["latency_us"][p], where)
+clean, kept = (lambda r: r.get("clean_start", True)), (lambda r: not r.get("clean_start", True))
+for name, where in (("takeover node 1 <-> node 2", both(across, clean)),
+                    ("takeover on node 1", both(alone, clean)),
+                    ("takeover with the session, node 1 <-> node 2", both(across, kept)),
+                    ("takeover with the session, on node 1", both(alone, kept))):
+    single = kept if "session" in name else clean
+    rows.append((f"{name}, connects/s", "takeover", lambda r: r["connect_rate_per_s"], where,
+                 single))
+    rows += [(f"{name}, CONNACK {p} us", "takeover", lambda r, p=p: r["latency_us"][p], where,
+              single)
              for p in ("p50", "p99", "p999")]
     rows.append((f"{name}, old connection ended p50 us", "takeover",
-                 lambda r: r["takeover_us"]["p50"], where))
+                 lambda r: r["takeover_us"]["p50"], where, single))
+    rows.append((f"{name}, Session Present 1 of connects", "takeover",
+                 lambda r: r["session_present"] / max(r["connects"], 1), where, single))
 rows.append(("new client ids (node 1), connects/s", "connections",
-             lambda r: r["connect_rate_per_s"], None))
+             lambda r: r["connect_rate_per_s"], None, None))
 print("| measure | single node | cluster | cluster / single |")
 print("| --- | --- | --- | --- |")
-for label, sc, get, where in rows:
-    s, c = med("single", sc, get), med("cluster", sc, get, where or (lambda r: True))
+for label, sc, get, where, single in rows:
+    s = med("single", sc, get, single or (lambda r: True))
+    c = med("cluster", sc, get, where or (lambda r: True))
     if s is not None and c is not None:
         ratio = f"{c / s:.2f}" if s else "-"
         fmt = (lambda v: f"{v:,.0f}") if max(s, c) >= 10 else (lambda v: f"{v:.3f}")
@@ -197,7 +219,8 @@ for label, sc, get, where in rows:
 # Across nodes, CONNECTs to node 1 and to node 2 apart (one of them may lead, the other
 # forwards its claims to the leader).
 for i, node in ((0, "node 1"), (1, "node 2")):
-    qs = [med("cluster", "takeover", lambda r, p=p: r["by_addr"][i]["latency_us"][p], across)
+    qs = [med("cluster", "takeover", lambda r, p=p: r["by_addr"][i]["latency_us"][p],
+              both(across, clean))
           for p in ("p50", "p99", "p999")]
     if None not in qs:
         print(f"takeover node 1 <-> node 2, CONNECTs to {node}: CONNACK p50/p99/p99.9 "

@@ -234,7 +234,22 @@ pub(crate) fn connect_packet(
     clean: bool,
     keep_alive: u16,
 ) -> Result<BytesMut> {
+    connect_packet_expiring(version, client_id, clean, keep_alive, None)
+}
+
+/// As [`connect_packet`], with a v5 Session Expiry Interval (seconds) if given.
+pub(crate) fn connect_packet_expiring(
+    version: ProtocolVersion,
+    client_id: String,
+    clean: bool,
+    keep_alive: u16,
+    expiry: Option<u32>,
+) -> Result<BytesMut> {
     let (username, password) = CREDENTIALS.get().cloned().unwrap_or_default();
+    let mut properties = Properties::default();
+    if let Some(e) = expiry {
+        properties.session_expiry_interval = Some(e);
+    }
     let connect = Packet::Connect(Box::new(Connect {
         protocol: version,
         clean_start: clean,
@@ -243,7 +258,7 @@ pub(crate) fn connect_packet(
         will: None,
         username,
         password,
-        properties: Properties::default(),
+        properties,
         bridge: false,
     }));
     let mut out = BytesMut::new();

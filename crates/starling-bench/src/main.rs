@@ -165,7 +165,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 100_000)]
     retained: usize,
     /// Subscribers keep persistent sessions (clean session 0), so a durable broker stores
-    /// what is queued and in flight for them.
+    /// what is queued and in flight for them; takeover: the movers resume a persistent
+    /// session (Clean Start 0, expiry 300 s), which moves with them.
     #[arg(long)]
     persistent: bool,
     /// mixed: churn episodes started per second.
@@ -317,6 +318,7 @@ async fn run(a: &RunArgs) -> Result<String> {
                 alt_addr: a.alt_addr.clone().unwrap_or_else(|| addr.clone()),
                 addr,
                 movers: a.movers,
+                persistent: a.persistent,
                 warmup: a.warmup,
                 duration: a.duration,
             })

@@ -7,8 +7,9 @@
 //!
 //! Clients speak MQTT 5.0 with Clean Start 1 and no session expiry, so that the old
 //! connection's end is visible (DISCONNECT 0x8E, Session taken over) and a node does the same
-//! work whether the old session was its own or another node's: a session does not move
-//! between nodes, so a clean start is what a move across nodes amounts to today.
+//! work whether the old session was its own or another node's; with `persistent`, Clean
+//! Start 0 and a session expiry of 300 s, so that every CONNECT resumes the session (Session
+//! Present 1), which across nodes moves with its client (fetched from the node that had it).
 //!
 //! Measured, in the measured window only: CONNECT-to-CONNACK latency (from the write of
 //! CONNECT, after the TCP handshake, to the decoded CONNACK), successful CONNECTs per second,
@@ -30,7 +31,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::client::{PacketReader, connect_packet, now_ns};
+use crate::client::{PacketReader, connect_packet_expiring, now_ns};
 use crate::hist::Histogram;
 use crate::load::{median, round};
 use crate::procstat::Proc;
@@ -54,6 +55,8 @@ pub(crate) struct TakeoverSpec {
     pub(crate) alt_addr: String,
     /// Clients moving at once, each with its own client id.
     pub(crate) movers: usize,
+    /// Resume a persistent session (Clean Start 0, expiry 300 s) instead of starting clean.
+    pub(crate) persistent: bool,
     pub(crate) warmup: u64,
     pub(crate) duration: u64,
 }
@@ -198,7 +201,7 @@ pub(crate) async fn run(spec: TakeoverSpec) -> Result<Map<String, Value>> {
     m.insert("same_node".into(), json!(spec.addr == spec.alt_addr));
     m.insert("movers".into(), json!(spec.movers));
     m.insert("protocol".into(), json!(5));
-    m.insert("clean_start".into(), json!(true));
+    m.insert("clean_start".into(), json!(!spec.persistent));
     m.insert("warmup_s".into(), json!(spec.warmup));
     m.insert("duration_s".into(), json!(spec.duration));
     m.insert("connects".into(), json!(connects));
@@ -266,7 +269,10 @@ async fn mover(sh: Rc<Shared>, spec: TakeoverSpec, client_id: String) {
             (&spec.addr, 0)
         };
         to_alt = !to_alt;
-        let attempt = tokio::time::timeout(ANSWER_LIMIT, connect(addr, &client_id, live.as_ref()));
+        let attempt = tokio::time::timeout(
+            ANSWER_LIMIT,
+            connect(addr, &client_id, spec.persistent, live.as_ref()),
+        );
         let (ack, rd, wr, sent) = match attempt.await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
@@ -315,6 +321,7 @@ async fn mover(sh: Rc<Shared>, spec: TakeoverSpec, client_id: String) {
 async fn connect(
     addr: &str,
     client_id: &str,
+    persistent: bool,
     live: Option<&Rc<Cell<Option<u64>>>>,
 ) -> Result<(
     starling_proto::ConnAck,
@@ -325,7 +332,8 @@ async fn connect(
     let stream = TcpStream::connect(addr).await.context("TCP connect")?;
     stream.set_nodelay(true).context("TCP_NODELAY")?;
     let (rd, mut wr) = stream.into_split();
-    let out = connect_packet(VERSION, client_id.to_owned(), true, 60)?;
+    let expiry = persistent.then_some(300);
+    let out = connect_packet_expiring(VERSION, client_id.to_owned(), !persistent, 60, expiry)?;
     let sent = now_ns();
     if let Some(taken) = live
         && taken.get().is_none()

@@ -13,6 +13,7 @@
 
 pub mod contact;
 pub mod feed;
+pub mod forward;
 pub mod members;
 pub mod net;
 pub mod node;

@@ -15,7 +15,11 @@
 //!   as it applies entries and installs snapshots (`Observer`), is the replicated state's;
 //! - after the heal every node knows each other node's filters exactly as that node has them
 //!   (the workload also subscribes and unsubscribes; filters are streamed between nodes as
-//!   snapshots and deltas, `routes.rs`), and nothing of a crashed node's earlier life.
+//!   snapshots and deltas, `routes.rs`), and nothing of a crashed node's earlier life;
+//! - every message forwarded to a peer (`forward.rs`, the broker's own sender and the
+//!   receiver's dedupe, over the same links) whose batch the peer confirmed was delivered
+//!   there, and no message was delivered twice in one life of the receiver (batches are sent
+//!   again until confirmed; a copy is taken once).
 //!
 //! `CLUSTER_SIM_SEEDS=N` runs N seeds (default 12), `CLUSTER_SIM_SEED=S` one seed. Built with
 //! `RUSTFLAGS="--cfg tokio_unstable"` (as scripts/test.sh runs it), turmoil also seeds tokio's
@@ -32,7 +36,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use starling_cluster::net::{Dial, Forward, Inbound, serve};
+use starling_cluster::forward::{Outgoing, PeerStats, Seen, Taken, first_stored, send};
+use starling_cluster::net::{Dial, Forward, Forwarded, Inbound, serve};
 use starling_cluster::raft::Peer;
 use starling_cluster::raft::machine::Shared;
 use starling_cluster::routes::{LocalFilters, RemoteRoutes, Update, UpdateReply, sync};
@@ -128,16 +133,69 @@ impl Observer for Index {
     }
 }
 
-/// Takes the peers' route updates (no messages are forwarded in this simulation).
-struct Receiver(Arc<Mutex<RemoteRoutes>>);
+/// Messages forwarded between nodes: those whose batch the receiver confirmed, by
+/// receiver, and those delivered, by receiver and its incarnation (kept outside the nodes:
+/// a receiver's "store", which its crashes do not lose).
+#[derive(Debug, Default)]
+struct Mail {
+    confirmed: Vec<(NodeId, u64)>,
+    delivered: Vec<(NodeId, u64, u64)>,
+}
+
+/// A forwarded message of the workload: its id (sender, sender's incarnation, count).
+struct SimMsg {
+    id: u64,
+    to: NodeId,
+    mail: Arc<Mutex<Mail>>,
+}
+
+impl Outgoing for SimMsg {
+    fn encode(&self) -> Option<Forwarded> {
+        Some(Forwarded {
+            packet: self.id.to_be_bytes().to_vec(),
+            groups: Vec::new(),
+            id: self.id,
+        })
+    }
+
+    fn decided(self, confirmed: bool) {
+        if confirmed {
+            lock(&self.mail).confirmed.push((self.to, self.id));
+        }
+    }
+}
+
+/// Takes the peers' route updates, and their messages once per batch (the broker's dedupe).
+struct Receiver {
+    remote: Arc<Mutex<RemoteRoutes>>,
+    me: (NodeId, u64),
+    seen: Seen,
+    mail: Arc<Mutex<Mail>>,
+}
 
 impl Inbound for Receiver {
     fn routes(&self, update: Update) -> UpdateReply {
-        lock(&self.0).apply(update)
+        lock(&self.remote).apply(update)
     }
 
-    fn forward(&self, _: Forward) -> starling_cluster::net::Confirmed {
-        Box::pin(std::future::ready(0))
+    fn forward(&self, batch: Forward) -> starling_cluster::net::Confirmed {
+        let count = batch.messages.len();
+        match self.seen.take(batch.origin, batch.incarnation, batch.seq) {
+            Taken::New(progress) => {
+                let mut mail = lock(&self.mail);
+                for m in &batch.messages {
+                    mail.delivered.push((self.me.0, self.me.1, m.id));
+                }
+                drop(mail);
+                progress.send_replace(Some(None));
+                Box::pin(std::future::ready(count))
+            }
+            Taken::Again(first) => Box::pin(async move {
+                first_stored(first, Duration::from_secs(5)).await;
+                count
+            }),
+            Taken::Old => Box::pin(std::future::ready(count)),
+        }
     }
 
     fn handover(
@@ -154,10 +212,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A node's queues of messages for its peers.
+struct Outboxes {
+    to: Vec<(NodeId, tokio::sync::mpsc::Sender<SimMsg>)>,
+    mail: Arc<Mutex<Mail>>,
+}
+
+/// Messages queued per peer (a full queue drops what comes, as the broker's does).
+const OUTBOX: usize = 256;
+
 async fn workload(
     node: Arc<ClusterNode<SimDial>>,
     history: Recorded,
     filters: Arc<LocalFilters>,
+    out: Outboxes,
     mut rng: Rng,
 ) {
     let id = node.id();
@@ -167,6 +235,16 @@ async fn workload(
     while turmoil::elapsed() < WORKLOAD_END {
         tokio::time::sleep(Duration::from_millis(10 + rng.below(200))).await;
         n += 1;
+        // A few messages for a peer or two, numbered in this life of the node.
+        for k in 0..rng.below(4) {
+            let (to, tx) = &out.to[rng.below(out.to.len() as u64) as usize];
+            let msg = SimMsg {
+                id: (id << 56) | (node.incarnation() << 40) | (n << 4) | k,
+                to: *to,
+                mail: out.mail.clone(),
+            };
+            let _ = tx.try_send(msg);
+        }
         // Subscriptions come and go (a filter may be subscribed several times).
         if rng.below(3) == 0 {
             if !subscribed.is_empty() && rng.below(2) == 0 {
@@ -296,12 +374,14 @@ fn run(seed: u64) -> u64 {
     let states: Arc<Mutex<BTreeMap<NodeId, (Shared, u64)>>> = Arc::default();
     let routing: Arc<Mutex<BTreeMap<NodeId, Routing>>> = Arc::default();
     let indexes: Arc<Mutex<BTreeMap<NodeId, Index>>> = Arc::default();
+    let mail: Arc<Mutex<Mail>> = Arc::default();
     for id in NODES {
         let cfg = config(id, dir.path().join(host(id)), &mut rng);
         let history = history.clone();
         let states = states.clone();
         let routing = routing.clone();
         let indexes = indexes.clone();
+        let mail = mail.clone();
         let work_seed = rng.next();
         sim.host(host(id), move || {
             let mut cfg = cfg.clone();
@@ -312,6 +392,7 @@ fn run(seed: u64) -> u64 {
             let history = history.clone();
             let states = states.clone();
             let routing = routing.clone();
+            let mail = mail.clone();
             async move {
                 let node = ClusterNode::start(cfg, SimDial).await?;
                 lock(&states).insert(node.id(), (node.state().clone(), node.incarnation()));
@@ -322,27 +403,48 @@ fn run(seed: u64) -> u64 {
                 lock(&routing).insert(node.id(), r.clone());
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
                 let raft = node.raft().clone();
-                let inbound: Arc<dyn Inbound> = Arc::new(Receiver(r.remote.clone()));
+                let inbound: Arc<dyn Inbound> = Arc::new(Receiver {
+                    remote: r.remote.clone(),
+                    me: (node.id(), node.incarnation()),
+                    seen: Seen::default(),
+                    mail: mail.clone(),
+                });
                 tokio::spawn(async move {
                     while let Ok((stream, _)) = listener.accept().await {
                         tokio::spawn(serve(stream, raft.clone(), Some(inbound.clone())));
                     }
                 });
+                let mut outboxes = Vec::new();
                 for peer in NODES.into_iter().filter(|&p| p != node.id()) {
                     let me = (node.id(), node.incarnation());
                     let to = (peer, format!("{}:{PORT}", host(peer)));
                     tokio::spawn(sync(
                         SimDial,
                         me,
-                        to,
+                        to.clone(),
                         r.local.clone(),
                         node.contact().clone(),
                         std::future::pending(),
                     ));
+                    let (tx, rx) = tokio::sync::mpsc::channel(OUTBOX);
+                    tokio::spawn(send(
+                        SimDial,
+                        me,
+                        to,
+                        node.contact().clone(),
+                        rx,
+                        Arc::new(PeerStats::default()),
+                        std::future::pending(),
+                    ));
+                    outboxes.push((peer, tx));
                 }
                 node.announce(Duration::from_millis(200)).await;
                 let rng = Rng(work_seed ^ node.incarnation());
-                workload(node.clone(), history, r.local.clone(), rng).await;
+                let out = Outboxes {
+                    to: outboxes,
+                    mail: mail.clone(),
+                };
+                workload(node.clone(), history, r.local.clone(), out, rng).await;
                 // Keep serving peers until the simulation ends.
                 std::future::pending::<()>().await;
                 Ok(())
@@ -429,10 +531,50 @@ fn run(seed: u64) -> u64 {
         h.retains.len(),
         h.releases_sent.len(),
     );
+    {
+        let m = lock(&mail);
+        eprintln!(
+            "seed {seed}: {} forwarded messages confirmed, {} delivered",
+            m.confirmed.len(),
+            m.delivered.len()
+        );
+    }
     check(seed, &h, &lock(&states), &faults);
     check_indexes(seed, &lock(&states), &lock(&indexes), &faults);
     check_routes(seed, &lock(&routing), &faults);
+    check_mail(seed, &lock(&mail), &faults);
     digest
+}
+
+/// Every message whose batch its receiver confirmed was delivered there; none was delivered
+/// twice in one life of its receiver.
+fn check_mail(seed: u64, mail: &Mail, faults: &[String]) {
+    let ctx = || format!("seed {seed}, faults {faults:?}");
+    let delivered: std::collections::BTreeSet<(NodeId, u64)> = mail
+        .delivered
+        .iter()
+        .map(|(to, _, id)| (*to, *id))
+        .collect();
+    for (to, id) in &mail.confirmed {
+        assert!(
+            delivered.contains(&(*to, *id)),
+            "message {id:x} confirmed by node {to} was never delivered there; {}",
+            ctx()
+        );
+    }
+    let mut once = std::collections::BTreeSet::new();
+    for d in &mail.delivered {
+        assert!(
+            once.insert(*d),
+            "message delivered twice in one life: {d:?}; {}",
+            ctx()
+        );
+    }
+    assert!(
+        !mail.confirmed.is_empty(),
+        "no message was confirmed; {}",
+        ctx()
+    );
 }
 
 fn check(seed: u64, h: &History, states: &BTreeMap<NodeId, (Shared, u64)>, faults: &[String]) {

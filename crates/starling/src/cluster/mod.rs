@@ -347,7 +347,7 @@ impl Started {
             node: node.clone(),
             broker: broker.clone(),
             limits: self.decode,
-            seen: forward::Seen::default(),
+            seen: Default::default(),
         });
         let mut tasks: Vec<BoxFuture> = vec![
             Box::pin(accept_loop(

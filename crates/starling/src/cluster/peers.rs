@@ -17,10 +17,11 @@ use tokio::sync::{mpsc, watch};
 use starling_cluster::Command;
 use tracing::{debug, info, warn};
 
-use super::forward::{self, PeerStats, Queued};
+use super::forward::{self, Queued};
 use super::tls::ClusterDial;
 use super::{Node, lock};
 use crate::wakeup::Stop;
+use starling_cluster::forward::{HOLD, PeerStats};
 
 /// One other member.
 #[derive(Debug)]
@@ -76,7 +77,7 @@ impl Peer {
 pub(super) struct PeerSet {
     me: NodeId,
     peers: ArcSwap<HashMap<NodeId, Arc<Peer>>>,
-    /// The members that have answered nothing for [`forward::HOLD`], as [`suspect`] last
+    /// The members that have answered nothing for [`HOLD`], as [`suspect`] last
     /// judged: a node picking one node for a shared group skips them.
     suspects: RwLock<Vec<NodeId>>,
 }
@@ -179,7 +180,7 @@ impl Tasks {
                 node.contact().clone(),
                 until(self.stop.clone(), peer),
             ));
-            tokio::spawn(forward::run(
+            tokio::spawn(starling_cluster::forward::send(
                 node.dial().clone(),
                 (node.id(), node.incarnation()),
                 (*id, peer.addr.clone()),
@@ -207,7 +208,7 @@ fn until(stop: Arc<Stop>, peer: &Peer) -> impl std::future::Future<Output = ()> 
 const SUSPECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Judges every [`SUSPECT_EVERY`] which members have answered nothing (no reply to Raft,
-/// route keepalives or batches) for [`forward::HOLD`], or are judged down in the log: they
+/// route keepalives or batches) for [`HOLD`], or are judged down in the log: they
 /// are suspects, and a shared group's message goes to a node of the group that is not (a
 /// suspect would drop it). This node's own suspicion decides nothing about the state; the
 /// leader does, through the log: a member it has not heard from for `down_after` is judged
@@ -236,7 +237,7 @@ pub(super) async fn suspect(set: Arc<PeerSet>, tasks: Tasks) {
         }
         was_down = down;
         let mut now: Vec<NodeId> = (set.ids().into_iter())
-            .filter(|id| !contact.answered_within(*id, forward::HOLD) || was_down.contains(id))
+            .filter(|id| !contact.answered_within(*id, HOLD) || was_down.contains(id))
             .collect();
         now.sort_unstable();
         if now != was {
@@ -295,7 +296,7 @@ async fn judge_once(node: &Node, set: &PeerSet, down_after: Duration) {
                 node: id,
                 incarnation,
             }
-        } else if down && contact.answered_within(id, forward::HOLD) {
+        } else if down && contact.answered_within(id, HOLD) {
             info!(node = id, incarnation, "a member judged down answers again");
             Command::NodeUp {
                 node: id,
