@@ -522,7 +522,7 @@ fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
     }
     a.settle();
 
-    let HandOver::Taken { session, ids } = a.broker.hand_over("m", false, a.now, UNIX_MS) else {
+    let HandOver::Taken { session, ids } = a.broker.hand_over("m", 7, false, a.now, UNIX_MS) else {
         panic!("no session to hand over");
     };
     let phases: Vec<MessagePhase> = session.messages.iter().map(|(_, m)| m.phase).collect();
@@ -531,8 +531,13 @@ fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
     assert_eq!(ids.len(), 5);
     assert_eq!(session.record.subscriptions.len(), 1);
 
+    // A second step for another move (a later claim took the session since) finds nothing.
+    assert!(matches!(
+        a.broker.hand_over("m", 6, true, a.now, UNIX_MS),
+        HandOver::Absent
+    ));
     // The second call takes what came meanwhile (nothing) and ends the session there.
-    let HandOver::Taken { session: rest, .. } = a.broker.hand_over("m", true, a.now, UNIX_MS)
+    let HandOver::Taken { session: rest, .. } = a.broker.hand_over("m", 7, true, a.now, UNIX_MS)
     else {
         panic!("no session to finish");
     };
@@ -541,7 +546,7 @@ fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
     assert!(!a.broker.client_ids().iter().any(|c| &**c == "m"));
 
     let mut b = Sim::with(Limits::default(), Durability::Sync);
-    assert!(b.broker.adopt(session, b.now, UNIX_MS));
+    assert!(b.broker.adopt(session, &ids, b.now, UNIX_MS));
     assert_eq!(b.broker.metrics.sessions_adopted.get(), 1);
 
     // The old node's last messages: one of them also reached the new node directly.
@@ -586,4 +591,53 @@ fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
     assert_eq!(payloads, [0, 1, 2, 3, 4, 42, 43]);
     assert!(got[..3].iter().all(|p| p.dup), "inflight again, with DUP");
     assert!(got[3..].iter().all(|p| !p.dup));
+}
+
+/// A client whose session was handed over from here comes back before the second step: the
+/// session handed back replaces the one left here, and what that one queued meanwhile is
+/// added, once (a message the handed-back session brings, by cluster id, is not).
+#[test]
+fn a_session_handed_back_keeps_what_was_queued_here_meanwhile() {
+    use starling_broker::broker::HandOver;
+
+    const UNIX_MS: u64 = 1_700_000_000_000;
+    let mut a = Sim::new(Limits::default());
+    let (sub, _) = a.connected(persistent(V5, "m", 600));
+    a.send(sub, subscribe(1, "t/#", QoS::AtLeastOnce));
+    a.take(sub);
+    a.drop_connection(sub);
+    let (p, _) = a.connected(connect(V5, "p"));
+    a.send(p, publish("t/x", QoS::AtLeastOnce, 1, &[1]));
+    a.settle();
+    let HandOver::Taken { session, ids } = a.broker.hand_over("m", 7, false, a.now, UNIX_MS) else {
+        panic!("no session");
+    };
+    assert_eq!(session.messages.len(), 1);
+    // Queued here after the first step: one only here, one that also went with the session
+    // (the same cluster id).
+    a.send(p, publish("t/x", QoS::AtLeastOnce, 2, &[2]));
+    let mut twin = Message::internal(
+        starling_proto::TopicName::try_from_str("t/x").unwrap(),
+        bytes::Bytes::from_static(&[3]),
+        false,
+    );
+    twin.qos = QoS::AtLeastOnce;
+    twin.cluster_id.set(99);
+    a.broker.publish_from_peer(Arc::new(twin), &[]);
+    a.settle();
+    let mut back = session.clone();
+    let mut back_ids = ids.clone();
+    let rec = back.messages[0].1.clone();
+    back.messages.push((2, rec));
+    back_ids.push(99);
+    assert!(a.broker.adopt(back, &back_ids, a.now, UNIX_MS));
+    let (m, ack) = a.connected(persistent(V5, "m", 600));
+    assert!(ack.session_present);
+    let got = a.take(m);
+    let payloads: Vec<u8> = publishes(&got).iter().map(|p| p.payload[0]).collect();
+    assert_eq!(
+        payloads,
+        [1, 1, 2],
+        "the handed-back two, then the one queued only here"
+    );
 }

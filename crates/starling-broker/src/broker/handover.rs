@@ -50,12 +50,21 @@ impl Broker {
         true
     }
 
-    /// Takes the session of `client_id` out for the node that now owns the client id: its
-    /// record (subscriptions, will, expiry) and its queued and inflight messages and inbound
-    /// QoS 2 ids as records. Without `finish` the session stays, subscribed, and queues what
-    /// arrives until a second call; with it, the session ends here (its will does not go
-    /// out: the new owner resumes it). `unix_ms` is the wall-clock time of `now`.
-    pub fn hand_over(&self, client_id: &str, finish: bool, now: Instant, unix_ms: u64) -> HandOver {
+    /// Takes the session of `client_id` out for the node whose claim of `epoch` now owns the
+    /// client id: its record (subscriptions, will, expiry) and its queued and inflight
+    /// messages and inbound QoS 2 ids as records. Without `finish` the session stays,
+    /// subscribed, and queues what arrives until a second call; with it, what it queued
+    /// since, and the session ends here (its will does not go out: the new owner resumes
+    /// it). A second call for another epoch than the first's (a later move of the client
+    /// took the session since) finds nothing. `unix_ms` is the wall-clock time of `now`.
+    pub fn hand_over(
+        &self,
+        client_id: &str,
+        epoch: u64,
+        finish: bool,
+        now: Instant,
+        unix_ms: u64,
+    ) -> HandOver {
         let Some(session) = self.seams.registry.get(client_id) else {
             return HandOver::Absent;
         };
@@ -64,8 +73,14 @@ impl Broker {
         if s.is_ended() {
             return HandOver::Absent;
         }
+        if finish && s.handed() != epoch {
+            return HandOver::Absent;
+        }
         if s.kick_for(Kick::TakenOver) {
             return HandOver::Connected;
+        }
+        if !finish {
+            s.handed_for(epoch);
         }
         let record = s.record(&clock);
         let taken = s.take_messages(&clock);
@@ -94,23 +109,35 @@ impl Broker {
 
     /// Makes a session another node handed over this node's own, before the connection that
     /// claimed its client id resumes it: its subscriptions into the route table, its messages
-    /// into its queue and inflight window, all of it into the store. A session of the same
-    /// client id left here from before is replaced (its will does not go out). False if that
-    /// one still has a connection, or the handed-over one expired (nothing adopted).
-    pub fn adopt(&self, loaded: LoadedSession, now: Instant, unix_ms: u64) -> bool {
+    /// into its queue and inflight window, all of it into the store. `ids` are the cluster
+    /// ids of its messages. A session of the same client id left here from before (handed
+    /// over from here, then the client came back) is replaced: what it queued since is
+    /// added, unless the handed-over session brings the same message (same cluster id); its
+    /// will does not go out. False if that one still has a connection, or the handed-over
+    /// one expired (nothing adopted).
+    pub fn adopt(&self, loaded: LoadedSession, ids: &[u64], now: Instant, unix_ms: u64) -> bool {
+        let clock = WallClock::new(now, unix_ms);
+        let mut left: Vec<(MessageRecord, u64)> = Vec::new();
         if let Some(old) = self.seams.registry.get(&loaded.client_id) {
             if old.is_online() {
                 return false;
             }
             let mut ops = self.ops();
-            let ended = old.lock().end(&mut ops);
+            let ended = {
+                let mut s = old.lock();
+                let taken = s.take_messages(&clock);
+                left = (taken.messages.into_iter().map(|(_, m)| m))
+                    .zip(taken.ids)
+                    .filter(|(_, id)| *id == 0 || !ids.contains(id))
+                    .collect();
+                s.end(&mut ops)
+            };
             self.persist(&mut ops);
             if let Some(ended) = ended {
                 self.unroute(&old, &ended.filters);
                 self.seams.registry.release(&old);
             }
         }
-        let clock = WallClock::new(now, unix_ms);
         let mut ops = self.ops();
         let id: Arc<str> = loaded.client_id.as_str().into();
         // The records as they came, into this node's store: the same numbers, the same
@@ -154,6 +181,10 @@ impl Broker {
             return false;
         }
         self.metrics.sessions_adopted.inc();
+        if !left.is_empty() {
+            let id = r.session.client_id().clone();
+            self.append(&id, left, now, unix_ms, None);
+        }
         true
     }
 
@@ -180,12 +211,28 @@ impl Broker {
                 "too many messages during a handover to tell them all apart; some may come twice"
             );
         }
+        self.append(client_id, messages, now, unix_ms, Some(&seen))
+    }
+
+    /// Queues `messages` (records, each with its cluster id) in the session of `client_id`,
+    /// but those `seen` there already, and wakes its connection; how many were taken.
+    fn append(
+        &self,
+        client_id: &str,
+        messages: Vec<(MessageRecord, u64)>,
+        now: Instant,
+        unix_ms: u64,
+        seen: Option<&crate::session::SeenIds>,
+    ) -> usize {
+        let Some(session) = self.seams.registry.get(client_id) else {
+            return 0;
+        };
         let clock = WallClock::new(now, unix_ms);
         let ctx = self.ctx();
         let mut ops = self.ops();
         let mut taken = 0;
         for (m, id) in messages {
-            if seen.contains(id) {
+            if seen.is_some_and(|s| s.contains(id)) {
                 continue;
             }
             let Some((msg, qos, retain, sub_ids)) = decode_message(&m, &clock, now) else {

@@ -236,6 +236,9 @@ struct Rare {
     /// While a session handed over from another node waits for that node's last messages:
     /// the cluster ids of the messages delivered here meanwhile.
     seen: Option<restore::SeenIds>,
+    /// The epoch of the claim this session was handed over for (its first step): only that
+    /// claim's second step ends it.
+    handed: u64,
 }
 
 /// A session shared by the registry, the route table and its connection.
@@ -543,7 +546,7 @@ impl Locked<'_> {
             (Some(b), None) => {
                 self.st.rare = Some(Box::new(Rare {
                     queue_bounds: Some(b),
-                    seen: None,
+                    ..Rare::default()
                 }));
             }
             (None, None) => {}

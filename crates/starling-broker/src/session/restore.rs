@@ -213,6 +213,16 @@ impl Locked<'_> {
         self.st.rare.get_or_insert_with(Box::default).seen = Some(SeenIds::default());
     }
 
+    /// Notes that the session was handed over (its first step) for the claim of `epoch`.
+    pub fn handed_for(&mut self, epoch: u64) {
+        self.st.rare.get_or_insert_with(Box::default).handed = epoch;
+    }
+
+    /// The epoch of the claim the session was last handed over for (0: never).
+    pub fn handed(&self) -> u64 {
+        self.st.rare.as_deref().map_or(0, |r| r.handed)
+    }
+
     /// Stops remembering, and gives what was remembered.
     pub fn take_seen(&mut self) -> Option<SeenIds> {
         self.st.rare.as_deref_mut().and_then(|r| r.seen.take())

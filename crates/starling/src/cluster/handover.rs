@@ -97,7 +97,13 @@ pub(super) async fn answer(broker: Arc<Broker>, node: Arc<Node>, req: Handover) 
         return HandoverReply::Absent;
     }
     loop {
-        match broker.hand_over(&req.client_id, req.finish, Instant::now(), unix_ms()) {
+        match broker.hand_over(
+            &req.client_id,
+            req.epoch,
+            req.finish,
+            Instant::now(),
+            unix_ms(),
+        ) {
             HandOver::Absent => return HandoverReply::Absent,
             HandOver::Connected if tokio::time::Instant::now() >= deadline => {
                 warn!(
@@ -274,7 +280,7 @@ pub(super) async fn take(
         Some(r @ HandoverReply::Session { .. }) => decode(client_id, r),
         Some(HandoverReply::NotYet) | None => None,
     };
-    let Some((loaded, _)) = loaded else {
+    let Some((loaded, ids)) = loaded else {
         warn!(
             client_id,
             node = from,
@@ -284,7 +290,7 @@ pub(super) async fn take(
         return;
     };
     let messages = loaded.messages.len();
-    if !broker.adopt(loaded, Instant::now(), unix_ms()) {
+    if !broker.adopt(loaded, &ids, Instant::now(), unix_ms()) {
         end_later(taker, from, req);
         return;
     }
