@@ -301,7 +301,10 @@ pub(super) async fn take(
     req.finish = true;
     let taker = taker.clone();
     let filters = taker.filters.clone();
-    let peers: Vec<NodeId> = taker.peers.ids();
+    // A suspect (silent for 10 s) is not waited for: it could not apply the routes anyway.
+    let peers: Vec<NodeId> = (taker.peers.ids().into_iter())
+        .filter(|p| !taker.peers.is_suspect(*p))
+        .collect();
     let seq = filters.seq();
     tokio::spawn(async move {
         if !filters.told_all(&peers, seq, SETTLE).await {

@@ -38,6 +38,22 @@ async fn session_status(c: &Cluster, node: u64, id: &str) -> u16 {
     c.http.get(url).send().await.unwrap().status().as_u16()
 }
 
+/// Waits (at most 5 s) until node `node` no longer has a session of `id`.
+async fn gone_from(c: &Cluster, node: u64, id: &str) {
+    let mut status = 0;
+    for _ in 0..50 {
+        status = session_status(c, node, id).await;
+        if status == 404 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "node {node} still has the session of {id} ({status})\n{}",
+        c.logs()
+    );
+}
+
 /// A persistent session on node 1 with three messages sent and not acknowledged (inflight)
 /// and five queued while its client was away; the client comes back on node 2 with Clean
 /// Start 0 while publishers on nodes 3 and 1 go on: Session Present 1, the three again and
@@ -115,15 +131,7 @@ async fn a_persistent_session_moves_with_its_messages() {
         assert_eq!(&got.payload[..], i.to_string().as_bytes());
     }
     // Node 1 ended its copy once the second step took what it queued meanwhile.
-    let mut gone = 0;
-    for _ in 0..50 {
-        gone = session_status(&c, 1, "walker").await;
-        if gone == 404 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(gone, 404, "node 1 still has the session\n{}", c.logs());
+    gone_from(&c, 1, "walker").await;
     assert_eq!(session_status(&c, 2, "walker").await, 200);
     walker.no_publish(Duration::from_millis(1500)).await;
     assert_eq!(metric(&c, 2, "starling_sessions_adopted_total").await, 1);
@@ -166,15 +174,7 @@ async fn a_clean_start_elsewhere_ends_the_old_session_with_its_will() {
         (&got.topic[..], &got.payload[..]),
         (&b"wills/leaver"[..], &b"gone"[..])
     );
-    let mut gone = 0;
-    for _ in 0..50 {
-        gone = session_status(&c, 1, "leaver").await;
-        if gone == 404 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(gone, 404, "node 1 still has the session\n{}", c.logs());
+    gone_from(&c, 1, "leaver").await;
     assert_eq!(
         metric(&c, 1, "starling_sessions_taken_over_elsewhere_total").await,
         1
