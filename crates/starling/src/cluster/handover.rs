@@ -73,14 +73,14 @@ fn unix_ms() -> u64 {
 /// The old owner's side: answers a peer that claimed `req.client_id`.
 pub(super) async fn answer(broker: Arc<Broker>, node: Arc<Node>, req: Handover) -> HandoverReply {
     let deadline = tokio::time::Instant::now() + APPLY_WAIT;
-    loop {
+    let owner = loop {
         let owner = node.state().read().owner(&req.client_id);
         match owner {
             Some(o) if o.epoch >= req.epoch && o.node == node.id() => {
                 // Claimed back here since: nothing leaves.
                 return HandoverReply::Absent;
             }
-            Some(o) if o.epoch >= req.epoch => break,
+            Some(o) if o.epoch >= req.epoch => break o,
             _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
@@ -91,9 +91,13 @@ pub(super) async fn answer(broker: Arc<Broker>, node: Arc<Node>, req: Handover) 
             return HandoverReply::NotYet;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
     if !req.resume {
-        broker.taken_over_elsewhere(&req.client_id, Instant::now());
+        // Only for the claim that asked: after a later claim the session is that claim's
+        // (taken by it, or ended here when its linger is up).
+        if owner.epoch == req.epoch {
+            broker.taken_over_elsewhere(&req.client_id, Instant::now());
+        }
         return HandoverReply::Absent;
     }
     loop {
