@@ -8,11 +8,13 @@
 //! Second, once every peer has applied the new owner's subscriptions (so that a publish
 //! anywhere reaches the new owner; at most [`SETTLE`]) and [`IN_FLIGHT`] after, for what was
 //! routed to the old owner before to arrive there: the old owner sends what it queued
-//! meanwhile and ends the session. A message can come both ways in between; every message
-//! that crosses nodes carries its cluster id, and the new owner takes a late message only if
-//! no message with its id reached the session directly. A CONNECT that
-//! starts clean only tells the old owner to end the session (its will goes out), off the
-//! CONNECT path. A session nobody asks for (the new owner failed) ends after [`LINGER`].
+//! meanwhile and ends the session, if it is still the one handed over under that claim. A
+//! message can come both ways in between; every message that crosses nodes carries its
+//! cluster id, and the new owner takes a late message only if no message with its id reached
+//! the session directly. A CONNECT that starts clean only tells the old owner to end the
+//! session (its will goes out), off the CONNECT path; so does a new owner that could not get
+//! the session, until the old owner answers. A session nobody asks for ends after [`LINGER`].
+//! Requests go on a few idle streams per peer (`peers.rs`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock, Weak};

@@ -1,27 +1,28 @@
 //! The other members of the cluster, as its log says: for each, a bounded queue of the
-//! messages handed to it and two tasks, one sending those (`forward.rs`) and one telling it
-//! this node's filters (`starling_cluster::routes::sync`). A node starts with its seeds;
-//! when the members change (`starling ctl cluster join|leave`) the tasks of a node that
-//! joined start, those of a node that left stop, and its filters are forgotten here.
+//! messages handed to it and two tasks, one sending those (`starling_cluster::forward::send`)
+//! and one telling it this node's filters (`starling_cluster::routes::sync`), and a few idle
+//! streams for handover requests. A node starts with its seeds; when the members change
+//! (`starling ctl cluster join|leave`) the tasks of a node that joined start, those of a
+//! node that left stop, and its filters are forgotten here ([`follow`]). Which members are
+//! suspected down ([`suspect`]: this node's own judgement, for shared-group picks) and the
+//! leader's decision that one is down, through the log ([`judge`]), are here too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use starling_cluster::NodeId;
+use starling_cluster::forward::{HOLD, PeerStats};
 use starling_cluster::net::Link;
 use starling_cluster::routes::{LocalFilters, RemoteRoutes};
-use std::time::Duration;
+use starling_cluster::{Command, NodeId};
 use tokio::sync::{mpsc, watch};
-
-use starling_cluster::Command;
 use tracing::{debug, info, warn};
 
 use super::forward::{self, Queued};
 use super::tls::ClusterDial;
 use super::{Node, lock};
 use crate::wakeup::Stop;
-use starling_cluster::forward::{HOLD, PeerStats};
 
 /// One other member.
 #[derive(Debug)]
@@ -205,7 +206,7 @@ fn until(stop: Arc<Stop>, peer: &Peer) -> impl std::future::Future<Output = ()> 
 }
 
 /// How often the suspects are judged again.
-const SUSPECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const SUSPECT_EVERY: Duration = Duration::from_millis(250);
 
 /// Judges every [`SUSPECT_EVERY`] which members have answered nothing (no reply to Raft,
 /// route keepalives or batches) for [`HOLD`], or are judged down in the log: they
