@@ -169,16 +169,21 @@ pub struct Numbers {
     pub remote_routes: u64,
     /// Filters of other nodes not kept for the bounds.
     pub remote_routes_refused: u64,
+    /// Members judged down through the log.
+    pub down: u64,
     /// Per peer: id, messages confirmed, messages dropped, milliseconds since it last
-    /// answered (`None`: not since this node started).
-    pub peers: Vec<(NodeId, u64, u64, Option<u64>)>,
+    /// answered (`None`: not since this node started), whether it is suspected down.
+    pub peers: Vec<(NodeId, u64, u64, Option<u64>, bool)>,
 }
 
 impl Handle {
     /// The numbers the metrics show.
     pub fn numbers(&self) -> Numbers {
         let m = self.node.raft().metrics().borrow().clone();
-        let owned = self.node.state().read().owners().count() as u64;
+        let (owned, down) = {
+            let state = self.node.state().read();
+            (state.owners().count() as u64, state.down().count() as u64)
+        };
         let remote = self.remote.read().unwrap_or_else(|p| p.into_inner());
         let contact = self.node.contact();
         Numbers {
@@ -188,6 +193,7 @@ impl Handle {
             last_applied: m.last_applied.map_or(0, |l| l.index),
             members: m.membership_config.membership().nodes().count() as u64,
             owned,
+            down,
             remote_routes: remote.len() as u64,
             remote_routes_refused: remote.refused(),
             peers: self
@@ -200,6 +206,7 @@ impl Handle {
                         s.sent.load(Ordering::Relaxed),
                         s.dropped.load(Ordering::Relaxed),
                         contact.since(*id).map(|d| d.as_millis() as u64),
+                        self.peers.is_suspect(*id),
                     )
                 })
                 .collect(),

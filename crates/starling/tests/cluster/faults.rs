@@ -504,6 +504,15 @@ async fn a_silent_member_is_judged_down_and_comes_back_up() {
         }
         c.routes_known(id, 0).await;
     }
+    assert_eq!(metric(&c, 1, "starling_cluster_members_down").await, 1);
+    assert_eq!(
+        metric(&c, 1, "starling_cluster_peer_suspected{peer=\"3\"}").await,
+        1
+    );
+    assert_eq!(
+        metric(&c, 1, "starling_cluster_peer_suspected{peer=\"2\"}").await,
+        0
+    );
 
     c.restart(3);
     c.settled(&[1, 2, 3], "after node 3 came back").await;
@@ -518,4 +527,5 @@ async fn a_silent_member_is_judged_down_and_comes_back_up() {
     let (mut sub, ack) = v5::Client::connect(c.mqtt(3), "down-sub", persistent).await;
     assert!(ack.session_present);
     assert_eq!(&sub.publish().await.payload[..], b"back");
+    assert_eq!(metric(&c, 1, "starling_cluster_members_down").await, 0);
 }

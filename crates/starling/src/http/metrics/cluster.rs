@@ -1,6 +1,7 @@
 //! The cluster's metrics, when this broker is a node of one: its role, term and log position,
-//! the members, what it knows of the other nodes' routes, and the messages each peer
-//! confirmed or that were dropped on the way to it.
+//! the members (and those judged down), what it knows of the other nodes' routes, and per
+//! peer the messages it confirmed or that were dropped on the way to it, when it last
+//! answered and whether it is suspected down.
 
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
@@ -42,6 +43,12 @@ pub(super) fn cluster(e: &mut DescriptorEncoder<'_>, state: &AppState) -> Res {
         "starling_cluster_members",
         "Members of the cluster",
         n.members,
+    )?;
+    gauge(
+        e,
+        "starling_cluster_members_down",
+        "Members the leader judged down through the log (silent for down_after_ms)",
+        n.down,
     )?;
     gauge(
         e,
@@ -91,5 +98,17 @@ pub(super) fn cluster(e: &mut DescriptorEncoder<'_>, state: &AppState) -> Res {
         MetricType::Gauge,
         "peer",
         heard,
+    )?;
+    let suspected = ids
+        .iter()
+        .zip(&n.peers)
+        .map(|(id, p)| (id.as_str(), u64::from(p.4)));
+    family(
+        e,
+        "starling_cluster_peer_suspected",
+        "1 while the peer is suspected down (no answer for 10 s, or judged down): not picked for shared groups",
+        MetricType::Gauge,
+        "peer",
+        suspected,
     )
 }
