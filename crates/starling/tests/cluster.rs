@@ -336,13 +336,7 @@ async fn a_message_for_a_restarting_node_waits_for_it() {
         (&b"held/x"[..], &b"while you were out"[..])
     );
     let status = c.status(1).await.unwrap();
-    let dropped: u64 = status["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["messages_dropped"].as_u64().unwrap())
-        .sum();
-    assert_eq!(dropped, 0, "{status:#}");
+    assert_eq!(peers_total(&status, "messages_dropped"), 0, "{status:#}");
 }
 
 /// A node whose `[cluster]` section is wrong does not start, and says why.
@@ -506,18 +500,7 @@ async fn a_shared_group_across_nodes_gets_each_message_once() {
             .await
             .unwrap();
     }
-    let mut got: Vec<(usize, String)> = Vec::new();
-    let mut quiet = 0;
-    while quiet < 4 {
-        let mut progress = false;
-        for (k, m) in members.iter_mut().enumerate() {
-            while let Ok(p) = tokio::time::timeout(Duration::from_millis(100), m.publish()).await {
-                got.push((k, String::from_utf8_lossy(&p.payload).into_owned()));
-                progress = true;
-            }
-        }
-        quiet = if progress { 0 } else { quiet + 1 };
-    }
+    let got = take_until_quiet(&mut members).await;
     let mut payloads: Vec<String> = got.iter().map(|(_, p)| p.clone()).collect();
     payloads.sort_by_key(|p| p.parse::<usize>().unwrap_or(usize::MAX));
     let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();

@@ -365,12 +365,8 @@ async fn a_dead_nodes_subscribers_do_not_hold_pubacks() {
                 .any(|p| p["id"] == 2 && p["last_reply_ms"].as_u64().is_some_and(|ms| ms > 10_500))
         })
     };
-    let mut waited = 0;
-    while !c.status(1).await.is_some_and(|s| silent(&s)) {
-        assert!(waited < 300, "node 1 still hears node 2");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
+    let within = Duration::from_secs(30);
+    status_within(&c, 1, "node 1 still hears node 2", within, silent).await;
     let started = std::time::Instant::now();
     for i in 0..50 {
         publisher
@@ -393,13 +389,7 @@ async fn a_dead_nodes_subscribers_do_not_hold_pubacks() {
         started.elapsed()
     );
     let s = c.status(1).await.unwrap();
-    let dropped: u64 = s["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["messages_dropped"].as_u64().unwrap())
-        .sum();
-    assert_eq!(dropped, 50, "{s:#}");
+    assert_eq!(peers_total(&s, "messages_dropped"), 50, "{s:#}");
 }
 
 /// A shared group with a member on each of three nodes loses one node for good: once node 1
@@ -427,12 +417,8 @@ async fn a_shared_group_skips_a_dead_nodes_members() {
             .as_array()
             .is_some_and(|ps| ps.iter().any(|p| p["id"] == 3 && p["suspected"] == true))
     };
-    let mut waited = 0;
-    while !c.status(1).await.is_some_and(|s| suspected(&s)) {
-        assert!(waited < 300, "node 1 does not suspect node 3\n{}", c.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
+    let within = Duration::from_secs(30);
+    status_within(&c, 1, "node 1 does not suspect node 3", within, suspected).await;
     let mut publisher = v5::Client::plain(c.mqtt(1), "sg-pub").await;
     const N: usize = 30;
     for i in 0..N {
@@ -448,18 +434,9 @@ async fn a_shared_group_skips_a_dead_nodes_members() {
             })
             .await;
     }
-    let mut got: Vec<usize> = Vec::new();
-    let mut quiet = 0;
-    while quiet < 4 {
-        let mut progress = false;
-        for m in members.iter_mut() {
-            while let Ok(p) = tokio::time::timeout(Duration::from_millis(100), m.publish()).await {
-                got.push(String::from_utf8_lossy(&p.payload).parse().unwrap());
-                progress = true;
-            }
-        }
-        quiet = if progress { 0 } else { quiet + 1 };
-    }
+    let mut got: Vec<usize> = (take_until_quiet(&mut members).await.into_iter())
+        .map(|(_, p)| p.parse().unwrap())
+        .collect();
     got.sort_unstable();
     assert_eq!(
         got,
@@ -492,16 +469,8 @@ async fn a_silent_member_is_judged_down_and_comes_back_up() {
             .is_some_and(|ms| ms.iter().any(|m| m["id"] == 3 && m["down"] == true))
     };
     for id in [1, 2] {
-        let mut waited = 0;
-        while !c.status(id).await.is_some_and(|s| down(&s)) {
-            assert!(
-                waited < 300,
-                "node {id} does not show node 3 down\n{}",
-                c.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            waited += 1;
-        }
+        let what = format!("node {id} does not show node 3 down");
+        status_within(&c, id, &what, Duration::from_secs(30), down).await;
         c.routes_known(id, 0).await;
     }
     assert_eq!(metric(&c, 1, "starling_cluster_members_down").await, 1);

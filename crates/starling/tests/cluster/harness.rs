@@ -367,8 +367,21 @@ pub(crate) async fn status_until(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
+    status_within(c, id, what, Duration::from_secs(10), pred).await
+}
+
+/// As [`status_until`], waiting up to `within` (a judgement that takes its own time, such
+/// as a peer silent for 10 s).
+pub(crate) async fn status_within(
+    c: &Cluster,
+    id: u64,
+    what: &str,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let mut last = Value::Null;
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
         if let Some(v) = c.status(id).await {
             if pred(&v) {
                 return v;
@@ -378,6 +391,30 @@ pub(crate) async fn status_until(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("node {id}: {what}; last status {last:#}\n{}", c.logs());
+}
+
+/// The sum of `key` (`messages_sent`, `messages_dropped`) over the peers of `status`.
+pub(crate) fn peers_total(status: &Value, key: &str) -> u64 {
+    status["peers"]
+        .as_array()
+        .map_or(0, |ps| ps.iter().filter_map(|p| p[key].as_u64()).sum())
+}
+
+/// Every PUBLISH the clients get until none has come for 400 ms: (which client, payload).
+pub(crate) async fn take_until_quiet(clients: &mut [v5::Client]) -> Vec<(usize, String)> {
+    let mut got = Vec::new();
+    let mut quiet = 0;
+    while quiet < 4 {
+        let mut progress = false;
+        for (k, m) in clients.iter_mut().enumerate() {
+            while let Ok(p) = tokio::time::timeout(Duration::from_millis(100), m.publish()).await {
+                got.push((k, String::from_utf8_lossy(&p.payload).into_owned()));
+                progress = true;
+            }
+        }
+        quiet = if progress { 0 } else { quiet + 1 };
+    }
+    got
 }
 
 /// The value of metric `name` (a line `name value`) in node `id`'s /metrics.
