@@ -4,7 +4,7 @@
 //! id, the retained messages) is one replicated state machine ([`state`]) run under openraft
 //! ([`raft`]): its log is on disk, its decisions are linearizable, and a node that cannot reach
 //! a majority cannot change it. Nodes talk over [`net`]: framed, versioned requests on one
-//! stream per peer, carried by whatever byte stream the caller dials (TCP in production, the
+//! stream per peer, each a protobuf message ([`wire`]), carried by whatever byte stream the caller dials (TCP in production, the
 //! simulated network in the deterministic tests).
 
 // openraft's traits fix the error type (`StorageError`, over 200 bytes); the helpers that feed
@@ -20,6 +20,7 @@ pub mod node;
 pub mod raft;
 pub mod routes;
 pub mod state;
+pub mod wire;
 
 pub use node::{ClusterNode, NodeConfig, ProposeError, StartError, Timing};
 pub use raft::machine::Observer;

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use openraft::ChangeMembers;
 use openraft::error::{ClientWriteError, RaftError};
-use serde::{Deserialize, Serialize};
 
 use crate::raft::{Peer, Raft};
 use crate::state::NodeId;
@@ -21,7 +20,7 @@ use crate::state::NodeId;
 pub const CATCH_UP: Duration = Duration::from_secs(8);
 
 /// A change of the members.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// Adds node `id`, reached at `addr`, as a learner; with `voter`, makes it a voter once it
     /// has caught up with the log (at most [`CATCH_UP`]). A member already there keeps its
@@ -42,7 +41,7 @@ pub enum Change {
 }
 
 /// What the leader answers to a [`Change`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChangeReply {
     /// Committed.
     Done,

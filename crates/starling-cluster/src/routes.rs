@@ -18,7 +18,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
@@ -28,7 +27,7 @@ use crate::net::{Dial, Link};
 use crate::state::NodeId;
 
 /// What a node tells a peer about its filters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Update {
     /// Every filter the node's clients subscribe to as of its change `seq` (replaces what
     /// the peer knew).
@@ -50,7 +49,7 @@ pub enum Update {
 }
 
 /// What the peer answers to an [`Update`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpdateReply {
     /// Applied.
     Applied,

@@ -353,4 +353,4 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

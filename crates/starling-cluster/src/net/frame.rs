@@ -1,13 +1,14 @@
 //! The frames nodes exchange: `length (u32, big-endian) | version (u8) | kind (u8) | body`,
-//! where the length counts everything after itself and the body is the request or reply,
-//! encoded by [`crate::raft::encode`]. The version lets a node refuse what a newer peer sends
-//! instead of misreading it (a rolling upgrade raises it only with a reader for the old one).
+//! where the length counts everything after itself and the body is the request or reply, a
+//! protobuf message ([`crate::wire`]). Messages grow by new fields within a version (an older
+//! node skips them); the version changes only for what an older node cannot skip, and lets
+//! it refuse such a peer instead of misreading it. Version 1 carried postcard bodies.
 //! Every length is checked before anything is allocated.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The frame format this build speaks.
-pub const VERSION: u8 = 1;
+/// The frame format this build speaks (2: protobuf bodies).
+pub const VERSION: u8 = 2;
 
 /// The largest frame accepted (a request carries at most one snapshot chunk or one batch of
 /// entries; openraft's chunk size is set below this).
@@ -126,11 +127,13 @@ mod tests {
         assert_eq!(read(&mut r, &mut body).await.ok(), Some(Kind::Reply));
         assert!(body.is_empty());
 
-        let cases: [(&[u8], &str); 4] = [
+        let cases: [(&[u8], &str); 5] = [
             (&[0, 0, 0, 1, 1], "length 1"),
             (&[0x7f, 0, 0, 0, 1, 1], "length"),
             (&[0, 0, 0, 2, 9, 1], "version 9"),
-            (&[0, 0, 0, 2, 1, 9], "kind 9"),
+            // A node from before the bodies were protobuf.
+            (&[0, 0, 0, 2, 1, 1], "version 1"),
+            (&[0, 0, 0, 2, VERSION, 9], "kind 9"),
         ];
         for (bytes, what) in cases {
             let mut r = bytes;

@@ -1,6 +1,6 @@
 //! How nodes reach each other. [`Dial`] opens a byte stream to a peer's address (TCP in
 //! production; the simulated network in tests), [`frame`] cuts the stream into versioned
-//! frames, [`Peers`] is openraft's view of the network (one [`Link`] per peer, one request in
+//! frames carrying protobuf messages ([`crate::wire`]), [`Peers`] is openraft's view of the network (one [`Link`] per peer, one request in
 //! flight on it, each bounded by openraft's deadline), and [`serve`] answers a peer's
 //! requests on an accepted stream. A peer's input is decoded, never trusted: a frame that does
 //! not decode closes the stream.
@@ -20,15 +20,14 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use crate::contact::Contact;
-use crate::raft::{Peer, Raft, Types, decode, encode};
+use crate::raft::{Peer, Raft, Types};
 use crate::routes::{Update, UpdateReply};
 use crate::state::{Command, NodeId, Outcome};
+use crate::wire::Wire;
 
 pub mod frame;
 
@@ -98,7 +97,7 @@ impl Dial for TcpDial {
 }
 
 /// The answer to a forwarded proposal.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum ProposeReply {
     /// Committed and applied: what it did.
     Committed(Outcome),
@@ -109,52 +108,19 @@ pub enum ProposeReply {
 }
 
 /// Messages a node hands a peer for the peer's own subscribers, each an MQTT 5 PUBLISH as
-/// encoded on the wire (the codec that reads clients' packets reads these too). A batch is
-/// numbered per sender's life (`incarnation`, `seq` from 1 up): a batch sent again because
-/// its reply was lost carries the same numbers, and the peer takes it once.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Forward {
-    /// The node that sends them.
-    pub origin: NodeId,
-    /// The sender's incarnation.
-    pub incarnation: u64,
-    /// The batch's number in that incarnation's stream to this peer.
-    pub seq: u64,
-    /// The messages.
-    pub messages: Vec<Forwarded>,
-}
-
-/// One forwarded message.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Forwarded {
-    /// The encoded PUBLISH packet.
-    pub packet: Vec<u8>,
-    /// The shared groups (full filters) the receiver is to deliver it to one member of: the
-    /// sender picked it for those (it goes to no member of any other group there).
-    pub groups: Vec<String>,
-    /// The message's name in the cluster, the same on every node it is forwarded to (see
-    /// [`Handover`]); 0: none.
-    pub id: u64,
-}
-
+/// encoded on the wire (the codec that reads clients' packets reads these too), numbered so
+/// that a batch sent again is taken once (the protobuf message itself: see [`crate::wire`]).
+pub use crate::wire::pb::Forward;
+/// One forwarded message, with the shared groups it was picked for and its cluster id (see
+/// [`Handover`]; 0: none).
+pub use crate::wire::pb::Forwarded;
 /// A node that claimed a client id asks the node that owned it before for the session
 /// (docs/cluster.md, "A client moving between nodes"). The asked node answers once it has
 /// applied the claim and the session's connection there has closed.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Handover {
-    /// The client id.
-    pub client_id: String,
-    /// The epoch of the asker's claim.
-    pub epoch: u64,
-    /// The asker resumes the session (Clean Start 0); otherwise the session ends there as if
-    /// discarded, its will going out.
-    pub resume: bool,
-    /// The second request: what the session queued since the first, and the session ends.
-    pub finish: bool,
-}
+pub use crate::wire::pb::Handover;
 
 /// The answer to a [`Handover`].
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum HandoverReply {
     /// The session, as store records (encoded by the store's record format).
     Session {
@@ -277,13 +243,13 @@ impl<D: Dial> Link<D> {
 
     /// Sends `req` as a `kind` frame and decodes the reply, within `ttl`. On any failure the
     /// stream is dropped (a late reply must not be read as the next request's).
-    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    pub async fn call<Req: Wire, Resp: Wire>(
         &mut self,
         kind: Kind,
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, CallError> {
-        let body = encode(req).map_err(|e| self.broken(e.to_string()))?;
+        let body = req.to_wire();
         // A stream the peer closed while it was idle (the peer restarted) is opened again
         // before anything is sent on it, so the request is not lost in a dead socket.
         if self.exchanging || self.stream.as_mut().is_some_and(closed_by_peer) {
@@ -322,7 +288,7 @@ impl<D: Dial> Link<D> {
             Err(_) => Err(format!("no reply within {ttl:?}")),
         };
         self.exchanging = false;
-        let decoded = result.and_then(|()| decode(&self.buf).map_err(|e| e.to_string()));
+        let decoded = result.and_then(|()| Resp::from_wire(&self.buf).map_err(|e| e.to_string()));
         if decoded.is_ok()
             && let Some(c) = &self.contact
         {
@@ -348,9 +314,9 @@ impl<D: Dial> Link<D> {
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Peer, E>>
     where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
+        Req: Wire,
+        Result<Resp, E>: Wire,
+        E: std::error::Error,
     {
         match self
             .call::<Req, Result<Resp, E>>(kind, req, option.hard_ttl())
@@ -439,24 +405,24 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let reply = match kind {
-            Kind::AppendEntries => match decode::<AppendEntriesRequest<Types>>(&body) {
-                Ok(req) => encode(&raft.append_entries(req).await),
+            Kind::AppendEntries => match AppendEntriesRequest::<Types>::from_wire(&body) {
+                Ok(req) => Ok(raft.append_entries(req).await.to_wire()),
                 Err(e) => Err(e),
             },
-            Kind::Vote => match decode::<VoteRequest<NodeId>>(&body) {
-                Ok(req) => encode(&raft.vote(req).await),
+            Kind::Vote => match VoteRequest::<NodeId>::from_wire(&body) {
+                Ok(req) => Ok(raft.vote(req).await.to_wire()),
                 Err(e) => Err(e),
             },
-            Kind::InstallSnapshot => match decode::<InstallSnapshotRequest<Types>>(&body) {
-                Ok(req) => encode(&raft.install_snapshot(req).await),
+            Kind::InstallSnapshot => match InstallSnapshotRequest::<Types>::from_wire(&body) {
+                Ok(req) => Ok(raft.install_snapshot(req).await.to_wire()),
                 Err(e) => Err(e),
             },
-            Kind::Propose => match decode::<Command>(&body) {
-                Ok(cmd) => encode(&propose_local(&raft, cmd).await),
+            Kind::Propose => match Command::from_wire(&body) {
+                Ok(cmd) => Ok(propose_local(&raft, cmd).await.to_wire()),
                 Err(e) => Err(e),
             },
-            Kind::Members => match decode::<crate::members::Change>(&body) {
-                Ok(change) => encode(&crate::members::change_local(&raft, change).await),
+            Kind::Members => match crate::members::Change::from_wire(&body) {
+                Ok(change) => Ok(crate::members::change_local(&raft, change).await.to_wire()),
                 Err(e) => Err(e),
             },
             Kind::Routes | Kind::Forward | Kind::Handover if inbound.is_none() => {
@@ -466,18 +432,18 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 );
                 return;
             }
-            Kind::Routes => match (decode::<Update>(&body), &inbound) {
-                (Ok(update), Some(i)) => encode(&i.routes(update)),
+            Kind::Routes => match (Update::from_wire(&body), &inbound) {
+                (Ok(update), Some(i)) => Ok(i.routes(update).to_wire()),
                 (Err(e), _) => Err(e),
                 (Ok(_), None) => return,
             },
-            Kind::Forward => match (decode::<Forward>(&body), &inbound) {
-                (Ok(batch), Some(i)) => encode(&(i.forward(batch).await as u64)),
+            Kind::Forward => match (Forward::from_wire(&body), &inbound) {
+                (Ok(batch), Some(i)) => Ok((i.forward(batch).await as u64).to_wire()),
                 (Err(e), _) => Err(e),
                 (Ok(_), None) => return,
             },
-            Kind::Handover => match (decode::<Handover>(&body), &inbound) {
-                (Ok(req), Some(i)) => encode(&i.handover(req).await),
+            Kind::Handover => match (Handover::from_wire(&body), &inbound) {
+                (Ok(req), Some(i)) => Ok(i.handover(req).await.to_wire()),
                 (Err(e), _) => Err(e),
                 (Ok(_), None) => return,
             },

@@ -234,7 +234,7 @@ fn a_batch_applies_each_change_in_order_and_refuses_each_on_its_own() {
     assert_eq!(s.expiring(50), ["a"]);
 }
 
-fn command() -> impl Strategy<Value = Command> {
+pub(crate) fn command() -> impl Strategy<Value = Command> {
     let client = prop::sample::select(vec!["a", "b", "c"]);
     let topic = prop::sample::select(vec!["t/1", "t/2", "t/3", "t/4"]);
     prop_oneof![
