@@ -8,7 +8,7 @@
 //! ([`crate::raft::encode`]); only what crosses between nodes is here.
 //!
 //! The messages that carry bulk (forwarded batches, handover requests) are the generated
-//! structs themselves, so the hot path builds them once and encodes them without a copy;
+//! structs themselves, so the hot path encodes what it built, with no struct in between;
 //! the others convert in `raft.rs` (openraft's), `state.rs` (commands, outcomes, proposals,
 //! member changes) and `beside.rs` (routes, handover replies).
 
