@@ -641,3 +641,52 @@ fn a_session_handed_back_keeps_what_was_queued_here_meanwhile() {
         "the handed-back two, then the one queued only here"
     );
 }
+
+/// A batch another node forwarded stores its mark (a named setting) in the same commit as
+/// the messages it queued, so that after a crash the node knows it took the batch; a batch
+/// that queued nothing durable stores no mark.
+#[test]
+fn a_forwarded_batch_stores_its_mark_with_its_messages() {
+    use starling_store::Store;
+
+    let mut sim = Sim::with(Limits::default(), Durability::Sync);
+    let (sub, _) = sim.connected(persistent(V5, "keeper", 600));
+    sim.send(sub, subscribe(1, "kept/#", QoS::AtLeastOnce));
+    sim.take(sub);
+    sim.drop_connection(sub);
+    let batch = |topic: &str| {
+        let publish = starling_proto::Publish::new(
+            starling_proto::TopicName::try_from_str(topic).unwrap(),
+            QoS::AtLeastOnce,
+            1,
+            bytes::Bytes::from_static(b"x"),
+        );
+        vec![(
+            Arc::new(Message::from_publish(publish, None, sim.now)),
+            Vec::new(),
+        )]
+    };
+    let mark = |n: u8| Some(("cluster.taken.7".to_owned(), vec![n]));
+
+    // Nobody durable subscribes: nothing stored, no mark, no ticket.
+    let none = batch("other/x");
+    assert_eq!(sim.broker.publish_batch_from_peer(none, mark(1)), None);
+    // The offline persistent session queues it: the mark goes with it.
+    let kept = batch("kept/x");
+    assert!(sim.broker.publish_batch_from_peer(kept, mark(2)).is_some());
+    sim.settle();
+    let settings = |sim: &Sim| sim.store().unwrap().load(false).unwrap().settings;
+    assert_eq!(
+        settings(&sim),
+        [("cluster.taken.7".to_owned(), vec![2])],
+        "the mark of the batch that stored something"
+    );
+    sim.crash_and_restart();
+    assert_eq!(settings(&sim), [("cluster.taken.7".to_owned(), vec![2])]);
+    assert_eq!(
+        sim.store().unwrap().load(false).unwrap().sessions[0]
+            .messages
+            .len(),
+        1
+    );
+}

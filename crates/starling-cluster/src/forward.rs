@@ -163,8 +163,32 @@ pub type Progress = watch::Receiver<Option<Option<u64>>>;
 
 /// The last batch taken from each sender, by node: its incarnation, the batch's number, and
 /// where storing it stands (a copy of it sent again is confirmed only once it is stored).
+/// A batch that stored something is also marked in the store, in the same commit ([`mark`]),
+/// and the marks are given back after a restart ([`Seen::restore`]): a copy sent again
+/// because the receiver crashed before its reply is then not delivered twice.
 #[derive(Debug, Default)]
 pub struct Seen(Mutex<HashMap<NodeId, (u64, u64, Progress)>>);
+
+/// The names of the store's marks of batches taken: this, then the sender's node id.
+pub const MARK_PREFIX: &str = "cluster.taken.";
+
+/// The store's mark of batch `seq` of `origin` in `incarnation`: a setting's name and value
+/// (kept with the batch's messages; one per sender, replaced by the next).
+pub fn mark(origin: NodeId, incarnation: u64, seq: u64) -> (String, Vec<u8>) {
+    let mut value = Vec::with_capacity(16);
+    value.extend_from_slice(&incarnation.to_be_bytes());
+    value.extend_from_slice(&seq.to_be_bytes());
+    (format!("{MARK_PREFIX}{origin}"), value)
+}
+
+/// A mark read back: the sender, its incarnation and the batch's number (`None`: not a mark,
+/// or damaged).
+pub fn read_mark(name: &str, value: &[u8]) -> Option<(NodeId, u64, u64)> {
+    let origin = name.strip_prefix(MARK_PREFIX)?.parse().ok()?;
+    let (inc, seq) = value.split_first_chunk::<8>()?;
+    let seq: [u8; 8] = seq.try_into().ok()?;
+    Some((origin, u64::from_be_bytes(*inc), u64::from_be_bytes(seq)))
+}
 
 /// What [`Seen::take`] says of a batch.
 #[derive(Debug)]
@@ -179,6 +203,24 @@ pub enum Taken {
 }
 
 impl Seen {
+    /// Remembers batches taken and stored before a restart (the store's marks): a copy of
+    /// one is confirmed at once, an older one too, a newer one is taken.
+    pub fn restore(&self, marks: impl IntoIterator<Item = (NodeId, u64, u64)>) {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (origin, incarnation, seq) in marks {
+            if last.len() >= MAX_ORIGINS && !last.contains_key(&origin) {
+                continue;
+            }
+            let (_, stored) = watch::channel(Some(None));
+            let newer = last
+                .get(&origin)
+                .is_none_or(|&(inc, s, _)| (incarnation, seq) > (inc, s));
+            if newer {
+                last.insert(origin, (incarnation, seq, stored));
+            }
+        }
+    }
+
     /// Whether the batch `seq` of `origin` in `incarnation` is new (to be delivered), noting
     /// it, or taken already (sent again after its reply was lost, or from an earlier life of
     /// the origin).
@@ -253,6 +295,32 @@ mod tests {
         tokio::task::yield_now().await;
         first.send_replace(Some(Some(42)));
         assert_eq!(waiting.await.ok().flatten(), Some(42));
+    }
+
+    /// After a restart the store's marks stand for what was taken: a copy of a marked batch
+    /// is confirmed without waiting and not delivered, an older one neither, a newer one is.
+    #[tokio::test]
+    async fn marks_read_back_after_a_restart_keep_batches_taken_once() {
+        let (name, value) = mark(7, 3, 41);
+        assert_eq!(name, "cluster.taken.7");
+        assert_eq!(read_mark(&name, &value), Some((7, 3, 41)));
+        assert_eq!(read_mark("cluster.taken.x", &value), None, "not a node id");
+        assert_eq!(read_mark(&name, &value[..15]), None, "damaged");
+        assert_eq!(read_mark("dynsec", &value), None, "another setting");
+
+        let t = Seen::default();
+        t.restore([(7, 3, 41), (7, 3, 40), (8, 1, 2)]);
+        let Taken::Again(copy) = t.take(7, 3, 41) else {
+            panic!("a copy of the marked batch")
+        };
+        assert_eq!(first_stored(copy, Duration::from_secs(5)).await, None);
+        assert!(
+            !t.first_time(7, 3, 40),
+            "older than the mark (the lower mark lost)"
+        );
+        assert!(!t.first_time(8, 1, 1));
+        assert!(t.first_time(7, 3, 42), "the next batch");
+        assert!(t.first_time(8, 2, 1), "the sender's next life");
     }
 
     #[test]

@@ -139,6 +139,10 @@ impl Server {
         // A node of a cluster claims client ids through the cluster.
         if config.cluster.enabled {
             let mut started = crate::cluster::start(config).await?;
+            if let Some(o) = &opened {
+                started
+                    .restore_taken(o.settings_with_prefix(starling_cluster::forward::MARK_PREFIX));
+            }
             if let Some(seams) = started.take_seams() {
                 broker = broker
                     .with_ownership(seams.ownership)

@@ -103,6 +103,18 @@ impl Opened {
         self
     }
 
+    /// Every setting whose name starts with `prefix`, as the store held it when opened.
+    pub fn settings_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        self.snapshot
+            .settings
+            .iter()
+            .filter(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
     /// The value of the named setting (`Op::PutSetting`) as the store held it when opened:
     /// what the server reads before the broker is restored (the dynamic security document).
     pub fn setting(&self, key: &str) -> Option<&[u8]> {

@@ -66,11 +66,20 @@ impl Broker {
 
     /// Routes the messages of a batch another node forwarded (each with its groups), as
     /// `publish_from_peer` does, and persists what they queued together: the journal ticket
-    /// to wait for before the batch is confirmed (`None`: nothing stored).
-    pub fn publish_batch_from_peer(&self, msgs: Vec<(Arc<Message>, Vec<Arc<str>>)>) -> Option<u64> {
+    /// to wait for before the batch is confirmed (`None`: nothing stored). `mark`, a setting
+    /// naming the batch, is stored in the same commit when anything is, so that after a
+    /// restart the node knows the batch was taken.
+    pub fn publish_batch_from_peer(
+        &self,
+        msgs: Vec<(Arc<Message>, Vec<Arc<str>>)>,
+        mark: Option<(String, Vec<u8>)>,
+    ) -> Option<u64> {
         let mut ops = self.ops();
         for (msg, groups) in msgs {
             self.route_message(msg, &mut ops, Origin::Peer(&groups));
+        }
+        if let Some((name, value)) = mark.filter(|_| !ops.is_empty()) {
+            ops.push(|_| Op::PutSetting(name, value));
         }
         self.persist(&mut ops)
     }

@@ -269,7 +269,8 @@ impl Inbound for ClusterInbound {
             }
         }
         let taken = messages.len();
-        let ticket = self.broker.publish_batch_from_peer(messages);
+        let mark = starling_cluster::forward::mark(batch.origin, batch.incarnation, batch.seq);
+        let ticket = self.broker.publish_batch_from_peer(messages, Some(mark));
         progress.send_replace(Some(ticket));
         let broker = self.broker.clone();
         Box::pin(async move {

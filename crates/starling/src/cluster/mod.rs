@@ -28,6 +28,7 @@ use starling_broker::forward::Forwarder;
 use starling_broker::retain::RetainStore;
 use starling_broker::router::Routes;
 use starling_cluster::feed::{self, Applied, Feed, Item};
+use starling_cluster::forward::Seen;
 use starling_cluster::net::{Inbound, TcpDial, serve};
 use starling_cluster::raft::Peer;
 use starling_cluster::routes::{LocalFilters, RemoteRoutes};
@@ -110,6 +111,8 @@ pub struct Started {
     taker: Arc<handover::Taker>,
     /// `[cluster] down_after_ms`.
     down_after: Duration,
+    /// Batches taken from each peer before the last stop, as the store's marks say.
+    taken: Vec<(NodeId, u64, u64)>,
 }
 
 /// Whether this node is on the majority's side, as [`watch_majority`] last judged.
@@ -331,10 +334,20 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         tls,
         taker,
         down_after: Duration::from_millis(c.down_after_ms),
+        taken: Vec::new(),
     })
 }
 
 impl Started {
+    /// Reads the store's marks of batches taken from peers before the last stop, so that a
+    /// peer sending one again after this restart (its reply was lost) does not have it
+    /// delivered twice.
+    pub fn restore_taken<'a>(&mut self, settings: impl Iterator<Item = (&'a str, &'a [u8])>) {
+        self.taken = settings
+            .filter_map(|(name, value)| starling_cluster::forward::read_mark(name, value))
+            .collect();
+    }
+
     /// The seams the broker runs on in a cluster (once).
     pub fn take_seams(&mut self) -> Option<Seams> {
         self.seams.take()
@@ -354,7 +367,11 @@ impl Started {
             node: node.clone(),
             broker: broker.clone(),
             limits: self.decode,
-            seen: Default::default(),
+            seen: {
+                let seen = Seen::default();
+                seen.restore(self.taken);
+                seen
+            },
         });
         let mut tasks: Vec<BoxFuture> = vec![
             Box::pin(accept_loop(

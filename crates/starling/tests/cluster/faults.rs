@@ -498,3 +498,73 @@ async fn a_silent_member_is_judged_down_and_comes_back_up() {
     assert_eq!(&sub.publish().await.payload[..], b"back");
     assert_eq!(metric(&c, 1, "starling_cluster_members_down").await, 0);
 }
+
+/// A batch stored on the subscriber's node whose reply is lost, then that node killed
+/// (`kill -9`) and restarted: node 1 sends the batch again with the same number to the new
+/// life, which knows from its store that it took it (the mark kept in the same commit as the
+/// messages) and confirms it without delivering it again. The publisher's QoS 2 flow
+/// completes, and the persistent subscriber gets each message once (twice without the mark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_again_to_a_restarted_node_is_not_delivered_twice() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+
+    let mut c = Cluster::formed(3).await;
+    let (mut keeper, _) = v5::Client::connect(c.mqtt(2), "keeper-twice", persistent).await;
+    keeper
+        .subscribe(Filter::new("twice/#", QoS5::ExactlyOnce), None)
+        .await;
+    keeper.client.disconnect().await.unwrap();
+    c.routes_known(1, 1).await;
+    let mut publisher = v5::Client::plain(c.mqtt(1), "pub-twice").await;
+
+    // Node 2's replies to node 1's streams are lost: the first batch (one batch is in flight
+    // per peer: the first message) arrives and is stored there, node 1 never hears so.
+    let commits = metric(&c, 2, "starling_store_commits_total").await;
+    c.proxy.mute(1, 2);
+    for i in 0..3 {
+        publisher
+            .client
+            .publish("twice/m", QoS5::ExactlyOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    let mut last = (0, 0);
+    let stored = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            last = (
+                metric(&c, 2, "starling_messages_queued").await,
+                metric(&c, 2, "starling_store_commits_total").await,
+            );
+            if last.0 >= 1 && last.1 > commits {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        stored.is_ok(),
+        "node 2 did not store the batch: (queued, commits) {last:?}, {commits} commits before\n{}",
+        c.logs()
+    );
+
+    c.kill9(2);
+    c.restart(2);
+    c.proxy.unmute_all();
+    // Each QoS 2 publish completes once node 2's new life confirmed the batch.
+    for _ in 0..3 {
+        publisher
+            .expect("PUBREC", |p| match p {
+                Packet::PubRec(r) => Some(r),
+                _ => None,
+            })
+            .await;
+    }
+    c.settled(&[1, 2, 3], "after node 2 came back").await;
+    let (keeper, ack) = v5::Client::connect(c.mqtt(2), "keeper-twice", persistent).await;
+    assert!(ack.session_present);
+    let got = take_until_quiet(&mut [keeper]).await;
+    let payloads: Vec<&str> = got.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(payloads, ["0", "1", "2"], "each message once\n{}", c.logs());
+}

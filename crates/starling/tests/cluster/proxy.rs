@@ -2,12 +2,14 @@
 //! advertised to the others at its proxy's address; nodes dial from their own inter-node
 //! address (127.0.0.N), so the proxy knows which node a stream comes from and which it goes
 //! to. A cut pair of nodes has its streams closed and new ones refused, in both directions,
-//! until it is healed.
+//! until it is healed. A muted direction loses the replies on the streams one node opened to
+//! another (its requests arrive, what comes back is dropped) until it is unmuted.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
 
@@ -16,6 +18,8 @@ use tokio::task::{AbortHandle, JoinHandle};
 struct Links {
     /// Cut pairs, both orders.
     cut: HashSet<(u64, u64)>,
+    /// (from, to): what `to` sends back on streams `from` opened is dropped.
+    muted: HashSet<(u64, u64)>,
     /// Streams carried: from, to, the task that copies them.
     streams: Vec<(u64, u64, AbortHandle)>,
 }
@@ -58,14 +62,32 @@ impl FaultProxy {
                     if lock(&links).cut.contains(&(from, to)) {
                         continue; // dropped: the dialer sees its stream closed
                     }
+                    let copying = links.clone();
                     let task = tokio::spawn(async move {
-                        let Ok(mut upstream) = TcpStream::connect(target).await else {
+                        let Ok(upstream) = TcpStream::connect(target).await else {
                             return;
                         };
                         let _ = upstream.set_nodelay(true);
                         let _ = stream.set_nodelay(true);
-                        let mut stream = stream;
-                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                        let (mut from_reader, mut from_writer) = stream.into_split();
+                        let (mut to_reader, mut to_writer) = upstream.into_split();
+                        let forth = tokio::io::copy(&mut from_reader, &mut to_writer);
+                        let back = async {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            loop {
+                                let n = to_reader.read(&mut buf).await?;
+                                if n == 0 {
+                                    return Ok::<_, std::io::Error>(());
+                                }
+                                if !lock(&copying).muted.contains(&(from, to)) {
+                                    from_writer.write_all(&buf[..n]).await?;
+                                }
+                            }
+                        };
+                        tokio::select! {
+                            _ = forth => {}
+                            _ = back => {}
+                        }
                     });
                     let mut l = lock(&links);
                     l.streams.retain(|(_, _, h)| !h.is_finished());
@@ -105,6 +127,17 @@ impl FaultProxy {
     /// Heals every cut.
     pub(crate) fn heal_all(&self) {
         lock(&self.links).cut.clear();
+    }
+
+    /// Drops what `to` sends back on the streams `from` opened to it (`from`'s requests
+    /// arrive, their replies are lost), until [`FaultProxy::unmute_all`].
+    pub(crate) fn mute(&self, from: u64, to: u64) {
+        lock(&self.links).muted.insert((from, to));
+    }
+
+    /// Ends every mute.
+    pub(crate) fn unmute_all(&self) {
+        lock(&self.links).muted.clear();
     }
 
     /// Streams carried now between `a` and `b` (either way).
