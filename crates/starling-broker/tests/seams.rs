@@ -522,7 +522,10 @@ fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
     }
     a.settle();
 
-    let HandOver::Taken { session, ids } = a.broker.hand_over("m", 7, false, a.now, UNIX_MS) else {
+    let HandOver::Taken { session, ids, .. } =
+        a.broker
+            .hand_over("m", 7, false, usize::MAX, a.now, UNIX_MS)
+    else {
         panic!("no session to hand over");
     };
     let phases: Vec<MessagePhase> = session.messages.iter().map(|(_, m)| m.phase).collect();
@@ -533,11 +536,12 @@ fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
 
     // A second step for another move (a later claim took the session since) finds nothing.
     assert!(matches!(
-        a.broker.hand_over("m", 6, true, a.now, UNIX_MS),
+        a.broker.hand_over("m", 6, true, usize::MAX, a.now, UNIX_MS),
         HandOver::Absent
     ));
     // The second call takes what came meanwhile (nothing) and ends the session there.
-    let HandOver::Taken { session: rest, .. } = a.broker.hand_over("m", 7, true, a.now, UNIX_MS)
+    let HandOver::Taken { session: rest, .. } =
+        a.broker.hand_over("m", 7, true, usize::MAX, a.now, UNIX_MS)
     else {
         panic!("no session to finish");
     };
@@ -574,7 +578,7 @@ fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
         starling_broker::persist::delivery_record(&d, Queued, 0, &clock)
     };
     let last = vec![(record(42), 42), (record(43), 43)];
-    let taken = b.broker.adopt_messages("m", last, b.now, UNIX_MS);
+    let taken = b.broker.adopt_messages("m", last, false, b.now, UNIX_MS);
     assert_eq!(
         taken, 1,
         "the message that came directly is not taken again"
@@ -609,7 +613,10 @@ fn a_session_handed_back_keeps_what_was_queued_here_meanwhile() {
     let (p, _) = a.connected(connect(V5, "p"));
     a.send(p, publish("t/x", QoS::AtLeastOnce, 1, &[1]));
     a.settle();
-    let HandOver::Taken { session, ids } = a.broker.hand_over("m", 7, false, a.now, UNIX_MS) else {
+    let HandOver::Taken { session, ids, .. } =
+        a.broker
+            .hand_over("m", 7, false, usize::MAX, a.now, UNIX_MS)
+    else {
         panic!("no session");
     };
     assert_eq!(session.messages.len(), 1);
@@ -688,5 +695,97 @@ fn a_forwarded_batch_stores_its_mark_with_its_messages() {
             .messages
             .len(),
         1
+    );
+}
+
+/// A queue larger than one answer's budget goes in parts: the first call takes the inflight
+/// window whole and the queued messages up to the budget, the rest stays in the session, in
+/// order, ahead of what arrives meanwhile, and finishing calls take it part by part; the
+/// session ends with the last. The new node takes every part, and a message that reached
+/// it directly (same cluster id) once, whichever part brings it.
+#[test]
+fn a_queue_larger_than_one_answer_moves_in_parts() {
+    const UNIX_MS: u64 = 1_700_000_000_000;
+    use starling_broker::broker::HandOver;
+    use starling_store::MessagePhase;
+
+    let mut a = Sim::with(Limits::default(), Durability::Sync);
+    let (sub, _) = a.connected(persistent(V5, "m", 600));
+    a.send(sub, subscribe(1, "t/#", QoS::AtLeastOnce));
+    a.take(sub);
+    let (p, _) = a.connected(connect(V5, "p"));
+    let big = |i: u8| vec![i; 1000];
+    a.send(p, publish("t/x", QoS::AtLeastOnce, 1, &big(0)));
+    assert_eq!(publishes(&a.take(sub)).len(), 1, "one inflight");
+    a.drop_connection(sub);
+    for i in 1..8u8 {
+        a.send(
+            p,
+            publish("t/x", QoS::AtLeastOnce, u16::from(i) + 1, &big(i)),
+        );
+    }
+    a.settle();
+
+    // A budget of about two messages.
+    let budget = 2500;
+    let first = |msgs: &[(u64, starling_store::MessageRecord)]| msgs[0].1.phase;
+    let HandOver::Taken { session, ids, more } =
+        a.broker.hand_over("m", 7, false, budget, a.now, UNIX_MS)
+    else {
+        panic!("no session to hand over");
+    };
+    assert!(more);
+    assert_eq!(session.messages.len(), 2, "the inflight one and one queued");
+    assert_eq!(first(&session.messages), MessagePhase::Published);
+    // Arrive meanwhile, after the rest of the queue: one published here, one forwarded by a
+    // third node, which also forwarded it to the new owner (the same cluster id).
+    a.send(p, publish("t/x", QoS::AtLeastOnce, 20, &big(8)));
+    let forwarded = || {
+        let mut msg = Message::internal(
+            starling_proto::TopicName::try_from_str("t/x").unwrap(),
+            bytes::Bytes::from(big(9)),
+            false,
+        );
+        msg.qos = QoS::AtLeastOnce;
+        msg.cluster_id.set(77);
+        Arc::new(msg)
+    };
+    a.broker.publish_from_peer(forwarded(), &[]);
+    a.settle();
+
+    let mut b = Sim::with(Limits::default(), Durability::Sync);
+    assert!(b.broker.adopt(session, &ids, b.now, UNIX_MS));
+    b.broker.publish_from_peer(forwarded(), &[]);
+    let mut parts = 0;
+    loop {
+        let HandOver::Taken { session, ids, more } =
+            a.broker.hand_over("m", 7, true, budget, a.now, UNIX_MS)
+        else {
+            panic!("the rest of the session is gone");
+        };
+        assert!(session.messages.len() <= 2 || !more);
+        let part = (session.messages.into_iter().map(|(_, m)| m))
+            .zip(ids)
+            .collect();
+        b.broker.adopt_messages("m", part, more, b.now, UNIX_MS);
+        parts += 1;
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(parts, 4, "8 messages left, two per part");
+    assert!(!a.broker.client_ids().iter().any(|c| &**c == "m"), "ended");
+    assert_eq!(a.broker.metrics.sessions_handed_over.get(), 1);
+
+    let (m, ack) = b.connected(persistent(V5, "m", 600));
+    assert!(ack.session_present);
+    let got = b.take(m);
+    let firsts: Vec<u8> = publishes(&got).iter().map(|p| p.payload[0]).collect();
+    // The forwarded one where it reached the new node directly, and not again from the
+    // last part.
+    assert_eq!(
+        firsts,
+        [0, 1, 9, 2, 3, 4, 5, 6, 7, 8],
+        "every message once, in order"
     );
 }

@@ -34,6 +34,9 @@ pub enum HandOver {
         session: LoadedSession,
         /// The messages' cluster ids.
         ids: Vec<u64>,
+        /// Queued messages beyond the call's byte budget stayed in the session, in order,
+        /// for the next call (a finishing call that leaves some does not end the session).
+        more: bool,
     },
 }
 
@@ -57,11 +60,16 @@ impl Broker {
     /// since, and the session ends here (its will does not go out: the new owner resumes
     /// it). A second call for another epoch than the first's (a later move of the client
     /// took the session since) finds nothing. `unix_ms` is the wall-clock time of `now`.
+    ///
+    /// The messages taken stop at `max_bytes` of packets, the inflight window always whole
+    /// (its packet ids and phases travel with it) and at least one message: the queued ones
+    /// beyond stay in the session, in order, ahead of what arrives meanwhile.
     pub fn hand_over(
         &self,
         client_id: &str,
         epoch: u64,
         finish: bool,
+        max_bytes: usize,
         now: Instant,
         unix_ms: u64,
     ) -> HandOver {
@@ -83,9 +91,14 @@ impl Broker {
             s.handed_for(epoch);
         }
         let record = s.record(&clock);
-        let taken = s.take_messages(&clock);
+        let mut taken = s.take_messages(&clock);
         drop(s);
-        if finish {
+        let beyond = over_budget(&mut taken.messages, &mut taken.ids, max_bytes);
+        let more = !beyond.is_empty();
+        if more {
+            self.append(client_id, beyond, now, unix_ms, None);
+        }
+        if finish && !more {
             let mut ops = self.ops();
             let ended = session.lock().end(&mut ops);
             self.persist(&mut ops);
@@ -104,6 +117,7 @@ impl Broker {
                 awaiting: taken.awaiting,
             },
             ids: taken.ids,
+            more,
         }
     }
 
@@ -192,19 +206,26 @@ impl Broker {
     /// second [`Broker::hand_over`]), each with its cluster id, to the adopted session of
     /// `client_id`, through the queue's bounds, and wakes its connection; a message that
     /// also reached the session here directly (the same cluster id) is not taken twice.
-    /// Ends the remembering of ids (call it with nothing if the previous owner did not
-    /// answer). How many were taken.
+    /// With the last part (`more` false) it ends the remembering of ids (call it with nothing
+    /// if the previous owner did not answer). How many were taken.
     pub fn adopt_messages(
         &self,
         client_id: &str,
         messages: Vec<(MessageRecord, u64)>,
+        more: bool,
         now: Instant,
         unix_ms: u64,
     ) -> usize {
         let Some(session) = self.seams.registry.get(client_id) else {
             return 0;
         };
-        let seen = session.lock().take_seen().unwrap_or_default();
+        // The ids seen are kept while more is to come, and dropped with the last part.
+        let seen = if more {
+            session.lock().seen_copy()
+        } else {
+            session.lock().take_seen()
+        };
+        let seen = seen.unwrap_or_default();
         if seen.full {
             tracing::warn!(
                 client_id,
@@ -238,6 +259,8 @@ impl Broker {
             let Some((msg, qos, retain, sub_ids)) = decode_message(&m, &clock, now) else {
                 continue;
             };
+            // It keeps its name in the cluster (a later move tells it apart again).
+            msg.cluster_id.set(id);
             let d = Delivery {
                 msg: Arc::new(msg),
                 qos,
@@ -251,4 +274,28 @@ impl Broker {
         self.persist(&mut ops);
         taken
     }
+}
+
+/// Splits off the queued messages beyond `max_bytes` of packets (with their ids), keeping
+/// every inflight one (its phase and packet id must travel) and at least one message.
+fn over_budget(
+    messages: &mut Vec<(u64, MessageRecord)>,
+    ids: &mut Vec<u64>,
+    max_bytes: usize,
+) -> Vec<(MessageRecord, u64)> {
+    let mut bytes = 0usize;
+    let cut = messages.iter().enumerate().position(|(i, (_, m))| {
+        bytes = bytes.saturating_add(m.packet.len());
+        i > 0 && m.phase == starling_store::MessagePhase::Queued && bytes > max_bytes
+    });
+    let Some(cut) = cut else {
+        return Vec::new();
+    };
+    let beyond_ids = ids.split_off(cut.min(ids.len()));
+    messages
+        .split_off(cut)
+        .into_iter()
+        .map(|(_, m)| m)
+        .zip(beyond_ids.into_iter().chain(std::iter::repeat(0)))
+        .collect()
 }

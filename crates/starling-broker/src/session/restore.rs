@@ -19,7 +19,7 @@ use crate::persist::{Ops, WallClock, decode_message, delivery_record};
 const MAX_SEEN_IDS: usize = 65_536;
 
 /// The cluster ids of the messages delivered to a session since it was adopted.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SeenIds {
     ids: std::collections::HashSet<u64>,
     /// Ids were left out for the bound.
@@ -226,6 +226,11 @@ impl Locked<'_> {
     /// Stops remembering, and gives what was remembered.
     pub fn take_seen(&mut self) -> Option<SeenIds> {
         self.st.rare.as_deref_mut().and_then(|r| r.seen.take())
+    }
+
+    /// A copy of the ids remembered, which stay remembered (more of a handover is to come).
+    pub fn seen_copy(&self) -> Option<SeenIds> {
+        self.st.rare.as_deref().and_then(|r| r.seen.clone())
     }
 
     /// Puts a stored message back in the queue or the inflight window.

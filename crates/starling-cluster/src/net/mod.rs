@@ -135,6 +135,9 @@ pub enum HandoverReply {
         ids: Vec<u64>,
         /// Messages left out for the frame's bound (counted and logged by the sender).
         left_out: u64,
+        /// More of the session's queue stays with the sender for the next request (with
+        /// `finish`): a queue larger than a frame comes in several answers.
+        more: bool,
     },
     /// There is no such session (nothing to hand over, or not resumed: it ended).
     Absent,

@@ -102,6 +102,7 @@ impl From<&HandoverReply> for pb::HandoverReply {
                 awaiting,
                 ids,
                 left_out,
+                more,
             } => R::Session(Session {
                 record: record.clone(),
                 messages: messages
@@ -115,6 +116,7 @@ impl From<&HandoverReply> for pb::HandoverReply {
                     .collect(),
                 awaiting: awaiting.iter().map(|&id| u32::from(id)).collect(),
                 left_out: *left_out,
+                more: *more,
             }),
             HandoverReply::Absent => R::Absent(pb::Blank {}),
             HandoverReply::NotYet => R::NotYet(pb::Blank {}),
@@ -146,6 +148,7 @@ impl TryFrom<pb::HandoverReply> for HandoverReply {
                         .collect::<Result<_, _>>()?,
                     ids,
                     left_out: s.left_out,
+                    more: s.more,
                 }
             }
             R::Absent(_) => HandoverReply::Absent,

@@ -156,6 +156,7 @@ fn beside_raft_messages_round_trip() {
             awaiting: vec![7, 65535],
             ids: vec![11, 0],
             left_out: 1,
+            more: true,
         },
         HandoverReply::Absent,
         HandoverReply::NotYet,

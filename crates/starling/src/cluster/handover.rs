@@ -7,8 +7,10 @@
 //! (subscriptions, queue, inflight window, store) and its client gets Session Present 1.
 //! Second, once every peer has applied the new owner's subscriptions (so that a publish
 //! anywhere reaches the new owner; at most [`SETTLE`]) and [`IN_FLIGHT`] after, for what was
-//! routed to the old owner before to arrive there: the old owner sends what it queued
-//! meanwhile and ends the session, if it is still the one handed over under that claim. A
+//! routed to the old owner before to arrive there: the old owner sends what it still holds
+//! (the rest of a queue larger than one answer, [`PAGE_BYTES`] each, then what it queued
+//! meanwhile; asked again while more follows) and ends the session with the last, if it is
+//! still the one handed over under that claim. A
 //! message can come both ways in between; every message that crosses nodes carries its
 //! cluster id, and the new owner takes a late message only if no message with its id reached
 //! the session directly. A CONNECT that starts clean only tells the old owner to end the
@@ -57,9 +59,17 @@ pub(super) const LINGER: Duration = Duration::from_secs(30);
 /// Sessions lingering at once; beyond it a session another node claimed ends at once.
 pub(super) const MAX_LINGERING: usize = 65_536;
 
-/// The most message bytes one answer carries (a frame is at most 16 MiB); the messages
-/// beyond are left out, counted and logged.
+/// The most message bytes one answer carries (a frame is at most 16 MiB); a message that
+/// does not fit (the inflight window larger than a frame) is left out, counted and logged.
 const MAX_ANSWER_BYTES: usize = 15 * 1024 * 1024;
+
+/// The queued messages' packets one answer takes at most (below [`MAX_ANSWER_BYTES`], which
+/// also counts each record's own fields): the rest of a larger queue stays on the old node
+/// for the next request.
+const PAGE_BYTES: usize = 14 * 1024 * 1024;
+
+/// Requests for the rest of a queue larger than one answer, at most (14 GiB).
+const MAX_PAGES: usize = 1024;
 
 /// Sessions another node claimed, oldest first, with when they end if nobody takes them and
 /// the epoch of that claim (a later claim has its own entry).
@@ -107,6 +117,7 @@ pub(super) async fn answer(broker: Arc<Broker>, node: Arc<Node>, req: Handover) 
             &req.client_id,
             req.epoch,
             req.finish,
+            PAGE_BYTES,
             Instant::now(),
             unix_ms(),
         ) {
@@ -119,12 +130,12 @@ pub(super) async fn answer(broker: Arc<Broker>, node: Arc<Node>, req: Handover) 
                 return HandoverReply::NotYet;
             }
             HandOver::Connected => tokio::time::sleep(Duration::from_millis(2)).await,
-            HandOver::Taken { session, ids } => return encode(session, ids),
+            HandOver::Taken { session, ids, more } => return encode(session, ids, more),
         }
     }
 }
 
-fn encode(loaded: LoadedSession, all_ids: Vec<u64>) -> HandoverReply {
+fn encode(loaded: LoadedSession, all_ids: Vec<u64>, more: bool) -> HandoverReply {
     let mut bytes = 0usize;
     let mut messages = Vec::with_capacity(loaded.messages.len());
     let mut ids = Vec::with_capacity(loaded.messages.len());
@@ -142,7 +153,8 @@ fn encode(loaded: LoadedSession, all_ids: Vec<u64>) -> HandoverReply {
     if left_out > 0 {
         warn!(
             client_id = loaded.client_id,
-            left_out, "a handed-over session's messages exceed one frame; the rest are dropped"
+            left_out,
+            "a handed-over session's inflight messages exceed one frame; the rest are dropped"
         );
     }
     HandoverReply::Session {
@@ -151,17 +163,20 @@ fn encode(loaded: LoadedSession, all_ids: Vec<u64>) -> HandoverReply {
         awaiting: loaded.awaiting,
         ids,
         left_out,
+        more,
     }
 }
 
-/// A session as the old owner sent it, with its messages' cluster ids; `None` if its record
-/// does not decode (a message that does not is left out).
-fn decode(client_id: &str, reply: HandoverReply) -> Option<(LoadedSession, Vec<u64>)> {
+/// A session as the old owner sent it, with its messages' cluster ids and whether more of
+/// its queue follows; `None` if its record does not decode (a message that does not is left
+/// out).
+fn decode(client_id: &str, reply: HandoverReply) -> Option<(LoadedSession, Vec<u64>, bool)> {
     let HandoverReply::Session {
         record,
         messages,
         awaiting,
         ids,
+        more,
         ..
     } = reply
     else {
@@ -185,7 +200,7 @@ fn decode(client_id: &str, reply: HandoverReply) -> Option<(LoadedSession, Vec<u
         messages: kept,
         awaiting,
     };
-    Some((loaded, kept_ids))
+    Some((loaded, kept_ids, more))
 }
 
 /// Sends `req` to member `to` on a stream of its pool (a new one if none is idle) and
@@ -286,7 +301,7 @@ pub(super) async fn take(
         Some(r @ HandoverReply::Session { .. }) => decode(client_id, r),
         Some(HandoverReply::NotYet) | None => None,
     };
-    let Some((loaded, ids)) = loaded else {
+    let Some((loaded, ids, _)) = loaded else {
         warn!(
             client_id,
             node = from,
@@ -320,14 +335,25 @@ pub(super) async fn take(
             );
         }
         tokio::time::sleep(IN_FLIGHT).await;
-        let reply = ask(&taker, from, &req).await;
-        let late = match reply.and_then(|r| decode(&req.client_id, r)) {
-            Some((rest, ids)) => (rest.messages.into_iter().map(|(_, m)| m))
-                .zip(ids)
-                .collect(),
-            None => Vec::new(),
-        };
-        let n = broker.adopt_messages(&req.client_id, late, Instant::now(), unix_ms());
+        // What the first answer could not carry, then what came meanwhile, in as many
+        // answers as it takes.
+        let mut n = 0;
+        for page in 0..MAX_PAGES {
+            let reply = ask(&taker, from, &req).await;
+            let (late, more) = match reply.and_then(|r| decode(&req.client_id, r)) {
+                Some((rest, ids, more)) => {
+                    let late = (rest.messages.into_iter().map(|(_, m)| m))
+                        .zip(ids)
+                        .collect();
+                    (late, more && page + 1 < MAX_PAGES)
+                }
+                None => (Vec::new(), false),
+            };
+            n += broker.adopt_messages(&req.client_id, late, more, Instant::now(), unix_ms());
+            if !more {
+                break;
+            }
+        }
         debug!(
             client_id = req.client_id,
             messages = n,

@@ -184,3 +184,60 @@ async fn a_clean_start_elsewhere_ends_the_old_session_with_its_will() {
         0
     );
 }
+
+/// A queue larger than one answer between nodes (a frame is at most 16 MiB): 20 messages of
+/// 900 kB (18 MB) queued on node 1, the client comes back on node 2. The first answer brings
+/// what fits, the rest follows in further answers: every message arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_larger_than_a_frame_moves_in_parts() {
+    const N: u8 = 20;
+    const SIZE: usize = 900_000;
+    let c = Cluster::formed(3).await;
+    let big = |o: &mut rumqttc::v5::MqttOptions| {
+        persistent(o);
+        o.set_max_packet_size(Some(2 * 1024 * 1024));
+    };
+    let (mut bulky, _) = v5::Client::connect(c.mqtt(1), "bulky", big).await;
+    bulky
+        .subscribe(Filter::new("bulk/#", QoS5::AtLeastOnce), None)
+        .await;
+    bulky.client.disconnect().await.unwrap();
+    let (mut publisher, _) = v5::Client::connect(c.mqtt(1), "bulk-pub", |o| {
+        o.set_max_packet_size(Some(2 * 1024 * 1024));
+    })
+    .await;
+    for i in 0..N {
+        publisher
+            .client
+            .publish("bulk/m", QoS5::AtLeastOnce, false, vec![i; SIZE])
+            .await
+            .unwrap();
+        publisher
+            .expect("PUBACK", |p| match p {
+                Packet::PubAck(a) => Some(a),
+                _ => None,
+            })
+            .await;
+    }
+
+    let (mut bulky, ack) = v5::Client::connect(c.mqtt(2), "bulky", big).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    while got.len() < usize::from(N) {
+        let p = tokio::time::timeout(Duration::from_secs(20), bulky.publish())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {N} messages came\n{}", got.len(), c.logs()));
+        assert_eq!(p.payload.len(), SIZE);
+        got.push(p.payload[0]);
+    }
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<u8>>(),
+        "every message once, in order"
+    );
+    bulky.no_publish(Duration::from_millis(500)).await;
+    assert_eq!(
+        metric(&c, 1, "starling_sessions_handed_over_total").await,
+        1
+    );
+}
