@@ -10,6 +10,11 @@
 //! from a cut cable, and either way the clients are better served elsewhere. Decisions about
 //! the state still go through Raft only; this is a local judgement about where clients
 //! should be.
+//!
+//! It also keeps what the peers say they hear (each route keepalive names the members its
+//! sender heard from lately): failure suspicion shared, so that the leader judges a member
+//! down only when no other member hears it either ([`Contact::vouched_for`]), not when only
+//! the link between the leader and that member is cut.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,13 +31,19 @@ pub struct Contact {
     /// so that a node is not judged cut off before it had the time to talk to anyone.
     started: Instant,
     heard: Mutex<HashMap<NodeId, Instant>>,
+    /// What each peer last said it hears, and when it said so (at most [`MAX_REPORTERS`]).
+    reports: Mutex<HashMap<NodeId, (Instant, Vec<NodeId>)>>,
 }
+
+/// Peers whose reports are kept at most (members are far fewer).
+pub const MAX_REPORTERS: usize = 1024;
 
 impl Default for Contact {
     fn default() -> Self {
         Contact {
             started: Instant::now(),
             heard: Mutex::new(HashMap::new()),
+            reports: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -68,6 +79,38 @@ impl Contact {
             .filter(|v| **v == me || heard.get(v).is_some_and(|t| t.elapsed() < lease))
             .count();
         reached > voters.len() / 2
+    }
+
+    /// The peers that answered within `within`, in order of id.
+    pub fn heard_within(&self, within: Duration) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = (self.lock().iter())
+            .filter(|(_, t)| t.elapsed() < within)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Peer `from` says it hears `hears` (a member's route keepalive).
+    pub fn report(&self, from: NodeId, hears: Vec<NodeId>) {
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        if reports.len() < MAX_REPORTERS || reports.contains_key(&from) {
+            reports.insert(from, (Instant::now(), hears));
+        }
+    }
+
+    /// A peer other than `peer` that said within `fresh` that it hears `peer`, if any: then
+    /// `peer` is alive, and only the link between this node and it may be cut.
+    pub fn vouched_for(&self, peer: NodeId, fresh: Duration) -> Option<NodeId> {
+        let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by: Vec<NodeId> = (reports.iter())
+            .filter(|(from, (at, hears))| {
+                **from != peer && at.elapsed() < fresh && hears.contains(&peer)
+            })
+            .map(|(from, _)| *from)
+            .collect();
+        by.sort_unstable();
+        by.first().copied()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {
@@ -108,5 +151,28 @@ mod tests {
         assert!(c.answered_within(3, lease));
         assert!(!c.answered_within(2, lease), "6 s ago");
         assert!(!c.answered_within(7, lease), "never");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_another_hears_is_vouched_for_while_the_report_is_fresh() {
+        let fresh = Duration::from_secs(5);
+        let c = Contact::default();
+        c.heard(2);
+        c.heard(3);
+        assert_eq!(c.heard_within(Duration::from_secs(1)), [2, 3]);
+        assert_eq!(c.vouched_for(3, fresh), None, "nobody reported");
+        c.report(2, vec![1, 3]);
+        c.report(3, vec![1]);
+        assert_eq!(c.vouched_for(3, fresh), Some(2), "node 2 hears 3");
+        assert_eq!(c.vouched_for(2, fresh), None, "node 3 does not hear 2");
+        c.report(3, vec![3]);
+        assert_eq!(
+            c.vouched_for(3, fresh),
+            Some(2),
+            "a node does not vouch for itself"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(c.vouched_for(3, fresh), None, "the report is stale");
+        assert_eq!(c.heard_within(Duration::from_secs(5)), Vec::<NodeId>::new());
     }
 }

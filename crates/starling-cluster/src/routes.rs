@@ -48,6 +48,20 @@ pub enum Update {
     },
 }
 
+/// An [`Update`] as a node sends it, with the members it heard from within
+/// [`crate::forward::HOLD`]: failure suspicion shared between nodes (the leader judges a
+/// member down only if no other member hears it, `Contact::vouched_for`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Told {
+    /// The filters.
+    pub update: Update,
+    /// The members the sender heard from lately (at most [`MAX_HEARS`] read).
+    pub hears: Vec<NodeId>,
+}
+
+/// Members one report names at most (more are not read).
+pub const MAX_HEARS: usize = 1024;
+
 /// What the peer answers to an [`Update`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpdateReply {
@@ -547,6 +561,7 @@ pub async fn sync<D: Dial>(
     let (node, incarnation) = me;
     let (peer, addr) = peer;
     let mut stop = std::pin::pin!(stop);
+    let link_contact = contact.clone();
     let mut link = Link::new(dial, peer, addr).with_contact(contact);
     let mut changed = filters.watch();
     // The number of the last change the peer has, once it has a snapshot.
@@ -578,8 +593,12 @@ pub async fn sync<D: Dial>(
             }
         };
         let snapshot = matches!(update, Update::Snapshot { .. });
+        let message = Told {
+            update,
+            hears: link_contact.heard_within(crate::forward::HOLD),
+        };
         match link
-            .call::<Update, UpdateReply>(Kind::Routes, &update, UPDATE_TTL)
+            .call::<Told, UpdateReply>(Kind::Routes, &message, UPDATE_TTL)
             .await
         {
             Ok(UpdateReply::Applied) => {

@@ -40,7 +40,7 @@ use starling_cluster::forward::{Outgoing, PeerStats, Seen, Taken, first_stored, 
 use starling_cluster::net::{Dial, Forward, Forwarded, Inbound, serve};
 use starling_cluster::raft::Peer;
 use starling_cluster::raft::machine::Shared;
-use starling_cluster::routes::{LocalFilters, RemoteRoutes, Update, UpdateReply, sync};
+use starling_cluster::routes::{LocalFilters, RemoteRoutes, Told, UpdateReply, sync};
 use starling_cluster::{
     ClusterNode, ClusterState, Command, NodeConfig, NodeId, Observer, Outcome, Owner, Retained,
     Timing,
@@ -174,8 +174,8 @@ struct Receiver {
 }
 
 impl Inbound for Receiver {
-    fn routes(&self, update: Update) -> UpdateReply {
-        lock(&self.remote).apply(update)
+    fn routes(&self, told: Told) -> UpdateReply {
+        lock(&self.remote).apply(told.update)
     }
 
     fn forward(&self, batch: Forward) -> starling_cluster::net::Confirmed {

@@ -25,7 +25,7 @@ use tracing::debug;
 
 use crate::contact::Contact;
 use crate::raft::{Peer, Raft, Types};
-use crate::routes::{Update, UpdateReply};
+use crate::routes::{Told, UpdateReply};
 use crate::state::{Command, NodeId, Outcome};
 use crate::wire::Wire;
 
@@ -156,8 +156,8 @@ pub type Confirmed = std::pin::Pin<Box<dyn Future<Output = usize> + Send>>;
 /// What a node does with what its peers send beside Raft: their filters and the messages
 /// they forward. Called on the stream's task; must not block for long.
 pub trait Inbound: Send + Sync + 'static {
-    /// A peer's filters changed.
-    fn routes(&self, update: Update) -> UpdateReply;
+    /// A peer's filters changed (or did not: a keepalive), and the members it hears.
+    fn routes(&self, told: Told) -> UpdateReply;
     /// A peer forwards messages: how many were taken (the rest did not decode), once they
     /// are stored.
     fn forward(&self, batch: Forward) -> Confirmed;
@@ -435,8 +435,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 );
                 return;
             }
-            Kind::Routes => match (Update::from_wire(&body), &inbound) {
-                (Ok(update), Some(i)) => Ok(i.routes(update).to_wire()),
+            Kind::Routes => match (Told::from_wire(&body), &inbound) {
+                (Ok(told), Some(i)) => Ok(i.routes(told).to_wire()),
                 (Err(e), _) => Err(e),
                 (Ok(_), None) => return,
             },

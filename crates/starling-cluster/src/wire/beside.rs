@@ -3,12 +3,12 @@
 
 use super::{WireError, narrow, need, pb};
 use crate::net::HandoverReply;
-use crate::routes::{Update, UpdateReply};
+use crate::routes::{MAX_HEARS, Told, Update, UpdateReply};
 
-impl From<&Update> for pb::RoutesUpdate {
-    fn from(u: &Update) -> Self {
+impl From<&Told> for pb::RoutesUpdate {
+    fn from(t: &Told) -> Self {
         use pb::routes_update::{Delta, Snapshot, Update as U};
-        let update = match u {
+        let update = match &t.update {
             Update::Snapshot {
                 node,
                 incarnation,
@@ -38,15 +38,16 @@ impl From<&Update> for pb::RoutesUpdate {
         };
         pb::RoutesUpdate {
             update: Some(update),
+            hears: t.hears.clone(),
         }
     }
 }
 
-impl TryFrom<pb::RoutesUpdate> for Update {
+impl TryFrom<pb::RoutesUpdate> for Told {
     type Error = WireError;
     fn try_from(u: pb::RoutesUpdate) -> Result<Self, WireError> {
         use pb::routes_update::Update as U;
-        Ok(match need(u.update, "routes update")? {
+        let update = match need(u.update, "routes update")? {
             U::Snapshot(s) => Update::Snapshot {
                 node: s.node,
                 incarnation: s.incarnation,
@@ -61,6 +62,10 @@ impl TryFrom<pb::RoutesUpdate> for Update {
                 added: d.added,
                 removed: d.removed,
             },
+        };
+        Ok(Told {
+            update,
+            hears: u.hears.into_iter().take(MAX_HEARS).collect(),
         })
     }
 }

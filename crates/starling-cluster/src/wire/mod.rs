@@ -22,7 +22,7 @@ use prost::Message as _;
 use crate::members::{Change, ChangeReply};
 use crate::net::{HandoverReply, ProposeReply};
 use crate::raft::Types;
-use crate::routes::{Update, UpdateReply};
+use crate::routes::{Told, UpdateReply};
 use crate::state::{Command, NodeId};
 
 mod beside;
@@ -96,7 +96,7 @@ converted!(
     ProposeReply => pb::ProposeReply,
     Change => pb::MembersChange,
     ChangeReply => pb::MembersReply,
-    Update => pb::RoutesUpdate,
+    Told => pb::RoutesUpdate,
     UpdateReply => pb::RoutesReply,
     HandoverReply => pb::HandoverReply,
     AppendEntriesRequest<Types> => pb::AppendEntriesRequest,
@@ -166,7 +166,7 @@ pub fn reads_stably(data: &[u8]) -> Result<bool, String> {
         7 => stable::<ProposeReply>(body),
         8 => stable::<Change>(body),
         9 => stable::<ChangeReply>(body),
-        10 => stable::<Update>(body),
+        10 => stable::<Told>(body),
         11 => stable::<UpdateReply>(body),
         12 => stable::<pb::Forward>(body),
         13 => stable::<pb::Handover>(body),

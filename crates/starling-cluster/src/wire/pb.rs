@@ -483,9 +483,14 @@ pub mod members_reply {
         Failed(::prost::alloc::string::String),
     }
 }
-/// A node's filters, as a snapshot or as a delta.
+/// A node's filters, as a snapshot or as a delta, and whom it hears. Sent at least every
+/// two seconds to every peer (an empty delta when nothing changed).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RoutesUpdate {
+    /// The members the sender heard from within the last 10 s (failure suspicion shared: the
+    /// leader judges a member down only if no other member hears it).
+    #[prost(uint64, repeated, tag = "3")]
+    pub hears: ::prost::alloc::vec::Vec<u64>,
     #[prost(oneof = "routes_update::Update", tags = "1, 2")]
     pub update: ::core::option::Option<routes_update::Update>,
 }

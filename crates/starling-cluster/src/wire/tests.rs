@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::net::{Forward, Forwarded, Handover};
 use crate::raft::{Entry, Peer};
+use crate::routes::Update;
 use crate::state::{ClusterState, Limits};
 use crate::state::{Outcome, Refusal};
 
@@ -179,7 +180,10 @@ fn beside_raft_messages_round_trip() {
             removed: vec!["y".into()],
         },
     ] {
-        round_trip(&update);
+        round_trip(&Told {
+            update,
+            hears: vec![1, 3],
+        });
     }
     for reply in [
         UpdateReply::Applied,
@@ -243,7 +247,7 @@ proptest! {
         let _ = ProposeReply::from_wire(&bytes);
         let _ = Change::from_wire(&bytes);
         let _ = ChangeReply::from_wire(&bytes);
-        let _ = Update::from_wire(&bytes);
+        let _ = Told::from_wire(&bytes);
         let _ = UpdateReply::from_wire(&bytes);
         let _ = Forward::from_wire(&bytes);
         let _ = Handover::from_wire(&bytes);
@@ -256,22 +260,22 @@ proptest! {
 /// upgrade adds fields without breaking the nodes not yet upgraded.
 #[test]
 fn fields_from_a_newer_node_are_skipped() {
-    let update = Update::Delta {
-        node: 1,
-        incarnation: 2,
-        from: 3,
-        to: 4,
-        added: vec!["a".into()],
-        removed: vec![],
+    let update = Told {
+        update: Update::Delta {
+            node: 1,
+            incarnation: 2,
+            from: 3,
+            to: 4,
+            added: vec!["a".into()],
+            removed: vec![],
+        },
+        hears: vec![2],
     };
     let newer = |mut bytes: Vec<u8>| {
         bytes.extend_from_slice(&[15 << 3, 42]);
         bytes
     };
-    assert_eq!(
-        Update::from_wire(&newer(update.to_wire())).ok(),
-        Some(update)
-    );
+    assert_eq!(Told::from_wire(&newer(update.to_wire())).ok(), Some(update));
     let batch = Forward {
         origin: 1,
         incarnation: 1,

@@ -24,7 +24,7 @@ use starling_broker::wake::{Wake, Waker};
 use starling_cluster::NodeId;
 use starling_cluster::forward::{Outgoing, Seen, Taken, first_stored};
 use starling_cluster::net::{Confirmed, Forward, Forwarded, Handover, HandoverAnswer, Inbound};
-use starling_cluster::routes::{RemoteRoutes, Update, UpdateReply};
+use starling_cluster::routes::{RemoteRoutes, Told, UpdateReply};
 use starling_proto::{DecodeLimits, Packet, ProtocolVersion, Publish, QoS};
 use tracing::{debug, warn};
 
@@ -211,7 +211,8 @@ async fn stored(broker: &Broker, ticket: u64) {
 }
 
 impl Inbound for ClusterInbound {
-    fn routes(&self, update: Update) -> UpdateReply {
+    fn routes(&self, told: Told) -> UpdateReply {
+        let Told { update, hears } = told;
         // A node that left (or has not joined) is not routed to: its filters are not kept.
         // Before this node knows the members (it has not caught up yet) it takes everyone's.
         let member = {
@@ -223,6 +224,7 @@ impl Inbound for ClusterInbound {
         if !member {
             return UpdateReply::NotMember;
         }
+        self.node.contact().report(update.node(), hears);
         let mut remote = self.remote.write().unwrap_or_else(|p| p.into_inner());
         remote.apply(update)
     }

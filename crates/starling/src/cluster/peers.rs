@@ -252,8 +252,13 @@ pub(super) async fn suspect(set: Arc<PeerSet>, tasks: Tasks) {
 /// How often the leader judges the members.
 const JUDGE_EVERY: Duration = Duration::from_secs(1);
 
+/// How recent another member's report that it hears a member must be to keep that member
+/// from being judged down (reports come with every route keepalive, at least every 2 s).
+const REPORT_FRESH: Duration = Duration::from_secs(5);
+
 /// On the leader, every [`JUDGE_EVERY`]: commits `NodeDown` for a member silent for
-/// `down_after`, `NodeUp` for one judged down that answers again.
+/// `down_after` that no other member says it hears (within [`REPORT_FRESH`]), `NodeUp` for
+/// one judged down that answers again.
 pub(super) async fn judge(
     set: Arc<PeerSet>,
     node: Arc<Node>,
@@ -289,6 +294,14 @@ async fn judge_once(node: &Node, set: &PeerSet, down_after: Duration) {
             continue;
         };
         let cmd = if !down && !contact.answered_within(id, down_after) {
+            if let Some(by) = contact.vouched_for(id, REPORT_FRESH) {
+                // Alive for another member: only the link to this node may be cut.
+                debug!(
+                    node = id,
+                    by, "a member silent to this node is heard by another; not judged down"
+                );
+                continue;
+            }
             warn!(
                 node = id,
                 incarnation, "a member answered nothing for down_after_ms; judging it down"

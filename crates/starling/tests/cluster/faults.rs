@@ -568,3 +568,62 @@ async fn a_batch_sent_again_to_a_restarted_node_is_not_delivered_twice() {
     let payloads: Vec<&str> = got.iter().map(|(_, p)| p.as_str()).collect();
     assert_eq!(payloads, ["0", "1", "2"], "each message once\n{}", c.logs());
 }
+
+/// Only the link between the leader and another node is cut (the third node reaches both):
+/// the leader hears nothing from that node for longer than `down_after_ms`, but the third
+/// node says, in its route keepalives, that it hears it, so the leader does not judge it
+/// down, and messages from the third node still reach that node's subscribers. Without the
+/// shared reports the leader would judge it down and every node would forget its filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_the_leader_alone_is_not_judged_down() {
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::mqttbytes::v5::Filter;
+
+    let timing = format!("{TIMING}down_after_ms = 10000\n");
+    let c = Cluster::start_with(3, &timing);
+    let (leader, _) = c.settled(&[1, 2, 3], "first start").await;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != leader).collect();
+    let (cut, third) = (others[0], others[1]);
+    let (mut sub, _) = v5::Client::connect(c.mqtt(cut), "asym-sub", persistent).await;
+    sub.subscribe(Filter::new("asym/#", QoS5::AtLeastOnce), None)
+        .await;
+    c.routes_known(third, 1).await;
+
+    c.proxy.cut(leader, cut);
+    // Past down_after_ms (10 s) and the leader's suspicion (10 s), with a margin.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let status = c.status(leader).await.unwrap();
+    let member = |s: &serde_json::Value, id: u64| {
+        s["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["id"] == id).cloned())
+            .unwrap_or_default()
+    };
+    let peer = |s: &serde_json::Value, id: u64| {
+        s["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["id"] == id).cloned())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        peer(&status, cut)["suspected"],
+        true,
+        "the leader hears nothing from node {cut}: {status}"
+    );
+    assert_eq!(
+        member(&status, cut)["down"],
+        false,
+        "judged down although node {third} hears it: {status}\n{}",
+        c.logs()
+    );
+    // Node `third` still knows the filter and forwards to it.
+    c.routes_known(third, 1).await;
+    let publisher = v5::Client::plain(c.mqtt(third), "asym-pub").await;
+    publisher
+        .client
+        .publish("asym/x", QoS5::AtLeastOnce, false, "around")
+        .await
+        .unwrap();
+    assert_eq!(&sub.publish().await.payload[..], b"around");
+    c.proxy.heal_all();
+}
