@@ -99,9 +99,9 @@ impl Contact {
         }
     }
 
-    /// A peer other than `peer` that said within `fresh` that it hears `peer`, if any: then
-    /// `peer` is alive, and only the link between this node and it may be cut.
-    pub fn vouched_for(&self, peer: NodeId, fresh: Duration) -> Option<NodeId> {
+    /// The peers other than `peer` that said within `fresh` that they hear `peer`, in
+    /// order of id.
+    pub fn heard_by(&self, peer: NodeId, fresh: Duration) -> Vec<NodeId> {
         let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
         let mut by: Vec<NodeId> = (reports.iter())
             .filter(|(from, (at, hears))| {
@@ -110,7 +110,13 @@ impl Contact {
             .map(|(from, _)| *from)
             .collect();
         by.sort_unstable();
-        by.first().copied()
+        by
+    }
+
+    /// A peer other than `peer` that said within `fresh` that it hears `peer`, if any: then
+    /// `peer` is alive, and only the link between this node and it may be cut.
+    pub fn vouched_for(&self, peer: NodeId, fresh: Duration) -> Option<NodeId> {
+        self.heard_by(peer, fresh).first().copied()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {

@@ -698,6 +698,7 @@ pub fn status(handle: &Handle) -> Value {
             "messages_dropped": stats.dropped.load(Ordering::Relaxed),
             "last_reply_ms": node.contact().since(*id).map(|d| d.as_millis() as u64),
             "suspected": handle.peers.is_suspect(*id),
+            "heard_by": node.contact().heard_by(*id, peers::REPORT_FRESH),
         })).collect::<Vec<_>>(),
         "remote_routes": handle.remote.read().unwrap_or_else(|p| p.into_inner()).len(),
         "remote_routes_refused": handle.remote.read().unwrap_or_else(|p| p.into_inner()).refused(),

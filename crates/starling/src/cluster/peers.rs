@@ -254,7 +254,7 @@ const JUDGE_EVERY: Duration = Duration::from_secs(1);
 
 /// How recent another member's report that it hears a member must be to keep that member
 /// from being judged down (reports come with every route keepalive, at least every 2 s).
-const REPORT_FRESH: Duration = Duration::from_secs(5);
+pub(super) const REPORT_FRESH: Duration = Duration::from_secs(5);
 
 /// On the leader, every [`JUDGE_EVERY`]: commits `NodeDown` for a member silent for
 /// `down_after` that no other member says it hears (within [`REPORT_FRESH`]), `NodeUp` for

@@ -616,6 +616,11 @@ async fn a_member_cut_off_from_the_leader_alone_is_not_judged_down() {
         "judged down although node {third} hears it: {status}\n{}",
         c.logs()
     );
+    assert_eq!(
+        peer(&status, cut)["heard_by"],
+        serde_json::json!([third]),
+        "{status}"
+    );
     // Node `third` still knows the filter and forwards to it.
     c.routes_known(third, 1).await;
     let publisher = v5::Client::plain(c.mqtt(third), "asym-pub").await;
