@@ -23,13 +23,14 @@ use starling_broker::connection::{BRIDGE_PROPERTY, NODE_PROPERTY};
 use starling_broker::session::Locked;
 use starling_broker::{Broker, ListenerAccess, PeerInfo};
 use starling_proto::{
-    ConnAck, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
-    RetainHandling, SubAck, Subscribe, SubscriptionOptions, TopicFilter, TopicName,
+    ConnAck, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
+    TopicFilter, TopicName,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::flows::{Flows, Send, free_id};
+use super::topics::subscribe;
 use super::{BridgeStats, Routes, switched};
 use crate::cli::client::{Client, ClientError, Event};
 use crate::cli::net;
@@ -770,34 +771,5 @@ impl From<Side> for Lost {
             Side::Local(e) => Lost::Local(e),
             Side::Remote(e) => Lost::Remote(e),
         }
-    }
-}
-
-/// A SUBSCRIBE for `filters`; with MQTT 5 options, No Local (what the bridge publishes on a
-/// side never comes back to it there), Retain As Published, and retained messages only for a
-/// new subscription.
-fn subscribe(packet_id: u16, filters: Vec<(TopicFilter, QoS)>, v5: bool) -> Subscribe {
-    Subscribe {
-        packet_id,
-        filters: filters
-            .into_iter()
-            .map(|(f, qos)| {
-                let options = if v5 {
-                    SubscriptionOptions {
-                        qos,
-                        no_local: true,
-                        retain_as_published: true,
-                        retain_handling: RetainHandling::SendIfNew,
-                    }
-                } else {
-                    SubscriptionOptions {
-                        qos,
-                        ..SubscriptionOptions::default()
-                    }
-                };
-                (f, options)
-            })
-            .collect(),
-        properties: Properties::default(),
     }
 }

@@ -1,9 +1,12 @@
 //! A bridge's topic mapping, with mosquitto's semantics: an `out` topic line subscribes
 //! locally to `local_prefix + pattern`, and a message's topic has `local_prefix` replaced by
 //! `remote_prefix`; an `in` line the other way round. The first line that matches decides.
+//! Also the SUBSCRIBE the bridge sends for its filters on either side.
 
 use bytes::Bytes;
-use starling_proto::{QoS, TopicFilter, TopicName};
+use starling_proto::{
+    Properties, QoS, RetainHandling, Subscribe, SubscriptionOptions, TopicFilter, TopicName,
+};
 
 use crate::config::bridge::BridgeTopic;
 
@@ -89,6 +92,35 @@ impl Routes {
 
 fn qos(q: u8) -> QoS {
     QoS::from_u8(q).unwrap_or(QoS::AtMostOnce)
+}
+
+/// A SUBSCRIBE for `filters`; with MQTT 5 options, No Local (what the bridge publishes on a
+/// side never comes back to it there), Retain As Published, and retained messages only for a
+/// new subscription.
+pub(super) fn subscribe(packet_id: u16, filters: Vec<(TopicFilter, QoS)>, v5: bool) -> Subscribe {
+    Subscribe {
+        packet_id,
+        filters: filters
+            .into_iter()
+            .map(|(f, qos)| {
+                let options = if v5 {
+                    SubscriptionOptions {
+                        qos,
+                        no_local: true,
+                        retain_as_published: true,
+                        retain_handling: RetainHandling::SendIfNew,
+                    }
+                } else {
+                    SubscriptionOptions {
+                        qos,
+                        ..SubscriptionOptions::default()
+                    }
+                };
+                (f, options)
+            })
+            .collect(),
+        properties: Properties::default(),
+    }
 }
 
 #[cfg(test)]
