@@ -736,6 +736,8 @@ fn a_queue_larger_than_one_answer_moves_in_parts() {
     };
     assert!(more);
     assert_eq!(session.messages.len(), 2, "the inflight one and one queued");
+    // The owner keeps a session whose parts are still being taken from its last step.
+    assert_eq!(a.broker.last_handover_step("m"), Some(a.now));
     assert_eq!(first(&session.messages), MessagePhase::Published);
     // Arrive meanwhile, after the rest of the queue: one published here, one forwarded by a
     // third node, which also forwarded it to the new owner (the same cluster id).

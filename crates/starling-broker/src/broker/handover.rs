@@ -90,6 +90,7 @@ impl Broker {
         if !finish {
             s.handed_for(epoch);
         }
+        s.handover_step(now);
         let record = s.record(&clock);
         let mut taken = s.take_messages(&clock);
         drop(s);
@@ -200,6 +201,13 @@ impl Broker {
             self.append(&id, left, now, unix_ms, None);
         }
         true
+    }
+
+    /// When a step of a handover last took from the session of `client_id` (its owner
+    /// keeps a session whose parts are still being taken).
+    pub fn last_handover_step(&self, client_id: &str) -> Option<Instant> {
+        let session = self.seams.registry.get(client_id)?;
+        session.lock().last_handover_step()
     }
 
     /// Appends messages the previous owner queued after it handed the session over (a

@@ -239,6 +239,9 @@ struct Rare {
     /// The epoch of the claim this session was handed over for (its first step): only that
     /// claim's second step ends it.
     handed: u64,
+    /// When a step of a handover last took from it (a queue larger than one answer is taken
+    /// in several).
+    handed_at: Option<std::time::Instant>,
 }
 
 /// A session shared by the registry, the route table and its connection.

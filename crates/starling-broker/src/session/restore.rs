@@ -218,6 +218,16 @@ impl Locked<'_> {
         self.st.rare.get_or_insert_with(Box::default).handed = epoch;
     }
 
+    /// A step of a handover took from the session `now`.
+    pub fn handover_step(&mut self, now: Instant) {
+        self.st.rare.get_or_insert_with(Box::default).handed_at = Some(now);
+    }
+
+    /// When a step of a handover last took from the session.
+    pub fn last_handover_step(&self) -> Option<Instant> {
+        self.st.rare.as_deref().and_then(|r| r.handed_at)
+    }
+
     /// The epoch of the claim the session was last handed over for (0: never).
     pub fn handed(&self) -> u64 {
         self.st.rare.as_deref().map_or(0, |r| r.handed)

@@ -392,7 +392,15 @@ pub(super) async fn expire(
             // Still the claim it lingered for (a later move has its own time).
             let same = (node.state().read().owner(&id))
                 .is_some_and(|o| o.node != node.id() && o.epoch == epoch);
-            if same && broker.taken_over_elsewhere(&id, now) {
+            if !same {
+                continue;
+            }
+            // Its parts are still being taken: it lingers from the last one.
+            if let Some(at) = renewed(broker.last_handover_step(&id), now) {
+                lock(&lingering).push_back((at, id, epoch));
+                continue;
+            }
+            if broker.taken_over_elsewhere(&id, now) {
                 info!(
                     client_id = id,
                     "a session another node claimed and did not take ended"
@@ -400,6 +408,15 @@ pub(super) async fn expire(
             }
         }
     }
+}
+
+/// When a lingering session ends instead, if a step of its handover took from it within
+/// [`LINGER`] (a queue larger than one answer, still being taken): [`LINGER`] after that step.
+/// Entries put back this way may sit behind later ones; they end a little late, never early.
+fn renewed(last_step: Option<Instant>, now: Instant) -> Option<Instant> {
+    last_step
+        .filter(|at| now.saturating_duration_since(*at) < LINGER)
+        .map(|at| at + LINGER)
 }
 
 /// Keeps the session of `client_id` for the node that claimed it under `epoch`; ends it at
@@ -412,4 +429,23 @@ pub(super) fn linger(lingering: &Lingering, broker: &Broker, client_id: String, 
         return;
     }
     l.push_back((Instant::now() + LINGER, client_id, epoch));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session whose parts are still being taken lingers from the last part; one whose
+    /// last step is older than the linger (or that had none) ends.
+    #[test]
+    fn a_session_still_being_taken_lingers_from_its_last_part() {
+        let now = Instant::now();
+        let ago = |s: u64| now.checked_sub(Duration::from_secs(s));
+        assert_eq!(renewed(None, now), None);
+        let recent = ago(5);
+        assert_eq!(renewed(recent, now), recent.map(|at| at + LINGER));
+        assert!(renewed(recent, now).is_some_and(|at| at > now));
+        assert_eq!(renewed(ago(LINGER.as_secs()), now), None);
+        assert_eq!(renewed(ago(LINGER.as_secs() + 1), now), None);
+    }
 }
