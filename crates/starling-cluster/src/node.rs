@@ -361,12 +361,32 @@ impl<D: Dial> ClusterNode<D> {
                 .call::<Change, ChangeReply>(Kind::Members, &change, ttl)
                 .await?
             {
-                ChangeReply::Done => return Ok(()),
+                ChangeReply::Done => {
+                    self.applied(&change).await;
+                    return Ok(());
+                }
                 ChangeReply::Failed(e) => return Err(ProposeError::Failed(e)),
                 ChangeReply::NotLeader(l) => leader = l,
             }
         }
         Err(ProposeError::NoLeader)
+    }
+
+    /// Waits (at most the propose timeout) until this node has applied a change the leader
+    /// committed, so that what it answers next shows it.
+    async fn applied(&self, change: &Change) {
+        let shows = |m: &openraft::RaftMetrics<NodeId, crate::raft::Peer>| {
+            let membership = m.membership_config.membership();
+            match change {
+                Change::Add { id, voter, .. } => {
+                    membership.get_node(id).is_some()
+                        && (!voter || membership.voter_ids().any(|v| v == *id))
+                }
+                Change::Remove { id } => membership.get_node(id).is_none(),
+            }
+        };
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(self.propose_timeout, metrics.wait_for(|m| shows(m))).await;
     }
 
     /// Announces this node's incarnation through the log, retrying every `retry` until it is

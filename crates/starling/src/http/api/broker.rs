@@ -223,7 +223,7 @@ fn cluster_of(state: &AppState) -> ApiResult<&std::sync::Arc<crate::cluster::Han
 }
 
 /// Adds a node to the cluster (as a learner, then a voter once it has caught up with the
-/// log); answers once committed, with the cluster's status.
+/// log); answers once committed and applied here, with the cluster's status.
 pub(super) async fn add_member(
     State(state): St,
     who: axum::Extension<Identity>,
@@ -251,7 +251,8 @@ pub(super) async fn add_member(
     Ok(Json(crate::cluster::status(handle)))
 }
 
-/// Removes a node from the cluster; answers once committed, with the cluster's status.
+/// Removes a node from the cluster; answers once committed and applied here, with the
+/// cluster's status.
 pub(super) async fn remove_member(
     State(state): St,
     who: axum::Extension<Identity>,
