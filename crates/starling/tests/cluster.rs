@@ -371,15 +371,10 @@ fn a_broken_cluster_section_is_refused_with_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_messages_are_the_same_on_every_node() {
     use rumqttc::v5::mqttbytes::QoS as QoS5;
-    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+    use rumqttc::v5::mqttbytes::v5::Filter;
 
     async fn acked(c: &mut v5::Client) {
-        let ack = c
-            .expect("PUBACK", |p| match p {
-                Packet::PubAck(a) => Some(a),
-                _ => None,
-            })
-            .await;
+        let ack = puback(c).await;
         assert_eq!(
             ack.reason,
             rumqttc::v5::mqttbytes::v5::PubAckReason::Success

@@ -349,7 +349,7 @@ async fn nodes_talk_tls_and_take_only_peers_their_ca_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_subscribers_do_not_hold_pubacks() {
     use rumqttc::v5::mqttbytes::QoS as QoS5;
-    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+    use rumqttc::v5::mqttbytes::v5::Filter;
 
     let mut c = Cluster::formed(3).await;
     let (mut sub, _) = v5::Client::connect(c.mqtt(2), "gone-sub", persistent).await;
@@ -376,12 +376,7 @@ async fn a_dead_nodes_subscribers_do_not_hold_pubacks() {
             .unwrap();
     }
     for _ in 0..50 {
-        publisher
-            .expect("PUBACK", |p| match p {
-                Packet::PubAck(a) => Some(a),
-                _ => None,
-            })
-            .await;
+        puback(&mut publisher).await;
     }
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -399,7 +394,7 @@ async fn a_dead_nodes_subscribers_do_not_hold_pubacks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_group_skips_a_dead_nodes_members() {
     use rumqttc::v5::mqttbytes::QoS as QoS5;
-    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+    use rumqttc::v5::mqttbytes::v5::Filter;
 
     let mut c = Cluster::formed(3).await;
     let mut members = Vec::new();
@@ -427,12 +422,7 @@ async fn a_shared_group_skips_a_dead_nodes_members() {
             .publish("dead/job", QoS5::AtLeastOnce, false, format!("{i}"))
             .await
             .unwrap();
-        publisher
-            .expect("PUBACK", |p| match p {
-                Packet::PubAck(a) => Some(a),
-                _ => None,
-            })
-            .await;
+        puback(&mut publisher).await;
     }
     let mut got: Vec<usize> = (take_until_quiet(&mut members).await.into_iter())
         .map(|(_, p)| p.parse().unwrap())

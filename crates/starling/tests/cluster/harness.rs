@@ -427,3 +427,13 @@ pub(crate) async fn metric(c: &Cluster, id: u64, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
+
+/// The next PUBACK `client` gets, skipping other packets.
+pub(crate) async fn puback(client: &mut v5::Client) -> rumqttc::v5::mqttbytes::v5::PubAck {
+    client
+        .expect("PUBACK", |p| match p {
+            rumqttc::v5::mqttbytes::v5::Packet::PubAck(a) => Some(a),
+            _ => None,
+        })
+        .await
+}

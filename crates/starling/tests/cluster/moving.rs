@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS as QoS5;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason};
+use rumqttc::v5::mqttbytes::v5::{Filter, PubAckReason};
 
 use crate::common::rumqtt::v5;
 use crate::harness::*;
@@ -19,12 +19,7 @@ async fn publish_acked(p: &mut v5::Client, from: u32, to: u32) {
             .publish(format!("walk/{i}"), QoS5::AtLeastOnce, false, i.to_string())
             .await
             .unwrap();
-        let ack = p
-            .expect("PUBACK", |p| match p {
-                Packet::PubAck(a) => Some(a),
-                _ => None,
-            })
-            .await;
+        let ack = puback(p).await;
         assert_eq!(ack.reason, PubAckReason::Success, "message {i}");
     }
 }
@@ -212,12 +207,7 @@ async fn a_queue_larger_than_a_frame_moves_in_parts() {
             .publish("bulk/m", QoS5::AtLeastOnce, false, vec![i; SIZE])
             .await
             .unwrap();
-        publisher
-            .expect("PUBACK", |p| match p {
-                Packet::PubAck(a) => Some(a),
-                _ => None,
-            })
-            .await;
+        puback(&mut publisher).await;
     }
 
     let (mut bulky, ack) = v5::Client::connect(c.mqtt(2), "bulky", big).await;

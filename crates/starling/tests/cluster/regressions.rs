@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::QoS as QoS5;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason};
+use rumqttc::v5::mqttbytes::v5::{Filter, PubAckReason};
 
 use crate::common::rumqtt::v5;
 use crate::harness::*;
@@ -19,12 +19,7 @@ async fn retain(client: &mut v5::Client, topic: &str, payload: &'static str) {
         .publish(topic, QoS5::AtLeastOnce, true, payload)
         .await
         .unwrap();
-    let ack = client
-        .expect("PUBACK", |p| match p {
-            Packet::PubAck(a) => Some(a),
-            _ => None,
-        })
-        .await;
+    let ack = puback(client).await;
     assert_eq!(ack.reason, PubAckReason::Success);
 }
 
@@ -180,12 +175,7 @@ async fn vernemq_1700_no_acknowledged_qos1_message_is_lost_when_a_node_dies() {
             .publish("loss/m", QoS5::AtLeastOnce, false, format!("{i}"))
             .await
             .unwrap();
-        let ack = publisher
-            .expect("PUBACK", |p| match p {
-                Packet::PubAck(a) => Some(a),
-                _ => None,
-            })
-            .await;
+        let ack = puback(&mut publisher).await;
         assert_eq!(ack.reason, PubAckReason::Success);
     }
     c.kill9(2);
