@@ -271,8 +271,10 @@ impl Inbound for ClusterInbound {
             }
         }
         let taken = messages.len();
-        let mark = starling_cluster::forward::mark(batch.origin, batch.incarnation, batch.seq);
-        let ticket = self.broker.publish_batch_from_peer(messages, Some(mark));
+        // Named in the store only if there is one (durability `memory` keeps nothing).
+        let mark = (self.broker.persistence().is_some())
+            .then(|| starling_cluster::forward::mark(batch.origin, batch.incarnation, batch.seq));
+        let ticket = self.broker.publish_batch_from_peer(messages, mark);
         progress.send_replace(Some(ticket));
         let broker = self.broker.clone();
         Box::pin(async move {
