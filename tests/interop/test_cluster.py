@@ -8,9 +8,10 @@ on different nodes.
 * A client id connecting on another node takes the session over (DISCONNECT 0x8E); a
   persistent session moves with its client, its QoS 2 messages delivered once.
 * `GET /api/v1/cluster` on every node: three members, one leader agreed by all.
-* The messages between nodes are the published protobuf file's: a peer written with
-  Google's protobuf library from proto/starling/cluster/v1/cluster.proto is answered in it,
-  a field it adds is skipped, and a frame of the version before protobuf is refused.
+* The nodes' gRPC service is the published proto file's: a peer calling it with Google's
+  grpcio, its stubs generated from proto/starling/cluster/v1/cluster.proto, is answered in
+  it, a field it adds is skipped, a message that does not decode is refused with
+  INVALID_ARGUMENT, and a node of the build before gRPC (its own frames) is refused.
 
 Not tested here: faults between nodes (crates/starling/tests/cluster.rs cuts links with a
 fault proxy), shared groups and retained messages across nodes (tested there too).
@@ -28,7 +29,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -620,19 +620,17 @@ def test_every_node_shows_three_members_and_the_same_leader(cluster):
 # --- the messages between nodes ------------------------------------------------------
 
 PROTO_DIR = Path(__file__).resolve().parents[2] / "proto"
-# Frames: length (u32, big-endian, counting what follows) | version | kind | body.
-FRAME_VERSION = 2
-KIND_ROUTES = 5
-KIND_MEMBERS = 8
-KIND_REPLY = 0x80
+SERVICE = "/starling.cluster.v1.Cluster"
 
 
 def cluster_proto(stubs: Path):
-    """cluster_pb2, generated from the published proto file by grpc_tools.protoc."""
+    """cluster_pb2 and cluster_pb2_grpc, generated from the published proto file by
+    grpc_tools.protoc."""
     stubs.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
             sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={stubs}",
+            f"--grpc_python_out={stubs}",
             str(PROTO_DIR / "starling" / "cluster" / "v1" / "cluster.proto"),
         ],
         check=True,
@@ -640,57 +638,61 @@ def cluster_proto(stubs: Path):
     )
     sys.path.insert(0, str(stubs))
     try:
-        from starling.cluster.v1 import cluster_pb2  # noqa: E402
+        from starling.cluster.v1 import cluster_pb2, cluster_pb2_grpc  # noqa: E402
     finally:
         sys.path.remove(str(stubs))
-    return cluster_pb2
+    return cluster_pb2, cluster_pb2_grpc
 
 
-def frame(kind: int, body: bytes, version: int = FRAME_VERSION) -> bytes:
-    return struct.pack(">IBB", len(body) + 2, version, kind) + body
+def test_a_peer_calling_the_published_service_is_answered_in_it(cluster, tmp_path):
+    import grpc
 
-
-def read_exactly(sock: socket.socket, n: int) -> bytes:
-    got = b""
-    while len(got) < n:
-        chunk = sock.recv(n - len(got))
-        if not chunk:
-            raise AssertionError(f"the node closed the stream after {len(got)} of {n} bytes")
-        got += chunk
-    return got
-
-
-def ask(sock: socket.socket, kind: int, body: bytes) -> bytes:
-    """Sends a request frame; returns the reply's body."""
-    sock.sendall(frame(kind, body))
-    (length,) = struct.unpack(">I", read_exactly(sock, 4))
-    assert 2 <= length <= 1 << 20, length
-    version, reply_kind = read_exactly(sock, 2)
-    assert (version, reply_kind) == (FRAME_VERSION, KIND_REPLY)
-    return read_exactly(sock, length - 2)
-
-
-def test_a_peer_speaking_the_published_proto_is_answered_in_it(cluster, tmp_path):
-    pb = cluster_proto(tmp_path / "stubs")
+    pb, rpc = cluster_proto(tmp_path / "stubs")
     leader, _ = cluster.settled()
     follower = next(n for n in NODE_IDS if n != leader)
     for n in (leader, follower):
         node = cluster[n]
-        with socket.create_connection((node.ip, node.cluster_port), timeout=TIMEOUT) as s:
+        with grpc.insecure_channel(f"{node.ip}:{node.cluster_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
             # Filters from node 99, which is no member: refused as such. The update carries a
             # field this version does not know (number 15), as a newer node's could.
             update = pb.RoutesUpdate(
                 snapshot=pb.RoutesUpdate.Snapshot(node=99, incarnation=1, seq=1, filters=["a/#"])
             )
-            body = update.SerializeToString() + bytes([15 << 3, 42])
-            reply = pb.RoutesReply.FromString(ask(s, KIND_ROUTES, body))
+            routes = channel.unary_unary(
+                f"{SERVICE}/Routes",
+                request_serializer=lambda b: b,
+                response_deserializer=pb.RoutesReply.FromString,
+            )
+            reply = routes(update.SerializeToString() + bytes([15 << 3, 42]), timeout=TIMEOUT)
             assert reply.result == pb.RoutesReply.NOT_MEMBER, reply
 
-            # Removing node 99: refused, with the reason.
+            # Removing node 99, through the generated stub: refused, with the reason.
+            stub = rpc.ClusterStub(channel)
             change = pb.MembersChange(remove=pb.MembersChange.Remove(id=99))
-            reply = pb.MembersReply.FromString(ask(s, KIND_MEMBERS, change.SerializeToString()))
+            reply = stub.ChangeMembers(change, timeout=TIMEOUT)
             assert reply.WhichOneof("result") == "failed", reply
             assert "node 99 is not a member" in reply.failed, reply
+
+            # A proposal that is no command (field 1 of the wrong type): refused as such.
+            propose = channel.unary_unary(
+                f"{SERVICE}/Propose",
+                request_serializer=lambda b: b,
+                response_deserializer=pb.ProposeReply.FromString,
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                propose(bytes([1 << 3, 5]), timeout=TIMEOUT)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+
+            # A method the service does not have.
+            nothing = channel.unary_unary(
+                f"{SERVICE}/Nothing",
+                request_serializer=lambda b: b,
+                response_deserializer=lambda b: b,
+            )
+            with pytest.raises(grpc.RpcError) as unknown:
+                nothing(b"", timeout=TIMEOUT)
+            assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED, unknown.value
     # Nothing of it was kept: node 99 is no member anywhere, no route of it is known.
     for n in NODE_IDS:
         s = cluster.status(n)
@@ -698,14 +700,27 @@ def test_a_peer_speaking_the_published_proto_is_answered_in_it(cluster, tmp_path
         assert s["remote_routes"] == 0, s
 
 
-def test_a_frame_of_the_version_before_protobuf_is_refused(cluster):
+def test_a_node_of_the_build_before_grpc_is_refused(cluster):
     node = cluster[1]
+    # A frame of that build: length (u32, big-endian), frame version 2, kind 5 (routes), body.
+    old_frame = (3).to_bytes(4, "big") + bytes([2, 5, 0])
     with socket.create_connection((node.ip, node.cluster_port), timeout=TIMEOUT) as s:
-        s.sendall(frame(KIND_ROUTES, b"\x00", version=1))
-        # The node closes the stream without an answer (a reset, if it left bytes unread).
-        try:
-            answer = s.recv(64)
-        except ConnectionResetError:
-            answer = b""
-        assert answer == b""
+        s.sendall(old_frame)
+        # The node closes the connection: not HTTP/2 (perhaps with an HTTP/2 GOAWAY first,
+        # never with a reply frame of the old build).
+        got = b""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(4096)
+            except ConnectionResetError:
+                break
+            except TimeoutError:
+                raise AssertionError(f"the node kept the connection open; it sent {got!r}")
+            if not chunk:
+                break
+            got += chunk
+        else:
+            raise AssertionError(f"the node kept the connection open; it sent {got!r}")
+        assert not got.startswith(old_frame[:4]), got
     cluster.settled()

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::contact::Contact;
-use crate::net::frame::Kind;
+use crate::net::rpc::Kind;
 use crate::net::{Dial, Forward, Forwarded, Link};
 use crate::state::NodeId;
 

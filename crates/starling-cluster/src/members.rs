@@ -1,7 +1,7 @@
 //! Changing who is in the cluster while it runs: a node added as a learner (it receives the
 //! log and serves clients, but does not vote), then made a voter once it has caught up with
 //! the log, or removed. Each change is openraft's membership change (joint consensus), made
-//! by the leader; any node hands a change to the leader ([`crate::net::frame::Kind::Members`]).
+//! by the leader; any node hands a change to the leader (([`crate::net::rpc::Kind::Members`])).
 //! The members are in the log, so every node (and a node that restarts) agrees on them; the
 //! seeds of `[cluster]` only name the members a new cluster starts with.
 

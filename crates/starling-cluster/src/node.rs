@@ -17,7 +17,7 @@ use tracing::{debug, info};
 
 use crate::contact::Contact;
 use crate::members::{Change, ChangeReply};
-use crate::net::frame::Kind;
+use crate::net::rpc::Kind;
 use crate::net::{CallError, Dial, Link, Peers, ProposeReply, propose_local};
 use crate::raft::log::{RaftLog, get_meta, open, put_meta};
 use crate::raft::machine::{Machine, Shared};

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::contact::Contact;
-use crate::net::frame::Kind;
+use crate::net::rpc::Kind;
 use crate::net::{Dial, Link};
 use crate::state::NodeId;
 

@@ -1,9 +1,10 @@
-//! How nodes reach each other. [`Dial`] opens a byte stream to a peer's address (TCP in
-//! production; the simulated network in tests), [`frame`] cuts the stream into versioned
-//! frames carrying protobuf messages ([`crate::wire`]), [`Peers`] is openraft's view of the network (one [`Link`] per peer, one request in
-//! flight on it, each bounded by openraft's deadline), and [`serve`] answers a peer's
-//! requests on an accepted stream. A peer's input is decoded, never trusted: a frame that does
-//! not decode closes the stream.
+//! How nodes reach each other. [`Dial`] opens a byte stream to a peer's address (TCP, with
+//! TLS if configured, in production; the simulated network in tests); on it runs HTTP/2 and
+//! the gRPC service of [`rpc`], whose messages are protobuf ([`crate::wire`]). [`Peers`] is
+//! openraft's view of the network: one [`Link`] (one connection) per peer, one call at a time
+//! on it, each bounded by openraft's deadline. [`serve`] answers a peer's calls on an accepted
+//! stream. A peer's input is decoded, never trusted: a message that does not decode is
+//! refused (`INVALID_ARGUMENT`), and what is not HTTP/2 closes the stream.
 
 use std::fmt;
 use std::future::Future;
@@ -29,9 +30,9 @@ use crate::routes::{Told, UpdateReply};
 use crate::state::{Command, NodeId, Outcome};
 use crate::wire::Wire;
 
-pub mod frame;
+pub mod rpc;
 
-use frame::Kind;
+use rpc::Kind;
 
 /// Opens streams to peers.
 pub trait Dial: Clone + Send + Sync + fmt::Debug + 'static {
@@ -187,20 +188,52 @@ impl<D: Dial> RaftNetworkFactory<Types> for Peers<D> {
     }
 }
 
-/// One stream to one peer, opened when first needed and again after it fails; one request in
-/// flight at a time (openraft sends to a peer in order).
+/// One connection to one peer (HTTP/2, [`rpc`]), opened when first needed and again after a
+/// call on it fails; openraft and every other caller make one call at a time on a link.
 pub struct Link<D: Dial> {
     dial: D,
     target: NodeId,
     addr: String,
-    stream: Option<D::Stream>,
-    buf: Vec<u8>,
+    conn: Option<Conn>,
     /// Where a reply from the peer is recorded, if anywhere.
     contact: Option<Arc<Contact>>,
-    /// A request was sent on `stream` and its reply not read yet: set while a call is under
-    /// way, so a call that was cancelled midway (its future dropped) leaves it set, and the
-    /// next call opens a new stream instead of reading the old reply as its own.
-    exchanging: bool,
+}
+
+/// An open connection: the gRPC client on it and the task that drives it (ended with it).
+struct Conn {
+    grpc: tonic::client::Grpc<H2>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// hyper's HTTP/2 sender as the service tonic's client calls.
+struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+/// A reply on its way.
+type Responding = std::pin::Pin<
+    Box<dyn Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>> + Send>,
+>;
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for H2 {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = Responding;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<hyper::Result<()>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Responding {
+        Box::pin(self.0.send_request(req))
+    }
 }
 
 impl<D: Dial> fmt::Debug for Link<D> {
@@ -208,7 +241,7 @@ impl<D: Dial> fmt::Debug for Link<D> {
         f.debug_struct("Link")
             .field("target", &self.target)
             .field("addr", &self.addr)
-            .field("connected", &self.stream.is_some())
+            .field("connected", &self.conn.is_some())
             .finish()
     }
 }
@@ -219,7 +252,7 @@ pub enum CallError {
     /// The peer could not be connected to.
     #[error("cannot connect to {addr}: {source}")]
     Unreachable { addr: String, source: io::Error },
-    /// The stream failed, or the peer's reply did not come in time or did not decode.
+    /// The connection failed, or the peer's reply did not come in time or did not decode.
     #[error("talking to {addr}: {reason}")]
     Broken { addr: String, reason: String },
 }
@@ -231,10 +264,8 @@ impl<D: Dial> Link<D> {
             dial,
             target,
             addr,
-            stream: None,
-            buf: Vec::new(),
+            conn: None,
             contact: None,
-            exchanging: false,
         }
     }
 
@@ -244,63 +275,89 @@ impl<D: Dial> Link<D> {
         self
     }
 
-    /// Sends `req` as a `kind` frame and decodes the reply, within `ttl`. On any failure the
-    /// stream is dropped (a late reply must not be read as the next request's).
-    pub async fn call<Req: Wire, Resp: Wire>(
+    /// Calls the peer's `kind` method with `req` and decodes the reply, within `ttl` (and
+    /// within `ttl` again for a connection to open). On any failure the connection is
+    /// dropped, so that the next call opens a new one.
+    pub async fn call<Req: Wire, Resp: Wire + Send + Sync + 'static>(
         &mut self,
         kind: Kind,
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, CallError> {
         let body = req.to_wire();
-        // A stream the peer closed while it was idle (the peer restarted) is opened again
-        // before anything is sent on it, so the request is not lost in a dead socket.
-        if self.exchanging || self.stream.as_mut().is_some_and(closed_by_peer) {
-            self.stream = None;
-            self.exchanging = false;
+        // A connection the peer closed while it was idle (the peer restarted) is opened
+        // again before anything is sent on it, so the request is not lost in a dead socket.
+        if let Some(conn) = self.conn.as_mut() {
+            let ready = tokio::time::timeout(ttl, conn.grpc.ready()).await;
+            if !matches!(ready, Ok(Ok(()))) {
+                self.conn = None;
+            }
         }
-        if self.stream.is_none() {
-            let s = tokio::time::timeout(ttl, self.dial.dial(&self.addr))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
-                })
-                .map_err(|source| CallError::Unreachable {
-                    addr: self.addr.clone(),
-                    source,
-                })?;
-            self.stream = Some(s);
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(self.broken("no stream".into()));
-        };
-        let buf = &mut self.buf;
-        self.exchanging = true;
-        let exchange = async {
-            frame::write(stream, kind, &body)
-                .await
-                .map_err(|e| e.to_string())?;
-            match frame::read(stream, buf).await {
-                Ok(Kind::Reply) => Ok(()),
-                Ok(other) => Err(format!("expected a reply, got {other:?}")),
-                Err(e) => Err(e.to_string()),
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => {
+                let opened = tokio::time::timeout(ttl, self.connect())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+                    })
+                    .map_err(|source| CallError::Unreachable {
+                        addr: self.addr.clone(),
+                        source,
+                    })?;
+                self.conn.insert(opened)
             }
         };
-        let result = match tokio::time::timeout(ttl, exchange).await {
+        let call = async {
+            conn.grpc.ready().await.map_err(|e| e.to_string())?;
+            conn.grpc
+                .unary(
+                    tonic::Request::new(body),
+                    kind.path(),
+                    rpc::Raw::<Resp>::default(),
+                )
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+        };
+        let result = match tokio::time::timeout(ttl, call).await {
             Ok(r) => r,
             Err(_) => Err(format!("no reply within {ttl:?}")),
         };
-        self.exchanging = false;
-        let decoded = result.and_then(|()| Resp::from_wire(&self.buf).map_err(|e| e.to_string()));
-        if decoded.is_ok()
-            && let Some(c) = &self.contact
-        {
-            c.heard(self.target);
+        match result {
+            Ok(resp) => {
+                if let Some(c) = &self.contact {
+                    c.heard(self.target);
+                }
+                Ok(resp)
+            }
+            Err(reason) => {
+                self.conn = None;
+                Err(self.broken(reason))
+            }
         }
-        decoded.map_err(|reason| {
-            self.stream = None;
-            self.broken(reason)
-        })
+    }
+
+    /// Opens a connection: the stream, HTTP/2 on it, its driver spawned.
+    async fn connect(&self) -> io::Result<Conn> {
+        let stream = self.dial.dial(&self.addr).await?;
+        let (send, connection) = rpc::client()
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        let target = self.target;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(peer = target, error = %e, "cluster peer connection ended");
+            }
+        });
+        let origin = format!("http://{}", self.addr)
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static("http://peer"));
+        let grpc = tonic::client::Grpc::with_origin(H2(send), origin)
+            .max_decoding_message_size(rpc::MAX_MESSAGE)
+            .max_encoding_message_size(rpc::MAX_MESSAGE);
+        Ok(Conn { grpc, driver })
     }
 
     fn broken(&self, reason: String) -> CallError {
@@ -318,7 +375,7 @@ impl<D: Dial> Link<D> {
     ) -> Result<Resp, RPCError<NodeId, Peer, E>>
     where
         Req: Wire,
-        Result<Resp, E>: Wire,
+        Result<Resp, E>: Wire + Send + Sync + 'static,
         E: std::error::Error,
     {
         match self
@@ -333,20 +390,6 @@ impl<D: Dial> Link<D> {
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }
-}
-
-/// Whether an idle stream was closed by the peer (or sent what nobody asked for): a read
-/// that is ready at once. A live idle stream has nothing to read.
-fn closed_by_peer<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
-    use std::future::Future;
-    use std::task::{Context, Poll, Waker};
-    use tokio::io::AsyncReadExt;
-    let mut byte = [0u8; 1];
-    let mut read = std::pin::pin!(stream.read(&mut byte));
-    matches!(
-        read.as_mut().poll(&mut Context::from_waker(Waker::noop())),
-        Poll::Ready(_)
-    )
 }
 
 impl<D: Dial> RaftNetwork<Types> for Link<D> {
@@ -390,133 +433,241 @@ pub async fn propose_local(raft: &Raft, cmd: Command) -> ProposeReply {
     }
 }
 
-/// Answers a peer's requests on `stream` until it closes or sends what does not decode:
-/// Raft's through `raft`, routes and forwarded messages through `inbound` (without one, such
-/// a request closes the stream).
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+/// Answers a peer's calls on `stream` until it closes: Raft's through `raft`, routes,
+/// forwarded messages and handovers through `inbound` (without one, those are
+/// `UNIMPLEMENTED`). A request that does not decode is answered `INVALID_ARGUMENT`; what is
+/// not HTTP/2 closes the stream.
+pub async fn serve<S>(stream: S, raft: Raft, inbound: Option<Arc<dyn Inbound>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let (raft, inbound) = (raft.clone(), inbound.clone());
+        async move { Ok::<_, std::convert::Infallible>(answer(req, raft, inbound).await) }
+    });
+    let served = rpc::server().serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    if let Err(e) = served.await {
+        debug!(error = %e, "cluster peer connection closed");
+    }
+}
+
+/// The answer to one call.
+async fn answer(
+    req: http::Request<hyper::body::Incoming>,
     raft: Raft,
-    inbound: Option<std::sync::Arc<dyn Inbound>>,
-) {
-    let mut body = Vec::new();
-    loop {
-        let kind = match frame::read(&mut stream, &mut body).await {
-            Ok(k) => k,
-            Err(e) => {
-                debug!(error = %e, "cluster peer stream closed");
-                return;
-            }
-        };
-        let reply = match kind {
-            Kind::AppendEntries => match AppendEntriesRequest::<Types>::from_wire(&body) {
-                Ok(req) => Ok(raft.append_entries(req).await.to_wire()),
-                Err(e) => Err(e),
-            },
-            Kind::Vote => match VoteRequest::<NodeId>::from_wire(&body) {
-                Ok(req) => Ok(raft.vote(req).await.to_wire()),
-                Err(e) => Err(e),
-            },
-            Kind::InstallSnapshot => match InstallSnapshotRequest::<Types>::from_wire(&body) {
-                Ok(req) => Ok(raft.install_snapshot(req).await.to_wire()),
-                Err(e) => Err(e),
-            },
-            Kind::Propose => match Command::from_wire(&body) {
-                Ok(cmd) => Ok(propose_local(&raft, cmd).await.to_wire()),
-                Err(e) => Err(e),
-            },
-            Kind::Members => match crate::members::Change::from_wire(&body) {
-                Ok(change) => Ok(crate::members::change_local(&raft, change).await.to_wire()),
-                Err(e) => Err(e),
-            },
-            Kind::Routes | Kind::Forward | Kind::Handover if inbound.is_none() => {
-                debug!(
-                    ?kind,
-                    "cluster peer sent what this node does not take; closing"
-                );
-                return;
-            }
-            Kind::Routes => match (Told::from_wire(&body), &inbound) {
-                (Ok(told), Some(i)) => Ok(i.routes(told).to_wire()),
-                (Err(e), _) => Err(e),
-                (Ok(_), None) => return,
-            },
-            Kind::Forward => match (Forward::from_wire(&body), &inbound) {
-                (Ok(batch), Some(i)) => Ok((i.forward(batch).await as u64).to_wire()),
-                (Err(e), _) => Err(e),
-                (Ok(_), None) => return,
-            },
-            Kind::Handover => match (Handover::from_wire(&body), &inbound) {
-                (Ok(req), Some(i)) => Ok(i.handover(req).await.to_wire()),
-                (Err(e), _) => Err(e),
-                (Ok(_), None) => return,
-            },
-            Kind::Reply => {
-                debug!("cluster peer sent a reply where a request belongs; closing");
-                return;
-            }
-        };
-        let sent = match reply {
-            Ok(bytes) => frame::write(&mut stream, Kind::Reply, &bytes).await,
-            Err(e) => {
-                debug!(error = %e, ?kind, "cluster peer sent a request that does not decode; closing");
-                return;
-            }
-        };
-        if let Err(e) = sent {
-            debug!(error = %e, "cluster peer stream failed");
-            return;
+    inbound: Option<Arc<dyn Inbound>>,
+) -> http::Response<tonic::body::Body> {
+    let Some(kind) = Kind::from_path(req.uri().path()) else {
+        debug!(
+            path = req.uri().path(),
+            "cluster peer called an unknown method"
+        );
+        return tonic::Status::unimplemented(format!("no method {}", req.uri().path())).into_http();
+    };
+    match (kind, inbound) {
+        (Kind::AppendEntries, _) => {
+            let f: Handler<AppendEntriesRequest<Types>> =
+                Box::new(move |r| Box::pin(async move { raft.append_entries(r).await.to_wire() }));
+            unary(req, f).await
         }
+        (Kind::Vote, _) => {
+            let f: Handler<VoteRequest<NodeId>> =
+                Box::new(move |r| Box::pin(async move { raft.vote(r).await.to_wire() }));
+            unary(req, f).await
+        }
+        (Kind::InstallSnapshot, _) => {
+            let f: Handler<InstallSnapshotRequest<Types>> = Box::new(move |r| {
+                Box::pin(async move { raft.install_snapshot(r).await.to_wire() })
+            });
+            unary(req, f).await
+        }
+        (Kind::Propose, _) => {
+            let f: Handler<Command> = Box::new(move |cmd| {
+                Box::pin(async move { propose_local(&raft, cmd).await.to_wire() })
+            });
+            unary(req, f).await
+        }
+        (Kind::Members, _) => {
+            let f: Handler<crate::members::Change> = Box::new(move |change| {
+                Box::pin(async move { crate::members::change_local(&raft, change).await.to_wire() })
+            });
+            unary(req, f).await
+        }
+        (Kind::Routes | Kind::Forward | Kind::Handover, None) => {
+            debug!(?kind, "cluster peer called what this node does not take");
+            tonic::Status::unimplemented(format!("{} is not taken here", kind.method())).into_http()
+        }
+        (Kind::Routes, Some(i)) => {
+            let f: Handler<Told> =
+                Box::new(move |told| Box::pin(async move { i.routes(told).to_wire() }));
+            unary(req, f).await
+        }
+        (Kind::Forward, Some(i)) => {
+            let f: Handler<Forward> = Box::new(move |batch| {
+                Box::pin(async move { (i.forward(batch).await as u64).to_wire() })
+            });
+            unary(req, f).await
+        }
+        (Kind::Handover, Some(i)) => {
+            let f: Handler<Handover> =
+                Box::new(move |r| Box::pin(async move { i.handover(r).await.to_wire() }));
+            unary(req, f).await
+        }
+    }
+}
+
+/// Decodes `req`'s message as `Req` (bounded by [`rpc::MAX_MESSAGE`]), answers it with `f`.
+async fn unary<Req: Wire + Send + 'static>(
+    req: http::Request<hyper::body::Incoming>,
+    f: Handler<Req>,
+) -> http::Response<tonic::body::Body> {
+    tonic::server::Grpc::new(rpc::Raw::<Req>::default())
+        .max_decoding_message_size(rpc::MAX_MESSAGE)
+        .max_encoding_message_size(rpc::MAX_MESSAGE)
+        .unary(Once(Some(f)), req)
+        .await
+}
+
+/// A handler's reply, encoded, on its way.
+type Replying = std::pin::Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
+
+/// A method's handler.
+type Handler<Req> = Box<dyn FnOnce(Req) -> Replying + Send>;
+
+/// A method's handler, called once per call.
+struct Once<Req>(Option<Handler<Req>>);
+
+/// A handler's reply on its way.
+type Answering =
+    std::pin::Pin<Box<dyn Future<Output = Result<tonic::Response<Vec<u8>>, tonic::Status>> + Send>>;
+
+impl<Req> tonic::server::UnaryService<Req> for Once<Req> {
+    type Response = Vec<u8>;
+    type Future = Answering;
+
+    fn call(&mut self, request: tonic::Request<Req>) -> Answering {
+        let Some(f) = self.0.take() else {
+            return Box::pin(async { Err(tonic::Status::internal("answered already")) });
+        };
+        let reply = f(request.into_inner());
+        Box::pin(async move { Ok(tonic::Response::new(reply.await)) })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Hands out in-memory streams to a server that answers each request with its own body,
-    /// the first one late.
-    #[derive(Clone, Debug)]
-    struct Echo;
+    /// Hands out in-memory streams to a server that answers each `Propose` call with the
+    /// epoch of the `Release` it was sent, the first call late. Counts the streams opened and
+    /// the calls answered; [`Echo::close`] closes every stream from the server's side.
+    #[derive(Clone, Debug, Default)]
+    struct Echo {
+        opened: Arc<AtomicUsize>,
+        answered: Arc<AtomicUsize>,
+        close: Arc<tokio::sync::Notify>,
+    }
+
+    impl Echo {
+        fn close(&self) {
+            self.close.notify_waiters();
+        }
+    }
 
     impl Dial for Echo {
         type Stream = tokio::io::DuplexStream;
 
         async fn dial(&self, _: &str) -> io::Result<Self::Stream> {
-            let (ours, mut theirs) = tokio::io::duplex(1024);
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            let answered = self.answered.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let answered = answered.clone();
+                let f: Handler<Command> = Box::new(move |n| {
+                    Box::pin(async move {
+                        if answered.fetch_add(1, Ordering::SeqCst) == 0 {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        let Command::Release { epoch, .. } = n else {
+                            return Vec::new();
+                        };
+                        epoch.to_wire()
+                    })
+                });
+                async move { Ok::<_, std::convert::Infallible>(unary(req, f).await) }
+            });
+            let close = self.close.clone();
             tokio::spawn(async move {
-                let mut body = Vec::new();
-                let mut first = true;
-                while frame::read(&mut theirs, &mut body).await.is_ok() {
-                    if std::mem::take(&mut first) {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    if frame::write(&mut theirs, Kind::Reply, &body).await.is_err() {
-                        return;
-                    }
+                let served =
+                    rpc::server().serve_connection(hyper_util::rt::TokioIo::new(theirs), service);
+                tokio::select! {
+                    _ = served => {}
+                    () = close.notified() => {}
                 }
             });
             Ok(ours)
         }
     }
 
+    fn release(epoch: u64) -> Command {
+        Command::Release {
+            client_id: "c".into(),
+            epoch,
+        }
+    }
+
     #[tokio::test]
     async fn a_call_cancelled_midway_does_not_leave_its_reply_to_the_next() {
-        let mut link = Link::new(Echo, 2, "peer".into());
+        let mut link = Link::new(Echo::default(), 2, "peer".into());
         let ttl = Duration::from_secs(5);
+        let first = release(1);
         tokio::select! {
-            _ = link.call::<u64, u64>(Kind::Propose, &1, ttl) => panic!("answered early"),
+            _ = link.call::<Command, u64>(Kind::Propose, &first, ttl) => panic!("answered early"),
             () = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
-        // The first reply arrives while the second call waits: not taken for its own.
-        let got = link.call::<u64, u64>(Kind::Propose, &2, ttl).await;
+        // The first reply comes while the second call waits: not taken for its own.
+        let got = link
+            .call::<Command, u64>(Kind::Propose, &release(2), ttl)
+            .await;
         assert_eq!(got.ok(), Some(2));
     }
 
     #[tokio::test]
-    async fn an_idle_stream_closed_by_the_peer_is_noticed_before_it_is_used() {
-        let (mut ours, theirs) = tokio::io::duplex(64);
-        assert!(!closed_by_peer(&mut ours), "open and idle");
-        drop(theirs);
-        assert!(closed_by_peer(&mut ours), "closed by the peer");
+    async fn a_connection_closed_by_the_peer_while_idle_is_opened_again_before_a_call() {
+        let echo = Echo::default();
+        let mut link = Link::new(echo.clone(), 2, "peer".into());
+        let ttl = Duration::from_secs(5);
+        let first = link
+            .call::<Command, u64>(Kind::Propose, &release(1), ttl)
+            .await;
+        let first = first.map_err(|e| e.to_string());
+        assert_eq!(first, Ok(1));
+        // The server closes the stream while it is idle; the link notices before the next call.
+        echo.close();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = link
+            .call::<Command, u64>(Kind::Propose, &release(2), ttl)
+            .await;
+        assert_eq!(second.ok(), Some(2));
+        assert_eq!(echo.opened.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            echo.answered.load(Ordering::SeqCst),
+            2,
+            "each call made once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_does_not_decode_is_refused_and_not_answered() {
+        let echo = Echo::default();
+        let mut link = Link::new(echo.clone(), 2, "peer".into());
+        // A number where a `Command` belongs: field 1 of the wrong wire type.
+        let got = link
+            .call::<u64, u64>(Kind::Propose, &5, Duration::from_secs(5))
+            .await;
+        let err = format!("{got:?}");
+        assert!(err.contains("InvalidArgument"), "{err}");
+        assert_eq!(echo.answered.load(Ordering::SeqCst), 0);
     }
 }

@@ -655,7 +655,7 @@ pub mod handover_reply {
         /// Inbound QoS 2 packet ids awaiting PUBREL.
         #[prost(uint32, repeated, tag = "3")]
         pub awaiting: ::prost::alloc::vec::Vec<u32>,
-        /// Messages left out for the frame's bound (one larger than a frame).
+        /// Messages left out for the message's bound (one larger than 16 MiB).
         #[prost(uint64, tag = "4")]
         pub left_out: u64,
         /// More of the queue follows: the asker asks again with `finish` until it does not.

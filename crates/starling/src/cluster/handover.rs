@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use starling_broker::Broker;
 use starling_broker::broker::HandOver;
 use starling_cluster::NodeId;
-use starling_cluster::net::frame::Kind;
+use starling_cluster::net::rpc::Kind;
 use starling_cluster::net::{Handover, HandoverReply, Link};
 use starling_cluster::routes::LocalFilters;
 use starling_store::{LoadedSession, MessageRecord, SessionRecord};
