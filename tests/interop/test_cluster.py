@@ -684,6 +684,15 @@ def test_a_peer_calling_the_published_service_is_answered_in_it(cluster, tmp_pat
                 propose(bytes([1 << 3, 5]), timeout=TIMEOUT)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
 
+            # Asked to compress, grpcio does not: the node advertises no encoding.
+            reply = stub.ChangeMembers(change, timeout=TIMEOUT, compression=grpc.Compression.Gzip)
+            assert reply.WhichOneof("result") == "failed", reply
+
+            # A message over 16 MiB: refused from its length, before it is read.
+            with pytest.raises(grpc.RpcError) as large:
+                propose(bytes(16 * 1024 * 1024 + 1), timeout=TIMEOUT)
+            assert large.value.code() == grpc.StatusCode.OUT_OF_RANGE, large.value
+
             # A method the service does not have.
             nothing = channel.unary_unary(
                 f"{SERVICE}/Nothing",

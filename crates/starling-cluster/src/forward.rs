@@ -25,8 +25,13 @@ use crate::net::rpc::Kind;
 use crate::net::{Dial, Forward, Forwarded, Link};
 use crate::state::NodeId;
 
-/// Messages in one batch.
-pub const BATCH: usize = 512;
+/// Messages in one batch at most. One batch is in flight per peer, so a peer's throughput is
+/// at most this many messages per round trip of a call.
+pub const BATCH: usize = 2048;
+
+/// A batch's packets, at most: a message that would take a batch beyond it waits for the
+/// next (one message alone may be larger, up to the 16 MiB a message between nodes may be).
+pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// How long a peer may take to confirm a batch.
 pub const BATCH_TTL: Duration = Duration::from_secs(5);
@@ -75,6 +80,8 @@ pub async fn send<D: Dial, O: Outgoing>(
     let mut link = Link::new(dial, peer, addr).with_contact(contact.clone());
     // A batch the peer did not confirm, since when it is tried, and who waits for it.
     let mut held: Option<(Forward, Instant, Vec<O>)> = None;
+    // A message taken from the queue that did not fit in the last batch: the next one's first.
+    let mut carried: Option<(O, Option<Forwarded>)> = None;
     let mut seq = 0;
     // When a batch was last tried while the peer was down.
     let mut last_probe: Option<Instant> = None;
@@ -82,21 +89,36 @@ pub async fn send<D: Dial, O: Outgoing>(
         let (batch, since, waiting) = match held.take() {
             Some(h) => h,
             None => {
-                let first = tokio::select! {
-                    m = queue.recv() => m,
-                    () = &mut stop => return,
+                let first = match carried.take() {
+                    Some(c) => c,
+                    None => {
+                        let first = tokio::select! {
+                            m = queue.recv() => m,
+                            () = &mut stop => return,
+                        };
+                        let Some(first) = first else { return };
+                        let encoded = first.encode();
+                        (first, encoded)
+                    }
                 };
-                let Some(first) = first else { return };
                 let mut messages = Vec::new();
                 let mut waiting = Vec::new();
+                let mut bytes = 0;
                 let mut next = Some(first);
-                while let Some(m) = next.take() {
-                    if let Some(f) = m.encode() {
-                        messages.push(f);
+                while let Some((m, encoded)) = next.take() {
+                    let size = encoded.as_ref().map_or(0, |f| f.packet.len());
+                    if !waiting.is_empty() && bytes + size > BATCH_BYTES {
+                        carried = Some((m, encoded));
+                        break;
                     }
+                    bytes += size;
+                    messages.extend(encoded);
                     waiting.push(m);
                     if waiting.len() < BATCH {
-                        next = queue.try_recv().ok();
+                        next = queue.try_recv().ok().map(|m| {
+                            let encoded = m.encode();
+                            (m, encoded)
+                        });
                     }
                 }
                 seq += 1;

@@ -3,9 +3,10 @@
 //! What the nodes must agree on (members and their incarnations, which node owns each client
 //! id, the retained messages) is one replicated state machine ([`state`]) run under openraft
 //! ([`raft`]): its log is on disk, its decisions are linearizable, and a node that cannot reach
-//! a majority cannot change it. Nodes talk over [`net`]: framed, versioned requests on one
-//! stream per peer, each a protobuf message ([`wire`]), carried by whatever byte stream the caller dials (TCP in production, the
-//! simulated network in the deterministic tests).
+//! a majority cannot change it. Nodes talk over [`net`]: a gRPC service (HTTP/2) whose
+//! messages are versioned protobuf ([`wire`]), carried by whatever byte stream the caller dials
+//! (TCP, with TLS if configured, in production; the simulated network in the deterministic
+//! tests).
 
 // openraft's traits fix the error type (`StorageError`, over 200 bytes); the helpers that feed
 // them return it as it is rather than box it only to unbox it at every trait method.

@@ -29,7 +29,7 @@ use crate::state::{Command, Limits, NodeId, Outcome};
 pub const MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 
 /// Most entries in one AppendEntries request: with entries of at most [`MAX_ENTRY_BYTES`]
-/// (plus their topics and headers), a request stays well within the 16 MiB frame bound.
+/// (plus their topics and headers), a request stays well within the 16 MiB message bound.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 12;
 
 /// Streams a follower forwards proposals to the leader on, each carrying one at a time.
@@ -177,7 +177,7 @@ impl<D: Dial> ClusterNode<D> {
             max_in_snapshot_log_to_keep: cfg.snapshot_every,
             snapshot_max_chunk_size: 4 * 1024 * 1024,
             // Entries per AppendEntries: with a retained batch at most `MAX_ENTRY_BYTES`,
-            // a request stays within the 16 MiB frame.
+            // a request stays within the 16 MiB message bound.
             max_payload_entries: MAX_ENTRIES_PER_APPEND,
             ..Default::default()
         };

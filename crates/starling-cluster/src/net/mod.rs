@@ -10,6 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +43,8 @@ pub trait Dial: Clone + Send + Sync + fmt::Debug + 'static {
     fn dial(&self, addr: &str) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 }
 
-/// Plain TCP, with Nagle's delay off (every frame is a whole request or reply). With a
+/// Plain TCP, with Nagle's delay off (HTTP/2 writes whole frames; a small call is not held
+/// back). With a
 /// source address, streams leave from it (the node's inter-node address), so that a peer
 /// sees each node at one address whatever route the system picks.
 #[derive(Clone, Copy, Debug, Default)]
@@ -134,10 +136,10 @@ pub enum HandoverReply {
         /// Each message's cluster id (0: none), in the order of `messages`: the asker takes
         /// a message that already reached the session on its side only once.
         ids: Vec<u64>,
-        /// Messages left out for the frame's bound (counted and logged by the sender).
+        /// Messages left out for the answer's bound (counted and logged by the sender).
         left_out: u64,
         /// More of the session's queue stays with the sender for the next request (with
-        /// `finish`): a queue larger than a frame comes in several answers.
+        /// `finish`): a queue larger than one answer comes in several.
         more: bool,
     },
     /// There is no such session (nothing to hand over, or not resumed: it ended).
@@ -189,50 +191,75 @@ impl<D: Dial> RaftNetworkFactory<Types> for Peers<D> {
 }
 
 /// One connection to one peer (HTTP/2, [`rpc`]), opened when first needed and again after a
-/// call on it fails; openraft and every other caller make one call at a time on a link.
+/// call on it fails; openraft and every other caller make one call at a time on a link. The
+/// connection is driven by the call on it (no task of its own): between calls nothing reads
+/// it, and before a call what the peer sent meanwhile (a close, a GOAWAY) is taken in.
 pub struct Link<D: Dial> {
     dial: D,
     target: NodeId,
     addr: String,
-    conn: Option<Conn>,
+    conn: Option<Conn<D::Stream>>,
     /// Where a reply from the peer is recorded, if anywhere.
     contact: Option<Arc<Contact>>,
 }
 
-/// An open connection: the gRPC client on it and the task that drives it (ended with it).
-struct Conn {
-    grpc: tonic::client::Grpc<H2>,
-    driver: tokio::task::JoinHandle<()>,
+/// An open connection: where calls are sent, and the connection they go over.
+struct Conn<S> {
+    send: h2::client::SendRequest<bytes::Bytes>,
+    io: h2::client::Connection<S, bytes::Bytes>,
 }
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.driver.abort();
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// Takes in what the peer sent while the connection was idle; false if it is closed
+    /// (or going away) and cannot take a call.
+    fn usable(&mut self) -> bool {
+        use std::task::{Context, Poll, Waker};
+        let mut cx = Context::from_waker(Waker::noop());
+        if Pin::new(&mut self.io).poll(&mut cx).is_ready() {
+            return false;
+        }
+        matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
     }
-}
 
-/// hyper's HTTP/2 sender as the service tonic's client calls.
-struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
-
-/// A reply on its way.
-type Responding = std::pin::Pin<
-    Box<dyn Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>> + Send>,
->;
-
-impl tower_service::Service<http::Request<tonic::body::Body>> for H2 {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = Responding;
-
-    fn poll_ready(
+    /// Makes one call: `body` (framed) to `kind`'s method, its answer's message back, while
+    /// driving the connection.
+    async fn exchange(
         &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<hyper::Result<()>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Responding {
-        Box::pin(self.0.send_request(req))
+        kind: Kind,
+        addr: &str,
+        body: &[u8],
+    ) -> Result<bytes::Bytes, String> {
+        let Conn { send, io } = self;
+        let call = async {
+            let (response, mut stream) = send
+                .send_request(rpc::request(kind, addr), false)
+                .map_err(|e| e.to_string())?;
+            stream
+                .send_data(rpc::frame(body), true)
+                .map_err(|e| e.to_string())?;
+            let response = response.await.map_err(|e| e.to_string())?;
+            let (head, mut answer) = response.into_parts();
+            let failed = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+            rpc::answered(head.status, &head.headers).map_err(failed)?;
+            if let Some(status) = rpc::status_of(&head.headers) {
+                // Only a status (an error, as gRPC's "trailers-only" answer).
+                return Err(failed(status));
+            }
+            let message = rpc::read_message(&mut answer).await.map_err(failed)?;
+            let trailers = answer.trailers().await.map_err(|e| e.to_string())?;
+            match trailers.as_ref().and_then(rpc::status_of) {
+                Some(s) if s.code() == tonic::Code::Ok => Ok(message),
+                Some(s) => Err(failed(s)),
+                None => Err("the answer has no status".into()),
+            }
+        };
+        tokio::select! {
+            answer = call => answer,
+            ended = io => Err(match ended {
+                Ok(()) => "the peer closed the connection".into(),
+                Err(e) => e.to_string(),
+            }),
+        }
     }
 }
 
@@ -278,7 +305,7 @@ impl<D: Dial> Link<D> {
     /// Calls the peer's `kind` method with `req` and decodes the reply, within `ttl` (and
     /// within `ttl` again for a connection to open). On any failure the connection is
     /// dropped, so that the next call opens a new one.
-    pub async fn call<Req: Wire, Resp: Wire + Send + Sync + 'static>(
+    pub async fn call<Req: Wire, Resp: Wire>(
         &mut self,
         kind: Kind,
         req: &Req,
@@ -287,11 +314,8 @@ impl<D: Dial> Link<D> {
         let body = req.to_wire();
         // A connection the peer closed while it was idle (the peer restarted) is opened
         // again before anything is sent on it, so the request is not lost in a dead socket.
-        if let Some(conn) = self.conn.as_mut() {
-            let ready = tokio::time::timeout(ttl, conn.grpc.ready()).await;
-            if !matches!(ready, Ok(Ok(()))) {
-                self.conn = None;
-            }
+        if self.conn.as_mut().is_some_and(|c| !c.usable()) {
+            self.conn = None;
         }
         let conn = match &mut self.conn {
             Some(conn) => conn,
@@ -308,20 +332,10 @@ impl<D: Dial> Link<D> {
                 self.conn.insert(opened)
             }
         };
-        let call = async {
-            conn.grpc.ready().await.map_err(|e| e.to_string())?;
-            conn.grpc
-                .unary(
-                    tonic::Request::new(body),
-                    kind.path(),
-                    rpc::Raw::<Resp>::default(),
-                )
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
-        };
-        let result = match tokio::time::timeout(ttl, call).await {
-            Ok(r) => r,
+        let result = match tokio::time::timeout(ttl, conn.exchange(kind, &self.addr, &body)).await {
+            Ok(answer) => {
+                answer.and_then(|bytes| Resp::from_wire(&bytes).map_err(|e| e.to_string()))
+            }
             Err(_) => Err(format!("no reply within {ttl:?}")),
         };
         match result {
@@ -338,26 +352,14 @@ impl<D: Dial> Link<D> {
         }
     }
 
-    /// Opens a connection: the stream, HTTP/2 on it, its driver spawned.
-    async fn connect(&self) -> io::Result<Conn> {
+    /// Opens a connection: the stream, then HTTP/2 on it.
+    async fn connect(&self) -> io::Result<Conn<D::Stream>> {
         let stream = self.dial.dial(&self.addr).await?;
-        let (send, connection) = rpc::client()
-            .handshake(hyper_util::rt::TokioIo::new(stream))
+        let (send, io) = rpc::client()
+            .handshake(stream)
             .await
             .map_err(io::Error::other)?;
-        let target = self.target;
-        let driver = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(peer = target, error = %e, "cluster peer connection ended");
-            }
-        });
-        let origin = format!("http://{}", self.addr)
-            .parse()
-            .unwrap_or_else(|_| http::Uri::from_static("http://peer"));
-        let grpc = tonic::client::Grpc::with_origin(H2(send), origin)
-            .max_decoding_message_size(rpc::MAX_MESSAGE)
-            .max_encoding_message_size(rpc::MAX_MESSAGE);
-        Ok(Conn { grpc, driver })
+        Ok(Conn { send, io })
     }
 
     fn broken(&self, reason: String) -> CallError {
@@ -436,121 +438,130 @@ pub async fn propose_local(raft: &Raft, cmd: Command) -> ProposeReply {
 /// Answers a peer's calls on `stream` until it closes: Raft's through `raft`, routes,
 /// forwarded messages and handovers through `inbound` (without one, those are
 /// `UNIMPLEMENTED`). A request that does not decode is answered `INVALID_ARGUMENT`; what is
-/// not HTTP/2 closes the stream.
+/// not HTTP/2 closes the stream. The calls run on this task, beside the connection (at most
+/// four at once, the connection's limit); once the peer closes it, the calls under way
+/// finish before this returns.
 pub async fn serve<S>(stream: S, raft: Raft, inbound: Option<Arc<dyn Inbound>>)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let service = hyper::service::service_fn(move |req| {
-        let (raft, inbound) = (raft.clone(), inbound.clone());
-        async move { Ok::<_, std::convert::Infallible>(answer(req, raft, inbound).await) }
-    });
-    let served = rpc::server().serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    if let Err(e) = served.await {
-        debug!(error = %e, "cluster peer connection closed");
+    let handler = Handler { raft, inbound };
+    serve_with(stream, |kind, body| handler.answer(kind, body)).await;
+}
+
+/// Serves the calls on `stream` with `answer` (a method and its request's message to the
+/// reply's message, or the call's failure).
+async fn serve_with<S, F, Fut>(stream: S, answer: F)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(Kind, bytes::Bytes) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>, tonic::Status>>,
+{
+    use futures_util::StreamExt;
+    let mut conn = match rpc::server().handshake::<_, bytes::Bytes>(stream).await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "cluster peer stream is not HTTP/2; closing");
+            return;
+        }
+    };
+    let mut calls = futures_util::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            accepted = conn.accept() => match accepted {
+                Some(Ok((req, respond))) => calls.push(call(req, respond, &answer)),
+                Some(Err(e)) => {
+                    debug!(error = %e, "cluster peer connection failed");
+                    break;
+                }
+                None => break,
+            },
+            Some(()) = calls.next(), if !calls.is_empty() => {}
+        }
+    }
+    while calls.next().await.is_some() {}
+}
+
+/// One call: its message read, answered, the answer sent.
+async fn call<F, Fut>(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    answer: &F,
+) where
+    F: Fn(Kind, bytes::Bytes) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>, tonic::Status>>,
+{
+    let (head, mut body) = req.into_parts();
+    let outcome = match Kind::from_path(head.uri.path()) {
+        None => Err(tonic::Status::unimplemented(format!(
+            "no method {}",
+            head.uri.path()
+        ))),
+        Some(_) if !rpc::is_grpc(&head.headers) => {
+            Err(tonic::Status::invalid_argument("not a gRPC call"))
+        }
+        Some(kind) => match rpc::read_message(&mut body).await {
+            Ok(message) => answer(kind, message).await,
+            Err(status) => Err(status),
+        },
+    };
+    let sent = match outcome {
+        Ok(reply) => match respond.send_response(rpc::response(), false) {
+            Ok(mut stream) => stream
+                .send_data(rpc::frame(&reply), false)
+                .and_then(|()| stream.send_trailers(rpc::ok_trailers())),
+            Err(e) => Err(e),
+        },
+        Err(status) => {
+            debug!(path = head.uri.path(), code = ?status.code(), message = status.message(), "cluster peer call refused");
+            respond.send_response(rpc::failure(&status), true).map(drop)
+        }
+    };
+    if let Err(e) = sent {
+        debug!(error = %e, "cluster peer answer not sent");
     }
 }
 
-/// The answer to one call.
-async fn answer(
-    req: http::Request<hyper::body::Incoming>,
+/// What a node answers its peers with.
+struct Handler {
     raft: Raft,
     inbound: Option<Arc<dyn Inbound>>,
-) -> http::Response<tonic::body::Body> {
-    let Some(kind) = Kind::from_path(req.uri().path()) else {
-        debug!(
-            path = req.uri().path(),
-            "cluster peer called an unknown method"
-        );
-        return tonic::Status::unimplemented(format!("no method {}", req.uri().path())).into_http();
-    };
-    match (kind, inbound) {
-        (Kind::AppendEntries, _) => {
-            let f: Handler<AppendEntriesRequest<Types>> =
-                Box::new(move |r| Box::pin(async move { raft.append_entries(r).await.to_wire() }));
-            unary(req, f).await
-        }
-        (Kind::Vote, _) => {
-            let f: Handler<VoteRequest<NodeId>> =
-                Box::new(move |r| Box::pin(async move { raft.vote(r).await.to_wire() }));
-            unary(req, f).await
-        }
-        (Kind::InstallSnapshot, _) => {
-            let f: Handler<InstallSnapshotRequest<Types>> = Box::new(move |r| {
-                Box::pin(async move { raft.install_snapshot(r).await.to_wire() })
-            });
-            unary(req, f).await
-        }
-        (Kind::Propose, _) => {
-            let f: Handler<Command> = Box::new(move |cmd| {
-                Box::pin(async move { propose_local(&raft, cmd).await.to_wire() })
-            });
-            unary(req, f).await
-        }
-        (Kind::Members, _) => {
-            let f: Handler<crate::members::Change> = Box::new(move |change| {
-                Box::pin(async move { crate::members::change_local(&raft, change).await.to_wire() })
-            });
-            unary(req, f).await
-        }
-        (Kind::Routes | Kind::Forward | Kind::Handover, None) => {
-            debug!(?kind, "cluster peer called what this node does not take");
-            tonic::Status::unimplemented(format!("{} is not taken here", kind.method())).into_http()
-        }
-        (Kind::Routes, Some(i)) => {
-            let f: Handler<Told> =
-                Box::new(move |told| Box::pin(async move { i.routes(told).to_wire() }));
-            unary(req, f).await
-        }
-        (Kind::Forward, Some(i)) => {
-            let f: Handler<Forward> = Box::new(move |batch| {
-                Box::pin(async move { (i.forward(batch).await as u64).to_wire() })
-            });
-            unary(req, f).await
-        }
-        (Kind::Handover, Some(i)) => {
-            let f: Handler<Handover> =
-                Box::new(move |r| Box::pin(async move { i.handover(r).await.to_wire() }));
-            unary(req, f).await
-        }
-    }
 }
 
-/// Decodes `req`'s message as `Req` (bounded by [`rpc::MAX_MESSAGE`]), answers it with `f`.
-async fn unary<Req: Wire + Send + 'static>(
-    req: http::Request<hyper::body::Incoming>,
-    f: Handler<Req>,
-) -> http::Response<tonic::body::Body> {
-    tonic::server::Grpc::new(rpc::Raw::<Req>::default())
-        .max_decoding_message_size(rpc::MAX_MESSAGE)
-        .max_encoding_message_size(rpc::MAX_MESSAGE)
-        .unary(Once(Some(f)), req)
-        .await
-}
-
-/// A handler's reply, encoded, on its way.
-type Replying = std::pin::Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
-
-/// A method's handler.
-type Handler<Req> = Box<dyn FnOnce(Req) -> Replying + Send>;
-
-/// A method's handler, called once per call.
-struct Once<Req>(Option<Handler<Req>>);
-
-/// A handler's reply on its way.
-type Answering =
-    std::pin::Pin<Box<dyn Future<Output = Result<tonic::Response<Vec<u8>>, tonic::Status>> + Send>>;
-
-impl<Req> tonic::server::UnaryService<Req> for Once<Req> {
-    type Response = Vec<u8>;
-    type Future = Answering;
-
-    fn call(&mut self, request: tonic::Request<Req>) -> Answering {
-        let Some(f) = self.0.take() else {
-            return Box::pin(async { Err(tonic::Status::internal("answered already")) });
-        };
-        let reply = f(request.into_inner());
-        Box::pin(async move { Ok(tonic::Response::new(reply.await)) })
+impl Handler {
+    /// The reply to a call of `kind` with `body`.
+    async fn answer(&self, kind: Kind, body: bytes::Bytes) -> Result<Vec<u8>, tonic::Status> {
+        fn read<T: Wire>(body: &[u8]) -> Result<T, tonic::Status> {
+            T::from_wire(body).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
+        }
+        let raft = &self.raft;
+        Ok(match (kind, &self.inbound) {
+            (Kind::AppendEntries, _) => {
+                let r: AppendEntriesRequest<Types> = read(&body)?;
+                raft.append_entries(r).await.to_wire()
+            }
+            (Kind::Vote, _) => raft
+                .vote(read::<VoteRequest<NodeId>>(&body)?)
+                .await
+                .to_wire(),
+            (Kind::InstallSnapshot, _) => {
+                let r: InstallSnapshotRequest<Types> = read(&body)?;
+                raft.install_snapshot(r).await.to_wire()
+            }
+            (Kind::Propose, _) => propose_local(raft, read(&body)?).await.to_wire(),
+            (Kind::Members, _) => crate::members::change_local(raft, read(&body)?)
+                .await
+                .to_wire(),
+            (Kind::Routes | Kind::Forward | Kind::Handover, None) => {
+                return Err(tonic::Status::unimplemented(format!(
+                    "{} is not taken here",
+                    kind.method()
+                )));
+            }
+            (Kind::Routes, Some(i)) => i.routes(read(&body)?).to_wire(),
+            (Kind::Forward, Some(i)) => (i.forward(read(&body)?).await as u64).to_wire(),
+            (Kind::Handover, Some(i)) => i.handover(read(&body)?).await.to_wire(),
+        })
     }
 }
 
@@ -582,27 +593,24 @@ mod tests {
             let (ours, theirs) = tokio::io::duplex(64 * 1024);
             self.opened.fetch_add(1, Ordering::SeqCst);
             let answered = self.answered.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let answered = answered.clone();
-                let f: Handler<Command> = Box::new(move |n| {
-                    Box::pin(async move {
+            let close = self.close.clone();
+            tokio::spawn(async move {
+                let served = serve_with(theirs, |_, body| {
+                    let answered = answered.clone();
+                    async move {
+                        let cmd = Command::from_wire(&body)
+                            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
                         if answered.fetch_add(1, Ordering::SeqCst) == 0 {
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
-                        let Command::Release { epoch, .. } = n else {
-                            return Vec::new();
+                        let Command::Release { epoch, .. } = cmd else {
+                            return Ok(Vec::new());
                         };
-                        epoch.to_wire()
-                    })
+                        Ok(epoch.to_wire())
+                    }
                 });
-                async move { Ok::<_, std::convert::Infallible>(unary(req, f).await) }
-            });
-            let close = self.close.clone();
-            tokio::spawn(async move {
-                let served =
-                    rpc::server().serve_connection(hyper_util::rt::TokioIo::new(theirs), service);
                 tokio::select! {
-                    _ = served => {}
+                    () = served => {}
                     () = close.notified() => {}
                 }
             });

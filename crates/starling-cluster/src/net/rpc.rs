@@ -1,20 +1,17 @@
 //! The gRPC service nodes call on each other: `starling.cluster.v1.Cluster` in
-//! `proto/starling/cluster/v1/cluster.proto`, one unary method per request [`Kind`], over
-//! HTTP/2 (hyper) with tonic's gRPC framing. The messages are converted by [`crate::wire`]
-//! ([`Raw`] is the codec that hands tonic their bytes), so the service needs no generated
-//! client or server. Everything a peer sends is bounded here: a message at most
-//! [`MAX_MESSAGE`], four calls at once per connection, 16 KiB of headers.
+//! `proto/starling/cluster/v1/cluster.proto`, one unary method per request [`Kind`]. gRPC on
+//! HTTP/2 (the `h2` crate), with gRPC's framing done here (a message is `0 | length (u32,
+//! big-endian) | bytes`; the outcome is the `grpc-status` trailer, tonic's [`Status`]) and the
+//! messages converted by [`crate::wire`]. A call is driven by the task that makes it, and a
+//! peer's calls by the task that serves its connection: no task per call and no hop between
+//! tasks on the way (docs/cluster.md says why). Everything a peer sends is bounded here: a
+//! message at most [`MAX_MESSAGE`] (checked from its length prefix before it is read), four
+//! calls at once per connection, 16 KiB of headers; no compression is accepted.
 
-use std::marker::PhantomData;
-
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::uri::PathAndQuery;
-use hyper_util::rt::TokioExecutor;
-use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tracing::debug;
-
-use crate::wire::Wire;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use tonic::{Code, Status};
 
 /// The service's name, as in the proto file; a new incompatible version is a new package.
 pub const SERVICE: &str = "starling.cluster.v1.Cluster";
@@ -36,6 +33,9 @@ const FRAME_SIZE: u32 = 256 * 1024;
 
 /// Request headers a peer may send (a call has a handful).
 const MAX_HEADERS: u32 = 16 * 1024;
+
+/// gRPC's content type.
+const GRPC: &str = "application/grpc";
 
 /// What a call asks: one method of the service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,82 +101,151 @@ impl Kind {
 }
 
 /// The HTTP/2 settings of a connection a node opens to a peer.
-pub fn client() -> hyper::client::conn::http2::Builder<TokioExecutor> {
-    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    b.initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(FRAME_SIZE)
-        .max_header_list_size(MAX_HEADERS);
-    b
-}
-
-/// The HTTP/2 settings of a connection a node accepts from a peer. No `date` header (a
-/// reply's bytes do not depend on the clock, which keeps the simulation deterministic).
-pub fn server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    b.initial_stream_window_size(STREAM_WINDOW)
+pub fn client() -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(FRAME_SIZE)
         .max_header_list_size(MAX_HEADERS)
-        .max_concurrent_streams(MAX_STREAMS)
-        .auto_date_header(false);
+        .enable_push(false);
     b
 }
 
-/// The codec of a call: what is sent is already encoded ([`Wire::to_wire`]); what comes
-/// back is read as `D`, and refused (a gRPC `INVALID_ARGUMENT`) if it does not decode.
-#[derive(Debug)]
-pub struct Raw<D>(PhantomData<fn() -> D>);
-
-impl<D> Default for Raw<D> {
-    fn default() -> Self {
-        Raw(PhantomData)
-    }
+/// The HTTP/2 settings of a connection a node accepts from a peer.
+pub fn server() -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(FRAME_SIZE)
+        .max_header_list_size(MAX_HEADERS)
+        .max_concurrent_streams(MAX_STREAMS);
+    b
 }
 
-impl<D: Wire + Send + 'static> Codec for Raw<D> {
-    type Encode = Vec<u8>;
-    type Decode = D;
-    type Encoder = AsIs;
-    type Decoder = Raw<D>;
-
-    fn encoder(&mut self) -> AsIs {
-        AsIs
-    }
-
-    fn decoder(&mut self) -> Raw<D> {
-        Raw::default()
-    }
+/// The head of a call of `kind` on the peer at `addr` (`host:port`).
+pub fn request(kind: Kind, addr: &str) -> Request<()> {
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(addr)
+        .path_and_query(kind.path())
+        .build()
+        .or_else(|_| {
+            http::Uri::builder()
+                .scheme("http")
+                .authority("peer")
+                .path_and_query(kind.path())
+                .build()
+        })
+        .unwrap_or_default();
+    let mut req = Request::new(());
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = uri;
+    let h = req.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(GRPC));
+    h.insert(header::TE, HeaderValue::from_static("trailers"));
+    req
 }
 
-/// Writes a message's bytes as they are.
-#[derive(Debug)]
-pub struct AsIs;
-
-impl Encoder for AsIs {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
+/// The head of an answer whose message follows.
+pub fn response() -> Response<()> {
+    let mut r = Response::new(());
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(GRPC));
+    r
 }
 
-impl<D: Wire> Decoder for Raw<D> {
-    type Item = D;
-    type Error = Status;
+/// The head of an answer that is only its status (gRPC's "trailers-only" answer).
+pub fn failure(status: &Status) -> Response<()> {
+    let mut r = response();
+    if status.add_header(r.headers_mut()).is_err() {
+        r.headers_mut()
+            .insert("grpc-status", HeaderValue::from(Code::Internal as i32));
+    }
+    r
+}
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        let bytes = src.copy_to_bytes(src.remaining());
-        match D::from_wire(&bytes) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) => {
-                debug!(error = %e, what = std::any::type_name::<D>(), "cluster message does not decode");
-                Err(Status::invalid_argument(e.to_string()))
+/// The trailers of an answer that succeeded.
+pub fn ok_trailers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("grpc-status", HeaderValue::from(Code::Ok as i32));
+    h
+}
+
+/// A message as gRPC frames it: not compressed, its length, its bytes.
+pub fn frame(message: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + message.len());
+    b.put_u8(0);
+    b.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+    b.put_slice(message);
+    b.freeze()
+}
+
+/// Whether a request's head is a gRPC call (`content-type: application/grpc[+proto]`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == GRPC || v.starts_with("application/grpc+"))
+}
+
+/// Reads the one message of a call's body (or of its answer's) from `body`, bounded by
+/// [`MAX_MESSAGE`] and giving the window back as it reads. A second message, a compressed
+/// one, or a body that ends inside its message is refused.
+pub async fn read_message(body: &mut h2::RecvStream) -> Result<Bytes, Status> {
+    let mut buf = BytesMut::new();
+    let mut want: Option<usize> = None;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| Status::unavailable(e.to_string()))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buf.extend_from_slice(&chunk);
+        if want.is_none()
+            && let Some(&[flag, a, b, c, d]) = buf.first_chunk::<5>()
+        {
+            if flag != 0 {
+                return Err(Status::unimplemented(
+                    "compressed messages are not accepted",
+                ));
             }
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
+            if len > MAX_MESSAGE {
+                return Err(Status::out_of_range(format!(
+                    "a message of {len} bytes; at most {MAX_MESSAGE}"
+                )));
+            }
+            buf.reserve(len);
+            want = Some(len);
+        }
+        if let Some(len) = want
+            && buf.len() > 5 + len
+        {
+            return Err(Status::invalid_argument(
+                "more than one message in a unary call",
+            ));
         }
     }
+    match want {
+        Some(len) if buf.len() == 5 + len => {
+            buf.advance(5);
+            Ok(buf.freeze())
+        }
+        _ => Err(Status::invalid_argument("the message ended early")),
+    }
+}
+
+/// The status an answer's head or trailers carry (`None`: neither says).
+pub fn status_of(headers: &HeaderMap) -> Option<Status> {
+    Status::from_header_map(headers)
+}
+
+/// Whether an answer's head says it is a gRPC answer at all.
+pub fn answered(status: StatusCode, headers: &HeaderMap) -> Result<(), Status> {
+    if status != StatusCode::OK {
+        return Err(Status::unknown(format!("HTTP status {status}")));
+    }
+    if !is_grpc(headers) {
+        return Err(Status::unknown("not a gRPC answer"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -59,8 +59,9 @@ pub(super) const LINGER: Duration = Duration::from_secs(30);
 /// Sessions lingering at once; beyond it a session another node claimed ends at once.
 pub(super) const MAX_LINGERING: usize = 65_536;
 
-/// The most message bytes one answer carries (a frame is at most 16 MiB); a message that
-/// does not fit (the inflight window larger than a frame) is left out, counted and logged.
+/// The most message bytes one answer carries (a message between nodes is at most 16 MiB); a
+/// message that does not fit (the inflight window larger than that) is left out, counted and
+/// logged.
 const MAX_ANSWER_BYTES: usize = 15 * 1024 * 1024;
 
 /// The queued messages' packets one answer takes at most (below [`MAX_ANSWER_BYTES`], which
@@ -154,7 +155,7 @@ fn encode(loaded: LoadedSession, all_ids: Vec<u64>, more: bool) -> HandoverReply
         warn!(
             client_id = loaded.client_id,
             left_out,
-            "a handed-over session's inflight messages exceed one frame; the rest are dropped"
+            "a handed-over session's inflight messages exceed one answer; the rest are dropped"
         );
     }
     HandoverReply::Session {

@@ -299,7 +299,7 @@ async fn nodes_talk_tls_and_take_only_peers_their_ca_signed() {
         .unwrap();
     assert_eq!(&sub.publish().await.payload[..], b"sealed");
 
-    // Plain bytes on the inter-node port: no answer, the stream is closed.
+    // Plain bytes on the inter-node port (no TLS): no answer, the stream is closed.
     let mut raw = tokio::net::TcpStream::connect(c.specs[0].bind)
         .await
         .unwrap();
@@ -308,10 +308,10 @@ async fn nodes_talk_tls_and_take_only_peers_their_ca_signed() {
     let read = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
         .await
         .expect("closed within the handshake timeout");
-    // Closed, or a TLS alert record (0x15) before the close: never a frame.
+    // Closed, or a TLS alert record (0x15) before the close: never HTTP/2.
     assert!(
         matches!(read, Ok(0) | Err(_)) || buf[0] == 0x15,
-        "a plain frame got something else back: {read:?} {buf:?}"
+        "plain bytes got something else back: {read:?} {buf:?}"
     );
 
     // Node 3 comes back with a certificate of another CA: no peer takes it, nor it them.

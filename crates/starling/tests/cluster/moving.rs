@@ -180,11 +180,11 @@ async fn a_clean_start_elsewhere_ends_the_old_session_with_its_will() {
     );
 }
 
-/// A queue larger than one answer between nodes (a frame is at most 16 MiB): 20 messages of
+/// A queue larger than one answer between nodes (a message is at most 16 MiB): 20 messages of
 /// 900 kB (18 MB) queued on node 1, the client comes back on node 2. The first answer brings
 /// what fits, the rest follows in further answers: every message arrives once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queue_larger_than_a_frame_moves_in_parts() {
+async fn a_queue_larger_than_one_answer_moves_in_parts() {
     const N: u8 = 20;
     const SIZE: usize = 900_000;
     let c = Cluster::formed(3).await;
