@@ -528,3 +528,48 @@ fn a_message_acknowledged_by_its_subscribers_before_the_commit_needs_none() {
     let payloads: Vec<&[u8]> = publishes(&got).iter().map(|m| &m.payload[..]).collect();
     assert_eq!(payloads, [&b"b"[..]]);
 }
+
+/// What a subscriber's acknowledgements delete reaches the store: three PUBACKs in one read
+/// (and, the second time, the connection closed in the same read), then a crash: only the
+/// unacknowledged message comes again.
+#[test]
+fn acknowledged_messages_read_together_do_not_come_again_after_a_crash() {
+    for closing in [false, true] {
+        let mut sim = Sim::with(Limits::default(), Durability::Sync);
+        let (s, _) = connected(&mut sim, persistent(V5, "s", 600));
+        sim.send(s, subscribe(1, "t", QoS::AtLeastOnce));
+        assert!(matches!(&sim.take(s)[..], [Packet::SubAck(_)]));
+        let (p, _) = connected(&mut sim, connect(V5, "p"));
+        for i in 1..=4 {
+            sim.send(p, publish("t", QoS::AtLeastOnce, i, b"m"));
+        }
+        assert_eq!(pubacks(&sim.take(p)).len(), 4, "all four stored");
+        let got = sim.take(s);
+        let ids: Vec<u16> = publishes(&got).iter().map(|m| m.packet_id).collect();
+        assert_eq!(ids.len(), 4);
+
+        // Three of the four acknowledged in one read (and, the second time, the connection
+        // closed in the same read: the session stays, it is persistent).
+        let mut read = Vec::new();
+        for id in &ids[..3] {
+            read.extend_from_slice(&encode(&puback(*id), V5));
+        }
+        if closing {
+            let bye = Packet::Disconnect(starling_proto::Disconnect::new(ReasonCode::Success));
+            read.extend_from_slice(&encode(&bye, V5));
+        }
+        sim.queue_raw(s, &read);
+        sim.settle();
+
+        sim.crash_and_restart();
+        let (s, present) = connected(&mut sim, persistent(V5, "s", 600));
+        assert!(present);
+        let again = sim.take(s);
+        let resent: Vec<u16> = publishes(&again).iter().map(|m| m.packet_id).collect();
+        assert_eq!(
+            resent,
+            [ids[3]],
+            "closing: {closing}: only the unacknowledged one"
+        );
+    }
+}
