@@ -524,7 +524,7 @@ fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
 
     let HandOver::Taken { session, ids, .. } =
         a.broker
-            .hand_over("m", 7, false, usize::MAX, a.now, UNIX_MS)
+            .hand_over("m", 7, false, false, usize::MAX, a.now, UNIX_MS)
     else {
         panic!("no session to hand over");
     };
@@ -536,12 +536,14 @@ fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
 
     // A second step for another move (a later claim took the session since) finds nothing.
     assert!(matches!(
-        a.broker.hand_over("m", 6, true, usize::MAX, a.now, UNIX_MS),
+        a.broker
+            .hand_over("m", 6, true, false, usize::MAX, a.now, UNIX_MS),
         HandOver::Absent
     ));
     // The second call takes what came meanwhile (nothing) and ends the session there.
     let HandOver::Taken { session: rest, .. } =
-        a.broker.hand_over("m", 7, true, usize::MAX, a.now, UNIX_MS)
+        a.broker
+            .hand_over("m", 7, true, false, usize::MAX, a.now, UNIX_MS)
     else {
         panic!("no session to finish");
     };
@@ -615,7 +617,7 @@ fn a_session_handed_back_keeps_what_was_queued_here_meanwhile() {
     a.settle();
     let HandOver::Taken { session, ids, .. } =
         a.broker
-            .hand_over("m", 7, false, usize::MAX, a.now, UNIX_MS)
+            .hand_over("m", 7, false, false, usize::MAX, a.now, UNIX_MS)
     else {
         panic!("no session");
     };
@@ -729,8 +731,9 @@ fn a_queue_larger_than_one_answer_moves_in_parts() {
     // A budget of about two messages.
     let budget = 2500;
     let first = |msgs: &[(u64, starling_store::MessageRecord)]| msgs[0].1.phase;
-    let HandOver::Taken { session, ids, more } =
-        a.broker.hand_over("m", 7, false, budget, a.now, UNIX_MS)
+    let HandOver::Taken { session, ids, more } = a
+        .broker
+        .hand_over("m", 7, false, false, budget, a.now, UNIX_MS)
     else {
         panic!("no session to hand over");
     };
@@ -760,8 +763,9 @@ fn a_queue_larger_than_one_answer_moves_in_parts() {
     b.broker.publish_from_peer(forwarded(), &[]);
     let mut parts = 0;
     loop {
-        let HandOver::Taken { session, ids, more } =
-            a.broker.hand_over("m", 7, true, budget, a.now, UNIX_MS)
+        let HandOver::Taken { session, ids, more } = a
+            .broker
+            .hand_over("m", 7, true, false, budget, a.now, UNIX_MS)
         else {
             panic!("the rest of the session is gone");
         };
@@ -790,4 +794,92 @@ fn a_queue_larger_than_one_answer_moves_in_parts() {
         [0, 1, 9, 2, 3, 4, 5, 6, 7, 8],
         "every message once, in order"
     );
+}
+
+/// A session handed over with `keep` stays on the old node, its subscriptions out of the
+/// route table (the node stops telling its peers of them) and in the relays: a message a
+/// peer forwards to the old node late still reaches it, and the last call takes it. On the
+/// new node a message that came both ways is taken once. A message published on the old
+/// node itself does not reach the relayed session (its peers' routes lead to the new owner).
+#[test]
+fn a_message_forwarded_late_to_the_old_owner_reaches_the_moved_session() {
+    const UNIX_MS: u64 = 1_700_000_000_000;
+    use starling_broker::broker::HandOver;
+
+    let mut a = Sim::with(Limits::default(), Durability::Sync);
+    let (sub, _) = a.connected(persistent(V5, "m", 600));
+    a.send(sub, subscribe(1, "t/#", QoS::AtLeastOnce));
+    a.take(sub);
+    a.drop_connection(sub);
+    let (p, _) = a.connected(connect(V5, "p"));
+    let forwarded = |id: u64, payload: &'static [u8]| {
+        let mut msg = Message::internal(
+            starling_proto::TopicName::try_from_str("t/x").unwrap(),
+            bytes::Bytes::from_static(payload),
+            false,
+        );
+        msg.qos = QoS::AtLeastOnce;
+        msg.cluster_id.set(id);
+        Arc::new(msg)
+    };
+    let take = |h: HandOver| match h {
+        HandOver::Taken { session, ids, more } => (session, ids, more),
+        other => panic!("expected the session, got {other:?}"),
+    };
+    let part = |session: starling_store::LoadedSession, ids: Vec<u64>| {
+        (session.messages.into_iter().map(|(_, m)| m))
+            .zip(ids)
+            .collect::<Vec<_>>()
+    };
+
+    let (session, ids, _) =
+        take(
+            a.broker
+                .hand_over("m", 7, false, false, usize::MAX, a.now, UNIX_MS),
+        );
+    let mut b = Sim::with(Limits::default(), Durability::Sync);
+    assert!(b.broker.adopt(session, &ids, b.now, UNIX_MS));
+    // The finishing step, keeping the session for what comes late.
+    let (rest, ids, more) =
+        take(
+            a.broker
+                .hand_over("m", 7, true, true, usize::MAX, a.now, UNIX_MS),
+        );
+    assert!(!more);
+    b.broker
+        .adopt_messages("m", part(rest, ids), true, b.now, UNIX_MS);
+    assert!(a.broker.client_ids().iter().any(|c| &**c == "m"), "kept");
+    assert_eq!(a.broker.subscription_count(), 0, "not in the route table");
+
+    // Late: one the third node also sent to the new owner, one it sent to the old only.
+    a.broker.publish_from_peer(forwarded(88, b"both"), &[]);
+    b.broker.publish_from_peer(forwarded(88, b"both"), &[]);
+    a.broker.publish_from_peer(forwarded(89, b"late"), &[]);
+    // Published on the old node itself: not for the relayed session.
+    a.send(p, publish("t/x", QoS::AtLeastOnce, 1, b"here"));
+    a.settle();
+
+    // The last call takes the late ones and ends the session.
+    let (rest, ids, more) =
+        take(
+            a.broker
+                .hand_over("m", 7, true, false, usize::MAX, a.now, UNIX_MS),
+        );
+    assert!(!more);
+    let late = part(rest, ids);
+    let late_ids: Vec<u64> = late.iter().map(|(_, id)| *id).collect();
+    assert_eq!(
+        late_ids,
+        [88, 89],
+        "the late ones, not the one published here"
+    );
+    b.broker.adopt_messages("m", late, false, b.now, UNIX_MS);
+    assert!(!a.broker.client_ids().iter().any(|c| &**c == "m"), "ended");
+    a.broker.publish_from_peer(forwarded(90, b"after"), &[]);
+
+    let (m, ack) = b.connected(persistent(V5, "m", 600));
+    assert!(ack.session_present);
+    let got = b.take(m);
+    let payloads: Vec<&[u8]> = publishes(&got).iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(payloads, [&b"both"[..], b"late"], "each once");
 }

@@ -58,17 +58,22 @@ impl Broker {
     /// messages and inbound QoS 2 ids as records. Without `finish` the session stays,
     /// subscribed, and queues what arrives until a second call; with it, what it queued
     /// since, and the session ends here (its will does not go out: the new owner resumes
-    /// it). A second call for another epoch than the first's (a later move of the client
-    /// took the session since) finds nothing. `unix_ms` is the wall-clock time of `now`.
+    /// it), unless `keep`: then its subscriptions leave the route table (this node stops
+    /// telling its peers of them) for the relays, which messages forwarded by peers still
+    /// match, and a last call without `keep` takes what they brought and ends it. A second
+    /// call for another epoch than the first's (a later move of the client took the session
+    /// since) finds nothing. `unix_ms` is the wall-clock time of `now`.
     ///
     /// The messages taken stop at `max_bytes` of packets, the inflight window always whole
     /// (its packet ids and phases travel with it) and at least one message: the queued ones
     /// beyond stay in the session, in order, ahead of what arrives meanwhile.
+    #[allow(clippy::too_many_arguments)]
     pub fn hand_over(
         &self,
         client_id: &str,
         epoch: u64,
         finish: bool,
+        keep: bool,
         max_bytes: usize,
         now: Instant,
         unix_ms: u64,
@@ -99,7 +104,9 @@ impl Broker {
         if more {
             self.append(client_id, beyond, now, unix_ms, None);
         }
-        if finish && !more {
+        if finish && !more && keep {
+            self.relay(&session);
+        } else if finish && !more {
             let mut ops = self.ops();
             let ended = session.lock().end(&mut ops);
             self.persist(&mut ops);

@@ -11,6 +11,7 @@ use super::Broker;
 use crate::hook::{Event, SessionActions, SessionChange, SessionEvent};
 use crate::message::Message;
 use crate::persist::Ops;
+use crate::router::RouteTable;
 use crate::session::{ClientInfo, PendingWill, Session, Terms};
 use crate::wake::Waker;
 
@@ -166,8 +167,31 @@ impl Broker {
 
     /// Removes a session's subscriptions from the route table (it has already dropped them).
     pub(super) fn unroute(&self, session: &Arc<Session>, filters: &[starling_proto::TopicFilter]) {
+        let relaying = self.relays.count() > 0;
         for f in filters {
             self.seams.routes.table().unsubscribe(f, session);
+            if relaying {
+                self.relays.unsubscribe(f, session);
+            }
+        }
+    }
+
+    /// Moves the plain subscriptions of `session`, handed over to another node, from the
+    /// route table (so that this node stops telling its peers of them) to the relays,
+    /// which only messages from peers match: what a peer forwards here late still reaches
+    /// the session, for its new owner to take (`Broker::hand_over` with `keep`).
+    pub(super) fn relay(&self, session: &Arc<Session>) {
+        let subs: Vec<(starling_proto::TopicFilter, crate::router::Subscriber)> = {
+            let s = session.lock();
+            s.subscriptions()
+                .map(|(f, sub)| (f.clone(), crate::router::Subscriber::new(session, sub)))
+                .collect()
+        };
+        for (filter, sub) in subs {
+            self.seams.routes.table().unsubscribe(&filter, session);
+            if filter.share_group().is_none() {
+                self.relays.subscribe(&filter, sub);
+            }
         }
     }
 

@@ -104,6 +104,10 @@ pub struct Broker {
     node_id: String,
     /// What connections giving way in a burst learn of the others (`connection/turn.rs`).
     pub(crate) turns: crate::connection::Turns,
+    /// The plain subscriptions of sessions handed over to another node of a cluster and kept
+    /// here a while for what other nodes still forward to this one (`handover.rs`): matched
+    /// by messages from peers only, never told to them.
+    relays: crate::router::Router,
 }
 
 impl Broker {
@@ -134,6 +138,7 @@ impl Broker {
             id_prefix: "starling-".into(),
             node_id: String::new(),
             turns: crate::connection::Turns::new(now),
+            relays: crate::router::Router::default(),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::forward::NodeId;
 use crate::message::{Delivery, Message};
 use crate::persist::{Ops, retained_record};
 use crate::retain::RetainOutcome;
+use crate::router::RouteTable;
 use crate::router::{Subscriber, Target};
 use crate::session::Session;
 
@@ -163,7 +164,13 @@ impl Broker {
         let topic = msg.topic.as_bytes();
         match origin {
             Origin::Here => self.seams.routes.route(topic, &mut matches),
-            Origin::Peer(_) => self.seams.routes.route_here(topic, &mut matches),
+            Origin::Peer(_) => {
+                self.seams.routes.route_here(topic, &mut matches);
+                // Sessions handed over from here that still take what peers forward late.
+                if self.relays.count() > 0 {
+                    self.relays.with_matches(topic, &mut matches);
+                }
+            }
         }
         // Outside the route table's lock: forwarding is the forwarder's business.
         let awaiting = remote

@@ -626,6 +626,12 @@ pub struct Handover {
     /// The second request: what the session queued since the first, and the session ends.
     #[prost(bool, tag = "4")]
     pub finish: bool,
+    /// With `finish`: the asked node keeps the session a while for what other nodes still
+    /// forward to it late (out of its routes, matched by forwarded messages only); a later
+    /// `finish` without `keep` takes that and ends the session. (A node that does not know
+    /// this field ends the session at once.)
+    #[prost(bool, tag = "5")]
+    pub keep: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HandoverReply {

@@ -149,6 +149,14 @@ fn beside_raft_messages_round_trip() {
         epoch: 4,
         resume: true,
         finish: false,
+        keep: false,
+    });
+    round_trip(&Handover {
+        client_id: "c".into(),
+        epoch: 4,
+        resume: true,
+        finish: true,
+        keep: true,
     });
     for reply in [
         HandoverReply::Session {
@@ -308,6 +316,17 @@ fn fields_an_older_node_does_not_send_read_as_their_default() {
         read.map(|f| f.messages.iter().map(|m| m.id).sum::<u64>()),
         Some(0)
     );
+    // A finishing handover request from a node that does not know `keep` (fields 1-4, as
+    // its build wrote them): the session is not kept, as that node expects.
+    let older = [
+        &[0x0a, 1, b'c'][..], // client_id
+        &[0x10, 4],           // epoch
+        &[0x18, 1],           // resume
+        &[0x20, 1],           // finish
+    ]
+    .concat();
+    let read = Handover::from_wire(&older).ok();
+    assert_eq!(read.map(|h| (h.finish, h.keep)), Some((true, false)));
 }
 
 /// A case of a oneof this node does not know (a newer node's new command), a required part

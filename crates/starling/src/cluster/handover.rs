@@ -9,11 +9,14 @@
 //! anywhere reaches the new owner; at most [`SETTLE`]) and [`IN_FLIGHT`] after, for what was
 //! routed to the old owner before to arrive there: the old owner sends what it still holds
 //! (the rest of a queue larger than one answer, [`PAGE_BYTES`] each, then what it queued
-//! meanwhile; asked again while more follows) and ends the session with the last, if it is
-//! still the one handed over under that claim. A
-//! message can come both ways in between; every message that crosses nodes carries its
-//! cluster id, and the new owner takes a late message only if no message with its id reached
-//! the session directly. A CONNECT that starts clean only tells the old owner to end the
+//! meanwhile; asked again while more follows) and, with the last, moves the session's
+//! subscriptions from its route table to its relays (`Broker::hand_over` with `keep`): its
+//! peers stop routing to it, and what they forwarded before and reaches it late still lands
+//! in the session. Third, [`LATE`] after that: what the relays brought, and the session ends
+//! there, if it is still the one handed over under that claim. A message can come both ways
+//! in between; every message that crosses nodes carries its cluster id, and the new owner
+//! takes a message from the old owner only if no message with its id reached the session
+//! directly (the ids are remembered until the third step). A CONNECT that starts clean only tells the old owner to end the
 //! session (its will goes out), off the CONNECT path; so does a new owner that could not get
 //! the session, until the old owner answers. A session nobody asks for ends after [`LINGER`].
 //! Requests go on a few idle streams per peer (`peers.rs`).
@@ -52,6 +55,12 @@ pub(super) const SETTLE: Duration = Duration::from_secs(5);
 /// retrying a batch takes longer, and a message it delivers after the old owner ended the
 /// session is lost to this client).
 pub(super) const IN_FLIGHT: Duration = Duration::from_millis(300);
+
+/// After the finishing step, how long the previous owner keeps the session for messages its
+/// peers still forward to it: a batch is sent again for at most `forward::HOLD`, so nothing
+/// comes later than this.
+pub(super) const LATE: Duration =
+    starling_cluster::forward::HOLD.saturating_add(Duration::from_secs(1));
 
 /// How long a session whose client id another node claimed stays for that node to take.
 pub(super) const LINGER: Duration = Duration::from_secs(30);
@@ -118,6 +127,7 @@ pub(super) async fn answer(broker: Arc<Broker>, node: Arc<Node>, req: Handover) 
             &req.client_id,
             req.epoch,
             req.finish,
+            req.keep,
             PAGE_BYTES,
             Instant::now(),
             unix_ms(),
@@ -292,6 +302,7 @@ pub(super) async fn take(
         epoch,
         resume,
         finish: !resume,
+        keep: false,
     };
     if !resume {
         end_later(taker, from, req);
@@ -336,31 +347,46 @@ pub(super) async fn take(
             );
         }
         tokio::time::sleep(IN_FLIGHT).await;
-        // What the first answer could not carry, then what came meanwhile, in as many
-        // answers as it takes.
-        let mut n = 0;
-        for page in 0..MAX_PAGES {
-            let reply = ask(&taker, from, &req).await;
-            let (late, more) = match reply.and_then(|r| decode(&req.client_id, r)) {
-                Some((rest, ids, more)) => {
-                    let late = (rest.messages.into_iter().map(|(_, m)| m))
-                        .zip(ids)
-                        .collect();
-                    (late, more && page + 1 < MAX_PAGES)
-                }
-                None => (Vec::new(), false),
-            };
-            n += broker.adopt_messages(&req.client_id, late, more, Instant::now(), unix_ms());
-            if !more {
-                break;
-            }
-        }
+        // What the first answer could not carry, then what came meanwhile; the old owner
+        // keeps the session, out of its routes, for what its peers still forward to it.
+        req.keep = true;
+        let mut n = sweep(&taker, &broker, from, &req).await;
+        // No batch arrives later than this: what came late, and the session ends there.
+        tokio::time::sleep(LATE).await;
+        req.keep = false;
+        n += sweep(&taker, &broker, from, &req).await;
         debug!(
             client_id = req.client_id,
             messages = n,
             "late messages of a handed-over session taken"
         );
     });
+}
+
+/// Takes what the previous owner `from` holds of the session (finishing requests `req`),
+/// in as many answers as it takes, into the session here; how many messages were taken.
+/// While the previous owner keeps the session (`req.keep`), the cluster ids of what reached
+/// the session are remembered for the last sweep.
+async fn sweep(taker: &Taker, broker: &Broker, from: NodeId, req: &Handover) -> usize {
+    let mut n = 0;
+    for page in 0..MAX_PAGES {
+        let reply = ask(taker, from, req).await;
+        let (late, more) = match reply.and_then(|r| decode(&req.client_id, r)) {
+            Some((rest, ids, more)) => {
+                let late = (rest.messages.into_iter().map(|(_, m)| m))
+                    .zip(ids)
+                    .collect();
+                (late, more && page + 1 < MAX_PAGES)
+            }
+            None => (Vec::new(), false),
+        };
+        let remember = more || req.keep;
+        n += broker.adopt_messages(&req.client_id, late, remember, Instant::now(), unix_ms());
+        if !more {
+            break;
+        }
+    }
+    n
 }
 
 /// Ends the sessions another node claimed and nobody took within [`LINGER`] (the new owner
