@@ -70,33 +70,30 @@ impl Kind {
         Kind::Members,
     ];
 
-    /// The method's name in the proto file.
-    pub fn method(self) -> &'static str {
+    /// The HTTP/2 path of the method: `/starling.cluster.v1.Cluster/<method>` (static: no
+    /// allocation per call).
+    pub fn path(self) -> &'static str {
         match self {
-            Kind::AppendEntries => "AppendEntries",
-            Kind::Vote => "Vote",
-            Kind::InstallSnapshot => "InstallSnapshot",
-            Kind::Propose => "Propose",
-            Kind::Routes => "Routes",
-            Kind::Forward => "Forward",
-            Kind::Handover => "Handover",
-            Kind::Members => "ChangeMembers",
+            Kind::AppendEntries => "/starling.cluster.v1.Cluster/AppendEntries",
+            Kind::Vote => "/starling.cluster.v1.Cluster/Vote",
+            Kind::InstallSnapshot => "/starling.cluster.v1.Cluster/InstallSnapshot",
+            Kind::Propose => "/starling.cluster.v1.Cluster/Propose",
+            Kind::Routes => "/starling.cluster.v1.Cluster/Routes",
+            Kind::Forward => "/starling.cluster.v1.Cluster/Forward",
+            Kind::Handover => "/starling.cluster.v1.Cluster/Handover",
+            Kind::Members => "/starling.cluster.v1.Cluster/ChangeMembers",
         }
     }
 
-    /// The HTTP/2 path of the method: `/starling.cluster.v1.Cluster/<method>`.
-    pub fn path(self) -> PathAndQuery {
-        PathAndQuery::from_maybe_shared(format!("/{SERVICE}/{}", self.method()))
-            .unwrap_or_else(|_| PathAndQuery::from_static("/"))
+    /// The method's name in the proto file.
+    pub fn method(self) -> &'static str {
+        let path = self.path();
+        path.rsplit_once('/').map_or(path, |(_, m)| m)
     }
 
     /// The method a request's path names, if any.
     pub fn from_path(path: &str) -> Option<Kind> {
-        let method = path
-            .strip_prefix('/')?
-            .strip_prefix(SERVICE)?
-            .strip_prefix('/')?;
-        Kind::ALL.into_iter().find(|k| k.method() == method)
+        Kind::ALL.into_iter().find(|k| k.path() == path)
     }
 }
 
@@ -127,13 +124,13 @@ pub fn request(kind: Kind, addr: &str) -> Request<()> {
     let uri = http::Uri::builder()
         .scheme("http")
         .authority(addr)
-        .path_and_query(kind.path())
+        .path_and_query(PathAndQuery::from_static(kind.path()))
         .build()
         .or_else(|_| {
             http::Uri::builder()
                 .scheme("http")
                 .authority("peer")
-                .path_and_query(kind.path())
+                .path_and_query(PathAndQuery::from_static(kind.path()))
                 .build()
         })
         .unwrap_or_default();
@@ -256,8 +253,8 @@ mod tests {
     fn every_method_has_its_own_path_and_is_found_by_it() {
         for k in Kind::ALL {
             let path = k.path();
-            assert!(path.as_str().starts_with("/starling.cluster.v1.Cluster/"));
-            assert_eq!(Kind::from_path(path.as_str()), Some(k));
+            assert_eq!(path, format!("/{SERVICE}/{}", k.method()));
+            assert_eq!(Kind::from_path(path), Some(k));
         }
         for bad in [
             "/",
