@@ -339,6 +339,8 @@ pub(super) async fn take(
         .filter(|p| !taker.peers.is_suspect(*p))
         .collect();
     let seq = filters.seq();
+    // Not kept alive by this task while it waits (a broker stopping meanwhile ends it).
+    let broker = Arc::downgrade(&broker);
     tokio::spawn(async move {
         if !filters.told_all(&peers, seq, SETTLE).await {
             debug!(
@@ -350,11 +352,14 @@ pub(super) async fn take(
         // What the first answer could not carry, then what came meanwhile; the old owner
         // keeps the session, out of its routes, for what its peers still forward to it.
         req.keep = true;
-        let mut n = sweep(&taker, &broker, from, &req).await;
+        let Some(b) = broker.upgrade() else { return };
+        let mut n = sweep(&taker, &b, from, &req).await;
+        drop(b);
         // No batch arrives later than this: what came late, and the session ends there.
         tokio::time::sleep(LATE).await;
         req.keep = false;
-        n += sweep(&taker, &broker, from, &req).await;
+        let Some(b) = broker.upgrade() else { return };
+        n += sweep(&taker, &b, from, &req).await;
         debug!(
             client_id = req.client_id,
             messages = n,
