@@ -556,16 +556,7 @@ fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
     assert_eq!(b.broker.metrics.sessions_adopted.get(), 1);
 
     // The old node's last messages: one of them also reached the new node directly.
-    let late = |id: u64, byte: u8| {
-        let mut msg = Message::internal(
-            starling_proto::TopicName::try_from_str("t/x").unwrap(),
-            bytes::Bytes::from(vec![byte]),
-            false,
-        );
-        msg.qos = QoS::AtLeastOnce;
-        msg.cluster_id.set(id);
-        Arc::new(msg)
-    };
+    let late = |id: u64, byte: u8| from_peer(id, vec![byte]);
     b.broker.publish_from_peer(late(42, 42), &[]);
     let clock = starling_broker::persist::WallClock::new(b.now, UNIX_MS);
     let record = |byte: u8| {
@@ -625,14 +616,7 @@ fn a_session_handed_back_keeps_what_was_queued_here_meanwhile() {
     // Queued here after the first step: one only here, one that also went with the session
     // (the same cluster id).
     a.send(p, publish("t/x", QoS::AtLeastOnce, 2, &[2]));
-    let mut twin = Message::internal(
-        starling_proto::TopicName::try_from_str("t/x").unwrap(),
-        bytes::Bytes::from_static(&[3]),
-        false,
-    );
-    twin.qos = QoS::AtLeastOnce;
-    twin.cluster_id.set(99);
-    a.broker.publish_from_peer(Arc::new(twin), &[]);
+    a.broker.publish_from_peer(from_peer(99, vec![3]), &[]);
     a.settle();
     let mut back = session.clone();
     let mut back_ids = ids.clone();
@@ -745,16 +729,7 @@ fn a_queue_larger_than_one_answer_moves_in_parts() {
     // Arrive meanwhile, after the rest of the queue: one published here, one forwarded by a
     // third node, which also forwarded it to the new owner (the same cluster id).
     a.send(p, publish("t/x", QoS::AtLeastOnce, 20, &big(8)));
-    let forwarded = || {
-        let mut msg = Message::internal(
-            starling_proto::TopicName::try_from_str("t/x").unwrap(),
-            bytes::Bytes::from(big(9)),
-            false,
-        );
-        msg.qos = QoS::AtLeastOnce;
-        msg.cluster_id.set(77);
-        Arc::new(msg)
-    };
+    let forwarded = || from_peer(77, big(9));
     a.broker.publish_from_peer(forwarded(), &[]);
     a.settle();
 
@@ -812,16 +787,7 @@ fn a_message_forwarded_late_to_the_old_owner_reaches_the_moved_session() {
     a.take(sub);
     a.drop_connection(sub);
     let (p, _) = a.connected(connect(V5, "p"));
-    let forwarded = |id: u64, payload: &'static [u8]| {
-        let mut msg = Message::internal(
-            starling_proto::TopicName::try_from_str("t/x").unwrap(),
-            bytes::Bytes::from_static(payload),
-            false,
-        );
-        msg.qos = QoS::AtLeastOnce;
-        msg.cluster_id.set(id);
-        Arc::new(msg)
-    };
+    let forwarded = |id: u64, payload: &[u8]| from_peer(id, payload.to_vec());
     let take = |h: HandOver| match h {
         HandOver::Taken { session, ids, more } => (session, ids, more),
         other => panic!("expected the session, got {other:?}"),
@@ -882,4 +848,16 @@ fn a_message_forwarded_late_to_the_old_owner_reaches_the_moved_session() {
     let got = b.take(m);
     let payloads: Vec<&[u8]> = publishes(&got).iter().map(|p| &p.payload[..]).collect();
     assert_eq!(payloads, [&b"both"[..], b"late"], "each once");
+}
+
+/// A QoS 1 message on `t/x` as another node forwards it, named `id` in the cluster.
+fn from_peer(id: u64, payload: Vec<u8>) -> Arc<Message> {
+    let mut msg = Message::internal(
+        starling_proto::TopicName::try_from_str("t/x").unwrap(),
+        bytes::Bytes::from(payload),
+        false,
+    );
+    msg.qos = QoS::AtLeastOnce;
+    msg.cluster_id.set(id);
+    Arc::new(msg)
 }
