@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use starling_broker::{Broker, PeerInfo};
-use tokio::io::{AsyncRead, AsyncWrite};
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
@@ -257,8 +257,7 @@ fn tcp_connection(
     };
     let client = Client::new(Some(peer), Instant::now(), rt.access.clone(), info, stop);
     let options = StreamOptions { flush: false };
-    let (rd, wr) = stream.into_split();
-    crate::connection::serve(rd, wr, client, broker.clone(), options, permits)
+    crate::connection::serve(stream, client, broker.clone(), options, permits)
 }
 
 /// What the handshakes of a TLS or WebSocket connection need.
@@ -365,7 +364,7 @@ async fn handle(
                 if limiter.is_some() && forwarded(&mut info, &headers).is_none() {
                     return;
                 }
-                run_split(ws, conn(info), &broker, options).await;
+                crate::connection::serve(ws, conn(info), broker.clone(), options, ()).await;
             })
             .await
         }
@@ -376,7 +375,8 @@ async fn handle(
                 info.certificate_identity =
                     crate::tls::peer_identity(tls_stream.get_ref().1, tls.identity_source());
                 if rt.protocol == Protocol::Tls {
-                    run_split(tls_stream, conn(info), &broker, options).await;
+                    crate::connection::serve(tls_stream, conn(info), broker.clone(), options, ())
+                        .await;
                 } else {
                     let (ws, headers) = handshake!(
                         "WebSocket",
@@ -385,19 +385,11 @@ async fn handle(
                     if limiter.is_some() && forwarded(&mut info, &headers).is_none() {
                         return;
                     }
-                    run_split(ws, conn(info), &broker, options).await;
+                    crate::connection::serve(ws, conn(info), broker.clone(), options, ()).await;
                 }
             })
             .await
         }
         (Protocol::Tls | Protocol::Wss, None) => {}
     }
-}
-
-async fn run_split<S>(stream: S, client: Client, broker: &Arc<Broker>, options: StreamOptions)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (rd, wr) = tokio::io::split(stream);
-    crate::connection::serve(rd, wr, client, broker.clone(), options, ()).await;
 }

@@ -167,9 +167,10 @@ enum Yield {
 /// little: a timer only while a deadline is near (later ones are filed in the stop's wheel,
 /// see `wakeup.rs`), buffers only while bytes wait, one waker for the core's wake-ups and the
 /// stop alike.
-struct Task<R, W> {
-    rd: R,
-    wr: W,
+struct Task<S> {
+    /// The client's byte stream, read and written in the same poll (one value: a TCP stream
+    /// is not split into halves that would share it through another allocation).
+    io: S,
     g: Guard,
     /// Read and not yet handled; released while empty.
     rbuf: BytesMut,
@@ -199,25 +200,22 @@ struct Task<R, W> {
     room_to_write: bool,
 }
 
-/// Serves one client, whose stream is split into `rd` and `wr`, until it disconnects, breaks
-/// the protocol, or the broker shuts down; `permits` is dropped at the end (connection
-/// permits).
+/// Serves one client over its byte stream `io` until it disconnects, breaks the protocol, or
+/// the broker shuts down; `permits` is dropped at the end (connection permits).
 ///
 /// Every idle connection holds this future, so it is kept small: a plain function returning
 /// an `async move` block (an `async fn` keeps a second copy of each argument), whose loop
 /// state is one [`Task`] and whose end runs boxed ([`finish`]).
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-pub fn serve<R, W, G>(
-    rd: R,
-    wr: W,
+pub fn serve<S, G>(
+    io: S,
     client: Client,
     broker: Arc<Broker>,
     options: StreamOptions,
     permits: G,
 ) -> impl Future<Output = ()>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     // Taken apart here, not in the future: a value moved inside it would be stored twice.
     let Client { conn, waker } = client;
@@ -227,8 +225,7 @@ where
         waker,
     };
     let mut task = Task {
-        rd,
-        wr,
+        io,
         g,
         rbuf: BytesMut::new(),
         timer: None,
@@ -262,14 +259,12 @@ where
             task.held(held);
             task.prepare(now);
         };
-        let Task {
-            rd, wr, g, flush, ..
-        } = task;
-        Box::pin(finish(rd, wr, g, flush, by_broker, permits)).await;
+        let Task { io, g, flush, .. } = task;
+        Box::pin(finish(io, g, flush, by_broker, permits)).await;
     }
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<R, W> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
     /// Before a wait: the timer armed or the deadline filed, and whether to read (`can_read`)
     /// and to take the core's wake-ups (`room_to_write`) during it.
     fn prepare(&mut self, now: Instant) {
@@ -389,13 +384,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<R, W> {
     /// filled the room it had.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if self.rbuf.capacity() > self.rbuf.len() {
-            let n = ready!(pin!(self.rd.read_buf(&mut self.rbuf)).poll(cx))?;
+            let n = ready!(pin!(self.io.read_buf(&mut self.rbuf)).poll(cx))?;
             self.busy = self.rbuf.len() == self.rbuf.capacity();
             return Poll::Ready(Ok(n));
         }
         let mut first = [MaybeUninit::<u8>::uninit(); FIRST_READ];
         let mut into = ReadBuf::uninit(&mut first);
-        ready!(Pin::new(&mut self.rd).poll_read(cx, &mut into))?;
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut into))?;
         let read = into.filled();
         self.rbuf.extend_from_slice(read);
         self.busy = read.len() == FIRST_READ;
@@ -410,10 +405,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<R, W> {
     ) -> Poll<std::io::Result<Option<usize>>> {
         let out = self.g.conn.output();
         if out.is_empty() {
-            return Pin::new(&mut self.wr).poll_flush(cx).map_ok(|()| None);
+            return Pin::new(&mut self.io).poll_flush(cx).map_ok(|()| None);
         }
         // `write_buf` writes vectored where the stream can (one `writev`).
-        let n = ready!(pin!(self.wr.write_buf(out)).poll(cx))?;
+        let n = ready!(pin!(self.io.write_buf(out)).poll(cx))?;
         Poll::Ready(Ok(Some(n)))
     }
 
@@ -498,28 +493,21 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<R, W> {
 /// written, the stream shut down, the session released (`g` dropped) and the permits given
 /// back; then, if the broker closed it, the socket lingers (see [`Lingering`]). Runs boxed,
 /// once per connection, so that idle connections do not hold room for its timers.
-async fn finish<R, W, G>(
-    mut rd: R,
-    mut wr: W,
-    mut g: Guard,
-    flush: bool,
-    by_broker: bool,
-    permits: G,
-) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+async fn finish<S, G>(mut io: S, mut g: Guard, flush: bool, by_broker: bool, permits: G)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     g.conn.transmit(&g.broker, Instant::now());
     let out = g.conn.output();
     if !out.is_empty()
-        && let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, wr.write_all(out)).await
+        && let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, io.write_all(out)).await
     {
         g.broker.metrics.bytes_sent.add(out.len() as u64);
     }
     if flush {
-        let _ = tokio::time::timeout(FINAL_FLUSH, wr.flush()).await;
+        let _ = tokio::time::timeout(FINAL_FLUSH, io.flush()).await;
     }
-    let _ = tokio::time::timeout(FINAL_FLUSH, wr.shutdown()).await;
+    let _ = tokio::time::timeout(FINAL_FLUSH, io.shutdown()).await;
     let stop = g.waker.stop().clone();
     drop(g);
     drop(permits);
@@ -531,7 +519,7 @@ async fn finish<R, W, G>(
             sink.clear();
             let read = tokio::select! {
                 () = stop.wait() => break,
-                r = tokio::time::timeout_at(deadline, rd.read_buf(&mut sink)) => r,
+                r = tokio::time::timeout_at(deadline, io.read_buf(&mut sink)) => r,
             };
             match read {
                 Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
@@ -703,16 +691,15 @@ mod tests {
             PeerInfo::default(),
             &stop,
         );
-        // The halves of a real TCP stream.
+        // A real TCP stream.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (rd, wr) = stream.into_split();
         let global = Arc::new(tokio::sync::Semaphore::new(1));
         let listener = Arc::new(tokio::sync::Semaphore::new(1));
         let permits = crate::accept::Permits::take(&global, Some(&listener), &broker);
-        let task = serve(rd, wr, client, broker, StreamOptions::default(), permits);
+        let task = serve(stream, client, broker, StreamOptions::default(), permits);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 280, "the connection task grew to {size} bytes");
     }

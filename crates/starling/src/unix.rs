@@ -96,11 +96,9 @@ pub(crate) async fn accept_loop(
                     let options = StreamOptions {
                         flush: false,
                     };
-                    let (rd, wr) = stream.into_split();
                     // Detached: the global permit it holds is how shutdown waits for it.
                     tokio::spawn(crate::connection::serve(
-                        rd,
-                        wr,
+                        stream,
                         client,
                         broker.clone(),
                         options,

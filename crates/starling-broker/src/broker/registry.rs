@@ -7,8 +7,10 @@
 //! for one client id the later claim wins and the other finds itself taken over. A cluster
 //! replaces the local map with a replicated one (the epoch then orders claims across nodes).
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -38,13 +40,39 @@ pub trait Registry: Send + Sync + fmt::Debug {
 /// Bounded by `max_connections` for connected sessions and by session expiry for the rest.
 #[derive(Debug, Default)]
 pub struct LocalRegistry {
-    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    sessions: Mutex<HashSet<Entry>>,
     /// The last epoch handed out.
     epoch: AtomicU64,
 }
 
+/// A session in the registry, found by its client id: the set holds one pointer per session
+/// (a map from client id would hold the id's pointer beside it, for every connected client).
+#[derive(Debug)]
+struct Entry(Arc<Session>);
+
+impl Borrow<str> for Entry {
+    fn borrow(&self) -> &str {
+        self.0.client_id()
+    }
+}
+
+// Hashed and compared as the client id (`Borrow` requires it).
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Borrow::<str>::borrow(self).hash(state);
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        Borrow::<str>::borrow(self) == Borrow::<str>::borrow(other)
+    }
+}
+
+impl Eq for Entry {}
+
 impl LocalRegistry {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashSet<Entry>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -59,24 +87,23 @@ fn same(a: Option<&Arc<Session>>, b: Option<&Arc<Session>>) -> bool {
 
 impl Registry for LocalRegistry {
     fn get(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.map().get(client_id).cloned()
+        self.map().get(client_id).map(|e| e.0.clone())
     }
 
     fn claim(&self, session: &Arc<Session>, current: Option<&Arc<Session>>) -> Option<u64> {
         let mut map = self.map();
-        let id = session.client_id();
-        if !same(map.get(id), current) {
+        if !same(map.get(&**session.client_id()).map(|e| &e.0), current) {
             return None;
         }
-        map.insert(id.clone(), session.clone());
+        map.replace(Entry(session.clone()));
         // Taken under the map's lock, so epochs follow the order of the claims.
         Some(self.epoch.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
     fn release(&self, session: &Arc<Session>) -> bool {
         let mut map = self.map();
-        let id = session.client_id();
-        if !map.get(id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+        let id: &str = session.client_id();
+        if !map.get(id).is_some_and(|e| Arc::ptr_eq(&e.0, session)) {
             return false;
         }
         map.remove(id);
@@ -84,7 +111,7 @@ impl Registry for LocalRegistry {
     }
 
     fn sessions(&self) -> Vec<Arc<Session>> {
-        self.map().values().cloned().collect()
+        self.map().iter().map(|e| e.0.clone()).collect()
     }
 
     fn len(&self) -> usize {

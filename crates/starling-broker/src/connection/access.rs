@@ -540,7 +540,7 @@ pub(super) fn checking(link: &Link) -> bool {
 fn client<'a>(a: &'a Active) -> Client<'a> {
     Client {
         client_id: a.client_id(),
-        username: a.username.as_deref(),
+        username: a.username(),
     }
 }
 

@@ -21,13 +21,12 @@ use crate::session::{ClientInfo, Session};
 #[derive(Debug)]
 pub(super) struct Active {
     pub(super) session: Arc<Session>,
-    /// About the connection (its counters), as the admin API shows it.
-    pub(super) info: Option<Arc<ClientInfo>>,
+    /// About the connection as the admin API shows it (its username, its counters): the
+    /// one the session was attached with.
+    pub(super) info: Arc<ClientInfo>,
     /// The epoch of this connection's claim on the session: it owns the session while the
     /// session says so (`Locked::is_owned_by`).
     pub(super) epoch: u64,
-    /// Authenticated username (`None`: anonymous), for authorization.
-    pub(super) username: Option<Arc<str>>,
     pub(super) version: ProtocolVersion,
     /// Keep-alive enforced, milliseconds: 1.5x the negotiated value; 0 when disabled. (Every
     /// idle connection holds its `Active`: fields are as small as their ranges allow.)
@@ -104,11 +103,16 @@ impl Active {
         };
         info!(
             client_id = %self.session.client_id(),
-            username = self.username.as_deref().unwrap_or(""),
+            username = self.username().unwrap_or(""),
             peer = %cx.link.peer(),
             %topic,
             "{what} denied by the ACL{last}"
         );
+    }
+
+    /// The authenticated username (`None`: anonymous), for authorization and logs.
+    pub(super) fn username(&self) -> Option<&str> {
+        self.info.username.as_deref()
     }
 
     pub(super) fn version(&self) -> ProtocolVersion {
@@ -213,9 +217,7 @@ impl Active {
 
     /// The earliest of the keep-alive, re-authentication and rate-pause deadlines.
     pub(super) fn poll_timeout(&self, link: &Link) -> Option<std::time::Instant> {
-        let keep_alive = self
-            .keep_alive()
-            .and_then(|k| deadline(link.last_packet, k));
+        let keep_alive = self.keep_alive().and_then(|k| deadline(link.since, k));
         let rate = self.rate.as_ref().and_then(|r| r.paused_until);
         let credentials = access::credentials_end(link);
         [keep_alive, self.reauth_deadline(), rate, credentials]
@@ -243,10 +245,7 @@ impl Active {
                 "credentials expired (re-authenticate before the token's exp)",
             );
         }
-        let Some(expires) = self
-            .keep_alive()
-            .and_then(|k| deadline(cx.link.last_packet, k))
-        else {
+        let Some(expires) = self.keep_alive().and_then(|k| deadline(cx.link.since, k)) else {
             return ControlFlow::Continue(());
         };
         if now < expires {
@@ -256,7 +255,7 @@ impl Active {
             // The broker is not reading this client (the store is behind, too many
             // acknowledgements wait, or a packet waits for an ACL answer), so its PINGREQs
             // sit unread: not the client's silence.
-            cx.link.last_packet = now;
+            cx.link.since = now;
             return ControlFlow::Continue(());
         }
         self.fail(cx, ReasonCode::KeepAliveTimeout, "keep-alive timeout")
@@ -287,12 +286,26 @@ impl Active {
             .dec();
         info!(
             client_id = %self.session.client_id(),
-            username = self.username.as_deref().unwrap_or(""),
+            username = self.username().unwrap_or(""),
             peer = %cx.link.peer(),
             protocol = self.version.level(),
             reason = %close.reason,
             "client disconnected: {}",
             close.detail
         );
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// Every connected client holds its `Active` and its `Connection` (inside the I/O task's
+    /// future, which `starling`'s `the_connection_task_stays_small` bounds): what only some
+    /// connections use is boxed. 88 and 136 bytes when this was written.
+    #[test]
+    fn the_connection_state_stays_small() {
+        let active = std::mem::size_of::<super::Active>();
+        assert!(active <= 88, "Active grew to {active} bytes");
+        let conn = std::mem::size_of::<super::super::Connection>();
+        assert!(conn <= 136, "Connection grew to {conn} bytes");
     }
 }

@@ -308,24 +308,25 @@ pub(super) fn claim(
         delay_secs: w.properties.will_delay_interval.unwrap_or(0),
         will: w,
     });
+    let info = Arc::new(ClientInfo {
+        peer: cx.link.peer,
+        listener: cx
+            .link
+            .access
+            .as_ref()
+            .map_or_else(|| Arc::from(""), |a| a.listener.name.clone()),
+        username: accepted.username.clone(),
+        keep_alive: accepted.negotiated.keep_alive,
+        connected_at: cx.now,
+        counters: Default::default(),
+    });
     let request = ConnectRequest {
         client_id: accepted.negotiated.client_id.clone(),
         clean_start: c.clean_start,
         protocol: version,
         expiry_secs: terms.expiry_secs,
         will,
-        info: Some(Arc::new(ClientInfo {
-            peer: cx.link.peer,
-            listener: cx
-                .link
-                .access
-                .as_ref()
-                .map_or_else(|| Arc::from(""), |a| a.listener.name.clone()),
-            username: accepted.username.clone(),
-            keep_alive: accepted.negotiated.keep_alive,
-            connected_at: cx.now,
-            counters: Default::default(),
-        })),
+        info: Some(info.clone()),
         queue_bounds: cx
             .link
             .access
@@ -348,7 +349,7 @@ pub(super) fn claim(
     {
         broker.taken_over_elsewhere(&accepted.negotiated.client_id, cx.now);
     }
-    Ok(attach(cx, accepted, &terms, attached))
+    Ok(attach(cx, accepted, &terms, attached, info))
 }
 
 /// Refuses a CONNECT whose client id the cluster did not grant this node (no majority in
@@ -379,19 +380,27 @@ pub(super) fn busy(cx: &mut Cx<'_>, version: ProtocolVersion) -> State {
 }
 
 /// The session is attached: CONNACK, and what a resumed session had in flight.
-fn attach(cx: &mut Cx<'_>, accepted: Accepted, terms: &Terms, attached: Attached) -> State {
+fn attach(
+    cx: &mut Cx<'_>,
+    accepted: Accepted,
+    terms: &Terms,
+    attached: Attached,
+    info: Arc<ClientInfo>,
+) -> State {
     let Accepted {
         connect: c,
         negotiated,
-        username,
         enhanced,
+        ..
     } = accepted;
     let broker = cx.broker;
     let version = c.protocol;
     let v5 = version.is_v5();
     count_connected(&broker.metrics, version);
+    // Keep-alive runs from the CONNECT's acceptance.
+    cx.link.since = cx.now;
     broker.metrics.auth_succeeded.of(cx.auth_method(&c)).inc();
-    let mut active = activate(cx, &c, &negotiated, username, terms, &attached);
+    let mut active = activate(cx, &c, &negotiated, info, terms, &attached);
     active.enhanced = enhanced.as_ref().map(enhanced::Accepted::session);
     let properties = if v5 {
         connack_properties(cx, &c, &negotiated, terms, enhanced)
@@ -408,7 +417,7 @@ fn attach(cx: &mut Cx<'_>, accepted: Accepted, terms: &Terms, attached: Attached
     active.send_ack(cx, connack, attached.ticket);
     info!(
         client_id = %negotiated.client_id,
-        username = active.username.as_deref().unwrap_or(""),
+        username = active.username().unwrap_or(""),
         peer = %cx.link.peer(),
         protocol = version.level(),
         clean_start = c.clean_start,
@@ -438,18 +447,16 @@ fn activate(
     cx: &Cx<'_>,
     c: &Connect,
     negotiated: &Negotiated,
-    username: Option<Arc<str>>,
+    info: Arc<ClientInfo>,
     terms: &Terms,
     attached: &Attached,
 ) -> Box<Active> {
     let v5 = c.protocol.is_v5();
     let rate = cx.broker.limits.max_publish_rate;
-    let info = attached.session.lock().client_info().cloned();
     Box::new(Active {
         session: attached.session.clone(),
         info,
         epoch: attached.epoch,
-        username,
         version: c.protocol,
         // At most 65,535 x 1,500.
         keep_alive_ms: u32::from(negotiated.keep_alive).saturating_mul(1500),

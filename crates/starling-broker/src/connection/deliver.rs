@@ -134,9 +134,7 @@ impl Active {
             .payload_sent_by_qos
             .of(d.qos)
             .add(d.msg.payload.len() as u64);
-        if let Some(info) = &self.info {
-            info.counters.sent(d.msg.payload.len());
-        }
+        self.info.counters.sent(d.msg.payload.len());
         if let Some(received) = d.msg.received {
             let waited = cx.now.saturating_duration_since(received);
             (metrics.deliver_latency_us)

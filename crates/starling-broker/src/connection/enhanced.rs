@@ -255,7 +255,7 @@ impl Active {
                 valid_for,
             } => {
                 session.reauth = None;
-                if self.username.as_deref() == Some(username.as_str()) {
+                if self.info.username.as_deref() == Some(username.as_str()) {
                     // The new credentials' rules and end replace the old ones.
                     cx.keep_grant(Grant {
                         username: None,
@@ -317,7 +317,7 @@ impl Active {
                 let mut exchange = session.method.exchange();
                 let info = ExchangeInfo {
                     client_id: self.session.client_id(),
-                    username: self.username.as_deref(),
+                    username: self.info.username.as_deref(),
                     reauthentication: true,
                     peer: cx.link.peer,
                     listener: cx.link.access.as_ref().map_or("", |a| &*a.listener.name),

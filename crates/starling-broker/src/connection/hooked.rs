@@ -218,7 +218,7 @@ impl Active {
     pub(super) fn client_ref<'a>(&'a self, link: &Link, listener: &'a str) -> ClientRef<'a> {
         ClientRef {
             client_id: self.client_id(),
-            username: self.username.as_deref(),
+            username: self.username(),
             peer: link.peer,
             listener,
             protocol: self.version,

@@ -120,10 +120,10 @@ struct Link {
     waker: Waker,
     /// Encoded packets not yet handed to the I/O layer.
     out: BytesMut,
-    /// When the connection was accepted (CONNECT timeout).
-    opened_at: Instant,
-    /// When the last packet arrived (keep-alive).
-    last_packet: Instant,
+    /// Until CONNECT is accepted, when the connection was opened (the CONNECT timeout runs
+    /// from it, whatever the client sends meanwhile); from then on, when the last packet
+    /// arrived (keep-alive). One field for both: every idle connection holds it.
+    since: Instant,
     /// The listener's authentication and authorization; `None`: everything allowed.
     access: Option<access::ConnAccess>,
     /// An answer did not fit the client's Maximum Packet Size even without its optional
@@ -263,8 +263,7 @@ impl Connection {
                 peer,
                 waker,
                 out: BytesMut::new(),
-                opened_at: now,
-                last_packet: now,
+                since: now,
                 access: None,
                 unsendable: false,
             },
@@ -381,7 +380,9 @@ impl Connection {
     /// Handles one packet from the client.
     pub fn handle_packet(&mut self, broker: &Broker, now: Instant, packet: Packet) {
         broker.metrics.messages_received.inc();
-        self.link.last_packet = now;
+        if self.is_active() {
+            self.link.since = now;
+        }
         self.dispatch(broker, now, packet);
     }
 
@@ -482,7 +483,7 @@ impl Connection {
         match &self.state {
             State::Connecting | State::Authenticating(_) => {
                 let limit = Duration::from_secs(broker.limits.connect_timeout_secs);
-                deadline(self.link.opened_at, limit)
+                deadline(self.link.since, limit)
             }
             State::Waiting(w) => w.poll_timeout(),
             State::Active(a) => a.poll_timeout(&self.link),
@@ -511,7 +512,7 @@ impl Connection {
             State::Closed(_) | State::Waiting(_) => return,
             State::Connecting | State::Authenticating(_) => {
                 let limit = Duration::from_secs(broker.limits.connect_timeout_secs);
-                if deadline(self.link.opened_at, limit).is_none_or(|d| now < d) {
+                if deadline(self.link.since, limit).is_none_or(|d| now < d) {
                     return;
                 }
                 let detail = match self.state {

@@ -50,9 +50,7 @@ impl Active {
         m.publish_received.inc();
         m.publish_received_by_qos.of(qos).inc();
         m.payload_received_by_qos.of(qos).add(size as u64);
-        if let Some(info) = &self.info {
-            info.counters.received(size);
-        }
+        self.info.counters.received(size);
         if let Some(rate) = &mut self.rate {
             rate.bucket.take(cx.now);
         }

@@ -162,11 +162,9 @@ impl Bridge {
             PeerInfo::default(),
             stop,
         );
-        let (rd, wr) = tokio::io::split(theirs);
         let options = StreamOptions { flush: true };
         tokio::spawn(crate::connection::serve(
-            rd,
-            wr,
+            theirs,
             client,
             self.broker.clone(),
             options,

@@ -328,9 +328,9 @@ async fn connection(
         flush: false,
     };
     // The task's state is larger than a TCP connection's; boxed, it is one allocation.
+    // The stream's two directions are two quinn streams, read and written as one.
     Box::pin(crate::connection::serve(
-        recv,
-        &mut send,
+        tokio::io::join(recv, &mut send),
         client,
         broker.clone(),
         options,
