@@ -435,10 +435,14 @@ pub async fn propose_local(raft: &Raft, cmd: Command) -> ProposeReply {
     }
 }
 
+/// How long a peer's stream has to start HTTP/2 (its connection preface) before it is
+/// closed: a stream that sends nothing does not keep one of the listener's places.
+pub const PREFACE: Duration = Duration::from_secs(5);
+
 /// Answers a peer's calls on `stream` until it closes: Raft's through `raft`, routes,
 /// forwarded messages and handovers through `inbound` (without one, those are
 /// `UNIMPLEMENTED`). A request that does not decode is answered `INVALID_ARGUMENT`; what is
-/// not HTTP/2 closes the stream. The calls run on this task, beside the connection (at most
+/// not HTTP/2, or not within [`PREFACE`], closes the stream. The calls run on this task, beside the connection (at most
 /// four at once, the connection's limit); once the peer closes it, the calls under way
 /// finish before this returns.
 pub async fn serve<S>(stream: S, raft: Raft, inbound: Option<Arc<dyn Inbound>>)
@@ -458,10 +462,15 @@ where
     Fut: Future<Output = Result<Vec<u8>, tonic::Status>>,
 {
     use futures_util::StreamExt;
-    let mut conn = match rpc::server().handshake::<_, bytes::Bytes>(stream).await {
-        Ok(c) => c,
-        Err(e) => {
+    let handshake = rpc::server().handshake::<_, bytes::Bytes>(stream);
+    let mut conn = match tokio::time::timeout(PREFACE, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             debug!(error = %e, "cluster peer stream is not HTTP/2; closing");
+            return;
+        }
+        Err(_) => {
+            debug!("cluster peer stream sent no HTTP/2 preface in time; closing");
             return;
         }
     };
@@ -664,6 +673,26 @@ mod tests {
             2,
             "each call made once"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_sends_nothing_is_closed_after_the_preface_time() {
+        use tokio::io::AsyncReadExt;
+        let (mut ours, theirs) = tokio::io::duplex(1024);
+        let served = tokio::spawn(serve_with(theirs, |_, _| async {
+            Ok::<_, tonic::Status>(Vec::new())
+        }));
+        tokio::time::sleep(PREFACE - Duration::from_millis(100)).await;
+        assert!(!served.is_finished(), "closed before its time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            served.is_finished(),
+            "still held after {PREFACE:?} of silence"
+        );
+        // The server's side is gone: what it wrote (its settings) then the end.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(1), ours.read_to_end(&mut rest)).await;
+        assert!(matches!(read, Ok(Ok(_))), "{read:?}");
     }
 
     #[tokio::test]
