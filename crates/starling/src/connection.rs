@@ -37,7 +37,7 @@ const LINGER_BYTES: usize = 4 << 20;
 /// Most sockets lingering at once; beyond it a closed connection's socket closes at once.
 const MAX_LINGERING: usize = 1024;
 /// How long a connection asked to hand its session over to a new connection for the same
-/// client id keeps reading first, for bytes the reactor has not reported yet.
+/// client id keeps reading first, at most, while its client's bytes keep coming.
 const HANDOVER_READ_WAIT: Duration = Duration::from_millis(10);
 
 /// Sockets lingering after the broker closed their connection, process-wide. Closing a socket
@@ -129,6 +129,9 @@ enum Turn {
     Read,
     /// The timer fired.
     Timer,
+    /// Asked to hand the session over, the connection gave way once (the runtime polled its
+    /// I/O driver meanwhile) and then found nothing to read.
+    Probed,
     /// Other tasks ran after this connection gave way: the rest of what was read is next.
     Resume,
     /// The broker is shutting down.
@@ -149,6 +152,22 @@ enum Turn {
 fn give_way(cx: &mut Context<'_>) {
     // Pending: the wake-up is deferred (outside a runtime tokio wakes the task at once).
     let _ = pin!(tokio::task::yield_now()).poll(cx);
+}
+
+/// Where a connection asked to hand its session over is in reading what its client already
+/// sent (a DISCONNECT among it changes what the new connection gets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handover {
+    /// Not asked.
+    No,
+    /// Asked: the next wait gives way first, so that the runtime polls its I/O driver (tokio
+    /// reads a socket only once its reactor has reported it readable, which can lag behind
+    /// bytes that have arrived).
+    Probe,
+    /// Gave way: the wait reads once and, with nothing to read, ends (`Turn::Probed`).
+    Probed,
+    /// Read something: reads on until a read leaves nothing waiting.
+    Reading,
 }
 
 /// Where the connection is in giving way to the other tasks (`Connection::gives_way`).
@@ -182,9 +201,10 @@ struct Task<S> {
     /// (Boxed once more: a thin pointer in every idle connection's task, where the future
     /// itself is a wide one.)
     check: Option<Box<Pending<Box<CheckAnswer>>>>,
-    /// A new connection for the client id asked for the session: handed over by the timer's
-    /// deadline at the latest (see `Task::after`).
-    handing_over: bool,
+    /// A new connection for the client id asked for the session: where the connection is in
+    /// reading what its client already sent before it hands the session over, by the
+    /// timer's deadline at the latest (see `Task::after`).
+    handing_over: Handover,
     /// The writer buffers (TLS, WebSocket): flush after the output is written.
     flush: bool,
     /// Written but not yet flushed (buffering writers only).
@@ -230,7 +250,7 @@ where
         rbuf: BytesMut::new(),
         timer: None,
         check: None,
-        handing_over: false,
+        handing_over: Handover::No,
         flush: options.flush,
         unflushed: false,
         busy: false,
@@ -269,7 +289,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
     /// and to take the core's wake-ups (`room_to_write`) during it.
     fn prepare(&mut self, now: Instant) {
         let mut deadline = self.g.conn.poll_timeout(&self.g.broker);
-        if let Some(t) = self.timer.as_ref().filter(|_| self.handing_over) {
+        if let Some(t) = self
+            .timer
+            .as_ref()
+            .filter(|_| self.handing_over != Handover::No)
+        {
             let by = t.deadline().into_std();
             deadline = Some(deadline.map_or(by, |d| d.min(by)));
         }
@@ -332,6 +356,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
         {
             return Poll::Ready(self.written(r));
         }
+        match self.handing_over {
+            Handover::Probe => {
+                self.handing_over = Handover::Probed;
+                // Polled again once the runtime has polled its I/O driver.
+                give_way(cx);
+                return Poll::Pending;
+            }
+            Handover::Probed => {
+                self.handing_over = Handover::Reading;
+                if !self.can_read {
+                    return Poll::Ready(Turn::Probed);
+                }
+                return Poll::Ready(match self.poll_read(cx) {
+                    Poll::Pending => Turn::Probed,
+                    Poll::Ready(r) => self.read(r),
+                });
+            }
+            Handover::No | Handover::Reading => {}
+        }
         match self.yielding {
             // The rest of a burst after the others had their turn.
             Yield::Asked => {
@@ -347,13 +390,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
         if self.can_read
             && let Poll::Ready(r) = self.poll_read(cx)
         {
-            return Poll::Ready(match r {
-                Ok(0) | Err(_) => Turn::Lost,
-                Ok(n) => {
-                    self.g.broker.metrics.bytes_received.add(n as u64);
-                    Turn::Read
-                }
-            });
+            return Poll::Ready(self.read(r));
         }
         // New deliveries, a takeover, a finished commit, the wheel or the stop; with the
         // output full, only registered (the stop must still reach the task).
@@ -397,6 +434,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
         Poll::Ready(Ok(read.len()))
     }
 
+    /// What a read means for the turn.
+    fn read(&mut self, r: std::io::Result<usize>) -> Turn {
+        match r {
+            Ok(0) | Err(_) => Turn::Lost,
+            Ok(n) => {
+                self.g.broker.metrics.bytes_received.add(n as u64);
+                Turn::Read
+            }
+        }
+    }
+
     /// Writes some of the output, or, once it is all written, flushes the writer.
     /// `Some(n)`: bytes written; `None`: flushed.
     fn poll_write_or_flush(
@@ -438,6 +486,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
         let broker = &*self.g.broker;
         let conn = &mut self.g.conn;
         let was_read = matches!(turn, Turn::Read);
+        let probed = matches!(turn, Turn::Probed);
         if was_read {
             handle_read(conn, broker, now, &mut self.rbuf);
         }
@@ -455,29 +504,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
             self.check = conn.take_check().map(|f| Box::new(boxed_answer(f)));
         }
         // A new connection for this client id waits for the session: what the client
-        // already sent (a DISCONNECT, maybe) is read first. Handed over after a read that
-        // left nothing waiting, or after HANDOVER_READ_WAIT (tokio reads a socket once its
-        // reactor has seen it readable, which can lag behind bytes that have arrived), or at
-        // once if the client is not being read.
-        // While it reads, the timer holds that deadline (or an earlier one).
+        // already sent (a DISCONNECT, maybe) is read first. The connection gives way once, so
+        // that the runtime polls its I/O driver and sees what has arrived, and reads; handed
+        // over when that finds nothing, after a read that left nothing waiting, after
+        // HANDOVER_READ_WAIT while bytes keep coming, or at once if the client is not being
+        // read. While it reads, the timer holds that deadline (or an earlier one).
         if !conn.hand_over_asked() {
-            self.handing_over = false;
-        } else if self.handing_over {
+            self.handing_over = Handover::No;
+        } else if self.handing_over != Handover::No {
             let due = self
                 .timer
                 .as_ref()
                 .is_none_or(|t| now >= t.deadline().into_std());
-            if (was_read && !self.busy) || due || !self.can_read {
+            if (was_read && !self.busy) || probed || due || !self.can_read {
                 // Packets a pause left in the buffer are handled first: a DISCONNECT there
                 // may close the connection, and then the loop ends here.
                 conn.handle_hand_over(broker, now, &mut self.rbuf);
-                self.handing_over = false;
+                self.handing_over = Handover::No;
                 if end_turn(conn, broker, now, Turn::Go, &mut self.rbuf) {
                     return Some(true);
                 }
             }
         } else {
-            self.handing_over = true;
+            self.handing_over = Handover::Probe;
             let by = tokio::time::Instant::from_std(now + HANDOVER_READ_WAIT);
             match &mut self.timer {
                 Some(t) if t.deadline() <= by => {}
@@ -558,7 +607,7 @@ fn end_turn(
     // Input that came after CONNECT waits in the buffer while the session is handed over.
     let waiting = conn.is_waiting();
     match turn {
-        Turn::Go | Turn::Read => {}
+        Turn::Go | Turn::Read | Turn::Probed => {}
         Turn::Timer => {
             conn.handle_timeout(broker, now);
             // Packets left in the buffer by a publish-rate pause that just ended.
