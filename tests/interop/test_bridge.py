@@ -39,8 +39,17 @@ class Mosquitto:
         self.dir = workdir
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
+        # max_inflight_messages: above any count of messages in flight to one client here.
+        # Mosquitto 2.0.11 (Debian 12's) lets its outgoing inflight list grow past the limit
+        # (each PUBCOMP moves up to a whole window from its queue), and when restoring a
+        # persisted session it puts the entries beyond the limit back into the queue, whose
+        # messages it then sends as new PUBLISHes: QoS 2 messages it had already released
+        # (PUBREL sent) reach a subscriber a second time after a restart. Under that limit
+        # every entry is restored in flight, and a released one is resumed with PUBREL.
+        # (65535 would mean no limit, which restores everything into the queue.)
         lines = [f"listener {self.port} {HOST}", "allow_anonymous true", "persistence true",
                  f"persistence_location {workdir}/", "max_queued_messages 100000",
+                 "max_inflight_messages 60000",
                  "log_dest file " + str(workdir / "mosquitto.log")]
         if os.geteuid() == 0:
             lines.append("user root")
