@@ -102,6 +102,10 @@ def figures(r):
     if r["scenario"] == "connections":
         return {"bytes per idle connection": r.get("rss_per_conn_bytes"),
                 "connections/s": r.get("connect_rate_per_s")}
+    if r["scenario"] == "takeover":
+        lat = r.get("latency_us") or {}
+        return {"CONNECTs/s": r.get("connect_rate_per_s"), "CONNACK p50 µs": lat.get("p50"),
+                "CONNACK p99 µs": lat.get("p99")}
     if r["scenario"] == "latency":
         lat = r.get("latency_us") or {}
         return {"p99 µs": lat.get("p99"), "p99.9 µs": lat.get("p999")}
