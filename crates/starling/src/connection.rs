@@ -37,7 +37,8 @@ const LINGER_BYTES: usize = 4 << 20;
 /// Most sockets lingering at once; beyond it a closed connection's socket closes at once.
 const MAX_LINGERING: usize = 1024;
 /// How long a connection asked to hand its session over to a new connection for the same
-/// client id keeps reading first, at most, while its client's bytes keep coming.
+/// client id keeps reading first, at most: while its client's bytes keep coming, or, when
+/// they can change what the new connection gets, for bytes still on their way.
 const HANDOVER_READ_WAIT: Duration = Duration::from_millis(10);
 
 /// Sockets lingering after the broker closed their connection, process-wide. Closing a socket
@@ -506,8 +507,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
         // A new connection for this client id waits for the session: what the client
         // already sent (a DISCONNECT, maybe) is read first. The connection gives way once, so
         // that the runtime polls its I/O driver and sees what has arrived, and reads; handed
-        // over when that finds nothing, after a read that left nothing waiting, after
-        // HANDOVER_READ_WAIT while bytes keep coming, or at once if the client is not being
+        // over when that finds nothing (unless what the client may still be sending can
+        // change what the new connection gets: then it waits for it), after a read that left
+        // nothing waiting, after HANDOVER_READ_WAIT, or at once if the client is not being
         // read. While it reads, the timer holds that deadline (or an earlier one).
         if !conn.hand_over_asked() {
             self.handing_over = Handover::No;
@@ -516,7 +518,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
                 .timer
                 .as_ref()
                 .is_none_or(|t| now >= t.deadline().into_std());
-            if (was_read && !self.busy) || probed || due || !self.can_read {
+            let nothing_more = probed && !conn.hand_over_waits_for_input();
+            if (was_read && !self.busy) || nothing_more || due || !self.can_read {
                 // Packets a pause left in the buffer are handled first: a DISCONNECT there
                 // may close the connection, and then the loop ends here.
                 conn.handle_hand_over(broker, now, &mut self.rbuf);

@@ -97,7 +97,7 @@ impl Broker {
     ) -> Claim {
         if let Some(successor) = handover
             && let Some(current) = self.seams.registry.get(&req.client_id)
-            && current.lock().ask_to_hand_over(successor)
+            && current.lock().ask_to_hand_over(successor, !req.clean_start)
         {
             return Claim::Waiting;
         }

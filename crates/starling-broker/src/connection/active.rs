@@ -59,6 +59,9 @@ pub(super) struct Active {
     /// A new connection for the client id waits for this one to hand the session over
     /// (`handover.rs`): the I/O layer reads what the client already sent, then says so.
     pub(super) hand_over_asked: bool,
+    /// ... and what its client may still be sending can change what that connection gets
+    /// (`Locked::hand_over_waits_for_input`): the I/O layer waits a little for it.
+    pub(super) hand_over_waits: bool,
     /// ACL denials of this connection logged so far; after [`DENIALS_LOGGED`] they are
     /// counted only (a client looping on a forbidden topic does not flood the log).
     pub(super) denials_logged: u8,

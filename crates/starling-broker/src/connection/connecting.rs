@@ -481,6 +481,7 @@ fn activate(
         }),
         held: None,
         hand_over_asked: false,
+        hand_over_waits: false,
         denials_logged: 0,
         turn: super::turn::Turn::new(&cx.broker.turns, cx.now),
     })

@@ -59,7 +59,10 @@ impl Active {
             self.send_disconnect(cx, reason, text);
             return ControlFlow::Break(Close::new(reason, text));
         }
-        self.hand_over_asked |= st.hand_over_asked();
+        if st.hand_over_asked() {
+            self.hand_over_asked = true;
+            self.hand_over_waits = st.hand_over_waits_for_input();
+        }
         while cx.link.out.len() < room {
             let Some(d) = st.next_delivery(usize::from(self.window)) else {
                 break;

@@ -117,6 +117,7 @@ impl Active {
     /// session): the connection waiting for it is woken to take it over.
     pub(super) fn hand_over(&mut self) {
         self.hand_over_asked = false;
+        self.hand_over_waits = false;
         self.session.lock().hand_over(self.epoch);
     }
 }

@@ -561,6 +561,14 @@ impl Connection {
         matches!(&self.state, State::Active(a) if a.hand_over_asked)
     }
 
+    /// Whether, asked to hand the session over, the connection should wait a little for
+    /// bytes still on their way from its client (for at most the I/O layer's bound): what
+    /// the client sent can change what the new connection gets (it resumes the session, or
+    /// the session has a will). Otherwise reading what has arrived is enough.
+    pub fn hand_over_waits_for_input(&self) -> bool {
+        matches!(&self.state, State::Active(a) if a.hand_over_asked && a.hand_over_waits)
+    }
+
     /// What the client had sent is read: `buf` holds what was read and not yet handled (a
     /// publish-rate pause leaves packets there), which is handled now whatever the pause, so
     /// that a DISCONNECT among it counts. A connection that still owns its session then lets

@@ -30,6 +30,7 @@ mod buffers;
 mod flows;
 mod queue;
 mod restore;
+mod successor;
 mod window;
 pub use buffers::BufferView;
 pub use flows::{Ack, PubRec, Qos2Receive};
@@ -231,6 +232,9 @@ struct Rare {
     /// owner hands the session over or lets go of it. One at a time: a later one replaces it,
     /// and the one replaced is woken to take the session without waiting.
     successor: Option<Waker>,
+    /// That connection resumes the session (Clean Start 0): see
+    /// `Locked::hand_over_waits_for_input`.
+    successor_resumes: bool,
     /// Queue bounds replacing the broker's, for this session (from its listener).
     queue_bounds: Option<crate::config::QueueBounds>,
     /// While a session handed over from another node waits for that node's last messages:
@@ -489,55 +493,6 @@ impl Locked<'_> {
     /// Whether, and why, the owner is to be disconnected.
     pub fn kicked(&self) -> Option<Kick> {
         self.st.kicked
-    }
-
-    /// Asks the connection that owns the session to hand it over to `successor` once it has
-    /// read what its client already sent (a DISCONNECT among it changes what the successor
-    /// gets). False if no connection owns the session: take it now.
-    pub fn ask_to_hand_over(&mut self, successor: Waker) -> bool {
-        if self.st.ended {
-            return false;
-        }
-        let Some(owner) = &self.st.owner else {
-            return false;
-        };
-        owner.wake();
-        let rare = self.st.rare.get_or_insert_with(Box::default);
-        if let Some(earlier) = rare.successor.replace(successor) {
-            earlier.wake();
-        }
-        true
-    }
-
-    /// Whether a new connection waits for the owner to hand the session over.
-    pub fn hand_over_asked(&self) -> bool {
-        self.st
-            .rare
-            .as_deref()
-            .is_some_and(|r| r.successor.is_some())
-    }
-
-    /// The connection that claimed `epoch` has read what its client sent and still owns the
-    /// session: the waiting successor is woken to take it over.
-    pub fn hand_over(&mut self, epoch: u64) {
-        if self.is_owned_by(epoch)
-            && let Some(successor) = self.take_successor()
-        {
-            successor.wake();
-        }
-    }
-
-    /// Wakes a connection waiting for this session's handover: the owner let go of it (or
-    /// another claim took it). Called once what that changed is journaled, so that the
-    /// successor's own changes to the session are stored after it.
-    pub fn wake_successor(&mut self) {
-        if let Some(successor) = self.take_successor() {
-            successor.wake();
-        }
-    }
-
-    fn take_successor(&mut self) -> Option<Waker> {
-        self.st.rare.as_deref_mut()?.successor.take()
     }
 
     /// Records which connection owns the session (`None`: disconnected) and wakes the
