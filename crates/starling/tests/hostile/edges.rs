@@ -295,9 +295,25 @@ async fn a_tiny_maximum_packet_size_bounds_every_answer() {
 /// CONNECT is often handled before the old connection's task has run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_right_after_disconnect_does_not_resume_the_ended_session() {
+    disconnect_and_reconnect("quick-reconnect", 50, None).await;
+}
+
+/// The same when the DISCONNECT leaves the client just after the new CONNECT (a client
+/// library whose network thread writes it a moment later): a new connection that resumes the
+/// session makes the old one wait a little for what its client is still sending, so the
+/// DISCONNECT still ends the session first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_sent_just_after_the_new_connect_still_ends_the_session() {
+    disconnect_and_reconnect("late-disconnect", 20, Some(Duration::from_millis(1))).await;
+}
+
+/// `rounds` times: a persistent session's client sends DISCONNECT with expiry 0 and CONNECT
+/// (Clean Start 0) on a new socket, the DISCONNECT first, or `late` after the CONNECT; the
+/// new connection must start a new session, and the old one be closed by its DISCONNECT.
+async fn disconnect_and_reconnect(client_id: &str, rounds: u32, late: Option<Duration>) {
     let (server, mut probe) = setup(|_| {}).await;
     let persistent = || {
-        let mut c = connect_packet(V5, "quick-reconnect");
+        let mut c = connect_packet(V5, client_id);
         c.clean_start = false;
         c.properties.session_expiry_interval = Some(300);
         c
@@ -305,12 +321,22 @@ async fn a_reconnect_right_after_disconnect_does_not_resume_the_ended_session() 
     let (mut old, _) = RawClient::connect_with(server.addr, persistent()).await;
     let mut bye = Disconnect::new(ReasonCode::Success);
     bye.properties.session_expiry_interval = Some(0);
-    for round in 0..50 {
-        old.subscribe("quick/#", QoS::AtLeastOnce).await;
+    for round in 0..rounds {
+        old.subscribe("reconnect/#", QoS::AtLeastOnce).await;
         let mut new = RawClient::open(server.addr).await;
         new.version = V5;
-        old.send(&Packet::Disconnect(bye.clone())).await;
-        new.send(&Packet::Connect(Box::new(persistent()))).await;
+        let connect = Packet::Connect(Box::new(persistent()));
+        match late {
+            None => {
+                old.send(&Packet::Disconnect(bye.clone())).await;
+                new.send(&connect).await;
+            }
+            Some(after) => {
+                new.send(&connect).await;
+                tokio::time::sleep(after).await;
+                old.send(&Packet::Disconnect(bye.clone())).await;
+            }
+        }
         match new.expect_packet(WAIT).await {
             Packet::ConnAck(ack) => {
                 assert_eq!(ack.reason, ReasonCode::Success);
@@ -322,46 +348,6 @@ async fn a_reconnect_right_after_disconnect_does_not_resume_the_ended_session() 
             other => panic!("expected CONNACK, got {other:?}"),
         }
         // The old connection was closed by its DISCONNECT, not taken over.
-        assert!(old.expect_closed(WAIT).await.is_empty());
-        old = new;
-    }
-    still_serving(&server, &mut probe).await;
-    server.shutdown().await;
-}
-
-/// The same when the DISCONNECT leaves the client just after the new CONNECT (a client
-/// library whose network thread writes it a moment later): a new connection that resumes the
-/// session makes the old one wait a little for what its client is still sending, so the
-/// DISCONNECT still ends the session first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_disconnect_sent_just_after_the_new_connect_still_ends_the_session() {
-    let (server, mut probe) = setup(|_| {}).await;
-    let persistent = || {
-        let mut c = connect_packet(V5, "late-disconnect");
-        c.clean_start = false;
-        c.properties.session_expiry_interval = Some(300);
-        c
-    };
-    let (mut old, _) = RawClient::connect_with(server.addr, persistent()).await;
-    let mut bye = Disconnect::new(ReasonCode::Success);
-    bye.properties.session_expiry_interval = Some(0);
-    for round in 0..20 {
-        old.subscribe("late/#", QoS::AtLeastOnce).await;
-        let mut new = RawClient::open(server.addr).await;
-        new.version = V5;
-        new.send(&Packet::Connect(Box::new(persistent()))).await;
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        old.send(&Packet::Disconnect(bye.clone())).await;
-        match new.expect_packet(WAIT).await {
-            Packet::ConnAck(ack) => {
-                assert_eq!(ack.reason, ReasonCode::Success);
-                assert!(
-                    !ack.session_present,
-                    "round {round}: the session ended by DISCONNECT was resumed"
-                );
-            }
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
         assert!(old.expect_closed(WAIT).await.is_empty());
         old = new;
     }
