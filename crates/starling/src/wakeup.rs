@@ -247,8 +247,8 @@ pub struct Stop {
 #[derive(Debug, Default)]
 struct Tasks {
     live: Slab<Weak<TaskWaker>>,
-    /// (tick in ms since the epoch, task's key in `live`).
-    wheel: BTreeSet<(u64, usize)>,
+    /// One [`entry`] per task with a far deadline: its tick and its key in `live`.
+    wheel: BTreeSet<u64>,
 }
 
 impl Default for Stop {
@@ -343,13 +343,12 @@ impl Stop {
             return;
         }
         self.release(key);
-        let key = key as usize;
         let mut tasks = self.lock();
         let filed = waker.filed.swap(NONE, Ordering::AcqRel);
         if filed != NONE {
-            tasks.wheel.remove(&(filed, key));
+            tasks.wheel.remove(&entry(filed, key));
         }
-        tasks.live.try_remove(key);
+        tasks.live.try_remove(key as usize);
     }
 
     /// The task has no deadline, or one of at most [`NEAR`] (it keeps a
@@ -362,7 +361,6 @@ impl Stop {
             waker.due.store(NONE, Ordering::Release);
             return false;
         };
-        let key = key as usize;
         let due = self.ms(deadline);
         let tick = tick_of(due);
         if tick <= self.ms(now) {
@@ -380,10 +378,10 @@ impl Stop {
                 return true;
             }
             if filed != NONE {
-                tasks.wheel.remove(&(filed, key));
+                tasks.wheel.remove(&entry(filed, key));
             }
-            let earliest = tasks.wheel.first().is_none_or(|&(t, _)| tick < t);
-            tasks.wheel.insert((tick, key));
+            let earliest = tasks.wheel.first().is_none_or(|&e| tick < parts(e).0);
+            tasks.wheel.insert(entry(tick, key));
             waker.filed.store(tick, Ordering::Release);
             earliest
         };
@@ -402,12 +400,13 @@ impl Stop {
         let mut near = Vec::new();
         let next = {
             let mut tasks = self.lock();
-            while let Some(&(tick, key)) = tasks.wheel.first() {
+            while let Some(&e) = tasks.wheel.first() {
+                let (tick, key) = parts(e);
                 if tick > now_ms {
                     break;
                 }
                 tasks.wheel.pop_first();
-                let Some(w) = tasks.live.get(key).and_then(Weak::upgrade) else {
+                let Some(w) = tasks.live.get(key as usize).and_then(Weak::upgrade) else {
                     continue;
                 };
                 let due = w.due.load(Ordering::Acquire);
@@ -418,14 +417,14 @@ impl Stop {
                         near.push(w);
                     }
                 } else {
-                    tasks.wheel.insert((again, key));
+                    tasks.wheel.insert(entry(again, key));
                     w.filed.store(again, Ordering::Release);
                 }
             }
             tasks
                 .wheel
                 .first()
-                .map(|&(t, _)| self.epoch + Duration::from_millis(t))
+                .map(|&e| self.epoch + Duration::from_millis(parts(e).0))
         };
         for w in near {
             w.wake();
@@ -444,6 +443,20 @@ impl Stop {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// A wheel entry: the tick `tick` (ms, a multiple of [`TICK_MS`]) counted in ticks, above
+/// the task's key, so that entries order by tick and the wheel holds 8 bytes a task (a
+/// `(u64, usize)` pair took 16, twice as much of every B-tree node). Ticks past 2^32 (34
+/// years) are filed at the last one: such an entry is never reached.
+fn entry(tick: u64, key: u32) -> u64 {
+    ((tick / TICK_MS).min(u64::from(u32::MAX)) << 32) | u64::from(key)
+}
+
+/// The tick (ms) and the task's key of a wheel [`entry`].
+fn parts(entry: u64) -> (u64, u32) {
+    let key = u32::try_from(entry & u64::from(u32::MAX)).unwrap_or(UNREGISTERED);
+    ((entry >> 32) * TICK_MS, key)
 }
 
 /// The wheel's tick for a deadline `due` (ms): `NEAR` before it, rounded down to a tick.
@@ -593,6 +606,19 @@ mod tests {
         assert!(!w.file(Some(now + Duration::from_millis(900)), now));
         assert_eq!(w.filed.load(Ordering::Acquire), NONE);
         assert!(stop.lock().wheel.is_empty());
+    }
+
+    #[test]
+    fn wheel_entries_order_by_tick_then_key_and_give_both_back() {
+        let tick = 7 * TICK_MS;
+        assert_eq!(parts(entry(tick, 42)), (tick, 42));
+        assert_eq!(parts(entry(0, u32::MAX - 1)), (0, u32::MAX - 1));
+        assert!(entry(tick, u32::MAX - 1) < entry(tick + TICK_MS, 0));
+        assert!(entry(tick, 1) < entry(tick, 2));
+        // A deadline past the wheel's range is filed at its last tick, never reached.
+        let far = tick_of(u64::MAX - 1);
+        assert_eq!(parts(entry(far, 3)), (u64::from(u32::MAX) * TICK_MS, 3));
+        assert!(entry(far, 3) > entry(tick, 3));
     }
 
     #[tokio::test]
