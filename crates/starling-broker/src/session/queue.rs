@@ -71,7 +71,7 @@ impl Locked<'_> {
             };
             if let Some(mut old) = self.st.queue.remove(victim) {
                 self.st.queued_bytes -= old.msg.cost();
-                self.st.queued_qos0 -= usize::from(old.qos == QoS::AtMostOnce);
+                self.st.queued_qos0 -= u32::from(old.qos == QoS::AtMostOnce);
                 count_drop(ctx, self.client_id(), &old, Full::Session);
                 self.forget_record(&mut old, ops);
             }
@@ -265,14 +265,14 @@ impl Locked<'_> {
     pub(super) fn pop_queued(&mut self) -> Option<Delivery> {
         let d = self.st.queue.pop_front()?;
         self.st.queued_bytes -= d.msg.cost();
-        self.st.queued_qos0 -= usize::from(d.qos == QoS::AtMostOnce);
+        self.st.queued_qos0 -= u32::from(d.qos == QoS::AtMostOnce);
         Some(d)
     }
 
     /// Appends a delivery to the queue without the limits (it was in the queue before).
     pub(super) fn push_queued(&mut self, d: Delivery) {
         self.st.queued_bytes += d.msg.cost();
-        self.st.queued_qos0 += usize::from(d.qos == QoS::AtMostOnce);
+        self.st.queued_qos0 += u32::from(d.qos == QoS::AtMostOnce);
         self.st.queue.push_back(d);
     }
 
