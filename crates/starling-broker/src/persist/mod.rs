@@ -205,7 +205,8 @@ impl Journal {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.is_empty() {
             p.wake_at = (!p.closed).then_some(0);
-            return None;
+            // Nothing to take; the room kept for batches shrinks as they stay away.
+            return p.take();
         }
         p.wake_at = None;
         self.batch_bytes.store(p.bytes, Ordering::Relaxed);

@@ -20,7 +20,7 @@ use starling_store::{BuildMix, ClientId, Op};
 
 use crate::wake::Waker;
 
-/// Slots whose room is kept from one batch to the next.
+/// Slots whose room is always kept from one batch to the next.
 const KEEP_SLOTS: usize = 16 * 1024;
 
 /// A record waiting in a slot, and the group it belongs to (0: none).
@@ -60,6 +60,10 @@ pub(super) struct Pending {
     groups: HashMap<u64, Group, BuildMix>,
     /// Records undone in place since the start (a metric).
     pub(super) undone: u64,
+    /// The largest recent batch, in slots, decaying by an eighth at each take (also an
+    /// empty one: the idle committer still asks): the room the slots keep. Given back
+    /// between batches, that room would be faulted in page by page again by the next.
+    recent: usize,
 }
 
 fn key(id: &ClientId, seq: u64) -> (usize, u64) {
@@ -146,14 +150,19 @@ impl Pending {
     /// Takes the batch: the ops left, in order, and the last ticket among them (undone or
     /// not). `None` when nothing was pushed since the last take.
     pub(super) fn take(&mut self) -> Option<(Vec<Op>, u64)> {
+        self.recent = self.slots.len().max(self.recent - self.recent / 8);
+        let keep = self.recent.max(KEEP_SLOTS);
         if self.slots.is_empty() {
+            if self.slots.capacity() > keep {
+                self.slots.shrink_to(keep);
+            }
             return None;
         }
-        // Drained, not taken: the slots keep their room for the next batch (up to a bound,
-        // so that a burst's memory is given back).
+        // Drained, not taken: the slots keep their room for the next batch, as much as
+        // recent batches needed (so that a burst's memory is given back once it is over).
         let ops = self.slots.drain(..).flatten().collect();
-        if self.slots.capacity() > KEEP_SLOTS {
-            self.slots.shrink_to(KEEP_SLOTS);
+        if self.slots.capacity() > keep.saturating_mul(2) {
+            self.slots.shrink_to(keep);
         }
         self.index.clear();
         // A group with a record in the batch now waits for its commit like everything else;
@@ -250,6 +259,33 @@ mod tests {
             &p.take().unwrap().0[..],
             [Op::DeleteMessage(_, 2)]
         ));
+    }
+
+    /// The slots keep the room recent batches needed (refaulting it page by page for every
+    /// batch cost a large part of a commit cycle's CPU), and give it back once batches stop.
+    #[test]
+    fn the_slots_keep_the_room_of_recent_batches_and_give_it_back_when_idle() {
+        let a: ClientId = Arc::from("a");
+        let mut p = Pending::default();
+        let batch = 4 * KEEP_SLOTS;
+        for round in 0..3u64 {
+            let ops = (0..batch as u64)
+                .map(|i| put(&a, round * 1_000_000 + i))
+                .collect();
+            p.push(ops, false);
+            assert_eq!(p.take().unwrap().0.len(), batch);
+            assert!(p.slots.capacity() >= batch, "room kept after round {round}");
+        }
+        let mut idle = 0;
+        while p.slots.capacity() > KEEP_SLOTS {
+            assert!(p.take().is_none());
+            idle += 1;
+            assert!(idle < 100, "the room is never given back");
+        }
+        assert!(
+            idle > 1,
+            "given back at once: the next batch would fault it in again"
+        );
     }
 
     #[test]
