@@ -21,6 +21,7 @@
 //! journals a record per persistent subscriber it reaches, so the journal can exceed the
 //! bound by up to a read buffer's worth of publishes times their fan-out; nothing is dropped.
 
+mod entry;
 mod pending;
 mod records;
 
@@ -28,7 +29,9 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use starling_store::Op;
+use starling_store::{ClientId, MessagePhase, Op};
+
+use crate::message::Delivery;
 
 pub use records::{
     SHARED_PAYLOAD_MIN, WallClock, decode_message, delivery_record, encode_message, encode_will,
@@ -36,6 +39,7 @@ pub use records::{
 };
 
 use crate::wake::Waker;
+pub use entry::Entry;
 use pending::Pending;
 
 /// Where a ticket stands.
@@ -147,7 +151,7 @@ impl Journal {
 
     /// Appends an op; returns its ticket.
     pub fn push(&self, op: Op) -> u64 {
-        self.append(vec![op]).0
+        self.append(vec![Entry::Op(op)]).0
     }
 
     /// Appends ops in order under one lock; returns the ticket of the last (the last ticket
@@ -156,7 +160,7 @@ impl Journal {
     /// without a commit once every record is deleted again before the committer takes it
     /// ([`Journal::take_absorbed`]). A deletion or phase change of a message record still
     /// waiting in the journal is applied to it in place instead (see `pending.rs`).
-    pub fn append(&self, ops: Vec<Op>) -> (u64, bool) {
+    pub fn append(&self, ops: Vec<Entry>) -> (u64, bool) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let (t, grouped, absorbed) = p.push(ops, self.hold_acks);
         self.bytes.store(p.bytes, Ordering::Relaxed);
@@ -206,12 +210,17 @@ impl Journal {
         if p.is_empty() {
             p.wake_at = (!p.closed).then_some(0);
             // Nothing to take; the room kept for batches shrinks as they stay away.
-            return p.take();
+            p.take();
+            return None;
         }
         p.wake_at = None;
         self.batch_bytes.store(p.bytes, Ordering::Relaxed);
         self.bytes.store(0, Ordering::Relaxed);
-        p.take()
+        let (entries, upto) = p.take()?;
+        drop(p);
+        // Encoded here, on the committer's thread and outside the lock: the records that
+        // were undone while they waited (nearly all, at full rate) never are.
+        Some((entries.into_iter().map(Entry::into_op).collect(), upto))
     }
 
     /// For the periodic committer, which waits its interval between commits: true if the
@@ -396,7 +405,7 @@ impl Journal {
 pub struct Ops<'a> {
     /// The clock records keep absolute times with; `None`: there is no store.
     clock: Option<&'a WallClock>,
-    ops: Vec<Op>,
+    ops: Vec<Entry>,
 }
 
 impl<'a> Ops<'a> {
@@ -416,7 +425,23 @@ impl<'a> Ops<'a> {
     /// Records the op `make` builds, if there is a store (it is not built otherwise).
     pub fn push(&mut self, make: impl FnOnce(&WallClock) -> Op) {
         if let Some(clock) = self.clock {
-            self.ops.push(make(clock));
+            self.ops.push(Entry::Op(make(clock)));
+        }
+    }
+
+    /// Records the delivery `d` queued for the session `id` with `phase` and `packet_id`, if
+    /// there is a store: kept as the delivery, and encoded only if the committer takes it
+    /// (see [`Entry`]).
+    pub fn push_queued(&mut self, id: ClientId, d: &Delivery, phase: MessagePhase, packet_id: u16) {
+        if let Some(clock) = self.clock {
+            let expires_at_ms = d.msg.expires_at.map(|t| clock.to_unix_ms(t));
+            self.ops.push(Entry::queued(
+                id,
+                d.clone(),
+                expires_at_ms,
+                phase,
+                packet_id,
+            ));
         }
     }
 
@@ -426,12 +451,12 @@ impl<'a> Ops<'a> {
     }
 
     /// The ops recorded so far, taking them.
-    pub(crate) fn take(&mut self) -> Vec<Op> {
+    pub(crate) fn take(&mut self) -> Vec<Entry> {
         std::mem::take(&mut self.ops)
     }
 
     /// The ops recorded so far (tests and the harness look at them).
-    pub fn ops(&self) -> &[Op] {
+    pub fn ops(&self) -> &[Entry] {
         &self.ops
     }
 }

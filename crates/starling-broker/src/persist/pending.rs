@@ -1,4 +1,4 @@
-//! The ops waiting for the committer, and what is undone in place before it takes them. A
+//! The ops waiting for the committer ([`Entry`]), and what is undone in place before it takes them. A
 //! message record stored for a session and deleted again while both ops wait (the message
 //! was delivered and acknowledged within one commit cycle) is dropped from the batch, so the
 //! committer never sees it; a phase change of a record that waits is folded into it. A QoS 1
@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use starling_store::{BuildMix, ClientId, Op};
 
+use super::Entry;
 use crate::wake::Waker;
 
 /// Slots whose room is always kept from one batch to the next.
@@ -41,7 +42,7 @@ struct Group {
 #[derive(Debug, Default)]
 pub(super) struct Pending {
     /// Ops in ticket order; `None` where one was undone.
-    slots: Vec<Option<Op>>,
+    slots: Vec<Option<Entry>>,
     /// Sum of the live ops' weights.
     pub(super) bytes: usize,
     /// Ticket of the last op pushed.
@@ -80,11 +81,11 @@ impl Pending {
     /// group (acknowledgements wait for commits). Returns the ticket of the last op appended
     /// (the last so far if none was), whether they formed a group, and the connections to
     /// wake because their groups were absorbed (to be woken once the lock is released).
-    pub(super) fn push(&mut self, ops: Vec<Op>, group: bool) -> (u64, bool, Vec<Waker>) {
+    pub(super) fn push(&mut self, ops: Vec<Entry>, group: bool) -> (u64, bool, Vec<Waker>) {
         let mut wake = Vec::new();
         let grouped = group
             && !ops.is_empty()
-            && ops.iter().all(|op| matches!(op, Op::PutMessage(..)))
+            && ops.iter().all(|op| op.put_key().is_some())
             && u32::try_from(ops.len()).is_ok();
         let group_ticket = if grouped {
             let t = self.last + ops.len() as u64;
@@ -96,23 +97,15 @@ impl Pending {
         };
         for op in ops {
             match &op {
-                Op::PutMessage(id, seq, _) => {
-                    let put = Put {
-                        slot: self.slots.len(),
-                        group: group_ticket,
-                    };
-                    self.index.insert(key(id, *seq), put);
-                }
-                Op::SetPhase(id, seq, phase, packet_id) => {
+                Entry::Op(Op::SetPhase(id, seq, phase, packet_id)) => {
                     if let Some(put) = self.index.get(&key(id, *seq))
-                        && let Some(Some(Op::PutMessage(_, _, rec))) = self.slots.get_mut(put.slot)
+                        && let Some(Some(rec)) = self.slots.get_mut(put.slot)
                     {
-                        rec.phase = *phase;
-                        rec.packet_id = *packet_id;
+                        rec.set_phase(*phase, *packet_id);
                         continue;
                     }
                 }
-                Op::DeleteMessage(id, seq) => {
+                Entry::Op(Op::DeleteMessage(id, seq)) => {
                     if let Some(put) = self.index.remove(&key(id, *seq))
                         && let Some(slot) = self.slots.get_mut(put.slot)
                         && let Some(record) = slot.take()
@@ -130,15 +123,23 @@ impl Pending {
                         continue;
                     }
                 }
-                Op::DeleteSession(id) => {
+                Entry::Op(Op::DeleteSession(id)) => {
                     // Its records still waiting are deleted by it anyway; later ops of a new
                     // session under the same id must not fold into them.
                     let slots = &self.slots;
                     self.index.retain(|_, put| {
-                        !matches!(slots.get(put.slot), Some(Some(Op::PutMessage(c, _, _))) if **c == **id)
+                        !matches!(slots.get(put.slot), Some(Some(e)) if e.put_key().is_some_and(|(c, _)| **c == **id))
                     });
                 }
-                _ => {}
+                _ => {
+                    if let Some((id, seq)) = op.put_key() {
+                        let put = Put {
+                            slot: self.slots.len(),
+                            group: group_ticket,
+                        };
+                        self.index.insert(key(id, seq), put);
+                    }
+                }
             }
             self.bytes += op.weight();
             self.last += 1;
@@ -149,7 +150,7 @@ impl Pending {
 
     /// Takes the batch: the ops left, in order, and the last ticket among them (undone or
     /// not). `None` when nothing was pushed since the last take.
-    pub(super) fn take(&mut self) -> Option<(Vec<Op>, u64)> {
+    pub(super) fn take(&mut self) -> Option<(Vec<Entry>, u64)> {
         self.recent = self.slots.len().max(self.recent - self.recent / 8);
         let keep = self.recent.max(KEEP_SLOTS);
         if self.slots.is_empty() {
@@ -216,6 +217,19 @@ mod tests {
     use starling_store::{MessagePhase, MessageRecord};
 
     use super::*;
+
+    impl Pending {
+        /// `push` with store ops.
+        fn push_ops(&mut self, ops: Vec<Op>, group: bool) -> (u64, bool, Vec<Waker>) {
+            self.push(ops.into_iter().map(Entry::Op).collect(), group)
+        }
+
+        /// `take`, with the records encoded.
+        fn take_ops(&mut self) -> Option<(Vec<Op>, u64)> {
+            let (entries, upto) = self.take()?;
+            Some((entries.into_iter().map(Entry::into_op).collect(), upto))
+        }
+    }
     use crate::wake::Flag;
 
     fn record() -> MessageRecord {
@@ -238,25 +252,25 @@ mod tests {
     fn a_record_deleted_while_it_waits_is_never_taken() {
         let a: ClientId = Arc::from("a");
         let mut p = Pending::default();
-        let (t, grouped, _) = p.push(vec![put(&a, 1), put(&a, 2)], true);
+        let (t, grouped, _) = p.push_ops(vec![put(&a, 1), put(&a, 2)], true);
         assert_eq!((t, grouped), (2, true));
         let weight = p.bytes;
-        p.push(
+        p.push_ops(
             vec![Op::SetPhase(a.clone(), 1, MessagePhase::Published, 7)],
             true,
         );
-        p.push(vec![Op::DeleteMessage(a.clone(), 1)], true);
+        p.push_ops(vec![Op::DeleteMessage(a.clone(), 1)], true);
         assert_eq!(p.last, 2, "folded and undone: no ticket taken");
         assert!(p.bytes < weight, "the undone record no longer counts");
         assert_eq!(p.undone, 1);
-        let (ops, upto) = p.take().unwrap();
+        let (ops, upto) = p.take_ops().unwrap();
         assert_eq!(upto, 2);
         assert!(matches!(&ops[..], [Op::PutMessage(_, 2, _)]), "{ops:?}");
         // Once taken, a deletion is journaled as an op of its own.
-        let (t, _, _) = p.push(vec![Op::DeleteMessage(a.clone(), 2)], true);
+        let (t, _, _) = p.push_ops(vec![Op::DeleteMessage(a.clone(), 2)], true);
         assert_eq!(t, 3);
         assert!(matches!(
-            &p.take().unwrap().0[..],
+            &p.take_ops().unwrap().0[..],
             [Op::DeleteMessage(_, 2)]
         ));
     }
@@ -272,13 +286,13 @@ mod tests {
             let ops = (0..batch as u64)
                 .map(|i| put(&a, round * 1_000_000 + i))
                 .collect();
-            p.push(ops, false);
-            assert_eq!(p.take().unwrap().0.len(), batch);
+            p.push_ops(ops, false);
+            assert_eq!(p.take_ops().unwrap().0.len(), batch);
             assert!(p.slots.capacity() >= batch, "room kept after round {round}");
         }
         let mut idle = 0;
         while p.slots.capacity() > KEEP_SLOTS {
-            assert!(p.take().is_none());
+            assert!(p.take_ops().is_none());
             idle += 1;
             assert!(idle < 100, "the room is never given back");
         }
@@ -292,12 +306,12 @@ mod tests {
     fn a_phase_change_folds_into_its_waiting_record() {
         let a: ClientId = Arc::from("a");
         let mut p = Pending::default();
-        p.push(vec![put(&a, 1)], false);
-        p.push(
+        p.push_ops(vec![put(&a, 1)], false);
+        p.push_ops(
             vec![Op::SetPhase(a.clone(), 1, MessagePhase::Released, 9)],
             false,
         );
-        let (ops, _) = p.take().unwrap();
+        let (ops, _) = p.take_ops().unwrap();
         let [Op::PutMessage(_, 1, rec)] = &ops[..] else {
             panic!("{ops:?}")
         };
@@ -310,28 +324,28 @@ mod tests {
     fn a_group_is_absorbed_when_its_last_record_is_undone() {
         let (a, b): (ClientId, ClientId) = (Arc::from("a"), Arc::from("b"));
         let mut p = Pending::default();
-        let (t, grouped, _) = p.push(vec![put(&a, 1), put(&b, 1)], true);
+        let (t, grouped, _) = p.push_ops(vec![put(&a, 1), put(&b, 1)], true);
         assert!(grouped);
         let flag = Flag::new();
         let waker: Waker = flag.clone();
         assert!(!p.watch(t, &waker));
-        let (_, _, wake) = p.push(vec![Op::DeleteMessage(a.clone(), 1)], true);
+        let (_, _, wake) = p.push_ops(vec![Op::DeleteMessage(a.clone(), 1)], true);
         assert!(
             wake.is_empty() && !p.watch(t, &waker),
             "b's record still waits"
         );
-        let (_, _, wake) = p.push(vec![Op::DeleteMessage(b.clone(), 1)], true);
+        let (_, _, wake) = p.push_ops(vec![Op::DeleteMessage(b.clone(), 1)], true);
         assert_eq!(wake.len(), 1);
         assert!(p.watch(t, &waker));
         // Taken (empty) and finished: the ticket answers for itself.
-        let (ops, upto) = p.take().unwrap();
+        let (ops, upto) = p.take_ops().unwrap();
         assert!(ops.is_empty());
         assert!(p.watch(t, &waker), "until its commit finishes");
         p.finished(upto);
         assert!(!p.watch(t, &waker));
         // Claimed once, then forgotten.
-        let (t, _, _) = p.push(vec![put(&a, 2)], true);
-        p.push(vec![Op::DeleteMessage(a.clone(), 2)], true);
+        let (t, _, _) = p.push_ops(vec![put(&a, 2)], true);
+        p.push_ops(vec![Op::DeleteMessage(a.clone(), 2)], true);
         assert!(p.take_absorbed(t));
         assert!(!p.take_absorbed(t));
     }
@@ -341,19 +355,19 @@ mod tests {
         let a: ClientId = Arc::from("a");
         let mut p = Pending::default();
         // Mixed with another op (a retained message, an eviction): not a group.
-        let (t, grouped, _) = p.push(vec![put(&a, 1), Op::DeleteRetained("r".into())], true);
+        let (t, grouped, _) = p.push_ops(vec![put(&a, 1), Op::DeleteRetained("r".into())], true);
         assert!(!grouped);
-        p.push(vec![Op::DeleteMessage(a.clone(), 1)], true);
+        p.push_ops(vec![Op::DeleteMessage(a.clone(), 1)], true);
         assert!(!p.take_absorbed(t));
         // Without held acknowledgements, no groups are kept.
-        let (t, grouped, _) = p.push(vec![put(&a, 2)], false);
+        let (t, grouped, _) = p.push_ops(vec![put(&a, 2)], false);
         assert!(!grouped);
-        p.push(vec![Op::DeleteMessage(a.clone(), 2)], false);
+        p.push_ops(vec![Op::DeleteMessage(a.clone(), 2)], false);
         assert!(!p.take_absorbed(t));
         // A record taken by the committer is no longer undone: its group waits for the commit.
-        let (t, _, _) = p.push(vec![put(&a, 3)], true);
-        p.take();
-        p.push(vec![Op::DeleteMessage(a.clone(), 3)], true);
+        let (t, _, _) = p.push_ops(vec![put(&a, 3)], true);
+        p.take_ops();
+        p.push_ops(vec![Op::DeleteMessage(a.clone(), 3)], true);
         assert!(!p.take_absorbed(t));
     }
 
@@ -363,10 +377,10 @@ mod tests {
     fn a_deleted_session_keeps_its_records_apart() {
         let a: ClientId = Arc::from("a");
         let mut p = Pending::default();
-        p.push(vec![put(&a, 1)], true);
-        p.push(vec![Op::DeleteSession(a.clone())], true);
-        p.push(vec![Op::DeleteMessage(a.clone(), 1)], true);
-        let (ops, _) = p.take().unwrap();
+        p.push_ops(vec![put(&a, 1)], true);
+        p.push_ops(vec![Op::DeleteSession(a.clone())], true);
+        p.push_ops(vec![Op::DeleteMessage(a.clone(), 1)], true);
+        let (ops, _) = p.take_ops().unwrap();
         assert!(
             matches!(
                 &ops[..],
@@ -386,8 +400,8 @@ mod tests {
     fn another_arc_of_the_same_id_is_not_merged() {
         let (a1, a2): (ClientId, ClientId) = (Arc::from("a"), Arc::from("a"));
         let mut p = Pending::default();
-        p.push(vec![put(&a1, 1)], true);
-        p.push(vec![Op::DeleteMessage(a2, 1)], true);
-        assert_eq!(p.take().unwrap().0.len(), 2);
+        p.push_ops(vec![put(&a1, 1)], true);
+        p.push_ops(vec![Op::DeleteMessage(a2, 1)], true);
+        assert_eq!(p.take_ops().unwrap().0.len(), 2);
     }
 }

@@ -144,6 +144,17 @@ pub fn delivery_record(
     packet_id: u16,
     clock: &WallClock,
 ) -> MessageRecord {
+    let expires_at_ms = d.msg.expires_at.map(|t| clock.to_unix_ms(t));
+    delivery_record_expiring(d, phase, packet_id, expires_at_ms)
+}
+
+/// As [`delivery_record`], with the expiry already in wall-clock time.
+pub(super) fn delivery_record_expiring(
+    d: &Delivery,
+    phase: MessagePhase,
+    packet_id: u16,
+    expires_at_ms: Option<u64>,
+) -> MessageRecord {
     // A payload worth sharing is kept apart: the store writes it once for every session the
     // message is queued for.
     let mut shared = d.msg.payload.len() >= SHARED_PAYLOAD_MIN;
@@ -163,7 +174,7 @@ pub fn delivery_record(
             key: d.msg.store_key.get(),
             bytes: d.msg.payload.clone(),
         }),
-        expires_at_ms: d.msg.expires_at.map(|t| clock.to_unix_ms(t)),
+        expires_at_ms,
         phase,
         packet_id,
     }

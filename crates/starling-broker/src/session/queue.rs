@@ -12,7 +12,7 @@ use super::{Ctx, Locked};
 use crate::config::{Limits, QueueFullPolicy, QueueScope};
 use crate::hook::{self, DropReason, Event};
 use crate::message::Delivery;
-use crate::persist::{Ops, delivery_record};
+use crate::persist::Ops;
 
 /// Which bound a drop was made at, for the counters.
 #[derive(Clone, Copy)]
@@ -104,11 +104,7 @@ impl Locked<'_> {
             delivery.seq = self.st.next_seq;
             self.st.next_seq = self.st.next_seq.saturating_add(1);
             let id = self.client_id().clone();
-            let d = &delivery;
-            ops.push(|clock| {
-                let record = delivery_record(d, MessagePhase::Queued, 0, clock);
-                Op::PutMessage(id, d.seq, record)
-            });
+            ops.push_queued(id, delivery, MessagePhase::Queued, 0);
         }
     }
 
