@@ -3,7 +3,12 @@
 # what a change did (issue 23, item 7: the existing scenarios stay within 3 % or improve).
 #
 #   bench/ab.sh --before DIR [--after DIR] [--scenarios p2p-qos0,...] [--rounds N]
-#               [--duration S] [--out FILE]
+#               [--duration S] [--out FILE] [--durability MODE] [--persistent]
+#
+# --durability sync|periodic|memory: the brokers' `[storage] durability` (default memory, as
+# in bench/compare.sh); --persistent: the generator's subscribers keep their sessions (clean
+# session 0), so a durable broker stores every message queued for them (bench/durability.sh's
+# throughput scenario, two builds side by side).
 #
 # DIR holds a release build's `starling` (the after build defaults to target/release, built
 # here). Every round runs each scenario once per build, the order alternating between rounds;
@@ -24,6 +29,8 @@ ROUNDS=3
 WARMUP=2
 MEASURE=8
 OUT=""
+DURABILITY=memory
+GEN_ARGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --before) BEFORE="$2"; shift ;;
@@ -32,7 +39,9 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS="$2"; shift ;;
         --duration) MEASURE="$2"; shift ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --durability) DURABILITY="$2"; shift ;;
+        --persistent) GEN_ARGS+=(--persistent) ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -55,7 +64,11 @@ MIN_UTIL=0.90
 "${PRIO[@]}" true 2>/dev/null || { PRIO=(); MIN_UTIL=0.95; }
 
 . bench/peers.sh
-starling_toml > "$WORK/starling.toml"
+case "$DURABILITY" in
+    memory|periodic|sync) ;;
+    *) echo "--durability: memory, periodic or sync, not $DURABILITY" >&2; exit 2 ;;
+esac
+starling_toml | sed "s/^durability = .*/durability = \"$DURABILITY\"/" > "$WORK/starling.toml"
 
 PORT=22000
 run() { # label dir scenario round
@@ -70,7 +83,7 @@ run() { # label dir scenario round
     done
     sleep 0.3
     if line=$(taskset -c 1 "${PRIO[@]}" "$BENCH" --port "$PORT" --scenario "$scenario" \
-        --label "$label" --round "$round" --broker-pid "$pid" --warmup "$WARMUP" \
+        --label "$label" --round "$round" --broker-pid "$pid" --warmup "$WARMUP" "${GEN_ARGS[@]}" \
         --duration "$MEASURE" --min-broker-util "$MIN_UTIL" 2> "$WORK/gen-$PORT.log"); then
         echo "$line" >> "$OUT"
     else
