@@ -109,7 +109,8 @@ pub struct Limits {
     /// Most messages queued per session (not yet sent); full: QoS 0 dropped first, then
     /// `queue_full_policy`. Every drop is counted.
     pub max_queued_messages: usize,
-    /// Most payload bytes queued per session; same reaction as `max_queued_messages`.
+    /// Most bytes queued per session (each message's payload, topic and properties, see
+    /// `Message::cost`); same reaction as `max_queued_messages`.
     pub max_queued_bytes: usize,
     /// What to drop when the queue is full.
     pub queue_full_policy: QueueFullPolicy,
@@ -118,8 +119,8 @@ pub struct Limits {
     /// With `queue_scope = "subscription"`: most messages in one subscription's buffer; full:
     /// lower priorities first, then `queue_full_policy` within that buffer. Counted.
     pub max_queued_messages_per_subscription: usize,
-    /// With `queue_scope = "subscription"`: most payload bytes in one subscription's buffer;
-    /// same reaction.
+    /// With `queue_scope = "subscription"`: most bytes (as `max_queued_bytes` counts them) in
+    /// one subscription's buffer; same reaction.
     pub max_queued_bytes_per_subscription: usize,
     /// Priorities by topic filter (at most `bounds::QUEUE_PRIORITIES` entries); a message
     /// takes the highest of the filters its topic matches, 0 if none. Empty: no priorities,

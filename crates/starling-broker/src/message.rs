@@ -162,9 +162,16 @@ impl Message {
         })
     }
 
-    /// Bytes this message accounts for in a queue.
+    /// Bytes this message accounts for in a queue: its topic, payload and the properties it
+    /// carries (user properties, correlation data...: up to a packet's worth, which a client
+    /// could otherwise queue beyond `max_queued_bytes` behind an empty payload).
     pub fn cost(&self) -> usize {
-        self.payload.len() + self.topic.len()
+        let properties = if self.properties.is_empty() {
+            0
+        } else {
+            starling_proto::properties_len(&self.properties)
+        };
+        self.payload.len() + self.topic.len() + properties
     }
 }
 

@@ -14,7 +14,7 @@ pub mod topic;
 
 pub use codec::{
     DecodeLimits, PublishParts, connect_version, decode, encode, encode_publish_header,
-    encode_publish_parts, encoded_len, packet_len, publish_len,
+    encode_publish_parts, encoded_len, packet_len, properties_len, publish_len,
 };
 pub use error::{DecodeError, EncodeError};
 pub use packet::*;

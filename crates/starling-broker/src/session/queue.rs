@@ -450,6 +450,37 @@ mod tests {
         assert_eq!(s.lock().queued(), 2, "each costs 2 bytes (topic + payload)");
     }
 
+    /// A message's properties count toward the byte bound: an empty payload behind a large
+    /// user property cannot slip past `max_queued_bytes`.
+    #[test]
+    fn properties_count_toward_the_bytes_bound() {
+        let m = Metrics::default();
+        let l = Limits {
+            max_queued_bytes: 10_000,
+            ..Limits::default()
+        };
+        let s = online();
+        for n in 0..10 {
+            let mut d = delivery(QoS::AtLeastOnce, n);
+            let topic = d.msg.topic.clone();
+            let mut msg = crate::message::Message::internal(topic, bytes::Bytes::new(), false);
+            msg.properties =
+                starling_proto::Properties::from_values(starling_proto::PropertyValues {
+                    user_properties: vec![("k".into(), "v".repeat(3_000))],
+                    ..Default::default()
+                });
+            assert!(msg.cost() > 3_000, "{}", msg.cost());
+            d.msg = std::sync::Arc::new(msg);
+            enqueue(&s, &l, &m, d);
+        }
+        assert!(s.lock().st.queued_bytes <= 10_000);
+        assert_eq!(
+            s.lock().queued(),
+            3,
+            "three messages of about 3 KB each fit"
+        );
+    }
+
     #[test]
     fn offline_qos0_not_queued() {
         let m = Metrics::default();

@@ -177,6 +177,12 @@ fn first_byte(packet: &Packet) -> u8 {
     }
 }
 
+/// The bytes `props` take in an MQTT 5 packet, their length prefix included (1 for none).
+/// Properties too long to encode count as the most a packet can hold.
+pub fn properties_len(props: &Properties) -> usize {
+    properties::encoded_len(props).unwrap_or(MAX_VARINT as usize)
+}
+
 /// Property list length with its prefix at MQTT 5, nothing before.
 fn props_len(props: &Properties, version: ProtocolVersion) -> Result<usize, EncodeError> {
     if version.is_v5() {

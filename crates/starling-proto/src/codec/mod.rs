@@ -13,7 +13,8 @@ mod varint;
 
 pub use decode::{connect_version, decode, packet_len};
 pub use encode::{
-    PublishParts, encode, encode_publish_header, encode_publish_parts, encoded_len, publish_len,
+    PublishParts, encode, encode_publish_header, encode_publish_parts, encoded_len, properties_len,
+    publish_len,
 };
 pub use varint::MAX_VARINT;
 
