@@ -77,10 +77,9 @@ impl Entry {
     pub fn weight(&self) -> usize {
         match self {
             Self::Op(op) => op.weight(),
-            Self::Queued(q) => {
-                let msg = &q.delivery.msg;
-                64 + 16 + msg.topic.as_str().len() + msg.payload.len()
-            }
+            // What the queue counts for the message (topic, payload, properties), and the
+            // record's header and the fixed allowance of `Op::weight`.
+            Self::Queued(q) => 64 + 16 + q.delivery.msg.cost(),
         }
     }
 
@@ -122,7 +121,7 @@ mod tests {
 
     /// A queued delivery kept as itself gives, once taken, the record encoding it at once
     /// would have given (its phase changes folded in), whether its payload is kept apart or
-    /// inline, with or without expiry and subscription identifiers.
+    /// inline, with or without expiry, properties and subscription identifiers.
     #[test]
     fn a_queued_delivery_encodes_as_its_record_would_have() {
         let now = Instant::now();
@@ -143,6 +142,13 @@ mod tests {
             };
             let mut msg = Message::from_publish(publish, None, now);
             msg.expires_at = expiry.map(|e| now + e);
+            if expiry.is_some() {
+                msg.properties =
+                    starling_proto::Properties::from_values(starling_proto::PropertyValues {
+                        user_properties: vec![("k".into(), "v".repeat(300))],
+                        ..Default::default()
+                    });
+            }
             let d = Delivery {
                 msg: Arc::new(msg),
                 qos: QoS::AtLeastOnce,
@@ -160,6 +166,10 @@ mod tests {
                 0,
             );
             assert_eq!(e.put_key(), Some((&id, 42)));
+            assert!(
+                e.weight() > d.msg.cost(),
+                "weighs more than the queue counts"
+            );
             e.set_phase(MessagePhase::Published, 5);
             let want = delivery_record(&d, MessagePhase::Published, 5, &clock);
             assert!(want.expires_at_ms.is_some() == expiry.is_some());
