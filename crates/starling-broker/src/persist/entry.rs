@@ -102,21 +102,15 @@ impl Entry {
     }
 }
 
-impl From<Op> for Entry {
-    fn from(op: Op) -> Self {
-        Self::Op(op)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use starling_proto::{Publish, QoS};
+    use starling_proto::QoS;
 
     use super::*;
-    use crate::message::Message;
+    use crate::persist::records::test_message;
     use crate::persist::{WallClock, delivery_record};
 
     /// A queued delivery kept as itself gives, once taken, the record encoding it at once
@@ -131,16 +125,7 @@ mod tests {
             (vec![7u8; 500], vec![], None),
             (vec![1u8; 10], vec![3, 9], Some(Duration::from_secs(60))),
         ] {
-            let publish = Publish {
-                dup: false,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                topic: starling_proto::TopicName::try_from_str("a/b").unwrap(),
-                packet_id: 1,
-                properties: Default::default(),
-                payload: payload.into(),
-            };
-            let mut msg = Message::from_publish(publish, None, now);
+            let mut msg = test_message(payload, now);
             msg.expires_at = expiry.map(|e| now + e);
             if expiry.is_some() {
                 msg.properties =

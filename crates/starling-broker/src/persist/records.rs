@@ -205,6 +205,22 @@ pub fn decode_message(
     Some((msg, qos, retain, sub_ids))
 }
 
+/// A QoS 1 message to `a/b` with `payload`, received at `now` (for the tests here and in
+/// `entry.rs`).
+#[cfg(test)]
+pub(super) fn test_message(payload: Vec<u8>, now: Instant) -> Message {
+    let publish = Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: starling_proto::TopicName::try_from_str("a/b").unwrap(),
+        packet_id: 1,
+        properties: Default::default(),
+        payload: payload.into(),
+    };
+    Message::from_publish(publish, None, now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,15 +233,6 @@ mod tests {
     fn large_payloads_are_shared_and_read_back_whole() {
         let now = Instant::now();
         let clock = WallClock::new(now, 1_700_000_000_000);
-        let publish = |payload: Vec<u8>| Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: starling_proto::TopicName::try_from_str("a/b").unwrap(),
-            packet_id: 1,
-            properties: Default::default(),
-            payload: payload.into(),
-        };
         let delivery = |msg: &Arc<Message>, sub_ids: Vec<u32>| Delivery {
             msg: msg.clone(),
             qos: QoS::AtLeastOnce,
@@ -234,9 +241,9 @@ mod tests {
             share: None,
             seq: 0,
         };
-        let big = Arc::new(Message::from_publish(publish(vec![9; 500]), None, now));
-        let other = Arc::new(Message::from_publish(publish(vec![9; 500]), None, now));
-        let small = Arc::new(Message::from_publish(publish(vec![1; 10]), None, now));
+        let big = Arc::new(test_message(vec![9; 500], now));
+        let other = Arc::new(test_message(vec![9; 500], now));
+        let small = Arc::new(test_message(vec![1; 10], now));
         let r1 = delivery_record(&delivery(&big, vec![]), MessagePhase::Queued, 0, &clock);
         let r2 = delivery_record(&delivery(&big, vec![7]), MessagePhase::Queued, 0, &clock);
         let r3 = delivery_record(&delivery(&other, vec![]), MessagePhase::Queued, 0, &clock);
