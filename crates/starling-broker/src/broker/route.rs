@@ -108,10 +108,12 @@ impl Broker {
                 })
                 .filter(|s| !(s.options.no_local && publisher == Some(&**s.session.client_id())))
                 .collect();
-            if plain.len() > 1 {
-                // Only grouping matters (merged deliveries take every match of a session), so
-                // the unstable sort, which allocates nothing.
-                plain.sort_unstable_by_key(|s| Arc::as_ptr(&s.session) as usize);
+            let address = |s: &&Subscriber| Arc::as_ptr(&s.session) as usize;
+            // One filter's subscribers come sorted (the route table keeps them so); only
+            // several filters' need sorting. Only grouping matters (merged deliveries take
+            // every match of a session), so the unstable sort, which allocates nothing.
+            if !plain.is_sorted_by_key(address) {
+                plain.sort_unstable_by_key(address);
             }
             let mut i = 0;
             while let Some(first) = plain.get(i) {

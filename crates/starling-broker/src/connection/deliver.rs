@@ -14,6 +14,7 @@ use super::active::Active;
 use super::{Close, Cx, Flow, access};
 use crate::hook::DropReason;
 use crate::message::Delivery;
+use crate::metrics::SentTally;
 use crate::session::{Kick, Phase};
 
 impl Active {
@@ -29,6 +30,7 @@ impl Active {
         // crash it would come again under another id and be delivered twice.
         let mut shows_stored_id = false;
         let mut st = session.lock();
+        st.take_wake();
         if !st.is_owned_by(self.epoch) {
             drop(st);
             self.taken_over_event(cx);
@@ -63,11 +65,12 @@ impl Active {
             self.hand_over_asked = true;
             self.hand_over_waits = st.hand_over_waits_for_input();
         }
+        let mut tally = SentTally::default();
         while cx.link.out.len() < room {
             let Some(d) = st.next_delivery(usize::from(self.window)) else {
                 break;
             };
-            match self.send_delivery(cx, &d, || st.allocate_packet_id()) {
+            match self.send_delivery(cx, &d, &mut tally, || st.allocate_packet_id()) {
                 Ok(packet_id) => {
                     self.delivered_event(cx, &d, packet_id);
                     shows_stored_id |= d.qos == QoS::ExactlyOnce && d.seq != 0;
@@ -80,6 +83,11 @@ impl Active {
             }
         }
         drop(st);
+        tally.add_to(&broker.metrics);
+        let (sent, bytes) = tally.totals();
+        if sent != 0 {
+            self.info.counters.sent_many(sent, bytes);
+        }
         let ticket = self.persisted(cx, &mut ops);
         self.deliveries_from(cx, from, ticket, shows_stored_id);
         ControlFlow::Continue(())
@@ -87,11 +95,13 @@ impl Active {
 
     /// Encodes one delivery into the output; the packet id it was sent with (0 for QoS 0),
     /// or why it is not sent: expired, refused by the ACL, or too large for the client
-    /// (spec 3.1.2.11.4). Each is counted.
+    /// (spec 3.1.2.11.4). Each is counted (what is sent in `tally`, added to the metrics by
+    /// the caller).
     fn send_delivery(
         &mut self,
         cx: &mut Cx<'_>,
         d: &Delivery,
+        tally: &mut SentTally,
         allocate: impl FnOnce() -> u16,
     ) -> Result<u16, DropReason> {
         let metrics = &cx.broker.metrics;
@@ -130,19 +140,11 @@ impl Active {
                 return Err(DropReason::TooLarge);
             }
         }
-        metrics.publish_sent.inc();
-        metrics.messages_sent.inc();
-        metrics.publish_sent_by_qos.of(d.qos).inc();
-        metrics
-            .payload_sent_by_qos
-            .of(d.qos)
-            .add(d.msg.payload.len() as u64);
-        self.info.counters.sent(d.msg.payload.len());
-        if let Some(received) = d.msg.received {
+        let waited = d.msg.received.map(|received| {
             let waited = cx.now.saturating_duration_since(received);
-            (metrics.deliver_latency_us)
-                .observe(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
-        }
+            u64::try_from(waited.as_micros()).unwrap_or(u64::MAX)
+        });
+        tally.sent(d.qos, d.msg.payload.len(), waited);
         Ok(packet_id)
     }
 

@@ -222,14 +222,28 @@ impl RouteTable for Router {
                 }
             }
         };
-        if let Some(existing) = list
+        if filter.share_group().is_none() {
+            // Plain subscribers are kept in the order of their sessions' addresses, so that
+            // the subscribers of one filter come out of a walk already grouped by session
+            // (`route_message` then need not sort them).
+            match list.binary_search_by_key(&address(&sub.session), |s| address(&s.session)) {
+                Ok(i) => {
+                    if let Some(existing) = list.get_mut(i) {
+                        *existing = sub;
+                    }
+                    return true;
+                }
+                Err(i) => list.insert(i, sub),
+            }
+        } else if let Some(existing) = list
             .iter_mut()
             .find(|s| Arc::ptr_eq(&s.session, &sub.session))
         {
             *existing = sub;
             return true;
+        } else {
+            list.push(sub);
         }
-        list.push(sub);
         self.count.fetch_add(1, Ordering::Relaxed);
         if filter.share_group().is_some() {
             self.shared_count.fetch_add(1, Ordering::Relaxed);
@@ -342,7 +356,17 @@ fn remove_at(
         return false;
     };
     let removed = match group {
-        None => remove_from(&mut node.subscribers, session),
+        None => match node
+            .subscribers
+            .binary_search_by_key(&address(session), |s| address(&s.session))
+        {
+            Ok(i) => {
+                // `remove`, not `swap_remove`: the order is kept (see `subscribe`).
+                node.subscribers.remove(i);
+                true
+            }
+            Err(_) => false,
+        },
         Some(g) => {
             let Some(i) = node.groups.iter().position(|x| &*x.key.group == g) else {
                 return false;
@@ -374,6 +398,11 @@ fn descend<'a>(root: &'a mut Node, levels: &[&[u8]]) -> Option<&'a mut Node> {
         };
     }
     Some(node)
+}
+
+/// Where a session is in memory: what plain subscribers are ordered by.
+fn address(session: &Arc<Session>) -> usize {
+    Arc::as_ptr(session) as usize
 }
 
 fn remove_from(list: &mut Vec<Subscriber>, session: &Arc<Session>) -> bool {
@@ -470,6 +499,44 @@ mod tests {
         });
         out.sort();
         out
+    }
+
+    /// One filter's plain subscribers come out of a walk ordered by session, through
+    /// subscribes, re-subscribes and unsubscribes in any order.
+    #[test]
+    fn plain_subscribers_stay_ordered_by_session() {
+        let r = Router::default();
+        let sessions: Vec<_> = (0..40).map(|i| session(&format!("s{i}"))).collect();
+        let f = filter("a/b");
+        let order = |r: &Router| {
+            let mut seen = Vec::new();
+            r.for_each_match(b"a/b", |t| {
+                if let Target::Plain(s) = t {
+                    seen.push((address(&s.session), s.id));
+                }
+            });
+            seen
+        };
+        // Subscribed in a scrambled order, some twice (the second replaces the first).
+        for i in (0..40).map(|i| (i * 17) % 40) {
+            assert!(!r.subscribe(&f, sub(&sessions[i], None)), "new");
+        }
+        for i in [3, 31, 8] {
+            assert!(r.subscribe(&f, sub(&sessions[i], Some(7))), "replaced");
+        }
+        for i in [5, 0, 39, 22] {
+            assert!(r.unsubscribe(&f, &sessions[i]));
+            assert!(!r.unsubscribe(&f, &sessions[i]), "removed once");
+        }
+        let seen = order(&r);
+        assert_eq!(seen.len(), 36);
+        assert!(seen.is_sorted_by_key(|(a, _)| *a), "{seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[0].0 != w[1].0),
+            "one entry per session"
+        );
+        let replaced = seen.iter().filter(|(_, id)| *id == Some(7)).count();
+        assert_eq!(replaced, 3);
     }
 
     #[test]
