@@ -345,6 +345,23 @@ impl Connection {
 
     /// `handle_input`, pausing for the publish rate only if `throttle`.
     fn input(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut, throttle: bool) {
+        // Counted once per read, not per packet (a subscriber's read holds many PUBACKs).
+        let mut received = 0;
+        self.read_packets(broker, now, buf, throttle, &mut received);
+        if received != 0 {
+            broker.metrics.messages_received.add(received);
+        }
+    }
+
+    /// `input`'s loop; `received` counts the packets handled.
+    fn read_packets(
+        &mut self,
+        broker: &Broker,
+        now: Instant,
+        buf: &mut BytesMut,
+        throttle: bool,
+        received: &mut u64,
+    ) {
         loop {
             if self.is_checking() {
                 // The rest waits for the parked packet's answer (`handle_check`).
@@ -370,7 +387,10 @@ impl Connection {
             let connecting = matches!(self.state, State::Connecting);
             let version = connecting.then(|| starling_proto::connect_version(buf));
             match starling_proto::decode(buf, self.version(), &limits) {
-                Ok(Some(packet)) => self.handle_packet(broker, now, packet),
+                Ok(Some(packet)) => {
+                    *received += 1;
+                    self.take_packet(broker, now, packet);
+                }
                 Ok(None) => return,
                 Err(e) => return self.handle_decode_error(broker, now, &e, version.flatten()),
             }
@@ -380,6 +400,11 @@ impl Connection {
     /// Handles one packet from the client.
     pub fn handle_packet(&mut self, broker: &Broker, now: Instant, packet: Packet) {
         broker.metrics.messages_received.inc();
+        self.take_packet(broker, now, packet);
+    }
+
+    /// `handle_packet` but for the count, which the caller keeps.
+    fn take_packet(&mut self, broker: &Broker, now: Instant, packet: Packet) {
         if self.is_active() {
             self.link.since = now;
         }

@@ -88,6 +88,9 @@ pub fn decode(
     if buf.len() < total {
         return Ok(None);
     }
+    if let Some(ack) = short_ack(buf, packet_type, remaining, total) {
+        return ack.map(Some);
+    }
     let mut bytes = buf.split_to(total).freeze();
     bytes.advance(1 + len_len);
     let mut r = Reader::new(bytes);
@@ -128,6 +131,38 @@ pub fn decode(
 
 /// The packet type of a first header byte, with its reserved flag bits checked
 /// (MQTT-2.1.3-1): PUBREL, SUBSCRIBE and UNSUBSCRIBE need 0b0010, all but PUBLISH need 0.
+/// An acknowledgement of a packet identifier alone (every MQTT 3.1.1 one, and a v5 success
+/// without properties: the usual case) read in place, as `ack` would read it: splitting its
+/// four bytes off the buffer as shared `Bytes` costs two atomic counts, a fifth of the cost of
+/// a PUBACK in fan-out. `None` for any other packet.
+fn short_ack(
+    buf: &mut BytesMut,
+    packet_type: PacketType,
+    remaining: usize,
+    total: usize,
+) -> Option<Result<Packet, DecodeError>> {
+    let wrap: fn(PubAck) -> Packet = match packet_type {
+        PacketType::PubAck => Packet::PubAck,
+        PacketType::PubRec => Packet::PubRec,
+        PacketType::PubRel => Packet::PubRel,
+        PacketType::PubComp => Packet::PubComp,
+        _ => return None,
+    };
+    if remaining != 2 || total != 4 {
+        return None;
+    }
+    // One byte of type and flags, one of remaining length (2), the packet identifier.
+    let id = match buf.get(..4)? {
+        &[_, _, hi, lo] => u16::from_be_bytes([hi, lo]),
+        _ => return None,
+    };
+    buf.advance(4);
+    Some(match id {
+        0 => Err(DecodeError::ZeroPacketId),
+        id => Ok(wrap(PubAck::new(id))),
+    })
+}
+
 fn packet_type(first: u8, version: ProtocolVersion) -> Result<PacketType, DecodeError> {
     use PacketType as T;
     let raw = first >> 4;
@@ -532,4 +567,42 @@ fn auth(r: &mut Reader, limits: &DecodeLimits) -> Result<Auth, DecodeError> {
     let properties = properties::decode(r, PropertyContext::Auth, limits)?;
     r.finish()?;
     Ok(Auth { reason, properties })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Acknowledgements of a packet identifier alone, read in place, take exactly their four
+    /// bytes and leave what follows; a longer one (a v5 reason code) is read in full.
+    #[test]
+    fn short_acks_are_read_in_place() {
+        let mut buf = BytesMut::from(
+            &[
+                0x40, 2, 0, 7, // PUBACK 7
+                0x50, 2, 1, 0, // PUBREC 256
+                0x62, 2, 0xFF, 0xFF, // PUBREL 65535
+                0x70, 2, 0, 1, // PUBCOMP 1
+                0x40, 3, 0, 9, 0x10, // v5 PUBACK 9, No matching subscribers
+                0x40, 2, 0, // the start of the next
+            ][..],
+        );
+        let limits = DecodeLimits::default();
+        let mut next = || decode(&mut buf, ProtocolVersion::V5, &limits).unwrap();
+        assert_eq!(next(), Some(Packet::PubAck(PubAck::new(7))));
+        assert_eq!(next(), Some(Packet::PubRec(PubAck::new(256))));
+        assert_eq!(next(), Some(Packet::PubRel(PubAck::new(65535))));
+        assert_eq!(next(), Some(Packet::PubComp(PubAck::new(1))));
+        assert_eq!(
+            next(),
+            Some(Packet::PubAck(PubAck::with_reason(
+                9,
+                ReasonCode::NoMatchingSubscribers
+            )))
+        );
+        assert_eq!(next(), None);
+        assert_eq!(&buf[..], &[0x40, 2, 0]);
+    }
 }
