@@ -184,7 +184,9 @@ pub struct ShareKey {
     pub filter: starling_proto::TopicFilter,
 }
 
-/// One message on its way to one session.
+/// One message on its way to one session. Every subscriber's queue (and inflight window)
+/// holds one per message, so in fan-out its size is memory traffic: what few deliveries have
+/// (several subscription identifiers, a shared group) is boxed, and a delivery is 32 bytes.
 #[derive(Clone, Debug)]
 pub struct Delivery {
     /// The shared message.
@@ -193,10 +195,123 @@ pub struct Delivery {
     pub qos: QoS,
     /// RETAIN flag to send with.
     pub retain: bool,
-    /// Subscription identifiers of the matching subscriptions (v5).
-    pub sub_ids: Vec<u32>,
-    /// Set when the message reached this session through a shared subscription.
-    pub share: Option<Arc<ShareKey>>,
     /// Key of its record in the store (per session, increasing); 0 when not stored.
     pub seq: u64,
+    /// The subscription identifier of the matching subscription (v5) when it is the only one
+    /// (0: none, or several in `rare`; identifiers start at 1).
+    sub_id: u32,
+    /// Several subscription identifiers, or the shared group it came through.
+    rare: Option<Box<RareDelivery>>,
+}
+
+/// See [`Delivery::rare`].
+#[derive(Clone, Debug, Default)]
+struct RareDelivery {
+    /// Every subscription identifier, when there are several (empty otherwise).
+    sub_ids: Vec<u32>,
+    /// Set when the message reached this session through a shared subscription.
+    share: Option<Arc<ShareKey>>,
+}
+
+impl Delivery {
+    /// A delivery of `msg` with `qos` and `retain`, without subscription identifiers, not
+    /// through a shared group and not stored.
+    pub fn new(msg: Arc<Message>, qos: QoS, retain: bool) -> Self {
+        Self {
+            msg,
+            qos,
+            retain,
+            seq: 0,
+            sub_id: 0,
+            rare: None,
+        }
+    }
+
+    /// With the subscription identifiers of the matching subscriptions (v5).
+    #[must_use]
+    pub fn with_sub_ids(mut self, ids: Vec<u32>) -> Self {
+        match ids.as_slice() {
+            [] => {}
+            &[one] if one != 0 => self.sub_id = one,
+            _ => self.rare.get_or_insert_default().sub_ids = ids,
+        }
+        self
+    }
+
+    /// Through the shared subscription `key`.
+    #[must_use]
+    pub fn with_share(mut self, key: Arc<ShareKey>) -> Self {
+        self.rare.get_or_insert_default().share = Some(key);
+        self
+    }
+
+    /// With its store key.
+    #[must_use]
+    pub fn with_seq(mut self, seq: u64) -> Self {
+        self.seq = seq;
+        self
+    }
+
+    /// Subscription identifiers of the matching subscriptions (v5).
+    pub fn sub_ids(&self) -> &[u32] {
+        match &self.rare {
+            Some(r) if !r.sub_ids.is_empty() => &r.sub_ids,
+            _ if self.sub_id != 0 => std::slice::from_ref(&self.sub_id),
+            _ => &[],
+        }
+    }
+
+    /// The shared subscription it came through, if it did.
+    pub fn share(&self) -> Option<&Arc<ShareKey>> {
+        self.rare.as_ref().and_then(|r| r.share.as_ref())
+    }
+
+    /// No longer counts as through a shared subscription.
+    pub fn forget_share(&mut self) {
+        if let Some(r) = &mut self.rare {
+            r.share = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use bytes::Bytes;
+    use starling_proto::{QoS, TopicFilter, TopicName};
+
+    use super::*;
+
+    /// A delivery is 32 bytes (it was 56 with its identifiers and group inline), and gives
+    /// back exactly the subscription identifiers and group it was made with.
+    #[test]
+    fn a_delivery_stays_small_and_keeps_what_it_was_given() {
+        let size = std::mem::size_of::<Delivery>();
+        assert!(size <= 32, "a delivery grew to {size} bytes");
+        let topic = TopicName::try_from_str("t").unwrap();
+        let msg = Arc::new(Message::internal(topic, Bytes::from_static(b"x"), false));
+        let key = Arc::new(ShareKey {
+            group: "g".into(),
+            filter: TopicFilter::try_from_str("$share/g/t").unwrap(),
+        });
+        for ids in [
+            vec![],
+            vec![5],
+            vec![7, 9],
+            vec![0],
+            vec![268_435_455, 1, 1],
+        ] {
+            let d = Delivery::new(msg.clone(), QoS::AtLeastOnce, true).with_sub_ids(ids.clone());
+            assert_eq!(d.sub_ids(), ids.as_slice());
+            assert!(d.share().is_none());
+            let mut d = d.with_share(key.clone()).with_seq(3);
+            assert_eq!(d.sub_ids(), ids.as_slice());
+            assert!(d.share().is_some_and(|k| Arc::ptr_eq(k, &key)));
+            assert_eq!((d.seq, d.qos, d.retain), (3, QoS::AtLeastOnce, true));
+            d.forget_share();
+            assert!(d.share().is_none());
+            assert_eq!(d.sub_ids(), ids.as_slice());
+        }
+    }
 }

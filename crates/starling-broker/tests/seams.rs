@@ -560,14 +560,7 @@ fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
     b.broker.publish_from_peer(late(42, 42), &[]);
     let clock = starling_broker::persist::WallClock::new(b.now, UNIX_MS);
     let record = |byte: u8| {
-        let d = Delivery {
-            msg: late(0, byte),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            sub_ids: Vec::new(),
-            share: None,
-            seq: 0,
-        };
+        let d = Delivery::new(late(0, byte), QoS::AtLeastOnce, false);
         starling_broker::persist::delivery_record(&d, Queued, 0, &clock)
     };
     let last = vec![(record(42), 42), (record(43), 43)];

@@ -276,14 +276,7 @@ impl Broker {
             };
             // It keeps its name in the cluster (a later move tells it apart again).
             msg.cluster_id.set(id);
-            let d = Delivery {
-                msg: Arc::new(msg),
-                qos,
-                retain,
-                sub_ids,
-                share: None,
-                seq: 0,
-            };
+            let d = Delivery::new(Arc::new(msg), qos, retain).with_sub_ids(sub_ids);
             taken += usize::from(session.deliver(d, &ctx, &mut ops));
         }
         self.persist(&mut ops);

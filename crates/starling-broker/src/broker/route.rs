@@ -137,14 +137,13 @@ impl Broker {
                     // Shared groups: one member each.
                     Target::Shared(members, key, next) => {
                         if let Some(m) = pick_member(members, next, None) {
-                            let d = Delivery {
-                                msg: msg.clone(),
-                                qos: msg.qos.min(m.options.qos),
-                                retain: m.options.retain_as_published && msg.retain,
-                                sub_ids: m.id.into_iter().collect(),
-                                share: Some((*key).clone()),
-                                seq: 0,
-                            };
+                            let d = Delivery::new(
+                                msg.clone(),
+                                msg.qos.min(m.options.qos),
+                                m.options.retain_as_published && msg.retain,
+                            )
+                            .with_sub_ids(m.id.into_iter().collect())
+                            .with_share((*key).clone());
                             deliver(&m.session, d);
                         }
                     }
@@ -235,7 +234,9 @@ impl Broker {
     /// Hands a delivery that came through a shared subscription to another member of its
     /// group (not `from`); if there is none, back to `from`'s queue.
     pub(super) fn redistribute(&self, d: Delivery, from: &Arc<Session>) {
-        let Some(key) = d.share.clone() else { return };
+        let Some(key) = d.share().cloned() else {
+            return;
+        };
         let mut target = None;
         self.seams
             .routes
@@ -252,7 +253,7 @@ impl Broker {
         let to = target.unwrap_or_else(|| from.clone());
         let mut d = d;
         if Arc::ptr_eq(&to, from) {
-            d.share = None;
+            d.forget_share();
         }
         let mut ops = self.ops();
         to.deliver(d, &self.ctx(), &mut ops);
@@ -273,14 +274,7 @@ fn merged(msg: &Arc<Message>, subs: &[&Subscriber]) -> Delivery {
         rap |= s.options.retain_as_published;
         sub_ids.extend(s.id);
     }
-    Delivery {
-        msg: msg.clone(),
-        qos,
-        retain: rap && msg.retain,
-        sub_ids,
-        share: None,
-        seq: 0,
-    }
+    Delivery::new(msg.clone(), qos, rap && msg.retain).with_sub_ids(sub_ids)
 }
 
 /// Picks the next member of a shared group in turn, preferring connected members and

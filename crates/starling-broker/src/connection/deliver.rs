@@ -242,7 +242,7 @@ fn encode_delivery(
         } else {
             None
         },
-        subscription_identifiers: if v5 { &d.sub_ids } else { &[] },
+        subscription_identifiers: if v5 { d.sub_ids() } else { &[] },
         topic_alias: alias.map(|(a, _)| a),
         payload: &d.msg.payload,
     };

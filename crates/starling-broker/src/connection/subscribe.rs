@@ -119,14 +119,8 @@ impl Active {
             };
         if send_retained {
             for msg in broker.retained_matching(filter.match_filter(), cx.now) {
-                retained.push(Delivery {
-                    qos: msg.qos.min(options.qos),
-                    msg,
-                    retain: true,
-                    sub_ids: id.into_iter().collect(),
-                    share: None,
-                    seq: 0,
-                });
+                let qos = msg.qos.min(options.qos);
+                retained.push(Delivery::new(msg, qos, true).with_sub_ids(id.into_iter().collect()));
             }
         }
         match options.qos {

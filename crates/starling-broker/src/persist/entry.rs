@@ -134,14 +134,9 @@ mod tests {
                         ..Default::default()
                     });
             }
-            let d = Delivery {
-                msg: Arc::new(msg),
-                qos: QoS::AtLeastOnce,
-                retain: true,
-                sub_ids,
-                share: None,
-                seq: 42,
-            };
+            let d = Delivery::new(Arc::new(msg), QoS::AtLeastOnce, true)
+                .with_sub_ids(sub_ids)
+                .with_seq(42);
             let expires_at_ms = d.msg.expires_at.map(|t| clock.to_unix_ms(t));
             let mut e = Entry::queued(
                 id.clone(),

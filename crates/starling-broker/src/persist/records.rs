@@ -160,13 +160,13 @@ pub(super) fn delivery_record_expiring(
     let mut shared = d.msg.payload.len() >= SHARED_PAYLOAD_MIN;
     let mut packet = Vec::new();
     if shared {
-        packet = encode_record_publish(&d.msg, d.qos, d.retain, &d.sub_ids, true);
+        packet = encode_record_publish(&d.msg, d.qos, d.retain, d.sub_ids(), true);
         // A header that cannot be encoded: written whole instead, which fails the same way
         // and leaves the record empty (skipped on load), never a payload without its header.
         shared = !packet.is_empty();
     }
     if !shared {
-        packet = encode_record_publish(&d.msg, d.qos, d.retain, &d.sub_ids, false);
+        packet = encode_record_publish(&d.msg, d.qos, d.retain, d.sub_ids(), false);
     }
     MessageRecord {
         packet,
@@ -233,13 +233,8 @@ mod tests {
     fn large_payloads_are_shared_and_read_back_whole() {
         let now = Instant::now();
         let clock = WallClock::new(now, 1_700_000_000_000);
-        let delivery = |msg: &Arc<Message>, sub_ids: Vec<u32>| Delivery {
-            msg: msg.clone(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            sub_ids,
-            share: None,
-            seq: 0,
+        let delivery = |msg: &Arc<Message>, sub_ids: Vec<u32>| {
+            Delivery::new(msg.clone(), QoS::AtLeastOnce, false).with_sub_ids(sub_ids)
         };
         let big = Arc::new(test_message(vec![9; 500], now));
         let other = Arc::new(test_message(vec![9; 500], now));

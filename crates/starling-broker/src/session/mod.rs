@@ -613,7 +613,7 @@ impl Locked<'_> {
         let taken = self
             .st
             .inflight
-            .extract(|f| f.delivery.share.is_some() && f.phase == Phase::Published);
+            .extract(|f| f.delivery.share().is_some() && f.phase == Phase::Published);
         shared.extend(taken.into_iter().map(|f| f.delivery));
         for d in &mut shared {
             self.forget_record(d, ops);
@@ -750,14 +750,7 @@ fn test_delivery(qos: starling_proto::QoS, byte: u8) -> Delivery {
     let topic = starling_proto::TopicName::try_from_str("t").unwrap();
     let payload = bytes::Bytes::from(vec![byte]);
     let msg = crate::message::Message::internal(topic, payload, false);
-    Delivery {
-        msg: Arc::new(msg),
-        qos,
-        retain: false,
-        sub_ids: Vec::new(),
-        share: None,
-        seq: 0,
-    }
+    Delivery::new(Arc::new(msg), qos, false)
 }
 #[cfg(test)]
 mod wakes;

@@ -196,7 +196,7 @@ impl Locked<'_> {
     /// as many as the subscriptions (plus one). Borrowed: a buffer clones its filter only
     /// when it is made, not per message.
     fn buffer_filter<'a>(&'a self, d: &'a Delivery) -> Option<&'a TopicFilter> {
-        if let Some(share) = &d.share
+        if let Some(share) = d.share()
             && self.st.subscriptions.contains_key(&share.filter)
         {
             return Some(&share.filter);
@@ -240,12 +240,12 @@ impl Locked<'_> {
     /// Takes every queued delivery that came through a shared subscription, in order.
     pub(super) fn take_queued_shared(&mut self) -> Vec<Delivery> {
         if let Some(b) = self.st.buffers.as_deref_mut() {
-            return b.extract(|d| d.share.is_some());
+            return b.extract(|d| d.share().is_some());
         }
         let mut shared = Vec::new();
         let mut keep = std::collections::VecDeque::with_capacity(self.st.queue.len());
         while let Some(d) = self.pop_queued() {
-            if d.share.is_some() {
+            if d.share().is_some() {
                 shared.push(d);
             } else {
                 keep.push_back(d);
@@ -644,21 +644,23 @@ mod tests {
         let l = per_subscription(10, 10);
         s.lock().arrange_queue(&l);
         assert_eq!(s.lock().queue_buffers().len(), 2);
-        let mut shared = on("a", QoS::AtLeastOnce, 4);
-        shared.share = Some(std::sync::Arc::new(crate::message::ShareKey {
-            group: "g".into(),
-            filter: TopicFilter::try_from_str("$share/g/a").unwrap(),
-        }));
+        let shared = on("a", QoS::AtLeastOnce, 4).with_share(std::sync::Arc::new(
+            crate::message::ShareKey {
+                group: "g".into(),
+                filter: TopicFilter::try_from_str("$share/g/a").unwrap(),
+            },
+        ));
         enqueue(&s, &l, &m, shared);
         assert_eq!(s.lock().queue_buffers().len(), 3);
         let taken = s.lock().take_queued_shared();
         assert_eq!(taken.len(), 1);
         // A shared subscription the session no longer has names no buffer.
-        let mut gone = on("a", QoS::AtLeastOnce, 5);
-        gone.share = Some(std::sync::Arc::new(crate::message::ShareKey {
-            group: "h".into(),
-            filter: TopicFilter::try_from_str("$share/h/a").unwrap(),
-        }));
+        let gone = on("a", QoS::AtLeastOnce, 5).with_share(std::sync::Arc::new(
+            crate::message::ShareKey {
+                group: "h".into(),
+                filter: TopicFilter::try_from_str("$share/h/a").unwrap(),
+            },
+        ));
         enqueue(&s, &l, &m, gone);
         assert_eq!(s.lock().queue_buffers().len(), 3);
         assert!(

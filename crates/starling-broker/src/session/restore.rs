@@ -264,14 +264,9 @@ impl Locked<'_> {
             report.expired_messages += 1;
             return;
         }
-        let delivery = Delivery {
-            msg: Arc::new(msg),
-            qos,
-            retain,
-            sub_ids,
-            share: None,
-            seq,
-        };
+        let delivery = Delivery::new(Arc::new(msg), qos, retain)
+            .with_sub_ids(sub_ids)
+            .with_seq(seq);
         report.messages += 1;
         // Packet ids are unique in a window; a record breaking that (a damaged store) is sent
         // again as a new message rather than confuse the acks.

@@ -148,14 +148,7 @@ mod tests {
         );
         Inflight {
             packet_id,
-            delivery: Delivery {
-                msg: Arc::new(msg),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                sub_ids: Vec::new(),
-                share: None,
-                seq: 0,
-            },
+            delivery: Delivery::new(Arc::new(msg), QoS::AtLeastOnce, false),
             phase: Phase::Published,
         }
     }
