@@ -216,6 +216,7 @@ struct RareDelivery {
 impl Delivery {
     /// A delivery of `msg` with `qos` and `retain`, without subscription identifiers, not
     /// through a shared group and not stored.
+    #[inline]
     pub fn new(msg: Arc<Message>, qos: QoS, retain: bool) -> Self {
         Self {
             msg,
@@ -224,6 +225,20 @@ impl Delivery {
             seq: 0,
             sub_id: 0,
             rare: None,
+        }
+    }
+
+    /// With the subscription identifier of the one matching subscription, if it has one.
+    #[must_use]
+    #[inline]
+    pub fn with_sub_id(mut self, id: Option<u32>) -> Self {
+        match id {
+            None => self,
+            Some(0) => self.with_sub_ids(vec![0]),
+            Some(id) => {
+                self.sub_id = id;
+                self
+            }
         }
     }
 
@@ -295,6 +310,10 @@ mod tests {
             group: "g".into(),
             filter: TopicFilter::try_from_str("$share/g/t").unwrap(),
         });
+        for id in [None, Some(0), Some(1), Some(268_435_455)] {
+            let d = Delivery::new(msg.clone(), QoS::AtMostOnce, false).with_sub_id(id);
+            assert_eq!(d.sub_ids(), Vec::from_iter(id).as_slice());
+        }
         for ids in [
             vec![],
             vec![5],

@@ -266,6 +266,11 @@ impl Broker {
 /// subscription identifier.
 #[inline]
 fn merged(msg: &Arc<Message>, subs: &[&Subscriber]) -> Delivery {
+    if let [one] = subs {
+        let qos = msg.qos.min(one.options.qos);
+        let retain = one.options.retain_as_published && msg.retain;
+        return Delivery::new(msg.clone(), qos, retain).with_sub_id(one.id);
+    }
     let mut qos = starling_proto::QoS::AtMostOnce;
     let mut rap = false;
     let mut sub_ids = Vec::new();

@@ -65,7 +65,7 @@ impl Active {
             self.hand_over_asked = true;
             self.hand_over_waits = st.hand_over_waits_for_input();
         }
-        let mut tally = SentTally::default();
+        let mut tally = SentTally::new(&broker.metrics);
         while cx.link.out.len() < room {
             let Some(d) = st.next_delivery(usize::from(self.window)) else {
                 break;
@@ -101,7 +101,7 @@ impl Active {
         &mut self,
         cx: &mut Cx<'_>,
         d: &Delivery,
-        tally: &mut SentTally,
+        tally: &mut SentTally<'_>,
         allocate: impl FnOnce() -> u16,
     ) -> Result<u16, DropReason> {
         let metrics = &cx.broker.metrics;
