@@ -165,13 +165,26 @@ impl Message {
     /// Bytes this message accounts for in a queue: its topic, payload and the properties it
     /// carries (user properties, correlation data...: up to a packet's worth, which a client
     /// could otherwise queue beyond `max_queued_bytes` behind an empty payload).
+    #[inline]
     pub fn cost(&self) -> usize {
-        let properties = if self.properties.is_empty() {
+        // Inline and out of line: every delivery is counted into and out of its queue, and
+        // nearly no message has properties.
+        let properties = if self.properties.is_unset() {
+            0
+        } else {
+            self.properties_cost()
+        };
+        self.payload.len() + self.topic.len() + properties
+    }
+
+    /// The encoded size of the properties set (0 if none is).
+    #[inline(never)]
+    fn properties_cost(&self) -> usize {
+        if self.properties.is_empty() {
             0
         } else {
             starling_proto::properties_len(&self.properties)
-        };
-        self.payload.len() + self.topic.len() + properties
+        }
     }
 }
 

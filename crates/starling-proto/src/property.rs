@@ -269,9 +269,10 @@ impl PropertyValues {
         shared_subscription_available: None,
     };
 
-    /// True when no property is set.
+    /// True when no property is set. (Against the static empty values: comparing with
+    /// `Self::EMPTY` built the constant, some 340 bytes, on the stack at every call.)
     pub fn is_empty(&self) -> bool {
-        *self == Self::EMPTY
+        *self == EMPTY_VALUES
     }
 }
 
@@ -285,8 +286,16 @@ pub struct Properties(Option<Box<PropertyValues>>);
 
 impl Properties {
     /// True when no property is set.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.0.as_deref().is_none_or(PropertyValues::is_empty)
+    }
+
+    /// True when no values were ever set (cheaper than [`Properties::is_empty`], which also
+    /// looks into values that were set and cleared).
+    #[inline]
+    pub fn is_unset(&self) -> bool {
+        self.0.is_none()
     }
 
     /// The values, for changing them only if some exist (no allocation when empty).

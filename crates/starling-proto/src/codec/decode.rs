@@ -141,14 +141,11 @@ fn short_ack(
     remaining: usize,
     total: usize,
 ) -> Option<Result<Packet, DecodeError>> {
-    let wrap: fn(PubAck) -> Packet = match packet_type {
-        PacketType::PubAck => Packet::PubAck,
-        PacketType::PubRec => Packet::PubRec,
-        PacketType::PubRel => Packet::PubRel,
-        PacketType::PubComp => Packet::PubComp,
-        _ => return None,
-    };
-    if remaining != 2 || total != 4 {
+    use PacketType as T;
+    if !matches!(packet_type, T::PubAck | T::PubRec | T::PubRel | T::PubComp)
+        || remaining != 2
+        || total != 4
+    {
         return None;
     }
     // One byte of type and flags, one of remaining length (2), the packet identifier.
@@ -157,10 +154,17 @@ fn short_ack(
         _ => return None,
     };
     buf.advance(4);
-    Some(match id {
-        0 => Err(DecodeError::ZeroPacketId),
-        id => Ok(wrap(PubAck::new(id))),
-    })
+    if id == 0 {
+        return Some(Err(DecodeError::ZeroPacketId));
+    }
+    let ack = PubAck::new(id);
+    // Built in place (a constructor passed as a function moved the packet twice).
+    Some(Ok(match packet_type {
+        T::PubRec => Packet::PubRec(ack),
+        T::PubRel => Packet::PubRel(ack),
+        T::PubComp => Packet::PubComp(ack),
+        _ => Packet::PubAck(ack),
+    }))
 }
 
 fn packet_type(first: u8, version: ProtocolVersion) -> Result<PacketType, DecodeError> {
