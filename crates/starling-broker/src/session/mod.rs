@@ -744,6 +744,19 @@ impl Locked<'_> {
     }
 }
 
+/// The terms of a v5 connection with no expiry, no will and the broker's queue bounds, for
+/// the session's unit tests.
+#[cfg(test)]
+fn test_terms() -> Terms {
+    Terms {
+        protocol: ProtocolVersion::V5,
+        expiry_secs: 0,
+        will: None,
+        info: None,
+        queue_bounds: None,
+    }
+}
+
 /// A delivery of a one-byte message on topic `t`, for the session's unit tests.
 #[cfg(test)]
 fn test_delivery(qos: starling_proto::QoS, byte: u8) -> Delivery {

@@ -327,7 +327,7 @@ mod tests {
     use super::*;
     use crate::config::Limits;
     use crate::metrics::Metrics;
-    use crate::session::{Session, Terms};
+    use crate::session::Session;
     use crate::wake::Flag;
 
     use crate::session::test_delivery as delivery;
@@ -335,13 +335,7 @@ mod tests {
     /// A session owned by a connection (so QoS 0 is queued).
     fn online() -> Session {
         let s = Session::new("c".into(), ProtocolVersion::V5);
-        let terms = Terms {
-            protocol: ProtocolVersion::V5,
-            expiry_secs: 0,
-            will: None,
-            info: None,
-            queue_bounds: None,
-        };
+        let terms = crate::session::test_terms();
         assert!(s.lock().attach(1, Flag::new(), terms, &mut Ops::new(None)));
         s
     }

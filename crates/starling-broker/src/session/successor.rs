@@ -94,11 +94,9 @@ mod tests {
             delay_secs: 0,
         });
         let terms = Terms {
-            protocol: ProtocolVersion::V5,
             expiry_secs: 300,
             will,
-            info: None,
-            queue_bounds: None,
+            ..crate::session::test_terms()
         };
         assert!(s.lock().attach(1, Flag::new(), terms, &mut Ops::new(None)));
         s

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use starling_proto::{ProtocolVersion, QoS};
 
-use super::{Ctx, Session, Terms, test_delivery};
+use super::{Ctx, Session, test_delivery, test_terms};
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::persist::Ops;
@@ -22,13 +22,7 @@ impl Wake for Count {
 }
 
 fn attach(s: &Session, epoch: u64, waker: &Arc<Count>) {
-    let terms = Terms {
-        protocol: ProtocolVersion::V5,
-        expiry_secs: 0,
-        will: None,
-        info: None,
-        queue_bounds: None,
-    };
+    let terms = test_terms();
     assert!(
         s.lock()
             .attach(epoch, waker.clone(), terms, &mut Ops::new(None))
