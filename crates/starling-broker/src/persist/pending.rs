@@ -8,13 +8,17 @@
 //! (`watch`).
 //!
 //! Slots keep their positions (an undone op leaves `None`), so a ticket is always its op's
-//! position after the batch's first ticket, and an index from (session, sequence) to the slot
-//! of its record finds the record in O(1). The index holds only records of the batch not yet
-//! taken. A group is forgotten once its acknowledgement is released, or when its batch is
+//! position after the batch's first ticket, and the slot of a session's record is found in
+//! O(1) by (session, sequence): for the first few sessions of a batch in a run of their
+//! sequences (a session's records come nearly in sequence order: a look-up is a subtraction,
+//! no hashing, which is most of what a busy persistent subscriber's ops cost here), for the
+//! others and for records far from their session's run in a hash index. Both hold only
+//! records of the batch not yet taken. A group is forgotten once its acknowledgement is released, or when its batch is
 //! taken with a record still in it (it then waits for the commit like everything else); an
 //! absorbed group nobody claimed is forgotten when the commit that covers it finishes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use starling_store::{BuildMix, ClientId, Op};
 
@@ -24,8 +28,77 @@ use crate::wake::Waker;
 /// Slots whose room is always kept from one batch to the next.
 const KEEP_SLOTS: usize = 16 * 1024;
 
+/// Sessions per batch whose records are found through a [`Run`]; those of any others go
+/// to the hash index. A look-up scans the runs first, so they are few.
+const RUNS: usize = 8;
+/// A record more than this many sequences beyond either end of its session's run goes to
+/// the hash index (so a run holds at most this many empty places per record).
+const RUN_GAP: u64 = 64;
+
+/// The waiting records of one session by sequence: the record of sequence `first + i` is
+/// `puts[i]` (`None`: none waits, or it is in the hash index).
+#[derive(Debug)]
+struct Run {
+    /// The session's client id, the `Arc` its ops name it through (kept, so its address
+    /// identifies the session while the run lives).
+    id: ClientId,
+    first: u64,
+    puts: VecDeque<Option<Put>>,
+}
+
+impl Run {
+    /// Where `seq` is or would be in `puts` (if not before the run).
+    fn place(&self, seq: u64) -> Option<usize> {
+        usize::try_from(seq.checked_sub(self.first)?).ok()
+    }
+
+    fn get(&self, seq: u64) -> Option<Put> {
+        self.puts.get(self.place(seq)?).copied().flatten()
+    }
+
+    fn take(&mut self, seq: u64) -> Option<Put> {
+        let put = self.puts.get_mut(self.place(seq)?)?.take();
+        while let Some(None) = self.puts.front() {
+            self.puts.pop_front();
+            self.first += 1;
+        }
+        put
+    }
+
+    /// Files `put` under `seq` if that is within [`RUN_GAP`] of the run; false if not.
+    fn insert(&mut self, seq: u64, put: Put) -> bool {
+        if self.puts.is_empty() {
+            self.first = seq;
+        }
+        if let Some(p) = self.place(seq).and_then(|i| self.puts.get_mut(i)) {
+            *p = Some(put);
+            return true;
+        }
+        if seq >= self.first {
+            let end = self.first + self.puts.len() as u64;
+            if seq - end > RUN_GAP {
+                return false;
+            }
+            for _ in end..seq {
+                self.puts.push_back(None);
+            }
+            self.puts.push_back(Some(put));
+        } else {
+            if self.first - seq > RUN_GAP {
+                return false;
+            }
+            for _ in seq + 1..self.first {
+                self.puts.push_front(None);
+            }
+            self.puts.push_front(Some(put));
+            self.first = seq;
+        }
+        true
+    }
+}
+
 /// A record waiting in a slot, and the group it belongs to (0: none).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Put {
     slot: usize,
     group: u64,
@@ -51,11 +124,14 @@ pub(super) struct Pending {
     /// The committer is waiting for `bytes` to reach this (only then is waking it worth its
     /// syscall); `None` while it is not waiting.
     pub(super) wake_at: Option<usize>,
-    /// Waiting records by (address of the session's client id, sequence). Keyed by the
-    /// address of the shared id, as the core journals a session's ops with the session's own
-    /// `Arc`: addresses are unique while the slots keep those `Arc`s alive, and not chosen
-    /// by clients, so the cheap hash is safe. An op naming the client through another `Arc`
-    /// is not merged, only applied in order, which is always correct.
+    /// Waiting records of the batch's first [`RUNS`] sessions, by sequence.
+    runs: Vec<Run>,
+    /// Waiting records of other sessions (and those far from their session's run) by
+    /// (address of the session's client id, sequence). Keyed by the address of the shared
+    /// id, as the core journals a session's ops with the session's own `Arc`: addresses are
+    /// unique while the slots keep those `Arc`s alive, and not chosen by clients, so the
+    /// cheap hash is safe. An op naming the client through another `Arc` is not merged, only
+    /// applied in order, which is always correct (runs compare the `Arc`s' addresses too).
     index: HashMap<(usize, u64), Put, BuildMix>,
     /// Groups by the ticket of their last op (the ticket their PUBACK waits for).
     groups: HashMap<u64, Group, BuildMix>,
@@ -68,7 +144,7 @@ pub(super) struct Pending {
 }
 
 fn key(id: &ClientId, seq: u64) -> (usize, u64) {
-    (std::sync::Arc::as_ptr(id).cast::<u8>() as usize, seq)
+    (Arc::as_ptr(id).cast::<u8>() as usize, seq)
 }
 
 impl Pending {
@@ -98,7 +174,7 @@ impl Pending {
         for op in ops {
             match &op {
                 Entry::Op(Op::SetPhase(id, seq, phase, packet_id)) => {
-                    if let Some(put) = self.index.get(&key(id, *seq))
+                    if let Some(put) = self.find(id, *seq)
                         && let Some(Some(rec)) = self.slots.get_mut(put.slot)
                     {
                         rec.set_phase(*phase, *packet_id);
@@ -106,7 +182,7 @@ impl Pending {
                     }
                 }
                 Entry::Op(Op::DeleteMessage(id, seq)) => {
-                    if let Some(put) = self.index.remove(&key(id, *seq))
+                    if let Some(put) = self.remove(id, *seq)
                         && let Some(slot) = self.slots.get_mut(put.slot)
                         && let Some(record) = slot.take()
                     {
@@ -126,6 +202,7 @@ impl Pending {
                 Entry::Op(Op::DeleteSession(id)) => {
                     // Its records still waiting are deleted by it anyway; later ops of a new
                     // session under the same id must not fold into them.
+                    self.runs.retain(|r| *r.id != **id);
                     let slots = &self.slots;
                     self.index.retain(|_, put| {
                         !matches!(slots.get(put.slot), Some(Some(e)) if e.put_key().is_some_and(|(c, _)| **c == **id))
@@ -137,7 +214,7 @@ impl Pending {
                             slot: self.slots.len(),
                             group: group_ticket,
                         };
-                        self.index.insert(key(id, seq), put);
+                        self.file(id, seq, put);
                     }
                 }
             }
@@ -146,6 +223,53 @@ impl Pending {
             self.slots.push(Some(op));
         }
         (self.last, grouped, wake)
+    }
+
+    /// The slot of the waiting record of (`id`, `seq`), if one waits.
+    fn find(&self, id: &ClientId, seq: u64) -> Option<Put> {
+        if let Some(run) = self.runs.iter().find(|r| Arc::ptr_eq(&r.id, id))
+            && let Some(put) = run.get(seq)
+        {
+            return Some(put);
+        }
+        if self.index.is_empty() {
+            return None;
+        }
+        self.index.get(&key(id, seq)).copied()
+    }
+
+    /// As `find`, forgetting the record (it is undone).
+    fn remove(&mut self, id: &ClientId, seq: u64) -> Option<Put> {
+        if let Some(run) = self.runs.iter_mut().find(|r| Arc::ptr_eq(&r.id, id))
+            && let Some(put) = run.take(seq)
+        {
+            return Some(put);
+        }
+        if self.index.is_empty() {
+            return None;
+        }
+        self.index.remove(&key(id, seq))
+    }
+
+    /// Files a waiting record: in its session's run, or a new run while there are fewer
+    /// than [`RUNS`], else in the hash index.
+    fn file(&mut self, id: &ClientId, seq: u64, put: Put) {
+        let runs = self.runs.len();
+        if let Some(run) = self.runs.iter_mut().find(|r| Arc::ptr_eq(&r.id, id)) {
+            if run.insert(seq, put) {
+                return;
+            }
+        } else if runs < RUNS {
+            let mut run = Run {
+                id: id.clone(),
+                first: seq,
+                puts: VecDeque::new(),
+            };
+            run.insert(seq, put);
+            self.runs.push(run);
+            return;
+        }
+        self.index.insert(key(id, seq), put);
     }
 
     /// Takes the batch: the ops left, in order, and the last ticket among them (undone or
@@ -166,6 +290,7 @@ impl Pending {
             self.slots.shrink_to(keep);
         }
         self.index.clear();
+        self.runs.clear();
         // A group with a record in the batch now waits for its commit like everything else;
         // an absorbed one stays absorbed until that commit covers its ticket.
         self.groups.retain(|_, g| g.live == 0);
@@ -392,6 +517,116 @@ mod tests {
             ),
             "{ops:?}"
         );
+    }
+
+    /// Records of many sessions, put out of order, with gaps and far from the rest, are
+    /// found wherever they were filed (runs or the hash index): each phase change folds into
+    /// its record and each deletion undoes it, as one hash index did.
+    #[test]
+    fn records_are_found_in_runs_and_in_the_index_alike() {
+        let ids: Vec<ClientId> = (0..RUNS + 3).map(|i| Arc::from(format!("c{i}"))).collect();
+        let seqs = [5u64, 3, 4, 10, 9, 1_000, 2, 70, 71, 1];
+        let mut p = Pending::default();
+        for seq in seqs {
+            let ops = ids.iter().map(|id| put(id, seq)).collect();
+            p.push_ops(ops, false);
+        }
+        assert_eq!(p.runs.len(), RUNS);
+        assert!(
+            !p.index.is_empty(),
+            "the sessions beyond the runs, and far records"
+        );
+        let last = p.last;
+        for seq in seqs {
+            for id in &ids {
+                p.push_ops(
+                    vec![Op::SetPhase(id.clone(), seq, MessagePhase::Published, 3)],
+                    false,
+                );
+            }
+        }
+        assert_eq!(p.last, last, "every phase change folded");
+        // Deleted in another order than put: all but seq 9 undone.
+        for seq in seqs.iter().rev().filter(|&&s| s != 9) {
+            for id in &ids {
+                p.push_ops(vec![Op::DeleteMessage(id.clone(), *seq)], false);
+            }
+        }
+        assert_eq!(p.last, last, "every deletion undone its record");
+        assert_eq!(p.undone, ((seqs.len() - 1) * ids.len()) as u64);
+        let (ops, _) = p.take_ops().unwrap();
+        assert_eq!(ops.len(), ids.len());
+        for op in ops {
+            let Op::PutMessage(_, 9, rec) = op else {
+                panic!("{op:?}")
+            };
+            assert_eq!((rec.phase, rec.packet_id), (MessagePhase::Published, 3));
+        }
+        assert!(p.runs.is_empty() && p.index.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Any order of puts (each sequence once per session), phase changes and deletions
+        /// over a few sessions leaves the same records as applying every op in order would.
+        #[test]
+        fn folding_in_place_is_applying_in_order(
+            steps in proptest::collection::vec((0..RUNS + 2, 0u64..200, 0u8..3), 1..400)
+        ) {
+            let ids: Vec<ClientId> = (0..RUNS + 2).map(|i| Arc::from(format!("c{i}"))).collect();
+            let mut p = Pending::default();
+            let mut model: HashMap<(usize, u64), Option<(MessagePhase, u16)>> = HashMap::new();
+            // A session stores each sequence once.
+            let mut used = std::collections::HashSet::new();
+            for (n, (who, seq, what)) in steps.into_iter().enumerate() {
+                let id = &ids[who];
+                let op = match what {
+                    0 => {
+                        if !used.insert((who, seq)) {
+                            continue;
+                        }
+                        model.insert((who, seq), None);
+                        put(id, seq)
+                    }
+                    1 => {
+                        let pid = n as u16;
+                        if let Some(m) = model.get_mut(&(who, seq)) {
+                            *m = Some((MessagePhase::Published, pid));
+                        }
+                        Op::SetPhase(id.clone(), seq, MessagePhase::Published, pid)
+                    }
+                    _ => {
+                        model.remove(&(who, seq));
+                        Op::DeleteMessage(id.clone(), seq)
+                    }
+                };
+                p.push_ops(vec![op], true);
+            }
+            // Replays the batch as the store would: puts, then the ops left in order.
+            let (ops, _) = p.take_ops().unwrap_or_default();
+            let mut stored: HashMap<(usize, u64), (MessagePhase, u16)> = HashMap::new();
+            let who = |c: &ClientId| ids.iter().position(|i| i == c).unwrap();
+            for op in ops {
+                match op {
+                    Op::PutMessage(c, seq, rec) => {
+                        stored.insert((who(&c), seq), (rec.phase, rec.packet_id));
+                    }
+                    Op::SetPhase(c, seq, phase, pid) => {
+                        if let Some(r) = stored.get_mut(&(who(&c), seq)) {
+                            *r = (phase, pid);
+                        }
+                    }
+                    Op::DeleteMessage(c, seq) => {
+                        stored.remove(&(who(&c), seq));
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            let want: HashMap<_, _> = model
+                .into_iter()
+                .map(|(k, v)| (k, v.unwrap_or((MessagePhase::Queued, 0))))
+                .collect();
+            proptest::prop_assert_eq!(stored, want);
+        }
     }
 
     /// A record named through another `Arc` of the same client id is applied in order,
