@@ -238,7 +238,7 @@ impl Broker {
             return None;
         }
         let p = self.persist.as_ref()?;
-        Some(p.journal.append(ops.take()))
+        Some(ops.append_to(&p.journal))
     }
 
     /// What enqueueing into a session needs.

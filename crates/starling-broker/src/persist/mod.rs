@@ -160,7 +160,12 @@ impl Journal {
     /// without a commit once every record is deleted again before the committer takes it
     /// ([`Journal::take_absorbed`]). A deletion or phase change of a message record still
     /// waiting in the journal is applied to it in place instead (see `pending.rs`).
-    pub fn append(&self, ops: Vec<Entry>) -> (u64, bool) {
+    pub fn append(&self, mut ops: Vec<Entry>) -> (u64, bool) {
+        self.append_from(&mut ops)
+    }
+
+    /// As [`Journal::append`], draining `ops` (whose room the caller keeps).
+    pub fn append_from(&self, ops: &mut Vec<Entry>) -> (u64, bool) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let (t, grouped, absorbed) = p.push(ops, self.hold_acks);
         self.bytes.store(p.bytes, Ordering::Relaxed);
@@ -408,13 +413,33 @@ pub struct Ops<'a> {
     ops: Vec<Entry>,
 }
 
+/// The most entries a spare list may have room for to be kept (see [`SPARE`]).
+const SPARE_ROOM: usize = 16;
+
+thread_local! {
+    /// An empty list with room, kept from the last [`Ops`] on this thread that recorded
+    /// something: with a store, every QoS 1 publish, delivery and acknowledgement records
+    /// ops, and allocating the list each time was a visible part of their cost. At most one
+    /// list of [`SPARE_ROOM`] entries per thread.
+    static SPARE: std::cell::Cell<Vec<Entry>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl<'a> Ops<'a> {
     /// Ops for the broker's store, if it has one.
     pub fn new(persistence: Option<&'a Persistence>) -> Self {
-        Self {
-            clock: persistence.map(|p| &p.clock),
-            ops: Vec::new(),
-        }
+        let clock = persistence.map(|p| &p.clock);
+        let ops = if clock.is_some() {
+            SPARE.take()
+        } else {
+            Vec::new()
+        };
+        Self { clock, ops }
+    }
+
+    /// Appends the ops recorded so far to `journal` (see [`Journal::append`]), keeping the
+    /// list's room.
+    pub(crate) fn append_to(&mut self, journal: &Journal) -> (u64, bool) {
+        journal.append_from(&mut self.ops)
     }
 
     /// Whether there is a store to record for.
@@ -450,14 +475,21 @@ impl<'a> Ops<'a> {
         self.ops.is_empty()
     }
 
-    /// The ops recorded so far, taking them.
-    pub(crate) fn take(&mut self) -> Vec<Entry> {
-        std::mem::take(&mut self.ops)
-    }
-
     /// The ops recorded so far (tests and the harness look at them).
     pub fn ops(&self) -> &[Entry] {
         &self.ops
+    }
+}
+
+impl Drop for Ops<'_> {
+    /// What was recorded and not taken is dropped; the list's room is kept for the next.
+    fn drop(&mut self) {
+        let cap = self.ops.capacity();
+        if cap != 0 && cap <= SPARE_ROOM {
+            let mut ops = std::mem::take(&mut self.ops);
+            ops.clear();
+            SPARE.set(ops);
+        }
     }
 }
 
@@ -479,6 +511,36 @@ mod tests {
     fn journal(hold_acks: bool, limit: usize) -> (Journal, Arc<Flag>) {
         let committer = Flag::new();
         (Journal::new(hold_acks, limit, committer.clone()), committer)
+    }
+
+    /// A list of ops appended keeps its room for the next `Ops` on the thread (one list, of
+    /// bounded room); without a store nothing is kept or taken.
+    #[test]
+    fn ops_keep_their_room_for_the_next() {
+        let (j, _) = journal(true, usize::MAX);
+        let p = Persistence {
+            journal: Arc::new(j),
+            clock: WallClock::new(std::time::Instant::now(), 1_700_000_000_000),
+        };
+        let mut ops = Ops::new(Some(&p));
+        ops.push(|_| Op::DeleteRetained("a".into()));
+        let (t, _) = ops.append_to(&p.journal);
+        assert_eq!(t, 1);
+        assert!(ops.is_empty());
+        drop(ops);
+        let ops = Ops::new(Some(&p));
+        assert!(ops.ops.capacity() > 0, "the room was kept");
+        assert_eq!(Ops::new(Some(&p)).ops.capacity(), 0, "one list per thread");
+        drop(ops);
+        assert_eq!(Ops::new(None).ops.capacity(), 0);
+        // A list grown beyond the bound is not kept.
+        let mut big = Ops::new(Some(&p));
+        for _ in 0..=SPARE_ROOM {
+            big.push(|_| Op::DeleteRetained("b".into()));
+        }
+        drop(Ops::new(Some(&p)));
+        drop(big);
+        assert!(Ops::new(Some(&p)).ops.capacity() <= SPARE_ROOM);
     }
 
     /// An outage of many refused batches is one range, and a ticket in a range forgotten to

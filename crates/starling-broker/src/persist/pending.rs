@@ -29,8 +29,8 @@ use crate::wake::Waker;
 const KEEP_SLOTS: usize = 16 * 1024;
 
 /// Sessions per batch whose records are found through a [`Run`]; those of any others go
-/// to the hash index. A look-up scans the runs first, so they are few.
-const RUNS: usize = 8;
+/// to the hash index. A look-up scans the runs' addresses first (two cache lines).
+const RUNS: usize = 16;
 /// A record more than this many sequences beyond either end of its session's run goes to
 /// the hash index (so a run holds at most this many empty places per record).
 const RUN_GAP: u64 = 64;
@@ -126,6 +126,8 @@ pub(super) struct Pending {
     pub(super) wake_at: Option<usize>,
     /// Waiting records of the batch's first [`RUNS`] sessions, by sequence.
     runs: Vec<Run>,
+    /// The address of each run's client id, in the runs' order (scanned on every look-up).
+    run_keys: Vec<usize>,
     /// Waiting records of other sessions (and those far from their session's run) by
     /// (address of the session's client id, sequence). Keyed by the address of the shared
     /// id, as the core journals a session's ops with the session's own `Arc`: addresses are
@@ -157,7 +159,7 @@ impl Pending {
     /// group (acknowledgements wait for commits). Returns the ticket of the last op appended
     /// (the last so far if none was), whether they formed a group, and the connections to
     /// wake because their groups were absorbed (to be woken once the lock is released).
-    pub(super) fn push(&mut self, ops: Vec<Entry>, group: bool) -> (u64, bool, Vec<Waker>) {
+    pub(super) fn push(&mut self, ops: &mut Vec<Entry>, group: bool) -> (u64, bool, Vec<Waker>) {
         let mut wake = Vec::new();
         let grouped = group
             && !ops.is_empty()
@@ -171,7 +173,7 @@ impl Pending {
         } else {
             0
         };
-        for op in ops {
+        for op in ops.drain(..) {
             match &op {
                 Entry::Op(Op::SetPhase(id, seq, phase, packet_id)) => {
                     if let Some(put) = self.find(id, *seq)
@@ -203,6 +205,7 @@ impl Pending {
                     // Its records still waiting are deleted by it anyway; later ops of a new
                     // session under the same id must not fold into them.
                     self.runs.retain(|r| *r.id != **id);
+                    self.run_keys = self.runs.iter().map(|r| key(&r.id, 0).0).collect();
                     let slots = &self.slots;
                     self.index.retain(|_, put| {
                         !matches!(slots.get(put.slot), Some(Some(e)) if e.put_key().is_some_and(|(c, _)| **c == **id))
@@ -225,9 +228,16 @@ impl Pending {
         (self.last, grouped, wake)
     }
 
+    /// Which run is the session's (runs are found by the address of the `Arc` its ops
+    /// name it through, as the index's keys are).
+    fn run(&self, id: &ClientId) -> Option<usize> {
+        let k = key(id, 0).0;
+        self.run_keys.iter().position(|&r| r == k)
+    }
+
     /// The slot of the waiting record of (`id`, `seq`), if one waits.
     fn find(&self, id: &ClientId, seq: u64) -> Option<Put> {
-        if let Some(run) = self.runs.iter().find(|r| Arc::ptr_eq(&r.id, id))
+        if let Some(run) = self.run(id).and_then(|i| self.runs.get(i))
             && let Some(put) = run.get(seq)
         {
             return Some(put);
@@ -240,7 +250,7 @@ impl Pending {
 
     /// As `find`, forgetting the record (it is undone).
     fn remove(&mut self, id: &ClientId, seq: u64) -> Option<Put> {
-        if let Some(run) = self.runs.iter_mut().find(|r| Arc::ptr_eq(&r.id, id))
+        if let Some(run) = self.run(id).and_then(|i| self.runs.get_mut(i))
             && let Some(put) = run.take(seq)
         {
             return Some(put);
@@ -255,8 +265,8 @@ impl Pending {
     /// than [`RUNS`], else in the hash index.
     fn file(&mut self, id: &ClientId, seq: u64, put: Put) {
         let runs = self.runs.len();
-        if let Some(run) = self.runs.iter_mut().find(|r| Arc::ptr_eq(&r.id, id)) {
-            if run.insert(seq, put) {
+        if let Some(i) = self.run(id) {
+            if self.runs.get_mut(i).is_some_and(|run| run.insert(seq, put)) {
                 return;
             }
         } else if runs < RUNS {
@@ -267,6 +277,7 @@ impl Pending {
             };
             run.insert(seq, put);
             self.runs.push(run);
+            self.run_keys.push(key(id, 0).0);
             return;
         }
         self.index.insert(key(id, seq), put);
@@ -291,6 +302,7 @@ impl Pending {
         }
         self.index.clear();
         self.runs.clear();
+        self.run_keys.clear();
         // A group with a record in the batch now waits for its commit like everything else;
         // an absorbed one stays absorbed until that commit covers its ticket.
         self.groups.retain(|_, g| g.live == 0);
@@ -346,7 +358,7 @@ mod tests {
     impl Pending {
         /// `push` with store ops.
         fn push_ops(&mut self, ops: Vec<Op>, group: bool) -> (u64, bool, Vec<Waker>) {
-            self.push(ops.into_iter().map(Entry::Op).collect(), group)
+            self.push(&mut ops.into_iter().map(Entry::Op).collect(), group)
         }
 
         /// `take`, with the records encoded.
