@@ -60,7 +60,7 @@ impl Run {
         let put = self.puts.get_mut(self.place(seq)?)?.take();
         while let Some(None) = self.puts.front() {
             self.puts.pop_front();
-            self.first += 1;
+            self.first = self.first.saturating_add(1);
         }
         put
     }
@@ -75,7 +75,7 @@ impl Run {
             return true;
         }
         if seq >= self.first {
-            let end = self.first + self.puts.len() as u64;
+            let end = self.first.saturating_add(self.puts.len() as u64);
             if seq - end > RUN_GAP {
                 return false;
             }
