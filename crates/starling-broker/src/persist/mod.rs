@@ -429,7 +429,8 @@ impl<'a> Ops<'a> {
     pub fn new(persistence: Option<&'a Persistence>) -> Self {
         let clock = persistence.map(|p| &p.clock);
         let ops = if clock.is_some() {
-            SPARE.take()
+            // (Not while the thread's locals are being torn down: then a new list.)
+            SPARE.try_with(std::cell::Cell::take).unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -488,7 +489,8 @@ impl Drop for Ops<'_> {
         if cap != 0 && cap <= SPARE_ROOM {
             let mut ops = std::mem::take(&mut self.ops);
             ops.clear();
-            SPARE.set(ops);
+            // Dropped instead while the thread's locals are being torn down.
+            let _ = SPARE.try_with(|spare| spare.set(ops));
         }
     }
 }
