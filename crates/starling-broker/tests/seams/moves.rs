@@ -2,7 +2,23 @@
 //! messages, handed back, forwarded batches with their marks, queues larger than one answer,
 //! and messages that reach the old owner late.
 
+use starling_broker::broker::HandOver;
+use starling_broker::message::Delivery;
+use starling_store::MessagePhase;
+
 use super::*;
+
+/// The wall clock the nodes agree on (the simulation's start).
+const UNIX_MS: u64 = 1_700_000_000_000;
+
+/// Connects the persistent session "m" (v5, expiry 600 s) to `a`, subscribed to `t/#` at
+/// QoS 1.
+fn subscribed_m(a: &mut Sim) -> C {
+    let (sub, _) = a.connected(persistent(V5, "m", 600));
+    a.send(sub, subscribe(1, "t/#", QoS::AtLeastOnce));
+    a.take(sub);
+    sub
+}
 
 /// A session moves between two nodes (two brokers here): the old node hands over its record,
 /// its inflight and queued messages; the new node adopts it, into its store too, and the
@@ -11,16 +27,8 @@ use super::*;
 /// new node directly (the same cluster id) is not taken again.
 #[test]
 fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
-    // The wall clock both nodes agree on (the simulation's start).
-    const UNIX_MS: u64 = 1_700_000_000_000;
-    use starling_broker::broker::HandOver;
-    use starling_broker::message::Delivery;
-    use starling_store::MessagePhase;
-
     let mut a = Sim::with(Limits::default(), Durability::Sync);
-    let (sub, _) = a.connected(persistent(V5, "m", 600));
-    a.send(sub, subscribe(1, "t/#", QoS::AtLeastOnce));
-    a.take(sub);
+    let sub = subscribed_m(&mut a);
     let (p, _) = a.connected(connect(V5, "p"));
     for i in 0..3u8 {
         a.send(p, publish("t/x", QoS::AtLeastOnce, u16::from(i) + 1, &[i]));
@@ -98,13 +106,8 @@ fn a_session_handed_over_to_another_node_resumes_there_with_its_messages() {
 /// added, once (a message the handed-back session brings, by cluster id, is not).
 #[test]
 fn a_session_handed_back_keeps_what_was_queued_here_meanwhile() {
-    use starling_broker::broker::HandOver;
-
-    const UNIX_MS: u64 = 1_700_000_000_000;
     let mut a = Sim::new(Limits::default());
-    let (sub, _) = a.connected(persistent(V5, "m", 600));
-    a.send(sub, subscribe(1, "t/#", QoS::AtLeastOnce));
-    a.take(sub);
+    let sub = subscribed_m(&mut a);
     a.drop_connection(sub);
     let (p, _) = a.connected(connect(V5, "p"));
     a.send(p, publish("t/x", QoS::AtLeastOnce, 1, &[1]));
@@ -194,14 +197,8 @@ fn a_forwarded_batch_stores_its_mark_with_its_messages() {
 /// it directly (same cluster id) once, whichever part brings it.
 #[test]
 fn a_queue_larger_than_one_answer_moves_in_parts() {
-    const UNIX_MS: u64 = 1_700_000_000_000;
-    use starling_broker::broker::HandOver;
-    use starling_store::MessagePhase;
-
     let mut a = Sim::with(Limits::default(), Durability::Sync);
-    let (sub, _) = a.connected(persistent(V5, "m", 600));
-    a.send(sub, subscribe(1, "t/#", QoS::AtLeastOnce));
-    a.take(sub);
+    let sub = subscribed_m(&mut a);
     let (p, _) = a.connected(connect(V5, "p"));
     let big = |i: u8| vec![i; 1000];
     a.send(p, publish("t/x", QoS::AtLeastOnce, 1, &big(0)));
@@ -281,13 +278,8 @@ fn a_queue_larger_than_one_answer_moves_in_parts() {
 /// node itself does not reach the relayed session (its peers' routes lead to the new owner).
 #[test]
 fn a_message_forwarded_late_to_the_old_owner_reaches_the_moved_session() {
-    const UNIX_MS: u64 = 1_700_000_000_000;
-    use starling_broker::broker::HandOver;
-
     let mut a = Sim::with(Limits::default(), Durability::Sync);
-    let (sub, _) = a.connected(persistent(V5, "m", 600));
-    a.send(sub, subscribe(1, "t/#", QoS::AtLeastOnce));
-    a.take(sub);
+    let sub = subscribed_m(&mut a);
     a.drop_connection(sub);
     let (p, _) = a.connected(connect(V5, "p"));
     let forwarded = |id: u64, payload: &[u8]| from_peer(id, payload.to_vec());
