@@ -156,6 +156,10 @@ pub struct Limits {
     pub max_publish_rate: u32,
     /// Seconds between `$SYS` updates (0 = no `$SYS` tree).
     pub sys_interval_secs: u64,
+    /// Seconds a plain TCP connection must be quiet before it is parked: its task and its
+    /// socket's registration with the runtime are given up until something happens for it
+    /// (one that has been quiet since its CONNECT is parked at once). 0 = never parked.
+    pub park_idle_after_secs: u64,
 }
 
 impl Default for Limits {
@@ -187,13 +191,14 @@ impl Default for Limits {
             awaiting_rel_timeout_secs: 300,
             max_publish_rate: 0,
             sys_interval_secs: 10,
+            park_idle_after_secs: 10,
         }
     }
 }
 
 impl Limits {
     /// Every numeric key with its value and its bound, in declaration order.
-    pub fn bounded(&self) -> [(&'static str, u64, Bound); 21] {
+    pub fn bounded(&self) -> [(&'static str, u64, Bound); 22] {
         use bounds::*;
         [
             ("max_packet_size", self.max_packet_size.into(), PACKET_SIZE),
@@ -280,6 +285,11 @@ impl Limits {
                 "sys_interval_secs",
                 self.sys_interval_secs,
                 SYS_INTERVAL_SECS,
+            ),
+            (
+                "park_idle_after_secs",
+                self.park_idle_after_secs,
+                PARK_IDLE_AFTER_SECS,
             ),
         ]
     }
@@ -427,6 +437,8 @@ pub mod bounds {
     pub const PUBLISH_RATE: Bound = Bound::new(0, 10_000_000, "ten million per second");
     /// `sys_interval_secs` (0: no `$SYS` tree).
     pub const SYS_INTERVAL_SECS: Bound = Bound::new(0, 86_400, "one day");
+    /// `park_idle_after_secs` (0: never parked).
+    pub const PARK_IDLE_AFTER_SECS: Bound = Bound::new(0, 86_400, "one day");
 }
 
 #[cfg(test)]

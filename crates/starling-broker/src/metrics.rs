@@ -376,6 +376,11 @@ pub struct Metrics {
     /// Connection tasks that ended without their connection closing (a panic, or dropped at
     /// shutdown); their sessions were released as if the transport had been lost.
     pub connection_tasks_aborted: Counter,
+    /// Idle connections parked (their task ended, their state kept; see the `starling`
+    /// crate's `connection/park.rs`).
+    pub connections_parked: Counter,
+    /// Parked connections resumed in a new task.
+    pub connections_resumed: Counter,
     /// Connections closed because of a protocol violation or malformed packet.
     pub protocol_errors: Counter,
     /// Connections refused because `max_connections` was reached.
@@ -491,6 +496,8 @@ impl Default for Metrics {
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
             connection_tasks_aborted: Counter::default(),
+            connections_parked: Counter::default(),
+            connections_resumed: Counter::default(),
             protocol_errors: Counter::default(),
             connections_refused: Counter::default(),
             connect_limits_exceeded: Counter::default(),

@@ -256,8 +256,7 @@ fn tcp_connection(
         unix_uid: None,
     };
     let client = Client::new(Some(peer), Instant::now(), rt.access.clone(), info, stop);
-    let options = StreamOptions { flush: false };
-    crate::connection::serve(stream, client, broker.clone(), options, permits)
+    crate::connection::serve_tcp(stream, client, broker.clone(), permits)
 }
 
 /// What the handshakes of a TLS or WebSocket connection need.

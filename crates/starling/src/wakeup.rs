@@ -21,7 +21,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -30,11 +30,15 @@ use slab::Slab;
 use starling_broker::Wake;
 use tokio::sync::Notify;
 
+use crate::connection::Lot;
+
 /// A deadline at most this far away gets the task's own timer; a later one goes to the wheel.
 pub const NEAR: Duration = Duration::from_secs(1);
 /// The wheel's resolution: it wakes a task between `NEAR + TICK` and `NEAR` before its
 /// deadline, so that the tasks whose deadlines fall within one tick are woken together.
 const TICK_MS: u64 = 250;
+/// [`TICK_MS`] as a duration.
+pub const TICK: Duration = Duration::from_millis(TICK_MS);
 const NEAR_MS: u64 = 1_000;
 /// No deadline, or no wheel entry.
 const NONE: u64 = u64::MAX;
@@ -95,6 +99,8 @@ impl TaskWaker {
     /// task has ended.
     pub fn unregister(&self) {
         self.stop.unregister(self);
+        // A parked connection's waker refers to this waker: dropped with it.
+        drop(self.task.take());
     }
 
     /// Keeps the wake-ups this task held back while it gives way in the middle of a burst,
@@ -132,10 +138,51 @@ impl TaskWaker {
         }
     }
 
+    /// Whether a wake-up came that the task has not taken yet.
+    pub fn is_woken(&self) -> bool {
+        self.woken.load(Ordering::Acquire)
+    }
+
+    /// The task's key in the stop's registry (`None`: not registered).
+    pub(crate) fn key(&self) -> Option<u32> {
+        Some(self.key.load(Ordering::Acquire)).filter(|&k| k != UNREGISTERED)
+    }
+
+    /// The task's connection is parked in the stop's lot: its wake-ups ask the lot to resume
+    /// it, and one that came while it was being parked does so now.
+    pub(crate) fn park(self: &Arc<Self>) {
+        self.task.register(&Waker::from(self.clone()));
+        // A wake-up that came before the registration found the ended task's waker.
+        if self.woken.load(Ordering::Acquire) {
+            self.task.wake();
+        }
+    }
+
+    /// The task's connection is resumed: the waker that asks the lot is dropped (the new
+    /// task registers its own; a wake-up meanwhile only sets the flag, which it reads).
+    pub(crate) fn unpark(&self) {
+        drop(self.task.take());
+    }
+
     /// Registers the task without taking a wake-up (it stays for a later
     /// [`TaskWaker::poll_woken`]): a task that cannot take new work now can still be stopped.
     pub fn register(&self, cx: &mut Context<'_>) {
         self.task.register(cx.waker());
+    }
+}
+
+/// The waker a parked connection's [`TaskWaker`] holds: it asks the lot to resume the
+/// connection. (A reference to itself, dropped when the connection is resumed or its task
+/// unregistered.)
+impl std::task::Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        std::task::Wake::wake_by_ref(&self);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let (Some(lot), Some(key)) = (self.stop.lot.get().and_then(Option::as_ref), self.key()) {
+            lot.request(key);
+        }
     }
 }
 
@@ -240,6 +287,9 @@ pub struct Stop {
     /// Wake-ups held back by tasks that gave way in the middle of a burst, by task key:
     /// as many entries as tasks giving way at once (few), each at most one waker per task.
     held: Mutex<Vec<(u32, Held)>>,
+    /// Where idle plain TCP connections are parked (made on the first park; `None` if the
+    /// system refused it a poller, and then none is parked).
+    lot: OnceLock<Option<Arc<Lot>>>,
 }
 
 /// The live connection tasks and their wheel entries: one entry at most per task, so the
@@ -261,6 +311,7 @@ impl Default for Stop {
             ticker: Notify::new(),
             ticking: AtomicBool::new(false),
             held: Mutex::new(Vec::new()),
+            lot: OnceLock::new(),
         }
     }
 }
@@ -430,6 +481,29 @@ impl Stop {
             w.wake();
         }
         next
+    }
+
+    /// The lot where this stop's idle plain TCP connections are parked, made (with its
+    /// task, on the current runtime) on the first call.
+    pub(crate) fn lot(self: &Arc<Self>) -> Option<&Arc<Lot>> {
+        self.lot
+            .get_or_init(|| match Lot::start(self) {
+                Ok(lot) => Some(lot),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no poller for idle connections: none is parked");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Milliseconds from the epoch to `t`, wrapping every 49 days: for spans shorter than
+    /// that (`wrapping_sub`).
+    pub(crate) fn ms32(&self, t: Instant) -> u32 {
+        // Truncation is the point.
+        #[allow(clippy::cast_possible_truncation)]
+        let ms = self.ms(t) as u32;
+        ms
     }
 
     /// Milliseconds from the epoch to `t` (0 before it).

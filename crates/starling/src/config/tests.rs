@@ -242,6 +242,7 @@ const BOUNDED: &[(&str, &str, u64, u64)] = &[
     ("limits", "awaiting_rel_timeout_secs", 1, 31_536_000),
     ("limits", "max_publish_rate", 0, 10_000_000),
     ("limits", "sys_interval_secs", 0, 86_400),
+    ("limits", "park_idle_after_secs", 0, 86_400),
     ("security", "max_connection_rate", 0, 1_000_000),
     ("security", "flapping_max_connects", 0, 1_000_000),
     ("security", "flapping_window_secs", 1, 86_400),

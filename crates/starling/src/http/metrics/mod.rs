@@ -307,6 +307,19 @@ impl Collector for BrokerCollector {
                 ("banned", m.connections_banned.get()),
             ],
         )?;
+        let parked = m.connections_parked.get();
+        gauge(
+            e,
+            "starling_connections_parked",
+            "Idle plain TCP connections parked now (no task, no reactor registration)",
+            parked.saturating_sub(m.connections_resumed.get()),
+        )?;
+        counter(
+            e,
+            "starling_connection_parks",
+            "Times an idle connection was parked",
+            parked,
+        )?;
         family(
             e,
             "starling_proxy_protocol_rejected",

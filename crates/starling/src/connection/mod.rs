@@ -21,8 +21,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Duration;
 use tracing::warn;
 
+use crate::accept::Permits;
 use crate::wakeup;
 pub use crate::wakeup::{Stop, TaskWaker};
+
+mod park;
+pub(crate) use park::Lot;
 
 /// How much to read at once; the buffer grows to hold one whole packet if it must.
 const READ_CHUNK: usize = 16 * 1024;
@@ -40,6 +44,8 @@ const MAX_LINGERING: usize = 1024;
 /// client id keeps reading first, at most: while its client's bytes keep coming, or, when
 /// they can change what the new connection gets, for bytes still on their way.
 const HANDOVER_READ_WAIT: Duration = Duration::from_millis(10);
+/// `Task::idle_since` of a connection that has had no traffic since its CONNECT.
+const FRESH: u32 = u32::MAX;
 
 /// Sockets lingering after the broker closed their connection, process-wide. Closing a socket
 /// whose client is still writing makes the kernel answer with a reset, and the reset discards
@@ -126,6 +132,8 @@ impl Drop for Guard {
 enum Turn {
     /// Go on.
     Go,
+    /// Bytes were written (or the writer flushed).
+    Wrote,
     /// Bytes were read.
     Read,
     /// The timer fired.
@@ -183,6 +191,46 @@ enum Yield {
     Yielded,
 }
 
+/// The connection loop's switches, in one byte (every idle connection holds them).
+#[derive(Clone, Copy, Debug, Default)]
+struct Flags(u8);
+
+impl Flags {
+    /// The writer buffers (TLS, WebSocket): flush after the output is written.
+    const FLUSH: u8 = 1;
+    /// Written but not yet flushed (buffering writers only).
+    const UNFLUSHED: u8 = 1 << 1;
+    /// The last read filled the room it had: more is probably waiting.
+    const BUSY: u8 = 1 << 2;
+    /// The stop keeps wake-ups this task held back in a burst it gave way in.
+    const KEPT: u8 = 1 << 3;
+    /// This turn's wait reads from the client.
+    const CAN_READ: u8 = 1 << 4;
+    /// This turn's wait takes the core's wake-ups (the output is below its mark).
+    const ROOM_TO_WRITE: u8 = 1 << 5;
+    /// The connection may be parked while idle (plain TCP: see `park.rs`).
+    const CAN_PARK: u8 = 1 << 6;
+
+    fn get(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.0 |= flag;
+        } else {
+            self.0 &= !flag;
+        }
+    }
+
+    /// The flag's value, and the flag cleared.
+    fn take(&mut self, flag: u8) -> bool {
+        let was = self.get(flag);
+        self.set(flag, false);
+        was
+    }
+}
+
 /// The connection loop's state between turns. Every idle connection holds it, so it holds
 /// little: a timer only while a deadline is near (later ones are filed in the stop's wheel,
 /// see `wakeup.rs`), buffers only while bytes wait, one waker for the core's wake-ups and the
@@ -206,23 +254,18 @@ struct Task<S> {
     /// reading what its client already sent before it hands the session over, by the
     /// timer's deadline at the latest (see `Task::after`).
     handing_over: Handover,
-    /// The writer buffers (TLS, WebSocket): flush after the output is written.
-    flush: bool,
-    /// Written but not yet flushed (buffering writers only).
-    unflushed: bool,
-    /// The last read filled the room it had: more is probably waiting.
-    busy: bool,
     yielding: Yield,
-    /// The stop keeps wake-ups this task held back in a burst it gave way in.
-    kept: bool,
-    /// This turn's wait reads from the client.
-    can_read: bool,
-    /// This turn's wait takes the core's wake-ups (the output is below its mark).
-    room_to_write: bool,
+    /// The task's switches, one bit each (see [`Flags`]).
+    flags: Flags,
+    /// When the client last sent or was sent something, in the stop's milliseconds
+    /// (wrapping), or [`FRESH`]: nothing since its CONNECT was accepted (see
+    /// [`Task::parks`]).
+    idle_since: u32,
 }
 
 /// Serves one client over its byte stream `io` until it disconnects, breaks the protocol, or
-/// the broker shuts down; `permits` is dropped at the end (connection permits).
+/// the broker shuts down; `permits` is dropped at the end (connection permits). A plain TCP
+/// connection is served by [`serve_tcp`] instead, which can also park it while it is idle.
 ///
 /// Every idle connection holds this future, so it is kept small: a plain function returning
 /// an `async move` block (an `async fn` keeps a second copy of each argument), whose loop
@@ -238,28 +281,46 @@ pub fn serve<S, G>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Taken apart here, not in the future: a value moved inside it would be stored twice.
-    let Client { conn, waker } = client;
-    let g = Guard {
-        conn,
-        broker,
-        waker,
-    };
-    let mut task = Task {
-        io,
-        g,
-        rbuf: BytesMut::new(),
-        timer: None,
-        check: None,
-        handing_over: Handover::No,
-        flush: options.flush,
-        unflushed: false,
-        busy: false,
-        yielding: Yield::No,
-        kept: false,
-        can_read: false,
-        room_to_write: false,
-    };
+    run::<S, G, Unparked>(Task::new(io, client, broker, options.flush, false), permits)
+}
+
+/// [`serve`] for a plain TCP connection, which is parked while it is idle (`park.rs`): its
+/// task ends, and it is resumed in a new one when its client sends something, the core has
+/// something for it, or a deadline comes.
+pub(crate) fn serve_tcp(
+    io: tokio::net::TcpStream,
+    client: Client,
+    broker: Arc<Broker>,
+    permits: Permits,
+) -> impl Future<Output = ()> {
+    run::<_, _, park::Tcp>(Task::new(io, client, broker, false, true), permits)
+}
+
+/// How a connection is parked (a type without a value: the task holds no room for it).
+trait Park<S, G> {
+    /// Parks the connection of `task` (idle: `Task::parks`), or gives the task back to be
+    /// served on.
+    #[allow(clippy::type_complexity)]
+    fn park(task: Task<S>, permits: G) -> Result<(), (Box<Task<S>>, G)>;
+}
+
+/// Connections that are never parked (`Task::parks` is false for them).
+enum Unparked {}
+
+impl<S, G> Park<S, G> for Unparked {
+    fn park(task: Task<S>, permits: G) -> Result<(), (Box<Task<S>>, G)> {
+        Err((Box::new(task), permits))
+    }
+}
+
+/// The connection loop: turns until the connection closes, then its end ([`finish`]),
+/// boxed. Where the connection may be parked, the task ends when it is.
+#[allow(clippy::manual_async_fn)] // as `serve`
+fn run<S, G, P>(mut task: Task<S>, mut permits: G) -> impl Future<Output = ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    P: Park<S, G>,
+{
     async move {
         // Only the task is kept across a wait (not the time, say).
         task.prepare(Instant::now());
@@ -272,24 +333,112 @@ where
             let (closed, held) = wakeup::hold(|| task.after(turn, now));
             if let Some(by_broker) = closed {
                 drop(held);
-                if task.kept {
+                if task.flags.get(Flags::KEPT) {
                     task.g.waker.release();
                 }
                 break by_broker;
             }
             task.held(held);
             task.prepare(now);
+            if task.parks(now) {
+                match P::park(task, permits) {
+                    Ok(()) => return,
+                    // Not parked (the broker is stopping, say): served on here.
+                    Err((t, p)) => (task, permits) = (*t, p),
+                }
+            }
         };
-        let Task { io, g, flush, .. } = task;
+        let flush = task.flags.get(Flags::FLUSH);
+        let Task { io, g, .. } = task;
         Box::pin(finish(io, g, flush, by_broker, permits)).await;
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
+    /// A new connection's loop state (taken apart here, not in the future: a value moved
+    /// inside it would be stored twice).
+    fn new(io: S, client: Client, broker: Arc<Broker>, flush: bool, can_park: bool) -> Self {
+        let Client { conn, waker } = client;
+        let g = Guard {
+            conn,
+            broker,
+            waker,
+        };
+        Self::with(io, g, flush, can_park, FRESH)
+    }
+
+    fn with(io: S, g: Guard, flush: bool, can_park: bool, idle_since: u32) -> Self {
+        let mut flags = Flags::default();
+        flags.set(Flags::FLUSH, flush);
+        flags.set(Flags::CAN_PARK, can_park);
+        Self {
+            io,
+            g,
+            rbuf: BytesMut::new(),
+            timer: None,
+            check: None,
+            handing_over: Handover::No,
+            yielding: Yield::No,
+            flags,
+            idle_since,
+        }
+    }
+
+    /// Whether the connection may be parked now: it is active, has been quiet for
+    /// `limits.park_idle_after_secs` (or since its CONNECT was accepted), and holds nothing a task must
+    /// keep: no input or output waiting, no near deadline (its own timer), no check, no
+    /// handover, no burst it is giving way in, no wake-up not yet taken.
+    fn parks(&mut self, now: Instant) -> bool {
+        let Some(after) = self.park_after() else {
+            return false;
+        };
+        (self.idle_since == FRESH || self.quiet_for(now) >= after)
+            && self.flags.get(Flags::CAN_READ)
+            && self.timer.is_none()
+            && self.check.is_none()
+            && self.rbuf.is_empty()
+            && !self.flags.get(Flags::UNFLUSHED)
+            && self.handing_over == Handover::No
+            && self.yielding == Yield::No
+            && !self.flags.get(Flags::KEPT)
+            && self.g.conn.is_active()
+            && self.g.conn.output().is_empty()
+            && !self.g.waker.is_woken()
+            && !self.g.waker.is_stopping()
+    }
+
+    /// How long the connection must be quiet before it is parked, in milliseconds (`None`:
+    /// never). From `limits.park_idle_after_secs`: long enough by default that a client
+    /// publishing or receiving every few seconds keeps its task (a park and a resume cost
+    /// about as much as handling a few small packets).
+    fn park_after(&self) -> Option<u32> {
+        let secs = self.g.broker.limits.park_idle_after_secs;
+        if !self.flags.get(Flags::CAN_PARK) || secs == 0 {
+            return None;
+        }
+        Some(u32::try_from(secs.saturating_mul(1000)).unwrap_or(u32::MAX / 2))
+    }
+
+    /// Milliseconds since the client last sent or was sent something.
+    fn quiet_for(&self, now: Instant) -> u32 {
+        self.g.waker.stop().ms32(now).wrapping_sub(self.idle_since)
+    }
+
+    /// When a connection that may be parked will have been quiet long enough (plus the
+    /// wheel's margin: it wakes the task between `NEAR + TICK` and `NEAR` before a deadline).
+    fn park_deadline(&self, now: Instant) -> Option<Instant> {
+        let after = self.park_after().filter(|_| self.idle_since != FRESH)?;
+        let left = after.checked_sub(self.quiet_for(now))?;
+        Some(now + Duration::from_millis(u64::from(left)) + wakeup::NEAR + wakeup::TICK)
+    }
+
     /// Before a wait: the timer armed or the deadline filed, and whether to read (`can_read`)
     /// and to take the core's wake-ups (`room_to_write`) during it.
     fn prepare(&mut self, now: Instant) {
         let mut deadline = self.g.conn.poll_timeout(&self.g.broker);
+        if let Some(p) = self.park_deadline(now) {
+            deadline = Some(deadline.map_or(p, |d| d.min(p)));
+        }
         if let Some(t) = self
             .timer
             .as_ref()
@@ -301,14 +450,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
         self.arm(deadline, now);
         let broker = &*self.g.broker;
         // Output waiting beyond the mark: neither read nor take more until written.
-        self.room_to_write = self.g.conn.output().len() < OUTPUT_HIGH_WATER;
+        self.flags.set(
+            Flags::ROOM_TO_WRITE,
+            self.g.conn.output().len() < OUTPUT_HIGH_WATER,
+        );
         // One answer per wait (the committer changes it concurrently); when paused for the
         // store, the journal wakes this connection at the commit it waits for.
-        self.can_read = self.room_to_write
-            && self.yielding == Yield::No
-            && self.g.conn.wants_input(broker, now);
-        if self.can_read {
-            reserve_read(&mut self.rbuf, broker, self.busy);
+        self.flags.set(
+            Flags::CAN_READ,
+            self.flags.get(Flags::ROOM_TO_WRITE)
+                && self.yielding == Yield::No
+                && self.g.conn.wants_input(broker, now),
+        );
+        if self.flags.get(Flags::CAN_READ) {
+            reserve_read(&mut self.rbuf, broker, self.flags.get(Flags::BUSY));
         }
     }
 
@@ -316,11 +471,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
     /// the middle of a burst, made (with any kept before) once a turn ends without.
     fn held(&mut self, held: wakeup::Held) {
         if self.yielding == Yield::Asked {
-            self.kept |= !held.is_empty();
+            if !held.is_empty() {
+                self.flags.set(Flags::KEPT, true);
+            }
             self.g.waker.keep(held);
         } else {
             drop(held);
-            if std::mem::take(&mut self.kept) {
+            if self.flags.take(Flags::KEPT) {
                 self.g.waker.release();
             }
         }
@@ -352,7 +509,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
         if self.g.waker.is_stopping() {
             return Poll::Ready(Turn::Stop);
         }
-        if (!self.g.conn.output().is_empty() || self.unflushed)
+        if (!self.g.conn.output().is_empty() || self.flags.get(Flags::UNFLUSHED))
             && let Poll::Ready(r) = self.poll_write_or_flush(cx)
         {
             return Poll::Ready(self.written(r));
@@ -366,7 +523,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
             }
             Handover::Probed => {
                 self.handing_over = Handover::Reading;
-                if !self.can_read {
+                if !self.flags.get(Flags::CAN_READ) {
                     return Poll::Ready(Turn::Probed);
                 }
                 return Poll::Ready(match self.poll_read(cx) {
@@ -388,14 +545,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
             }
             Yield::No => {}
         }
-        if self.can_read
+        if self.flags.get(Flags::CAN_READ)
             && let Poll::Ready(r) = self.poll_read(cx)
         {
             return Poll::Ready(self.read(r));
         }
         // New deliveries, a takeover, a finished commit, the wheel or the stop; with the
         // output full, only registered (the stop must still reach the task).
-        if self.room_to_write {
+        if self.flags.get(Flags::ROOM_TO_WRITE) {
             if self.g.waker.poll_woken(cx).is_ready() {
                 return Poll::Ready(Turn::Go);
             }
@@ -423,7 +580,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if self.rbuf.capacity() > self.rbuf.len() {
             let n = ready!(pin!(self.io.read_buf(&mut self.rbuf)).poll(cx))?;
-            self.busy = self.rbuf.len() == self.rbuf.capacity();
+            self.flags
+                .set(Flags::BUSY, self.rbuf.len() == self.rbuf.capacity());
             return Poll::Ready(Ok(n));
         }
         let mut first = [MaybeUninit::<u8>::uninit(); FIRST_READ];
@@ -431,7 +589,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
         ready!(Pin::new(&mut self.io).poll_read(cx, &mut into))?;
         let read = into.filled();
         self.rbuf.extend_from_slice(read);
-        self.busy = read.len() == FIRST_READ;
+        self.flags.set(Flags::BUSY, read.len() == FIRST_READ);
         Poll::Ready(Ok(read.len()))
     }
 
@@ -467,17 +625,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
             Ok(Some(0)) | Err(_) => Turn::Lost,
             Ok(Some(n)) => {
                 self.g.broker.metrics.bytes_sent.add(n as u64);
-                self.unflushed = self.flush;
+                self.flags
+                    .set(Flags::UNFLUSHED, self.flags.get(Flags::FLUSH));
                 let out = self.g.conn.output();
                 if out.is_empty() {
                     // Release the output's memory once it is all written.
                     *out = BytesMut::new();
                 }
-                Turn::Go
+                Turn::Wrote
             }
             Ok(None) => {
-                self.unflushed = false;
-                Turn::Go
+                self.flags.set(Flags::UNFLUSHED, false);
+                Turn::Wrote
             }
         }
     }
@@ -488,6 +647,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
         let conn = &mut self.g.conn;
         let was_read = matches!(turn, Turn::Read);
         let probed = matches!(turn, Turn::Probed);
+        // What the client sends after CONNECT, and what it is sent once it has sent
+        // something, count as traffic (not the CONNECT and its CONNACK: see `parks`).
+        if (was_read && conn.is_active())
+            || (matches!(turn, Turn::Wrote) && self.idle_since != FRESH)
+        {
+            self.idle_since = self.g.waker.stop().ms32(now);
+        }
         if was_read {
             handle_read(conn, broker, now, &mut self.rbuf);
         }
@@ -519,7 +685,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
                 .as_ref()
                 .is_none_or(|t| now >= t.deadline().into_std());
             let nothing_more = probed && !conn.hand_over_waits_for_input();
-            if (was_read && !self.busy) || nothing_more || due || !self.can_read {
+            if (was_read && !self.flags.get(Flags::BUSY))
+                || nothing_more
+                || due
+                || !self.flags.get(Flags::CAN_READ)
+            {
                 // Packets a pause left in the buffer are handled first: a DISCONNECT there
                 // may close the connection, and then the loop ends here.
                 conn.handle_hand_over(broker, now, &mut self.rbuf);
@@ -610,7 +780,7 @@ fn end_turn(
     // Input that came after CONNECT waits in the buffer while the session is handed over.
     let waiting = conn.is_waiting();
     match turn {
-        Turn::Go | Turn::Read | Turn::Probed => {}
+        Turn::Go | Turn::Wrote | Turn::Read | Turn::Probed => {}
         Turn::Timer => {
             conn.handle_timeout(broker, now);
             // Packets left in the buffer by a publish-rate pause that just ended.
@@ -666,93 +836,4 @@ fn boxed_answer(f: Pending<CheckAnswer>) -> Pending<Box<CheckAnswer>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `give_way` relies on tokio keeping the wake-up `yield_now` defers after the future is
-    /// dropped: a task that gives way is polled again, after the task that was ready.
-    #[test]
-    fn a_task_that_gives_way_runs_again_after_the_ready_ones() {
-        let runtimes = [
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap(),
-        ];
-        for rt in runtimes {
-            let order = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let o = order.clone();
-            rt.block_on(async move {
-                let first = tokio::spawn(async move {
-                    let other = {
-                        let o = o.clone();
-                        tokio::spawn(async move { o.lock().unwrap().push("other") })
-                    };
-                    let mut gave = false;
-                    std::future::poll_fn(|cx| {
-                        if gave {
-                            return Poll::Ready(());
-                        }
-                        gave = true;
-                        o.lock().unwrap().push("gave way");
-                        give_way(cx);
-                        Poll::Pending
-                    })
-                    .await;
-                    o.lock().unwrap().push("resumed");
-                    other.await.unwrap();
-                });
-                tokio::time::timeout(Duration::from_secs(10), first)
-                    .await
-                    .expect("the task that gave way was never polled again")
-                    .unwrap();
-            });
-            assert_eq!(*order.lock().unwrap(), ["gave way", "other", "resumed"]);
-        }
-    }
-
-    /// Every idle connection holds its task: this is most of what it costs (bench scenario 6
-    /// measures the whole). tokio puts it in a cell 104 bytes larger, rounded up to 128:
-    /// at most 280 bytes keeps the cell at 384.
-    #[tokio::test]
-    async fn the_connection_task_stays_small() {
-        let broker = Arc::new(Broker::new(Default::default(), Instant::now()));
-        let access = Arc::new(ListenerAccess {
-            name: "test".into(),
-            authenticator: Arc::new(starling_auth::StandardAuthenticator {
-                allow_anonymous: true,
-                passwords: None,
-                identity_as_username: false,
-            }),
-            authorizer: None,
-            enhanced: Vec::new(),
-            session_queue: None,
-            internal: false,
-        });
-        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
-        let stop = Arc::new(Stop::default());
-        let client = Client::new(
-            Some(peer),
-            Instant::now(),
-            access,
-            PeerInfo::default(),
-            &stop,
-        );
-        // A real TCP stream.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let global = Arc::new(tokio::sync::Semaphore::new(1));
-        let listener = Arc::new(tokio::sync::Semaphore::new(1));
-        let permits = crate::accept::Permits::take(&global, Some(&listener), &broker);
-        let task = serve(stream, client, broker, StreamOptions::default(), permits);
-        let size = std::mem::size_of_val(&task);
-        assert!(size <= 280, "the connection task grew to {size} bytes");
-    }
-}
+mod tests;
