@@ -142,19 +142,36 @@ impl Lot {
     /// The broker stops: every parked connection is resumed (its task closes it), and none
     /// is parked from now on.
     fn close(&self) {
-        let all: Vec<_> = {
-            let mut slots = self.lock();
-            slots.closed = true;
-            let keys: Vec<_> = (0..slots.parked.len()).collect();
-            keys.into_iter()
-                .filter_map(|k| u32::try_from(k).ok())
-                .filter_map(|k| self.take(&mut slots, k))
-                .collect()
-        };
-        for p in all {
+        for p in self.take_all() {
             p.g.broker.metrics.connections_resumed.inc();
             spawn(*p);
         }
+    }
+
+    /// Every parked connection, taken out; none is parked from now on.
+    fn take_all(&self) -> Vec<Box<Parked>> {
+        let mut slots = self.lock();
+        slots.closed = true;
+        let keys: Vec<_> = (0..slots.parked.len()).collect();
+        keys.into_iter()
+            .filter_map(|k| u32::try_from(k).ok())
+            .filter_map(|k| self.take(&mut slots, k))
+            .collect()
+    }
+}
+
+/// Held by the lot's task: if the task is dropped without having closed the lot (its runtime
+/// shut down without the stop, or a bug), the parked connections are dropped with it, as
+/// their tasks would have been, so that their sessions are released (`Guard`).
+struct Abandon(Arc<Lot>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        let all = self.0.take_all();
+        for p in &all {
+            p.g.broker.metrics.connections_resumed.inc();
+        }
+        drop(all);
     }
 }
 
@@ -252,6 +269,7 @@ fn lost(mut g: Guard) {
 /// The lot's task: resumes the connections whose sockets turn readable and those asked for,
 /// until the stop, then resumes them all.
 async fn serve(lot: Arc<Lot>, mut poll: AsyncFd<Poll>, stop: Arc<Stop>) {
+    let _abandon = Abandon(lot.clone());
     let mut events = Events::with_capacity(EVENTS);
     let mut keys = Vec::with_capacity(EVENTS);
     loop {
