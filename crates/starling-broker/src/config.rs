@@ -156,9 +156,10 @@ pub struct Limits {
     pub max_publish_rate: u32,
     /// Seconds between `$SYS` updates (0 = no `$SYS` tree).
     pub sys_interval_secs: u64,
-    /// Seconds a plain TCP connection must be quiet before it is parked: its task and its
-    /// socket's registration with the runtime are given up until something happens for it
-    /// (one that has been quiet since its CONNECT is parked at once). 0 = never parked.
+    /// Seconds without messages either way after which an idle plain TCP connection is
+    /// parked: its task and its socket's registration with the runtime are given up until
+    /// something happens for it (one without messages since it was opened or last resumed
+    /// is parked at once; control packets do not count). 0 = never parked.
     pub park_idle_after_secs: u64,
 }
 

@@ -62,7 +62,7 @@ async fn idle_clients_are_parked_and_served_when_something_comes() {
     raw.subscribe("t/#", QoS::AtLeastOnce).await;
     let (mut sub, _) = Client::connect(addr, "rumqttc", true, None).await;
     sub.subscribe("t/#", rumqttc::QoS::ExactlyOnce).await;
-    // Both quiet for a second since their SUBACK.
+    // Both parked: no message has gone either way (a SUBSCRIBE is not one).
     until_parked(&server, 2).await;
 
     let (mut publisher, _) = RawClient::connect(addr, V5, "pub").await;
@@ -101,16 +101,30 @@ async fn idle_clients_are_parked_and_served_when_something_comes() {
             }
             other => panic!("expected PUBLISH, got {other:?}"),
         }
-        // Parked again after each: deliveries reached them from the lot.
+        // Parked again after each, once quiet for a second: deliveries reached them from the
+        // lot.
         until_parked(&server, 3).await;
     }
 
-    // Its own packets reach a parked connection, and its answers reach the client.
+    // Its own packets reach a parked connection, and its answers reach the client; a
+    // control packet does not keep it out of the lot for the second messages do.
+    let resumed = server.broker().metrics.connections_resumed.get();
     raw.send(&Packet::PingReq).await;
     assert!(matches!(
         raw.expect_packet(common::WAIT).await,
         Packet::PingResp
     ));
+    let pinged = Instant::now();
+    until_parked(&server, 3).await;
+    assert!(
+        pinged.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        pinged.elapsed()
+    );
+    assert_eq!(
+        server.broker().metrics.connections_resumed.get(),
+        resumed + 1
+    );
     assert!(server.broker().metrics.connections_resumed.get() >= 10);
     assert_eq!(server.broker().metrics.connection_tasks_aborted.get(), 0);
     server.shutdown().await;

@@ -134,6 +134,14 @@ impl Active {
 
     /// Handles one packet from the client.
     pub(super) fn on_packet(&mut self, cx: &mut Cx<'_>, packet: Packet) -> Flow {
+        cx.link.traffic |= matches!(
+            packet,
+            Packet::Publish(_)
+                | Packet::PubAck(_)
+                | Packet::PubRec(_)
+                | Packet::PubRel(_)
+                | Packet::PubComp(_)
+        );
         match packet {
             Packet::Publish(p) => return self.on_publish(cx, p),
             Packet::PubAck(a) => return self.on_puback(cx, a.packet_id),

@@ -87,6 +87,7 @@ impl Active {
         let (sent, bytes) = tally.totals();
         if sent != 0 {
             self.info.counters.sent_many(sent, bytes);
+            cx.link.traffic = true;
         }
         let ticket = self.persisted(cx, &mut ops);
         self.deliveries_from(cx, from, ticket, shows_stored_id);

@@ -129,6 +129,9 @@ struct Link {
     /// An answer did not fit the client's Maximum Packet Size even without its optional
     /// properties: it was not sent, and the connection closes.
     unsendable: bool,
+    /// A message (a PUBLISH or one of its acknowledgements) went either way since the I/O
+    /// layer last asked ([`Connection::take_traffic`]).
+    traffic: bool,
 }
 
 impl Link {
@@ -266,6 +269,7 @@ impl Connection {
                 since: now,
                 access: None,
                 unsendable: false,
+                traffic: false,
             },
             state: State::Connecting,
         }
@@ -647,6 +651,14 @@ impl Connection {
     /// is due is added to it, deliveries while it holds less than [`OUTPUT_HIGH_WATER`].
     pub fn transmit(&mut self, broker: &Broker, now: Instant) {
         self.fill(broker, now, OUTPUT_HIGH_WATER);
+    }
+
+    /// Whether a message (a PUBLISH either way, or one of its acknowledgements from the
+    /// client) was handled or sent since the last call. Control packets (CONNECT, SUBSCRIBE,
+    /// PINGREQ and their answers) are not counted: the I/O layer uses it to tell a client
+    /// with message traffic from an idle one (it parks idle connections).
+    pub fn take_traffic(&mut self) -> bool {
+        std::mem::take(&mut self.link.traffic)
     }
 
     /// The encoded packets not yet written, for the I/O layer: it writes from the front and

@@ -44,7 +44,7 @@ const MAX_LINGERING: usize = 1024;
 /// client id keeps reading first, at most: while its client's bytes keep coming, or, when
 /// they can change what the new connection gets, for bytes still on their way.
 const HANDOVER_READ_WAIT: Duration = Duration::from_millis(10);
-/// `Task::idle_since` of a connection that has had no traffic since its CONNECT.
+/// `Task::idle_since` of a connection without messages since it was opened or resumed.
 const FRESH: u32 = u32::MAX;
 
 /// Sockets lingering after the broker closed their connection, process-wide. Closing a socket
@@ -132,8 +132,6 @@ impl Drop for Guard {
 enum Turn {
     /// Go on.
     Go,
-    /// Bytes were written (or the writer flushed).
-    Wrote,
     /// Bytes were read.
     Read,
     /// The timer fired.
@@ -257,9 +255,9 @@ struct Task<S> {
     yielding: Yield,
     /// The task's switches, one bit each (see [`Flags`]).
     flags: Flags,
-    /// When the client last sent or was sent something, in the stop's milliseconds
-    /// (wrapping), or [`FRESH`]: nothing since its CONNECT was accepted (see
-    /// [`Task::parks`]).
+    /// When a message last went either way (`Connection::take_traffic`), in the stop's
+    /// milliseconds (wrapping), or [`FRESH`]: none since the connection was opened or
+    /// resumed (see [`Task::parks`]).
     idle_since: u32,
 }
 
@@ -384,8 +382,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
         }
     }
 
-    /// Whether the connection may be parked now: it is active, has been quiet for
-    /// `limits.park_idle_after_secs` (or since its CONNECT was accepted), and holds nothing a task must
+    /// Whether the connection may be parked now: it is active, no message has gone either
+    /// way for `limits.park_idle_after_secs` (or since it was opened or resumed: control
+    /// packets such as SUBSCRIBE or PINGREQ do not count), and it holds nothing a task must
     /// keep: no input or output waiting, no near deadline (its own timer), no check, no
     /// handover, no burst it is giving way in, no wake-up not yet taken.
     fn parks(&mut self, now: Instant) -> bool {
@@ -632,11 +631,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
                     // Release the output's memory once it is all written.
                     *out = BytesMut::new();
                 }
-                Turn::Wrote
+                Turn::Go
             }
             Ok(None) => {
                 self.flags.set(Flags::UNFLUSHED, false);
-                Turn::Wrote
+                Turn::Go
             }
         }
     }
@@ -647,13 +646,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
         let conn = &mut self.g.conn;
         let was_read = matches!(turn, Turn::Read);
         let probed = matches!(turn, Turn::Probed);
-        // What the client sends after CONNECT, and what it is sent once it has sent
-        // something, count as traffic (not the CONNECT and its CONNACK: see `parks`).
-        if (was_read && conn.is_active())
-            || (matches!(turn, Turn::Wrote) && self.idle_since != FRESH)
-        {
-            self.idle_since = self.g.waker.stop().ms32(now);
-        }
         if was_read {
             handle_read(conn, broker, now, &mut self.rbuf);
         }
@@ -706,6 +698,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
                 Some(t) => t.as_mut().reset(by),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(by))),
             }
+        }
+        // Messages either way keep the connection's task for a while (`parks`).
+        if conn.take_traffic() {
+            self.idle_since = self.g.waker.stop().ms32(now);
         }
         None
     }
@@ -780,7 +776,7 @@ fn end_turn(
     // Input that came after CONNECT waits in the buffer while the session is handed over.
     let waiting = conn.is_waiting();
     match turn {
-        Turn::Go | Turn::Wrote | Turn::Read | Turn::Probed => {}
+        Turn::Go | Turn::Read | Turn::Probed => {}
         Turn::Timer => {
             conn.handle_timeout(broker, now);
             // Packets left in the buffer by a publish-rate pause that just ended.

@@ -4,10 +4,11 @@
 //!
 //! Most of what an idle connection costs on tokio is not MQTT state: the task's cell (384
 //! bytes) and the socket's registration with the reactor (256) are 640 of its 1,400-odd
-//! bytes. A connection that has been quiet for `limits.park_idle_after_secs` (or since its CONNECT was
-//! accepted) and holds nothing a task must keep (`Task::parks`) is parked: its socket is
-//! taken out of the reactor and filed, under the key its task has in the stop's registry, in
-//! the lot's own poller (one `epoll` instance, itself one registration with the reactor);
+//! bytes. A connection without messages either way for `limits.park_idle_after_secs` (or
+//! since it was opened or last resumed: control packets such as SUBSCRIBE and PINGREQ do not
+//! count) that holds nothing a task must keep (`Task::parks`) is parked: its socket is taken
+//! out of the reactor and filed, under the key its task has in the stop's registry, in the
+//! lot's own poller (one `epoll` instance, itself one registration with the reactor);
 //! its state (the sans-IO connection, the stream, the permits) is boxed in the lot; its task
 //! ends.
 //!
@@ -144,18 +145,19 @@ impl Lot {
     fn close(&self) {
         for p in self.take_all() {
             p.g.broker.metrics.connections_resumed.inc();
-            spawn(*p);
+            spawn(p);
         }
     }
 
     /// Every parked connection, taken out; none is parked from now on.
-    fn take_all(&self) -> Vec<Box<Parked>> {
+    fn take_all(&self) -> Vec<Parked> {
         let mut slots = self.lock();
         slots.closed = true;
         let keys: Vec<_> = (0..slots.parked.len()).collect();
         keys.into_iter()
             .filter_map(|k| u32::try_from(k).ok())
             .filter_map(|k| self.take(&mut slots, k))
+            .map(|p| *p)
             .collect()
     }
 }
@@ -240,10 +242,10 @@ fn park(task: Task<TcpStream>, permits: Permits) -> Result<(), (Box<Task<TcpStre
     Ok(())
 }
 
-/// A resumed connection's task state: quiet from now.
+/// A resumed connection's task state: parked again as soon as it is idle, unless messages
+/// go either way meanwhile (`Task::parks`).
 fn resumed(io: TcpStream, g: Guard) -> Task<TcpStream> {
-    let since = g.waker.stop().ms32(Instant::now());
-    Task::with(io, g, false, true, since)
+    Task::with(io, g, false, true, super::FRESH)
 }
 
 /// Serves a resumed connection in a new task.
