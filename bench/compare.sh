@@ -224,6 +224,8 @@ for round in $(seq "$ROUNDS"); do
             case "$scenario" in
                 connections)
                     run_one "$broker" connections "$round" 1 --connections 10000
+                    run_one "$broker" connections "$round" 1 --connections 10000 \
+                        --subscribe --tag subscribed
                     if [ "$BIG_CONNECTIONS" = 1 ]; then
                         run_one "$broker" connections "$round" 1 --connections 50000 --tag 50k
                     fi ;;

@@ -37,6 +37,7 @@ ROWS = [
     ("latency", None, "5. latency, broker CPU", "broker_cpu_util", "CPU-s/s", False),
     ("connections", None, "6. 10,000 idle connections, connect rate", "connect_rate_per_s", "conn/s", True),
     ("connections", None, "6. broker RSS per idle connection", "rss_per_conn_bytes", "bytes", False),
+    ("connections", "subscribed", "6. 10,000 subscribed, then idle: RSS per connection", "rss_per_conn_bytes", "bytes", False),
     ("connections", "50k", "6. 50,000 idle connections, connect rate", "connect_rate_per_s", "conn/s", True),
     ("connections", "50k", "6. 50,000: RSS per connection", "rss_per_conn_bytes", "bytes", False),
     ("retained", None, "7. 100,000 retained, `#` receives all", "receive_s", "s", False),

@@ -161,6 +161,10 @@ struct RunArgs {
     /// connections: handshakes in progress at once.
     #[arg(long, default_value_t = 100)]
     concurrency: usize,
+    /// connections: each connection also subscribes (QoS 1) to a topic of its own once
+    /// connected, as most clients do, before it goes idle.
+    #[arg(long)]
+    subscribe: bool,
     /// retained: how many topics.
     #[arg(long, default_value_t = 100_000)]
     retained: usize,
@@ -262,10 +266,12 @@ async fn run(a: &RunArgs) -> Result<String> {
     let body = match a.scenario {
         Scenario::Connections => {
             head.insert("keep_alive_s".into(), json!(60));
+            head.insert("subscribed".into(), json!(a.subscribe));
             special::connections(
                 &addr,
                 a.connections,
                 a.concurrency,
+                a.subscribe,
                 Duration::from_secs(2),
                 a.broker_pid,
             )

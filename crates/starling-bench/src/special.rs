@@ -17,12 +17,14 @@ use crate::client::{Client, check_suback};
 use crate::load::round;
 use crate::procstat::Proc;
 
-/// Opens `count` idle connections (keep-alive 60 s), `concurrency` handshakes at a time, holds
-/// them, and reports the connect rate and the broker's RSS growth per connection.
+/// Opens `count` idle connections (keep-alive 60 s), `concurrency` handshakes at a time, each
+/// subscribed to a topic of its own if `subscribe`, holds them, and reports the connect rate
+/// and the broker's RSS growth per connection.
 pub(crate) async fn connections(
     addr: &str,
     count: usize,
     concurrency: usize,
+    subscribe: bool,
     hold: Duration,
     broker_pid: Option<u32>,
 ) -> Result<Map<String, Value>> {
@@ -54,7 +56,15 @@ pub(crate) async fn connections(
                     break;
                 }
                 next.set(k + 1);
-                match Client::connect(&addr, format!("sb{tag}-c{k}"), 60, 64).await {
+                let connected = match Client::connect(&addr, format!("sb{tag}-c{k}"), 60, 64).await
+                {
+                    Ok(mut c) if subscribe => {
+                        let topic = format!("sb{tag}/idle/{k}");
+                        c.subscribe(&topic, QoS::AtLeastOnce).await.map(|()| c)
+                    }
+                    other => other,
+                };
+                match connected {
                     Ok(c) => held.borrow_mut().push((c.rd.into_inner(), c.wr)),
                     Err(e) => {
                         failed.set(failed.get() + 1);

@@ -233,7 +233,14 @@ impl RouteTable for Router {
                     }
                     return true;
                 }
-                Err(i) => list.insert(i, sub),
+                Err(i) => {
+                    // Most filters have one subscriber (a device's own topic): room for
+                    // exactly one, where the first insert would make room for four.
+                    if list.is_empty() {
+                        list.reserve_exact(1);
+                    }
+                    list.insert(i, sub);
+                }
             }
         } else if let Some(existing) = list
             .iter_mut()
