@@ -108,6 +108,9 @@ async fn idle_clients_are_parked_and_served_when_something_comes() {
 
     // Its own packets reach a parked connection, and its answers reach the client; a
     // control packet does not keep it out of the lot for the second messages do.
+    // (More than a second after it was parked: a resume sooner than that, twice in a row,
+    // keeps the task; see the next test.)
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let resumed = server.broker().metrics.connections_resumed.get();
     raw.send(&Packet::PingReq).await;
     assert!(matches!(
@@ -127,6 +130,27 @@ async fn idle_clients_are_parked_and_served_when_something_comes() {
     );
     assert!(server.broker().metrics.connections_resumed.get() >= 10);
     assert_eq!(server.broker().metrics.connection_tasks_aborted.get(), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pinging_again_and_again_is_not_parked_and_resumed_each_time() {
+    let server = start().await;
+    let (mut c, _) = RawClient::connect(server.addr, V5, "pinger").await;
+    until_parked(&server, 1).await;
+    let resumed = server.broker().metrics.connections_resumed.get();
+    // Twenty control packets 50 ms apart: each resume within a second of the park before,
+    // twice in a row, keeps the task for `park_idle_after_secs` (1 s here).
+    for _ in 0..20 {
+        c.send(&Packet::PingReq).await;
+        assert!(matches!(
+            c.expect_packet(common::WAIT).await,
+            Packet::PingResp
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resumes = server.broker().metrics.connections_resumed.get() - resumed;
+    assert!((1..=6).contains(&resumes), "{resumes} resumes for 20 pings");
     server.shutdown().await;
 }
 

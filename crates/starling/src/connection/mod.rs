@@ -208,6 +208,8 @@ impl Flags {
     const ROOM_TO_WRITE: u8 = 1 << 5;
     /// The connection may be parked while idle (plain TCP: see `park.rs`).
     const CAN_PARK: u8 = 1 << 6;
+    /// The connection was last resumed less than `park::QUICK_MS` after it was parked.
+    const QUICK: u8 = 1 << 7;
 
     fn get(self, flag: u8) -> bool {
         self.0 & flag != 0

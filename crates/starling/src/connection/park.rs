@@ -35,11 +35,17 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::warn;
 
-use super::{Guard, Park, Permits, Task, run};
+use super::{Flags, Guard, Park, Permits, Task, run};
 use crate::wakeup::Stop;
 
 /// Readiness events taken from the lot's poller at once.
 const EVENTS: usize = 256;
+/// A connection resumed this soon after it was parked, twice in a row (a client that sends
+/// control packets, which do not keep it out of the lot, one after another), keeps its task
+/// for `limits.park_idle_after_secs` as if it had messages: parking and resuming cost more
+/// than handling a small packet, and a client must not be able to make the broker do that
+/// more than a few times every `park_idle_after_secs`.
+pub(super) const QUICK_MS: u32 = 1_000;
 
 /// Where parked connections wait: their boxed state by key, and the poller their sockets
 /// are registered with. One per [`Stop`] (made on the first park), served by one task.
@@ -72,6 +78,10 @@ struct Parked {
     stream: std::net::TcpStream,
     g: Guard,
     permits: Permits,
+    /// When it was parked, in the stop's milliseconds (wrapping).
+    parked_at: u32,
+    /// Its last resume was quick (`QUICK_MS`).
+    quick: bool,
 }
 
 impl Lot {
@@ -199,6 +209,7 @@ fn park(task: Task<TcpStream>, permits: Permits) -> Result<(), (Box<Task<TcpStre
         return Err((Box::new(task), permits));
     };
     // What else the task holds is empty while it is idle (`Task::parks`).
+    let quick = task.flags.get(Flags::QUICK);
     let Task { io, g, .. } = task;
     let stream = match io.into_std() {
         Ok(s) => s,
@@ -219,7 +230,11 @@ fn park(task: Task<TcpStream>, permits: Permits) -> Result<(), (Box<Task<TcpStre
     if !filed {
         drop(slots);
         return match TcpStream::from_std(stream) {
-            Ok(io) => Err((Box::new(resumed(io, g)), permits)),
+            // Tried again once it has been idle for `park_idle_after_secs` more.
+            Ok(io) => {
+                let since = g.waker.stop().ms32(Instant::now());
+                Err((Box::new(Task::with(io, g, false, true, since)), permits))
+            }
             Err(e) => {
                 warn!(error = %e, "an idle connection's socket could not be served on; closed");
                 lost(g);
@@ -234,7 +249,14 @@ fn park(task: Task<TcpStream>, permits: Permits) -> Result<(), (Box<Task<TcpStre
     }
     let waker = g.waker.clone();
     if let Some(place) = slots.parked.get_mut(i) {
-        *place = Some(Box::new(Parked { stream, g, permits }));
+        let parked_at = stop.ms32(Instant::now());
+        *place = Some(Box::new(Parked {
+            stream,
+            g,
+            permits,
+            parked_at,
+            quick,
+        }));
     }
     // Under the lock, so that the lot resumes it only once its wake-ups reach the lot: a
     // wake-up from now on asks the lot, and one that came while it was being parked does too.
@@ -243,17 +265,32 @@ fn park(task: Task<TcpStream>, permits: Permits) -> Result<(), (Box<Task<TcpStre
 }
 
 /// A resumed connection's task state: parked again as soon as it is idle, unless messages
-/// go either way meanwhile (`Task::parks`).
-fn resumed(io: TcpStream, g: Guard) -> Task<TcpStream> {
-    Task::with(io, g, false, true, super::FRESH)
+/// go either way meanwhile (`Task::parks`), or unless this is its second quick resume in a
+/// row (`QUICK_MS`): then it keeps its task as if it had messages.
+fn resumed(io: TcpStream, g: Guard, parked_at: u32, was_quick: bool) -> Task<TcpStream> {
+    let now = g.waker.stop().ms32(Instant::now());
+    let quick = now.wrapping_sub(parked_at) < QUICK_MS;
+    if quick && was_quick {
+        return Task::with(io, g, false, true, now);
+    }
+    let mut task = Task::with(io, g, false, true, super::FRESH);
+    task.flags.set(Flags::QUICK, quick);
+    task
 }
 
 /// Serves a resumed connection in a new task.
 fn spawn(p: Parked) {
-    let Parked { stream, g, permits } = p;
+    let Parked {
+        stream,
+        g,
+        permits,
+        parked_at,
+        quick,
+    } = p;
     match TcpStream::from_std(stream) {
         Ok(io) => {
-            tokio::spawn(run::<_, _, Tcp>(resumed(io, g), permits));
+            let task = resumed(io, g, parked_at, quick);
+            tokio::spawn(run::<_, _, Tcp>(task, permits));
         }
         Err(e) => {
             warn!(error = %e, "a parked connection could not be resumed; closed");
