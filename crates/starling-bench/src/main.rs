@@ -165,6 +165,17 @@ struct RunArgs {
     /// connected, as most clients do, before it goes idle.
     #[arg(long)]
     subscribe: bool,
+    /// connections: after connecting (with --subscribe), messages to their topics for this
+    /// many seconds, then quiet for --quiet-secs, and the broker's RSS read again: what a
+    /// connection costs once traffic has come and gone (0: none).
+    #[arg(long, default_value_t = 0)]
+    traffic_secs: u64,
+    /// connections with --traffic-secs: messages per second in all (64 B, QoS 0).
+    #[arg(long, default_value_t = 1000)]
+    traffic_rate: u32,
+    /// connections with --traffic-secs: seconds of quiet before the RSS is read.
+    #[arg(long, default_value_t = 15)]
+    quiet_secs: u64,
     /// retained: how many topics.
     #[arg(long, default_value_t = 100_000)]
     retained: usize,
@@ -273,6 +284,11 @@ async fn run(a: &RunArgs) -> Result<String> {
                 a.concurrency,
                 a.subscribe,
                 Duration::from_secs(2),
+                (a.traffic_secs > 0).then(|| special::Traffic {
+                    duration: Duration::from_secs(a.traffic_secs),
+                    rate: a.traffic_rate,
+                    quiet: Duration::from_secs(a.quiet_secs),
+                }),
                 a.broker_pid,
             )
             .await?

@@ -26,6 +26,7 @@ pub(crate) async fn connections(
     concurrency: usize,
     subscribe: bool,
     hold: Duration,
+    traffic: Option<Traffic>,
     broker_pid: Option<u32>,
 ) -> Result<Map<String, Value>> {
     let broker = broker_pid.map(Proc::pid);
@@ -95,9 +96,23 @@ pub(crate) async fn connections(
         }
         _ => None,
     };
+    let after_traffic = match traffic {
+        Some(t) if subscribe => Some(traffic_then_quiet(addr, tag, count, &t, &rss).await?),
+        Some(_) => bail!("--traffic-secs needs --subscribe (the messages go to their topics)"),
+        None => None,
+    };
     held.borrow_mut().clear();
 
     let mut m = Map::new();
+    if let Some((sent, kb)) = after_traffic {
+        m.insert("traffic_messages".into(), json!(sent));
+        m.insert("broker_rss_kb_after_traffic".into(), json!(kb));
+        let per = rss_before
+            .zip(kb)
+            .filter(|_| connected > 0)
+            .map(|(b, a)| ((a.saturating_sub(b) * 1024) as f64 / connected as f64).round());
+        m.insert("rss_per_conn_bytes_after_traffic".into(), json!(per));
+    }
     m.insert("connections".into(), json!(count));
     m.insert("connected".into(), json!(connected));
     m.insert("failed".into(), json!(failed.get()));
@@ -118,6 +133,53 @@ pub(crate) async fn connections(
         m.insert("errors".into(), json!([e]));
     }
     Ok(m)
+}
+
+/// Messages to the idle connections' topics for a while, then quiet again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Traffic {
+    /// How long messages flow.
+    pub(crate) duration: Duration,
+    /// Messages per second in all, 64 B at QoS 0, to the connections' topics in turn.
+    pub(crate) rate: u32,
+    /// How long to wait after the last message before the broker's RSS is read.
+    pub(crate) quiet: Duration,
+}
+
+/// One publisher sends `t.rate` messages a second to the topics of the `count` subscribed
+/// connections in turn for `t.duration`, then nothing for `t.quiet`: the messages sent and
+/// the broker's RSS then.
+async fn traffic_then_quiet(
+    addr: &str,
+    tag: u32,
+    count: usize,
+    t: &Traffic,
+    rss: &impl Fn() -> Result<Option<u64>>,
+) -> Result<(u64, Option<u64>)> {
+    let mut publisher = Client::connect(addr, format!("sb{tag}-traffic"), 60, 64 * 1024).await?;
+    let body = Bytes::from(vec![b'x'; 64]);
+    // Every 10 ms.
+    let per_tick = (t.rate / 100).max(1);
+    let end = Instant::now() + t.duration;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let (mut k, mut sent) = (0usize, 0u64);
+    while Instant::now() < end {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let topic = format!("sb{tag}/idle/{}", k % count.max(1));
+            k += 1;
+            let name = TopicName::try_from_str(&topic).map_err(|e| anyhow!("{topic}: {e}"))?;
+            let publish = Publish::new(name, QoS::AtMostOnce, 0, body.clone());
+            encode(&Packet::Publish(publish), crate::client::VERSION, &mut buf)?;
+        }
+        publisher.wr.write_all(&buf).await.context("publish")?;
+        buf.clear();
+        sent += u64::from(per_tick);
+    }
+    drop(publisher);
+    tokio::time::sleep(t.quiet).await;
+    Ok((sent, rss()?))
 }
 
 /// Stores `count` retained messages (QoS 1, `window` unacknowledged at most), then times one

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::rumqtt::v311::Client;
 use common::{RawClient, Recv, TestServer, connect_packet, publish_packet, start_server};
-use starling_proto::{Packet, ProtocolVersion, PubAck, QoS, ReasonCode, TopicName, Will};
+use starling_proto::{Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, TopicName, Will};
 use tokio::time::Instant;
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -52,6 +52,25 @@ async fn until_parked(server: &TestServer, n: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The next packet of `c`, which must be a PUBLISH.
+async fn publish_to(c: &mut RawClient) -> Publish {
+    match c.expect_packet(common::WAIT).await {
+        Packet::Publish(p) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+/// A will on `topic` with `payload`.
+fn will(topic: &str, payload: &'static [u8], qos: QoS) -> Option<Will> {
+    Some(Will {
+        topic: TopicName::try_from_str(topic).unwrap(),
+        payload: Bytes::from_static(payload),
+        qos,
+        retain: false,
+        properties: Default::default(),
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,14 +111,10 @@ async fn idle_clients_are_parked_and_served_when_something_comes() {
         let p = sub.publish().await;
         assert_eq!(p.topic, topic);
         assert_eq!(&p.payload[..], b"to the parked");
-        match raw.expect_packet(common::WAIT).await {
-            Packet::Publish(p) => {
-                assert_eq!(p.topic.as_str(), topic);
-                if p.qos != QoS::AtMostOnce {
-                    raw.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
-                }
-            }
-            other => panic!("expected PUBLISH, got {other:?}"),
+        let p = publish_to(&mut raw).await;
+        assert_eq!(p.topic.as_str(), topic);
+        if p.qos != QoS::AtMostOnce {
+            raw.send(&Packet::PubAck(PubAck::new(p.packet_id))).await;
         }
         // Parked again after each, once quiet for a second: deliveries reached them from the
         // lot.
@@ -169,10 +184,7 @@ async fn a_client_with_traffic_keeps_its_task_until_it_has_been_quiet() {
         publisher
             .send(&publish_packet("busy", QoS::AtMostOnce, 0, &[i]))
             .await;
-        match sub.expect_packet(common::WAIT).await {
-            Packet::Publish(p) => assert_eq!(&p.payload[..], &[i]),
-            other => panic!("expected PUBLISH, got {other:?}"),
-        }
+        assert_eq!(&publish_to(&mut sub).await.payload[..], &[i]);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(server.broker().metrics.connections_parked.get(), first);
@@ -190,13 +202,7 @@ async fn a_parked_client_is_held_to_its_keep_alive_and_its_will_sent() {
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
     let mut connect = connect_packet(V5, "sleepy");
     connect.keep_alive = 2;
-    connect.will = Some(Will {
-        topic: TopicName::try_from_str("wills/sleepy").unwrap(),
-        payload: Bytes::from_static(b"gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: Default::default(),
-    });
+    connect.will = will("wills/sleepy", b"gone", QoS::AtLeastOnce);
     let (mut sleepy, _) = RawClient::connect_with(addr, connect).await;
     let connected = Instant::now();
     until_parked(&server, 2).await;
@@ -211,15 +217,11 @@ async fn a_parked_client_is_held_to_its_keep_alive_and_its_will_sent() {
         waited >= Duration::from_millis(2_900),
         "closed after {waited:?}"
     );
-    match watcher.expect_packet(common::WAIT).await {
-        Packet::Publish(p) => {
-            assert_eq!(
-                (p.topic.as_str(), &p.payload[..]),
-                ("wills/sleepy", &b"gone"[..])
-            );
-        }
-        other => panic!("expected the will, got {other:?}"),
-    }
+    let p = publish_to(&mut watcher).await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("wills/sleepy", &b"gone"[..])
+    );
     server.shutdown().await;
 }
 
@@ -241,10 +243,7 @@ async fn a_parked_client_id_is_taken_over() {
     publisher
         .send(&publish_packet("kept", QoS::AtMostOnce, 0, b"moved"))
         .await;
-    match new.expect_packet(common::WAIT).await {
-        Packet::Publish(p) => assert_eq!(&p.payload[..], b"moved"),
-        other => panic!("expected PUBLISH, got {other:?}"),
-    }
+    assert_eq!(&publish_to(&mut new).await.payload[..], b"moved");
     server.shutdown().await;
 }
 
@@ -255,21 +254,12 @@ async fn a_parked_client_that_goes_away_is_noticed_at_once() {
     let (mut watcher, _) = RawClient::connect(addr, V5, "watcher").await;
     watcher.subscribe("wills/#", QoS::AtMostOnce).await;
     let mut connect = connect_packet(ProtocolVersion::V311, "leaver");
-    connect.will = Some(Will {
-        topic: TopicName::try_from_str("wills/leaver").unwrap(),
-        payload: Bytes::from_static(b"left"),
-        qos: QoS::AtMostOnce,
-        retain: false,
-        properties: Default::default(),
-    });
+    connect.will = will("wills/leaver", b"left", QoS::AtMostOnce);
     let (leaver, _) = RawClient::connect_with(addr, connect).await;
     until_parked(&server, 2).await;
     let connected = server.broker().metrics.clients_connected.get();
     drop(leaver);
-    match watcher.expect_packet(common::WAIT).await {
-        Packet::Publish(p) => assert_eq!(&p.payload[..], b"left"),
-        other => panic!("expected the will, got {other:?}"),
-    }
+    assert_eq!(&publish_to(&mut watcher).await.payload[..], b"left");
     common::eventually("the session is released", || {
         server.broker().metrics.clients_connected.get() == connected - 1
     })
