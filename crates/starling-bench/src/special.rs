@@ -97,7 +97,7 @@ pub(crate) async fn connections(
         _ => None,
     };
     let after_traffic = match traffic {
-        Some(t) if subscribe => Some(traffic_then_quiet(addr, tag, count, &t, &rss).await?),
+        Some(t) if subscribe => Some(traffic_then_quiet(addr, tag, count, &t, &held, &rss).await?),
         Some(_) => bail!("--traffic-secs needs --subscribe (the messages go to their topics)"),
         None => None,
     };
@@ -147,13 +147,15 @@ pub(crate) struct Traffic {
 }
 
 /// One publisher sends `t.rate` messages a second to the topics of the `count` subscribed
-/// connections in turn for `t.duration`, then nothing for `t.quiet`: the messages sent and
-/// the broker's RSS then.
+/// connections in turn for `t.duration`, while every connection sends a PINGREQ about every
+/// 25 s (their keep-alive is 60 s), then nothing for `t.quiet`: the messages sent and the
+/// broker's RSS then.
 async fn traffic_then_quiet(
     addr: &str,
     tag: u32,
     count: usize,
     t: &Traffic,
+    held: &RefCell<Vec<(OwnedReadHalf, OwnedWriteHalf)>>,
     rss: &impl Fn() -> Result<Option<u64>>,
 ) -> Result<(u64, Option<u64>)> {
     let mut publisher = Client::connect(addr, format!("sb{tag}-traffic"), 60, 64 * 1024).await?;
@@ -163,7 +165,9 @@ async fn traffic_then_quiet(
     let end = Instant::now() + t.duration;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let (mut k, mut sent) = (0usize, 0u64);
+    let (mut k, mut sent, mut pinged) = (0usize, 0u64, 0usize);
+    // Given back below (on an error they are dropped with the run).
+    let mut conns = held.take();
     while Instant::now() < end {
         tick.tick().await;
         for _ in 0..per_tick {
@@ -176,7 +180,16 @@ async fn traffic_then_quiet(
         publisher.wr.write_all(&buf).await.context("publish")?;
         buf.clear();
         sent += u64::from(per_tick);
+        // 2,500 ticks in 25 s: each connection pings once in that time.
+        let n = conns.len();
+        for _ in 0..n.div_ceil(2_500) {
+            if let Some((_, wr)) = conns.get_mut(pinged % n.max(1)) {
+                wr.write_all(&[0xC0, 0x00]).await.context("PINGREQ")?;
+            }
+            pinged += 1;
+        }
     }
+    *held.borrow_mut() = conns;
     drop(publisher);
     tokio::time::sleep(t.quiet).await;
     Ok((sent, rss()?))
