@@ -63,8 +63,13 @@ def make_ed25519_key() -> ed25519.Ed25519PrivateKey:
 
 
 def make_secret(alg: str = "HS256") -> bytes:
-    """A random HMAC secret of the hash's length."""
-    return secrets.token_bytes(_HMAC_BYTES[alg])
+    """A random HMAC secret of the hash's length. Its last byte is not a line break: the
+    broker drops line breaks at the end of a `secret_file` (an editor's or `echo`'s), which
+    would leave a secret written to a file one byte short, refused (about 1 run in 128)."""
+    while True:
+        secret = secrets.token_bytes(_HMAC_BYTES[alg])
+        if secret[-1:] not in (b"\n", b"\r"):
+            return secret
 
 
 def private_pem(key) -> bytes:
