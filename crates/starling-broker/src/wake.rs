@@ -15,15 +15,26 @@ use std::sync::Arc;
 pub trait Wake: Send + Sync + fmt::Debug {
     /// The connection has work: run it again soon.
     fn wake(&self);
+
+    /// The connection has work from a message routed to many subscribers at once
+    /// ([`crate::session::FAN_OUT`] or more): the I/O layer may let other work run first, so
+    /// that the same publisher's next messages, routed meanwhile, go out in the same write.
+    /// By default the same as [`Wake::wake`].
+    fn wake_in_fan_out(&self) {
+        self.wake();
+    }
 }
 
 /// A shared wake handle, as the session and the journal keep it.
 pub type Waker = Arc<dyn Wake>;
 
-/// A [`Wake`] that only remembers that it was woken, for callers that poll (the in-memory
-/// harness, tests, a committer that checks between waits).
+/// A [`Wake`] that only remembers that it was woken, and whether by a fan-out, for callers
+/// that poll (the in-memory harness, tests, a committer that checks between waits).
 #[derive(Debug, Default)]
-pub struct Flag(std::sync::atomic::AtomicBool);
+pub struct Flag {
+    woken: std::sync::atomic::AtomicBool,
+    fanned: std::sync::atomic::AtomicBool,
+}
 
 impl Flag {
     /// A new flag, not woken.
@@ -33,13 +44,24 @@ impl Flag {
 
     /// Whether it was woken since the last call, clearing it.
     pub fn take(&self) -> bool {
-        self.0.swap(false, std::sync::atomic::Ordering::AcqRel)
+        self.woken.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Whether it was woken by [`Wake::wake_in_fan_out`] since the last call, clearing that.
+    pub fn take_fanned(&self) -> bool {
+        self.fanned.swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 }
 
 impl Wake for Flag {
+    fn wake_in_fan_out(&self) {
+        self.fanned
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake();
+    }
+
     fn wake(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
+        self.woken.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -201,3 +201,40 @@ fn a_burst_among_other_publishers_keeps_its_turns_short() {
     sim.settle();
     assert_eq!(payloads(&mut sim, steady_sub).len(), sent);
 }
+
+/// A message routed to `session::FAN_OUT` subscribers or more wakes them with the fan-out
+/// hint (`Wake::wake_in_fan_out`: the server's tasks then gather the publisher's next
+/// messages before writing); one to fewer wakes them plainly. Either way all of it arrives.
+#[test]
+fn a_message_to_many_subscribers_wakes_them_as_a_fan_out() {
+    use starling_broker::session::FAN_OUT as WIDE;
+    let mut sim = Sim::new(Limits::default());
+    let subscriber = |sim: &mut Sim, id: String, filter: &str| {
+        let (c, _) = sim.connected(connect(V5, &id));
+        sim.send(c, subscribe(1, filter, QoS::AtLeastOnce));
+        sim.take(c);
+        c
+    };
+    let wide: Vec<C> = (0..WIDE)
+        .map(|i| subscriber(&mut sim, format!("wide-{i}"), "wide"))
+        .collect();
+    let narrow: Vec<C> = (0..WIDE - 1)
+        .map(|i| subscriber(&mut sim, format!("narrow-{i}"), "narrow"))
+        .collect();
+    let (publisher, _) = sim.connected(connect(V5, "publisher"));
+    for (topic, qos, id) in [
+        ("wide", QoS::AtMostOnce, 0),
+        ("narrow", QoS::AtLeastOnce, 1),
+    ] {
+        sim.send(publisher, publish(topic, qos, id, b"m"));
+    }
+    sim.settle();
+    for &c in &wide {
+        assert_eq!(sim.fanned_wakes(c), 1, "a subscriber of the wide topic");
+        assert_eq!(payloads(&mut sim, c), vec![b"m".to_vec()]);
+    }
+    for &c in &narrow {
+        assert_eq!(sim.fanned_wakes(c), 0, "a subscriber of the narrow topic");
+        assert_eq!(payloads(&mut sim, c), vec![b"m".to_vec()]);
+    }
+}

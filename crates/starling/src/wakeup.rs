@@ -20,7 +20,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -51,7 +51,8 @@ pub struct TaskWaker {
     /// The registry this task is in (kept here, in the waker's allocation, not in every idle
     /// connection's task).
     stop: Arc<Stop>,
-    woken: AtomicBool,
+    /// [`WOKEN`], and [`FANNED`] with it when a wake-up came from a wide fan-out.
+    woken: AtomicU8,
     task: AtomicWaker,
     /// The task's far deadline, in milliseconds since the wheel's epoch ([`NONE`]: none).
     /// Written by the task without the lock, read by the wheel: a stale read only wakes the
@@ -66,6 +67,10 @@ pub struct TaskWaker {
 
 /// The key of a task not in the registry.
 const UNREGISTERED: u32 = u32::MAX;
+/// `TaskWaker::woken`: a wake-up the task has not taken yet.
+const WOKEN: u8 = 1;
+/// `TaskWaker::woken`: one of the wake-ups was [`Wake::wake_in_fan_out`].
+const FANNED: u8 = 2;
 
 impl TaskWaker {
     /// A new waker for a connection task, registered with `stop` (which wakes it) until
@@ -75,7 +80,7 @@ impl TaskWaker {
     pub fn new(stop: &Arc<Stop>) -> Arc<Self> {
         let w = Arc::new(Self {
             stop: stop.clone(),
-            woken: AtomicBool::new(false),
+            woken: AtomicU8::new(0),
             task: AtomicWaker::new(),
             due: AtomicU64::new(NONE),
             filed: AtomicU64::new(NONE),
@@ -122,17 +127,20 @@ impl TaskWaker {
         self.stop.file(self, deadline, now)
     }
 
-    /// Ready once woken since the last ready poll (clearing the flag). The task is registered
-    /// only when it was not woken: while it works through a wake-up, later ones only set the
-    /// flag (its next poll takes them) instead of scheduling it again.
-    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(());
+    /// Ready once woken since the last ready poll (clearing the flag), with whether a
+    /// wake-up among those taken came from a wide fan-out ([`Wake::wake_in_fan_out`]). The
+    /// task is registered only when it was not woken: while it works through a wake-up, later
+    /// ones only set the flag (its next poll takes them) instead of scheduling it again.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let woken = self.woken.swap(0, Ordering::AcqRel);
+        if woken & WOKEN != 0 {
+            return Poll::Ready(woken & FANNED != 0);
         }
         self.task.register(cx.waker());
         // A wake-up between the check and the registration found no waker to call.
-        if self.woken.swap(false, Ordering::AcqRel) {
-            Poll::Ready(())
+        let woken = self.woken.swap(0, Ordering::AcqRel);
+        if woken & WOKEN != 0 {
+            Poll::Ready(woken & FANNED != 0)
         } else {
             Poll::Pending
         }
@@ -140,7 +148,7 @@ impl TaskWaker {
 
     /// Whether a wake-up came that the task has not taken yet.
     pub fn is_woken(&self) -> bool {
-        self.woken.load(Ordering::Acquire)
+        self.woken.load(Ordering::Acquire) & WOKEN != 0
     }
 
     /// The task's key in the stop's registry (`None`: not registered).
@@ -153,7 +161,7 @@ impl TaskWaker {
     pub(crate) fn park(self: &Arc<Self>) {
         self.task.register(&Waker::from(self.clone()));
         // A wake-up that came before the registration found the ended task's waker.
-        if self.woken.load(Ordering::Acquire) {
+        if self.is_woken() {
             self.task.wake();
         }
     }
@@ -188,7 +196,20 @@ impl std::task::Wake for TaskWaker {
 
 impl Wake for TaskWaker {
     fn wake(&self) {
-        self.woken.store(true, Ordering::Release);
+        self.woken.fetch_or(WOKEN, Ordering::Release);
+        self.schedule();
+    }
+
+    fn wake_in_fan_out(&self) {
+        self.woken.fetch_or(WOKEN | FANNED, Ordering::Release);
+        self.schedule();
+    }
+}
+
+impl TaskWaker {
+    /// Schedules the task after a wake-up: at once, or, inside [`hold`], when the turn that
+    /// made it ends.
+    fn schedule(&self) {
         // Inside `hold`: the task's waker is taken and kept (once: a later wake-up finds it
         // taken), the flag already tells the task what it is for.
         let held = HELD.with(|h| match h.try_borrow_mut().as_deref_mut() {

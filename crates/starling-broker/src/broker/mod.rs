@@ -247,6 +247,7 @@ impl Broker {
             limits: &self.limits,
             metrics: &self.metrics,
             hooks: &self.hooks,
+            fan_out: false,
         }
     }
 

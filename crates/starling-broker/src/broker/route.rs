@@ -17,7 +17,7 @@ use crate::persist::{Ops, retained_record};
 use crate::retain::RetainOutcome;
 use crate::router::RouteTable;
 use crate::router::{Subscriber, Target};
-use crate::session::Session;
+use crate::session::{Ctx, Session};
 
 /// Where a message being routed comes from.
 #[derive(Clone, Copy)]
@@ -90,12 +90,15 @@ impl Broker {
     fn route_message(&self, msg: Arc<Message>, ops: &mut Ops<'_>, origin: Origin<'_>) -> Routed {
         let from_here = matches!(origin, Origin::Here);
         let retained = (from_here && msg.retain).then(|| self.retain(&msg, ops));
-        let ctx = self.ctx();
         let publisher = msg.publisher.as_deref();
         let mut reached = 0usize;
         // Other nodes to hand it to, each with the shared groups it was picked for.
         let mut remote: Vec<(NodeId, Vec<Arc<str>>)> = Vec::new();
         let mut matches = |targets: &[Target<'_>]| {
+            let ctx = Ctx {
+                fan_out: targets.len() >= crate::session::FAN_OUT,
+                ..self.ctx()
+            };
             let mut deliver = |session: &Session, d: Delivery| {
                 reached += usize::from(session.deliver(d, &ctx, ops));
             };

@@ -46,7 +46,15 @@ pub struct Ctx<'a> {
     pub metrics: &'a Metrics,
     /// Hooks told of drops.
     pub hooks: &'a crate::hook::Hooks,
+    /// The message goes to [`FAN_OUT`] sessions or more: owners are woken with
+    /// [`crate::Wake::wake_in_fan_out`].
+    pub fan_out: bool,
 }
+
+/// A message routed to at least this many sessions wakes their owners with
+/// [`crate::Wake::wake_in_fan_out`]: one where each subscriber's write would otherwise carry
+/// only the few messages that arrived in one read of the publisher.
+pub const FAN_OUT: usize = 256;
 
 /// A subscription as the session remembers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -415,7 +423,11 @@ impl Session {
             // runs only when its socket is read, and under a flood it got a fifth of its
             // former share of messages.
             st.woken = true;
-            waker.wake();
+            if ctx.fan_out {
+                waker.wake_in_fan_out();
+            } else {
+                waker.wake();
+            }
         }
         accepted
     }

@@ -366,6 +366,7 @@ mod tests {
             limits: l,
             metrics: m,
             hooks: &hooks,
+            fan_out: false,
         };
         s.lock().enqueue(d, &ctx, &mut Ops::new(None))
     }

@@ -39,6 +39,7 @@ fn the_owner_is_woken_once_per_look_at_the_queue() {
         limits: &limits,
         metrics: &metrics,
         hooks: &hooks,
+        fan_out: false,
     };
     let s = Session::new("c".into(), ProtocolVersion::V5);
     let first = Arc::new(Count::default());

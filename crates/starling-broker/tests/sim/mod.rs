@@ -78,6 +78,8 @@ pub struct Client {
     poll: bool,
     /// The check a parked packet waits for, taken from the connection (see `resolve_check`).
     check: Option<Outstanding>,
+    /// Wake-ups the core made with `Wake::wake_in_fan_out` (see `fanned_wakes`).
+    fanned: usize,
 }
 
 /// A check's future, held for the test to resolve.
@@ -227,6 +229,7 @@ impl Sim {
             frozen: false,
             poll: true,
             check: None,
+            fanned: 0,
         };
         self.clients.push(client);
         let c = C(self.clients.len() - 1);
@@ -304,6 +307,7 @@ impl Sim {
             frozen: false,
             poll: true,
             check: None,
+            fanned: 0,
         });
         C(self.clients.len() - 1)
     }
@@ -362,6 +366,12 @@ impl Sim {
     /// Takes the oldest packet the client has received, if any.
     pub fn take_one(&mut self, c: C) -> Option<Packet> {
         self.clients[c.0].received.pop_front()
+    }
+
+    /// How many times the core woke the client's connection for a message routed to many
+    /// subscribers at once (`Wake::wake_in_fan_out`).
+    pub fn fanned_wakes(&self, c: C) -> usize {
+        self.clients[c.0].fanned
     }
 
     /// Takes every packet the client has received so far.
@@ -450,6 +460,7 @@ impl Sim {
         }
         // Like the server's connection task, the harness polls for output only after an event:
         // a wake-up the core forgot to give shows as output that never comes.
+        client.fanned += usize::from(client.flag.take_fanned());
         let woken = client.flag.take();
         if !(woken || std::mem::take(&mut client.poll)) {
             return progressed;
