@@ -2,6 +2,7 @@
 //! `$SYS` and the metrics endpoint. Nothing here allocates or locks after start.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 /// One monotonically increasing or current-value counter, alone on its cache line so that
 /// connections bumping different counters on different cores do not slow each other down.
@@ -137,6 +138,10 @@ pub struct SentTally<'a> {
     /// Publish-to-deliver latency per bucket of [`LATENCY_US`] (+Inf last), and the sum.
     latency: [u64; LATENCY_US.len() + 1],
     latency_sum: u64,
+    /// The last arrival time measured, its latency in microseconds and its bucket: the
+    /// messages of one read of a publisher share their arrival time (the turn's clock), so a
+    /// fill of a burst computes the latency once, not per message.
+    last: Option<(Instant, u64, usize)>,
 }
 
 impl<'a> SentTally<'a> {
@@ -148,23 +153,41 @@ impl<'a> SentTally<'a> {
             payload: [0; 3],
             latency: [0; LATENCY_US.len() + 1],
             latency_sum: 0,
+            last: None,
         }
     }
 
-    /// A PUBLISH of QoS `qos` with `payload` bytes went out, `waited_us` after its message
-    /// arrived (if known).
-    pub fn sent(&mut self, qos: starling_proto::QoS, payload: usize, waited_us: Option<u64>) {
+    /// A PUBLISH of QoS `qos` with `payload` bytes went out at `now`, its message having
+    /// arrived at `received` (if known).
+    pub fn sent(
+        &mut self,
+        qos: starling_proto::QoS,
+        payload: usize,
+        received: Option<Instant>,
+        now: Instant,
+    ) {
         let q = qos as usize;
         if let (Some(c), Some(p)) = (self.count.get_mut(q), self.payload.get_mut(q)) {
             *c += 1;
             *p += payload as u64;
         }
-        if let Some(v) = waited_us {
-            if let Some(b) = self.latency.get_mut(self.histogram.bucket(v)) {
-                *b += 1;
+        let Some(received) = received else {
+            return;
+        };
+        let (waited, bucket) = match self.last {
+            Some((at, waited, bucket)) if at == received => (waited, bucket),
+            _ => {
+                let waited = now.saturating_duration_since(received);
+                let waited = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+                let bucket = self.histogram.bucket(waited);
+                self.last = Some((received, waited, bucket));
+                (waited, bucket)
             }
-            self.latency_sum = self.latency_sum.wrapping_add(v);
+        };
+        if let Some(b) = self.latency.get_mut(bucket) {
+            *b += 1;
         }
+        self.latency_sum = self.latency_sum.wrapping_add(waited);
     }
 
     /// PUBLISH packets and payload bytes counted.
@@ -545,20 +568,27 @@ impl Default for Metrics {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use starling_proto::QoS;
 
     use super::*;
 
-    /// A tally added at once leaves the metrics as the observations one by one would have.
+    /// A tally added at once leaves the metrics as the observations one by one would have,
+    /// with messages that arrived at the same time (one read) one after another or not.
     #[test]
     fn a_tally_adds_up_as_single_observations_would() {
         let sent = [
             (QoS::AtMostOnce, 10, Some(0)),
             (QoS::AtLeastOnce, 20, Some(50)),
             (QoS::AtLeastOnce, 5, Some(51)),
+            (QoS::AtLeastOnce, 3, Some(51)),
             (QoS::ExactlyOnce, 7, None),
-            (QoS::AtMostOnce, 1, Some(u64::MAX)),
+            (QoS::AtLeastOnce, 4, Some(51)),
+            (QoS::AtMostOnce, 1, Some(20_000_000)),
+            (QoS::AtMostOnce, 2, Some(50)),
         ];
+        let now = Instant::now() + Duration::from_secs(30);
         let one_by_one = Histogram::new(LATENCY_US);
         let m = Metrics::default();
         let mut tally = SentTally::new(&m);
@@ -566,17 +596,18 @@ mod tests {
         tally.add_to(&m);
         assert_eq!(m.publish_sent.get(), 0);
         for (qos, bytes, waited) in sent {
-            tally.sent(qos, bytes, waited);
+            let received = waited.map(|us| now - Duration::from_micros(us));
+            tally.sent(qos, bytes, received, now);
             if let Some(v) = waited {
                 one_by_one.observe(v);
             }
         }
-        assert_eq!(tally.totals(), (5, 43));
+        assert_eq!(tally.totals(), (8, 52));
         tally.add_to(&m);
-        assert_eq!((m.publish_sent.get(), m.messages_sent.get()), (5, 5));
+        assert_eq!((m.publish_sent.get(), m.messages_sent.get()), (8, 8));
         let by_qos = |b: &ByQos| b.0.iter().map(Counter::get).collect::<Vec<_>>();
-        assert_eq!(by_qos(&m.publish_sent_by_qos), [2, 2, 1]);
-        assert_eq!(by_qos(&m.payload_sent_by_qos), [11, 25, 7]);
+        assert_eq!(by_qos(&m.publish_sent_by_qos), [3, 4, 1]);
+        assert_eq!(by_qos(&m.payload_sent_by_qos), [13, 32, 7]);
         assert_eq!(m.deliver_latency_us.snapshot(), one_by_one.snapshot());
     }
 

@@ -141,11 +141,7 @@ impl Active {
                 return Err(DropReason::TooLarge);
             }
         }
-        let waited = d.msg.received.map(|received| {
-            let waited = cx.now.saturating_duration_since(received);
-            u64::try_from(waited.as_micros()).unwrap_or(u64::MAX)
-        });
-        tally.sent(d.qos, d.msg.payload.len(), waited);
+        tally.sent(d.qos, d.msg.payload.len(), d.msg.received, cx.now);
         Ok(packet_id)
     }
 
