@@ -70,6 +70,7 @@ impl Active {
             let Some(d) = st.next_delivery(usize::from(self.window)) else {
                 break;
             };
+            reserve_for(&mut cx.link.out, &d, st.queued(), room);
             match self.send_delivery(cx, &d, &mut tally, || st.allocate_packet_id()) {
                 Ok(packet_id) => {
                     self.delivered_event(cx, &d, packet_id);
@@ -208,6 +209,20 @@ fn outbound_alias(a: &mut Active, topic: &TopicName) -> Option<(u16, bool)> {
     Some((alias, false))
 }
 
+/// Grows the output, when `d` may not fit, to hold what is queued after it too (as far as
+/// `room` goes, guessed from `d`'s size: a fan-out's messages are alike), so that a fill of
+/// many deliveries allocates once rather than copying the output at every doubling. Only
+/// with a delivery in hand: an output that stays empty keeps no memory.
+fn reserve_for(out: &mut BytesMut, d: &Delivery, queued: usize, room: usize) {
+    // Fixed header, remaining length, topic length, packet id and a v5 property length.
+    let each = d.msg.cost() + 16;
+    if out.capacity() - out.len() >= each {
+        return;
+    }
+    let rest = each.saturating_mul(queued.saturating_add(1));
+    out.reserve(rest.min(room.saturating_sub(out.len())).max(each));
+}
+
 /// Encodes the PUBLISH of a delivery: per-subscriber QoS, RETAIN, packet id, subscription
 /// identifiers, remaining expiry and topic alias (v5 only), straight from the shared message
 /// without copying it into a packet value. `Ok(false)`: larger than `max_len`, not written.
@@ -244,4 +259,48 @@ fn encode_delivery(
         payload: &d.msg.payload,
     };
     starling_proto::encode_publish_parts(out, version, &parts, max_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::{BufMut, Bytes, BytesMut};
+    use starling_proto::{QoS, TopicName};
+
+    use super::reserve_for;
+    use crate::message::{Delivery, Message};
+
+    fn delivery(payload: usize) -> Delivery {
+        let topic = TopicName::try_from_str("a/b").unwrap();
+        let msg = Message::internal(topic, Bytes::from(vec![0; payload]), false);
+        Delivery::new(Arc::new(msg), QoS::AtMostOnce, false)
+    }
+
+    /// The output grows once for what is queued, within the room, and only when the next
+    /// delivery may not fit.
+    #[test]
+    fn the_output_grows_once_for_what_is_queued() {
+        let d = delivery(61);
+        let each = 61 + 3 + 16;
+        let mut out = BytesMut::new();
+        reserve_for(&mut out, &d, 9, 64 * 1024);
+        assert!(out.capacity() >= 10 * each, "{}", out.capacity());
+        // Room for the next one: left as it is.
+        out.put_bytes(0, 8 * each);
+        let cap = out.capacity();
+        reserve_for(&mut out, &d, 1_000, 64 * 1024);
+        assert_eq!(out.capacity(), cap);
+        // Never beyond the room, but always enough for the delivery in hand.
+        let mut out = BytesMut::new();
+        reserve_for(&mut out, &d, 1_000_000, 1024);
+        assert!(
+            (each..4 * 1024).contains(&out.capacity()),
+            "{}",
+            out.capacity()
+        );
+        let mut out = BytesMut::new();
+        reserve_for(&mut out, &d, 0, 10);
+        assert!(out.capacity() >= each);
+    }
 }
