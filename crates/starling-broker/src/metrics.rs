@@ -126,7 +126,8 @@ pub const LATENCY_US: &[u64] = &[
 /// What a connection sent while it filled its output once, counted locally and added to the
 /// broker-wide metrics at the end ([`SentTally::add_to`]): a fill of a hundred deliveries makes
 /// a dozen atomic additions, not seven hundred (in a 1-to-100 fan-out they were a sixth of the
-/// broker's time).
+/// broker's time). One tally is for one fill, at one `now`: the latency it keeps for the last
+/// arrival time (`last`) is only valid for that `now`.
 #[derive(Debug)]
 pub struct SentTally<'a> {
     /// The histogram the latencies go to (for its buckets).

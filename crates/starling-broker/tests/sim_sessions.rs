@@ -405,6 +405,25 @@ fn a_resent_message_larger_than_the_new_maximum_packet_size_is_dropped() {
     assert_eq!(publishes(&sim.take(s)).len(), 1);
 }
 
+/// Deliveries dropped while filling the output (too large for the client, here) leave the
+/// connection's output without memory: an idle connection holds none for them.
+#[test]
+fn dropped_deliveries_leave_no_output_memory_behind() {
+    let mut sim = Sim::new(Limits::default());
+    let mut c = connect(V5, "s");
+    c.properties.maximum_packet_size = Some(100);
+    let (s, _) = sim.connected(c);
+    sim.send(s, subscribe(1, "t", QoS::AtMostOnce));
+    sim.take(s);
+    let (p, _) = sim.connected(connect(V5, "p"));
+    for _ in 0..10 {
+        sim.send(p, publish("t", QoS::AtMostOnce, 0, &[7; 5_000]));
+    }
+    assert!(publishes(&sim.take(s)).is_empty());
+    assert_eq!(sim.broker.metrics.dropped_too_large.get(), 10);
+    assert_eq!(sim.output_capacity(s), 0);
+}
+
 #[test]
 fn the_clients_receive_maximum_bounds_what_is_in_flight() {
     let mut sim = Sim::new(Limits::default());

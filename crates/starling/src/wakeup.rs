@@ -588,8 +588,29 @@ mod tests {
         assert!(w.poll_woken(&mut cx).is_pending());
         w.wake();
         w.wake();
-        assert!(w.poll_woken(&mut cx).is_ready());
+        assert_eq!(w.poll_woken(&mut cx), Poll::Ready(false));
         assert!(w.poll_woken(&mut cx).is_pending());
+    }
+
+    /// A wake-up from a wide fan-out is told apart when taken, also among plain ones (once),
+    /// and schedules the task as a plain one does.
+    #[test]
+    fn a_fan_out_wake_up_is_told_apart_once() {
+        let (w, count) = registered(&Arc::new(Stop::default()));
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        w.wake_in_fan_out();
+        assert_eq!(count.get(), 1);
+        assert!(w.is_woken());
+        assert_eq!(w.poll_woken(cx), Poll::Ready(true));
+        assert!(!w.is_woken());
+        assert!(w.poll_woken(cx).is_pending());
+        w.wake();
+        w.wake_in_fan_out();
+        w.wake();
+        assert_eq!(w.poll_woken(cx), Poll::Ready(true));
+        w.wake();
+        assert_eq!(w.poll_woken(cx), Poll::Ready(false));
+        assert!(w.poll_woken(cx).is_pending());
     }
 
     /// A task waker that counts the times it was woken.

@@ -84,6 +84,11 @@ impl Active {
             }
         }
         drop(st);
+        if cx.link.out.is_empty() {
+            // Grown for deliveries that were then dropped (expired, refused by the ACL, too
+            // large for the client): nothing to write, so nothing is kept.
+            cx.link.out = BytesMut::new();
+        }
         tally.add_to(&broker.metrics);
         let (sent, bytes) = tally.totals();
         if sent != 0 {
@@ -212,7 +217,8 @@ fn outbound_alias(a: &mut Active, topic: &TopicName) -> Option<(u16, bool)> {
 /// Grows the output, when `d` may not fit, to hold what is queued after it too (as far as
 /// `room` goes, guessed from `d`'s size: a fan-out's messages are alike), so that a fill of
 /// many deliveries allocates once rather than copying the output at every doubling. Only
-/// with a delivery in hand: an output that stays empty keeps no memory.
+/// with a delivery in hand; a fill that ends with the output empty (every delivery dropped)
+/// releases it, so an idle connection's output holds no memory.
 fn reserve_for(out: &mut BytesMut, d: &Delivery, queued: usize, room: usize) {
     // Fixed header, remaining length, topic length, packet id and a v5 property length.
     let each = d.msg.cost() + 16;

@@ -46,14 +46,15 @@ pub struct Ctx<'a> {
     pub metrics: &'a Metrics,
     /// Hooks told of drops.
     pub hooks: &'a crate::hook::Hooks,
-    /// The message goes to [`FAN_OUT`] sessions or more: owners are woken with
+    /// The message matched [`FAN_OUT`] subscriptions or more: owners are woken with
     /// [`crate::Wake::wake_in_fan_out`].
     pub fan_out: bool,
 }
 
-/// A message routed to at least this many sessions wakes their owners with
-/// [`crate::Wake::wake_in_fan_out`]: one where each subscriber's write would otherwise carry
-/// only the few messages that arrived in one read of the publisher.
+/// A message that matches at least this many subscriptions (the route table's targets: one
+/// per plain subscription, shared group or other node) wakes the owners of the sessions it
+/// goes to with [`crate::Wake::wake_in_fan_out`]: a fan-out where each subscriber's write would
+/// otherwise carry only the few messages that arrived in one read of the publisher.
 pub const FAN_OUT: usize = 256;
 
 /// A subscription as the session remembers it.

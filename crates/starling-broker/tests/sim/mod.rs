@@ -374,6 +374,12 @@ impl Sim {
         self.clients[c.0].fanned
     }
 
+    /// The capacity of the connection's own output buffer (what an I/O layer that writes
+    /// from it, as the server's does, would hold while the output is empty).
+    pub fn output_capacity(&mut self, c: C) -> usize {
+        self.clients[c.0].conn.output().capacity()
+    }
+
     /// Takes every packet the client has received so far.
     pub fn take(&mut self, c: C) -> Vec<Packet> {
         self.clients[c.0].received.drain(..).collect()

@@ -564,7 +564,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Task<S> {
         // output full, only registered (the stop must still reach the task).
         if self.flags.get(Flags::ROOM_TO_WRITE) {
             if let Poll::Ready(fanned) = self.g.waker.poll_woken(cx) {
-                if fanned && self.g.conn.output().is_empty() {
+                if fanned && self.yielding == Yield::No && self.g.conn.output().is_empty() {
                     self.yielding = Yield::Gathering;
                     give_way(cx);
                     return Poll::Pending;
