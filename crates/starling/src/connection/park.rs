@@ -334,13 +334,14 @@ async fn serve(lot: Arc<Lot>, mut poll: AsyncFd<Poll>, stop: Arc<Stop>) {
             }
             () = lot.notify.notified() => {}
         }
-        {
-            let mut asked = lot
+        // Taken whole: after a burst the request list keeps no room for it.
+        let asked = std::mem::take(
+            &mut *lot
                 .requests
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            keys.append(&mut asked);
-        }
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        keys.extend(asked);
         // A burst (a message to thousands of parked subscribers) is resumed in pieces, with
         // the other tasks run between them.
         while !keys.is_empty() {
@@ -351,6 +352,8 @@ async fn serve(lot: Arc<Lot>, mut poll: AsyncFd<Poll>, stop: Arc<Stop>) {
                 tokio::task::yield_now().await;
             }
         }
+        // Nor does the task's own list, beyond one turn's worth.
+        keys.shrink_to(EVENTS);
     }
     lot.close();
 }
