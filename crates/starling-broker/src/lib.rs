@@ -14,6 +14,7 @@ pub mod broker;
 pub mod bucket;
 pub mod config;
 pub mod connection;
+mod few;
 pub mod forward;
 pub mod hook;
 pub mod message;

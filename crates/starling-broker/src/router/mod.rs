@@ -14,10 +14,8 @@ use std::sync::{Arc, RwLock};
 
 use starling_proto::{SubscriptionOptions, TopicFilter};
 
+use crate::few::FewMap;
 use crate::forward::NodeId;
-use children::Children;
-
-mod children;
 use crate::message::ShareKey;
 use crate::session::Session;
 
@@ -53,11 +51,15 @@ struct Group {
 
 #[derive(Debug, Default)]
 struct Node {
-    children: Children<Node>,
+    /// Children by level: most nodes have a handful (see [`FewMap`]).
+    children: FewMap<Box<[u8]>, Node, std::hash::RandomState>,
     plus: Option<Box<Node>>,
     hash: Option<Box<Node>>,
     subscribers: Vec<Subscriber>,
-    groups: Vec<Group>,
+    /// Shared-subscription groups at this filter, boxed (`None` when there is none): few
+    /// nodes have any, and every node would otherwise carry an empty vector.
+    #[allow(clippy::box_collection)] // on purpose: see above
+    groups: Option<Box<Vec<Group>>>,
 }
 
 /// Dropping a node takes its subtree apart with a stack instead of recursion: a chain as deep as
@@ -75,7 +77,7 @@ impl Drop for Node {
 
 impl Node {
     fn take_children(&mut self, into: &mut Vec<Node>) {
-        into.extend(self.children.drain());
+        into.extend(self.children.drain_values());
         into.extend(self.plus.take().map(|n| *n));
         into.extend(self.hash.take().map(|n| *n));
     }
@@ -85,7 +87,7 @@ impl Node {
             && self.plus.is_none()
             && self.hash.is_none()
             && self.subscribers.is_empty()
-            && self.groups.is_empty()
+            && self.groups.is_none()
     }
 }
 
@@ -192,20 +194,24 @@ impl RouteTable for Router {
             node = match level {
                 b"+" => node.plus.get_or_insert_with(Box::default),
                 b"#" => node.hash.get_or_insert_with(Box::default),
-                _ => match node.children.get_or_default(level) {
-                    Some(child) => child,
-                    None => return false,
-                },
+                _ => {
+                    match (node.children).get_or_insert_with(level, || level.into(), Node::default)
+                    {
+                        Some(child) => child,
+                        None => return false,
+                    }
+                }
             };
         }
         let list = match filter.share_group() {
             None => &mut node.subscribers,
             Some(group) => {
-                let pos = node.groups.iter().position(|g| &*g.key.group == group);
+                let groups = node.groups.get_or_insert_with(Box::default);
+                let pos = groups.iter().position(|g| &*g.key.group == group);
                 let idx = match pos {
                     Some(i) => i,
                     None => {
-                        node.groups.push(Group {
+                        groups.push(Group {
                             key: Arc::new(ShareKey {
                                 group: group.into(),
                                 filter: filter.clone(),
@@ -213,10 +219,10 @@ impl RouteTable for Router {
                             members: Vec::new(),
                             next: AtomicUsize::new(0),
                         });
-                        node.groups.len() - 1
+                        groups.len() - 1
                     }
                 };
-                match node.groups.get_mut(idx) {
+                match groups.get_mut(idx) {
                     Some(g) => &mut g.members,
                     None => return false,
                 }
@@ -345,7 +351,7 @@ fn emit<'a>(node: &'a Node, f: &mut impl FnMut(Target<'a>)) {
     for s in &node.subscribers {
         f(Target::Plain(s));
     }
-    for g in &node.groups {
+    for g in node.groups.iter().flat_map(|g| g.iter()) {
         f(Target::Shared(&g.members, &g.key, &g.next));
     }
 }
@@ -370,20 +376,29 @@ fn remove_at(
             Ok(i) => {
                 // `remove`, not `swap_remove`: the order is kept (see `subscribe`).
                 node.subscribers.remove(i);
+                if node.subscribers.is_empty() {
+                    // A node kept for its children keeps no room for subscribers.
+                    node.subscribers = Vec::new();
+                }
                 true
             }
             Err(_) => false,
         },
         Some(g) => {
-            let Some(i) = node.groups.iter().position(|x| &*x.key.group == g) else {
+            let Some(groups) = node.groups.as_mut() else {
                 return false;
             };
-            let removed = node
-                .groups
+            let Some(i) = groups.iter().position(|x| &*x.key.group == g) else {
+                return false;
+            };
+            let removed = groups
                 .get_mut(i)
                 .is_some_and(|grp| remove_from(&mut grp.members, session));
-            if node.groups.get(i).is_some_and(|grp| grp.members.is_empty()) {
-                node.groups.swap_remove(i);
+            if groups.get(i).is_some_and(|grp| grp.members.is_empty()) {
+                groups.swap_remove(i);
+            }
+            if groups.is_empty() {
+                node.groups = None;
             }
             removed
         }
@@ -469,7 +484,7 @@ fn child<'a>(node: &'a Node, level: &[u8]) -> Option<&'a Node> {
 fn holds_more_than(node: &Node, level: &[u8]) -> bool {
     let children = node.children.len() - usize::from(!matches!(level, b"+" | b"#"));
     !node.subscribers.is_empty()
-        || !node.groups.is_empty()
+        || node.groups.is_some()
         || children > 0
         || (node.plus.is_some() && level != b"+")
         || (node.hash.is_some() && level != b"#")
@@ -482,6 +497,29 @@ mod tests {
 
     fn session(id: &str) -> Arc<Session> {
         Arc::new(Session::new(id.into(), ProtocolVersion::V5))
+    }
+
+    /// A million subscriptions to topics of their own are a million nodes: each costs its
+    /// size in its parent's map, so it is kept small (children and groups out of line until
+    /// there are some), and a node with one child or one subscriber holds room for one.
+    #[test]
+    fn a_node_is_small_and_holds_room_for_what_it_has() {
+        assert!(size_of::<Node>() <= 72, "{}", size_of::<Node>());
+        let r = Router::default();
+        let s = session("a");
+        let sub = Subscriber {
+            session: s.clone(),
+            options: SubscriptionOptions::default(),
+            id: None,
+        };
+        r.subscribe(&TopicFilter::try_from_str("dev/1/cmd").unwrap(), sub);
+        let root = r.root.read().unwrap();
+        let dev = root.children.get(b"dev".as_slice()).unwrap();
+        let one = dev.children.get(b"1".as_slice()).unwrap();
+        assert!(matches!(&one.children, FewMap::Few(v) if v.capacity() == 1));
+        let cmd = one.children.get(b"cmd".as_slice()).unwrap();
+        assert_eq!(cmd.subscribers.capacity(), 1);
+        assert!(cmd.groups.is_none() && dev.groups.is_none());
     }
 
     fn sub(session: &Arc<Session>, id: Option<u32>) -> Subscriber {

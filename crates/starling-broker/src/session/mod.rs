@@ -10,7 +10,7 @@
 //! (ownership, resume, detach, end) is here; the queue is in `queue.rs`, the QoS flows in
 //! `flows.rs`, rebuilding from the store and handing over to another node in `restore.rs`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +21,7 @@ use starling_store::{Op, SessionRecord, SubscriptionRecord, WillRecord};
 
 use crate::broker::Ending;
 use crate::config::Limits;
+use crate::few::FewMap;
 use crate::message::Delivery;
 use crate::metrics::Metrics;
 use crate::persist::Ops;
@@ -204,7 +205,7 @@ pub struct SessionState {
     protocol: ProtocolVersion,
     /// Subscriptions by full filter (`$share/...` included); the route table indexes the same
     /// (see `Broker::subscribe`).
-    subscriptions: HashMap<TopicFilter, Subscription, ProcessKeyed>,
+    subscriptions: FewMap<TopicFilter, Subscription, ProcessKeyed>,
     /// Messages not yet sent, oldest first. Bounded by `max_queued_messages` and
     /// `max_queued_bytes`; see `Locked::enqueue` for what happens when full.
     queue: VecDeque<Delivery>,
@@ -362,7 +363,7 @@ impl Session {
                 kicked: None,
                 claimed: 0,
                 protocol,
-                subscriptions: HashMap::default(),
+                subscriptions: FewMap::default(),
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 queued_qos0: 0,
