@@ -148,6 +148,32 @@ impl Message {
         }
     }
 
+    /// The same message with its topic, payload and correlation data in allocations of their
+    /// own. A received message's bytes are slices of the read buffer they arrived in (up to
+    /// 16 KiB, shared by every message of one read), and a slice keeps the whole buffer alive:
+    /// a copy kept for long (a retained message) must not, or a retained message published
+    /// among a stream of others would hold a read buffer each.
+    pub fn detached(&self) -> Self {
+        let mut properties = self.properties.clone();
+        if let Some(v) = properties.values_mut()
+            && let Some(data) = &mut v.correlation_data
+        {
+            *data = Bytes::copy_from_slice(data);
+        }
+        Self {
+            topic: self.topic.detached(),
+            payload: Bytes::copy_from_slice(&self.payload),
+            qos: self.qos,
+            retain: self.retain,
+            properties,
+            expires_at: self.expires_at,
+            publisher: self.publisher.clone(),
+            received: self.received,
+            store_key: StoreKey::default(),
+            cluster_id: ClusterId(AtomicU64::new(self.cluster_id.get())),
+        }
+    }
+
     /// True once the message's expiry interval has passed.
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)

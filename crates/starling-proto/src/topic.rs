@@ -171,6 +171,13 @@ impl TopicName {
         Self(Bytes::new())
     }
 
+    /// The same name in an allocation of its own: a name sliced from a read buffer keeps the
+    /// whole buffer alive for as long as it lives, which a name kept for long must not do.
+    #[must_use]
+    pub fn detached(&self) -> Self {
+        Self(Bytes::copy_from_slice(&self.0))
+    }
+
     /// True for the empty name.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -218,7 +218,14 @@ impl Broker {
     /// Sets, replaces or clears the retained copy of a message, and records it for the store.
     fn retain(&self, msg: &Arc<Message>, ops: &mut Ops<'_>) -> RetainOutcome {
         let max = self.limits.max_retained_messages;
-        let outcome = self.seams.retained.set(msg.clone(), max);
+        // The copy kept has bytes of its own (see `Message::detached`); what is routed now
+        // goes on sharing the read buffer.
+        let kept = if msg.payload.is_empty() {
+            msg.clone()
+        } else {
+            Arc::new(msg.detached())
+        };
+        let outcome = self.seams.retained.set(kept, max);
         match &outcome {
             // The replicated store keeps it (and counts its refusals).
             RetainOutcome::Pending(_) => {}
@@ -307,4 +314,48 @@ fn pick_member<'a>(
                 .filter_map(|k| members.get((start + k) % n))
                 .find(allowed)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use starling_proto::{Properties, PropertyValues, Publish, QoS, TopicName};
+
+    use crate::Limits;
+
+    use super::*;
+
+    /// A received message's topic and payload are slices of the read buffer they came in. The
+    /// retained copy has bytes of its own: kept for long, it must not keep a whole read buffer
+    /// alive (a retained message among a stream of others would hold one each).
+    #[test]
+    fn a_retained_message_does_not_keep_its_read_buffer() {
+        let now = Instant::now();
+        let broker = Broker::new(Limits::default(), now);
+        let buffer = Bytes::from(b"....a/b....payload....correlation....".to_vec());
+        let values = PropertyValues {
+            correlation_data: Some(buffer.slice(22..33)),
+            ..PropertyValues::default()
+        };
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            topic: TopicName::new(buffer.slice(4..7), 16).unwrap(),
+            packet_id: 0,
+            properties: Properties::from_values(values),
+            payload: buffer.slice(11..18),
+        };
+        broker.publish_message(publish, now);
+        let kept = broker.retained_matching(b"a/b", now);
+        let [msg] = kept.as_slice() else {
+            panic!("retained: {kept:?}")
+        };
+        assert_eq!(msg.topic.as_str(), "a/b");
+        assert_eq!(&msg.payload[..], b"payload");
+        let data = msg.properties.correlation_data.as_deref();
+        assert_eq!(data, Some(b"correlation".as_slice()));
+        // Nothing but the test's own handle is left on the buffer.
+        assert!(buffer.is_unique());
+    }
 }
