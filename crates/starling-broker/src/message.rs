@@ -151,8 +151,9 @@ impl Message {
     /// The same message with its topic, payload and correlation data in allocations of their
     /// own. A received message's bytes are slices of the read buffer they arrived in (up to
     /// 16 KiB, shared by every message of one read), and a slice keeps the whole buffer alive:
-    /// a copy kept for long (a retained message) must not, or a retained message published
-    /// among a stream of others would hold a read buffer each.
+    /// a copy kept for long (a retained message, one queued for a session nobody is
+    /// connected to) must not, or a retained message published among a stream of others
+    /// would hold a read buffer each. It is the same message to the store (same key).
     pub fn detached(&self) -> Self {
         let mut properties = self.properties.clone();
         if let Some(v) = properties.values_mut()
@@ -169,7 +170,8 @@ impl Message {
             expires_at: self.expires_at,
             publisher: self.publisher.clone(),
             received: self.received,
-            store_key: StoreKey::default(),
+            // The same key: the store keeps one copy of the payload for both.
+            store_key: StoreKey(AtomicU64::new(self.store_key.get())),
             cluster_id: ClusterId(AtomicU64::new(self.cluster_id.get())),
         }
     }

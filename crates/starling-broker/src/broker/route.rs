@@ -94,6 +94,8 @@ impl Broker {
         let mut reached = 0usize;
         // Other nodes to hand it to, each with the shared groups it was picked for.
         let mut remote: Vec<(NodeId, Vec<Arc<str>>)> = Vec::new();
+        // The copy for sessions nobody is connected to (see `kept_for`), made once if needed.
+        let mut detached: Option<Arc<Message>> = None;
         let mut matches = |targets: &[Target<'_>]| {
             let ctx = Ctx {
                 fan_out: targets.len() >= crate::session::FAN_OUT,
@@ -125,9 +127,10 @@ impl Broker {
                     .iter()
                     .take_while(|o| Arc::ptr_eq(&o.session, &first.session))
                     .count();
+                let kept = kept_for(&first.session, &msg, &mut detached);
                 deliver(
                     &first.session,
-                    merged(&msg, same.get(..n).unwrap_or_default()),
+                    merged(kept, same.get(..n).unwrap_or_default()),
                 );
                 i += n.max(1);
             }
@@ -141,7 +144,7 @@ impl Broker {
                     Target::Shared(members, key, next) => {
                         if let Some(m) = pick_member(members, next, None) {
                             let d = Delivery::new(
-                                msg.clone(),
+                                kept_for(&m.session, &msg, &mut detached).clone(),
                                 msg.qos.min(m.options.qos),
                                 m.options.retain_as_published && msg.retain,
                             )
@@ -181,6 +184,11 @@ impl Broker {
             .iter()
             .filter_map(|(node, groups)| self.seams.forwarder.forward(*node, &msg, groups))
             .collect();
+        if let Some(copy) = &detached {
+            // Named when first handed to a peer (just now, if it was): the copy is the same
+            // message to a session moved between nodes.
+            copy.cluster_id.set(msg.cluster_id.get());
+        }
         Routed {
             reached,
             forwarded: remote.len(),
@@ -271,6 +279,22 @@ impl Broker {
     }
 }
 
+/// The message as `session` keeps it. A session nobody is connected to may keep it for long
+/// (until its client comes back or the session expires), so it gets the copy with bytes of its
+/// own ([`Message::detached`]), made the first time such a session is reached and shared by
+/// all of them; a connected session, which sends it soon, shares the read buffer it came in.
+fn kept_for<'a>(
+    session: &Session,
+    msg: &'a Arc<Message>,
+    detached: &'a mut Option<Arc<Message>>,
+) -> &'a Arc<Message> {
+    if session.is_online() {
+        msg
+    } else {
+        detached.get_or_insert_with(|| Arc::new(msg.detached()))
+    }
+}
+
 /// One delivery for a session that several matching subscriptions (`subs`, all of that
 /// session) reach: the highest granted QoS, Retain As Published if any asks for it, and every
 /// subscription identifier.
@@ -319,9 +343,13 @@ fn pick_member<'a>(
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use starling_proto::{Properties, PropertyValues, Publish, QoS, TopicName};
+    use starling_proto::{
+        Properties, PropertyValues, ProtocolVersion, Publish, QoS, SubscriptionOptions,
+        TopicFilter, TopicName,
+    };
 
     use crate::Limits;
+    use crate::session::Subscription;
 
     use super::*;
 
@@ -357,5 +385,42 @@ mod tests {
         assert_eq!(data, Some(b"correlation".as_slice()));
         // Nothing but the test's own handle is left on the buffer.
         assert!(buffer.is_unique());
+    }
+
+    /// A message queued for a session nobody is connected to may wait there for long: it is
+    /// queued with bytes of its own. A connected session's delivery shares the read buffer.
+    #[test]
+    fn a_message_queued_for_an_offline_session_does_not_keep_its_read_buffer() {
+        let now = Instant::now();
+        let broker = Broker::new(Limits::default(), now);
+        let session = Arc::new(Session::new("away".into(), ProtocolVersion::V311));
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..SubscriptionOptions::default()
+        };
+        let filter = TopicFilter::try_from_str("a/#").unwrap();
+        broker.subscribe(&session, &filter, Subscription { options, id: None });
+        assert!(!session.is_online());
+        let buffer = Bytes::from(b"....a/b....payload....".to_vec());
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: TopicName::new(buffer.slice(4..7), 16).unwrap(),
+            packet_id: 1,
+            properties: Properties::default(),
+            payload: buffer.slice(11..18),
+        };
+        broker.publish_message(publish, now);
+        assert!(
+            buffer.is_unique(),
+            "the queued message holds the read buffer"
+        );
+        let d = session.lock().next_delivery(10).unwrap();
+        assert_eq!(
+            (d.msg.topic.as_str(), &d.msg.payload[..]),
+            ("a/b", b"payload".as_slice())
+        );
+        assert_eq!(d.qos, QoS::AtLeastOnce);
     }
 }
