@@ -365,17 +365,18 @@ def report_retained(lines, plots):
     if not re_:
         return ""
     out = ["### Retained messages (64 B each; each filter on a fresh connection)", ""]
+    among = {d["point"]: d for d in by(lines, "retained-among") if "error" not in d}
     rows = []
     for d in sorted(re_, key=lambda d: d["point"]):
         if "error" in d:
-            rows.append([human(d["point"]), "failed: " + d["error"][:120]] + [""] * 6)
+            rows.append([human(d["point"]), "failed: " + d["error"][:120]] + [""] * 7)
             continue
         rows.append([
             human(d["point"]), fmt(d.get("store_per_s")), fmt(d.get("rss_per_retained_bytes")),
-            fmt(get(d, "one.all_received_ms"), 3), fmt(get(d, "narrow.all_received_ms"), 3),
+            fmt(among.get(d["point"], {}).get("rss_per_retained_bytes")), fmt(get(d, "one.all_received_ms"), 3), fmt(get(d, "narrow.all_received_ms"), 3),
             fmt(get(d, "all.suback_ms"), 3), fmt(get(d, "all.all_received_ms"), 1), fmt(get(d, "all.per_message_us"), 3),
         ])
-    out.append(table(["retained", "stored/s", "RSS B/retained", "one topic ms", "`scale/r/5/+` (100) ms",
+    out.append(table(["retained", "stored/s", "RSS B/retained", "RSS B/retained among a stream", "one topic ms", "`scale/r/5/+` (100) ms",
                       "`#` SUBACK ms", "`#` all ms", "`#` µs/message"], rows))
     out.append("")
     good = [d for d in re_ if "error" not in d]
@@ -391,7 +392,10 @@ def report_retained(lines, plots):
          [("one topic", pick("one.all_received_ms"), "o-"), ("scale/r/5/+ (100)", pick("narrow.all_received_ms"), "s--"),
           ("# (all)", pick("all.all_received_ms"), "^:")], True, True),
         ("broker RSS per retained message (bytes)", "retained messages",
-         [("starling", pick("rss_per_retained_bytes"), "o-")], True, False),
+         [("published together", pick("rss_per_retained_bytes"), "o-"),
+          ("among a stream (49 others each)",
+           [(p, d["rss_per_retained_bytes"]) for p, d in sorted(among.items())
+            if d.get("rss_per_retained_bytes") is not None], "s--")], True, False),
     ]
     out.append(image(plots.figure("retained", panels, "Retained messages (Starling)")))
     return "\n".join(out)

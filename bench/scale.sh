@@ -23,7 +23,8 @@
 #   subs      1k .. 1M subscriptions (exact or wildcard filters, many distinct topics) over 8
 #             connections: publish cost (broker CPU per message at 20,000 msg/s), SUBSCRIBE cost
 #   retained  1k .. 1M retained messages: time to subscribe to one topic, to a 100-topic filter
-#             and to `#`; RSS per retained message
+#             and to `#`; RSS per retained message, published together and (up to 100,000,
+#             on a fresh broker) each among 49 messages to another topic
 #   startup   100,000 persistent sessions with 1,000,000 queued messages stored through the
 #             broker (durability "periodic" while filling), then `serve` (durability "sync")
 #             timed until its port accepts and /readyz answers, and its RSS
@@ -278,6 +279,13 @@ if has "$CURVES" retained; then
     for n in "${counts[@]}"; do
         log "retained: $n"
         point starling "{\"curve\":\"retained\",\"point\":$n}" scale retained --count "$n"
+    done
+    # The same, each retained message among 49 others (up to 100,000: 5 M messages).
+    for n in "${counts[@]}"; do
+        [ "$n" -le 100000 ] || continue
+        log "retained among a stream: $n"
+        point starling "{\"curve\":\"retained-among\",\"point\":$n}" scale retained \
+            --count "$n" --among-stream
     done
 fi
 

@@ -132,6 +132,11 @@ enum Curve {
         /// Seconds allowed for everything.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// Instead: the N retained messages each among 49 messages to another topic (as a
+        /// gateway publishes its devices' state between their readings), and the broker's
+        /// memory per retained message then.
+        #[arg(long)]
+        among_stream: bool,
     },
     /// Fills a durable broker: S persistent sessions that subscribe and disconnect, then M
     /// QoS 1 messages queued for them (M / S each).
@@ -282,10 +287,16 @@ pub(crate) async fn run(args: ScaleArgs) -> Result<Option<String>> {
             payload,
             repeats,
             timeout,
+            among_stream,
         } => {
             let deadline = Instant::now() + Duration::from_secs(timeout);
-            let m = scale_store::retained(&t, count, payload, repeats.max(1), deadline).await?;
-            ("retained", t.label.clone(), m)
+            if among_stream {
+                let m = scale_store::retained_among_stream(&t, count, payload, deadline).await?;
+                ("retained-among", t.label.clone(), m)
+            } else {
+                let m = scale_store::retained(&t, count, payload, repeats.max(1), deadline).await?;
+                ("retained", t.label.clone(), m)
+            }
         }
         Curve::Fill {
             t,

@@ -44,7 +44,7 @@ pub(crate) async fn retained(
         count,
         payload,
         1000,
-        true,
+        |_| true,
         deadline,
         retained_topic,
     )
@@ -120,6 +120,68 @@ pub(crate) async fn retained(
     m.insert("qualifies".into(), json!(true));
     Ok(m)
 }
+
+/// `count` retained messages, each among [`AMONG_STREAM`] messages to a topic nobody
+/// subscribes to, as a gateway publishes its devices' state between their readings: the
+/// broker's memory per retained message then (what each keeps beyond its own bytes).
+pub(crate) async fn retained_among_stream(
+    t: &Target,
+    count: usize,
+    payload: usize,
+    deadline: Instant,
+) -> Result<Map<String, Value>> {
+    let broker = t.broker();
+    let tag = std::process::id();
+    let (_, rss0) = sample(broker.as_ref());
+    let every = AMONG_STREAM + 1;
+    let topic = move |j: u64| {
+        if j.is_multiple_of(every) {
+            retained_topic(j / every)
+        } else {
+            "scale/stream".to_owned()
+        }
+    };
+    let retain = move |j: u64| j.is_multiple_of(every);
+    let total = count
+        .checked_mul(usize::try_from(every)?)
+        .ok_or_else(|| anyhow!("too many messages"))?;
+    let id = format!("sr{tag}-g");
+    let t0 = Instant::now();
+    publish_acked(
+        &t.addr(),
+        &id,
+        total,
+        payload,
+        1000,
+        retain,
+        deadline,
+        topic,
+    )
+    .await?;
+    let store_s = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, rss1) = sample(broker.as_ref());
+    let mut m = Map::new();
+    m.insert("retained".into(), json!(count));
+    m.insert("others".into(), json!(total - count));
+    m.insert("payload".into(), json!(payload));
+    m.insert("store_s".into(), json!(round(store_s, 3)));
+    m.insert("broker_rss_kb_before".into(), json!(rss0));
+    m.insert("broker_rss_kb_stored".into(), json!(rss1));
+    m.insert(
+        "rss_per_retained_bytes".into(),
+        json!(
+            rss0.zip(rss1)
+                .map(|(b, a)| (a.saturating_sub(b) * 1024) as f64 / count.max(1) as f64)
+                .map(|v| round(v, 1))
+        ),
+    );
+    m.insert("qualifies".into(), json!(true));
+    Ok(m)
+}
+
+/// Messages of the stream published between two retained ones.
+const AMONG_STREAM: u64 = 49;
 
 /// Subscribes a new client to `filter` and waits for `expected` retained messages: the
 /// seconds until its SUBACK and until the last of them.
@@ -205,7 +267,7 @@ pub(crate) async fn fill(t: &Target, s: &FillSpec) -> Result<Map<String, Value>>
             let topic =
                 move |j: u64| format!("st/{}", (j * p_count as u64 + p as u64) % n_sessions);
             let id = format!("sf{tag}-p{p}");
-            publish_acked(&addr, &id, count, 64, inflight, false, deadline, topic).await
+            publish_acked(&addr, &id, count, 64, inflight, |_| false, deadline, topic).await
         }));
     }
     for task in tasks {

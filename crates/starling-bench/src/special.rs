@@ -213,7 +213,7 @@ pub(crate) async fn retained(
     let store_start = Instant::now();
     let topic = |k| format!("bench/retained/{}/{}", k / 1000, k % 1000);
     let id = format!("sb{tag}-rp");
-    publish_acked(addr, &id, count, payload, window, true, deadline, topic).await?;
+    publish_acked(addr, &id, count, payload, window, |_| true, deadline, topic).await?;
     let store_s = store_start.elapsed().as_secs_f64();
     let total = count as u64;
 
@@ -285,7 +285,7 @@ pub(crate) async fn publish_acked(
     count: usize,
     payload: usize,
     window: usize,
-    retain: bool,
+    retain: impl Fn(u64) -> bool,
     deadline: Instant,
     topic: impl Fn(u64) -> String,
 ) -> Result<()> {
@@ -326,7 +326,7 @@ pub(crate) async fn publish_acked(
             let publish = Publish {
                 dup: false,
                 qos: QoS::AtLeastOnce,
-                retain,
+                retain: retain(sent),
                 topic: TopicName::try_from_str(&topic).map_err(|e| anyhow!("{topic}: {e}"))?,
                 packet_id: (sent % 65535 + 1) as u16,
                 properties: Properties::default(),
