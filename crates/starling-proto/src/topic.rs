@@ -206,6 +206,13 @@ impl TopicFilter {
         Ok(Self(bytes))
     }
 
+    /// The same filter in an allocation of its own: a filter sliced from a read buffer keeps
+    /// the whole buffer alive for as long as it lives, which a subscription must not do.
+    #[must_use]
+    pub fn detached(&self) -> Self {
+        Self(Bytes::copy_from_slice(&self.0))
+    }
+
     /// The share group name, for a `$share/{group}/{filter}` subscription.
     pub fn share_group(&self) -> Option<&str> {
         match split_share(&self.0) {

@@ -318,7 +318,9 @@ impl Broker {
     ) -> bool {
         let routes = self.seams.routes.table();
         let existed = routes.subscribe(filter, Subscriber::new(session, &sub));
-        if !session.lock().insert_subscription(filter.clone(), sub) {
+        // A copy of its own: the one decoded shares the read buffer of the SUBSCRIBE, which
+        // may be a 16 KiB buffer of many packets, and the session keeps it for long.
+        if !session.lock().insert_subscription(filter.detached(), sub) {
             routes.unsubscribe(filter, session);
         }
         existed

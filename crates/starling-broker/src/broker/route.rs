@@ -387,6 +387,29 @@ mod tests {
         assert!(buffer.is_unique());
     }
 
+    /// A subscription is kept for long: the session and the route table keep their own copy
+    /// of its filter, not a slice of the SUBSCRIBE's read buffer.
+    #[test]
+    fn a_subscription_does_not_keep_its_read_buffer() {
+        let now = Instant::now();
+        let broker = Broker::new(Limits::default(), now);
+        let session = Arc::new(Session::new("s".into(), ProtocolVersion::V5));
+        let buffer = Bytes::from(b"..a/+..$share/g/b/#..".to_vec());
+        for range in [2..5, 7..19] {
+            let filter = TopicFilter::new(buffer.slice(range), 16).unwrap();
+            let sub = Subscription {
+                options: SubscriptionOptions::default(),
+                id: None,
+            };
+            broker.subscribe(&session, &filter, sub);
+        }
+        assert!(buffer.is_unique(), "a subscription holds the read buffer");
+        let st = session.lock();
+        let mut filters: Vec<_> = st.subscriptions().map(|(f, _)| f.as_str()).collect();
+        filters.sort_unstable();
+        assert_eq!(filters, ["$share/g/b/#", "a/+"]);
+    }
+
     /// A message queued for a session nobody is connected to may wait there for long: it is
     /// queued with bytes of its own. A connected session's delivery shares the read buffer.
     #[test]

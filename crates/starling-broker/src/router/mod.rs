@@ -214,7 +214,8 @@ impl RouteTable for Router {
                         groups.push(Group {
                             key: Arc::new(ShareKey {
                                 group: group.into(),
-                                filter: filter.clone(),
+                                // Kept for as long as the group: not a slice of a read buffer.
+                                filter: filter.detached(),
                             }),
                             members: Vec::new(),
                             next: AtomicUsize::new(0),
