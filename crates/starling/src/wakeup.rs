@@ -240,6 +240,11 @@ impl Held {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// How many it holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 impl Drop for Held {
