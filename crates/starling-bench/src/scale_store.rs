@@ -53,24 +53,7 @@ pub(crate) async fn retained(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, rss1) = sample(broker.as_ref());
 
-    let mut m = Map::new();
-    m.insert("retained".into(), json!(count));
-    m.insert("payload".into(), json!(payload));
-    m.insert("store_s".into(), json!(round(store_s, 3)));
-    m.insert(
-        "store_per_s".into(),
-        json!((count as f64 / store_s.max(1e-9)).round()),
-    );
-    m.insert("broker_rss_kb_before".into(), json!(rss0));
-    m.insert("broker_rss_kb_stored".into(), json!(rss1));
-    m.insert(
-        "rss_per_retained_bytes".into(),
-        json!(
-            rss0.zip(rss1)
-                .map(|(b, a)| (a.saturating_sub(b) * 1024) as f64 / count.max(1) as f64)
-                .map(|v| round(v, 1))
-        ),
-    );
+    let mut m = stored(count, payload, store_s, rss0, rss1);
     let n = count as u64;
     let filters = [
         ("one", "scale/r/5/7".to_owned(), u64::from(n > 507), repeats),
@@ -161,11 +144,29 @@ pub(crate) async fn retained_among_stream(
     let store_s = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, rss1) = sample(broker.as_ref());
+    let mut m = stored(count, payload, store_s, rss0, rss1);
+    m.insert("others".into(), json!(total - count));
+    m.insert("qualifies".into(), json!(true));
+    Ok(m)
+}
+
+/// The figures of storing `count` retained messages: how long it took, and the broker's RSS
+/// before and after (KiB), with what that makes per retained message.
+fn stored(
+    count: usize,
+    payload: usize,
+    store_s: f64,
+    rss0: Option<u64>,
+    rss1: Option<u64>,
+) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("retained".into(), json!(count));
-    m.insert("others".into(), json!(total - count));
     m.insert("payload".into(), json!(payload));
     m.insert("store_s".into(), json!(round(store_s, 3)));
+    m.insert(
+        "store_per_s".into(),
+        json!((count as f64 / store_s.max(1e-9)).round()),
+    );
     m.insert("broker_rss_kb_before".into(), json!(rss0));
     m.insert("broker_rss_kb_stored".into(), json!(rss1));
     m.insert(
@@ -176,8 +177,7 @@ pub(crate) async fn retained_among_stream(
                 .map(|v| round(v, 1))
         ),
     );
-    m.insert("qualifies".into(), json!(true));
-    Ok(m)
+    m
 }
 
 /// Messages of the stream published between two retained ones.

@@ -49,13 +49,9 @@ fn a_task_that_gives_way_runs_again_after_the_ready_ones() {
     }
 }
 
-/// Every idle connection holds its task: this is most of what it costs (bench scenario 6
-/// measures the whole). tokio puts it in a cell 104 bytes larger, rounded up to 128:
-/// at most 280 bytes keeps the cell at 384.
-#[tokio::test]
-async fn the_connection_task_stays_small() {
-    let broker = Arc::new(Broker::new(Default::default(), Instant::now()));
-    let access = Arc::new(ListenerAccess {
+/// A listener that lets anyone in.
+fn anonymous() -> Arc<ListenerAccess> {
+    Arc::new(ListenerAccess {
         name: "test".into(),
         authenticator: Arc::new(starling_auth::StandardAuthenticator {
             allow_anonymous: true,
@@ -66,7 +62,16 @@ async fn the_connection_task_stays_small() {
         enhanced: Vec::new(),
         session_queue: None,
         internal: false,
-    });
+    })
+}
+
+/// Every idle connection holds its task: this is most of what it costs (bench scenario 6
+/// measures the whole). tokio puts it in a cell 104 bytes larger, rounded up to 128:
+/// at most 280 bytes keeps the cell at 384.
+#[tokio::test]
+async fn the_connection_task_stays_small() {
+    let broker = Arc::new(Broker::new(Default::default(), Instant::now()));
+    let access = anonymous();
     let peer = SocketAddr::from(([127, 0, 0, 1], 1));
     let stop = Arc::new(Stop::default());
     let client = || {
@@ -183,18 +188,7 @@ fn a_delivery_is_written_before_the_publishers_acknowledgement() {
     let order = log.clone();
     rt.block_on(async move {
         let broker = Arc::new(Broker::new(Default::default(), Instant::now()));
-        let access = Arc::new(ListenerAccess {
-            name: "test".into(),
-            authenticator: Arc::new(starling_auth::StandardAuthenticator {
-                allow_anonymous: true,
-                passwords: None,
-                identity_as_username: false,
-            }),
-            authorizer: None,
-            enhanced: Vec::new(),
-            session_queue: None,
-            internal: false,
-        });
+        let access = anonymous();
         let stop = Arc::new(Stop::default());
         let connect = |name: &'static str| {
             let (ours, theirs) = tokio::io::duplex(4096);
