@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use starling_proto::{
     Connect, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
     Subscribe, SubscriptionOptions, TopicFilter, decode, encode,
@@ -81,6 +81,23 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
         decode(&mut self.buf, self.version, &self.limits)
     }
 
+    /// The next whole packet already read, looked at in place: a PUBLISH's QoS, packet
+    /// identifier and the first 12 bytes of its payload (the stamp), or only that it was
+    /// something else. Nothing is copied or validated beyond the lengths: subscribers of a
+    /// throughput run read millions of these a second, and the generator must not be what
+    /// limits the broker.
+    pub(crate) fn skim(&mut self) -> Result<Option<Skimmed>> {
+        let Some((header, fixed, total)) = frame(&self.buf)? else {
+            return Ok(None);
+        };
+        let skimmed = match self.buf.get(fixed..total) {
+            Some(body) if header >> 4 == 3 => skim_publish(header, body, self.version)?,
+            _ => Skimmed::Other,
+        };
+        self.buf.advance(total);
+        Ok(Some(skimmed))
+    }
+
     /// Reads until a packet arrives; errors at end of stream.
     pub(crate) async fn next(&mut self) -> Result<Packet> {
         loop {
@@ -92,6 +109,80 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
             }
         }
     }
+}
+
+/// What [`PacketReader::skim`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Skimmed {
+    /// A PUBLISH: its QoS, packet identifier (0 at QoS 0) and stamp (see `load::stamp`).
+    Publish {
+        qos: QoS,
+        packet_id: u16,
+        stamp: (u64, usize),
+    },
+    /// Any other packet.
+    Other,
+}
+
+/// The first byte, the fixed header's length and the whole length of the packet at the
+/// front of `buf`, if it is all there.
+fn frame(buf: &[u8]) -> Result<Option<(u8, usize, usize)>> {
+    let Some(&header) = buf.first() else {
+        return Ok(None);
+    };
+    let rest = buf.get(1..).unwrap_or_default();
+    let Some((len, used)) = var_int(rest)? else {
+        return Ok(None);
+    };
+    let total = 1 + used + len;
+    Ok((buf.len() >= total).then_some((header, 1 + used, total)))
+}
+
+/// A PUBLISH's variable header and payload (`body`), read in place.
+fn skim_publish(header: u8, body: &[u8], version: ProtocolVersion) -> Result<Skimmed> {
+    let short = || anyhow!("decode: PUBLISH shorter than its header");
+    let qos = match (header >> 1) & 3 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        _ => bail!("decode: PUBLISH with QoS 3"),
+    };
+    let two = |at: usize| -> Result<u16> {
+        let b = body.get(at..at + 2).and_then(|b| b.try_into().ok());
+        Ok(u16::from_be_bytes(b.ok_or_else(short)?))
+    };
+    let mut at = 2 + usize::from(two(0)?);
+    let mut packet_id = 0;
+    if qos != QoS::AtMostOnce {
+        packet_id = two(at)?;
+        at += 2;
+    }
+    if version == ProtocolVersion::V5 {
+        let (props, used) = var_int(body.get(at..).unwrap_or_default())?.ok_or_else(short)?;
+        at += used + props;
+    }
+    let payload = body.get(at..).ok_or_else(short)?;
+    Ok(Skimmed::Publish {
+        qos,
+        packet_id,
+        stamp: crate::load::stamp(payload),
+    })
+}
+
+/// A variable byte integer at the front of `buf`: its value and its length in bytes (`None`:
+/// not all there yet).
+fn var_int(buf: &[u8]) -> Result<Option<(usize, usize)>> {
+    let mut v = 0usize;
+    for i in 0..4 {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        v |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((v, i + 1)));
+        }
+    }
+    bail!("decode: variable byte integer longer than four bytes")
 }
 
 /// The User Name and Password every client of a run sends (`--username`, `--password`: a
@@ -264,4 +355,97 @@ pub(crate) fn connect_packet_expiring(
     let mut out = BytesMut::new();
     encode(&connect, version, &mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use starling_proto::{PubAck, Publish, TopicName};
+
+    use super::*;
+
+    /// A payload stamped as the publishers stamp theirs, padded to `len`.
+    fn stamped(ts: u64, index: u32, len: usize) -> Bytes {
+        let mut p = ts.to_be_bytes().to_vec();
+        p.extend_from_slice(&index.to_be_bytes());
+        p.resize(len.max(12), 7);
+        Bytes::from(p)
+    }
+
+    /// The skim of a stream of packets sees what the codec decodes, packet by packet, and
+    /// nothing of a packet that has not all arrived.
+    #[test]
+    fn skim_reads_what_the_codec_decodes() {
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            let topic = TopicName::try_from_str("bench/fan/0").unwrap();
+            let mut v5 = Publish::new(topic.clone(), QoS::AtLeastOnce, 9, stamped(5, 2, 40));
+            if version == ProtocolVersion::V5 {
+                v5.properties.message_expiry_interval = Some(60);
+                v5.properties.user_properties = vec![("k".into(), "v".into())];
+            }
+            let packets = [
+                Packet::Publish(Publish::new(
+                    topic.clone(),
+                    QoS::AtMostOnce,
+                    0,
+                    stamped(1, 0, 12),
+                )),
+                Packet::PubAck(PubAck::new(3)),
+                Packet::Publish(v5),
+                // A remaining length of three bytes.
+                Packet::Publish(Publish::new(
+                    topic,
+                    QoS::ExactlyOnce,
+                    65535,
+                    stamped(u64::MAX, 99, 20_000),
+                )),
+            ];
+            let mut wire = BytesMut::new();
+            for p in &packets {
+                encode(p, version, &mut wire).unwrap();
+            }
+            let mut r = PacketReader::with_version(&b""[..], 1024, version);
+            let mut seen = Vec::new();
+            // Byte by byte: every prefix short of a whole packet skims as nothing.
+            for b in wire.iter() {
+                r.buf.extend_from_slice(&[*b]);
+                while let Some(s) = r.skim().unwrap() {
+                    seen.push(s);
+                }
+            }
+            assert!(r.buf.is_empty());
+            let expected: Vec<Skimmed> = packets
+                .iter()
+                .map(|p| match p {
+                    Packet::Publish(p) => Skimmed::Publish {
+                        qos: p.qos,
+                        packet_id: p.packet_id,
+                        stamp: crate::load::stamp(&p.payload),
+                    },
+                    _ => Skimmed::Other,
+                })
+                .collect();
+            assert_eq!(seen, expected, "{version:?}");
+            assert_eq!(
+                seen.get(3),
+                Some(&Skimmed::Publish {
+                    qos: QoS::ExactlyOnce,
+                    packet_id: 65535,
+                    stamp: (u64::MAX, 99)
+                })
+            );
+        }
+    }
+
+    /// A remaining length of five bytes, or a PUBLISH shorter than its topic, is an error.
+    #[test]
+    fn skim_refuses_what_is_malformed() {
+        let mut r = PacketReader::new(&b""[..], 1024);
+        r.buf
+            .extend_from_slice(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert!(r.skim().is_err());
+        let mut r = PacketReader::new(&b""[..], 1024);
+        r.buf.extend_from_slice(&[0x30, 0x03, 0x00, 0x09, b'a']);
+        assert!(r.skim().is_err());
+    }
 }

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
-use crate::client::{Client, PacketReader, VERSION, now_ns};
+use crate::client::{Client, PacketReader, Skimmed, VERSION, now_ns};
 use crate::hist::Histogram;
 use crate::procstat::Proc;
 
@@ -538,13 +538,15 @@ async fn subscriber(
             let mut hist = sh.measuring.get().then(|| sh.hist.borrow_mut());
             let mut ackbuf = acks.buf.borrow_mut();
             loop {
-                let p = match &rd.decode_raw() {
-                    Ok(Some(Packet::Publish(p))) => (stamp(&p.payload), p.qos, p.packet_id),
-                    Ok(Some(_)) => continue,
-                    Ok(None) => break,
-                    Err(e) => bail!("decode: {e}"),
+                let ((ts, index), qos, packet_id) = match rd.skim()? {
+                    Some(Skimmed::Publish {
+                        qos,
+                        packet_id,
+                        stamp,
+                    }) => (stamp, qos, packet_id),
+                    Some(Skimmed::Other) => continue,
+                    None => break,
                 };
-                let ((ts, index), qos, packet_id) = p;
                 n += 1;
                 if let Some(h) = hist.as_mut() {
                     h.record(now.saturating_sub(ts));
