@@ -85,24 +85,76 @@ impl Broker {
         self.persist(&mut ops)
     }
 
+    /// Routes a run of messages one client published one after another to the same topic,
+    /// none of them retained, as [`Broker::publish`] would route each in turn, but matching
+    /// the topic once and taking each subscriber's lock once for the whole run: in a wide
+    /// fan-out, locking and waking every subscriber per message is most of the routing's
+    /// cost. `reached[k]` gets the sessions that accepted the `k`-th message (`reached` is as
+    /// long as `msgs`); returns the number of other nodes each was handed to.
+    pub fn publish_run(
+        &self,
+        msgs: &[Arc<Message>],
+        ops: &mut Ops<'_>,
+        reached: &mut [usize],
+    ) -> usize {
+        let same_topic = msgs
+            .first()
+            .is_some_and(|first| msgs.iter().all(|m| m.topic == first.topic));
+        if !same_topic || msgs.iter().any(|m| m.retain) || reached.len() != msgs.len() {
+            // Not a run: one by one.
+            let mut forwarded = 0;
+            for (msg, r) in msgs.iter().zip(reached.iter_mut()) {
+                let routed = self.publish(msg.clone(), ops);
+                *r = routed.reached;
+                forwarded = routed.forwarded;
+            }
+            return forwarded;
+        }
+        let (forwarded, _) = self.route_run(msgs, ops, Origin::Here, reached);
+        forwarded
+    }
+
     /// [`Broker::publish`]; `origin`: published on this node (its retained copy is kept, and
     /// other nodes with subscribers are handed it), or forwarded by another node.
     fn route_message(&self, msg: Arc<Message>, ops: &mut Ops<'_>, origin: Origin<'_>) -> Routed {
         let from_here = matches!(origin, Origin::Here);
         let retained = (from_here && msg.retain).then(|| self.retain(&msg, ops));
+        let mut reached = [0];
+        let (forwarded, awaiting) =
+            self.route_run(std::slice::from_ref(&msg), ops, origin, &mut reached);
+        Routed {
+            reached: reached[0],
+            forwarded,
+            retained,
+            awaiting,
+        }
+    }
+
+    /// Queues each of `msgs` (one topic, in order) for every matching session on this node
+    /// and hands it to every other node with subscribers (if published here); `reached[k]`
+    /// counts the sessions that accepted `msgs[k]`. Returns the number of other nodes each
+    /// message was handed to, and what the forwarder asked acknowledgements to wait for.
+    fn route_run(
+        &self,
+        msgs: &[Arc<Message>],
+        ops: &mut Ops<'_>,
+        origin: Origin<'_>,
+        reached: &mut [usize],
+    ) -> (usize, Vec<Arc<crate::retain::Replication>>) {
+        let Some(msg) = msgs.first() else {
+            return (0, Vec::new());
+        };
+        let from_here = matches!(origin, Origin::Here);
         let publisher = msg.publisher.as_deref();
-        let mut reached = 0usize;
         // Other nodes to hand it to, each with the shared groups it was picked for.
         let mut remote: Vec<(NodeId, Vec<Arc<str>>)> = Vec::new();
-        // The copy for sessions nobody is connected to (see `kept_for`), made once if needed.
-        let mut detached: Option<Arc<Message>> = None;
+        // The copies for sessions nobody is connected to (see `kept_for`), one per message,
+        // made once if needed.
+        let mut detached: Vec<Option<Arc<Message>>> = Vec::new();
         let mut matches = |targets: &[Target<'_>]| {
             let ctx = Ctx {
                 fan_out: targets.len() >= crate::session::FAN_OUT,
                 ..self.ctx()
-            };
-            let mut deliver = |session: &Session, d: Delivery| {
-                reached += usize::from(session.deliver(d, &ctx, ops));
             };
             // Plain subscriptions: one delivery per session, overlapping subscriptions merged.
             let mut plain: Vec<&Subscriber> = targets
@@ -127,10 +179,24 @@ impl Broker {
                     .iter()
                     .take_while(|o| Arc::ptr_eq(&o.session, &first.session))
                     .count();
-                let kept = kept_for(&first.session, &msg, &mut detached);
-                deliver(
-                    &first.session,
-                    merged(kept, same.get(..n).unwrap_or_default()),
+                let subs = same.get(..n).unwrap_or_default();
+                let session = &first.session;
+                session.deliver_each(
+                    msgs.len(),
+                    |k| {
+                        let m = msgs.get(k)?;
+                        Some(merged(
+                            kept_for(session, m, k, &mut detached, msgs.len()),
+                            subs,
+                        ))
+                    },
+                    &ctx,
+                    ops,
+                    |k| {
+                        if let Some(r) = reached.get_mut(k) {
+                            *r += 1;
+                        }
+                    },
                 );
                 i += n.max(1);
             }
@@ -140,17 +206,24 @@ impl Broker {
                     Target::Shared(_, key, _)
                         if matches!(origin, Origin::Peer(groups)
                                 if !groups.iter().any(|g| **g == *key.filter.as_str())) => {}
-                    // Shared groups: one member each.
+                    // Shared groups: one member each, taken in turn message by message.
                     Target::Shared(members, key, next) => {
-                        if let Some(m) = pick_member(members, next, None) {
+                        for (k, m) in msgs.iter().enumerate() {
+                            let Some(member) = pick_member(members, next, None) else {
+                                break;
+                            };
                             let d = Delivery::new(
-                                kept_for(&m.session, &msg, &mut detached).clone(),
-                                msg.qos.min(m.options.qos),
-                                m.options.retain_as_published && msg.retain,
+                                kept_for(&member.session, m, k, &mut detached, msgs.len()).clone(),
+                                m.qos.min(member.options.qos),
+                                member.options.retain_as_published && m.retain,
                             )
-                            .with_sub_ids(m.id.into_iter().collect())
+                            .with_sub_ids(member.id.into_iter().collect())
                             .with_share((*key).clone());
-                            deliver(&m.session, d);
+                            if member.session.deliver(d, &ctx, ops)
+                                && let Some(r) = reached.get_mut(k)
+                            {
+                                *r += 1;
+                            }
                         }
                     }
                     Target::Remote(node) if from_here => {
@@ -180,21 +253,22 @@ impl Broker {
             }
         }
         // Outside the route table's lock: forwarding is the forwarder's business.
-        let awaiting = remote
+        let awaiting = msgs
             .iter()
-            .filter_map(|(node, groups)| self.seams.forwarder.forward(*node, &msg, groups))
+            .flat_map(|m| {
+                remote
+                    .iter()
+                    .filter_map(|(node, groups)| self.seams.forwarder.forward(*node, m, groups))
+            })
             .collect();
-        if let Some(copy) = &detached {
-            // Named when first handed to a peer (just now, if it was): the copy is the same
-            // message to a session moved between nodes.
-            copy.cluster_id.set(msg.cluster_id.get());
+        for (m, copy) in msgs.iter().zip(&detached) {
+            if let Some(copy) = copy {
+                // Named when first handed to a peer (just now, if it was): the copy is the
+                // same message to a session moved between nodes.
+                copy.cluster_id.set(m.cluster_id.get());
+            }
         }
-        Routed {
-            reached,
-            forwarded: remote.len(),
-            retained,
-            awaiting,
-        }
+        (remote.len(), awaiting)
     }
 
     /// Routes a message made outside any client (a plugin's delayed publish, for one) as
@@ -279,19 +353,27 @@ impl Broker {
     }
 }
 
-/// The message as `session` keeps it. A session nobody is connected to may keep it for long
-/// (until its client comes back or the session expires), so it gets the copy with bytes of its
-/// own ([`Message::detached`]), made the first time such a session is reached and shared by
-/// all of them; a connected session, which sends it soon, shares the read buffer it came in.
+/// The message (`msg`, the `k`-th of a run of `n`) as `session` keeps it. A session nobody is
+/// connected to may keep it for long (until its client comes back or the session expires), so
+/// it gets the copy with bytes of its own ([`Message::detached`]), made the first time such a
+/// session is reached and shared by all of them (`detached[k]`; `detached` is filled in when
+/// first needed); a connected session, which sends it soon, shares the read buffer it came in.
 fn kept_for<'a>(
     session: &Session,
     msg: &'a Arc<Message>,
-    detached: &'a mut Option<Arc<Message>>,
+    k: usize,
+    detached: &'a mut Vec<Option<Arc<Message>>>,
+    n: usize,
 ) -> &'a Arc<Message> {
     if session.is_online() {
-        msg
-    } else {
-        detached.get_or_insert_with(|| Arc::new(msg.detached()))
+        return msg;
+    }
+    if detached.len() < n {
+        detached.resize(n, None);
+    }
+    match detached.get_mut(k) {
+        Some(slot) => slot.get_or_insert_with(|| Arc::new(msg.detached())),
+        None => msg,
     }
 }
 
@@ -445,5 +527,54 @@ mod tests {
             ("a/b", b"payload".as_slice())
         );
         assert_eq!(d.qos, QoS::AtLeastOnce);
+    }
+    /// A run of messages reaches every session as routing them one by one would: in order,
+    /// overlapping subscriptions merged, a shared group's members in turn message by
+    /// message, No Local honoured; each message counted for the sessions it reached.
+    #[test]
+    fn a_run_reaches_what_its_messages_would_one_by_one() {
+        let now = Instant::now();
+        let broker = Broker::new(Limits::default(), now);
+        let session = |id: &str| Arc::new(Session::new(id.into(), ProtocolVersion::V5));
+        let sub = |s: &Arc<Session>, filter: &str, qos: QoS, no_local: bool| {
+            let options = SubscriptionOptions {
+                qos,
+                no_local,
+                ..SubscriptionOptions::default()
+            };
+            let filter = TopicFilter::try_from_str(filter).unwrap();
+            broker.subscribe(s, &filter, Subscription { options, id: None });
+        };
+        let (all, b, c, publisher) = (session("all"), session("b"), session("c"), session("pub"));
+        sub(&all, "r/#", QoS::AtLeastOnce, false);
+        sub(&all, "r/x", QoS::AtMostOnce, false);
+        sub(&b, "$share/g/r/x", QoS::AtLeastOnce, false);
+        sub(&c, "$share/g/r/x", QoS::AtLeastOnce, false);
+        sub(&publisher, "r/x", QoS::AtLeastOnce, true);
+        let msgs: Vec<Arc<Message>> = (0u8..4)
+            .map(|i| {
+                let topic = TopicName::try_from_str("r/x").unwrap();
+                let p = Publish::new(topic, QoS::AtLeastOnce, 1, Bytes::from(vec![i]));
+                Arc::new(Message::from_publish(p, Some("pub".into()), now))
+            })
+            .collect();
+        let mut ops = broker.ops();
+        let mut reached = [0; 4];
+        assert_eq!(broker.publish_run(&msgs, &mut ops, &mut reached), 0);
+        assert_eq!(reached, [2, 2, 2, 2]);
+        let queued = |s: &Arc<Session>| {
+            let mut st = s.lock();
+            std::iter::from_fn(|| st.next_delivery(10))
+                .map(|d| (d.msg.payload[0], d.qos))
+                .collect::<Vec<_>>()
+        };
+        let one = QoS::AtLeastOnce;
+        assert_eq!(queued(&all), [(0, one), (1, one), (2, one), (3, one)]);
+        let (in_b, in_c) = (queued(&b), queued(&c));
+        assert_eq!((in_b.len(), in_c.len()), (2, 2), "{in_b:?} {in_c:?}");
+        let mut shared: Vec<u8> = in_b.iter().chain(&in_c).map(|(p, _)| *p).collect();
+        shared.sort_unstable();
+        assert_eq!(shared, [0, 1, 2, 3]);
+        assert!(queued(&publisher).is_empty(), "No Local");
     }
 }

@@ -249,7 +249,7 @@ impl Connection {
         let Some(packet) = checks.packet.take() else {
             return;
         };
-        self.dispatch(broker, now, packet);
+        self.dispatch(broker, now, packet, None);
         // Done with the packet unless it parked again.
         if let Some(state) = self.link.access.as_mut().and_then(|a| a.state.as_mut())
             && state.checks.as_ref().is_some_and(|c| c.pending.is_none())

@@ -59,6 +59,7 @@ mod handover;
 mod held;
 mod hooked;
 mod publish;
+mod run;
 mod subscribe;
 mod turn;
 
@@ -200,6 +201,9 @@ struct Cx<'a> {
     broker: &'a Broker,
     link: &'a mut Link,
     now: Instant,
+    /// QoS 0 messages of this read not yet routed (`run.rs`); `None` outside a read, where
+    /// each message is routed as it comes.
+    run: Option<&'a mut run::Run>,
 }
 
 impl Cx<'_> {
@@ -351,7 +355,9 @@ impl Connection {
     fn input(&mut self, broker: &Broker, now: Instant, buf: &mut BytesMut, throttle: bool) {
         // Counted once per read, not per packet (a subscriber's read holds many PUBACKs).
         let mut received = 0;
-        self.read_packets(broker, now, buf, throttle, &mut received);
+        let mut run = run::Run::default();
+        self.read_packets(broker, now, buf, throttle, &mut received, &mut run);
+        self.route_run(broker, &mut run);
         if received != 0 {
             broker.metrics.messages_received.add(received);
         }
@@ -365,6 +371,7 @@ impl Connection {
         buf: &mut BytesMut,
         throttle: bool,
         received: &mut u64,
+        run: &mut run::Run,
     ) {
         loop {
             if self.is_checking() {
@@ -393,10 +400,17 @@ impl Connection {
             match starling_proto::decode(buf, self.version(), &limits) {
                 Ok(Some(packet)) => {
                     *received += 1;
-                    self.take_packet(broker, now, packet);
+                    if !matches!(packet, Packet::Publish(_)) {
+                        // Whatever the client sends after its messages comes after them.
+                        self.route_run(broker, run);
+                    }
+                    self.take_packet(broker, now, packet, Some(run));
                 }
                 Ok(None) => return,
-                Err(e) => return self.handle_decode_error(broker, now, &e, version.flatten()),
+                Err(e) => {
+                    self.route_run(broker, run);
+                    return self.handle_decode_error(broker, now, &e, version.flatten());
+                }
             }
         }
     }
@@ -404,28 +418,59 @@ impl Connection {
     /// Handles one packet from the client.
     pub fn handle_packet(&mut self, broker: &Broker, now: Instant, packet: Packet) {
         broker.metrics.messages_received.inc();
-        self.take_packet(broker, now, packet);
+        self.take_packet(broker, now, packet, None);
     }
 
-    /// `handle_packet` but for the count, which the caller keeps.
-    fn take_packet(&mut self, broker: &Broker, now: Instant, packet: Packet) {
+    /// `handle_packet` but for the count, which the caller keeps; a QoS 0 message may join
+    /// `run` instead of being routed now.
+    fn take_packet(
+        &mut self,
+        broker: &Broker,
+        now: Instant,
+        packet: Packet,
+        run: Option<&mut run::Run>,
+    ) {
         if self.is_active() {
             self.link.since = now;
         }
-        self.dispatch(broker, now, packet);
+        self.dispatch(broker, now, packet, run);
     }
 
-    /// Handles a packet in the current state (again, for one parked for a check).
-    fn dispatch(&mut self, broker: &Broker, now: Instant, packet: Packet) {
+    /// Routes the messages of `run` now (`run.rs`).
+    fn route_run(&mut self, broker: &Broker, run: &mut run::Run) {
+        if run.is_empty() {
+            return;
+        }
+        let made = run.route(broker);
+        if let State::Active(a) = &mut self.state {
+            a.turn.count(made);
+        }
+    }
+
+    /// Handles a packet in the current state (again, for one parked for a check); a QoS 0
+    /// message may join `run` instead of being routed now.
+    fn dispatch(
+        &mut self,
+        broker: &Broker,
+        now: Instant,
+        packet: Packet,
+        mut run: Option<&mut run::Run>,
+    ) {
         let mut cx = Cx {
             broker,
             link: &mut self.link,
             now,
+            run: run.as_deref_mut(),
         };
         match &mut self.state {
             State::Active(a) => {
                 if let ControlFlow::Break(close) = a.on_packet(&mut cx, packet) {
+                    // The will, and whatever closing sends, after the client's messages.
+                    if let Some(run) = run {
+                        self.route_run(broker, run);
+                    }
                     self.close(broker, now, close, None);
+                    return self.close_if_unsendable(broker, now);
                 }
             }
             State::Closed(_) => {}
@@ -440,6 +485,11 @@ impl Connection {
                     other => other,
                 };
             }
+        }
+        if self.link.unsendable
+            && let Some(run) = run
+        {
+            self.route_run(broker, run);
         }
         self.close_if_unsendable(broker, now);
     }
@@ -475,6 +525,7 @@ impl Connection {
             broker,
             link: &mut self.link,
             now,
+            run: None,
         };
         match &mut self.state {
             State::Connecting => {
@@ -532,6 +583,7 @@ impl Connection {
             broker,
             link: &mut self.link,
             now,
+            run: None,
         };
         let close = match &mut self.state {
             State::Active(a) => match a.on_timeout(&mut cx) {
@@ -568,6 +620,7 @@ impl Connection {
             broker,
             link: &mut self.link,
             now,
+            run: None,
         };
         match &mut self.state {
             State::Active(a) => a.wants_input(&mut cx),
@@ -623,6 +676,7 @@ impl Connection {
             broker,
             link: &mut self.link,
             now,
+            run: None,
         };
         self.state = w.claim(&mut cx);
     }
@@ -676,6 +730,7 @@ impl Connection {
             broker,
             link: &mut self.link,
             now,
+            run: None,
         };
         if let State::Active(a) = &mut self.state {
             if let ControlFlow::Break(close) = a.transmit(&mut cx, room) {
@@ -694,6 +749,7 @@ impl Connection {
                 broker,
                 link: &mut self.link,
                 now,
+                run: None,
             };
             a.send_disconnect(&mut cx, close.reason, &close.detail);
         }
@@ -717,6 +773,7 @@ impl Connection {
                     broker,
                     link: &mut self.link,
                     now,
+                    run: None,
                 };
                 a.end(&mut cx, &close, ending);
             }

@@ -205,11 +205,35 @@ impl Active {
         }
         let publisher = Some(self.client_id().clone());
         let msg = Arc::new(Message::from_publish(p, publisher, cx.now));
+        let wants_dropped = broker.hooks().wants(Event::Dropped);
+        // A QoS 0 message joins the run of this read's messages to its topic (`run.rs`);
+        // the first to a topic is routed alone, and what it reaches is learnt.
+        let mut learn = None;
+        if let Some(run) = cx.run.as_deref_mut() {
+            let joins = qos == QoS::AtMostOnce && !retain && !wants_dropped;
+            if !joins || !run.takes(&msg) {
+                // Routed after the messages before it.
+                self.turn.count(run.route(broker));
+            }
+            if joins && run.knows(&msg.topic) {
+                run.push(msg);
+                if run.is_full(self.turn.room()) {
+                    self.turn.count(run.route(broker));
+                }
+                return (ReasonCode::Success, Vec::new());
+            }
+            if joins {
+                learn = Some(msg.topic.clone());
+            }
+        }
         // Kept for the hooks only if one wants to hear of a drop.
-        let kept = broker.hooks().wants(Event::Dropped).then(|| msg.clone());
+        let kept = wants_dropped.then(|| msg.clone());
         let routed = broker.publish(msg, ops);
         // Counted toward this connection's turn (`turn.rs`).
         self.turn.count(routed.reached);
+        if let (Some(topic), Some(run)) = (learn, cx.run.as_deref_mut()) {
+            run.learn(topic, routed.reached);
+        }
         if routed.reached + routed.forwarded == 0 {
             broker.metrics.dropped_no_subscriber.inc();
             if let Some(msg) = kept.filter(|_| !retain) {

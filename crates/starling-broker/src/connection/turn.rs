@@ -115,6 +115,11 @@ impl Turn {
         self.routed >= TURN_DELIVERIES << self.shift
     }
 
+    /// Deliveries left before the turn is spent.
+    pub(super) fn room(&self) -> u32 {
+        (TURN_DELIVERIES << self.shift).saturating_sub(self.routed)
+    }
+
     /// Counts deliveries a publish made.
     pub(super) fn count(&mut self, deliveries: usize) {
         let made = u32::try_from(deliveries).unwrap_or(u32::MAX);

@@ -405,16 +405,42 @@ impl Session {
     /// Queues a delivery and wakes the owning connection. Returns whether it was accepted;
     /// what it stored is in `ops`.
     pub fn deliver(&self, delivery: Delivery, ctx: &Ctx<'_>, ops: &mut Ops<'_>) -> bool {
+        let mut delivery = Some(delivery);
+        let mut accepted = false;
+        self.deliver_each(1, |_| delivery.take(), ctx, ops, |_| accepted = true);
+        accepted
+    }
+
+    /// Queues the deliveries `make(0)`, `make(1)`, ... `make(n - 1)` (in that order; `None`
+    /// skips one) under one lock, calls `accepted(k)` for each one accepted, and wakes the
+    /// owning connection once. What it stored is in `ops`.
+    pub fn deliver_each(
+        &self,
+        n: usize,
+        mut make: impl FnMut(usize) -> Option<Delivery>,
+        ctx: &Ctx<'_>,
+        ops: &mut Ops<'_>,
+        mut accepted: impl FnMut(usize),
+    ) {
         let mut s = self.lock();
         if s.st.ended {
-            return false;
+            return;
         }
-        if let Some(seen) = s.st.rare.as_deref_mut().and_then(|r| r.seen.as_mut()) {
-            seen.insert(delivery.msg.cluster_id.get());
+        let mut any = false;
+        for k in 0..n {
+            let Some(delivery) = make(k) else {
+                continue;
+            };
+            if let Some(seen) = s.st.rare.as_deref_mut().and_then(|r| r.seen.as_mut()) {
+                seen.insert(delivery.msg.cluster_id.get());
+            }
+            if s.enqueue(delivery, ctx, ops) {
+                accepted(k);
+                any = true;
+            }
         }
-        let accepted = s.enqueue(delivery, ctx, ops);
         let st = &mut *s.st;
-        if accepted
+        if any
             && !st.woken
             && let Some(waker) = &st.owner
         {
@@ -431,7 +457,6 @@ impl Session {
                 waker.wake();
             }
         }
-        accepted
     }
 }
 
