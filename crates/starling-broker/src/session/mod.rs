@@ -405,9 +405,14 @@ impl Session {
     /// Queues a delivery and wakes the owning connection. Returns whether it was accepted;
     /// what it stored is in `ops`.
     pub fn deliver(&self, delivery: Delivery, ctx: &Ctx<'_>, ops: &mut Ops<'_>) -> bool {
-        let mut delivery = Some(delivery);
-        let mut accepted = false;
-        self.deliver_each(1, |_| delivery.take(), ctx, ops, |_| accepted = true);
+        let mut s = self.lock();
+        if s.st.ended {
+            return false;
+        }
+        let accepted = s.take_delivery(delivery, ctx, ops);
+        if accepted {
+            s.wake_owner(ctx);
+        }
         accepted
     }
 
@@ -428,20 +433,34 @@ impl Session {
         }
         let mut any = false;
         for k in 0..n {
-            let Some(delivery) = make(k) else {
-                continue;
-            };
-            if let Some(seen) = s.st.rare.as_deref_mut().and_then(|r| r.seen.as_mut()) {
-                seen.insert(delivery.msg.cluster_id.get());
-            }
-            if s.enqueue(delivery, ctx, ops) {
+            if let Some(delivery) = make(k)
+                && s.take_delivery(delivery, ctx, ops)
+            {
                 accepted(k);
                 any = true;
             }
         }
-        let st = &mut *s.st;
-        if any
-            && !st.woken
+        if any {
+            s.wake_owner(ctx);
+        }
+    }
+}
+
+impl Locked<'_> {
+    /// Queues a delivery (`Session::deliver`, the session not ended); whether it was
+    /// accepted.
+    fn take_delivery(&mut self, delivery: Delivery, ctx: &Ctx<'_>, ops: &mut Ops<'_>) -> bool {
+        if let Some(seen) = self.st.rare.as_deref_mut().and_then(|r| r.seen.as_mut()) {
+            seen.insert(delivery.msg.cluster_id.get());
+        }
+        self.enqueue(delivery, ctx, ops)
+    }
+
+    /// Wakes the owning connection after deliveries were queued, unless it was woken since
+    /// it last looked at the queue.
+    fn wake_owner(&mut self, ctx: &Ctx<'_>) {
+        let st = &mut *self.st;
+        if !st.woken
             && let Some(waker) = &st.owner
         {
             // Done under the lock so the waker need not be cloned. Once per look at the
@@ -458,9 +477,6 @@ impl Session {
             }
         }
     }
-}
-
-impl Locked<'_> {
     /// The session's client identifier.
     pub fn client_id(&self) -> &Arc<str> {
         &self.session.client_id
