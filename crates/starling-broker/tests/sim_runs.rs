@@ -12,10 +12,9 @@
 
 mod sim;
 
-use bytes::Bytes;
 use sim::*;
 use starling_broker::Limits;
-use starling_proto::{Packet, QoS, ReasonCode, TopicName, Will};
+use starling_proto::{Packet, QoS, ReasonCode};
 
 /// The topics and payloads of the publishes `c` received, in order.
 fn received(sim: &mut Sim, c: C) -> Vec<(String, Vec<u8>)> {
@@ -119,13 +118,7 @@ fn a_client_does_not_get_what_it_published_before_it_subscribed() {
 /// A client with a will on `will`.
 fn with_will(sim: &mut Sim, id: &str) -> C {
     let mut connect = connect(V5, id);
-    connect.will = Some(Will {
-        topic: TopicName::try_from_str("will").unwrap(),
-        payload: Bytes::from_static(b"bye"),
-        qos: QoS::AtMostOnce,
-        retain: false,
-        properties: Default::default(),
-    });
+    connect.will = Some(will("will", None));
     sim.connected(connect).0
 }
 

@@ -13,22 +13,9 @@ mod sim;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use sim::*;
 use starling_broker::Limits;
-use starling_proto::{Packet, QoS, ReasonCode, TopicName, Will};
-
-fn will(topic: &str, delay_secs: Option<u32>) -> Will {
-    let mut w = Will {
-        topic: TopicName::try_from_str(topic).unwrap(),
-        payload: Bytes::from_static(b"bye"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: Default::default(),
-    };
-    w.properties.will_delay_interval = delay_secs;
-    w
-}
+use starling_proto::{Packet, QoS, ReasonCode};
 
 #[test]
 fn keep_alive_closes_at_one_and_a_half_times_the_interval() {

@@ -29,7 +29,7 @@ use starling_broker::wake::Flag;
 use starling_broker::{Broker, Close, Connection, Features, Limits};
 use starling_proto::{
     Connect, DecodeLimits, Packet, ProtocolVersion, PubAck, Publish, QoS, Subscribe, TopicFilter,
-    TopicName,
+    TopicName, Will,
 };
 use starling_store::{MemoryStore, Store};
 
@@ -599,6 +599,19 @@ pub fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &[u8]) -> Packet 
     let topic = TopicName::try_from_str(topic).expect("valid topic");
     let payload = Bytes::copy_from_slice(payload);
     Packet::Publish(Publish::new(topic, qos, packet_id, payload))
+}
+
+/// A QoS 1 will on `topic`, payload "bye", with a Will Delay Interval if given.
+pub fn will(topic: &str, delay_secs: Option<u32>) -> Will {
+    let mut w = Will {
+        topic: TopicName::try_from_str(topic).expect("valid topic"),
+        payload: Bytes::from_static(b"bye"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    };
+    w.properties.will_delay_interval = delay_secs;
+    w
 }
 
 /// A SUBSCRIBE with one filter.
