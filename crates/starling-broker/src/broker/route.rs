@@ -101,11 +101,13 @@ impl Broker {
             .first()
             .is_some_and(|first| msgs.iter().all(|m| m.topic == first.topic));
         if !same_topic || msgs.iter().any(|m| m.retain) || reached.len() != msgs.len() {
-            // Not a run: one by one.
+            // Not a run: one by one (every message, whatever `reached` has room for).
             let mut forwarded = 0;
-            for (msg, r) in msgs.iter().zip(reached.iter_mut()) {
+            for (k, msg) in msgs.iter().enumerate() {
                 let routed = self.publish(msg.clone(), ops);
-                *r = routed.reached;
+                if let Some(r) = reached.get_mut(k) {
+                    *r = routed.reached;
+                }
                 forwarded = routed.forwarded;
             }
             return forwarded;
